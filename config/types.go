@@ -1,0 +1,71 @@
+// Package config owns superd's configuration language: the HCL schema of the
+// file, its decoding (common attributes here, factory attributes by the
+// factory's own schema), validation, and diagnostics that point at file, line
+// and column.
+package config
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+
+	"github.com/superd-dev/superd/endpoint"
+	"github.com/superd-dev/superd/framework"
+)
+
+// Defaults of the common attributes.
+const (
+	DefaultMetricsAddress   = "127.0.0.1:9464"
+	DefaultShutdownTimeout  = 10 * time.Second
+	DefaultMaxPendingOutput = 4 << 20
+	DefaultIPv6Prefix       = 64
+)
+
+// File is a decoded, validated configuration file.
+type File struct {
+	// Path is the file as given on the command line.
+	Path string
+	// MetricsAddress is metrics.address; "" disables the metrics listener.
+	MetricsAddress  string
+	ShutdownTimeout time.Duration
+	// Services in the order of the file.
+	Services []*Service
+}
+
+// Service is one `service "FACTORY" "NAME"` block.
+type Service struct {
+	Name    string
+	Factory string
+	// Spec is the registered factory; FactoryConfig its decoded attributes.
+	Spec          *framework.Spec
+	FactoryConfig *framework.Config
+	Limits        Limits
+	Endpoints     []endpoint.Config
+	// Fingerprint is equal for two blocks that configure the same thing
+	// (same factory, attributes, limits and endpoints, after evaluation);
+	// reload keeps a service whose fingerprint did not change.
+	Fingerprint string
+	// DefRange is the block header's range, for diagnostics.
+	DefRange hcl.Range
+}
+
+// Limits are the attributes every service accepts whatever its factory.
+type Limits struct {
+	MaxConnections      int // 0: unlimited
+	MaxConnectionsPerIP int // 0: unlimited
+	IdleTimeout         time.Duration
+	Allow               []netip.Prefix // empty: everyone
+	Deny                []netip.Prefix
+	RateLimit           *Rate // nil: none
+	RateLimitPerIP      *Rate
+	IPv6Prefix          int // bits; per-source keys group IPv6 by this prefix
+	MaxPendingOutput    int // bytes; above it a connection is dropped as slow_consumer
+}
+
+// Rate is a token bucket: Rate tokens per second, Burst at most (and at
+// start).
+type Rate struct {
+	Rate  float64
+	Burst int
+}

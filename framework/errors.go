@@ -1,0 +1,47 @@
+package framework
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Reasons handed to ConnectionLost. A clean close wraps ErrConnectionDone;
+// anything else is an error. The drop reasons (idle timeout, slow consumer,
+// shutdown timeout) are aborts and also match ErrConnectionAborted.
+var (
+	// ErrConnectionDone: the connection closed in an orderly way (the peer
+	// closed it, or LoseConnection finished flushing).
+	ErrConnectionDone = errors.New("connection done")
+	// ErrConnectionLost: the connection failed (reset, network error).
+	ErrConnectionLost = errors.New("connection lost")
+	// ErrConnectionAborted: AbortConnection was called.
+	ErrConnectionAborted = fmt.Errorf("connection aborted: %w", ErrConnectionLost)
+	// ErrIdleTimeout: nothing was received for the service's idle_timeout.
+	ErrIdleTimeout = fmt.Errorf("idle timeout: %w", ErrConnectionAborted)
+	// ErrSlowConsumer: the peer's unsent output passed max_pending_output.
+	ErrSlowConsumer = fmt.Errorf("slow consumer: %w", ErrConnectionAborted)
+	// ErrShutdownTimeout: the connection was still open when the shutdown
+	// drain ran out of time.
+	ErrShutdownTimeout = fmt.Errorf("shutdown timeout: %w", ErrConnectionAborted)
+)
+
+// IsClean reports whether reason (as given to ConnectionLost) is an orderly
+// close rather than an error.
+func IsClean(reason error) bool { return errors.Is(reason, ErrConnectionDone) }
+
+// lostError wraps the network error that ended a connection.
+type lostError struct{ err error }
+
+func (e *lostError) Error() string { return "connection lost: " + e.err.Error() }
+func (e *lostError) Unwrap() []error {
+	return []error{ErrConnectionLost, e.err}
+}
+
+// PanicError is the reason given to ConnectionLost when a callback of the
+// connection's protocol panicked; the connection is aborted.
+type PanicError struct {
+	Value any
+	Stack []byte
+}
+
+func (e *PanicError) Error() string { return fmt.Sprintf("protocol panic: %v", e.Value) }

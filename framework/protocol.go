@@ -1,0 +1,141 @@
+// Package framework owns superd's programming model: the Protocol, Transport
+// and Factory interfaces, the factory registry, and the connection machinery
+// that drives one Protocol over one net.Conn with the guarantees service
+// authors rely on (callback ordering, ConnectionLost exactly once,
+// non-blocking writes, flow control).
+//
+// The model is Twisted's. A Factory per service builds a Protocol per
+// connection; the Protocol receives events; it answers through its Transport.
+//
+//	type echo struct{ framework.BaseProtocol }
+//
+//	func (e *echo) DataReceived(data []byte) { e.Transport.Write(data) }
+package framework
+
+import "net"
+
+// Protocol handles the events of one connection. The framework calls its
+// methods from a single goroutine, one at a time, in this order:
+// ConnectionMade once, DataReceived zero or more times, ConnectionLost once.
+// DataReceived is never called after LoseConnection or AbortConnection, nor
+// while the transport is paused.
+type Protocol interface {
+	// ConnectionMade is called when the connection is ready; t stays valid
+	// (and safe to keep) for the life of the connection.
+	ConnectionMade(t Transport)
+	// DataReceived is called with bytes read from the peer; data is never
+	// empty. The slice is only valid until DataReceived returns: copy what
+	// you keep.
+	DataReceived(data []byte)
+	// ConnectionLost is called exactly once, last, whatever ended the
+	// connection. IsClean(reason) tells an orderly close from an error.
+	ConnectionLost(reason error)
+}
+
+// BaseProtocol is an embeddable Protocol whose callbacks do nothing except
+// remember the Transport, so a protocol implements only what it needs.
+// A protocol that overrides ConnectionMade should call
+// BaseProtocol.ConnectionMade(t) first (or set Transport itself).
+type BaseProtocol struct {
+	Transport Transport
+}
+
+// ConnectionMade stores t in p.Transport.
+func (p *BaseProtocol) ConnectionMade(t Transport) { p.Transport = t }
+
+// DataReceived discards data.
+func (p *BaseProtocol) DataReceived(data []byte) {}
+
+// ConnectionLost does nothing.
+func (p *BaseProtocol) ConnectionLost(reason error) {}
+
+// Transport is a protocol's handle on its connection.
+//
+// Every method is safe to call from any goroutine (a chat protocol writes to
+// other users' transports) and none of them blocks on the network.
+type Transport interface {
+	// Write queues b for sending and returns at once; b may be reused by the
+	// caller afterwards. Order is preserved. Writes after the connection is
+	// gone, or after its write side was shut down, are dropped.
+	Write(b []byte)
+	// WriteString is Write for a string, without an intermediate copy.
+	WriteString(s string)
+	// LoseConnection closes the connection once everything written so far
+	// (and anything written before the flush completes) has been sent. No
+	// more data is delivered to the protocol. Calling it again does nothing.
+	LoseConnection()
+	// AbortConnection closes the connection now and drops pending output.
+	AbortConnection()
+	// Disconnecting reports whether LoseConnection or AbortConnection has
+	// been called, or the connection is gone.
+	Disconnecting() bool
+
+	// PauseProducing stops reading from the peer: no DataReceived until
+	// ResumeProducing.
+	PauseProducing()
+	// ResumeProducing undoes PauseProducing.
+	ResumeProducing()
+	// RegisterProducer registers a streaming producer of outgoing data: it is
+	// paused while the connection's unsent output is above the high-water
+	// mark, resumed once that output has drained, and stopped when the
+	// connection ends. Its methods are called from framework goroutines and
+	// must be safe for that. Registering a second producer is an error; on a
+	// connection already gone, p.StopProducing is called at once.
+	RegisterProducer(p Producer) error
+	// UnregisterProducer forgets the registered producer, if any.
+	UnregisterProducer()
+
+	// PeerAddr is the remote address (for unix sockets, usually unnamed).
+	PeerAddr() net.Addr
+	// LocalAddr is the local address the connection was accepted on.
+	LocalAddr() net.Addr
+}
+
+// Producer is a source of outgoing data that can be paused, resumed and
+// stopped, as Twisted's push producers are.
+type Producer interface {
+	PauseProducing()
+	ResumeProducing()
+	StopProducing()
+}
+
+// Factory builds one Protocol per accepted connection of a service and holds
+// the state its connections share.
+type Factory interface {
+	// BuildProtocol returns the protocol for a new connection from addr, or
+	// nil to refuse it (the connection is closed at once and no callback
+	// runs). It may be called from many goroutines at once.
+	BuildProtocol(addr net.Addr) Protocol
+}
+
+// FactoryStarter is implemented by factories that acquire shared resources.
+// StartFactory runs once, before the first endpoint of the service accepts;
+// an error stops the service from starting.
+type FactoryStarter interface {
+	StartFactory() error
+}
+
+// FactoryStopper is implemented by factories that release shared resources.
+// StopFactory runs once, after the last endpoint has closed and the last
+// connection has ended.
+type FactoryStopper interface {
+	StopFactory() error
+}
+
+// Reopener is implemented by factories that hold files, which they reopen on
+// SIGUSR1 (for log rotation).
+type Reopener interface {
+	Reopen() error
+}
+
+// FactoryFunc adapts a function to the Factory interface.
+type FactoryFunc func(addr net.Addr) Protocol
+
+// BuildProtocol calls f(addr).
+func (f FactoryFunc) BuildProtocol(addr net.Addr) Protocol { return f(addr) }
+
+// ForProtocol returns a Factory that builds a fresh protocol with newProtocol
+// for every connection, like Twisted's Factory.forProtocol.
+func ForProtocol(newProtocol func() Protocol) Factory {
+	return FactoryFunc(func(net.Addr) Protocol { return newProtocol() })
+}
