@@ -20,17 +20,31 @@ const (
 	DefaultShutdownTimeout  = 10 * time.Second
 	DefaultMaxPendingOutput = 4 << 20
 	DefaultIPv6Prefix       = 64
+
+	// MinMaxPendingOutput is the smallest max_pending_output accepted:
+	// 64 KiB, the mark above which reading from a peer pauses. A smaller
+	// hard limit would drop connections (an echo client sending fast) that
+	// flow control alone would have slowed down.
+	MinMaxPendingOutput = 64 << 10
 )
 
 // File is a decoded, validated configuration file.
 type File struct {
 	// Path is the file as given on the command line.
 	Path string
+	// Dir is the absolute folder of Path; relative paths in the file
+	// resolve against it.
+	Dir string
 	// MetricsAddress is metrics.address; "" disables the metrics listener.
 	MetricsAddress  string
 	ShutdownTimeout time.Duration
 	// Services in the order of the file.
 	Services []*Service
+	// Warnings are diagnostics that did not make the file invalid (usually
+	// none); WriteWarnings prints them with their source lines.
+	Warnings hcl.Diagnostics
+
+	files map[string]*hcl.File // the parser's cache, for WriteWarnings
 }
 
 // Service is one `service "FACTORY" "NAME"` block.

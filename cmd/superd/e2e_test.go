@@ -1,0 +1,617 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+// superdBin is the binary under test, built once by TestMain.
+var superdBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "superd-e2e")
+	if err != nil {
+		panic(err)
+	}
+	superdBin = filepath.Join(dir, "superd")
+	build := exec.Command("go", "build", "-race", "-o", superdBin, ".")
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+	if err := build.Run(); err != nil {
+		// -race needs cgo; fall back to a plain build.
+		build = exec.Command("go", "build", "-o", superdBin, ".")
+		build.Stdout, build.Stderr = os.Stdout, os.Stderr
+		if err := build.Run(); err != nil {
+			panic(err)
+		}
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// freeAddr returns a loopback address with a port that was free a moment
+// ago.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// daemon is a running superd process.
+type daemon struct {
+	t       *testing.T
+	cmd     *exec.Cmd
+	metrics string // metrics address
+	stderr  *lockedBuffer
+	done    chan struct{}
+	err     error
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// writeConfig writes an HCL file into a fresh folder; "METRICS" in text is
+// replaced by a free metrics address.
+func writeConfig(t *testing.T, text string) (path, metricsAddr string) {
+	t.Helper()
+	dir := t.TempDir()
+	metricsAddr = freeAddr(t)
+	text = strings.ReplaceAll(text, "METRICS", metricsAddr)
+	path = filepath.Join(dir, "superd.hcl")
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path, metricsAddr
+}
+
+// startDaemon runs `superd run` on the config and waits until /readyz says
+// ready.
+func startDaemon(t *testing.T, path, metricsAddr string) *daemon {
+	t.Helper()
+	d := &daemon{t: t, metrics: metricsAddr, stderr: &lockedBuffer{}, done: make(chan struct{})}
+	d.cmd = exec.Command(superdBin, "run", "-config", path, "-log-level", "debug")
+	d.cmd.Stderr = d.stderr
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.err = d.cmd.Wait(); close(d.done) }()
+	t.Cleanup(func() {
+		select {
+		case <-d.done:
+		default:
+			d.cmd.Process.Kill()
+			<-d.done
+		}
+		if t.Failed() {
+			t.Logf("superd stderr:\n%s", d.stderr.String())
+		}
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		select {
+		case <-d.done:
+			t.Fatalf("superd exited during startup: %v\n%s", d.err, d.stderr.String())
+		default:
+		}
+		resp, err := http.Get("http://" + metricsAddr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return d
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("superd not ready after 20s\n%s", d.stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// signal sends sig and, for a terminating signal, waits for the exit code.
+func (d *daemon) signal(sig syscall.Signal) {
+	d.t.Helper()
+	if err := d.cmd.Process.Signal(sig); err != nil {
+		d.t.Fatal(err)
+	}
+}
+
+// wait waits for the process to exit and returns its exit code.
+func (d *daemon) wait(timeout time.Duration) int {
+	d.t.Helper()
+	select {
+	case <-d.done:
+	case <-time.After(timeout):
+		d.t.Fatalf("superd did not exit within %v\n%s", timeout, d.stderr.String())
+	}
+	var ee *exec.ExitError
+	if errors.As(d.err, &ee) {
+		return ee.ExitCode()
+	}
+	if d.err != nil {
+		d.t.Fatal(d.err)
+	}
+	return 0
+}
+
+// scrape fetches /metrics and parses it with Prometheus' own parser.
+func (d *daemon) scrape() map[string]*dto.MetricFamily {
+	d.t.Helper()
+	resp, err := http.Get("http://" + d.metrics + "/metrics")
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	return fams
+}
+
+// metric returns the value of the series of family name whose labels
+// include want; ok is false when there is none.
+func metric(fams map[string]*dto.MetricFamily, name string, want map[string]string) (float64, bool) {
+	f := fams[name]
+	if f == nil {
+		return 0, false
+	}
+next:
+	for _, m := range f.Metric {
+		labels := map[string]string{}
+		for _, l := range m.Label {
+			labels[l.GetName()] = l.GetValue()
+		}
+		for k, v := range want {
+			if labels[k] != v {
+				continue next
+			}
+		}
+		switch {
+		case m.Counter != nil:
+			return m.Counter.GetValue(), true
+		case m.Gauge != nil:
+			return m.Gauge.GetValue(), true
+		case m.Histogram != nil:
+			return float64(m.Histogram.GetSampleCount()), true
+		case m.Untyped != nil:
+			return m.Untyped.GetValue(), true
+		}
+	}
+	return 0, false
+}
+
+// waitMetric polls until the series has the value, or fails.
+func (d *daemon) waitMetric(name string, labels map[string]string, want float64) {
+	d.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got, ok := metric(d.scrape(), name, labels)
+		if ok && got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			d.t.Fatalf("%s%v = %v (present %v), want %v", name, labels, got, ok, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// echoRoundTrip writes payload on c while reading it back, and checks it.
+func echoRoundTrip(t *testing.T, c net.Conn, payload []byte) {
+	t.Helper()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Write(payload)
+		errc <- err
+	}()
+	got := make([]byte, len(payload))
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, err := io.ReadFull(c, got); err != nil {
+		t.Fatalf("reading echo: %v", err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("writing: %v", err)
+	}
+	if !bytes.Equal(got, payload) {
+		t.Fatal("echo payload differs")
+	}
+}
+
+func randomBytes(t *testing.T, n int) []byte {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestEchoOverTCPUnixTLS(t *testing.T) {
+	tcpAddr, tlsAddr := freeAddr(t), freeAddr(t)
+	sock := filepath.Join(t.TempDir(), "echo.sock")
+	path, maddr := writeConfig(t, fmt.Sprintf(`
+metrics { address = "METRICS" }
+service "echo" "e" {
+  endpoint "tcp"  { address = %q }
+  endpoint "unix" { path = %q }
+  endpoint "tls"  {
+    address     = %q
+    self_signed = true
+  }
+}
+`, tcpAddr, sock, tlsAddr))
+	d := startDaemon(t, path, maddr)
+	const size = 4 << 20
+	payload := randomBytes(t, size)
+
+	c, err := net.Dial("tcp", tcpAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	echoRoundTrip(t, c, payload)
+	c.Close()
+
+	u, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	echoRoundTrip(t, u, payload)
+	u.Close()
+
+	tc, err := tls.Dial("tcp", tlsAddr, &tls.Config{InsecureSkipVerify: true}) // self-signed
+	if err != nil {
+		t.Fatal(err)
+	}
+	echoRoundTrip(t, tc, payload)
+	tc.Close()
+
+	svc := map[string]string{"service": "e", "factory": "echo"}
+	d.waitMetric("superd_connections_active", svc, 0)
+	fams := d.scrape()
+	for _, ep := range []string{"tcp:" + tcpAddr, "unix:" + sock, "tls:" + tlsAddr} {
+		if v, _ := metric(fams, "superd_connections_total", map[string]string{"service": "e", "endpoint": ep}); v != 1 {
+			t.Errorf("connections_total{endpoint=%q} = %v, want 1", ep, v)
+		}
+	}
+	for _, name := range []string{"superd_received_bytes_total", "superd_sent_bytes_total"} {
+		if v, _ := metric(fams, name, svc); v != 3*size {
+			t.Errorf("%s = %v, want %v", name, v, 3*size)
+		}
+	}
+	if v, _ := metric(fams, "superd_factory_up", svc); v != 1 {
+		t.Errorf("factory_up = %v, want 1", v)
+	}
+	if v, _ := metric(fams, "superd_connection_duration_seconds", svc); v != 3 {
+		t.Errorf("connection_duration_seconds count = %v, want 3", v)
+	}
+	for _, r := range []string{"max_connections", "max_connections_per_ip", "rate_limit", "rate_limit_per_ip", "denied", "tls_handshake", "factory"} {
+		if _, ok := metric(fams, "superd_connections_rejected_total", map[string]string{"service": "e", "reason": r}); !ok {
+			t.Errorf("rejected_total{reason=%q} missing", r)
+		}
+	}
+	for _, r := range []string{"idle_timeout", "slow_consumer", "shutdown_timeout"} {
+		if _, ok := metric(fams, "superd_connections_dropped_total", map[string]string{"service": "e", "reason": r}); !ok {
+			t.Errorf("dropped_total{reason=%q} missing", r)
+		}
+	}
+	for _, res := range []string{"success", "failure"} {
+		if _, ok := metric(fams, "superd_config_reloads_total", map[string]string{"result": res}); !ok {
+			t.Errorf("config_reloads_total{result=%q} missing", res)
+		}
+	}
+	for _, name := range []string{"superd_build_info", "superd_config_last_reload_successful", "superd_factory_starts_total", "superd_factory_stops_total", "go_goroutines", "process_open_fds"} {
+		if fams[name] == nil {
+			t.Errorf("family %s missing", name)
+		}
+	}
+
+	d.signal(syscall.SIGTERM)
+	if code := d.wait(15 * time.Second); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Errorf("unix socket file still there after shutdown: %v", err)
+	}
+}
+
+func TestQOTDRoundRobin(t *testing.T) {
+	addr, single := freeAddr(t), freeAddr(t)
+	path, maddr := writeConfig(t, fmt.Sprintf(`
+metrics { address = "METRICS" }
+service "qotd" "rr" {
+  quotes = ["one", "two", "three"]
+  endpoint "tcp" { address = %q }
+}
+service "qotd" "apple" {
+  endpoint "tcp" { address = %q }
+}
+`, addr, single))
+	d := startDaemon(t, path, maddr)
+	read := func(addr string) string {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		b, err := io.ReadAll(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	for _, want := range []string{"one\r\n", "two\r\n", "three\r\n", "one\r\n"} {
+		if got := read(addr); got != want {
+			t.Fatalf("got %q, want %q", got, want)
+		}
+	}
+	if got := read(single); got != "An apple a day keeps the doctor away\r\n" {
+		t.Fatalf("default quote: got %q", got)
+	}
+	d.waitMetric("superd_connections_total", map[string]string{"service": "rr", "endpoint": "tcp:" + addr}, 4)
+	d.waitMetric("superd_connections_active", map[string]string{"service": "rr"}, 0)
+	d.signal(syscall.SIGINT)
+	if code := d.wait(15 * time.Second); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+}
+
+// expectClosedAtAccept checks that a connection to addr is closed by the
+// server without any data.
+func expectClosedAtAccept(t *testing.T, addr string) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, err := c.Read(make([]byte, 1))
+	if n != 0 || err == nil {
+		t.Fatalf("expected the server to close the connection, read %d, %v", n, err)
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatal("connection was not closed by the server")
+	}
+}
+
+func TestLimitsAndAllowDeny(t *testing.T) {
+	limited, denied, allowed := freeAddr(t), freeAddr(t), freeAddr(t)
+	path, maddr := writeConfig(t, fmt.Sprintf(`
+metrics { address = "METRICS" }
+service "echo" "limited" {
+  max_connections = 2
+  endpoint "tcp" { address = %q }
+}
+service "echo" "denied" {
+  deny = ["127.0.0.0/8"]
+  endpoint "tcp" { address = %q }
+}
+service "echo" "allowed" {
+  allow = ["127.0.0.1/32"]
+  deny  = ["10.0.0.0/8"]
+  max_connections_per_ip = 1
+  endpoint "tcp" { address = %q }
+}
+`, limited, denied, allowed))
+	d := startDaemon(t, path, maddr)
+
+	var open []net.Conn
+	for i := 0; i < 2; i++ {
+		c, err := net.Dial("tcp", limited)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		echoRoundTrip(t, c, []byte("hello"))
+		open = append(open, c)
+	}
+	expectClosedAtAccept(t, limited)
+	d.waitMetric("superd_connections_rejected_total", map[string]string{"service": "limited", "reason": "max_connections"}, 1)
+	// The two open connections carry on.
+	echoRoundTrip(t, open[0], []byte("still here"))
+	open[0].Close()
+	d.waitMetric("superd_connections_active", map[string]string{"service": "limited"}, 1)
+	c, err := net.Dial("tcp", limited)
+	if err != nil {
+		t.Fatal(err)
+	}
+	echoRoundTrip(t, c, []byte("a slot freed"))
+	c.Close()
+
+	expectClosedAtAccept(t, denied)
+	d.waitMetric("superd_connections_rejected_total", map[string]string{"service": "denied", "reason": "denied"}, 1)
+
+	a, err := net.Dial("tcp", allowed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	echoRoundTrip(t, a, []byte("allowed"))
+	expectClosedAtAccept(t, allowed)
+	d.waitMetric("superd_connections_rejected_total", map[string]string{"service": "allowed", "reason": "max_connections_per_ip"}, 1)
+	d.waitMetric("superd_connections_total", map[string]string{"service": "denied"}, 0)
+}
+
+func TestGracefulShutdownFlushesAndExitsZero(t *testing.T) {
+	addr, qaddr := freeAddr(t), freeAddr(t)
+	path, maddr := writeConfig(t, fmt.Sprintf(`
+metrics { address = "METRICS" }
+shutdown_timeout = "20s"
+service "echo" "e" {
+  endpoint "tcp" { address = %q }
+}
+service "qotd" "q" {
+  endpoint "tcp" { address = %q }
+}
+`, addr, qaddr))
+	d := startDaemon(t, path, maddr)
+
+	// A client that sent a lot and has not read any of the reply: superd
+	// holds unsent output for it when the signal arrives.
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	payload := randomBytes(t, 1<<20)
+	c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	sent, _ := c.Write(payload) // stalls once the server stops reading
+	if sent == 0 {
+		t.Fatal("wrote nothing")
+	}
+	idle, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	d.waitMetric("superd_connections_active", map[string]string{"service": "e"}, 2)
+
+	d.signal(syscall.SIGTERM)
+	// Readiness goes first.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get("http://" + maddr + "/readyz")
+		if err != nil || resp.StatusCode == http.StatusServiceUnavailable {
+			if resp != nil {
+				resp.Body.Close()
+			}
+			break
+		}
+		resp.Body.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("/readyz never turned 503")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// The idle connection is closed cleanly.
+	idle.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := idle.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("idle connection: read %d, %v; want EOF", n, err)
+	}
+	// Everything the server read from the busy client comes back before EOF.
+	c.SetReadDeadline(time.Now().Add(15 * time.Second))
+	got, err := io.ReadAll(bufio.NewReader(c))
+	if err != nil {
+		t.Fatalf("reading the flushed echo: %v (got %d bytes)", err, len(got))
+	}
+	if len(got) == 0 || !bytes.Equal(got, payload[:len(got)]) {
+		t.Fatalf("flushed echo is not a prefix of what was sent (%d bytes)", len(got))
+	}
+	if code := d.wait(15 * time.Second); code != 0 {
+		t.Fatalf("exit code %d\n%s", code, d.stderr.String())
+	}
+	// No new connections after shutdown.
+	if c, err := net.DialTimeout("tcp", qaddr, time.Second); err == nil {
+		c.Close()
+		t.Fatal("qotd still accepting after exit")
+	}
+}
+
+func TestExitCodes(t *testing.T) {
+	run := func(args ...string) (int, string, string) {
+		cmd := exec.Command(superdBin, args...)
+		var out, errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		err := cmd.Run()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return ee.ExitCode(), out.String(), errb.String()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return 0, out.String(), errb.String()
+	}
+	if code, _, errs := run(); code != 2 || !strings.Contains(errs, "usage") {
+		t.Errorf("no args: %d %q", code, errs)
+	}
+	if code, _, _ := run("frobnicate"); code != 2 {
+		t.Errorf("unknown command: %d", code)
+	}
+	if code, _, _ := run("run", "-bogus"); code != 2 {
+		t.Errorf("unknown flag: %d", code)
+	}
+	if code, out, _ := run("version"); code != 0 || !strings.HasPrefix(out, "superd ") {
+		t.Errorf("version: %d %q", code, out)
+	}
+	if code, out, _ := run("factories"); code != 0 || !strings.Contains(out, "echo") || !strings.Contains(out, "qotd") ||
+		!strings.Contains(out, "quote") || !strings.Contains(out, "max_connections") {
+		t.Errorf("factories: %d %q", code, out)
+	}
+
+	bad, _ := writeConfig(t, `service "ecko" "e" {
+  endpoint "tcp" { address = "127.0.0.1:1" }
+}
+`)
+	code, _, errs := run("validate", "-config", bad)
+	if code != 1 || !strings.Contains(errs, "superd.hcl:1,") || !strings.Contains(errs, `Did you mean "echo"?`) {
+		t.Errorf("validate bad: %d %q", code, errs)
+	}
+	if code, _, errs := run("run", "-config", bad); code != 1 || !strings.Contains(errs, "superd.hcl:1,") {
+		t.Errorf("run bad config: %d %q", code, errs)
+	}
+
+	// A port already taken: exit 1 naming the service and endpoint.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	busy, _ := writeConfig(t, fmt.Sprintf(`
+metrics { address = "METRICS" }
+service "echo" "clash" {
+  endpoint "tcp" { address = %q }
+}
+`, ln.Addr().String()))
+	code, _, errs = run("run", "-config", busy)
+	if code != 1 || !strings.Contains(errs, `clash`) || !strings.Contains(errs, "tcp:"+ln.Addr().String()) {
+		t.Errorf("run with a busy port: %d %q", code, errs)
+	}
+
+	good, _ := writeConfig(t, `service "echo" "e" {
+  endpoint "tcp" { address = "127.0.0.1:7" }
+}
+`)
+	if code, out, _ := run("validate", "-config", good); code != 0 || !strings.Contains(out, "valid") {
+		t.Errorf("validate good: %d %q", code, out)
+	}
+}

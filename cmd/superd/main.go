@@ -1,0 +1,185 @@
+// Command superd is the superserver: it runs the services of an HCL file
+// (`superd run`), checks such a file (`superd validate`), and lists the
+// factories it knows (`superd factories`).
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"strings"
+
+	"github.com/zclconf/go-cty/cty"
+
+	"github.com/superd-dev/superd/config"
+	"github.com/superd-dev/superd/framework"
+)
+
+// Exit statuses.
+const (
+	exitOK      = 0
+	exitFailure = 1 // invalid configuration, a service that cannot start, a forced exit
+	exitUsage   = 2
+)
+
+// version is set at build time with -ldflags "-X main.version=..."; else the
+// module version is used.
+var version = ""
+
+const usage = `usage:
+  superd run      [-config FILE] [-log-format text|json] [-log-level debug|info|warn|error]
+  superd validate [-config FILE]
+  superd factories
+  superd version
+`
+
+func main() {
+	os.Exit(superd(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func superd(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	switch cmd, rest := args[0], args[1:]; cmd {
+	case "run":
+		return cmdRun(rest, stderr)
+	case "validate":
+		return cmdValidate(rest, stdout, stderr)
+	case "factories":
+		if len(rest) > 0 {
+			fmt.Fprintf(stderr, "superd factories: unexpected argument %q\n%s", rest[0], usage)
+			return exitUsage
+		}
+		printFactories(stdout)
+		return exitOK
+	case "version":
+		fmt.Fprintf(stdout, "superd %s %s\n", buildVersion(), runtime.Version())
+		return exitOK
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return exitOK
+	default:
+		fmt.Fprintf(stderr, "superd: unknown command %q\n%s", cmd, usage)
+		return exitUsage
+	}
+}
+
+func buildVersion() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}
+
+// newFlagSet returns a flag set that reports errors to stderr and returns
+// them (exit 2), with the config flag every command shares.
+func newFlagSet(name string, stderr io.Writer) (*flag.FlagSet, *string) {
+	fs := flag.NewFlagSet("superd "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, usage) }
+	cfg := fs.String("config", "superd.hcl", "configuration `FILE`")
+	return fs, cfg
+}
+
+func parseFlags(fs *flag.FlagSet, args []string) int {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(fs.Output(), "%s: unexpected argument %q\n%s", fs.Name(), fs.Arg(0), usage)
+		return exitUsage
+	}
+	return -1
+}
+
+// loadConfig loads path, printing diagnostics to stderr on failure.
+func loadConfig(path string, stderr io.Writer) (*config.File, bool) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		var de *config.DiagnosticsError
+		if errors.As(err, &de) {
+			de.Write(stderr)
+		} else {
+			fmt.Fprintf(stderr, "%s: %v\n", path, err)
+		}
+		return nil, false
+	}
+	return cfg, true
+}
+
+func cmdValidate(args []string, stdout, stderr io.Writer) int {
+	fs, path := newFlagSet("validate", stderr)
+	if code := parseFlags(fs, args); code >= 0 {
+		return code
+	}
+	cfg, ok := loadConfig(*path, stderr)
+	if !ok {
+		return exitFailure
+	}
+	endpoints := 0
+	for _, s := range cfg.Services {
+		endpoints += len(s.Endpoints)
+	}
+	fmt.Fprintf(stdout, "%s: valid: %d services, %d endpoints\n", *path, len(cfg.Services), endpoints)
+	return exitOK
+}
+
+func printFactories(w io.Writer) {
+	for _, s := range framework.Specs() {
+		fmt.Fprintf(w, "%s\n    %s\n", s.Name, s.Description)
+		for _, a := range s.Attributes {
+			fmt.Fprintf(w, "    %-22s %-16s %s\n", a.Name, a.Type.FriendlyName(), attrDefault(a))
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintln(w, "Every service also accepts:")
+	for _, a := range config.CommonAttributes {
+		fmt.Fprintf(w, "    %-22s %-16s %s\n", a.Name, a.Type.FriendlyName(), attrDefault(a))
+	}
+}
+
+func attrDefault(a framework.Attribute) string {
+	switch {
+	case a.Required:
+		return "(required)"
+	case a.Default == cty.NilVal || a.Default.IsNull():
+		return "(none)"
+	case a.Default.Type() == cty.String:
+		return fmt.Sprintf("default %q", a.Default.AsString())
+	case a.Default.Type() == cty.Number:
+		return "default " + a.Default.AsBigFloat().Text('f', -1)
+	case a.Default.Type() == cty.Bool:
+		return fmt.Sprintf("default %t", a.Default.True())
+	default:
+		return "default " + strings.TrimSpace(a.Default.GoString())
+	}
+}
+
+// newLogger builds the slog logger of `run`.
+func newLogger(format, level string, w io.Writer) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("-log-level: %q is not one of debug, info, warn, error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("-log-format: %q is not text or json", format)
+}

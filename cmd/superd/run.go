@@ -1,0 +1,167 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/superd-dev/superd/config"
+	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/metrics"
+	"github.com/superd-dev/superd/supervisor"
+)
+
+func cmdRun(args []string, stderr io.Writer) int {
+	fs, path := newFlagSet("run", stderr)
+	logFormat := fs.String("log-format", "text", "log format: text or json")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	if code := parseFlags(fs, args); code >= 0 {
+		return code
+	}
+	log, err := newLogger(*logFormat, *logLevel, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "superd run: %v\n%s", err, usage)
+		return exitUsage
+	}
+
+	// Signals are caught from the start, so one arriving during startup is
+	// not lost (and does not kill the process half-started).
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGUSR1)
+	defer signal.Stop(sigs)
+
+	cfg, ok := loadConfig(*path, stderr)
+	if !ok {
+		return exitFailure
+	}
+	raiseFileLimit(log)
+
+	var extra []prometheus.Collector
+	for _, s := range framework.Specs() {
+		extra = append(extra, s.Collectors...)
+	}
+	m := metrics.New(buildVersion(), extra...)
+	sup := supervisor.New(log, m)
+
+	var httpSrv *http.Server
+	if cfg.MetricsAddress != "" {
+		ln, err := net.Listen("tcp", cfg.MetricsAddress)
+		if err != nil {
+			log.Error("cannot start the metrics listener", "address", cfg.MetricsAddress, "err", err)
+			return exitFailure
+		}
+		httpSrv = &http.Server{Handler: m.Handler(sup.NotReady), ReadHeaderTimeout: 10 * time.Second}
+		go httpSrv.Serve(ln)
+		defer httpSrv.Close()
+		log.Info("metrics listening", "address", ln.Addr().String())
+	}
+
+	if err := sup.Start(cfg); err != nil {
+		log.Error("cannot start", "err", err)
+		return exitFailure
+	}
+	log.Info("superd started", "config", *path, "services", len(cfg.Services), "version", buildVersion())
+
+	for {
+		switch sig := <-sigs; sig {
+		case syscall.SIGHUP:
+			reload(log, sup, m, *path)
+		case syscall.SIGUSR1:
+			sup.Reopen()
+		case syscall.SIGINT, syscall.SIGTERM:
+			timeout := sup.ShutdownTimeout()
+			log.Info("shutting down", "signal", sig.String(), "timeout", timeout)
+			done := make(chan error, 1)
+			go func() { done <- sup.Shutdown(timeout) }()
+			for {
+				select {
+				case err := <-done:
+					if err != nil {
+						log.Error("shutdown finished with errors", "err", err)
+					}
+					log.Info("superd stopped")
+					return exitOK
+				case sig := <-sigs:
+					if sig == syscall.SIGINT || sig == syscall.SIGTERM {
+						log.Warn("second signal: exiting without finishing the drain", "signal", sig.String())
+						return exitFailure
+					}
+				}
+			}
+		}
+	}
+}
+
+// reload re-reads the configuration file and applies it (SIGHUP).
+func reload(log *slog.Logger, sup *supervisor.Supervisor, m *metrics.Metrics, path string) {
+	log.Info("reloading configuration", "config", path)
+	cfg, err := loadConfigErr(path)
+	if err == nil {
+		err = sup.Reload(cfg)
+	}
+	if err != nil {
+		m.ConfigReloads.WithLabelValues("failure").Inc()
+		m.LastReloadOK.Set(0)
+		logReloadError(log, err)
+		return
+	}
+	m.ConfigReloads.WithLabelValues("success").Inc()
+	m.LastReloadOK.Set(1)
+	log.Info("configuration reloaded", "services", len(cfg.Services))
+}
+
+// raiseFileLimit raises the soft open-file limit to the hard limit: every
+// connection is a file descriptor.
+func raiseFileLimit(log *slog.Logger) {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return
+	}
+	if rl.Cur < rl.Max {
+		old := rl.Cur
+		rl.Cur = rl.Max
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+			log.Warn("cannot raise the open-file limit", "soft", old, "hard", rl.Max, "err", err)
+			return
+		}
+		log.Info("raised the open-file limit", "from", old, "to", rl.Max)
+		return
+	}
+	log.Info("open-file limit", "limit", rl.Cur)
+}
+
+// loadConfigErr loads path for a reload, returning diagnostics as an error.
+func loadConfigErr(path string) (*config.File, error) {
+	return config.Load(path)
+}
+
+// logReloadError logs why a reload failed: each configuration diagnostic as
+// one structured line, or the start error.
+func logReloadError(log *slog.Logger, err error) {
+	var de *config.DiagnosticsError
+	if errors.As(err, &de) {
+		for _, d := range de.Diagnostics() {
+			if d.Severity != hcl.DiagError {
+				continue
+			}
+			pos := ""
+			if d.Subject != nil {
+				pos = d.Subject.String()
+			}
+			log.Error("reload failed: invalid configuration; nothing changed",
+				"pos", pos, "summary", d.Summary, "detail", d.Detail)
+		}
+		return
+	}
+	log.Error("reload failed; nothing changed", "err", err)
+}

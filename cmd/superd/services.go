@@ -1,0 +1,10 @@
+package main
+
+// The built-in services. Each registers its factory from init; adding a
+// service to superd is adding its package here.
+import (
+	_ "github.com/superd-dev/superd/services/chat"
+	_ "github.com/superd-dev/superd/services/echo"
+	_ "github.com/superd-dev/superd/services/logfile"
+	_ "github.com/superd-dev/superd/services/qotd"
+)

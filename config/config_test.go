@@ -1,0 +1,299 @@
+package config
+
+import (
+	"crypto/tls"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/zclconf/go-cty/cty"
+
+	"github.com/superd-dev/superd/endpoint"
+	"github.com/superd-dev/superd/framework"
+)
+
+const validConfig = `# Every construct of the language.
+metrics {
+  address = "127.0.0.1:19464"
+}
+
+shutdown_timeout = "1m30s"
+
+service "testfactory" "alpha" {
+  greeting = file("greeting.txt")
+  tags     = ["a", env("SUPERD_TEST_TAG")]
+
+  max_connections        = 100
+  max_connections_per_ip = 5
+  idle_timeout           = "30s"
+  allow = ["10.0.0.0/8", "192.168.1.7", "2001:db8::/32", "::1", "10.2.3.4/16", "::ffff:1.2.3.0/120"]
+  deny  = ["10.1.0.0/16"]
+  ipv6_prefix        = 56
+  max_pending_output = 65536
+  rate_limit { rate = 0.5 }
+  rate_limit_per_ip {
+    rate  = 10
+    burst = 20
+  }
+
+  endpoint "tcp" { address = "127.0.0.1:17007" }
+  endpoint "tcp" { address = "[::1]:17007" }
+  endpoint "tls" {
+    address        = ":17443"
+    cert_file      = "tls/server.crt"
+    key_file       = "tls/server.key"
+    client_ca_file = "tls/ca.crt"
+    min_version    = "1.3"
+  }
+  endpoint "unix" {
+    path = "alpha.sock"
+    mode = "0600"
+  }
+}
+
+service "testecho" "beta" {
+  endpoint "tls" {
+    address     = "127.0.0.1:17444"
+    self_signed = true
+  }
+  endpoint "unix" { path = "/tmp/superd-config-test-beta.sock" }
+}
+
+service "testneeds" "gamma" {
+  target = env("SUPERD_TEST_UNSET", "fallback")
+  endpoint "tcp" { address = "localhost:0" }
+  endpoint "tcp" { address = "127.0.0.1:0" }
+}
+`
+
+func TestLoadValid(t *testing.T) {
+	t.Setenv("SUPERD_TEST_TAG", "from-env")
+	os.Unsetenv("SUPERD_TEST_UNSET")
+	cert, key := certPair(t, "localhost")
+	dir := writeFiles(t, map[string]string{
+		"superd.hcl":     validConfig,
+		"greeting.txt":   "hi there\n",
+		"tls/server.crt": cert,
+		"tls/server.key": key,
+		"tls/ca.crt":     cert,
+	})
+	path := filepath.Join(dir, "superd.hcl")
+	f, err := Load(path)
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if f.Path != path || f.Dir != dir {
+		t.Errorf("Path, Dir = %q, %q; want %q, %q", f.Path, f.Dir, path, dir)
+	}
+	if f.MetricsAddress != "127.0.0.1:19464" {
+		t.Errorf("MetricsAddress = %q", f.MetricsAddress)
+	}
+	if f.ShutdownTimeout != 90*time.Second {
+		t.Errorf("ShutdownTimeout = %v", f.ShutdownTimeout)
+	}
+	if len(f.Warnings) != 0 {
+		t.Errorf("Warnings = %v", f.Warnings)
+	}
+
+	mustPrefix := func(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+	type want struct {
+		name, factory string
+		limits        Limits
+		endpoints     []endpoint.Config
+		values        map[string]cty.Value
+		set           []string
+	}
+	wants := []want{
+		{
+			name: "alpha", factory: "testfactory",
+			limits: Limits{
+				MaxConnections:      100,
+				MaxConnectionsPerIP: 5,
+				IdleTimeout:         30 * time.Second,
+				Allow: []netip.Prefix{
+					mustPrefix("10.0.0.0/8"), mustPrefix("192.168.1.7/32"),
+					mustPrefix("2001:db8::/32"), mustPrefix("::1/128"),
+					mustPrefix("10.2.0.0/16"), mustPrefix("1.2.3.0/24"),
+				},
+				Deny:             []netip.Prefix{mustPrefix("10.1.0.0/16")},
+				RateLimit:        &Rate{Rate: 0.5, Burst: 1},
+				RateLimitPerIP:   &Rate{Rate: 10, Burst: 20},
+				IPv6Prefix:       56,
+				MaxPendingOutput: 65536,
+			},
+			endpoints: []endpoint.Config{
+				{Kind: "tcp", Label: "tcp:127.0.0.1:17007", Address: "127.0.0.1:17007"},
+				{Kind: "tcp", Label: "tcp:[::1]:17007", Address: "[::1]:17007"},
+				{
+					Kind: "tls", Label: "tls::17443", Address: ":17443",
+					CertFile:     filepath.Join(dir, "tls/server.crt"),
+					KeyFile:      filepath.Join(dir, "tls/server.key"),
+					ClientCAFile: filepath.Join(dir, "tls/ca.crt"),
+					MinVersion:   tls.VersionTLS13,
+				},
+				{Kind: "unix", Label: "unix:alpha.sock", Path: filepath.Join(dir, "alpha.sock"), Mode: 0o600},
+			},
+			values: map[string]cty.Value{
+				"greeting": cty.StringVal("hi there\n"),
+				"repeat":   cty.NumberIntVal(1),
+				"tags":     cty.ListVal([]cty.Value{cty.StringVal("a"), cty.StringVal("from-env")}),
+			},
+			set: []string{"greeting", "tags"},
+		},
+		{
+			name: "beta", factory: "testecho",
+			limits: Limits{IPv6Prefix: DefaultIPv6Prefix, MaxPendingOutput: DefaultMaxPendingOutput},
+			endpoints: []endpoint.Config{
+				{Kind: "tls", Label: "tls:127.0.0.1:17444", Address: "127.0.0.1:17444", SelfSigned: true, MinVersion: tls.VersionTLS12},
+				{Kind: "unix", Label: "unix:/tmp/superd-config-test-beta.sock", Path: "/tmp/superd-config-test-beta.sock", Mode: 0o660},
+			},
+			values: map[string]cty.Value{},
+		},
+		{
+			name: "gamma", factory: "testneeds",
+			limits: Limits{IPv6Prefix: DefaultIPv6Prefix, MaxPendingOutput: DefaultMaxPendingOutput},
+			endpoints: []endpoint.Config{
+				{Kind: "tcp", Label: "tcp:localhost:0", Address: "localhost:0"},
+				{Kind: "tcp", Label: "tcp:127.0.0.1:0", Address: "127.0.0.1:0"},
+			},
+			values: map[string]cty.Value{"target": cty.StringVal("fallback")},
+			set:    []string{"target"},
+		},
+	}
+	if len(f.Services) != len(wants) {
+		t.Fatalf("%d services, want %d", len(f.Services), len(wants))
+	}
+	for i, w := range wants {
+		s := f.Services[i]
+		if s.Name != w.name || s.Factory != w.factory {
+			t.Errorf("service %d is %s/%s, want %s/%s", i, s.Factory, s.Name, w.factory, w.name)
+			continue
+		}
+		if spec, _ := framework.Lookup(w.factory); s.Spec != spec {
+			t.Errorf("%s: Spec = %p, want the registered %p", w.name, s.Spec, spec)
+		}
+		if f.Service(w.name) != s {
+			t.Errorf("File.Service(%q) is not the service", w.name)
+		}
+		if !reflect.DeepEqual(s.Limits, w.limits) {
+			t.Errorf("%s: Limits =\n%+v\nwant\n%+v", w.name, s.Limits, w.limits)
+		}
+		if !reflect.DeepEqual(s.Endpoints, w.endpoints) {
+			t.Errorf("%s: Endpoints =\n%+v\nwant\n%+v", w.name, s.Endpoints, w.endpoints)
+		}
+		cfg := s.FactoryConfig
+		if cfg == nil {
+			t.Errorf("%s: no FactoryConfig", w.name)
+			continue
+		}
+		if cfg.Service != w.name || cfg.Dir != dir {
+			t.Errorf("%s: FactoryConfig Service, Dir = %q, %q", w.name, cfg.Service, cfg.Dir)
+		}
+		if len(cfg.Values) != len(w.values) {
+			t.Errorf("%s: Values = %#v, want %#v", w.name, cfg.Values, w.values)
+		}
+		for k, v := range w.values {
+			if got, ok := cfg.Values[k]; !ok || !got.RawEquals(v) {
+				t.Errorf("%s: Values[%q] = %#v, want %#v", w.name, k, got, v)
+			}
+		}
+		if len(cfg.Ranges) != len(w.set) {
+			t.Errorf("%s: Ranges = %v, want ranges of %v", w.name, cfg.Ranges, w.set)
+		}
+		for _, k := range w.set {
+			if r, ok := cfg.Ranges[k]; !ok || r.Filename != path || r.Start.Line < 1 {
+				t.Errorf("%s: Ranges[%q] = %v", w.name, k, r)
+			}
+		}
+		if s.Fingerprint == "" || s.DefRange.Filename != path {
+			t.Errorf("%s: Fingerprint %q, DefRange %v", w.name, s.Fingerprint, s.DefRange)
+		}
+	}
+	if f.Services[0].Fingerprint == f.Services[1].Fingerprint {
+		t.Error("two different services have one fingerprint")
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	dir := writeFiles(t, map[string]string{"superd.hcl": `service "testfactory" "x" {
+  endpoint "tcp" { address = ":0" }
+}
+`})
+	f, err := Load(filepath.Join(dir, "superd.hcl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.MetricsAddress != DefaultMetricsAddress || f.ShutdownTimeout != DefaultShutdownTimeout {
+		t.Errorf("MetricsAddress, ShutdownTimeout = %q, %v", f.MetricsAddress, f.ShutdownTimeout)
+	}
+	s := f.Services[0]
+	want := Limits{IPv6Prefix: DefaultIPv6Prefix, MaxPendingOutput: DefaultMaxPendingOutput}
+	if !reflect.DeepEqual(s.Limits, want) {
+		t.Errorf("Limits = %+v, want %+v", s.Limits, want)
+	}
+	v := s.FactoryConfig.Values
+	if !v["greeting"].RawEquals(cty.StringVal("hello")) || !v["repeat"].RawEquals(cty.NumberIntVal(1)) ||
+		!v["tags"].RawEquals(cty.NullVal(cty.List(cty.String))) {
+		t.Errorf("Values = %#v", v)
+	}
+	if len(s.FactoryConfig.Ranges) != 0 {
+		t.Errorf("Ranges = %v, want none", s.FactoryConfig.Ranges)
+	}
+}
+
+func TestMetricsDisabled(t *testing.T) {
+	f, err := Parse([]byte(`metrics { address = "" }
+shutdown_timeout = "0s"
+service "testecho" "e" {
+  endpoint "tcp" { address = "127.0.0.1:9464" }
+}
+`), filepath.Join(t.TempDir(), "superd.hcl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.MetricsAddress != "" || f.ShutdownTimeout != 0 {
+		t.Errorf("MetricsAddress, ShutdownTimeout = %q, %v", f.MetricsAddress, f.ShutdownTimeout)
+	}
+}
+
+func TestRateBurstDefault(t *testing.T) {
+	f, err := Parse([]byte(`service "testecho" "e" {
+  rate_limit { rate = 2.5 }
+  rate_limit_per_ip { rate = 0.1 }
+  endpoint "tcp" { address = ":0" }
+}
+`), filepath.Join(t.TempDir(), "superd.hcl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := f.Services[0].Limits
+	if *l.RateLimit != (Rate{2.5, 3}) || *l.RateLimitPerIP != (Rate{0.1, 1}) {
+		t.Errorf("RateLimit %+v, RateLimitPerIP %+v", *l.RateLimit, *l.RateLimitPerIP)
+	}
+}
+
+func TestMissingFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "nope.hcl")
+	_, err := Load(path)
+	out := diagText(t, err)
+	if want := path + ":1,1-1: Configuration file not found; "; !strings.HasPrefix(out, want) {
+		t.Errorf("output %q does not start with %q", out, want)
+	}
+}
+
+func TestWriteShowsSource(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "superd.hcl")
+	_, err := Parse([]byte("service \"testecko\" \"x\" {\n\tendpoint \"tcp\" { address = \":0\" }\n}\n"), path)
+	got := diagText(t, err)
+	want := path + `:1,9-19: Unknown factory; There is no factory named "testecko". Did you mean "testecho"?
+    1 | service "testecko" "x" {
+      |         ^^^^^^^^^^
+`
+	if got != want {
+		t.Errorf("Write printed\n%s\nwant\n%s", got, want)
+	}
+}

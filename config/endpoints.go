@@ -1,0 +1,358 @@
+package config
+
+import (
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/netip"
+	"runtime"
+	"strconv"
+	"strings"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
+
+	"github.com/superd-dev/superd/endpoint"
+)
+
+// DefaultUnixMode is the mode of a unix socket file when the endpoint does
+// not say.
+const DefaultUnixMode fs.FileMode = 0o660
+
+// maxTLSFileSize bounds certificate, key and CA files.
+const maxTLSFileSize = 1 << 20
+
+var endpointKinds = []string{endpoint.KindTCP, endpoint.KindTLS, endpoint.KindUnix}
+
+var endpointSchemas = map[string]*hcl.BodySchema{
+	endpoint.KindTCP: {Attributes: []hcl.AttributeSchema{
+		{Name: "address", Required: true},
+	}},
+	endpoint.KindTLS: {Attributes: []hcl.AttributeSchema{
+		{Name: "address", Required: true},
+		{Name: "cert_file"},
+		{Name: "key_file"},
+		{Name: "client_ca_file"},
+		{Name: "min_version"},
+		{Name: "self_signed"},
+	}},
+	endpoint.KindUnix: {Attributes: []hcl.AttributeSchema{
+		{Name: "path", Required: true},
+		{Name: "mode"},
+	}},
+}
+
+func (d *decoder) decodeEndpoints(svc *Service, blk *hcl.Block, content *hcl.BodyContent) {
+	n := 0
+	for _, eb := range content.Blocks {
+		if eb.Type != blockEndpoint {
+			continue
+		}
+		n++
+		if ep, ok := d.decodeEndpoint(svc, eb); ok {
+			svc.Endpoints = append(svc.Endpoints, ep)
+		}
+	}
+	if n == 0 && !hasEndpointBlock(blk.Body) {
+		d.errorf(blk.DefRange, "Missing endpoint",
+			"Service %q has no endpoint; add at least one, such as endpoint \"tcp\" { address = \"127.0.0.1:7007\" }.", svc.Name)
+	}
+}
+
+// hasEndpointBlock reports whether body holds an endpoint block, even one
+// HCL dropped for its labels (already reported, so not missing as well).
+func hasEndpointBlock(body hcl.Body) bool {
+	if sb, ok := body.(*hclsyntax.Body); ok {
+		for _, b := range sb.Blocks {
+			if b.Type == blockEndpoint {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (d *decoder) decodeEndpoint(svc *Service, blk *hcl.Block) (endpoint.Config, bool) {
+	kind := blk.Labels[0]
+	schema, known := endpointSchemas[kind]
+	if !known {
+		d.errorf(blk.LabelRanges[0], "Unknown endpoint kind", "There is no endpoint kind %q.%s The kinds are %s.",
+			kind, didYouMean(kind, endpointKinds), quotedList(endpointKinds))
+		return endpoint.Config{}, false
+	}
+	content, diags := blk.Body.Content(schema)
+	d.diags = append(d.diags, diags...)
+
+	ep := endpoint.Config{Kind: kind}
+	switch kind {
+	case endpoint.KindTCP, endpoint.KindTLS:
+		if a := content.Attributes["address"]; a != nil {
+			if addr, good := d.str(a); good {
+				ep.Address = addr
+				ep.Label = kind + ":" + addr
+				if key, good := d.checkAddress(a, addr); good {
+					d.claim(socket{key: key, desc: endpointDesc(ep.Label, svc.Name), rng: a.Expr.Range()})
+				}
+			}
+		}
+		if kind == endpoint.KindTLS {
+			d.decodeTLS(&ep, blk, content)
+		}
+	case endpoint.KindUnix:
+		ep.Mode = DefaultUnixMode
+		if a := content.Attributes["path"]; a != nil {
+			if p, good := d.str(a); good {
+				ep.Label = kind + ":" + p
+				ep.Path = resolvePath(d.file.Dir, p)
+				if d.checkSocketPath(a, p, ep.Path) {
+					d.claim(socket{key: sockKey{unix: ep.Path}, desc: endpointDesc(ep.Label, svc.Name), rng: a.Expr.Range()})
+				}
+			}
+		}
+		if a := content.Attributes["mode"]; a != nil {
+			if s, good := d.str(a); good {
+				if m, err := parseMode(s); err != nil {
+					d.errorf(a.Expr.Range(), "Invalid file mode",
+						"mode %q is not an octal file mode (%s); write it as a string such as \"0660\".", s, err)
+				} else {
+					ep.Mode = m
+				}
+			}
+		}
+	}
+	// Whatever went wrong above was reported, and fails the whole file.
+	return ep, true
+}
+
+// decodeTLS fills the TLS part of ep and checks that its files exist, are
+// readable and hold a certificate and matching key (or CA certificates).
+func (d *decoder) decodeTLS(ep *endpoint.Config, blk *hcl.Block, content *hcl.BodyContent) {
+	ep.MinVersion = tls.VersionTLS12
+	if a := content.Attributes["min_version"]; a != nil {
+		s, good := d.str(a)
+		switch {
+		case !good:
+		case s == "1.2":
+			ep.MinVersion = tls.VersionTLS12
+		case s == "1.3":
+			ep.MinVersion = tls.VersionTLS13
+		default:
+			d.errorf(a.Expr.Range(), "Invalid TLS version", "min_version must be \"1.2\" or \"1.3\", not %q.", s)
+		}
+	}
+	if a := content.Attributes["self_signed"]; a != nil {
+		if v, good := d.boolean(a); good {
+			ep.SelfSigned = v
+		}
+	}
+
+	certAttr, keyAttr := content.Attributes["cert_file"], content.Attributes["key_file"]
+	switch {
+	case ep.SelfSigned && (certAttr != nil || keyAttr != nil):
+		d.errorf(content.Attributes["self_signed"].Range, "Conflicting TLS settings",
+			"A tls endpoint takes either cert_file and key_file, or self_signed = true, not both.")
+	case ep.SelfSigned:
+	case certAttr == nil && keyAttr == nil:
+		d.errorf(blk.DefRange, "Missing TLS certificate",
+			"A tls endpoint needs cert_file and key_file, or self_signed = true to make a certificate at start (for trying things out).")
+	case certAttr == nil:
+		d.errorf(blk.DefRange, "Missing cert_file", "A tls endpoint with a key_file needs its cert_file too.")
+	case keyAttr == nil:
+		d.errorf(blk.DefRange, "Missing key_file", "A tls endpoint with a cert_file needs its key_file too.")
+	}
+
+	var certPEM, keyPEM []byte
+	if certAttr != nil {
+		ep.CertFile, certPEM = d.tlsFile(certAttr)
+	}
+	if keyAttr != nil {
+		ep.KeyFile, keyPEM = d.tlsFile(keyAttr)
+	}
+	if certPEM != nil && keyPEM != nil {
+		if _, err := tls.X509KeyPair(certPEM, keyPEM); err != nil {
+			d.errorf(certAttr.Range, "Invalid TLS certificate or key",
+				"%s and %s do not make a certificate and its key: %s.", ep.CertFile, ep.KeyFile, err)
+		}
+	}
+	if a := content.Attributes["client_ca_file"]; a != nil {
+		var caPEM []byte
+		ep.ClientCAFile, caPEM = d.tlsFile(a)
+		if caPEM != nil && !x509.NewCertPool().AppendCertsFromPEM(caPEM) {
+			d.errorf(a.Range, "Invalid client CA file", "%s holds no PEM certificate.", ep.ClientCAFile)
+		}
+	}
+}
+
+// tlsFile reads the file an attribute names (resolved against the
+// configuration folder). It returns nil data after reporting a problem.
+func (d *decoder) tlsFile(attr *hcl.Attribute) (string, []byte) {
+	s, ok := d.str(attr)
+	if !ok {
+		return "", nil
+	}
+	if s == "" {
+		d.errorf(attr.Expr.Range(), "Missing file name", "%s must name a file.", attr.Name)
+		return "", nil
+	}
+	p := resolvePath(d.file.Dir, s)
+	data, err := readRegularFile(p, maxTLSFileSize)
+	if err != nil {
+		d.errorf(attr.Expr.Range(), "Cannot read "+attr.Name,
+			"%s. Relative paths resolve against the configuration file's folder, %s.", err, d.file.Dir)
+		return p, nil
+	}
+	sum := sha256.Sum256(data)
+	d.fileSums[p] = hex.EncodeToString(sum[:])
+	return p, data
+}
+
+// parseMode parses an octal permission string such as "0660" or "0o660".
+func parseMode(s string) (fs.FileMode, error) {
+	t := strings.TrimPrefix(strings.TrimPrefix(s, "0o"), "0O")
+	if t == "" {
+		return 0, fmt.Errorf("it is empty")
+	}
+	for _, c := range t {
+		if c < '0' || c > '7' {
+			return 0, fmt.Errorf("%q is not an octal digit", c)
+		}
+	}
+	m, err := strconv.ParseUint(t, 8, 32)
+	if err != nil || m > 0o777 {
+		return 0, fmt.Errorf("permissions go from 0000 to 0777")
+	}
+	return fs.FileMode(m), nil
+}
+
+// maxSocketPath is the longest unix socket path the system accepts
+// (sun_path less its terminating NUL).
+func maxSocketPath() int {
+	if runtime.GOOS == "linux" {
+		return 107
+	}
+	return 103
+}
+
+func (d *decoder) checkSocketPath(attr *hcl.Attribute, written, resolved string) bool {
+	if written == "" {
+		d.errorf(attr.Expr.Range(), "Invalid socket path", "path must name the socket file.")
+		return false
+	}
+	if n := len(resolved); n > maxSocketPath() {
+		d.errorf(attr.Expr.Range(), "Socket path too long",
+			"The socket path %s is %d bytes long, and the system takes at most %d; use a shorter path.", resolved, n, maxSocketPath())
+		return false
+	}
+	return true
+}
+
+func endpointDesc(label, service string) string {
+	return fmt.Sprintf("endpoint %q of service %q", label, service)
+}
+
+// sockKey identifies what a listener binds, to find two that would clash.
+type sockKey struct {
+	unix     string // resolved path of a unix socket; "" for TCP
+	host     string // normalized host ("" for a wildcard)
+	wildcard bool   // every address: "", 0.0.0.0, [::]
+	port     uint16
+}
+
+func (k sockKey) conflicts(o sockKey) bool {
+	if k.unix != "" || o.unix != "" {
+		return k.unix == o.unix
+	}
+	if k.port == 0 || k.port != o.port {
+		return false // port 0 picks a free port each time
+	}
+	return k.wildcard || o.wildcard || k.host == o.host
+}
+
+// socket is a listener claimed by an endpoint (or the metrics server).
+type socket struct {
+	key  sockKey
+	desc string // `endpoint "tcp:ADDRESS" of service "NAME"`, as written
+	rng  hcl.Range
+}
+
+func upperFirst(s string) string {
+	if s == "" {
+		return s
+	}
+	return strings.ToUpper(s[:1]) + s[1:]
+}
+
+// claim reports a conflict with any socket claimed earlier, then records s.
+func (d *decoder) claim(s socket) {
+	for _, o := range d.sockets {
+		if !o.key.conflicts(s.key) {
+			continue
+		}
+		why := ""
+		if s.key.unix == "" && s.key.host != o.key.host {
+			why = " (an address without a host, 0.0.0.0 or [::] takes its port on every address)"
+		}
+		d.errorf(s.rng, "Duplicate endpoint address",
+			"%s would listen where %s, declared at %s, already does%s; give each one its own address.",
+			upperFirst(s.desc), o.desc, o.rng, why)
+		break
+	}
+	d.sockets = append(d.sockets, s)
+}
+
+// checkAddress checks a HOST:PORT address (IPv4, [IPv6], a host name, or
+// no host for every address) with a numeric port, and returns its key.
+func (d *decoder) checkAddress(attr *hcl.Attribute, addr string) (sockKey, bool) {
+	const hint = `write "127.0.0.1:7007", "[::1]:7007" (IPv6 in brackets) or ":7007" (every address)`
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		d.errorf(attr.Expr.Range(), "Invalid address", "%q is not HOST:PORT; %s.", addr, hint)
+		return sockKey{}, false
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil || port[0] < '0' || port[0] > '9' {
+		d.errorf(attr.Expr.Range(), "Invalid address", "The port of %q must be a number from 0 to 65535; %s.", addr, hint)
+		return sockKey{}, false
+	}
+	key := sockKey{port: uint16(p)}
+	switch a, err := netip.ParseAddr(host); {
+	case host == "":
+		key.wildcard = true
+	case err == nil:
+		a = a.Unmap()
+		key.host = a.String()
+		key.wildcard = a.IsUnspecified()
+	case isHostName(host):
+		key.host = strings.ToLower(strings.TrimSuffix(host, "."))
+	default:
+		d.errorf(attr.Expr.Range(), "Invalid address", "The host of %q is neither an IP address nor a host name; %s.", addr, hint)
+		return sockKey{}, false
+	}
+	return key, true
+}
+
+// isHostName reports whether s is a DNS host name (letters, digits and
+// hyphens in dot-separated labels, not all digits at the end).
+func isHostName(s string) bool {
+	s = strings.TrimSuffix(s, ".")
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	labels := strings.Split(s, ".")
+	for _, l := range labels {
+		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
+			return false
+		}
+		for _, c := range l {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	last := labels[len(labels)-1]
+	return strings.Trim(last, "0123456789") != ""
+}

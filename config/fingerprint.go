@@ -1,0 +1,66 @@
+package config
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"hash"
+	"slices"
+
+	"github.com/zclconf/go-cty/cty"
+	ctyjson "github.com/zclconf/go-cty/cty/json"
+)
+
+// fingerprint returns a digest of everything that configures svc: its
+// factory, the evaluated values of the factory's attributes, the folder
+// relative paths resolve against, the limits and the endpoints, including
+// the contents of the TLS files they read (so a renewed certificate counts
+// as a change on reload). The service's name is not part of it: reload
+// pairs services by name first.
+func (d *decoder) fingerprint(svc *Service) string {
+	h := sha256.New()
+	field(h, "factory", svc.Factory)
+	field(h, "dir", d.file.Dir)
+	if cfg := svc.FactoryConfig; cfg != nil {
+		names := make([]string, 0, len(cfg.Values))
+		for n := range cfg.Values {
+			names = append(names, n)
+		}
+		slices.Sort(names)
+		for _, n := range names {
+			v := cfg.Values[n]
+			js, err := ctyjson.Marshal(v, cty.DynamicPseudoType)
+			if err != nil {
+				field(h, "attr."+n, v.GoString())
+			} else {
+				field(h, "attr."+n, string(js))
+			}
+		}
+	}
+	l := svc.Limits
+	field(h, "limits", fmt.Sprintf("%d %d %d %v %v %d %d",
+		l.MaxConnections, l.MaxConnectionsPerIP, l.IdleTimeout, l.Allow, l.Deny, l.IPv6Prefix, l.MaxPendingOutput))
+	field(h, "rate_limit", rateString(l.RateLimit))
+	field(h, "rate_limit_per_ip", rateString(l.RateLimitPerIP))
+	for i, ep := range svc.Endpoints {
+		field(h, fmt.Sprintf("endpoint.%d", i), fmt.Sprintf("%+v", ep))
+		for _, p := range []string{ep.CertFile, ep.KeyFile, ep.ClientCAFile} {
+			if p != "" {
+				field(h, "sha256:"+p, d.fileSums[p])
+			}
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// field writes one unambiguous name=value line.
+func field(h hash.Hash, name, value string) {
+	fmt.Fprintf(h, "%q=%q\n", name, value)
+}
+
+func rateString(r *Rate) string {
+	if r == nil {
+		return "none"
+	}
+	return fmt.Sprintf("%g/%d", r.Rate, r.Burst)
+}

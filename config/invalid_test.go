@@ -1,0 +1,610 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// wantDiag is one diagnostic expected in Write's output: a line starting
+// with FILE:POS: and holding the summary (and detail, when given).
+type wantDiag struct {
+	pos, summary, detail string
+}
+
+func TestInvalid(t *testing.T) {
+	cert, key := certPair(t, "localhost")
+	otherCert, _ := certPair(t, "other")
+	tests := []struct {
+		name  string
+		hcl   string
+		files map[string]string
+		want  []wantDiag
+	}{
+		{
+			name: "syntax error",
+			hcl: `service "testecho" "e" {
+  endpoint "tcp" { address = }
+}
+`,
+			want: []wantDiag{{"2,30-31", "Invalid expression", "Expected the start of an expression"}},
+		},
+		{
+			name: "unknown top-level attribute",
+			hcl: `shutdown_timout = "1s"
+`,
+			want: []wantDiag{{"1,1-16", "Unsupported argument", `Did you mean "shutdown_timeout"?`}},
+		},
+		{
+			name: "unknown top-level block",
+			hcl: `servce "testecho" "e" {}
+`,
+			want: []wantDiag{{"1,1-7", "Unsupported block type", `Did you mean "service"?`}},
+		},
+		{
+			name: "unknown factory",
+			hcl: `service "testecko" "e" {
+  endpoint "tcp" { address = ":0" }
+}
+`,
+			want: []wantDiag{{"1,9-19", "Unknown factory", `There is no factory named "testecko". Did you mean "testecho"?`}},
+		},
+		{
+			name: "unknown factory without a close name",
+			hcl: `service "zzz" "e" {
+  endpoint "tcp" { address = ":0" }
+}
+`,
+			want: []wantDiag{{"1,9-14", "Unknown factory", `"testecho", "testfactory" and "testneeds"`}},
+		},
+		{
+			name: "unknown factory attribute",
+			hcl: `service "testfactory" "e" {
+  greting = "hi"
+  endpoint "tcp" { address = ":0" }
+}
+`,
+			want: []wantDiag{{"2,3-10", "Unsupported argument", `An argument named "greting" is not expected here. Did you mean "greeting"?`}},
+		},
+		{
+			name: "unknown common attribute",
+			hcl: `service "testfactory" "e" {
+  max_conections = 4
+  endpoint "tcp" { address = ":0" }
+}
+`,
+			want: []wantDiag{{"2,3-17", "Unsupported argument", `Did you mean "max_connections"?`}},
+		},
+		{
+			name: "unknown attribute of an unknown factory is not reported",
+			hcl: `service "nosuch" "e" {
+  quote = "hi"
+  max_conections = 1
+  endpoint "tcp" { address = ":0" }
+}
+`,
+			want: []wantDiag{{"1,9-17", "Unknown factory", ""}},
+		},
+		{
+			name: "factory attribute of the wrong type",
+			hcl: `service "testfactory" "e" {
+  repeat = "many"
+  tags = "a"
+  endpoint "tcp" { address = ":0" }
+}
+`,
+			want: []wantDiag{
+				{"2,12-18", "Incorrect attribute value type", "a number is required"},
+				{"3,10-13", "Incorrect attribute value type", "list of string required"},
+			},
+		},
+		{
+			name: "missing required factory attribute",
+			hcl: `service "testneeds" "e" {
+  endpoint "tcp" { address = ":0" }
+}
+`,
+			want: []wantDiag{{"1,25-25", "Missing required argument", `The argument "target" is required`}},
+		},
+		{
+			name: "factory rejects an attribute",
+			hcl: `service "testfactory" "e" {
+  repeat = 11
+  endpoint "tcp" { address = ":0" }
+}
+`,
+			want: []wantDiag{{"2,3-14", `Invalid value for "repeat"`, "repeat must be a whole number up to 10."}},
+		},
+		{
+			name: "factory rejects the service",
+			hcl: `service "testfactory" "e" {
+  greeting = "fail"
+  endpoint "tcp" { address = ":0" }
+}
+`,
+			want: []wantDiag{{"1,1-26", "Invalid service configuration", `The testfactory factory rejected service "e": greeting says fail.`}},
+		},
+		{
+			name: "bad durations",
+			hcl: `shutdown_timeout = "soon"
+service "testecho" "e" {
+  idle_timeout = "10 s"
+  endpoint "tcp" { address = ":0" }
+}
+service "testecho" "f" {
+  idle_timeout = "-1s"
+  endpoint "tcp" { address = ":1" }
+}
+`,
+			want: []wantDiag{
+				{"1,20-26", "Invalid duration", `The value of shutdown_timeout, "soon", is not a duration`},
+				{"3,18-24", "Invalid duration", `"10 s"`},
+				{"7,18-23", "Invalid duration", "must not be negative"},
+			},
+		},
+		{
+			name: "bad CIDRs",
+			hcl: `service "testecho" "e" {
+  allow = ["10.0.0.0/8", "10.0.0.0/33", "nope"]
+  deny  = ["fe80::1%eth0"]
+  endpoint "tcp" { address = ":0" }
+}
+`,
+			want: []wantDiag{
+				{"2,26-39", "Invalid CIDR", `"10.0.0.0/33" in allow is not an address range`},
+				{"2,41-47", "Invalid CIDR", `"nope" in allow`},
+				{"3,12-26", "Invalid CIDR", "zone"},
+			},
+		},
+		{
+			name: "bad numbers",
+			hcl: `service "testecho" "e" {
+  max_connections        = -1
+  max_connections_per_ip = 1.5
+  ipv6_prefix            = 129
+  max_pending_output     = 1000
+  endpoint "tcp" { address = ":0" }
+}
+`,
+			want: []wantDiag{
+				{"2,28-30", "Value out of range", "max_connections must be at least 0, not -1."},
+				{"3,28-31", "Invalid whole number", "max_connections_per_ip must be a whole number, not 1.5."},
+				{"4,28-31", "Value out of range", "ipv6_prefix must be from 0 to 128, not 129."},
+				{"5,28-32", "Value out of range", "max_pending_output must be at least 65536, not 1000."},
+			},
+		},
+		{
+			name: "bad rate limits",
+			hcl: `service "testecho" "e" {
+  rate_limit { rate = 0 }
+  rate_limit { rate = 1 }
+  rate_limit_per_ip {
+    rate  = 1
+    burst = 0.5
+  }
+  endpoint "tcp" { address = ":0" }
+}
+service "testecho" "f" {
+  rate_limit { burst = 1 }
+  endpoint "tcp" { address = ":1" }
+}
+`,
+			want: []wantDiag{
+				{"2,23-24", "Value out of range", "rate must be a number of new connections per second above 0"},
+				{"3,3-13", "Duplicate rate_limit block", "already declared at "},
+				{"6,13-16", "Invalid whole number", "burst must be a whole number"},
+				{"11,16-16", "Missing required argument", `"rate"`},
+			},
+		},
+		{
+			name: "duplicate service names",
+			hcl: `service "testecho" "e" {
+  endpoint "tcp" { address = ":1" }
+}
+service "testfactory" "e" {
+  endpoint "tcp" { address = ":2" }
+}
+`,
+			want: []wantDiag{{"4,23-26", "Duplicate service name", `A service named "e" was already declared at `}},
+		},
+		{
+			name: "two endpoints on one address",
+			hcl: `metrics { address = "127.0.0.1:9000" }
+service "testecho" "a" {
+  endpoint "tcp"  { address = ":7007" }
+  endpoint "unix" { path = "a.sock" }
+}
+service "testecho" "b" {
+  endpoint "tls" {
+    address     = "0.0.0.0:7007"
+    self_signed = true
+  }
+  endpoint "tcp"  { address = "[::ffff:127.0.0.1]:9000" }
+  endpoint "unix" { path = "./sub/../a.sock" }
+  endpoint "tcp"  { address = "127.0.0.1:7008" }
+  endpoint "tcp"  { address = "[::1]:7008" }
+}
+`,
+			want: []wantDiag{
+				{"8,19-33", "Duplicate endpoint address", `Endpoint "tls:0.0.0.0:7007" of service "b" would listen where endpoint "tcp::7007" of service "a", declared at `},
+				{"11,31-56", "Duplicate endpoint address", `the metrics listener "127.0.0.1:9000"`},
+				{"12,28-45", "Duplicate endpoint address", `"unix:./sub/../a.sock"`},
+			},
+		},
+		{
+			name: "missing TLS certificate file",
+			hcl: `service "testecho" "e" {
+  endpoint "tls" {
+    address   = ":8443"
+    cert_file = "missing.crt"
+    key_file  = "server.key"
+  }
+}
+`,
+			files: map[string]string{"server.key": key},
+			want:  []wantDiag{{"4,17-30", "Cannot read cert_file", "missing.crt: no such file or directory"}},
+		},
+		{
+			name: "TLS file that is a folder",
+			hcl: `service "testecho" "e" {
+  endpoint "tls" {
+    address        = ":8443"
+    self_signed    = true
+    client_ca_file = "."
+  }
+}
+`,
+			want: []wantDiag{{"5,22-25", "Cannot read client_ca_file", "is not a regular file"}},
+		},
+		{
+			name: "tls without certificates",
+			hcl: `service "testecho" "e" {
+  endpoint "tls" { address = ":8443" }
+}
+`,
+			want: []wantDiag{{"2,3-17", "Missing TLS certificate", "self_signed = true"}},
+		},
+		{
+			name: "tls with certificates and self_signed",
+			hcl: `service "testecho" "e" {
+  endpoint "tls" {
+    address     = ":8443"
+    cert_file   = "server.crt"
+    key_file    = "server.key"
+    self_signed = true
+  }
+}
+`,
+			files: map[string]string{"server.crt": cert, "server.key": key},
+			want:  []wantDiag{{"6,5-23", "Conflicting TLS settings", "not both"}},
+		},
+		{
+			name: "tls with a certificate and no key",
+			hcl: `service "testecho" "e" {
+  endpoint "tls" {
+    address   = ":8443"
+    cert_file = "server.crt"
+  }
+}
+`,
+			files: map[string]string{"server.crt": cert},
+			want:  []wantDiag{{"2,3-17", "Missing key_file", ""}},
+		},
+		{
+			name: "tls key of another certificate",
+			hcl: `service "testecho" "e" {
+  endpoint "tls" {
+    address        = ":8443"
+    cert_file      = "other.crt"
+    key_file       = "server.key"
+    client_ca_file = "server.key"
+    min_version    = "1.1"
+  }
+}
+`,
+			files: map[string]string{"other.crt": otherCert, "server.key": key},
+			want: []wantDiag{
+				{"4,5-33", "Invalid TLS certificate or key", "private key does not match public key"},
+				{"6,5-34", "Invalid client CA file", "holds no PEM certificate"},
+				{"7,22-27", "Invalid TLS version", `min_version must be "1.2" or "1.3", not "1.1".`},
+			},
+		},
+		{
+			name: "unknown endpoint kind",
+			hcl: `service "testecho" "e" {
+  endpoint "tpc" { address = ":0" }
+}
+`,
+			want: []wantDiag{{"2,12-17", "Unknown endpoint kind", `There is no endpoint kind "tpc". Did you mean "tcp"?`}},
+		},
+		{
+			name: "unknown endpoint attribute",
+			hcl: `service "testecho" "e" {
+  endpoint "unix" {
+    path = "x.sock"
+    mod  = "0600"
+  }
+}
+`,
+			want: []wantDiag{{"4,5-8", "Unsupported argument", `Did you mean "mode"?`}},
+		},
+		{
+			name: "no endpoint",
+			hcl: `service "testecho" "e" {
+}
+`,
+			want: []wantDiag{{"1,1-23", "Missing endpoint", `Service "e" has no endpoint`}},
+		},
+		{
+			name: "bad addresses",
+			hcl: `metrics { address = "9464" }
+service "testecho" "e" {
+  endpoint "tcp" { address = "127.0.0.1:http" }
+  endpoint "tcp" { address = "::1:80" }
+  endpoint "tcp" { address = "bad_host:80" }
+  endpoint "tcp" { address = "127.0.0.1:65536" }
+}
+`,
+			want: []wantDiag{
+				{"1,21-27", "Invalid address", `"9464" is not HOST:PORT`},
+				{"3,30-46", "Invalid address", "must be a number from 0 to 65535"},
+				{"4,30-38", "Invalid address", `"::1:80" is not HOST:PORT`},
+				{"5,30-43", "Invalid address", "neither an IP address nor a host name"},
+				{"6,30-47", "Invalid address", "must be a number from 0 to 65535"},
+			},
+		},
+		{
+			name: "bad unix endpoints",
+			hcl: `service "testecho" "e" {
+  endpoint "unix" {
+    path = "a.sock"
+    mode = "rw-rw----"
+  }
+  endpoint "unix" {
+    path = "b.sock"
+    mode = "01777"
+  }
+  endpoint "unix" { path = "` + strings.Repeat("x", 120) + `" }
+  endpoint "unix" { path = "" }
+}
+`,
+			want: []wantDiag{
+				{"4,12-23", "Invalid file mode", `mode "rw-rw----" is not an octal file mode`},
+				{"8,12-19", "Invalid file mode", "0000 to 0777"},
+				{"10,28-150", "Socket path too long", ""},
+				{"11,28-30", "Invalid socket path", ""},
+			},
+		},
+		{
+			name: "env unset",
+			hcl: `service "testfactory" "e" {
+  greeting = env("SUPERD_TEST_SURELY_UNSET")
+  endpoint "tcp" { address = env("SUPERD_TEST_SURELY_UNSET_TOO") }
+}
+`,
+			want: []wantDiag{
+				{"2,19-43", "Invalid function argument", "the environment variable SUPERD_TEST_SURELY_UNSET is not set"},
+				{"3,35-63", "Invalid function argument", "SUPERD_TEST_SURELY_UNSET_TOO is not set"},
+			},
+		},
+		{
+			name: "env with too many arguments",
+			hcl: `service "testfactory" "e" {
+  greeting = env("A", "B", "C")
+  endpoint "tcp" { address = ":0" }
+}
+`,
+			want: []wantDiag{{"2,29-30", "Invalid function argument", "at most one default"}},
+		},
+		{
+			name: "file unreadable",
+			hcl: `service "testfactory" "e" {
+  greeting = file("nope.txt")
+  endpoint "tcp" { address = ":0" }
+}
+`,
+			want: []wantDiag{{"2,20-28", "Invalid function argument", "nope.txt: no such file or directory"}},
+		},
+		{
+			name: "variables are not allowed",
+			hcl: `service "testfactory" "e" {
+  greeting = var.greeting
+  endpoint "tcp" { address = ":0" }
+}
+`,
+			want: []wantDiag{{"2,14-17", "Variables not allowed", ""}},
+		},
+		{
+			name: "number out of range",
+			hcl: `shutdown_timeout = "${1e999999}"
+`,
+			want: []wantDiag{{"1,23-31", "Number out of range", ""}},
+		},
+		{
+			name: "duplicate metrics block",
+			hcl: `metrics { address = "" }
+metrics { address = "" }
+`,
+			want: []wantDiag{{"2,1-8", "Duplicate metrics block", "already declared at "}},
+		},
+		{
+			name: "null where a value is required",
+			hcl: `service "testecho" "e" {
+  endpoint "tcp" { address = null }
+}
+`,
+			want: []wantDiag{{"2,30-34", "Invalid value", "address must not be null."}},
+		},
+		{
+			name: "null TLS file",
+			hcl: `service "testecho" "e" {
+  endpoint "tls" {
+    address   = ":8443"
+    cert_file = null
+    key_file  = null
+  }
+}
+`,
+			want: []wantDiag{
+				{"4,17-21", "Invalid value", "cert_file must not be null."},
+				{"5,17-21", "Invalid value", "key_file must not be null."},
+			},
+		},
+		{
+			name: "every problem of a file at once",
+			hcl: `shutdown_timeout = "x"
+service "testecko" "a" {
+  endpoint "tcp" { address = ":9" }
+}
+service "testfactory" "a" {
+  greting = 1
+  endpoint "tcp" { address = ":9" }
+}
+`,
+			want: []wantDiag{
+				{"1,20-23", "Invalid duration", ""},
+				{"2,9-19", "Unknown factory", ""},
+				{"5,23-26", "Duplicate service name", ""},
+				{"6,3-10", "Unsupported argument", ""},
+				{"7,30-34", "Duplicate endpoint address", ""},
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			files := map[string]string{"superd.hcl": tt.hcl}
+			for name, content := range tt.files {
+				files[name] = content
+			}
+			dir := writeFiles(t, files)
+			path := filepath.Join(dir, "superd.hcl")
+			f, err := Load(path)
+			if err == nil {
+				t.Fatalf("Load succeeded: %+v", f)
+			}
+			out := diagText(t, err)
+			lines := strings.Split(out, "\n")
+			headers := 0
+			for _, l := range lines {
+				if strings.HasPrefix(l, path+":") {
+					headers++
+				}
+			}
+			if headers != len(tt.want) {
+				t.Errorf("%d diagnostics, want %d:\n%s", headers, len(tt.want), out)
+			}
+			for _, w := range tt.want {
+				found := false
+				for _, l := range lines {
+					if strings.HasPrefix(l, path+":"+w.pos+": "+w.summary) && strings.Contains(l, w.detail) {
+						found = true
+						break
+					}
+				}
+				if !found {
+					t.Errorf("no line starting %q and holding %q in:\n%s", path+":"+w.pos+": "+w.summary, w.detail, out)
+				}
+			}
+		})
+	}
+}
+
+func TestNotRegularFileFunction(t *testing.T) {
+	dir := t.TempDir()
+	_, err := Parse([]byte(`service "testfactory" "e" {
+  greeting = file("/dev/zero")
+  endpoint "tcp" { address = ":0" }
+}
+`), filepath.Join(dir, "superd.hcl"))
+	if out := diagText(t, err); !strings.Contains(out, "is not a regular file") {
+		t.Errorf("output:\n%s", out)
+	}
+}
+
+func TestFingerprint(t *testing.T) {
+	cert, key := certPair(t, "localhost")
+	const base = `service "testfactory" "a" {
+  greeting = "hello"
+  max_connections = 3
+  endpoint "tls" {
+    address   = "127.0.0.1:8443"
+    cert_file = "server.crt"
+    key_file  = "server.key"
+  }
+}
+service "testecho" "b" {
+  endpoint "tcp" { address = "127.0.0.1:7007" }
+}
+`
+	load := func(t *testing.T, dir, text string) *File {
+		t.Helper()
+		path := filepath.Join(dir, "superd.hcl")
+		if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		f, err := Load(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	dir := writeFiles(t, map[string]string{"server.crt": cert, "server.key": key})
+	first := load(t, dir, base)
+	a, b := first.Services[0].Fingerprint, first.Services[1].Fingerprint
+
+	same := []struct{ name, text string }{
+		{"reloaded as it is", base},
+		{"comments and spacing", "# a comment\n" + strings.ReplaceAll(base, " = ", "    =    ")},
+		{"default written out", strings.Replace(base, "greeting = \"hello\"", "greeting = \"hello\"\n  repeat = 1", 1)},
+		{"default left out", strings.Replace(base, "greeting = \"hello\"\n", "", 1)},
+		{"other service reordered", base[strings.Index(base, "service \"testecho\""):] + base[:strings.Index(base, "service \"testecho\"")]},
+	}
+	for _, s := range same {
+		t.Run(s.name, func(t *testing.T) {
+			f := load(t, dir, s.text)
+			if got := f.Service("a").Fingerprint; got != a {
+				t.Errorf("fingerprint of a changed")
+			}
+			if got := f.Service("b").Fingerprint; got != b {
+				t.Errorf("fingerprint of b changed")
+			}
+		})
+	}
+
+	changed := []struct{ name, text string }{
+		{"factory attribute", strings.Replace(base, `greeting = "hello"`, `greeting = "hi"`, 1)},
+		{"limit", strings.Replace(base, "max_connections = 3", "max_connections = 4", 1)},
+		{"endpoint", strings.Replace(base, "127.0.0.1:8443", "127.0.0.1:8444", 1)},
+		{"min_version", strings.Replace(base, `key_file  = "server.key"`, `key_file  = "server.key"`+"\n    min_version = \"1.3\"", 1)},
+	}
+	for _, c := range changed {
+		t.Run(c.name, func(t *testing.T) {
+			f := load(t, dir, c.text)
+			if f.Service("a").Fingerprint == a {
+				t.Errorf("fingerprint of a did not change")
+			}
+			if f.Service("b").Fingerprint != b {
+				t.Errorf("fingerprint of b changed")
+			}
+		})
+	}
+
+	t.Run("renewed certificate", func(t *testing.T) {
+		cert2, key2 := certPair(t, "localhost")
+		writeFile := func(name, content string) {
+			if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		writeFile("server.crt", cert2)
+		writeFile("server.key", key2)
+		f := load(t, dir, base)
+		if f.Service("a").Fingerprint == a {
+			t.Errorf("fingerprint of a did not change")
+		}
+		if f.Service("b").Fingerprint != b {
+			t.Errorf("fingerprint of b changed")
+		}
+	})
+}

@@ -1,0 +1,218 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclparse"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/zclconf/go-cty/cty"
+)
+
+// Load reads, decodes and validates the configuration file at path. On
+// failure the error is a *DiagnosticsError holding every problem found
+// (a missing or unreadable file is a diagnostic too).
+func Load(path string) (*File, error) {
+	src, err := os.ReadFile(path)
+	if err != nil {
+		summary := "Cannot read configuration file"
+		if errors.Is(err, fs.ErrNotExist) {
+			summary = "Configuration file not found"
+		}
+		return nil, &DiagnosticsError{Diags: hcl.Diagnostics{
+			errorDiag(*fileStart(path), summary, "%s.", describeFileError(path, err)),
+		}}
+	}
+	return Parse(src, path)
+}
+
+// Parse decodes and validates src as the configuration file filename:
+// filename names the file in diagnostics, and its folder is the one
+// relative paths resolve against. Parse does not read filename itself, but
+// it does check files the configuration refers to (TLS certificates,
+// file()).
+func Parse(src []byte, filename string) (*File, error) {
+	parser := hclparse.NewParser()
+	f, diags := parser.ParseHCL(src, filename)
+	if diags.HasErrors() {
+		return nil, &DiagnosticsError{Diags: tidy(diags, filename), Files: parser.Files()}
+	}
+	if body, ok := f.Body.(*hclsyntax.Body); ok {
+		if more := checkNumbers(body); more.HasErrors() {
+			diags = append(diags, more...)
+			return nil, &DiagnosticsError{Diags: tidy(diags, filename), Files: parser.Files()}
+		}
+	}
+	dir, err := filepath.Abs(filepath.Dir(filename))
+	if err != nil {
+		diags = append(diags, errorDiag(*fileStart(filename), "Cannot resolve the configuration folder", "%s.", err))
+		return nil, &DiagnosticsError{Diags: tidy(diags, filename), Files: parser.Files()}
+	}
+	d := &decoder{
+		file: &File{
+			Path:            filename,
+			Dir:             dir,
+			MetricsAddress:  DefaultMetricsAddress,
+			ShutdownTimeout: DefaultShutdownTimeout,
+		},
+		ctx:      evalContext(dir),
+		diags:    diags,
+		services: map[string]hcl.Range{},
+		fileSums: map[string]string{},
+	}
+	d.decodeRoot(f.Body)
+	d.diags = tidy(d.diags, filename)
+	if d.diags.HasErrors() {
+		return nil, &DiagnosticsError{Diags: d.diags, Files: parser.Files()}
+	}
+	d.file.Warnings = d.diags
+	d.file.files = parser.Files()
+	return d.file, nil
+}
+
+// WriteWarnings prints the file's warnings (if any) as DiagnosticsError's
+// Write does.
+func (f *File) WriteWarnings(w io.Writer) error {
+	return writeDiagnostics(w, f.Warnings, f.files)
+}
+
+// Service returns the service called name, or nil.
+func (f *File) Service(name string) *Service {
+	for _, s := range f.Services {
+		if s.Name == name {
+			return s
+		}
+	}
+	return nil
+}
+
+// decoder carries the state of one Parse.
+type decoder struct {
+	file  *File
+	ctx   *hcl.EvalContext
+	diags hcl.Diagnostics
+	// services maps each service name to where it was declared.
+	services map[string]hcl.Range
+	// sockets are the addresses and paths taken so far, for conflicts.
+	sockets []socket
+	// fileSums are the SHA-256 of the TLS files read, by resolved path.
+	fileSums map[string]string
+}
+
+func (d *decoder) add(diag *hcl.Diagnostic) { d.diags = append(d.diags, diag) }
+
+func (d *decoder) errorf(subject hcl.Range, summary, format string, args ...any) {
+	d.add(errorDiag(subject, summary, format, args...))
+}
+
+var rootSchema = &hcl.BodySchema{
+	Attributes: []hcl.AttributeSchema{
+		{Name: "shutdown_timeout"},
+	},
+	Blocks: []hcl.BlockHeaderSchema{
+		{Type: "metrics"},
+		{Type: "service", LabelNames: []string{"factory", "name"}},
+	},
+}
+
+var metricsSchema = &hcl.BodySchema{
+	Attributes: []hcl.AttributeSchema{
+		{Name: "address"},
+	},
+}
+
+func (d *decoder) decodeRoot(body hcl.Body) {
+	content, diags := body.Content(rootSchema)
+	d.diags = append(d.diags, diags...)
+
+	if attr, ok := content.Attributes["shutdown_timeout"]; ok {
+		if v, ok := d.duration(attr); ok {
+			d.file.ShutdownTimeout = v
+		}
+	}
+
+	var metricsSeen *hcl.Range
+	for _, blk := range content.Blocks {
+		switch blk.Type {
+		case "metrics":
+			if metricsSeen != nil {
+				d.errorf(blk.DefRange, "Duplicate metrics block",
+					"A metrics block was already declared at %s; write one at most.", metricsSeen)
+				continue
+			}
+			metricsSeen = blk.DefRange.Ptr()
+			d.decodeMetrics(blk)
+		case "service":
+			d.decodeService(blk)
+		}
+	}
+}
+
+func (d *decoder) decodeMetrics(blk *hcl.Block) {
+	content, diags := blk.Body.Content(metricsSchema)
+	d.diags = append(d.diags, diags...)
+	attr, ok := content.Attributes["address"]
+	if !ok {
+		return
+	}
+	addr, ok := d.str(attr)
+	if !ok {
+		return
+	}
+	d.file.MetricsAddress = addr
+	if addr == "" {
+		return
+	}
+	if key, ok := d.checkAddress(attr, addr); ok {
+		d.claim(socket{key: key, desc: fmt.Sprintf("the metrics listener %q", addr), rng: attr.Expr.Range()})
+	}
+}
+
+// duration evaluates a Go duration string; it must not be negative.
+func (d *decoder) duration(attr *hcl.Attribute) (time.Duration, bool) {
+	s, ok := d.str(attr)
+	if !ok {
+		return 0, false
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		d.errorf(attr.Expr.Range(), "Invalid duration",
+			"The value of %s, %q, is not a duration; use Go syntax such as \"10s\", \"1m30s\" or \"500ms\".", attr.Name, s)
+		return 0, false
+	}
+	if v < 0 {
+		d.errorf(attr.Expr.Range(), "Invalid duration", "%s must not be negative, but it is %q.", attr.Name, s)
+		return 0, false
+	}
+	return v, true
+}
+
+// maxNumberExp bounds the binary exponent of number literals: beyond
+// float64's range (about 1e308) they are not meaningful anywhere in the
+// file, and turning such a number into text (as string conversion does)
+// would take minutes.
+const maxNumberExp = 1024
+
+// checkNumbers reports number literals too large or too small to be used.
+func checkNumbers(body *hclsyntax.Body) hcl.Diagnostics {
+	var diags hcl.Diagnostics
+	_ = hclsyntax.VisitAll(body, func(n hclsyntax.Node) hcl.Diagnostics {
+		lit, ok := n.(*hclsyntax.LiteralValueExpr)
+		if !ok || lit.Val.Type() != cty.Number || lit.Val.IsNull() || !lit.Val.IsKnown() {
+			return nil
+		}
+		f := lit.Val.AsBigFloat()
+		if f.IsInf() || f.Sign() != 0 && (f.MantExp(nil) > maxNumberExp || f.MantExp(nil) < -maxNumberExp) {
+			diags = append(diags, errorDiag(lit.SrcRange, "Number out of range",
+				"This number is too large or too small to be used; numbers must be within about 1e-308 to 1e308."))
+		}
+		return nil
+	})
+	return diags
+}

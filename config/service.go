@@ -1,0 +1,374 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"net/netip"
+	"strings"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hcldec"
+	"github.com/zclconf/go-cty/cty"
+	"github.com/zclconf/go-cty/cty/convert"
+
+	"github.com/superd-dev/superd/framework"
+)
+
+// Names of the attributes and blocks every service accepts.
+const (
+	attrMaxConnections      = "max_connections"
+	attrMaxConnectionsPerIP = "max_connections_per_ip"
+	attrIdleTimeout         = "idle_timeout"
+	attrAllow               = "allow"
+	attrDeny                = "deny"
+	attrIPv6Prefix          = "ipv6_prefix"
+	attrMaxPendingOutput    = "max_pending_output"
+	blockEndpoint           = "endpoint"
+	blockRateLimit          = "rate_limit"
+	blockRateLimitPerIP     = "rate_limit_per_ip"
+)
+
+// commonAttrNames are the attributes every service accepts, as written in
+// a service block.
+var commonAttrNames = []string{
+	attrMaxConnections,
+	attrMaxConnectionsPerIP,
+	attrIdleTimeout,
+	attrAllow,
+	attrDeny,
+	attrIPv6Prefix,
+	attrMaxPendingOutput,
+}
+
+// rateType describes a rate_limit block in CommonAttributes.
+var rateType = cty.Object(map[string]cty.Type{"rate": cty.Number, "burst": cty.Number})
+
+// CommonAttributes documents what every service accepts whatever its
+// factory, for `superd factories`: the attributes, then the rate_limit and
+// rate_limit_per_ip blocks (typed as objects). Endpoint blocks are not
+// listed.
+var CommonAttributes = []framework.Attribute{
+	{Name: attrMaxConnections, Type: cty.Number, Default: cty.NumberIntVal(0),
+		Description: "open connections at once (0: unlimited); one more is closed at accept"},
+	{Name: attrMaxConnectionsPerIP, Type: cty.Number, Default: cty.NumberIntVal(0),
+		Description: "the same, per remote IP (0: unlimited)"},
+	{Name: attrIdleTimeout, Type: cty.String,
+		Description: "close a connection that has received nothing for this long (a Go duration such as \"5m\")"},
+	{Name: attrAllow, Type: cty.List(cty.String),
+		Description: "remote addresses let in, as CIDR ranges or single addresses (default: all)"},
+	{Name: attrDeny, Type: cty.List(cty.String),
+		Description: "remote addresses refused; deny wins over allow"},
+	{Name: attrIPv6Prefix, Type: cty.Number, Default: cty.NumberIntVal(DefaultIPv6Prefix),
+		Description: "prefix length grouping IPv6 sources for the per-source limits (0 to 128)"},
+	{Name: attrMaxPendingOutput, Type: cty.Number, Default: cty.NumberIntVal(DefaultMaxPendingOutput),
+		Description: fmt.Sprintf("bytes of unsent output above which a connection is dropped as slow_consumer (at least %d)", MinMaxPendingOutput)},
+	{Name: blockRateLimit, Type: rateType,
+		Description: "block { rate, burst }: new connections per second for the whole service (token bucket; burst defaults to rate rounded up)"},
+	{Name: blockRateLimitPerIP, Type: rateType,
+		Description: "block { rate, burst }: the same per source"},
+}
+
+var serviceBlocks = []hcl.BlockHeaderSchema{
+	{Type: blockEndpoint, LabelNames: []string{"kind"}},
+	{Type: blockRateLimit},
+	{Type: blockRateLimitPerIP},
+}
+
+// serviceSchema is the schema of a service block: the factory's attributes
+// (when the factory is known), then the common ones. Putting them in one
+// schema makes HCL's "Did you mean" consider both.
+func serviceSchema(spec *framework.Spec) *hcl.BodySchema {
+	s := &hcl.BodySchema{Blocks: serviceBlocks}
+	seen := map[string]bool{}
+	if spec != nil {
+		for _, a := range spec.Attributes {
+			s.Attributes = append(s.Attributes, hcl.AttributeSchema{Name: a.Name})
+			seen[a.Name] = true
+		}
+	}
+	for _, name := range commonAttrNames {
+		if !seen[name] {
+			s.Attributes = append(s.Attributes, hcl.AttributeSchema{Name: name})
+		}
+	}
+	return s
+}
+
+func (d *decoder) decodeService(blk *hcl.Block) {
+	factoryName, name := blk.Labels[0], blk.Labels[1]
+	svc := &Service{
+		Name:     name,
+		Factory:  factoryName,
+		DefRange: blk.DefRange,
+		Limits: Limits{
+			IPv6Prefix:       DefaultIPv6Prefix,
+			MaxPendingOutput: DefaultMaxPendingOutput,
+		},
+	}
+
+	switch first, dup := d.services[name]; {
+	case strings.TrimSpace(name) == "":
+		d.errorf(blk.LabelRanges[1], "Invalid service name",
+			"A service needs a name, written as the second label: service %q \"NAME\".", factoryName)
+	case dup:
+		d.errorf(blk.LabelRanges[1], "Duplicate service name",
+			"A service named %q was already declared at %s; service names must be unique in a file.", name, first)
+	default:
+		d.services[name] = blk.DefRange
+	}
+
+	spec, known := framework.Lookup(factoryName)
+	var content *hcl.BodyContent
+	var diags hcl.Diagnostics
+	if known {
+		content, diags = blk.Body.Content(serviceSchema(spec))
+	} else {
+		d.unknownFactory(blk)
+		// The factory's attributes are unknown: leave them alone, but
+		// still check everything else.
+		content, _, diags = blk.Body.PartialContent(serviceSchema(nil))
+	}
+	d.diags = append(d.diags, diags...)
+
+	d.decodeLimits(svc, content)
+	d.decodeEndpoints(svc, blk, content)
+	if known {
+		svc.Spec = spec
+		d.decodeFactory(svc, blk, content)
+	}
+	svc.Fingerprint = d.fingerprint(svc)
+	d.file.Services = append(d.file.Services, svc)
+}
+
+func (d *decoder) unknownFactory(blk *hcl.Block) {
+	var names []string
+	for _, s := range framework.Specs() {
+		names = append(names, s.Name)
+	}
+	given := blk.Labels[0]
+	hint := didYouMean(given, names)
+	if hint == "" {
+		hint = " The registered factories are " + quotedList(names) + "."
+	}
+	d.errorf(blk.LabelRanges[0], "Unknown factory", "There is no factory named %q.%s", given, hint)
+}
+
+// decodeFactory decodes the factory's attributes against its schema and
+// lets the factory check them (spec.New).
+func (d *decoder) decodeFactory(svc *Service, blk *hcl.Block, content *hcl.BodyContent) {
+	spec := svc.Spec
+	obj := hcldec.ObjectSpec{}
+	for _, a := range spec.Attributes {
+		var s hcldec.Spec = &hcldec.AttrSpec{Name: a.Name, Type: a.Type, Required: a.Required}
+		if !a.Default.IsNull() {
+			def, err := convert.Convert(a.Default, a.Type)
+			if err != nil {
+				// A program error in the factory's registration.
+				panic(fmt.Sprintf("config: factory %q: default of %q: %v", spec.Name, a.Name, err))
+			}
+			s = &hcldec.DefaultSpec{Primary: s, Default: &hcldec.LiteralSpec{Value: def}}
+		}
+		obj[a.Name] = s
+	}
+	val, _, diags := hcldec.PartialDecode(blk.Body, obj, d.ctx)
+	d.diags = append(d.diags, diags...)
+	if diags.HasErrors() {
+		return
+	}
+
+	cfg := &framework.Config{
+		Service: svc.Name,
+		Dir:     d.file.Dir,
+		Values:  map[string]cty.Value{},
+		Ranges:  map[string]hcl.Range{},
+	}
+	bad := false
+	for _, a := range spec.Attributes {
+		v := val.GetAttr(a.Name)
+		attr := content.Attributes[a.Name]
+		if attr != nil {
+			cfg.Ranges[a.Name] = attr.Range
+			if !v.IsWhollyKnown() || hasNullElement(v) {
+				d.errorf(attr.Expr.Range(), "Invalid value", "The value of %s must be known and must not contain null.", a.Name)
+				bad = true
+			}
+		}
+		cfg.Values[a.Name] = v
+	}
+	if bad {
+		return
+	}
+	svc.FactoryConfig = cfg
+
+	if _, err := spec.New(cfg); err != nil {
+		var ae *framework.AttrError
+		switch {
+		case errors.As(err, &ae) && cfg.IsSet(ae.Attribute):
+			d.errorf(cfg.Ranges[ae.Attribute], fmt.Sprintf("Invalid value for %q", ae.Attribute), "%s", sentence(ae.Err.Error()))
+		case errors.As(err, &ae):
+			d.errorf(blk.DefRange, fmt.Sprintf("Invalid value for %q", ae.Attribute), "%s", sentence(ae.Err.Error()))
+		default:
+			d.errorf(blk.DefRange, "Invalid service configuration", "The %s factory rejected service %q: %s", spec.Name, svc.Name, sentence(err.Error()))
+		}
+	}
+}
+
+// sentence ends s with a full stop unless it already ends a sentence.
+func sentence(s string) string {
+	s = strings.TrimSpace(s)
+	if s == "" || strings.ContainsAny(s[len(s)-1:], ".!?") {
+		return s
+	}
+	return s + "."
+}
+
+func (d *decoder) decodeLimits(svc *Service, content *hcl.BodyContent) {
+	l := &svc.Limits
+	if a := content.Attributes[attrMaxConnections]; a != nil {
+		if v, ok := d.whole(a, 0, math.MaxInt); ok {
+			l.MaxConnections = v
+		}
+	}
+	if a := content.Attributes[attrMaxConnectionsPerIP]; a != nil {
+		if v, ok := d.whole(a, 0, math.MaxInt); ok {
+			l.MaxConnectionsPerIP = v
+		}
+	}
+	if a := content.Attributes[attrIdleTimeout]; a != nil {
+		if v, ok := d.duration(a); ok {
+			l.IdleTimeout = v
+		}
+	}
+	if a := content.Attributes[attrAllow]; a != nil {
+		l.Allow = d.prefixes(a)
+	}
+	if a := content.Attributes[attrDeny]; a != nil {
+		l.Deny = d.prefixes(a)
+	}
+	if a := content.Attributes[attrIPv6Prefix]; a != nil {
+		if v, ok := d.whole(a, 0, 128); ok {
+			l.IPv6Prefix = v
+		}
+	}
+	if a := content.Attributes[attrMaxPendingOutput]; a != nil {
+		if v, ok := d.whole(a, MinMaxPendingOutput, math.MaxInt); ok {
+			l.MaxPendingOutput = v
+		}
+	}
+
+	seen := map[string]hcl.Range{}
+	for _, blk := range content.Blocks {
+		if blk.Type != blockRateLimit && blk.Type != blockRateLimitPerIP {
+			continue
+		}
+		if first, dup := seen[blk.Type]; dup {
+			d.errorf(blk.DefRange, "Duplicate "+blk.Type+" block",
+				"A %s block was already declared at %s; write one at most.", blk.Type, first)
+			continue
+		}
+		seen[blk.Type] = blk.DefRange
+		r := d.decodeRate(blk)
+		if blk.Type == blockRateLimit {
+			l.RateLimit = r
+		} else {
+			l.RateLimitPerIP = r
+		}
+	}
+}
+
+var rateSchema = &hcl.BodySchema{
+	Attributes: []hcl.AttributeSchema{
+		{Name: "rate", Required: true},
+		{Name: "burst"},
+	},
+}
+
+// decodeRate decodes a rate_limit or rate_limit_per_ip block. rate is new
+// connections per second (> 0, may be fractional); burst (>= 1, whole)
+// defaults to rate rounded up.
+func (d *decoder) decodeRate(blk *hcl.Block) *Rate {
+	content, diags := blk.Body.Content(rateSchema)
+	d.diags = append(d.diags, diags...)
+	ok := !diags.HasErrors()
+	r := &Rate{}
+	if a := content.Attributes["rate"]; a != nil {
+		f, good := d.number(a)
+		if good {
+			r.Rate, _ = f.Float64()
+			if f.Sign() <= 0 || math.IsInf(r.Rate, 0) || r.Rate == 0 {
+				d.errorf(a.Expr.Range(), "Value out of range",
+					"rate must be a number of new connections per second above 0 (it may be fractional, such as 0.5), not %s.", f.Text('g', -1))
+				good = false
+			}
+		}
+		ok = ok && good
+	}
+	if a := content.Attributes["burst"]; a != nil {
+		v, good := d.whole(a, 1, math.MaxInt32)
+		r.Burst = v
+		ok = ok && good
+	} else if ok {
+		r.Burst = int(min(max(math.Ceil(r.Rate), 1), math.MaxInt32))
+	}
+	if !ok {
+		return nil
+	}
+	return r
+}
+
+// prefixes evaluates a list of CIDR prefixes; a bare address stands for
+// itself (/32 or /128).
+func (d *decoder) prefixes(attr *hcl.Attribute) []netip.Prefix {
+	list, ranges, ok := d.strings(attr)
+	if !ok {
+		return nil
+	}
+	var out []netip.Prefix
+	for i, s := range list {
+		p, err := parsePrefix(s)
+		if err != nil {
+			d.errorf(ranges[i], "Invalid CIDR",
+				"%q in %s is not an address range: %s. Write CIDR notation such as \"10.0.0.0/8\" or \"2001:db8::/32\", or a single address.",
+				s, attr.Name, err)
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// parsePrefix parses "ADDR/BITS" or a bare "ADDR". Host bits are cleared,
+// and an IPv4-mapped IPv6 range is turned into its IPv4 range, so that the
+// prefix matches peers however the listener reports them.
+func parsePrefix(s string) (netip.Prefix, error) {
+	var p netip.Prefix
+	if strings.Contains(s, "/") {
+		var err error
+		if p, err = netip.ParsePrefix(s); err != nil {
+			return p, trimNetipError(err)
+		}
+	} else {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return p, trimNetipError(err)
+		}
+		if a.Zone() != "" {
+			return p, errors.New("an address with a zone cannot be matched")
+		}
+		p = netip.PrefixFrom(a, a.BitLen())
+	}
+	if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
+		p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+	}
+	return p.Masked(), nil
+}
+
+// trimNetipError drops the quoted input netip repeats in its messages.
+func trimNetipError(err error) error {
+	msg := err.Error()
+	if i := strings.LastIndex(msg, ": "); i >= 0 {
+		msg = msg[i+2:]
+	}
+	return errors.New(msg)
+}

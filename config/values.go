@@ -1,0 +1,135 @@
+package config
+
+import (
+	"math"
+	"math/big"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/zclconf/go-cty/cty"
+	"github.com/zclconf/go-cty/cty/convert"
+)
+
+// nonNullAttrs are the attributes of superd's own blocks that must have a
+// value when written; null is an error for them, while it leaves the others
+// unset (at their default).
+var nonNullAttrs = map[string]bool{
+	"address": true, "path": true, "rate": true,
+	"cert_file": true, "key_file": true, "client_ca_file": true,
+}
+
+// value evaluates attr and converts it to ty. ok is false when the value is
+// null (the attribute then counts as unset) or a diagnostic was reported.
+func (d *decoder) value(attr *hcl.Attribute, ty cty.Type) (cty.Value, bool) {
+	v, diags := attr.Expr.Value(d.ctx)
+	d.diags = append(d.diags, diags...)
+	if diags.HasErrors() {
+		return cty.NilVal, false
+	}
+	if v.IsNull() {
+		if nonNullAttrs[attr.Name] {
+			d.errorf(attr.Expr.Range(), "Invalid value", "%s must not be null.", attr.Name)
+		}
+		return cty.NilVal, false
+	}
+	if !v.IsWhollyKnown() {
+		d.errorf(attr.Expr.Range(), "Value not known", "The value of %s cannot be known while the file is read.", attr.Name)
+		return cty.NilVal, false
+	}
+	cv, err := convert.Convert(v, ty)
+	if err != nil {
+		d.errorf(attr.Expr.Range(), "Incorrect attribute value type", "Inappropriate value for attribute %q: %s.", attr.Name, err)
+		return cty.NilVal, false
+	}
+	if hasNullElement(cv) {
+		d.errorf(attr.Expr.Range(), "Invalid value", "The value of %s must not contain null.", attr.Name)
+		return cty.NilVal, false
+	}
+	return cv, true
+}
+
+// hasNullElement reports whether a value holds null anywhere inside it.
+func hasNullElement(v cty.Value) bool {
+	found := false
+	_ = cty.Walk(v, func(_ cty.Path, e cty.Value) (bool, error) {
+		if e.IsNull() {
+			found = true
+			return false, nil
+		}
+		return !found, nil
+	})
+	return found
+}
+
+func (d *decoder) str(attr *hcl.Attribute) (string, bool) {
+	v, ok := d.value(attr, cty.String)
+	if !ok {
+		return "", false
+	}
+	return v.AsString(), true
+}
+
+func (d *decoder) boolean(attr *hcl.Attribute) (bool, bool) {
+	v, ok := d.value(attr, cty.Bool)
+	if !ok {
+		return false, false
+	}
+	return v.True(), true
+}
+
+func (d *decoder) number(attr *hcl.Attribute) (*big.Float, bool) {
+	v, ok := d.value(attr, cty.Number)
+	if !ok {
+		return nil, false
+	}
+	return v.AsBigFloat(), true
+}
+
+// whole evaluates a whole number in [lo, hi].
+func (d *decoder) whole(attr *hcl.Attribute, lo, hi int) (int, bool) {
+	f, ok := d.number(attr)
+	if !ok {
+		return 0, false
+	}
+	if !f.IsInt() {
+		d.errorf(attr.Expr.Range(), "Invalid whole number", "%s must be a whole number, not %s.", attr.Name, f.Text('g', -1))
+		return 0, false
+	}
+	if f.Cmp(big.NewFloat(float64(lo))) < 0 || f.Cmp(big.NewFloat(float64(hi))) > 0 {
+		switch {
+		case hi == math.MaxInt:
+			d.errorf(attr.Expr.Range(), "Value out of range", "%s must be at least %d, not %s.", attr.Name, lo, f.Text('g', -1))
+		default:
+			d.errorf(attr.Expr.Range(), "Value out of range", "%s must be from %d to %d, not %s.", attr.Name, lo, hi, f.Text('g', -1))
+		}
+		return 0, false
+	}
+	i, _ := f.Int64()
+	return int(i), true
+}
+
+// strings evaluates a list of strings, with the range of each element (the
+// element's own when written as a list literal, the attribute's otherwise).
+func (d *decoder) strings(attr *hcl.Attribute) ([]string, []hcl.Range, bool) {
+	v, ok := d.value(attr, cty.List(cty.String))
+	if !ok {
+		return nil, nil, false
+	}
+	var elemRanges []hcl.Range
+	if tuple, isTuple := attr.Expr.(*hclsyntax.TupleConsExpr); isTuple && len(tuple.Exprs) == v.LengthInt() {
+		for _, e := range tuple.Exprs {
+			elemRanges = append(elemRanges, e.Range())
+		}
+	}
+	var out []string
+	var ranges []hcl.Range
+	for i, e := range v.AsValueSlice() {
+		out = append(out, e.AsString())
+		if elemRanges != nil {
+			ranges = append(ranges, elemRanges[i])
+		} else {
+			ranges = append(ranges, attr.Expr.Range())
+		}
+	}
+	return out, ranges, true
+}

@@ -1,0 +1,174 @@
+package endpoint
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"syscall"
+	"time"
+)
+
+// DefaultUnixMode is the permission given to a unix socket whose Config has
+// no Mode (the configuration's default, "0660").
+const DefaultUnixMode fs.FileMode = 0o660
+
+// probeTimeout bounds the dial that tells a stale unix socket from a live one.
+const probeTimeout = time.Second
+
+// ListenError reports that an endpoint's listener could not be opened. Its
+// message names the endpoint and the cause, e.g.
+//
+//	listen tcp:127.0.0.1:7007: address already in use
+//
+// and it unwraps to the underlying error, so errors.Is(err,
+// syscall.EADDRINUSE) works.
+type ListenError struct {
+	Label string // the endpoint's label, e.g. "unix:/run/echo.sock"
+	Err   error
+}
+
+func (e *ListenError) Error() string { return "listen " + e.Label + ": " + cause(e.Err).Error() }
+
+func (e *ListenError) Unwrap() error { return e.Err }
+
+// cause strips the layers of *net.OpError and *os.SyscallError, whose
+// messages repeat the network, address and system call ("listen tcp
+// 127.0.0.1:7007: bind: ..."), leaving what went wrong.
+func cause(err error) error {
+	for {
+		var op *net.OpError
+		var sc *os.SyscallError
+		switch {
+		case errors.As(err, &op) && op.Err != nil:
+			err = op.Err
+		case errors.As(err, &sc) && sc.Err != nil:
+			err = sc.Err
+		default:
+			return err
+		}
+	}
+}
+
+// labelOf returns cfg.Label, or when it is empty the label the configuration
+// would have given the endpoint ("tcp:ADDRESS", "tls:ADDRESS", "unix:PATH").
+func labelOf(cfg Config) string {
+	if cfg.Label != "" {
+		return cfg.Label
+	}
+	if cfg.Kind == KindUnix {
+		return KindUnix + ":" + cfg.Path
+	}
+	return cfg.Kind + ":" + cfg.Address
+}
+
+// Listen opens the listening socket of one endpoint.
+//
+// For tcp and tls it is a TCP listener on cfg.Address. TLS is not terminated
+// here: the caller performs the handshake on each accepted connection (see
+// TLSConfig), so it can bound it with a timeout and count failures.
+//
+// For unix it is a *net.UnixListener on cfg.Path:
+//   - a stale socket file (one where connecting is refused: its server is
+//     dead) is removed and replaced; a socket where a live server answers,
+//     or a path that is not a socket, is an error and is never deleted;
+//   - the socket file gets cfg.Mode (DefaultUnixMode when zero) before the
+//     socket starts listening, so no client can connect while it has any
+//     other mode (see bindUnix);
+//   - the socket file is removed when the listener is closed.
+//
+// Errors are *ListenError values naming the endpoint and the cause.
+func Listen(cfg Config) (net.Listener, error) {
+	label := labelOf(cfg)
+	var (
+		ln  net.Listener
+		err error
+	)
+	switch cfg.Kind {
+	case KindTCP, KindTLS:
+		ln, err = net.Listen("tcp", cfg.Address)
+	case KindUnix:
+		ln, err = listenUnix(cfg)
+	default:
+		err = fmt.Errorf("unknown endpoint kind %q", cfg.Kind)
+	}
+	if err != nil {
+		return nil, &ListenError{Label: label, Err: err}
+	}
+	return ln, nil
+}
+
+// maxUnixPath is the longest socket path bind accepts (sun_path holds 108
+// bytes on Linux, including the terminating NUL; 104 on the BSDs, which
+// bind reports itself).
+const maxUnixPath = 107
+
+func listenUnix(cfg Config) (net.Listener, error) {
+	path := cfg.Path
+	switch {
+	case path == "":
+		return nil, errors.New("empty socket path")
+	case len(path) > maxUnixPath:
+		return nil, fmt.Errorf("socket path %s is too long (%d bytes, at most %d)", path, len(path), maxUnixPath)
+	}
+	if err := removeStale(path); err != nil {
+		return nil, err
+	}
+	mode := cfg.Mode.Perm()
+	if mode == 0 {
+		mode = DefaultUnixMode
+	}
+	return bindUnix(path, mode)
+}
+
+// removeStale makes way for a new socket at path: nothing there is fine; a
+// socket whose server is gone (connecting is refused) is removed; anything
+// else is an error and is left alone.
+//
+// A symbolic link counts as "not a socket", even one pointing at a socket:
+// replacing it would change what the link's owner set up.
+func removeStale(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if fi.Mode().Type() != fs.ModeSocket {
+		return fmt.Errorf("%s exists and is not a socket (%s); not removing it", path, describeType(fi.Mode()))
+	}
+	c, err := net.DialTimeout("unix", path, probeTimeout)
+	if err == nil {
+		c.Close()
+		return fmt.Errorf("a server is already listening on %s; not removing it", path)
+	}
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		// Permission denied, a full backlog, a timeout...: possibly live.
+		return fmt.Errorf("%s exists and could not be probed (%v); not removing it", path, cause(err))
+	}
+	// Stale: its listener is gone. Whoever removes it first wins; if someone
+	// binds in between, our bind reports "address already in use".
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("removing stale socket: %w", err)
+	}
+	return nil
+}
+
+func describeType(m fs.FileMode) string {
+	switch t := m.Type(); {
+	case t == 0:
+		return "a regular file"
+	case t&fs.ModeDir != 0:
+		return "a directory"
+	case t&fs.ModeSymlink != 0:
+		return "a symbolic link"
+	case t&fs.ModeNamedPipe != 0:
+		return "a named pipe"
+	case t&fs.ModeDevice != 0:
+		return "a device"
+	default:
+		return "mode " + m.String()
+	}
+}

@@ -1,0 +1,51 @@
+# Every built-in service of superd, on loopback. Run it with `make run`, then
+# try: nc 127.0.0.1 7007 (echo), nc 127.0.0.1 8007 (qotd), nc 127.0.0.1 8123
+# (chat), echo hello | nc -q1 127.0.0.1 9009 (logfile: /tmp/superd-audit.log),
+# curl -s 127.0.0.1:9464/metrics | grep superd_
+
+metrics {
+  address = "127.0.0.1:9464"
+}
+
+shutdown_timeout = "10s"
+
+service "echo" "echo" {
+  idle_timeout = "5m"
+  endpoint "tcp" { address = "127.0.0.1:7007" }
+  endpoint "unix" { path = "/tmp/superd-echo.sock" }
+  endpoint "tls" {
+    address     = "127.0.0.1:7443"
+    self_signed = true
+  }
+}
+
+service "qotd" "apple" {
+  quote = "An apple a day keeps the doctor away"
+  endpoint "tcp" { address = "127.0.0.1:8007" }
+}
+
+service "qotd" "proverbs" {
+  quotes = [
+    "A journey of a thousand miles begins with a single step.",
+    "Fortune favours the bold.",
+  ]
+  rate_limit_per_ip {
+    rate  = 5
+    burst = 10
+  }
+  endpoint "tcp" { address = "127.0.0.1:8017" }
+}
+
+service "chat" "lobby" {
+  max_connections = 1000
+  endpoint "tcp" { address = "127.0.0.1:8123" }
+  endpoint "tls" {
+    address     = "127.0.0.1:8443"
+    self_signed = true
+  }
+}
+
+service "logfile" "audit" {
+  path = "/tmp/superd-audit.log"
+  endpoint "tcp" { address = "127.0.0.1:9009" }
+}

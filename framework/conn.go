@@ -1,0 +1,578 @@
+package framework
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"runtime/debug"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Flow-control defaults. Reading from a peer pauses while its unsent output
+// is above HighWaterMark and resumes once that output has drained; a
+// connection whose unsent output passes MaxPendingOutput is aborted as a slow
+// consumer.
+const (
+	HighWaterMark           = 64 << 10
+	DefaultMaxPendingOutput = 4 << 20
+	// lingerTimeout bounds how long a gracefully closed connection waits for
+	// the peer's EOF after our FIN, so the peer reads everything we sent
+	// instead of meeting a reset caused by its own unread input.
+	lingerTimeout = 2 * time.Second
+	// readBufferSize is the size of the pooled buffers reads go into (what
+	// one DataReceived delivers at most).
+	readBufferSize = 32 << 10
+	// maxPooledOutput: drained output buffers larger than this go back to
+	// the garbage collector rather than to the pool.
+	maxPooledOutput = 1 << 20
+)
+
+// ConnOptions configures how a connection is served.
+type ConnOptions struct {
+	// IdleTimeout aborts the connection (ErrIdleTimeout) when nothing has
+	// been received for this long; 0 disables it.
+	IdleTimeout time.Duration
+	// MaxPendingOutput is the hard limit of unsent output (ErrSlowConsumer);
+	// 0 means DefaultMaxPendingOutput.
+	MaxPendingOutput int
+	// Received and Sent count application bytes as they move; nil is fine.
+	Received, Sent prometheus.Counter
+	// Logger receives protocol panics; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+var (
+	readBuffers = sync.Pool{New: func() any { b := make([]byte, readBufferSize); return &b }}
+	// outBuffers hold pending output between flushes, so a connection with
+	// nothing to send holds no output buffer and steady traffic allocates
+	// nothing.
+	outBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
+)
+
+// Conn is the Transport of one connection and the machinery that drives its
+// Protocol. Create it with NewConn and run it with Serve.
+//
+// One goroutine (Serve's) reads and calls every protocol callback. Output is
+// appended to a pending buffer by Write from any goroutine; whoever finds no
+// flush in progress becomes the flusher: the reading goroutine after a
+// callback (so a reply costs no extra goroutine), or a short-lived goroutine
+// for writes made from elsewhere. Everything pending at the moment of a flush
+// goes out in one write system call, so many small writes (a chat broadcast)
+// coalesce.
+type Conn struct {
+	nc   net.Conn
+	raw  syscall.RawConn // nil when reads must go through nc (TLS)
+	opts ConnOptions
+
+	mu   sync.Mutex
+	cond sync.Cond // on mu: output drained, pause lifted, or closed
+
+	pending  []byte  // queued, not yet handed to the flusher
+	outBox   *[]byte // the pool box pending's array came from
+	inflight int     // bytes being written by the flusher right now
+	flushing bool    // someone owns the write side of nc
+
+	inCallback    bool // Serve's goroutine is inside a protocol callback
+	disconnecting bool // LoseConnection or peer EOF: flush, then close
+	writeShut     bool // our FIN was sent (or the socket is closed)
+	closed        bool // nc is closed, or aborting
+	reason        error
+	readPaused    bool
+	waiting       bool // someone waits on cond
+
+	producer       Producer
+	producerPaused bool
+
+	// Filled by rawRead, the reusable callback for raw.Read (a method value
+	// made once, so a read allocates nothing).
+	rawReadFn func(fd uintptr) bool
+	rbuf      *[]byte
+	rn        int
+	rerr      error
+}
+
+// NewConn wraps an accepted connection. TCP and unix connections are read
+// through their raw file descriptor, so an idle connection holds no read
+// buffer; anything else (TLS) is read through nc.
+func NewConn(nc net.Conn, opts ConnOptions) *Conn {
+	c := &Conn{nc: nc, opts: opts}
+	c.cond.L = &c.mu
+	if c.opts.MaxPendingOutput <= 0 {
+		c.opts.MaxPendingOutput = DefaultMaxPendingOutput
+	}
+	if c.opts.Logger == nil {
+		c.opts.Logger = slog.Default()
+	}
+	if sc, ok := nc.(syscall.Conn); ok {
+		if _, isTCP := nc.(*net.TCPConn); isTCP || isUnix(nc) {
+			if rc, err := sc.SyscallConn(); err == nil {
+				c.raw = rc
+				c.rawReadFn = c.rawRead
+			}
+		}
+	}
+	return c
+}
+
+func isUnix(nc net.Conn) bool { _, ok := nc.(*net.UnixConn); return ok }
+
+// Serve runs p over the connection until it ends: ConnectionMade, then
+// DataReceived for each chunk read, then ConnectionLost exactly once. It
+// returns the reason given to ConnectionLost, after the socket is closed.
+func (c *Conn) Serve(p Protocol) (reason error) {
+	if perr := c.callback(func() { p.ConnectionMade(c) }); perr == nil {
+		c.readLoop(p)
+	}
+	c.mu.Lock()
+	c.closeLocked(nil)
+	reason = c.reason
+	prod := c.producer
+	c.producer = nil
+	c.mu.Unlock()
+	if prod != nil {
+		prod.StopProducing()
+	}
+	c.callback(func() { p.ConnectionLost(reason) })
+	return reason
+}
+
+// callback runs fn as a protocol callback: flagged so writes wait for the
+// flush after it, with a panic ending only this connection. It returns the
+// panic, if any, after aborting the connection with it.
+func (c *Conn) callback(fn func()) (perr error) {
+	c.mu.Lock()
+	c.inCallback = true
+	c.mu.Unlock()
+	func() {
+		defer func() {
+			if v := recover(); v != nil {
+				pe := &PanicError{Value: v, Stack: debug.Stack()}
+				c.opts.Logger.Error("protocol panic; closing its connection",
+					"peer", c.nc.RemoteAddr().String(), "panic", v, "stack", string(pe.Stack))
+				perr = pe
+			}
+		}()
+		fn()
+	}()
+	if perr != nil {
+		c.abort(perr)
+	}
+	c.afterCallback()
+	return perr
+}
+
+// afterCallback flushes what the callback wrote (one write, in this
+// goroutine), hands any remainder to a background flusher, and finishes a
+// graceful close that the callback asked for.
+func (c *Conn) afterCallback() {
+	c.mu.Lock()
+	c.inCallback = false
+	if len(c.pending) > 0 && !c.flushing && !c.closed {
+		c.flushing = true
+		c.flushOnceLocked()
+		if len(c.pending) > 0 && !c.closed {
+			go c.flushLoop()
+		} else {
+			c.flushDoneLocked()
+		}
+	} else if c.disconnecting && !c.flushing {
+		c.shutdownWriteLocked()
+	}
+	c.mu.Unlock()
+}
+
+// readLoop reads until the connection ends.
+func (c *Conn) readLoop(p Protocol) {
+	for {
+		c.mu.Lock()
+		// Flow control: no reading while our own output is above the
+		// high-water mark (resume once drained) or the protocol paused us.
+		if c.inflight+len(c.pending) > HighWaterMark {
+			for c.flushing && !c.closed && !c.disconnecting {
+				c.waiting = true
+				c.cond.Wait()
+			}
+		}
+		for c.readPaused && !c.closed && !c.disconnecting {
+			c.waiting = true
+			c.cond.Wait()
+		}
+		if c.closed {
+			c.mu.Unlock()
+			return
+		}
+		discard := c.disconnecting
+		if !discard && c.opts.IdleTimeout > 0 {
+			c.nc.SetReadDeadline(time.Now().Add(c.opts.IdleTimeout))
+		}
+		c.mu.Unlock()
+
+		buf, n, err := c.read()
+		if n > 0 {
+			if c.opts.Received != nil {
+				c.opts.Received.Add(float64(n))
+			}
+			if !discard && !c.Disconnecting() {
+				data := (*buf)[:n]
+				if c.callback(func() { p.DataReceived(data) }) != nil {
+					err = nil // the panic already set the reason
+				}
+			}
+		}
+		if buf != nil {
+			readBuffers.Put(buf)
+		}
+		if err != nil {
+			c.readFailed(err)
+			return
+		}
+	}
+}
+
+// read reads once into a pooled buffer. With a raw descriptor the buffer is
+// taken only once the socket is readable, so idle connections hold none.
+func (c *Conn) read() (*[]byte, int, error) {
+	if c.raw == nil {
+		buf := readBuffers.Get().(*[]byte)
+		n, err := c.nc.Read(*buf)
+		return buf, n, err
+	}
+	c.rbuf, c.rn, c.rerr = nil, 0, nil
+	if err := c.raw.Read(c.rawReadFn); err != nil {
+		if c.rbuf != nil {
+			readBuffers.Put(c.rbuf)
+		}
+		return nil, 0, err
+	}
+	return c.rbuf, c.rn, c.rerr
+}
+
+func (c *Conn) rawRead(fd uintptr) bool {
+	buf := readBuffers.Get().(*[]byte)
+	for {
+		n, err := syscall.Read(int(fd), *buf)
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err == syscall.EAGAIN:
+			readBuffers.Put(buf)
+			return false // wait for readability without holding a buffer
+		case err != nil:
+			readBuffers.Put(buf)
+			c.rerr = os.NewSyscallError("read", err)
+		case n == 0:
+			readBuffers.Put(buf)
+			c.rerr = io.EOF
+		default:
+			c.rbuf, c.rn = buf, n
+		}
+		return true
+	}
+}
+
+// readFailed decides what a failed read means and ends the connection.
+func (c *Conn) readFailed(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case c.closed || c.writeShut:
+		// We closed it (abort, or our FIN is out and we were only
+		// lingering): the reason is already set.
+	case errors.Is(err, io.EOF):
+		// The peer closed. Output written before we noticed is still
+		// delivered, then the connection closes cleanly.
+		c.disconnecting = true
+		for c.flushing && !c.closed {
+			c.waiting = true
+			c.cond.Wait()
+		}
+		if len(c.pending) > 0 && !c.closed {
+			c.flushing = true
+			for len(c.pending) > 0 && !c.closed {
+				c.flushOnceLocked()
+			}
+			c.flushing = false
+		}
+		c.setReason(ErrConnectionDone)
+	case errors.Is(err, os.ErrDeadlineExceeded) && !c.disconnecting && c.opts.IdleTimeout > 0:
+		c.abortLocked(ErrIdleTimeout)
+	default:
+		c.setReason(&lostError{err})
+	}
+	c.closeLocked(nil)
+}
+
+// flushLoop flushes until nothing is pending, then finishes a pending
+// graceful close. The caller has set c.flushing.
+func (c *Conn) flushLoop() {
+	c.mu.Lock()
+	for len(c.pending) > 0 && !c.closed {
+		c.flushOnceLocked()
+	}
+	c.flushDoneLocked()
+	c.mu.Unlock()
+}
+
+// flushOnceLocked writes everything pending in one call, with mu released
+// during the write.
+func (c *Conn) flushOnceLocked() {
+	out, box := c.pending, c.outBox
+	c.pending, c.outBox = nil, nil
+	c.inflight = len(out)
+	c.mu.Unlock()
+	n, err := c.nc.Write(out)
+	if n > 0 && c.opts.Sent != nil {
+		c.opts.Sent.Add(float64(n))
+	}
+	c.mu.Lock()
+	c.inflight = 0
+	if cap(out) <= maxPooledOutput {
+		*box = out[:0]
+		outBuffers.Put(box)
+	}
+	if err != nil && !c.closed {
+		c.setReason(&lostError{err})
+		c.closeLocked(nil)
+	}
+	c.wakeLocked()
+}
+
+// flushDoneLocked releases the write side after a flush: resumes a producer
+// paused for the backlog, and completes a graceful close.
+func (c *Conn) flushDoneLocked() {
+	c.flushing = false
+	if c.producer != nil && c.producerPaused && !c.closed {
+		c.producerPaused = false
+		p := c.producer
+		c.mu.Unlock()
+		p.ResumeProducing()
+		c.mu.Lock()
+		if c.flushing {
+			return // the producer wrote; that flush takes over from here
+		}
+	}
+	if c.disconnecting && !c.inCallback && len(c.pending) == 0 {
+		c.shutdownWriteLocked()
+	}
+	c.wakeLocked()
+}
+
+func (c *Conn) wakeLocked() {
+	if c.waiting {
+		c.waiting = false
+		c.cond.Broadcast()
+	}
+}
+
+// shutdownWriteLocked ends a graceful close: FIN to the peer, then the
+// reading goroutine lingers (discarding input) until the peer closes or
+// lingerTimeout passes.
+func (c *Conn) shutdownWriteLocked() {
+	if c.writeShut || c.closed {
+		return
+	}
+	c.writeShut = true
+	c.setReason(ErrConnectionDone)
+	if cw, ok := c.nc.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+		c.nc.SetReadDeadline(time.Now().Add(lingerTimeout))
+		c.readPaused = false
+		c.wakeLocked()
+		return
+	}
+	c.closeLocked(nil)
+}
+
+func (c *Conn) setReason(err error) {
+	if c.reason == nil {
+		c.reason = err
+	}
+}
+
+// closeLocked closes the socket once, recording reason if none is set.
+func (c *Conn) closeLocked(reason error) {
+	if reason != nil {
+		c.setReason(reason)
+	}
+	c.setReason(ErrConnectionDone)
+	if c.closed {
+		return
+	}
+	c.closed, c.writeShut = true, true
+	c.pending, c.outBox = nil, nil
+	c.nc.Close()
+	c.wakeLocked()
+}
+
+func (c *Conn) abort(reason error) {
+	c.mu.Lock()
+	c.abortLocked(reason)
+	c.mu.Unlock()
+}
+
+// abortLocked closes now with an RST, dropping pending output.
+func (c *Conn) abortLocked(reason error) {
+	if c.closed {
+		return
+	}
+	c.setReason(reason)
+	nc := c.nc
+	if tc, ok := nc.(interface{ NetConn() net.Conn }); ok { // TLS
+		nc = tc.NetConn()
+	}
+	if tc, ok := nc.(*net.TCPConn); ok {
+		tc.SetLinger(0) // RST: the peer learns at once that data was dropped
+	}
+	c.closeLocked(nil)
+}
+
+// Abort closes the connection now with the given reason (one of the Err*
+// reasons of this package, or another error), dropping pending output.
+func (c *Conn) Abort(reason error) { c.abort(reason) }
+
+// --- Transport ---
+
+// Write implements Transport.
+func (c *Conn) Write(b []byte) {
+	if len(b) == 0 {
+		return
+	}
+	c.mu.Lock()
+	if c.writeShut {
+		c.mu.Unlock()
+		return
+	}
+	c.reserveLocked()
+	c.pending = append(c.pending, b...)
+	c.wroteLocked()
+}
+
+// WriteString implements Transport.
+func (c *Conn) WriteString(s string) {
+	if len(s) == 0 {
+		return
+	}
+	c.mu.Lock()
+	if c.writeShut {
+		c.mu.Unlock()
+		return
+	}
+	c.reserveLocked()
+	c.pending = append(c.pending, s...)
+	c.wroteLocked()
+}
+
+// reserveLocked gives pending a pooled buffer when it has none.
+func (c *Conn) reserveLocked() {
+	if c.outBox == nil {
+		c.outBox = outBuffers.Get().(*[]byte)
+		c.pending = (*c.outBox)[:0]
+	}
+}
+
+// wroteLocked enforces the output limits after a write, makes sure a flush
+// will happen, and unlocks mu.
+func (c *Conn) wroteLocked() {
+	backlog := len(c.pending) + c.inflight
+	if backlog > c.opts.MaxPendingOutput {
+		c.abortLocked(ErrSlowConsumer)
+		c.mu.Unlock()
+		return
+	}
+	var pause Producer
+	if c.producer != nil && !c.producerPaused && backlog > HighWaterMark {
+		c.producerPaused = true
+		pause = c.producer
+	}
+	if !c.flushing && !c.inCallback {
+		c.flushing = true
+		go c.flushLoop()
+	}
+	c.mu.Unlock()
+	if pause != nil {
+		pause.PauseProducing()
+	}
+}
+
+// LoseConnection implements Transport.
+func (c *Conn) LoseConnection() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.disconnecting || c.closed {
+		return
+	}
+	c.disconnecting = true
+	c.wakeLocked()
+	if !c.flushing && !c.inCallback && len(c.pending) == 0 {
+		c.shutdownWriteLocked()
+	}
+}
+
+// AbortConnection implements Transport.
+func (c *Conn) AbortConnection() { c.abort(ErrConnectionAborted) }
+
+// Disconnecting implements Transport.
+func (c *Conn) Disconnecting() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.disconnecting || c.closed
+}
+
+// PauseProducing implements Transport.
+func (c *Conn) PauseProducing() {
+	c.mu.Lock()
+	c.readPaused = true
+	c.mu.Unlock()
+}
+
+// ResumeProducing implements Transport.
+func (c *Conn) ResumeProducing() {
+	c.mu.Lock()
+	c.readPaused = false
+	c.wakeLocked()
+	c.mu.Unlock()
+}
+
+// RegisterProducer implements Transport.
+func (c *Conn) RegisterProducer(p Producer) error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		p.StopProducing()
+		return nil
+	}
+	if c.producer != nil {
+		c.mu.Unlock()
+		return errors.New("framework: a producer is already registered")
+	}
+	c.producer, c.producerPaused = p, false
+	c.mu.Unlock()
+	return nil
+}
+
+// UnregisterProducer implements Transport.
+func (c *Conn) UnregisterProducer() {
+	c.mu.Lock()
+	c.producer, c.producerPaused = nil, false
+	c.mu.Unlock()
+}
+
+// PeerAddr implements Transport.
+func (c *Conn) PeerAddr() net.Addr { return c.nc.RemoteAddr() }
+
+// LocalAddr implements Transport.
+func (c *Conn) LocalAddr() net.Addr { return c.nc.LocalAddr() }
+
+// Pending returns the number of bytes written but not yet sent.
+func (c *Conn) Pending() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.pending) + c.inflight
+}
+
+var _ Transport = (*Conn)(nil)

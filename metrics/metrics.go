@@ -1,0 +1,194 @@
+// Package metrics owns superd's Prometheus families (the names of SPEC
+// section 4, a contract with operators' dashboards), its own registry, and
+// the HTTP endpoints /metrics, /healthz and /readyz.
+package metrics
+
+import (
+	"runtime"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Rejection reasons: a connection refused at accept, before any protocol.
+const (
+	RejectMaxConnections      = "max_connections"
+	RejectMaxConnectionsPerIP = "max_connections_per_ip"
+	RejectRateLimit           = "rate_limit"
+	RejectRateLimitPerIP      = "rate_limit_per_ip"
+	RejectDenied              = "denied"
+	RejectTLSHandshake        = "tls_handshake"
+	RejectFactory             = "factory"
+)
+
+// Drop reasons: a connection superd ended after handing it to a protocol.
+const (
+	DropIdleTimeout     = "idle_timeout"
+	DropSlowConsumer    = "slow_consumer"
+	DropShutdownTimeout = "shutdown_timeout"
+)
+
+// RejectReasons and DropReasons list every reason, so each service's series
+// exist (at 0) from startup.
+var (
+	RejectReasons = []string{RejectMaxConnections, RejectMaxConnectionsPerIP, RejectRateLimit,
+		RejectRateLimitPerIP, RejectDenied, RejectTLSHandshake, RejectFactory}
+	DropReasons = []string{DropIdleTimeout, DropSlowConsumer, DropShutdownTimeout}
+)
+
+// Metrics holds every family superd exports.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	ConnectionsActive   *prometheus.GaugeVec
+	ConnectionsTotal    *prometheus.CounterVec
+	ConnectionsRejected *prometheus.CounterVec
+	ConnectionsDropped  *prometheus.CounterVec
+	ConnectionDuration  *prometheus.HistogramVec
+	ReceivedBytes       *prometheus.CounterVec
+	SentBytes           *prometheus.CounterVec
+	FactoryUp           *prometheus.GaugeVec
+	FactoryStarts       *prometheus.CounterVec
+	FactoryStops        *prometheus.CounterVec
+	ConfigReloads       *prometheus.CounterVec
+	LastReloadOK        prometheus.Gauge
+	BuildInfo           *prometheus.GaugeVec
+
+	// extra are the services' own families (framework.Spec.Collectors).
+	extra []prometheus.Collector
+}
+
+// New builds the families on a fresh registry, with the Go and process
+// collectors, and registers extra collectors (the factories' own families).
+func New(version string, extra ...prometheus.Collector) *Metrics {
+	sf := []string{"service", "factory"}
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		ConnectionsActive: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "superd_connections_active", Help: "Connections open now, per service.",
+		}, sf),
+		ConnectionsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "superd_connections_total", Help: "Connections handed to a protocol, per endpoint.",
+		}, []string{"service", "factory", "endpoint"}),
+		ConnectionsRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "superd_connections_rejected_total", Help: "Connections refused at accept, by reason.",
+		}, []string{"service", "factory", "reason"}),
+		ConnectionsDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "superd_connections_dropped_total", Help: "Connections superd ended after handing them to a protocol, by reason.",
+		}, []string{"service", "factory", "reason"}),
+		ConnectionDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "superd_connection_duration_seconds",
+			Help:    "How long connections stayed open.",
+			Buckets: []float64{.001, .01, .1, 1, 10, 60, 600, 3600, 86400},
+		}, sf),
+		ReceivedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "superd_received_bytes_total", Help: "Application bytes received from peers.",
+		}, sf),
+		SentBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "superd_sent_bytes_total", Help: "Application bytes sent to peers.",
+		}, sf),
+		FactoryUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "superd_factory_up", Help: "1 while the service's factory is started.",
+		}, sf),
+		FactoryStarts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "superd_factory_starts_total", Help: "StartFactory calls that succeeded.",
+		}, sf),
+		FactoryStops: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "superd_factory_stops_total", Help: "StopFactory calls.",
+		}, sf),
+		ConfigReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "superd_config_reloads_total", Help: "Configuration reloads, by result.",
+		}, []string{"result"}),
+		LastReloadOK: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "superd_config_last_reload_successful", Help: "1 if the last reload succeeded (or none happened), else 0.",
+		}),
+		BuildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "superd_build_info", Help: "Always 1; labels give the build.",
+		}, []string{"version", "goversion"}),
+		extra: extra,
+	}
+	m.Registry.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		m.ConnectionsActive, m.ConnectionsTotal, m.ConnectionsRejected, m.ConnectionsDropped,
+		m.ConnectionDuration, m.ReceivedBytes, m.SentBytes, m.FactoryUp, m.FactoryStarts,
+		m.FactoryStops, m.ConfigReloads, m.LastReloadOK, m.BuildInfo,
+	)
+	for _, c := range extra {
+		m.Registry.MustRegister(c)
+	}
+	m.ConfigReloads.WithLabelValues("success")
+	m.ConfigReloads.WithLabelValues("failure")
+	m.LastReloadOK.Set(1)
+	m.BuildInfo.WithLabelValues(version, runtime.Version()).Set(1)
+	return m
+}
+
+// Service is the set of series of one service, resolved once so the hot
+// paths touch no label maps.
+type Service struct {
+	Active     prometheus.Gauge
+	Duration   prometheus.Observer
+	Received   prometheus.Counter
+	Sent       prometheus.Counter
+	Up         prometheus.Gauge
+	Starts     prometheus.Counter
+	Stops      prometheus.Counter
+	rejected   map[string]prometheus.Counter
+	dropped    map[string]prometheus.Counter
+	m          *Metrics
+	name, fact string
+}
+
+// ForService creates every series of a service (at 0), so they are present
+// from startup.
+func (m *Metrics) ForService(service, factory string) *Service {
+	s := &Service{
+		Active:   m.ConnectionsActive.WithLabelValues(service, factory),
+		Duration: m.ConnectionDuration.WithLabelValues(service, factory),
+		Received: m.ReceivedBytes.WithLabelValues(service, factory),
+		Sent:     m.SentBytes.WithLabelValues(service, factory),
+		Up:       m.FactoryUp.WithLabelValues(service, factory),
+		Starts:   m.FactoryStarts.WithLabelValues(service, factory),
+		Stops:    m.FactoryStops.WithLabelValues(service, factory),
+		rejected: map[string]prometheus.Counter{},
+		dropped:  map[string]prometheus.Counter{},
+		m:        m, name: service, fact: factory,
+	}
+	for _, r := range RejectReasons {
+		s.rejected[r] = m.ConnectionsRejected.WithLabelValues(service, factory, r)
+	}
+	for _, r := range DropReasons {
+		s.dropped[r] = m.ConnectionsDropped.WithLabelValues(service, factory, r)
+	}
+	return s
+}
+
+// Endpoint returns the connections_total counter of one endpoint (created at
+// 0).
+func (s *Service) Endpoint(label string) prometheus.Counter {
+	return s.m.ConnectionsTotal.WithLabelValues(s.name, s.fact, label)
+}
+
+// Rejected counts a connection refused at accept.
+func (s *Service) Rejected(reason string) { s.rejected[reason].Inc() }
+
+// Dropped counts a connection superd ended.
+func (s *Service) Dropped(reason string) { s.dropped[reason].Inc() }
+
+// Delete removes every series of the service (when reload removed it),
+// including those of the factories' own families.
+func (s *Service) Delete() {
+	l := prometheus.Labels{"service": s.name, "factory": s.fact}
+	for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{
+		s.m.ConnectionsActive, s.m.ConnectionsTotal, s.m.ConnectionsRejected, s.m.ConnectionsDropped,
+		s.m.ConnectionDuration, s.m.ReceivedBytes, s.m.SentBytes, s.m.FactoryUp, s.m.FactoryStarts, s.m.FactoryStops,
+	} {
+		v.DeletePartialMatch(l)
+	}
+	for _, c := range s.m.extra {
+		if v, ok := c.(interface{ DeletePartialMatch(prometheus.Labels) int }); ok {
+			v.DeletePartialMatch(prometheus.Labels{"service": s.name})
+		}
+	}
+}

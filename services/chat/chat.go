@@ -1,0 +1,215 @@
+// Package chat implements the chat server of Twisted's "Writing Servers"
+// tutorial: users choose a name, then every line a user sends reaches every
+// other named user of the same service.
+//
+// Name: chat. Attributes:
+//
+//	max_line_length = 16384   a longer line closes that user's connection
+//
+// Protocol (every line ends with CRLF):
+//
+//	S: What's your name?
+//	C: bob
+//	S: Name taken, please choose another.    (if bob is online; no new prompt)
+//	S: Welcome, bob!
+//	C: hello                                 (others receive "<bob> hello")
+//
+// Beyond the tutorial: a name that is empty, longer than 64 bytes, not valid
+// UTF-8, or holds a control character (C0, DEL or C1) gets
+// "Invalid name, please choose another."
+//
+// Broadcast goes through each transport's non-blocking Write, so a user who
+// never reads is cut off as slow_consumer (max_pending_output) and never
+// slows the room.
+//
+// Metrics: superd_chat_users{service}, users online (named).
+//
+//	service "chat" "lobby" {
+//	  max_connections = 1000
+//	  endpoint "tcp" { address = "127.0.0.1:8123" }
+//	}
+package chat
+
+import (
+	"net"
+	"sync"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/zclconf/go-cty/cty"
+
+	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/framework/basic"
+)
+
+// MaxNameLength is the longest name accepted, in bytes.
+const MaxNameLength = 64
+
+// The server's lines.
+const (
+	promptLine  = "What's your name?"
+	takenLine   = "Name taken, please choose another."
+	invalidLine = "Invalid name, please choose another."
+)
+
+var usersOnline = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+	Name: "superd_chat_users",
+	Help: "Chat users online (who have chosen a name).",
+}, []string{"service"})
+
+func init() {
+	framework.Register(framework.Spec{
+		Name:        "chat",
+		Description: "the chat server of the Writing Servers tutorial: choose a name, then talk to everyone",
+		Attributes: []framework.Attribute{
+			{Name: "max_line_length", Type: cty.Number, Default: cty.NumberIntVal(basic.DefaultMaxLineLength),
+				Description: "longest line accepted, in bytes; a longer one closes the connection"},
+		},
+		New:        New,
+		Collectors: []prometheus.Collector{usersOnline},
+	})
+}
+
+// New builds a chat room from its configuration.
+func New(cfg *framework.Config) (framework.Factory, error) {
+	n := cfg.Int("max_line_length")
+	if !cfg.IsWholeNumber("max_line_length") || n < 1 {
+		return nil, cfg.Errorf("max_line_length", "must be a whole number of bytes, at least 1")
+	}
+	return &Room{
+		maxLine: n,
+		users:   map[string]*User{},
+		online:  usersOnline.WithLabelValues(cfg.Service),
+	}, nil
+}
+
+// Room is the factory: the users of one chat service.
+type Room struct {
+	maxLine int
+	online  prometheus.Gauge
+
+	mu    sync.RWMutex
+	users map[string]*User
+	order []*User // registration order, for delivery order
+}
+
+// BuildProtocol implements framework.Factory.
+func (r *Room) BuildProtocol(net.Addr) framework.Protocol {
+	return &User{room: r}
+}
+
+// StartFactory publishes the users gauge at 0.
+func (r *Room) StartFactory() error {
+	r.online.Set(0)
+	return nil
+}
+
+// register claims name for u; false if taken.
+func (r *Room) register(name string, u *User) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, taken := r.users[name]; taken {
+		return false
+	}
+	r.users[name] = u
+	r.order = append(r.order, u)
+	r.online.Inc()
+	return true
+}
+
+func (r *Room) unregister(u *User) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.users[u.name] != u {
+		return
+	}
+	delete(r.users, u.name)
+	for i, o := range r.order {
+		if o == u {
+			r.order = append(r.order[:i], r.order[i+1:]...)
+			break
+		}
+	}
+	r.online.Dec()
+}
+
+// broadcast sends msg (a whole line, CRLF included) to every named user
+// but from. Writes never block, so holding the read lock is cheap.
+func (r *Room) broadcast(from *User, msg []byte) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	for _, u := range r.order {
+		if u != from {
+			u.Transport.Write(msg)
+		}
+	}
+}
+
+// User is the protocol of one connection: a line receiver with two states,
+// choosing a name, then chatting.
+type User struct {
+	basic.LineReceiver
+	room  *Room
+	name  string // "" until registered
+	named bool
+	msg   []byte // reused buffer for "<name> line\r\n"
+}
+
+// ConnectionMade asks for a name.
+func (u *User) ConnectionMade(t framework.Transport) {
+	u.MaxLength = u.room.maxLine
+	u.Init(t, u)
+	u.sendLine(promptLine)
+}
+
+// ConnectionLost frees the user's name.
+func (u *User) ConnectionLost(reason error) {
+	if u.named {
+		u.room.unregister(u)
+	}
+}
+
+// LineReceived handles a name candidate, then chat lines.
+func (u *User) LineReceived(line []byte) {
+	if !u.named {
+		u.chooseName(line)
+		return
+	}
+	u.msg = append(u.msg[:0], '<')
+	u.msg = append(u.msg, u.name...)
+	u.msg = append(u.msg, "> "...)
+	u.msg = append(u.msg, line...)
+	u.msg = append(u.msg, "\r\n"...)
+	u.room.broadcast(u, u.msg)
+}
+
+func (u *User) chooseName(line []byte) {
+	if !validName(line) {
+		u.sendLine(invalidLine)
+		return
+	}
+	name := string(line)
+	if !u.room.register(name, u) {
+		u.sendLine(takenLine)
+		return
+	}
+	u.name, u.named = name, true
+	u.sendLine("Welcome, " + name + "!")
+}
+
+func (u *User) sendLine(s string) { u.Transport.WriteString(s + "\r\n") }
+
+// validName: non-empty, at most MaxNameLength bytes, valid UTF-8, and no
+// control character (C0, DEL or C1).
+func validName(b []byte) bool {
+	if len(b) == 0 || len(b) > MaxNameLength || !utf8.Valid(b) {
+		return false
+	}
+	for _, r := range string(b) {
+		if unicode.IsControl(r) { // C0, DEL and C1 exactly
+			return false
+		}
+	}
+	return true
+}

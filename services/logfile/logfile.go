@@ -1,0 +1,236 @@
+// Package logfile implements the logging service of Twisted's "Writing
+// Servers" tutorial: each line received is appended to a file.
+//
+// Name: logfile. Attributes:
+//
+//	path            = "..."   the file (required; relative to the config file's folder)
+//	fsync           = false   also fsync after writes (batched across connections)
+//	max_line_length = 16384   a longer line closes the connection; nothing of it is written
+//
+// A line ends at LF; a CR right before it is dropped, so nc and telnet both
+// work. A partial line at the end of a connection is not a line and is not
+// written.
+//
+// Guarantees: the file is opened in StartFactory (created with mode 0640 if
+// missing, appended to otherwise) and closed in StopFactory. The complete
+// lines of each chunk read from a connection go to the file in one write(2)
+// under the service's lock, before more input is read from that connection:
+// lines never interleave or tear, and a line already processed survives even
+// SIGKILL. SIGUSR1 reopens the file (for rotation).
+//
+//	service "logfile" "audit" {
+//	  path = "/var/log/superd/audit.log"
+//	  endpoint "tcp" { address = "127.0.0.1:9009" }
+//	}
+package logfile
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+
+	"github.com/zclconf/go-cty/cty"
+
+	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/framework/basic"
+)
+
+func init() {
+	framework.Register(framework.Spec{
+		Name:        "logfile",
+		Description: "appends each line received to a file (reopened on SIGUSR1)",
+		Attributes: []framework.Attribute{
+			{Name: "path", Type: cty.String, Required: true,
+				Description: "file the lines are appended to"},
+			{Name: "fsync", Type: cty.Bool, Default: cty.False,
+				Description: "fsync the file after writes (batched)"},
+			{Name: "max_line_length", Type: cty.Number, Default: cty.NumberIntVal(basic.DefaultMaxLineLength),
+				Description: "longest line accepted, in bytes; a longer one closes the connection"},
+		},
+		New: New,
+	})
+}
+
+// New builds a logfile factory from its configuration. It opens nothing:
+// the file is opened in StartFactory.
+func New(cfg *framework.Config) (framework.Factory, error) {
+	path := cfg.Path("path")
+	if path == "" {
+		return nil, cfg.Errorf("path", "must not be empty")
+	}
+	if st, err := os.Stat(path); err == nil && st.IsDir() {
+		return nil, cfg.Errorf("path", "%s is a folder, not a file", path)
+	}
+	n := cfg.Int("max_line_length")
+	if !cfg.IsWholeNumber("max_line_length") || n < 1 {
+		return nil, cfg.Errorf("max_line_length", "must be a whole number of bytes, at least 1")
+	}
+	return &Factory{path: path, fsync: cfg.Bool("fsync"), maxLine: n, service: cfg.Service}, nil
+}
+
+// Factory owns the file of one logfile service.
+type Factory struct {
+	path    string
+	fsync   bool
+	maxLine int
+	service string
+
+	mu   sync.Mutex
+	file *os.File
+
+	syncReq  chan struct{} // fsync wanted (capacity 1: requests coalesce)
+	syncDone chan struct{}
+}
+
+func (f *Factory) open() (*os.File, error) {
+	return os.OpenFile(f.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+}
+
+// StartFactory opens the file.
+func (f *Factory) StartFactory() error {
+	file, err := f.open()
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	f.file = file
+	f.mu.Unlock()
+	if f.fsync {
+		f.syncReq = make(chan struct{}, 1)
+		f.syncDone = make(chan struct{})
+		go f.syncer()
+	}
+	return nil
+}
+
+// StopFactory syncs (when fsync is on) and closes the file. Every
+// connection has ended by now, so nothing is being written.
+func (f *Factory) StopFactory() error {
+	if f.fsync {
+		close(f.syncReq)
+		<-f.syncDone
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.file == nil {
+		return nil
+	}
+	var err error
+	if f.fsync {
+		err = f.file.Sync()
+	}
+	err = errors.Join(err, f.file.Close())
+	f.file = nil
+	return err
+}
+
+// Reopen opens the path again and swaps the new file in, so a rotated file
+// is let go (SIGUSR1).
+func (f *Factory) Reopen() error {
+	file, err := f.open()
+	if err != nil {
+		return fmt.Errorf("reopen %s: %w", f.path, err)
+	}
+	f.mu.Lock()
+	old := f.file
+	f.file = file
+	f.mu.Unlock()
+	if old == nil {
+		return nil
+	}
+	if f.fsync {
+		old.Sync()
+	}
+	return old.Close()
+}
+
+// syncer fsyncs the file whenever writes asked for it; requests that arrive
+// during a sync are served by the next one.
+func (f *Factory) syncer() {
+	defer close(f.syncDone)
+	for range f.syncReq {
+		f.mu.Lock()
+		file := f.file
+		if file != nil {
+			if err := file.Sync(); err != nil {
+				slog.Error("logfile: fsync failed", "service", f.service, "path", f.path, "err", err)
+			}
+		}
+		f.mu.Unlock()
+	}
+}
+
+// write appends lines (whole lines, each ending in LF) in one write.
+func (f *Factory) write(lines []byte) error {
+	f.mu.Lock()
+	if f.file == nil {
+		f.mu.Unlock()
+		return errors.New("the file is closed")
+	}
+	_, err := f.file.Write(lines)
+	f.mu.Unlock()
+	if err == nil && f.fsync {
+		select {
+		case f.syncReq <- struct{}{}:
+		default:
+		}
+	}
+	return err
+}
+
+// BuildProtocol implements framework.Factory.
+func (f *Factory) BuildProtocol(net.Addr) framework.Protocol {
+	p := &Logger{factory: f}
+	p.Delimiter = []byte("\n")
+	p.MaxLength = f.maxLine
+	return p
+}
+
+// Logger is the protocol of one connection.
+type Logger struct {
+	basic.LineReceiver
+	factory *Factory
+	batch   []byte // the complete lines of the current chunk
+}
+
+// ConnectionMade starts receiving lines.
+func (l *Logger) ConnectionMade(t framework.Transport) { l.Init(t, l) }
+
+// DataReceived collects the chunk's complete lines, then writes them in one
+// go before returning (and so before more input is read).
+func (l *Logger) DataReceived(data []byte) {
+	l.LineReceiver.DataReceived(data)
+	if len(l.batch) == 0 {
+		return
+	}
+	err := l.factory.write(l.batch)
+	l.batch = l.batch[:0]
+	if cap(l.batch) > 64<<10 {
+		l.batch = nil // do not hold a big buffer for a quiet connection
+	}
+	if err != nil {
+		slog.Error("logfile: write failed; closing the connection", "service", l.factory.service,
+			"path", l.factory.path, "err", err)
+		l.Transport.AbortConnection()
+	}
+}
+
+// LineReceived adds one line to the batch, without a CR before the LF.
+func (l *Logger) LineReceived(line []byte) {
+	if n := len(line); n > 0 && line[n-1] == '\r' {
+		line = line[:n-1]
+	}
+	l.batch = append(l.batch, line...)
+	l.batch = append(l.batch, '\n')
+}
+
+// Interface guards.
+var (
+	_ framework.FactoryStarter = (*Factory)(nil)
+	_ framework.FactoryStopper = (*Factory)(nil)
+	_ framework.Reopener       = (*Factory)(nil)
+	_ framework.Protocol       = (*Logger)(nil)
+)

@@ -1,0 +1,378 @@
+package supervisor
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/superd-dev/superd/config"
+	"github.com/superd-dev/superd/endpoint"
+	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/metrics"
+)
+
+// maxTLSHandshake bounds a TLS handshake (a shorter idle_timeout bounds it
+// more); a client that does not finish in time is rejected as tls_handshake.
+const maxTLSHandshake = 10 * time.Second
+
+// service is one running service: its factory, the limits it enforces at
+// accept, and its connections.
+type service struct {
+	cfg      *config.Service
+	factory  framework.Factory
+	log      *slog.Logger
+	m        *metrics.Service
+	bindings []*binding
+	opened   []*socket // sockets this service bound itself (not taken over)
+	connOpts framework.ConnOptions
+
+	mu          sync.Mutex
+	closing     bool
+	active      int                          // connections accepted and not yet ended
+	perSource   map[netip.Prefix]int         // active, by source key
+	conns       map[net.Conn]*framework.Conn // nil value: accepted, not yet served
+	rate        *tokenBucket
+	sourceRates map[netip.Prefix]*tokenBucket
+	connWG      sync.WaitGroup
+	factoryUp   bool
+}
+
+// binding ties one endpoint of a service to its socket.
+type binding struct {
+	svc   *service
+	ep    *endpoint.Config
+	tls   *tls.Config
+	total prometheus.Counter
+	sock  *socket
+}
+
+func newService(log *slog.Logger, m *metrics.Metrics, sc *config.Service) (*service, error) {
+	f, err := sc.Spec.New(sc.FactoryConfig)
+	if err != nil {
+		return nil, fmt.Errorf("service %q: %w", sc.Name, err)
+	}
+	ms := m.ForService(sc.Name, sc.Factory)
+	svc := &service{
+		cfg:       sc,
+		factory:   f,
+		log:       log.With("service", sc.Name, "factory", sc.Factory),
+		m:         ms,
+		perSource: map[netip.Prefix]int{},
+		conns:     map[net.Conn]*framework.Conn{},
+	}
+	svc.connOpts = framework.ConnOptions{
+		IdleTimeout:      sc.Limits.IdleTimeout,
+		MaxPendingOutput: sc.Limits.MaxPendingOutput,
+		Received:         ms.Received,
+		Sent:             ms.Sent,
+		Logger:           svc.log,
+	}
+	if r := sc.Limits.RateLimit; r != nil {
+		svc.rate = newTokenBucket(r.Rate, r.Burst, time.Now())
+	}
+	if sc.Limits.RateLimitPerIP != nil {
+		svc.sourceRates = map[netip.Prefix]*tokenBucket{}
+	}
+	return svc, nil
+}
+
+func (s *service) newBinding(ep *endpoint.Config) (*binding, error) {
+	b := &binding{svc: s, ep: ep, total: s.m.Endpoint(ep.Label)}
+	if ep.Kind == endpoint.KindTLS {
+		conf, err := endpoint.TLSConfig(*ep, time.Now())
+		if err != nil {
+			return nil, err
+		}
+		if ep.SelfSigned {
+			s.log.Warn("TLS endpoint uses a self-signed certificate generated at start (for trying things out)",
+				"endpoint", ep.Label)
+		}
+		b.tls = conf
+	}
+	return b, nil
+}
+
+func (s *service) startFactory() error {
+	if st, ok := s.factory.(framework.FactoryStarter); ok {
+		if err := st.StartFactory(); err != nil {
+			return err
+		}
+	}
+	s.mu.Lock()
+	s.factoryUp = true
+	s.mu.Unlock()
+	s.m.Starts.Inc()
+	s.m.Up.Set(1)
+	return nil
+}
+
+// accept runs on the accept loop: the checks that refuse a connection
+// before any protocol exists, then the connection's own goroutine.
+func (s *service) accept(c net.Conn, b *binding) {
+	key, hasSource := sourceKey(c.RemoteAddr(), s.cfg.Limits.IPv6Prefix)
+	if hasSource && !s.allowed(key.Addr()) {
+		s.reject(c, metrics.RejectDenied)
+		return
+	}
+	lim := &s.cfg.Limits
+	now := time.Now()
+	s.mu.Lock()
+	reason := ""
+	switch {
+	case s.closing:
+		s.mu.Unlock()
+		c.Close()
+		return
+	case lim.MaxConnections > 0 && s.active >= lim.MaxConnections:
+		reason = metrics.RejectMaxConnections
+	case hasSource && lim.MaxConnectionsPerIP > 0 && s.perSource[key] >= lim.MaxConnectionsPerIP:
+		reason = metrics.RejectMaxConnectionsPerIP
+	case s.rate != nil && !s.rate.take(now):
+		reason = metrics.RejectRateLimit
+	case hasSource && s.sourceRates != nil && !s.sourceBucket(key, now).take(now):
+		reason = metrics.RejectRateLimitPerIP
+	}
+	if reason != "" {
+		s.mu.Unlock()
+		s.reject(c, reason)
+		return
+	}
+	s.active++
+	if hasSource {
+		s.perSource[key]++
+	}
+	s.conns[c] = nil
+	s.connWG.Add(1)
+	s.mu.Unlock()
+	go s.handle(c, b, key, hasSource)
+}
+
+// allowed applies allow and deny (deny wins).
+func (s *service) allowed(ip netip.Addr) bool {
+	for _, p := range s.cfg.Limits.Deny {
+		if p.Contains(ip) {
+			return false
+		}
+	}
+	if len(s.cfg.Limits.Allow) == 0 {
+		return true
+	}
+	for _, p := range s.cfg.Limits.Allow {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *service) reject(c net.Conn, reason string) {
+	s.m.Rejected(reason)
+	s.log.Debug("connection rejected", "peer", c.RemoteAddr().String(), "reason", reason)
+	c.Close()
+}
+
+// sourceBucket returns the per-source token bucket of key; full buckets are
+// swept when the map grows, so memory stays bounded by the active sources.
+func (s *service) sourceBucket(key netip.Prefix, now time.Time) *tokenBucket {
+	tb := s.sourceRates[key]
+	if tb == nil {
+		if len(s.sourceRates) >= 4096 {
+			for k, b := range s.sourceRates {
+				if b.full(now) {
+					delete(s.sourceRates, k)
+				}
+			}
+		}
+		r := s.cfg.Limits.RateLimitPerIP
+		tb = newTokenBucket(r.Rate, r.Burst, now)
+		s.sourceRates[key] = tb
+	}
+	return tb
+}
+
+// handle runs in the connection's goroutine: TLS handshake, protocol,
+// serving, and the bookkeeping when it ends.
+func (s *service) handle(c net.Conn, b *binding, key netip.Prefix, hasSource bool) {
+	defer func() {
+		s.mu.Lock()
+		s.active--
+		if hasSource {
+			if s.perSource[key]--; s.perSource[key] <= 0 {
+				delete(s.perSource, key)
+			}
+		}
+		delete(s.conns, c)
+		s.mu.Unlock()
+		s.connWG.Done()
+	}()
+	nc := c
+	if b.tls != nil {
+		timeout := maxTLSHandshake
+		if it := s.cfg.Limits.IdleTimeout; it > 0 && it < timeout {
+			timeout = it
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		tc := tls.Server(c, b.tls)
+		err := tc.HandshakeContext(ctx)
+		cancel()
+		if err != nil {
+			s.m.Rejected(metrics.RejectTLSHandshake)
+			s.log.Debug("TLS handshake failed", "peer", c.RemoteAddr().String(), "err", err)
+			c.Close()
+			return
+		}
+		nc = tc
+	}
+	p := s.buildProtocol(c.RemoteAddr())
+	if p == nil {
+		s.m.Rejected(metrics.RejectFactory)
+		nc.Close()
+		return
+	}
+	conn := framework.NewConn(nc, s.connOpts)
+	s.mu.Lock()
+	s.conns[c] = conn
+	closing := s.closing
+	s.mu.Unlock()
+	if closing {
+		conn.LoseConnection()
+	}
+	b.total.Inc()
+	s.m.Active.Inc()
+	start := time.Now()
+	reason := conn.Serve(p)
+	s.m.Active.Dec()
+	s.m.Duration.Observe(time.Since(start).Seconds())
+	switch {
+	case errors.Is(reason, framework.ErrIdleTimeout):
+		s.m.Dropped(metrics.DropIdleTimeout)
+	case errors.Is(reason, framework.ErrSlowConsumer):
+		s.m.Dropped(metrics.DropSlowConsumer)
+	case errors.Is(reason, framework.ErrShutdownTimeout):
+		s.m.Dropped(metrics.DropShutdownTimeout)
+	}
+}
+
+// buildProtocol calls the factory; a panic there refuses the connection
+// and leaves the service running.
+func (s *service) buildProtocol(addr net.Addr) (p framework.Protocol) {
+	defer func() {
+		if v := recover(); v != nil {
+			s.log.Error("BuildProtocol panicked; connection refused", "peer", addr.String(), "panic", v)
+			p = nil
+		}
+	}()
+	return s.factory.BuildProtocol(addr)
+}
+
+// activate points the service's sockets at it: from now on they hand it
+// their connections.
+func (s *service) activate() {
+	for _, b := range s.bindings {
+		b.sock.serve(b)
+	}
+}
+
+// stopMode says why a service stops, which decides what happens to its
+// metric series.
+type stopMode int
+
+const (
+	stopExit     stopMode = iota // superd exits: factory_up goes to 0
+	stopReplaced                 // a successor with the same labels runs: leave the series to it
+	stopRemoved                  // gone for good: delete its series
+)
+
+// drainAndStop drains the service (its sockets were released already):
+// connections not yet served are closed, served ones are asked to
+// LoseConnection, those left after timeout are aborted; then StopFactory
+// runs.
+func (s *service) drainAndStop(timeout time.Duration, mode stopMode) error {
+	s.mu.Lock()
+	s.closing = true
+	for raw, conn := range s.conns {
+		if conn == nil {
+			raw.Close() // still in its TLS handshake: nothing to flush
+		} else {
+			conn.LoseConnection()
+		}
+	}
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() { s.connWG.Wait(); close(done) }()
+	timer := time.NewTimer(timeout)
+	select {
+	case <-done:
+		timer.Stop()
+	case <-timer.C:
+		s.mu.Lock()
+		n := 0
+		for raw, conn := range s.conns {
+			if conn == nil {
+				raw.Close()
+			} else {
+				conn.Abort(framework.ErrShutdownTimeout)
+				n++
+			}
+		}
+		s.mu.Unlock()
+		s.log.Warn("shutdown timeout: aborted open connections", "connections", n, "timeout", timeout)
+		<-done
+	}
+
+	s.mu.Lock()
+	up := s.factoryUp
+	s.factoryUp = false
+	s.mu.Unlock()
+	var err error
+	if up {
+		if st, ok := s.factory.(framework.FactoryStopper); ok {
+			err = st.StopFactory()
+		}
+		s.m.Stops.Inc()
+	}
+	switch mode {
+	case stopExit:
+		s.m.Up.Set(0)
+	case stopRemoved:
+		s.m.Delete()
+	}
+	if err != nil {
+		s.log.Error("StopFactory failed", "err", err)
+		return fmt.Errorf("service %q: stop factory: %w", s.cfg.Name, err)
+	}
+	return nil
+}
+
+// sourceKey is the per-source limit key of a remote address: the IPv4
+// address, or the IPv6 address masked to ipv6Prefix bits. Unix peers have
+// none.
+func sourceKey(addr net.Addr, ipv6Prefix int) (netip.Prefix, bool) {
+	ta, ok := addr.(*net.TCPAddr)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ip, ok := netip.AddrFromSlice(ta.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ip = ip.Unmap()
+	bits := 32
+	if ip.Is6() {
+		bits = ipv6Prefix
+	}
+	p, err := ip.Prefix(bits)
+	if err != nil {
+		return netip.PrefixFrom(ip, ip.BitLen()), true
+	}
+	return p, true
+}

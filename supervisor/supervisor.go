@@ -1,0 +1,203 @@
+// Package supervisor owns the running services: their factories' lifecycle
+// (StartFactory, StopFactory), their listening sockets and accept loops, the
+// limits checked at accept, the connections handed to protocols, graceful
+// shutdown, and reload (replacing one service while the others run).
+package supervisor
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/superd-dev/superd/config"
+	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/metrics"
+)
+
+// ErrShuttingDown is returned by Start and Reload once Shutdown has begun.
+var ErrShuttingDown = errors.New("supervisor: shutting down")
+
+// Supervisor runs the services of a configuration. Its methods are safe for
+// concurrent use.
+type Supervisor struct {
+	log     *slog.Logger
+	metrics *metrics.Metrics
+
+	mu       sync.Mutex
+	services map[string]*service // by name
+	sockets  map[string]*socket  // by socket key, shared across reloads
+	order    []string            // service names in file order
+	started  bool
+	stopping atomic.Bool
+
+	shutdownTimeout time.Duration
+	draining        sync.WaitGroup // services replaced or removed by reload, still draining
+}
+
+// New returns a Supervisor that logs to log and counts into m.
+func New(log *slog.Logger, m *metrics.Metrics) *Supervisor {
+	return &Supervisor{
+		log:      log,
+		metrics:  m,
+		services: map[string]*service{},
+		sockets:  map[string]*socket{},
+	}
+}
+
+// Start starts every service of cfg: for each, its listeners are bound, its
+// factory started, then its accept loops run. It is all or nothing: if one
+// service cannot start, those already started are stopped again and the
+// error names the service, the endpoint and the cause.
+func (s *Supervisor) Start(cfg *config.File) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopping.Load() {
+		return ErrShuttingDown
+	}
+	var prepared []*service
+	for _, sc := range cfg.Services {
+		svc, err := s.prepareServiceLocked(sc)
+		if err != nil {
+			for i := len(prepared) - 1; i >= 0; i-- {
+				s.unprepareLocked(prepared[i])
+			}
+			return err
+		}
+		prepared = append(prepared, svc)
+	}
+	for _, svc := range prepared {
+		svc.activate()
+		svc.log.Info("service started", "endpoints", len(svc.bindings))
+		s.services[svc.cfg.Name] = svc
+		s.order = append(s.order, svc.cfg.Name)
+	}
+	s.shutdownTimeout = cfg.ShutdownTimeout
+	s.started = true
+	return nil
+}
+
+// NotReady lists what keeps superd from being ready (for /readyz): nothing
+// once every service listens, everything during shutdown.
+func (s *Supervisor) NotReady() []string {
+	if s.stopping.Load() {
+		return []string{"shutting down"}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.started {
+		return []string{"starting"}
+	}
+	return nil
+}
+
+// Shutdown stops every service as SPEC section 6 says: listeners close, open
+// connections are asked to LoseConnection (pending output is flushed),
+// connections still open after timeout are aborted, then each factory's
+// StopFactory runs. It returns the factories' stop errors, joined.
+func (s *Supervisor) Shutdown(timeout time.Duration) error {
+	s.stopping.Store(true)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var g errgroup.Group
+	errs := make([]error, len(s.order))
+	for i, name := range s.order {
+		svc := s.services[name]
+		s.releaseSocketsLocked(svc) // no new connections anywhere first
+		g.Go(func() error {
+			errs[i] = svc.drainAndStop(timeout, stopExit)
+			return nil
+		})
+	}
+	g.Wait()
+	s.draining.Wait() // services a reload is still draining
+	s.services = map[string]*service{}
+	s.order = nil
+	return errors.Join(errs...)
+}
+
+// Reopen asks every factory that holds files to reopen them (SIGUSR1).
+func (s *Supervisor) Reopen() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, name := range s.order {
+		svc := s.services[name]
+		if r, ok := svc.factory.(framework.Reopener); ok {
+			if err := r.Reopen(); err != nil {
+				svc.log.Error("reopen failed", "err", err)
+			} else {
+				svc.log.Info("reopened files")
+			}
+		}
+	}
+}
+
+// prepareServiceLocked makes a service ready to serve: its endpoints bound
+// (taking over the socket of a running service on the same address, if
+// any) and its factory started. Nothing is accepted until activate.
+func (s *Supervisor) prepareServiceLocked(sc *config.Service) (*service, error) {
+	svc, err := newService(s.log, s.metrics, sc)
+	if err != nil {
+		return nil, err
+	}
+	for i := range sc.Endpoints {
+		ep := &sc.Endpoints[i]
+		b, err := svc.newBinding(ep)
+		if err == nil {
+			key := socketKey(ep)
+			b.sock = s.sockets[key]
+			if b.sock == nil {
+				b.sock, err = listenSocket(key, ep, s.log)
+				if err == nil {
+					svc.opened = append(svc.opened, b.sock)
+					s.sockets[key] = b.sock
+				}
+			}
+		}
+		if err != nil {
+			s.unprepareLocked(svc)
+			return nil, fmt.Errorf("service %q, endpoint %s: %w", sc.Name, ep.Label, err)
+		}
+		svc.bindings = append(svc.bindings, b)
+	}
+	if err := svc.startFactory(); err != nil {
+		s.unprepareLocked(svc)
+		return nil, fmt.Errorf("service %q: start factory %q: %w", sc.Name, sc.Factory, err)
+	}
+	return svc, nil
+}
+
+// unprepareLocked undoes prepareServiceLocked for a service that never
+// served: the sockets it opened close and its factory stops.
+func (s *Supervisor) unprepareLocked(svc *service) {
+	for _, sock := range svc.opened {
+		sock.close()
+		delete(s.sockets, sock.key)
+	}
+	mode := stopRemoved
+	if old := s.services[svc.cfg.Name]; old != nil && old.cfg.Factory == svc.cfg.Factory {
+		mode = stopReplaced // the running instance owns the series
+	}
+	svc.drainAndStop(0, mode)
+}
+
+// releaseSocketsLocked detaches svc from its sockets, closing each socket
+// that no other service has taken over.
+func (s *Supervisor) releaseSocketsLocked(svc *service) {
+	for _, b := range svc.bindings {
+		if b.sock.release(b) {
+			delete(s.sockets, b.sock.key)
+		}
+	}
+}
+
+// Services returns the names of the running services, in file order.
+func (s *Supervisor) Services() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.order...)
+}
