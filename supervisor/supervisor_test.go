@@ -244,7 +244,9 @@ func TestRefusedProtocolCountsFactoryRejection(t *testing.T) {
 		t.Errorf("refused connection: %d %v", n, err)
 	}
 	c.Close()
-	waitFor(t, func() bool { return testutil.ToFloat64(m.ConnectionsRejected.WithLabelValues("r", "lifecycle", "factory")) == 1 })
+	waitFor(t, func() bool {
+		return testutil.ToFloat64(m.ConnectionsRejected.WithLabelValues("r", "lifecycle", "factory")) == 1
+	})
 	if got := testutil.ToFloat64(m.ConnectionsTotal.WithLabelValues("r", "lifecycle", "tcp:"+addr)); got != 0 {
 		t.Errorf("connections_total = %v for a refused connection", got)
 	}
@@ -271,7 +273,9 @@ func TestRateLimitAtAccept(t *testing.T) {
 		t.Errorf("fourth connection not closed: %d %v", n, err)
 	}
 	c.Close()
-	waitFor(t, func() bool { return testutil.ToFloat64(m.ConnectionsRejected.WithLabelValues("rl", "lifecycle", "rate_limit")) == 1 })
+	waitFor(t, func() bool {
+		return testutil.ToFloat64(m.ConnectionsRejected.WithLabelValues("rl", "lifecycle", "rate_limit")) == 1
+	})
 }
 
 func waitFor(t *testing.T, cond func() bool) {
