@@ -8,6 +8,7 @@ import (
 	"os"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -86,8 +87,21 @@ type Conn struct {
 	readPaused    bool
 	waiting       bool // someone waits on cond
 
-	producer       Producer
-	producerPaused bool
+	// The registered producer. producerPaused is what the connection wants
+	// (paused while the backlog is high); producerNotified is what the
+	// producer was last told. notifyProducer reconciles the two, one call
+	// at a time, under prodMu.
+	producer         Producer
+	producerPaused   bool
+	producerNotified bool
+	prodDirty        bool
+	prodMu           sync.Mutex
+
+	// Idle timeout: the timer checks lastRecv (time since start when
+	// something was last received) and re-arms itself.
+	start     time.Time
+	idleTimer *time.Timer
+	lastRecv  atomic.Int64
 
 	// Filled by rawRead, the reusable callback for raw.Read (a method value
 	// made once, so a read allocates nothing).
@@ -126,45 +140,81 @@ func isUnix(nc net.Conn) bool { _, ok := nc.(*net.UnixConn); return ok }
 // DataReceived for each chunk read, then ConnectionLost exactly once. It
 // returns the reason given to ConnectionLost, after the socket is closed.
 func (c *Conn) Serve(p Protocol) (reason error) {
-	if perr := c.callback(func() { p.ConnectionMade(c) }); perr == nil {
+	if c.opts.IdleTimeout > 0 {
+		c.start = time.Now()
+		// Armed only once stored: idleCheck reads c.idleTimer.
+		c.idleTimer = time.AfterFunc(time.Hour, c.idleCheck)
+		c.idleTimer.Reset(c.opts.IdleTimeout)
+	}
+	c.mu.Lock()
+	c.inCallback = true
+	c.mu.Unlock()
+	if c.call(p, callMade, nil, nil) == nil {
+		c.afterCallback()
 		c.readLoop(p)
+	} else {
+		c.afterCallback()
+	}
+	if c.idleTimer != nil {
+		c.idleTimer.Stop()
 	}
 	c.mu.Lock()
 	c.closeLocked(nil)
 	reason = c.reason
 	prod := c.producer
 	c.producer = nil
+	c.inCallback = true // writes from here on are dropped anyway
 	c.mu.Unlock()
 	if prod != nil {
+		c.prodMu.Lock()
 		prod.StopProducing()
+		c.prodMu.Unlock()
 	}
-	c.callback(func() { p.ConnectionLost(reason) })
+	c.call(p, callLost, nil, reason)
 	return reason
 }
 
-// callback runs fn as a protocol callback: flagged so writes wait for the
-// flush after it, with a panic ending only this connection. It returns the
-// panic, if any, after aborting the connection with it.
-func (c *Conn) callback(fn func()) (perr error) {
-	c.mu.Lock()
-	c.inCallback = true
-	c.mu.Unlock()
-	func() {
-		defer func() {
-			if v := recover(); v != nil {
-				pe := &PanicError{Value: v, Stack: debug.Stack()}
-				c.opts.Logger.Error("protocol panic; closing its connection",
-					"peer", c.nc.RemoteAddr().String(), "panic", v, "stack", string(pe.Stack))
-				perr = pe
-			}
-		}()
-		fn()
+// The protocol callbacks, for call.
+const (
+	callMade = iota
+	callData
+	callLost
+)
+
+// call runs one protocol callback with a panic ending only this
+// connection: it aborts the connection with a *PanicError and returns it.
+// The caller has set inCallback and calls afterCallback.
+func (c *Conn) call(p Protocol, which int, data []byte, reason error) (perr error) {
+	defer func() {
+		if v := recover(); v != nil {
+			pe := &PanicError{Value: v, Stack: debug.Stack()}
+			c.opts.Logger.Error("protocol panic; closing its connection",
+				"peer", c.nc.RemoteAddr().String(), "panic", v, "stack", string(pe.Stack))
+			c.abort(pe)
+			perr = pe
+		}
 	}()
-	if perr != nil {
-		c.abort(perr)
+	switch which {
+	case callMade:
+		p.ConnectionMade(c)
+	case callData:
+		p.DataReceived(data)
+	case callLost:
+		p.ConnectionLost(reason)
 	}
-	c.afterCallback()
-	return perr
+	return nil
+}
+
+// idleCheck runs when the idle timer fires: it aborts the connection if
+// nothing was received for IdleTimeout, else re-arms for the rest. Reads
+// only record their time, so the timer is not reset on every read.
+func (c *Conn) idleCheck() {
+	idle := time.Since(c.start) - time.Duration(c.lastRecv.Load())
+	if idle >= c.opts.IdleTimeout {
+		c.abort(ErrIdleTimeout)
+		return
+	}
+	c.idleTimer.Reset(c.opts.IdleTimeout - idle)
 }
 
 // afterCallback flushes what the callback wrote (one write, in this
@@ -207,10 +257,6 @@ func (c *Conn) readLoop(p Protocol) {
 			c.mu.Unlock()
 			return
 		}
-		discard := c.disconnecting
-		if !discard && c.opts.IdleTimeout > 0 {
-			c.nc.SetReadDeadline(time.Now().Add(c.opts.IdleTimeout))
-		}
 		c.mu.Unlock()
 
 		buf, n, err := c.read()
@@ -218,11 +264,24 @@ func (c *Conn) readLoop(p Protocol) {
 			if c.opts.Received != nil {
 				c.opts.Received.Add(float64(n))
 			}
-			if !discard && !c.Disconnecting() {
-				data := (*buf)[:n]
-				if c.callback(func() { p.DataReceived(data) }) != nil {
+			if c.idleTimer != nil {
+				c.lastRecv.Store(int64(time.Since(c.start)))
+			}
+			// Deliver unless the connection is ending; data that arrived
+			// as the protocol paused waits for ResumeProducing.
+			c.mu.Lock()
+			for c.readPaused && !c.closed && !c.disconnecting {
+				c.waiting = true
+				c.cond.Wait()
+			}
+			deliver := !c.closed && !c.disconnecting
+			c.inCallback = deliver
+			c.mu.Unlock()
+			if deliver {
+				if c.call(p, callData, (*buf)[:n], nil) != nil {
 					err = nil // the panic already set the reason
 				}
+				c.afterCallback()
 			}
 		}
 		if buf != nil {
@@ -300,8 +359,6 @@ func (c *Conn) readFailed(err error) {
 			c.flushing = false
 		}
 		c.setReason(ErrConnectionDone)
-	case errors.Is(err, os.ErrDeadlineExceeded) && !c.disconnecting && c.opts.IdleTimeout > 0:
-		c.abortLocked(ErrIdleTimeout)
 	default:
 		c.setReason(&lostError{err})
 	}
@@ -348,10 +405,9 @@ func (c *Conn) flushOnceLocked() {
 func (c *Conn) flushDoneLocked() {
 	c.flushing = false
 	if c.producer != nil && c.producerPaused && !c.closed {
-		c.producerPaused = false
-		p := c.producer
+		c.producerPaused, c.prodDirty = false, true
 		c.mu.Unlock()
-		p.ResumeProducing()
+		c.notifyProducer()
 		c.mu.Lock()
 		if c.flushing {
 			return // the producer wrote; that flush takes over from here
@@ -428,6 +484,11 @@ func (c *Conn) abortLocked(reason error) {
 	if tc, ok := nc.(*net.TCPConn); ok {
 		tc.SetLinger(0) // RST: the peer learns at once that data was dropped
 	}
+	if nc != c.nc {
+		// Close beneath TLS first, so no close_notify tells the peer
+		// that this was an orderly end.
+		nc.Close()
+	}
 	c.closeLocked(nil)
 }
 
@@ -484,18 +545,55 @@ func (c *Conn) wroteLocked() {
 		c.mu.Unlock()
 		return
 	}
-	var pause Producer
+	pause := false
 	if c.producer != nil && !c.producerPaused && backlog > HighWaterMark {
-		c.producerPaused = true
-		pause = c.producer
+		c.producerPaused, c.prodDirty = true, true
+		pause = true
 	}
 	if !c.flushing && !c.inCallback {
 		c.flushing = true
 		go c.flushLoop()
 	}
 	c.mu.Unlock()
-	if pause != nil {
-		pause.PauseProducing()
+	if pause {
+		c.notifyProducer()
+	}
+}
+
+// notifyProducer tells the producer the state the connection wants, until
+// what it was told matches. Calls never overlap: a caller that finds
+// another one at work leaves the change to it (prodDirty makes sure it is
+// seen). Must be called without mu held; producer methods may Write.
+func (c *Conn) notifyProducer() {
+	for {
+		if !c.prodMu.TryLock() {
+			return
+		}
+		for {
+			c.mu.Lock()
+			c.prodDirty = false
+			p, want := c.producer, c.producerPaused
+			act := p != nil && want != c.producerNotified
+			if act {
+				c.producerNotified = want
+			}
+			c.mu.Unlock()
+			if !act {
+				break
+			}
+			if want {
+				p.PauseProducing()
+			} else {
+				p.ResumeProducing()
+			}
+		}
+		c.prodMu.Unlock()
+		c.mu.Lock()
+		again := c.prodDirty
+		c.mu.Unlock()
+		if !again {
+			return
+		}
 	}
 }
 
@@ -550,7 +648,7 @@ func (c *Conn) RegisterProducer(p Producer) error {
 		c.mu.Unlock()
 		return errors.New("framework: a producer is already registered")
 	}
-	c.producer, c.producerPaused = p, false
+	c.producer, c.producerPaused, c.producerNotified = p, false, false
 	c.mu.Unlock()
 	return nil
 }
@@ -558,7 +656,7 @@ func (c *Conn) RegisterProducer(p Producer) error {
 // UnregisterProducer implements Transport.
 func (c *Conn) UnregisterProducer() {
 	c.mu.Lock()
-	c.producer, c.producerPaused = nil, false
+	c.producer, c.producerPaused, c.producerNotified = nil, false, false
 	c.mu.Unlock()
 }
 

@@ -363,6 +363,7 @@ type recorder struct {
 	mu         sync.Mutex
 	events     []string
 	made, lost int
+	madeDone   bool // ConnectionMade (and onMade) returned
 	chunks     int
 	received   int
 	data       bytes.Buffer
@@ -411,6 +412,9 @@ func (r *recorder) ConnectionMade(t Transport) {
 	if r.onMade != nil {
 		r.onMade(r)
 	}
+	r.mu.Lock()
+	r.madeDone = true
+	r.mu.Unlock()
 }
 
 func (r *recorder) DataReceived(b []byte) {
@@ -515,7 +519,7 @@ func (r *recorder) chunkCount() int {
 func (r *recorder) madeYet() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.made == 1
+	return r.madeDone
 }
 
 func (r *recorder) isLost() bool {

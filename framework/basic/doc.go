@@ -31,8 +31,8 @@
 // ConnectionMade; define ConnectionLost too if the protocol needs it. Do not
 // also embed framework.BaseProtocol: its methods and Transport field would
 // collide with the receiver's. The receiver deliberately has no
-// ConnectionMade, so a protocol that forgets to call Init does not compile
-// as a framework.Protocol.
+// ConnectionMade: the protocol must write its own, which is where Init
+// belongs (DataReceived before Init panics).
 //
 // Optional behaviour is discovered once, in Init, by type assertion on the
 // handler: RawDataHandler and LineLengthExceededHandler for the line
@@ -57,7 +57,7 @@
 // connection's goroutine: DataReceived, the mode and flow-control methods
 // (SetRawMode, SetLineMode, ClearLineBuffer, PauseProducing,
 // ResumeProducing, StopProducing) and changes to the settings must be called
-// from the protocol's own callbacks. The sending methods (SendLine,
+// from the protocol's own callbacks, or be otherwise serialised with them. The sending methods (SendLine,
 // SendString) only read the settings and write to the Transport, and may be
 // called from any goroutine, as a chat server does when it writes to other
 // users' connections. Because the framework calls a registered producer
@@ -79,7 +79,8 @@
 //   - A DataReceived call made from inside a callback (directly, or through
 //     SetLineMode or ResumeProducing) is queued behind the data still being
 //     parsed, for every receiver. Twisted's LineReceiver does the same; its
-//     other receivers parse the nested call at once, reordering the stream.
+//     other receivers re-enter their parser, which can reorder or repeat
+//     data.
 //   - StopProducing is final: ResumeProducing afterwards does nothing.
 //   - Callbacks return nothing (Twisted's deprecated "a true return value
 //     disconnects"), and the legacy recvd attribute does not exist.

@@ -33,7 +33,7 @@ func (m *modelLine) setup(t framework.Transport, h LineHandler, delim []byte, ma
 }
 
 func (m *modelLine) DataReceived(data []byte) {
-	m.buf = append(bytes.Clone(m.buf), data...)
+	m.buf = append(m.buf[:len(m.buf):len(m.buf)], data...)
 	if m.busy {
 		return
 	}
@@ -62,7 +62,7 @@ func (m *modelLine) DataReceived(data []byte) {
 			m.lineLengthExceeded(data)
 			return
 		}
-		m.buf = bytes.Clone(m.buf[i+len(m.delim):])
+		m.buf = m.buf[i+len(m.delim):] // never written in place: appends copy
 		m.h.LineReceived(line)
 		if m.tr.Disconnecting() {
 			return

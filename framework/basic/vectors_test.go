@@ -325,13 +325,30 @@ func TestEncodeVectors(t *testing.T) {
 	}
 }
 
-// TestDecodeVectorsMatchModels runs every LineReceiver and LineOnlyReceiver
-// vector through the naive models too, so the fuzz targets compare against
-// models that are themselves checked against Twisted.
+// TestDecodeVectorsMatchModels runs the vectors through the naive models
+// too, so the fuzz targets compare against models that are themselves
+// checked against Twisted.
 func TestDecodeVectorsMatchModels(t *testing.T) {
 	vf := loadVectors(t)
+	prefixLen := map[string]int{"Int8StringReceiver": 1, "Int16StringReceiver": 2, "Int32StringReceiver": 4}
 	for _, v := range vf.Decode {
-		if v.Protocol != "LineReceiver" && v.Protocol != "LineOnlyReceiver" {
+		if v.Protocol == "NetstringReceiver" || prefixLen[v.Protocol] > 0 {
+			if v.Harness != "collect" {
+				continue
+			}
+			t.Run(v.ID, func(t *testing.T) {
+				in := bytes.Join(v.Chunks, nil)
+				var msgs [][]byte
+				var bad bool
+				if n := prefixLen[v.Protocol]; n > 0 {
+					msgs, bad = modelIntN(in, n, v.Settings.MaxLength)
+				} else {
+					msgs, bad = modelNetstrings(in, v.Settings.MaxLength)
+				}
+				if !equalMessages(msgs, v.Expect.Messages) || bad != v.Expect.Closed {
+					t.Errorf("model: %s closed %v, want %s closed %v", short(msgs), bad, short(v.Expect.Messages), v.Expect.Closed)
+				}
+			})
 			continue
 		}
 		t.Run(v.ID, func(t *testing.T) {

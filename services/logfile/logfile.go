@@ -25,6 +25,7 @@
 package logfile
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -185,7 +186,9 @@ func (f *Factory) write(lines []byte) error {
 func (f *Factory) BuildProtocol(net.Addr) framework.Protocol {
 	p := &Logger{factory: f}
 	p.Delimiter = []byte("\n")
-	p.MaxLength = f.maxLine
+	// One more byte than the limit, for the CR that LineReceived drops; the
+	// limit itself is checked there, on the line as written to the file.
+	p.MaxLength = f.maxLine + 1
 	return p
 }
 
@@ -194,6 +197,7 @@ type Logger struct {
 	basic.LineReceiver
 	factory *Factory
 	batch   []byte // the complete lines of the current chunk
+	partial int    // bytes of the unterminated line buffered so far
 }
 
 // ConnectionMade starts receiving lines.
@@ -203,6 +207,7 @@ func (l *Logger) ConnectionMade(t framework.Transport) { l.Init(t, l) }
 // go before returning (and so before more input is read).
 func (l *Logger) DataReceived(data []byte) {
 	l.LineReceiver.DataReceived(data)
+	l.checkPartial(data)
 	if len(l.batch) == 0 {
 		return
 	}
@@ -218,10 +223,29 @@ func (l *Logger) DataReceived(data []byte) {
 	}
 }
 
+// checkPartial closes the connection as soon as the unterminated line can
+// no longer fit max_line_length: longer than the limit, not counting a
+// final CR that an LF may still follow.
+func (l *Logger) checkPartial(data []byte) {
+	if i := bytes.LastIndexByte(data, '\n'); i >= 0 {
+		l.partial = len(data) - i - 1
+	} else {
+		l.partial += len(data)
+	}
+	max := l.factory.maxLine
+	if l.partial > max+1 || (l.partial == max+1 && data[len(data)-1] != '\r') {
+		l.Transport.LoseConnection()
+	}
+}
+
 // LineReceived adds one line to the batch, without a CR before the LF.
 func (l *Logger) LineReceived(line []byte) {
 	if n := len(line); n > 0 && line[n-1] == '\r' {
 		line = line[:n-1]
+	}
+	if len(line) > l.factory.maxLine {
+		l.Transport.LoseConnection() // no more lines are delivered
+		return
 	}
 	l.batch = append(l.batch, line...)
 	l.batch = append(l.batch, '\n')

@@ -1,0 +1,236 @@
+package qotd
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/superd-dev/superd/config"
+	"github.com/superd-dev/superd/framework"
+)
+
+// parseService decodes one qotd service block whose attributes are body,
+// through the real configuration loader (HCL text, schema, factory checks).
+func parseService(t *testing.T, body string) (*config.Service, error) {
+	t.Helper()
+	src := "service \"qotd\" \"q\" {\n" + body + "\n  endpoint \"tcp\" { address = \"127.0.0.1:1\" }\n}\n"
+	f, err := config.Parse([]byte(src), filepath.Join(t.TempDir(), "superd.hcl"))
+	if err != nil {
+		return nil, err
+	}
+	svc := f.Service("q")
+	if svc == nil {
+		t.Fatal("service q missing from a valid file")
+	}
+	return svc, nil
+}
+
+func TestConfig(t *testing.T) {
+	long513 := strings.Repeat("a", 513)
+	multi512 := strings.Repeat("é", 256) + strings.Repeat("😀", 256) // 512 code points, 1536 bytes
+	multi513 := multi512 + "ü"
+	tests := []struct {
+		name    string
+		body    string
+		want    []string // the quotes, in turn
+		wantErr []string // substrings of the error text
+	}{
+		{name: "default", body: "", want: []string{DefaultQuote}},
+		{name: "quote", body: `  quote = "Carpe diem"`, want: []string{"Carpe diem"}},
+		{name: "quote with escapes", body: `  quote = "tab\there \"quoted\""`, want: []string{"tab\there \"quoted\""}},
+		{name: "quotes", body: `  quotes = ["one", "two", "three"]`, want: []string{"one", "two", "three"}},
+		{name: "quotes one", body: `  quotes = ["solo"]`, want: []string{"solo"}},
+		{name: "both", body: "  quote  = \"a\"\n  quotes = [\"b\"]",
+			wantErr: []string{"superd.hcl:3,", `Invalid value for "quotes"`, "not both"}},
+		{name: "empty list", body: `  quotes = []`,
+			wantErr: []string{"superd.hcl:2,", `Invalid value for "quotes"`, "empty"}},
+		{name: "quote 512 ascii", body: fmt.Sprintf("  quote = %q", strings.Repeat("a", 512)),
+			want: []string{strings.Repeat("a", 512)}},
+		{name: "quote 513 ascii", body: fmt.Sprintf("  quote = %q", long513),
+			wantErr: []string{"superd.hcl:2,", `Invalid value for "quote"`, "513", "512"}},
+		{name: "quote 512 multibyte", body: fmt.Sprintf("  quote = %q", multi512), want: []string{multi512}},
+		{name: "quote 513 multibyte", body: fmt.Sprintf("  quote = %q", multi513),
+			wantErr: []string{`Invalid value for "quote"`, "513"}},
+		{name: "quotes one too long", body: fmt.Sprintf("  quotes = [\"ok\", %q]", long513),
+			wantErr: []string{`Invalid value for "quotes"`, "quote 2", "513"}},
+		{name: "quotes 512 multibyte", body: fmt.Sprintf("  quotes = [%q, \"x\"]", multi512), want: []string{multi512, "x"}},
+		{name: "quote wrong type", body: `  quote = ["a"]`, wantErr: []string{"superd.hcl:2,", "quote"}},
+		{name: "quotes wrong type", body: `  quotes = "a"`, wantErr: []string{"superd.hcl:2,", "quotes"}},
+		{name: "unknown attribute", body: `  qoute = "x"`, wantErr: []string{"superd.hcl:2,", `Did you mean "quote"?`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			svc, err := parseService(t, tt.body)
+			if tt.wantErr != nil {
+				if err == nil {
+					t.Fatalf("no error; want one containing %q", tt.wantErr)
+				}
+				var de *config.DiagnosticsError
+				if !errors.As(err, &de) {
+					t.Fatalf("error %T is not a *config.DiagnosticsError: %v", err, err)
+				}
+				for _, s := range tt.wantErr {
+					if !strings.Contains(err.Error(), s) {
+						t.Errorf("error text lacks %q:\n%s", s, err)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("unexpected error:\n%s", err)
+			}
+			fac, err := svc.Spec.New(svc.FactoryConfig)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f := fac.(*Factory)
+			var got []string
+			for _, l := range f.lines {
+				got = append(got, strings.TrimSuffix(l, "\r\n"))
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Fatalf("quotes %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+// fakeTransport records what a protocol does with its transport.
+type fakeTransport struct {
+	mu     sync.Mutex
+	out    bytes.Buffer
+	lost   bool
+	abort  bool
+	writes int
+}
+
+func (t *fakeTransport) Write(b []byte) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.lost && !t.abort {
+		t.out.Write(b)
+		t.writes++
+	}
+}
+func (t *fakeTransport) WriteString(s string) { t.Write([]byte(s)) }
+func (t *fakeTransport) LoseConnection()      { t.mu.Lock(); t.lost = true; t.mu.Unlock() }
+func (t *fakeTransport) AbortConnection()     { t.mu.Lock(); t.abort = true; t.mu.Unlock() }
+func (t *fakeTransport) Disconnecting() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.lost || t.abort
+}
+func (t *fakeTransport) PauseProducing()                             {}
+func (t *fakeTransport) ResumeProducing()                            {}
+func (t *fakeTransport) RegisterProducer(p framework.Producer) error { return nil }
+func (t *fakeTransport) UnregisterProducer()                         {}
+func (t *fakeTransport) PeerAddr() net.Addr                          { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1} }
+func (t *fakeTransport) LocalAddr() net.Addr {
+	return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 2}
+}
+
+func newFactory(t *testing.T, body string) *Factory {
+	t.Helper()
+	svc, err := parseService(t, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fac, err := svc.Spec.New(svc.FactoryConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fac.(*Factory)
+}
+
+func TestProtocolRoundRobin(t *testing.T) {
+	f := newFactory(t, `  quotes = ["one", "two", "three"]`)
+	for i, want := range []string{"one", "two", "three", "one", "two", "three", "one"} {
+		p := f.BuildProtocol(nil)
+		tr := &fakeTransport{}
+		p.ConnectionMade(tr)
+		if got := tr.out.String(); got != want+"\r\n" {
+			t.Fatalf("connection %d: sent %q, want %q", i, got, want+"\r\n")
+		}
+		if tr.writes != 1 || !tr.lost || tr.abort {
+			t.Fatalf("connection %d: %d writes, lost %v, aborted %v; want one write, then LoseConnection", i, tr.writes, tr.lost, tr.abort)
+		}
+		p.DataReceived([]byte("ignored"))
+		p.ConnectionLost(nil)
+	}
+}
+
+func TestProtocolRoundRobinConcurrent(t *testing.T) {
+	f := newFactory(t, `  quotes = ["a", "b", "c", "d"]`)
+	const n = 400
+	var mu sync.Mutex
+	counts := map[string]int{}
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tr := &fakeTransport{}
+			f.BuildProtocol(nil).ConnectionMade(tr)
+			mu.Lock()
+			counts[tr.out.String()]++
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	for _, q := range []string{"a", "b", "c", "d"} {
+		if counts[q+"\r\n"] != n/4 {
+			t.Errorf("quote %q handed out %d times, want %d (%v)", q, counts[q+"\r\n"], n/4, counts)
+		}
+	}
+}
+
+// TestOverLoopback serves the protocol over real loopback TCP connections
+// with the framework's connection machinery: the client reads the quote and
+// CRLF, then EOF.
+func TestOverLoopback(t *testing.T) {
+	multi := strings.Repeat("日本", 256)
+	f := newFactory(t, fmt.Sprintf("  quotes = [\"first\", %q]", multi))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				framework.NewConn(c, framework.ConnOptions{}).Serve(f.BuildProtocol(c.RemoteAddr()))
+			}()
+		}
+	}()
+	for i, want := range []string{"first", multi, "first"} {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		got, err := io.ReadAll(c)
+		c.Close()
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		if string(got) != want+"\r\n" {
+			t.Fatalf("connection %d: got %q, want %q", i, got, want+"\r\n")
+		}
+	}
+}
