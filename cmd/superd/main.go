@@ -12,6 +12,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"sort"
 	"strings"
 
 	"github.com/zclconf/go-cty/cty"
@@ -140,14 +141,26 @@ func cmdValidate(args []string, stdout, stderr io.Writer) int {
 func printFactories(w io.Writer) {
 	for _, s := range framework.Specs() {
 		fmt.Fprintf(w, "%s\n    %s\n", s.Name, s.Description)
-		for _, a := range s.Attributes {
-			fmt.Fprintf(w, "    %-22s %-16s %s\n", a.Name, a.Type.FriendlyName(), attrDefault(a))
-		}
+		printAttributes(w, s.Attributes)
 		fmt.Fprintln(w)
 	}
 	fmt.Fprintln(w, "Every service also accepts:")
-	for _, a := range config.CommonAttributes {
-		fmt.Fprintf(w, "    %-22s %-16s %s\n", a.Name, a.Type.FriendlyName(), attrDefault(a))
+	printAttributes(w, config.CommonAttributes)
+	fmt.Fprintln(w, `    endpoint "tcp"|"tls"|"unix" { ... } blocks, at least one (see the README)`)
+}
+
+func printAttributes(w io.Writer, attrs []framework.Attribute) {
+	for _, a := range attrs {
+		typ := a.Type.FriendlyName()
+		if a.Type.IsObjectType() {
+			names := make([]string, 0, len(a.Type.AttributeTypes()))
+			for n := range a.Type.AttributeTypes() {
+				names = append(names, n)
+			}
+			sort.Strings(names)
+			typ = "block {" + strings.Join(names, ", ") + "}"
+		}
+		fmt.Fprintf(w, "    %-22s %-20s %-22s %s\n", a.Name, typ, attrDefault(a), a.Description)
 	}
 }
 
