@@ -5,7 +5,7 @@ BIN     := bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build run test vet race fuzz bench clean
+.PHONY: all build run test fuzz bench failure promcheck clean
 
 all: build
 
@@ -32,3 +32,8 @@ fuzz:
 
 clean:
 	rm -rf $(BIN)
+
+# promtool checks of examples/prometheus and of a live /metrics scrape
+# (installs the Debian package prometheus when promtool is missing).
+promcheck:
+	bash examples/prometheus/check.sh

@@ -1,0 +1,101 @@
+package metrics
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// TestLintClean runs the linter `promtool check metrics` uses over every
+// family, with a service's series present.
+func TestLintClean(t *testing.T) {
+	extra := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "superd_test_users", Help: "Users."}, []string{"service"})
+	m := New("v1", extra)
+	m.ForService("echo", "echo").Endpoint("tcp:127.0.0.1:7")
+	extra.WithLabelValues("echo").Set(1)
+	problems, err := testutil.GatherAndLint(m.Registry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("%s: %s", p.Metric, p.Text)
+	}
+}
+
+// TestSeriesExistFromStartup: every reason of a service, both reload
+// results, and build info are there before anything happens.
+func TestSeriesExistFromStartup(t *testing.T) {
+	m := New("v1.2.3")
+	m.ForService("s", "echo")
+	want := map[string]int{
+		"superd_connections_rejected_total":    len(RejectReasons),
+		"superd_connections_dropped_total":     len(DropReasons),
+		"superd_config_reloads_total":          2,
+		"superd_build_info":                    1,
+		"superd_factory_up":                    1,
+		"superd_connections_active":            1,
+		"superd_config_last_reload_successful": 1,
+	}
+	for name, n := range want {
+		if got := testutil.CollectAndCount(m.Registry, name); got != n {
+			t.Errorf("%s has %d series, want %d", name, got, n)
+		}
+	}
+	if got := testutil.ToFloat64(m.LastReloadOK); got != 1 {
+		t.Errorf("last_reload_successful starts at %v", got)
+	}
+}
+
+func TestDeleteRemovesEveryServiceSeries(t *testing.T) {
+	extra := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "superd_test_users", Help: "Users."}, []string{"service"})
+	m := New("v1", extra)
+	a, b := m.ForService("a", "echo"), m.ForService("b", "echo")
+	a.Endpoint("tcp:x")
+	extra.WithLabelValues("a").Set(3)
+	extra.WithLabelValues("b").Set(1)
+	a.Delete()
+	_ = b
+	if got := testutil.CollectAndCount(m.ConnectionsRejected); got != len(RejectReasons) {
+		t.Errorf("rejected series after delete: %d", got)
+	}
+	if got := testutil.CollectAndCount(m.ConnectionsTotal); got != 0 {
+		t.Errorf("connections_total series after delete: %d", got)
+	}
+	if got := testutil.CollectAndCount(extra); got != 1 {
+		t.Errorf("service family series after delete: %d", got)
+	}
+}
+
+func TestHealthAndReadiness(t *testing.T) {
+	m := New("v1")
+	var notReady []string
+	srv := httptest.NewServer(m.Handler(func() []string { return notReady }))
+	defer srv.Close()
+	get := func(path string) (int, string) {
+		resp, err := http.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, _ := get("/healthz"); code != 200 {
+		t.Errorf("/healthz %d", code)
+	}
+	if code, _ := get("/readyz"); code != 200 {
+		t.Errorf("/readyz %d when ready", code)
+	}
+	notReady = []string{"shutting down"}
+	if code, body := get("/readyz"); code != 503 || !strings.Contains(body, "shutting down") {
+		t.Errorf("/readyz %d %q when not ready", code, body)
+	}
+	if code, body := get("/metrics"); code != 200 || !strings.Contains(body, "superd_build_info") {
+		t.Errorf("/metrics %d", code)
+	}
+}
