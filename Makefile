@@ -30,8 +30,21 @@ fuzz:
 	  done; \
 	done
 
+# The long versions of the failure tests (cmd/superd/failure_e2e_test.go):
+# reloads under load, SIGTERM under load, garbage input, many connections.
+failure:
+	SUPERD_FAILURE_LONG=1 $(GO) test -race -count=1 -timeout 30m -v -run 'Failure' ./cmd/superd/
+
 clean:
 	rm -rf $(BIN)
+
+# superd against a plain Go baseline server on loopback (bench/run.sh):
+# builds bin/superd, bin/baseline, bin/superbench, prints the table of
+# ratios and writes bench/results.md; under 10 minutes. BENCHFLAGS go to
+# the matrix runner, e.g. BENCHFLAGS="-cells E1,CHAT -runs 5".
+BENCHFLAGS ?=
+bench:
+	GO=$(GO) bash bench/run.sh $(BENCHFLAGS)
 
 # promtool checks of examples/prometheus and of a live /metrics scrape
 # (installs the Debian package prometheus when promtool is missing).

@@ -85,6 +85,7 @@ type Conn struct {
 	closed        bool // nc is closed, or aborting
 	reason        error
 	readPaused    bool
+	draining      bool // Drain: deliver what has arrived, then LoseConnection
 	waiting       bool // someone waits on cond
 
 	// The registered producer. producerPaused is what the connection wants
@@ -94,7 +95,8 @@ type Conn struct {
 	producer         Producer
 	producerPaused   bool
 	producerNotified bool
-	prodDirty        bool
+	prodDirty        bool // the wish changed: a notifier must look again
+	pauseOverlapped  bool // a pause was delivered while a notifier was busy
 	prodMu           sync.Mutex
 
 	// Idle timeout: the timer checks lastRecv (time since start when
@@ -209,6 +211,15 @@ func (c *Conn) call(p Protocol, which int, data []byte, reason error) (perr erro
 // nothing was received for IdleTimeout, else re-arms for the rest. Reads
 // only record their time, so the timer is not reset on every read.
 func (c *Conn) idleCheck() {
+	c.mu.Lock()
+	lingering := c.writeShut
+	c.mu.Unlock()
+	if lingering {
+		// Everything was handed to the kernel and our FIN is queued: an
+		// abort now would reset what the peer has yet to read. The linger
+		// deadline ends the connection with a normal close.
+		return
+	}
 	idle := time.Since(c.start) - time.Duration(c.lastRecv.Load())
 	if idle >= c.opts.IdleTimeout {
 		c.abort(ErrIdleTimeout)
@@ -249,13 +260,18 @@ func (c *Conn) readLoop(p Protocol) {
 				c.cond.Wait()
 			}
 		}
-		for c.readPaused && !c.closed && !c.disconnecting {
+		for c.readPaused && !c.closed && !c.disconnecting && !c.draining {
 			c.waiting = true
 			c.cond.Wait()
 		}
 		if c.closed {
 			c.mu.Unlock()
 			return
+		}
+		if c.draining && !c.disconnecting {
+			c.mu.Unlock()
+			c.drainArrived(p)
+			continue
 		}
 		c.mu.Unlock()
 
@@ -288,10 +304,86 @@ func (c *Conn) readLoop(p Protocol) {
 			readBuffers.Put(buf)
 		}
 		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) && c.drainPending() {
+				continue // Drain woke the read; the loop top takes over
+			}
 			c.readFailed(err)
 			return
 		}
 	}
+}
+
+// Drain ends the connection gracefully for a shutdown or a reload: data
+// that has already arrived from the peer is still delivered (a line a client
+// sent before the shutdown is not lost), then the connection is closed as by
+// LoseConnection. Reading stops there: nothing sent after Drain is
+// delivered. Safe from any goroutine.
+func (c *Conn) Drain() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || c.disconnecting || c.draining {
+		return
+	}
+	c.draining = true
+	c.wakeLocked()
+	c.nc.SetReadDeadline(time.Unix(1, 0)) // wake a read waiting for data
+}
+
+// drainPending reports whether Drain was called and the read loop has not
+// handled it yet (the deadline that woke the read was Drain's, not the
+// linger's).
+func (c *Conn) drainPending() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.draining && !c.disconnecting && !c.closed
+}
+
+// drainArrived delivers, for Drain, what is already in the socket's receive
+// buffer (read without waiting), then starts the graceful close. A protocol
+// that paused reading gets nothing more. TLS connections cannot be read
+// without waiting, so their drain delivers only what was read before.
+func (c *Conn) drainArrived(p Protocol) {
+	c.mu.Lock()
+	c.nc.SetReadDeadline(time.Time{})
+	paused := c.readPaused
+	c.mu.Unlock()
+	for !paused && c.raw != nil {
+		buf, n := c.readNow()
+		if n == 0 {
+			break
+		}
+		if c.opts.Received != nil {
+			c.opts.Received.Add(float64(n))
+		}
+		c.mu.Lock()
+		deliver := !c.closed && !c.disconnecting && !c.readPaused
+		c.inCallback = deliver
+		c.mu.Unlock()
+		if deliver {
+			c.call(p, callData, (*buf)[:n], nil)
+			c.afterCallback()
+		}
+		readBuffers.Put(buf)
+		if !deliver {
+			break
+		}
+	}
+	c.LoseConnection()
+}
+
+// readNow reads what the socket holds without waiting (n is 0 when it holds
+// nothing, or on EOF or error: the read loop meets those next).
+func (c *Conn) readNow() (buf *[]byte, n int) {
+	c.raw.Control(func(fd uintptr) {
+		b := readBuffers.Get().(*[]byte)
+		m, err := syscall.Read(int(fd), *b)
+		if err != nil || m <= 0 {
+			readBuffers.Put(b)
+			return
+		}
+		buf, n = b, m
+	})
+	return buf, n
 }
 
 // read reads once into a pooled buffer. With a raw descriptor the buffer is
@@ -561,16 +653,35 @@ func (c *Conn) wroteLocked() {
 }
 
 // notifyProducer tells the producer the state the connection wants, until
-// what it was told matches. Calls never overlap: a caller that finds
-// another one at work leaves the change to it (prodDirty makes sure it is
-// seen). Must be called without mu held; producer methods may Write.
+// what it was told matches, one call at a time under prodMu. It never waits
+// for prodMu (Write must not wait for producer code running elsewhere): a
+// caller that finds a notifier at work leaves resumes to it (prodDirty makes
+// sure it looks again), but delivers a pause at once, as Twisted does from
+// write() (the notifier may be this goroutine, inside a ResumeProducing that
+// writes in a loop until paused); the notifier then re-sends the latest
+// wish, so a resume cannot end up overtaking that pause. Must be called
+// without mu held.
 func (c *Conn) notifyProducer() {
 	for {
 		if !c.prodMu.TryLock() {
+			c.mu.Lock()
+			p := c.producer
+			pause := p != nil && c.producerPaused && !c.producerNotified
+			if pause {
+				c.pauseOverlapped = true
+			}
+			c.mu.Unlock()
+			if pause {
+				p.PauseProducing()
+			}
 			return
 		}
 		for {
 			c.mu.Lock()
+			if c.pauseOverlapped {
+				c.pauseOverlapped = false
+				c.producerNotified = !c.producerPaused // re-send the wish
+			}
 			c.prodDirty = false
 			p, want := c.producer, c.producerPaused
 			act := p != nil && want != c.producerNotified

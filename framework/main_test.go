@@ -55,6 +55,19 @@ func waitFor(t testing.TB, d time.Duration, cond func() bool, format string, arg
 	}
 }
 
+// holds polls cond for d and fails the test as soon as it is false: the
+// observation window of a "nothing happens" check.
+func holds(t testing.TB, d time.Duration, cond func() bool, format string, args ...any) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if !cond() {
+			t.Fatalf(format, args...)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // randBytes returns n reproducible pseudo-random bytes.
 func randBytes(n int, seed uint64) []byte {
 	b := make([]byte, n)

@@ -129,6 +129,12 @@ func (s *service) accept(c net.Conn, b *binding) {
 	switch {
 	case s.closing:
 		s.mu.Unlock()
+		// The socket's owner changed under us (a reload): the successor
+		// takes the connection. Otherwise superd is stopping.
+		if next := b.sock.owner.Load(); next != nil && next != b {
+			next.svc.accept(c, next)
+			return
+		}
 		c.Close()
 		return
 	case lim.MaxConnections > 0 && s.active >= lim.MaxConnections:
@@ -243,7 +249,7 @@ func (s *service) handle(c net.Conn, b *binding, key netip.Prefix, hasSource boo
 	closing := s.closing
 	s.mu.Unlock()
 	if closing {
-		conn.LoseConnection()
+		conn.Drain()
 	}
 	b.total.Inc()
 	s.m.Active.Inc()
@@ -292,17 +298,17 @@ const (
 )
 
 // drainAndStop drains the service (its sockets were released already):
-// connections not yet served are closed, served ones are asked to
-// LoseConnection, those left after timeout are aborted; then StopFactory
-// runs.
+// connections not yet served are closed, served ones are drained (input
+// that has arrived is delivered, then LoseConnection flushes the output),
+// those left after timeout are aborted; then StopFactory runs.
 func (s *service) drainAndStop(timeout time.Duration, mode stopMode) error {
 	s.mu.Lock()
 	s.closing = true
-	for raw, conn := range s.conns {
-		if conn == nil {
-			raw.Close() // still in its TLS handshake: nothing to flush
-		} else {
-			conn.LoseConnection()
+	for _, conn := range s.conns {
+		// Connections not served yet (nil: in their TLS handshake, or
+		// about to start) see closing when they are, and drain then.
+		if conn != nil {
+			conn.Drain() // what has arrived is delivered, output flushed
 		}
 	}
 	s.mu.Unlock()
@@ -318,7 +324,7 @@ func (s *service) drainAndStop(timeout time.Duration, mode stopMode) error {
 		n := 0
 		for raw, conn := range s.conns {
 			if conn == nil {
-				raw.Close()
+				raw.Close() // still in its TLS handshake
 			} else {
 				conn.Abort(framework.ErrShutdownTimeout)
 				n++

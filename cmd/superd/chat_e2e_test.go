@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -432,15 +434,27 @@ service "chat" "slow" {
 	pad := strings.Repeat("z", 1000)
 	line := func(j int) string { return fmt.Sprintf("%08d %s\r\n", j, pad) }
 
-	// Readers check the sequence as it comes.
+	// Readers check the sequence as it comes. The sender keeps at most
+	// window lines ahead of the slower reader, so what superd holds for a
+	// reader stays well below max_pending_output whatever the scheduling
+	// of this test's goroutines: only the non-reader can pass it.
+	const window = 100 // about 100 KB
 	var mu sync.Mutex
+	progress := sync.NewCond(&mu)
 	heard := make([]int, len(fast))
+	readerDone := 0
 	errs := make(chan error, len(fast))
 	var wg sync.WaitGroup
 	for i, c := range fast {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer func() {
+				mu.Lock()
+				readerDone++
+				progress.Broadcast()
+				mu.Unlock()
+			}()
 			for j := 0; ; j++ {
 				got, err := c.line(60 * time.Second)
 				if err != nil {
@@ -456,18 +470,29 @@ service "chat" "slow" {
 				}
 				mu.Lock()
 				heard[i] = j + 1
+				progress.Broadcast()
 				mu.Unlock()
 			}
 		}()
 	}
+	// waitReaders waits until every reader is within window lines of n (or
+	// one has stopped, which the checks below report).
+	waitReaders := func(n int) {
+		mu.Lock()
+		defer mu.Unlock()
+		for readerDone == 0 && slices.Min(heard) < n-window {
+			progress.Wait()
+		}
+	}
 
-	const batch = 100                  // about 100 KB
+	const batch = 100                  // lines, about 100 KB
 	const maxBytes = 64 << 20          // bound on what is sent before the drop
 	const timeLimit = 60 * time.Second // the sender must never be held up this long
 	start := time.Now()
 	sender.c.SetWriteDeadline(start.Add(timeLimit))
 	n, sent := 0, 0
 	send := func() {
+		waitReaders(n)
 		var b strings.Builder
 		for k := 0; k < batch; k++ {
 			b.WriteString(line(n))
@@ -480,7 +505,7 @@ service "chat" "slow" {
 	}
 	for {
 		send()
-		if v, _ := metric(d.scrape(), "superd_connections_dropped_total", dropped); v == 1 {
+		if v, _ := metric(d.scrape(), "superd_connections_dropped_total", dropped); v >= 1 {
 			break
 		}
 		if sent > maxBytes {
@@ -529,6 +554,48 @@ service "chat" "slow" {
 	}
 	d.waitMetric("superd_chat_users", usersLabel, 0)
 	d.waitMetric("superd_connections_active", map[string]string{"service": "slow"}, 0)
+	d.signal(syscall.SIGTERM)
+	if code := d.wait(15 * time.Second); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+}
+
+// TestChatUsersGaugeAcrossReload: when a reload replaces a chat service
+// (its block changed), superd_chat_users{service} still counts the users
+// online: the old room's users leave as it drains, the new room's join.
+func TestChatUsersGaugeAcrossReload(t *testing.T) {
+	addr := freeAddr(t)
+	const cfgText = `
+metrics { address = "METRICS" }
+service "chat" "lobby" {
+  max_line_length = %d
+  endpoint "tcp" { address = %q }
+}
+`
+	path, maddr := writeConfig(t, fmt.Sprintf(cfgText, 100, addr))
+	d := startDaemon(t, path, maddr)
+	users := map[string]string{"service": "lobby"}
+	alice := chatJoin(t, addr, "alice")
+	bob := chatJoin(t, addr, "bob")
+	d.waitMetric("superd_chat_users", users, 2)
+
+	// Change the block: the service is replaced; its old users are asked
+	// to leave (LoseConnection) and do.
+	text := strings.ReplaceAll(fmt.Sprintf(cfgText, 200, addr), "METRICS", maddr)
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d.signal(syscall.SIGHUP)
+	d.waitMetric("superd_config_reloads_total", map[string]string{"result": "success"}, 1)
+	alice.expectClosed()
+	bob.expectClosed()
+	d.waitMetric("superd_connections_active", map[string]string{"service": "lobby"}, 0)
+
+	carol := chatJoin(t, addr, "carol") // the new room
+	d.waitMetric("superd_connections_active", map[string]string{"service": "lobby"}, 1)
+	d.waitMetric("superd_chat_users", users, 1)
+	carol.close()
+	d.waitMetric("superd_chat_users", users, 0)
 	d.signal(syscall.SIGTERM)
 	if code := d.wait(15 * time.Second); code != 0 {
 		t.Fatalf("exit code %d", code)

@@ -163,6 +163,7 @@ func logfileExpectClosed(t *testing.T, c net.Conn) {
 	if n != 0 {
 		t.Fatalf("the server sent %d bytes", n)
 	}
+	c.Close()
 }
 
 // logfileUmask reads the umask superd inherits from this process.
@@ -440,9 +441,19 @@ func TestLogfileMaxLineLength(t *testing.T) {
 	exact := logfileDial(t, addr)
 	exactLine := strings.Repeat("E", 100)
 	logfileSend(t, exact, exactLine+"\n")
+	// The CR of a CRLF ending is not part of the line (telnet works as
+	// nc does), even when the LF comes in a later segment.
+	crlfLine := strings.Repeat("F", 100)
+	logfileSend(t, exact, crlfLine+"\r\n")
+	logfileWaitFile(t, logPath, []string{"other 1", "long ok", exactLine, crlfLine}, 10*time.Second)
+	received, _ := metric(d.scrape(), "superd_received_bytes_total", auditLabels)
+	splitLine := strings.Repeat("S", 100)
+	logfileSend(t, exact, splitLine+"\r")
+	logfileWaitMetric(d, "superd_received_bytes_total", auditLabels, received+101, 10*time.Second)
+	logfileSend(t, exact, "\n")
 
 	logfileSend(t, other, "other 2\n")
-	want := []string{"other 1", "long ok", exactLine, "other 2"}
+	want := []string{"other 1", "long ok", exactLine, crlfLine, splitLine, "other 2"}
 	logfileWaitFile(t, logPath, want, 10*time.Second)
 	other.Close()
 	exact.Close()
@@ -466,6 +477,8 @@ func TestLogfileFsync(t *testing.T) {
 	var want []string
 	sent := 0
 	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var opened []net.Conn
 	errs := make(chan error, conns)
 	for i := range conns {
 		c := logfileDial(t, addr)
@@ -489,6 +502,19 @@ func TestLogfileFsync(t *testing.T) {
 				}
 				rest = rest[k:]
 			}
+			// Half close now; the others see the server close at SIGTERM.
+			if i%2 == 0 {
+				c.Close()
+			} else {
+				mu.Lock()
+				opened = append(opened, c)
+				mu.Unlock()
+				go func() {
+					c.SetReadDeadline(time.Now().Add(30 * time.Second))
+					io.Copy(io.Discard, c)
+					c.Close()
+				}()
+			}
 		}()
 	}
 	wg.Wait()
@@ -497,6 +523,13 @@ func TestLogfileFsync(t *testing.T) {
 		t.Fatal(err)
 	}
 	logfileWaitMetric(d, "superd_received_bytes_total", auditLabels, float64(sent), 30*time.Second)
+	logfileWaitMetric(d, "superd_connections_active", auditLabels, conns/2, 10*time.Second)
+	// A partial line on each open connection: counted only once the
+	// previous chunk has been processed.
+	for _, c := range opened {
+		logfileSend(t, c, "partial")
+	}
+	logfileWaitMetric(d, "superd_received_bytes_total", auditLabels, float64(sent+len(opened)*len("partial")), 10*time.Second)
 	d.signal(syscall.SIGTERM)
 	if code := d.wait(30 * time.Second); code != 0 {
 		t.Fatalf("exit code %d", code)

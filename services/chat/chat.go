@@ -79,15 +79,16 @@ func New(cfg *framework.Config) (framework.Factory, error) {
 	}
 	return &Room{
 		maxLine: n,
+		service: cfg.Service,
 		users:   map[string]*User{},
-		online:  usersOnline.WithLabelValues(cfg.Service),
 	}, nil
 }
 
 // Room is the factory: the users of one chat service.
 type Room struct {
 	maxLine int
-	online  prometheus.Gauge
+	service string
+	online  prometheus.Gauge // set by StartFactory
 
 	mu    sync.RWMutex
 	users map[string]*User
@@ -99,9 +100,11 @@ func (r *Room) BuildProtocol(net.Addr) framework.Protocol {
 	return &User{room: r}
 }
 
-// StartFactory publishes the users gauge at 0.
+// StartFactory publishes the users gauge (at 0 for a new service). A
+// reload that replaces the service shares the series with the old instance,
+// whose users leave one by one, so it is never reset here.
 func (r *Room) StartFactory() error {
-	r.online.Set(0)
+	r.online = usersOnline.WithLabelValues(r.service)
 	return nil
 }
 

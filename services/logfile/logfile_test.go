@@ -305,6 +305,23 @@ func TestMaxLineLengthCRLF(t *testing.T) {
 	if !e.t.Disconnecting() {
 		t.Fatal("a line of max_line_length+1 bytes ending in CRLF did not close the connection")
 	}
+	// A CR that turns out not to end the line: too long as soon as the
+	// next byte comes.
+	g := f.connect()
+	g.send("abcdefghij\r")
+	g.send("k")
+	if !g.t.Disconnecting() {
+		t.Fatal("max_line_length bytes, CR, and one more byte did not close the connection")
+	}
+	// Only one CR is dropped: the other one counts.
+	h := f.connect()
+	h.send("abcdefghij\r\r\n")
+	if !h.t.Disconnecting() {
+		t.Fatal("max_line_length bytes + CR CR LF did not close the connection")
+	}
+	if got, want := readFile(t, f.path), "0123456789\nabcdefghij\n"; got != want {
+		t.Fatalf("file %q, want %q (nothing of a long line)", got, want)
+	}
 }
 
 func TestAppendAndMode(t *testing.T) {

@@ -1,0 +1,148 @@
+package main
+
+import (
+	"bufio"
+	"crypto/tls"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+)
+
+func listen(t *testing.T, serve func(net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go acceptLoop(ln, serve)
+	return ln.Addr().String()
+}
+
+type client struct {
+	t *testing.T
+	c net.Conn
+	r *bufio.Reader
+}
+
+func dial(t *testing.T, addr string) *client {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	return &client{t, c, bufio.NewReader(c)}
+}
+
+func (c *client) send(s string) {
+	c.t.Helper()
+	if _, err := io.WriteString(c.c, s); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+func (c *client) expect(want string) {
+	c.t.Helper()
+	got, err := c.r.ReadString('\n')
+	if err != nil || got != want {
+		c.t.Fatalf("got %q (%v), want %q", got, err, want)
+	}
+}
+
+// The chat speaks superd's protocol byte for byte.
+func TestChat(t *testing.T) {
+	addr := listen(t, (&chatRoom{users: map[string]*chatUser{}}).serve)
+	alice, bob := dial(t, addr), dial(t, addr)
+	alice.expect("What's your name?\r\n")
+	alice.send("alice\r\n")
+	alice.expect("Welcome, alice!\r\n")
+	bob.expect("What's your name?\r\n")
+	bob.send("alice\r\n")
+	bob.expect("Name taken, please choose another.\r\n")
+	bob.send("\r\n")
+	bob.expect("Invalid name, please choose another.\r\n")
+	bob.send("b\x01b\r\n")
+	bob.expect("Invalid name, please choose another.\r\n")
+	bob.send("bob\r\n")
+	bob.expect("Welcome, bob!\r\n")
+	bob.send("hi there\r\nsecond\r\n")
+	alice.expect("<bob> hi there\r\n")
+	alice.expect("<bob> second\r\n")
+	alice.send("a\nb\r\n") // a bare LF is part of the line
+	bob.expect("<alice> a\n")
+	bob.expect("b\r\n")
+}
+
+func TestChatLongLineCloses(t *testing.T) {
+	addr := listen(t, (&chatRoom{users: map[string]*chatUser{}}).serve)
+	c := dial(t, addr)
+	c.expect("What's your name?\r\n")
+	c.send(strings.Repeat("x", maxLineLength+1) + "\r\n")
+	if b, err := io.ReadAll(c.r); err != nil || len(b) != 0 {
+		t.Fatalf("read %q, %v; want EOF", b, err)
+	}
+}
+
+func TestScanCRLF(t *testing.T) {
+	for _, c := range []struct {
+		in      string
+		atEOF   bool
+		adv     int
+		tok     string
+		tooLong bool
+	}{
+		{"abc\r\ndef", false, 5, "abc", false},
+		{"abc\ndef", false, 0, "", false},
+		{"\r\n", false, 2, "", false},
+		{"partial", true, 7, "", false},
+		{strings.Repeat("x", maxLineLength) + "\r\n", false, maxLineLength + 2, strings.Repeat("x", maxLineLength), false},
+		{strings.Repeat("x", maxLineLength+1) + "\r\n", false, 0, "", true},
+		{strings.Repeat("x", maxLineLength+2), false, 0, "", true},
+	} {
+		adv, tok, err := scanCRLF([]byte(c.in), c.atEOF)
+		if (err == errLineTooLong) != c.tooLong || adv != c.adv || string(tok) != c.tok {
+			t.Errorf("scanCRLF(%.20q, %v) = %d, %.20q, %v", c.in, c.atEOF, adv, tok, err)
+		}
+	}
+}
+
+func TestEchoAndTLSEcho(t *testing.T) {
+	for _, splice := range []bool{false, true} {
+		serve := echoConn
+		if splice {
+			serve = spliceEchoConn
+		}
+		c := dial(t, listen(t, serve))
+		msg := strings.Repeat("0123456789", 10000)
+		go c.send(msg)
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(c.r, got); err != nil || string(got) != msg {
+			t.Fatalf("splice %v: echo differs (%v)", splice, err)
+		}
+	}
+	cert, err := selfSigned()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go acceptLoop(tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}}), echoConn)
+	tc, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	tc.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(tc, "hello\r\n")
+	line, err := bufio.NewReader(tc).ReadString('\n')
+	if err != nil || line != "hello\r\n" {
+		t.Fatalf("TLS echo: %q, %v", line, err)
+	}
+}

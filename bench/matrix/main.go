@@ -1,0 +1,716 @@
+// Command matrix runs the benchmark matrix of `make bench`: each cell runs
+// superbench against superd and against the baseline server, alternating
+// the two run by run, each server started fresh for each run on free
+// loopback ports. It prints one table with the ratio superd/baseline per
+// cell (the median of the per-run ratios) and writes it as Markdown.
+//
+//	matrix [-runs 6] [-duration 2s] [-cells E1,CHAT] [-out bench/results.md]
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+const quote = "An apple a day keeps the doctor away"
+
+// result is the part of superbench's JSON line the matrix uses.
+type result struct {
+	Mode            string  `json:"mode"`
+	Label           string  `json:"label"`
+	DurationS       float64 `json:"duration_s"`
+	Ops             int64   `json:"ops"`
+	MsgsPerS        float64 `json:"msgs_per_s"`
+	MBPerS          float64 `json:"mb_per_s"`
+	ConnsPerS       float64 `json:"conns_per_s"`
+	DeliveriesPerS  float64 `json:"deliveries_per_s"`
+	P50Us           float64 `json:"p50_us"`
+	P99Us           float64 `json:"p99_us"`
+	P999Us          float64 `json:"p999_us"`
+	RSSBeforeBytes  int64   `json:"rss_before_bytes"`
+	RSSAfterBytes   int64   `json:"rss_after_bytes"`
+	RSSPerConnBytes float64 `json:"rss_per_conn_bytes"`
+	Alive           int     `json:"alive"`
+	Conns           int     `json:"conns"`
+	DialRetries     int64   `json:"dial_retries"`
+	Errors          int64   `json:"errors"`
+	FirstError      string  `json:"first_error"`
+
+	failed string // why the run does not count ("" if it does)
+}
+
+// metric is the number a cell compares.
+func (r *result) metric() float64 {
+	switch r.Mode {
+	case "echo":
+		return r.MsgsPerS
+	case "stream":
+		return r.MBPerS
+	case "connrate":
+		return r.ConnsPerS
+	case "chat":
+		return r.DeliveriesPerS
+	case "idle":
+		return r.RSSPerConnBytes
+	}
+	return math.NaN()
+}
+
+// target is which service of a server a cell loads.
+type target int
+
+const (
+	tEcho target = iota
+	tTLS
+	tQotd
+	tChat
+)
+
+type cell struct {
+	id, desc, unit string
+	target         target
+	args           []string // superbench arguments after the mode's -addr
+	timed          bool     // takes -duration
+	idle           bool     // RSS per connection: lower is better, needs -pid
+}
+
+var cells = []cell{
+	{id: "E1", desc: "echo 1 conn 64 B", unit: "msgs/s", target: tEcho, timed: true,
+		args: []string{"echo", "-conns", "1", "-size", "64"}},
+	{id: "E64", desc: "echo 64 conns 64 B", unit: "msgs/s", target: tEcho, timed: true,
+		args: []string{"echo", "-conns", "64", "-size", "64"}},
+	{id: "E16K", desc: "echo 64 conns 16 KiB", unit: "msgs/s", target: tEcho, timed: true,
+		args: []string{"echo", "-conns", "64", "-size", "16384"}},
+	{id: "S8", desc: "stream 8 conns (32 KiB writes)", unit: "MB/s", target: tEcho, timed: true,
+		args: []string{"stream", "-conns", "8", "-size", "32768"}},
+	{id: "CR", desc: "connrate 8 workers (qotd)", unit: "conns/s", target: tQotd, timed: true,
+		args: []string{"connrate", "-conns", "8", "-expect", quote}},
+	{id: "IDLE", desc: "5000 idle conns", unit: "B/conn", target: tEcho, idle: true,
+		args: []string{"idle", "-conns", "5000", "-settle", "2s"}},
+	{id: "CHAT", desc: "chat 200 users x 50 lines", unit: "deliv/s", target: tChat, timed: true,
+		args: []string{"chat", "-conns", "200", "-lines", "50"}},
+	{id: "TLS", desc: "echo 64 conns 64 B over TLS", unit: "msgs/s", target: tTLS, timed: true,
+		args: []string{"echo", "-tls", "-conns", "64", "-size", "64"}},
+	{id: "IDLE15K", desc: "15,000 idle conns held", unit: "B/conn", target: tEcho, idle: true,
+		args: []string{"idle", "-conns", "15000", "-settle", "2s"}},
+}
+
+type options struct {
+	superd, baseline, superbench string
+	runs                         int
+	duration                     time.Duration
+	budget                       time.Duration
+	out                          string
+	cells                        string
+	keep                         bool
+}
+
+func main() {
+	var o options
+	flag.StringVar(&o.superd, "superd", "bin/superd", "superd binary")
+	flag.StringVar(&o.baseline, "baseline", "bin/baseline", "baseline server binary")
+	flag.StringVar(&o.superbench, "superbench", "bin/superbench", "superbench binary")
+	flag.IntVar(&o.runs, "runs", 6, "runs per server per cell (at least 3 for a meaningful median; even, so each server goes first equally often)")
+	flag.DurationVar(&o.duration, "duration", 2*time.Second, "measuring time of each timed run")
+	flag.DurationVar(&o.budget, "budget", 9*time.Minute+30*time.Second, "no run starts after this much time (the rest is reported as skipped)")
+	flag.StringVar(&o.out, "out", "bench/results.md", "Markdown file for the results (empty: none)")
+	flag.StringVar(&o.cells, "cells", "", "comma-separated cell ids to run (empty: all)")
+	flag.BoolVar(&o.keep, "keep", false, "keep the working folder (configurations, server logs)")
+	flag.Parse()
+	if o.runs < 1 {
+		fmt.Fprintln(os.Stderr, "matrix: -runs must be at least 1")
+		os.Exit(2)
+	}
+	os.Exit(run(&o))
+}
+
+// server is one running server process.
+type server struct {
+	name  string
+	cmd   *exec.Cmd
+	addrs [4]string // by target
+	log   string
+	done  chan struct{}
+	err   error
+}
+
+func run(o *options) int {
+	start := time.Now()
+	selected := cells
+	if o.cells != "" {
+		selected = nil
+		for id := range strings.SplitSeq(o.cells, ",") {
+			i := slices.IndexFunc(cells, func(c cell) bool { return strings.EqualFold(c.id, strings.TrimSpace(id)) })
+			if i < 0 {
+				fmt.Fprintf(os.Stderr, "matrix: unknown cell %q\n", id)
+				return 2
+			}
+			selected = append(selected, cells[i])
+		}
+	}
+	for _, p := range []string{o.superd, o.baseline, o.superbench} {
+		if _, err := os.Stat(p); err != nil {
+			fmt.Fprintf(os.Stderr, "matrix: %v (build it first: bench/run.sh does)\n", err)
+			return 2
+		}
+	}
+	work, err := os.MkdirTemp("", "superd-bench-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "matrix:", err)
+		return 1
+	}
+	failed := false
+	defer func() {
+		if o.keep || failed {
+			fmt.Printf("working folder kept: %s\n", work)
+		} else {
+			os.RemoveAll(work)
+		}
+	}()
+
+	machine := machineInfo()
+	fmt.Println(machine)
+	fmt.Printf("runs per server per cell: %d, timed runs %v each, servers alternate run by run, each started fresh per run\n\n", o.runs, o.duration)
+
+	// A Ctrl-C stops the matrix and whatever server is running.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	type cellResult struct {
+		cell
+		superd, baseline []*result // by run index; nil when not run
+		skipped          bool
+	}
+	var all []*cellResult
+	seq := 0
+	for _, c := range selected {
+		cr := &cellResult{cell: c, superd: make([]*result, o.runs), baseline: make([]*result, o.runs)}
+		all = append(all, cr)
+		for i := range o.runs {
+			if ctx.Err() != nil || time.Since(start) > o.budget {
+				cr.skipped = true
+				break
+			}
+			order := []string{"superd", "baseline"}
+			if i%2 == 1 {
+				order = []string{"baseline", "superd"}
+			}
+			for _, name := range order {
+				seq++
+				r := runOne(ctx, o, work, seq, name, c)
+				if r.failed != "" {
+					failed = true
+				}
+				if name == "superd" {
+					cr.superd[i] = r
+				} else {
+					cr.baseline[i] = r
+				}
+			}
+		}
+	}
+
+	// The table.
+	var t table
+	t.header = []string{"cell", "workload", "unit", "superd", "baseline", "superd/baseline", "per-run ratios", "p99 superd / baseline (µs)", "verdict"}
+	var notes []string
+	for _, cr := range all {
+		var ratios, sd, bl, sdP99, blP99 []float64
+		errs := 0
+		for i := range o.runs {
+			s, b := cr.superd[i], cr.baseline[i]
+			for _, r := range []*result{s, b} {
+				if r != nil && r.failed != "" {
+					errs++
+				}
+			}
+			if s == nil || b == nil || s.failed != "" || b.failed != "" {
+				continue
+			}
+			sd, bl = append(sd, s.metric()), append(bl, b.metric())
+			sdP99, blP99 = append(sdP99, s.P99Us), append(blP99, b.P99Us)
+			if b.metric() > 0 {
+				ratios = append(ratios, s.metric()/b.metric())
+			}
+		}
+		row := []string{cr.id, cr.desc, cr.unit, num(median(sd)), num(median(bl)), "", "", "", ""}
+		if len(ratios) > 0 {
+			ratio := median(ratios)
+			row[5] = fmt.Sprintf("**%.2f**", ratio)
+			var rs []string
+			for _, r := range ratios {
+				rs = append(rs, fmt.Sprintf("%.2f", r))
+			}
+			row[6] = strings.Join(rs, " ")
+			row[8] = verdict(ratio, cr.idle)
+		} else {
+			row[5] = "n/a"
+		}
+		if !cr.idle && cr.args[0] != "stream" && len(sdP99) > 0 {
+			row[7] = fmt.Sprintf("%s / %s", num(median(sdP99)), num(median(blP99)))
+		}
+		if errs > 0 {
+			row[8] += fmt.Sprintf(" (%d failed runs)", errs)
+		}
+		if cr.skipped {
+			row[8] += " (time budget: runs skipped)"
+		}
+		t.rows = append(t.rows, row)
+		if cr.id == "IDLE15K" && len(sd) > 0 {
+			per := median(sd)
+			var base []float64
+			for _, s := range cr.superd {
+				if s != nil && s.failed == "" {
+					base = append(base, float64(s.RSSBeforeBytes))
+				}
+			}
+			notes = append(notes, fmt.Sprintf("IDLE15K: superd holds 15,000 idle connections at %s of RSS each (on top of %s before connecting): "+
+				"linearly that is %.1f GiB for 1,000,000 connections (the baseline: %s each, %.1f GiB). "+
+				"superbench and the server are separate processes, each holding 15,000 sockets under the 20,000 open-file limit.",
+				bytesStr(per), bytesStr(median(base)), per*1e6/(1<<30), bytesStr(median(bl)), median(bl)*1e6/(1<<30)))
+		}
+	}
+	notes = append(notes,
+		"Ratio: superd/baseline per run pair, median over runs. Throughput cells: higher is better. IDLE cells: RSS growth per connection (VmRSS after connecting and settling, minus before, over connections), lower is better.",
+		"Every byte is verified: echo compares each random message, stream each byte of a seeded pattern, connrate the exact quote, chat the sender, sequence and text of every line at every user, idle a one-byte echo on every connection after the RSS reading.",
+		"The machine is shared and noisy, and superbench runs on the same cores as the server: the per-run ratios show the spread, and a median inside that spread of 1.00 is a tie (the verdict says tie only within 5%).")
+	elapsed := time.Since(start).Round(time.Second)
+	fmt.Println()
+	fmt.Print(t.markdown())
+	fmt.Println()
+	for _, n := range notes {
+		fmt.Println("- " + n)
+	}
+	fmt.Printf("\nmatrix finished in %v\n", elapsed)
+
+	if o.out != "" {
+		var b bytes.Buffer
+		fmt.Fprintf(&b, "# superd vs baseline (`make bench`)\n\n%s, run %s, took %v.\n\n", strings.ReplaceAll(machine, "\n", "; "), time.Now().UTC().Format("2006-01-02 15:04 MST"), elapsed)
+		fmt.Fprintf(&b, "%d runs per server per cell, timed runs %v each; the servers alternate run by run and each is started fresh for each run on free loopback ports.\n\n", o.runs, o.duration)
+		b.WriteString(t.markdown())
+		b.WriteString("\n")
+		for _, n := range notes {
+			b.WriteString("- " + n + "\n")
+		}
+		b.WriteString("\n## Every run\n\n")
+		var raw table
+		raw.header = []string{"cell", "run", "server", "value", "p50 µs", "p99 µs", "p999 µs", "errors", "dial retries", "note"}
+		for _, cr := range all {
+			for i := range o.runs {
+				for _, r := range []*result{cr.superd[i], cr.baseline[i]} {
+					if r == nil {
+						continue
+					}
+					note := r.failed
+					if cr.idle {
+						note = strings.TrimSpace(fmt.Sprintf("rss %s -> %s, alive %d/%d %s", bytesStr(float64(r.RSSBeforeBytes)), bytesStr(float64(r.RSSAfterBytes)), r.Alive, r.Conns, note))
+					}
+					raw.rows = append(raw.rows, []string{cr.id, strconv.Itoa(i + 1), r.Label, num(r.metric()) + " " + cr.unit,
+						num(r.P50Us), num(r.P99Us), num(r.P999Us), strconv.FormatInt(r.Errors, 10), strconv.FormatInt(r.DialRetries, 10), note})
+				}
+			}
+		}
+		b.WriteString(raw.markdown())
+		if err := os.WriteFile(o.out, b.Bytes(), 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, "matrix:", err)
+			return 1
+		}
+		fmt.Printf("results written to %s\n", o.out)
+	}
+	if failed || ctx.Err() != nil {
+		return 1
+	}
+	return 0
+}
+
+var rlimitShown bool
+
+// runOne starts server name fresh, runs cell c against it, stops it.
+func runOne(ctx context.Context, o *options, work string, seq int, name string, c cell) *result {
+	fail := func(format string, a ...any) *result {
+		r := &result{Label: name, Mode: c.args[0], failed: fmt.Sprintf(format, a...)}
+		fmt.Printf("%-8s %-8s FAILED: %s\n", c.id, name, r.failed)
+		return r
+	}
+	s, err := startServer(ctx, o, work, seq, name)
+	if err != nil {
+		return fail("%v", err)
+	}
+	defer s.stop()
+
+	args := append([]string{c.args[0], "-addr", s.addrs[c.target], "-label", name}, c.args[1:]...)
+	if c.timed {
+		args = append(args, "-duration", o.duration.String())
+	}
+	if c.idle {
+		args = append(args, "-pid", strconv.Itoa(s.cmd.Process.Pid))
+	}
+	rctx, cancel := context.WithTimeout(ctx, o.duration+90*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(rctx, o.superbench, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	runErr := cmd.Run()
+	if !rlimitShown {
+		for line := range strings.Lines(stderr.String()) {
+			if strings.Contains(line, "RLIMIT_NOFILE") {
+				fmt.Print(line)
+				rlimitShown = true
+			}
+		}
+	}
+	var r *result
+	for line := range strings.Lines(stdout.String()) {
+		if strings.HasPrefix(line, "{") {
+			r = new(result)
+			if err := json.Unmarshal([]byte(line), r); err != nil {
+				return fail("superbench output %q: %v", line, err)
+			}
+		} else {
+			fmt.Printf("%-8s %s", c.id, line)
+		}
+	}
+	if r == nil {
+		return fail("superbench %v: %v\n%s", args, runErr, tail(stderr.String(), 10))
+	}
+	switch {
+	case r.Errors > 0:
+		r.failed = fmt.Sprintf("%d errors, first: %s", r.Errors, r.FirstError)
+	case runErr != nil:
+		r.failed = fmt.Sprintf("superbench: %v", runErr)
+	case c.idle && (r.Alive != r.Conns || r.RSSPerConnBytes == 0):
+		r.failed = fmt.Sprintf("alive %d of %d, rss per connection %v", r.Alive, r.Conns, r.RSSPerConnBytes)
+	case s.exited():
+		r.failed = fmt.Sprintf("%s exited during the run: %v", name, s.err)
+	}
+	if r.failed != "" {
+		fmt.Printf("%-8s %-8s FAILED: %s\n%s", c.id, name, r.failed, tail(readFile(s.log), 10))
+	}
+	return r
+}
+
+// startServer starts superd or the baseline on four fresh loopback ports
+// and waits until every service answers.
+func startServer(ctx context.Context, o *options, work string, seq int, name string) (*server, error) {
+	ports, err := freePorts(4)
+	if err != nil {
+		return nil, err
+	}
+	s := &server{name: name, done: make(chan struct{}), log: filepath.Join(work, fmt.Sprintf("%03d-%s.log", seq, name))}
+	for i, p := range ports {
+		s.addrs[i] = "127.0.0.1:" + strconv.Itoa(p)
+	}
+	var args []string
+	bin := o.baseline
+	if name == "superd" {
+		bin = o.superd
+		cfg := filepath.Join(work, fmt.Sprintf("%03d-superd.hcl", seq))
+		if err := os.WriteFile(cfg, []byte(superdConfig(s.addrs)), 0o644); err != nil {
+			return nil, err
+		}
+		args = []string{"run", "-config", cfg, "-log-level", "warn"}
+	} else {
+		args = []string{"-echo", s.addrs[tEcho], "-tls", s.addrs[tTLS], "-qotd", s.addrs[tQotd], "-chat", s.addrs[tChat], "-quote", quote}
+	}
+	logf, err := os.Create(s.log)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	s.cmd = exec.Command(bin, args...)
+	s.cmd.Stdout, s.cmd.Stderr = logf, logf
+	if err := s.cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() { s.err = s.cmd.Wait(); close(s.done) }()
+	if err := s.waitReady(ctx, 15*time.Second); err != nil {
+		s.stop()
+		return nil, fmt.Errorf("%s not ready: %v\n%s", name, err, tail(readFile(s.log), 10))
+	}
+	return s, nil
+}
+
+// superdConfig: echo (TCP and TLS with a self-signed certificate), qotd and
+// chat, metrics off, no connection limits, room for chat's output.
+func superdConfig(addrs [4]string) string {
+	return fmt.Sprintf(`# written by bench/matrix
+metrics {
+  address = ""
+}
+
+shutdown_timeout = "5s"
+
+service "echo" "echo" {
+  max_connections = 0
+  endpoint "tcp" { address = %q }
+  endpoint "tls" {
+    address     = %q
+    self_signed = true
+  }
+}
+
+service "qotd" "qotd" {
+  max_connections = 0
+  quote           = %q
+  endpoint "tcp" { address = %q }
+}
+
+service "chat" "chat" {
+  max_connections    = 0
+  max_pending_output = 67108864
+  endpoint "tcp" { address = %q }
+}
+`, addrs[tEcho], addrs[tTLS], quote, addrs[tQotd], addrs[tChat])
+}
+
+func (s *server) exited() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// waitReady polls every service until it answers as it should.
+func (s *server) waitReady(ctx context.Context, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	var last error
+	for time.Now().Before(deadline) {
+		if s.exited() {
+			return fmt.Errorf("exited: %v", s.err)
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if last = s.probe(); last == nil {
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return last
+}
+
+func (s *server) probe() error {
+	for t, addr := range s.addrs {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			return err
+		}
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		switch target(t) {
+		case tTLS:
+			tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true, ServerName: "localhost"})
+			err = tc.Handshake()
+			if err == nil {
+				err = tc.Close()
+			}
+		case tQotd:
+			var b []byte
+			b, err = io.ReadAll(c)
+			if err == nil && string(b) != quote+"\r\n" {
+				err = fmt.Errorf("qotd sent %q", b)
+			}
+		case tChat:
+			var line string
+			line, err = bufio.NewReader(c).ReadString('\n')
+			if err == nil && line != "What's your name?\r\n" {
+				err = fmt.Errorf("chat sent %q", line)
+			}
+		}
+		c.Close()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// stop ends the server: SIGTERM, then SIGKILL after 10 s.
+func (s *server) stop() {
+	if s.exited() {
+		return
+	}
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.done:
+	case <-time.After(10 * time.Second):
+		fmt.Printf("%s did not stop within 10 s of SIGTERM; killing it\n", s.name)
+		s.cmd.Process.Kill()
+		<-s.done
+	}
+}
+
+// freePorts finds n loopback ports nobody listens on.
+func freePorts(n int) ([]int, error) {
+	var lns []net.Listener
+	defer func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}()
+	var ports []int
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		lns = append(lns, ln)
+		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+func machineInfo() string {
+	cpu := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for line := range strings.Lines(string(b)) {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				cpu = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	kernel := strings.TrimSpace(readFile("/proc/sys/kernel/osrelease"))
+	if kernel == "" {
+		kernel = runtime.GOOS
+	}
+	goVersion := runtime.Version()
+	if out, err := exec.Command("go", "version").Output(); err == nil {
+		goVersion = strings.TrimSpace(string(out))
+	}
+	nofile := ""
+	if b, err := os.ReadFile("/proc/self/limits"); err == nil {
+		for line := range strings.Lines(string(b)) {
+			if strings.HasPrefix(line, "Max open files") {
+				f := strings.Fields(line)
+				nofile = fmt.Sprintf(", open files %s soft / %s hard", f[3], f[4])
+			}
+		}
+	}
+	return fmt.Sprintf("machine: nproc %d, CPU %s, kernel %s, %s%s", runtime.NumCPU(), cpu, kernel, goVersion, nofile)
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return math.NaN()
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func verdict(ratio float64, lowerBetter bool) string {
+	switch {
+	case math.Abs(ratio-1) < 0.05:
+		return "tie"
+	case lowerBetter && ratio < 1:
+		return fmt.Sprintf("superd better (%.2fx the memory)", ratio)
+	case lowerBetter:
+		return fmt.Sprintf("superd worse (%.2fx the memory)", ratio)
+	case ratio > 1:
+		return fmt.Sprintf("superd better (+%.0f%%)", (ratio-1)*100)
+	default:
+		return fmt.Sprintf("superd worse (-%.0f%%)", (1-ratio)*100)
+	}
+}
+
+func num(v float64) string {
+	switch {
+	case math.IsNaN(v):
+		return "-"
+	case v >= 100:
+		return strconv.FormatFloat(math.Round(v), 'f', 0, 64)
+	case v >= 10:
+		return strconv.FormatFloat(v, 'f', 1, 64)
+	default:
+		return strconv.FormatFloat(v, 'f', 2, 64)
+	}
+}
+
+func bytesStr(v float64) string {
+	switch {
+	case math.IsNaN(v):
+		return "-"
+	case v >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", v/(1<<20))
+	case v >= 10<<10:
+		return fmt.Sprintf("%.1f KiB", v/(1<<10))
+	default:
+		return fmt.Sprintf("%.0f B", v)
+	}
+}
+
+func readFile(p string) string {
+	b, _ := os.ReadFile(p)
+	return string(b)
+}
+
+func tail(s string, n int) string {
+	lines := strings.SplitAfter(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	out := strings.Join(lines, "")
+	if out != "" && !strings.HasSuffix(out, "\n") {
+		out += "\n"
+	}
+	return out
+}
+
+// table renders a Markdown table with aligned columns.
+type table struct {
+	header []string
+	rows   [][]string
+}
+
+func (t *table) markdown() string {
+	w := make([]int, len(t.header))
+	for i, h := range t.header {
+		w[i] = len([]rune(h))
+	}
+	for _, r := range t.rows {
+		for i, c := range r {
+			w[i] = max(w[i], len([]rune(c)))
+		}
+	}
+	var b strings.Builder
+	line := func(cells []string) {
+		b.WriteString("|")
+		for i, c := range cells {
+			fmt.Fprintf(&b, " %s%s |", c, strings.Repeat(" ", w[i]-len([]rune(c))))
+		}
+		b.WriteString("\n")
+	}
+	line(t.header)
+	sep := make([]string, len(w))
+	for i := range w {
+		sep[i] = strings.Repeat("-", w[i])
+	}
+	line(sep)
+	for _, r := range t.rows {
+		line(r)
+	}
+	return b.String()
+}

@@ -1,0 +1,223 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+)
+
+// Each mode runs briefly against a small in-test server, once well served
+// and once served wrong, to check that verification catches the fault. No
+// test depends on how fast anything is.
+
+// serve runs handle for every connection of a fresh loopback listener.
+func serve(t *testing.T, handle func(net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Go(func() { defer c.Close(); handle(c) })
+		}
+	})
+	return ln.Addr().String()
+}
+
+func echoHandler(c net.Conn) { io.Copy(c, c) }
+
+// corruptingEcho flips one bit of the nth byte it echoes.
+func corruptingEcho(nth int64) func(net.Conn) {
+	var total atomic.Int64
+	return func(c net.Conn) {
+		buf := make([]byte, 4096)
+		for {
+			n, err := c.Read(buf)
+			if n > 0 {
+				end := total.Add(int64(n))
+				if start := end - int64(n); start <= nth && nth < end {
+					buf[nth-start] ^= 0x10
+				}
+				if _, err := c.Write(buf[:n]); err != nil {
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}
+}
+
+func qotdHandler(quote string) func(net.Conn) {
+	return func(c net.Conn) { io.WriteString(c, quote) }
+}
+
+// chatHandler is a minimal chat room; dropTo, if set, is a user that never
+// gets the line with sequence number dropSeq.
+func chatHandler(dropTo string, dropSeq int) func(net.Conn) {
+	var mu sync.Mutex
+	var users []*struct {
+		name string
+		c    net.Conn
+	}
+	return func(c net.Conn) {
+		r := bufio.NewReader(c)
+		io.WriteString(c, "What's your name?\r\n")
+		name, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		name = strings.TrimSuffix(name, "\r\n")
+		mu.Lock()
+		users = append(users, &struct {
+			name string
+			c    net.Conn
+		}{name, c})
+		mu.Unlock()
+		io.WriteString(c, "Welcome, "+name+"!\r\n")
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			text := strings.TrimSuffix(line, "\r\n")
+			seq, _, _ := strings.Cut(text, " ")
+			mu.Lock()
+			for _, u := range users {
+				if u.c != c && !(u.name == dropTo && seq == strconv.Itoa(dropSeq)) {
+					io.WriteString(u.c, "<"+name+"> "+text+"\r\n")
+				}
+			}
+			mu.Unlock()
+		}
+	}
+}
+
+// bench runs superbench with args and returns its JSON result.
+func bench(t *testing.T, args ...string) Result {
+	t.Helper()
+	var out bytes.Buffer
+	code := run(append(args, "-timeout", "2s"), &out, io.Discard)
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("superbench %v: output %q", args, out.String())
+	}
+	var r Result
+	if err := json.Unmarshal([]byte(lines[1]), &r); err != nil {
+		t.Fatalf("JSON line %q: %v", lines[1], err)
+	}
+	if (code == 0) != (r.Errors == 0) {
+		t.Errorf("exit status %d with %d errors", code, r.Errors)
+	}
+	t.Logf("%s", lines[0])
+	return r
+}
+
+func TestEchoMode(t *testing.T) {
+	addr := serve(t, echoHandler)
+	r := bench(t, "echo", "-addr", addr, "-conns", "4", "-size", "100", "-count", "50", "-label", "x")
+	if r.Errors != 0 || r.Ops != 200 || r.Mode != "echo" || r.Label != "x" || r.Conns != 4 || r.Size != 100 {
+		t.Fatalf("%+v", r)
+	}
+	if r.P50Us <= 0 || r.P99Us < r.P50Us || r.P999Us < r.P99Us || r.MsgsPerS <= 0 {
+		t.Fatalf("latencies or rate missing: %+v", r)
+	}
+	// Larger than the socket buffers: written from a second goroutine.
+	r = bench(t, "echo", "-addr", addr, "-conns", "2", "-size", "300000", "-count", "3")
+	if r.Errors != 0 || r.Ops != 6 {
+		t.Fatalf("%+v", r)
+	}
+	bad := serve(t, corruptingEcho(1234))
+	r = bench(t, "echo", "-addr", bad, "-conns", "1", "-size", "100", "-count", "50")
+	if r.Errors == 0 || !strings.Contains(r.FirstError, "differs at byte 34") {
+		t.Fatalf("corruption not caught: %+v", r)
+	}
+}
+
+func TestStreamMode(t *testing.T) {
+	r := bench(t, "stream", "-addr", serve(t, echoHandler), "-conns", "3", "-size", "10000", "-duration", "100ms")
+	if r.Errors != 0 || r.Ops == 0 || r.MBPerS <= 0 {
+		t.Fatalf("%+v", r)
+	}
+	r = bench(t, "stream", "-addr", serve(t, corruptingEcho(200000)), "-conns", "1", "-duration", "200ms")
+	if r.Errors == 0 {
+		t.Fatalf("corruption not caught: %+v", r)
+	}
+}
+
+func TestConnrateMode(t *testing.T) {
+	const q = "An apple a day keeps the doctor away"
+	addr := serve(t, qotdHandler(q+"\r\n"))
+	r := bench(t, "connrate", "-addr", addr, "-conns", "2", "-duration", "100ms", "-expect", q)
+	if r.Errors != 0 || r.Ops == 0 || r.ConnsPerS <= 0 {
+		t.Fatalf("%+v", r)
+	}
+	r = bench(t, "connrate", "-addr", addr, "-conns", "1", "-duration", "50ms") // any line
+	if r.Errors != 0 || r.Ops == 0 {
+		t.Fatalf("%+v", r)
+	}
+	r = bench(t, "connrate", "-addr", serve(t, qotdHandler(q+"\n")), "-conns", "1", "-duration", "50ms")
+	if r.Errors == 0 || r.Ops != 0 {
+		t.Fatalf("bare LF not caught: %+v", r)
+	}
+}
+
+func TestIdleMode(t *testing.T) {
+	addr := serve(t, echoHandler)
+	r := bench(t, "idle", "-addr", addr, "-conns", "20", "-settle", "10ms", "-pid", strconv.Itoa(os.Getpid()))
+	if r.Errors != 0 || r.Alive != 20 || r.RSSBeforeBytes <= 0 || r.RSSAfterBytes <= 0 {
+		t.Fatalf("%+v", r)
+	}
+	// A server that takes connections but never answers: none is alive.
+	mute := serve(t, func(c net.Conn) { io.Copy(io.Discard, c) })
+	r = bench(t, "idle", "-addr", mute, "-conns", "3", "-settle", "10ms")
+	if r.Errors != 3 || r.Alive != 0 {
+		t.Fatalf("%+v", r)
+	}
+}
+
+func TestChatMode(t *testing.T) {
+	r := bench(t, "chat", "-addr", serve(t, chatHandler("", 0)), "-conns", "5", "-lines", "10", "-rounds", "3", "-size", "30")
+	if r.Errors != 0 || r.Ops != 3*10*4 || r.DeliveriesPerS <= 0 {
+		t.Fatalf("%+v", r)
+	}
+	r = bench(t, "chat", "-addr", serve(t, chatHandler("u00003", 14)), "-conns", "5", "-lines", "10", "-rounds", "3")
+	if r.Errors == 0 || !strings.Contains(r.FirstError, "line 15 arrived when 14 was due") {
+		t.Fatalf("lost line not caught: %+v", r)
+	}
+}
+
+func TestRefusesNonLoopback(t *testing.T) {
+	if code := run([]string{"echo", "-addr", "192.0.2.1:7", "-count", "1"}, io.Discard, io.Discard); code != 2 {
+		t.Fatalf("exit status %d", code)
+	}
+}
