@@ -86,7 +86,15 @@ type Conn struct {
 	reason        error
 	readPaused    bool
 	draining      bool // Drain: deliver what has arrived, then LoseConnection
-	waiting       bool // someone waits on cond
+
+	// Parking (see Run and idlePoller).
+	p            Protocol
+	onDone       func(reason error)
+	fd           int       // descriptor for the poller; -1: never park
+	parked       bool      // no goroutine: the poller holds the connection
+	received     bool      // something was ever received
+	parkDeadline time.Time // read deadline after which an idle reader parks
+	waiting      bool      // someone waits on cond
 
 	// The registered producer. producerPaused is what the connection wants
 	// (paused while the backlog is high); producerNotified is what the
@@ -111,13 +119,14 @@ type Conn struct {
 	rbuf      *[]byte
 	rn        int
 	rerr      error
+	parkNow   bool // rawRead: on EAGAIN, return errWouldBlock instead of waiting
 }
 
 // NewConn wraps an accepted connection. TCP and unix connections are read
 // through their raw file descriptor, so an idle connection holds no read
 // buffer; anything else (TLS) is read through nc.
 func NewConn(nc net.Conn, opts ConnOptions) *Conn {
-	c := &Conn{nc: nc, opts: opts}
+	c := &Conn{nc: nc, opts: opts, fd: -1}
 	c.cond.L = &c.mu
 	if c.opts.MaxPendingOutput <= 0 {
 		c.opts.MaxPendingOutput = DefaultMaxPendingOutput
@@ -130,6 +139,9 @@ func NewConn(nc net.Conn, opts ConnOptions) *Conn {
 			if rc, err := sc.SyscallConn(); err == nil {
 				c.raw = rc
 				c.rawReadFn = c.rawRead
+				if getPoller() != nil {
+					rc.Control(func(fd uintptr) { c.fd = int(fd) })
+				}
 			}
 		}
 	}
@@ -138,10 +150,15 @@ func NewConn(nc net.Conn, opts ConnOptions) *Conn {
 
 func isUnix(nc net.Conn) bool { _, ok := nc.(*net.UnixConn); return ok }
 
-// Serve runs p over the connection until it ends: ConnectionMade, then
-// DataReceived for each chunk read, then ConnectionLost exactly once. It
-// returns the reason given to ConnectionLost, after the socket is closed.
-func (c *Conn) Serve(p Protocol) (reason error) {
+// Run serves p over the connection: ConnectionMade, then DataReceived for
+// each chunk read, then ConnectionLost exactly once, then onDone with the
+// same reason, after the socket is closed. Run returns when the connection
+// has ended, or earlier, when it went idle: an idle TCP or unix connection
+// is parked (see idlePoller) and holds no goroutine until its peer sends
+// something; a new goroutine then carries on. So onDone may run on another
+// goroutine than Run's.
+func (c *Conn) Run(p Protocol, onDone func(reason error)) {
+	c.p, c.onDone = p, onDone
 	if c.opts.IdleTimeout > 0 {
 		c.start = time.Now()
 		// Armed only once stored: idleCheck reads c.idleTimer.
@@ -151,18 +168,84 @@ func (c *Conn) Serve(p Protocol) (reason error) {
 	c.mu.Lock()
 	c.inCallback = true
 	c.mu.Unlock()
-	if c.call(p, callMade, nil, nil) == nil {
+	if c.call(p, callMade, nil, nil) != nil {
 		c.afterCallback()
-		c.readLoop(p)
-	} else {
-		c.afterCallback()
+		c.finish()
+		return
 	}
+	c.afterCallback()
+	c.loop()
+}
+
+// Serve is Run that waits for the end and returns the reason given to
+// ConnectionLost.
+func (c *Conn) Serve(p Protocol) error {
+	done := make(chan error, 1)
+	c.Run(p, func(reason error) { done <- reason })
+	return <-done
+}
+
+// loop runs the read loop until the connection parks or ends.
+func (c *Conn) loop() {
+	if c.readLoop(c.p) {
+		return // parked: wake or unparkLocked starts loop again
+	}
+	c.finish()
+}
+
+// wake is called by the poller when a parked connection is readable (or
+// its peer closed).
+func (c *Conn) wake() {
+	c.mu.Lock()
+	if !c.parked {
+		c.mu.Unlock()
+		return
+	}
+	c.parked = false
+	c.mu.Unlock()
+	go c.loop()
+}
+
+// unparkLocked resumes a parked connection's read loop because something
+// other than input needs it (close, drain, linger after LoseConnection).
+func (c *Conn) unparkLocked() {
+	if !c.parked {
+		return
+	}
+	c.parked = false
+	getPoller().forget(c, c.fd)
+	go c.loop()
+}
+
+// tryPark parks the connection if nothing but input can move it on.
+func (c *Conn) tryPark() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || c.disconnecting || c.draining || c.readPaused {
+		return false
+	}
+	if !c.parkDeadline.IsZero() {
+		c.nc.SetReadDeadline(time.Time{})
+		c.parkDeadline = time.Time{}
+	}
+	c.parked = true
+	if !getPoller().park(c, c.fd) {
+		c.parked = false
+		c.fd = -1 // do not try again
+		return false
+	}
+	return true
+}
+
+// finish ends the connection: socket closed, producer stopped,
+// ConnectionLost, onDone.
+func (c *Conn) finish() {
 	if c.idleTimer != nil {
 		c.idleTimer.Stop()
 	}
 	c.mu.Lock()
 	c.closeLocked(nil)
-	reason = c.reason
+	reason := c.reason
 	prod := c.producer
 	c.producer = nil
 	c.inCallback = true // writes from here on are dropped anyway
@@ -172,8 +255,10 @@ func (c *Conn) Serve(p Protocol) (reason error) {
 		prod.StopProducing()
 		c.prodMu.Unlock()
 	}
-	c.call(p, callLost, nil, reason)
-	return reason
+	c.call(c.p, callLost, nil, reason)
+	if c.onDone != nil {
+		c.onDone(reason)
+	}
 }
 
 // The protocol callbacks, for call.
@@ -248,8 +333,17 @@ func (c *Conn) afterCallback() {
 	c.mu.Unlock()
 }
 
-// readLoop reads until the connection ends.
-func (c *Conn) readLoop(p Protocol) {
+// parkAfter: a reader that has received something waits this long in the
+// runtime's poller before it parks (so steady traffic never pays for
+// parking); a connection that never received anything parks at once.
+const parkAfter = 500 * time.Millisecond
+
+// errWouldBlock: the socket had nothing to read and the reader wants to
+// park rather than wait.
+var errWouldBlock = errors.New("would block")
+
+// readLoop reads until the connection ends (false) or parks (true).
+func (c *Conn) readLoop(p Protocol) (parked bool) {
 	for {
 		c.mu.Lock()
 		// Flow control: no reading while our own output is above the
@@ -266,12 +360,21 @@ func (c *Conn) readLoop(p Protocol) {
 		}
 		if c.closed {
 			c.mu.Unlock()
-			return
+			return false
 		}
 		if c.draining && !c.disconnecting {
 			c.mu.Unlock()
 			c.drainArrived(p)
 			continue
+		}
+		c.parkNow = false
+		if c.fd >= 0 && !c.disconnecting {
+			if !c.received {
+				c.parkNow = true
+			} else if now := time.Now(); now.After(c.parkDeadline.Add(-parkAfter / 2)) {
+				c.parkDeadline = now.Add(parkAfter)
+				c.nc.SetReadDeadline(c.parkDeadline)
+			}
 		}
 		c.mu.Unlock()
 
@@ -283,6 +386,7 @@ func (c *Conn) readLoop(p Protocol) {
 			if c.idleTimer != nil {
 				c.lastRecv.Store(int64(time.Since(c.start)))
 			}
+			c.received = true
 			// Deliver unless the connection is ending; data that arrived
 			// as the protocol paused waits for ResumeProducing.
 			c.mu.Lock()
@@ -304,11 +408,17 @@ func (c *Conn) readLoop(p Protocol) {
 			readBuffers.Put(buf)
 		}
 		if err != nil {
+			if err == errWouldBlock || (errors.Is(err, os.ErrDeadlineExceeded) && c.parkWanted()) {
+				if c.tryPark() {
+					return true
+				}
+				continue
+			}
 			if errors.Is(err, os.ErrDeadlineExceeded) && c.drainPending() {
 				continue // Drain woke the read; the loop top takes over
 			}
 			c.readFailed(err)
-			return
+			return false
 		}
 	}
 }
@@ -326,7 +436,18 @@ func (c *Conn) Drain() {
 	}
 	c.draining = true
 	c.wakeLocked()
+	c.parkDeadline = time.Time{}
 	c.nc.SetReadDeadline(time.Unix(1, 0)) // wake a read waiting for data
+	c.unparkLocked()
+}
+
+// parkWanted reports whether a read deadline that fired was the park
+// deadline (not Drain's or the linger's).
+func (c *Conn) parkWanted() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return !c.parkDeadline.IsZero() && !c.draining && !c.disconnecting && !c.closed &&
+		!time.Now().Before(c.parkDeadline)
 }
 
 // drainPending reports whether Drain was called and the read loop has not
@@ -338,17 +459,33 @@ func (c *Conn) drainPending() bool {
 	return c.draining && !c.disconnecting && !c.closed
 }
 
+// drainWindow bounds how long Drain reads a TLS connection: records
+// cannot be read without waiting, so the drain reads until nothing more
+// comes for this long.
+const drainWindow = 50 * time.Millisecond
+
 // drainArrived delivers, for Drain, what is already in the socket's receive
-// buffer (read without waiting), then starts the graceful close. A protocol
-// that paused reading gets nothing more. TLS connections cannot be read
-// without waiting, so their drain delivers only what was read before.
+// buffer (read without waiting; over TLS, what arrives within drainWindow),
+// then starts the graceful close. A protocol that paused reading gets
+// nothing more.
 func (c *Conn) drainArrived(p Protocol) {
 	c.mu.Lock()
 	c.nc.SetReadDeadline(time.Time{})
 	paused := c.readPaused
 	c.mu.Unlock()
-	for !paused && c.raw != nil {
-		buf, n := c.readNow()
+	for !paused {
+		var buf *[]byte
+		var n int
+		if c.raw != nil {
+			buf, n = c.readNow()
+		} else {
+			buf = readBuffers.Get().(*[]byte)
+			c.nc.SetReadDeadline(time.Now().Add(drainWindow))
+			n, _ = c.nc.Read(*buf)
+			if n == 0 {
+				readBuffers.Put(buf)
+			}
+		}
 		if n == 0 {
 			break
 		}
@@ -368,6 +505,9 @@ func (c *Conn) drainArrived(p Protocol) {
 			break
 		}
 	}
+	c.mu.Lock()
+	c.nc.SetReadDeadline(time.Time{})
+	c.mu.Unlock()
 	c.LoseConnection()
 }
 
@@ -413,6 +553,10 @@ func (c *Conn) rawRead(fd uintptr) bool {
 			continue
 		case err == syscall.EAGAIN:
 			readBuffers.Put(buf)
+			if c.parkNow {
+				c.rerr = errWouldBlock
+				return true
+			}
 			return false // wait for readability without holding a buffer
 		case err != nil:
 			readBuffers.Put(buf)
@@ -528,7 +672,9 @@ func (c *Conn) shutdownWriteLocked() {
 	c.writeShut = true
 	c.setReason(ErrConnectionDone)
 	if cw, ok := c.nc.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+		c.parkDeadline = time.Time{}
 		c.nc.SetReadDeadline(time.Now().Add(lingerTimeout))
+		c.unparkLocked() // the reader lingers for the peer's EOF
 		c.readPaused = false
 		c.wakeLocked()
 		return
@@ -553,6 +699,7 @@ func (c *Conn) closeLocked(reason error) {
 	}
 	c.closed, c.writeShut = true, true
 	c.pending, c.outBox = nil, nil
+	c.unparkLocked() // before the close: the poller forgets the descriptor
 	c.nc.Close()
 	c.wakeLocked()
 }

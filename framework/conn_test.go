@@ -1021,7 +1021,7 @@ func TestPauseProducingFromOtherGoroutine(t *testing.T) {
 	r := newRecorder()
 	s := serve(t, p.server, ConnOptions{}, r)
 	waitFor(t, 5*time.Second, r.madeYet, "ConnectionMade")
-	waitFor(t, 5*time.Second, serveBlockedInRead, "Serve's goroutine to wait in a read")
+	waitFor(t, 5*time.Second, func() bool { return serveWaitingForInput(s.c) }, "Serve's reader to wait for input")
 	r.mu.Lock()
 	r.paused = true // from now on a DataReceived is a violation
 	r.mu.Unlock()
@@ -1489,7 +1489,7 @@ func TestIdleTimeoutDuringGracefulCloseReason(t *testing.T) {
 	r := newRecorder()
 	s := serve(t, p.server, ConnOptions{IdleTimeout: 300 * time.Millisecond, MaxPendingOutput: 16 << 20}, r)
 	waitFor(t, 5*time.Second, r.madeYet, "ConnectionMade")
-	waitFor(t, 5*time.Second, serveBlockedInRead, "Serve's goroutine to wait in a read")
+	waitFor(t, 5*time.Second, func() bool { return serveWaitingForInput(s.c) }, "Serve's reader to wait for input")
 	s.c.Write(randBytes(4<<20, 37))
 	s.c.LoseConnection()
 	reason := s.wait(t, serveWait)

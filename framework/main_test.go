@@ -32,7 +32,8 @@ import (
 // TestMain fails the package if any test leaves a goroutine behind (a Serve
 // that never returned, a flusher that never finished, a client goroutine).
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	// The idle-connection poller is one goroutine for the whole process.
+	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/superd-dev/superd/framework.(*idlePoller).loop"))
 }
 
 // testLogger swallows the panic logs the panic tests provoke.
@@ -574,6 +575,15 @@ func (r *recorder) check(t testing.TB, served error) {
 
 // serveBlockedInRead reports whether some goroutine is parked in the
 // netpoller inside Conn.read, i.e. Serve's goroutine waits for input.
+// serveWaitingForInput reports whether c's reader waits for input: parked
+// in the idle poller, or blocked in a read.
+func serveWaitingForInput(c *Conn) bool {
+	c.mu.Lock()
+	parked := c.parked
+	c.mu.Unlock()
+	return parked || serveBlockedInRead()
+}
+
 func serveBlockedInRead() bool {
 	buf := make([]byte, 1<<20)
 	buf = buf[:runtime.Stack(buf, true)]

@@ -205,9 +205,10 @@ func (s *service) sourceBucket(key netip.Prefix, now time.Time) *tokenBucket {
 }
 
 // handle runs in the connection's goroutine: TLS handshake, protocol,
-// serving, and the bookkeeping when it ends.
+// then serving. The goroutine may end before the connection does (an idle
+// connection parks without one); release does the bookkeeping at the end.
 func (s *service) handle(c net.Conn, b *binding, key netip.Prefix, hasSource bool) {
-	defer func() {
+	release := func() {
 		s.mu.Lock()
 		s.active--
 		if hasSource {
@@ -218,7 +219,7 @@ func (s *service) handle(c net.Conn, b *binding, key netip.Prefix, hasSource boo
 		delete(s.conns, c)
 		s.mu.Unlock()
 		s.connWG.Done()
-	}()
+	}
 	nc := c
 	if b.tls != nil {
 		timeout := maxTLSHandshake
@@ -233,6 +234,7 @@ func (s *service) handle(c net.Conn, b *binding, key netip.Prefix, hasSource boo
 			s.m.Rejected(metrics.RejectTLSHandshake)
 			s.log.Debug("TLS handshake failed", "peer", c.RemoteAddr().String(), "err", err)
 			c.Close()
+			release()
 			return
 		}
 		nc = tc
@@ -241,6 +243,7 @@ func (s *service) handle(c net.Conn, b *binding, key netip.Prefix, hasSource boo
 	if p == nil {
 		s.m.Rejected(metrics.RejectFactory)
 		nc.Close()
+		release()
 		return
 	}
 	conn := framework.NewConn(nc, s.connOpts)
@@ -254,17 +257,19 @@ func (s *service) handle(c net.Conn, b *binding, key netip.Prefix, hasSource boo
 	b.total.Inc()
 	s.m.Active.Inc()
 	start := time.Now()
-	reason := conn.Serve(p)
-	s.m.Active.Dec()
-	s.m.Duration.Observe(time.Since(start).Seconds())
-	switch {
-	case errors.Is(reason, framework.ErrIdleTimeout):
-		s.m.Dropped(metrics.DropIdleTimeout)
-	case errors.Is(reason, framework.ErrSlowConsumer):
-		s.m.Dropped(metrics.DropSlowConsumer)
-	case errors.Is(reason, framework.ErrShutdownTimeout):
-		s.m.Dropped(metrics.DropShutdownTimeout)
-	}
+	conn.Run(p, func(reason error) {
+		s.m.Active.Dec()
+		s.m.Duration.Observe(time.Since(start).Seconds())
+		switch {
+		case errors.Is(reason, framework.ErrIdleTimeout):
+			s.m.Dropped(metrics.DropIdleTimeout)
+		case errors.Is(reason, framework.ErrSlowConsumer):
+			s.m.Dropped(metrics.DropSlowConsumer)
+		case errors.Is(reason, framework.ErrShutdownTimeout):
+			s.m.Dropped(metrics.DropShutdownTimeout)
+		}
+		release()
+	})
 }
 
 // buildProtocol calls the factory; a panic there refuses the connection

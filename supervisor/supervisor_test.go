@@ -21,7 +21,10 @@ import (
 	"github.com/superd-dev/superd/metrics"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// The idle-connection poller is one goroutine for the whole process.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/superd-dev/superd/framework.(*idlePoller).loop"))
+}
 
 // lifecycleFactory counts its hooks and records every connection's events.
 type lifecycleFactory struct {

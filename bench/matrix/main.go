@@ -187,7 +187,12 @@ func run(o *options) int {
 	}()
 
 	machine := machineInfo()
+	if out, err := exec.Command(o.superd, "version").Output(); err == nil {
+		machine += ", " + strings.TrimSpace(string(out))
+	}
+	loadStart := loadAvg()
 	fmt.Println(machine)
+	fmt.Println("load average at start:", loadStart)
 	fmt.Printf("runs per server per cell: %d, timed runs %v each, servers alternate run by run, each started fresh per run\n\n", o.runs, o.duration)
 
 	// A Ctrl-C stops the matrix and whatever server is running.
@@ -293,6 +298,8 @@ func run(o *options) int {
 		"Every byte is verified: echo compares each random message, stream each byte of a seeded pattern, connrate the exact quote, chat the sender, sequence and text of every line at every user, idle a one-byte echo on every connection after the RSS reading.",
 		"The machine is shared and noisy, and superbench runs on the same cores as the server: the per-run ratios show the spread, and a median inside that spread of 1.00 is a tie (the verdict says tie only within 5%).")
 	elapsed := time.Since(start).Round(time.Second)
+	loadEnd := loadAvg()
+	notes = append(notes, fmt.Sprintf("Load average (1, 5, 15 min) at start %s (before any run: other work on the machine), at end %s. With %d CPUs, a load near or above the CPU count at start means the runs competed with other work, which mostly shows in the throughput cells; the RSS cells are not affected.", loadStart, loadEnd, runtime.NumCPU()))
 	fmt.Println()
 	fmt.Print(t.markdown())
 	fmt.Println()
@@ -607,6 +614,15 @@ func machineInfo() string {
 		}
 	}
 	return fmt.Sprintf("machine: nproc %d, CPU %s, kernel %s, %s%s", runtime.NumCPU(), cpu, kernel, goVersion, nofile)
+}
+
+// loadAvg is the 1, 5 and 15 minute load averages from /proc/loadavg.
+func loadAvg() string {
+	f := strings.Fields(readFile("/proc/loadavg"))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 func median(v []float64) float64 {

@@ -1,0 +1,86 @@
+package framework
+
+import (
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// idlePoller holds idle connections without a goroutine each: a connection
+// with nothing to read parks its descriptor here (epoll, one-shot) and its
+// goroutine exits; when the peer sends something (or closes), the poller
+// starts a goroutine that picks up the read loop where it left off. This is
+// what makes an idle connection cost a few hundred bytes instead of a
+// goroutine stack.
+type idlePoller struct {
+	epfd  int
+	mu    sync.Mutex
+	conns map[int32]*Conn // parked, by descriptor
+}
+
+var (
+	pollerOnce sync.Once
+	thePoller  *idlePoller // nil if epoll is unavailable: connections never park
+)
+
+func getPoller() *idlePoller {
+	pollerOnce.Do(func() {
+		epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+		if err != nil {
+			return
+		}
+		thePoller = &idlePoller{epfd: epfd, conns: map[int32]*Conn{}}
+		go thePoller.loop()
+	})
+	return thePoller
+}
+
+// park registers fd for one readiness event. The caller has marked c
+// parked; false means it could not be registered (the caller carries on
+// reading itself).
+func (p *idlePoller) park(c *Conn, fd int) bool {
+	p.mu.Lock()
+	p.conns[int32(fd)] = c
+	p.mu.Unlock()
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(fd)}
+	err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_MOD, fd, &ev)
+	if err == unix.ENOENT {
+		err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, fd, &ev)
+	}
+	if err != nil {
+		p.forget(c, fd)
+		return false
+	}
+	return true
+}
+
+// forget removes fd from the poller (before its connection closes it, so a
+// reused descriptor number never reaches the wrong connection).
+func (p *idlePoller) forget(c *Conn, fd int) {
+	p.mu.Lock()
+	if p.conns[int32(fd)] == c {
+		delete(p.conns, int32(fd))
+	}
+	p.mu.Unlock()
+	unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+}
+
+func (p *idlePoller) loop() {
+	events := make([]unix.EpollEvent, 256)
+	for {
+		n, err := unix.EpollWait(p.epfd, events, -1)
+		if err != nil {
+			continue // EINTR
+		}
+		for i := 0; i < n; i++ {
+			fd := events[i].Fd
+			p.mu.Lock()
+			c := p.conns[fd]
+			delete(p.conns, fd)
+			p.mu.Unlock()
+			if c != nil {
+				c.wake()
+			}
+		}
+	}
+}

@@ -1,0 +1,13 @@
+//go:build !linux
+
+package framework
+
+// idlePoller is Linux-only (epoll); elsewhere connections never park and
+// keep their goroutine while idle.
+type idlePoller struct{}
+
+func getPoller() *idlePoller { return nil }
+
+func (p *idlePoller) park(c *Conn, fd int) bool { return false }
+
+func (p *idlePoller) forget(c *Conn, fd int) {}
