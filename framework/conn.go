@@ -480,7 +480,15 @@ func (c *Conn) drainArrived(p Protocol) {
 			buf, n = c.readNow()
 		} else {
 			buf = readBuffers.Get().(*[]byte)
-			c.nc.SetReadDeadline(time.Now().Add(drainWindow))
+			if kernelHolds(c.nc) {
+				// Bytes of the peer's are in the kernel: read them (the
+				// window only guards a record whose end is still on its
+				// way).
+				c.nc.SetReadDeadline(time.Now().Add(drainWindow))
+			} else {
+				// Nothing in the kernel: only what crypto/tls holds.
+				c.nc.SetReadDeadline(time.Unix(1, 0))
+			}
 			n, _ = c.nc.Read(*buf)
 			if n == 0 {
 				readBuffers.Put(buf)

@@ -1,7 +1,9 @@
 package framework
 
 import (
+	"net"
 	"sync"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -83,4 +85,26 @@ func (p *idlePoller) loop() {
 			}
 		}
 	}
+}
+
+// kernelHolds reports whether the socket under a TLS connection has
+// received bytes not read yet (SIOCINQ).
+func kernelHolds(nc net.Conn) bool {
+	tc, ok := nc.(interface{ NetConn() net.Conn })
+	if !ok {
+		return false
+	}
+	sc, ok := tc.NetConn().(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	n := 0
+	rc.Control(func(fd uintptr) {
+		n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+	})
+	return n > 0
 }

@@ -54,13 +54,15 @@ type Metrics struct {
 	LastReloadOK        prometheus.Gauge
 	BuildInfo           *prometheus.GaugeVec
 
-	// extra are the services' own families (framework.Spec.Collectors).
-	extra []prometheus.Collector
+	// extra are the factories' own families (framework.Spec.Collectors),
+	// by factory name.
+	extra map[string][]prometheus.Collector
 }
 
 // New builds the families on a fresh registry, with the Go and process
-// collectors, and registers extra collectors (the factories' own families).
-func New(version string, extra ...prometheus.Collector) *Metrics {
+// collectors, and registers extra: the factories' own families, by factory
+// name.
+func New(version string, extra map[string][]prometheus.Collector) *Metrics {
 	sf := []string{"service", "factory"}
 	m := &Metrics{
 		Registry: prometheus.NewRegistry(),
@@ -114,8 +116,10 @@ func New(version string, extra ...prometheus.Collector) *Metrics {
 		m.ConnectionDuration, m.ReceivedBytes, m.SentBytes, m.FactoryUp, m.FactoryStarts,
 		m.FactoryStops, m.ConfigReloads, m.LastReloadOK, m.BuildInfo,
 	)
-	for _, c := range extra {
-		m.Registry.MustRegister(c)
+	for _, cs := range extra {
+		for _, c := range cs {
+			m.Registry.MustRegister(c)
+		}
 	}
 	m.ConfigReloads.WithLabelValues("success")
 	m.ConfigReloads.WithLabelValues("failure")
@@ -177,7 +181,7 @@ func (s *Service) Rejected(reason string) { s.rejected[reason].Inc() }
 func (s *Service) Dropped(reason string) { s.dropped[reason].Inc() }
 
 // Delete removes every series of the service (when reload removed it),
-// including those of the factories' own families.
+// including those of its factory's own families.
 func (s *Service) Delete() {
 	l := prometheus.Labels{"service": s.name, "factory": s.fact}
 	for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{
@@ -186,7 +190,9 @@ func (s *Service) Delete() {
 	} {
 		v.DeletePartialMatch(l)
 	}
-	for _, c := range s.m.extra {
+	// Only this factory's families: a successor of another factory under
+	// the same service name keeps its own series.
+	for _, c := range s.m.extra[s.fact] {
 		if v, ok := c.(interface{ DeletePartialMatch(prometheus.Labels) int }); ok {
 			v.DeletePartialMatch(prometheus.Labels{"service": s.name})
 		}

@@ -15,7 +15,7 @@ import (
 // family, with a service's series present.
 func TestLintClean(t *testing.T) {
 	extra := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "superd_test_users", Help: "Users."}, []string{"service"})
-	m := New("v1", extra)
+	m := New("v1", map[string][]prometheus.Collector{"echo": {extra}})
 	m.ForService("echo", "echo").Endpoint("tcp:127.0.0.1:7")
 	extra.WithLabelValues("echo").Set(1)
 	problems, err := testutil.GatherAndLint(m.Registry)
@@ -30,7 +30,7 @@ func TestLintClean(t *testing.T) {
 // TestSeriesExistFromStartup: every reason of a service, both reload
 // results, and build info are there before anything happens.
 func TestSeriesExistFromStartup(t *testing.T) {
-	m := New("v1.2.3")
+	m := New("v1.2.3", nil)
 	m.ForService("s", "echo")
 	want := map[string]int{
 		"superd_connections_rejected_total":    len(RejectReasons),
@@ -53,7 +53,7 @@ func TestSeriesExistFromStartup(t *testing.T) {
 
 func TestDeleteRemovesEveryServiceSeries(t *testing.T) {
 	extra := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "superd_test_users", Help: "Users."}, []string{"service"})
-	m := New("v1", extra)
+	m := New("v1", map[string][]prometheus.Collector{"echo": {extra}})
 	a, b := m.ForService("a", "echo"), m.ForService("b", "echo")
 	a.Endpoint("tcp:x")
 	extra.WithLabelValues("a").Set(3)
@@ -72,7 +72,7 @@ func TestDeleteRemovesEveryServiceSeries(t *testing.T) {
 }
 
 func TestHealthAndReadiness(t *testing.T) {
-	m := New("v1")
+	m := New("v1", nil)
 	var notReady []string
 	srv := httptest.NewServer(m.Handler(func() []string { return notReady }))
 	defer srv.Close()

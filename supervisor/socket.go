@@ -24,6 +24,7 @@ type socket struct {
 	log   *slog.Logger
 
 	owner     atomic.Pointer[binding]
+	last      atomic.Pointer[binding] // the owner when released: gets the backlog sweep
 	startOnce sync.Once
 	closeOnce sync.Once
 	closed    atomic.Bool
@@ -64,6 +65,7 @@ func (k *socket) serve(b *binding) {
 // the socket is closed and release reports true.
 func (k *socket) release(b *binding) bool {
 	if k.owner.CompareAndSwap(b, nil) {
+		k.last.Store(b)
 		k.close()
 		return true
 	}
@@ -74,11 +76,19 @@ func (k *socket) release(b *binding) bool {
 func (k *socket) close() {
 	k.closeOnce.Do(func() {
 		k.closed.Store(true)
-		k.ln.Close()
+		if dl, ok := k.ln.(interface{ SetDeadline(time.Time) error }); ok {
+			dl.SetDeadline(time.Now()) // wake the loop for its last sweep
+		} else {
+			k.ln.Close()
+		}
 		k.startOnce.Do(func() { close(k.done) }) // never served: no loop to wait for
 		<-k.done
+		k.ln.Close()
 	})
 }
+
+// sweepBudget bounds the backlog sweep of a closing socket.
+const sweepBudget = 250 * time.Millisecond
 
 // Accept back-off after a failure such as EMFILE: 5 ms doubling to 1 s,
 // reset by the next success, so exhaustion neither spins a CPU nor ends the
@@ -95,6 +105,7 @@ func (k *socket) acceptLoop() {
 		c, err := k.ln.Accept()
 		if err != nil {
 			if k.closed.Load() || errors.Is(err, net.ErrClosed) {
+				k.sweep()
 				return
 			}
 			if delay == 0 {
@@ -108,9 +119,33 @@ func (k *socket) acceptLoop() {
 		}
 		delay = 0
 		b := k.owner.Load()
+		if b == nil {
+			b = k.last.Load() // released: its last owner drains it
+		}
 		if b == nil { // between release and close
 			c.Close()
 			continue
+		}
+		b.svc.accept(c, b)
+	}
+}
+
+// sweep accepts the connections already queued in the listen backlog when
+// the socket closes, and gives them to its last owner (which drains them):
+// closing the listener would reset them. It stops at the first 10 ms
+// without a connection, and after sweepBudget in any case, so clients that
+// keep connecting cannot hold a shutdown open.
+func (k *socket) sweep() {
+	dl, ok := k.ln.(interface{ SetDeadline(time.Time) error })
+	b := k.last.Load()
+	if !ok || b == nil {
+		return
+	}
+	for end := time.Now().Add(sweepBudget); time.Now().Before(end); {
+		dl.SetDeadline(time.Now().Add(10 * time.Millisecond))
+		c, err := k.ln.Accept()
+		if err != nil {
+			return
 		}
 		b.svc.accept(c, b)
 	}

@@ -107,7 +107,7 @@ func serviceConfig(name string, f framework.Factory, lim config.Limits, eps ...e
 }
 
 func newTestSupervisor() (*Supervisor, *metrics.Metrics) {
-	m := metrics.New("test")
+	m := metrics.New("test", nil)
 	return New(slog.New(slog.NewTextHandler(io.Discard, nil)), m), m
 }
 

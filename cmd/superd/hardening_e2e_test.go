@@ -7,6 +7,7 @@ package main
 // failure_e2e_test.go are prefixed hx.
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/tls"
 	"errors"
@@ -622,6 +623,73 @@ service "echo" "swapped" {
 	}
 	hxWaitMetric(d, "superd_connections_active", map[string]string{"service": "swapped"}, 20*time.Second, "0",
 		func(v float64, ok bool) bool { return ok && v == 0 })
+	hxStop(d, 20*time.Second)
+}
+
+// TestReloadFactoryChangeKeepsSeries: a reload keeps a service's name but
+// changes its factory (echo to chat) while the echo instance still has a
+// connection. Once the old instance has drained and its series are deleted,
+// the new one's series, superd_chat_users{service} included, are still
+// there and still count.
+func TestReloadFactoryChangeKeepsSeries(t *testing.T) {
+	addr := freeAddr(t)
+	text := `
+metrics { address = "METRICS" }
+shutdown_timeout = "5s"
+service %q "x" {
+  endpoint "tcp" { address = %q }
+}
+`
+	path, maddr := writeConfig(t, fmt.Sprintf(text, "echo", addr))
+	d := startDaemon(t, path, maddr)
+	old, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	if err := hxEchoOn(old, []byte("echo"), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+
+	hxRewrite(t, path, maddr, fmt.Sprintf(text, "chat", addr))
+	hxReload(d, "success", 1)
+	// A chat user joins while the echo instance drains.
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if l, err := r.ReadString('\n'); err != nil || l != "What's your name?\r\n" {
+		t.Fatalf("chat after the reload: %q, %v", l, err)
+	}
+	c.Write([]byte("alice\r\n"))
+	if l, err := r.ReadString('\n'); err != nil || l != "Welcome, alice!\r\n" {
+		t.Fatalf("chat welcome: %q, %v", l, err)
+	}
+	// The echo instance is gone for good: its series go.
+	hxClosedByServer(t, old, 10*time.Second)
+	old.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, ok := metric(d.scrape(), "superd_factory_up", map[string]string{"service": "x", "factory": "echo"})
+		if !ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the echo instance's series are still there")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// The chat instance's series are all there.
+	fams := d.scrape()
+	if v, ok := metric(fams, "superd_factory_up", map[string]string{"service": "x", "factory": "chat"}); !ok || v != 1 {
+		t.Errorf("factory_up{x, chat} = %v (present %v), want 1", v, ok)
+	}
+	if v, ok := metric(fams, "superd_chat_users", map[string]string{"service": "x"}); !ok || v != 1 {
+		t.Errorf("superd_chat_users{service=x} = %v (present %v) with alice online, want 1", v, ok)
+	}
 	hxStop(d, 20*time.Second)
 }
 

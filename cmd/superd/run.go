@@ -46,11 +46,11 @@ func cmdRun(args []string, stderr io.Writer) int {
 	}
 	raiseFileLimit(log)
 
-	var extra []prometheus.Collector
+	extra := map[string][]prometheus.Collector{}
 	for _, s := range framework.Specs() {
-		extra = append(extra, s.Collectors...)
+		extra[s.Name] = s.Collectors
 	}
-	m := metrics.New(buildVersion(), extra...)
+	m := metrics.New(buildVersion(), extra)
 	sup := supervisor.New(log, m)
 
 	var httpSrv *http.Server
