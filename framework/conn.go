@@ -57,9 +57,13 @@ var (
 )
 
 // Conn is the Transport of one connection and the machinery that drives its
-// Protocol. Create it with NewConn and run it with Serve.
+// Protocol. Create it with NewConn and run it with Run (or Serve, which
+// waits for the end).
 //
-// One goroutine (Serve's) reads and calls every protocol callback. Output is
+// One goroutine at a time (the reader) reads and calls every protocol
+// callback. An idle TCP or unix connection has no reader at all: it is
+// parked in the idle poller until its peer sends something, and a new
+// reader then takes over. Output is
 // appended to a pending buffer by Write from any goroutine; whoever finds no
 // flush in progress becomes the flusher: the reading goroutine after a
 // callback (so a reply costs no extra goroutine), or a short-lived goroutine
