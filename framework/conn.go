@@ -683,6 +683,12 @@ func (c *Conn) shutdownWriteLocked() {
 	}
 	c.writeShut = true
 	c.setReason(ErrConnectionDone)
+	if c.raw != nil && socketQuiet(c.raw) {
+		// The peer has acknowledged everything we sent and sent nothing we
+		// have not read: a plain close loses nothing, so skip the linger.
+		c.closeLocked(nil)
+		return
+	}
 	if cw, ok := c.nc.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
 		c.parkDeadline = time.Time{}
 		c.nc.SetReadDeadline(time.Now().Add(lingerTimeout))

@@ -108,3 +108,21 @@ func kernelHolds(nc net.Conn) bool {
 	})
 	return n > 0
 }
+
+// socketQuiet reports whether a TCP socket has nothing unread from the peer
+// (SIOCINQ) and nothing of ours unacknowledged (SIOCOUTQ). Closing such a
+// socket sends a FIN and can cost the peer nothing; otherwise a graceful
+// close half-closes and lingers for the peer's EOF. Unix sockets count
+// what the peer has not read yet as ours, so they linger until it has.
+func socketQuiet(rc syscall.RawConn) bool {
+	quiet := false
+	rc.Control(func(fd uintptr) {
+		in, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+		if err != nil || in != 0 {
+			return
+		}
+		out, err := unix.IoctlGetInt(int(fd), unix.SIOCOUTQ)
+		quiet = err == nil && out == 0
+	})
+	return quiet
+}

@@ -2,7 +2,10 @@
 
 package framework
 
-import "net"
+import (
+	"net"
+	"syscall"
+)
 
 // idlePoller is Linux-only (epoll); elsewhere connections never park and
 // keep their goroutine while idle.
@@ -16,3 +19,6 @@ func (p *idlePoller) forget(c *Conn, fd int) {}
 
 // kernelHolds is unknown here: the TLS drain reads with its window.
 func kernelHolds(nc net.Conn) bool { return true }
+
+// socketQuiet is unknown here: graceful closes always linger.
+func socketQuiet(rc syscall.RawConn) bool { return false }
