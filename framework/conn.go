@@ -394,11 +394,11 @@ func (c *Conn) readLoop(p Protocol) (parked bool) {
 			// Deliver unless the connection is ending; data that arrived
 			// as the protocol paused waits for ResumeProducing.
 			c.mu.Lock()
-			for c.readPaused && !c.closed && !c.disconnecting {
+			for c.readPaused && !c.closed && !c.disconnecting && !c.draining {
 				c.waiting = true
 				c.cond.Wait()
 			}
-			deliver := !c.closed && !c.disconnecting
+			deliver := !c.closed && !c.disconnecting && !(c.draining && c.readPaused)
 			c.inCallback = deliver
 			c.mu.Unlock()
 			if deliver {
@@ -881,6 +881,12 @@ func (c *Conn) LoseConnection() {
 		return
 	}
 	c.disconnecting = true
+	if !c.parkDeadline.IsZero() {
+		// A park deadline firing now would look like a read failure and
+		// cut the flush short.
+		c.parkDeadline = time.Time{}
+		c.nc.SetReadDeadline(time.Time{})
+	}
 	c.wakeLocked()
 	if !c.flushing && !c.inCallback && len(c.pending) == 0 {
 		c.shutdownWriteLocked()

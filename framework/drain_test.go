@@ -134,3 +134,107 @@ func TestDrainWakesAnIdleReader(t *testing.T) {
 		t.Fatal("Serve did not return")
 	}
 }
+
+// kickProtocol answers its first input from another goroutine with a large
+// write and LoseConnection, as a producer or a chat kick would.
+type kickProtocol struct {
+	BaseProtocol
+	n    int
+	once sync.Once
+}
+
+func (p *kickProtocol) DataReceived(b []byte) {
+	t := p.Transport
+	p.once.Do(func() {
+		go func() {
+			t.Write(make([]byte, p.n))
+			t.LoseConnection()
+		}()
+	})
+}
+
+// TestLoseConnectionFromOtherGoroutineOutlivesParkDeadline: a reader that
+// has received data waits with a park deadline; LoseConnection from
+// another goroutine must still flush everything to a client that starts
+// reading only after that deadline would have fired.
+func TestLoseConnectionFromOtherGoroutineOutlivesParkDeadline(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	const n = 16 << 20
+	res := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			res <- err
+			return
+		}
+		res <- NewConn(c, ConnOptions{MaxPendingOutput: 64 << 20}).Serve(&kickProtocol{n: n})
+	}()
+	cl, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	cl.(*net.TCPConn).SetReadBuffer(64 << 10)
+	cl.Write([]byte("x"))
+	// Do not read until well past parkAfter: the server's flush stalls.
+	deadline := time.Now().Add(3 * parkAfter)
+	for time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	got, _ := io.Copy(io.Discard, cl)
+	if reason := <-res; !IsClean(reason) || got != n {
+		t.Fatalf("client got %d of %d bytes; reason %v", got, n, reason)
+	}
+}
+
+// TestDrainWhilePausedWithDataInHand: the protocol pauses while the reader
+// waits in a read, a chunk arrives and is held for ResumeProducing; Drain
+// must still close the connection promptly and cleanly.
+func TestDrainWhilePausedWithDataInHand(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cl, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	nc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := NewConn(nc, ConnOptions{})
+	res := make(chan error, 1)
+	go func() { res <- c.Serve(&BaseProtocol{}) }()
+	cl.Write([]byte("a")) // after this, the reader waits in a read, not parked
+	deadline := time.Now().Add(5 * time.Second)
+	for !serveBlockedInRead() {
+		if time.Now().After(deadline) {
+			t.Fatal("reader never waited in a read")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	c.PauseProducing()
+	cl.Write([]byte("held"))
+	for inputQueued(t, nc) > 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	c.Drain()
+	cl.Close() // the peer's EOF ends the linger at once
+	select {
+	case reason := <-res:
+		if !IsClean(reason) {
+			t.Errorf("reason %v, want clean", reason)
+		}
+	case <-time.After(5 * time.Second):
+		c.Abort(ErrShutdownTimeout)
+		<-res
+		t.Fatal("Drain did not close a paused connection holding a chunk")
+	}
+}

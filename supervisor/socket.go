@@ -64,8 +64,8 @@ func (k *socket) serve(b *binding) {
 // release detaches b; if b still owned the socket, nobody took it over, so
 // the socket is closed and release reports true.
 func (k *socket) release(b *binding) bool {
+	k.last.Store(b) // before the swap: an accept in between sees it
 	if k.owner.CompareAndSwap(b, nil) {
-		k.last.Store(b)
 		k.close()
 		return true
 	}
