@@ -105,43 +105,7 @@ func writeConfig(t *testing.T, text string) (path, metricsAddr string) {
 // ready.
 func startDaemon(t *testing.T, path, metricsAddr string) *daemon {
 	t.Helper()
-	d := &daemon{t: t, metrics: metricsAddr, stderr: &lockedBuffer{}, done: make(chan struct{})}
-	d.cmd = exec.Command(superdBin, "run", "-config", path, "-log-level", "debug")
-	d.cmd.Stderr = d.stderr
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { d.err = d.cmd.Wait(); close(d.done) }()
-	t.Cleanup(func() {
-		select {
-		case <-d.done:
-		default:
-			d.cmd.Process.Kill()
-			<-d.done
-		}
-		if t.Failed() {
-			t.Logf("superd stderr:\n%s", d.stderr.String())
-		}
-	})
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		select {
-		case <-d.done:
-			t.Fatalf("superd exited during startup: %v\n%s", d.err, d.stderr.String())
-		default:
-		}
-		resp, err := http.Get("http://" + metricsAddr + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return d
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("superd not ready after 20s\n%s", d.stderr.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	return hxStart(t, exec.Command(superdBin, "run", "-config", path, "-log-level", "debug"), metricsAddr)
 }
 
 // signal sends sig and, for a terminating signal, waits for the exit code.
