@@ -94,11 +94,12 @@ type Conn struct {
 	// Parking (see Run and idlePoller).
 	p            Protocol
 	onDone       func(reason error)
-	fd           int       // descriptor for the poller; -1: never park
-	parked       bool      // no goroutine: the poller holds the connection
-	received     bool      // something was ever received
-	parkDeadline time.Time // read deadline after which an idle reader parks
-	waiting      bool      // someone waits on cond
+	fd           int  // descriptor for the poller; -1: never park
+	parked       bool // no goroutine: the poller holds the connection
+	received     bool // something was ever received
+	parkArmed    bool // the park deadline is set (see readLoop)
+	recvSinceArm bool // reader only: something arrived since it was set
+	waiting      bool // someone waits on cond
 
 	// The registered producer. producerPaused is what the connection wants
 	// (paused while the backlog is high); producerNotified is what the
@@ -228,9 +229,9 @@ func (c *Conn) tryPark() bool {
 	if c.closed || c.disconnecting || c.draining || c.readPaused {
 		return false
 	}
-	if !c.parkDeadline.IsZero() {
+	if c.parkArmed {
 		c.nc.SetReadDeadline(time.Time{})
-		c.parkDeadline = time.Time{}
+		c.parkArmed = false
 	}
 	c.parked = true
 	if !getPoller().park(c, c.fd) {
@@ -337,9 +338,11 @@ func (c *Conn) afterCallback() {
 	c.mu.Unlock()
 }
 
-// parkAfter: a reader that has received something waits this long in the
-// runtime's poller before it parks (so steady traffic never pays for
-// parking); a connection that never received anything parks at once.
+// parkAfter: a reader that has received something waits in the runtime's
+// poller, and parks only once a whole parkAfter has passed with nothing
+// received (so between one and two parkAfter after its last input); steady
+// traffic never pays for parking, nor for reading the clock on every read.
+// A connection that never received anything parks at once.
 const parkAfter = 500 * time.Millisecond
 
 // errWouldBlock: the socket had nothing to read and the reader wants to
@@ -375,9 +378,8 @@ func (c *Conn) readLoop(p Protocol) (parked bool) {
 		if c.fd >= 0 && !c.disconnecting {
 			if !c.received {
 				c.parkNow = true
-			} else if now := time.Now(); now.After(c.parkDeadline.Add(-parkAfter / 2)) {
-				c.parkDeadline = now.Add(parkAfter)
-				c.nc.SetReadDeadline(c.parkDeadline)
+			} else if !c.parkArmed {
+				c.armParkLocked()
 			}
 		}
 		c.mu.Unlock()
@@ -390,7 +392,7 @@ func (c *Conn) readLoop(p Protocol) (parked bool) {
 			if c.idleTimer != nil {
 				c.lastRecv.Store(int64(time.Since(c.start)))
 			}
-			c.received = true
+			c.received, c.recvSinceArm = true, true
 			// Deliver unless the connection is ending; data that arrived
 			// as the protocol paused waits for ResumeProducing.
 			c.mu.Lock()
@@ -413,6 +415,12 @@ func (c *Conn) readLoop(p Protocol) (parked bool) {
 		}
 		if err != nil {
 			if err == errWouldBlock || (errors.Is(err, os.ErrDeadlineExceeded) && c.parkWanted()) {
+				if err != errWouldBlock && c.recvSinceArm {
+					c.mu.Lock()
+					c.armParkLocked() // still busy: look again a parkAfter on
+					c.mu.Unlock()
+					continue
+				}
 				if c.tryPark() {
 					return true
 				}
@@ -440,18 +448,24 @@ func (c *Conn) Drain() {
 	}
 	c.draining = true
 	c.wakeLocked()
-	c.parkDeadline = time.Time{}
+	c.parkArmed = false
 	c.nc.SetReadDeadline(time.Unix(1, 0)) // wake a read waiting for data
 	c.unparkLocked()
 }
 
+// armParkLocked sets the park deadline: the read wakes after parkAfter,
+// and the reader parks if nothing arrived meanwhile.
+func (c *Conn) armParkLocked() {
+	c.parkArmed, c.recvSinceArm = true, false
+	c.nc.SetReadDeadline(time.Now().Add(parkAfter))
+}
+
 // parkWanted reports whether a read deadline that fired was the park
-// deadline (not Drain's or the linger's).
+// deadline (not Drain's or the linger's, which disarm it).
 func (c *Conn) parkWanted() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return !c.parkDeadline.IsZero() && !c.draining && !c.disconnecting && !c.closed &&
-		!time.Now().Before(c.parkDeadline)
+	return c.parkArmed && !c.draining && !c.disconnecting && !c.closed
 }
 
 // drainPending reports whether Drain was called and the read loop has not
@@ -690,7 +704,7 @@ func (c *Conn) shutdownWriteLocked() {
 		return
 	}
 	if cw, ok := c.nc.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
-		c.parkDeadline = time.Time{}
+		c.parkArmed = false
 		c.nc.SetReadDeadline(time.Now().Add(lingerTimeout))
 		c.unparkLocked() // the reader lingers for the peer's EOF
 		c.readPaused = false
@@ -881,10 +895,10 @@ func (c *Conn) LoseConnection() {
 		return
 	}
 	c.disconnecting = true
-	if !c.parkDeadline.IsZero() {
+	if c.parkArmed {
 		// A park deadline firing now would look like a read failure and
 		// cut the flush short.
-		c.parkDeadline = time.Time{}
+		c.parkArmed = false
 		c.nc.SetReadDeadline(time.Time{})
 	}
 	c.wakeLocked()

@@ -238,3 +238,50 @@ func TestDrainWhilePausedWithDataInHand(t *testing.T) {
 		t.Fatal("Drain did not close a paused connection holding a chunk")
 	}
 }
+
+// TestBusyReaderParksOnlyOnceQuiet: a connection in steady use keeps its
+// reader (no park between messages); once its peer goes quiet it parks, and
+// new input wakes it.
+func TestBusyReaderParksOnlyOnceQuiet(t *testing.T) {
+	if getPoller() == nil {
+		t.Skip("no idle poller on this platform")
+	}
+	forTransports(t, []string{"tcp", "unix"}, func(t *testing.T, network string, useTLS bool) {
+		p := dialPair(t, network, pairOpts{})
+		s := serve(t, p.server, ConnOptions{}, echoRecorder())
+		parked := func() bool {
+			s.c.mu.Lock()
+			defer s.c.mu.Unlock()
+			return s.c.parked
+		}
+		echo := func(msg string) {
+			t.Helper()
+			if _, err := p.client.Write([]byte(msg)); err != nil {
+				t.Fatal(err)
+			}
+			got := make([]byte, len(msg))
+			p.client.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.ReadFull(p.client, got); err != nil || string(got) != msg {
+				t.Fatalf("echo of %q: got %q, %v", msg, got, err)
+			}
+		}
+		// Busy for three park windows: the reader stays.
+		busyParks := 0
+		for end := time.Now().Add(3 * parkAfter); time.Now().Before(end); {
+			echo("ping")
+			if parked() {
+				busyParks++
+			}
+		}
+		if busyParks > 0 {
+			t.Errorf("parked %d times between messages of a busy connection", busyParks)
+		}
+		waitFor(t, 10*time.Second, parked, "a quiet connection parks")
+		echo("again") // wakes it
+		waitFor(t, 10*time.Second, parked, "it parks again once quiet")
+		p.client.Close()
+		if reason := s.wait(t, serveWait); !IsClean(reason) {
+			t.Errorf("reason %v, want clean", reason)
+		}
+	})
+}
