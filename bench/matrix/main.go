@@ -90,10 +90,22 @@ type cell struct {
 	args           []string // superbench arguments after the mode's -addr
 	timed          bool     // takes -duration
 	idle           bool     // RSS per connection: lower is better, needs -pid
+	// cpus confines the server and superbench to these CPUs (nil: the
+	// kernel places them). See E1.
+	cpus []int
 }
 
 var cells = []cell{
-	{id: "E1", desc: "echo 1 conn 64 B", unit: "msgs/s", target: tEcho, timed: true,
+	// One connection's round trip is decided by where the kernel puts the
+	// two processes' threads: sharing a CPU, a round trip here takes about
+	// 22 µs; on two CPUs, 63 µs (waking an idle virtual CPU costs more than
+	// either server's work), for superd and the baseline alike. Left to the
+	// kernel (E1F), each run lands on one or the other, and the ratio of a
+	// run pair is 0.4 or 2.3 as often as 1. E1 therefore puts both
+	// processes on CPU 0, where the round trip is their work alone.
+	{id: "E1", desc: "echo 1 conn 64 B (both on CPU 0)", unit: "msgs/s", target: tEcho, timed: true,
+		args: []string{"echo", "-conns", "1", "-size", "64"}, cpus: []int{0}},
+	{id: "E1F", desc: "echo 1 conn 64 B (placed by the kernel)", unit: "msgs/s", target: tEcho, timed: true,
 		args: []string{"echo", "-conns", "1", "-size", "64"}},
 	{id: "E64", desc: "echo 64 conns 64 B", unit: "msgs/s", target: tEcho, timed: true,
 		args: []string{"echo", "-conns", "64", "-size", "64"}},
@@ -296,7 +308,8 @@ func run(o *options) int {
 	notes = append(notes,
 		"Ratio: superd/baseline per run pair, median over runs. Throughput cells: higher is better. IDLE cells: RSS growth per connection (VmRSS after connecting and settling, minus before, over connections), lower is better.",
 		"Every byte is verified: echo compares each random message, stream each byte of a seeded pattern, connrate the exact quote, chat the sender, sequence and text of every line at every user, idle a one-byte echo on every connection after the RSS reading.",
-		"The machine is shared and noisy, and superbench runs on the same cores as the server: the per-run ratios show the spread, and a median inside that spread of 1.00 is a tie (the verdict says tie only within 5%).")
+		"The machine is shared and noisy, and superbench runs on the same cores as the server: the per-run ratios show the spread, and a median inside that spread of 1.00 is a tie (the verdict says tie only within 5%).",
+		"E1 confines the server and superbench to CPU 0 (a Go server then runs with GOMAXPROCS 1): with one connection, whether the kernel puts the two processes on one CPU or on two decides the round trip (about 22 µs against 63 µs on these virtual CPUs, for either server), so E1F, the same load left to the kernel, swings run by run between pair ratios near 0.4, 1 and 2.3.")
 	elapsed := time.Since(start).Round(time.Second)
 	loadEnd := loadAvg()
 	notes = append(notes, fmt.Sprintf("Load average (1, 5, 15 min) at start %s (before any run: other work on the machine), at end %s. With %d CPUs, a load near or above the CPU count at start means the runs competed with other work, which mostly shows in the throughput cells; the RSS cells are not affected.", loadStart, loadEnd, runtime.NumCPU()))
@@ -357,7 +370,7 @@ func runOne(ctx context.Context, o *options, work string, seq int, name string, 
 		fmt.Printf("%-8s %-8s FAILED: %s\n", c.id, name, r.failed)
 		return r
 	}
-	s, err := startServer(ctx, o, work, seq, name)
+	s, err := startServer(ctx, o, work, seq, name, c.cpus)
 	if err != nil {
 		return fail("%v", err)
 	}
@@ -375,7 +388,10 @@ func runOne(ctx context.Context, o *options, work string, seq int, name string, 
 	cmd := exec.CommandContext(rctx, o.superbench, args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	runErr := cmd.Run()
+	runErr := startOn(cmd, c.cpus)
+	if runErr == nil {
+		runErr = cmd.Wait()
+	}
 	if !rlimitShown {
 		for line := range strings.Lines(stderr.String()) {
 			if strings.Contains(line, "RLIMIT_NOFILE") {
@@ -416,7 +432,7 @@ func runOne(ctx context.Context, o *options, work string, seq int, name string, 
 
 // startServer starts superd or the baseline on four fresh loopback ports
 // and waits until every service answers.
-func startServer(ctx context.Context, o *options, work string, seq int, name string) (*server, error) {
+func startServer(ctx context.Context, o *options, work string, seq int, name string, cpus []int) (*server, error) {
 	ports, err := freePorts(4)
 	if err != nil {
 		return nil, err
@@ -444,7 +460,7 @@ func startServer(ctx context.Context, o *options, work string, seq int, name str
 	defer logf.Close()
 	s.cmd = exec.Command(bin, args...)
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
-	if err := s.cmd.Start(); err != nil {
+	if err := startOn(s.cmd, cpus); err != nil {
 		return nil, err
 	}
 	go func() { s.err = s.cmd.Wait(); close(s.done) }()
