@@ -4,7 +4,7 @@
 // loopback ports. It prints one table with the ratio superd/baseline per
 // cell (the median of the per-run ratios) and writes it as Markdown.
 //
-//	matrix [-runs 6] [-duration 2s] [-cells E1,CHAT] [-out bench/results.md]
+//	matrix [-runs 8] [-duration 2s] [-cells E1,CHAT] [-out bench/results.md]
 package main
 
 import (
@@ -140,7 +140,7 @@ func main() {
 	flag.StringVar(&o.superd, "superd", "bin/superd", "superd binary")
 	flag.StringVar(&o.baseline, "baseline", "bin/baseline", "baseline server binary")
 	flag.StringVar(&o.superbench, "superbench", "bin/superbench", "superbench binary")
-	flag.IntVar(&o.runs, "runs", 6, "runs per server per cell (at least 3 for a meaningful median; even, so each server goes first equally often)")
+	flag.IntVar(&o.runs, "runs", 8, "runs per server per cell (at least 3 for a meaningful median; even, so each server goes first equally often)")
 	flag.DurationVar(&o.duration, "duration", 2*time.Second, "measuring time of each timed run")
 	flag.DurationVar(&o.budget, "budget", 9*time.Minute+30*time.Second, "no run starts after this much time (the rest is reported as skipped)")
 	flag.StringVar(&o.out, "out", "bench/results.md", "Markdown file for the results (empty: none)")
