@@ -414,20 +414,21 @@ func (c *Conn) readLoop(p Protocol) (parked bool) {
 			readBuffers.Put(buf)
 		}
 		if err != nil {
-			if err == errWouldBlock || (errors.Is(err, os.ErrDeadlineExceeded) && c.parkWanted()) {
-				if err != errWouldBlock && c.recvSinceArm {
-					c.mu.Lock()
-					c.armParkLocked() // still busy: look again a parkAfter on
-					c.mu.Unlock()
-					continue
-				}
+			next := readFail
+			switch {
+			case err == errWouldBlock:
+				next = readPark
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				next = c.deadlineFired()
+			}
+			switch next {
+			case readPark:
 				if c.tryPark() {
 					return true
 				}
 				continue
-			}
-			if errors.Is(err, os.ErrDeadlineExceeded) && c.drainPending() {
-				continue // Drain woke the read; the loop top takes over
+			case readOn:
+				continue
 			}
 			c.readFailed(err)
 			return false
@@ -460,21 +461,39 @@ func (c *Conn) armParkLocked() {
 	c.nc.SetReadDeadline(time.Now().Add(parkAfter))
 }
 
-// parkWanted reports whether a read deadline that fired was the park
-// deadline (not Drain's or the linger's, which disarm it).
-func (c *Conn) parkWanted() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.parkArmed && !c.draining && !c.disconnecting && !c.closed
-}
+// What the read loop does after a read that got no data.
+const (
+	readFail = iota // the connection ends (readFailed)
+	readPark        // park, if nothing but input can move it on
+	readOn          // back to the top of the loop
+)
 
-// drainPending reports whether Drain was called and the read loop has not
-// handled it yet (the deadline that woke the read was Drain's, not the
-// linger's).
-func (c *Conn) drainPending() bool {
+// deadlineFired decides what a read deadline that fired means. Each of our
+// deadlines has its own state, checked here under mu in one step, so a
+// Drain or LoseConnection from another goroutine racing with the deadline
+// is never mistaken for it.
+func (c *Conn) deadlineFired() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.draining && !c.disconnecting && !c.closed
+	switch {
+	case c.closed || c.writeShut:
+		return readFail // the linger is over: the reason is set
+	case c.draining && !c.disconnecting:
+		return readOn // Drain's: the loop top delivers what has arrived
+	case c.disconnecting:
+		// A park or Drain deadline that fired as the connection began
+		// closing: clear it, so the read waits for the peer while the
+		// output drains (the linger sets its own deadline).
+		c.parkArmed = false
+		c.nc.SetReadDeadline(time.Time{})
+		return readOn
+	case c.parkArmed && c.recvSinceArm:
+		c.armParkLocked() // still busy: look again a parkAfter on
+		return readOn
+	case c.parkArmed:
+		return readPark
+	}
+	return readFail
 }
 
 // drainWindow bounds how long Drain reads a TLS connection: records

@@ -285,3 +285,40 @@ func TestBusyReaderParksOnlyOnceQuiet(t *testing.T) {
 		}
 	})
 }
+
+// TestDrainThenLoseConnectionKeepsTheFlush: Drain wakes the reader with an
+// expired deadline; a LoseConnection right behind it, while output is still
+// flushing to a client that is not reading yet, must not turn that deadline
+// into a read failure that cuts the output short.
+func TestDrainThenLoseConnectionKeepsTheFlush(t *testing.T) {
+	for i := range 20 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		nc, err := ln.Accept()
+		ln.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl.(*net.TCPConn).SetReadBuffer(64 << 10)
+		c := NewConn(nc, ConnOptions{MaxPendingOutput: 64 << 20})
+		res := make(chan error, 1)
+		go func() { res <- c.Serve(&BaseProtocol{}) }()
+		cl.Write([]byte("a")) // the reader now waits in a read
+		waitFor(t, 5*time.Second, serveBlockedInRead, "the reader waits in a read")
+		const n = 8 << 20
+		c.Write(make([]byte, n)) // more than the socket buffers hold
+		c.Drain()
+		c.LoseConnection()
+		got, _ := io.Copy(io.Discard, cl)
+		cl.Close()
+		if reason := <-res; !IsClean(reason) || got != n {
+			t.Fatalf("round %d: client got %d of %d bytes; reason %v", i, got, n, reason)
+		}
+	}
+}
