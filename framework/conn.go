@@ -94,12 +94,13 @@ type Conn struct {
 	// Parking (see Run and idlePoller).
 	p            Protocol
 	onDone       func(reason error)
-	fd           int  // descriptor for the poller; -1: never park
-	parked       bool // no goroutine: the poller holds the connection
-	received     bool // something was ever received
-	parkArmed    bool // the park deadline is set (see readLoop)
-	recvSinceArm bool // reader only: something arrived since it was set
-	waiting      bool // someone waits on cond
+	fd           int       // descriptor for the poller; -1: never park
+	parked       bool      // no goroutine: the poller holds the connection
+	received     bool      // something was ever received
+	parkArmed    bool      // the park deadline is set (see readLoop)
+	recvSinceArm bool      // reader only: something arrived since it was set
+	waiting      bool      // someone waits on cond
+	lingerUntil  time.Time // the linger's read deadline, once our FIN is out
 
 	// The registered producer. producerPaused is what the connection wants
 	// (paused while the backlog is high); producerNotified is what the
@@ -476,7 +477,15 @@ func (c *Conn) deadlineFired() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	switch {
-	case c.closed || c.writeShut:
+	case c.closed:
+		return readFail // the reason is set
+	case c.writeShut:
+		if time.Now().Before(c.lingerUntil) {
+			// An earlier deadline (Drain's, or the park deadline) that
+			// fired as the graceful close began: the linger's own
+			// deadline is set, so read on until the peer's EOF or it.
+			return readOn
+		}
 		return readFail // the linger is over: the reason is set
 	case c.draining && !c.disconnecting:
 		return readOn // Drain's: the loop top delivers what has arrived
@@ -503,20 +512,18 @@ const drainWindow = 50 * time.Millisecond
 
 // drainArrived delivers, for Drain, what is already in the socket's receive
 // buffer (read without waiting; over TLS, what arrives within drainWindow),
-// then starts the graceful close. A protocol that paused reading gets
-// nothing more.
+// then starts the graceful close. It stops as soon as the protocol pauses or
+// the connection starts closing (a protocol may answer drained input with
+// LoseConnection), and never touches the read deadline once the linger has
+// set it.
 func (c *Conn) drainArrived(p Protocol) {
-	c.mu.Lock()
-	c.nc.SetReadDeadline(time.Time{})
-	paused := c.readPaused
-	c.mu.Unlock()
-	for !paused {
-		var buf *[]byte
-		var n int
-		if c.raw != nil {
-			buf, n = c.readNow()
-		} else {
-			buf = readBuffers.Get().(*[]byte)
+	for {
+		c.mu.Lock()
+		if c.closed || c.disconnecting || c.readPaused {
+			c.mu.Unlock()
+			break
+		}
+		if c.raw == nil {
 			if kernelHolds(c.nc) {
 				// Bytes of the peer's are in the kernel: read them (the
 				// window only guards a record whose end is still on its
@@ -526,6 +533,14 @@ func (c *Conn) drainArrived(p Protocol) {
 				// Nothing in the kernel: only what crypto/tls holds.
 				c.nc.SetReadDeadline(time.Unix(1, 0))
 			}
+		}
+		c.mu.Unlock()
+		var buf *[]byte
+		var n int
+		if c.raw != nil {
+			buf, n = c.readNow()
+		} else {
+			buf = readBuffers.Get().(*[]byte)
 			n, _ = c.nc.Read(*buf)
 			if n == 0 {
 				readBuffers.Put(buf)
@@ -551,7 +566,9 @@ func (c *Conn) drainArrived(p Protocol) {
 		}
 	}
 	c.mu.Lock()
-	c.nc.SetReadDeadline(time.Time{})
+	if !c.writeShut {
+		c.nc.SetReadDeadline(time.Time{}) // Drain's, or the window's
+	}
 	c.mu.Unlock()
 	c.LoseConnection()
 }
@@ -724,7 +741,8 @@ func (c *Conn) shutdownWriteLocked() {
 	}
 	if cw, ok := c.nc.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
 		c.parkArmed = false
-		c.nc.SetReadDeadline(time.Now().Add(lingerTimeout))
+		c.lingerUntil = time.Now().Add(lingerTimeout)
+		c.nc.SetReadDeadline(c.lingerUntil)
 		c.unparkLocked() // the reader lingers for the peer's EOF
 		c.readPaused = false
 		c.wakeLocked()

@@ -1,0 +1,147 @@
+package framework
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+// assertLingers checks that a connection whose graceful close has just
+// begun, with output the client has not read, lingers: Serve does not
+// return while the client keeps its end open, and a client that sends one
+// more message (as a pipelining client would) still reads everything.
+func assertLingers(t *testing.T, p *pair, s *served, n int, label string) {
+	t.Helper()
+	early := false
+	for end := time.Now().Add(300 * time.Millisecond); time.Now().Before(end); time.Sleep(time.Millisecond) {
+		if s.finished() {
+			early = true
+			break
+		}
+	}
+	p.client.Write([]byte("late"))
+	b, err := readAll(p.client, 10*time.Second)
+	if early || len(b) != n || !errors.Is(err, io.EOF) {
+		t.Fatalf("%s: Serve returned before the client closed: %v; client got %d of %d bytes, then %v",
+			label, early, len(b), n, err)
+	}
+	p.client.Close()
+	if reason := s.wait(t, 5*time.Second); !IsClean(reason) {
+		t.Fatalf("%s: reason %v", label, reason)
+	}
+}
+
+// startedWithOutputQueued: a TCP connection whose reader waits in a read
+// with the park deadline armed, and whose output (n bytes, already handed
+// to the kernel) the client has not read yet, so the socket is not quiet and
+// a graceful close must linger.
+func startedWithOutputQueued(t *testing.T, n int) (*pair, *served) {
+	t.Helper()
+	p := dialPair(t, "tcp", pairOpts{clientRcv: 64 << 10, serverSnd: 1 << 20})
+	s := serve(t, p.server, ConnOptions{MaxPendingOutput: 64 << 20}, newRecorder())
+	p.client.Write([]byte("a")) // received: the reader now arms the park deadline
+	waitFor(t, 5*time.Second, serveBlockedInRead, "the reader waits in a read")
+	s.c.Write(make([]byte, n))
+	waitFor(t, 5*time.Second, func() bool { return s.c.Pending() == 0 }, "the output is in the kernel")
+	return p, s
+}
+
+// TestDrainThenLoseConnectionLingers: Drain wakes the reader with an
+// expired deadline; a LoseConnection right behind it, with nothing pending,
+// half-closes at once and sets the linger deadline. Drain's deadline, seen
+// by the reader only now, must not pass for the end of the linger: closing
+// then would skip the linger, and a client that sends anything more would
+// get a reset that destroys the output it has not read yet.
+func TestDrainThenLoseConnectionLingers(t *testing.T) {
+	const n = 256 << 10
+	for round := range 5 {
+		p, s := startedWithOutputQueued(t, n)
+		s.c.Drain()
+		s.c.LoseConnection()
+		assertLingers(t, p, s, n, fmt.Sprintf("round %d", round))
+	}
+}
+
+// readerWaitsInDeadlineFired reports whether some goroutine is blocked on
+// the mutex inside deadlineFired.
+func readerWaitsInDeadlineFired() bool {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "framework.(*Conn).deadlineFired(") && strings.Contains(g, "Mutex") {
+			return true
+		}
+	}
+	return false
+}
+
+// TestParkDeadlineThenLoseConnectionLingers: the same without Drain. The
+// park deadline fires; before the reader takes mu in deadlineFired, a
+// LoseConnection from another goroutine half-closes and sets the linger
+// deadline. The park deadline must not pass for the end of the linger
+// either. The test holds mu to place LoseConnection in that window.
+func TestParkDeadlineThenLoseConnectionLingers(t *testing.T) {
+	if getPoller() == nil {
+		t.Skip("no park deadline without the idle poller")
+	}
+	const n = 256 << 10
+	p, s := startedWithOutputQueued(t, n)
+	s.c.mu.Lock()
+	deadline := time.Now().Add(5 * parkAfter)
+	for !readerWaitsInDeadlineFired() {
+		if time.Now().After(deadline) {
+			s.c.mu.Unlock()
+			t.Fatal("the park deadline never fired")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	s.c.mu.Unlock()
+	s.c.LoseConnection()
+	assertLingers(t, p, s, n, "park deadline")
+}
+
+// TestLoseConnectionDuringDrainKeepsLingerDeadline: Drain delivers queued
+// input; the protocol answers a chunk with LoseConnection, and afterCallback
+// half-closes and sets the linger deadline (unread input remains, so the
+// socket is not quiet). Drain must leave that deadline alone: a peer that
+// keeps its end open is let go after lingerTimeout, not held forever (the
+// idle timer stands down once our FIN is out, so nothing else would).
+func TestLoseConnectionDuringDrainKeepsLingerDeadline(t *testing.T) {
+	p := dialPair(t, "tcp", pairOpts{})
+	entered, release := make(chan struct{}), make(chan struct{})
+	first := true
+	r := newRecorder()
+	r.onData = func(r *recorder, b []byte) {
+		if first {
+			first = false
+			close(entered)
+			<-release
+			return
+		}
+		r.lose() // e.g. a QUIT among the queued input
+	}
+	s := serve(t, p.server, ConnOptions{IdleTimeout: time.Second}, r)
+	p.client.Write([]byte("first"))
+	<-entered
+	rest := bytes.Repeat([]byte("x"), 3*readBufferSize)
+	if _, err := p.client.Write(rest); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, func() bool { return inputQueued(t, p.server) >= len(rest) }, "the input is queued")
+	s.c.Drain()
+	close(release)
+	// The client reads our FIN, and keeps its end open.
+	if _, err := readAll(p.client, 5*time.Second); !errors.Is(err, io.EOF) {
+		t.Fatalf("client: %v, want EOF", err)
+	}
+	reason := s.wait(t, lingerTimeout+3*time.Second)
+	if !IsClean(reason) {
+		t.Errorf("reason %v, want clean", reason)
+	}
+	r.check(t, reason)
+}
