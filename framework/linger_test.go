@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -70,14 +69,9 @@ func TestDrainThenLoseConnectionLingers(t *testing.T) {
 // readerWaitsInDeadlineFired reports whether some goroutine is blocked on
 // the mutex inside deadlineFired.
 func readerWaitsInDeadlineFired() bool {
-	buf := make([]byte, 1<<20)
-	buf = buf[:runtime.Stack(buf, true)]
-	for _, g := range strings.Split(string(buf), "\n\n") {
-		if strings.Contains(g, "framework.(*Conn).deadlineFired(") && strings.Contains(g, "Mutex") {
-			return true
-		}
-	}
-	return false
+	return someGoroutine(func(stack string) bool {
+		return strings.Contains(stack, "framework.(*Conn).deadlineFired(") && strings.Contains(stack, "Mutex")
+	})
 }
 
 // TestParkDeadlineThenLoseConnectionLingers: the same without Drain. The

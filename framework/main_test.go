@@ -585,10 +585,17 @@ func serveWaitingForInput(c *Conn) bool {
 }
 
 func serveBlockedInRead() bool {
+	return someGoroutine(func(stack string) bool {
+		return strings.Contains(stack, "[IO wait") && strings.Contains(stack, "framework.(*Conn).read(")
+	})
+}
+
+// someGoroutine reports whether the stack of some goroutine matches.
+func someGoroutine(match func(stack string) bool) bool {
 	buf := make([]byte, 1<<20)
 	buf = buf[:runtime.Stack(buf, true)]
 	for _, g := range strings.Split(string(buf), "\n\n") {
-		if strings.Contains(g, "[IO wait") && strings.Contains(g, "framework.(*Conn).read(") {
+		if match(g) {
 			return true
 		}
 	}
