@@ -174,6 +174,11 @@ func (s *Service) Endpoint(label string) prometheus.Counter {
 	return s.m.ConnectionsTotal.WithLabelValues(s.name, s.fact, label)
 }
 
+// DeleteEndpoint removes the connections_total series of one endpoint.
+func (s *Service) DeleteEndpoint(label string) {
+	s.m.ConnectionsTotal.DeleteLabelValues(s.name, s.fact, label)
+}
+
 // Rejected counts a connection refused at accept.
 func (s *Service) Rejected(reason string) { s.rejected[reason].Inc() }
 

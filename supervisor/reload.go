@@ -56,17 +56,19 @@ func (s *Supervisor) Reload(cfg *config.File) error {
 			continue
 		}
 		next := newServices[name]
-		mode := stopRemoved
-		if next != nil && next.cfg.Factory == old.cfg.Factory {
-			mode = stopReplaced
-		}
 		// Detach first: sockets the successor took over stay open; the
 		// others close now, so the old service gets no new connections.
 		s.releaseSocketsLocked(old)
 		s.draining.Add(1)
+		s.drainMu.Lock()
+		s.drainingSvcs[old] = struct{}{}
+		s.drainMu.Unlock()
 		go func() {
 			defer s.draining.Done()
-			old.drainAndStop(cfg.ShutdownTimeout, mode)
+			old.drainAndStop(cfg.ShutdownTimeout, stopRetired)
+			s.drainMu.Lock()
+			delete(s.drainingSvcs, old)
+			s.drainMu.Unlock()
 			if next == nil {
 				old.log.Info("service removed")
 			} else {

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -43,7 +45,19 @@ type service struct {
 	sourceRates map[netip.Prefix]*tokenBucket
 	connWG      sync.WaitGroup
 	factoryUp   bool
+	activated   bool // served: its endpoint series exist
+
+	refs    *seriesRefs
+	cut     chan struct{} // closed to abort the drain now (Shutdown)
+	cutOnce sync.Once
 }
+
+func (s *service) seriesKey() string { return s.cfg.Name + "\x00" + s.cfg.Factory }
+
+func (s *service) endpointKey(b *binding) string { return s.seriesKey() + "\x00" + b.ep.Label }
+
+// cutDrain ends the drain's wait: what is still open is aborted.
+func (s *service) cutDrain() { s.cutOnce.Do(func() { close(s.cut) }) }
 
 // binding ties one endpoint of a service to its socket.
 type binding struct {
@@ -54,7 +68,7 @@ type binding struct {
 	sock  *socket
 }
 
-func newService(log *slog.Logger, m *metrics.Metrics, sc *config.Service) (*service, error) {
+func newService(log *slog.Logger, m *metrics.Metrics, sc *config.Service, refs *seriesRefs) (*service, error) {
 	f, err := sc.Spec.New(sc.FactoryConfig)
 	if err != nil {
 		return nil, fmt.Errorf("service %q: %w", sc.Name, err)
@@ -67,7 +81,10 @@ func newService(log *slog.Logger, m *metrics.Metrics, sc *config.Service) (*serv
 		m:         ms,
 		perSource: map[netip.Prefix]int{},
 		conns:     map[net.Conn]*framework.Conn{},
+		refs:      refs,
+		cut:       make(chan struct{}),
 	}
+	refs.acquire(svc.seriesKey())
 	svc.connOpts = framework.ConnOptions{
 		IdleTimeout:      sc.Limits.IdleTimeout,
 		MaxPendingOutput: sc.Limits.MaxPendingOutput,
@@ -85,7 +102,7 @@ func newService(log *slog.Logger, m *metrics.Metrics, sc *config.Service) (*serv
 }
 
 func (s *service) newBinding(ep *endpoint.Config) (*binding, error) {
-	b := &binding{svc: s, ep: ep, total: s.m.Endpoint(ep.Label)}
+	b := &binding{svc: s, ep: ep} // total: at activate, so a failed reload adds no series
 	if ep.Kind == endpoint.KindTLS {
 		conf, err := endpoint.TLSConfig(*ep, time.Now())
 		if err != nil {
@@ -118,7 +135,9 @@ func (s *service) startFactory() error {
 // before any protocol exists, then the connection's own goroutine.
 func (s *service) accept(c net.Conn, b *binding) {
 	key, hasSource := sourceKey(c.RemoteAddr(), s.cfg.Limits.IPv6Prefix)
-	if hasSource && !s.allowed(key.Addr()) {
+	// allow and deny apply to the peer's own address: the source key of
+	// an IPv6 peer is masked to ipv6_prefix bits.
+	if ip, ok := peerAddr(c.RemoteAddr()); ok && !s.allowed(ip) {
 		s.reject(c, metrics.RejectDenied)
 		return
 	}
@@ -287,7 +306,20 @@ func (s *service) buildProtocol(addr net.Addr) (p framework.Protocol) {
 // activate points the service's sockets at it: from now on they hand it
 // their connections.
 func (s *service) activate() {
+	s.activated = true
 	for _, b := range s.bindings {
+		b.total = s.m.Endpoint(b.ep.Label)
+		s.refs.acquire(s.endpointKey(b))
+		if b.ep.Kind == endpoint.KindUnix && !slices.Contains(s.opened, b.sock) {
+			// Taken over from the previous instance: apply this one's mode.
+			mode := b.ep.Mode.Perm()
+			if mode == 0 {
+				mode = endpoint.DefaultUnixMode
+			}
+			if err := os.Chmod(b.ep.Path, mode); err != nil {
+				s.log.Error("cannot set the socket file's mode", "endpoint", b.ep.Label, "err", err)
+			}
+		}
 		b.sock.serve(b)
 	}
 }
@@ -297,9 +329,8 @@ func (s *service) activate() {
 type stopMode int
 
 const (
-	stopExit     stopMode = iota // superd exits: factory_up goes to 0
-	stopReplaced                 // a successor with the same labels runs: leave the series to it
-	stopRemoved                  // gone for good: delete its series
+	stopExit    stopMode = iota // superd exits: factory_up goes to 0
+	stopRetired                 // replaced or removed by a reload, or a prepared service undone: its series go once no instance uses them
 )
 
 // drainAndStop drains the service (its sockets were released already):
@@ -321,10 +352,17 @@ func (s *service) drainAndStop(timeout time.Duration, mode stopMode) error {
 	done := make(chan struct{})
 	go func() { s.connWG.Wait(); close(done) }()
 	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	cut := false
 	select {
 	case <-done:
-		timer.Stop()
+	case <-s.cut:
+		cut = true
 	case <-timer.C:
+	}
+	select {
+	case <-done:
+	default:
 		s.mu.Lock()
 		n := 0
 		for raw, conn := range s.conns {
@@ -336,7 +374,11 @@ func (s *service) drainAndStop(timeout time.Duration, mode stopMode) error {
 			}
 		}
 		s.mu.Unlock()
-		s.log.Warn("shutdown timeout: aborted open connections", "connections", n, "timeout", timeout)
+		if cut {
+			s.log.Warn("shutdown timeout: aborted connections still draining after a reload", "connections", n)
+		} else {
+			s.log.Warn("shutdown timeout: aborted open connections", "connections", n, "timeout", timeout)
+		}
 		<-done
 	}
 
@@ -351,11 +393,21 @@ func (s *service) drainAndStop(timeout time.Duration, mode stopMode) error {
 		}
 		s.m.Stops.Inc()
 	}
-	switch mode {
-	case stopExit:
+	if mode == stopExit {
 		s.m.Up.Set(0)
-	case stopRemoved:
-		s.m.Delete()
+	} else {
+		// Series go with their last user: a successor with the same
+		// labels (or a service added back meanwhile) keeps them.
+		if s.activated {
+			for _, b := range s.bindings {
+				if s.refs.release(s.endpointKey(b)) {
+					s.m.DeleteEndpoint(b.ep.Label)
+				}
+			}
+		}
+		if s.refs.release(s.seriesKey()) {
+			s.m.Delete()
+		}
 	}
 	if err != nil {
 		s.log.Error("StopFactory failed", "err", err)
@@ -368,15 +420,10 @@ func (s *service) drainAndStop(timeout time.Duration, mode stopMode) error {
 // address, or the IPv6 address masked to ipv6Prefix bits. Unix peers have
 // none.
 func sourceKey(addr net.Addr, ipv6Prefix int) (netip.Prefix, bool) {
-	ta, ok := addr.(*net.TCPAddr)
+	ip, ok := peerAddr(addr)
 	if !ok {
 		return netip.Prefix{}, false
 	}
-	ip, ok := netip.AddrFromSlice(ta.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	ip = ip.Unmap()
 	bits := 32
 	if ip.Is6() {
 		bits = ipv6Prefix
@@ -386,4 +433,18 @@ func sourceKey(addr net.Addr, ipv6Prefix int) (netip.Prefix, bool) {
 		return netip.PrefixFrom(ip, ip.BitLen()), true
 	}
 	return p, true
+}
+
+// peerAddr is the IP address of a TCP peer (IPv4-mapped addresses
+// unmapped); unix peers have none.
+func peerAddr(addr net.Addr) (netip.Addr, bool) {
+	ta, ok := addr.(*net.TCPAddr)
+	if !ok {
+		return netip.Addr{}, false
+	}
+	ip, ok := netip.AddrFromSlice(ta.IP)
+	if !ok {
+		return netip.Addr{}, false
+	}
+	return ip.Unmap(), true
 }

@@ -37,15 +37,52 @@ type Supervisor struct {
 
 	shutdownTimeout time.Duration
 	draining        sync.WaitGroup // services replaced or removed by reload, still draining
+
+	// drainMu guards drainingSvcs, the services a reload is draining, so
+	// Shutdown can cut their drain at its own timeout. Not s.mu: Shutdown
+	// holds s.mu while it waits for them.
+	drainMu      sync.Mutex
+	drainingSvcs map[*service]struct{}
+
+	refs *seriesRefs // which metric series live instances use
+}
+
+// seriesRefs counts the service instances (prepared, running or draining)
+// that use each set of metric series, so a stopping instance deletes its
+// series only when no other instance with the same labels still uses them
+// (a service removed by reload, then added back while the old one drains).
+type seriesRefs struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (r *seriesRefs) acquire(key string) {
+	r.mu.Lock()
+	r.n[key]++
+	r.mu.Unlock()
+}
+
+// release reports whether key's last user is gone.
+func (r *seriesRefs) release(key string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.n[key]--
+	if r.n[key] > 0 {
+		return false
+	}
+	delete(r.n, key)
+	return true
 }
 
 // New returns a Supervisor that logs to log and counts into m.
 func New(log *slog.Logger, m *metrics.Metrics) *Supervisor {
 	return &Supervisor{
-		log:      log,
-		metrics:  m,
-		services: map[string]*service{},
-		sockets:  map[string]*socket{},
+		log:          log,
+		metrics:      m,
+		services:     map[string]*service{},
+		sockets:      map[string]*socket{},
+		drainingSvcs: map[*service]struct{}{},
+		refs:         &seriesRefs{n: map[string]int{}},
 	}
 }
 
@@ -103,6 +140,16 @@ func (s *Supervisor) Shutdown(timeout time.Duration) error {
 	s.stopping.Store(true)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// Services a reload is still draining (under that reload's timeout)
+	// are aborted at this shutdown's timeout too.
+	cut := time.AfterFunc(timeout, func() {
+		s.drainMu.Lock()
+		defer s.drainMu.Unlock()
+		for svc := range s.drainingSvcs {
+			svc.cutDrain()
+		}
+	})
+	defer cut.Stop()
 	var g errgroup.Group
 	errs := make([]error, len(s.order))
 	for i, name := range s.order {
@@ -140,7 +187,7 @@ func (s *Supervisor) Reopen() {
 // (taking over the socket of a running service on the same address, if
 // any) and its factory started. Nothing is accepted until activate.
 func (s *Supervisor) prepareServiceLocked(sc *config.Service) (*service, error) {
-	svc, err := newService(s.log, s.metrics, sc)
+	svc, err := newService(s.log, s.metrics, sc, s.refs)
 	if err != nil {
 		return nil, err
 	}
@@ -178,11 +225,7 @@ func (s *Supervisor) unprepareLocked(svc *service) {
 		sock.close()
 		delete(s.sockets, sock.key)
 	}
-	mode := stopRemoved
-	if old := s.services[svc.cfg.Name]; old != nil && old.cfg.Factory == svc.cfg.Factory {
-		mode = stopReplaced // the running instance owns the series
-	}
-	svc.drainAndStop(0, mode)
+	svc.drainAndStop(0, stopRetired) // series shared with a running instance stay
 }
 
 // releaseSocketsLocked detaches svc from its sockets, closing each socket
