@@ -43,9 +43,12 @@ type service struct {
 	conns       map[net.Conn]*framework.Conn // nil value: accepted, not yet served
 	rate        *tokenBucket
 	sourceRates map[netip.Prefix]*tokenBucket
-	connWG      sync.WaitGroup
-	factoryUp   bool
-	activated   bool // served: its endpoint series exist
+	// sweep the full buckets out of sourceRates when it reaches this size
+	sourceSweepAt int
+	sourceSweptAt time.Time
+	connWG        sync.WaitGroup
+	factoryUp     bool
+	activated     bool // served: its endpoint series exist
 
 	refs    *seriesRefs
 	cut     chan struct{} // closed to abort the drain now (Shutdown)
@@ -97,6 +100,7 @@ func newService(log *slog.Logger, m *metrics.Metrics, sc *config.Service, refs *
 	}
 	if sc.Limits.RateLimitPerIP != nil {
 		svc.sourceRates = map[netip.Prefix]*tokenBucket{}
+		svc.sourceSweepAt = minSourceSweep
 	}
 	return svc, nil
 }
@@ -162,7 +166,7 @@ func (s *service) accept(c net.Conn, b *binding) {
 		reason = metrics.RejectMaxConnectionsPerIP
 	case s.rate != nil && !s.rate.take(now):
 		reason = metrics.RejectRateLimit
-	case hasSource && s.sourceRates != nil && !s.sourceBucket(key, now).take(now):
+	case hasSource && s.sourceRates != nil && !s.takeSourceToken(key, now):
 		reason = metrics.RejectRateLimitPerIP
 	}
 	if reason != "" {
@@ -204,23 +208,41 @@ func (s *service) reject(c net.Conn, reason string) {
 	c.Close()
 }
 
-// sourceBucket returns the per-source token bucket of key; full buckets are
-// swept when the map grows, so memory stays bounded by the active sources.
-func (s *service) sourceBucket(key netip.Prefix, now time.Time) *tokenBucket {
+// The per-source token buckets. A full bucket is forgotten (a new one
+// starts full, so nothing changes). The table is swept of full buckets when
+// it has doubled since the last sweep, so a new source costs amortised
+// O(1), and it holds at most maxSourceBuckets sources: past that, a new
+// source is refused as rate limited until older ones refill (memory stays
+// bounded under a flood of sources, which is cheap to make with IPv6
+// prefixes; the table then is swept at most once a second).
+const (
+	minSourceSweep   = 4096
+	maxSourceBuckets = 1 << 18
+)
+
+// takeSourceToken spends one of key's tokens, reporting false if it has
+// none or the table is full.
+func (s *service) takeSourceToken(key netip.Prefix, now time.Time) bool {
 	tb := s.sourceRates[key]
 	if tb == nil {
-		if len(s.sourceRates) >= 4096 {
+		if n := len(s.sourceRates); n >= s.sourceSweepAt &&
+			(n < maxSourceBuckets || now.Sub(s.sourceSweptAt) >= time.Second) {
 			for k, b := range s.sourceRates {
 				if b.full(now) {
 					delete(s.sourceRates, k)
 				}
 			}
+			s.sourceSweptAt = now
+			s.sourceSweepAt = min(max(minSourceSweep, 2*len(s.sourceRates)), maxSourceBuckets)
+		}
+		if len(s.sourceRates) >= maxSourceBuckets {
+			return false
 		}
 		r := s.cfg.Limits.RateLimitPerIP
 		tb = newTokenBucket(r.Rate, r.Burst, now)
 		s.sourceRates[key] = tb
 	}
-	return tb
+	return tb.take(now)
 }
 
 // handle runs in the connection's goroutine: TLS handshake, protocol,
