@@ -111,6 +111,7 @@ type Conn struct {
 	producerNotified bool
 	prodDirty        bool // the wish changed: a notifier must look again
 	pauseOverlapped  bool // a pause was delivered while a notifier was busy
+	pausesInFlight   int  // such pauses not returned yet: no resume meanwhile
 	prodMu           sync.Mutex
 
 	// Idle timeout: the timer checks lastRecv (time since start when
@@ -656,6 +657,17 @@ func (c *Conn) readFailed(err error) {
 			}
 			c.flushing = false
 		}
+		if cw, ok := c.nc.(interface{ CloseWrite() error }); ok && c.raw == nil && !c.closed {
+			// TLS: the close sends close_notify, which may wait (crypto/tls
+			// gives it 5 s) for room in the peer's window; send it here,
+			// without mu, so closeLocked's Close finds it sent.
+			c.flushing = true
+			c.mu.Unlock()
+			cw.CloseWrite()
+			c.mu.Lock()
+			c.flushing = false
+			c.wakeLocked()
+		}
 		c.setReason(ErrConnectionDone)
 	default:
 		c.setReason(&lostError{err})
@@ -739,16 +751,46 @@ func (c *Conn) shutdownWriteLocked() {
 		c.closeLocked(nil)
 		return
 	}
-	if cw, ok := c.nc.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
-		c.parkArmed = false
-		c.lingerUntil = time.Now().Add(lingerTimeout)
-		c.nc.SetReadDeadline(c.lingerUntil)
-		c.unparkLocked() // the reader lingers for the peer's EOF
-		c.readPaused = false
+	cw, ok := c.nc.(interface{ CloseWrite() error })
+	if !ok {
+		c.closeLocked(nil)
+		return
+	}
+	if c.raw == nil {
+		// TLS: CloseWrite sends close_notify, which waits (crypto/tls gives
+		// it 5s) for room in the peer's window: never with mu held, nor in
+		// the caller's goroutine (LoseConnection does not block). flushing
+		// keeps the write side ours meanwhile.
+		c.flushing = true
+		go func() {
+			err := cw.CloseWrite()
+			c.mu.Lock()
+			c.flushing = false
+			c.writeClosedLocked(err)
+			c.mu.Unlock()
+		}()
+		return
+	}
+	c.writeClosedLocked(cw.CloseWrite())
+}
+
+// writeClosedLocked starts the linger once our FIN (or close_notify) is out,
+// or closes if it could not be sent.
+func (c *Conn) writeClosedLocked(err error) {
+	if c.closed {
 		c.wakeLocked()
 		return
 	}
-	c.closeLocked(nil)
+	if err != nil {
+		c.closeLocked(nil)
+		return
+	}
+	c.parkArmed = false
+	c.lingerUntil = time.Now().Add(lingerTimeout)
+	c.nc.SetReadDeadline(c.lingerUntil)
+	c.unparkLocked() // the reader lingers for the peer's EOF
+	c.readPaused = false
+	c.wakeLocked()
 }
 
 func (c *Conn) setReason(err error) {
@@ -783,6 +825,11 @@ func (c *Conn) abort(reason error) {
 func (c *Conn) abortLocked(reason error) {
 	if c.closed {
 		return
+	}
+	if c.writeShut {
+		// Lingering: the reset drops whatever the peer has not read yet,
+		// so the clean reason recorded with our FIN no longer holds.
+		c.reason = nil
 	}
 	c.setReason(reason)
 	nc := c.nc
@@ -874,9 +921,11 @@ func (c *Conn) wroteLocked() {
 // caller that finds a notifier at work leaves resumes to it (prodDirty makes
 // sure it looks again), but delivers a pause at once, as Twisted does from
 // write() (the notifier may be this goroutine, inside a ResumeProducing that
-// writes in a loop until paused); the notifier then re-sends the latest
-// wish, so a resume cannot end up overtaking that pause. Must be called
-// without mu held.
+// writes in a loop until paused). So that no resume is overtaken by such a
+// pause, the notifier sends no resume while one is on its way
+// (pausesInFlight), and the pauser, once its pause has landed, has the
+// latest wish re-sent: it becomes the notifier, or leaves prodDirty to the
+// one at work. Must be called without mu held.
 func (c *Conn) notifyProducer() {
 	for {
 		if !c.prodMu.TryLock() {
@@ -885,12 +934,24 @@ func (c *Conn) notifyProducer() {
 			pause := p != nil && c.producerPaused && !c.producerNotified
 			if pause {
 				c.pauseOverlapped = true
+				c.pausesInFlight++
 			}
 			c.mu.Unlock()
-			if pause {
-				p.PauseProducing()
+			if !pause {
+				return
 			}
-			return
+			p.PauseProducing()
+			// No resume is sent while this pause is on its way (it could
+			// land after the resume and have the last word): now that it
+			// has landed, send what is wanted, or leave it to the notifier
+			// at work (it sees prodDirty once done).
+			c.mu.Lock()
+			c.pausesInFlight--
+			c.prodDirty = true
+			c.mu.Unlock()
+			if !c.prodMu.TryLock() {
+				return
+			}
 		}
 		for {
 			c.mu.Lock()
@@ -900,7 +961,7 @@ func (c *Conn) notifyProducer() {
 			}
 			c.prodDirty = false
 			p, want := c.producer, c.producerPaused
-			act := p != nil && want != c.producerNotified
+			act := p != nil && want != c.producerNotified && (want || c.pausesInFlight == 0)
 			if act {
 				c.producerNotified = want
 			}

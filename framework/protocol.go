@@ -19,6 +19,13 @@ import "net"
 // ConnectionMade once, DataReceived zero or more times, ConnectionLost once.
 // DataReceived is never called after LoseConnection or AbortConnection, nor
 // while the transport is paused.
+//
+// Callbacks should return promptly, as in Twisted: while one runs, the
+// connection's output (its own writes and those of other goroutines) is
+// queued and sent when it returns, in one write, so a callback that writes
+// and then aborts sends nothing. Output queued behind a callback still
+// counts against max_pending_output. Slow work (a disk or database call)
+// belongs in a goroutine that writes its answer when done.
 type Protocol interface {
 	// ConnectionMade is called when the connection is ready; t stays valid
 	// (and safe to keep) for the life of the connection.
