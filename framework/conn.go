@@ -259,7 +259,7 @@ func (c *Conn) finish() {
 	c.mu.Unlock()
 	if prod != nil {
 		c.prodMu.Lock()
-		prod.StopProducing()
+		c.callProducer(prod, prodStop)
 		c.prodMu.Unlock()
 	}
 	c.call(c.p, callLost, nil, reason)
@@ -297,6 +297,36 @@ func (c *Conn) call(p Protocol, which int, data []byte, reason error) (perr erro
 		p.ConnectionLost(reason)
 	}
 	return nil
+}
+
+// The producer callbacks, for callProducer.
+const (
+	prodPause = iota
+	prodResume
+	prodStop
+)
+
+// callProducer runs one producer callback. Like a protocol callback, a
+// panic ends only this connection: the producer runs on whichever goroutine
+// wrote past the high-water mark or flushed below it (another connection's
+// reader, a flusher), which must not pay for it.
+func (c *Conn) callProducer(p Producer, which int) {
+	defer func() {
+		if v := recover(); v != nil {
+			pe := &PanicError{Value: v, Stack: debug.Stack()}
+			c.opts.Logger.Error("producer panic; closing its connection",
+				"peer", c.nc.RemoteAddr().String(), "panic", v, "stack", string(pe.Stack))
+			c.abort(pe)
+		}
+	}()
+	switch which {
+	case prodPause:
+		p.PauseProducing()
+	case prodResume:
+		p.ResumeProducing()
+	case prodStop:
+		p.StopProducing()
+	}
 }
 
 // idleCheck runs when the idle timer fires: it aborts the connection if
@@ -940,7 +970,7 @@ func (c *Conn) notifyProducer() {
 			if !pause {
 				return
 			}
-			p.PauseProducing()
+			c.callProducer(p, prodPause)
 			// No resume is sent while this pause is on its way (it could
 			// land after the resume and have the last word): now that it
 			// has landed, send what is wanted, or leave it to the notifier
@@ -970,9 +1000,9 @@ func (c *Conn) notifyProducer() {
 				break
 			}
 			if want {
-				p.PauseProducing()
+				c.callProducer(p, prodPause)
 			} else {
-				p.ResumeProducing()
+				c.callProducer(p, prodResume)
 			}
 		}
 		c.prodMu.Unlock()

@@ -256,3 +256,35 @@ func TestAbortDuringLingerReason(t *testing.T) {
 	}
 	r.check(t, reason)
 }
+
+// panickyProducer panics when told to pause.
+type panickyProducer struct{ countingProducer }
+
+func (p *panickyProducer) PauseProducing() { panic("producer bug") }
+
+// A producer's panic ends only its connection, like a protocol's: the pause
+// runs in the goroutine that wrote past the high-water mark (here the test's;
+// in chat, another user's reader), and that goroutine carries on.
+func TestProducerPanicEndsOnlyItsConnection(t *testing.T) {
+	p := dialPair(t, "tcp", pairOpts{clientRcv: 32 << 10, serverSnd: 32 << 10})
+	r := newRecorder()
+	s := serve(t, p.server, ConnOptions{MaxPendingOutput: 64 << 20}, r)
+	waitFor(t, 5*time.Second, r.madeYet, "ConnectionMade")
+	prod := &panickyProducer{}
+	if err := s.c.RegisterProducer(prod); err != nil {
+		t.Fatal(err)
+	}
+	chunk := make([]byte, 16<<10)
+	for i := 0; i < 64 && !s.finished(); i++ { // the client does not read
+		s.c.Write(chunk) // must not panic here
+	}
+	reason := s.wait(t, serveWait)
+	var pe *PanicError
+	if !errors.As(reason, &pe) || pe.Value != "producer bug" {
+		t.Errorf("reason %v, want the producer's *PanicError", reason)
+	}
+	if prod.stops.Load() != 1 {
+		t.Errorf("StopProducing called %d times, want 1", prod.stops.Load())
+	}
+	r.check(t, reason)
+}
