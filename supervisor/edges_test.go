@@ -211,3 +211,34 @@ func TestAllowIPv6HostWithDefaultPrefix(t *testing.T) {
 	defer s.Shutdown(time.Second)
 	dialEcho(t, "tcp", addr, "let me in").Close()
 }
+
+// SIGUSR1 reaches an instance that a reload replaced and that still drains:
+// it keeps writing meanwhile, so it too must let go of a rotated file.
+func TestReopenReachesDrainingInstance(t *testing.T) {
+	oldF := &lifecycleFactory{greet: make([]byte, 32<<20)}
+	newF := &lifecycleFactory{}
+	addr := freeAddr(t)
+	s, m := newTestSupervisor()
+	if err := s.Start(&config.File{ShutdownTimeout: 5 * time.Second, Services: []*config.Service{
+		serviceConfig("x", oldF, config.Limits{MaxPendingOutput: 64 << 20}, tcpEndpoint(addr)),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(time.Second)
+	c := stuckClient(t, func() float64 {
+		return testutil.ToFloat64(m.ConnectionsActive.WithLabelValues("x", "lifecycle"))
+	}, addr)
+	defer c.Close()
+	if err := s.Reload(&config.File{ShutdownTimeout: 5 * time.Second, Services: []*config.Service{
+		serviceConfig("x", newF, config.Limits{}, tcpEndpoint(addr)),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	s.Reopen()
+	if oldF.stops.Load() != 0 {
+		t.Fatal("the old instance stopped before Reopen: the test proves nothing")
+	}
+	if oldF.reopens.Load() != 1 || newF.reopens.Load() != 1 {
+		t.Errorf("reopens: draining instance %d, running instance %d; want 1 and 1", oldF.reopens.Load(), newF.reopens.Load())
+	}
+}

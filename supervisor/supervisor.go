@@ -167,12 +167,23 @@ func (s *Supervisor) Shutdown(timeout time.Duration) error {
 	return errors.Join(errs...)
 }
 
-// Reopen asks every factory that holds files to reopen them (SIGUSR1).
+// Reopen asks every factory that holds files to reopen them (SIGUSR1): those
+// of the running services, and of instances still draining after a reload.
 func (s *Supervisor) Reopen() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	svcs := make([]*service, 0, len(s.order))
 	for _, name := range s.order {
-		svc := s.services[name]
+		svcs = append(svcs, s.services[name])
+	}
+	// Instances a reload replaced still write while they drain: a rotated
+	// file is let go by them too.
+	s.drainMu.Lock()
+	for svc := range s.drainingSvcs {
+		svcs = append(svcs, svc)
+	}
+	s.drainMu.Unlock()
+	for _, svc := range svcs {
 		if r, ok := svc.factory.(framework.Reopener); ok {
 			if err := r.Reopen(); err != nil {
 				svc.log.Error("reopen failed", "err", err)

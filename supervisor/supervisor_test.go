@@ -29,6 +29,7 @@ func TestMain(m *testing.M) {
 // lifecycleFactory counts its hooks and records every connection's events.
 type lifecycleFactory struct {
 	starts, stops atomic.Int32
+	reopens       atomic.Int32
 	startErr      error
 	mu            sync.Mutex
 	lost          []error
@@ -42,6 +43,8 @@ func (f *lifecycleFactory) StartFactory() error {
 }
 
 func (f *lifecycleFactory) StopFactory() error { f.stops.Add(1); return nil }
+
+func (f *lifecycleFactory) Reopen() error { f.reopens.Add(1); return nil }
 
 func (f *lifecycleFactory) BuildProtocol(net.Addr) framework.Protocol {
 	if f.refuse {

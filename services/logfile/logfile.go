@@ -79,8 +79,9 @@ type Factory struct {
 	maxLine int
 	service string
 
-	mu   sync.Mutex
-	file *os.File
+	mu      sync.Mutex
+	file    *os.File
+	stopped bool // StopFactory ran: Reopen must not open the file again
 
 	syncReq  chan struct{} // fsync wanted (capacity 1: requests coalesce)
 	syncDone chan struct{}
@@ -116,6 +117,7 @@ func (f *Factory) StopFactory() error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.stopped = true
 	if f.file == nil {
 		return nil
 	}
@@ -129,13 +131,24 @@ func (f *Factory) StopFactory() error {
 }
 
 // Reopen opens the path again and swaps the new file in, so a rotated file
-// is let go (SIGUSR1).
+// is let go (SIGUSR1). Once the factory has stopped it does nothing (an
+// instance replaced by a reload may be reopened as its drain ends).
 func (f *Factory) Reopen() error {
+	f.mu.Lock()
+	stopped := f.stopped
+	f.mu.Unlock()
+	if stopped {
+		return nil
+	}
 	file, err := f.open()
 	if err != nil {
 		return fmt.Errorf("reopen %s: %w", f.path, err)
 	}
 	f.mu.Lock()
+	if f.stopped {
+		f.mu.Unlock()
+		return file.Close()
+	}
 	old := f.file
 	f.file = file
 	f.mu.Unlock()

@@ -477,3 +477,27 @@ func TestConcurrentWriters(t *testing.T) {
 		})
 	}
 }
+
+// A Reopen that reaches a factory after StopFactory (an instance whose
+// drain ended as SIGUSR1 arrived) opens nothing: no file is created again
+// and none is left open.
+func TestReopenAfterStopOpensNothing(t *testing.T) {
+	f := started(t, "")
+	if err := f.StopFactory(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(f.path); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Reopen(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(f.path); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Reopen after StopFactory created %s again (%v)", f.path, err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.file != nil {
+		t.Error("Reopen after StopFactory left a file open")
+	}
+}
