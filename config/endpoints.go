@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
+	"encoding/pem"
 	"fmt"
 	"io/fs"
 	"net"
@@ -181,10 +182,36 @@ func (d *decoder) decodeTLS(ep *endpoint.Config, blk *hcl.Block, content *hcl.Bo
 	if a := content.Attributes["client_ca_file"]; a != nil {
 		var caPEM []byte
 		ep.ClientCAFile, caPEM = d.tlsFile(a)
-		if caPEM != nil && !x509.NewCertPool().AppendCertsFromPEM(caPEM) {
-			d.errorf(a.Range, "Invalid client CA file", "%s holds no PEM certificate.", ep.ClientCAFile)
+		if caPEM != nil {
+			if err := checkCAPEM(caPEM); err != nil {
+				d.errorf(a.Range, "Invalid client CA file", "%s: %s.", ep.ClientCAFile, err)
+			}
 		}
 	}
+}
+
+// checkCAPEM checks a client CA file as endpoint.TLSConfig loads it: every
+// CERTIFICATE block must parse, and there must be at least one.
+func checkCAPEM(data []byte) error {
+	n := 0
+	for rest := data; ; {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		if _, err := x509.ParseCertificate(block.Bytes); err != nil {
+			return fmt.Errorf("certificate %d: %v", n+1, err)
+		}
+		n++
+	}
+	if n == 0 {
+		return fmt.Errorf("it holds no PEM certificate")
+	}
+	return nil
 }
 
 // tlsFile reads the file an attribute names (resolved against the
@@ -224,6 +251,9 @@ func parseMode(s string) (fs.FileMode, error) {
 	m, err := strconv.ParseUint(t, 8, 32)
 	if err != nil || m > 0o777 {
 		return 0, fmt.Errorf("permissions go from 0000 to 0777")
+	}
+	if m == 0 {
+		return 0, fmt.Errorf("0000 lets no one connect; give the owner at least, such as \"0600\"")
 	}
 	return fs.FileMode(m), nil
 }
@@ -328,6 +358,9 @@ func (d *decoder) checkAddress(attr *hcl.Attribute, addr string) (sockKey, bool)
 		key.wildcard = a.IsUnspecified()
 	case isHostName(host):
 		key.host = strings.ToLower(strings.TrimSuffix(host, "."))
+		if key.host == "localhost" {
+			key.host = "127.0.0.1" // what net.Listen binds for it
+		}
 	default:
 		d.errorf(attr.Expr.Range(), "Invalid address", "The host of %q is neither an IP address nor a host name; %s.", addr, hint)
 		return sockKey{}, false

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
@@ -137,6 +138,14 @@ func (d *decoder) decodeRoot(body hcl.Body) {
 		}
 	}
 
+	// The metrics listener binds its default address unless a metrics
+	// block sets one: claim it first, so a clash is reported on the endpoint.
+	if !metricsAddressSet(content) {
+		if key, ok := defaultMetricsKey(); ok {
+			d.claim(socket{key: key, desc: fmt.Sprintf("the metrics listener (default address %q)", DefaultMetricsAddress), rng: *fileStart(d.file.Path)})
+		}
+	}
+
 	var metricsSeen *hcl.Range
 	for _, blk := range content.Blocks {
 		switch blk.Type {
@@ -152,6 +161,31 @@ func (d *decoder) decodeRoot(body hcl.Body) {
 			d.decodeService(blk)
 		}
 	}
+}
+
+// metricsAddressSet reports whether a metrics block writes an address.
+func metricsAddressSet(content *hcl.BodyContent) bool {
+	for _, blk := range content.Blocks {
+		if blk.Type != "metrics" {
+			continue
+		}
+		if attrs, diags := blk.Body.JustAttributes(); !diags.HasErrors() {
+			if _, ok := attrs["address"]; ok {
+				return true
+			}
+		} else {
+			return true // reported by decodeMetrics
+		}
+	}
+	return false
+}
+
+func defaultMetricsKey() (sockKey, bool) {
+	ap, err := netip.ParseAddrPort(DefaultMetricsAddress)
+	if err != nil {
+		return sockKey{}, false
+	}
+	return sockKey{host: ap.Addr().String(), port: ap.Port()}, true
 }
 
 func (d *decoder) decodeMetrics(blk *hcl.Block) {

@@ -192,6 +192,10 @@ func (d *decoder) decodeFactory(svc *Service, blk *hcl.Block, content *hcl.BodyC
 			if !v.IsWhollyKnown() || hasNullElement(v) {
 				d.errorf(attr.Expr.Range(), "Invalid value", "The value of %s must be known and must not contain null.", a.Name)
 				bad = true
+			} else if hasHugeNumber(v) {
+				d.errorf(attr.Expr.Range(), "Number out of range",
+					"The value of %s is too large or too small to be used; numbers must be within about 1e-308 to 1e308.", a.Name)
+				bad = true
 			}
 		}
 		cfg.Values[a.Name] = v
@@ -304,11 +308,17 @@ func (d *decoder) decodeRate(blk *hcl.Block) *Rate {
 		}
 		ok = ok && good
 	}
+	burstSet := false
 	if a := content.Attributes["burst"]; a != nil {
+		n := len(d.diags)
 		v, good := d.whole(a, 1, math.MaxInt32)
-		r.Burst = v
-		ok = ok && good
-	} else if ok {
+		if good || len(d.diags) > n { // otherwise null: unset, as elsewhere
+			burstSet = true
+			r.Burst = v
+			ok = ok && good
+		}
+	}
+	if !burstSet && ok {
 		r.Burst = int(min(max(math.Ceil(r.Rate), 1), math.MaxInt32))
 	}
 	if !ok {

@@ -45,6 +45,11 @@ func (d *decoder) value(attr *hcl.Attribute, ty cty.Type) (cty.Value, bool) {
 		d.errorf(attr.Expr.Range(), "Invalid value", "The value of %s must not contain null.", attr.Name)
 		return cty.NilVal, false
 	}
+	if hasHugeNumber(cv) {
+		d.errorf(attr.Expr.Range(), "Number out of range",
+			"The value of %s is too large or too small to be used; numbers must be within about 1e-308 to 1e308.", attr.Name)
+		return cty.NilVal, false
+	}
 	return cv, true
 }
 
@@ -55,6 +60,23 @@ func hasNullElement(v cty.Value) bool {
 		if e.IsNull() {
 			found = true
 			return false, nil
+		}
+		return !found, nil
+	})
+	return found
+}
+
+// hasHugeNumber reports whether a value holds a number outside float64's
+// range anywhere inside it (checkNumbers only sees literals; a string
+// converted to a number, or arithmetic, escapes it).
+func hasHugeNumber(v cty.Value) bool {
+	found := false
+	_ = cty.Walk(v, func(_ cty.Path, e cty.Value) (bool, error) {
+		if e.IsKnown() && !e.IsNull() && e.Type() == cty.Number {
+			f := e.AsBigFloat()
+			if f.IsInf() || f.Sign() != 0 && (f.MantExp(nil) > maxNumberExp || f.MantExp(nil) < -maxNumberExp) {
+				found = true
+			}
 		}
 		return !found, nil
 	})

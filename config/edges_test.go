@@ -1,0 +1,162 @@
+package config
+
+import (
+	"encoding/pem"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/superd-dev/superd/endpoint"
+)
+
+// With no metrics block, the metrics listener still binds its default
+// address 127.0.0.1:9464 (SPEC section 4). An endpoint on that address
+// cannot start, so validate must report it like any other address clash.
+func TestDefaultMetricsAddressConflict(t *testing.T) {
+	for _, addr := range []string{"127.0.0.1:9464", ":9464"} {
+		t.Run(addr, func(t *testing.T) {
+			src := `service "testecho" "e" {
+  endpoint "tcp" { address = "` + addr + `" }
+}
+`
+			_, err := Parse([]byte(src), filepath.Join(t.TempDir(), "superd.hcl"))
+			if err == nil {
+				t.Fatalf("endpoint on %s accepted though the default metrics listener binds 127.0.0.1:9464", addr)
+			}
+			if out := diagText(t, err); !strings.Contains(out, "Duplicate endpoint address") {
+				t.Errorf("unexpected diagnostics:\n%s", out)
+			}
+		})
+	}
+}
+
+// burst = null leaves burst at its default (as null does for every other
+// optional attribute); it does not drop the whole rate limit.
+func TestRateBurstNullKeepsLimit(t *testing.T) {
+	f, err := Parse([]byte(`service "testecho" "e" {
+  rate_limit { 
+    rate  = 5
+    burst = null
+  }
+  endpoint "tcp" { address = ":0" }
+}
+`), filepath.Join(t.TempDir(), "superd.hcl"))
+	if err != nil {
+		// An error with a position would be acceptable too.
+		diagText(t, err)
+		return
+	}
+	if f.Services[0].Limits.RateLimit == nil {
+		t.Fatal("rate_limit { rate = 5, burst = null } was accepted and the rate limit silently disabled (RateLimit == nil)")
+	}
+}
+
+// mode = "0000" is refused: Mode 0 means the default 0660 to the endpoint,
+// which would leave the socket far more open than asked.
+func TestUnixModeZeroRefused(t *testing.T) {
+	dir := t.TempDir()
+	f, err := Parse([]byte(`service "testecho" "e" {
+  endpoint "unix" {
+    path = "z.sock"
+    mode = "0000"
+  }
+}
+`), filepath.Join(dir, "superd.hcl"))
+	if err != nil {
+		// Rejecting "0000" would be consistent too.
+		diagText(t, err)
+		return
+	}
+	ep := f.Services[0].Endpoints[0]
+	ln, err := endpoint.Listen(ep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	fi, err := os.Stat(ep.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fi.Mode().Perm(); got != 0 {
+		t.Errorf(`mode = "0000" accepted, but the socket has mode %04o`, got)
+	}
+}
+
+// validate rejects a client CA file that the endpoint would refuse at
+// start (a malformed certificate among good ones): both parse strictly.
+func TestClientCACheckedAsAtStart(t *testing.T) {
+	cert, key := certPair(t, "localhost")
+	bad := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte("not DER at all")}))
+	dir := writeFiles(t, map[string]string{
+		"s.crt":  cert,
+		"s.key":  key,
+		"ca.crt": bad + cert,
+		"superd.hcl": `service "testecho" "e" {
+  endpoint "tls" {
+    address        = "127.0.0.1:0"
+    cert_file      = "s.crt"
+    key_file       = "s.key"
+    client_ca_file = "ca.crt"
+  }
+}
+`,
+	})
+	f, err := Load(filepath.Join(dir, "superd.hcl"))
+	if err != nil {
+		diagText(t, err)
+		return // validate caught it: fine
+	}
+	if _, err := endpoint.TLSConfig(f.Services[0].Endpoints[0], time.Now()); err != nil {
+		t.Errorf("validate accepted client_ca_file, but the endpoint cannot start: %v", err)
+	}
+}
+
+// "localhost:P" listens on 127.0.0.1:P, so it clashes with "127.0.0.1:P".
+func TestLocalhostConflict(t *testing.T) {
+	_, err := Parse([]byte(`metrics { address = "" }
+service "testecho" "a" {
+  endpoint "tcp" { address = "localhost:17931" }
+}
+service "testecho" "b" {
+  endpoint "tcp" { address = "127.0.0.1:17931" }
+}
+`), filepath.Join(t.TempDir(), "superd.hcl"))
+	if err == nil {
+		t.Fatal(`"localhost:17931" and "127.0.0.1:17931" accepted, though both bind 127.0.0.1:17931`)
+	}
+}
+
+// Numbers beyond float64's range are refused, also when they come from a
+// string converted to a number (turning one into text would take minutes).
+func TestHugeNumberFromString(t *testing.T) {
+	cases := map[string]string{
+		"common":  `max_connections = "1e300000000"`,
+		"factory": `repeat = "1e300000000"`,
+	}
+	for name, attr := range cases {
+		t.Run(name, func(t *testing.T) {
+			src := `service "testfactory" "e" {
+  ` + attr + `
+  endpoint "tcp" { address = ":0" }
+}
+`
+			done := make(chan error, 1)
+			go func() {
+				_, err := Parse([]byte(src), filepath.Join(t.TempDir(), "superd.hcl"))
+				done <- err
+			}()
+			select {
+			case err := <-done:
+				var de *DiagnosticsError
+				if !errors.As(err, &de) {
+					t.Fatalf("err = %v, want diagnostics", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatalf("Parse of %s still running after 5s", attr)
+			}
+		})
+	}
+}
