@@ -47,6 +47,11 @@ type Int32StringReceiver = IntNStringReceiver[uint32]
 // Like NetstringReceiver, and unlike the line receivers, a LoseConnection
 // made by StringReceived does not stop delivery of the strings remaining in
 // the current chunk; only PauseProducing does.
+//
+// As with LineReceiver, PauseProducing and ResumeProducing are for the
+// protocol's own callbacks: ResumeProducing delivers on the goroutine that
+// calls it, so the receiver must not be registered as its own transport's
+// producer.
 type IntNStringReceiver[P uint8 | uint16 | uint32] struct {
 	// Transport is the connection, set by Init.
 	Transport framework.Transport

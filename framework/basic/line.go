@@ -63,6 +63,15 @@ type LineLengthExceededHandler interface {
 // Either way the buffer is emptied first, so lines after the long one are
 // lost. Bytes the hook puts back with SetLineMode wait for the next
 // DataReceived call. The default hook calls Transport.LoseConnection().
+//
+// PauseProducing and ResumeProducing are meant for the protocol's own
+// callbacks (pause while a line is being handled, resume when done), where
+// they run one at a time with delivery. ResumeProducing delivers buffered
+// lines on the goroutine that calls it, so do not register the receiver as
+// its own transport's producer, nor call these methods from another
+// goroutine: the transport calls producers from whichever goroutine fills
+// or drains its output, and the receiver's delivery would then overlap the
+// connection's own DataReceived.
 type LineReceiver struct {
 	// Transport is the connection, set by Init.
 	Transport framework.Transport
