@@ -52,13 +52,25 @@ func TestMain(m *testing.M) {
 // ago.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 1000 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		// The kernel may offer a port again once it is free: never hand
+		// one out twice (a test's metrics and endpoint addresses clashed).
+		if _, dup := handedOut.LoadOrStore(addr, true); !dup {
+			return addr
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	t.Fatal("no loopback port that was not handed out already")
+	return ""
 }
+
+// handedOut holds the addresses freeAddr has returned.
+var handedOut sync.Map
 
 // daemon is a running superd process.
 type daemon struct {
