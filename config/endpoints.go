@@ -3,9 +3,8 @@ package config
 import (
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
-	"encoding/pem"
+	"errors"
 	"fmt"
 	"io/fs"
 	"net"
@@ -183,35 +182,14 @@ func (d *decoder) decodeTLS(ep *endpoint.Config, blk *hcl.Block, content *hcl.Bo
 		var caPEM []byte
 		ep.ClientCAFile, caPEM = d.tlsFile(a)
 		if caPEM != nil {
-			if err := checkCAPEM(caPEM); err != nil {
+			switch _, err := endpoint.ParseCertPool(caPEM); {
+			case errors.Is(err, endpoint.ErrNoCertificate):
+				d.errorf(a.Range, "Invalid client CA file", "%s holds no PEM certificate.", ep.ClientCAFile)
+			case err != nil:
 				d.errorf(a.Range, "Invalid client CA file", "%s: %s.", ep.ClientCAFile, err)
 			}
 		}
 	}
-}
-
-// checkCAPEM checks a client CA file as endpoint.TLSConfig loads it: every
-// CERTIFICATE block must parse, and there must be at least one.
-func checkCAPEM(data []byte) error {
-	n := 0
-	for rest := data; ; {
-		var block *pem.Block
-		block, rest = pem.Decode(rest)
-		if block == nil {
-			break
-		}
-		if block.Type != "CERTIFICATE" {
-			continue
-		}
-		if _, err := x509.ParseCertificate(block.Bytes); err != nil {
-			return fmt.Errorf("certificate %d: %v", n+1, err)
-		}
-		n++
-	}
-	if n == 0 {
-		return fmt.Errorf("it holds no PEM certificate")
-	}
-	return nil
 }
 
 // tlsFile reads the file an attribute names (resolved against the

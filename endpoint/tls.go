@@ -90,15 +90,25 @@ func tlsConfig(cfg Config, now time.Time) (*tls.Config, error) {
 	return conf, nil
 }
 
-// loadCertPool reads every CERTIFICATE block of a PEM file. Unlike
-// x509.CertPool.AppendCertsFromPEM it does not skip a certificate it cannot
-// parse, and a file without any certificate is an error: either would
-// leave the endpoint refusing clients for no visible reason.
+// loadCertPool reads a client CA file with ParseCertPool.
 func loadCertPool(file string) (*x509.CertPool, error) {
 	data, err := os.ReadFile(file)
 	if err != nil {
 		return nil, err
 	}
+	pool, err := ParseCertPool(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	return pool, nil
+}
+
+// ParseCertPool parses every CERTIFICATE block of PEM data. Unlike
+// x509.CertPool.AppendCertsFromPEM it does not skip a certificate it cannot
+// parse, and data without any certificate is an error: either would leave
+// the endpoint refusing clients for no visible reason. The configuration
+// checks client CA files with it, so validate accepts what start will.
+func ParseCertPool(data []byte) (*x509.CertPool, error) {
 	pool := x509.NewCertPool()
 	n := 0
 	for rest := data; ; {
@@ -112,16 +122,19 @@ func loadCertPool(file string) (*x509.CertPool, error) {
 		}
 		c, err := x509.ParseCertificate(block.Bytes)
 		if err != nil {
-			return nil, fmt.Errorf("%s: certificate %d: %w", file, n+1, err)
+			return nil, fmt.Errorf("certificate %d: %w", n+1, err)
 		}
 		pool.AddCert(c)
 		n++
 	}
 	if n == 0 {
-		return nil, fmt.Errorf("%s: no PEM certificate found", file)
+		return nil, ErrNoCertificate
 	}
 	return pool, nil
 }
+
+// ErrNoCertificate: PEM data holds no certificate.
+var ErrNoCertificate = errors.New("no PEM certificate found")
 
 // SelfSignedHosts lists the names a self-signed certificate for a listener
 // on address (HOST:PORT) is made valid for: localhost, 127.0.0.1 and ::1,
