@@ -12,6 +12,7 @@ import (
 
 	"github.com/superd-dev/superd/config"
 	"github.com/superd-dev/superd/endpoint"
+	"github.com/superd-dev/superd/metrics"
 )
 
 // stuckClient connects to a service whose factory greets with more than the
@@ -163,23 +164,29 @@ func TestFailedReloadLeavesNoEndpointSeries(t *testing.T) {
 	}
 }
 
-// allow and deny apply to the peer's own address, not to its per-source key
-// (an IPv6 address masked to ipv6_prefix bits: ::1 would be ::): a deny of
-// one IPv6 host keeps it out, an allow of one host lets it in.
-func TestDenyIPv6HostWithDefaultPrefix(t *testing.T) {
+// startOnIPv6Loopback starts service name with lim on a free [::1] port,
+// or skips the test where there is no IPv6 loopback.
+func startOnIPv6Loopback(t *testing.T, name string, lim config.Limits) (addr string, m *metrics.Metrics) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "[::1]:0")
 	if err != nil {
 		t.Skip("no IPv6 loopback:", err)
 	}
-	addr := ln.Addr().String()
+	addr = ln.Addr().String()
 	ln.Close()
-	f := &lifecycleFactory{}
-	lim := config.Limits{Deny: []netip.Prefix{netip.MustParsePrefix("::1/128")}}
 	s, m := newTestSupervisor()
-	if err := s.Start(&config.File{Services: []*config.Service{serviceConfig("d", f, lim, tcpEndpoint(addr))}}); err != nil {
+	if err := s.Start(&config.File{Services: []*config.Service{serviceConfig(name, &lifecycleFactory{}, lim, tcpEndpoint(addr))}}); err != nil {
 		t.Fatal(err)
 	}
-	defer s.Shutdown(time.Second)
+	t.Cleanup(func() { s.Shutdown(time.Second) })
+	return addr, m
+}
+
+// allow and deny apply to the peer's own address, not to its per-source key
+// (an IPv6 address masked to ipv6_prefix bits: ::1 would be ::): a deny of
+// one IPv6 host keeps it out, an allow of one host lets it in.
+func TestDenyIPv6HostWithDefaultPrefix(t *testing.T) {
+	addr, m := startOnIPv6Loopback(t, "d", config.Limits{Deny: []netip.Prefix{netip.MustParsePrefix("::1/128")}})
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -196,19 +203,7 @@ func TestDenyIPv6HostWithDefaultPrefix(t *testing.T) {
 }
 
 func TestAllowIPv6HostWithDefaultPrefix(t *testing.T) {
-	ln, err := net.Listen("tcp", "[::1]:0")
-	if err != nil {
-		t.Skip("no IPv6 loopback:", err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	f := &lifecycleFactory{}
-	lim := config.Limits{Allow: []netip.Prefix{netip.MustParsePrefix("::1/128")}}
-	s, _ := newTestSupervisor()
-	if err := s.Start(&config.File{Services: []*config.Service{serviceConfig("a", f, lim, tcpEndpoint(addr))}}); err != nil {
-		t.Fatal(err)
-	}
-	defer s.Shutdown(time.Second)
+	addr, _ := startOnIPv6Loopback(t, "a", config.Limits{Allow: []netip.Prefix{netip.MustParsePrefix("::1/128")}})
 	dialEcho(t, "tcp", addr, "let me in").Close()
 }
 
