@@ -203,6 +203,12 @@ func hxEchoOn(c net.Conn, payload []byte, timeout time.Duration) error {
 		if (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) && n < len(payload) {
 			return errEarlyClose
 		}
+		if n == 0 && (errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)) {
+			// Drained before the payload arrived: it came after the drain
+			// began, so it is not delivered, and a close that races with
+			// its arrival resets instead of ending with EOF.
+			return errEarlyClose
+		}
 		return fmt.Errorf("reading the echo (%d of %d bytes): %w", n, len(payload), err)
 	}
 	if err := <-werr; err != nil {
