@@ -15,37 +15,36 @@ import (
 	"github.com/superd-dev/superd/metrics"
 )
 
-// stuckClient connects to a service whose factory greets with more than the
-// socket buffers hold and never reads, so the connection cannot drain and
-// only an abort at the timeout ends it.
-func stuckClient(t *testing.T, active func() float64, addr string) net.Conn {
+// startStuck starts service name with f (given a greeting larger than the
+// socket buffers hold) and connects a client that never reads, so that
+// connection cannot drain and only an abort at a timeout ends it.
+func startStuck(t *testing.T, name string, f *lifecycleFactory) (s *Supervisor, m *metrics.Metrics, addr string, c net.Conn) {
 	t.Helper()
+	f.greet = make([]byte, 32<<20)
+	addr = freeAddr(t)
+	s, m = newTestSupervisor()
+	if err := s.Start(&config.File{ShutdownTimeout: 5 * time.Second, Services: []*config.Service{
+		serviceConfig(name, f, config.Limits{MaxPendingOutput: 64 << 20}, tcpEndpoint(addr)),
+	}}); err != nil {
+		t.Fatal(err)
+	}
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { return active() == 1 })
-	return c
+	waitFor(t, func() bool {
+		return testutil.ToFloat64(m.ConnectionsActive.WithLabelValues(name, "lifecycle")) == 1
+	})
+	return s, m, addr, c
 }
 
 // A service removed by reload drains in the background; a later reload adds
 // a service with the same name and factory before that drain ends. The end
 // of the old drain must leave the series the new instance uses.
 func TestReaddedServiceKeepsItsSeries(t *testing.T) {
-	oldF := &lifecycleFactory{greet: make([]byte, 32<<20)}
-	newF := &lifecycleFactory{}
-	addr := freeAddr(t)
-	lim := config.Limits{MaxPendingOutput: 64 << 20}
-	s, m := newTestSupervisor()
-	if err := s.Start(&config.File{ShutdownTimeout: 5 * time.Second, Services: []*config.Service{
-		serviceConfig("x", oldF, lim, tcpEndpoint(addr)),
-	}}); err != nil {
-		t.Fatal(err)
-	}
+	oldF, newF := &lifecycleFactory{}, &lifecycleFactory{}
+	s, m, addr, c := startStuck(t, "x", oldF)
 	defer s.Shutdown(time.Second)
-	c := stuckClient(t, func() float64 {
-		return testutil.ToFloat64(m.ConnectionsActive.WithLabelValues("x", "lifecycle"))
-	}, addr)
 	defer c.Close()
 
 	// Reload 1 removes x: its instance drains for up to 500ms.
@@ -76,17 +75,7 @@ func TestReaddedServiceKeepsItsSeries(t *testing.T) {
 // service that an earlier reload removed and that still drains under that
 // reload's longer timeout.
 func TestShutdownBoundsReloadDrains(t *testing.T) {
-	f := &lifecycleFactory{greet: make([]byte, 32<<20)}
-	addr := freeAddr(t)
-	s, m := newTestSupervisor()
-	if err := s.Start(&config.File{ShutdownTimeout: 5 * time.Second, Services: []*config.Service{
-		serviceConfig("gone", f, config.Limits{MaxPendingOutput: 64 << 20}, tcpEndpoint(addr)),
-	}}); err != nil {
-		t.Fatal(err)
-	}
-	c := stuckClient(t, func() float64 {
-		return testutil.ToFloat64(m.ConnectionsActive.WithLabelValues("gone", "lifecycle"))
-	}, addr)
+	s, _, _, c := startStuck(t, "gone", &lifecycleFactory{})
 	defer c.Close()
 	// The reload removes the service; the file then says 5s.
 	if err := s.Reload(&config.File{ShutdownTimeout: 5 * time.Second}); err != nil {
@@ -210,19 +199,9 @@ func TestAllowIPv6HostWithDefaultPrefix(t *testing.T) {
 // SIGUSR1 reaches an instance that a reload replaced and that still drains:
 // it keeps writing meanwhile, so it too must let go of a rotated file.
 func TestReopenReachesDrainingInstance(t *testing.T) {
-	oldF := &lifecycleFactory{greet: make([]byte, 32<<20)}
-	newF := &lifecycleFactory{}
-	addr := freeAddr(t)
-	s, m := newTestSupervisor()
-	if err := s.Start(&config.File{ShutdownTimeout: 5 * time.Second, Services: []*config.Service{
-		serviceConfig("x", oldF, config.Limits{MaxPendingOutput: 64 << 20}, tcpEndpoint(addr)),
-	}}); err != nil {
-		t.Fatal(err)
-	}
+	oldF, newF := &lifecycleFactory{}, &lifecycleFactory{}
+	s, _, addr, c := startStuck(t, "x", oldF)
 	defer s.Shutdown(time.Second)
-	c := stuckClient(t, func() float64 {
-		return testutil.ToFloat64(m.ConnectionsActive.WithLabelValues("x", "lifecycle"))
-	}, addr)
 	defer c.Close()
 	if err := s.Reload(&config.File{ShutdownTimeout: 5 * time.Second, Services: []*config.Service{
 		serviceConfig("x", newF, config.Limits{}, tcpEndpoint(addr)),
