@@ -281,11 +281,7 @@ const (
 func (c *Conn) call(p Protocol, which int, data []byte, reason error) (perr error) {
 	defer func() {
 		if v := recover(); v != nil {
-			pe := &PanicError{Value: v, Stack: debug.Stack()}
-			c.opts.Logger.Error("protocol panic; closing its connection",
-				"peer", c.nc.RemoteAddr().String(), "panic", v, "stack", string(pe.Stack))
-			c.abort(pe)
-			perr = pe
+			perr = c.panicked("protocol", v)
 		}
 	}()
 	switch which {
@@ -297,6 +293,16 @@ func (c *Conn) call(p Protocol, which int, data []byte, reason error) (perr erro
 		p.ConnectionLost(reason)
 	}
 	return nil
+}
+
+// panicked ends the connection after a panic in who's code (recovered as
+// v, in a deferred call: the stack is still the panicking one) and logs it.
+func (c *Conn) panicked(who string, v any) *PanicError {
+	pe := &PanicError{Value: v, Stack: debug.Stack()}
+	c.opts.Logger.Error(who+" panic; closing its connection",
+		"peer", c.nc.RemoteAddr().String(), "panic", v, "stack", string(pe.Stack))
+	c.abort(pe)
+	return pe
 }
 
 // The producer callbacks, for callProducer.
@@ -313,10 +319,7 @@ const (
 func (c *Conn) callProducer(p Producer, which int) {
 	defer func() {
 		if v := recover(); v != nil {
-			pe := &PanicError{Value: v, Stack: debug.Stack()}
-			c.opts.Logger.Error("producer panic; closing its connection",
-				"peer", c.nc.RemoteAddr().String(), "panic", v, "stack", string(pe.Stack))
-			c.abort(pe)
+			c.panicked("producer", v)
 		}
 	}()
 	switch which {
