@@ -83,6 +83,10 @@ func serviceSchema(spec *framework.Spec) *hcl.BodySchema {
 	seen := map[string]bool{}
 	if spec != nil {
 		for _, a := range spec.Attributes {
+			if a.Block {
+				s.Blocks = append(s.Blocks[:len(s.Blocks):len(s.Blocks)], hcl.BlockHeaderSchema{Type: a.Name})
+				continue
+			}
 			s.Attributes = append(s.Attributes, hcl.AttributeSchema{Name: a.Name})
 			seen[a.Name] = true
 		}
@@ -161,6 +165,9 @@ func (d *decoder) decodeFactory(svc *Service, blk *hcl.Block, content *hcl.BodyC
 	obj := hcldec.ObjectSpec{}
 	for _, a := range spec.Attributes {
 		var s hcldec.Spec = &hcldec.AttrSpec{Name: a.Name, Type: a.Type, Required: a.Required}
+		if a.Block {
+			s = &hcldec.BlockAttrsSpec{TypeName: a.Name, ElementType: a.Type.ElementType(), Required: a.Required}
+		}
 		if !a.Default.IsNull() {
 			def, err := convert.Convert(a.Default, a.Type)
 			if err != nil {
@@ -187,6 +194,13 @@ func (d *decoder) decodeFactory(svc *Service, blk *hcl.Block, content *hcl.BodyC
 	for _, a := range spec.Attributes {
 		v := val.GetAttr(a.Name)
 		attr := content.Attributes[a.Name]
+		if a.Block {
+			for _, blk := range content.Blocks {
+				if blk.Type == a.Name {
+					cfg.Ranges[a.Name] = blk.DefRange
+				}
+			}
+		}
 		if attr != nil {
 			cfg.Ranges[a.Name] = attr.Range
 			if !v.IsWhollyKnown() || hasNullElement(v) {
@@ -205,7 +219,19 @@ func (d *decoder) decodeFactory(svc *Service, blk *hcl.Block, content *hcl.BodyC
 	}
 	svc.FactoryConfig = cfg
 
-	if _, err := spec.New(cfg); err != nil {
+	f, err := spec.New(cfg)
+	if ec, ok := f.(framework.EndpointChecker); ok && err == nil {
+		for _, eb := range content.Blocks {
+			if eb.Type != blockEndpoint || len(eb.Labels) == 0 {
+				continue
+			}
+			if cerr := ec.CheckEndpoint(eb.Labels[0]); cerr != nil {
+				d.errorf(eb.LabelRanges[0], "Endpoint kind not served",
+					"Service %q cannot use a %s endpoint: %s", svc.Name, eb.Labels[0], sentence(cerr.Error()))
+			}
+		}
+	}
+	if err != nil {
 		var ae *framework.AttrError
 		switch {
 		case errors.As(err, &ae) && cfg.IsSet(ae.Attribute):

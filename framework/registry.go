@@ -45,6 +45,9 @@ type Attribute struct {
 	Default     cty.Value // cty.NilVal: no default (the value is null when unset)
 	Required    bool
 	Description string
+	// Block makes a map attribute a block of attributes instead, written
+	// `NAME { key = value ... }` (at most one); Type must be a map type.
+	Block bool
 }
 
 // Config is the configuration of one service as its factory sees it.
@@ -177,7 +180,7 @@ func Register(s Spec) {
 	}
 	seen := map[string]bool{}
 	for _, a := range s.Attributes {
-		if a.Name == "" || seen[a.Name] || a.Type == cty.NilType {
+		if a.Name == "" || seen[a.Name] || a.Type == cty.NilType || (a.Block && !a.Type.IsMapType()) {
 			panic(fmt.Sprintf("framework.Register(%q): bad attribute %q", s.Name, a.Name))
 		}
 		seen[a.Name] = true

@@ -19,6 +19,9 @@ const (
 	RejectDenied              = "denied"
 	RejectTLSHandshake        = "tls_handshake"
 	RejectFactory             = "factory"
+	// RejectSpawn: a factory that runs a program per connection (exec)
+	// could not start it.
+	RejectSpawn = "spawn"
 )
 
 // Drop reasons: a connection superd ended after handing it to a protocol.
@@ -32,7 +35,7 @@ const (
 // exist (at 0) from startup.
 var (
 	RejectReasons = []string{RejectMaxConnections, RejectMaxConnectionsPerIP, RejectRateLimit,
-		RejectRateLimitPerIP, RejectDenied, RejectTLSHandshake, RejectFactory}
+		RejectRateLimitPerIP, RejectDenied, RejectTLSHandshake, RejectFactory, RejectSpawn}
 	DropReasons = []string{DropIdleTimeout, DropSlowConsumer, DropShutdownTimeout}
 )
 
@@ -180,7 +183,13 @@ func (s *Service) DeleteEndpoint(label string) {
 }
 
 // Rejected counts a connection refused at accept.
-func (s *Service) Rejected(reason string) { s.rejected[reason].Inc() }
+func (s *Service) Rejected(reason string) {
+	c, ok := s.rejected[reason]
+	if !ok { // a reason a factory made up: its series appears when first used
+		c = s.m.ConnectionsRejected.WithLabelValues(s.name, s.fact, reason)
+	}
+	c.Inc()
+}
 
 // Dropped counts a connection superd ended.
 func (s *Service) Dropped(reason string) { s.dropped[reason].Inc() }

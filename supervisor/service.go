@@ -40,7 +40,8 @@ type service struct {
 	closing     bool
 	active      int                          // connections accepted and not yet ended
 	perSource   map[netip.Prefix]int         // active, by source key
-	conns       map[net.Conn]*framework.Conn // nil value: accepted, not yet served
+	conns       map[net.Conn]servedConn // nil value: accepted, not yet served
+	listening   map[*handoff]struct{}   // wait mode: listening sockets handed to the factory now
 	rate        *tokenBucket
 	sourceRates map[netip.Prefix]*tokenBucket
 	// sweep the full buckets out of sourceRates when it reaches this size
@@ -83,7 +84,8 @@ func newService(log *slog.Logger, m *metrics.Metrics, sc *config.Service, refs *
 		log:       log.With("service", sc.Name, "factory", sc.Factory),
 		m:         ms,
 		perSource: map[netip.Prefix]int{},
-		conns:     map[net.Conn]*framework.Conn{},
+		conns:     map[net.Conn]servedConn{},
+		listening: map[*handoff]struct{}{},
 		refs:      refs,
 		cut:       make(chan struct{}),
 	}
@@ -175,13 +177,15 @@ func (s *service) accept(c net.Conn, b *binding) {
 		return
 	}
 	s.active++
+	fromSource := 0
 	if hasSource {
 		s.perSource[key]++
+		fromSource = s.perSource[key]
 	}
 	s.conns[c] = nil
 	s.connWG.Add(1)
 	s.mu.Unlock()
-	go s.handle(c, b, key, hasSource)
+	go s.handle(c, b, key, hasSource, fromSource)
 }
 
 // allowed applies allow and deny (deny wins).
@@ -248,7 +252,7 @@ func (s *service) takeSourceToken(key netip.Prefix, now time.Time) bool {
 // handle runs in the connection's goroutine: TLS handshake, protocol,
 // then serving. The goroutine may end before the connection does (an idle
 // connection parks without one); release does the bookkeeping at the end.
-func (s *service) handle(c net.Conn, b *binding, key netip.Prefix, hasSource bool) {
+func (s *service) handle(c net.Conn, b *binding, key netip.Prefix, hasSource bool, fromSource int) {
 	release := func() {
 		s.mu.Lock()
 		s.active--
@@ -280,6 +284,11 @@ func (s *service) handle(c net.Conn, b *binding, key netip.Prefix, hasSource boo
 		}
 		nc = tc
 	}
+	if h, ok := s.factory.(framework.ConnHandler); ok {
+		s.handOver(h, c, nc, b, fromSource)
+		release()
+		return
+	}
 	p := s.buildProtocol(c.RemoteAddr())
 	if p == nil {
 		s.m.Rejected(metrics.RejectFactory)
@@ -299,18 +308,23 @@ func (s *service) handle(c net.Conn, b *binding, key netip.Prefix, hasSource boo
 	s.m.Active.Inc()
 	start := time.Now()
 	conn.Run(p, func(reason error) {
-		s.m.Active.Dec()
-		s.m.Duration.Observe(time.Since(start).Seconds())
-		switch {
-		case errors.Is(reason, framework.ErrIdleTimeout):
-			s.m.Dropped(metrics.DropIdleTimeout)
-		case errors.Is(reason, framework.ErrSlowConsumer):
-			s.m.Dropped(metrics.DropSlowConsumer)
-		case errors.Is(reason, framework.ErrShutdownTimeout):
-			s.m.Dropped(metrics.DropShutdownTimeout)
-		}
+		s.ended(start, reason)
 		release()
 	})
+}
+
+// ended counts the end of a connection that was served.
+func (s *service) ended(start time.Time, reason error) {
+	s.m.Active.Dec()
+	s.m.Duration.Observe(time.Since(start).Seconds())
+	switch {
+	case errors.Is(reason, framework.ErrIdleTimeout):
+		s.m.Dropped(metrics.DropIdleTimeout)
+	case errors.Is(reason, framework.ErrSlowConsumer):
+		s.m.Dropped(metrics.DropSlowConsumer)
+	case errors.Is(reason, framework.ErrShutdownTimeout):
+		s.m.Dropped(metrics.DropShutdownTimeout)
+	}
 }
 
 // buildProtocol calls the factory; a panic there refuses the connection
@@ -369,6 +383,9 @@ func (s *service) drainAndStop(timeout time.Duration, mode stopMode) error {
 			conn.Drain() // what has arrived is delivered, output flushed
 		}
 	}
+	for h := range s.listening {
+		h.Drain()
+	}
 	s.mu.Unlock()
 
 	done := make(chan struct{})
@@ -394,6 +411,10 @@ func (s *service) drainAndStop(timeout time.Duration, mode stopMode) error {
 				conn.Abort(framework.ErrShutdownTimeout)
 				n++
 			}
+		}
+		for h := range s.listening {
+			h.Abort(framework.ErrShutdownTimeout)
+			n++
 		}
 		s.mu.Unlock()
 		if cut {

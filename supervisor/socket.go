@@ -5,10 +5,14 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/superd-dev/superd/endpoint"
 )
@@ -29,6 +33,9 @@ type socket struct {
 	closeOnce sync.Once
 	closed    atomic.Bool
 	done      chan struct{} // closed when the accept loop has returned
+	// waiting: the loop serves an owner in wait mode (it watches the
+	// socket and hands it over instead of accepting).
+	waiting atomic.Bool
 }
 
 // socketKey identifies the address a socket is bound to, so tcp and tls
@@ -56,9 +63,24 @@ func listenSocket(key string, ep *endpoint.Config, log *slog.Logger) (*socket, e
 }
 
 // serve makes b the socket's owner, starting the accept loop the first time.
+// An owner in wait mode (see ListenerHandler) is served by watching the
+// socket instead of accepting; when a reload changes the mode, the loop is
+// woken to switch.
 func (k *socket) serve(b *binding) {
-	k.owner.Store(b)
-	k.startOnce.Do(func() { go k.acceptLoop() })
+	prev := k.owner.Swap(b)
+	started := false
+	k.startOnce.Do(func() { started = true; go k.loop() })
+	if !started && prev != nil && prev.svc.waits() != b.svc.waits() {
+		k.wake()
+	}
+}
+
+// wake interrupts the loop's Accept or wait, so it looks at its owner
+// again.
+func (k *socket) wake() {
+	if dl, ok := k.ln.(interface{ SetDeadline(time.Time) error }); ok {
+		dl.SetDeadline(time.Now())
+	}
 }
 
 // release detaches b; if b still owned the socket, nobody took it over, so
@@ -72,10 +94,17 @@ func (k *socket) release(b *binding) bool {
 	return false
 }
 
-// close closes the listener and waits for the accept loop to end.
+// close closes the listener and waits for the accept loop to end. A loop in
+// wait mode may be inside a handover that lasts until its owner's drain
+// ends the child: it is not waited for (it returns by itself once the
+// handover is over).
 func (k *socket) close() {
 	k.closeOnce.Do(func() {
 		k.closed.Store(true)
+		if k.waiting.Load() {
+			k.ln.Close()
+			return
+		}
 		if dl, ok := k.ln.(interface{ SetDeadline(time.Time) error }); ok {
 			dl.SetDeadline(time.Now()) // wake the loop for its last sweep
 		} else {
@@ -98,15 +127,51 @@ const (
 	maxAcceptDelay = time.Second
 )
 
-func (k *socket) acceptLoop() {
+// loop serves the socket until it closes: by accepting, or, while its
+// owner is in wait mode, by watching it.
+func (k *socket) loop() {
 	defer close(k.done)
+	for {
+		b := k.owner.Load()
+		if b != nil && b.svc.waits() {
+			k.waiting.Store(true)
+			if k.closed.Load() { // close may have missed the flag
+				k.ln.Close()
+				return
+			}
+			if !k.watch() {
+				return
+			}
+			continue
+		}
+		if !k.acceptLoop() {
+			return
+		}
+	}
+}
+
+// acceptLoop accepts until the socket closes (false) or its owner switches
+// to wait mode (true).
+func (k *socket) acceptLoop() bool {
+	k.waiting.Store(false)
 	var delay time.Duration
 	for {
 		c, err := k.ln.Accept()
 		if err != nil {
 			if k.closed.Load() || errors.Is(err, net.ErrClosed) {
 				k.sweep()
-				return
+				return false
+			}
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				k.clearDeadline()
+				if k.closed.Load() {
+					k.sweep()
+					return false
+				}
+				if b := k.owner.Load(); b != nil && b.svc.waits() {
+					return true
+				}
+				continue
 			}
 			if delay == 0 {
 				delay = minAcceptDelay
@@ -127,6 +192,68 @@ func (k *socket) acceptLoop() {
 			continue
 		}
 		b.svc.accept(c, b)
+	}
+}
+
+func (k *socket) clearDeadline() {
+	if dl, ok := k.ln.(interface{ SetDeadline(time.Time) error }); ok {
+		dl.SetDeadline(time.Time{})
+	}
+}
+
+// watch serves an owner in wait mode: it waits until a connection is
+// queued, hands the socket to the owner's factory, which serves it until
+// its program exits, and watches again. It returns false when the socket
+// closes, true when the owner is no longer in wait mode.
+func (k *socket) watch() bool {
+	sc, ok := k.ln.(syscall.Conn)
+	if !ok {
+		k.log.Error("wait mode needs a socket with a descriptor", "endpoint", k.label)
+		return false
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	for {
+		// Read calls the function, and while it reports false waits for
+		// the socket to become readable (a connection queued) and calls
+		// it again: no busy loop, nothing accepted.
+		err := raw.Read(func(fd uintptr) bool {
+			return readable(int(fd))
+		})
+		if k.closed.Load() || errors.Is(err, net.ErrClosed) {
+			return false
+		}
+		if err != nil {
+			k.clearDeadline() // woken by a change of owner
+			if k.closed.Load() {
+				return false
+			}
+		}
+		b := k.owner.Load()
+		if b == nil {
+			b = k.last.Load()
+		}
+		if b == nil || !b.svc.waits() {
+			return true
+		}
+		if err == nil {
+			b.svc.serveListener(b)
+		}
+	}
+}
+
+// readable reports whether fd has input waiting (for a listener: a
+// connection in its queue), without consuming it.
+func readable(fd int) bool {
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	for {
+		n, err := unix.Poll(fds, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		return err == nil && n > 0
 	}
 }
 

@@ -33,6 +33,9 @@ func cmdRun(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "superd run: %v\n%s", err, usage)
 		return exitUsage
 	}
+	// Services that log through slog's default logger log in the same
+	// format, at the same level, to the same place.
+	slog.SetDefault(log)
 
 	// Signals are caught from the start, so one arriving during startup is
 	// not lost (and does not kill the process half-started).

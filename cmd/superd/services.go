@@ -5,6 +5,7 @@ package main
 import (
 	_ "github.com/superd-dev/superd/services/chat"
 	_ "github.com/superd-dev/superd/services/echo"
+	_ "github.com/superd-dev/superd/services/exec"
 	_ "github.com/superd-dev/superd/services/logfile"
 	_ "github.com/superd-dev/superd/services/qotd"
 )

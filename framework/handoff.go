@@ -1,0 +1,98 @@
+package framework
+
+import (
+	"net"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// ConnHandler is implemented by factories that serve a connection
+// themselves instead of building a Protocol for it: the exec factory hands
+// the socket to a child process. Everything that happens before a protocol
+// would exist still applies (allow/deny, every limit, the TLS handshake),
+// the connection counts as active until ServeConn returns, and the
+// supervisor tells the handler when the service begins draining and when
+// its time is up.
+type ConnHandler interface {
+	// ServeConn serves one connection until it is over, and closes it.
+	// It calls c.Served once the connection is being served (for exec:
+	// the program started). It returns nil for a clean end,
+	// ErrShutdownTimeout when it ended because Killed was closed,
+	// ErrIdleTimeout when it enforced IdleTimeout, another error
+	// (counted as lost), or, without calling Served, a *RejectError
+	// (counted as a rejection). It is called from many goroutines at once.
+	ServeConn(c *HandedConn) error
+}
+
+// RejectError is returned by a ConnHandler that could not serve a
+// connection at all; Reason is the rejection reason counted
+// (superd_connections_rejected_total), such as "spawn".
+type RejectError struct {
+	Reason string
+	Err    error
+}
+
+func (e *RejectError) Error() string { return e.Reason + ": " + e.Err.Error() }
+func (e *RejectError) Unwrap() error { return e.Err }
+
+// HandedConn is a connection given to a ConnHandler.
+type HandedConn struct {
+	// Conn is a *net.TCPConn or *net.UnixConn straight from accept, or,
+	// where superd must stay in the stream, the stream after superd's
+	// layer (a *tls.Conn whose handshake is done).
+	Conn net.Conn
+	// SourceConns is the number of open connections of the service from
+	// the same source, this one included (0 for unix peers).
+	SourceConns int
+	// IdleTimeout is the service's idle_timeout (0: none); it can only be
+	// enforced where the handler sits in the stream.
+	IdleTimeout time.Duration
+	// Received and Sent count application bytes as they move.
+	Received, Sent prometheus.Counter
+	// Stopping is closed when the service begins draining (shutdown, or a
+	// reload that replaces or removes it): finish soon.
+	Stopping <-chan struct{}
+	// Killed is closed when the drain has run out of time: end now.
+	Killed <-chan struct{}
+	// Served is set by superd: the handler calls it once, when the
+	// connection is being served, from which point it is counted as
+	// handed to a protocol (superd_connections_total, _active).
+	Served func()
+}
+
+// ListenerHandler is implemented by factories that can serve a listening
+// socket themselves rather than its connections (inetd's wait mode,
+// systemd's Accept=no). When ServesListeners reports true, superd never
+// accepts on the service's endpoints: it waits until one has a connection
+// (or a datagram) waiting, calls ServeListener, and watches the socket
+// again only once ServeListener has returned.
+type ListenerHandler interface {
+	ServesListeners() bool
+	// ServeListener serves what is waiting on the listening socket and
+	// returns when it is done (for exec, when its child has exited, after
+	// any restart back-off: it must never let superd call it again in a
+	// busy loop). It must not close l.File. A *RejectError is counted as a
+	// rejection.
+	ServeListener(l *HandedListener) error
+}
+
+// HandedListener is a listening socket given to a ListenerHandler.
+type HandedListener struct {
+	// File is the listening socket, in blocking mode for the duration of
+	// the call (a program expects that of a socket it is given).
+	File *os.File
+	// Endpoint is the endpoint's label, such as "tcp:127.0.0.1:7079".
+	Endpoint string
+	// Stopping and Killed are as for HandedConn.
+	Stopping <-chan struct{}
+	Killed   <-chan struct{}
+}
+
+// EndpointChecker is implemented by factories that serve only some kinds
+// of endpoint (for example, exec in wait mode cannot serve tls). validate
+// reports the error at the endpoint block.
+type EndpointChecker interface {
+	CheckEndpoint(kind string) error
+}

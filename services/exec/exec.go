@@ -1,0 +1,514 @@
+// Package exec runs a program per connection, as inetd, xinetd, ucspi-tcp's
+// tcpserver and systemd's socket units do (SPEC section 9).
+//
+// Name: exec.
+//
+//	service "exec" "finger" {
+//	  command = ["/usr/sbin/in.fingerd", "-w"]
+//	  user    = "nobody"
+//	  endpoint "tcp" { address = "127.0.0.1:7079" }
+//	}
+//
+// In nowait mode (the default) every connection gets its own child, whose
+// fd 0 and fd 1 are the connection: the socket itself for tcp and unix
+// endpoints (superd copies nothing), or one end of a socket pair that
+// superd relays to and from a TLS connection. In wait mode (wait = true)
+// superd does not accept: it hands the listening socket to one child at a
+// time (fd 0 and 1, or fd 3 with LISTEN_FDS under listen_fds = true).
+//
+// Every child runs in its own session with a clean environment holding the
+// connection's facts (TCPREMOTEIP, REMOTE_ADDR, ...), is reaped the moment
+// it exits, and is logged and counted. A draining service sends its
+// children stop_signal, and SIGKILL when shutdown_timeout runs out.
+package exec
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	osexec "os/exec"
+	"os/user"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/zclconf/go-cty/cty"
+	"golang.org/x/sys/unix"
+
+	"github.com/superd-dev/superd/framework"
+)
+
+// DefaultPath is the child's PATH unless env sets one (systemd's default).
+const DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// Exit results of superd_exec_exits_total.
+const (
+	ResultSuccess = "success"
+	ResultFailure = "failure"
+	ResultSignal  = "signal"
+)
+
+var (
+	processes = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "superd_exec_processes",
+		Help: "Programs started by exec services that are running now.",
+	}, []string{"service"})
+	exits = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "superd_exec_exits_total",
+		Help: "Programs started by exec services that have exited, by result (success: status 0; failure: another status; signal: killed by a signal).",
+	}, []string{"service", "result"})
+)
+
+func init() {
+	framework.Register(framework.Spec{
+		Name:        "exec",
+		Description: "runs a program per connection (inetd style): its stdin and stdout are the connection",
+		Attributes: []framework.Attribute{
+			{Name: "command", Type: cty.List(cty.String), Required: true,
+				Description: "the program and its arguments; the program is an absolute path or found in PATH at validate"},
+			{Name: "user", Type: cty.String, Description: "run the program as this user (name or number; superd must run as root)"},
+			{Name: "group", Type: cty.String, Description: "its group (default: the user's primary group)"},
+			{Name: "groups", Type: cty.List(cty.String), Description: "its supplementary groups (default: none)"},
+			{Name: "dir", Type: cty.String, Default: cty.StringVal("/"), Description: "its working directory"},
+			{Name: "env", Type: cty.Map(cty.String), Description: "variables added to its clean environment"},
+			{Name: "pass_env", Type: cty.List(cty.String), Description: "variables copied from superd's environment when set"},
+			{Name: "umask", Type: cty.String, Description: "its umask, in octal such as \"0022\" (default: superd's)"},
+			{Name: "nice", Type: cty.Number, Description: "its nice value, -20 to 19 (default: superd's)"},
+			{Name: "rlimits", Type: cty.Map(cty.Number), Block: true,
+				Description: "block of resource limits: " + strings.Join(rlimitNames(), ", ") + " (soft and hard)"},
+			{Name: "stderr", Type: cty.String, Default: cty.StringVal(StderrLog),
+				Description: "its fd 2: \"log\" (each line logged with service and pid), \"discard\" or \"inherit\" (superd's own stderr)"},
+			{Name: "stop_signal", Type: cty.String, Default: cty.StringVal("SIGTERM"),
+				Description: "sent to its process group when the service drains (SIGKILL follows at shutdown_timeout)"},
+			{Name: "wait", Type: cty.Bool, Default: cty.False,
+				Description: "wait mode: one child at a time receives the listening socket instead of a connection"},
+			{Name: "listen_fds", Type: cty.Bool, Default: cty.False,
+				Description: "in wait mode, pass the socket as fd 3 with LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES (systemd style) instead of fd 0 and 1"},
+		},
+		New:        newFactory,
+		Collectors: []prometheus.Collector{processes, exits},
+	})
+}
+
+// Values of the stderr attribute.
+const (
+	StderrLog     = "log"
+	StderrDiscard = "discard"
+	StderrInherit = "inherit"
+)
+
+// rlimits maps the names of the rlimits block to resources.
+var rlimits = map[string]int{
+	"as":         unix.RLIMIT_AS,
+	"core":       unix.RLIMIT_CORE,
+	"cpu":        unix.RLIMIT_CPU,
+	"data":       unix.RLIMIT_DATA,
+	"fsize":      unix.RLIMIT_FSIZE,
+	"locks":      unix.RLIMIT_LOCKS,
+	"memlock":    unix.RLIMIT_MEMLOCK,
+	"msgqueue":   unix.RLIMIT_MSGQUEUE,
+	"nice":       unix.RLIMIT_NICE,
+	"nofile":     unix.RLIMIT_NOFILE,
+	"nproc":      unix.RLIMIT_NPROC,
+	"rss":        unix.RLIMIT_RSS,
+	"rtprio":     unix.RLIMIT_RTPRIO,
+	"sigpending": unix.RLIMIT_SIGPENDING,
+	"stack":      unix.RLIMIT_STACK,
+}
+
+func rlimitNames() []string {
+	names := make([]string, 0, len(rlimits))
+	for n := range rlimits {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// Factory is the exec factory of one service.
+type Factory struct {
+	service string
+	log     *slog.Logger
+
+	path       string   // the program, resolved
+	argv       []string // command as written
+	dir        string
+	cred       *syscall.Credential // nil: superd's own
+	userName   string
+	env        []string // env attribute, as NAME=value, sorted
+	passEnv    []string
+	setup      setup // what the shim applies before exec (umask, nice, rlimits)
+	stderr     string
+	stopSignal syscall.Signal
+	wait       bool
+	listenFDs  bool
+
+	// Set by StartFactory.
+	procs   prometheus.Gauge
+	results map[string]prometheus.Counter
+	baseEnv []string
+	devNull *os.File
+
+	children sync.WaitGroup // every child, until reaped
+	backoff  backoff        // wait mode
+}
+
+var (
+	_ framework.Factory         = (*Factory)(nil)
+	_ framework.ConnHandler     = (*Factory)(nil)
+	_ framework.ListenerHandler = (*Factory)(nil)
+	_ framework.EndpointChecker = (*Factory)(nil)
+	_ framework.FactoryStarter  = (*Factory)(nil)
+	_ framework.FactoryStopper  = (*Factory)(nil)
+)
+
+func newFactory(cfg *framework.Config) (framework.Factory, error) {
+	f := &Factory{
+		service:   cfg.Service,
+		stderr:    cfg.String("stderr"),
+		wait:      cfg.Bool("wait"),
+		listenFDs: cfg.Bool("listen_fds"),
+		setup:     setup{umask: -1},
+	}
+
+	f.argv = cfg.Strings("command")
+	if len(f.argv) == 0 || f.argv[0] == "" {
+		return nil, cfg.Errorf("command", "command needs at least the program, such as [\"/bin/cat\"]")
+	}
+	for _, a := range f.argv {
+		if strings.ContainsRune(a, 0) {
+			return nil, cfg.Errorf("command", "an argument holds a NUL character")
+		}
+	}
+	path, err := findProgram(f.argv[0])
+	if err != nil {
+		return nil, cfg.Errorf("command", "%v", err)
+	}
+	f.path = path
+
+	f.dir = cfg.Path("dir")
+	if st, err := os.Stat(f.dir); err != nil {
+		return nil, cfg.Errorf("dir", "the working directory %q cannot be used: %v", f.dir, unwrapPath(err))
+	} else if !st.IsDir() {
+		return nil, cfg.Errorf("dir", "%q is not a directory", f.dir)
+	}
+
+	if err := f.decodeCredentials(cfg); err != nil {
+		return nil, err
+	}
+	if err := f.decodeEnv(cfg); err != nil {
+		return nil, err
+	}
+	if err := f.decodeSetup(cfg); err != nil {
+		return nil, err
+	}
+
+	switch f.stderr {
+	case StderrLog, StderrDiscard, StderrInherit:
+	default:
+		return nil, cfg.Errorf("stderr", "%q is not one of \"log\", \"discard\" or \"inherit\"", f.stderr)
+	}
+	sig, err := parseSignal(cfg.String("stop_signal"))
+	if err != nil {
+		return nil, cfg.Errorf("stop_signal", "%v", err)
+	}
+	f.stopSignal = sig
+	if f.listenFDs && !f.wait {
+		return nil, cfg.Errorf("listen_fds", "listen_fds passes the listening socket, which only wait mode does: set wait = true as well")
+	}
+	return f, nil
+}
+
+// findProgram checks the program: an absolute path must be an executable
+// file; a bare name is looked up in superd's PATH.
+func findProgram(name string) (string, error) {
+	if !strings.Contains(name, "/") {
+		p, err := osexec.LookPath(name)
+		if err != nil {
+			return "", fmt.Errorf("the program %q is not in PATH (%s); write its absolute path", name, os.Getenv("PATH"))
+		}
+		return p, nil
+	}
+	if !strings.HasPrefix(name, "/") {
+		return "", fmt.Errorf("the program %q must be an absolute path or a name looked up in PATH", name)
+	}
+	st, err := os.Stat(name)
+	if err != nil {
+		return "", fmt.Errorf("the program %q cannot be used: %v", name, unwrapPath(err))
+	}
+	if !st.Mode().IsRegular() {
+		return "", fmt.Errorf("the program %q is not a regular file", name)
+	}
+	if st.Mode().Perm()&0o111 == 0 {
+		return "", fmt.Errorf("the program %q is not executable (mode %v)", name, st.Mode().Perm())
+	}
+	return name, nil
+}
+
+func unwrapPath(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+func (f *Factory) decodeCredentials(cfg *framework.Config) error {
+	name := cfg.String("user")
+	groupName := cfg.String("group")
+	groupNames := cfg.Strings("groups")
+	if name == "" {
+		if groupName != "" || len(groupNames) > 0 {
+			attr := "group"
+			if groupName == "" {
+				attr = "groups"
+			}
+			return cfg.Errorf(attr, "%s needs user as well", attr)
+		}
+		return nil
+	}
+	u, err := lookupUser(name)
+	if err != nil {
+		return cfg.Errorf("user", "%v", err)
+	}
+	uid, _ := strconv.ParseUint(u.Uid, 10, 32)
+	gid, _ := strconv.ParseUint(u.Gid, 10, 32)
+	if groupName != "" {
+		if gid, err = lookupGroup(groupName); err != nil {
+			return cfg.Errorf("group", "%v", err)
+		}
+	}
+	cred := &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}
+	for _, g := range groupNames {
+		id, err := lookupGroup(g)
+		if err != nil {
+			return cfg.Errorf("groups", "%v", err)
+		}
+		cred.Groups = append(cred.Groups, uint32(id))
+	}
+	f.cred = cred
+	f.userName = name
+	return nil
+}
+
+func lookupUser(name string) (*user.User, error) {
+	if _, err := strconv.ParseUint(name, 10, 32); err == nil {
+		if u, err := user.LookupId(name); err == nil {
+			return u, nil
+		}
+		// A number without an entry: run as that uid, with gid the same.
+		return &user.User{Uid: name, Gid: name, Username: name}, nil
+	}
+	u, err := user.Lookup(name)
+	if err != nil {
+		return nil, fmt.Errorf("there is no user %q on this system", name)
+	}
+	return u, nil
+}
+
+func lookupGroup(name string) (uint64, error) {
+	if id, err := strconv.ParseUint(name, 10, 32); err == nil {
+		return id, nil
+	}
+	g, err := user.LookupGroup(name)
+	if err != nil {
+		return 0, fmt.Errorf("there is no group %q on this system", name)
+	}
+	return strconv.ParseUint(g.Gid, 10, 32)
+}
+
+func (f *Factory) decodeEnv(cfg *framework.Config) error {
+	if v := cfg.Values["env"]; !v.IsNull() {
+		for it := v.ElementIterator(); it.Next(); {
+			k, val := it.Element()
+			name, value := k.AsString(), val.AsString()
+			if !envName.MatchString(name) {
+				return cfg.Errorf("env", "%q is not a valid variable name (letters, digits and _, not starting with a digit)", name)
+			}
+			if strings.ContainsRune(value, 0) {
+				return cfg.Errorf("env", "the value of %s holds a NUL character", name)
+			}
+			f.env = append(f.env, name+"="+value)
+		}
+		sort.Strings(f.env)
+	}
+	for _, name := range cfg.Strings("pass_env") {
+		if !envName.MatchString(name) {
+			return cfg.Errorf("pass_env", "%q is not a valid variable name (letters, digits and _, not starting with a digit)", name)
+		}
+		f.passEnv = append(f.passEnv, name)
+	}
+	return nil
+}
+
+func (f *Factory) decodeSetup(cfg *framework.Config) error {
+	if s := cfg.String("umask"); s != "" {
+		m, err := strconv.ParseUint(s, 8, 32)
+		if err != nil || m > 0o777 {
+			return cfg.Errorf("umask", "%q is not a umask: write it in octal, such as \"0022\"", s)
+		}
+		f.setup.umask = int(m)
+	}
+	if cfg.IsSet("nice") {
+		if !cfg.IsWholeNumber("nice") || cfg.Int("nice") < -20 || cfg.Int("nice") > 19 {
+			return cfg.Errorf("nice", "nice must be a whole number from -20 to 19")
+		}
+		n := cfg.Int("nice")
+		f.setup.nice = &n
+	}
+	if v := cfg.Values["rlimits"]; !v.IsNull() {
+		for it := v.ElementIterator(); it.Next(); {
+			k, val := it.Element()
+			name := k.AsString()
+			res, ok := rlimits[name]
+			if !ok {
+				return cfg.Errorf("rlimits", "%q is not a resource limit; known: %s", name, strings.Join(rlimitNames(), ", "))
+			}
+			bf := val.AsBigFloat()
+			n, acc := bf.Uint64()
+			if !bf.IsInt() || bf.Sign() < 0 || acc != 0 {
+				return cfg.Errorf("rlimits", "%s must be a whole number of at least 0, not %s", name, bf.Text('g', -1))
+			}
+			f.setup.rlimits = append(f.setup.rlimits, rlimit{name: name, resource: res, value: n})
+		}
+		slices.SortFunc(f.setup.rlimits, func(a, b rlimit) int { return strings.Compare(a.name, b.name) })
+	}
+	return nil
+}
+
+// parseSignal accepts "SIGTERM", "TERM" or a number.
+func parseSignal(s string) (syscall.Signal, error) {
+	if n, err := strconv.Atoi(s); err == nil && n > 0 && n < 65 {
+		return syscall.Signal(n), nil
+	}
+	name := strings.ToUpper(s)
+	if !strings.HasPrefix(name, "SIG") {
+		name = "SIG" + name
+	}
+	if sig := unix.SignalNum(name); sig != 0 {
+		return sig, nil
+	}
+	return 0, fmt.Errorf("%q is not a signal name, such as \"SIGTERM\" or \"SIGHUP\"", s)
+}
+
+// CheckEndpoint: wait mode hands over a listening socket, which a tls
+// endpoint cannot be.
+func (f *Factory) CheckEndpoint(kind string) error {
+	switch {
+	case f.wait && kind != "tcp" && kind != "unix" && kind != "udp":
+		return fmt.Errorf("exec in wait mode hands the listening socket itself to the program, so it serves tcp, unix and udp endpoints, not %s", kind)
+	case !f.wait && kind == "udp":
+		return errors.New("exec serves udp endpoints in wait mode only (set wait = true): a datagram socket has no connections to hand over")
+	}
+	return nil
+}
+
+// BuildProtocol is never used: exec serves connections itself
+// (ServeConn).
+func (f *Factory) BuildProtocol(net.Addr) framework.Protocol { return nil }
+
+// ServesListeners reports whether the service runs in wait mode.
+func (f *Factory) ServesListeners() bool { return f.wait }
+
+// StartFactory checks what can only be checked at start, resolves the
+// environment and creates the metric series.
+func (f *Factory) StartFactory() error {
+	if f.cred != nil && os.Geteuid() != 0 && int(f.cred.Uid) != os.Geteuid() {
+		return fmt.Errorf("user = %q needs superd to run as root (it runs as uid %d)", f.userName, os.Geteuid())
+	}
+	devNull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	f.devNull = devNull
+	// Resolved now, not in New: superd sets its logger after reading the
+	// configuration.
+	f.log = slog.Default().With("service", f.service, "factory", "exec")
+	closeInheritedOnExec()
+	f.baseEnv = f.buildBaseEnv()
+	f.procs = processes.WithLabelValues(f.service)
+	f.results = map[string]prometheus.Counter{}
+	for _, r := range []string{ResultSuccess, ResultFailure, ResultSignal} {
+		f.results[r] = exits.WithLabelValues(f.service, r)
+	}
+	return nil
+}
+
+// StopFactory waits for every child (the supervisor has already ended
+// them, or they have exited), then lets go of what StartFactory opened.
+func (f *Factory) StopFactory() error {
+	f.children.Wait()
+	if f.devNull != nil {
+		f.devNull.Close()
+	}
+	return nil
+}
+
+// buildBaseEnv is the part of every child's environment that does not
+// depend on the connection: PATH, pass_env, env, SUPERD_SERVICE.
+func (f *Factory) buildBaseEnv() []string {
+	env := []string{"PATH=" + DefaultPath}
+	for _, name := range f.passEnv {
+		if v, ok := os.LookupEnv(name); ok {
+			env = setEnv(env, name, v)
+		}
+	}
+	for _, kv := range f.env {
+		name, v, _ := strings.Cut(kv, "=")
+		env = setEnv(env, name, v)
+	}
+	return setEnv(env, "SUPERD_SERVICE", f.service)
+}
+
+// setEnv sets name in env, replacing an earlier value.
+func setEnv(env []string, name, value string) []string {
+	prefix := name + "="
+	for i, kv := range env {
+		if strings.HasPrefix(kv, prefix) {
+			env[i] = prefix + value
+			return env
+		}
+	}
+	return append(env, prefix+value)
+}
+
+// backoff is wait mode's restart delay: a child that fails within
+// quickExit of its start is restarted after 1 s, doubling to 1 min.
+type backoff struct {
+	mu    sync.Mutex
+	delay time.Duration
+}
+
+const (
+	quickExit  = time.Second
+	minBackoff = time.Second
+	maxBackoff = time.Minute
+)
+
+// failed returns the delay before the next start after a quick failure.
+func (b *backoff) failed() time.Duration {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.delay == 0 {
+		b.delay = minBackoff
+	} else {
+		b.delay = min(2*b.delay, maxBackoff)
+	}
+	return b.delay
+}
+
+func (b *backoff) reset() {
+	b.mu.Lock()
+	b.delay = 0
+	b.mu.Unlock()
+}

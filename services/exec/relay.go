@@ -1,0 +1,152 @@
+package exec
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/metrics"
+)
+
+// relayBuffer is what superd holds per direction of a relayed connection:
+// a peer that does not read stops the copy in that direction, and the
+// kernel's buffers stop the other side; nothing grows.
+const relayBuffer = 32 << 10
+
+var relayBuffers = sync.Pool{New: func() any { b := make([]byte, relayBuffer); return &b }}
+
+// serveRelayed gives the child one end of a socket pair and copies between
+// the other end and the connection (TLS: superd stays in the stream). Each
+// direction passes its end of stream on as a half-close.
+func (f *Factory) serveRelayed(hc *framework.HandedConn, env []string) error {
+	client := hc.Conn
+	peer := peerString(client)
+	defer client.Close()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return &framework.RejectError{Reason: metrics.RejectSpawn, Err: err}
+	}
+	childEnd := os.NewFile(uintptr(fds[0]), "exec child end")
+	ourFile := os.NewFile(uintptr(fds[1]), "exec relay end")
+	ours, err := net.FileConn(ourFile)
+	ourFile.Close()
+	if err != nil {
+		childEnd.Close()
+		return &framework.RejectError{Reason: metrics.RejectSpawn, Err: err}
+	}
+	defer ours.Close()
+	ch, err := f.start([]*os.File{childEnd, childEnd}, env, peer, false)
+	childEnd.Close()
+	if err != nil {
+		f.log.Error("cannot start program", "program", f.path, "peer", peer, "err", err)
+		return &framework.RejectError{Reason: metrics.RejectSpawn, Err: err}
+	}
+	hc.Served()
+
+	var idle bool
+	closeAll := sync.OnceFunc(func() { client.Close(); ours.Close() })
+	upDone := make(chan struct{})
+	downDone := make(chan struct{})
+	go func() { // client to child
+		defer close(upDone)
+		idle = copyUp(ours.(*net.UnixConn), client, hc)
+		if idle {
+			closeAll()
+			ch.signal(ch.f.stopSignal)
+		}
+	}()
+	go func() { // child to client
+		defer close(downDone)
+		copyDown(client, ours, hc)
+	}()
+
+	procDone := make(chan struct{})
+	killed := ch.watch(hc.Stopping, hc.Killed, procDone)
+	_, werr := ch.wait()
+	close(procDone)
+	// Everything the child wrote is passed on, unless the drain's time is
+	// up; then the client connection closes too.
+	select {
+	case <-downDone:
+	case <-hc.Killed:
+	}
+	closeAll()
+	<-downDone
+	<-upDone
+	switch {
+	case killed():
+		return framework.ErrShutdownTimeout
+	case idle:
+		return framework.ErrIdleTimeout
+	}
+	return werr
+}
+
+// copyUp copies from the client to the child, with the idle timeout on the
+// client's side, and reports whether it ended by that timeout. The
+// client's end of stream becomes the child's.
+func copyUp(dst *net.UnixConn, src net.Conn, hc *framework.HandedConn) (idle bool) {
+	bp := relayBuffers.Get().(*[]byte)
+	defer relayBuffers.Put(bp)
+	buf := *bp
+	for {
+		if hc.IdleTimeout > 0 {
+			src.SetReadDeadline(time.Now().Add(hc.IdleTimeout))
+		}
+		n, err := src.Read(buf)
+		if n > 0 {
+			if hc.Received != nil {
+				hc.Received.Add(float64(n))
+			}
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return false
+			}
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				dst.CloseWrite()
+				return false
+			}
+			var ne net.Error
+			return errors.As(err, &ne) && ne.Timeout() && hc.IdleTimeout > 0
+		}
+	}
+}
+
+// copyDown copies from the child to the client; the child's end of stream
+// becomes a close_notify and a FIN.
+func copyDown(dst net.Conn, src net.Conn, hc *framework.HandedConn) {
+	bp := relayBuffers.Get().(*[]byte)
+	defer relayBuffers.Put(bp)
+	buf := *bp
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+			if hc.Sent != nil {
+				hc.Sent.Add(float64(n))
+			}
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+					cw.CloseWrite()
+				}
+				if nc, ok := dst.(interface{ NetConn() net.Conn }); ok {
+					if cw, ok := nc.NetConn().(interface{ CloseWrite() error }); ok {
+						cw.CloseWrite()
+					}
+				}
+			}
+			return
+		}
+	}
+}

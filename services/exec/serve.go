@@ -1,0 +1,178 @@
+package exec
+
+import (
+	"crypto/tls"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/metrics"
+)
+
+// ServeConn runs the program for one connection and returns once it has
+// exited and the connection is closed.
+func (f *Factory) ServeConn(hc *framework.HandedConn) error {
+	env := connEnv(hc)
+	switch c := hc.Conn.(type) {
+	case *net.TCPConn:
+		return f.serveDirect(hc, c, env, true)
+	case *net.UnixConn:
+		return f.serveDirect(hc, c, env, false)
+	default:
+		return f.serveRelayed(hc, env)
+	}
+}
+
+// serveDirect gives the child the socket itself: superd copies nothing
+// and keeps only a descriptor to read the byte counts from at the end.
+func (f *Factory) serveDirect(hc *framework.HandedConn, c interface {
+	net.Conn
+	File() (*os.File, error)
+}, env []string, isTCP bool) error {
+	peer := peerString(hc.Conn)
+	file, err := c.File() // a duplicate, put in blocking mode for the child
+	c.Close()
+	if err != nil {
+		return &framework.RejectError{Reason: metrics.RejectSpawn, Err: err}
+	}
+	defer file.Close()
+	ch, err := f.start([]*os.File{file, file}, env, peer, false)
+	if err != nil {
+		f.log.Error("cannot start program", "program", f.path, "peer", peer, "err", err)
+		return &framework.RejectError{Reason: metrics.RejectSpawn, Err: err}
+	}
+	hc.Served()
+	done := make(chan struct{})
+	killed := ch.watch(hc.Stopping, hc.Killed, done)
+	_, werr := ch.wait()
+	close(done)
+	if isTCP {
+		countTCP(file, hc)
+	}
+	if killed() {
+		return framework.ErrShutdownTimeout
+	}
+	return werr
+}
+
+// countTCP adds the bytes the kernel moved on a socket superd handed over.
+func countTCP(file *os.File, hc *framework.HandedConn) {
+	raw, err := file.SyscallConn()
+	if err != nil {
+		return
+	}
+	raw.Control(func(fd uintptr) {
+		info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+		if err != nil {
+			return
+		}
+		if hc.Received != nil {
+			hc.Received.Add(float64(info.Bytes_received))
+		}
+		if hc.Sent != nil {
+			hc.Sent.Add(float64(info.Bytes_acked))
+		}
+	})
+}
+
+// connEnv is the connection's part of the child's environment: what
+// ucspi-tcp's tcpserver and systemd's Accept=yes set.
+func connEnv(hc *framework.HandedConn) []string {
+	var env []string
+	set := func(k, v string) { env = append(env, k+"="+v) }
+	nc := hc.Conn
+	switch ra := nc.RemoteAddr().(type) {
+	case *net.TCPAddr:
+		set("PROTO", "TCP")
+		ip, port := plainAddr(ra)
+		set("TCPREMOTEIP", ip)
+		set("TCPREMOTEPORT", port)
+		if la, ok := nc.LocalAddr().(*net.TCPAddr); ok {
+			lip, lport := plainAddr(la)
+			set("TCPLOCALIP", lip)
+			set("TCPLOCALPORT", lport)
+		}
+		set("TCPCONNNUM", strconv.Itoa(hc.SourceConns))
+		set("REMOTE_ADDR", ip)
+		set("REMOTE_PORT", port)
+	default:
+		set("PROTO", "IPC")
+		if uc, ok := nc.(*net.UnixConn); ok {
+			if cred, err := peerCred(uc); err == nil {
+				set("IPCREMOTEEUID", strconv.FormatUint(uint64(cred.Uid), 10))
+				set("IPCREMOTEEGID", strconv.FormatUint(uint64(cred.Gid), 10))
+				set("IPCREMOTEPID", strconv.FormatInt(int64(cred.Pid), 10))
+			}
+		}
+	}
+	if tc, ok := nc.(*tls.Conn); ok {
+		st := tc.ConnectionState()
+		set("SSL_PROTOCOL", tlsVersion(st.Version))
+		set("SSL_CIPHER", tls.CipherSuiteName(st.CipherSuite))
+		if st.ServerName != "" {
+			set("SSL_TLS_SNI_SERVERNAME", st.ServerName)
+		}
+		if len(st.PeerCertificates) > 0 {
+			set("SSL_PEER_CERT_SUBJECT", st.PeerCertificates[0].Subject.String())
+		}
+	}
+	return env
+}
+
+// plainAddr gives an address as its IP (IPv4-mapped IPv6 as plain IPv4)
+// and port.
+func plainAddr(a *net.TCPAddr) (string, string) {
+	ip, ok := netip.AddrFromSlice(a.IP)
+	s := a.IP.String()
+	if ok {
+		s = ip.Unmap().WithZone(a.Zone).String()
+	}
+	return s, strconv.Itoa(a.Port)
+}
+
+func peerString(nc net.Conn) string {
+	if ta, ok := nc.RemoteAddr().(*net.TCPAddr); ok {
+		ip, port := plainAddr(ta)
+		return net.JoinHostPort(ip, port)
+	}
+	if uc, ok := nc.(*net.UnixConn); ok {
+		if cred, err := peerCred(uc); err == nil {
+			return "pid " + strconv.FormatInt(int64(cred.Pid), 10) + " uid " + strconv.FormatUint(uint64(cred.Uid), 10)
+		}
+	}
+	return nc.RemoteAddr().String()
+}
+
+// peerCred reads a unix socket peer's credentials (SO_PEERCRED).
+func peerCred(uc *net.UnixConn) (*unix.Ucred, error) {
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return nil, err
+	}
+	return cred, cerr
+}
+
+func tlsVersion(v uint16) string {
+	switch v {
+	case tls.VersionTLS10:
+		return "TLSv1"
+	case tls.VersionTLS11:
+		return "TLSv1.1"
+	case tls.VersionTLS12:
+		return "TLSv1.2"
+	case tls.VersionTLS13:
+		return "TLSv1.3"
+	}
+	return "unknown"
+}

@@ -1,0 +1,176 @@
+package supervisor
+
+import (
+	"errors"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/metrics"
+)
+
+// servedConn is what a drain needs of a connection being served: a
+// framework.Conn, or a handoff to a factory that serves the connection
+// itself.
+type servedConn interface {
+	Drain()
+	Abort(reason error)
+}
+
+// handoff tells a factory serving a connection or a listening socket itself
+// (framework.ConnHandler, framework.ListenerHandler) that the drain began
+// (Drain) and that its time is up (Abort).
+type handoff struct {
+	stopping, killed   chan struct{}
+	stopOnce, killOnce sync.Once
+}
+
+func newHandoff() *handoff {
+	return &handoff{stopping: make(chan struct{}), killed: make(chan struct{})}
+}
+
+func (h *handoff) Drain() { h.stopOnce.Do(func() { close(h.stopping) }) }
+
+func (h *handoff) Abort(error) {
+	h.Drain()
+	h.killOnce.Do(func() { close(h.killed) })
+}
+
+// handOver gives an accepted connection to a factory that serves it
+// itself; c is the accepted socket, nc the stream after superd's layers
+// (c itself, or TLS over it). It returns when the factory is done with it.
+func (s *service) handOver(h framework.ConnHandler, c, nc net.Conn, b *binding, fromSource int) {
+	ho := newHandoff()
+	s.mu.Lock()
+	s.conns[c] = ho
+	closing := s.closing
+	s.mu.Unlock()
+	if closing {
+		ho.Drain()
+	}
+	start := time.Now()
+	served := false
+	hc := &framework.HandedConn{
+		Conn:        nc,
+		SourceConns: fromSource,
+		IdleTimeout: s.cfg.Limits.IdleTimeout,
+		Received:    s.m.Received,
+		Sent:        s.m.Sent,
+		Stopping:    ho.stopping,
+		Killed:      ho.killed,
+		Served: func() {
+			if !served {
+				served = true
+				b.total.Inc()
+				s.m.Active.Inc()
+			}
+		},
+	}
+	reason := s.serveConn(h, hc)
+	nc.Close() // the handler closed it; a panicking one may not have
+	var rej *framework.RejectError
+	switch {
+	case served:
+		s.ended(start, reason)
+	case errors.As(reason, &rej):
+		s.m.Rejected(rej.Reason)
+		s.log.Debug("connection rejected", "peer", c.RemoteAddr().String(), "reason", rej.Reason, "err", rej.Err)
+	default:
+		s.m.Rejected(metrics.RejectFactory)
+	}
+}
+
+// serveConn calls the handler; a panic there ends only this connection.
+func (s *service) serveConn(h framework.ConnHandler, hc *framework.HandedConn) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			s.log.Error("ServeConn panicked; connection closed", "peer", hc.Conn.RemoteAddr().String(), "panic", v)
+			err = framework.ErrConnectionAborted
+		}
+	}()
+	return h.ServeConn(hc)
+}
+
+// waits reports whether the service serves its listening sockets itself
+// (wait mode) rather than their connections.
+func (s *service) waits() bool {
+	lh, ok := s.factory.(framework.ListenerHandler)
+	return ok && lh.ServesListeners()
+}
+
+// serveListener hands b's listening socket to the factory, which serves
+// what is waiting there, and returns when the factory is done. It runs on
+// the socket's loop, which watches the socket again afterwards.
+func (s *service) serveListener(b *binding) {
+	lh := s.factory.(framework.ListenerHandler)
+	ho := newHandoff()
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return
+	}
+	s.listening[ho] = struct{}{}
+	s.connWG.Add(1)
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listening, ho)
+		s.mu.Unlock()
+		s.connWG.Done()
+	}()
+
+	f, err := listenerFile(b.sock.ln)
+	if err != nil {
+		s.log.Error("cannot hand the listening socket over", "endpoint", b.ep.Label, "err", err)
+		s.pause(ho, time.Second)
+		return
+	}
+	defer f.Close()
+	// A program given a socket expects it in blocking mode. The flag
+	// belongs to the socket, shared with superd's own descriptor, which
+	// nothing uses until it is set back.
+	fd := int(f.Fd())
+	syscall.SetNonblock(fd, false)
+	defer syscall.SetNonblock(fd, true)
+	func() {
+		defer func() {
+			if v := recover(); v != nil {
+				s.log.Error("ServeListener panicked", "endpoint", b.ep.Label, "panic", v)
+				err = errors.New("panic")
+			}
+		}()
+		err = lh.ServeListener(&framework.HandedListener{
+			File:     f,
+			Endpoint: b.ep.Label,
+			Stopping: ho.stopping,
+			Killed:   ho.killed,
+		})
+	}()
+	// The factory logged the details and applied its back-off.
+	if rej := (*framework.RejectError)(nil); errors.As(err, &rej) {
+		s.m.Rejected(rej.Reason)
+	}
+}
+
+// pause waits d, or less if the service stops meanwhile.
+func (s *service) pause(ho *handoff, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ho.stopping:
+	}
+}
+
+// listenerFile returns a duplicate of a listener's descriptor.
+func listenerFile(ln net.Listener) (*os.File, error) {
+	type filer interface{ File() (*os.File, error) }
+	fl, ok := ln.(filer)
+	if !ok {
+		return nil, errors.New("the listener has no file descriptor")
+	}
+	return fl.File()
+}
