@@ -38,8 +38,8 @@ type service struct {
 
 	mu          sync.Mutex
 	closing     bool
-	active      int                          // connections accepted and not yet ended
-	perSource   map[netip.Prefix]int         // active, by source key
+	active      int                     // connections accepted and not yet ended
+	perSource   map[netip.Prefix]int    // active, by source key
 	conns       map[net.Conn]servedConn // nil value: accepted, not yet served
 	listening   map[*handoff]struct{}   // wait mode: listening sockets handed to the factory now
 	rate        *tokenBucket
