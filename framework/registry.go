@@ -31,12 +31,30 @@ type Spec struct {
 	// Errors about one attribute should be *AttrError (see Config.Errorf) so
 	// the diagnostic points at it.
 	New func(cfg *Config) (Factory, error)
+	// Serves says which kinds of endpoint the factory serves: Streams
+	// (tcp, tls, unix; the default when zero), Datagrams (udp: its
+	// factories implement DatagramFactory), or both.
+	Serves Serves
 	// Collectors are the factory's own metric families (named
 	// superd_<factory>_...), registered once with superd's registry. Their
 	// series carry a "service" label; a service's series are deleted when
 	// it is removed.
 	Collectors []prometheus.Collector
 }
+
+// Serves is a set of endpoint families.
+type Serves int
+
+const (
+	Streams   Serves = 1 << iota // tcp, tls and unix endpoints
+	Datagrams                    // udp endpoints
+)
+
+// HasStreams reports whether s includes stream endpoints (zero means streams).
+func (s Serves) HasStreams() bool { return s == 0 || s&Streams != 0 }
+
+// HasDatagrams reports whether s includes udp endpoints.
+func (s Serves) HasDatagrams() bool { return s&Datagrams != 0 }
 
 // Attribute is one factory-specific configuration attribute.
 type Attribute struct {
