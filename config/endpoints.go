@@ -26,7 +26,7 @@ const DefaultUnixMode fs.FileMode = 0o660
 // maxTLSFileSize bounds certificate, key and CA files.
 const maxTLSFileSize = 1 << 20
 
-var endpointKinds = []string{endpoint.KindTCP, endpoint.KindTLS, endpoint.KindUnix}
+var endpointKinds = []string{endpoint.KindTCP, endpoint.KindTLS, endpoint.KindUnix, endpoint.KindUDP}
 
 var endpointSchemas = map[string]*hcl.BodySchema{
 	endpoint.KindTCP: {Attributes: []hcl.AttributeSchema{
@@ -44,7 +44,17 @@ var endpointSchemas = map[string]*hcl.BodySchema{
 		{Name: "path", Required: true},
 		{Name: "mode"},
 	}},
+	endpoint.KindUDP: {Attributes: []hcl.AttributeSchema{
+		{Name: "address", Required: true},
+		{Name: "reuse_port"},
+		{Name: "read_buffer"},
+		{Name: "write_buffer"},
+	}},
 }
+
+// maxSocketBuffer bounds read_buffer and write_buffer (the kernel caps
+// them lower anyway, at net.core.rmem_max and wmem_max).
+const maxSocketBuffer = 1 << 30
 
 func (d *decoder) decodeEndpoints(svc *Service, blk *hcl.Block, content *hcl.BodyContent) {
 	n := 0
@@ -101,6 +111,26 @@ func (d *decoder) decodeEndpoint(svc *Service, blk *hcl.Block) (endpoint.Config,
 		}
 		if kind == endpoint.KindTLS {
 			d.decodeTLS(&ep, blk, content)
+		}
+	case endpoint.KindUDP:
+		if a := content.Attributes["address"]; a != nil {
+			if addr, good := d.str(a); good {
+				ep.Address = addr
+				ep.Label = kind + ":" + addr
+				if key, good := d.checkAddress(a, addr); good {
+					key.udp = true
+					d.claim(socket{key: key, desc: endpointDesc(ep.Label, svc.Name), rng: a.Expr.Range()})
+				}
+			}
+		}
+		if a := content.Attributes["reuse_port"]; a != nil {
+			ep.ReusePort, _ = d.boolean(a)
+		}
+		if a := content.Attributes["read_buffer"]; a != nil {
+			ep.ReadBuffer, _ = d.whole(a, 1024, maxSocketBuffer)
+		}
+		if a := content.Attributes["write_buffer"]; a != nil {
+			ep.WriteBuffer, _ = d.whole(a, 1024, maxSocketBuffer)
 		}
 	case endpoint.KindUnix:
 		ep.Mode = DefaultUnixMode
@@ -265,6 +295,7 @@ func endpointDesc(label, service string) string {
 // sockKey identifies what a listener binds, to find two that would clash.
 type sockKey struct {
 	unix     string // resolved path of a unix socket; "" for TCP
+	udp      bool   // a UDP port, which never clashes with a TCP one
 	host     string // normalized host ("" for a wildcard)
 	wildcard bool   // every address: "", 0.0.0.0, [::]
 	port     uint16
@@ -273,6 +304,9 @@ type sockKey struct {
 func (k sockKey) conflicts(o sockKey) bool {
 	if k.unix != "" || o.unix != "" {
 		return k.unix == o.unix
+	}
+	if k.udp != o.udp {
+		return false
 	}
 	if k.port == 0 || k.port != o.port {
 		return false // port 0 picks a free port each time

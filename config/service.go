@@ -12,6 +12,7 @@ import (
 	"github.com/zclconf/go-cty/cty"
 	"github.com/zclconf/go-cty/cty/convert"
 
+	"github.com/superd-dev/superd/endpoint"
 	"github.com/superd-dev/superd/framework"
 )
 
@@ -139,10 +140,51 @@ func (d *decoder) decodeService(blk *hcl.Block) {
 	d.decodeEndpoints(svc, blk, content)
 	if known {
 		svc.Spec = spec
+		d.checkEndpointKinds(svc, spec, content)
 		d.decodeFactory(svc, blk, content)
+		if spec.DatagramGuards && svc.Limits.RateLimitPerIP == nil && svc.hasDatagrams() {
+			r := DefaultDatagramRateLimitPerIP
+			svc.Limits.RateLimitPerIP = &r
+		}
 	}
 	svc.Fingerprint = d.fingerprint(svc)
 	d.file.Services = append(d.file.Services, svc)
+}
+
+// DefaultDatagramRateLimitPerIP applies to the udp endpoints of factories
+// with DatagramGuards (the built-in services) when the service sets no
+// rate_limit_per_ip: a spoofed source cannot turn them into an amplifier.
+var DefaultDatagramRateLimitPerIP = Rate{Rate: 10, Burst: 20}
+
+func (s *Service) hasDatagrams() bool {
+	for _, ep := range s.Endpoints {
+		if ep.Kind == endpoint.KindUDP {
+			return true
+		}
+	}
+	return false
+}
+
+// checkEndpointKinds reports endpoints of a family the factory does not
+// serve (a udp endpoint of a stream-only factory, or the reverse).
+func (d *decoder) checkEndpointKinds(svc *Service, spec *framework.Spec, content *hcl.BodyContent) {
+	for _, eb := range content.Blocks {
+		if eb.Type != blockEndpoint || len(eb.Labels) == 0 {
+			continue
+		}
+		kind := eb.Labels[0]
+		if _, ok := endpointSchemas[kind]; !ok {
+			continue
+		}
+		if endpoint.IsStream(kind) && !spec.Serves.HasStreams() {
+			d.errorf(eb.LabelRanges[0], "Endpoint kind not served",
+				"The %s factory serves datagrams only (udp endpoints), so service %q cannot have a %s endpoint.", spec.Name, svc.Name, kind)
+		}
+		if !endpoint.IsStream(kind) && !spec.Serves.HasDatagrams() {
+			d.errorf(eb.LabelRanges[0], "Endpoint kind not served",
+				"The %s factory serves streams only (tcp, tls and unix endpoints), so service %q cannot have a udp endpoint.", spec.Name, svc.Name)
+		}
+	}
 }
 
 func (d *decoder) unknownFactory(blk *hcl.Block) {

@@ -13,18 +13,26 @@ const (
 	KindTCP  = "tcp"
 	KindTLS  = "tls"
 	KindUnix = "unix"
+	KindUDP  = "udp"
 )
+
+// IsStream reports whether kind is a stream endpoint (tcp, tls, unix).
+func IsStream(kind string) bool { return kind != KindUDP }
 
 // Config is one decoded, validated endpoint block.
 type Config struct {
-	// Kind is KindTCP, KindTLS or KindUnix.
+	// Kind is KindTCP, KindTLS, KindUnix or KindUDP.
 	Kind string
 	// Label names the endpoint in metrics and logs: "tcp:ADDRESS",
 	// "tls:ADDRESS" or "unix:PATH", with ADDRESS and PATH as written.
 	Label string
 
-	// Address is HOST:PORT for tcp and tls.
+	// Address is HOST:PORT for tcp, tls and udp.
 	Address string
+
+	// udp: SO_REUSEPORT, and the socket's buffer sizes (0: the system's).
+	ReusePort               bool
+	ReadBuffer, WriteBuffer int
 
 	// Path is the unix socket path, resolved against the config folder.
 	Path string

@@ -1,6 +1,7 @@
 package endpoint
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -171,4 +172,33 @@ func describeType(m fs.FileMode) string {
 	default:
 		return "mode " + m.String()
 	}
+}
+
+// ListenUDP opens the socket of a udp endpoint: bound to cfg.Address, with
+// SO_REUSEPORT when cfg.ReusePort (several processes then share the port),
+// and the buffer sizes asked for. Errors are *ListenError values.
+func ListenUDP(cfg Config) (*net.UDPConn, error) {
+	label := labelOf(cfg)
+	lc := net.ListenConfig{}
+	if cfg.ReusePort {
+		lc.Control = reusePort
+	}
+	pc, err := lc.ListenPacket(context.Background(), "udp", cfg.Address)
+	if err != nil {
+		return nil, &ListenError{Label: label, Err: err}
+	}
+	uc := pc.(*net.UDPConn)
+	if cfg.ReadBuffer > 0 {
+		if err := uc.SetReadBuffer(cfg.ReadBuffer); err != nil {
+			uc.Close()
+			return nil, &ListenError{Label: label, Err: fmt.Errorf("read_buffer: %w", err)}
+		}
+	}
+	if cfg.WriteBuffer > 0 {
+		if err := uc.SetWriteBuffer(cfg.WriteBuffer); err != nil {
+			uc.Close()
+			return nil, &ListenError{Label: label, Err: fmt.Errorf("write_buffer: %w", err)}
+		}
+	}
+	return uc, nil
 }

@@ -3,9 +3,11 @@
 package endpoint
 
 import (
+	"errors"
 	"io/fs"
 	"net"
 	"os"
+	"syscall"
 )
 
 // bindUnix, where the socket cannot be bound, chmod-ed and then put to
@@ -23,4 +25,9 @@ func bindUnix(path string, mode fs.FileMode) (net.Listener, error) {
 		return nil, err
 	}
 	return ln, nil
+}
+
+// reusePort: SO_REUSEPORT is a unix socket option.
+func reusePort(network, address string, c syscall.RawConn) error {
+	return errors.New("reuse_port is not supported on this system")
 }

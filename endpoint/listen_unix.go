@@ -71,3 +71,14 @@ func bindUnix(path string, mode fs.FileMode) (_ net.Listener, err error) {
 	ul.SetUnlinkOnClose(true)
 	return ul, nil
 }
+
+// reusePort sets SO_REUSEPORT on a socket before it binds.
+func reusePort(network, address string, c syscall.RawConn) error {
+	var serr error
+	if err := c.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+	}); err != nil {
+		return err
+	}
+	return os.NewSyscallError("setsockopt SO_REUSEPORT", serr)
+}

@@ -35,6 +35,13 @@ type Spec struct {
 	// (tcp, tls, unix; the default when zero), Datagrams (udp: its
 	// factories implement DatagramFactory), or both.
 	Serves Serves
+	// DatagramGuards puts the factory's udp endpoints under inetd's loop
+	// and amplification guards (SPEC section 10): no reply to a source
+	// port below 1024, 0, or that of a guarded udp endpoint of this
+	// superd, nor to a broadcast, multicast or unspecified address; and
+	// rate_limit_per_ip { rate = 10, burst = 20 } unless one is set. The
+	// built-in services set it.
+	DatagramGuards bool
 	// Collectors are the factory's own metric families (named
 	// superd_<factory>_...), registered once with superd's registry. Their
 	// series carry a "service" label; a service's series are deleted when

@@ -31,6 +31,19 @@ const (
 	DropShutdownTimeout = "shutdown_timeout"
 )
 
+// Datagram drop reasons: a datagram superd did not deliver or send.
+const (
+	DatagramDenied         = "denied"
+	DatagramRateLimit      = "rate_limit"
+	DatagramRateLimitPerIP = "rate_limit_per_ip"
+	DatagramReflection     = "reflection"
+	DatagramSendFailed     = "send_failed"
+)
+
+// DatagramDropReasons lists every datagram drop reason.
+var DatagramDropReasons = []string{DatagramDenied, DatagramRateLimit, DatagramRateLimitPerIP,
+	DatagramReflection, DatagramSendFailed}
+
 // RejectReasons and DropReasons list every reason, so each service's series
 // exist (at 0) from startup.
 var (
@@ -56,6 +69,9 @@ type Metrics struct {
 	ConfigReloads       *prometheus.CounterVec
 	LastReloadOK        prometheus.Gauge
 	BuildInfo           *prometheus.GaugeVec
+	DatagramsReceived   *prometheus.CounterVec
+	DatagramsSent       *prometheus.CounterVec
+	DatagramsDropped    *prometheus.CounterVec
 
 	// extra are the factories' own families (framework.Spec.Collectors),
 	// by factory name.
@@ -110,6 +126,15 @@ func New(version string, extra map[string][]prometheus.Collector) *Metrics {
 		BuildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "superd_build_info", Help: "Always 1; labels give the build.",
 		}, []string{"version", "goversion"}),
+		DatagramsReceived: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "superd_datagrams_received_total", Help: "Datagrams received on udp endpoints (before allow, deny and rate limits).",
+		}, []string{"service", "factory", "endpoint"}),
+		DatagramsSent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "superd_datagrams_sent_total", Help: "Datagrams sent from udp endpoints.",
+		}, []string{"service", "factory", "endpoint"}),
+		DatagramsDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "superd_datagrams_dropped_total", Help: "Datagrams not delivered (denied, rate limited) or not sent (reflection, send_failed), by reason.",
+		}, []string{"service", "factory", "reason"}),
 		extra: extra,
 	}
 	m.Registry.MustRegister(
@@ -118,6 +143,7 @@ func New(version string, extra map[string][]prometheus.Collector) *Metrics {
 		m.ConnectionsActive, m.ConnectionsTotal, m.ConnectionsRejected, m.ConnectionsDropped,
 		m.ConnectionDuration, m.ReceivedBytes, m.SentBytes, m.FactoryUp, m.FactoryStarts,
 		m.FactoryStops, m.ConfigReloads, m.LastReloadOK, m.BuildInfo,
+		m.DatagramsReceived, m.DatagramsSent, m.DatagramsDropped,
 	)
 	for _, cs := range extra {
 		for _, c := range cs {
@@ -180,6 +206,25 @@ func (s *Service) Endpoint(label string) prometheus.Counter {
 // DeleteEndpoint removes the connections_total series of one endpoint.
 func (s *Service) DeleteEndpoint(label string) {
 	s.m.ConnectionsTotal.DeleteLabelValues(s.name, s.fact, label)
+	s.m.DatagramsReceived.DeleteLabelValues(s.name, s.fact, label)
+	s.m.DatagramsSent.DeleteLabelValues(s.name, s.fact, label)
+}
+
+// DatagramEndpoint returns the datagram counters of one udp endpoint
+// (created at 0).
+func (s *Service) DatagramEndpoint(label string) (received, sent prometheus.Counter) {
+	return s.m.DatagramsReceived.WithLabelValues(s.name, s.fact, label),
+		s.m.DatagramsSent.WithLabelValues(s.name, s.fact, label)
+}
+
+// DatagramDrops returns the drop counters of the service, by reason,
+// creating every one at 0.
+func (s *Service) DatagramDrops() map[string]prometheus.Counter {
+	out := make(map[string]prometheus.Counter, len(DatagramDropReasons))
+	for _, r := range DatagramDropReasons {
+		out[r] = s.m.DatagramsDropped.WithLabelValues(s.name, s.fact, r)
+	}
+	return out
 }
 
 // Rejected counts a connection refused at accept.
@@ -201,6 +246,7 @@ func (s *Service) Delete() {
 	for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{
 		s.m.ConnectionsActive, s.m.ConnectionsTotal, s.m.ConnectionsRejected, s.m.ConnectionsDropped,
 		s.m.ConnectionDuration, s.m.ReceivedBytes, s.m.SentBytes, s.m.FactoryUp, s.m.FactoryStarts, s.m.FactoryStops,
+		s.m.DatagramsReceived, s.m.DatagramsSent, s.m.DatagramsDropped,
 	} {
 		v.DeletePartialMatch(l)
 	}

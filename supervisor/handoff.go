@@ -122,7 +122,7 @@ func (s *service) serveListener(b *binding) {
 		s.connWG.Done()
 	}()
 
-	f, err := listenerFile(b.sock.ln)
+	f, err := b.sock.file()
 	if err != nil {
 		s.log.Error("cannot hand the listening socket over", "endpoint", b.ep.Label, "err", err)
 		s.pause(ho, time.Second)
@@ -165,10 +165,13 @@ func (s *service) pause(ho *handoff, d time.Duration) {
 	}
 }
 
-// listenerFile returns a duplicate of a listener's descriptor.
-func listenerFile(ln net.Listener) (*os.File, error) {
+// file returns a duplicate of the socket's descriptor.
+func (k *socket) file() (*os.File, error) {
+	if k.dgram != nil {
+		return k.dgram.uc.File()
+	}
 	type filer interface{ File() (*os.File, error) }
-	fl, ok := ln.(filer)
+	fl, ok := k.ln.(filer)
 	if !ok {
 		return nil, errors.New("the listener has no file descriptor")
 	}

@@ -82,5 +82,6 @@ func (s *Supervisor) Reload(cfg *config.File) error {
 	s.services = newServices
 	s.order = newOrder
 	s.shutdownTimeout = cfg.ShutdownTimeout
+	s.updateGuardsLocked()
 	return nil
 }

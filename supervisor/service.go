@@ -52,7 +52,9 @@ type service struct {
 	activated     bool // served: its endpoint series exist
 
 	refs    *seriesRefs
-	cut     chan struct{} // closed to abort the drain now (Shutdown)
+	guards  *guardPorts
+	drops   map[string]prometheus.Counter // datagram drops by reason; made with the first udp endpoint
+	cut     chan struct{}                 // closed to abort the drain now (Shutdown)
 	cutOnce sync.Once
 }
 
@@ -68,11 +70,12 @@ type binding struct {
 	svc   *service
 	ep    *endpoint.Config
 	tls   *tls.Config
-	total prometheus.Counter
+	total prometheus.Counter // stream endpoints
 	sock  *socket
+	dgram *dgramBinding // udp endpoints, unless the service waits
 }
 
-func newService(log *slog.Logger, m *metrics.Metrics, sc *config.Service, refs *seriesRefs) (*service, error) {
+func newService(log *slog.Logger, m *metrics.Metrics, sc *config.Service, refs *seriesRefs, guards *guardPorts) (*service, error) {
 	f, err := sc.Spec.New(sc.FactoryConfig)
 	if err != nil {
 		return nil, fmt.Errorf("service %q: %w", sc.Name, err)
@@ -87,6 +90,7 @@ func newService(log *slog.Logger, m *metrics.Metrics, sc *config.Service, refs *
 		conns:     map[net.Conn]servedConn{},
 		listening: map[*handoff]struct{}{},
 		refs:      refs,
+		guards:    guards,
 		cut:       make(chan struct{}),
 	}
 	refs.acquire(svc.seriesKey())
@@ -344,7 +348,11 @@ func (s *service) buildProtocol(addr net.Addr) (p framework.Protocol) {
 func (s *service) activate() {
 	s.activated = true
 	for _, b := range s.bindings {
-		b.total = s.m.Endpoint(b.ep.Label)
+		if b.ep.Kind == endpoint.KindUDP {
+			s.activateDatagrams(b)
+		} else {
+			b.total = s.m.Endpoint(b.ep.Label)
+		}
 		s.refs.acquire(s.endpointKey(b))
 		if b.ep.Kind == endpoint.KindUnix && !slices.Contains(s.opened, b.sock) {
 			// Taken over from the previous instance: apply this one's mode.
@@ -358,6 +366,31 @@ func (s *service) activate() {
 		}
 		b.sock.serve(b)
 	}
+}
+
+// activateDatagrams builds the protocol of a udp endpoint (not in wait
+// mode, where a program takes the socket).
+func (s *service) activateDatagrams(b *binding) {
+	if s.drops == nil {
+		s.drops = s.m.DatagramDrops()
+	}
+	if s.waits() {
+		return
+	}
+	df, ok := s.factory.(framework.DatagramFactory)
+	if !ok {
+		s.log.Error("the factory serves no datagrams; udp endpoint left unserved", "endpoint", b.ep.Label)
+		return
+	}
+	d := &dgramBinding{
+		sock:    b.sock.dgram,
+		svc:     s,
+		drops:   s.drops,
+		guarded: s.cfg.Spec != nil && s.cfg.Spec.DatagramGuards,
+	}
+	d.received, d.sent = s.m.DatagramEndpoint(b.ep.Label)
+	d.proto = df.BuildDatagramProtocol(d)
+	b.dgram = d
 }
 
 // stopMode says why a service stops, which decides what happens to its

@@ -24,7 +24,8 @@ import (
 type socket struct {
 	key   string
 	label string
-	ln    net.Listener
+	ln    net.Listener // stream endpoints
+	dgram *dgramSocket // udp endpoints
 	log   *slog.Logger
 
 	owner     atomic.Pointer[binding]
@@ -44,17 +45,33 @@ func socketKey(ep *endpoint.Config) string {
 	if ep.Kind == endpoint.KindUnix {
 		return "unix:" + filepath.Clean(ep.Path)
 	}
+	family := "tcp:"
+	if ep.Kind == endpoint.KindUDP {
+		family = "udp:"
+	}
 	host, port, err := net.SplitHostPort(ep.Address)
 	if err != nil {
-		return "tcp:" + ep.Address
+		return family + ep.Address
 	}
 	if ip, err := netip.ParseAddr(host); err == nil {
 		host = ip.Unmap().String()
 	}
-	return "tcp:" + net.JoinHostPort(host, port)
+	return family + net.JoinHostPort(host, port)
 }
 
 func listenSocket(key string, ep *endpoint.Config, log *slog.Logger) (*socket, error) {
+	if ep.Kind == endpoint.KindUDP {
+		uc, err := endpoint.ListenUDP(*ep)
+		if err != nil {
+			return nil, err
+		}
+		bio, err := newBatchIO(uc)
+		if err != nil {
+			uc.Close()
+			return nil, &endpoint.ListenError{Label: ep.Label, Err: err}
+		}
+		return &socket{key: key, label: ep.Label, dgram: &dgramSocket{uc: uc, io: bio}, log: log, done: make(chan struct{})}, nil
+	}
 	ln, err := endpoint.Listen(*ep)
 	if err != nil {
 		return nil, err
@@ -78,9 +95,41 @@ func (k *socket) serve(b *binding) {
 // wake interrupts the loop's Accept or wait, so it looks at its owner
 // again.
 func (k *socket) wake() {
-	if dl, ok := k.ln.(interface{ SetDeadline(time.Time) error }); ok {
+	if dl, ok := k.deadliner(); ok {
 		dl.SetDeadline(time.Now())
 	}
+}
+
+// conn is the socket as a listener or a udp socket, for what both have.
+type deadliner interface{ SetDeadline(time.Time) error }
+
+func (k *socket) deadliner() (deadliner, bool) {
+	if k.dgram != nil {
+		return k.dgram.uc, true
+	}
+	dl, ok := k.ln.(deadliner)
+	return dl, ok
+}
+
+// closeConn closes the listener or the udp socket.
+func (k *socket) closeConn() error {
+	if k.dgram != nil {
+		return k.dgram.uc.Close()
+	}
+	return k.ln.Close()
+}
+
+// rawConn is the socket's descriptor access.
+func (k *socket) rawConn() (syscall.RawConn, error) {
+	var sc syscall.Conn
+	if k.dgram != nil {
+		sc = k.dgram.uc
+	} else if c, ok := k.ln.(syscall.Conn); ok {
+		sc = c
+	} else {
+		return nil, errors.New("the socket has no descriptor")
+	}
+	return sc.SyscallConn()
 }
 
 // release detaches b; if b still owned the socket, nobody took it over, so
@@ -102,17 +151,17 @@ func (k *socket) close() {
 	k.closeOnce.Do(func() {
 		k.closed.Store(true)
 		if k.waiting.Load() {
-			k.ln.Close()
+			k.closeConn()
 			return
 		}
-		if dl, ok := k.ln.(interface{ SetDeadline(time.Time) error }); ok {
+		if dl, ok := k.deadliner(); ok {
 			dl.SetDeadline(time.Now()) // wake the loop for its last sweep
 		} else {
-			k.ln.Close()
+			k.closeConn()
 		}
 		k.startOnce.Do(func() { close(k.done) }) // never served: no loop to wait for
 		<-k.done
-		k.ln.Close()
+		k.closeConn()
 	})
 }
 
@@ -136,10 +185,16 @@ func (k *socket) loop() {
 		if b != nil && b.svc.waits() {
 			k.waiting.Store(true)
 			if k.closed.Load() { // close may have missed the flag
-				k.ln.Close()
+				k.closeConn()
 				return
 			}
 			if !k.watch() {
+				return
+			}
+			continue
+		}
+		if k.dgram != nil {
+			if !k.datagramLoop() {
 				return
 			}
 			continue
@@ -196,7 +251,7 @@ func (k *socket) acceptLoop() bool {
 }
 
 func (k *socket) clearDeadline() {
-	if dl, ok := k.ln.(interface{ SetDeadline(time.Time) error }); ok {
+	if dl, ok := k.deadliner(); ok {
 		dl.SetDeadline(time.Time{})
 	}
 }
@@ -206,13 +261,9 @@ func (k *socket) clearDeadline() {
 // its program exits, and watches again. It returns false when the socket
 // closes, true when the owner is no longer in wait mode.
 func (k *socket) watch() bool {
-	sc, ok := k.ln.(syscall.Conn)
-	if !ok {
-		k.log.Error("wait mode needs a socket with a descriptor", "endpoint", k.label)
-		return false
-	}
-	raw, err := sc.SyscallConn()
+	raw, err := k.rawConn()
 	if err != nil {
+		k.log.Error("wait mode needs a socket with a descriptor", "endpoint", k.label, "err", err)
 		return false
 	}
 	for {

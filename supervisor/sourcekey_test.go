@@ -62,7 +62,7 @@ func sourceLimited(t *testing.T, rate float64, burst int) *service {
 	t.Helper()
 	sc := serviceConfig("s", &lifecycleFactory{}, config.Limits{RateLimitPerIP: &config.Rate{Rate: rate, Burst: burst}})
 	svc, err := newService(slog.New(slog.NewTextHandler(io.Discard, nil)), metrics.New("test", nil), sc,
-		&seriesRefs{n: map[string]int{}})
+		&seriesRefs{n: map[string]int{}}, &guardPorts{})
 	if err != nil {
 		t.Fatal(err)
 	}

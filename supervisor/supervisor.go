@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,7 +45,8 @@ type Supervisor struct {
 	drainMu      sync.Mutex
 	drainingSvcs map[*service]struct{}
 
-	refs *seriesRefs // which metric series live instances use
+	refs   *seriesRefs // which metric series live instances use
+	guards *guardPorts // ports of the guarded udp endpoints
 }
 
 // seriesRefs counts the service instances (prepared, running or draining)
@@ -83,6 +85,7 @@ func New(log *slog.Logger, m *metrics.Metrics) *Supervisor {
 		sockets:      map[string]*socket{},
 		drainingSvcs: map[*service]struct{}{},
 		refs:         &seriesRefs{n: map[string]int{}},
+		guards:       &guardPorts{},
 	}
 }
 
@@ -115,7 +118,27 @@ func (s *Supervisor) Start(cfg *config.File) error {
 	}
 	s.shutdownTimeout = cfg.ShutdownTimeout
 	s.started = true
+	s.updateGuardsLocked()
 	return nil
+}
+
+// updateGuardsLocked records the ports of the guarded udp endpoints of
+// the running services (see reflects).
+func (s *Supervisor) updateGuardsLocked() {
+	ports := map[uint16]bool{}
+	for _, svc := range s.services {
+		if svc.cfg.Spec == nil || !svc.cfg.Spec.DatagramGuards {
+			continue
+		}
+		for _, b := range svc.bindings {
+			if b.sock.dgram != nil {
+				if ua, ok := b.sock.dgram.uc.LocalAddr().(*net.UDPAddr); ok {
+					ports[uint16(ua.Port)] = true
+				}
+			}
+		}
+	}
+	s.guards.p.Store(&ports)
 }
 
 // NotReady lists what keeps superd from being ready (for /readyz): nothing
@@ -198,7 +221,7 @@ func (s *Supervisor) Reopen() {
 // (taking over the socket of a running service on the same address, if
 // any) and its factory started. Nothing is accepted until activate.
 func (s *Supervisor) prepareServiceLocked(sc *config.Service) (*service, error) {
-	svc, err := newService(s.log, s.metrics, sc, s.refs)
+	svc, err := newService(s.log, s.metrics, sc, s.refs, s.guards)
 	if err != nil {
 		return nil, err
 	}

@@ -94,6 +94,7 @@ func init() {
 				Description: "in wait mode, pass the socket as fd 3 with LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES (systemd style) instead of fd 0 and 1"},
 		},
 		New:        newFactory,
+		Serves:     framework.Streams | framework.Datagrams, // udp in wait mode only (CheckEndpoint)
 		Collectors: []prometheus.Collector{processes, exits},
 	})
 }

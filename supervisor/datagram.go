@@ -1,0 +1,237 @@
+package supervisor
+
+import (
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/metrics"
+)
+
+const (
+	// batchSize is how many datagrams one system call reads or sends.
+	batchSize = 32
+	// maxDatagram is the largest UDP payload (IPv4), so nothing read is
+	// ever cut short. The buffers are touched only as far as datagrams
+	// fill them.
+	maxDatagram = 65535
+)
+
+// dgramSocket is the datagram side of a udp socket: its batched I/O, and
+// the send queue shared by every owner the socket has across reloads.
+type dgramSocket struct {
+	uc *net.UDPConn
+	io *batchIO
+
+	mu          sync.Mutex // guards io's send queue and dispatching
+	dispatching bool       // the loop is delivering a batch: replies wait for its flush
+}
+
+// dgramBinding is one udp endpoint of a service: its protocol, its
+// transport and its counters.
+type dgramBinding struct {
+	sock     *dgramSocket
+	svc      *service
+	proto    framework.DatagramProtocol
+	received prometheus.Counter
+	sent     prometheus.Counter
+	drops    map[string]prometheus.Counter
+	guarded  bool // DatagramGuards: the reflection rule applies
+}
+
+// guardPorts holds the ports of every guarded udp endpoint of this superd
+// (FreeBSD inetd's check_loop: two small services must never answer each
+// other).
+type guardPorts struct {
+	p atomic.Pointer[map[uint16]bool]
+}
+
+func (g *guardPorts) has(port uint16) bool {
+	m := g.p.Load()
+	return m != nil && (*m)[port]
+}
+
+// WriteTo queues a reply; it goes out with the batch being delivered, or at
+// once when none is (a write from another goroutine). It never blocks: a
+// full socket buffer drops the datagram, counted as send_failed.
+func (d *dgramBinding) WriteTo(b []byte, addr net.Addr) {
+	to, ok := addrPort(addr)
+	if !ok {
+		d.drops[metrics.DatagramSendFailed].Inc()
+		return
+	}
+	if d.guarded && reflects(to, d.svc.guards) {
+		d.drops[metrics.DatagramReflection].Inc()
+		return
+	}
+	s := d.sock
+	s.mu.Lock()
+	if !s.io.queue(b, to) {
+		d.flushLocked()
+		s.io.queue(b, to)
+	}
+	if !s.dispatching {
+		d.flushLocked()
+	}
+	s.mu.Unlock()
+}
+
+func (d *dgramBinding) flushLocked() {
+	sent, failed := d.sock.io.flush()
+	if sent > 0 {
+		d.sent.Add(float64(sent))
+	}
+	if failed > 0 {
+		d.drops[metrics.DatagramSendFailed].Add(float64(failed))
+	}
+}
+
+// LocalAddr is the socket's address.
+func (d *dgramBinding) LocalAddr() net.Addr { return d.sock.uc.LocalAddr() }
+
+// reflects reports whether a reply to to would feed a loop or an
+// amplification: a privileged or zero source port, the port of a guarded
+// endpoint, or an address that is not one host.
+func reflects(to netip.AddrPort, guards *guardPorts) bool {
+	a := to.Addr().Unmap()
+	return to.Port() < 1024 || guards.has(to.Port()) ||
+		a.IsMulticast() || a.IsUnspecified() || a == netip.AddrFrom4([4]byte{255, 255, 255, 255})
+}
+
+// addrPort converts a datagram address without allocating.
+func addrPort(addr net.Addr) (netip.AddrPort, bool) {
+	switch a := addr.(type) {
+	case *net.UDPAddr:
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if !ok || a.Port < 0 || a.Port > 65535 {
+			return netip.AddrPort{}, false
+		}
+		return netip.AddrPortFrom(ip, uint16(a.Port)), true
+	case interface{ AddrPort() netip.AddrPort }:
+		ap := a.AddrPort()
+		return ap, ap.IsValid()
+	}
+	return netip.AddrPort{}, false
+}
+
+// datagramLoop reads the socket in batches and delivers each datagram to
+// the socket's current owner, until the socket closes (false) or the
+// owner switches to wait mode (true). A datagram queued during a reload is
+// read by the same loop and goes to the new owner: none is lost.
+func (k *socket) datagramLoop() bool {
+	k.waiting.Store(false)
+	s := k.dgram
+	for {
+		n, err := s.io.read()
+		if err != nil {
+			if k.closed.Load() {
+				return false
+			}
+			if isTimeout(err) {
+				k.clearDeadline()
+				if k.closed.Load() {
+					return false
+				}
+				if b := k.owner.Load(); b != nil && b.svc.waits() {
+					return true
+				}
+				continue
+			}
+			k.log.Warn("udp read failed; retrying", "endpoint", k.label, "err", err)
+			time.Sleep(minAcceptDelay)
+			continue
+		}
+		b := k.owner.Load()
+		if b == nil {
+			b = k.last.Load()
+		}
+		if b == nil || b.dgram == nil {
+			continue
+		}
+		d := b.dgram
+		s.mu.Lock()
+		s.dispatching = true
+		s.mu.Unlock()
+		for i := range n {
+			data, from, truncated := s.io.datagram(i)
+			if truncated {
+				continue
+			}
+			d.deliver(data, from)
+		}
+		s.mu.Lock()
+		s.dispatching = false
+		d.flushLocked()
+		s.mu.Unlock()
+	}
+}
+
+// deliver applies the service's checks to one datagram and hands it to the
+// protocol.
+func (d *dgramBinding) deliver(data []byte, from *net.UDPAddr) {
+	d.received.Inc()
+	svc := d.svc
+	svc.m.Received.Add(float64(len(data)))
+	ip, ok := netip.AddrFromSlice(from.IP)
+	if !ok {
+		return
+	}
+	ip = ip.Unmap()
+	if !svc.allowed(ip) {
+		d.drops[metrics.DatagramDenied].Inc()
+		return
+	}
+	if reason := svc.takeDatagramTokens(ip); reason != "" {
+		d.drops[reason].Inc()
+		return
+	}
+	d.call(data, from)
+}
+
+// call runs the protocol; a panic there loses only that datagram.
+func (d *dgramBinding) call(data []byte, from *net.UDPAddr) {
+	defer func() {
+		if v := recover(); v != nil {
+			d.svc.log.Error("DatagramReceived panicked; datagram dropped", "peer", from.String(), "panic", v)
+		}
+	}()
+	d.proto.DatagramReceived(data, from)
+}
+
+// takeDatagramTokens applies rate_limit and rate_limit_per_ip to one
+// datagram; it returns the drop reason, or "".
+func (s *service) takeDatagramTokens(ip netip.Addr) string {
+	if s.rate == nil && s.sourceRates == nil {
+		return ""
+	}
+	now := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.rate != nil && !s.rate.take(now) {
+		return metrics.DatagramRateLimit
+	}
+	if s.sourceRates != nil {
+		bits := 32
+		if ip.Is6() {
+			bits = s.cfg.Limits.IPv6Prefix
+		}
+		key, err := ip.Prefix(bits)
+		if err != nil {
+			key = netip.PrefixFrom(ip, ip.BitLen())
+		}
+		if !s.takeSourceToken(key, now) {
+			return metrics.DatagramRateLimitPerIP
+		}
+	}
+	return ""
+}
+
+func isTimeout(err error) bool {
+	ne, ok := err.(net.Error)
+	return ok && ne.Timeout()
+}

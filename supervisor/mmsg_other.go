@@ -1,0 +1,57 @@
+//go:build !linux
+
+package supervisor
+
+import (
+	"net"
+	"net/netip"
+)
+
+// batchIO, where recvmmsg and sendmmsg do not exist, reads and writes one
+// datagram per system call with the same interface.
+type batchIO struct {
+	uc   *net.UDPConn
+	buf  []byte
+	n    int
+	from net.UDPAddr
+	out  [][]byte
+	to   []netip.AddrPort
+}
+
+func newBatchIO(uc *net.UDPConn) (*batchIO, error) {
+	return &batchIO{uc: uc, buf: make([]byte, maxDatagram)}, nil
+}
+
+func (b *batchIO) read() (int, error) {
+	n, ap, err := b.uc.ReadFromUDPAddrPort(b.buf)
+	if err != nil {
+		return 0, err
+	}
+	b.n = n
+	b.from.IP = append(b.from.IP[:0], ap.Addr().Unmap().AsSlice()...)
+	b.from.Port = int(ap.Port())
+	return 1, nil
+}
+
+func (b *batchIO) datagram(int) ([]byte, *net.UDPAddr, bool) { return b.buf[:b.n], &b.from, false }
+
+func (b *batchIO) queue(p []byte, to netip.AddrPort) bool {
+	if len(b.out) == batchSize {
+		return false
+	}
+	b.out = append(b.out, append([]byte(nil), p...))
+	b.to = append(b.to, to)
+	return true
+}
+
+func (b *batchIO) flush() (sent, failed int) {
+	for i, p := range b.out {
+		if _, err := b.uc.WriteToUDPAddrPort(p, b.to[i]); err != nil {
+			failed++
+		} else {
+			sent++
+		}
+	}
+	b.out, b.to = b.out[:0], b.to[:0]
+	return sent, failed
+}
