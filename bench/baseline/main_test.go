@@ -158,7 +158,7 @@ func TestEchoAndTLSEcho(t *testing.T) {
 // socket itself, and reaps every child: once the clients are done, the test
 // process has no child left, not even a zombie, and no serving goroutine.
 func TestExec(t *testing.T) {
-	for _, p := range []string{"/bin/echo", "/bin/cat"} {
+	for _, p := range []string{"/bin/echo", "/bin/cat", "/bin/sh"} {
 		if _, err := os.Stat(p); err != nil {
 			t.Skipf("%s: %v", p, err)
 		}
@@ -198,6 +198,14 @@ func TestExec(t *testing.T) {
 	}
 	c.c.Close()
 
+	// The child's environment is execEnv alone, not the server's.
+	t.Setenv("LANG", "C.UTF-8")
+	c = dial(t, listen(t, execConn([]string{"/bin/sh", "-c", "export"})))
+	if b, err := io.ReadAll(c.r); err != nil || strings.Contains(string(b), "LANG") || !strings.Contains(string(b), execEnv[0][len("PATH="):]) {
+		t.Fatalf("environment %q, %v; want %v", b, err, execEnv)
+	}
+	c.c.Close()
+
 	// The server closes a connection only after Wait, so no child should
 	// be left by now; poll in case, with a deadline.
 	deadline := time.Now().Add(10 * time.Second)
@@ -214,9 +222,9 @@ func TestExec(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	// Every serving goroutine has returned: what is left are the two
+	// Every serving goroutine has returned: what is left are the three
 	// accept loops (closed at cleanup).
-	for runtime.NumGoroutine() > goroutines+2 {
+	for runtime.NumGoroutine() > goroutines+3 {
 		if time.Now().After(deadline) {
 			buf := make([]byte, 1<<20)
 			t.Fatalf("%d goroutines, %d before:\n%s", runtime.NumGoroutine(), goroutines, buf[:runtime.Stack(buf, true)])
