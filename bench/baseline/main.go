@@ -1,9 +1,9 @@
-// Command baseline is the yardstick of `make bench`: echo, qotd, chat and
-// TLS echo written the way a competent Go programmer would write them with
-// the standard library alone, one goroutine per connection. superd is
-// measured against it.
+// Command baseline is the yardstick of `make bench`: echo, qotd, chat, TLS
+// echo and a program per connection written the way a competent Go
+// programmer would write them with the standard library alone, one
+// goroutine per connection. superd is measured against it.
 //
-//	baseline -echo 127.0.0.1:7007 -tls 127.0.0.1:7443 -qotd 127.0.0.1:8007 -chat 127.0.0.1:8123
+//	baseline -echo 127.0.0.1:7007 -tls 127.0.0.1:7443 -qotd 127.0.0.1:8007 -chat 127.0.0.1:8123 [-exec 127.0.0.1:8079]
 //
 // An empty address leaves that service out. The chat speaks superd's chat
 // protocol byte for byte (prompts, CRLF, "<name> line").
@@ -25,6 +25,7 @@ import (
 	"math/big"
 	"net"
 	"os"
+	"os/exec"
 	"os/signal"
 	"sync"
 	"syscall"
@@ -38,6 +39,7 @@ func main() {
 	tlsAddr := flag.String("tls", "127.0.0.1:7443", "echo over TLS listen address (self-signed certificate); empty: off")
 	qotdAddr := flag.String("qotd", "127.0.0.1:8007", "qotd (RFC 865) listen address; empty: off")
 	chatAddr := flag.String("chat", "127.0.0.1:8123", "chat listen address; empty: off")
+	execAddr := flag.String("exec", "", "fork-per-connection listen address: each connection runs /bin/echo QUOTE with the socket as its stdin and stdout; empty: off")
 	quote := flag.String("quote", "An apple a day keeps the doctor away", "the quote of qotd")
 	splice := flag.Bool("splice", false, "echo with io.CopyBuffer straight on the *net.TCPConn, which makes Go splice(2) through a pipe per connection (2 more fds each) instead of using the pooled buffer")
 	flag.Parse()
@@ -61,6 +63,7 @@ func main() {
 		{*tlsAddr, echoConn, true},
 		{*qotdAddr, func(c net.Conn) { c.Write(qotdLine); c.Close() }, false},
 		{*chatAddr, room.serve, false},
+		{*execAddr, execConn([]string{"/bin/echo", *quote}), false},
 	}
 	var tlsConf *tls.Config
 	for _, s := range services {
@@ -133,6 +136,45 @@ func spliceEchoConn(c net.Conn) {
 	defer bufPool.Put(bp)
 	io.CopyBuffer(c, c, *bp)
 }
+
+// execConn runs argv for each connection, as inetd's nowait does, with
+// os/exec: the child's stdin and stdout are the socket itself (a dup of the
+// connection's descriptor from conn.File), so it reads and writes the
+// connection directly and nothing is copied; its stderr is the baseline's.
+// Once the child has exited and Wait has reaped it, the dup and the
+// connection are closed, which sends the FIN.
+//
+// The child gets a clean environment (execEnv), not the baseline's own:
+// the program's cost should not depend on who runs the benchmark. A
+// locale in it (LANG=C.UTF-8) makes /bin/echo load it, about a quarter
+// more CPU per child here, and superd gives its children a clean
+// environment too.
+func execConn(argv []string) func(net.Conn) {
+	return func(c net.Conn) {
+		defer c.Close()
+		tc, ok := c.(*net.TCPConn)
+		if !ok {
+			log.Printf("exec: %T is not a TCP connection", c)
+			return
+		}
+		f, err := tc.File()
+		if err != nil {
+			log.Printf("exec: %v", err)
+			return
+		}
+		defer f.Close()
+		cmd := exec.Command(argv[0], argv[1:]...)
+		cmd.Env = execEnv
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = f, f, os.Stderr
+		if err := cmd.Run(); err != nil {
+			log.Printf("exec %s: %v", argv[0], err)
+		}
+	}
+}
+
+// execEnv is the environment of execConn's children: PATH alone, the
+// default PATH superd gives its own.
+var execEnv = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 
 // The chat: superd's chat protocol (see services/chat) with a
 // mutex-protected room. Each line is written to every other user directly

@@ -2,10 +2,17 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/tls"
+	"fmt"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -145,4 +152,112 @@ func TestEchoAndTLSEcho(t *testing.T) {
 	if err != nil || line != "hello\r\n" {
 		t.Fatalf("TLS echo: %q, %v", line, err)
 	}
+}
+
+// The exec service answers each connection with the program's output on the
+// socket itself, and reaps every child: once the clients are done, the test
+// process has no child left, not even a zombie, and no serving goroutine.
+func TestExec(t *testing.T) {
+	for _, p := range []string{"/bin/echo", "/bin/cat", "/bin/sh"} {
+		if _, err := os.Stat(p); err != nil {
+			t.Skipf("%s: %v", p, err)
+		}
+	}
+	const q = "An apple a day keeps the doctor away"
+	goroutines := runtime.NumGoroutine()
+	addr := listen(t, execConn([]string{"/bin/echo", q}))
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for range cap(errs) {
+		wg.Go(func() {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			if b, err := io.ReadAll(c); err != nil || string(b) != q+"\n" {
+				errs <- fmt.Errorf("read %q, %v; want %q then EOF", b, err, q+"\n")
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+
+	// The child's stdin is the socket too: cat echoes what it reads until
+	// the client's half-close.
+	c := dial(t, listen(t, execConn([]string{"/bin/cat"})))
+	c.send("hello\r\nworld\n")
+	c.c.(*net.TCPConn).CloseWrite()
+	if b, err := io.ReadAll(c.r); err != nil || string(b) != "hello\r\nworld\n" {
+		t.Fatalf("cat: read %q, %v", b, err)
+	}
+	c.c.Close()
+
+	// The child's environment is execEnv alone, not the server's.
+	t.Setenv("LANG", "C.UTF-8")
+	c = dial(t, listen(t, execConn([]string{"/bin/sh", "-c", "export"})))
+	if b, err := io.ReadAll(c.r); err != nil || strings.Contains(string(b), "LANG") || !strings.Contains(string(b), execEnv[0][len("PATH="):]) {
+		t.Fatalf("environment %q, %v; want %v", b, err, execEnv)
+	}
+	c.c.Close()
+
+	// The server closes a connection only after Wait, so no child should
+	// be left by now; poll in case, with a deadline.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		kids, err := children(os.Getpid())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(kids) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("children left (pid state): %v", kids)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Every serving goroutine has returned: what is left are the three
+	// accept loops (closed at cleanup).
+	for runtime.NumGoroutine() > goroutines+3 {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines, %d before:\n%s", runtime.NumGoroutine(), goroutines, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// children lists the processes whose parent is pid, as "PID STATE" (a
+// zombie's state is Z), from /proc/*/stat.
+func children(pid int) ([]string, error) {
+	stats, err := filepath.Glob("/proc/[0-9]*/stat")
+	if err != nil {
+		return nil, err
+	}
+	var kids []string
+	for _, p := range stats {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue // gone meanwhile
+		}
+		// "PID (COMM) STATE PPID ...": COMM may hold spaces and parentheses.
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) < 2 {
+			continue
+		}
+		if ppid, _ := strconv.Atoi(f[1]); ppid == pid {
+			kids = append(kids, strings.Fields(string(b))[0]+" "+f[0])
+		}
+	}
+	return kids, nil
 }

@@ -55,6 +55,10 @@ type result struct {
 	FirstError      string  `json:"first_error"`
 
 	failed string // why the run does not count ("" if it does)
+	// The server's CPU per connection made, in µs, over the measured run
+	// (cells with cpu): its own (utime+stime) and that of its children
+	// reaped meanwhile (cutime+cstime). NaN when not measured.
+	cpuUs, childCPUUs float64
 }
 
 // metric is the number a cell compares.
@@ -82,6 +86,8 @@ const (
 	tTLS
 	tQotd
 	tChat
+	tExec // a program per connection: /bin/echo QUOTE
+	nTargets
 )
 
 type cell struct {
@@ -90,6 +96,7 @@ type cell struct {
 	args           []string // superbench arguments after the mode's -addr
 	timed          bool     // takes -duration
 	idle           bool     // RSS per connection: lower is better, needs -pid
+	cpu            bool     // also report the server's CPU per connection
 	// cpus confines the server and superbench to these CPUs (nil: the
 	// kernel places them). See E1.
 	cpus []int
@@ -115,6 +122,11 @@ var cells = []cell{
 		args: []string{"stream", "-conns", "8", "-size", "32768"}},
 	{id: "CR", desc: "connrate 8 workers (qotd)", unit: "conns/s", target: tQotd, timed: true,
 		args: []string{"connrate", "-conns", "8", "-expect", quote}},
+	// A program per connection: superd's exec factory against os/exec in
+	// the baseline, both handing the socket itself to /bin/echo, whose line
+	// ends in a bare LF.
+	{id: "CRX", desc: "connrate 8 workers (exec /bin/echo)", unit: "conns/s", target: tExec, timed: true, cpu: true,
+		args: []string{"connrate", "-conns", "8", "-expect", quote, "-eol", "lf"}},
 	{id: "IDLE", desc: "5000 idle conns", unit: "B/conn", target: tEcho, idle: true,
 		args: []string{"idle", "-conns", "5000", "-settle", "2s"}},
 	{id: "CHAT", desc: "chat 200 users x 50 lines", unit: "deliv/s", target: tChat, timed: true,
@@ -158,7 +170,7 @@ func main() {
 type server struct {
 	name  string
 	cmd   *exec.Cmd
-	addrs [4]string // by target
+	addrs [nTargets]string // by target
 	log   string
 	done  chan struct{}
 	err   error
@@ -251,6 +263,7 @@ func run(o *options) int {
 	var notes []string
 	for _, cr := range all {
 		var ratios, sd, bl, sdP99, blP99 []float64
+		var cpuRatios, sdCPU, blCPU, sdChild, blChild []float64 // cells with cpu
 		errs := 0
 		for i := range o.runs {
 			s, b := cr.superd[i], cr.baseline[i]
@@ -266,6 +279,13 @@ func run(o *options) int {
 			sdP99, blP99 = append(sdP99, s.P99Us), append(blP99, b.P99Us)
 			if b.metric() > 0 {
 				ratios = append(ratios, s.metric()/b.metric())
+			}
+			if cr.cpu && !math.IsNaN(s.cpuUs) && !math.IsNaN(b.cpuUs) {
+				sdCPU, blCPU = append(sdCPU, s.cpuUs), append(blCPU, b.cpuUs)
+				sdChild, blChild = append(sdChild, s.childCPUUs), append(blChild, b.childCPUUs)
+				if b.cpuUs > 0 {
+					cpuRatios = append(cpuRatios, s.cpuUs/b.cpuUs)
+				}
 			}
 		}
 		row := []string{cr.id, cr.desc, cr.unit, num(median(sd)), num(median(bl)), "", "", "", ""}
@@ -304,10 +324,13 @@ func run(o *options) int {
 				"superbench and the server are separate processes, each holding 15,000 sockets under the 20,000 open-file limit.",
 				bytesStr(per), bytesStr(median(base)), per*1e6/(1<<30), bytesStr(median(bl)), median(bl)*1e6/(1<<30)))
 		}
+		if len(sdCPU) > 0 {
+			notes = append(notes, cpuNote(cr.id, sdCPU, blCPU, sdChild, blChild, cpuRatios))
+		}
 	}
 	notes = append(notes,
 		"Ratio: superd/baseline per run pair, median over runs. Throughput cells: higher is better. IDLE cells: RSS growth per connection (VmRSS after connecting and settling, minus before, over connections), lower is better.",
-		"Every byte is verified: echo compares each random message, stream each byte of a seeded pattern, connrate the exact quote, chat the sender, sequence and text of every line at every user, idle a one-byte echo on every connection after the RSS reading.",
+		"Every byte is verified: echo compares each random message, stream each byte of a seeded pattern, connrate the exact quote (CRX: with /bin/echo's bare LF), chat the sender, sequence and text of every line at every user, idle a one-byte echo on every connection after the RSS reading.",
 		"The machine is shared and noisy, and superbench runs on the same cores as the server: the per-run ratios show the spread, and a median inside that spread of 1.00 is a tie (the verdict says tie only within 5%).",
 		"E1 confines the server and superbench to CPU 0 (a Go server then runs with GOMAXPROCS 1): with one connection, whether the kernel puts the two processes on one CPU or on two decides the round trip (about 22 µs against 63 µs on these virtual CPUs, for either server), so E1F, the same load left to the kernel, swings run by run between pair ratios near 0.4, 1 and 2.3.")
 	elapsed := time.Since(start).Round(time.Second)
@@ -340,6 +363,9 @@ func run(o *options) int {
 						continue
 					}
 					note := r.failed
+					if cr.cpu && !math.IsNaN(r.cpuUs) {
+						note = strings.TrimSpace(fmt.Sprintf("server CPU %s µs/conn, children %s µs/conn %s", num(r.cpuUs), num(r.childCPUUs), note))
+					}
 					if cr.idle {
 						note = strings.TrimSpace(fmt.Sprintf("rss %s -> %s, alive %d/%d %s", bytesStr(float64(r.RSSBeforeBytes)), bytesStr(float64(r.RSSAfterBytes)), r.Alive, r.Conns, note))
 					}
@@ -361,12 +387,25 @@ func run(o *options) int {
 	return 0
 }
 
+// cpuNote reports a cell's server CPU per connection: medians over the
+// counted run pairs, lower is better.
+func cpuNote(id string, sd, bl, sdChild, blChild, ratios []float64) string {
+	var rs []string
+	for _, r := range ratios {
+		rs = append(rs, fmt.Sprintf("%.2f", r))
+	}
+	return fmt.Sprintf("%s: server CPU per connection (the server process's utime+stime from /proc/PID/stat, read before and after the measured run, "+
+		"over the connections made; 10 ms ticks), lower is better: superd %s µs, baseline %s µs, superd/baseline %.2f (per run pair: %s). "+
+		"Their children, counted when reaped (cutime+cstime, the programs run), apart: superd %s µs, baseline %s µs per connection.",
+		id, num(median(sd)), num(median(bl)), median(ratios), strings.Join(rs, " "), num(median(sdChild)), num(median(blChild)))
+}
+
 var rlimitShown bool
 
 // runOne starts server name fresh, runs cell c against it, stops it.
 func runOne(ctx context.Context, o *options, work string, seq int, name string, c cell) *result {
 	fail := func(format string, a ...any) *result {
-		r := &result{Label: name, Mode: c.args[0], failed: fmt.Sprintf(format, a...)}
+		r := &result{Label: name, Mode: c.args[0], failed: fmt.Sprintf(format, a...), cpuUs: math.NaN(), childCPUUs: math.NaN()}
 		fmt.Printf("%-8s %-8s FAILED: %s\n", c.id, name, r.failed)
 		return r
 	}
@@ -388,9 +427,19 @@ func runOne(ctx context.Context, o *options, work string, seq int, name string, 
 	cmd := exec.CommandContext(rctx, o.superbench, args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	// The server's CPU time is read just before superbench starts and just
+	// after it ends: readiness probes and shutdown are left out.
+	var cpu0, cpu1 cpuTimes
+	var cpuErr error
+	if c.cpu {
+		cpu0, cpuErr = procCPU(s.cmd.Process.Pid)
+	}
 	runErr := startOn(cmd, c.cpus)
 	if runErr == nil {
 		runErr = cmd.Wait()
+	}
+	if c.cpu && cpuErr == nil {
+		cpu1, cpuErr = procCPU(s.cmd.Process.Pid)
 	}
 	if !rlimitShown {
 		for line := range strings.Lines(stderr.String()) {
@@ -414,6 +463,12 @@ func runOne(ctx context.Context, o *options, work string, seq int, name string, 
 	if r == nil {
 		return fail("superbench %v: %v\n%s", args, runErr, tail(stderr.String(), 10))
 	}
+	r.cpuUs, r.childCPUUs = math.NaN(), math.NaN()
+	if c.cpu && cpuErr == nil && r.Ops > 0 {
+		r.cpuUs = (cpu1.self - cpu0.self) / float64(r.Ops) * 1e6
+		r.childCPUUs = (cpu1.children - cpu0.children) / float64(r.Ops) * 1e6
+		fmt.Printf("%-8s %-10s server CPU %.0f µs/conn, its children %.0f µs/conn (%d conns)\n", c.id, name, r.cpuUs, r.childCPUUs, r.Ops)
+	}
 	switch {
 	case r.Errors > 0:
 		r.failed = fmt.Sprintf("%d errors, first: %s", r.Errors, r.FirstError)
@@ -423,6 +478,8 @@ func runOne(ctx context.Context, o *options, work string, seq int, name string, 
 		r.failed = fmt.Sprintf("alive %d of %d, rss per connection %v", r.Alive, r.Conns, r.RSSPerConnBytes)
 	case s.exited():
 		r.failed = fmt.Sprintf("%s exited during the run: %v", name, s.err)
+	case c.cpu && cpuErr != nil:
+		r.failed = fmt.Sprintf("server CPU: %v", cpuErr)
 	}
 	if r.failed != "" {
 		fmt.Printf("%-8s %-8s FAILED: %s\n%s", c.id, name, r.failed, tail(readFile(s.log), 10))
@@ -430,10 +487,10 @@ func runOne(ctx context.Context, o *options, work string, seq int, name string, 
 	return r
 }
 
-// startServer starts superd or the baseline on four fresh loopback ports
-// and waits until every service answers.
+// startServer starts superd or the baseline on fresh loopback ports, one
+// per target, and waits until every service answers.
 func startServer(ctx context.Context, o *options, work string, seq int, name string, cpus []int) (*server, error) {
-	ports, err := freePorts(4)
+	ports, err := freePorts(int(nTargets))
 	if err != nil {
 		return nil, err
 	}
@@ -451,7 +508,7 @@ func startServer(ctx context.Context, o *options, work string, seq int, name str
 		}
 		args = []string{"run", "-config", cfg, "-log-level", "warn"}
 	} else {
-		args = []string{"-echo", s.addrs[tEcho], "-tls", s.addrs[tTLS], "-qotd", s.addrs[tQotd], "-chat", s.addrs[tChat], "-quote", quote}
+		args = []string{"-echo", s.addrs[tEcho], "-tls", s.addrs[tTLS], "-qotd", s.addrs[tQotd], "-chat", s.addrs[tChat], "-exec", s.addrs[tExec], "-quote", quote}
 	}
 	logf, err := os.Create(s.log)
 	if err != nil {
@@ -471,9 +528,11 @@ func startServer(ctx context.Context, o *options, work string, seq int, name str
 	return s, nil
 }
 
-// superdConfig: echo (TCP and TLS with a self-signed certificate), qotd and
-// chat, metrics off, no connection limits, room for chat's output.
-func superdConfig(addrs [4]string) string {
+// superdConfig: echo (TCP and TLS with a self-signed certificate), qotd,
+// chat and exec (/bin/echo QUOTE per connection, nowait: the child's stdin
+// and stdout are the socket), metrics off, no connection limits, room for
+// chat's output.
+func superdConfig(addrs [nTargets]string) string {
 	return fmt.Sprintf(`# written by bench/matrix
 metrics {
   address = ""
@@ -501,7 +560,13 @@ service "chat" "chat" {
   max_pending_output = 67108864
   endpoint "tcp" { address = %q }
 }
-`, addrs[tEcho], addrs[tTLS], quote, addrs[tQotd], addrs[tChat])
+
+service "exec" "crx" {
+  max_connections = 0
+  command         = ["/bin/echo", %q]
+  endpoint "tcp" { address = %q }
+}
+`, addrs[tEcho], addrs[tTLS], quote, addrs[tQotd], addrs[tChat], quote, addrs[tExec])
 }
 
 func (s *server) exited() bool {
@@ -546,11 +611,15 @@ func (s *server) probe() error {
 			if err == nil {
 				err = tc.Close()
 			}
-		case tQotd:
+		case tQotd, tExec:
+			service, want := "qotd", quote+"\r\n"
+			if target(t) == tExec {
+				service, want = "exec", quote+"\n" // /bin/echo's line
+			}
 			var b []byte
 			b, err = io.ReadAll(c)
-			if err == nil && string(b) != quote+"\r\n" {
-				err = fmt.Errorf("qotd sent %q", b)
+			if err == nil && string(b) != want {
+				err = fmt.Errorf("%s sent %q", service, b)
 			}
 		case tChat:
 			var line string
@@ -580,6 +649,48 @@ func (s *server) stop() {
 		s.cmd.Process.Kill()
 		<-s.done
 	}
+}
+
+// userHZ is the unit of the times in /proc/PID/stat (USER_HZ, what
+// sysconf(_SC_CLK_TCK) returns): 100 per second on Linux, whatever the
+// kernel's own HZ.
+const userHZ = 100
+
+// cpuTimes is a process's CPU time in seconds: its own, all threads, user
+// and system (utime+stime), and that of its children it has reaped
+// (cutime+cstime).
+type cpuTimes struct{ self, children float64 }
+
+// procCPU reads the CPU times of process pid from /proc/PID/stat.
+func procCPU(pid int) (cpuTimes, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return cpuTimes{}, err
+	}
+	return parseStat(b)
+}
+
+// parseStat reads utime, stime, cutime and cstime (fields 14 to 17) from
+// the text of /proc/PID/stat: "PID (COMM) STATE PPID ...", where COMM may
+// hold spaces and parentheses.
+func parseStat(b []byte) (cpuTimes, error) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return cpuTimes{}, fmt.Errorf("/proc stat %.40q: no command name", b)
+	}
+	f := strings.Fields(string(b[i+1:])) // f[0] is field 3, the state
+	if len(f) < 15 {
+		return cpuTimes{}, fmt.Errorf("/proc stat %.40q: %d fields", b, len(f)+2)
+	}
+	var t [4]float64
+	for k := range t {
+		v, err := strconv.ParseUint(f[11+k], 10, 64)
+		if err != nil {
+			return cpuTimes{}, fmt.Errorf("/proc stat field %d: %v", 14+k, err)
+		}
+		t[k] = float64(v) / userHZ
+	}
+	return cpuTimes{self: t[0] + t[1], children: t[2] + t[3]}, nil
 }
 
 // freePorts finds n loopback ports nobody listens on.

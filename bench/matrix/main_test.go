@@ -2,6 +2,7 @@ package main
 
 import (
 	"math"
+	"os"
 	"strings"
 	"testing"
 )
@@ -65,16 +66,70 @@ func TestTableAligns(t *testing.T) {
 }
 
 func TestSuperdConfigNamesEveryAddress(t *testing.T) {
-	addrs := [4]string{"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"}
+	addrs := [nTargets]string{"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4", "127.0.0.1:5"}
 	cfg := superdConfig(addrs)
 	for _, a := range addrs {
 		if !strings.Contains(cfg, `"`+a+`"`) {
 			t.Errorf("config lacks %s:\n%s", a, cfg)
 		}
 	}
-	for _, want := range []string{`address = ""`, "self_signed = true", "max_pending_output", quote} {
+	for _, want := range []string{`address = ""`, "self_signed = true", "max_pending_output", quote,
+		`service "exec" "crx"`, `command         = ["/bin/echo", "` + quote + `"]`} {
 		if !strings.Contains(cfg, want) {
 			t.Errorf("config lacks %q", want)
+		}
+	}
+}
+
+func TestParseStat(t *testing.T) {
+	// A command name with spaces and parentheses; utime 150, stime 50,
+	// cutime 300, cstime 100 ticks.
+	stat := "4242 (a) b (c) S 1 4242 4242 0 -1 4194560 1000 2000 0 0 150 50 300 100 20 0 9 0 12345 1000000 500 18446744073709551615\n"
+	got, err := parseStat([]byte(stat))
+	if err != nil || got.self != 2 || got.children != 4 {
+		t.Fatalf("parseStat = %+v, %v; want self 2 s, children 4 s", got, err)
+	}
+	for _, bad := range []string{"", "4242 (x S 1", "4242 (x) S 1 2 3", "4242 (x) S 1 4242 4242 0 -1 4194560 1000 2000 0 0 1x 50 300 100 20"} {
+		if _, err := parseStat([]byte(bad)); err == nil {
+			t.Errorf("parseStat(%q): no error", bad)
+		}
+	}
+	// A live process's: readable, and never going back.
+	a, err := procCPU(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := procCPU(os.Getpid())
+	if err != nil || b.self < a.self || b.children < a.children {
+		t.Fatalf("procCPU %+v then %+v, %v", a, b, err)
+	}
+}
+
+func TestCPUNote(t *testing.T) {
+	n := cpuNote("CRX", []float64{100, 120, 110}, []float64{400, 500, 450}, []float64{900, 1000, 950}, []float64{910, 990, 960}, []float64{0.25, 0.24, 0.24})
+	for _, want := range []string{"CRX:", "superd 110 µs, baseline 450 µs, superd/baseline 0.24", "0.25 0.24 0.24", "superd 950 µs, baseline 960 µs per connection"} {
+		if !strings.Contains(n, want) {
+			t.Errorf("note lacks %q:\n%s", want, n)
+		}
+	}
+}
+
+// Every cell's target has an address and a service on both servers, and
+// CRX checks /bin/echo's line.
+func TestCRXCell(t *testing.T) {
+	for _, c := range cells {
+		if c.target < 0 || c.target >= nTargets {
+			t.Errorf("%s: target %d", c.id, c.target)
+		}
+		if c.id != "CRX" {
+			if c.cpu {
+				t.Errorf("%s measures CPU", c.id)
+			}
+			continue
+		}
+		args := strings.Join(c.args, " ")
+		if c.target != tExec || !c.cpu || !c.timed || !strings.Contains(args, "connrate -conns 8 -expect "+quote+" -eol lf") {
+			t.Errorf("CRX: %+v", c)
 		}
 	}
 }

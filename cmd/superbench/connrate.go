@@ -9,8 +9,8 @@ import (
 	"time"
 )
 
-// runConnrate: -conns workers each connect, read to EOF, check the quote and
-// close, over and over until -duration. Latency is the whole exchange,
+// runConnrate: -conns workers each connect, read to EOF, check the quote
+// (ending in -eol) and close, over and over until -duration. Latency is the whole exchange,
 // connect included.
 func runConnrate(ctx context.Context, o *options, d *dialer) Result {
 	res := Result{Conns: o.conns}
@@ -77,7 +77,7 @@ func connrateWorker(ctx context.Context, o *options, d *dialer, end time.Time, h
 		if got < 0 {
 			continue
 		}
-		if err := checkQuote(buf[:got], o.expect); err != nil {
+		if err := checkQuote(buf[:got], o.expect, o.eol); err != nil {
 			errs.Add(err)
 			continue
 		}

@@ -5,7 +5,7 @@
 //
 //	superbench echo     -addr A [-conns N] [-size B] [-duration D | -count K] [-tls]
 //	superbench stream   -addr A [-conns N] [-size CHUNK] [-duration D] [-tls]
-//	superbench connrate -addr A [-conns WORKERS] [-duration D] [-expect QUOTE]
+//	superbench connrate -addr A [-conns WORKERS] [-duration D] [-expect QUOTE] [-eol crlf|lf]
 //	superbench idle     -addr A [-conns N] [-pid SERVER_PID] [-settle D] [-tls]
 //	superbench chat     -addr A [-conns USERS] [-lines M] [-duration D | -rounds R]
 //
@@ -32,7 +32,8 @@ modes:
             -> msgs/s and p50/p99/p999 round-trip latency
   stream    N connections each write and read a pseudo-random stream at once
             (echo server) -> MB/s (10^6 bytes) of echoed, verified payload
-  connrate  N workers connect, read a quote to EOF, close (qotd server)
+  connrate  N workers connect, read a quote to EOF, close (qotd server, or
+            a program printing one line, -eol lf)
             -> conns/s and latency of the whole exchange
   idle      hold N idle connections -> server RSS growth per connection
             (-pid, from /proc/PID/status VmRSS), then check each is alive
@@ -60,6 +61,7 @@ type options struct {
 	ioTimeout       time.Duration
 	seed            uint64
 	expect          string
+	eol             string // "\r\n" or "\n": how connrate's quote ends
 	pid             int
 	settle          time.Duration
 	lines           int
@@ -180,7 +182,8 @@ func parseFlags(mode string, args []string, stderr io.Writer) (*options, error) 
 	case "stream":
 		fs.IntVar(&o.size, "size", defSize, "bytes per write")
 	case "connrate":
-		fs.StringVar(&o.expect, "expect", "", "the exact quote expected (without CRLF); empty: any non-empty line ending in CRLF")
+		fs.StringVar(&o.expect, "expect", "", "the exact quote expected (without its line ending); empty: any non-empty line")
+		fs.StringVar(&o.eol, "eol", "crlf", "how the quote's line ends: crlf (qotd) or lf (a program such as /bin/echo)")
 	case "idle":
 		fs.IntVar(&o.pid, "pid", 0, "server process whose VmRSS is measured (0: no RSS measurement)")
 		fs.DurationVar(&o.settle, "settle", 2*time.Second, "wait after the last connection before measuring")
@@ -191,6 +194,16 @@ func parseFlags(mode string, args []string, stderr io.Writer) (*options, error) 
 	}
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	if mode == "connrate" {
+		switch o.eol {
+		case "crlf":
+			o.eol = "\r\n"
+		case "lf":
+			o.eol = "\n"
+		default:
+			return nil, fmt.Errorf("-eol must be crlf or lf, not %q", o.eol)
+		}
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))

@@ -189,6 +189,20 @@ func TestConnrateMode(t *testing.T) {
 	if r.Errors == 0 || r.Ops != 0 {
 		t.Fatalf("bare LF not caught: %+v", r)
 	}
+	// -eol lf: a program such as /bin/echo ends its line with a bare LF.
+	lf := serve(t, qotdHandler(q+"\n"))
+	r = bench(t, "connrate", "-addr", lf, "-conns", "2", "-duration", "100ms", "-expect", q, "-eol", "lf")
+	if r.Errors != 0 || r.Ops == 0 {
+		t.Fatalf("-eol lf: %+v", r)
+	}
+	r = bench(t, "connrate", "-addr", addr, "-conns", "1", "-duration", "50ms", "-expect", q, "-eol", "lf")
+	if r.Errors == 0 || r.Ops != 0 {
+		t.Fatalf("-eol lf: CRLF not caught: %+v", r)
+	}
+	var out bytes.Buffer
+	if code := run([]string{"connrate", "-addr", lf, "-eol", "cr"}, &out, &out); code != 2 || !strings.Contains(out.String(), "-eol must be crlf or lf") {
+		t.Fatalf("-eol cr: exit %d, %q", code, out.String())
+	}
 }
 
 func TestIdleMode(t *testing.T) {

@@ -41,18 +41,19 @@ func readRSS(pid int) (int64, error) {
 }
 
 // checkQuote verifies what a qotd server sent before closing: exactly
-// expect and CRLF when expect is set, else a non-empty line ending in CRLF
-// (and no other CRLF).
-func checkQuote(got []byte, expect string) error {
+// expect and eol when expect is set, else a non-empty line ending in eol
+// (and no other eol). eol is "\r\n" (qotd) or "\n" (a program such as
+// /bin/echo); with "\n", a line ending in CRLF is wrong too.
+func checkQuote(got []byte, expect, eol string) error {
 	if expect != "" {
-		if string(got) != expect+"\r\n" {
-			return fmt.Errorf("qotd: got %q, want %q", got, expect+"\r\n")
+		if string(got) != expect+eol {
+			return fmt.Errorf("qotd: got %q, want %q", got, expect+eol)
 		}
 		return nil
 	}
-	body, ok := bytes.CutSuffix(got, []byte("\r\n"))
-	if !ok || len(body) == 0 || bytes.Contains(body, []byte("\r\n")) {
-		return fmt.Errorf("qotd: got %q, want one non-empty line ending in CRLF", got)
+	body, ok := bytes.CutSuffix(got, []byte(eol))
+	if !ok || len(body) == 0 || bytes.Contains(body, []byte(eol)) || (eol == "\n" && bytes.HasSuffix(body, []byte("\r"))) {
+		return fmt.Errorf("qotd: got %q, want one non-empty line ending in %q", got, eol)
 	}
 	return nil
 }

@@ -21,20 +21,31 @@ func TestParseVmRSS(t *testing.T) {
 func TestCheckQuote(t *testing.T) {
 	const q = "An apple a day keeps the doctor away"
 	for _, c := range []struct {
-		got, expect string
-		ok          bool
+		got, expect, eol string
+		ok               bool
 	}{
-		{q + "\r\n", q, true},
-		{q + "\r\n", "", true},
-		{q + "\n", "", false},
-		{q, q, false},
-		{"\r\n", "", false},
-		{"", "", false},
-		{"a\r\nb\r\n", "", false},
-		{q + "!\r\n", q, false},
+		{q + "\r\n", q, "\r\n", true},
+		{q + "\r\n", "", "\r\n", true},
+		{q + "\n", "", "\r\n", false},
+		{q + "\n", q, "\r\n", false},
+		{q, q, "\r\n", false},
+		{"\r\n", "", "\r\n", false},
+		{"", "", "\r\n", false},
+		{"a\r\nb\r\n", "", "\r\n", false},
+		{q + "!\r\n", q, "\r\n", false},
+		// -eol lf: /bin/echo's line.
+		{q + "\n", q, "\n", true},
+		{q + "\n", "", "\n", true},
+		{q + "\r\n", q, "\n", false},
+		{q + "\r\n", "", "\n", false},
+		{q, q, "\n", false},
+		{q, "", "\n", false},
+		{"\n", "", "\n", false},
+		{"a\nb\n", "", "\n", false},
+		{q + "\n\n", q, "\n", false},
 	} {
-		if err := checkQuote([]byte(c.got), c.expect); (err == nil) != c.ok {
-			t.Errorf("checkQuote(%q, %q) = %v", c.got, c.expect, err)
+		if err := checkQuote([]byte(c.got), c.expect, c.eol); (err == nil) != c.ok {
+			t.Errorf("checkQuote(%q, %q, %q) = %v", c.got, c.expect, c.eol, err)
 		}
 	}
 }
