@@ -49,3 +49,18 @@ service "logfile" "audit" {
   path = "/tmp/superd-audit.log"
   endpoint "tcp" { address = "127.0.0.1:9009" }
 }
+
+# A program per connection, inetd style: /bin/cat makes an echo service
+# (try: echo hi | nc -q1 127.0.0.1 7079); the environment shows what a
+# program learns about its connection (nc 127.0.0.1 7080).
+service "exec" "cat" {
+  command         = ["/bin/cat"]
+  max_connections = 64
+  endpoint "tcp" { address = "127.0.0.1:7079" }
+}
+
+service "exec" "env" {
+  command = ["/usr/bin/env"]
+  env     = { GREETING = "hello from superd" }
+  endpoint "tcp" { address = "127.0.0.1:7080" }
+}

@@ -146,7 +146,7 @@ func printFactories(w io.Writer) {
 	}
 	fmt.Fprintln(w, "Every service also accepts:")
 	printAttributes(w, config.CommonAttributes)
-	fmt.Fprintln(w, `    endpoint "tcp"|"tls"|"unix" { ... } blocks, at least one (see the README)`)
+	fmt.Fprintln(w, `    endpoint "tcp"|"tls"|"unix"|"udp" { ... } blocks, at least one (see the README)`)
 }
 
 func printAttributes(w io.Writer, attrs []framework.Attribute) {
@@ -159,6 +159,9 @@ func printAttributes(w io.Writer, attrs []framework.Attribute) {
 			}
 			sort.Strings(names)
 			typ = "block {" + strings.Join(names, ", ") + "}"
+		}
+		if a.Block {
+			typ = "block of " + a.Type.ElementType().FriendlyName() + "s"
 		}
 		fmt.Fprintf(w, "    %-22s %-20s %-22s %s\n", a.Name, typ, attrDefault(a), a.Description)
 	}
