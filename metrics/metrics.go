@@ -72,6 +72,7 @@ type Metrics struct {
 	DatagramsReceived   *prometheus.CounterVec
 	DatagramsSent       *prometheus.CounterVec
 	DatagramsDropped    *prometheus.CounterVec
+	TLSHandshakes       *prometheus.GaugeVec
 
 	// extra are the factories' own families (framework.Spec.Collectors),
 	// by factory name.
@@ -135,6 +136,10 @@ func New(version string, extra map[string][]prometheus.Collector) *Metrics {
 		DatagramsDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "superd_datagrams_dropped_total", Help: "Datagrams not delivered (denied, rate limited) or not sent (reflection, send_failed), by reason.",
 		}, []string{"service", "factory", "reason"}),
+		TLSHandshakes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "superd_tls_handshakes_in_progress",
+			Help: "TLS handshakes under way: accepted connections not yet handed to a protocol (they count against max_connections and max_connections_per_ip).",
+		}, []string{"service"}),
 		extra: extra,
 	}
 	m.Registry.MustRegister(
@@ -143,7 +148,7 @@ func New(version string, extra map[string][]prometheus.Collector) *Metrics {
 		m.ConnectionsActive, m.ConnectionsTotal, m.ConnectionsRejected, m.ConnectionsDropped,
 		m.ConnectionDuration, m.ReceivedBytes, m.SentBytes, m.FactoryUp, m.FactoryStarts,
 		m.FactoryStops, m.ConfigReloads, m.LastReloadOK, m.BuildInfo,
-		m.DatagramsReceived, m.DatagramsSent, m.DatagramsDropped,
+		m.DatagramsReceived, m.DatagramsSent, m.DatagramsDropped, m.TLSHandshakes,
 	)
 	for _, cs := range extra {
 		for _, c := range cs {
@@ -167,6 +172,7 @@ type Service struct {
 	Up         prometheus.Gauge
 	Starts     prometheus.Counter
 	Stops      prometheus.Counter
+	Handshakes prometheus.Gauge
 	rejected   map[string]prometheus.Counter
 	dropped    map[string]prometheus.Counter
 	m          *Metrics
@@ -177,16 +183,17 @@ type Service struct {
 // from startup.
 func (m *Metrics) ForService(service, factory string) *Service {
 	s := &Service{
-		Active:   m.ConnectionsActive.WithLabelValues(service, factory),
-		Duration: m.ConnectionDuration.WithLabelValues(service, factory),
-		Received: m.ReceivedBytes.WithLabelValues(service, factory),
-		Sent:     m.SentBytes.WithLabelValues(service, factory),
-		Up:       m.FactoryUp.WithLabelValues(service, factory),
-		Starts:   m.FactoryStarts.WithLabelValues(service, factory),
-		Stops:    m.FactoryStops.WithLabelValues(service, factory),
-		rejected: map[string]prometheus.Counter{},
-		dropped:  map[string]prometheus.Counter{},
-		m:        m, name: service, fact: factory,
+		Active:     m.ConnectionsActive.WithLabelValues(service, factory),
+		Duration:   m.ConnectionDuration.WithLabelValues(service, factory),
+		Received:   m.ReceivedBytes.WithLabelValues(service, factory),
+		Sent:       m.SentBytes.WithLabelValues(service, factory),
+		Up:         m.FactoryUp.WithLabelValues(service, factory),
+		Starts:     m.FactoryStarts.WithLabelValues(service, factory),
+		Stops:      m.FactoryStops.WithLabelValues(service, factory),
+		Handshakes: m.TLSHandshakes.WithLabelValues(service),
+		rejected:   map[string]prometheus.Counter{},
+		dropped:    map[string]prometheus.Counter{},
+		m:          m, name: service, fact: factory,
 	}
 	for _, r := range RejectReasons {
 		s.rejected[r] = m.ConnectionsRejected.WithLabelValues(service, factory, r)
@@ -250,6 +257,7 @@ func (s *Service) Delete() {
 	} {
 		v.DeletePartialMatch(l)
 	}
+	s.m.TLSHandshakes.DeleteLabelValues(s.name)
 	// Only this factory's families: a successor of another factory under
 	// the same service name keeps its own series.
 	for _, c := range s.m.extra[s.fact] {

@@ -277,7 +277,12 @@ func (s *service) handle(c net.Conn, b *binding, key netip.Prefix, hasSource boo
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		tc := tls.Server(c, b.tls)
+		// A handshake holds a descriptor and a goroutine: it is counted
+		// (and, from accept, against max_connections and
+		// max_connections_per_ip) before any protocol exists.
+		s.m.Handshakes.Inc()
 		err := tc.HandshakeContext(ctx)
+		s.m.Handshakes.Dec()
 		cancel()
 		if err != nil {
 			s.m.Rejected(metrics.RejectTLSHandshake)
