@@ -278,3 +278,22 @@ func (s *Supervisor) Services() []string {
 	defer s.mu.Unlock()
 	return append([]string(nil), s.order...)
 }
+
+// ActiveConnections is the number of connections the running services
+// have accepted and not yet ended (instances still draining after a reload
+// not included).
+func (s *Supervisor) ActiveConnections() int {
+	s.mu.Lock()
+	svcs := make([]*service, 0, len(s.services))
+	for _, svc := range s.services {
+		svcs = append(svcs, svc)
+	}
+	s.mu.Unlock()
+	n := 0
+	for _, svc := range svcs {
+		svc.mu.Lock()
+		n += svc.active
+		svc.mu.Unlock()
+	}
+	return n
+}

@@ -74,20 +74,46 @@ func cmdRun(args []string, stderr io.Writer) int {
 		return exitFailure
 	}
 	log.Info("superd started", "config", *path, "services", len(cfg.Services), "version", buildVersion())
+	notify := newNotifier(log)
+	lastReload := "none"
+	status := func() string {
+		return statusLine(len(sup.Services()), sup.ActiveConnections(), lastReload)
+	}
+	notify.ready(status())
+	// The watchdog is pinged from this loop: if it stops turning (a reload
+	// that hangs), systemd sees it.
+	watchdog, stopWatchdog := notify.ticker()
+	defer stopWatchdog()
 
 	for {
-		switch sig := <-sigs; sig {
+		var sig os.Signal
+		select {
+		case <-watchdog:
+			notify.ping()
+			continue
+		case sig = <-sigs:
+		}
+		switch sig {
 		case syscall.SIGHUP:
-			reload(log, sup, m, *path)
+			notify.reloading()
+			if reload(log, sup, m, *path) {
+				lastReload = "success"
+			} else {
+				lastReload = "failure"
+			}
+			notify.ready(status())
 		case syscall.SIGUSR1:
 			sup.Reopen()
 		case syscall.SIGINT, syscall.SIGTERM:
 			timeout := sup.ShutdownTimeout()
 			log.Info("shutting down", "signal", sig.String(), "timeout", timeout)
+			notify.stopping()
 			done := make(chan error, 1)
 			go func() { done <- sup.Shutdown(timeout) }()
 			for {
 				select {
+				case <-watchdog:
+					notify.ping()
 				case err := <-done:
 					if err != nil {
 						log.Error("shutdown finished with errors", "err", err)
@@ -105,8 +131,9 @@ func cmdRun(args []string, stderr io.Writer) int {
 	}
 }
 
-// reload re-reads the configuration file and applies it (SIGHUP).
-func reload(log *slog.Logger, sup *supervisor.Supervisor, m *metrics.Metrics, path string) {
+// reload re-reads the configuration file and applies it (SIGHUP); it
+// reports whether it succeeded.
+func reload(log *slog.Logger, sup *supervisor.Supervisor, m *metrics.Metrics, path string) bool {
 	log.Info("reloading configuration", "config", path)
 	cfg, err := loadConfigErr(path)
 	if err == nil {
@@ -116,11 +143,12 @@ func reload(log *slog.Logger, sup *supervisor.Supervisor, m *metrics.Metrics, pa
 		m.ConfigReloads.WithLabelValues("failure").Inc()
 		m.LastReloadOK.Set(0)
 		logReloadError(log, err)
-		return
+		return false
 	}
 	m.ConfigReloads.WithLabelValues("success").Inc()
 	m.LastReloadOK.Set(1)
 	log.Info("configuration reloaded", "services", len(cfg.Services))
+	return true
 }
 
 // raiseFileLimit raises the soft open-file limit to the hard limit: every

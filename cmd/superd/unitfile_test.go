@@ -1,0 +1,55 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// examples/superd.service passes `systemd-analyze verify` (with the binary
+// path pointing at the binary under test). systemd before 253 does not know
+// Type=notify-reload and ReloadSignal=; there, those two lines are the only
+// complaints allowed.
+func TestUnitFileVerifies(t *testing.T) {
+	analyze, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		t.Skip("systemd-analyze is not installed (Debian package systemd)")
+	}
+	out, err := exec.Command(analyze, "--version").Output()
+	if err != nil {
+		t.Skipf("systemd-analyze --version: %v", err)
+	}
+	version := 0
+	if m := regexp.MustCompile(`systemd (\d+)`).FindSubmatch(out); m != nil {
+		version, _ = strconv.Atoi(string(m[1]))
+	}
+	unit, err := os.ReadFile("../../examples/superd.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "superd.service")
+	text := strings.ReplaceAll(string(unit), "/usr/local/bin/superd", superdBin)
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(analyze, "verify", "--man=no", path)
+	res, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("systemd-analyze verify: %v\n%s", err, res)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(res)), "\n") {
+		if line == "" {
+			continue
+		}
+		old := version > 0 && version < 253 &&
+			(strings.Contains(line, "notify-reload") || strings.Contains(line, "ReloadSignal"))
+		if !old {
+			t.Errorf("systemd-analyze verify (systemd %d) complains: %s", version, line)
+		}
+	}
+}
