@@ -31,9 +31,11 @@ var endpointKinds = []string{endpoint.KindTCP, endpoint.KindTLS, endpoint.KindUn
 var endpointSchemas = map[string]*hcl.BodySchema{
 	endpoint.KindTCP: {Attributes: []hcl.AttributeSchema{
 		{Name: "address", Required: true},
+		{Name: "name"},
 	}},
 	endpoint.KindTLS: {Attributes: []hcl.AttributeSchema{
 		{Name: "address", Required: true},
+		{Name: "name"},
 		{Name: "cert_file"},
 		{Name: "key_file"},
 		{Name: "client_ca_file"},
@@ -42,10 +44,12 @@ var endpointSchemas = map[string]*hcl.BodySchema{
 	}},
 	endpoint.KindUnix: {Attributes: []hcl.AttributeSchema{
 		{Name: "path", Required: true},
+		{Name: "name"},
 		{Name: "mode"},
 	}},
 	endpoint.KindUDP: {Attributes: []hcl.AttributeSchema{
 		{Name: "address", Required: true},
+		{Name: "name"},
 		{Name: "reuse_port"},
 		{Name: "read_buffer"},
 		{Name: "write_buffer"},
@@ -152,6 +156,15 @@ func (d *decoder) decodeEndpoint(svc *Service, blk *hcl.Block) (endpoint.Config,
 					ep.Mode = m
 				}
 			}
+		}
+	}
+	if a := content.Attributes["name"]; a != nil {
+		if n, good := d.str(a); good {
+			if !validFDName(n) {
+				d.errorf(a.Expr.Range(), "Invalid endpoint name",
+					"%q cannot be a socket name: systemd's FileDescriptorName= takes 1 to 255 printable ASCII characters without spaces or ':'.", n)
+			}
+			ep.Name = n
 		}
 	}
 	// Whatever went wrong above was reported, and fails the whole file.
@@ -400,4 +413,17 @@ func isHostName(s string) bool {
 	}
 	last := labels[len(labels)-1]
 	return strings.Trim(last, "0123456789") != ""
+}
+
+// validFDName reports whether s can be a LISTEN_FDNAMES entry.
+func validFDName(s string) bool {
+	if s == "" || len(s) > 255 {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if c <= ' ' || c > '~' || c == ':' {
+			return false
+		}
+	}
+	return true
 }

@@ -27,6 +27,10 @@ type Config struct {
 	// "tls:ADDRESS" or "unix:PATH", with ADDRESS and PATH as written.
 	Label string
 
+	// Name matches a socket passed by the service manager (its
+	// LISTEN_FDNAMES entry, systemd's FileDescriptorName=); "" when unset.
+	Name string
+
 	// Address is HOST:PORT for tcp, tls and udp.
 	Address string
 

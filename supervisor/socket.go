@@ -34,6 +34,11 @@ type socket struct {
 	closeOnce sync.Once
 	closed    atomic.Bool
 	done      chan struct{} // closed when the accept loop has returned
+	// inherited: passed by the service manager. Closing it closes only
+	// superd's duplicate (no shutdown, no unlink, no backlog sweep: what
+	// is queued waits for the next owner) and calls onClose.
+	inherited bool
+	onClose   func()
 	// waiting: the loop serves an owner in wait mode (it watches the
 	// socket and hands it over instead of accepting).
 	waiting atomic.Bool
@@ -152,6 +157,9 @@ func (k *socket) close() {
 		k.closed.Store(true)
 		if k.waiting.Load() {
 			k.closeConn()
+			if k.onClose != nil {
+				k.onClose()
+			}
 			return
 		}
 		if dl, ok := k.deadliner(); ok {
@@ -162,6 +170,9 @@ func (k *socket) close() {
 		k.startOnce.Do(func() { close(k.done) }) // never served: no loop to wait for
 		<-k.done
 		k.closeConn()
+		if k.onClose != nil {
+			k.onClose()
+		}
 	})
 }
 
@@ -316,7 +327,7 @@ func readable(fd int) bool {
 func (k *socket) sweep() {
 	dl, ok := k.ln.(interface{ SetDeadline(time.Time) error })
 	b := k.last.Load()
-	if !ok || b == nil {
+	if !ok || b == nil || k.inherited {
 		return
 	}
 	for end := time.Now().Add(sweepBudget); time.Now().Before(end); {

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/superd-dev/superd/config"
+	"github.com/superd-dev/superd/endpoint"
 	"github.com/superd-dev/superd/framework"
 	"github.com/superd-dev/superd/metrics"
 )
@@ -45,8 +46,9 @@ type Supervisor struct {
 	drainMu      sync.Mutex
 	drainingSvcs map[*service]struct{}
 
-	refs   *seriesRefs // which metric series live instances use
-	guards *guardPorts // ports of the guarded udp endpoints
+	refs      *seriesRefs // which metric series live instances use
+	guards    *guardPorts // ports of the guarded udp endpoints
+	inherited []*inherited // sockets passed by the service manager
 }
 
 // seriesRefs counts the service instances (prepared, running or draining)
@@ -232,7 +234,7 @@ func (s *Supervisor) prepareServiceLocked(sc *config.Service) (*service, error) 
 			key := socketKey(ep)
 			b.sock = s.sockets[key]
 			if b.sock == nil {
-				b.sock, err = listenSocket(key, ep, s.log)
+				b.sock, err = s.openSocketLocked(key, ep)
 				if err == nil {
 					svc.opened = append(svc.opened, b.sock)
 					s.sockets[key] = b.sock
@@ -250,6 +252,25 @@ func (s *Supervisor) prepareServiceLocked(sc *config.Service) (*service, error) 
 		return nil, fmt.Errorf("service %q: start factory %q: %w", sc.Name, sc.Factory, err)
 	}
 	return svc, nil
+}
+
+// openSocketLocked takes the socket passed by the service manager for ep,
+// if there is one, or binds a new one.
+func (s *Supervisor) openSocketLocked(key string, ep *endpoint.Config) (*socket, error) {
+	in, err := s.takeInheritedLocked(ep, key)
+	if err != nil {
+		return nil, err
+	}
+	if in == nil {
+		return listenSocket(key, ep, s.log)
+	}
+	k, err := s.inheritedSocket(in, key, ep)
+	if err != nil {
+		in.inUse.Store(false)
+		return nil, err
+	}
+	s.log.Info("endpoint uses a socket passed by the service manager", "endpoint", ep.Label, "name", in.name)
+	return k, nil
 }
 
 // unprepareLocked undoes prepareServiceLocked for a service that never

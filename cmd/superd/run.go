@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/coreos/go-systemd/v22/activation"
 	"github.com/hashicorp/hcl/v2"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -22,6 +23,10 @@ import (
 )
 
 func cmdRun(args []string, stderr io.Writer) int {
+	// Sockets passed by the service manager (LISTEN_FDS for our pid):
+	// taken, made close-on-exec, and LISTEN_* cleared before anything else
+	// runs, so no child ever sees them.
+	passed := activation.Files(true)
 	fs, path := newFlagSet("run", stderr)
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
@@ -55,6 +60,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	}
 	m := metrics.New(buildVersion(), extra)
 	sup := supervisor.New(log, m)
+	sup.Inherit(passed)
 
 	var httpSrv *http.Server
 	if cfg.MetricsAddress != "" {
@@ -73,6 +79,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 		log.Error("cannot start", "err", err)
 		return exitFailure
 	}
+	sup.CloseUnclaimedInherited()
 	log.Info("superd started", "config", *path, "services", len(cfg.Services), "version", buildVersion())
 	notify := newNotifier(log)
 	lastReload := "none"

@@ -10,7 +10,7 @@ import (
 	"testing"
 )
 
-// examples/superd.service passes `systemd-analyze verify` (with the binary
+// examples/superd.service and superd.socket pass `systemd-analyze verify` (with the binary
 // path pointing at the binary under test). systemd before 253 does not know
 // Type=notify-reload and ReloadSignal=; there, those two lines are the only
 // complaints allowed.
@@ -27,17 +27,21 @@ func TestUnitFileVerifies(t *testing.T) {
 	if m := regexp.MustCompile(`systemd (\d+)`).FindSubmatch(out); m != nil {
 		version, _ = strconv.Atoi(string(m[1]))
 	}
-	unit, err := os.ReadFile("../../examples/superd.service")
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
-	path := filepath.Join(dir, "superd.service")
-	text := strings.ReplaceAll(string(unit), "/usr/local/bin/superd", superdBin)
-	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
-		t.Fatal(err)
+	var paths []string
+	for _, name := range []string{"superd.service", "superd.socket"} {
+		unit, err := os.ReadFile(filepath.Join("../../examples", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(dir, name)
+		text := strings.ReplaceAll(string(unit), "/usr/local/bin/superd", superdBin)
+		if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		paths = append(paths, path)
 	}
-	cmd := exec.Command(analyze, "verify", "--man=no", path)
+	cmd := exec.Command(analyze, append([]string{"verify", "--man=no"}, paths...)...)
 	res, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("systemd-analyze verify: %v\n%s", err, res)

@@ -1,0 +1,186 @@
+package supervisor
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/superd-dev/superd/endpoint"
+)
+
+// inherited is a socket passed by the service manager (systemd's socket
+// activation: LISTEN_FDS). superd never shuts it down or unlinks it; a
+// service that lets go of it returns it here, open, for a later reload.
+type inherited struct {
+	file   *os.File
+	name   string // its LISTEN_FDNAMES entry ("" when it has none)
+	stream bool   // SOCK_STREAM (tcp, tls, unix); otherwise datagrams (udp)
+	key    string // the key socketKey gives the address it is bound to
+	inUse  atomic.Bool
+}
+
+// Inherit records the sockets passed by the service manager, to be taken
+// by the endpoints whose name or address they match. Call it before Start.
+func (s *Supervisor) Inherit(files []*os.File) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, f := range files {
+		in, err := describeInherited(f)
+		if err != nil {
+			s.log.Warn("ignoring a passed socket", "fd", f.Fd(), "name", f.Name(), "err", err)
+			f.Close()
+			continue
+		}
+		s.inherited = append(s.inherited, in)
+		s.log.Info("socket passed by the service manager", "name", in.name, "socket", in.key)
+	}
+}
+
+// CloseUnclaimedInherited closes the passed sockets no endpoint took at
+// start (logged: an activation unit and the configuration disagree).
+func (s *Supervisor) CloseUnclaimedInherited() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	kept := s.inherited[:0]
+	for _, in := range s.inherited {
+		if in.inUse.Load() {
+			kept = append(kept, in)
+			continue
+		}
+		s.log.Warn("no endpoint takes a passed socket; closing it", "name", in.name, "socket", in.key)
+		in.file.Close()
+	}
+	s.inherited = kept
+}
+
+// takeInheritedLocked finds the passed socket for ep: by name first, then
+// by address. It reports an error when the match is of the wrong kind.
+func (s *Supervisor) takeInheritedLocked(ep *endpoint.Config, key string) (*inherited, error) {
+	var match *inherited
+	for _, in := range s.inherited {
+		if in.inUse.Load() {
+			continue
+		}
+		if ep.Name != "" && in.name == ep.Name {
+			match = in
+			break
+		}
+		if match == nil && sameSocketKey(in.key, key) {
+			match = in
+		}
+	}
+	if match == nil {
+		return nil, nil
+	}
+	if wantStream := endpoint.IsStream(ep.Kind); wantStream != match.stream {
+		kind := "a datagram"
+		if match.stream {
+			kind = "a stream"
+		}
+		return nil, fmt.Errorf("the socket passed by the service manager (%s, name %q) is %s socket, which a %s endpoint cannot use", match.key, match.name, kind, ep.Kind)
+	}
+	match.inUse.Store(true)
+	return match, nil
+}
+
+// inheritedSocket makes a socket of a passed one; closing it leaves the
+// passed descriptor open and returns it to the pool.
+func (s *Supervisor) inheritedSocket(in *inherited, key string, ep *endpoint.Config) (*socket, error) {
+	k := &socket{key: key, label: ep.Label, log: s.log, done: make(chan struct{}), inherited: true}
+	k.onClose = func() { in.inUse.Store(false) }
+	if in.stream {
+		ln, err := net.FileListener(in.file) // a duplicate: closing it keeps in.file
+		if err != nil {
+			return nil, err
+		}
+		k.ln = ln
+		return k, nil
+	}
+	pc, err := net.FilePacketConn(in.file)
+	if err != nil {
+		return nil, err
+	}
+	uc, ok := pc.(*net.UDPConn)
+	if !ok {
+		pc.Close()
+		return nil, fmt.Errorf("the passed datagram socket is not a UDP socket")
+	}
+	bio, err := newBatchIO(uc)
+	if err != nil {
+		uc.Close()
+		return nil, err
+	}
+	k.dgram = &dgramSocket{uc: uc, io: bio}
+	return k, nil
+}
+
+// describeInherited reads a passed socket's type and address.
+func describeInherited(f *os.File) (*inherited, error) {
+	fd := int(f.Fd())
+	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+	if err != nil {
+		return nil, fmt.Errorf("not a socket: %w", err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return nil, err
+	}
+	in := &inherited{file: f, stream: typ == unix.SOCK_STREAM}
+	if n := f.Name(); n != "" && !isDefaultFDName(n) {
+		in.name = n
+	}
+	family := "tcp:"
+	if !in.stream {
+		family = "udp:"
+	}
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		in.key = family + net.JoinHostPort(netip.AddrFrom4(a.Addr).String(), strconv.Itoa(a.Port))
+	case *unix.SockaddrInet6:
+		in.key = family + net.JoinHostPort(netip.AddrFrom16(a.Addr).Unmap().String(), strconv.Itoa(a.Port))
+	case *unix.SockaddrUnix:
+		name := a.Name
+		if name != "" && name[0] == 0 {
+			name = "@" + name[1:]
+		} else {
+			name = filepath.Clean(name)
+		}
+		in.key = "unix:" + name
+	default:
+		return nil, fmt.Errorf("unsupported socket family")
+	}
+	return in, nil
+}
+
+// isDefaultFDName reports the names go-systemd gives sockets passed without
+// LISTEN_FDNAMES.
+func isDefaultFDName(n string) bool {
+	return len(n) > len("LISTEN_FD_") && n[:len("LISTEN_FD_")] == "LISTEN_FD_" || n == "unknown"
+}
+
+// sameSocketKey compares socket keys, with every spelling of "all
+// addresses" alike (":7", "0.0.0.0:7", "[::]:7").
+func sameSocketKey(a, b string) bool {
+	return normalizeWildcard(a) == normalizeWildcard(b)
+}
+
+func normalizeWildcard(key string) string {
+	if len(key) < 4 || key[:4] == "unix" {
+		return key
+	}
+	family, addr := key[:4], key[4:]
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return key
+	}
+	if host == "0.0.0.0" || host == "::" {
+		host = ""
+	}
+	return family + net.JoinHostPort(host, port)
+}
