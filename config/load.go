@@ -115,6 +115,8 @@ func (d *decoder) errorf(subject hcl.Range, summary, format string, args ...any)
 var rootSchema = &hcl.BodySchema{
 	Attributes: []hcl.AttributeSchema{
 		{Name: "shutdown_timeout"},
+		{Name: "user"},
+		{Name: "group"},
 	},
 	Blocks: []hcl.BlockHeaderSchema{
 		{Type: "metrics"},
@@ -137,6 +139,7 @@ func (d *decoder) decodeRoot(body hcl.Body) {
 			d.file.ShutdownTimeout = v
 		}
 	}
+	d.decodeRunAs(content)
 
 	// The metrics listener binds its default address unless a metrics
 	// block sets one: claim it first, so a clash is reported on the endpoint.

@@ -38,6 +38,10 @@ type File struct {
 	// MetricsAddress is metrics.address; "" disables the metrics listener.
 	MetricsAddress  string
 	ShutdownTimeout time.Duration
+	// RunAs is the top-level user and group superd switches to once every
+	// socket is bound and every factory has started; nil: it stays as it
+	// started.
+	RunAs *RunAs
 	// Services in the order of the file.
 	Services []*Service
 	// Warnings are diagnostics that did not make the file invalid (usually

@@ -75,11 +75,21 @@ func cmdRun(args []string, stderr io.Writer) int {
 		log.Info("metrics listening", "address", ln.Addr().String())
 	}
 
+	if err := checkRunAs(cfg.RunAs); err != nil {
+		log.Error("cannot start", "err", err)
+		return exitFailure
+	}
 	if err := sup.Start(cfg); err != nil {
 		log.Error("cannot start", "err", err)
 		return exitFailure
 	}
 	sup.CloseUnclaimedInherited()
+	if err := dropPrivileges(log, cfg.RunAs); err != nil {
+		log.Error("cannot drop privileges", "err", err)
+		sup.Shutdown(0)
+		return exitFailure
+	}
+	runAs := cfg.RunAs
 	log.Info("superd started", "config", *path, "services", len(cfg.Services), "version", buildVersion())
 	notify := newNotifier(log)
 	lastReload := "none"
@@ -103,7 +113,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 		switch sig {
 		case syscall.SIGHUP:
 			notify.reloading()
-			if reload(log, sup, m, *path) {
+			if reload(log, sup, m, *path, runAs) {
 				lastReload = "success"
 			} else {
 				lastReload = "failure"
@@ -140,9 +150,12 @@ func cmdRun(args []string, stderr io.Writer) int {
 
 // reload re-reads the configuration file and applies it (SIGHUP); it
 // reports whether it succeeded.
-func reload(log *slog.Logger, sup *supervisor.Supervisor, m *metrics.Metrics, path string) bool {
+func reload(log *slog.Logger, sup *supervisor.Supervisor, m *metrics.Metrics, path string, runAs *config.RunAs) bool {
 	log.Info("reloading configuration", "config", path)
 	cfg, err := loadConfigErr(path)
+	if err == nil && !cfg.RunAs.Same(runAs) {
+		err = errors.New("user and group apply when superd starts; restart superd to change them")
+	}
 	if err == nil {
 		err = sup.Reload(cfg)
 	}

@@ -1,0 +1,137 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// lowPort finds a free port below 1024 on 127.0.0.1 (binding it needs
+// root).
+func lowPort(t *testing.T, not int) int {
+	t.Helper()
+	for p := 1023; p > 600; p-- {
+		if p == not {
+			continue
+		}
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err == nil {
+			ln.Close()
+			return p
+		}
+	}
+	t.Skip("no free port below 1024 on 127.0.0.1")
+	return 0
+}
+
+// Started as root with user = "nobody", superd binds a port below 1024,
+// then runs as nobody (every uid and gid field of /proc/PID/status), and
+// serves; a reload that needs root (another port below 1024) fails as a
+// reload does, with the cause in the log, and changes nothing.
+func TestPrivilegeDrop(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("dropping privileges needs the test to run as root")
+	}
+	nobody, err := user.Lookup("nobody")
+	if err != nil {
+		t.Skip("no user nobody on this system")
+	}
+	port := lowPort(t, 0)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	text := fmt.Sprintf(`
+user = "nobody"
+metrics { address = "METRICS" }
+service "echo" "low" {
+  endpoint "tcp" { address = %q }
+}
+`, addr)
+	path, metrics := writeConfig(t, text)
+	// nobody must be able to read the file for a reload.
+	os.Chmod(filepath.Dir(filepath.Dir(path)), 0o755)
+	os.Chmod(filepath.Dir(path), 0o755)
+	os.Chmod(path, 0o644)
+	d := startDaemon(t, path, metrics)
+	if err := echoOnce("tcp", addr, "as nobody"); err != nil {
+		t.Fatal(err)
+	}
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", d.cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		var want string
+		switch {
+		case strings.HasPrefix(line, "Uid:"):
+			want = nobody.Uid
+		case strings.HasPrefix(line, "Gid:"):
+			want = nobody.Gid
+		default:
+			continue
+		}
+		for _, f := range strings.Fields(line)[1:] {
+			if f != want {
+				t.Errorf("%s: want every field %s", line, want)
+			}
+		}
+	}
+	if !strings.Contains(d.stderr.String(), "dropped privileges") {
+		t.Error("the drop is not logged")
+	}
+
+	port2 := lowPort(t, port)
+	hxRewrite(t, path, metrics, text+fmt.Sprintf(`
+service "echo" "low2" {
+  endpoint "tcp" { address = "127.0.0.1:%d" }
+}
+`, port2))
+	os.Chmod(path, 0o644)
+	d.signal(syscall.SIGHUP)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		v, _ := metric(d.scrape(), "superd_config_reloads_total", map[string]string{"result": "failure"})
+		if v == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the reload needing root did not fail\n%s", d.stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if log := d.stderr.String(); !strings.Contains(log, "permission denied") || !strings.Contains(log, strconv.Itoa(port2)) {
+		t.Errorf("the failed reload does not name its cause and endpoint:\n%s", log)
+	}
+	if err := echoOnce("tcp", addr, "still serving"); err != nil {
+		t.Fatal(err)
+	}
+	d.signal(syscall.SIGTERM)
+	if code := d.wait(10 * time.Second); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+}
+
+// A user superd cannot become (it does not run as root) fails at start.
+func TestPrivilegeDropNeedsRoot(t *testing.T) {
+	if os.Geteuid() == 0 {
+		t.Skip("the test needs to run as a user other than root")
+	}
+	path, metrics := writeConfig(t, fmt.Sprintf(`
+user = "root"
+metrics { address = "METRICS" }
+service "echo" "e" {
+  endpoint "tcp" { address = %q }
+}
+`, freeAddr(t)))
+	_ = metrics
+	out, err := exec.Command(superdBin, "run", "-config", path).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "needs superd to start as root") {
+		t.Fatalf("got %v:\n%s", err, out)
+	}
+}
