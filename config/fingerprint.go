@@ -38,8 +38,8 @@ func (d *decoder) fingerprint(svc *Service) string {
 		}
 	}
 	l := svc.Limits
-	field(h, "limits", fmt.Sprintf("%d %d %d %v %v %d %d",
-		l.MaxConnections, l.MaxConnectionsPerIP, l.IdleTimeout, l.Allow, l.Deny, l.IPv6Prefix, l.MaxPendingOutput))
+	field(h, "limits", fmt.Sprintf("%d %d %d %v %v %d %d %d",
+		l.MaxConnections, l.MaxConnectionsPerIP, l.IdleTimeout, l.Allow, l.Deny, l.IPv6Prefix, l.MaxPendingOutput, l.MaxConnectionsPerUID))
 	field(h, "rate_limit", rateString(l.RateLimit))
 	field(h, "rate_limit_per_ip", rateString(l.RateLimitPerIP))
 	for i, ep := range svc.Endpoints {

@@ -18,16 +18,17 @@ import (
 
 // Names of the attributes and blocks every service accepts.
 const (
-	attrMaxConnections      = "max_connections"
-	attrMaxConnectionsPerIP = "max_connections_per_ip"
-	attrIdleTimeout         = "idle_timeout"
-	attrAllow               = "allow"
-	attrDeny                = "deny"
-	attrIPv6Prefix          = "ipv6_prefix"
-	attrMaxPendingOutput    = "max_pending_output"
-	blockEndpoint           = "endpoint"
-	blockRateLimit          = "rate_limit"
-	blockRateLimitPerIP     = "rate_limit_per_ip"
+	attrMaxConnections       = "max_connections"
+	attrMaxConnectionsPerIP  = "max_connections_per_ip"
+	attrMaxConnectionsPerUID = "max_connections_per_uid"
+	attrIdleTimeout          = "idle_timeout"
+	attrAllow                = "allow"
+	attrDeny                 = "deny"
+	attrIPv6Prefix           = "ipv6_prefix"
+	attrMaxPendingOutput     = "max_pending_output"
+	blockEndpoint            = "endpoint"
+	blockRateLimit           = "rate_limit"
+	blockRateLimitPerIP      = "rate_limit_per_ip"
 )
 
 // commonAttrNames are the attributes every service accepts, as written in
@@ -35,6 +36,7 @@ const (
 var commonAttrNames = []string{
 	attrMaxConnections,
 	attrMaxConnectionsPerIP,
+	attrMaxConnectionsPerUID,
 	attrIdleTimeout,
 	attrAllow,
 	attrDeny,
@@ -52,6 +54,8 @@ var rateType = cty.Object(map[string]cty.Type{"rate": cty.Number, "burst": cty.N
 var CommonAttributes = []framework.Attribute{
 	{Name: attrMaxConnections, Type: cty.Number, Default: cty.NumberIntVal(0),
 		Description: "open connections at once (0: unlimited); one more is closed at accept"},
+	{Name: attrMaxConnectionsPerUID, Type: cty.Number, Default: cty.NumberIntVal(0),
+		Description: "open connections at once per peer user id, on unix sockets (0: unlimited)"},
 	{Name: attrMaxConnectionsPerIP, Type: cty.Number, Default: cty.NumberIntVal(0),
 		Description: "the same, per remote IP (0: unlimited)"},
 	{Name: attrIdleTimeout, Type: cty.String,
@@ -300,6 +304,11 @@ func (d *decoder) decodeLimits(svc *Service, content *hcl.BodyContent) {
 	if a := content.Attributes[attrMaxConnections]; a != nil {
 		if v, ok := d.whole(a, 0, math.MaxInt); ok {
 			l.MaxConnections = v
+		}
+	}
+	if a := content.Attributes[attrMaxConnectionsPerUID]; a != nil {
+		if v, ok := d.whole(a, 0, math.MaxInt); ok {
+			l.MaxConnectionsPerUID = v
 		}
 	}
 	if a := content.Attributes[attrMaxConnectionsPerIP]; a != nil {

@@ -72,13 +72,16 @@ type Service struct {
 type Limits struct {
 	MaxConnections      int // 0: unlimited
 	MaxConnectionsPerIP int // 0: unlimited
-	IdleTimeout         time.Duration
-	Allow               []netip.Prefix // empty: everyone
-	Deny                []netip.Prefix
-	RateLimit           *Rate // nil: none
-	RateLimitPerIP      *Rate
-	IPv6Prefix          int // bits; per-source keys group IPv6 by this prefix
-	MaxPendingOutput    int // bytes; above it a connection is dropped as slow_consumer
+	// MaxConnectionsPerUID bounds the open connections of one peer uid on
+	// unix sockets (SO_PEERCRED); 0: unlimited.
+	MaxConnectionsPerUID int
+	IdleTimeout          time.Duration
+	Allow                []netip.Prefix // empty: everyone
+	Deny                 []netip.Prefix
+	RateLimit            *Rate // nil: none
+	RateLimitPerIP       *Rate
+	IPv6Prefix           int // bits; per-source keys group IPv6 by this prefix
+	MaxPendingOutput     int // bytes; above it a connection is dropped as slow_consumer
 }
 
 // Rate is a token bucket: Rate tokens per second, Burst at most (and at

@@ -14,11 +14,13 @@ import (
 const (
 	RejectMaxConnections      = "max_connections"
 	RejectMaxConnectionsPerIP = "max_connections_per_ip"
-	RejectRateLimit           = "rate_limit"
-	RejectRateLimitPerIP      = "rate_limit_per_ip"
-	RejectDenied              = "denied"
-	RejectTLSHandshake        = "tls_handshake"
-	RejectFactory             = "factory"
+	// RejectMaxConnectionsPerUID: max_connections_per_uid, unix sockets.
+	RejectMaxConnectionsPerUID = "max_connections_per_uid"
+	RejectRateLimit            = "rate_limit"
+	RejectRateLimitPerIP       = "rate_limit_per_ip"
+	RejectDenied               = "denied"
+	RejectTLSHandshake         = "tls_handshake"
+	RejectFactory              = "factory"
 	// RejectSpawn: a factory that runs a program per connection (exec)
 	// could not start it.
 	RejectSpawn = "spawn"
@@ -47,7 +49,7 @@ var DatagramDropReasons = []string{DatagramDenied, DatagramRateLimit, DatagramRa
 // RejectReasons and DropReasons list every reason, so each service's series
 // exist (at 0) from startup.
 var (
-	RejectReasons = []string{RejectMaxConnections, RejectMaxConnectionsPerIP, RejectRateLimit,
+	RejectReasons = []string{RejectMaxConnections, RejectMaxConnectionsPerIP, RejectMaxConnectionsPerUID, RejectRateLimit,
 		RejectRateLimitPerIP, RejectDenied, RejectTLSHandshake, RejectFactory, RejectSpawn}
 	DropReasons = []string{DropIdleTimeout, DropSlowConsumer, DropShutdownTimeout}
 )

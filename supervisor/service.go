@@ -40,6 +40,7 @@ type service struct {
 	closing     bool
 	active      int                     // connections accepted and not yet ended
 	perSource   map[netip.Prefix]int    // active, by source key
+	perUID      map[uint32]int          // active on unix sockets by peer uid (with max_connections_per_uid)
 	conns       map[net.Conn]servedConn // nil value: accepted, not yet served
 	listening   map[*handoff]struct{}   // wait mode: listening sockets handed to the factory now
 	rate        *tokenBucket
@@ -87,6 +88,7 @@ func newService(log *slog.Logger, m *metrics.Metrics, sc *config.Service, refs *
 		log:       log.With("service", sc.Name, "factory", sc.Factory),
 		m:         ms,
 		perSource: map[netip.Prefix]int{},
+		perUID:    map[uint32]int{},
 		conns:     map[net.Conn]servedConn{},
 		listening: map[*handoff]struct{}{},
 		refs:      refs,
@@ -152,6 +154,12 @@ func (s *service) accept(c net.Conn, b *binding) {
 		return
 	}
 	lim := &s.cfg.Limits
+	uid, hasUID := uint32(0), false
+	if lim.MaxConnectionsPerUID > 0 {
+		if cred, ok := framework.PeerCredentials(c); ok {
+			uid, hasUID = cred.UID, true
+		}
+	}
 	now := time.Now()
 	s.mu.Lock()
 	reason := ""
@@ -170,6 +178,8 @@ func (s *service) accept(c net.Conn, b *binding) {
 		reason = metrics.RejectMaxConnections
 	case hasSource && lim.MaxConnectionsPerIP > 0 && s.perSource[key] >= lim.MaxConnectionsPerIP:
 		reason = metrics.RejectMaxConnectionsPerIP
+	case hasUID && s.perUID[uid] >= lim.MaxConnectionsPerUID:
+		reason = metrics.RejectMaxConnectionsPerUID
 	case s.rate != nil && !s.rate.take(now):
 		reason = metrics.RejectRateLimit
 	case hasSource && s.sourceRates != nil && !s.takeSourceToken(key, now):
@@ -186,10 +196,13 @@ func (s *service) accept(c net.Conn, b *binding) {
 		s.perSource[key]++
 		fromSource = s.perSource[key]
 	}
+	if hasUID {
+		s.perUID[uid]++
+	}
 	s.conns[c] = nil
 	s.connWG.Add(1)
 	s.mu.Unlock()
-	go s.handle(c, b, key, hasSource, fromSource)
+	go s.handle(c, b, conKeys{source: key, hasSource: hasSource, fromSource: fromSource, uid: uid, hasUID: hasUID})
 }
 
 // allowed applies allow and deny (deny wins).
@@ -256,13 +269,27 @@ func (s *service) takeSourceToken(key netip.Prefix, now time.Time) bool {
 // handle runs in the connection's goroutine: TLS handshake, protocol,
 // then serving. The goroutine may end before the connection does (an idle
 // connection parks without one); release does the bookkeeping at the end.
-func (s *service) handle(c net.Conn, b *binding, key netip.Prefix, hasSource bool, fromSource int) {
+// conKeys are what a connection counts against, for its release.
+type conKeys struct {
+	source     netip.Prefix
+	hasSource  bool
+	fromSource int // open connections from the source, this one included
+	uid        uint32
+	hasUID     bool
+}
+
+func (s *service) handle(c net.Conn, b *binding, k conKeys) {
 	release := func() {
 		s.mu.Lock()
 		s.active--
-		if hasSource {
-			if s.perSource[key]--; s.perSource[key] <= 0 {
-				delete(s.perSource, key)
+		if k.hasSource {
+			if s.perSource[k.source]--; s.perSource[k.source] <= 0 {
+				delete(s.perSource, k.source)
+			}
+		}
+		if k.hasUID {
+			if s.perUID[k.uid]--; s.perUID[k.uid] <= 0 {
+				delete(s.perUID, k.uid)
 			}
 		}
 		delete(s.conns, c)
@@ -294,7 +321,7 @@ func (s *service) handle(c net.Conn, b *binding, key netip.Prefix, hasSource boo
 		nc = tc
 	}
 	if h, ok := s.factory.(framework.ConnHandler); ok {
-		s.handOver(h, c, nc, b, fromSource)
+		s.handOver(h, c, nc, b, k.fromSource)
 		release()
 		return
 	}

@@ -46,8 +46,8 @@ type Supervisor struct {
 	drainMu      sync.Mutex
 	drainingSvcs map[*service]struct{}
 
-	refs      *seriesRefs // which metric series live instances use
-	guards    *guardPorts // ports of the guarded udp endpoints
+	refs      *seriesRefs  // which metric series live instances use
+	guards    *guardPorts  // ports of the guarded udp endpoints
 	inherited []*inherited // sockets passed by the service manager
 }
 
