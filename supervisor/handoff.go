@@ -77,7 +77,7 @@ func (s *service) handOver(h framework.ConnHandler, c, nc net.Conn, b *binding, 
 		s.ended(start, reason)
 	case errors.As(reason, &rej):
 		s.m.Rejected(rej.Reason)
-		s.log.Debug("connection rejected", "peer", c.RemoteAddr().String(), "reason", rej.Reason, "err", rej.Err)
+		s.log.Debug("connection rejected", "peer", plainPeer(c.RemoteAddr()), "reason", rej.Reason, "err", rej.Err)
 	default:
 		s.m.Rejected(metrics.RejectFactory)
 	}
@@ -87,7 +87,7 @@ func (s *service) handOver(h framework.ConnHandler, c, nc net.Conn, b *binding, 
 func (s *service) serveConn(h framework.ConnHandler, hc *framework.HandedConn) (err error) {
 	defer func() {
 		if v := recover(); v != nil {
-			s.log.Error("ServeConn panicked; connection closed", "peer", hc.Conn.RemoteAddr().String(), "panic", v)
+			s.log.Error("ServeConn panicked; connection closed", "peer", plainPeer(hc.Conn.RemoteAddr()), "panic", v)
 			err = framework.ErrConnectionAborted
 		}
 	}()

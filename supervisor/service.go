@@ -225,7 +225,7 @@ func (s *service) allowed(ip netip.Addr) bool {
 
 func (s *service) reject(c net.Conn, reason string) {
 	s.m.Rejected(reason)
-	s.log.Debug("connection rejected", "peer", c.RemoteAddr().String(), "reason", reason)
+	s.log.Debug("connection rejected", "peer", plainPeer(c.RemoteAddr()), "reason", reason)
 	c.Close()
 }
 
@@ -313,7 +313,7 @@ func (s *service) handle(c net.Conn, b *binding, k conKeys) {
 		cancel()
 		if err != nil {
 			s.m.Rejected(metrics.RejectTLSHandshake)
-			s.log.Debug("TLS handshake failed", "peer", c.RemoteAddr().String(), "err", err)
+			s.log.Debug("TLS handshake failed", "peer", plainPeer(c.RemoteAddr()), "err", err)
 			c.Close()
 			release()
 			return
@@ -555,4 +555,15 @@ func peerAddr(addr net.Addr) (netip.Addr, bool) {
 		return netip.Addr{}, false
 	}
 	return ip.Unmap(), true
+}
+
+// plainPeer formats a peer address for logs, an IPv4-mapped IPv6 address
+// (a dual-stack listener's IPv4 client) as the plain IPv4 one.
+func plainPeer(addr net.Addr) string {
+	if ta, ok := addr.(*net.TCPAddr); ok {
+		if ip, ok := netip.AddrFromSlice(ta.IP); ok {
+			return netip.AddrPortFrom(ip.Unmap(), uint16(ta.Port)).String()
+		}
+	}
+	return addr.String()
 }
