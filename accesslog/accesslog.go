@@ -1,0 +1,324 @@
+// Package accesslog owns superd's access log: one line per connection that
+// ended and per connection refused, as JSON or logfmt text, written by one
+// goroutine from a bounded queue so that logging never blocks a connection
+// (a line that does not fit is dropped and counted), and reopened on
+// SIGUSR1 for log rotation.
+package accesslog
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Formats of the log.
+const (
+	FormatJSON = "json"
+	FormatText = "text"
+)
+
+// QueueSize is how many lines wait for the writer at most.
+const QueueSize = 4096
+
+// Entry is one line of the access log. Zero fields are left out, except
+// the ones every line has (time, service, factory, endpoint, peer, reason).
+type Entry struct {
+	Time       time.Time
+	Service    string
+	Factory    string
+	Endpoint   string
+	Peer       string // the real client (from a PROXY header when one was used)
+	Proxy      string // the proxy's own address when a PROXY header was used
+	TLSVersion string
+	SNI        string
+	Duration   time.Duration
+	BytesIn    int64
+	BytesOut   int64
+	// Reason: clean, lost, aborted, idle_timeout, slow_consumer,
+	// shutdown_timeout, upstream; or, for a refused connection, its
+	// rejection reason (Rejected is then true).
+	Reason   string
+	Rejected bool
+	PID      int    // exec: the program's pid
+	Exit     string // exec: "0", "1", "SIGKILL", ...
+}
+
+// Logger writes entries to a file (or stderr) from a bounded queue.
+type Logger struct {
+	path    string // "stderr" or a file path
+	format  string
+	dropped prometheus.Counter
+
+	queue chan Entry
+	done  chan struct{}
+	qmu   sync.RWMutex // Log holds it shared; Close exclusively, to close queue
+	qshut bool
+
+	mu     sync.Mutex // guards w, f (the writer goroutine and Reopen)
+	f      *os.File   // nil for stderr
+	w      *bufio.Writer
+	closed bool
+}
+
+// Open starts a logger writing to path ("stderr" for superd's stderr) in
+// format; dropped counts the lines that did not fit in the queue.
+func Open(path, format string, dropped prometheus.Counter) (*Logger, error) {
+	if format != FormatJSON && format != FormatText {
+		return nil, fmt.Errorf("unknown access log format %q", format)
+	}
+	l := &Logger{path: path, format: format, dropped: dropped,
+		queue: make(chan Entry, QueueSize), done: make(chan struct{})}
+	if err := l.open(); err != nil {
+		return nil, err
+	}
+	go l.run()
+	return l, nil
+}
+
+func (l *Logger) open() error {
+	if l.path == "stderr" || l.path == "" {
+		l.f = nil
+		l.w = bufio.NewWriter(os.Stderr)
+		return nil
+	}
+	f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	if err != nil {
+		return err
+	}
+	l.f = f
+	l.w = bufio.NewWriterSize(f, 64<<10)
+	return nil
+}
+
+// Log queues e; it never blocks: when the queue is full the line is
+// dropped and counted.
+func (l *Logger) Log(e Entry) {
+	if l == nil {
+		return
+	}
+	if e.Time.IsZero() {
+		e.Time = time.Now()
+	}
+	l.qmu.RLock()
+	defer l.qmu.RUnlock()
+	if l.qshut {
+		return
+	}
+	select {
+	case l.queue <- e:
+	default:
+		if l.dropped != nil {
+			l.dropped.Inc()
+		}
+	}
+}
+
+// run writes queued lines, flushing whenever the queue runs empty.
+func (l *Logger) run() {
+	defer close(l.done)
+	buf := make([]byte, 0, 512)
+	for e := range l.queue {
+		l.mu.Lock()
+		for {
+			buf = l.appendEntry(buf[:0], &e)
+			l.w.Write(buf)
+			if len(l.queue) == 0 {
+				break
+			}
+			e = <-l.queue
+		}
+		l.w.Flush()
+		l.mu.Unlock()
+	}
+}
+
+// Reopen reopens the file (SIGUSR1, after rotation); lines written
+// meanwhile go to the new file.
+func (l *Logger) Reopen() error {
+	if l == nil || l.f == nil {
+		return nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return nil
+	}
+	l.w.Flush()
+	old := l.f
+	if err := l.open(); err != nil {
+		// Keep writing to the old file rather than lose lines.
+		l.f = old
+		l.w = bufio.NewWriterSize(old, 64<<10)
+		return err
+	}
+	return old.Close()
+}
+
+// Close writes what is queued and closes the file.
+func (l *Logger) Close() error {
+	if l == nil {
+		return nil
+	}
+	l.qmu.Lock()
+	if l.qshut {
+		l.qmu.Unlock()
+		return nil
+	}
+	l.qshut = true
+	close(l.queue)
+	l.qmu.Unlock()
+	<-l.done
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.closed = true
+	err := l.w.Flush()
+	if l.f != nil {
+		err = errors.Join(err, l.f.Close())
+	}
+	return err
+}
+
+// Format formats e as one line, as the logger writes it.
+func Format(format string, e Entry) string {
+	l := &Logger{format: format}
+	return string(l.appendEntry(nil, &e))
+}
+
+func (l *Logger) appendEntry(b []byte, e *Entry) []byte {
+	f := fielder{json: l.format == FormatJSON, b: b}
+	f.start()
+	f.str("time", e.Time.UTC().Format(time.RFC3339Nano))
+	f.str("service", e.Service)
+	f.str("factory", e.Factory)
+	f.str("endpoint", e.Endpoint)
+	f.str("peer", e.Peer)
+	if e.Proxy != "" {
+		f.str("proxy", e.Proxy)
+	}
+	if e.TLSVersion != "" {
+		f.str("tls_version", e.TLSVersion)
+	}
+	if e.SNI != "" {
+		f.str("sni", e.SNI)
+	}
+	if !e.Rejected {
+		f.num("duration_s", strconv.AppendFloat(nil, e.Duration.Seconds(), 'f', 6, 64))
+		f.num("bytes_in", strconv.AppendInt(nil, e.BytesIn, 10))
+		f.num("bytes_out", strconv.AppendInt(nil, e.BytesOut, 10))
+	} else {
+		f.num("rejected", []byte("true"))
+	}
+	f.str("reason", e.Reason)
+	if e.PID != 0 {
+		f.num("pid", strconv.AppendInt(nil, int64(e.PID), 10))
+	}
+	if e.Exit != "" {
+		f.str("exit", e.Exit)
+	}
+	return f.end()
+}
+
+// fielder appends key/value pairs as a JSON object or a logfmt line.
+type fielder struct {
+	json bool
+	b    []byte
+	n    int
+}
+
+func (f *fielder) start() {
+	if f.json {
+		f.b = append(f.b, '{')
+	}
+}
+
+func (f *fielder) sep(key string) {
+	if f.n > 0 {
+		if f.json {
+			f.b = append(f.b, ',')
+		} else {
+			f.b = append(f.b, ' ')
+		}
+	}
+	f.n++
+	if f.json {
+		f.b = append(f.b, '"')
+		f.b = append(f.b, key...)
+		f.b = append(f.b, '"', ':')
+	} else {
+		f.b = append(f.b, key...)
+		f.b = append(f.b, '=')
+	}
+}
+
+func (f *fielder) str(key, v string) {
+	f.sep(key)
+	if f.json {
+		f.b = appendJSONString(f.b, v)
+		return
+	}
+	if needsQuote(v) {
+		f.b = strconv.AppendQuote(f.b, v)
+	} else {
+		f.b = append(f.b, v...)
+	}
+}
+
+func (f *fielder) num(key string, v []byte) {
+	f.sep(key)
+	f.b = append(f.b, v...)
+}
+
+func (f *fielder) end() []byte {
+	if f.json {
+		f.b = append(f.b, '}')
+	}
+	return append(f.b, '\n')
+}
+
+// needsQuote: logfmt values with spaces, quotes, '=' or non-printable
+// characters are quoted.
+func needsQuote(s string) bool {
+	if s == "" {
+		return true
+	}
+	for _, r := range s {
+		if r <= ' ' || r == '"' || r == '=' || r == 0x7f || r == utf8.RuneError {
+			return true
+		}
+	}
+	return false
+}
+
+func appendJSONString(b []byte, s string) []byte {
+	b = append(b, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				b = append(b, '\\', c)
+			case c < 0x20 || c == 0x7f:
+				b = append(b, fmt.Sprintf(`\u%04x`, c)...)
+			default:
+				b = append(b, c)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, `\ufffd`...)
+		} else {
+			b = append(b, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(b, '"')
+}

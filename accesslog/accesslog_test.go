@@ -1,0 +1,159 @@
+package accesslog
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+var sample = Entry{
+	Time: time.Date(2026, 12, 3, 10, 0, 0, 0, time.UTC), Service: "echo", Factory: "echo",
+	Endpoint: "tls:127.0.0.1:7443", Peer: "192.0.2.7:50000", Proxy: "127.0.0.1:41000",
+	TLSVersion: "TLSv1.3", SNI: "a \"quoted\" name", Duration: 1500 * time.Millisecond,
+	BytesIn: 10, BytesOut: 20, Reason: "clean", PID: 42, Exit: "0",
+}
+
+func TestJSONLineHasEveryField(t *testing.T) {
+	line := Format(FormatJSON, sample)
+	var got map[string]any
+	if err := json.Unmarshal([]byte(line), &got); err != nil {
+		t.Fatalf("%q is not JSON: %v", line, err)
+	}
+	want := map[string]any{
+		"time": "2026-12-03T10:00:00Z", "service": "echo", "factory": "echo", "endpoint": "tls:127.0.0.1:7443",
+		"peer": "192.0.2.7:50000", "proxy": "127.0.0.1:41000", "tls_version": "TLSv1.3", "sni": "a \"quoted\" name",
+		"duration_s": 1.5, "bytes_in": 10.0, "bytes_out": 20.0, "reason": "clean", "pid": 42.0, "exit": "0",
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s = %#v, want %#v", k, got[k], v)
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("fields %v, want exactly %v", got, want)
+	}
+	// Control characters and invalid UTF-8 stay one valid line.
+	odd := sample
+	odd.SNI = "x\ny\x00\xff"
+	line = Format(FormatJSON, odd)
+	if strings.Count(line, "\n") != 1 || json.Unmarshal([]byte(line), &got) != nil {
+		t.Errorf("bad line for odd input: %q", line)
+	}
+}
+
+func TestTextLineIsLogfmt(t *testing.T) {
+	line := Format(FormatText, sample)
+	for _, want := range []string{`service=echo `, `sni="a \"quoted\" name"`, `duration_s=1.500000`, `reason=clean`, `pid=42`} {
+		if !strings.Contains(line, want) {
+			t.Errorf("%q lacks %q", line, want)
+		}
+	}
+	rej := Entry{Service: "s", Factory: "f", Endpoint: "tcp:x", Peer: "p", Reason: "max_connections", Rejected: true}
+	if line := Format(FormatText, rej); !strings.Contains(line, "rejected=true") || strings.Contains(line, "bytes_in") {
+		t.Errorf("rejection line %q", line)
+	}
+}
+
+func TestFileAndReopen(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "access.log")
+	l, err := Open(path, FormatJSON, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Log(Entry{Service: "one", Reason: "clean"})
+	waitLines(t, path, 1)
+	if err := os.Rename(path, path+".1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Reopen(); err != nil {
+		t.Fatal(err)
+	}
+	l.Log(Entry{Service: "two", Reason: "clean"})
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if lines := readLines(t, path); len(lines) != 1 || !strings.Contains(lines[0], `"service":"two"`) {
+		t.Errorf("new file: %q", lines)
+	}
+	if lines := readLines(t, path+".1"); len(lines) != 1 || !strings.Contains(lines[0], `"service":"one"`) {
+		t.Errorf("rotated file: %q", lines)
+	}
+	l.Log(Entry{Service: "late"}) // after Close: ignored, no panic
+}
+
+// A log stuck on a full pipe never blocks Log: what does not fit is dropped
+// and counted.
+func TestFullPipeDropsAndCounts(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	dropped := prometheus.NewCounter(prometheus.CounterOpts{Name: "d"})
+	l, err := Open(fmt.Sprintf("/proc/self/fd/%d", w.Fd()), FormatText, dropped)
+	if err != nil {
+		t.Skipf("cannot open a pipe by /proc/self/fd: %v", err)
+	}
+	w.Close()
+	const n = 50000
+	done := make(chan struct{})
+	go func() {
+		for range n {
+			l.Log(sample)
+		}
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Log blocked on a full pipe")
+	}
+	if got := testutil.ToFloat64(dropped); got == 0 || got > n {
+		t.Errorf("dropped = %v, want some of %d", got, n)
+	}
+	// Let the writer finish: read everything.
+	go func() { bufio.NewReader(r).WriteTo(discard{}) }()
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+func readLines(t *testing.T, path string) []string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := strings.TrimSpace(string(b))
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, "\n")
+}
+
+func waitLines(t *testing.T, path string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(readLines(t, path)) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: fewer than %d lines", path, n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
