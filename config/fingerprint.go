@@ -40,6 +40,7 @@ func (d *decoder) fingerprint(svc *Service) string {
 	l := svc.Limits
 	field(h, "limits", fmt.Sprintf("%d %d %d %v %v %d %d %d",
 		l.MaxConnections, l.MaxConnectionsPerIP, l.IdleTimeout, l.Allow, l.Deny, l.IPv6Prefix, l.MaxPendingOutput, l.MaxConnectionsPerUID))
+	field(h, "access_log", fmt.Sprint(svc.AccessLog))
 	field(h, "rate_limit", rateString(l.RateLimit))
 	field(h, "rate_limit_per_ip", rateString(l.RateLimitPerIP))
 	for i, ep := range svc.Endpoints {

@@ -120,6 +120,7 @@ var rootSchema = &hcl.BodySchema{
 	},
 	Blocks: []hcl.BlockHeaderSchema{
 		{Type: "metrics"},
+		{Type: "access_log"},
 		{Type: "service", LabelNames: []string{"factory", "name"}},
 	},
 }
@@ -162,6 +163,12 @@ func (d *decoder) decodeRoot(body hcl.Body) {
 			d.decodeMetrics(blk)
 		case "service":
 			d.decodeService(blk)
+		case "access_log":
+			if d.file.AccessLog != nil {
+				d.errorf(blk.DefRange, "Duplicate access_log block", "An access_log block was already declared; write one at most.")
+				continue
+			}
+			d.decodeAccessLog(blk)
 		}
 	}
 }
@@ -252,4 +259,39 @@ func checkNumbers(body *hclsyntax.Body) hcl.Diagnostics {
 		return nil
 	})
 	return diags
+}
+
+var accessLogSchema = &hcl.BodySchema{
+	Attributes: []hcl.AttributeSchema{
+		{Name: "path"},
+		{Name: "format"},
+	},
+}
+
+// decodeAccessLog decodes the access_log block: path ("stderr", the
+// default, or a file) and format ("json", the default, or "text").
+func (d *decoder) decodeAccessLog(blk *hcl.Block) {
+	content, diags := blk.Body.Content(accessLogSchema)
+	d.diags = append(d.diags, diags...)
+	al := &AccessLog{Path: "stderr", Format: "json"}
+	if a := content.Attributes["path"]; a != nil {
+		if p, ok := d.str(a); ok {
+			switch {
+			case p == "":
+				d.errorf(a.Expr.Range(), "Invalid access log path", `path must be "stderr" or a file.`)
+			case p == "stderr":
+			default:
+				al.Path = resolvePath(d.file.Dir, p)
+			}
+		}
+	}
+	if a := content.Attributes["format"]; a != nil {
+		if f, ok := d.str(a); ok {
+			if f != "json" && f != "text" {
+				d.errorf(a.Expr.Range(), "Invalid access log format", `format must be "json" or "text" (logfmt), not %q.`, f)
+			}
+			al.Format = f
+		}
+	}
+	d.file.AccessLog = al
 }

@@ -26,6 +26,7 @@ const (
 	attrDeny                 = "deny"
 	attrIPv6Prefix           = "ipv6_prefix"
 	attrMaxPendingOutput     = "max_pending_output"
+	attrAccessLog            = "access_log"
 	blockEndpoint            = "endpoint"
 	blockRateLimit           = "rate_limit"
 	blockRateLimitPerIP      = "rate_limit_per_ip"
@@ -42,6 +43,7 @@ var commonAttrNames = []string{
 	attrDeny,
 	attrIPv6Prefix,
 	attrMaxPendingOutput,
+	attrAccessLog,
 }
 
 // rateType describes a rate_limit block in CommonAttributes.
@@ -68,6 +70,8 @@ var CommonAttributes = []framework.Attribute{
 		Description: "prefix length grouping IPv6 sources for the per-source limits (0 to 128)"},
 	{Name: attrMaxPendingOutput, Type: cty.Number, Default: cty.NumberIntVal(DefaultMaxPendingOutput),
 		Description: fmt.Sprintf("bytes of unsent output above which a connection is dropped as slow_consumer (at least %d)", MinMaxPendingOutput)},
+	{Name: attrAccessLog, Type: cty.Bool, Default: cty.False,
+		Description: "write a line per connection of this service to the access log (see the top-level access_log block)"},
 	{Name: blockRateLimit, Type: rateType,
 		Description: "block { rate, burst }: new connections per second for the whole service (token bucket; burst defaults to rate rounded up)"},
 	{Name: blockRateLimitPerIP, Type: rateType,
@@ -330,6 +334,11 @@ func (d *decoder) decodeLimits(svc *Service, content *hcl.BodyContent) {
 	if a := content.Attributes[attrIPv6Prefix]; a != nil {
 		if v, ok := d.whole(a, 0, 128); ok {
 			l.IPv6Prefix = v
+		}
+	}
+	if a := content.Attributes[attrAccessLog]; a != nil {
+		if v, ok := d.boolean(a); ok {
+			svc.AccessLog = v
 		}
 	}
 	if a := content.Attributes[attrMaxPendingOutput]; a != nil {

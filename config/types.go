@@ -38,6 +38,9 @@ type File struct {
 	// MetricsAddress is metrics.address; "" disables the metrics listener.
 	MetricsAddress  string
 	ShutdownTimeout time.Duration
+	// AccessLog is the access_log block; nil when there is none (services
+	// with access_log = true then log to stderr as JSON).
+	AccessLog *AccessLog
 	// RunAs is the top-level user and group superd switches to once every
 	// socket is bound and every factory has started; nil: it stays as it
 	// started.
@@ -64,8 +67,16 @@ type Service struct {
 	// (same factory, attributes, limits and endpoints, after evaluation);
 	// reload keeps a service whose fingerprint did not change.
 	Fingerprint string
+	// AccessLog: this service's connections are written to the access log.
+	AccessLog bool
 	// DefRange is the block header's range, for diagnostics.
 	DefRange hcl.Range
+}
+
+// AccessLog is where and how the access log is written.
+type AccessLog struct {
+	Path   string // "stderr" or a resolved file path
+	Format string // "json" or "text"
 }
 
 // Limits are the attributes every service accepts whatever its factory.

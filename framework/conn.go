@@ -120,6 +120,9 @@ type Conn struct {
 	idleTimer *time.Timer
 	lastRecv  atomic.Int64
 
+	// Application bytes moved, for the access log and the status view.
+	bytesIn, bytesOut atomic.Int64
+
 	// Filled by rawRead, the reusable callback for raw.Read (a method value
 	// made once, so a read allocates nothing).
 	rawReadFn func(fd uintptr) bool
@@ -421,6 +424,7 @@ func (c *Conn) readLoop(p Protocol) (parked bool) {
 
 		buf, n, err := c.read()
 		if n > 0 {
+			c.bytesIn.Add(int64(n))
 			if c.opts.Received != nil {
 				c.opts.Received.Add(float64(n))
 			}
@@ -583,6 +587,7 @@ func (c *Conn) drainArrived(p Protocol) {
 		if n == 0 {
 			break
 		}
+		c.bytesIn.Add(int64(n))
 		if c.opts.Received != nil {
 			c.opts.Received.Add(float64(n))
 		}
@@ -727,6 +732,7 @@ func (c *Conn) flushOnceLocked() {
 	c.inflight = len(out)
 	c.mu.Unlock()
 	n, err := c.nc.Write(out)
+	c.bytesOut.Add(int64(n))
 	if n > 0 && c.opts.Sent != nil {
 		c.opts.Sent.Add(float64(n))
 	}
@@ -1086,6 +1092,12 @@ func (c *Conn) UnregisterProducer() {
 	c.producer, c.producerPaused, c.producerNotified = nil, false, false
 	c.mu.Unlock()
 }
+
+// BytesIn is the number of application bytes received so far.
+func (c *Conn) BytesIn() int64 { return c.bytesIn.Load() }
+
+// BytesOut is the number of application bytes sent so far.
+func (c *Conn) BytesOut() int64 { return c.bytesOut.Load() }
 
 // PeerAddr implements Transport.
 func (c *Conn) PeerAddr() net.Addr { return c.nc.RemoteAddr() }

@@ -60,6 +60,13 @@ type HandedConn struct {
 	// connection is being served, from which point it is counted as
 	// handed to a protocol (superd_connections_total, _active).
 	Served func()
+
+	// Set by the handler before ServeConn returns, for the access log:
+	// the bytes the connection moved, and the program that served it
+	// (its pid, and its exit: "0", "1", "SIGKILL", ...).
+	BytesIn, BytesOut int64
+	PID               int
+	Exit              string
 }
 
 // ListenerHandler is implemented by factories that can serve a listening

@@ -75,6 +75,7 @@ type Metrics struct {
 	DatagramsSent       *prometheus.CounterVec
 	DatagramsDropped    *prometheus.CounterVec
 	TLSHandshakes       *prometheus.GaugeVec
+	AccessLogDropped    prometheus.Counter
 
 	// extra are the factories' own families (framework.Spec.Collectors),
 	// by factory name.
@@ -142,6 +143,10 @@ func New(version string, extra map[string][]prometheus.Collector) *Metrics {
 			Name: "superd_tls_handshakes_in_progress",
 			Help: "TLS handshakes under way: accepted connections not yet handed to a protocol (they count against max_connections and max_connections_per_ip).",
 		}, []string{"service"}),
+		AccessLogDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "superd_access_log_dropped_total",
+			Help: "Access log lines dropped because the writer could not keep up (logging never blocks a connection).",
+		}),
 		extra: extra,
 	}
 	m.Registry.MustRegister(
@@ -151,6 +156,7 @@ func New(version string, extra map[string][]prometheus.Collector) *Metrics {
 		m.ConnectionDuration, m.ReceivedBytes, m.SentBytes, m.FactoryUp, m.FactoryStarts,
 		m.FactoryStops, m.ConfigReloads, m.LastReloadOK, m.BuildInfo,
 		m.DatagramsReceived, m.DatagramsSent, m.DatagramsDropped, m.TLSHandshakes,
+		m.AccessLogDropped,
 	)
 	for _, cs := range extra {
 		for _, c := range cs {

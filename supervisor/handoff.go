@@ -75,11 +75,16 @@ func (s *service) handOver(h framework.ConnHandler, c, nc net.Conn, b *binding, 
 	switch {
 	case served:
 		s.ended(start, reason)
+		if s.cfg.AccessLog {
+			s.logEnd(c, nc, b, start, reason, hc.BytesIn, hc.BytesOut, hc.PID, hc.Exit)
+		}
 	case errors.As(reason, &rej):
 		s.m.Rejected(rej.Reason)
 		s.log.Debug("connection rejected", "peer", plainPeer(c.RemoteAddr()), "reason", rej.Reason, "err", rej.Err)
+		s.logRejection(c, b, rej.Reason)
 	default:
 		s.m.Rejected(metrics.RejectFactory)
+		s.logRejection(c, b, metrics.RejectFactory)
 	}
 }
 

@@ -11,10 +11,12 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/superd-dev/superd/accesslog"
 	"github.com/superd-dev/superd/config"
 	"github.com/superd-dev/superd/endpoint"
 	"github.com/superd-dev/superd/framework"
@@ -54,6 +56,7 @@ type service struct {
 
 	refs    *seriesRefs
 	guards  *guardPorts
+	alog    *atomic.Pointer[accesslog.Logger] // the supervisor's, swapped by reload
 	drops   map[string]prometheus.Counter // datagram drops by reason; made with the first udp endpoint
 	cut     chan struct{}                 // closed to abort the drain now (Shutdown)
 	cutOnce sync.Once
@@ -76,7 +79,7 @@ type binding struct {
 	dgram *dgramBinding // udp endpoints, unless the service waits
 }
 
-func newService(log *slog.Logger, m *metrics.Metrics, sc *config.Service, refs *seriesRefs, guards *guardPorts) (*service, error) {
+func newService(log *slog.Logger, m *metrics.Metrics, sc *config.Service, refs *seriesRefs, guards *guardPorts, alog *atomic.Pointer[accesslog.Logger]) (*service, error) {
 	f, err := sc.Spec.New(sc.FactoryConfig)
 	if err != nil {
 		return nil, fmt.Errorf("service %q: %w", sc.Name, err)
@@ -93,6 +96,7 @@ func newService(log *slog.Logger, m *metrics.Metrics, sc *config.Service, refs *
 		listening: map[*handoff]struct{}{},
 		refs:      refs,
 		guards:    guards,
+		alog:      alog,
 		cut:       make(chan struct{}),
 	}
 	refs.acquire(svc.seriesKey())
@@ -150,7 +154,7 @@ func (s *service) accept(c net.Conn, b *binding) {
 	// allow and deny apply to the peer's own address: the source key of
 	// an IPv6 peer is masked to ipv6_prefix bits.
 	if ip, ok := peerAddr(c.RemoteAddr()); ok && !s.allowed(ip) {
-		s.reject(c, metrics.RejectDenied)
+		s.reject(c, b, metrics.RejectDenied)
 		return
 	}
 	lim := &s.cfg.Limits
@@ -187,7 +191,7 @@ func (s *service) accept(c net.Conn, b *binding) {
 	}
 	if reason != "" {
 		s.mu.Unlock()
-		s.reject(c, reason)
+		s.reject(c, b, reason)
 		return
 	}
 	s.active++
@@ -223,9 +227,10 @@ func (s *service) allowed(ip netip.Addr) bool {
 	return false
 }
 
-func (s *service) reject(c net.Conn, reason string) {
+func (s *service) reject(c net.Conn, b *binding, reason string) {
 	s.m.Rejected(reason)
 	s.log.Debug("connection rejected", "peer", plainPeer(c.RemoteAddr()), "reason", reason)
+	s.logRejection(c, b, reason)
 	c.Close()
 }
 
@@ -313,6 +318,7 @@ func (s *service) handle(c net.Conn, b *binding, k conKeys) {
 		cancel()
 		if err != nil {
 			s.m.Rejected(metrics.RejectTLSHandshake)
+			s.logRejection(c, b, metrics.RejectTLSHandshake)
 			s.log.Debug("TLS handshake failed", "peer", plainPeer(c.RemoteAddr()), "err", err)
 			c.Close()
 			release()
@@ -328,6 +334,7 @@ func (s *service) handle(c net.Conn, b *binding, k conKeys) {
 	p := s.buildProtocol(c.RemoteAddr())
 	if p == nil {
 		s.m.Rejected(metrics.RejectFactory)
+		s.logRejection(c, b, metrics.RejectFactory)
 		nc.Close()
 		release()
 		return
@@ -345,6 +352,9 @@ func (s *service) handle(c net.Conn, b *binding, k conKeys) {
 	start := time.Now()
 	conn.Run(p, func(reason error) {
 		s.ended(start, reason)
+		if s.cfg.AccessLog {
+			s.logEnd(c, nc, b, start, reason, conn.BytesIn(), conn.BytesOut(), 0, "")
+		}
 		release()
 	})
 }

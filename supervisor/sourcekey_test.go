@@ -5,9 +5,11 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/superd-dev/superd/accesslog"
 	"github.com/superd-dev/superd/config"
 	"github.com/superd-dev/superd/metrics"
 )
@@ -62,7 +64,7 @@ func sourceLimited(t *testing.T, rate float64, burst int) *service {
 	t.Helper()
 	sc := serviceConfig("s", &lifecycleFactory{}, config.Limits{RateLimitPerIP: &config.Rate{Rate: rate, Burst: burst}})
 	svc, err := newService(slog.New(slog.NewTextHandler(io.Discard, nil)), metrics.New("test", nil), sc,
-		&seriesRefs{n: map[string]int{}}, &guardPorts{})
+		&seriesRefs{n: map[string]int{}}, &guardPorts{}, &atomic.Pointer[accesslog.Logger]{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/superd-dev/superd/accesslog"
 	"github.com/superd-dev/superd/config"
 	"github.com/superd-dev/superd/endpoint"
 	"github.com/superd-dev/superd/framework"
@@ -49,6 +50,7 @@ type Supervisor struct {
 	refs      *seriesRefs  // which metric series live instances use
 	guards    *guardPorts  // ports of the guarded udp endpoints
 	inherited []*inherited // sockets passed by the service manager
+	alog      atomic.Pointer[accesslog.Logger]
 }
 
 // seriesRefs counts the service instances (prepared, running or draining)
@@ -223,7 +225,7 @@ func (s *Supervisor) Reopen() {
 // (taking over the socket of a running service on the same address, if
 // any) and its factory started. Nothing is accepted until activate.
 func (s *Supervisor) prepareServiceLocked(sc *config.Service) (*service, error) {
-	svc, err := newService(s.log, s.metrics, sc, s.refs, s.guards)
+	svc, err := newService(s.log, s.metrics, sc, s.refs, s.guards, &s.alog)
 	if err != nil {
 		return nil, err
 	}
@@ -317,4 +319,11 @@ func (s *Supervisor) ActiveConnections() int {
 		svc.mu.Unlock()
 	}
 	return n
+}
+
+// SetAccessLog makes l the access log of every service with access_log =
+// true (nil: none); it returns the previous one, for the caller to close
+// once no connection can still be writing to it.
+func (s *Supervisor) SetAccessLog(l *accesslog.Logger) *accesslog.Logger {
+	return s.alog.Swap(l)
 }

@@ -253,3 +253,22 @@ func pollReady(t *testing.T, f func() error) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+func netDial(addr string) (net.Conn, error) { return net.DialTimeout("tcp", addr, 5*time.Second) }
+
+// echoOnceConn sends a line on c and checks it comes back.
+func echoOnceConn(c net.Conn, line string) error {
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, line+"\n"); err != nil {
+		return err
+	}
+	buf := make([]byte, len(line)+1)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return err
+	}
+	if string(buf) != line+"\n" {
+		return fmt.Errorf("echo of %q came back as %q", line, buf)
+	}
+	c.SetDeadline(time.Time{})
+	return nil
+}

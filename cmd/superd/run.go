@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/hcl/v2"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/superd-dev/superd/accesslog"
 	"github.com/superd-dev/superd/config"
 	"github.com/superd-dev/superd/framework"
 	"github.com/superd-dev/superd/metrics"
@@ -79,6 +80,14 @@ func cmdRun(args []string, stderr io.Writer) int {
 		log.Error("cannot start", "err", err)
 		return exitFailure
 	}
+	alogs := &accessLogs{log: log, m: m, sup: sup}
+	defer alogs.close()
+	al, alChanged, err := alogs.prepare(cfg)
+	if err != nil {
+		log.Error("cannot open the access log", "err", err)
+		return exitFailure
+	}
+	alogs.commit(cfg, al, alChanged)
 	if err := sup.Start(cfg); err != nil {
 		log.Error("cannot start", "err", err)
 		return exitFailure
@@ -113,7 +122,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 		switch sig {
 		case syscall.SIGHUP:
 			notify.reloading()
-			if reload(log, sup, m, *path, runAs) {
+			if reload(log, sup, m, *path, runAs, alogs) {
 				lastReload = "success"
 			} else {
 				lastReload = "failure"
@@ -121,6 +130,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 			notify.ready(status())
 		case syscall.SIGUSR1:
 			sup.Reopen()
+			alogs.reopen()
 		case syscall.SIGINT, syscall.SIGTERM:
 			timeout := sup.ShutdownTimeout()
 			log.Info("shutting down", "signal", sig.String(), "timeout", timeout)
@@ -150,14 +160,25 @@ func cmdRun(args []string, stderr io.Writer) int {
 
 // reload re-reads the configuration file and applies it (SIGHUP); it
 // reports whether it succeeded.
-func reload(log *slog.Logger, sup *supervisor.Supervisor, m *metrics.Metrics, path string, runAs *config.RunAs) bool {
+func reload(log *slog.Logger, sup *supervisor.Supervisor, m *metrics.Metrics, path string, runAs *config.RunAs, alogs *accessLogs) bool {
 	log.Info("reloading configuration", "config", path)
 	cfg, err := loadConfigErr(path)
 	if err == nil && !cfg.RunAs.Same(runAs) {
 		err = errors.New("user and group apply when superd starts; restart superd to change them")
 	}
+	var al *accesslog.Logger
+	alChanged := false
 	if err == nil {
-		err = sup.Reload(cfg)
+		if al, alChanged, err = alogs.prepare(cfg); err != nil {
+			err = fmt.Errorf("access log: %w", err)
+		}
+	}
+	if err == nil {
+		if err = sup.Reload(cfg); err != nil {
+			alogs.discard(al, alChanged) // the running services keep theirs
+		} else {
+			alogs.commit(cfg, al, alChanged)
+		}
 	}
 	if err != nil {
 		m.ConfigReloads.WithLabelValues("failure").Inc()

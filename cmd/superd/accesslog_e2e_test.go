@@ -1,0 +1,211 @@
+package main
+
+import (
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// readAccessLog parses the JSON lines of an access log.
+func readAccessLog(t *testing.T, path string) []map[string]any {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	var out []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		if line == "" {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("not JSON: %q: %v", line, err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+func waitAccessLines(t *testing.T, path string, n int) []map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		lines := readAccessLog(t, path)
+		if len(lines) >= n {
+			return lines
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d access log lines, want %d: %v", len(lines), n, lines)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// One line per connection of a logged service with every field, one per
+// rejection, TLS facts for TLS, nothing for a service without access_log,
+// and SIGUSR1 reopens the file.
+func TestAccessLog(t *testing.T) {
+	dir := t.TempDir()
+	logPath := filepath.Join(dir, "access.log")
+	tcpAddr, tlsAddr, quietAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	path, metrics := writeConfig(t, fmt.Sprintf(`
+metrics { address = "METRICS" }
+access_log {
+  path   = %q
+  format = "json"
+}
+service "echo" "logged" {
+  access_log      = true
+  max_connections = 1
+  endpoint "tcp" { address = %q }
+  endpoint "tls" {
+    address     = %q
+    self_signed = true
+  }
+}
+service "echo" "quiet" {
+  endpoint "tcp" { address = %q }
+}
+`, logPath, tcpAddr, tlsAddr, quietAddr))
+	d := startDaemon(t, path, metrics)
+
+	if err := echoOnce("tcp", tcpAddr, "hello"); err != nil {
+		t.Fatal(err)
+	}
+	lines := waitAccessLines(t, logPath, 1)
+	l := lines[0]
+	for k, want := range map[string]any{"service": "logged", "factory": "echo", "endpoint": "tcp:" + tcpAddr,
+		"reason": "clean", "bytes_in": 6.0, "bytes_out": 6.0} {
+		if l[k] != want {
+			t.Errorf("%s = %#v, want %#v (line %v)", k, l[k], want, l)
+		}
+	}
+	if p, _ := l["peer"].(string); !strings.HasPrefix(p, "127.0.0.1:") {
+		t.Errorf("peer = %v", l["peer"])
+	}
+	if _, ok := l["duration_s"].(float64); !ok {
+		t.Errorf("no duration_s in %v", l)
+	}
+	if _, ok := l["time"].(string); !ok {
+		t.Errorf("no time in %v", l)
+	}
+
+	// A rejection: the second connection while one is open.
+	held, err := netDial(tcpAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := echoOnceConn(held, "held"); err != nil {
+		t.Fatal(err)
+	}
+	second, err := netDial(tcpAddr)
+	if err == nil {
+		second.Read(make([]byte, 1)) // closed by superd
+		second.Close()
+	}
+	lines = waitAccessLines(t, logPath, 2)
+	if r := lines[1]; r["reason"] != "max_connections" || r["rejected"] != true {
+		t.Errorf("rejection line %v", r)
+	}
+	held.Close()
+	waitAccessLines(t, logPath, 3)
+
+	// TLS: version and SNI.
+	tc, err := tls.Dial("tcp", tlsAddr, &tls.Config{InsecureSkipVerify: true, ServerName: "example.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := echoOnceConn(tc, "over tls"); err != nil {
+		t.Fatal(err)
+	}
+	tc.Close()
+	lines = waitAccessLines(t, logPath, 4)
+	if l := lines[3]; l["tls_version"] != "TLSv1.3" || l["sni"] != "example.test" || l["endpoint"] != "tls:"+tlsAddr {
+		t.Errorf("TLS line %v", l)
+	}
+
+	// A service without access_log writes nothing.
+	if err := echoOnce("tcp", quietAddr, "quiet"); err != nil {
+		t.Fatal(err)
+	}
+
+	// Rotation: rename, SIGUSR1, the next line goes to a new file.
+	if err := os.Rename(logPath, logPath+".1"); err != nil {
+		t.Fatal(err)
+	}
+	d.signal(syscall.SIGUSR1)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if err := echoOnce("tcp", tcpAddr, "after rotation"); err != nil {
+			t.Fatal(err)
+		}
+		if lines := readAccessLog(t, logPath); len(lines) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no line in the reopened file")
+		}
+	}
+	for _, l := range readAccessLog(t, logPath+".1") {
+		if l["service"] != "logged" {
+			t.Errorf("a line of another service: %v", l)
+		}
+	}
+	d.signal(syscall.SIGTERM)
+	d.wait(10 * time.Second)
+}
+
+// An access log that cannot keep up (a pipe nobody reads) never slows a
+// connection: every echo is served, and the lines that did not fit are
+// counted in superd_access_log_dropped_total.
+func TestAccessLogOnFullPipe(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "access.fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A reader that never reads, so superd can open the pipe for writing.
+	r, err := os.OpenFile(fifo, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	addr := freeAddr(t)
+	path, metrics := writeConfig(t, fmt.Sprintf(`
+metrics { address = "METRICS" }
+access_log {
+  path   = %q
+  format = "text"
+}
+service "echo" "e" {
+  access_log = true
+  endpoint "tcp" { address = %q }
+}
+`, fifo, addr))
+	d := startDaemon(t, path, metrics)
+	const conns = 6000 // ~100 bytes a line: far past the pipe and the queue
+	for i := range conns {
+		if err := echoOnce("tcp", addr, fmt.Sprintf("c%d", i)); err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+	}
+	fams := d.scrape()
+	if v, _ := metric(fams, "superd_access_log_dropped_total", nil); v == 0 {
+		t.Error("no dropped access log line counted")
+	}
+	r.Close() // the writer's next write fails; superd carries on
+	if err := echoOnce("tcp", addr, "still"); err != nil {
+		t.Fatal(err)
+	}
+	d.signal(syscall.SIGTERM)
+	if code := d.wait(15 * time.Second); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+}

@@ -1,0 +1,66 @@
+package supervisor
+
+import (
+	"crypto/tls"
+	"errors"
+	"net"
+	"time"
+
+	"github.com/superd-dev/superd/accesslog"
+	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/metrics"
+)
+
+// logRejection writes a refused connection to the access log.
+func (s *service) logRejection(c net.Conn, b *binding, reason string) {
+	if !s.cfg.AccessLog {
+		return
+	}
+	s.alog.Load().Log(accesslog.Entry{
+		Service: s.cfg.Name, Factory: s.cfg.Factory, Endpoint: b.ep.Label,
+		Peer: plainPeer(c.RemoteAddr()), Reason: reason, Rejected: true,
+	})
+}
+
+// logEnd writes a connection that ended to the access log; nc is the
+// stream after superd's layers (TLS), for its facts.
+func (s *service) logEnd(c, nc net.Conn, b *binding, start time.Time, reason error, in, out int64, pid int, exit string) {
+	e := accesslog.Entry{
+		Service: s.cfg.Name, Factory: s.cfg.Factory, Endpoint: b.ep.Label,
+		Peer: plainPeer(nc.RemoteAddr()), Duration: time.Since(start),
+		BytesIn: in, BytesOut: out, Reason: endReason(reason), PID: pid, Exit: exit,
+	}
+	if tc, ok := nc.(*tls.Conn); ok {
+		st := tc.ConnectionState()
+		e.TLSVersion = tlsVersionName(st.Version)
+		e.SNI = st.ServerName
+	}
+	s.alog.Load().Log(e)
+}
+
+// endReason names why a connection ended, as the access log says it.
+func endReason(reason error) string {
+	switch {
+	case reason == nil || framework.IsClean(reason):
+		return "clean"
+	case errors.Is(reason, framework.ErrIdleTimeout):
+		return metrics.DropIdleTimeout
+	case errors.Is(reason, framework.ErrSlowConsumer):
+		return metrics.DropSlowConsumer
+	case errors.Is(reason, framework.ErrShutdownTimeout):
+		return metrics.DropShutdownTimeout
+	case errors.Is(reason, framework.ErrConnectionAborted):
+		return "aborted"
+	}
+	return "lost"
+}
+
+func tlsVersionName(v uint16) string {
+	switch v {
+	case tls.VersionTLS12:
+		return "TLSv1.2"
+	case tls.VersionTLS13:
+		return "TLSv1.3"
+	}
+	return tls.VersionName(v)
+}
