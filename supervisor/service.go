@@ -57,8 +57,8 @@ type service struct {
 	refs    *seriesRefs
 	guards  *guardPorts
 	alog    *atomic.Pointer[accesslog.Logger] // the supervisor's, swapped by reload
-	drops   map[string]prometheus.Counter // datagram drops by reason; made with the first udp endpoint
-	cut     chan struct{}                 // closed to abort the drain now (Shutdown)
+	drops   map[string]prometheus.Counter     // datagram drops by reason; made with the first udp endpoint
+	cut     chan struct{}                     // closed to abort the drain now (Shutdown)
 	cutOnce sync.Once
 }
 
