@@ -3,6 +3,7 @@ package framework
 import (
 	"net"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -67,7 +68,16 @@ type HandedConn struct {
 	BytesIn, BytesOut int64
 	PID               int
 	Exit              string
+
+	running atomic.Int64
 }
+
+// SetRunningPID records the program serving the connection while it runs
+// (the status view lists it); 0 when it has exited.
+func (c *HandedConn) SetRunningPID(pid int) { c.running.Store(int64(pid)) }
+
+// RunningPID is the pid recorded by SetRunningPID.
+func (c *HandedConn) RunningPID() int { return int(c.running.Load()) }
 
 // ListenerHandler is implemented by factories that can serve a listening
 // socket themselves rather than its connections (inetd's wait mode,

@@ -65,10 +65,14 @@ func (s *service) handOver(h framework.ConnHandler, c, nc net.Conn, b *binding, 
 			if !served {
 				served = true
 				b.total.Inc()
+				s.accepted.Add(1)
 				s.m.Active.Inc()
 			}
 		},
 	}
+	s.mu.Lock()
+	s.info[c] = &connInfo{b: b, since: start, nc: nc, hc: hc}
+	s.mu.Unlock()
 	reason := s.serveConn(h, hc)
 	nc.Close() // the handler closed it; a panicking one may not have
 	var rej *framework.RejectError
@@ -79,11 +83,11 @@ func (s *service) handOver(h framework.ConnHandler, c, nc net.Conn, b *binding, 
 			s.logEnd(c, nc, b, start, reason, hc.BytesIn, hc.BytesOut, hc.PID, hc.Exit)
 		}
 	case errors.As(reason, &rej):
-		s.m.Rejected(rej.Reason)
+		s.rejected(rej.Reason)
 		s.log.Debug("connection rejected", "peer", plainPeer(c.RemoteAddr()), "reason", rej.Reason, "err", rej.Err)
 		s.logRejection(c, b, rej.Reason)
 	default:
-		s.m.Rejected(metrics.RejectFactory)
+		s.rejected(metrics.RejectFactory)
 		s.logRejection(c, b, metrics.RejectFactory)
 	}
 }
@@ -156,7 +160,7 @@ func (s *service) serveListener(b *binding) {
 	}()
 	// The factory logged the details and applied its back-off.
 	if rej := (*framework.RejectError)(nil); errors.As(err, &rej) {
-		s.m.Rejected(rej.Reason)
+		s.rejected(rej.Reason)
 	}
 }
 

@@ -54,11 +54,16 @@ type service struct {
 	factoryUp     bool
 	activated     bool // served: its endpoint series exist
 
-	refs    *seriesRefs
-	guards  *guardPorts
-	alog    *atomic.Pointer[accesslog.Logger] // the supervisor's, swapped by reload
-	drops   map[string]prometheus.Counter     // datagram drops by reason; made with the first udp endpoint
-	cut     chan struct{}                     // closed to abort the drain now (Shutdown)
+	refs   *seriesRefs
+	guards *guardPorts
+	alog   *atomic.Pointer[accesslog.Logger] // the supervisor's, swapped by reload
+	drops  map[string]prometheus.Counter     // datagram drops by reason; made with the first udp endpoint
+	cut    chan struct{}                     // closed to abort the drain now (Shutdown)
+
+	// Totals for the status view (the metrics hold them by reason).
+	accepted, rejectedN, dropped atomic.Int64
+	// info describes each connection being served, for the status view.
+	info    map[net.Conn]*connInfo
 	cutOnce sync.Once
 }
 
@@ -94,6 +99,7 @@ func newService(log *slog.Logger, m *metrics.Metrics, sc *config.Service, refs *
 		perUID:    map[uint32]int{},
 		conns:     map[net.Conn]servedConn{},
 		listening: map[*handoff]struct{}{},
+		info:      map[net.Conn]*connInfo{},
 		refs:      refs,
 		guards:    guards,
 		alog:      alog,
@@ -228,7 +234,7 @@ func (s *service) allowed(ip netip.Addr) bool {
 }
 
 func (s *service) reject(c net.Conn, b *binding, reason string) {
-	s.m.Rejected(reason)
+	s.rejected(reason)
 	s.log.Debug("connection rejected", "peer", plainPeer(c.RemoteAddr()), "reason", reason)
 	s.logRejection(c, b, reason)
 	c.Close()
@@ -298,6 +304,7 @@ func (s *service) handle(c net.Conn, b *binding, k conKeys) {
 			}
 		}
 		delete(s.conns, c)
+		delete(s.info, c)
 		s.mu.Unlock()
 		s.connWG.Done()
 	}
@@ -317,7 +324,7 @@ func (s *service) handle(c net.Conn, b *binding, k conKeys) {
 		s.m.Handshakes.Dec()
 		cancel()
 		if err != nil {
-			s.m.Rejected(metrics.RejectTLSHandshake)
+			s.rejected(metrics.RejectTLSHandshake)
 			s.logRejection(c, b, metrics.RejectTLSHandshake)
 			s.log.Debug("TLS handshake failed", "peer", plainPeer(c.RemoteAddr()), "err", err)
 			c.Close()
@@ -333,7 +340,7 @@ func (s *service) handle(c net.Conn, b *binding, k conKeys) {
 	}
 	p := s.buildProtocol(c.RemoteAddr())
 	if p == nil {
-		s.m.Rejected(metrics.RejectFactory)
+		s.rejected(metrics.RejectFactory)
 		s.logRejection(c, b, metrics.RejectFactory)
 		nc.Close()
 		release()
@@ -342,12 +349,14 @@ func (s *service) handle(c net.Conn, b *binding, k conKeys) {
 	conn := framework.NewConn(nc, s.connOpts)
 	s.mu.Lock()
 	s.conns[c] = conn
+	s.info[c] = &connInfo{b: b, since: time.Now(), nc: nc, fc: conn}
 	closing := s.closing
 	s.mu.Unlock()
 	if closing {
 		conn.Drain()
 	}
 	b.total.Inc()
+	s.accepted.Add(1)
 	s.m.Active.Inc()
 	start := time.Now()
 	conn.Run(p, func(reason error) {
@@ -363,13 +372,18 @@ func (s *service) handle(c net.Conn, b *binding, k conKeys) {
 func (s *service) ended(start time.Time, reason error) {
 	s.m.Active.Dec()
 	s.m.Duration.Observe(time.Since(start).Seconds())
+	drop := ""
 	switch {
 	case errors.Is(reason, framework.ErrIdleTimeout):
-		s.m.Dropped(metrics.DropIdleTimeout)
+		drop = metrics.DropIdleTimeout
 	case errors.Is(reason, framework.ErrSlowConsumer):
-		s.m.Dropped(metrics.DropSlowConsumer)
+		drop = metrics.DropSlowConsumer
 	case errors.Is(reason, framework.ErrShutdownTimeout):
-		s.m.Dropped(metrics.DropShutdownTimeout)
+		drop = metrics.DropShutdownTimeout
+	}
+	if drop != "" {
+		s.m.Dropped(drop)
+		s.dropped.Add(1)
 	}
 }
 
@@ -576,4 +590,10 @@ func plainPeer(addr net.Addr) string {
 		}
 	}
 	return addr.String()
+}
+
+// rejected counts a refused connection.
+func (s *service) rejected(reason string) {
+	s.m.Rejected(reason)
+	s.rejectedN.Add(1)
 }

@@ -36,6 +36,7 @@ const usage = `usage:
   superd run      [-config FILE] [-log-format text|json] [-log-level debug|info|warn|error]
   superd validate [-config FILE]
   superd factories
+  superd status   [-address HOST:PORT] [-json] [-connections]
   superd version
 `
 
@@ -60,6 +61,8 @@ func superd(args []string, stdout, stderr io.Writer) int {
 		}
 		printFactories(stdout)
 		return exitOK
+	case "status":
+		return cmdStatus(rest, stdout, stderr)
 	case "version":
 		fmt.Fprintf(stdout, "superd %s %s\n", buildVersion(), runtime.Version())
 		return exitOK

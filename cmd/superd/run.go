@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -62,6 +63,10 @@ func cmdRun(args []string, stderr io.Writer) int {
 	m := metrics.New(buildVersion(), extra)
 	sup := supervisor.New(log, m)
 	sup.Inherit(passed)
+	status := &statusState{sup: sup, configFile: *path, started: time.Now(), generation: 1}
+	if abs, err := filepath.Abs(*path); err == nil {
+		status.configFile = abs
+	}
 
 	var httpSrv *http.Server
 	if cfg.MetricsAddress != "" {
@@ -70,7 +75,10 @@ func cmdRun(args []string, stderr io.Writer) int {
 			log.Error("cannot start the metrics listener", "address", cfg.MetricsAddress, "err", err)
 			return exitFailure
 		}
-		httpSrv = &http.Server{Handler: m.Handler(sup.NotReady), ReadHeaderTimeout: 10 * time.Second}
+		mux := http.NewServeMux()
+		mux.Handle("/", m.Handler(sup.NotReady))
+		mux.Handle("/status", status)
+		httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go httpSrv.Serve(ln)
 		defer httpSrv.Close()
 		log.Info("metrics listening", "address", ln.Addr().String())
@@ -102,10 +110,10 @@ func cmdRun(args []string, stderr io.Writer) int {
 	log.Info("superd started", "config", *path, "services", len(cfg.Services), "version", buildVersion())
 	notify := newNotifier(log)
 	lastReload := "none"
-	status := func() string {
+	statusText := func() string {
 		return statusLine(len(sup.Services()), sup.ActiveConnections(), lastReload)
 	}
-	notify.ready(status())
+	notify.ready(statusText())
 	// The watchdog is pinged from this loop: if it stops turning (a reload
 	// that hangs), systemd sees it.
 	watchdog, stopWatchdog := notify.ticker()
@@ -122,12 +130,14 @@ func cmdRun(args []string, stderr io.Writer) int {
 		switch sig {
 		case syscall.SIGHUP:
 			notify.reloading()
-			if reload(log, sup, m, *path, runAs, alogs) {
+			err := reload(log, sup, m, *path, runAs, alogs)
+			status.reloaded(err)
+			if err == nil {
 				lastReload = "success"
 			} else {
 				lastReload = "failure"
 			}
-			notify.ready(status())
+			notify.ready(statusText())
 		case syscall.SIGUSR1:
 			sup.Reopen()
 			alogs.reopen()
@@ -159,8 +169,8 @@ func cmdRun(args []string, stderr io.Writer) int {
 }
 
 // reload re-reads the configuration file and applies it (SIGHUP); it
-// reports whether it succeeded.
-func reload(log *slog.Logger, sup *supervisor.Supervisor, m *metrics.Metrics, path string, runAs *config.RunAs, alogs *accessLogs) bool {
+// returns why it failed, or nil.
+func reload(log *slog.Logger, sup *supervisor.Supervisor, m *metrics.Metrics, path string, runAs *config.RunAs, alogs *accessLogs) error {
 	log.Info("reloading configuration", "config", path)
 	cfg, err := loadConfigErr(path)
 	if err == nil && !cfg.RunAs.Same(runAs) {
@@ -184,12 +194,12 @@ func reload(log *slog.Logger, sup *supervisor.Supervisor, m *metrics.Metrics, pa
 		m.ConfigReloads.WithLabelValues("failure").Inc()
 		m.LastReloadOK.Set(0)
 		logReloadError(log, err)
-		return false
+		return err
 	}
 	m.ConfigReloads.WithLabelValues("success").Inc()
 	m.LastReloadOK.Set(1)
 	log.Info("configuration reloaded", "services", len(cfg.Services))
-	return true
+	return nil
 }
 
 // raiseFileLimit raises the soft open-file limit to the hard limit: every

@@ -1,0 +1,168 @@
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/superd-dev/superd/config"
+	"github.com/superd-dev/superd/supervisor"
+)
+
+// Status is what GET /status answers (and `superd status` prints).
+type Status struct {
+	Version          string                     `json:"version"`
+	PID              int                        `json:"pid"`
+	StartedAt        time.Time                  `json:"started_at"`
+	ConfigFile       string                     `json:"config_file"`
+	ConfigGeneration int                        `json:"config_generation"`
+	LastReload       *ReloadStatus              `json:"last_reload"`
+	Services         []supervisor.ServiceStatus `json:"services"`
+	Connections      []supervisor.ConnStatus    `json:"connections,omitempty"`
+}
+
+// ReloadStatus is the last reload's outcome.
+type ReloadStatus struct {
+	Time   time.Time `json:"time"`
+	Result string    `json:"result"` // success or failure
+	Error  string    `json:"error,omitempty"`
+}
+
+// statusState is what the main loop knows and /status reports.
+type statusState struct {
+	sup        *supervisor.Supervisor
+	configFile string
+	started    time.Time
+
+	mu         sync.Mutex
+	generation int
+	last       *ReloadStatus
+}
+
+// reloaded records a reload's outcome: a success is a new generation.
+func (st *statusState) reloaded(err error) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	r := &ReloadStatus{Time: time.Now(), Result: "success"}
+	if err != nil {
+		r.Result, r.Error = "failure", err.Error()
+	} else {
+		st.generation++
+	}
+	st.last = r
+}
+
+func (st *statusState) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	conns := r.URL.Query().Get("connections") == "1"
+	services, cs := st.sup.Status(conns)
+	st.mu.Lock()
+	s := Status{
+		Version: buildVersion(), PID: os.Getpid(), StartedAt: st.started,
+		ConfigFile: st.configFile, ConfigGeneration: st.generation, LastReload: st.last,
+		Services: services, Connections: cs,
+	}
+	st.mu.Unlock()
+	if s.Services == nil {
+		s.Services = []supervisor.ServiceStatus{}
+	}
+	if conns && s.Connections == nil {
+		s.Connections = []supervisor.ConnStatus{}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(s)
+}
+
+// cmdStatus is `superd status`: it asks a running superd and prints a
+// table (or the JSON); exit 1 when superd does not answer.
+func cmdStatus(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	address := fs.String("address", config.DefaultMetricsAddress, "superd's metrics address (metrics.address)")
+	asJSON := fs.Bool("json", false, "print the JSON as served on /status")
+	conns := fs.Bool("connections", false, "list the open connections too")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "superd status: unexpected argument %q\n%s", fs.Arg(0), usage)
+		return exitUsage
+	}
+	url := "http://" + *address + "/status"
+	if *conns {
+		url += "?connections=1"
+	}
+	client := &http.Client{Timeout: 5 * time.Second}
+	resp, err := client.Get(url)
+	if err != nil {
+		fmt.Fprintf(stderr, "superd status: superd does not answer on %s: %v\n", *address, err)
+		return exitFailure
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil || resp.StatusCode != http.StatusOK {
+		fmt.Fprintf(stderr, "superd status: %s answered %s %v\n", url, resp.Status, err)
+		return exitFailure
+	}
+	if *asJSON {
+		stdout.Write(body)
+		return exitOK
+	}
+	var s Status
+	if err := json.Unmarshal(body, &s); err != nil {
+		fmt.Fprintf(stderr, "superd status: %s is not superd's status: %v\n", url, err)
+		return exitFailure
+	}
+	printStatus(stdout, &s)
+	return exitOK
+}
+
+func printStatus(w io.Writer, s *Status) {
+	fmt.Fprintf(w, "superd %s, pid %d, up since %s, %s (generation %d)\n",
+		s.Version, s.PID, s.StartedAt.Format(time.RFC3339), s.ConfigFile, s.ConfigGeneration)
+	if r := s.LastReload; r != nil {
+		fmt.Fprintf(w, "last reload: %s at %s", r.Result, r.Time.Format(time.RFC3339))
+		if r.Error != "" {
+			fmt.Fprintf(w, " (%s)", r.Error)
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SERVICE\tFACTORY\tSTATE\tACTIVE\tACCEPTED\tREJECTED\tDROPPED\tENDPOINTS")
+	for _, svc := range s.Services {
+		var eps []string
+		for _, ep := range svc.Endpoints {
+			e := ep.Kind + ":" + ep.Address
+			if ep.Inherited {
+				e += " (inherited)"
+			}
+			eps = append(eps, e)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\n", svc.Name, svc.Factory, svc.State, svc.Active,
+			svc.Totals.Accepted, svc.Totals.Rejected, svc.Totals.Dropped, strings.Join(eps, " "))
+	}
+	tw.Flush()
+	if len(s.Connections) > 0 {
+		fmt.Fprintln(w)
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "SERVICE\tENDPOINT\tPEER\tSINCE\tIN\tOUT\tPID")
+		for _, c := range s.Connections {
+			pid := ""
+			if c.PID != 0 {
+				pid = fmt.Sprint(c.PID)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\n", c.Service, c.Endpoint, c.Peer,
+				c.Since.Format(time.RFC3339), c.BytesIn, c.BytesOut, pid)
+		}
+		tw.Flush()
+	}
+}

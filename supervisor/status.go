@@ -1,0 +1,168 @@
+package supervisor
+
+import (
+	"net"
+	"sort"
+	"time"
+
+	"github.com/superd-dev/superd/endpoint"
+	"github.com/superd-dev/superd/framework"
+)
+
+// connInfo describes a connection being served, for the status view.
+type connInfo struct {
+	b     *binding
+	since time.Time
+	nc    net.Conn              // after superd's layers, for the peer
+	fc    *framework.Conn       // served by a protocol, or
+	hc    *framework.HandedConn // handed to its factory
+}
+
+// ServiceStatus is one service as the status view shows it.
+type ServiceStatus struct {
+	Name      string           `json:"name"`
+	Factory   string           `json:"factory"`
+	State     string           `json:"state"` // running or draining
+	Endpoints []EndpointStatus `json:"endpoints"`
+	Active    int              `json:"active"`
+	Totals    Totals           `json:"totals"`
+	Limits    LimitsStatus     `json:"limits"`
+}
+
+// EndpointStatus is one endpoint of a service.
+type EndpointStatus struct {
+	Kind      string `json:"kind"`
+	Address   string `json:"address"`
+	Inherited bool   `json:"inherited"` // passed by the service manager
+}
+
+// Totals count connections since the service (this instance) started.
+type Totals struct {
+	Accepted int64 `json:"accepted"`
+	Rejected int64 `json:"rejected"`
+	Dropped  int64 `json:"dropped"`
+}
+
+// LimitsStatus are the limits in force.
+type LimitsStatus struct {
+	MaxConnections       int      `json:"max_connections"`
+	MaxConnectionsPerIP  int      `json:"max_connections_per_ip"`
+	MaxConnectionsPerUID int      `json:"max_connections_per_uid"`
+	IdleTimeoutS         float64  `json:"idle_timeout_s"`
+	Allow                []string `json:"allow"`
+	Deny                 []string `json:"deny"`
+	RateLimit            *Rate    `json:"rate_limit"`
+	RateLimitPerIP       *Rate    `json:"rate_limit_per_ip"`
+	IPv6Prefix           int      `json:"ipv6_prefix"`
+	MaxPendingOutput     int      `json:"max_pending_output"`
+}
+
+// Rate is a token bucket in force.
+type Rate struct {
+	Rate  float64 `json:"rate"`
+	Burst int     `json:"burst"`
+}
+
+// ConnStatus is one open connection.
+type ConnStatus struct {
+	Service  string    `json:"service"`
+	Endpoint string    `json:"endpoint"`
+	Peer     string    `json:"peer"`
+	Since    time.Time `json:"since"`
+	BytesIn  int64     `json:"bytes_in"`
+	BytesOut int64     `json:"bytes_out"`
+	PID      int       `json:"pid,omitempty"`
+}
+
+// MaxStatusConnections bounds the connections Status lists.
+const MaxStatusConnections = 10000
+
+// Status describes the running services (in file order), then the
+// services still draining after a reload; with conns, also the open
+// connections (at most MaxStatusConnections).
+func (s *Supervisor) Status(conns bool) ([]ServiceStatus, []ConnStatus) {
+	s.mu.Lock()
+	running := make([]*service, 0, len(s.order))
+	for _, name := range s.order {
+		running = append(running, s.services[name])
+	}
+	s.mu.Unlock()
+	s.drainMu.Lock()
+	draining := make([]*service, 0, len(s.drainingSvcs))
+	for svc := range s.drainingSvcs {
+		draining = append(draining, svc)
+	}
+	s.drainMu.Unlock()
+	sort.Slice(draining, func(i, j int) bool { return draining[i].cfg.Name < draining[j].cfg.Name })
+
+	var out []ServiceStatus
+	var cs []ConnStatus
+	for i, svc := range append(running, draining...) {
+		state := "running"
+		if i >= len(running) {
+			state = "draining"
+		}
+		out = append(out, svc.status(state))
+		if conns {
+			cs = svc.appendConns(cs)
+		}
+	}
+	sort.Slice(cs, func(i, j int) bool { return cs[i].Since.Before(cs[j].Since) })
+	return out, cs
+}
+
+func (s *service) status(state string) ServiceStatus {
+	l := s.cfg.Limits
+	st := ServiceStatus{
+		Name: s.cfg.Name, Factory: s.cfg.Factory, State: state,
+		Totals: Totals{Accepted: s.accepted.Load(), Rejected: s.rejectedN.Load(), Dropped: s.dropped.Load()},
+		Limits: LimitsStatus{
+			MaxConnections: l.MaxConnections, MaxConnectionsPerIP: l.MaxConnectionsPerIP,
+			MaxConnectionsPerUID: l.MaxConnectionsPerUID, IdleTimeoutS: l.IdleTimeout.Seconds(),
+			IPv6Prefix: l.IPv6Prefix, MaxPendingOutput: l.MaxPendingOutput,
+			Allow: []string{}, Deny: []string{},
+		},
+	}
+	for _, p := range l.Allow {
+		st.Limits.Allow = append(st.Limits.Allow, p.String())
+	}
+	for _, p := range l.Deny {
+		st.Limits.Deny = append(st.Limits.Deny, p.String())
+	}
+	if r := l.RateLimit; r != nil {
+		st.Limits.RateLimit = &Rate{Rate: r.Rate, Burst: r.Burst}
+	}
+	if r := l.RateLimitPerIP; r != nil {
+		st.Limits.RateLimitPerIP = &Rate{Rate: r.Rate, Burst: r.Burst}
+	}
+	for _, b := range s.bindings {
+		addr := b.ep.Address
+		if b.ep.Kind == endpoint.KindUnix {
+			addr = b.ep.Path
+		}
+		st.Endpoints = append(st.Endpoints, EndpointStatus{Kind: b.ep.Kind, Address: addr, Inherited: b.sock.inherited})
+	}
+	s.mu.Lock()
+	st.Active = s.active
+	s.mu.Unlock()
+	return st
+}
+
+func (s *service) appendConns(cs []ConnStatus) []ConnStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, in := range s.info {
+		if len(cs) >= MaxStatusConnections {
+			break
+		}
+		c := ConnStatus{Service: s.cfg.Name, Endpoint: in.b.ep.Label, Peer: plainPeer(in.nc.RemoteAddr()), Since: in.since}
+		switch {
+		case in.fc != nil:
+			c.BytesIn, c.BytesOut = in.fc.BytesIn(), in.fc.BytesOut()
+		case in.hc != nil:
+			c.PID = in.hc.RunningPID()
+		}
+		cs = append(cs, c)
+	}
+	return cs
+}
