@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
@@ -32,7 +33,7 @@ var endpointSchemas = map[string]*hcl.BodySchema{
 	endpoint.KindTCP: {Attributes: []hcl.AttributeSchema{
 		{Name: "address", Required: true},
 		{Name: "name"},
-	}},
+	}, Blocks: []hcl.BlockHeaderSchema{{Type: "proxy_protocol"}}},
 	endpoint.KindTLS: {Attributes: []hcl.AttributeSchema{
 		{Name: "address", Required: true},
 		{Name: "name"},
@@ -41,7 +42,7 @@ var endpointSchemas = map[string]*hcl.BodySchema{
 		{Name: "client_ca_file"},
 		{Name: "min_version"},
 		{Name: "self_signed"},
-	}},
+	}, Blocks: []hcl.BlockHeaderSchema{{Type: "proxy_protocol"}}},
 	endpoint.KindUnix: {Attributes: []hcl.AttributeSchema{
 		{Name: "path", Required: true},
 		{Name: "name"},
@@ -157,6 +158,16 @@ func (d *decoder) decodeEndpoint(svc *Service, blk *hcl.Block) (endpoint.Config,
 				}
 			}
 		}
+	}
+	for _, pb := range content.Blocks {
+		if pb.Type != "proxy_protocol" {
+			continue
+		}
+		if ep.Proxy != nil {
+			d.errorf(pb.DefRange, "Duplicate proxy_protocol block", "An endpoint takes one proxy_protocol block at most.")
+			continue
+		}
+		ep.Proxy = d.decodeProxyProtocol(pb)
 	}
 	if a := content.Attributes["name"]; a != nil {
 		if n, good := d.str(a); good {
@@ -426,4 +437,45 @@ func validFDName(s string) bool {
 		}
 	}
 	return true
+}
+
+var proxyProtocolSchema = &hcl.BodySchema{
+	Attributes: []hcl.AttributeSchema{
+		{Name: "trusted", Required: true},
+		{Name: "required"},
+		{Name: "timeout"},
+	},
+}
+
+// DefaultProxyHeaderTimeout bounds the wait for a PROXY header.
+const DefaultProxyHeaderTimeout = 5 * time.Second
+
+// decodeProxyProtocol decodes an endpoint's proxy_protocol block: the
+// peers trusted to send a header (required, non-empty), whether they must
+// (default true) and within what time (default 5s).
+func (d *decoder) decodeProxyProtocol(blk *hcl.Block) *endpoint.ProxyProtocol {
+	content, diags := blk.Body.Content(proxyProtocolSchema)
+	d.diags = append(d.diags, diags...)
+	pp := &endpoint.ProxyProtocol{Required: true, Timeout: DefaultProxyHeaderTimeout}
+	if a := content.Attributes["trusted"]; a != nil {
+		pp.Trusted = d.prefixes(a)
+		if len(pp.Trusted) == 0 && !d.diags.HasErrors() {
+			d.errorf(a.Expr.Range(), "No trusted proxies",
+				"trusted must name at least one address range allowed to send a PROXY header, such as [\"10.0.0.0/8\"].")
+		}
+	}
+	if a := content.Attributes["required"]; a != nil {
+		if v, ok := d.boolean(a); ok {
+			pp.Required = v
+		}
+	}
+	if a := content.Attributes["timeout"]; a != nil {
+		if v, ok := d.duration(a); ok {
+			if v <= 0 {
+				d.errorf(a.Expr.Range(), "Invalid timeout", "timeout must be above 0, such as \"5s\".")
+			}
+			pp.Timeout = v
+		}
+	}
+	return pp
 }

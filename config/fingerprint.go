@@ -44,7 +44,13 @@ func (d *decoder) fingerprint(svc *Service) string {
 	field(h, "rate_limit", rateString(l.RateLimit))
 	field(h, "rate_limit_per_ip", rateString(l.RateLimitPerIP))
 	for i, ep := range svc.Endpoints {
-		field(h, fmt.Sprintf("endpoint.%d", i), fmt.Sprintf("%+v", ep))
+		// Pointers would print as addresses: their contents go apart.
+		plain := ep
+		plain.Proxy = nil
+		field(h, fmt.Sprintf("endpoint.%d", i), fmt.Sprintf("%+v", plain))
+		if ep.Proxy != nil {
+			field(h, fmt.Sprintf("endpoint.%d.proxy", i), fmt.Sprintf("%+v", *ep.Proxy))
+		}
 		for _, p := range []string{ep.CertFile, ep.KeyFile, ep.ClientCAFile} {
 			if p != "" {
 				field(h, "sha256:"+p, d.fileSums[p])

@@ -6,6 +6,8 @@ package endpoint
 
 import (
 	"io/fs"
+	"net/netip"
+	"time"
 )
 
 // Kinds of endpoint, as written in `endpoint "KIND" { ... }`.
@@ -34,6 +36,10 @@ type Config struct {
 	// Address is HOST:PORT for tcp, tls and udp.
 	Address string
 
+	// Proxy, on tcp and tls endpoints, reads a PROXY protocol header
+	// from trusted peers; nil: none is read.
+	Proxy *ProxyProtocol
+
 	// udp: SO_REUSEPORT, and the socket's buffer sizes (0: the system's).
 	ReusePort               bool
 	ReadBuffer, WriteBuffer int
@@ -50,4 +56,25 @@ type Config struct {
 	ClientCAFile string
 	// MinVersion is tls.VersionTLS12 or tls.VersionTLS13.
 	MinVersion uint16
+}
+
+// ProxyProtocol is an endpoint's proxy_protocol block.
+type ProxyProtocol struct {
+	// Trusted are the peers allowed to send a header; others are served
+	// with their own address and their bytes untouched.
+	Trusted []netip.Prefix
+	// Required: a trusted peer must send a header.
+	Required bool
+	// Timeout: the header must be complete within it.
+	Timeout time.Duration
+}
+
+// Trusts reports whether ip may send a PROXY header.
+func (p *ProxyProtocol) Trusts(ip netip.Addr) bool {
+	for _, t := range p.Trusted {
+		if t.Contains(ip) {
+			return true
+		}
+	}
+	return false
 }

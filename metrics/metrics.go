@@ -21,6 +21,9 @@ const (
 	RejectDenied               = "denied"
 	RejectTLSHandshake         = "tls_handshake"
 	RejectFactory              = "factory"
+	// RejectProxyProtocol: a trusted peer's PROXY header was missing
+	// (where required), malformed, over-long or late.
+	RejectProxyProtocol = "proxy_protocol"
 	// RejectSpawn: a factory that runs a program per connection (exec)
 	// could not start it.
 	RejectSpawn = "spawn"
@@ -50,7 +53,7 @@ var DatagramDropReasons = []string{DatagramDenied, DatagramRateLimit, DatagramRa
 // exist (at 0) from startup.
 var (
 	RejectReasons = []string{RejectMaxConnections, RejectMaxConnectionsPerIP, RejectMaxConnectionsPerUID, RejectRateLimit,
-		RejectRateLimitPerIP, RejectDenied, RejectTLSHandshake, RejectFactory, RejectSpawn}
+		RejectRateLimitPerIP, RejectDenied, RejectTLSHandshake, RejectFactory, RejectSpawn, RejectProxyProtocol}
 	DropReasons = []string{DropIdleTimeout, DropSlowConsumer, DropShutdownTimeout}
 )
 

@@ -30,6 +30,9 @@ func (s *service) logEnd(c, nc net.Conn, b *binding, start time.Time, reason err
 		Peer: plainPeer(nc.RemoteAddr()), Duration: time.Since(start),
 		BytesIn: in, BytesOut: out, Reason: endReason(reason), PID: pid, Exit: exit,
 	}
+	if proxy, ok := proxyOf(nc); ok {
+		e.Proxy = plainPeer(proxy)
+	}
 	if tc, ok := nc.(*tls.Conn); ok {
 		st := tc.ConnectionState()
 		e.TLSVersion = tlsVersionName(st.Version)

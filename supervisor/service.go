@@ -154,14 +154,38 @@ func (s *service) startFactory() error {
 }
 
 // accept runs on the accept loop: the checks that refuse a connection
-// before any protocol exists, then the connection's own goroutine.
+// before any protocol exists, then the connection's own goroutine. A peer
+// trusted to send a PROXY header is checked once the header has told who
+// the client is (see acceptProxied).
 func (s *service) accept(c net.Conn, b *binding) {
-	key, hasSource := sourceKey(c.RemoteAddr(), s.cfg.Limits.IPv6Prefix)
+	if pp := b.ep.Proxy; pp != nil {
+		if ip, ok := peerAddr(c.RemoteAddr()); ok && pp.Trusts(ip) {
+			s.acceptProxied(c, b, pp)
+			return
+		}
+	}
+	if k, ok := s.admit(c, c.RemoteAddr(), b, false); ok {
+		go s.handle(c, c, b, k)
+	}
+}
+
+// admit applies allow/deny and the limits to a connection from peer. With
+// reserved, the connection already counts as active (acceptProxied) and a
+// refusal undoes that. It reports false when the connection was refused
+// (and closed).
+func (s *service) admit(c net.Conn, peer net.Addr, b *binding, reserved bool) (conKeys, bool) {
+	key, hasSource := sourceKey(peer, s.cfg.Limits.IPv6Prefix)
+	refuse := func(reason string) (conKeys, bool) {
+		if reserved {
+			s.unreserve(c)
+		}
+		s.reject(c, b, reason)
+		return conKeys{}, false
+	}
 	// allow and deny apply to the peer's own address: the source key of
 	// an IPv6 peer is masked to ipv6_prefix bits.
-	if ip, ok := peerAddr(c.RemoteAddr()); ok && !s.allowed(ip) {
-		s.reject(c, b, metrics.RejectDenied)
-		return
+	if ip, ok := peerAddr(peer); ok && !s.allowed(ip) {
+		return refuse(metrics.RejectDenied)
 	}
 	lim := &s.cfg.Limits
 	uid, hasUID := uint32(0), false
@@ -174,17 +198,17 @@ func (s *service) accept(c net.Conn, b *binding) {
 	s.mu.Lock()
 	reason := ""
 	switch {
-	case s.closing:
+	case s.closing && !reserved:
 		s.mu.Unlock()
 		// The socket's owner changed under us (a reload): the successor
 		// takes the connection. Otherwise superd is stopping.
 		if next := b.sock.owner.Load(); next != nil && next != b {
 			next.svc.accept(c, next)
-			return
+			return conKeys{}, false
 		}
 		c.Close()
-		return
-	case lim.MaxConnections > 0 && s.active >= lim.MaxConnections:
+		return conKeys{}, false
+	case !reserved && lim.MaxConnections > 0 && s.active >= lim.MaxConnections:
 		reason = metrics.RejectMaxConnections
 	case hasSource && lim.MaxConnectionsPerIP > 0 && s.perSource[key] >= lim.MaxConnectionsPerIP:
 		reason = metrics.RejectMaxConnectionsPerIP
@@ -197,10 +221,13 @@ func (s *service) accept(c net.Conn, b *binding) {
 	}
 	if reason != "" {
 		s.mu.Unlock()
-		s.reject(c, b, reason)
-		return
+		return refuse(reason)
 	}
-	s.active++
+	if !reserved {
+		s.active++
+		s.conns[c] = nil
+		s.connWG.Add(1)
+	}
 	fromSource := 0
 	if hasSource {
 		s.perSource[key]++
@@ -209,10 +236,57 @@ func (s *service) accept(c net.Conn, b *binding) {
 	if hasUID {
 		s.perUID[uid]++
 	}
+	s.mu.Unlock()
+	return conKeys{source: key, hasSource: hasSource, fromSource: fromSource, uid: uid, hasUID: hasUID}, true
+}
+
+// acceptProxied takes a connection from a peer trusted to send a PROXY
+// header. It counts at once (max_connections bounds headers in progress
+// too); the header is read on the connection's own goroutine, so a slow
+// one holds up nobody else; then the checks run against the client the
+// header names.
+func (s *service) acceptProxied(c net.Conn, b *binding, pp *endpoint.ProxyProtocol) {
+	s.mu.Lock()
+	switch {
+	case s.closing:
+		s.mu.Unlock()
+		if next := b.sock.owner.Load(); next != nil && next != b {
+			next.svc.accept(c, next)
+			return
+		}
+		c.Close()
+		return
+	case s.cfg.Limits.MaxConnections > 0 && s.active >= s.cfg.Limits.MaxConnections:
+		s.mu.Unlock()
+		s.reject(c, b, metrics.RejectMaxConnections)
+		return
+	}
+	s.active++
 	s.conns[c] = nil
 	s.connWG.Add(1)
 	s.mu.Unlock()
-	go s.handle(c, b, conKeys{source: key, hasSource: hasSource, fromSource: fromSource, uid: uid, hasUID: hasUID})
+	go func() {
+		stream, err := readProxyHeader(c, pp)
+		if err != nil {
+			s.log.Debug("PROXY protocol header refused", "peer", plainPeer(c.RemoteAddr()), "err", err)
+			s.unreserve(c)
+			s.reject(c, b, metrics.RejectProxyProtocol)
+			return
+		}
+		if k, ok := s.admit(c, stream.RemoteAddr(), b, true); ok {
+			s.handle(c, stream, b, k)
+		}
+	}()
+}
+
+// unreserve undoes the counting of a connection refused after it was
+// counted as active.
+func (s *service) unreserve(c net.Conn) {
+	s.mu.Lock()
+	s.active--
+	delete(s.conns, c)
+	s.mu.Unlock()
+	s.connWG.Done()
 }
 
 // allowed applies allow and deny (deny wins).
@@ -289,7 +363,9 @@ type conKeys struct {
 	hasUID     bool
 }
 
-func (s *service) handle(c net.Conn, b *binding, k conKeys) {
+// handle serves an admitted connection: c is the accepted socket, stream
+// what to read and write (c, or c after its PROXY header).
+func (s *service) handle(c, stream net.Conn, b *binding, k conKeys) {
 	release := func() {
 		s.mu.Lock()
 		s.active--
@@ -308,14 +384,14 @@ func (s *service) handle(c net.Conn, b *binding, k conKeys) {
 		s.mu.Unlock()
 		s.connWG.Done()
 	}
-	nc := c
+	nc := stream
 	if b.tls != nil {
 		timeout := maxTLSHandshake
 		if it := s.cfg.Limits.IdleTimeout; it > 0 && it < timeout {
 			timeout = it
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		tc := tls.Server(c, b.tls)
+		tc := tls.Server(stream, b.tls)
 		// A handshake holds a descriptor and a goroutine: it is counted
 		// (and, from accept, against max_connections and
 		// max_connections_per_ip) before any protocol exists.
@@ -325,8 +401,8 @@ func (s *service) handle(c net.Conn, b *binding, k conKeys) {
 		cancel()
 		if err != nil {
 			s.rejected(metrics.RejectTLSHandshake)
-			s.logRejection(c, b, metrics.RejectTLSHandshake)
-			s.log.Debug("TLS handshake failed", "peer", plainPeer(c.RemoteAddr()), "err", err)
+			s.logRejection(stream, b, metrics.RejectTLSHandshake)
+			s.log.Debug("TLS handshake failed", "peer", plainPeer(stream.RemoteAddr()), "err", err)
 			c.Close()
 			release()
 			return
@@ -338,10 +414,10 @@ func (s *service) handle(c net.Conn, b *binding, k conKeys) {
 		release()
 		return
 	}
-	p := s.buildProtocol(c.RemoteAddr())
+	p := s.buildProtocol(stream.RemoteAddr())
 	if p == nil {
 		s.rejected(metrics.RejectFactory)
-		s.logRejection(c, b, metrics.RejectFactory)
+		s.logRejection(stream, b, metrics.RejectFactory)
 		nc.Close()
 		release()
 		return
