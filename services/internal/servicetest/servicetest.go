@@ -239,3 +239,39 @@ func ServesBoth(t testing.TB, name string) {
 		t.Fatalf("factory %q serves %b; want streams and datagrams", name, spec.Serves)
 	}
 }
+
+// ServeUDP runs f's datagram protocol on a loopback UDP socket until the
+// test ends, with the least machinery that does it (one goroutine reading,
+// replies written at once): superd's own udp endpoint, with its limits and
+// reflection rule, is the supervisor's and is tested there. It lets real
+// clients (rdate -pu, nc -u) talk to a protocol.
+func ServeUDP(t testing.TB, f framework.Factory) (addr string) {
+	t.Helper()
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := DatagramProtocol(t, f, udpTransport{pc})
+	done := make(chan struct{})
+	t.Cleanup(func() {
+		pc.Close()
+		<-done
+	})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 64<<10)
+		for {
+			n, from, err := pc.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			p.DatagramReceived(buf[:n], from)
+		}
+	}()
+	return pc.LocalAddr().String()
+}
+
+type udpTransport struct{ pc *net.UDPConn }
+
+func (u udpTransport) WriteTo(b []byte, addr net.Addr) { u.pc.WriteTo(b, addr) }
+func (u udpTransport) LocalAddr() net.Addr             { return u.pc.LocalAddr() }
