@@ -66,7 +66,7 @@ var pattern = func() []byte {
 func init() {
 	framework.Register(framework.Spec{
 		Name:        "chargen",
-		Description: "RFC 864 character generator: the 72-column pattern until the peer closes",
+		Description: "RFC 864 character generator: 72-column lines until the peer closes (udp: 0 to 512 bytes)",
 		Serves:      framework.Streams | framework.Datagrams,
 		New: func(*framework.Config) (framework.Factory, error) {
 			return Factory{}, nil
