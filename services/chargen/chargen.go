@@ -65,9 +65,10 @@ var pattern = func() []byte {
 
 func init() {
 	framework.Register(framework.Spec{
-		Name:        "chargen",
-		Description: "RFC 864 character generator: 72-column lines until the peer closes (udp: 0 to 512 bytes)",
-		Serves:      framework.Streams | framework.Datagrams,
+		Name:           "chargen",
+		Description:    "RFC 864 character generator: 72-column lines until the peer closes (udp: 0 to 512 bytes)",
+		Serves:         framework.Streams | framework.Datagrams,
+		DatagramGuards: true, // a small service: the classic reflection target
 		New: func(*framework.Config) (framework.Factory, error) {
 			return Factory{}, nil
 		},

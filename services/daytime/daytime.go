@@ -35,9 +35,10 @@ const DefaultLayout = "Monday, January 2, 2006 15:04:05-MST"
 
 func init() {
 	framework.Register(framework.Spec{
-		Name:        "daytime",
-		Description: "RFC 867 daytime: the date and time as one line, then closes",
-		Serves:      framework.Streams | framework.Datagrams,
+		Name:           "daytime",
+		Description:    "RFC 867 daytime: the date and time as one line, then closes",
+		Serves:         framework.Streams | framework.Datagrams,
+		DatagramGuards: true, // a small service: the classic reflection target
 		Attributes: []framework.Attribute{
 			{Name: "layout", Type: cty.String, Default: cty.StringVal(DefaultLayout),
 				Description: "a Go time layout (reference time Mon Jan 2 15:04:05 MST 2006)"},

@@ -21,9 +21,10 @@ import (
 
 func init() {
 	framework.Register(framework.Spec{
-		Name:        "discard",
-		Description: "RFC 863 discard: reads and drops everything, answers nothing",
-		Serves:      framework.Streams | framework.Datagrams,
+		Name:           "discard",
+		Description:    "RFC 863 discard: reads and drops everything, answers nothing",
+		Serves:         framework.Streams | framework.Datagrams,
+		DatagramGuards: true, // a small service: the classic reflection target
 		New: func(*framework.Config) (framework.Factory, error) {
 			return Factory{}, nil
 		},

@@ -22,9 +22,10 @@ import (
 
 func init() {
 	framework.Register(framework.Spec{
-		Name:        "echo",
-		Description: "RFC 862 echo: sends back every byte received",
-		Serves:      framework.Streams | framework.Datagrams,
+		Name:           "echo",
+		Description:    "RFC 862 echo: sends back every byte received",
+		Serves:         framework.Streams | framework.Datagrams,
+		DatagramGuards: true, // a small service: the classic reflection target
 		New: func(*framework.Config) (framework.Factory, error) {
 			return Factory{}, nil
 		},

@@ -35,9 +35,10 @@ const MaxQuoteLength = 512
 
 func init() {
 	framework.Register(framework.Spec{
-		Name:        "qotd",
-		Description: "RFC 865 quote of the day: sends a quote on connect, then closes",
-		Serves:      framework.Streams | framework.Datagrams,
+		Name:           "qotd",
+		Description:    "RFC 865 quote of the day: sends a quote on connect, then closes",
+		Serves:         framework.Streams | framework.Datagrams,
+		DatagramGuards: true, // a small service: the classic reflection target
 		Attributes: []framework.Attribute{
 			{Name: "quote", Type: cty.String, Default: cty.StringVal(DefaultQuote),
 				Description: "the quote sent to every connection"},

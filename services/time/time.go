@@ -32,9 +32,10 @@ func Stamp(t stdtime.Time) uint32 { return uint32(t.Unix() + Offset1900) }
 
 func init() {
 	framework.Register(framework.Spec{
-		Name:        "time",
-		Description: "RFC 868 time: 4 bytes, seconds since 1900 (big-endian), then closes",
-		Serves:      framework.Streams | framework.Datagrams,
+		Name:           "time",
+		Description:    "RFC 868 time: 4 bytes, seconds since 1900 (big-endian), then closes",
+		Serves:         framework.Streams | framework.Datagrams,
+		DatagramGuards: true, // a small service: the classic reflection target
 		New: func(*framework.Config) (framework.Factory, error) {
 			return Factory{}, nil
 		},

@@ -228,7 +228,8 @@ func DatagramProtocol(t testing.TB, f framework.Factory, tr framework.DatagramTr
 }
 
 // ServesBoth fails the test unless factory name is registered as serving
-// streams and datagrams, as every RFC small service does.
+// streams and datagrams under the built-in services' datagram guards, as
+// every RFC small service is.
 func ServesBoth(t testing.TB, name string) {
 	t.Helper()
 	spec, ok := framework.Lookup(name)
@@ -237,6 +238,9 @@ func ServesBoth(t testing.TB, name string) {
 	}
 	if !spec.Serves.HasStreams() || !spec.Serves.HasDatagrams() {
 		t.Fatalf("factory %q serves %b; want streams and datagrams", name, spec.Serves)
+	}
+	if !spec.DatagramGuards {
+		t.Fatalf("factory %q is built in but not under DatagramGuards", name)
 	}
 }
 
