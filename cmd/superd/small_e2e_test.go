@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -133,5 +134,120 @@ func TestExamplesValid(t *testing.T) {
 	out, err := exec.Command(superdBin, "validate", "-config", filepath.Join("..", "..", "examples.hcl")).CombinedOutput()
 	if err != nil {
 		t.Fatalf("superd validate examples.hcl: %v\n%s", err, out)
+	}
+}
+
+// TestSmallServicesOverUDP runs every built-in datagram service on udp in
+// superd and talks to each as an RFC client would (rdate -pu for time,
+// when installed); a reply that would reflect to a privileged port is not
+// sent.
+func TestSmallServicesOverUDP(t *testing.T) {
+	names := []string{"echo", "qotd", "discard", "daytime", "time", "chargen"}
+	addrs := map[string]string{}
+	var conf strings.Builder
+	conf.WriteString("metrics { address = \"METRICS\" }\n")
+	for _, name := range names {
+		addrs[name] = freeAddr(t)
+		extra := ""
+		switch name {
+		case "qotd":
+			extra = "  quotes = [\"one\", \"two\", \"three\"]\n"
+		case "daytime":
+			extra = "  utc = true\n"
+		}
+		fmt.Fprintf(&conf, "service %q %q {\n%s  endpoint \"udp\" { address = %q }\n}\n", name, name, extra, addrs[name])
+	}
+	path, maddr := writeConfig(t, conf.String())
+	d := startDaemon(t, path, maddr)
+
+	// ask sends each request to name's endpoint and returns the replies.
+	ask := func(name string, reqs ...string) []string {
+		t.Helper()
+		c, err := net.Dial("udp", addrs[name])
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		buf := make([]byte, 65536)
+		var replies []string
+		for _, req := range reqs {
+			if _, err := c.Write([]byte(req)); err != nil {
+				t.Fatal(err)
+			}
+			n, err := c.Read(buf)
+			if err != nil {
+				t.Fatalf("%s: no reply to %q: %v", name, req, err)
+			}
+			replies = append(replies, string(buf[:n]))
+		}
+		return replies
+	}
+	reqs := []string{"", "hello", strings.Repeat("x", 1400)}
+	if got := ask("echo", reqs...); fmt.Sprint(got) != fmt.Sprint(reqs) {
+		t.Errorf("echo: %q", got)
+	}
+	if got := ask("qotd", "a", "b", "c", "d"); fmt.Sprint(got) != fmt.Sprint([]string{"one\r\n", "two\r\n", "three\r\n", "one\r\n"}) {
+		t.Errorf("qotd: %q", got)
+	}
+	for _, line := range ask("daytime", "", "?") {
+		when, err := time.Parse("Monday, January 2, 2006 15:04:05-MST\r\n", line)
+		if err != nil || time.Since(when).Abs() > 5*time.Second {
+			t.Errorf("daytime: %q (%v) is not now", line, err)
+		}
+	}
+	for _, b := range ask("time", "", "?") {
+		if diff := int32(binary.BigEndian.Uint32([]byte(b)) - uint32(time.Now().Unix()+2208988800)); len(b) != 4 || diff < -5 || diff > 5 {
+			t.Errorf("time: %x, %d s from now", b, diff)
+		}
+	}
+	for i, b := range ask("chargen", "", "?", "!") {
+		var want strings.Builder
+		for l := i; want.Len() < len(b); l++ {
+			for j := range 72 {
+				want.WriteByte(byte(32 + (l+j)%95))
+			}
+			want.WriteString("\r\n")
+		}
+		if len(b) > 512 || b != want.String()[:len(b)] {
+			t.Errorf("chargen reply %d: %q", i, b)
+		}
+	}
+	// discard answers nothing: its datagrams are counted in, none out.
+	c, err := net.Dial("udp", addrs["discard"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, req := range reqs {
+		c.Write([]byte(req))
+	}
+	c.Close()
+	d.waitMetric("superd_datagrams_received_total", map[string]string{"service": "discard"}, 3)
+	if v, _ := metric(d.scrape(), "superd_datagrams_sent_total", map[string]string{"service": "discard"}); v != 0 {
+		t.Errorf("discard sent %v datagrams", v)
+	}
+
+	if rdate, err := exec.LookPath("rdate"); err == nil {
+		_, port, _ := net.SplitHostPort(addrs["time"])
+		if out, err := exec.Command(rdate, "-pu", "-o", port, "127.0.0.1").CombinedOutput(); err != nil {
+			t.Errorf("rdate -pu: %v\n%s", err, out)
+		}
+	}
+
+	// A datagram from a privileged port (a small service of another
+	// host, as far as echo can tell) gets no reply.
+	if os.Geteuid() == 0 {
+		to, _ := net.ResolveUDPAddr("udp", addrs["echo"])
+		pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1019})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pc.WriteToUDP([]byte("loop?"), to)
+		pc.Close()
+		d.waitMetric("superd_datagrams_dropped_total", map[string]string{"service": "echo", "reason": "reflection"}, 1)
+	}
+	d.signal(syscall.SIGTERM)
+	if code := d.wait(15 * time.Second); code != 0 {
+		t.Fatalf("exit code %d\n%s", code, d.stderr.String())
 	}
 }
