@@ -1,6 +1,8 @@
 # Every built-in service of superd, on loopback. Run it with `make run`, then
 # try: nc 127.0.0.1 7007 (echo), nc 127.0.0.1 8007 (qotd), nc 127.0.0.1 8123
 # (chat), echo hello | nc -q1 127.0.0.1 9009 (logfile: /tmp/superd-audit.log),
+# nc 127.0.0.1 7013 (daytime), rdate -p -o 7037 127.0.0.1 (time),
+# nc 127.0.0.1 7019 | head (chargen), nc 127.0.0.1 7009 (discard),
 # curl -s 127.0.0.1:9464/metrics | grep superd_
 
 metrics {
@@ -63,4 +65,23 @@ service "exec" "env" {
   command = ["/usr/bin/env"]
   env     = { GREETING = "hello from superd" }
   endpoint "tcp" { address = "127.0.0.1:7080" }
+}
+
+# The small services of RFC 863, 864, 867 and 868 (the well-known ports 9,
+# 19, 13 and 37 plus 7000, so no root is needed).
+service "discard" "discard" {
+  idle_timeout = "5m"
+  endpoint "tcp" { address = "127.0.0.1:7009" }
+}
+
+service "chargen" "chargen" {
+  endpoint "tcp" { address = "127.0.0.1:7019" }
+}
+
+service "daytime" "daytime" {
+  endpoint "tcp" { address = "127.0.0.1:7013" }
+}
+
+service "time" "time" {
+  endpoint "tcp" { address = "127.0.0.1:7037" }
 }

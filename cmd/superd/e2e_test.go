@@ -549,9 +549,15 @@ func TestExitCodes(t *testing.T) {
 	if code, out, _ := run("version"); code != 0 || !strings.HasPrefix(out, "superd ") {
 		t.Errorf("version: %d %q", code, out)
 	}
-	if code, out, _ := run("factories"); code != 0 || !strings.Contains(out, "echo") || !strings.Contains(out, "qotd") ||
-		!strings.Contains(out, "quote") || !strings.Contains(out, "max_connections") {
+	if code, out, _ := run("factories"); code != 0 || !strings.Contains(out, "quote") || !strings.Contains(out, "max_connections") ||
+		!strings.Contains(out, "layout") || !strings.Contains(out, `default "Monday, January 2, 2006 15:04:05-MST"`) {
 		t.Errorf("factories: %d %q", code, out)
+	} else {
+		for _, f := range []string{"echo", "qotd", "chat", "logfile", "exec", "discard", "daytime", "time", "chargen"} {
+			if !strings.Contains(out, "\n"+f+"\n") && !strings.HasPrefix(out, f+"\n") {
+				t.Errorf("factories does not list %s:\n%s", f, out)
+			}
+		}
 	}
 
 	bad, _ := writeConfig(t, `service "ecko" "e" {

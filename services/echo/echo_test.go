@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/superd-dev/superd/config"
 	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/services/internal/servicetest"
 )
 
 func TestConfig(t *testing.T) {
@@ -189,5 +191,76 @@ func TestEchoNonReaderBounded(t *testing.T) {
 	}
 	if !bytes.Equal(got, payload) {
 		t.Fatalf("echoed %d bytes, not the %d sent", len(got), size)
+	}
+}
+
+func TestMain(m *testing.M) { servicetest.VerifyTestMain(m) }
+
+func TestDatagrams(t *testing.T) {
+	servicetest.ServesBoth(t, "echo")
+	var rec servicetest.DatagramRecorder
+	p := servicetest.DatagramProtocol(t, Factory{}, &rec)
+	reqs := []string{"", "hello\r\n", "\x00\xff binary", strings.Repeat("x", 65507)}
+	for _, d := range reqs {
+		p.DatagramReceived([]byte(d), servicetest.PeerUDP)
+	}
+	sent := rec.Sent()
+	if len(sent) != len(reqs) {
+		t.Fatalf("%d replies to %d datagrams", len(sent), len(reqs))
+	}
+	for i, d := range sent {
+		if string(d.Data) != reqs[i] || d.To != servicetest.PeerUDP {
+			t.Fatalf("reply %d: %d bytes to %v; want the %d bytes received, to %v", i, len(d.Data), d.To, len(reqs[i]), servicetest.PeerUDP)
+		}
+	}
+}
+
+// TestDatagramsOverUDP: a real UDP client gets each datagram back.
+func TestDatagramsOverUDP(t *testing.T) {
+	c, err := net.Dial("udp", servicetest.ServeUDP(t, Factory{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 2048)
+	for i := range 20 {
+		msg := fmt.Sprintf("datagram %d", i)
+		if _, err := c.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		n, err := c.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(buf[:n]) != msg {
+			t.Fatalf("got %q, want %q", buf[:n], msg)
+		}
+	}
+}
+
+// TestDatagramAllocs: in steady state a datagram's echo allocates nothing.
+func TestDatagramAllocs(t *testing.T) {
+	var nop servicetest.NopDatagramTransport
+	p := servicetest.DatagramProtocol(t, Factory{}, &nop)
+	data := make([]byte, 64)
+	if n := testing.AllocsPerRun(10000, func() { p.DatagramReceived(data, servicetest.PeerUDP) }); n != 0 {
+		t.Fatalf("%v allocations per datagram, want 0", n)
+	}
+	if nop.Writes == 0 {
+		t.Fatal("nothing was echoed")
+	}
+}
+
+// BenchmarkDatagram: one 64-byte datagram echoed, protocol cost only (the
+// transport records nothing); -benchmem shows 0 allocs/op.
+func BenchmarkDatagram(b *testing.B) {
+	var nop servicetest.NopDatagramTransport
+	p := servicetest.DatagramProtocol(b, Factory{}, &nop)
+	data := make([]byte, 64)
+	b.ReportAllocs()
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		p.DatagramReceived(data, servicetest.PeerUDP)
 	}
 }

@@ -1,10 +1,12 @@
 // Package qotd implements the Quote of the Day service of RFC 865: on
-// connect it sends a quote and CRLF, then closes.
+// connect it sends a quote and CRLF, then closes; on udp, any datagram is
+// answered with a quote and CRLF.
 //
-// Name: qotd. Attributes:
+// Name: qotd. Serves streams (tcp, tls, unix) and datagrams (udp).
+// Attributes:
 //
 //	quote  = "..."          one quote (default "An apple a day keeps the doctor away")
-//	quotes = ["...", ...]   several: each connection gets the next one, round and round
+//	quotes = ["...", ...]   several: each connection (or datagram) gets the next one, round and round
 //
 // Setting both is an error, and so is a quote longer than 512 characters
 // (the RFC's limit, counted in Unicode code points).
@@ -33,13 +35,15 @@ const MaxQuoteLength = 512
 
 func init() {
 	framework.Register(framework.Spec{
-		Name:        "qotd",
-		Description: "RFC 865 quote of the day: sends a quote on connect, then closes",
+		Name:           "qotd",
+		Description:    "RFC 865 quote of the day: sends a quote on connect, then closes",
+		Serves:         framework.Streams | framework.Datagrams,
+		DatagramGuards: true, // a small service: the classic reflection target
 		Attributes: []framework.Attribute{
 			{Name: "quote", Type: cty.String, Default: cty.StringVal(DefaultQuote),
 				Description: "the quote sent to every connection"},
 			{Name: "quotes", Type: cty.List(cty.String),
-				Description: "quotes sent in turn, one per connection (instead of quote)"},
+				Description: "quotes sent in turn, one per connection or datagram (instead of quote)"},
 		},
 		New: New,
 	})
@@ -69,20 +73,30 @@ func New(cfg *framework.Config) (framework.Factory, error) {
 	f := &Factory{}
 	for _, q := range quotes {
 		f.lines = append(f.lines, q+"\r\n")
+		f.datagrams = append(f.datagrams, []byte(q+"\r\n"))
 	}
 	return f, nil
 }
 
-// Factory hands out quotes in turn.
+// Factory hands out quotes in turn, to connections and datagrams alike:
+// one turn for the whole service, whatever its endpoints.
 type Factory struct {
-	lines []string // each quote with its CRLF
-	next  atomic.Uint64
+	lines     []string // each quote with its CRLF
+	datagrams [][]byte // the same as bytes, so a reply needs no conversion
+	next      atomic.Uint64
 }
+
+// turn returns the index of the next quote.
+func (f *Factory) turn() uint64 { return (f.next.Add(1) - 1) % uint64(len(f.lines)) }
 
 // BuildProtocol implements framework.Factory.
 func (f *Factory) BuildProtocol(net.Addr) framework.Protocol {
-	i := (f.next.Add(1) - 1) % uint64(len(f.lines))
-	return &QOTD{line: f.lines[i]}
+	return &QOTD{line: f.lines[f.turn()]}
+}
+
+// BuildDatagramProtocol implements framework.DatagramFactory.
+func (f *Factory) BuildDatagramProtocol(t framework.DatagramTransport) framework.DatagramProtocol {
+	return &DatagramQOTD{factory: f, transport: t}
 }
 
 // QOTD is the protocol of one connection.
@@ -95,4 +109,18 @@ type QOTD struct {
 func (q *QOTD) ConnectionMade(t framework.Transport) {
 	t.WriteString(q.line)
 	t.LoseConnection()
+}
+
+// DatagramQOTD answers every datagram of one udp endpoint with the next
+// quote.
+type DatagramQOTD struct {
+	factory   *Factory
+	transport framework.DatagramTransport
+}
+
+// DatagramReceived sends a quote to from; the request's content is
+// ignored, as the RFC says. The quote is shared by every endpoint: WriteTo
+// only reads it.
+func (d *DatagramQOTD) DatagramReceived(_ []byte, from net.Addr) {
+	d.transport.WriteTo(d.factory.datagrams[d.factory.turn()], from)
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/superd-dev/superd/config"
 	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/services/internal/servicetest"
 )
 
 // parseService decodes one qotd service block whose attributes are body,
@@ -231,6 +232,81 @@ func TestOverLoopback(t *testing.T) {
 		}
 		if string(got) != want+"\r\n" {
 			t.Fatalf("connection %d: got %q, want %q", i, got, want+"\r\n")
+		}
+	}
+}
+
+func TestMain(m *testing.M) { servicetest.VerifyTestMain(m) }
+
+// TestDatagrams: any datagram, empty included, gets the quote and CRLF;
+// with quotes, in turn, sharing the turn with connections.
+func TestDatagrams(t *testing.T) {
+	servicetest.ServesBoth(t, "qotd")
+	f := newFactory(t, "")
+	var rec servicetest.DatagramRecorder
+	p := servicetest.DatagramProtocol(t, f, &rec)
+	for _, req := range []string{"", "quote please", strings.Repeat("?", 1000)} {
+		p.DatagramReceived([]byte(req), servicetest.PeerUDP)
+	}
+	sent := rec.Sent()
+	if len(sent) != 3 {
+		t.Fatalf("%d replies to 3 datagrams", len(sent))
+	}
+	for i, d := range sent {
+		if string(d.Data) != DefaultQuote+"\r\n" || d.To != servicetest.PeerUDP {
+			t.Fatalf("reply %d: %q to %v", i, d.Data, d.To)
+		}
+	}
+
+	f = newFactory(t, `  quotes = ["one", "two", "three"]`)
+	p = servicetest.DatagramProtocol(t, f, &rec)
+	q := servicetest.DatagramProtocol(t, f, &rec) // a second udp endpoint of the service
+	var got []string
+	for i := range 7 {
+		if i == 3 {
+			tr := &fakeTransport{}
+			f.BuildProtocol(nil).ConnectionMade(tr)
+			got = append(got, "tcp:"+tr.out.String())
+		}
+		[]framework.DatagramProtocol{p, q}[i%2].DatagramReceived(nil, servicetest.PeerUDP)
+		sent := rec.Sent()
+		if len(sent) != 1 {
+			t.Fatalf("datagram %d: %d replies", i, len(sent))
+		}
+		got = append(got, string(sent[0].Data))
+	}
+	want := []string{"one\r\n", "two\r\n", "three\r\n", "tcp:one\r\n", "two\r\n", "three\r\n", "one\r\n", "two\r\n"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("quotes %q, want %q", got, want)
+	}
+
+	var nop servicetest.NopDatagramTransport
+	p = servicetest.DatagramProtocol(t, f, &nop)
+	if n := testing.AllocsPerRun(1000, func() { p.DatagramReceived(nil, servicetest.PeerUDP) }); n != 0 {
+		t.Errorf("%v allocations per datagram, want 0", n)
+	}
+}
+
+// TestDatagramsOverUDP: a real UDP client gets the quote.
+func TestDatagramsOverUDP(t *testing.T) {
+	multi := strings.Repeat("日本", 256) // 512 characters, 1536 bytes
+	c, err := net.Dial("udp", servicetest.ServeUDP(t, newFactory(t, fmt.Sprintf("  quote = %q", multi))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 4096)
+	for range 3 {
+		if _, err := c.Write(nil); err != nil {
+			t.Fatal(err)
+		}
+		n, err := c.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(buf[:n]) != multi+"\r\n" {
+			t.Fatalf("got %q", buf[:n])
 		}
 	}
 }

@@ -1,0 +1,404 @@
+package chargen
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/services/internal/servicetest"
+)
+
+func TestMain(m *testing.M) { servicetest.VerifyTestMain(m) }
+
+// wantLine is line n of RFC 864's pattern (0-based), CRLF included, built
+// from the RFC's words rather than from the package's table: 72 characters
+// of the printable ASCII ring, starting one character further on per line.
+func wantLine(n int) string {
+	var b strings.Builder
+	for i := range 72 {
+		b.WriteByte(byte(32 + (n+i)%95))
+	}
+	b.WriteString("\r\n")
+	return b.String()
+}
+
+func TestConfig(t *testing.T) {
+	servicetest.ServesBoth(t, "chargen")
+	f := servicetest.Factory(t, "chargen", "  max_connections = 10")
+	if _, ok := f.BuildProtocol(nil).(*Chargen); !ok {
+		t.Fatal("BuildProtocol does not build a *Chargen")
+	}
+	_, err := servicetest.Parse(t, "chargen", `  line_length = 80`)
+	if err == nil || !strings.Contains(err.Error(), "superd.hcl:2,") || !strings.Contains(err.Error(), `"line_length"`) {
+		t.Fatalf("an attribute chargen does not have: %v", err)
+	}
+}
+
+func TestWantLine(t *testing.T) {
+	// The RFC's first two lines, as printed in it.
+	if got := wantLine(0); got != ` !"#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\]^_`+"`abcdefg\r\n" {
+		t.Fatalf("line 0: %q", got)
+	}
+	if got := wantLine(1); got != `!"#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\]^_`+"`abcdefgh\r\n" {
+		t.Fatalf("line 1: %q", got)
+	}
+	if wantLine(95) != wantLine(0) || wantLine(94)[:2] != "~ " {
+		t.Fatal("the ring does not wrap after '~'")
+	}
+}
+
+// wantFrom is the first n bytes of the pattern from the start of line l.
+func wantFrom(l, n int) string {
+	var b strings.Builder
+	for ; b.Len() < n; l++ {
+		b.WriteString(wantLine(l))
+	}
+	return b.String()[:n]
+}
+
+// readLines reads n lines from r and checks each against the pattern,
+// starting at line from.
+func readLines(t *testing.T, r *bufio.Reader, from, n int) {
+	t.Helper()
+	buf := make([]byte, lineSize)
+	for i := from; i < from+n; i++ {
+		if _, err := io.ReadFull(r, buf); err != nil {
+			t.Fatalf("line %d: %v", i, err)
+		}
+		if want := wantLine(i); string(buf) != want {
+			t.Fatalf("line %d:\n got %q\nwant %q", i, buf, want)
+		}
+	}
+}
+
+// chargenOf waits for the next connection of a chargen server.
+func chargenOf(t *testing.T, conns <-chan *servicetest.Served) (*servicetest.Served, *Chargen) {
+	t.Helper()
+	select {
+	case s := <-conns:
+		return s, s.Protocol.(*Chargen)
+	case <-time.After(10 * time.Second):
+		t.Fatal("no connection served")
+		return nil, nil
+	}
+}
+
+func (c *Chargen) state() (paused, producing, stopped bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.paused, c.producing, c.stopped
+}
+
+// TestStreamPattern: a client that reads gets the exact RFC 864 pattern,
+// line after line, across many chunks and many pauses and resumes; when it
+// closes, the producer is stopped.
+func TestStreamPattern(t *testing.T) {
+	addr, conns := servicetest.Serve(t, Factory{})
+	c := servicetest.Dial(t, addr)
+	s, p := chargenOf(t, conns)
+	const lines = 20000 // 1.4 MB: about 90 chunks, 20 times the high-water mark
+	readLines(t, bufio.NewReaderSize(c, 4096), 0, lines)
+	c.Close()
+	<-s.Done
+	if _, producing, stopped := p.state(); !stopped || producing {
+		t.Fatalf("after the connection ended: stopped %v, producing %v", stopped, producing)
+	}
+}
+
+// TestStreamInputDropped: what the peer sends is read and dropped; the
+// pattern goes on undisturbed.
+func TestStreamInputDropped(t *testing.T) {
+	addr, conns := servicetest.Serve(t, Factory{})
+	c := servicetest.Dial(t, addr)
+	s, _ := chargenOf(t, conns)
+	r := bufio.NewReader(c)
+	for i := range 10 {
+		if _, err := fmt.Fprintf(c, "noise %d\r\n", i); err != nil {
+			t.Fatal(err)
+		}
+		readLines(t, r, i*500, 500)
+	}
+	c.Close()
+	<-s.Done
+}
+
+// TestStreamNonReader: a client that reads nothing costs a paused
+// producer: the server holds at most the high-water mark plus one chunk of
+// unsent output at any moment, and once the socket buffers are full the
+// producer writes nothing more (no CPU spent on it). When the client
+// starts reading, the pattern resumes where it stopped, exactly.
+func TestStreamNonReader(t *testing.T) {
+	addr, conns := servicetest.Serve(t, Factory{})
+	c := servicetest.Dial(t, addr)
+	s, p := chargenOf(t, conns)
+
+	var maxPending atomic.Int64
+	stop := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			if n := int64(s.Conn.Pending()); n > maxPending.Load() {
+				maxPending.Store(n)
+			}
+			select {
+			case <-stop:
+				return
+			default:
+				time.Sleep(20 * time.Microsecond)
+			}
+		}
+	}()
+	defer func() {
+		close(stop)
+		<-sampled
+		if limit := int64(framework.HighWaterMark + chunkSize); maxPending.Load() > limit {
+			t.Errorf("the server held %d bytes of unsent output; want at most %d (the high-water mark and a chunk)",
+				maxPending.Load(), limit)
+		}
+	}()
+
+	// Output moves until the kernel's buffers are full; then it stops.
+	chunks := servicetest.Settle(t, p.chunks.Load, 300*time.Millisecond, 30*time.Second, "chunks written")
+	paused, producing, stopped := p.state()
+	if !paused || producing || stopped {
+		t.Fatalf("with the client not reading: paused %v, producing %v, stopped %v; want paused only", paused, producing, stopped)
+	}
+	if pending := s.Conn.Pending(); pending == 0 {
+		t.Fatal("nothing pending, yet the producer is paused: nothing will resume it")
+	}
+	servicetest.Holds(t, 500*time.Millisecond, func() bool {
+		paused, producing, _ := p.state()
+		return p.chunks.Load() == chunks && paused && !producing
+	}, "the producer moved while the client read nothing: %d chunks, then %d", chunks, p.chunks.Load())
+	t.Logf("stalled after %d chunks (%d bytes), %d pending", chunks, chunks*chunkSize, s.Conn.Pending())
+
+	// The client reads: everything from line 0 on, with no gap where the
+	// producer was paused, and well past it.
+	total := int(chunks*chunkSize/lineSize) + 5000
+	readLines(t, bufio.NewReader(c), 0, total)
+	if p.chunks.Load() <= chunks {
+		t.Fatal("reading did not resume the producer")
+	}
+	c.Close()
+	<-s.Done
+}
+
+// fakeTransport is a framework.Transport that checks what it is given
+// against the pattern as it arrives (keeping nothing) and, as the
+// framework does, pauses its producer from inside Write every few chunks.
+type fakeTransport struct {
+	framework.Transport // nil: calling anything not below panics
+
+	mu       sync.Mutex
+	producer framework.Producer
+	off      int // bytes received so far
+	bad      error
+	writes   int
+	gone     bool
+}
+
+func (f *fakeTransport) RegisterProducer(p framework.Producer) error { f.producer = p; return nil }
+
+func (f *fakeTransport) Write(b []byte) {
+	f.mu.Lock()
+	if f.bad == nil && !bytes.Equal(b, pattern[f.off%period:f.off%period+len(b)]) {
+		f.bad = fmt.Errorf("write %d at offset %d: not the pattern", f.writes, f.off)
+	}
+	f.off += len(b)
+	f.writes++
+	pause := f.writes%3 == 0
+	f.mu.Unlock()
+	if pause {
+		f.producer.PauseProducing()
+	}
+}
+
+func (f *fakeTransport) Disconnecting() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.gone
+}
+
+// TestProducerConcurrency: pauses, resumes and a stop arrive from several
+// goroutines at once, and from inside Write, as the framework delivers
+// them. The writes never overlap (the pattern arrives whole and in order),
+// the race detector finds nothing, and after StopProducing nothing is
+// written.
+func TestProducerConcurrency(t *testing.T) {
+	f := &fakeTransport{}
+	p := new(Chargen)
+	p.ConnectionMade(f)
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 2000 {
+				if (i+g)%4 == 0 {
+					p.PauseProducing()
+				} else {
+					p.ResumeProducing()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	p.StopProducing()
+	f.mu.Lock()
+	writes, bad := f.writes, f.bad
+	f.mu.Unlock()
+	if bad != nil {
+		t.Fatal(bad)
+	}
+	if writes < 100 {
+		t.Fatalf("only %d writes", writes)
+	}
+	p.ResumeProducing()
+	if f.writes != writes {
+		t.Fatalf("%d writes after StopProducing", f.writes-writes)
+	}
+	// A connection that is going away stops the producer by itself.
+	q := new(Chargen)
+	g := &fakeTransport{}
+	q.ConnectionMade(g)
+	g.mu.Lock()
+	g.gone = true
+	g.mu.Unlock()
+	q.ResumeProducing()
+	if _, producing, stopped := q.state(); producing || !stopped {
+		t.Fatalf("after Disconnecting: producing %v, stopped %v", producing, stopped)
+	}
+}
+
+func TestDatagrams(t *testing.T) {
+	var rec servicetest.DatagramRecorder
+	p := servicetest.DatagramProtocol(t, Factory{}, &rec)
+	const n = 2000
+	for i := range n {
+		p.DatagramReceived([]byte(fmt.Sprint(i)), servicetest.PeerUDP)
+	}
+	sent := rec.Sent()
+	if len(sent) != n {
+		t.Fatalf("%d replies to %d datagrams", len(sent), n)
+	}
+	lengths := map[int]bool{}
+	for i, d := range sent {
+		if d.To != servicetest.PeerUDP || len(d.Data) > MaxDatagram {
+			t.Fatalf("reply %d: %d bytes to %v", i, len(d.Data), d.To)
+		}
+		// Each reply is the pattern from the start of a line, one line
+		// further on each time.
+		if want := wantFrom(i, len(d.Data)); string(d.Data) != want {
+			t.Fatalf("reply %d: %q\nwant %q", i, d.Data, want)
+		}
+		lengths[len(d.Data)] = true
+	}
+	// Random lengths from 0 to 512: over 2000 replies, many different ones.
+	if len(lengths) < 100 {
+		t.Fatalf("only %d different lengths in %d replies", len(lengths), n)
+	}
+	var nop servicetest.NopDatagramTransport
+	p = servicetest.DatagramProtocol(t, Factory{}, &nop)
+	if a := testing.AllocsPerRun(1000, func() { p.DatagramReceived(nil, servicetest.PeerUDP) }); a != 0 {
+		t.Errorf("%v allocations per datagram, want 0", a)
+	}
+}
+
+// TestDatagramsOverUDP: a real UDP client gets a reply per datagram.
+func TestDatagramsOverUDP(t *testing.T) {
+	addr := servicetest.ServeUDP(t, Factory{})
+	c, err := net.Dial("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 2048)
+	for i := range 20 {
+		if _, err := c.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		n, err := c.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n > MaxDatagram || string(buf[:n]) != wantFrom(i, n) {
+			t.Fatalf("reply %d: %q", i, buf[:n])
+		}
+	}
+}
+
+// BenchmarkStream: the rate a client reading as fast as it can gets the
+// pattern over loopback TCP.
+func BenchmarkStream(b *testing.B) {
+	addr, conns := servicetest.Serve(b, Factory{})
+	c := servicetest.Dial(b, addr)
+	s := <-conns
+	buf := make([]byte, 256<<10)
+	const perOp = 1 << 20
+	b.SetBytes(perOp)
+	b.ResetTimer()
+	for range b.N {
+		for n := 0; n < perOp; {
+			k, err := c.Read(buf[:min(len(buf), perOp-n)])
+			if err != nil {
+				b.Fatal(err)
+			}
+			n += k
+		}
+	}
+	b.StopTimer()
+	c.Close()
+	<-s.Done
+}
+
+// BenchmarkStreamPlainGo is BenchmarkStream's yardstick: the same pattern
+// written by a plain Go loop (one goroutine, blocking writes of the same
+// chunks), without the framework.
+func BenchmarkStreamPlainGo(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		nc, err := ln.Accept()
+		ln.Close()
+		if err != nil {
+			return
+		}
+		defer nc.Close()
+		for off := 0; ; off = (off + chunkSize) % period {
+			if _, err := nc.Write(pattern[off : off+chunkSize]); err != nil {
+				return
+			}
+		}
+	}()
+	c := servicetest.Dial(b, ln.Addr().String())
+	buf := make([]byte, 256<<10)
+	const perOp = 1 << 20
+	b.SetBytes(perOp)
+	b.ResetTimer()
+	for range b.N {
+		for n := 0; n < perOp; {
+			k, err := c.Read(buf[:min(len(buf), perOp-n)])
+			if err != nil {
+				b.Fatal(err)
+			}
+			n += k
+		}
+	}
+	b.StopTimer()
+	c.Close()
+	<-done
+}

@@ -1,0 +1,281 @@
+// Package servicetest owns what the tests of the built-in services share:
+// a loopback TCP server that runs a factory's protocols through the
+// framework's connection machinery, the configuration loader for one
+// service block, fake datagram transports, polling helpers, and goleak's
+// settings. Only tests import it.
+package servicetest
+
+import (
+	"fmt"
+	"net"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/superd-dev/superd/config"
+	"github.com/superd-dev/superd/framework"
+)
+
+// VerifyTestMain runs the package's tests and fails if a goroutine is left
+// behind. The framework's idle poller is started on first use and lives for
+// the process, so it is not a leak.
+func VerifyTestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/superd-dev/superd/framework.(*idlePoller).loop"))
+}
+
+// Parse decodes one service block of factory with the attributes in body,
+// through the real configuration loader (HCL text, schema, the factory's
+// own checks), and builds the factory. Errors are the loader's
+// diagnostics.
+func Parse(t testing.TB, factory, body string) (framework.Factory, error) {
+	t.Helper()
+	src := fmt.Sprintf("service %q \"s\" {\n%s\n  endpoint \"tcp\" { address = \"127.0.0.1:1\" }\n}\n", factory, body)
+	f, err := config.Parse([]byte(src), filepath.Join(t.TempDir(), "superd.hcl"))
+	if err != nil {
+		return nil, err
+	}
+	svc := f.Service("s")
+	if svc == nil {
+		t.Fatal("service s missing from a valid file")
+	}
+	return svc.Spec.New(svc.FactoryConfig)
+}
+
+// Factory is Parse for a block that must be valid.
+func Factory(t testing.TB, factory, body string) framework.Factory {
+	t.Helper()
+	f, err := Parse(t, factory, body)
+	if err != nil {
+		t.Fatalf("service %q with %q: %v", factory, body, err)
+	}
+	return f
+}
+
+// Served is one connection accepted by Serve.
+type Served struct {
+	Conn     *framework.Conn
+	Protocol framework.Protocol
+	// Done receives the reason given to ConnectionLost, once.
+	Done <-chan error
+}
+
+// Serve accepts on a loopback TCP listener and serves each connection with
+// a protocol from f, through the framework, until the test ends; each
+// connection is sent on conns (when nobody has taken the last 64, it is
+// not). The cleanup closes the listener and waits for every connection to
+// end, so a test closes its clients first.
+func Serve(t testing.TB, f framework.Factory) (addr string, conns <-chan *Served) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan *Served, 64)
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			p := f.BuildProtocol(nc.RemoteAddr())
+			if p == nil {
+				nc.Close()
+				continue
+			}
+			done := make(chan error, 1)
+			s := &Served{Conn: framework.NewConn(nc, framework.ConnOptions{}), Protocol: p, Done: done}
+			select {
+			case ch <- s:
+			default:
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				done <- s.Conn.Serve(p)
+			}()
+		}
+	}()
+	return ln.Addr().String(), ch
+}
+
+// Dial connects to addr with a deadline for the whole exchange.
+func Dial(t testing.TB, addr string) *net.TCPConn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	return c.(*net.TCPConn)
+}
+
+// WaitFor polls cond until it holds, failing the test after d.
+func WaitFor(t testing.TB, d time.Duration, cond func() bool, what string) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// Settle polls value until it has not changed for quiet, and returns it,
+// failing the test if it still moves after limit.
+func Settle(t testing.TB, value func() int64, quiet, limit time.Duration, what string) int64 {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	last, since := value(), time.Now()
+	for {
+		time.Sleep(2 * time.Millisecond)
+		if v := value(); v != last {
+			last, since = v, time.Now()
+		} else if time.Since(since) >= quiet {
+			return v
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still moving after %v (now %d)", what, limit, last)
+		}
+	}
+}
+
+// Holds polls cond for d and fails the test as soon as it is false: the
+// observation window of a "nothing happens" check.
+func Holds(t testing.TB, d time.Duration, cond func() bool, format string, args ...any) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if !cond() {
+			t.Fatalf(format, args...)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// Datagram is one datagram a protocol sent.
+type Datagram struct {
+	Data []byte
+	To   net.Addr
+}
+
+// DatagramRecorder is a framework.DatagramTransport that keeps a copy of
+// every datagram written to it.
+type DatagramRecorder struct {
+	mu   sync.Mutex
+	sent []Datagram
+}
+
+// WriteTo implements framework.DatagramTransport.
+func (r *DatagramRecorder) WriteTo(b []byte, addr net.Addr) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.sent = append(r.sent, Datagram{Data: append([]byte{}, b...), To: addr})
+}
+
+// LocalAddr implements framework.DatagramTransport.
+func (r *DatagramRecorder) LocalAddr() net.Addr { return LocalUDP }
+
+// Sent returns the datagrams written so far, and forgets them.
+func (r *DatagramRecorder) Sent() []Datagram {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.sent
+	r.sent = nil
+	return s
+}
+
+// NopDatagramTransport sends and records nothing, so an allocation count
+// sees only the protocol's own.
+type NopDatagramTransport struct{ Writes int }
+
+// WriteTo implements framework.DatagramTransport.
+func (n *NopDatagramTransport) WriteTo(b []byte, addr net.Addr) { n.Writes++ }
+
+// LocalAddr implements framework.DatagramTransport.
+func (n *NopDatagramTransport) LocalAddr() net.Addr { return LocalUDP }
+
+// LocalUDP and PeerUDP are the addresses of the fake datagram exchanges.
+var (
+	LocalUDP = &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 7}
+	PeerUDP  = &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}
+)
+
+// DatagramProtocol builds f's datagram protocol over t, failing the test if
+// f does not serve datagrams.
+func DatagramProtocol(t testing.TB, f framework.Factory, tr framework.DatagramTransport) framework.DatagramProtocol {
+	t.Helper()
+	df, ok := f.(framework.DatagramFactory)
+	if !ok {
+		t.Fatalf("%T does not implement framework.DatagramFactory", f)
+	}
+	p := df.BuildDatagramProtocol(tr)
+	if p == nil {
+		t.Fatal("BuildDatagramProtocol returned nil")
+	}
+	return p
+}
+
+// ServesBoth fails the test unless factory name is registered as serving
+// streams and datagrams under the built-in services' datagram guards, as
+// every RFC small service is.
+func ServesBoth(t testing.TB, name string) {
+	t.Helper()
+	spec, ok := framework.Lookup(name)
+	if !ok {
+		t.Fatalf("factory %q is not registered", name)
+	}
+	if !spec.Serves.HasStreams() || !spec.Serves.HasDatagrams() {
+		t.Fatalf("factory %q serves %b; want streams and datagrams", name, spec.Serves)
+	}
+	if !spec.DatagramGuards {
+		t.Fatalf("factory %q is built in but not under DatagramGuards", name)
+	}
+}
+
+// ServeUDP runs f's datagram protocol on a loopback UDP socket until the
+// test ends, with the least machinery that does it (one goroutine reading,
+// replies written at once): superd's own udp endpoint, with its limits and
+// reflection rule, is the supervisor's and is tested there. It lets real
+// clients (rdate -pu, nc -u) talk to a protocol.
+func ServeUDP(t testing.TB, f framework.Factory) (addr string) {
+	t.Helper()
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := DatagramProtocol(t, f, udpTransport{pc})
+	done := make(chan struct{})
+	t.Cleanup(func() {
+		pc.Close()
+		<-done
+	})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 64<<10)
+		for {
+			n, from, err := pc.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			p.DatagramReceived(buf[:n], from)
+		}
+	}()
+	return pc.LocalAddr().String()
+}
+
+type udpTransport struct{ pc *net.UDPConn }
+
+func (u udpTransport) WriteTo(b []byte, addr net.Addr) { u.pc.WriteTo(b, addr) }
+func (u udpTransport) LocalAddr() net.Addr             { return u.pc.LocalAddr() }
