@@ -272,3 +272,58 @@ func echoOnceConn(c net.Conn, line string) error {
 	c.SetDeadline(time.Time{})
 	return nil
 }
+
+// A datagram socket passed by systemd-socket-activate goes to the udp
+// endpoint on its address; the datagram that woke the activator is the
+// first one answered.
+func TestActivationUDP(t *testing.T) {
+	activate, err := exec.LookPath("systemd-socket-activate")
+	if err != nil {
+		t.Skip("systemd-socket-activate is not installed (Debian package systemd)")
+	}
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := pc.LocalAddr().String()
+	pc.Close()
+	path, metrics := writeConfig(t, fmt.Sprintf(`
+metrics { address = "METRICS" }
+service "echo" "u" {
+  endpoint "udp" { address = %q }
+}
+`, addr))
+	cmd := exec.Command(activate, "-d", "-l", addr, superdBin, "run", "-config", path)
+	client, err := net.Dial("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	started := make(chan struct{})
+	go func() {
+		// The activator execs superd on the first datagram.
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			select {
+			case <-started:
+				return
+			default:
+			}
+			client.Write([]byte("wake"))
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+	d := hxStart(t, cmd, metrics)
+	close(started)
+	client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 64)
+	n, err := client.Read(buf)
+	if err != nil || string(buf[:n]) != "wake" {
+		t.Fatalf("first reply %q, %v", buf[:n], err)
+	}
+	if !strings.Contains(d.stderr.String(), "endpoint uses a socket passed by the service manager") {
+		t.Errorf("the udp endpoint did not take the passed socket:\n%s", d.stderr.String())
+	}
+	d.signal(syscall.SIGTERM)
+	d.wait(15 * time.Second)
+}
