@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -42,6 +41,10 @@ type socket struct {
 	// waiting: the loop serves an owner in wait mode (it watches the
 	// socket and hands it over instead of accepting).
 	waiting atomic.Bool
+	// watchFile is the descriptor watch waits on (a duplicate of the
+	// listener's: a listener's own RawConn cannot wait for input), so
+	// wake and close can interrupt the wait.
+	watchFile atomic.Pointer[os.File]
 }
 
 // socketKey identifies the address a socket is bound to, so tcp and tls
@@ -103,6 +106,9 @@ func (k *socket) wake() {
 	if dl, ok := k.deadliner(); ok {
 		dl.SetDeadline(time.Now())
 	}
+	if f := k.watchFile.Load(); f != nil {
+		f.SetReadDeadline(time.Now())
+	}
 }
 
 // conn is the socket as a listener or a udp socket, for what both have.
@@ -122,19 +128,6 @@ func (k *socket) closeConn() error {
 		return k.dgram.uc.Close()
 	}
 	return k.ln.Close()
-}
-
-// rawConn is the socket's descriptor access.
-func (k *socket) rawConn() (syscall.RawConn, error) {
-	var sc syscall.Conn
-	if k.dgram != nil {
-		sc = k.dgram.uc
-	} else if c, ok := k.ln.(syscall.Conn); ok {
-		sc = c
-	} else {
-		return nil, errors.New("the socket has no descriptor")
-	}
-	return sc.SyscallConn()
 }
 
 // release detaches b; if b still owned the socket, nobody took it over, so
@@ -157,6 +150,9 @@ func (k *socket) close() {
 		k.closed.Store(true)
 		if k.waiting.Load() {
 			k.closeConn()
+			if f := k.watchFile.Load(); f != nil {
+				f.SetReadDeadline(time.Now()) // watch sees closed
+			}
 			if k.onClose != nil {
 				k.onClose()
 			}
@@ -265,6 +261,9 @@ func (k *socket) clearDeadline() {
 	if dl, ok := k.deadliner(); ok {
 		dl.SetDeadline(time.Time{})
 	}
+	if f := k.watchFile.Load(); f != nil {
+		f.SetReadDeadline(time.Time{})
+	}
 }
 
 // watch serves an owner in wait mode: it waits until a connection is
@@ -272,9 +271,23 @@ func (k *socket) clearDeadline() {
 // its program exits, and watches again. It returns false when the socket
 // closes, true when the owner is no longer in wait mode.
 func (k *socket) watch() bool {
-	raw, err := k.rawConn()
+	// The RawConn of a listener refuses Read (EINVAL), so the wait is on
+	// a duplicate descriptor, which the runtime's poller watches as a file.
+	f, err := k.file()
 	if err != nil {
 		k.log.Error("wait mode needs a socket with a descriptor", "endpoint", k.label, "err", err)
+		return false
+	}
+	k.watchFile.Store(f)
+	defer func() {
+		k.watchFile.Store(nil)
+		f.Close()
+	}()
+	if k.closed.Load() { // close may have missed watchFile
+		return false
+	}
+	raw, err := f.SyscallConn()
+	if err != nil {
 		return false
 	}
 	for {
