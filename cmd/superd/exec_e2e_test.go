@@ -593,11 +593,14 @@ service "exec" "env" {
 
 func TestExecNoDescriptorLeaks(t *testing.T) {
 	prog := execProg(t)
-	tcpAddr, tlsAddr, holdAddr, echoAddr, waitAddr, fdsAddr := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	tcpAddr, tlsAddr, holdAddr, holdTLSAddr := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	echoAddr, waitAddr, fdsAddr := freeAddr(t), freeAddr(t), freeAddr(t)
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "fds.sock")
 	// In wait mode the child lists its descriptors on stderr (logged), then
-	// becomes execprog to take the waiting connection.
+	// becomes execprog to take the waiting connection. A shell applying
+	// ">&2" to a command keeps fd 1 open as fd 10 meanwhile, so an inner
+	// shell lists the outer one's descriptors.
 	path, maddr := writeConfig(t, fmt.Sprintf(`
 metrics { address = "METRICS" }
 service "exec" "fds" {
@@ -612,24 +615,37 @@ service "exec" "fds" {
 service "exec" "hold" {
   command = ["/bin/sh", "-c", "echo held; read x"]
   endpoint "tcp" { address = %q }
+  endpoint "tls" {
+    address     = %q
+    self_signed = true
+  }
 }
 service "echo" "echo" {
   endpoint "tcp" { address = %q }
 }
 service "exec" "wait" {
   wait    = true
-  command = ["/bin/sh", "-c", "ls /proc/$$/fd >&2; exec %s accept 1"]
+  command = ["/bin/sh", "-c", "/bin/sh -c 'ls /proc/$PPID/fd >&2'; exec %s accept 1"]
   endpoint "tcp" { address = %q }
 }
 service "exec" "listenfds" {
   wait       = true
   listen_fds = true
   umask      = "0022"
-  command    = ["/bin/sh", "-c", "ls /proc/$$/fd >&2; exec %s listenfds 1"]
+  command    = ["/bin/sh", "-c", "/bin/sh -c 'ls /proc/$PPID/fd >&2'; exec %s listenfds 1"]
   endpoint "tcp" { address = %q }
 }
-`, tcpAddr, sock, tlsAddr, holdAddr, echoAddr, prog, waitAddr, prog, fdsAddr))
-	d := startDaemon(t, path, maddr)
+`, tcpAddr, sock, tlsAddr, holdAddr, holdTLSAddr, echoAddr, prog, waitAddr, prog, fdsAddr))
+	// superd inherits a descriptor without close-on-exec (fd 3), as from
+	// a careless parent: it must not reach the children either.
+	inherited, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inherited.Close()
+	superd := exec.Command(superdBin, "run", "-config", path, "-log-level", "debug")
+	superd.ExtraFiles = []*os.File{inherited}
+	d := hxStart(t, superd, maddr)
 
 	// Hold other connections open: superd has their sockets while the
 	// children start.
@@ -641,12 +657,14 @@ service "exec" "listenfds" {
 	if line := exReadLine(t, h, bufio.NewReader(h), 10*time.Second); line != "held" {
 		t.Fatalf("hold: %q", line)
 	}
-	ht, err := tls.Dial("tcp", tlsAddr, &tls.Config{InsecureSkipVerify: true})
+	ht, err := tls.Dial("tcp", holdTLSAddr, &tls.Config{InsecureSkipVerify: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ht.Close()
-	d.waitMetric("superd_connections_active", map[string]string{"service": "fds"}, 0)
+	if line := exReadLine(t, ht, bufio.NewReader(ht), 10*time.Second); line != "held" {
+		t.Fatalf("hold over TLS: %q", line)
+	}
 	if _, fds := hxRuntime(d); fds < 12 {
 		t.Fatalf("superd has only %v descriptors open; the test means to hold more", fds)
 	}
