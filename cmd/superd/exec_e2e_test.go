@@ -1153,3 +1153,214 @@ service "exec" "limits" {
 	d.waitMetric("superd_exec_exits_total", map[string]string{"service": "limits", "result": "success"}, 1)
 	hxStop(d, 20*time.Second)
 }
+
+// ---------------------------------------------------------------------------
+// 8. Wait mode
+
+func TestExecWaitMode(t *testing.T) {
+	prog := execProg(t)
+	inetd, systemd := freeAddr(t), freeAddr(t)
+	sock := filepath.Join(t.TempDir(), "wait.sock")
+	path, maddr := writeConfig(t, fmt.Sprintf(`
+metrics { address = "METRICS" }
+service "exec" "inetd" {
+  wait    = true
+  command = [%[1]q, "accept", "2"]
+  endpoint "tcp" { address = %[2]q }
+}
+service "exec" "systemd" {
+  wait       = true
+  listen_fds = true
+  command    = [%[1]q, "listenfds", "2"]
+  endpoint "tcp" { address = %[3]q }
+}
+service "exec" "unix" {
+  wait    = true
+  command = [%[1]q, "accept", "2"]
+  endpoint "unix" { path = %[4]q }
+}
+`, prog, inetd, systemd, sock))
+	d := startDaemon(t, path, maddr)
+	spid := d.cmd.Process.Pid
+
+	// Nothing runs until a connection waits.
+	for deadline := time.Now().Add(300 * time.Millisecond); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if c := exChildren(spid); len(c) > 0 {
+			t.Fatalf("superd started %v before any connection", c)
+		}
+	}
+
+	// ask connects and returns the line the program wrote: its pid, the
+	// connection's number for that program, and what else it found.
+	ask := func(addr string) (pid, conn int, rest string) {
+		t.Helper()
+		line := strings.TrimSpace(exReadAll(t, exDial(t, addr), 10*time.Second))
+		f := strings.SplitN(line, " ", 3)
+		if len(f) < 2 {
+			t.Fatalf("%s answered %q", addr, line)
+		}
+		pid, _ = strconv.Atoi(strings.TrimPrefix(f[0], "pid="))
+		conn, _ = strconv.Atoi(strings.TrimPrefix(f[1], "conn="))
+		if len(f) == 3 {
+			rest = f[2]
+		}
+		return pid, conn, rest
+	}
+	for _, tt := range []struct{ service, addr, facts string }{
+		{"inetd", inetd, ""},
+		{"systemd", systemd, "listen_pid_ok=true fds=1 names=systemd"},
+		{"unix", sock, ""},
+	} {
+		// One program serves two connections, then exits; the next
+		// connection gets a second program.
+		p1, n1, facts := ask(tt.addr)
+		p2, n2, _ := ask(tt.addr)
+		if p1 == 0 || p1 != p2 || n1 != 0 || n2 != 1 {
+			t.Fatalf("%s: pids %d, %d and connections %d, %d; want one program serving connections 0 and 1", tt.service, p1, p2, n1, n2)
+		}
+		if facts != tt.facts {
+			t.Errorf("%s: the program found %q, want %q", tt.service, facts, tt.facts)
+		}
+		d.waitMetric("superd_exec_exits_total", map[string]string{"service": tt.service, "result": "success"}, 1)
+		p3, n3, _ := ask(tt.addr)
+		if p3 == p1 || n3 != 0 {
+			t.Errorf("%s: after the first program exited, pid %d connection %d answered", tt.service, p3, n3)
+		}
+		d.waitMetric("superd_exec_processes", map[string]string{"service": tt.service}, 1)
+	}
+	// A drain ends the programs waiting for their second connection.
+	start := time.Now()
+	hxStop(d, 20*time.Second)
+	if el := time.Since(start); el > 5*time.Second {
+		t.Errorf("shutdown took %v", el)
+	}
+	if n := len(exLogLines(d, `msg="program exited"`, "signal=SIGTERM")); n != 3 {
+		t.Errorf("%d programs ended by SIGTERM, want 3", n)
+	}
+	if z := exChildren(spid); len(z) > 0 {
+		t.Errorf("children left: %v", z)
+	}
+}
+
+func TestExecWaitModeBackoff(t *testing.T) {
+	addr := freeAddr(t)
+	path, maddr := writeConfig(t, fmt.Sprintf(`
+metrics { address = "METRICS" }
+service "exec" "failing" {
+  wait    = true
+  command = ["/bin/sh", "-c", "exit 1"]
+  endpoint "tcp" { address = %q }
+}
+`, addr))
+	d := startDaemon(t, path, maddr)
+	spid := d.cmd.Process.Pid
+	failures := map[string]string{"service": "failing", "result": "failure"}
+	// A connection waits and is never taken: the program is started again
+	// and again, after 1 s, then 2 s, ...
+	exDial(t, addr)
+	poll := func(min float64) float64 {
+		var v float64
+		exWaitFor(t, 15*time.Second, fmt.Sprintf("%v failures", min), func() bool {
+			v = exMetric(d, "superd_exec_exits_total", failures)
+			if v < min {
+				time.Sleep(90 * time.Millisecond) // scrapes cost superd CPU too
+			}
+			return v >= min
+		})
+		return v
+	}
+	poll(1)
+	start, cpu := time.Now(), hxCPUTicks(t, spid)
+	// An observation window without scrapes: superd's CPU time while it
+	// backs off (a busy loop would use all of it).
+	time.Sleep(2 * time.Second)
+	ticks := hxCPUTicks(t, spid) - cpu
+	n := poll(3)
+	el := time.Since(start)
+	t.Logf("3 failures after %v (%v counted); superd used %d clock ticks in the first 2 s", el, n, ticks)
+	if n != 3 || el < 2500*time.Millisecond {
+		t.Errorf("%v failures %v after the first; the back-off (1 s, then 2 s) allows 3 after 3 s", n, el)
+	}
+	if ticks > 20 {
+		t.Errorf("superd used %d clock ticks of CPU in 2 s of back-off", ticks)
+	}
+	var delays []string
+	for _, l := range exLogLines(d, "restarting after a delay", "service=failing") {
+		delays = append(delays, exLogAttr(l, "delay"))
+	}
+	if len(delays) < 2 || delays[0] != "1s" || delays[1] != "2s" {
+		t.Errorf("back-off delays logged: %v, want 1s, 2s, ...", delays)
+	}
+	// A shutdown during the back-off does not wait for it.
+	start = time.Now()
+	hxStop(d, 20*time.Second)
+	if el := time.Since(start); el > 3*time.Second {
+		t.Errorf("shutdown during the back-off took %v", el)
+	}
+}
+
+// TestExecWaitModeReload switches one address between nowait and wait
+// mode by reload, with a wait-mode program running during a switch, then
+// removes the service.
+func TestExecWaitModeReload(t *testing.T) {
+	prog := execProg(t)
+	addr := freeAddr(t)
+	nowait := `
+metrics { address = "METRICS" }
+service "exec" "svc" {
+  command = ["/bin/cat"]
+  endpoint "tcp" { address = %q }
+}
+`
+	wait := `
+metrics { address = "METRICS" }
+service "exec" "svc" {
+  wait    = true
+  command = [%q, "accept", "2"]
+  endpoint "tcp" { address = %q }
+}
+`
+	path, maddr := writeConfig(t, fmt.Sprintf(nowait, addr))
+	d := startDaemon(t, path, maddr)
+	spid := d.cmd.Process.Pid
+	echo := func() {
+		t.Helper()
+		if err := hxEchoOnce("tcp", addr, []byte("hello"), 10*time.Second); err != nil {
+			t.Fatalf("echo: %v", err)
+		}
+	}
+	echo()
+
+	hxRewrite(t, path, maddr, fmt.Sprintf(wait, prog, addr))
+	hxReload(d, "success", 1)
+	line := exReadAll(t, exDial(t, addr), 10*time.Second)
+	var pid, n int
+	if _, err := fmt.Sscanf(line, "pid=%d conn=%d", &pid, &n); err != nil || n != 0 {
+		t.Fatalf("wait mode after the reload answered %q", line)
+	}
+	// The program waits for its second connection; a reload back to nowait
+	// drains it (SIGTERM) and cat serves the next connection.
+	hxRewrite(t, path, maddr, fmt.Sprintf(nowait, addr))
+	hxReload(d, "success", 2)
+	exWaitFor(t, 10*time.Second, "the wait-mode program to end", func() bool { return exDead(pid, spid) })
+	echo()
+	d.waitMetric("superd_exec_exits_total", map[string]string{"service": "svc", "result": "signal"}, 1)
+
+	// And to wait mode again, then away.
+	hxRewrite(t, path, maddr, fmt.Sprintf(wait, prog, addr))
+	hxReload(d, "success", 3)
+	if line := exReadAll(t, exDial(t, addr), 10*time.Second); !strings.HasSuffix(line, " conn=0\n") {
+		t.Fatalf("wait mode after the second switch answered %q", line)
+	}
+	hxRewrite(t, path, maddr, `metrics { address = "METRICS" }`+"\n")
+	hxReload(d, "success", 4)
+	exWaitFor(t, 10*time.Second, "the service's socket to close", func() bool {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return hxRefused(err)
+	})
+	exWaitFor(t, 10*time.Second, "no children", func() bool { return len(exChildren(spid)) == 0 })
+	hxStop(d, 20*time.Second)
+}
