@@ -14,6 +14,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -1363,4 +1364,197 @@ service "exec" "svc" {
 	})
 	exWaitFor(t, 10*time.Second, "no children", func() bool { return len(exChildren(spid)) == 0 })
 	hxStop(d, 20*time.Second)
+}
+
+// ---------------------------------------------------------------------------
+// 9. validate, and user
+
+// TestExecValidate: `superd validate` reports every bad exec block of a
+// file, each at its own position, and exits 1.
+func TestExecValidate(t *testing.T) {
+	dir := t.TempDir()
+	notExec := filepath.Join(dir, "not-executable")
+	if err := os.WriteFile(notExec, []byte("#!/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Each case: the attributes of one service, the marker of the line
+	// the diagnostic points at, and what it says.
+	cases := []struct{ body, marker, says string }{
+		{`command = [] # empty`, "# empty", "command needs at least the program"},
+		{`command = ["/nonexistent/prog"] # missing`, "# missing", "no such file or directory"},
+		{`command = [` + strconv.Quote(notExec) + `] # not executable`, "# not executable", "is not executable"},
+		{"command = [\"/bin/cat\"]\n  user = \"no-such-user-xyz\" # user", "# user", `there is no user "no-such-user-xyz"`},
+		{"command = [\"/bin/cat\"]\n  user = \"root\"\n  group = \"no-such-group-xyz\" # group", "# group", `there is no group "no-such-group-xyz"`},
+		{"command = [\"/bin/cat\"]\n  env = { \"1BAD\" = \"x\" } # env", "# env", `"1BAD" is not a valid variable name`},
+		{"command = [\"/bin/cat\"]\n  rlimits { # rlimit name\n    nofiles = 1\n  }", "# rlimit name", `"nofiles" is not a resource limit`},
+		{"command = [\"/bin/cat\"]\n  rlimits { # rlimit value\n    nofile = 2.5\n  }", "# rlimit value", "must be a whole number"},
+		{"command = [\"/bin/cat\"]\n  stderr = \"syslog\" # stderr", "# stderr", `"syslog" is not one of`},
+		{"command = [\"/bin/cat\"]\n  stop_signal = \"SIGFOO\" # signal", "# signal", `"SIGFOO" is not a signal name`},
+		{"command = [\"/bin/cat\"]\n  listen_fds = true # listen_fds", "# listen_fds", "set wait = true as well"},
+	}
+	var b strings.Builder
+	for i, c := range cases {
+		fmt.Fprintf(&b, "service \"exec\" \"bad%d\" {\n  %s\n  endpoint \"tcp\" { address = \"127.0.0.1:%d\" }\n}\n", i, c.body, 10001+i)
+	}
+	b.WriteString("service \"exec\" \"waittls\" {\n  command = [\"/bin/cat\"]\n  wait = true\n" +
+		"  endpoint \"tls\" { # tls\n    address     = \"127.0.0.1:10100\"\n    self_signed = true\n  }\n}\n")
+	text := b.String()
+	path, _ := writeConfig(t, text)
+	cmd := exec.Command(superdBin, "validate", "-config", path)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		t.Fatalf("validate: %v, want exit status 1\n%s", err, stderr.String())
+	}
+	out := stderr.String()
+	cases = append(cases, struct{ body, marker, says string }{"", "# tls", "cannot use a tls endpoint"})
+	for _, c := range cases {
+		line := lineAt(t, text, c.marker)
+		pos := fmt.Sprintf("superd.hcl:%d,", line)
+		found := false
+		for _, l := range strings.Split(out, "\n") {
+			if strings.Contains(l, pos) && strings.Contains(l, c.says) {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("no diagnostic at %s saying %q", pos, c.says)
+		}
+		if !strings.Contains(out, fmt.Sprintf("%6d | ", line)) && !strings.Contains(out, fmt.Sprintf("%d | ", line)) {
+			t.Errorf("source line %d not shown", line)
+		}
+	}
+	if t.Failed() {
+		t.Logf("validate printed:\n%s", out)
+	}
+}
+
+// TestExecUser: as root, user, group and groups set the child's
+// credentials; superd not running as root refuses to start a service with
+// another user, and runs one with its own.
+func TestExecUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		// Not root: a service with another user fails at start.
+		path, _ := writeConfig(t, `
+metrics { address = "METRICS" }
+service "exec" "asroot" {
+  command = ["/bin/sh", "-c", "id -u"]
+  user    = "root"
+  endpoint "tcp" { address = "127.0.0.1:1" }
+}
+`)
+		out, err := exec.Command(superdBin, "run", "-config", path).CombinedOutput()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), "asroot") ||
+			!strings.Contains(string(out), "needs superd to run as root") {
+			t.Fatalf("superd run as uid %d with user = root: %v\n%s", os.Geteuid(), err, out)
+		}
+		return
+	}
+	nobody, plain, self := freeAddr(t), freeAddr(t), freeAddr(t)
+	const ids = `command = ["/bin/sh", "-c", "echo $(id -u) $(id -g) $(id -G)"]`
+	path, maddr := writeConfig(t, fmt.Sprintf(`
+metrics { address = "METRICS" }
+service "exec" "nobody" {
+  %[1]s
+  user = "nobody"
+  endpoint "tcp" { address = %[2]q }
+}
+service "exec" "groups" {
+  %[1]s
+  user   = "nobody"
+  group  = "daemon"
+  groups = ["adm", "0"]
+  umask  = "0022"
+  endpoint "tcp" { address = %[3]q }
+}
+`, ids, nobody, plain))
+	d := startDaemon(t, path, maddr)
+	gid := func(name string) string {
+		t.Helper()
+		out, err := exec.Command("getent", "group", name).Output()
+		if err != nil {
+			t.Skipf("no group %s: %v", name, err)
+		}
+		return strings.Split(string(out), ":")[2]
+	}
+	nobodyGID := strings.TrimSpace(string(must(exec.Command("id", "-g", "nobody").Output())))
+	if got, want := strings.TrimSpace(exReadAll(t, exDial(t, nobody), 10*time.Second)), "65534 "+nobodyGID+" "+nobodyGID; got != want {
+		t.Errorf("user = nobody: uid gid groups %q, want %q", got, want)
+	}
+	// id -G: the effective gid, then the supplementary groups in the
+	// kernel's order.
+	got := strings.Fields(exReadAll(t, exDial(t, plain), 10*time.Second))
+	want := []string{"65534", gid("daemon"), gid("daemon"), gid("adm"), "0"}
+	if len(got) > 3 {
+		sort.Strings(got[3:])
+		sort.Strings(want[3:])
+	}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("user, group and groups (through the shim): uid gid groups %q, want %q", got, want)
+	}
+	hxStop(d, 20*time.Second)
+
+	// superd itself as nobody: another user fails at start; its own user
+	// runs.
+	shared, err := os.MkdirTemp("", "superd-nobody")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(shared) })
+	for _, p := range []string{shared, filepath.Dir(superdBin)} {
+		if err := os.Chmod(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	asNobody := func(args ...string) *exec.Cmd {
+		cmd := exec.Command(superdBin, args...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534, Groups: []uint32{}}}
+		return cmd
+	}
+	conf := func(text string) string {
+		t.Helper()
+		p := filepath.Join(shared, "superd.hcl")
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	p := conf(fmt.Sprintf(`
+metrics { address = "" }
+service "exec" "asroot" {
+  command = ["/bin/sh", "-c", "id -u"]
+  user    = "root"
+  endpoint "tcp" { address = %q }
+}
+`, freeAddr(t)))
+	out, err := asNobody("run", "-config", p).CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), "asroot") ||
+		!strings.Contains(string(out), "needs superd to run as root") {
+		t.Errorf("superd as nobody with user = root: %v\n%s", err, out)
+	}
+	smaddr := freeAddr(t)
+	p = conf(fmt.Sprintf(`
+metrics { address = %q }
+service "exec" "self" {
+  %s
+  user = "nobody"
+  endpoint "tcp" { address = %q }
+}
+`, smaddr, ids, self))
+	d = hxStart(t, asNobody("run", "-config", p), smaddr)
+	if got, want := strings.TrimSpace(exReadAll(t, exDial(t, self), 10*time.Second)), "65534 65534 65534"; got != want {
+		t.Errorf("superd as nobody with user = nobody: uid gid groups %q, want %q", got, want)
+	}
+	hxStop(d, 20*time.Second)
+}
+
+func must(b []byte, err error) []byte {
+	if err != nil {
+		panic(err)
+	}
+	return b
 }
