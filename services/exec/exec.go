@@ -424,8 +424,20 @@ func (f *Factory) ServesListeners() bool { return f.wait }
 // StartFactory checks what can only be checked at start, resolves the
 // environment and creates the metric series.
 func (f *Factory) StartFactory() error {
-	if f.cred != nil && os.Geteuid() != 0 && int(f.cred.Uid) != os.Geteuid() {
-		return fmt.Errorf("user = %q needs superd to run as root (it runs as uid %d)", f.userName, os.Geteuid())
+	if f.cred != nil && os.Geteuid() != 0 {
+		if int(f.cred.Uid) != os.Geteuid() {
+			return fmt.Errorf("user = %q needs superd to run as root (it runs as uid %d)", f.userName, os.Geteuid())
+		}
+		// superd's own user: setting the supplementary groups (setgroups)
+		// needs privilege even to change nothing, so the child keeps
+		// superd's; another group cannot be set at all.
+		if int(f.cred.Gid) != os.Getegid() || len(f.cred.Groups) > 0 {
+			return fmt.Errorf("user = %q with group %d and %d supplementary groups needs superd to run as root (it runs as uid %d, gid %d)",
+				f.userName, f.cred.Gid, len(f.cred.Groups), os.Geteuid(), os.Getegid())
+		}
+		cred := *f.cred
+		cred.NoSetGroups = true
+		f.cred = &cred
 	}
 	devNull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
 	if err != nil {
