@@ -1433,7 +1433,8 @@ func TestExecValidate(t *testing.T) {
 
 // TestExecUser: as root, user, group and groups set the child's
 // credentials; superd not running as root refuses to start a service with
-// another user, and runs one with its own.
+// another user or group, and runs one with its own (keeping its own
+// supplementary groups: setgroups needs privilege).
 func TestExecUser(t *testing.T) {
 	if os.Geteuid() != 0 {
 		// Not root: a service with another user fails at start.
@@ -1535,6 +1536,20 @@ service "exec" "asroot" {
 	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), "asroot") ||
 		!strings.Contains(string(out), "needs superd to run as root") {
 		t.Errorf("superd as nobody with user = root: %v\n%s", err, out)
+	}
+	p = conf(fmt.Sprintf(`
+metrics { address = "" }
+service "exec" "othergroup" {
+  command = ["/bin/sh", "-c", "id -u"]
+  user    = "nobody"
+  group   = "daemon"
+  endpoint "tcp" { address = %q }
+}
+`, freeAddr(t)))
+	out, err = asNobody("run", "-config", p).CombinedOutput()
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), "othergroup") ||
+		!strings.Contains(string(out), "needs superd to run as root") {
+		t.Errorf("superd as nobody with user = nobody, group = daemon: %v\n%s", err, out)
 	}
 	smaddr := freeAddr(t)
 	p = conf(fmt.Sprintf(`
