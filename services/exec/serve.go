@@ -60,6 +60,11 @@ func (f *Factory) serveDirect(hc *framework.HandedConn, c interface {
 }
 
 // countTCP adds the bytes the kernel moved on a socket superd handed over.
+// The program may exit with much of what it wrote still queued (sent
+// after the close, not acknowledged yet), so sent is what was acknowledged
+// plus what is queued (SIOCOUTQ). The kernel counts a FIN as one byte of
+// sequence space: the peer's, received, and superd's (the program's
+// shutdown), queued or acknowledged, are taken off.
 func countTCP(file *os.File, hc *framework.HandedConn) {
 	raw, err := file.SyscallConn()
 	if err != nil {
@@ -70,14 +75,35 @@ func countTCP(file *os.File, hc *framework.HandedConn) {
 		if err != nil {
 			return
 		}
+		received, sent := info.Bytes_received, info.Bytes_acked
+		if queued, err := unix.IoctlGetInt(int(fd), unix.SIOCOUTQ); err == nil && queued > 0 {
+			sent += uint64(queued)
+		}
+		finIn := info.State == tcpCloseWait || info.State == tcpClosing || info.State == tcpLastAck
+		finOut := info.State == tcpFinWait1 || info.State == tcpFinWait2 || info.State == tcpClosing || info.State == tcpLastAck
+		if finIn && received > 0 {
+			received--
+		}
+		if finOut && sent > 0 {
+			sent--
+		}
 		if hc.Received != nil {
-			hc.Received.Add(float64(info.Bytes_received))
+			hc.Received.Add(float64(received))
 		}
 		if hc.Sent != nil {
-			hc.Sent.Add(float64(info.Bytes_acked))
+			hc.Sent.Add(float64(sent))
 		}
 	})
 }
+
+// TCP states (tcpi_state) in which a FIN has been received or queued.
+const (
+	tcpFinWait1  = 4
+	tcpFinWait2  = 5
+	tcpCloseWait = 8
+	tcpLastAck   = 9
+	tcpClosing   = 11
+)
 
 // connEnv is the connection's part of the child's environment: what
 // ucspi-tcp's tcpserver and systemd's Accept=yes set.
