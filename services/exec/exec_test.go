@@ -1,0 +1,459 @@
+package exec
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/metrics"
+)
+
+// readPID reads the first line the child writes: its pid.
+func readPID(t *testing.T, r *bufio.Reader, c net.Conn) int {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	line, err := r.ReadString('\n')
+	if err != nil {
+		t.Fatalf("reading the child's pid: %v (%q)", err, line)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil {
+		t.Fatalf("the child wrote %q, not its pid", line)
+	}
+	return pid
+}
+
+func TestServeConnDirect(t *testing.T) {
+	for _, network := range []string{"tcp", "unix"} {
+		t.Run(network, func(t *testing.T) {
+			f, logs := newTestFactory(t, `command = ["/bin/cat"]`)
+			var client, server net.Conn
+			if network == "tcp" {
+				client, server = tcpPair(t)
+			} else {
+				client, server = unixPair(t)
+			}
+			h := serveConn(t, f, server, 0)
+			const size = 2 << 20
+			echoHalfClose(t, client, randomPayload(size))
+			if err := h.wait(t, 10*time.Second); err != nil {
+				t.Fatalf("ServeConn: %v", err)
+			}
+			if n := h.served.Load(); n != 1 {
+				t.Errorf("Served called %d times", n)
+			}
+			in, out := testutil.ToFloat64(h.received), testutil.ToFloat64(h.sent)
+			want := float64(size)
+			if network == "unix" {
+				want = 0 // not counted
+			}
+			if in != want || out != want {
+				t.Errorf("counted %v received, %v sent; want %v each", in, out, want)
+			}
+			exits := logs.with("program exited")
+			if len(exits) != 1 || exits[0]["status"] != "0" || exits[0]["service"] != "x" || exits[0]["pid"] == "" || exits[0]["peer"] == "" {
+				t.Errorf("exit logged as %v", exits)
+			}
+		})
+	}
+}
+
+func TestServeConnRelayedTLS(t *testing.T) {
+	f, _ := newTestFactory(t, `command = ["/bin/cat"]`)
+	client, server := tlsPair(t)
+	h := serveConn(t, f, server, 0)
+	const size = 2 << 20
+	echoHalfClose(t, client, randomPayload(size))
+	if err := h.wait(t, 10*time.Second); err != nil {
+		t.Fatalf("ServeConn: %v", err)
+	}
+	if in, out := testutil.ToFloat64(h.received), testutil.ToFloat64(h.sent); in != size || out != size {
+		t.Errorf("counted %v received, %v sent; want %d each", in, out, size)
+	}
+}
+
+// TestServeConnRelayHalfClose: the client's end of stream reaches the
+// child as its end of input while the child still writes; the child's end
+// of output (its socket closed) reaches the client as end of stream while
+// the child still runs.
+func TestServeConnRelayHalfClose(t *testing.T) {
+	f, _ := newTestFactory(t, `command = ["/bin/sh", "-c", "cat >/dev/null; echo got eof; echo bye"]`)
+	client, server := tlsPair(t)
+	h := serveConn(t, f, server, 0)
+	if _, err := client.Write([]byte("more input\n")); err != nil {
+		t.Fatal(err)
+	}
+	client.CloseWrite()
+	client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if b, err := io.ReadAll(client); err != nil || string(b) != "got eof\nbye\n" {
+		t.Fatalf("read %q, %v; want the child's output after our EOF, then EOF", b, err)
+	}
+	if err := h.wait(t, 10*time.Second); err != nil {
+		t.Fatalf("ServeConn: %v", err)
+	}
+	if in, out := testutil.ToFloat64(h.received), testutil.ToFloat64(h.sent); in != 11 || out != 12 {
+		t.Errorf("counted %v received, %v sent; want 11, 12", in, out)
+	}
+
+	f, _ = newTestFactory(t, `command = ["/bin/sh", "-c", "echo $$; exec 0<&- 1>&-; sleep 0.5"]`)
+	client, server = tlsPair(t)
+	h = serveConn(t, f, server, 0)
+	r := bufio.NewReader(client)
+	pid := readPID(t, r, client)
+	client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if b, err := io.ReadAll(r); err != nil || len(b) != 0 {
+		t.Fatalf("read %q, %v; want EOF", b, err)
+	}
+	if !alive(pid) {
+		t.Error("the child had exited before its closed socket reached the client (test too slow?)")
+	}
+	if err := h.wait(t, 10*time.Second); err != nil {
+		t.Fatalf("ServeConn: %v", err)
+	}
+}
+
+// TestServeConnStopAndKill: stop_signal goes to the child's process group
+// when the drain begins; a child that ignores it is killed when the drain's
+// time is up, and ServeConn reports the shutdown timeout.
+func TestServeConnStopAndKill(t *testing.T) {
+	for _, kind := range []string{"tcp", "tls"} {
+		t.Run(kind, func(t *testing.T) {
+			pair := func() (net.Conn, net.Conn) {
+				if kind == "tls" {
+					c, s := tlsPair(t)
+					return c, s
+				}
+				return tcpPair(t)
+			}
+
+			// A child that dies of stop_signal (SIGHUP here), and its
+			// grandchild with it.
+			f, logs := newTestFactory(t, `command = ["/bin/sh", "-c", "sleep 100 & echo $!; wait"]
+  stop_signal = "SIGHUP"`)
+			client, server := pair()
+			h := serveConn(t, f, server, 0)
+			grandchild := readPID(t, bufio.NewReader(client), client)
+			h.stop()
+			if err := h.wait(t, 10*time.Second); err != nil {
+				t.Fatalf("a child ended by stop_signal: ServeConn returned %v, want nil", err)
+			}
+			waitFor(t, 5*time.Second, "the grandchild to end", func() bool { return !alive(grandchild) })
+			if e := logs.with("program exited"); len(e) != 1 || e[0]["signal"] != "SIGHUP" {
+				t.Errorf("exit logged as %v", e)
+			}
+
+			// A child that ignores it.
+			f, logs = newTestFactory(t, `command = ["/bin/sh", "-c", "trap '' TERM; echo $$; exec sleep 100"]`)
+			client, server = pair()
+			h = serveConn(t, f, server, 0)
+			pid := readPID(t, bufio.NewReader(client), client)
+			h.stop()
+			for deadline := time.Now().Add(300 * time.Millisecond); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+				if h.finished() || !alive(pid) {
+					t.Fatal("the child that ignores SIGTERM ended at the start of the drain")
+				}
+			}
+			h.kill()
+			if err := h.wait(t, 10*time.Second); !errors.Is(err, framework.ErrShutdownTimeout) {
+				t.Fatalf("ServeConn returned %v, want ErrShutdownTimeout", err)
+			}
+			if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); err == nil {
+				t.Errorf("process %d still exists (a zombie?) after ServeConn returned", pid)
+			}
+			if e := logs.with("program exited"); len(e) != 1 || e[0]["signal"] != "SIGKILL" {
+				t.Errorf("exit logged as %v", e)
+			}
+			client.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.Copy(io.Discard, client); err != nil && !errors.Is(err, syscall.ECONNRESET) {
+				t.Errorf("the client's connection after the kill: %v", err)
+			}
+		})
+	}
+}
+
+// TestServeConnIdleTimeout: idle_timeout applies where superd relays (the
+// child gets stop_signal), and not to a socket handed over.
+func TestServeConnIdleTimeout(t *testing.T) {
+	f, _ := newTestFactory(t, `command = ["/bin/sh", "-c", "echo $$; read x; echo read"]`)
+	client, server := tlsPair(t)
+	start := time.Now()
+	h := serveConn(t, f, server, 300*time.Millisecond)
+	pid := readPID(t, bufio.NewReader(client), client)
+	if err := h.wait(t, 10*time.Second); !errors.Is(err, framework.ErrIdleTimeout) {
+		t.Fatalf("relayed: ServeConn returned %v, want ErrIdleTimeout", err)
+	}
+	if el := time.Since(start); el < 300*time.Millisecond {
+		t.Errorf("idle timeout after %v", el)
+	}
+	waitFor(t, 5*time.Second, "the idle child to end", func() bool { return !alive(pid) })
+
+	tc, ts := tcpPair(t)
+	h = serveConn(t, f, ts, 300*time.Millisecond)
+	r := bufio.NewReader(tc)
+	pid = readPID(t, r, tc)
+	for deadline := time.Now().Add(600 * time.Millisecond); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if h.finished() || !alive(pid) {
+			t.Fatal("a socket handed over was ended by idle_timeout")
+		}
+	}
+	tc.Write([]byte("x\n"))
+	tc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if line, _ := r.ReadString('\n'); line != "read\n" {
+		t.Errorf("the child wrote %q", line)
+	}
+	if err := h.wait(t, 10*time.Second); err != nil {
+		t.Fatalf("direct: ServeConn returned %v", err)
+	}
+}
+
+func TestServeConnSpawnFailure(t *testing.T) {
+	prog := filepath.Join(t.TempDir(), "true")
+	b, err := os.ReadFile("/bin/true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kind := range []string{"tcp", "tls"} {
+		if err := os.WriteFile(prog, b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		f, logs := newTestFactory(t, `command = ["`+prog+`"]`)
+		os.Remove(prog) // after validate, before the connection
+		var client, server net.Conn
+		if kind == "tls" {
+			client, server = tlsPair(t)
+		} else {
+			client, server = tcpPair(t)
+		}
+		h := serveConn(t, f, server, 0)
+		var rej *framework.RejectError
+		if err := h.wait(t, 10*time.Second); !errors.As(err, &rej) || rej.Reason != metrics.RejectSpawn {
+			t.Fatalf("%s: ServeConn returned %v, want a spawn rejection", kind, err)
+		}
+		if n := h.served.Load(); n != 0 {
+			t.Errorf("%s: Served called for a connection never served", kind)
+		}
+		if l := logs.with("cannot start program"); len(l) != 1 {
+			t.Errorf("%s: failure logged as %v", kind, l)
+		}
+		client.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if n, err := client.Read(make([]byte, 1)); n != 0 || err == nil {
+			t.Errorf("%s: the client's connection is still open: %d, %v", kind, n, err)
+		}
+		if testutil.ToFloat64(f.procs) != 0 {
+			t.Errorf("%s: processes gauge %v after a failed spawn", kind, testutil.ToFloat64(f.procs))
+		}
+	}
+}
+
+// TestStderr: "log" logs each line with service and pid, cuts long lines,
+// and stays bounded when a child floods it; "discard" logs nothing.
+func TestStderr(t *testing.T) {
+	f, logs := newTestFactory(t, `command = ["/bin/sh", "-c", "echo one >&2; printf '%05000d\\n' 7 >&2; echo two >&2; echo $$"]`)
+	client, server := tcpPair(t)
+	h := serveConn(t, f, server, 0)
+	pid := readPID(t, bufio.NewReader(client), client)
+	if err := h.wait(t, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	var lines []map[string]string
+	waitFor(t, 5*time.Second, "three stderr lines logged", func() bool {
+		lines = logs.with("program stderr")
+		return len(lines) >= 3
+	})
+	want := []string{"one", strings.Repeat("0", maxStderrLine), "two"}
+	for i, l := range lines {
+		if l["line"] != want[i] || l["pid"] != strconv.Itoa(pid) || l["service"] != "x" || (i == 1) != (l["truncated"] == "true") {
+			t.Errorf("line %d logged as %v", i, l)
+		}
+	}
+
+	// A flood: 3,000 lines at once. What is logged is bounded by the
+	// rate; everything else is counted, so logged + counted = 3,000.
+	f, logs = newTestFactory(t, `command = ["/bin/sh", "-c", "i=0; while [ $i -lt 3000 ]; do echo flood $i >&2; i=$((i+1)); done"]`)
+	client, server = tcpPair(t)
+	start := time.Now()
+	h = serveConn(t, f, server, 0)
+	if err := h.wait(t, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	el := time.Since(start)
+	var logged, counted int
+	waitFor(t, 5*time.Second, "the flood's summary", func() bool { return len(logs.with("program stderr lines not logged (too many)")) == 1 })
+	for _, l := range logs.with("program stderr") {
+		logged++
+		n, _ := strconv.Atoi(l["suppressed_before"])
+		counted += n
+	}
+	for _, l := range logs.with("program stderr lines not logged (too many)") {
+		n, _ := strconv.Atoi(l["lines"])
+		counted += n
+	}
+	if limit := stderrBurst + int(el.Seconds()*stderrRate) + 1; logged > limit {
+		t.Errorf("%d lines logged in %v; the limit is %d", logged, el, limit)
+	}
+	if logged+counted != 3000 {
+		t.Errorf("%d lines logged + %d counted as not logged = %d, want 3000", logged, counted, logged+counted)
+	}
+
+	f, logs = newTestFactory(t, `command = ["/bin/sh", "-c", "echo hidden >&2"]
+  stderr = "discard"`)
+	_, server = tcpPair(t)
+	h = serveConn(t, f, server, 0)
+	if err := h.wait(t, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if l := logs.with("program stderr"); len(l) != 0 {
+		t.Errorf("stderr = discard logged %v", l)
+	}
+}
+
+// TestShim: umask and nice are applied by superd re-executing itself
+// (here the test binary, which links the package) before the program.
+func TestShim(t *testing.T) {
+	f, _ := newTestFactory(t, `command = ["/bin/sh", "-c", "umask; cut -d' ' -f19 /proc/$$/stat; ulimit -n"]
+  umask = "0077"
+  nice  = 3
+  rlimits {
+    nofile = 100
+  }`)
+	client, server := tcpPair(t)
+	h := serveConn(t, f, server, 0)
+	client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b, err := io.ReadAll(client)
+	if err != nil || string(b) != "0077\n3\n100\n" {
+		t.Errorf("the child printed %q, %v; want umask 0077, nice 3, nofile 100", b, err)
+	}
+	if err := h.wait(t, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestServeListener: wait mode's restart back-off, and a drain cutting it
+// short.
+func TestServeListener(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	file, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer file.Close()
+	stopping, killed := make(chan struct{}), make(chan struct{})
+	hl := &framework.HandedListener{File: file, Endpoint: "tcp:" + ln.Addr().String(), Stopping: stopping, Killed: killed}
+
+	// A program that exits 0 at once with nothing waiting: no delay.
+	f, _ := newTestFactory(t, `command = ["/bin/true"]
+  wait = true`)
+	start := time.Now()
+	if err := f.ServeListener(hl); err != nil {
+		t.Fatal(err)
+	}
+	if el := time.Since(start); el > 900*time.Millisecond {
+		t.Errorf("a program that succeeded was followed by a %v delay", el)
+	}
+
+	// One that fails at once: 1 s, then 2 s.
+	f, logs := newTestFactory(t, `command = ["/bin/sh", "-c", "exit 1"]
+  wait = true`)
+	start = time.Now()
+	if err := f.ServeListener(hl); err != nil {
+		t.Fatal(err)
+	}
+	if el := time.Since(start); el < time.Second {
+		t.Errorf("a program that failed at once was restarted after %v, before the 1 s back-off", el)
+	}
+	if l := logs.with("program ended soon after its start; restarting after a delay"); len(l) != 1 || l[0]["delay"] != "1s" {
+		t.Errorf("back-off logged as %v", l)
+	}
+	// The drain begins during the next back-off (2 s): ServeListener
+	// returns at once.
+	go func() {
+		waitFor(t, 5*time.Second, "the second failure", func() bool {
+			return len(logs.with("program ended soon after its start; restarting after a delay")) == 2
+		})
+		close(stopping)
+	}()
+	start = time.Now()
+	if err := f.ServeListener(hl); err != nil {
+		t.Fatal(err)
+	}
+	if el := time.Since(start); el > 1500*time.Millisecond {
+		t.Errorf("ServeListener kept backing off for %v after the drain began", el)
+	}
+	close(killed)
+}
+
+func TestBackoff(t *testing.T) {
+	var b backoff
+	var got []time.Duration
+	for range 9 {
+		got = append(got, b.failed())
+	}
+	want := []time.Duration{1, 2, 4, 8, 16, 32, 60, 60, 60}
+	for i := range want {
+		if got[i] != want[i]*time.Second {
+			t.Fatalf("delays %v, want 1s doubling to 1m", got)
+		}
+	}
+	b.reset()
+	if d := b.failed(); d != time.Second {
+		t.Errorf("after reset: %v", d)
+	}
+}
+
+func TestParseSignal(t *testing.T) {
+	for in, want := range map[string]syscall.Signal{
+		"SIGTERM": syscall.SIGTERM, "TERM": syscall.SIGTERM, "term": syscall.SIGTERM, "15": syscall.SIGTERM,
+		"SIGHUP": syscall.SIGHUP, "SIGKILL": syscall.SIGKILL, "usr1": syscall.SIGUSR1,
+	} {
+		if got, err := parseSignal(in); err != nil || got != want {
+			t.Errorf("parseSignal(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "SIG", "SIGFOO", "0", "-1", "65", "TERM "} {
+		if got, err := parseSignal(in); err == nil {
+			t.Errorf("parseSignal(%q) = %v, want an error", in, got)
+		}
+	}
+}
+
+func TestFdName(t *testing.T) {
+	for in, want := range map[string]string{
+		"echo": "echo", "a:b": "a_b", "two words": "two_words", "tab\there": "tab_here", "é": "_",
+		strings.Repeat("x", 300): strings.Repeat("x", 255),
+	} {
+		if got := fdName(in); got != want {
+			t.Errorf("fdName(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestPlainAddr(t *testing.T) {
+	for _, tt := range []struct {
+		addr     *net.TCPAddr
+		ip, port string
+	}{
+		{&net.TCPAddr{IP: net.ParseIP("::ffff:127.0.0.1"), Port: 7}, "127.0.0.1", "7"},
+		{&net.TCPAddr{IP: net.ParseIP("127.0.0.1").To4(), Port: 80}, "127.0.0.1", "80"},
+		{&net.TCPAddr{IP: net.ParseIP("::1"), Port: 1}, "::1", "1"},
+		{&net.TCPAddr{IP: net.ParseIP("fe80::1"), Port: 2, Zone: "lo"}, "fe80::1%lo", "2"},
+	} {
+		if ip, port := plainAddr(tt.addr); ip != tt.ip || port != tt.port {
+			t.Errorf("plainAddr(%v) = %s %s, want %s %s", tt.addr, ip, port, tt.ip, tt.port)
+		}
+	}
+}
