@@ -994,6 +994,84 @@ service "exec" "sig" {
 	hxStop(d, 20*time.Second)
 }
 
+// TestExecLimits: max_connections bounds the processes; idle_timeout ends
+// a relayed connection (and its child) but not a socket handed over;
+// stderr = "inherit" writes to superd's own stderr.
+func TestExecLimits(t *testing.T) {
+	bounded, relay, direct := freeAddr(t), freeAddr(t), freeAddr(t)
+	const waiter = `command = ["/bin/sh", "-c", "echo hi; echo to-superd-stderr >&2; read x"]`
+	path, maddr := writeConfig(t, fmt.Sprintf(`
+metrics { address = "METRICS" }
+service "exec" "bounded" {
+  %[1]s
+  max_connections = 2
+  endpoint "tcp" { address = %[2]q }
+}
+service "exec" "idle" {
+  %[1]s
+  idle_timeout = "300ms"
+  stderr       = "inherit"
+  endpoint "tls" {
+    address     = %[3]q
+    self_signed = true
+  }
+  endpoint "tcp" { address = %[4]q }
+}
+`, waiter, bounded, relay, direct))
+	d := startDaemon(t, path, maddr)
+	hi := func(c net.Conn) {
+		t.Helper()
+		if line := exReadLine(t, c, bufio.NewReader(c), 10*time.Second); line != "hi" {
+			t.Fatalf("got %q", line)
+		}
+	}
+
+	b1, b2 := exDial(t, bounded), exDial(t, bounded)
+	hi(b1)
+	hi(b2)
+	expectClosedAtAccept(t, bounded)
+	d.waitMetric("superd_connections_rejected_total", map[string]string{"service": "bounded", "reason": "max_connections"}, 1)
+	d.waitMetric("superd_exec_processes", map[string]string{"service": "bounded"}, 2)
+	b1.Close()
+	d.waitMetric("superd_exec_processes", map[string]string{"service": "bounded"}, 1)
+	b3 := exDial(t, bounded)
+	hi(b3)
+
+	tc, err := tls.Dial("tcp", relay, &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	dc := exDial(t, direct)
+	hi(tc)
+	hi(dc)
+	start := time.Now()
+	hxClosedByServer(t, tc, 10*time.Second)
+	if el := time.Since(start); el > 5*time.Second {
+		t.Errorf("the idle relayed connection was closed after %v", el)
+	}
+	d.waitMetric("superd_connections_dropped_total", map[string]string{"service": "idle", "reason": "idle_timeout"}, 1)
+	d.waitMetric("superd_exec_processes", map[string]string{"service": "idle"}, 1) // the direct one
+	fmt.Fprintln(dc, "still here")
+	if rest := exReadAll(t, dc, 10*time.Second); rest != "" {
+		t.Fatalf("direct: %q", rest)
+	}
+	d.waitMetric("superd_exec_exits_total", map[string]string{"service": "idle", "result": "success"}, 1)
+	n := 0
+	for _, l := range strings.Split(d.stderr.String(), "\n") {
+		if l == "to-superd-stderr" {
+			n++
+		}
+	}
+	if n != 2 {
+		t.Errorf("stderr = inherit: %d raw lines on superd's stderr, want 2", n)
+	}
+	if n := len(exLogLines(d, `msg="program stderr"`, "service=bounded", "line=to-superd-stderr")); n != 3 {
+		t.Errorf("stderr = log: %d lines logged, want 3", n)
+	}
+	hxStop(d, 20*time.Second)
+}
+
 // ---------------------------------------------------------------------------
 // 7. Reload, and a failed spawn
 
