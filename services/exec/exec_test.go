@@ -457,3 +457,27 @@ func TestPlainAddr(t *testing.T) {
 		}
 	}
 }
+
+// TestServeConnRelayKilledWhileFlushing: a child that has written more
+// than a client reads and exited leaves the relay flushing to that client;
+// when the drain's time runs out the connection is aborted, which is a
+// shutdown timeout, not a clean end.
+func TestServeConnRelayKilledWhileFlushing(t *testing.T) {
+	// Small socket buffers on the TCP side: the child's 100 kB fit in the
+	// socket pair, not in the connection to a client that never reads.
+	f, logs := newTestFactory(t, `command = ["/bin/sh", "-c", "head -c 100000 /dev/zero"]`)
+	_, server := tlsPair(t, func(c, s *net.TCPConn) {
+		c.SetReadBuffer(4096)
+		s.SetWriteBuffer(4096)
+	})
+	h := serveConn(t, f, server, 0)
+	waitFor(t, 10*time.Second, "the child to exit", func() bool { return len(logs.with("program exited")) == 1 })
+	h.stop()
+	if h.finished() {
+		t.Fatal("ServeConn returned while output is still being relayed")
+	}
+	h.kill()
+	if err := h.wait(t, 10*time.Second); !errors.Is(err, framework.ErrShutdownTimeout) {
+		t.Fatalf("ServeConn returned %v, want ErrShutdownTimeout", err)
+	}
+}

@@ -237,14 +237,18 @@ var (
 	certErr  error
 )
 
-// tlsPair returns a TCP pair with TLS handshaken on both sides.
-func tlsPair(t *testing.T) (client, server *tls.Conn) {
+// tlsPair returns a TCP pair with TLS handshaken on both sides; setup,
+// when given, runs on the raw client and server sockets first.
+func tlsPair(t *testing.T, setup ...func(c, s *net.TCPConn)) (client, server *tls.Conn) {
 	t.Helper()
 	certOnce.Do(func() { cert, certErr = endpoint.SelfSignedCertificate([]string{"127.0.0.1"}, time.Now()) })
 	if certErr != nil {
 		t.Fatal(certErr)
 	}
 	c, s := tcpPair(t)
+	for _, f := range setup {
+		f(c.(*net.TCPConn), s.(*net.TCPConn))
+	}
 	client = tls.Client(c, &tls.Config{InsecureSkipVerify: true})
 	server = tls.Server(s, &tls.Config{Certificates: []tls.Certificate{cert}})
 	errc := make(chan error, 1)
