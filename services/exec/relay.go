@@ -71,16 +71,22 @@ func (f *Factory) serveRelayed(hc *framework.HandedConn, env []string) error {
 	_, werr := ch.wait()
 	close(procDone)
 	// Everything the child wrote is passed on, unless the drain's time is
-	// up; then the client connection closes too.
+	// up; then the client connection closes too (aborted: cut).
+	cut := false
 	select {
 	case <-downDone:
 	case <-hc.Killed:
+		select {
+		case <-downDone:
+		default:
+			cut = true
+		}
 	}
 	closeAll()
 	<-downDone
 	<-upDone
 	switch {
-	case killed():
+	case killed() || cut:
 		return framework.ErrShutdownTimeout
 	case idle:
 		return framework.ErrIdleTimeout
