@@ -1378,6 +1378,67 @@ service "exec" "failing" {
 	}
 }
 
+// TestExecWaitModeUDP: wait mode on a udp endpoint: a program starts when a
+// datagram waits, gets the socket (fd 0, or fd 3 with listen_fds), answers,
+// exits, and the next datagram starts another.
+func TestExecWaitModeUDP(t *testing.T) {
+	prog := execProg(t)
+	inetd, systemd := freeAddr(t), freeAddr(t)
+	path, maddr := writeConfig(t, fmt.Sprintf(`
+metrics { address = "METRICS" }
+service "exec" "udp" {
+  wait    = true
+  command = [%[1]q, "udp", "2"]
+  endpoint "udp" { address = %[2]q }
+}
+service "exec" "udpfds" {
+  wait       = true
+  listen_fds = true
+  command    = [%[1]q, "udp", "2", "3"]
+  endpoint "udp" { address = %[3]q }
+}
+`, prog, inetd, systemd))
+	d := startDaemon(t, path, maddr)
+	c, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ask := func(addr, payload string) (pid, n int) {
+		t.Helper()
+		ua, err := net.ResolveUDPAddr("udp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.WriteTo([]byte(payload), ua); err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		buf := make([]byte, 2048)
+		m, _, err := c.ReadFrom(buf)
+		if err != nil {
+			t.Fatalf("no answer from %s: %v", addr, err)
+		}
+		var got string
+		if _, err := fmt.Sscanf(string(buf[:m]), "pid=%d dgram=%d got=%s", &pid, &n, &got); err != nil || got != payload {
+			t.Fatalf("%s answered %q", addr, buf[:m])
+		}
+		return pid, n
+	}
+	for _, tt := range []struct{ service, addr string }{{"udp", inetd}, {"udpfds", systemd}} {
+		p1, n1 := ask(tt.addr, "one")
+		p2, n2 := ask(tt.addr, "two")
+		if p1 != p2 || n1 != 0 || n2 != 1 {
+			t.Fatalf("%s: pids %d %d, datagrams %d %d; want one program answering 0 and 1", tt.service, p1, p2, n1, n2)
+		}
+		d.waitMetric("superd_exec_exits_total", map[string]string{"service": tt.service, "result": "success"}, 1)
+		if p3, n3 := ask(tt.addr, "three"); p3 == p1 || n3 != 0 {
+			t.Errorf("%s: after the first program exited, pid %d datagram %d answered", tt.service, p3, n3)
+		}
+	}
+	hxStop(d, 20*time.Second)
+}
+
 // TestExecWaitModeReload switches one address between nowait and wait
 // mode by reload, with a wait-mode program running during a switch, then
 // removes the service.

@@ -7,6 +7,8 @@
 //	listenfds N  wait mode, systemd style: checks LISTEN_PID (its own pid),
 //	             LISTEN_FDS and LISTEN_FDNAMES, accepts N connections on
 //	             fd 3, writes one line to each (with what it found), exits 0
+//	udp N [FD]   wait mode on udp: the socket is fd 0 (or FD); answers N
+//	             datagrams with "pid=P dgram=I got=DATA", exits 0
 //	stopper SIG  nowait: writes "ready pid=P v=$V"; on SIG writes
 //	             "got SIG" and carries on; reads one line L from stdin,
 //	             writes "bye L" and exits 0 (or exits 0 at end of input)
@@ -26,7 +28,7 @@ import (
 
 func main() {
 	if len(os.Args) < 3 {
-		fail("usage: execprog accept|listenfds N | stopper SIGNAL")
+		fail("usage: execprog accept|listenfds N | udp N [FD] | stopper SIGNAL")
 	}
 	switch os.Args[1] {
 	case "accept":
@@ -35,6 +37,12 @@ func main() {
 		facts := fmt.Sprintf("listen_pid_ok=%v fds=%s names=%s",
 			os.Getenv("LISTEN_PID") == strconv.Itoa(os.Getpid()), os.Getenv("LISTEN_FDS"), os.Getenv("LISTEN_FDNAMES"))
 		serve(os.NewFile(3, "listener"), atoi(os.Args[2]), facts)
+	case "udp":
+		fd := 0
+		if len(os.Args) > 3 {
+			fd = atoi(os.Args[3])
+		}
+		answer(os.NewFile(uintptr(fd), "udp socket"), atoi(os.Args[2]))
 	case "stopper":
 		stopper(os.Args[2])
 	default:
@@ -63,6 +71,30 @@ func serve(f *os.File, n int, facts string) {
 		c.Close()
 	}
 }
+
+// answer reads n datagrams on the udp socket f and answers each.
+func answer(f *os.File, n int) {
+	pc, err := net.FilePacketConn(f)
+	if err != nil {
+		fail("not a datagram socket: %v", err)
+	}
+	f.Close()
+	buf := make([]byte, 2048)
+	for i := range n {
+		m, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			fail("read: %v", err)
+		}
+		fmt.Fprintf(pcWriter{pc, from}, "pid=%d dgram=%d got=%s", os.Getpid(), i, buf[:m])
+	}
+}
+
+type pcWriter struct {
+	pc net.PacketConn
+	to net.Addr
+}
+
+func (w pcWriter) Write(b []byte) (int, error) { return w.pc.WriteTo(b, w.to) }
 
 func stopper(name string) {
 	sig := map[string]os.Signal{"SIGTERM": syscall.SIGTERM, "SIGUSR1": syscall.SIGUSR1, "SIGHUP": syscall.SIGHUP}[name]
