@@ -1463,11 +1463,16 @@ service "exec" "svc" {
 	path, maddr := writeConfig(t, fmt.Sprintf(nowait, addr))
 	d := startDaemon(t, path, maddr)
 	spid := d.cmd.Process.Pid
+	echoes := 0
 	echo := func() {
 		t.Helper()
 		if err := hxEchoOnce("tcp", addr, []byte("hello"), 10*time.Second); err != nil {
 			t.Fatalf("echo: %v", err)
 		}
+		// cat exits once it has read the client's close: before the next
+		// reload, whose drain would stop it.
+		echoes++
+		d.waitMetric("superd_exec_exits_total", map[string]string{"service": "svc", "result": "success"}, float64(echoes))
 	}
 	echo()
 
