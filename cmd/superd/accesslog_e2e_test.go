@@ -209,3 +209,50 @@ service "echo" "e" {
 		t.Fatalf("exit %d", code)
 	}
 }
+
+// exec connections carry the program's pid and exit in the access log,
+// and the running program's pid in /status?connections=1.
+func TestAccessLogAndStatusExec(t *testing.T) {
+	dir := t.TempDir()
+	logPath := filepath.Join(dir, "access.log")
+	addr := freeAddr(t)
+	path, metrics := writeConfig(t, fmt.Sprintf(`
+metrics { address = "METRICS" }
+access_log { path = %q }
+service "exec" "x" {
+  access_log = true
+  command    = ["/bin/sh", "-c", "echo pid $$; read line; exit 3"]
+  endpoint "tcp" { address = %q }
+}
+`, logPath, addr))
+	d := startDaemon(t, path, metrics)
+	c, err := netDial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	var pid int
+	if _, err := fmt.Fscanf(c, "pid %d\n", &pid); err != nil {
+		t.Fatal(err)
+	}
+	// The program may write before superd has recorded its pid: poll.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s := getStatus(t, metrics, true)
+		if len(s.Connections) == 1 && s.Connections[0].PID == pid {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status connections %+v, want pid %d", s.Connections, pid)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	fmt.Fprintln(c, "bye")
+	lines := waitAccessLines(t, logPath, 1)
+	if l := lines[0]; l["pid"] != float64(pid) || l["exit"] != "3" || l["bytes_in"] != 4.0 {
+		t.Errorf("exec line %v, want pid %d exit 3 bytes_in 4", l, pid)
+	}
+	d.signal(syscall.SIGTERM)
+	d.wait(10 * time.Second)
+}

@@ -48,6 +48,7 @@ func (f *Factory) serveRelayed(hc *framework.HandedConn, env []string) error {
 		return &framework.RejectError{Reason: metrics.RejectSpawn, Err: err}
 	}
 	hc.Served()
+	hc.SetRunningPID(ch.pid)
 
 	var idle bool
 	closeAll := sync.OnceFunc(func() { client.Close(); ours.Close() })
@@ -68,8 +69,9 @@ func (f *Factory) serveRelayed(hc *framework.HandedConn, env []string) error {
 
 	procDone := make(chan struct{})
 	killed := ch.watch(hc.Stopping, hc.Killed, procDone)
-	_, werr := ch.wait()
+	state, werr := ch.wait()
 	close(procDone)
+	recordExit(hc, ch.pid, state)
 	// Everything the child wrote is passed on, unless the drain's time is
 	// up; then the client connection closes too (aborted: cut).
 	cut := false
@@ -110,6 +112,7 @@ func copyUp(dst *net.UnixConn, src net.Conn, hc *framework.HandedConn) (idle boo
 			if hc.Received != nil {
 				hc.Received.Add(float64(n))
 			}
+			hc.BytesIn += int64(n) // read by ServeConn's caller after both copies end
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				return false
 			}
@@ -140,6 +143,7 @@ func copyDown(dst net.Conn, src net.Conn, hc *framework.HandedConn) {
 			if hc.Sent != nil {
 				hc.Sent.Add(float64(n))
 			}
+			hc.BytesOut += int64(n)
 		}
 		if err != nil {
 			if errors.Is(err, io.EOF) {

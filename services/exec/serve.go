@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"strconv"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -46,10 +47,12 @@ func (f *Factory) serveDirect(hc *framework.HandedConn, c interface {
 		return &framework.RejectError{Reason: metrics.RejectSpawn, Err: err}
 	}
 	hc.Served()
+	hc.SetRunningPID(ch.pid)
 	done := make(chan struct{})
 	killed := ch.watch(hc.Stopping, hc.Killed, done)
-	_, werr := ch.wait()
+	state, werr := ch.wait()
 	close(done)
+	recordExit(hc, ch.pid, state)
 	if isTCP {
 		countTCP(file, hc)
 	}
@@ -87,6 +90,7 @@ func countTCP(file *os.File, hc *framework.HandedConn) {
 		if finOut && sent > 0 {
 			sent--
 		}
+		hc.BytesIn, hc.BytesOut = int64(received), int64(sent)
 		if hc.Received != nil {
 			hc.Received.Add(float64(received))
 		}
@@ -94,6 +98,23 @@ func countTCP(file *os.File, hc *framework.HandedConn) {
 			hc.Sent.Add(float64(sent))
 		}
 	})
+}
+
+// recordExit tells the access log and the status view how the program
+// serving hc ended.
+func recordExit(hc *framework.HandedConn, pid int, state *os.ProcessState) {
+	hc.SetRunningPID(0)
+	hc.PID = pid
+	if state == nil {
+		return
+	}
+	ws, ok := state.Sys().(syscall.WaitStatus)
+	switch {
+	case ok && ws.Signaled():
+		hc.Exit = unix.SignalName(ws.Signal())
+	default:
+		hc.Exit = strconv.Itoa(state.ExitCode())
+	}
 }
 
 // TCP states (tcpi_state) in which a FIN has been received or queued.
