@@ -1,9 +1,10 @@
 // Command baseline is the yardstick of `make bench`: echo, qotd, chat, TLS
 // echo and a program per connection written the way a competent Go
 // programmer would write them with the standard library alone, one
-// goroutine per connection. superd is measured against it.
+// goroutine per connection; UDP echo is one goroutine reading with
+// ReadFromUDP and answering with WriteToUDP. superd is measured against it.
 //
-//	baseline -echo 127.0.0.1:7007 -tls 127.0.0.1:7443 -qotd 127.0.0.1:8007 -chat 127.0.0.1:8123 [-exec 127.0.0.1:8079]
+//	baseline -echo 127.0.0.1:7007 -tls 127.0.0.1:7443 -qotd 127.0.0.1:8007 -chat 127.0.0.1:8123 [-exec 127.0.0.1:8079] [-udp 127.0.0.1:7007]
 //
 // An empty address leaves that service out. The chat speaks superd's chat
 // protocol byte for byte (prompts, CRLF, "<name> line").
@@ -40,6 +41,7 @@ func main() {
 	qotdAddr := flag.String("qotd", "127.0.0.1:8007", "qotd (RFC 865) listen address; empty: off")
 	chatAddr := flag.String("chat", "127.0.0.1:8123", "chat listen address; empty: off")
 	execAddr := flag.String("exec", "", "fork-per-connection listen address: each connection runs /bin/echo QUOTE with the socket as its stdin and stdout; empty: off")
+	udpAddr := flag.String("udp", "", "UDP echo listen address: one goroutine, ReadFromUDP then WriteToUDP; empty: off")
 	quote := flag.String("quote", "An apple a day keeps the doctor away", "the quote of qotd")
 	splice := flag.Bool("splice", false, "echo with io.CopyBuffer straight on the *net.TCPConn, which makes Go splice(2) through a pipe per connection (2 more fds each) instead of using the pooled buffer")
 	flag.Parse()
@@ -86,6 +88,17 @@ func main() {
 		}
 		go acceptLoop(ln, s.serve)
 	}
+	if *udpAddr != "" {
+		laddr, err := net.ResolveUDPAddr("udp", *udpAddr)
+		if err != nil {
+			log.Fatal(err)
+		}
+		pc, err := net.ListenUDP("udp", laddr)
+		if err != nil {
+			log.Fatal(err)
+		}
+		go udpEcho(pc)
+	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	<-sig
@@ -127,6 +140,26 @@ func echoConn(c net.Conn) {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	io.CopyBuffer(struct{ io.Writer }{c}, struct{ io.Reader }{c}, *bp)
+}
+
+// udpEcho sends every datagram back to its sender, as a competent Go
+// programmer would write it with the standard library: one goroutine, one
+// buffer as large as any UDP payload, ReadFromUDP then WriteToUDP, one
+// datagram per system call. A failed reply (a full socket buffer, an
+// unreachable sender) is dropped, as UDP does. It returns when pc is
+// closed.
+func udpEcho(pc *net.UDPConn) {
+	buf := make([]byte, 65535)
+	for {
+		n, from, err := pc.ReadFromUDP(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue // nothing read: a transient error, keep serving
+		}
+		pc.WriteToUDP(buf[:n], from)
+	}
 }
 
 // spliceEchoConn is echoConn without the wrappers (see -splice).

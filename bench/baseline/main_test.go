@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -260,4 +261,78 @@ func children(pid int) ([]string, error) {
 		}
 	}
 	return kids, nil
+}
+
+// UDP echo answers every datagram to its own sender, whatever its size up
+// to the largest UDP payload, and stops when its socket is closed.
+func TestUDPEcho(t *testing.T) {
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { udpEcho(pc); close(done) }()
+
+	var clients []*net.UDPConn
+	for range 2 {
+		c, err := net.DialUDP("udp", nil, pc.LocalAddr().(*net.UDPAddr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		clients = append(clients, c)
+	}
+	// A datagram can be lost, even on loopback: each is sent again until
+	// it comes back, within the deadline.
+	deadline := time.Now().Add(10 * time.Second)
+	roundTrip := func(c *net.UDPConn, msg []byte) {
+		t.Helper()
+		buf := make([]byte, 65536)
+		for {
+			if time.Now().After(deadline) {
+				t.Fatalf("no echo of %d bytes", len(msg))
+			}
+			if _, err := c.Write(msg); err != nil {
+				t.Fatal(err)
+			}
+			c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+			n, err := c.Read(buf)
+			if isTimeout(err) {
+				continue
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(buf[:n], msg) {
+				t.Fatalf("sent %d bytes %.20q, got %d bytes %.20q", len(msg), msg, n, buf[:n])
+			}
+			return
+		}
+	}
+	big := bytes.Repeat([]byte("0123456789"), 6551)
+	for i, msg := range [][]byte{[]byte("hello"), {}, []byte("a second client"), big[:1500], big[:65507]} {
+		roundTrip(clients[i%2], msg)
+	}
+	// Both clients at once: each gets its own datagrams back.
+	var wg sync.WaitGroup
+	for i, c := range clients {
+		wg.Go(func() {
+			for k := range 100 {
+				roundTrip(c, fmt.Appendf(nil, "client %d datagram %d", i, k))
+			}
+		})
+	}
+	wg.Wait()
+
+	pc.Close()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("udpEcho did not return after its socket was closed")
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
