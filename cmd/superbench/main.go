@@ -8,6 +8,7 @@
 //	superbench connrate -addr A [-conns WORKERS] [-duration D] [-expect QUOTE] [-eol crlf|lf]
 //	superbench idle     -addr A [-conns N] [-pid SERVER_PID] [-settle D] [-tls]
 //	superbench chat     -addr A [-conns USERS] [-lines M] [-duration D | -rounds R]
+//	superbench udp      -addr A [-conns SENDERS] [-size B] [-duration D | -count K] [-lost-after D] [-max-lost F]
 //
 // Each run prints one human line and one JSON line on stdout. The exit
 // status is 1 when anything failed verification or could not connect.
@@ -41,6 +42,10 @@ modes:
   chat      N users choose a name, then the first sends M lines per round
             until -duration (or -rounds) -> deliveries/s and latency until
             every other user has each line
+  udp       N senders, each with its own UDP socket, ping-pong B-byte
+            datagrams with a UDP echo server -> msgs/s and p50/p99/p999
+            round-trip latency; a datagram not back within -lost-after is
+            counted lost (too many lost is an error)
 
 Run "superbench MODE -h" for the flags of a mode.
 `
@@ -66,6 +71,8 @@ type options struct {
 	settle          time.Duration
 	lines           int
 	rounds          int
+	lostAfter       time.Duration // udp: wait for an echo this long, then count it lost
+	maxLost         float64       // udp: the fraction of lost datagrams above which the run fails
 }
 
 // Result is the outcome of one run, printed as one JSON line.
@@ -89,6 +96,9 @@ type Result struct {
 	RSSAfterBytes   int64   `json:"rss_after_bytes"`
 	RSSPerConnBytes float64 `json:"rss_per_conn_bytes"`
 	Alive           int     `json:"alive"`
+	Sent            int64   `json:"sent,omitempty"` // udp: datagrams sent (ops + lost)
+	Lost            int64   `json:"lost,omitempty"` // udp: datagrams not echoed within -lost-after
+	Late            int64   `json:"late,omitempty"` // udp: echoes that arrived after their datagram was counted lost
 	DialRetries     int64   `json:"dial_retries"`
 	Errors          int64   `json:"errors"`
 	FirstError      string  `json:"first_error,omitempty"`
@@ -113,7 +123,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	raiseNoFile(stderr)
 
-	d, err := newDialer(o)
+	d, err := newDialer(o) // checks that -addr is loopback (udp too)
 	if err != nil {
 		fmt.Fprintf(stderr, "superbench: %v\n", err)
 		return 2
@@ -136,6 +146,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		res = runIdle(ctx, o, d)
 	case "chat":
 		res = runChat(ctx, o, d)
+	case "udp":
+		res = runUDP(ctx, o)
 	}
 	res.Mode, res.Label, res.Addr, res.TLS = o.mode, o.label, o.addr, o.tls
 	res.DialRetries = d.retried.Load()
@@ -151,24 +163,24 @@ func run(args []string, stdout, stderr io.Writer) int {
 func parseFlags(mode string, args []string, stderr io.Writer) (*options, error) {
 	o := &options{mode: mode}
 	switch mode {
-	case "echo", "stream", "connrate", "idle", "chat":
+	case "echo", "stream", "connrate", "idle", "chat", "udp":
 	default:
 		return nil, fmt.Errorf("unknown mode %q\n%s", mode, usage)
 	}
-	defConns := map[string]int{"echo": 1, "stream": 8, "connrate": 8, "idle": 1000, "chat": 100}[mode]
-	defSize := map[string]int{"echo": 64, "stream": 32 << 10, "chat": 0}[mode]
+	defConns := map[string]int{"echo": 1, "stream": 8, "connrate": 8, "idle": 1000, "chat": 100, "udp": 64}[mode]
+	defSize := map[string]int{"echo": 64, "stream": 32 << 10, "chat": 0, "udp": 64}[mode]
 	fs := flag.NewFlagSet("superbench "+mode, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.addr, "addr", "127.0.0.1:7007", "target address (loopback only)")
 	fs.StringVar(&o.label, "label", "", "server label copied to the output")
-	fs.IntVar(&o.conns, "conns", defConns, "connections (workers for connrate, users for chat)")
+	fs.IntVar(&o.conns, "conns", defConns, "connections (workers for connrate, users for chat, sockets for udp)")
 	fs.DurationVar(&o.ioTimeout, "timeout", 10*time.Second, "longest wait for any one step (connect, handshake, reply)")
 	fs.IntVar(&o.dialConcurrency, "dial-concurrency", 64, "most dials in flight at once")
 	fs.DurationVar(&o.dialTimeout, "dial-timeout", 500*time.Millisecond, "timeout of one connection attempt, after which it is retried")
 	fs.IntVar(&o.dialRetries, "dial-retries", 10, "retries of a connection attempt that failed transiently")
 	fs.Uint64Var(&o.seed, "seed", 1, "seed of the random payloads")
 	switch mode {
-	case "echo", "stream", "connrate", "chat":
+	case "echo", "stream", "connrate", "chat", "udp":
 		fs.DurationVar(&o.duration, "duration", 3*time.Second, "how long to measure")
 	}
 	switch mode {
@@ -187,6 +199,11 @@ func parseFlags(mode string, args []string, stderr io.Writer) (*options, error) 
 	case "idle":
 		fs.IntVar(&o.pid, "pid", 0, "server process whose VmRSS is measured (0: no RSS measurement)")
 		fs.DurationVar(&o.settle, "settle", 2*time.Second, "wait after the last connection before measuring")
+	case "udp":
+		fs.IntVar(&o.size, "size", defSize, "datagram size in bytes (the first 8 are a sequence number)")
+		fs.IntVar(&o.count, "count", 0, "datagrams per sender instead of -duration (0: use -duration)")
+		fs.DurationVar(&o.lostAfter, "lost-after", 200*time.Millisecond, "how long a sender waits for an echo before counting the datagram lost and sending the next")
+		fs.Float64Var(&o.maxLost, "max-lost", 0.01, "the fraction of the datagrams sent that may be lost; more is an error")
 	case "chat":
 		fs.IntVar(&o.size, "size", 0, "pad each line to this many bytes (0: just the sequence number)")
 		fs.IntVar(&o.lines, "lines", 50, "lines the sender sends per round")
@@ -217,12 +234,16 @@ func parseFlags(mode string, args []string, stderr io.Writer) (*options, error) 
 		return nil, errors.New("-lines must be at least 1")
 	case (mode == "echo" || mode == "stream") && (o.size < 1 || o.size > 16<<20):
 		return nil, errors.New("-size must be between 1 and 16 MiB")
+	case mode == "udp" && (o.size < udpHeader || o.size > 65507):
+		return nil, fmt.Errorf("-size must be between %d (the sequence number) and 65507 (the largest UDP payload over IPv4)", udpHeader)
+	case mode == "udp" && (o.lostAfter <= 0 || o.maxLost < 0 || o.maxLost > 1):
+		return nil, errors.New("-lost-after must be positive and -max-lost between 0 and 1")
 	case o.duration < 0 || o.duration > time.Hour:
 		return nil, errors.New("-duration must be between 0 and 1h")
 	case o.ioTimeout <= 0 || o.dialTimeout <= 0:
 		return nil, errors.New("-timeout and -dial-timeout must be positive")
 	}
-	if mode == "echo" && o.count > 0 {
+	if (mode == "echo" || mode == "udp") && o.count > 0 {
 		o.duration = 0
 	}
 	return o, nil
@@ -239,7 +260,7 @@ func humanLine(r *Result) string {
 	}
 	fmt.Fprintf(&b, " %.2fs:", r.DurationS)
 	switch r.Mode {
-	case "echo":
+	case "echo", "udp":
 		fmt.Fprintf(&b, " %.0f msgs/s", r.MsgsPerS)
 	case "stream":
 		fmt.Fprintf(&b, " %.1f MB/s", r.MBPerS)
@@ -253,6 +274,9 @@ func humanLine(r *Result) string {
 	}
 	if r.Mode != "idle" && r.Mode != "stream" {
 		fmt.Fprintf(&b, " p50=%.0fus p99=%.0fus p999=%.0fus", r.P50Us, r.P99Us, r.P999Us)
+	}
+	if r.Mode == "udp" {
+		fmt.Fprintf(&b, " lost=%d/%d late=%d", r.Lost, r.Sent, r.Late)
 	}
 	fmt.Fprintf(&b, " errors=%d", r.Errors)
 	if r.DialRetries > 0 {

@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -233,5 +235,130 @@ func TestChatMode(t *testing.T) {
 func TestRefusesNonLoopback(t *testing.T) {
 	if code := run([]string{"echo", "-addr", "192.0.2.1:7", "-count", "1"}, io.Discard, io.Discard); code != 2 {
 		t.Fatalf("exit status %d", code)
+	}
+}
+
+// serveUDP runs handle for every datagram of a fresh loopback UDP socket;
+// handle answers through reply.
+func serveUDP(t *testing.T, handle func(n int, msg []byte, reply func([]byte))) string {
+	t.Helper()
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { pc.Close(); wg.Wait() })
+	wg.Go(func() {
+		buf := make([]byte, 65536)
+		for n := 0; ; n++ {
+			k, from, err := pc.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			handle(n, buf[:k], func(b []byte) { pc.WriteToUDP(b, from) })
+		}
+	})
+	return pc.LocalAddr().String()
+}
+
+func udpEcho(_ int, msg []byte, reply func([]byte)) { reply(msg) }
+
+func TestUDPMode(t *testing.T) {
+	// Where no loss is expected, a slow machine must not make one.
+	const patient = "5s"
+	addr := serveUDP(t, udpEcho)
+	r := bench(t, "udp", "-addr", addr, "-conns", "4", "-size", "100", "-count", "50", "-label", "x", "-lost-after", patient)
+	if r.Errors != 0 || r.Ops != 200 || r.Sent != 200 || r.Lost != 0 || r.Mode != "udp" || r.Label != "x" || r.Conns != 4 || r.Size != 100 {
+		t.Fatalf("%+v", r)
+	}
+	if r.P50Us <= 0 || r.P99Us < r.P50Us || r.P999Us < r.P99Us || r.MsgsPerS <= 0 {
+		t.Fatalf("latencies or rate missing: %+v", r)
+	}
+	r = bench(t, "udp", "-addr", addr, "-conns", "2", "-size", "8", "-duration", "100ms", "-lost-after", patient)
+	if r.Errors != 0 || r.Ops == 0 || r.MsgsPerS <= 0 {
+		t.Fatalf("%+v", r)
+	}
+
+	// One bit flipped in the 20th datagram.
+	bad := serveUDP(t, func(n int, msg []byte, reply func([]byte)) {
+		if n == 19 {
+			msg[34] ^= 0x10
+		}
+		reply(msg)
+	})
+	r = bench(t, "udp", "-addr", bad, "-conns", "1", "-size", "64", "-count", "50", "-lost-after", patient)
+	if r.Errors == 0 || !strings.Contains(r.FirstError, "datagram 19 differs at byte 34") {
+		t.Fatalf("corruption not caught: %+v", r)
+	}
+	// A datagram echoed one byte longer, or shorter.
+	for _, d := range []int{1, -1} {
+		odd := serveUDP(t, func(n int, msg []byte, reply func([]byte)) {
+			if n == 3 {
+				msg = append(msg, 'x')[:len(msg)+d]
+			}
+			reply(msg)
+		})
+		r = bench(t, "udp", "-addr", odd, "-conns", "1", "-size", "64", "-count", "10", "-lost-after", patient)
+		if want := fmt.Sprintf("datagram 3 came back with %d bytes, sent 64", 64+d); r.Errors == 0 || !strings.Contains(r.FirstError, want) {
+			t.Fatalf("length %+d not caught: %+v", d, r)
+		}
+	}
+
+	// Every 10th datagram dropped: counted lost, and over 1% that fails
+	// the run unless -max-lost allows it.
+	lossy := serveUDP(t, func(n int, msg []byte, reply func([]byte)) {
+		if n%10 != 9 {
+			reply(msg)
+		}
+	})
+	r = bench(t, "udp", "-addr", lossy, "-conns", "1", "-count", "50", "-lost-after", "20ms")
+	if r.Lost != 5 || r.Ops != 45 || r.Sent != 50 || r.Errors != 1 || !strings.Contains(r.FirstError, "lost 5 of 50 datagrams (10.00%, more than -max-lost 1.00%)") {
+		t.Fatalf("losses: %+v", r)
+	}
+	r = bench(t, "udp", "-addr", lossy, "-conns", "1", "-count", "50", "-lost-after", "20ms", "-max-lost", "0.1")
+	if r.Lost != 5 || r.Ops != 45 || r.Errors != 0 {
+		t.Fatalf("losses under -max-lost: %+v", r)
+	}
+
+	// The 5th echo arrives late, just before the 6th: it is counted lost,
+	// then late, and not taken for the 6th.
+	var held []byte
+	late := serveUDP(t, func(n int, msg []byte, reply func([]byte)) {
+		switch n {
+		case 4:
+			held = slices.Clone(msg)
+		case 5:
+			reply(held)
+			reply(msg)
+		default:
+			reply(msg)
+		}
+	})
+	r = bench(t, "udp", "-addr", late, "-conns", "1", "-count", "10", "-lost-after", "100ms", "-max-lost", "0.5")
+	if r.Lost != 1 || r.Late != 1 || r.Ops != 9 || r.Errors != 0 {
+		t.Fatalf("late echo: %+v", r)
+	}
+
+	// Nobody there: the kernel's port unreachable is an error.
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := pc.LocalAddr().String()
+	pc.Close()
+	r = bench(t, "udp", "-addr", closed, "-conns", "2", "-count", "5")
+	if r.Errors != 2 || r.Ops != 0 || !strings.Contains(r.FirstError, "refused") {
+		t.Fatalf("no server: %+v", r)
+	}
+
+	var out bytes.Buffer
+	for _, args := range [][]string{{"-size", "7"}, {"-size", "65508"}, {"-lost-after", "0s"}, {"-max-lost", "2"}} {
+		out.Reset()
+		if code := run(append([]string{"udp", "-addr", addr}, args...), &out, &out); code != 2 {
+			t.Errorf("%v: exit %d, %q", args, code, out.String())
+		}
+	}
+	if code := run([]string{"udp", "-addr", "192.0.2.1:7", "-count", "1"}, io.Discard, io.Discard); code != 2 {
+		t.Fatalf("non-loopback udp: exit status %d", code)
 	}
 }
