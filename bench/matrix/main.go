@@ -49,6 +49,9 @@ type result struct {
 	RSSAfterBytes   int64   `json:"rss_after_bytes"`
 	RSSPerConnBytes float64 `json:"rss_per_conn_bytes"`
 	Alive           int     `json:"alive"`
+	Sent            int64   `json:"sent"` // udp: datagrams sent
+	Lost            int64   `json:"lost"` // udp: not echoed in time
+	Late            int64   `json:"late"` // udp: echoed after being counted lost
 	Conns           int     `json:"conns"`
 	DialRetries     int64   `json:"dial_retries"`
 	Errors          int64   `json:"errors"`
@@ -64,7 +67,7 @@ type result struct {
 // metric is the number a cell compares.
 func (r *result) metric() float64 {
 	switch r.Mode {
-	case "echo":
+	case "echo", "udp":
 		return r.MsgsPerS
 	case "stream":
 		return r.MBPerS
@@ -87,6 +90,7 @@ const (
 	tQotd
 	tChat
 	tExec // a program per connection: /bin/echo QUOTE
+	tUDP  // echo over udp
 	nTargets
 )
 
@@ -127,6 +131,11 @@ var cells = []cell{
 	// ends in a bare LF.
 	{id: "CRX", desc: "connrate 8 workers (exec /bin/echo)", unit: "conns/s", target: tExec, timed: true, cpu: true,
 		args: []string{"connrate", "-conns", "8", "-expect", quote, "-eol", "lf"}},
+	// UDP echo: 64 sockets, each sending a datagram and waiting for its
+	// echo; superd's batched recvmmsg/sendmmsg against one goroutine doing
+	// ReadFromUDP and WriteToUDP.
+	{id: "U64", desc: "udp echo 64 senders 64 B", unit: "msgs/s", target: tUDP, timed: true,
+		args: []string{"udp", "-conns", "64", "-size", "64"}},
 	{id: "IDLE", desc: "5000 idle conns", unit: "B/conn", target: tEcho, idle: true,
 		args: []string{"idle", "-conns", "5000", "-settle", "2s"}},
 	{id: "CHAT", desc: "chat 200 users x 50 lines", unit: "deliv/s", target: tChat, timed: true,
@@ -327,10 +336,13 @@ func run(o *options) int {
 		if len(sdCPU) > 0 {
 			notes = append(notes, cpuNote(cr.id, sdCPU, blCPU, sdChild, blChild, cpuRatios))
 		}
+		if cr.args[0] == "udp" {
+			notes = append(notes, lossNote(cr.id, cr.superd, cr.baseline))
+		}
 	}
 	notes = append(notes,
 		"Ratio: superd/baseline per run pair, median over runs. Throughput cells: higher is better. IDLE cells: RSS growth per connection (VmRSS after connecting and settling, minus before, over connections), lower is better.",
-		"Every byte is verified: echo compares each random message, stream each byte of a seeded pattern, connrate the exact quote (CRX: with /bin/echo's bare LF), chat the sender, sequence and text of every line at every user, idle a one-byte echo on every connection after the RSS reading.",
+		"Every byte is verified: echo compares each random message (U64: each datagram, with its sequence number), stream each byte of a seeded pattern, connrate the exact quote (CRX: with /bin/echo's bare LF), chat the sender, sequence and text of every line at every user, idle a one-byte echo on every connection after the RSS reading.",
 		"The machine is shared and noisy, and superbench runs on the same cores as the server: the per-run ratios show the spread, and a median inside that spread of 1.00 is a tie (the verdict says tie only within 5%).",
 		"E1 confines the server and superbench to CPU 0 (a Go server then runs with GOMAXPROCS 1): with one connection, whether the kernel puts the two processes on one CPU or on two decides the round trip (about 22 µs against 63 µs on these virtual CPUs, for either server), so E1F, the same load left to the kernel, swings run by run between pair ratios near 0.4, 1 and 2.3.")
 	elapsed := time.Since(start).Round(time.Second)
@@ -363,6 +375,9 @@ func run(o *options) int {
 						continue
 					}
 					note := r.failed
+					if r.Mode == "udp" {
+						note = strings.TrimSpace(fmt.Sprintf("lost %d of %d, late %d %s", r.Lost, r.Sent, r.Late, note))
+					}
 					if cr.cpu && !math.IsNaN(r.cpuUs) {
 						note = strings.TrimSpace(fmt.Sprintf("server CPU %s µs/conn, children %s µs/conn %s", num(r.cpuUs), num(r.childCPUUs), note))
 					}
@@ -398,6 +413,26 @@ func cpuNote(id string, sd, bl, sdChild, blChild, ratios []float64) string {
 		"over the connections made; 10 ms ticks), lower is better: superd %s µs, baseline %s µs, superd/baseline %.2f (per run pair: %s). "+
 		"Their children, counted when reaped (cutime+cstime, the programs run), apart: superd %s µs, baseline %s µs per connection.",
 		id, num(median(sd)), num(median(bl)), median(ratios), strings.Join(rs, " "), num(median(sdChild)), num(median(blChild)))
+}
+
+// lossNote reports the datagrams a udp cell lost, over all its runs
+// (failed ones too: more than 1% lost fails a run).
+func lossNote(id string, sd, bl []*result) string {
+	sum := func(rs []*result) string {
+		var sent, lost, late int64
+		for _, r := range rs {
+			if r != nil {
+				sent, lost, late = sent+r.Sent, lost+r.Lost, late+r.Late
+			}
+		}
+		pct := 0.0
+		if sent > 0 {
+			pct = 100 * float64(lost) / float64(sent)
+		}
+		return fmt.Sprintf("%d of %d (%.3f%%, %d of them echoed late)", lost, sent, pct, late)
+	}
+	return fmt.Sprintf("%s: datagrams lost (not echoed within superbench's -lost-after, 200 ms), over every run: superd %s, baseline %s. "+
+		"A run losing more than 1%% of what it sent is failed; a loss costs its sender the 200 ms wait.", id, sum(sd), sum(bl))
 }
 
 var rlimitShown bool
@@ -494,6 +529,10 @@ func startServer(ctx context.Context, o *options, work string, seq int, name str
 	if err != nil {
 		return nil, err
 	}
+	// The udp target's port is free for udp, not for tcp.
+	if ports[tUDP], err = freeUDPPort(); err != nil {
+		return nil, err
+	}
 	s := &server{name: name, done: make(chan struct{}), log: filepath.Join(work, fmt.Sprintf("%03d-%s.log", seq, name))}
 	for i, p := range ports {
 		s.addrs[i] = "127.0.0.1:" + strconv.Itoa(p)
@@ -508,7 +547,7 @@ func startServer(ctx context.Context, o *options, work string, seq int, name str
 		}
 		args = []string{"run", "-config", cfg, "-log-level", "warn"}
 	} else {
-		args = []string{"-echo", s.addrs[tEcho], "-tls", s.addrs[tTLS], "-qotd", s.addrs[tQotd], "-chat", s.addrs[tChat], "-exec", s.addrs[tExec], "-quote", quote}
+		args = []string{"-echo", s.addrs[tEcho], "-tls", s.addrs[tTLS], "-qotd", s.addrs[tQotd], "-chat", s.addrs[tChat], "-exec", s.addrs[tExec], "-udp", s.addrs[tUDP], "-quote", quote}
 	}
 	logf, err := os.Create(s.log)
 	if err != nil {
@@ -529,9 +568,16 @@ func startServer(ctx context.Context, o *options, work string, seq int, name str
 }
 
 // superdConfig: echo (TCP and TLS with a self-signed certificate), qotd,
-// chat and exec (/bin/echo QUOTE per connection, nowait: the child's stdin
-// and stdout are the socket), metrics off, no connection limits, room for
-// chat's output.
+// chat, exec (/bin/echo QUOTE per connection, nowait: the child's stdin
+// and stdout are the socket) and echo over udp, metrics off, no connection
+// limits, room for chat's output.
+//
+// The udp echo sets a per-source rate limit that never throttles, on
+// purpose: a built-in service on udp otherwise gets rate_limit_per_ip
+// { rate = 10, burst = 20 }, which protects real deployments from
+// reflection floods and would drop nearly all of U64's datagrams (all come
+// from 127.0.0.1). With it set, superd still takes a token per datagram,
+// as it does in production.
 func superdConfig(addrs [nTargets]string) string {
 	return fmt.Sprintf(`# written by bench/matrix
 metrics {
@@ -566,7 +612,17 @@ service "exec" "crx" {
   command         = ["/bin/echo", %q]
   endpoint "tcp" { address = %q }
 }
-`, addrs[tEcho], addrs[tTLS], quote, addrs[tQotd], addrs[tChat], quote, addrs[tExec])
+
+# U64. A benchmark setting, not a recommendation: the default for built-in
+# services on udp (rate 10, burst 20 per source) would drop the load.
+service "echo" "udp-echo" {
+  rate_limit_per_ip {
+    rate  = 1e9
+    burst = 2147483647
+  }
+  endpoint "udp" { address = %q }
+}
+`, addrs[tEcho], addrs[tTLS], quote, addrs[tQotd], addrs[tChat], quote, addrs[tExec], addrs[tUDP])
 }
 
 func (s *server) exited() bool {
@@ -599,6 +655,12 @@ func (s *server) waitReady(ctx context.Context, limit time.Duration) error {
 
 func (s *server) probe() error {
 	for t, addr := range s.addrs {
+		if target(t) == tUDP {
+			if err := probeUDP(addr, 2*time.Second); err != nil {
+				return err
+			}
+			continue
+		}
 		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err != nil {
 			return err
@@ -634,6 +696,47 @@ func (s *server) probe() error {
 		}
 	}
 	return nil
+}
+
+// probeUDP sends a datagram to a udp echo until the same comes back, for
+// at most limit.
+func probeUDP(addr string, limit time.Duration) error {
+	raddr, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return err
+	}
+	c, err := net.DialUDP("udp", nil, raddr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	deadline := time.Now().Add(limit)
+	buf := make([]byte, 512)
+	for i := 0; time.Now().Before(deadline); i++ {
+		msg := fmt.Appendf(nil, "superd bench probe %d %d", os.Getpid(), i)
+		if _, err := c.Write(msg); err != nil {
+			return fmt.Errorf("udp echo: %w", err)
+		}
+		wait := time.Now().Add(200 * time.Millisecond)
+		if wait.After(deadline) {
+			wait = deadline
+		}
+		c.SetReadDeadline(wait)
+		for {
+			n, err := c.Read(buf)
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				break // lost, or nobody answering yet: send again
+			}
+			if err != nil {
+				return fmt.Errorf("udp echo: %w", err) // refused: nobody on the port yet
+			}
+			if string(buf[:n]) == string(msg) {
+				return nil
+			}
+			// An earlier probe's echo: keep waiting for this one.
+		}
+	}
+	return fmt.Errorf("udp echo %s: no echo within %v", addr, limit)
 }
 
 // stop ends the server: SIGTERM, then SIGKILL after 10 s.
@@ -691,6 +794,16 @@ func parseStat(b []byte) (cpuTimes, error) {
 		t[k] = float64(v) / userHZ
 	}
 	return cpuTimes{self: t[0] + t[1], children: t[2] + t[3]}, nil
+}
+
+// freeUDPPort finds a loopback udp port nobody is bound to.
+func freeUDPPort() (int, error) {
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return 0, err
+	}
+	defer pc.Close()
+	return pc.LocalAddr().(*net.UDPAddr).Port, nil
 }
 
 // freePorts finds n loopback ports nobody listens on.

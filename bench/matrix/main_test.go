@@ -2,9 +2,12 @@ package main
 
 import (
 	"math"
+	"net"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestMedian(t *testing.T) {
@@ -66,7 +69,7 @@ func TestTableAligns(t *testing.T) {
 }
 
 func TestSuperdConfigNamesEveryAddress(t *testing.T) {
-	addrs := [nTargets]string{"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4", "127.0.0.1:5"}
+	addrs := [nTargets]string{"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4", "127.0.0.1:5", "127.0.0.1:6"}
 	cfg := superdConfig(addrs)
 	for _, a := range addrs {
 		if !strings.Contains(cfg, `"`+a+`"`) {
@@ -74,7 +77,8 @@ func TestSuperdConfigNamesEveryAddress(t *testing.T) {
 		}
 	}
 	for _, want := range []string{`address = ""`, "self_signed = true", "max_pending_output", quote,
-		`service "exec" "crx"`, `command         = ["/bin/echo", "` + quote + `"]`} {
+		`service "exec" "crx"`, `command         = ["/bin/echo", "` + quote + `"]`,
+		`service "echo" "udp-echo"`, `endpoint "udp" { address = "127.0.0.1:6" }`, "rate  = 1e9", "burst = 2147483647"} {
 		if !strings.Contains(cfg, want) {
 			t.Errorf("config lacks %q", want)
 		}
@@ -130,6 +134,72 @@ func TestCRXCell(t *testing.T) {
 		args := strings.Join(c.args, " ")
 		if c.target != tExec || !c.cpu || !c.timed || !strings.Contains(args, "connrate -conns 8 -expect "+quote+" -eol lf") {
 			t.Errorf("CRX: %+v", c)
+		}
+	}
+}
+
+// The readiness probe of a udp echo: an echo comes back, even when the
+// first probe's echo comes too late and arrives just before the second's;
+// a silent socket fails within the limit, and so does a port nobody is
+// bound to.
+func TestProbeUDP(t *testing.T) {
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	go func() {
+		buf := make([]byte, 2048)
+		var held []byte
+		for n := 0; ; n++ {
+			k, from, err := pc.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			switch n {
+			case 0: // too late for the first probe's wait
+				held = append(held, buf[:k]...)
+			case 1:
+				pc.WriteToUDP(held, from)
+				pc.WriteToUDP(buf[:k], from)
+			default:
+				pc.WriteToUDP(buf[:k], from)
+			}
+		}
+	}()
+	for range 2 {
+		if err := probeUDP(pc.LocalAddr().String(), 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	silent, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	start := time.Now()
+	if err := probeUDP(silent.LocalAddr().String(), 300*time.Millisecond); err == nil || !strings.Contains(err.Error(), "no echo within 300ms") {
+		t.Fatalf("silent socket: %v", err)
+	}
+	if el := time.Since(start); el > 2*time.Second {
+		t.Fatalf("silent socket: gave up after %v", el)
+	}
+
+	port, err := freeUDPPort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := probeUDP("127.0.0.1:"+strconv.Itoa(port), 2*time.Second); err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("nobody there: %v", err)
+	}
+}
+
+func TestLossNote(t *testing.T) {
+	n := lossNote("U64", []*result{{Sent: 1000, Lost: 3, Late: 1}, nil, {Sent: 1000, Lost: 1}}, []*result{{Sent: 500}})
+	for _, want := range []string{"U64:", "superd 4 of 2000 (0.200%, 1 of them echoed late)", "baseline 0 of 500 (0.000%, 0 of them"} {
+		if !strings.Contains(n, want) {
+			t.Errorf("note lacks %q:\n%s", want, n)
 		}
 	}
 }
