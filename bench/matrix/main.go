@@ -100,7 +100,7 @@ type cell struct {
 	args           []string // superbench arguments after the mode's -addr
 	timed          bool     // takes -duration
 	idle           bool     // RSS per connection: lower is better, needs -pid
-	cpu            bool     // also report the server's CPU per connection
+	cpu            bool     // also report the server's CPU per operation (connection, or datagram for udp)
 	// cpus confines the server and superbench to these CPUs (nil: the
 	// kernel places them). See E1.
 	cpus []int
@@ -135,7 +135,7 @@ var cells = []cell{
 	// echo; superd's batched recvmmsg/sendmmsg against one goroutine doing
 	// ReadFromUDP and WriteToUDP.
 	{id: "U64", desc: "udp echo 64 senders 64 B", unit: "msgs/s", target: tUDP, timed: true,
-		args: []string{"udp", "-conns", "64", "-size", "64"}},
+		args: []string{"udp", "-conns", "64", "-size", "64"}, cpu: true},
 	{id: "IDLE", desc: "5000 idle conns", unit: "B/conn", target: tEcho, idle: true,
 		args: []string{"idle", "-conns", "5000", "-settle", "2s"}},
 	{id: "CHAT", desc: "chat 200 users x 50 lines", unit: "deliv/s", target: tChat, timed: true,
@@ -334,7 +334,7 @@ func run(o *options) int {
 				bytesStr(per), bytesStr(median(base)), per*1e6/(1<<30), bytesStr(median(bl)), median(bl)*1e6/(1<<30)))
 		}
 		if len(sdCPU) > 0 {
-			notes = append(notes, cpuNote(cr.id, sdCPU, blCPU, sdChild, blChild, cpuRatios))
+			notes = append(notes, cpuNote(cr.id, cr.args[0], sdCPU, blCPU, sdChild, blChild, cpuRatios))
 		}
 		if cr.args[0] == "udp" {
 			notes = append(notes, lossNote(cr.id, cr.superd, cr.baseline))
@@ -379,7 +379,12 @@ func run(o *options) int {
 						note = strings.TrimSpace(fmt.Sprintf("lost %d of %d, late %d %s", r.Lost, r.Sent, r.Late, note))
 					}
 					if cr.cpu && !math.IsNaN(r.cpuUs) {
-						note = strings.TrimSpace(fmt.Sprintf("server CPU %s µs/conn, children %s µs/conn %s", num(r.cpuUs), num(r.childCPUUs), note))
+						per := opName(cr.args[0])
+						if per == "datagram" {
+							note = strings.TrimSpace(fmt.Sprintf("server CPU %s µs/datagram, %s", num(r.cpuUs), note))
+						} else {
+							note = strings.TrimSpace(fmt.Sprintf("server CPU %s µs/conn, children %s µs/conn %s", num(r.cpuUs), num(r.childCPUUs), note))
+						}
 					}
 					if cr.idle {
 						note = strings.TrimSpace(fmt.Sprintf("rss %s -> %s, alive %d/%d %s", bytesStr(float64(r.RSSBeforeBytes)), bytesStr(float64(r.RSSAfterBytes)), r.Alive, r.Conns, note))
@@ -402,17 +407,33 @@ func run(o *options) int {
 	return 0
 }
 
-// cpuNote reports a cell's server CPU per connection: medians over the
-// counted run pairs, lower is better.
-func cpuNote(id string, sd, bl, sdChild, blChild, ratios []float64) string {
+// opName is what a mode's operations are, for the server's CPU per
+// operation.
+func opName(mode string) string {
+	if mode == "udp" {
+		return "datagram"
+	}
+	return "connection"
+}
+
+// cpuNote reports a cell's server CPU per operation (connection, or
+// datagram echoed for mode udp): medians over the counted run pairs, lower
+// is better.
+func cpuNote(id, mode string, sd, bl, sdChild, blChild, ratios []float64) string {
 	var rs []string
 	for _, r := range ratios {
 		rs = append(rs, fmt.Sprintf("%.2f", r))
 	}
-	return fmt.Sprintf("%s: server CPU per connection (the server process's utime+stime from /proc/PID/stat, read before and after the measured run, "+
-		"over the connections made; 10 ms ticks), lower is better: superd %s µs, baseline %s µs, superd/baseline %.2f (per run pair: %s). "+
-		"Their children, counted when reaped (cutime+cstime, the programs run), apart: superd %s µs, baseline %s µs per connection.",
-		id, num(median(sd)), num(median(bl)), median(ratios), strings.Join(rs, " "), num(median(sdChild)), num(median(blChild)))
+	per := opName(mode)
+	n := fmt.Sprintf("%s: server CPU per %s (the server process's utime+stime from /proc/PID/stat, read before and after the measured run, "+
+		"over the %ss %s; 10 ms ticks), lower is better: superd %s µs, baseline %s µs, superd/baseline %.2f (per run pair: %s).",
+		id, per, per, map[string]string{"datagram": "echoed", "connection": "made"}[per],
+		num(median(sd)), num(median(bl)), median(ratios), strings.Join(rs, " "))
+	if per == "connection" {
+		n += fmt.Sprintf(" Their children, counted when reaped (cutime+cstime, the programs run), apart: superd %s µs, baseline %s µs per connection.",
+			num(median(sdChild)), num(median(blChild)))
+	}
+	return n
 }
 
 // lossNote reports the datagrams a udp cell lost, over all its runs
@@ -502,7 +523,11 @@ func runOne(ctx context.Context, o *options, work string, seq int, name string, 
 	if c.cpu && cpuErr == nil && r.Ops > 0 {
 		r.cpuUs = (cpu1.self - cpu0.self) / float64(r.Ops) * 1e6
 		r.childCPUUs = (cpu1.children - cpu0.children) / float64(r.Ops) * 1e6
-		fmt.Printf("%-8s %-10s server CPU %.0f µs/conn, its children %.0f µs/conn (%d conns)\n", c.id, name, r.cpuUs, r.childCPUUs, r.Ops)
+		if opName(c.args[0]) == "datagram" {
+			fmt.Printf("%-8s %-10s server CPU %.2f µs/datagram (%d datagrams)\n", c.id, name, r.cpuUs, r.Ops)
+		} else {
+			fmt.Printf("%-8s %-10s server CPU %.0f µs/conn, its children %.0f µs/conn (%d conns)\n", c.id, name, r.cpuUs, r.childCPUUs, r.Ops)
+		}
 	}
 	switch {
 	case r.Errors > 0:

@@ -110,11 +110,20 @@ func TestParseStat(t *testing.T) {
 }
 
 func TestCPUNote(t *testing.T) {
-	n := cpuNote("CRX", []float64{100, 120, 110}, []float64{400, 500, 450}, []float64{900, 1000, 950}, []float64{910, 990, 960}, []float64{0.25, 0.24, 0.24})
-	for _, want := range []string{"CRX:", "superd 110 µs, baseline 450 µs, superd/baseline 0.24", "0.25 0.24 0.24", "superd 950 µs, baseline 960 µs per connection"} {
+	n := cpuNote("CRX", "connrate", []float64{100, 120, 110}, []float64{400, 500, 450}, []float64{900, 1000, 950}, []float64{910, 990, 960}, []float64{0.25, 0.24, 0.24})
+	for _, want := range []string{"CRX:", "per connection", "superd 110 µs, baseline 450 µs, superd/baseline 0.24", "0.25 0.24 0.24", "superd 950 µs, baseline 960 µs per connection"} {
 		if !strings.Contains(n, want) {
 			t.Errorf("note lacks %q:\n%s", want, n)
 		}
+	}
+	n = cpuNote("U64", "udp", []float64{8, 9}, []float64{10, 10}, []float64{0, 0}, []float64{0, 0}, []float64{0.8, 0.9})
+	for _, want := range []string{"U64: server CPU per datagram", "over the datagrams echoed", "superd 8.50 µs, baseline 10.0 µs, superd/baseline 0.85"} {
+		if !strings.Contains(n, want) {
+			t.Errorf("note lacks %q:\n%s", want, n)
+		}
+	}
+	if strings.Contains(n, "children") {
+		t.Errorf("udp note speaks of children:\n%s", n)
 	}
 }
 
@@ -126,8 +135,8 @@ func TestCRXCell(t *testing.T) {
 			t.Errorf("%s: target %d", c.id, c.target)
 		}
 		if c.id != "CRX" {
-			if c.cpu {
-				t.Errorf("%s measures CPU", c.id)
+			if c.cpu != (c.id == "U64") {
+				t.Errorf("%s: measures CPU %v", c.id, c.cpu)
 			}
 			continue
 		}
