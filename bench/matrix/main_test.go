@@ -4,10 +4,17 @@ import (
 	"math"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/superd-dev/superd/config"
+	_ "github.com/superd-dev/superd/services/chat"
+	_ "github.com/superd-dev/superd/services/echo"
+	_ "github.com/superd-dev/superd/services/exec"
+	_ "github.com/superd-dev/superd/services/qotd"
 )
 
 func TestMedian(t *testing.T) {
@@ -210,5 +217,22 @@ func TestLossNote(t *testing.T) {
 		if !strings.Contains(n, want) {
 			t.Errorf("note lacks %q:\n%s", want, n)
 		}
+	}
+}
+
+// superd accepts the generated configuration, and U64's udp echo gets the
+// explicit rate limit, not the default of built-ins on udp.
+func TestSuperdConfigParses(t *testing.T) {
+	addrs := [nTargets]string{"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4", "127.0.0.1:5", "127.0.0.1:6"}
+	f, err := config.Parse([]byte(superdConfig(addrs)), filepath.Join(t.TempDir(), "superd.hcl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := f.Service("udp-echo")
+	if svc == nil {
+		t.Fatal("no service udp-echo")
+	}
+	if r := svc.Limits.RateLimitPerIP; r == nil || r.Rate != 1e9 || r.Burst != math.MaxInt32 {
+		t.Fatalf("udp-echo rate_limit_per_ip %+v", r)
 	}
 }
