@@ -157,12 +157,13 @@ func (k *socket) datagramLoop() bool {
 		s.mu.Lock()
 		s.dispatching = true
 		s.mu.Unlock()
+		now := time.Now() // one clock read per batch for the rate limits
 		for i := range n {
 			data, from, truncated := s.io.datagram(i)
 			if truncated {
 				continue
 			}
-			d.deliver(data, from)
+			d.deliver(data, from, now)
 		}
 		s.mu.Lock()
 		s.dispatching = false
@@ -173,7 +174,7 @@ func (k *socket) datagramLoop() bool {
 
 // deliver applies the service's checks to one datagram and hands it to the
 // protocol.
-func (d *dgramBinding) deliver(data []byte, from *net.UDPAddr) {
+func (d *dgramBinding) deliver(data []byte, from *net.UDPAddr, now time.Time) {
 	d.received.Inc()
 	svc := d.svc
 	svc.m.Received.Add(float64(len(data)))
@@ -186,7 +187,7 @@ func (d *dgramBinding) deliver(data []byte, from *net.UDPAddr) {
 		d.drops[metrics.DatagramDenied].Inc()
 		return
 	}
-	if reason := svc.takeDatagramTokens(ip); reason != "" {
+	if reason := svc.takeDatagramTokens(ip, now); reason != "" {
 		d.drops[reason].Inc()
 		return
 	}
@@ -205,11 +206,10 @@ func (d *dgramBinding) call(data []byte, from *net.UDPAddr) {
 
 // takeDatagramTokens applies rate_limit and rate_limit_per_ip to one
 // datagram; it returns the drop reason, or "".
-func (s *service) takeDatagramTokens(ip netip.Addr) string {
+func (s *service) takeDatagramTokens(ip netip.Addr, now time.Time) string {
 	if s.rate == nil && s.sourceRates == nil {
 		return ""
 	}
-	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.rate != nil && !s.rate.take(now) {
