@@ -26,6 +26,10 @@ const (
 	// the peer's EOF after our FIN, so the peer reads everything we sent
 	// instead of meeting a reset caused by its own unread input.
 	lingerTimeout = 2 * time.Second
+	// lingerMaxInput bounds, in bytes, what a closing connection still
+	// reads and discards (during the linger, or while its last output is
+	// flushed): a peer that keeps sending past it is reset.
+	lingerMaxInput = 64 << 10
 	// readBufferSize is the size of the pooled buffers reads go into (what
 	// one DataReceived delivers at most).
 	readBufferSize = 32 << 10
@@ -101,6 +105,7 @@ type Conn struct {
 	recvSinceArm bool      // reader only: something arrived since it was set
 	waiting      bool      // someone waits on cond
 	lingerUntil  time.Time // the linger's read deadline, once our FIN is out
+	discarded    int       // reader only: bytes read and not delivered (see lingerMaxInput)
 
 	// The registered producer. producerPaused is what the connection wants
 	// (paused while the backlog is high); producerNotified is what the
@@ -441,6 +446,13 @@ func (c *Conn) readLoop(p Protocol) (parked bool) {
 			}
 			deliver := !c.closed && !c.disconnecting && !(c.draining && c.readPaused)
 			c.inCallback = deliver
+			if !deliver && !c.closed {
+				// Closing: the input is discarded, up to a bound.
+				c.discarded += n
+				if c.discarded > lingerMaxInput {
+					c.abortLocked(errClosingInput)
+				}
+			}
 			c.mu.Unlock()
 			if deliver {
 				if c.call(p, callData, (*buf)[:n], nil) != nil {

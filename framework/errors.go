@@ -25,6 +25,11 @@ var (
 	ErrShutdownTimeout = fmt.Errorf("shutdown timeout: %w", ErrConnectionAborted)
 )
 
+// errClosingInput: the peer sent more than lingerMaxInput bytes after the
+// connection began closing; it was reset rather than read without bound.
+var errClosingInput = fmt.Errorf("peer kept sending after the close (over %d bytes discarded): %w",
+	lingerMaxInput, ErrConnectionLost)
+
 // IsClean reports whether reason (as given to ConnectionLost) is an orderly
 // close rather than an error.
 func IsClean(reason error) bool { return errors.Is(reason, ErrConnectionDone) }

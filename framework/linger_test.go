@@ -5,9 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // assertLingers checks that a connection whose graceful close has just
@@ -138,4 +143,86 @@ func TestLoseConnectionDuringDrainKeepsLingerDeadline(t *testing.T) {
 		t.Errorf("reason %v, want clean", reason)
 	}
 	r.check(t, reason)
+}
+
+// flood writes to c as fast as it takes it, without reading, until a write
+// fails or d passes; it reports the write error (nil when d passed).
+func flood(c net.Conn, d time.Duration) <-chan error {
+	done := make(chan error, 1)
+	c.SetWriteDeadline(time.Now().Add(d))
+	go func() {
+		chunk := make([]byte, 32<<10)
+		for {
+			if _, err := c.Write(chunk); err != nil {
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					err = nil
+				}
+				done <- err
+				return
+			}
+		}
+	}()
+	return done
+}
+
+// TestClosingInputBounded: once a connection is closing (LoseConnection,
+// as after an over-long line), what the peer still sends is read and
+// discarded, so its unread input cannot turn our FIN into a reset. A peer
+// that keeps sending regardless must not be read without bound, for as long
+// as the linger (or a stalled flush) lasts: past lingerMaxInput discarded
+// bytes the connection is reset.
+func TestClosingInputBounded(t *testing.T) {
+	const floodFor = 4 * lingerTimeout
+	check := func(t *testing.T, s *served, r *recorder, rx prometheus.Counter, flooded <-chan error) {
+		t.Helper()
+		reason := s.wait(t, lingerTimeout+5*time.Second)
+		if IsClean(reason) || !errors.Is(reason, ErrConnectionLost) {
+			t.Errorf("reason %v, want a lost connection", reason)
+		}
+		r.check(t, reason)
+		read, delivered := int(testutil.ToFloat64(rx)), r.receivedBytes()
+		if discarded := read - delivered; discarded > lingerMaxInput+readBufferSize {
+			t.Errorf("read %d bytes after the close began (%d read, %d delivered); the bound is %d",
+				discarded, read, delivered, lingerMaxInput)
+		}
+		select {
+		case err := <-flooded:
+			if err == nil {
+				t.Errorf("the flooding client was never reset")
+			}
+		case <-time.After(floodFor + 5*time.Second):
+			t.Errorf("the flooding client is still writing")
+		}
+	}
+
+	// An over-long line: the protocol answers and closes; our FIN is out,
+	// and the linger reads the peer's flood.
+	t.Run("linger", func(t *testing.T) {
+		forTransports(t, []string{"tcp", "unix", "tls"}, func(t *testing.T, network string, useTLS bool) {
+			rx := prometheus.NewCounter(prometheus.CounterOpts{Name: "test_received_bytes_total", Help: "x"})
+			p := dialPair(t, network, pairOpts{tls: useTLS})
+			r := newRecorder()
+			r.onData = func(r *recorder, b []byte) {
+				r.tr.WriteString("line too long\r\n")
+				r.lose()
+			}
+			s := serve(t, p.server, ConnOptions{Received: rx}, r)
+			check(t, s, r, rx, flood(p.client, floodFor))
+		})
+	})
+
+	// A user kicked while its output is stalled (it never reads): the
+	// flush cannot finish, and the reader discards the peer's input meanwhile.
+	t.Run("stalled-flush", func(t *testing.T) {
+		forTransports(t, []string{"tcp", "unix"}, func(t *testing.T, network string, useTLS bool) {
+			rx := prometheus.NewCounter(prometheus.CounterOpts{Name: "test_received_bytes_total", Help: "x"})
+			p := dialPair(t, network, pairOpts{clientRcv: 64 << 10, serverSnd: 64 << 10})
+			r := newRecorder()
+			s := serve(t, p.server, ConnOptions{Received: rx}, r)
+			waitFor(t, 5*time.Second, r.madeYet, "ConnectionMade")
+			s.c.Write(make([]byte, 2<<20)) // from another goroutine, like a chat broadcast
+			s.c.LoseConnection()
+			check(t, s, r, rx, flood(p.client, floodFor))
+		})
+	})
 }
