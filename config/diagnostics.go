@@ -144,6 +144,27 @@ func tidy(diags hcl.Diagnostics, filename string) hcl.Diagnostics {
 	return out
 }
 
+// firstSyntaxError keeps, of the parser's diagnostics (sorted by tidy), the
+// first error of each file and the warnings. After a syntax error the
+// parser recovers as best it can, and what it reports next is mostly caused
+// by the first (one missing quote makes every following line a string split
+// over lines) and nothing tells the independent ones apart, so the user
+// sees the one that matters, fixes it and runs again.
+func firstSyntaxError(diags hcl.Diagnostics) hcl.Diagnostics {
+	out := make(hcl.Diagnostics, 0, len(diags))
+	seen := map[string]bool{} // files whose first error is kept
+	for _, d := range diags {
+		if d.Severity == hcl.DiagError {
+			if seen[d.Subject.Filename] {
+				continue
+			}
+			seen[d.Subject.Filename] = true
+		}
+		out = append(out, d)
+	}
+	return out
+}
+
 // fileStart is the range of the first character of a file, the position of
 // diagnostics about the file as a whole.
 func fileStart(filename string) *hcl.Range {

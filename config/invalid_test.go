@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -607,4 +608,24 @@ service "testecho" "b" {
 			t.Errorf("fingerprint of b changed")
 		}
 	})
+}
+
+// TestSyntaxErrorReportedOnce: one missing quote makes HCL's parser report
+// every line after it; only the first syntax error of the file is shown,
+// at the line where the quote is missing.
+func TestSyntaxErrorReportedOnce(t *testing.T) {
+	path := filepath.Join("testdata", "missing-quote.hcl")
+	_, err := Load(path)
+	text := diagText(t, err)
+	var de *DiagnosticsError
+	errors.As(err, &de)
+	if n := len(de.Diagnostics()); n != 1 {
+		t.Fatalf("%d diagnostics, want 1:\n%s", n, text)
+	}
+	if want := path + ":10,26-11,1: Invalid multi-line string; "; !strings.HasPrefix(text, want) {
+		t.Errorf("diagnostic:\n%s\nwant it to start with %q", text, want)
+	}
+	if !strings.Contains(text, `   10 |   greeting = "hello there`) {
+		t.Errorf("diagnostic without its source line:\n%s", text)
+	}
 }

@@ -42,7 +42,7 @@ func Parse(src []byte, filename string) (*File, error) {
 	parser := hclparse.NewParser()
 	f, diags := parser.ParseHCL(src, filename)
 	if diags.HasErrors() {
-		return nil, &DiagnosticsError{Diags: tidy(diags, filename), Files: parser.Files()}
+		return nil, &DiagnosticsError{Diags: firstSyntaxError(tidy(diags, filename)), Files: parser.Files()}
 	}
 	if body, ok := f.Body.(*hclsyntax.Body); ok {
 		if more := checkNumbers(body); more.HasErrors() {
