@@ -19,18 +19,26 @@ const DefaultUnixMode fs.FileMode = 0o660
 const probeTimeout = time.Second
 
 // ListenError reports that an endpoint's listener could not be opened. Its
-// message names the endpoint and the cause, e.g.
+// message names the endpoint and the cause, and what to do about it when
+// that is known, e.g.
 //
-//	listen tcp:127.0.0.1:7007: address already in use
+//	listen tcp:127.0.0.1:7007: address already in use: another process holds port 7007 (`ss -ltnp 'sport = :7007'` shows which)
 //
 // and it unwraps to the underlying error, so errors.Is(err,
 // syscall.EADDRINUSE) works.
 type ListenError struct {
 	Label string // the endpoint's label, e.g. "unix:/run/echo.sock"
 	Err   error
+	Hint  string // what the operator can do, or ""
 }
 
-func (e *ListenError) Error() string { return "listen " + e.Label + ": " + cause(e.Err).Error() }
+func (e *ListenError) Error() string {
+	msg := "listen " + e.Label + ": " + cause(e.Err).Error()
+	if e.Hint != "" {
+		msg += ": " + e.Hint
+	}
+	return msg
+}
 
 func (e *ListenError) Unwrap() error { return e.Err }
 
@@ -95,9 +103,23 @@ func Listen(cfg Config) (net.Listener, error) {
 		err = fmt.Errorf("unknown endpoint kind %q", cfg.Kind)
 	}
 	if err != nil {
-		return nil, &ListenError{Label: label, Err: err}
+		return nil, &ListenError{Label: label, Err: err, Hint: hint(cfg, err)}
 	}
 	return ln, nil
+}
+
+// hint says what to do about a listen error, where there is something to
+// say: a TCP port in use is held by another process (the configuration
+// never binds one address twice), and ss names it.
+func hint(cfg Config, err error) string {
+	if (cfg.Kind != KindTCP && cfg.Kind != KindTLS) || !errors.Is(err, syscall.EADDRINUSE) {
+		return ""
+	}
+	_, port, splitErr := net.SplitHostPort(cfg.Address)
+	if splitErr != nil {
+		return ""
+	}
+	return fmt.Sprintf("another process holds port %s (`ss -ltnp 'sport = :%s'` shows which)", port, port)
 }
 
 // maxUnixPath is the longest socket path bind accepts (sun_path holds 108

@@ -125,7 +125,9 @@ func TestListenTCPAddressInUse(t *testing.T) {
 	if err == nil {
 		t.Fatal("second Listen on the same address succeeded")
 	}
-	want := "listen " + label + ": address already in use"
+	_, port, _ := net.SplitHostPort(addr)
+	want := "listen " + label + ": address already in use: another process holds port " + port +
+		" (`ss -ltnp 'sport = :" + port + "'` shows which)"
 	if err.Error() != want {
 		t.Errorf("error = %q, want %q", err, want)
 	}

@@ -582,9 +582,11 @@ func (s *service) drainAndStop(timeout time.Duration, mode stopMode) error {
 			n++
 		}
 		s.mu.Unlock()
-		if cut {
+		switch {
+		case n == 0: // nothing was open (e.g. a service undone before it served)
+		case cut:
 			s.log.Warn("shutdown timeout: aborted connections still draining after a reload", "connections", n)
-		} else {
+		default:
 			s.log.Warn("shutdown timeout: aborted open connections", "connections", n, "timeout", timeout)
 		}
 		<-done

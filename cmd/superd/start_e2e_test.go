@@ -1,0 +1,83 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+// runOnce runs the binary with args to its end (at most a minute) and
+// returns its exit status and outputs.
+func runOnce(t *testing.T, dir string, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	cmd := exec.Command(superdBin, args...)
+	cmd.Dir = dir
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(time.Minute):
+		cmd.Process.Kill()
+		<-done
+		t.Fatalf("superd %s did not exit within a minute\n%s", strings.Join(args, " "), errb.String())
+	}
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		code = ee.ExitCode()
+	case err != nil:
+		t.Fatal(err)
+	}
+	return code, out.String(), errb.String()
+}
+
+// TestPortClashMessage: a port another process holds stops the start with
+// a message that names the service and the endpoint, says who is in the
+// way and how to find it; and the services prepared before it are undone
+// without a word about aborting connections, since none was ever open.
+func TestPortClashMessage(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	taken := ln.Addr().String()
+	_, port, _ := net.SplitHostPort(taken)
+	path, _ := writeConfig(t, fmt.Sprintf(`
+metrics { address = "METRICS" }
+service "echo" "first" {
+  endpoint "tcp" { address = %q }
+}
+service "echo" "clash" {
+  endpoint "tcp" { address = %q }
+}
+`, freeAddr(t), taken))
+	code, _, stderr := runOnce(t, t.TempDir(), "run", "-config", path)
+	if code != 1 {
+		t.Fatalf("exit status %d, want 1\n%s", code, stderr)
+	}
+	for _, want := range []string{
+		`service \"clash\"`,
+		"endpoint tcp:" + taken,
+		"address already in use: another process holds port " + port,
+		"ss -ltnp",
+	} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, stderr)
+		}
+	}
+	if strings.Contains(stderr, "aborted") {
+		t.Errorf("a start that served nothing logs aborted connections:\n%s", stderr)
+	}
+}
