@@ -2,6 +2,8 @@ package config
 
 import (
 	"crypto/tls"
+	"errors"
+	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -276,12 +278,31 @@ func TestRateBurstDefault(t *testing.T) {
 	}
 }
 
+// TestMissingFile: a file that is not there has no position to show (no
+// "FILE:1,1-1"): the error names the file looked for, by its absolute path.
 func TestMissingFile(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "nope.hcl")
-	_, err := Load(path)
-	out := diagText(t, err)
-	if want := path + ":1,1-1: Configuration file not found; "; !strings.HasPrefix(out, want) {
-		t.Errorf("output %q does not start with %q", out, want)
+	dir := t.TempDir()
+	t.Chdir(dir)
+	_, err := Load("nope.hcl")
+	var fe *FileError
+	if !errors.As(err, &fe) || !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("error %v (%T), want a *FileError for a missing file", err, err)
+	}
+	want := "configuration file " + filepath.Join(dir, "nope.hcl") + " does not exist"
+	if err.Error() != want || fe.Path != filepath.Join(dir, "nope.hcl") {
+		t.Errorf("error %q (Path %q), want %q", err, fe.Path, want)
+	}
+}
+
+func TestUnreadableFile(t *testing.T) {
+	dir := t.TempDir()
+	_, err := Load(dir) // a folder
+	var fe *FileError
+	if !errors.As(err, &fe) || errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("error %v (%T), want a *FileError", err, err)
+	}
+	if want := "cannot read configuration file " + dir + ": "; !strings.HasPrefix(err.Error(), want) {
+		t.Errorf("error %q, want it to start with %q", err, want)
 	}
 }
 

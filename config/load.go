@@ -17,21 +17,41 @@ import (
 )
 
 // Load reads, decodes and validates the configuration file at path. On
-// failure the error is a *DiagnosticsError holding every problem found
-// (a missing or unreadable file is a diagnostic too).
+// failure the error is a *DiagnosticsError holding every problem found, or
+// a *FileError when the file cannot be read at all.
 func Load(path string) (*File, error) {
 	src, err := os.ReadFile(path)
 	if err != nil {
-		summary := "Cannot read configuration file"
-		if errors.Is(err, fs.ErrNotExist) {
-			summary = "Configuration file not found"
+		abs, aerr := filepath.Abs(path)
+		if aerr != nil {
+			abs = path
 		}
-		return nil, &DiagnosticsError{Diags: hcl.Diagnostics{
-			errorDiag(*fileStart(path), summary, "%s.", describeFileError(path, err)),
-		}}
+		return nil, &FileError{Path: abs, Err: err}
 	}
 	return Parse(src, path)
 }
+
+// FileError is the error of Load when the configuration file cannot be read
+// (missing, unreadable, a folder): there is no position in it to show. It
+// unwraps to the cause, so errors.Is(err, fs.ErrNotExist) tells a missing
+// file.
+type FileError struct {
+	Path string // the file's absolute path (as given if it has none)
+	Err  error
+}
+
+func (e *FileError) Error() string {
+	if errors.Is(e.Err, fs.ErrNotExist) {
+		return "configuration file " + e.Path + " does not exist"
+	}
+	var pe *fs.PathError
+	if errors.As(e.Err, &pe) {
+		return "cannot read configuration file " + e.Path + ": " + pe.Err.Error()
+	}
+	return "cannot read configuration file " + e.Path + ": " + e.Err.Error()
+}
+
+func (e *FileError) Unwrap() error { return e.Err }
 
 // Parse decodes and validates src as the configuration file filename:
 // filename names the file in diagnostics, and its folder is the one

@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"runtime"
@@ -109,6 +110,13 @@ func parseFlags(fs *flag.FlagSet, args []string) int {
 	return -1
 }
 
+// noConfigHelp follows the message that the configuration file does not
+// exist.
+const noConfigHelp = `Name the file with -config FILE (the default is superd.hcl in the working
+folder). To try superd, examples.hcl in its source tree runs every built-in
+service on loopback: superd run -config examples.hcl (or make run).
+`
+
 // loadConfig loads path, printing diagnostics to stderr on failure.
 func loadConfig(path string, stderr io.Writer) (*config.File, bool) {
 	cfg, err := config.Load(path)
@@ -116,8 +124,10 @@ func loadConfig(path string, stderr io.Writer) (*config.File, bool) {
 		var de *config.DiagnosticsError
 		if errors.As(err, &de) {
 			de.Write(stderr)
+		} else if errors.Is(err, fs.ErrNotExist) {
+			fmt.Fprintf(stderr, "superd: %v.\n%s", err, noConfigHelp)
 		} else {
-			fmt.Fprintf(stderr, "%s: %v\n", path, err)
+			fmt.Fprintf(stderr, "superd: %v\n", err)
 		}
 		return nil, false
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -79,5 +80,33 @@ service "echo" "clash" {
 	}
 	if strings.Contains(stderr, "aborted") {
 		t.Errorf("a start that served nothing logs aborted connections:\n%s", stderr)
+	}
+}
+
+// TestNoConfigFile: run and validate without a file name the file they
+// looked for (absolute, so it is clear which folder) and say how to give
+// one, with no made-up position such as "superd.hcl:1,1-1".
+func TestNoConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		args      []string
+		lookedFor string
+	}{
+		{[]string{"run"}, filepath.Join(dir, "superd.hcl")},
+		{[]string{"validate"}, filepath.Join(dir, "superd.hcl")},
+		{[]string{"run", "-config", "conf/mine.hcl"}, filepath.Join(dir, "conf", "mine.hcl")},
+	} {
+		code, stdout, stderr := runOnce(t, dir, tc.args...)
+		if code != 1 || stdout != "" {
+			t.Errorf("superd %s: exit status %d, stdout %q; want 1 and nothing", strings.Join(tc.args, " "), code, stdout)
+		}
+		for _, want := range []string{tc.lookedFor + " does not exist", "-config FILE", "examples.hcl"} {
+			if !strings.Contains(stderr, want) {
+				t.Errorf("superd %s: stderr lacks %q:\n%s", strings.Join(tc.args, " "), want, stderr)
+			}
+		}
+		if strings.Contains(stderr, ":1,1") {
+			t.Errorf("superd %s: stderr shows a position in a file that does not exist:\n%s", strings.Join(tc.args, " "), stderr)
+		}
 	}
 }
