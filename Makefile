@@ -5,7 +5,7 @@ BIN     := bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build run test fuzz bench failure promcheck clean
+.PHONY: all build run test fuzz bench failure promcheck readme-tools clean
 
 all: build
 
@@ -50,3 +50,20 @@ bench:
 # (installs the Debian package prometheus when promtool is missing).
 promcheck:
 	bash examples/prometheus/check.sh
+
+# The tools the README's commands use (nc, telnet, rdate, openssl, curl), which
+# TestReadmeCommands (cmd/superd) runs where they are installed: installs
+# the Debian packages of those missing when it can (root with apt-get), and
+# says so when it cannot; the test then skips those commands, with the reason.
+README_TOOLS := nc:netcat-openbsd telnet:telnet rdate:rdate openssl:openssl curl:curl
+readme-tools:
+	@missing=; for t in $(README_TOOLS); do \
+	  command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; \
+	done; \
+	if [ -z "$$missing" ]; then echo "README tools: all installed"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "README tools: installing$$missing"; \
+	  { apt-get update -qq >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; } || \
+	  echo "README tools: could not install$$missing; TestReadmeCommands skips what needs them"; \
+	else echo "README tools: missing$$missing (installing needs root and apt-get); TestReadmeCommands skips what needs them"; fi

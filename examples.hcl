@@ -1,9 +1,10 @@
 # Every built-in service of superd, on loopback. Run it with `make run`, then
-# try: nc 127.0.0.1 7007 (echo), nc 127.0.0.1 8007 (qotd), nc 127.0.0.1 8123
-# (chat), echo hello | nc -q1 127.0.0.1 9009 (logfile: /tmp/superd-audit.log),
-# nc 127.0.0.1 7013 (daytime), rdate -p -o 7037 127.0.0.1 (time),
+# try: nc 127.0.0.1 7007 (echo), nc 127.0.0.1 8007 </dev/null (qotd),
+# nc -C 127.0.0.1 8123 or telnet 127.0.0.1 8123 (chat: lines end with CRLF),
+# echo hello | nc -q1 127.0.0.1 9009 (logfile: /tmp/superd-audit.log),
+# nc 127.0.0.1 7013 </dev/null (daytime), rdate -p -o 7037 127.0.0.1 (time),
 # nc 127.0.0.1 7019 | head (chargen), nc 127.0.0.1 7009 (discard),
-# curl -s 127.0.0.1:9464/metrics | grep superd_
+# curl -s 127.0.0.1:9464/metrics | grep superd_ (the README's quick start)
 
 metrics {
   address = "127.0.0.1:9464"
