@@ -82,9 +82,10 @@ func (d *dgramBinding) WriteTo(b []byte, addr net.Addr) {
 }
 
 func (d *dgramBinding) flushLocked() {
-	sent, failed := d.sock.io.flush()
+	sent, failed, bytes := d.sock.io.flush()
 	if sent > 0 {
 		d.sent.Add(float64(sent))
+		d.svc.m.Sent.Add(float64(bytes))
 	}
 	if failed > 0 {
 		d.drops[metrics.DatagramSendFailed].Add(float64(failed))

@@ -259,6 +259,9 @@ func TestDatagramEchoAndCounters(t *testing.T) {
 			if got := testutil.ToFloat64(m.ReceivedBytes.WithLabelValues("echo", "lifecycle")); got != float64(total) {
 				t.Errorf("received bytes = %v, want %d", got, total)
 			}
+			if got := testutil.ToFloat64(m.SentBytes.WithLabelValues("echo", "lifecycle")); got != float64(total) {
+				t.Errorf("sent bytes = %v, want %d", got, total)
+			}
 
 			checkDrops(t, m, "echo", nil)
 			if got := f.transport(0).LocalAddr().String(); got != addr {

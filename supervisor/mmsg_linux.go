@@ -183,9 +183,9 @@ func (b *batchIO) queue(p []byte, to netip.AddrPort) bool {
 }
 
 // flush sends the queued datagrams without waiting for room; it returns
-// how many were sent and how many failed (a full socket buffer, or an
-// error for that destination).
-func (b *batchIO) flush() (sent, failed int) {
+// how many were sent (and their bytes) and how many failed (a full socket
+// buffer, or an error for that destination).
+func (b *batchIO) flush() (sent, failed, bytes int) {
 	for sent+failed < b.nout {
 		b.got = sent + failed
 		if err := b.raw.Write(b.writeFn); err != nil {
@@ -198,11 +198,14 @@ func (b *batchIO) flush() (sent, failed int) {
 		case b.err != nil:
 			failed++ // this destination failed; go on with the next
 		default:
+			for _, p := range b.send.bufs[sent+failed : sent+failed+b.got] {
+				bytes += len(p)
+			}
 			sent += b.got
 		}
 	}
 	b.nout = 0
-	return sent, failed
+	return sent, failed, bytes
 }
 
 // sendmmsg sends the queue from index from on; it returns how many were

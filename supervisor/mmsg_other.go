@@ -44,14 +44,15 @@ func (b *batchIO) queue(p []byte, to netip.AddrPort) bool {
 	return true
 }
 
-func (b *batchIO) flush() (sent, failed int) {
+func (b *batchIO) flush() (sent, failed, bytes int) {
 	for i, p := range b.out {
 		if _, err := b.uc.WriteToUDPAddrPort(p, b.to[i]); err != nil {
 			failed++
 		} else {
 			sent++
+			bytes += len(p)
 		}
 	}
 	b.out, b.to = b.out[:0], b.to[:0]
-	return sent, failed
+	return sent, failed, bytes
 }
