@@ -61,7 +61,7 @@ func (g *guardPorts) has(port uint16) bool {
 // full socket buffer drops the datagram, counted as send_failed.
 func (d *dgramBinding) WriteTo(b []byte, addr net.Addr) {
 	to, ok := addrPort(addr)
-	if !ok {
+	if !ok || !d.sock.io.reaches(to) {
 		d.drops[metrics.DatagramSendFailed].Inc()
 		return
 	}

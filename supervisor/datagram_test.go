@@ -604,6 +604,34 @@ func TestDatagramPanicLosesOnlyThatDatagram(t *testing.T) {
 	}
 }
 
+// WriteTo to an address the socket cannot reach (IPv6 from an IPv4
+// socket, or not a UDP address at all) drops that reply as send_failed and
+// harms nothing else.
+func TestDatagramWriteToUnusableAddress(t *testing.T) {
+	f := &dgramFactory{onDatagram: func(p *dgramProto, data []byte, from net.Addr) {
+		p.t.WriteTo([]byte("nowhere"), &net.UDPAddr{IP: net.ParseIP("2001:db8::1"), Port: 4000})
+		p.t.WriteTo([]byte("nowhere"), &net.UnixAddr{Name: "/x", Net: "unixgram"})
+		p.t.WriteTo([]byte("nowhere"), &net.UDPAddr{Port: 4000})
+		p.t.WriteTo(data, from)
+	}}
+	s, m, addr := startDgram(t, "w", "127.0.0.1", f, false, config.Limits{})
+	defer s.Shutdown(5 * time.Second)
+	c := dialUDP(t, addr)
+	send(t, c, []byte("one"))
+	mustRecv(t, c, []byte("one"))
+	send(t, c, []byte("two"))
+	mustRecv(t, c, []byte("two"))
+	waitFor(t, func() bool { return dgramSent(m, "w", addr) == 2 })
+	checkDrops(t, m, "w", map[string]float64{"send_failed": 6})
+
+	// The same from outside DatagramReceived.
+	tr := f.transport(0)
+	tr.WriteTo([]byte("nowhere"), &net.UDPAddr{IP: net.ParseIP("2001:db8::1"), Port: 4000})
+	checkDrops(t, m, "w", map[string]float64{"send_failed": 7})
+	send(t, c, []byte("three"))
+	mustRecv(t, c, []byte("three"))
+}
+
 // A reload that keeps a udp service unchanged keeps its socket and its
 // protocol: the same port, and datagrams keep flowing.
 func TestDatagramReloadKeepsUnchangedService(t *testing.T) {

@@ -146,6 +146,10 @@ func (b *batchIO) datagram(i int) (data []byte, from *net.UDPAddr, truncated boo
 	return b.recv.bufs[i][:h.n], a, h.hdr.Flags&unix.MSG_TRUNC != 0
 }
 
+// reaches reports whether the socket can send to to: an IPv4 socket
+// cannot send to an IPv6 address (queue would have no sockaddr for it).
+func (b *batchIO) reaches(to netip.AddrPort) bool { return b.six || to.Addr().Unmap().Is4() }
+
 // queue adds a datagram to the send batch; it reports false when the
 // batch is full (flush first).
 func (b *batchIO) queue(p []byte, to netip.AddrPort) bool {

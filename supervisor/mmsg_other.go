@@ -35,6 +35,9 @@ func (b *batchIO) read() (int, error) {
 
 func (b *batchIO) datagram(int) ([]byte, *net.UDPAddr, bool) { return b.buf[:b.n], &b.from, false }
 
+// reaches: the system call reports what the socket cannot reach.
+func (b *batchIO) reaches(netip.AddrPort) bool { return true }
+
 func (b *batchIO) queue(p []byte, to netip.AddrPort) bool {
 	if len(b.out) == batchSize {
 		return false
