@@ -632,6 +632,55 @@ func TestDatagramWriteToUnusableAddress(t *testing.T) {
 	mustRecv(t, c, []byte("three"))
 }
 
+// WriteTo from another goroutine, outside DatagramReceived, sends at once,
+// and the loop reading meanwhile is not disturbed.
+func TestDatagramWriteToFromAnotherGoroutine(t *testing.T) {
+	peers := make(chan *net.UDPAddr, 1)
+	f := &dgramFactory{onDatagram: func(p *dgramProto, data []byte, from net.Addr) {
+		if string(data) == "subscribe" {
+			ua := from.(*net.UDPAddr)
+			peers <- &net.UDPAddr{IP: append(net.IP(nil), ua.IP...), Port: ua.Port} // from is reused: copy
+			return
+		}
+		p.t.WriteTo(data, from)
+	}}
+	s, m, addr := startDgram(t, "push", "127.0.0.1", f, false, config.Limits{})
+	defer s.Shutdown(5 * time.Second)
+	c := dialUDP(t, addr)
+	send(t, c, []byte("subscribe"))
+	peer := <-peers
+	tr := f.transport(0)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 100 {
+			tr.WriteTo([]byte("push "+strconv.Itoa(i)), peer)
+		}
+	}()
+	// Echoes go on meanwhile, on the loop.
+	for i := range 100 {
+		send(t, c, []byte("echo "+strconv.Itoa(i)))
+	}
+	<-done
+	pushes, echoes := 0, 0
+	for pushes+echoes < 200 {
+		b, err := recv(c, 10*time.Second)
+		if err != nil {
+			t.Fatalf("after %d pushes and %d echoes: %v", pushes, echoes, err)
+		}
+		switch {
+		case bytes.HasPrefix(b, []byte("push ")):
+			pushes++
+		case bytes.HasPrefix(b, []byte("echo ")):
+			echoes++
+		}
+	}
+	waitFor(t, func() bool { return dgramSent(m, "push", addr) == 200 })
+	// One alone, while the loop is idle: it leaves at once.
+	tr.WriteTo([]byte("alone"), peer)
+	mustRecv(t, c, []byte("alone"))
+}
+
 // A reload that keeps a udp service unchanged keeps its socket and its
 // protocol: the same port, and datagrams keep flowing.
 func TestDatagramReloadKeepsUnchangedService(t *testing.T) {

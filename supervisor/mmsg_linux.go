@@ -31,12 +31,14 @@ type batchIO struct {
 	nout int // datagrams queued in send
 
 	// Set for the closures below, which are made once: a method value
-	// passed to RawConn each time would allocate.
-	got     int
-	err     error
-	readFn  func(fd uintptr) bool
-	writeFn func(fd uintptr) bool
-	addrs   []net.UDPAddr // recv's source addresses, reused
+	// passed to RawConn each time would allocate. The loop reads while
+	// other goroutines flush (under the socket's lock): each side has its
+	// own results.
+	got, sentN int
+	err, werr  error
+	readFn     func(fd uintptr) bool
+	writeFn    func(fd uintptr) bool
+	addrs      []net.UDPAddr // recv's source addresses, reused
 }
 
 // mmsgs is a vector of messages with one buffer and one address each.
@@ -89,7 +91,7 @@ func newBatchIO(uc *net.UDPConn) (*batchIO, error) {
 		return b.err != unix.EAGAIN
 	}
 	b.writeFn = func(fd uintptr) bool {
-		b.got, b.err = b.sendmmsg(fd, b.got)
+		b.sentN, b.werr = b.sendmmsg(fd, b.sentN)
 		return true // MSG_DONTWAIT: never wait for room
 	}
 	return b, nil
@@ -191,21 +193,21 @@ func (b *batchIO) queue(p []byte, to netip.AddrPort) bool {
 // buffer, or an error for that destination).
 func (b *batchIO) flush() (sent, failed, bytes int) {
 	for sent+failed < b.nout {
-		b.got = sent + failed
+		b.sentN = sent + failed
 		if err := b.raw.Write(b.writeFn); err != nil {
 			failed = b.nout - sent
 			break
 		}
 		switch {
-		case b.err == unix.EAGAIN || b.err == unix.ENOBUFS:
+		case b.werr == unix.EAGAIN || b.werr == unix.ENOBUFS:
 			failed = b.nout - sent // the buffer is full: the rest is dropped
-		case b.err != nil:
+		case b.werr != nil:
 			failed++ // this destination failed; go on with the next
 		default:
-			for _, p := range b.send.bufs[sent+failed : sent+failed+b.got] {
+			for _, p := range b.send.bufs[sent+failed : sent+failed+b.sentN] {
 				bytes += len(p)
 			}
-			sent += b.got
+			sent += b.sentN
 		}
 	}
 	b.nout = 0
