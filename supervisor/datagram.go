@@ -147,14 +147,10 @@ func (k *socket) datagramLoop() bool {
 			time.Sleep(minAcceptDelay)
 			continue
 		}
-		b := k.owner.Load()
-		if b == nil {
-			b = k.last.Load()
-		}
-		if b == nil || b.dgram == nil {
+		d := k.datagramOwner()
+		if d == nil {
 			continue
 		}
-		d := b.dgram
 		s.mu.Lock()
 		s.dispatching = true
 		s.mu.Unlock()
@@ -170,6 +166,38 @@ func (k *socket) datagramLoop() bool {
 		s.dispatching = false
 		d.flushLocked()
 		s.mu.Unlock()
+		d.svc.connWG.Done()
+	}
+}
+
+// datagramOwner returns the binding a batch goes to, counted in its
+// service's connWG until the batch is delivered, so that a service a
+// reload replaced stops its factory only after its last DatagramReceived
+// has returned. A service already draining hands the batch to its
+// successor. It returns nil when nobody takes the batch: superd stops, or
+// the owner serves the socket in wait mode.
+func (k *socket) datagramOwner() *dgramBinding {
+	for {
+		b := k.owner.Load()
+		if b == nil {
+			b = k.last.Load()
+		}
+		if b == nil || b.dgram == nil {
+			return nil
+		}
+		svc := b.svc
+		svc.mu.Lock()
+		closing := svc.closing
+		if !closing {
+			svc.connWG.Add(1)
+		}
+		svc.mu.Unlock()
+		if !closing {
+			return b.dgram
+		}
+		if next := k.owner.Load(); next == nil || next == b {
+			return nil
+		}
 	}
 }
 

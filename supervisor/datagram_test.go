@@ -758,8 +758,13 @@ func TestDatagramReloadHandsOverQueuedDatagrams(t *testing.T) {
 	}}); err != nil {
 		t.Fatal(err)
 	}
+	// The old instance drains in the background; its factory must not
+	// stop while its DatagramReceived runs. (A wrong stop happens at once:
+	// a short look is enough to see it.)
+	for end := time.Now().Add(100 * time.Millisecond); time.Now().Before(end) && oldF.stops.Load() == 0; {
+		time.Sleep(time.Millisecond)
+	}
 	close(hold)
-
 	got := map[string]bool{}
 	for len(got) < n {
 		b, err := recv(c, 10*time.Second)
@@ -772,7 +777,9 @@ func TestDatagramReloadHandsOverQueuedDatagrams(t *testing.T) {
 	if o, nw := oldF.received.Load(), newF.received.Load(); o+nw != n || nw == 0 {
 		t.Errorf("old instance got %d datagrams, new %d; want %d in all, some for the new", o, nw, n)
 	}
-
+	if got := oldF.lateCalls.Load(); got != 0 {
+		t.Errorf("the old factory's StopFactory ran while (or before) its DatagramReceived did (%d times)", got)
+	}
 	if got := dgramReceived(m, "swap", addr); got != n {
 		t.Errorf("received = %v, want %d", got, n)
 	}
