@@ -267,6 +267,9 @@ func TestDefaultDatagramRateLimitPerIP(t *testing.T) {
 			case tt.want != nil && (l.RateLimitPerIP == nil || *l.RateLimitPerIP != *tt.want):
 				t.Errorf("RateLimitPerIP = %v, want %+v", l.RateLimitPerIP, *tt.want)
 			}
+			if l.RateLimitPerIPDatagramsOnly != tt.datagramsOnly {
+				t.Errorf("RateLimitPerIPDatagramsOnly = %v, want %v", l.RateLimitPerIPDatagramsOnly, tt.datagramsOnly)
+			}
 		})
 	}
 	if DefaultDatagramRateLimitPerIP != (Rate{Rate: 10, Burst: 20}) {
@@ -274,7 +277,9 @@ func TestDefaultDatagramRateLimitPerIP(t *testing.T) {
 	}
 }
 
-// The udp settings are part of the fingerprint.
+// Writing the default limit out is not the same as leaving it to the
+// default (the written one limits connections too), so the fingerprint
+// changes; udp settings are part of it.
 func TestUDPFingerprint(t *testing.T) {
 	const base = `service "testboth" "s" {
   endpoint "tcp" { address = "127.0.0.1:7007" }
@@ -297,9 +302,10 @@ func TestUDPFingerprint(t *testing.T) {
 		t.Fatal("the same text has two fingerprints")
 	}
 	for name, text := range map[string]string{
-		"reuse_port":  strings.Replace(base, "    address = ", "    reuse_port = true\n    address = ", 1),
-		"read_buffer": strings.Replace(base, "    address = ", "    read_buffer = 4096\n    address = ", 1),
-		"udp address": strings.Replace(base, "address = \"127.0.0.1:7007\"\n", "address = \"127.0.0.1:7008\"\n", 1),
+		"explicit default limit": strings.Replace(base, "{\n", "{\n  rate_limit_per_ip {\n    rate  = 10\n    burst = 20\n  }\n", 1),
+		"reuse_port":             strings.Replace(base, "    address = ", "    reuse_port = true\n    address = ", 1),
+		"read_buffer":            strings.Replace(base, "    address = ", "    read_buffer = 4096\n    address = ", 1),
+		"udp address":            strings.Replace(base, "address = \"127.0.0.1:7007\"\n", "address = \"127.0.0.1:7008\"\n", 1),
 	} {
 		if fp(text) == a {
 			t.Errorf("%s: fingerprint did not change:\n%s", name, text)

@@ -943,3 +943,70 @@ func BenchmarkDatagramEcho(b *testing.B) {
 		b.Fatal(err)
 	}
 }
+
+// bothFactory serves streams (lifecycleFactory's echo) and datagrams
+// (dgramFactory's echo).
+type bothFactory struct {
+	dgramFactory
+	stream lifecycleFactory
+}
+
+func (f *bothFactory) BuildProtocol(a net.Addr) framework.Protocol { return f.stream.BuildProtocol(a) }
+
+// lastGuarded is the factory the testguarded spec built last.
+var lastGuarded atomic.Pointer[bothFactory]
+
+func init() {
+	framework.Register(framework.Spec{
+		Name:           "testguarded",
+		Description:    "A test factory with the guards of the built-in services, serving streams and datagrams.",
+		Serves:         framework.Streams | framework.Datagrams,
+		DatagramGuards: true,
+		New: func(*framework.Config) (framework.Factory, error) {
+			f := &bothFactory{}
+			lastGuarded.Store(f)
+			return f, nil
+		},
+	})
+}
+
+// The default per-source limit of a guarded factory (rate 10, burst 20)
+// limits its datagrams, and never its connections.
+func TestDatagramDefaultLimitSparesConnections(t *testing.T) {
+	tcpAddr, udpAddr := freeAddr(t), freeUDPAddr(t, "127.0.0.1")
+	cfg, err := config.Parse([]byte(fmt.Sprintf(`metrics { address = "" }
+service "testguarded" "g" {
+  endpoint "tcp" { address = %q }
+  endpoint "udp" { address = %q }
+}
+`, tcpAddr, udpAddr)), t.TempDir()+"/superd.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, m := newTestSupervisor()
+	if err := s.Start(cfg); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(5 * time.Second)
+	f := lastGuarded.Load()
+	for range 30 {
+		dialEcho(t, "tcp", tcpAddr, "x").Close()
+	}
+	if got := testutil.ToFloat64(m.ConnectionsRejected.WithLabelValues("g", "testguarded", "rate_limit_per_ip")); got != 0 {
+		t.Errorf("%v connections rejected by the datagrams' default limit", got)
+	}
+	c := dialUDP(t, udpAddr)
+	for i := range 25 {
+		send(t, c, []byte(strconv.Itoa(i)))
+	}
+	waitFor(t, func() bool {
+		return testutil.ToFloat64(m.DatagramsReceived.WithLabelValues("g", "testguarded", "udp:"+udpAddr)) == 25
+	})
+	countReplies(t, c, 20)
+	if got := f.received.Load(); got != 20 {
+		t.Errorf("delivered %d datagrams, want 20 (the default burst)", got)
+	}
+	if got := testutil.ToFloat64(m.DatagramsDropped.WithLabelValues("g", "testguarded", "rate_limit_per_ip")); got != 5 {
+		t.Errorf("dropped{rate_limit_per_ip} = %v, want 5", got)
+	}
+}

@@ -216,7 +216,7 @@ func (s *service) admit(c net.Conn, peer net.Addr, b *binding, reserved bool) (c
 		reason = metrics.RejectMaxConnectionsPerUID
 	case s.rate != nil && !s.rate.take(now):
 		reason = metrics.RejectRateLimit
-	case hasSource && s.sourceRates != nil && !s.takeSourceToken(key, now):
+	case hasSource && s.sourceRates != nil && !lim.RateLimitPerIPDatagramsOnly && !s.takeSourceToken(key, now):
 		reason = metrics.RejectRateLimitPerIP
 	}
 	if reason != "" {
