@@ -7,10 +7,12 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"runtime"
 	"sort"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -1009,4 +1011,66 @@ service "testguarded" "g" {
 	if got := testutil.ToFloat64(m.DatagramsDropped.WithLabelValues("g", "testguarded", "rate_limit_per_ip")); got != 5 {
 		t.Errorf("dropped{rate_limit_per_ip} = %v, want 5", got)
 	}
+}
+
+func sockBuffers(t *testing.T, uc *net.UDPConn) (rcv, snd int) {
+	t.Helper()
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gerr error
+	raw.Control(func(fd uintptr) {
+		rcv, gerr = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF)
+		if gerr == nil {
+			snd, gerr = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF)
+		}
+	})
+	if gerr != nil {
+		t.Fatal(gerr)
+	}
+	return rcv, snd
+}
+
+// A reload that changes read_buffer or write_buffer of a udp endpoint
+// whose socket is handed over applies them to that socket.
+func TestDatagramReloadAppliesBufferSizes(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("buffer sizes as Linux reports them")
+	}
+	addr := freeUDPAddr(t, "127.0.0.1")
+	ep := udpEndpoint(addr)
+	ep.ReadBuffer, ep.WriteBuffer = 4096, 8192
+	s, _ := newTestSupervisor()
+	if err := s.Start(&config.File{Services: []*config.Service{
+		dgramServiceConfig("buf", &dgramFactory{}, false, config.Limits{}, ep),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(5 * time.Second)
+	s.mu.Lock()
+	uc := s.sockets["udp:"+addr].dgram.uc
+	s.mu.Unlock()
+	if rcv, snd := sockBuffers(t, uc); rcv != 2*4096 || snd != 2*8192 {
+		t.Fatalf("at start: SO_RCVBUF %d, SO_SNDBUF %d", rcv, snd)
+	}
+	ep.ReadBuffer, ep.WriteBuffer = 16384, 32768
+	f := &dgramFactory{}
+	if err := s.Reload(&config.File{Services: []*config.Service{
+		dgramServiceConfig("buf", f, false, config.Limits{}, ep),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	same := s.sockets["udp:"+addr].dgram.uc == uc
+	s.mu.Unlock()
+	if !same {
+		t.Fatal("the socket was not handed over")
+	}
+	if rcv, snd := sockBuffers(t, uc); rcv != 2*16384 || snd != 2*32768 {
+		t.Errorf("after reload: SO_RCVBUF %d, SO_SNDBUF %d; want %d and %d", rcv, snd, 2*16384, 2*32768)
+	}
+	c := dialUDP(t, addr)
+	send(t, c, []byte("x"))
+	mustRecv(t, c, []byte("x"))
 }

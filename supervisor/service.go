@@ -496,7 +496,27 @@ func (s *service) activate() {
 				s.log.Error("cannot set the socket file's mode", "endpoint", b.ep.Label, "err", err)
 			}
 		}
+		if b.ep.Kind == endpoint.KindUDP && !slices.Contains(s.opened, b.sock) {
+			// Taken over: apply this one's buffer sizes.
+			s.setBuffers(b)
+		}
 		b.sock.serve(b)
+	}
+}
+
+// setBuffers applies a udp endpoint's read_buffer and write_buffer to the
+// socket it took over (a size left out keeps the socket's).
+func (s *service) setBuffers(b *binding) {
+	uc := b.sock.dgram.uc
+	if n := b.ep.ReadBuffer; n > 0 {
+		if err := uc.SetReadBuffer(n); err != nil {
+			s.log.Error("cannot set read_buffer", "endpoint", b.ep.Label, "err", err)
+		}
+	}
+	if n := b.ep.WriteBuffer; n > 0 {
+		if err := uc.SetWriteBuffer(n); err != nil {
+			s.log.Error("cannot set write_buffer", "endpoint", b.ep.Label, "err", err)
+		}
 	}
 }
 
