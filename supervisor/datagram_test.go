@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -264,7 +265,6 @@ func TestDatagramEchoAndCounters(t *testing.T) {
 			if got := testutil.ToFloat64(m.SentBytes.WithLabelValues("echo", "lifecycle")); got != float64(total) {
 				t.Errorf("sent bytes = %v, want %d", got, total)
 			}
-
 			checkDrops(t, m, "echo", nil)
 			if got := f.transport(0).LocalAddr().String(); got != addr {
 				t.Errorf("LocalAddr = %s, want %s", got, addr)
@@ -1073,4 +1073,66 @@ func TestDatagramReloadAppliesBufferSizes(t *testing.T) {
 	c := dialUDP(t, addr)
 	send(t, c, []byte("x"))
 	mustRecv(t, c, []byte("x"))
+}
+
+// waitFactory serves a udp socket in wait mode, as exec with wait = true
+// does: handed the socket, it answers what is queued, as a program would.
+type waitFactory struct {
+	served atomic.Int32
+}
+
+func (f *waitFactory) BuildProtocol(net.Addr) framework.Protocol { return nil }
+
+func (f *waitFactory) ServesListeners() bool { return true }
+
+func (f *waitFactory) ServeListener(l *framework.HandedListener) error {
+	raw, err := l.File.SyscallConn()
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 2048)
+	raw.Control(func(fd uintptr) {
+		for {
+			n, from, err := syscall.Recvfrom(int(fd), buf, syscall.MSG_DONTWAIT)
+			if err != nil {
+				return
+			}
+			f.served.Add(1)
+			syscall.Sendto(int(fd), append([]byte("waited "), buf[:n]...), 0, from)
+		}
+	})
+	return nil
+}
+
+// A udp endpoint in wait mode has its datagram series from startup too
+// (at 0: the program, not superd, reads the datagrams), as a tcp endpoint
+// in wait mode has its connections_total.
+func TestDatagramWaitModeSeries(t *testing.T) {
+	addr := freeUDPAddr(t, "127.0.0.1")
+	w := &waitFactory{}
+	s, m := newTestSupervisor()
+	if err := s.Start(&config.File{ShutdownTimeout: 5 * time.Second, Services: []*config.Service{
+		dgramServiceConfig("w", w, false, config.Limits{}, udpEndpoint(addr)),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(5 * time.Second)
+	for name, n := range map[string]int{
+		"superd_datagrams_received_total": testutil.CollectAndCount(m.DatagramsReceived),
+		"superd_datagrams_sent_total":     testutil.CollectAndCount(m.DatagramsSent),
+		"superd_datagrams_dropped_total":  testutil.CollectAndCount(m.DatagramsDropped),
+	} {
+		if want := map[bool]int{true: 5, false: 1}[strings.HasSuffix(name, "dropped_total")]; n != want {
+			t.Errorf("%s has %d series in wait mode, want %d", name, n, want)
+		}
+	}
+	c := dialUDP(t, addr)
+	send(t, c, []byte("a"))
+	mustRecv(t, c, []byte("waited a"))
+	if err := s.Reload(&config.File{ShutdownTimeout: 5 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { // the removed instance drains in the background
+		return testutil.CollectAndCount(m.DatagramsReceived)+testutil.CollectAndCount(m.DatagramsSent) == 0
+	})
 }

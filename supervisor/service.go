@@ -526,6 +526,7 @@ func (s *service) activateDatagrams(b *binding) {
 	if s.drops == nil {
 		s.drops = s.m.DatagramDrops()
 	}
+	received, sent := s.m.DatagramEndpoint(b.ep.Label) // in wait mode too: every series from startup
 	if s.waits() {
 		return
 	}
@@ -540,7 +541,7 @@ func (s *service) activateDatagrams(b *binding) {
 		drops:   s.drops,
 		guarded: s.cfg.Spec != nil && s.cfg.Spec.DatagramGuards,
 	}
-	d.received, d.sent = s.m.DatagramEndpoint(b.ep.Label)
+	d.received, d.sent = received, sent
 	d.proto = df.BuildDatagramProtocol(d)
 	b.dgram = d
 }
