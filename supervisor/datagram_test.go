@@ -1076,7 +1076,8 @@ func TestDatagramReloadAppliesBufferSizes(t *testing.T) {
 }
 
 // waitFactory serves a udp socket in wait mode, as exec with wait = true
-// does: handed the socket, it answers what is queued, as a program would.
+// does: handed the socket, it answers one datagram, as a program that
+// exits after one would.
 type waitFactory struct {
 	served atomic.Int32
 }
@@ -1092,14 +1093,12 @@ func (f *waitFactory) ServeListener(l *framework.HandedListener) error {
 	}
 	buf := make([]byte, 2048)
 	raw.Control(func(fd uintptr) {
-		for {
-			n, from, err := syscall.Recvfrom(int(fd), buf, syscall.MSG_DONTWAIT)
-			if err != nil {
-				return
-			}
-			f.served.Add(1)
-			syscall.Sendto(int(fd), append([]byte("waited "), buf[:n]...), 0, from)
+		n, from, err := syscall.Recvfrom(int(fd), buf, syscall.MSG_DONTWAIT)
+		if err != nil {
+			return
 		}
+		f.served.Add(1)
+		syscall.Sendto(int(fd), append([]byte("waited "), buf[:n]...), 0, from)
 	})
 	return nil
 }
@@ -1135,4 +1134,47 @@ func TestDatagramWaitModeSeries(t *testing.T) {
 	waitFor(t, func() bool { // the removed instance drains in the background
 		return testutil.CollectAndCount(m.DatagramsReceived)+testutil.CollectAndCount(m.DatagramsSent) == 0
 	})
+}
+
+// Reloads switch a udp socket from wait mode to a datagram protocol and
+// back, many times; a datagram sent once the reload has returned goes to
+// the new owner, whichever its mode (none is read by the loop and then
+// dropped because the owner now waits).
+func TestDatagramReloadToWaitModeAndBack(t *testing.T) {
+	addr := freeUDPAddr(t, "127.0.0.1")
+	s, _ := newTestSupervisor()
+	w := &waitFactory{}
+	if err := s.Start(&config.File{ShutdownTimeout: 5 * time.Second, Services: []*config.Service{
+		dgramServiceConfig("w", w, false, config.Limits{}, udpEndpoint(addr)),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(5 * time.Second)
+	c := dialUDP(t, addr)
+	send(t, c, []byte("a"))
+	mustRecv(t, c, []byte("waited a"))
+	for i := range 50 {
+		f := &dgramFactory{}
+		if err := s.Reload(&config.File{ShutdownTimeout: 5 * time.Second, Services: []*config.Service{
+			dgramServiceConfig("w", f, false, config.Limits{MaxConnections: 2*i + 1}, udpEndpoint(addr)),
+		}}); err != nil {
+			t.Fatal(err)
+		}
+		msg := []byte("to the protocol " + strconv.Itoa(i))
+		send(t, c, msg)
+		mustRecv(t, c, msg)
+
+		w := &waitFactory{}
+		if err := s.Reload(&config.File{ShutdownTimeout: 5 * time.Second, Services: []*config.Service{
+			dgramServiceConfig("w", w, false, config.Limits{MaxConnections: 2*i + 2}, udpEndpoint(addr)),
+		}}); err != nil {
+			t.Fatal(err)
+		}
+		msg = []byte("to the program " + strconv.Itoa(i))
+		send(t, c, msg)
+		mustRecv(t, c, append([]byte("waited "), msg...))
+		if f.received.Load() != 1 || w.served.Load() != 1 {
+			t.Fatalf("round %d: %d datagrams to the protocol, %d to the program; want 1 and 1", i, f.received.Load(), w.served.Load())
+		}
+	}
 }

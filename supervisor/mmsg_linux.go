@@ -38,7 +38,11 @@ type batchIO struct {
 	err, werr  error
 	readFn     func(fd uintptr) bool
 	writeFn    func(fd uintptr) bool
-	addrs      []net.UDPAddr // recv's source addresses, reused
+	// claim is called right before each read: false leaves the queue
+	// alone (read returns errYield); unclaim when the read got nothing.
+	claim   func() bool
+	unclaim func()
+	addrs   []net.UDPAddr // recv's source addresses, reused
 }
 
 // mmsgs is a vector of messages with one buffer and one address each.
@@ -87,7 +91,14 @@ func newBatchIO(uc *net.UDPConn) (*batchIO, error) {
 		b.addrs[i].IP = make(net.IP, 0, net.IPv6len)
 	}
 	b.readFn = func(fd uintptr) bool {
+		if b.claim != nil && !b.claim() {
+			b.got, b.err = 0, errYield
+			return true
+		}
 		b.got, b.err = b.recvmmsg(fd)
+		if b.err != nil && b.unclaim != nil {
+			b.unclaim()
+		}
 		return b.err != unix.EAGAIN
 	}
 	b.writeFn = func(fd uintptr) bool {

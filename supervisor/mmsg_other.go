@@ -16,6 +16,11 @@ type batchIO struct {
 	from net.UDPAddr
 	out  [][]byte
 	to   []netip.AddrPort
+	// claim is called after each read (a blocking read cannot be
+	// preceded by it here): false drops what was read, as the owner
+	// now serves the socket in wait mode.
+	claim   func() bool
+	unclaim func()
 }
 
 func newBatchIO(uc *net.UDPConn) (*batchIO, error) {
@@ -26,6 +31,9 @@ func (b *batchIO) read() (int, error) {
 	n, ap, err := b.uc.ReadFromUDPAddrPort(b.buf)
 	if err != nil {
 		return 0, err
+	}
+	if b.claim != nil && !b.claim() {
+		return 0, errYield
 	}
 	b.n = n
 	b.from.IP = append(b.from.IP[:0], ap.Addr().Unmap().AsSlice()...)
