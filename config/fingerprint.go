@@ -43,6 +43,9 @@ func (d *decoder) fingerprint(svc *Service) string {
 	field(h, "access_log", fmt.Sprint(svc.AccessLog))
 	field(h, "rate_limit", rateString(l.RateLimit))
 	field(h, "rate_limit_per_ip", rateString(l.RateLimitPerIP))
+	if l.RateLimitPerIPDatagramsOnly {
+		field(h, "rate_limit_per_ip.datagrams_only", "true")
+	}
 	for i, ep := range svc.Endpoints {
 		// Pointers would print as addresses: their contents go apart.
 		plain := ep

@@ -153,6 +153,7 @@ func (d *decoder) decodeService(blk *hcl.Block) {
 		if spec.DatagramGuards && svc.Limits.RateLimitPerIP == nil && svc.hasDatagrams() {
 			r := DefaultDatagramRateLimitPerIP
 			svc.Limits.RateLimitPerIP = &r
+			svc.Limits.RateLimitPerIPDatagramsOnly = true
 		}
 	}
 	svc.Fingerprint = d.fingerprint(svc)
@@ -162,6 +163,7 @@ func (d *decoder) decodeService(blk *hcl.Block) {
 // DefaultDatagramRateLimitPerIP applies to the udp endpoints of factories
 // with DatagramGuards (the built-in services) when the service sets no
 // rate_limit_per_ip: a spoofed source cannot turn them into an amplifier.
+// It limits datagrams only: the service's connections stay unlimited.
 var DefaultDatagramRateLimitPerIP = Rate{Rate: 10, Burst: 20}
 
 func (s *Service) hasDatagrams() bool {

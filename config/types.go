@@ -93,6 +93,11 @@ type Limits struct {
 	RateLimitPerIP       *Rate
 	IPv6Prefix           int // bits; per-source keys group IPv6 by this prefix
 	MaxPendingOutput     int // bytes; above it a connection is dropped as slow_consumer
+
+	// RateLimitPerIPDatagramsOnly: RateLimitPerIP is the default of a
+	// factory with DatagramGuards (DefaultDatagramRateLimitPerIP), which
+	// limits datagrams only, never connections.
+	RateLimitPerIPDatagramsOnly bool
 }
 
 // Rate is a token bucket: Rate tokens per second, Burst at most (and at

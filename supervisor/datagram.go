@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"errors"
 	"net"
 	"net/netip"
 	"sync"
@@ -61,7 +62,7 @@ func (g *guardPorts) has(port uint16) bool {
 // full socket buffer drops the datagram, counted as send_failed.
 func (d *dgramBinding) WriteTo(b []byte, addr net.Addr) {
 	to, ok := addrPort(addr)
-	if !ok {
+	if !ok || !d.sock.io.reaches(to) {
 		d.drops[metrics.DatagramSendFailed].Inc()
 		return
 	}
@@ -82,9 +83,10 @@ func (d *dgramBinding) WriteTo(b []byte, addr net.Addr) {
 }
 
 func (d *dgramBinding) flushLocked() {
-	sent, failed := d.sock.io.flush()
+	sent, failed, bytes := d.sock.io.flush()
 	if sent > 0 {
 		d.sent.Add(float64(sent))
+		d.svc.m.Sent.Add(float64(bytes))
 	}
 	if failed > 0 {
 		d.drops[metrics.DatagramSendFailed].Add(float64(failed))
@@ -122,15 +124,20 @@ func addrPort(addr net.Addr) (netip.AddrPort, bool) {
 // datagramLoop reads the socket in batches and delivers each datagram to
 // the socket's current owner, until the socket closes (false) or the
 // owner switches to wait mode (true). A datagram queued during a reload is
-// read by the same loop and goes to the new owner: none is lost.
+// read by the same loop and goes to the new owner, or stays queued for a
+// new owner in wait mode: none is lost.
 func (k *socket) datagramLoop() bool {
 	k.waiting.Store(false)
 	s := k.dgram
+	s.io.claim, s.io.unclaim = k.claimBatch, k.unclaimBatch // every socket, however it was made
 	for {
 		n, err := s.io.read()
 		if err != nil {
 			if k.closed.Load() {
 				return false
+			}
+			if err == errYield {
+				return true
 			}
 			if isTimeout(err) {
 				k.clearDeadline()
@@ -146,14 +153,11 @@ func (k *socket) datagramLoop() bool {
 			time.Sleep(minAcceptDelay)
 			continue
 		}
-		b := k.owner.Load()
-		if b == nil {
-			b = k.last.Load()
-		}
-		if b == nil || b.dgram == nil {
+		d := k.batch // claimed by claimBatch, right before the read
+		k.batch = nil
+		if d == nil {
 			continue
 		}
-		d := b.dgram
 		s.mu.Lock()
 		s.dispatching = true
 		s.mu.Unlock()
@@ -169,6 +173,50 @@ func (k *socket) datagramLoop() bool {
 		s.dispatching = false
 		d.flushLocked()
 		s.mu.Unlock()
+		d.svc.connWG.Done()
+	}
+}
+
+// errYield: the socket's owner serves it in wait mode; the loop reads
+// nothing more and lets it.
+var errYield = errors.New("the owner serves the socket in wait mode")
+
+// claimBatch runs on the loop right before it reads a batch (never before
+// it waits for one): the batch goes to the owner of that moment, counted
+// in its service's connWG until delivered, so that a service a reload
+// replaced stops its factory only after its last DatagramReceived. serve
+// swaps owners under swapMu, so a datagram read after serve returned is
+// the new owner's. It reports false when the owner serves the socket in
+// wait mode: the datagrams stay queued for its program.
+func (k *socket) claimBatch() bool {
+	k.swapMu.Lock()
+	defer k.swapMu.Unlock()
+	k.batch = nil
+	b := k.owner.Load()
+	if b != nil && b.svc.waits() {
+		return false
+	}
+	if b == nil {
+		b = k.last.Load() // released: its last owner gets what is read
+	}
+	if b == nil || b.dgram == nil {
+		return true // read and dropped: nobody serves datagrams here
+	}
+	svc := b.svc
+	svc.mu.Lock()
+	if !svc.closing {
+		svc.connWG.Add(1)
+		k.batch = b.dgram
+	}
+	svc.mu.Unlock()
+	return true
+}
+
+// unclaimBatch undoes claimBatch when the read found nothing.
+func (k *socket) unclaimBatch() {
+	if k.batch != nil {
+		k.batch.svc.connWG.Done()
+		k.batch = nil
 	}
 }
 

@@ -31,11 +31,17 @@ type batchIO struct {
 	nout int // datagrams queued in send
 
 	// Set for the closures below, which are made once: a method value
-	// passed to RawConn each time would allocate.
-	got     int
-	err     error
-	readFn  func(fd uintptr) bool
-	writeFn func(fd uintptr) bool
+	// passed to RawConn each time would allocate. The loop reads while
+	// other goroutines flush (under the socket's lock): each side has its
+	// own results.
+	got, sentN int
+	err, werr  error
+	readFn     func(fd uintptr) bool
+	writeFn    func(fd uintptr) bool
+	// claim is called right before each read: false leaves the queue
+	// alone (read returns errYield); unclaim when the read got nothing.
+	claim   func() bool
+	unclaim func()
 	addrs   []net.UDPAddr // recv's source addresses, reused
 }
 
@@ -85,11 +91,18 @@ func newBatchIO(uc *net.UDPConn) (*batchIO, error) {
 		b.addrs[i].IP = make(net.IP, 0, net.IPv6len)
 	}
 	b.readFn = func(fd uintptr) bool {
+		if b.claim != nil && !b.claim() {
+			b.got, b.err = 0, errYield
+			return true
+		}
 		b.got, b.err = b.recvmmsg(fd)
+		if b.err != nil && b.unclaim != nil {
+			b.unclaim()
+		}
 		return b.err != unix.EAGAIN
 	}
 	b.writeFn = func(fd uintptr) bool {
-		b.got, b.err = b.sendmmsg(fd, b.got)
+		b.sentN, b.werr = b.sendmmsg(fd, b.sentN)
 		return true // MSG_DONTWAIT: never wait for room
 	}
 	return b, nil
@@ -146,6 +159,10 @@ func (b *batchIO) datagram(i int) (data []byte, from *net.UDPAddr, truncated boo
 	return b.recv.bufs[i][:h.n], a, h.hdr.Flags&unix.MSG_TRUNC != 0
 }
 
+// reaches reports whether the socket can send to to: an IPv4 socket
+// cannot send to an IPv6 address (queue would have no sockaddr for it).
+func (b *batchIO) reaches(to netip.AddrPort) bool { return b.six || to.Addr().Unmap().Is4() }
+
 // queue adds a datagram to the send batch; it reports false when the
 // batch is full (flush first).
 func (b *batchIO) queue(p []byte, to netip.AddrPort) bool {
@@ -183,26 +200,29 @@ func (b *batchIO) queue(p []byte, to netip.AddrPort) bool {
 }
 
 // flush sends the queued datagrams without waiting for room; it returns
-// how many were sent and how many failed (a full socket buffer, or an
-// error for that destination).
-func (b *batchIO) flush() (sent, failed int) {
+// how many were sent (and their bytes) and how many failed (a full socket
+// buffer, or an error for that destination).
+func (b *batchIO) flush() (sent, failed, bytes int) {
 	for sent+failed < b.nout {
-		b.got = sent + failed
+		b.sentN = sent + failed
 		if err := b.raw.Write(b.writeFn); err != nil {
 			failed = b.nout - sent
 			break
 		}
 		switch {
-		case b.err == unix.EAGAIN || b.err == unix.ENOBUFS:
+		case b.werr == unix.EAGAIN || b.werr == unix.ENOBUFS:
 			failed = b.nout - sent // the buffer is full: the rest is dropped
-		case b.err != nil:
+		case b.werr != nil:
 			failed++ // this destination failed; go on with the next
 		default:
-			sent += b.got
+			for _, p := range b.send.bufs[sent+failed : sent+failed+b.sentN] {
+				bytes += len(p)
+			}
+			sent += b.sentN
 		}
 	}
 	b.nout = 0
-	return sent, failed
+	return sent, failed, bytes
 }
 
 // sendmmsg sends the queue from index from on; it returns how many were

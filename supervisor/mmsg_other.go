@@ -16,6 +16,11 @@ type batchIO struct {
 	from net.UDPAddr
 	out  [][]byte
 	to   []netip.AddrPort
+	// claim is called after each read (a blocking read cannot be
+	// preceded by it here): false drops what was read, as the owner
+	// now serves the socket in wait mode.
+	claim   func() bool
+	unclaim func()
 }
 
 func newBatchIO(uc *net.UDPConn) (*batchIO, error) {
@@ -27,6 +32,9 @@ func (b *batchIO) read() (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	if b.claim != nil && !b.claim() {
+		return 0, errYield
+	}
 	b.n = n
 	b.from.IP = append(b.from.IP[:0], ap.Addr().Unmap().AsSlice()...)
 	b.from.Port = int(ap.Port())
@@ -34,6 +42,9 @@ func (b *batchIO) read() (int, error) {
 }
 
 func (b *batchIO) datagram(int) ([]byte, *net.UDPAddr, bool) { return b.buf[:b.n], &b.from, false }
+
+// reaches: the system call reports what the socket cannot reach.
+func (b *batchIO) reaches(netip.AddrPort) bool { return true }
 
 func (b *batchIO) queue(p []byte, to netip.AddrPort) bool {
 	if len(b.out) == batchSize {
@@ -44,14 +55,15 @@ func (b *batchIO) queue(p []byte, to netip.AddrPort) bool {
 	return true
 }
 
-func (b *batchIO) flush() (sent, failed int) {
+func (b *batchIO) flush() (sent, failed, bytes int) {
 	for i, p := range b.out {
 		if _, err := b.uc.WriteToUDPAddrPort(p, b.to[i]); err != nil {
 			failed++
 		} else {
 			sent++
+			bytes += len(p)
 		}
 	}
 	b.out, b.to = b.out[:0], b.to[:0]
-	return sent, failed
+	return sent, failed, bytes
 }

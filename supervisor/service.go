@@ -216,7 +216,7 @@ func (s *service) admit(c net.Conn, peer net.Addr, b *binding, reserved bool) (c
 		reason = metrics.RejectMaxConnectionsPerUID
 	case s.rate != nil && !s.rate.take(now):
 		reason = metrics.RejectRateLimit
-	case hasSource && s.sourceRates != nil && !s.takeSourceToken(key, now):
+	case hasSource && s.sourceRates != nil && !lim.RateLimitPerIPDatagramsOnly && !s.takeSourceToken(key, now):
 		reason = metrics.RejectRateLimitPerIP
 	}
 	if reason != "" {
@@ -496,7 +496,27 @@ func (s *service) activate() {
 				s.log.Error("cannot set the socket file's mode", "endpoint", b.ep.Label, "err", err)
 			}
 		}
+		if b.ep.Kind == endpoint.KindUDP && !slices.Contains(s.opened, b.sock) {
+			// Taken over: apply this one's buffer sizes.
+			s.setBuffers(b)
+		}
 		b.sock.serve(b)
+	}
+}
+
+// setBuffers applies a udp endpoint's read_buffer and write_buffer to the
+// socket it took over (a size left out keeps the socket's).
+func (s *service) setBuffers(b *binding) {
+	uc := b.sock.dgram.uc
+	if n := b.ep.ReadBuffer; n > 0 {
+		if err := uc.SetReadBuffer(n); err != nil {
+			s.log.Error("cannot set read_buffer", "endpoint", b.ep.Label, "err", err)
+		}
+	}
+	if n := b.ep.WriteBuffer; n > 0 {
+		if err := uc.SetWriteBuffer(n); err != nil {
+			s.log.Error("cannot set write_buffer", "endpoint", b.ep.Label, "err", err)
+		}
 	}
 }
 
@@ -506,6 +526,7 @@ func (s *service) activateDatagrams(b *binding) {
 	if s.drops == nil {
 		s.drops = s.m.DatagramDrops()
 	}
+	received, sent := s.m.DatagramEndpoint(b.ep.Label) // in wait mode too: every series from startup
 	if s.waits() {
 		return
 	}
@@ -520,7 +541,7 @@ func (s *service) activateDatagrams(b *binding) {
 		drops:   s.drops,
 		guarded: s.cfg.Spec != nil && s.cfg.Spec.DatagramGuards,
 	}
-	d.received, d.sent = s.m.DatagramEndpoint(b.ep.Label)
+	d.received, d.sent = received, sent
 	d.proto = df.BuildDatagramProtocol(d)
 	b.dgram = d
 }

@@ -29,6 +29,8 @@ type socket struct {
 
 	owner     atomic.Pointer[binding]
 	last      atomic.Pointer[binding] // the owner when released: gets the backlog sweep
+	swapMu    sync.Mutex              // owner swaps against a udp loop's claimBatch
+	batch     *dgramBinding           // udp: who the batch being read goes to (the loop's own)
 	startOnce sync.Once
 	closeOnce sync.Once
 	closed    atomic.Bool
@@ -92,7 +94,9 @@ func listenSocket(key string, ep *endpoint.Config, log *slog.Logger) (*socket, e
 // socket instead of accepting; when a reload changes the mode, the loop is
 // woken to switch.
 func (k *socket) serve(b *binding) {
+	k.swapMu.Lock()
 	prev := k.owner.Swap(b)
+	k.swapMu.Unlock()
 	started := false
 	k.startOnce.Do(func() { started = true; go k.loop() })
 	if !started && prev != nil && prev.svc.waits() != b.svc.waits() {
