@@ -42,7 +42,9 @@ func (h *handoff) Abort(error) {
 // handOver gives an accepted connection to a factory that serves it
 // itself; c is the accepted socket, nc the stream after superd's layers
 // (c itself, or TLS over it). It returns when the factory is done with it.
-func (s *service) handOver(h framework.ConnHandler, c, nc net.Conn, b *binding, fromSource int) {
+// It returns what is left to do once the connection is released: its
+// access log line.
+func (s *service) handOver(h framework.ConnHandler, c, nc net.Conn, b *binding, fromSource int) (after func()) {
 	ho := newHandoff()
 	s.mu.Lock()
 	s.conns[c] = ho
@@ -80,7 +82,7 @@ func (s *service) handOver(h framework.ConnHandler, c, nc net.Conn, b *binding, 
 	case served:
 		s.ended(start, reason)
 		if s.cfg.AccessLog {
-			s.logEnd(c, nc, b, start, reason, hc.BytesIn, hc.BytesOut, hc.PID, hc.Exit)
+			return func() { s.logEnd(c, nc, b, start, reason, hc.BytesIn, hc.BytesOut, hc.PID, hc.Exit) }
 		}
 	case errors.As(reason, &rej):
 		s.rejected(rej.Reason)
@@ -90,6 +92,7 @@ func (s *service) handOver(h framework.ConnHandler, c, nc net.Conn, b *binding, 
 		s.rejected(metrics.RejectFactory)
 		s.logRejection(c, b, metrics.RejectFactory)
 	}
+	return func() {}
 }
 
 // serveConn calls the handler; a panic there ends only this connection.

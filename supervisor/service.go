@@ -366,7 +366,9 @@ type conKeys struct {
 // handle serves an admitted connection: c is the accepted socket, stream
 // what to read and write (c, or c after its PROXY header).
 func (s *service) handle(c, stream net.Conn, b *binding, k conKeys) {
-	release := func() {
+	// unlimit stops the connection counting against the limits; release
+	// also lets a drain waiting for it go on.
+	unlimit := func() {
 		s.mu.Lock()
 		s.active--
 		if k.hasSource {
@@ -382,8 +384,8 @@ func (s *service) handle(c, stream net.Conn, b *binding, k conKeys) {
 		delete(s.conns, c)
 		delete(s.info, c)
 		s.mu.Unlock()
-		s.connWG.Done()
 	}
+	release := func() { unlimit(); s.connWG.Done() }
 	nc := stream
 	if b.tls != nil {
 		timeout := maxTLSHandshake
@@ -410,8 +412,10 @@ func (s *service) handle(c, stream net.Conn, b *binding, k conKeys) {
 		nc = tc
 	}
 	if h, ok := s.factory.(framework.ConnHandler); ok {
-		s.handOver(h, c, nc, b, k.fromSource)
-		release()
+		after := s.handOver(h, c, nc, b, k.fromSource)
+		unlimit()
+		after() // the access log line comes once the connection no longer counts
+		s.connWG.Done()
 		return
 	}
 	p := s.buildProtocol(stream.RemoteAddr())
@@ -437,10 +441,14 @@ func (s *service) handle(c, stream net.Conn, b *binding, k conKeys) {
 	start := time.Now()
 	conn.Run(p, func(reason error) {
 		s.ended(start, reason)
+		unlimit()
+		// Once the connection no longer counts against any limit (a
+		// client that saw the line may connect again at once), and before
+		// a drain waiting for it may go on (and close the log).
 		if s.cfg.AccessLog {
 			s.logEnd(c, nc, b, start, reason, conn.BytesIn(), conn.BytesOut(), 0, "")
 		}
-		release()
+		s.connWG.Done()
 	})
 }
 

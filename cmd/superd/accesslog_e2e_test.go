@@ -146,6 +146,8 @@ service "echo" "quiet" {
 		if err := echoOnce("tcp", tcpAddr, "after rotation"); err != nil {
 			t.Fatal(err)
 		}
+		// max_connections = 1: the next try waits until this one is gone.
+		d.waitMetric("superd_connections_active", map[string]string{"service": "logged"}, 0)
 		if lines := readAccessLog(t, logPath); len(lines) > 0 {
 			break
 		}
