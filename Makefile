@@ -5,7 +5,7 @@ BIN     := bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build run test fuzz bench failure promcheck readme-tools clean
+.PHONY: all build run test fuzz bench failure promcheck test-tools clean
 
 all: build
 
@@ -51,19 +51,23 @@ bench:
 promcheck:
 	bash examples/prometheus/check.sh
 
-# The tools the README's commands use (nc, telnet, rdate, openssl, curl), which
-# TestReadmeCommands (cmd/superd) runs where they are installed: installs
-# the Debian packages of those missing when it can (root with apt-get), and
-# says so when it cannot; the test then skips those commands, with the reason.
-README_TOOLS := nc:netcat-openbsd telnet:telnet rdate:rdate openssl:openssl curl:curl
-readme-tools:
-	@missing=; for t in $(README_TOOLS); do \
+# The programs tests run as real peers: nc, telnet, rdate, openssl and curl
+# (the README's commands, TestReadmeCommands; rdate against the time
+# service), haproxy (PROXY protocol), systemd-socket-activate and
+# systemd-analyze (socket activation, the unit files). Installs the Debian
+# packages of those missing when it can (root with apt-get) and says so
+# when it cannot; the tests that need one then skip, with the reason.
+TEST_TOOLS := nc:netcat-openbsd telnet:telnet rdate:rdate openssl:openssl curl:curl \
+	haproxy:haproxy systemd-socket-activate:systemd systemd-analyze:systemd
+test-tools:
+	@missing=; for t in $(TEST_TOOLS); do \
 	  command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; \
 	done; \
-	if [ -z "$$missing" ]; then echo "README tools: all installed"; \
+	missing=$$(echo $$missing | tr ' ' '\n' | sort -u | xargs); \
+	if [ -z "$$missing" ]; then echo "test tools: all installed"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	  echo "README tools: installing$$missing"; \
+	  echo "test tools: installing $$missing"; \
 	  { apt-get update -qq >/dev/null && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; } || \
-	  echo "README tools: could not install$$missing; TestReadmeCommands skips what needs them"; \
-	else echo "README tools: missing$$missing (installing needs root and apt-get); TestReadmeCommands skips what needs them"; fi
+	  echo "test tools: could not install $$missing; the tests that need them skip"; \
+	else echo "test tools: missing $$missing (installing needs root and apt-get); the tests that need them skip"; fi

@@ -26,7 +26,7 @@ import (
 // The README's quick start: the commands of its "With `make run` going"
 // block are run against the real binary serving examples.hcl, each twice:
 // once as the README writes it (with the real nc, telnet, openssl, curl;
-// skipped, with the reason, where one is not installed: `make readme-tools`
+// skipped, with the reason, where one is not installed: `make test-tools`
 // installs them) and once as the equivalent Go client, which sends exactly
 // what the tool sends (nc: lines ending in LF; nc -C and telnet: CRLF).
 // examples.hcl's fixed addresses and /tmp paths are moved to free ports and
@@ -300,7 +300,7 @@ func TestReadmeCommands(t *testing.T) {
 				}
 				for _, tool := range c.tools {
 					if _, err := exec.LookPath(tool); err != nil {
-						t.Skipf("%s is not installed (`make readme-tools` installs it as root with apt-get); checked by the Go client only", tool)
+						t.Skipf("%s is not installed (`make test-tools` installs it as root with apt-get); checked by the Go client only", tool)
 					}
 				}
 				e.check(t, c, factory, true)
