@@ -79,6 +79,7 @@ type Metrics struct {
 	DatagramsDropped    *prometheus.CounterVec
 	TLSHandshakes       *prometheus.GaugeVec
 	AccessLogDropped    prometheus.Counter
+	CertExpiry          *prometheus.GaugeVec
 
 	// extra are the factories' own families (framework.Spec.Collectors),
 	// by factory name.
@@ -150,6 +151,10 @@ func New(version string, extra map[string][]prometheus.Collector) *Metrics {
 			Name: "superd_access_log_dropped_total",
 			Help: "Access log lines dropped because the writer could not keep up (logging never blocks a connection).",
 		}),
+		CertExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "superd_tls_certificate_expiry_timestamp_seconds",
+			Help: "When each certificate a TLS endpoint serves expires (its NotAfter, Unix time); name is the certificate's first DNS name or common name.",
+		}, []string{"service", "endpoint", "name"}),
 		extra: extra,
 	}
 	m.Registry.MustRegister(
@@ -159,7 +164,7 @@ func New(version string, extra map[string][]prometheus.Collector) *Metrics {
 		m.ConnectionDuration, m.ReceivedBytes, m.SentBytes, m.FactoryUp, m.FactoryStarts,
 		m.FactoryStops, m.ConfigReloads, m.LastReloadOK, m.BuildInfo,
 		m.DatagramsReceived, m.DatagramsSent, m.DatagramsDropped, m.TLSHandshakes,
-		m.AccessLogDropped,
+		m.AccessLogDropped, m.CertExpiry,
 	)
 	for _, cs := range extra {
 		for _, c := range cs {
@@ -225,7 +230,13 @@ func (s *Service) Endpoint(label string) prometheus.Counter {
 func (s *Service) DeleteEndpoint(label string) {
 	s.m.ConnectionsTotal.DeleteLabelValues(s.name, s.fact, label)
 	s.m.DatagramsReceived.DeleteLabelValues(s.name, s.fact, label)
+	s.m.CertExpiry.DeletePartialMatch(prometheus.Labels{"service": s.name, "endpoint": label})
 	s.m.DatagramsSent.DeleteLabelValues(s.name, s.fact, label)
+}
+
+// CertificateExpiry records when a certificate of a TLS endpoint expires.
+func (s *Service) CertificateExpiry(endpoint, name string, notAfter float64) {
+	s.m.CertExpiry.WithLabelValues(s.name, endpoint, name).Set(notAfter)
 }
 
 // DatagramEndpoint returns the datagram counters of one udp endpoint
@@ -269,6 +280,7 @@ func (s *Service) Delete() {
 		v.DeletePartialMatch(l)
 	}
 	s.m.TLSHandshakes.DeleteLabelValues(s.name)
+	s.m.CertExpiry.DeletePartialMatch(prometheus.Labels{"service": s.name})
 	// Only this factory's families: a successor of another factory under
 	// the same service name keeps its own series.
 	for _, c := range s.m.extra[s.fact] {

@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"crypto/x509"
 	"net"
 	"testing"
 	"time"
@@ -58,4 +59,36 @@ func TestStalledTLSHandshakesAreCountedAndBounded(t *testing.T) {
 	}
 	conns = nil
 	waitFor(t, func() bool { return testutil.ToFloat64(handshakes) == 0 })
+}
+
+// A TLS endpoint's certificate expiry is exported from activation, and
+// goes with the service.
+func TestCertificateExpiryGauge(t *testing.T) {
+	addr := freeAddr(t)
+	f := &lifecycleFactory{}
+	s, m := newTestSupervisor()
+	ep := endpoint.Config{Kind: endpoint.KindTLS, Address: addr, Label: "tls:" + addr, SelfSigned: true}
+	if err := s.Start(&config.File{ShutdownTimeout: time.Second, Services: []*config.Service{
+		serviceConfig("c", f, config.Limits{}, ep),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	svc := s.services["c"]
+	leaf, err := x509.ParseCertificate(svc.bindings[0].tls.Certificates[0].Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := leaf.Subject.CommonName
+	if len(leaf.DNSNames) > 0 {
+		name = leaf.DNSNames[0]
+	}
+	got := testutil.ToFloat64(m.CertExpiry.WithLabelValues("c", "tls:"+addr, name))
+	if got != float64(leaf.NotAfter.Unix()) || got < float64(time.Now().Unix()) {
+		t.Errorf("expiry %v, want %v", got, leaf.NotAfter.Unix())
+	}
+	s.Reload(&config.File{ShutdownTimeout: time.Second})
+	s.Shutdown(time.Second)
+	if n := testutil.CollectAndCount(m.CertExpiry); n != 0 {
+		t.Errorf("%d expiry series left after the service was removed", n)
+	}
 }

@@ -3,6 +3,7 @@ package supervisor
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -493,6 +494,9 @@ func (s *service) activate() {
 		} else {
 			b.total = s.m.Endpoint(b.ep.Label)
 		}
+		if b.tls != nil {
+			s.recordCertificates(b)
+		}
 		s.refs.acquire(s.endpointKey(b))
 		if b.ep.Kind == endpoint.KindUnix && !slices.Contains(s.opened, b.sock) {
 			// Taken over from the previous instance: apply this one's mode.
@@ -703,4 +707,23 @@ func plainPeer(addr net.Addr) string {
 func (s *service) rejected(reason string) {
 	s.m.Rejected(reason)
 	s.rejectedN.Add(1)
+}
+
+// recordCertificates sets the expiry gauge of each certificate a TLS
+// endpoint serves.
+func (s *service) recordCertificates(b *binding) {
+	for _, c := range b.tls.Certificates {
+		leaf := c.Leaf
+		if leaf == nil && len(c.Certificate) > 0 {
+			leaf, _ = x509.ParseCertificate(c.Certificate[0])
+		}
+		if leaf == nil {
+			continue
+		}
+		name := leaf.Subject.CommonName
+		if len(leaf.DNSNames) > 0 {
+			name = leaf.DNSNames[0]
+		}
+		s.m.CertificateExpiry(b.ep.Label, name, float64(leaf.NotAfter.Unix()))
+	}
 }
