@@ -94,6 +94,9 @@ type Conn struct {
 	reason        error
 	readPaused    bool
 	draining      bool // Drain: deliver what has arrived, then LoseConnection
+	halfClosing   bool // LoseWriteConnection: flush, then shut the write side
+	halfShut      bool // LoseWriteConnection's end of stream went out
+	readEOF       bool // the peer's end of stream was handed to ReadConnectionLost
 
 	// Parking (see Run and idlePoller).
 	p            Protocol
@@ -281,6 +284,7 @@ const (
 	callMade = iota
 	callData
 	callLost
+	callReadLost
 )
 
 // call runs one protocol callback with a panic ending only this
@@ -299,6 +303,8 @@ func (c *Conn) call(p Protocol, which int, data []byte, reason error) (perr erro
 		p.DataReceived(data)
 	case callLost:
 		p.ConnectionLost(reason)
+	case callReadLost:
+		p.(HalfCloseableProtocol).ReadConnectionLost()
 	}
 	return nil
 }
@@ -377,6 +383,8 @@ func (c *Conn) afterCallback() {
 		}
 	} else if c.disconnecting && !c.flushing {
 		c.shutdownWriteLocked()
+	} else if c.halfClosing && !c.flushing && len(c.pending) == 0 {
+		c.halfShutLocked()
 	}
 	c.mu.Unlock()
 }
@@ -465,6 +473,9 @@ func (c *Conn) readLoop(p Protocol) (parked bool) {
 			readBuffers.Put(buf)
 		}
 		if err != nil {
+			if err == io.EOF {
+				c.readLost(p)
+			}
 			next := readFail
 			switch {
 			case err == errWouldBlock:
@@ -484,6 +495,38 @@ func (c *Conn) readLoop(p Protocol) (parked bool) {
 			c.readFailed(err)
 			return false
 		}
+	}
+}
+
+// readLost hands the peer's end of stream to a HalfCloseableProtocol
+// (ReadConnectionLost), then waits, reading nothing, until the connection
+// is closing: the protocol called LoseConnection or AbortConnection, or
+// superd ended it (a Drain closes it as LoseConnection would: nothing more
+// can arrive). Its caller then ends the connection as after any end of
+// stream. Protocols that are not half-closeable are not told.
+func (c *Conn) readLost(p Protocol) {
+	if _, ok := p.(HalfCloseableProtocol); !ok {
+		return
+	}
+	c.mu.Lock()
+	if c.closed || c.disconnecting || c.draining || c.readEOF {
+		c.mu.Unlock()
+		return
+	}
+	c.readEOF = true
+	c.inCallback = true
+	c.mu.Unlock()
+	c.call(p, callReadLost, nil, nil)
+	c.afterCallback()
+	c.mu.Lock()
+	for !c.closed && !c.disconnecting && !c.draining {
+		c.waiting = true
+		c.cond.Wait()
+	}
+	drain := !c.closed && !c.disconnecting
+	c.mu.Unlock()
+	if drain {
+		c.LoseConnection()
 	}
 }
 
@@ -776,6 +819,8 @@ func (c *Conn) flushDoneLocked() {
 	}
 	if c.disconnecting && !c.inCallback && len(c.pending) == 0 {
 		c.shutdownWriteLocked()
+	} else if c.halfClosing && !c.inCallback && len(c.pending) == 0 {
+		c.halfShutLocked()
 	}
 	c.wakeLocked()
 }
@@ -795,7 +840,17 @@ func (c *Conn) shutdownWriteLocked() {
 		return
 	}
 	c.writeShut = true
+	c.halfClosing = false
 	c.setReason(ErrConnectionDone)
+	if c.halfShut {
+		// LoseWriteConnection sent our end of stream already.
+		if c.readEOF {
+			c.closeLocked(nil) // and the peer's has arrived: nothing is left
+		} else {
+			c.writeClosedLocked(nil) // linger for the peer's
+		}
+		return
+	}
 	if c.raw != nil && socketQuiet(c.raw) {
 		// The peer has acknowledged everything we sent and sent nothing we
 		// have not read: a plain close loses nothing, so skip the linger.
@@ -823,6 +878,58 @@ func (c *Conn) shutdownWriteLocked() {
 		return
 	}
 	c.writeClosedLocked(cw.CloseWrite())
+}
+
+// halfShutLocked ends a LoseWriteConnection once the output has drained:
+// our end of stream goes out, and reading goes on.
+func (c *Conn) halfShutLocked() {
+	c.halfClosing = false
+	if c.halfShut || c.writeShut || c.closed || c.disconnecting {
+		return
+	}
+	cw, ok := c.nc.(interface{ CloseWrite() error })
+	if !ok {
+		// Nothing to half-close with: close gracefully instead.
+		c.disconnecting = true
+		c.wakeLocked()
+		c.shutdownWriteLocked()
+		return
+	}
+	c.halfShut = true
+	if c.raw == nil {
+		// TLS: close_notify may wait for room in the peer's window (see
+		// shutdownWriteLocked): in a goroutine, with the write side ours.
+		c.flushing = true
+		go func() {
+			err := cw.CloseWrite()
+			if err == nil {
+				if nc, ok := c.nc.(interface{ NetConn() net.Conn }); ok {
+					if tcw, ok := nc.NetConn().(interface{ CloseWrite() error }); ok {
+						tcw.CloseWrite()
+					}
+				}
+			}
+			c.mu.Lock()
+			c.flushing = false
+			c.halfShutDoneLocked(err)
+			if c.disconnecting && !c.inCallback {
+				c.shutdownWriteLocked() // LoseConnection came meanwhile
+			}
+			c.wakeLocked()
+			c.mu.Unlock()
+		}()
+		return
+	}
+	c.halfShutDoneLocked(cw.CloseWrite())
+}
+
+// halfShutDoneLocked ends the connection if the end of stream could not be
+// sent.
+func (c *Conn) halfShutDoneLocked(err error) {
+	if err != nil && !c.closed {
+		c.setReason(&lostError{err})
+		c.closeLocked(nil)
+	}
 }
 
 // writeClosedLocked starts the linger once our FIN (or close_notify) is out,
@@ -910,7 +1017,7 @@ func (c *Conn) Write(b []byte) {
 		return
 	}
 	c.mu.Lock()
-	if c.writeShut {
+	if c.writeShut || c.halfShut {
 		c.mu.Unlock()
 		return
 	}
@@ -925,7 +1032,7 @@ func (c *Conn) WriteString(s string) {
 		return
 	}
 	c.mu.Lock()
-	if c.writeShut {
+	if c.writeShut || c.halfShut {
 		c.mu.Unlock()
 		return
 	}
@@ -1056,6 +1163,19 @@ func (c *Conn) LoseConnection() {
 	}
 }
 
+// LoseWriteConnection implements HalfCloser.
+func (c *Conn) LoseWriteConnection() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.disconnecting || c.closed || c.halfClosing || c.halfShut {
+		return
+	}
+	c.halfClosing = true
+	if !c.flushing && !c.inCallback && len(c.pending) == 0 {
+		c.halfShutLocked()
+	}
+}
+
 // AbortConnection implements Transport.
 func (c *Conn) AbortConnection() { c.abort(ErrConnectionAborted) }
 
@@ -1124,4 +1244,8 @@ func (c *Conn) Pending() int {
 	return len(c.pending) + c.inflight
 }
 
-var _ Transport = (*Conn)(nil)
+var (
+	_ Transport  = (*Conn)(nil)
+	_ HalfCloser = (*Conn)(nil)
+	_ Aborter    = (*Conn)(nil)
+)

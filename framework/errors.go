@@ -7,7 +7,7 @@ import (
 
 // Reasons handed to ConnectionLost. A clean close wraps ErrConnectionDone;
 // anything else is an error. The drop reasons (idle timeout, slow consumer,
-// shutdown timeout) are aborts and also match ErrConnectionAborted.
+// shutdown timeout, upstream) are aborts and also match ErrConnectionAborted.
 var (
 	// ErrConnectionDone: the connection closed in an orderly way (the peer
 	// closed it, or LoseConnection finished flushing).
@@ -23,6 +23,10 @@ var (
 	// ErrShutdownTimeout: the connection was still open when the shutdown
 	// drain ran out of time.
 	ErrShutdownTimeout = fmt.Errorf("shutdown timeout: %w", ErrConnectionAborted)
+	// ErrUpstream: a protocol that forwards the connection elsewhere (the
+	// proxy factory) could not reach its upstream, or lost it to an error,
+	// and aborted the connection with Aborter.Abort.
+	ErrUpstream = fmt.Errorf("upstream failed: %w", ErrConnectionAborted)
 )
 
 // errClosingInput: the peer sent more than lingerMaxInput bytes after the

@@ -98,6 +98,39 @@ type Transport interface {
 	LocalAddr() net.Addr
 }
 
+// HalfCloseableProtocol is implemented by protocols that go on writing
+// after the peer has closed its side of the connection (Twisted's
+// IHalfCloseableProtocol). When the peer's end of stream arrives, the
+// framework calls ReadConnectionLost, like any other callback, instead of
+// closing: no DataReceived follows, but the connection stays open for
+// writing until the protocol calls LoseConnection or AbortConnection (or
+// superd ends it: idle timeout, drain, shutdown). Protocols that do not
+// implement it see the connection close once the peer's end of stream has
+// arrived and their output is flushed.
+type HalfCloseableProtocol interface {
+	Protocol
+	ReadConnectionLost()
+}
+
+// HalfCloser is implemented by transports that can close their write side
+// alone (*Conn does), as Twisted's loseWriteConnection.
+type HalfCloser interface {
+	// LoseWriteConnection sends the peer an end of stream (a FIN; under
+	// TLS a close_notify and a FIN) once everything written so far has
+	// been sent; reading goes on. Writes made before that moment are sent,
+	// later ones are dropped. LoseConnection afterwards closes the
+	// connection: at once if the peer's end of stream has arrived, else
+	// once it arrives (or after a short linger).
+	LoseWriteConnection()
+}
+
+// Aborter is implemented by transports that can be aborted with a reason of
+// the protocol's choosing (*Conn does): AbortConnection with, for example,
+// ErrUpstream, which superd counts as a drop with that reason.
+type Aborter interface {
+	Abort(reason error)
+}
+
 // Producer is a source of outgoing data that can be paused, resumed and
 // stopped, as Twisted's push producers are.
 type Producer interface {
