@@ -34,6 +34,8 @@ const (
 	DropIdleTimeout     = "idle_timeout"
 	DropSlowConsumer    = "slow_consumer"
 	DropShutdownTimeout = "shutdown_timeout"
+	// DropUpstream: a proxy could not reach its upstream, or lost it.
+	DropUpstream = "upstream"
 )
 
 // Datagram drop reasons: a datagram superd did not deliver or send.
@@ -54,7 +56,7 @@ var DatagramDropReasons = []string{DatagramDenied, DatagramRateLimit, DatagramRa
 var (
 	RejectReasons = []string{RejectMaxConnections, RejectMaxConnectionsPerIP, RejectMaxConnectionsPerUID, RejectRateLimit,
 		RejectRateLimitPerIP, RejectDenied, RejectTLSHandshake, RejectFactory, RejectSpawn, RejectProxyProtocol}
-	DropReasons = []string{DropIdleTimeout, DropSlowConsumer, DropShutdownTimeout}
+	DropReasons = []string{DropIdleTimeout, DropSlowConsumer, DropShutdownTimeout, DropUpstream}
 )
 
 // Metrics holds every family superd exports.

@@ -465,6 +465,8 @@ func (s *service) ended(start time.Time, reason error) {
 		drop = metrics.DropSlowConsumer
 	case errors.Is(reason, framework.ErrShutdownTimeout):
 		drop = metrics.DropShutdownTimeout
+	case errors.Is(reason, framework.ErrUpstream):
+		drop = metrics.DropUpstream
 	}
 	if drop != "" {
 		s.m.Dropped(drop)
