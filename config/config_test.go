@@ -162,7 +162,7 @@ func TestLoadValid(t *testing.T) {
 				{Kind: "tcp", Label: "tcp:localhost:0", Address: "localhost:0"},
 				{Kind: "tcp", Label: "tcp:127.0.0.1:0", Address: "127.0.0.1:0"},
 			},
-			values: map[string]cty.Value{"target": cty.StringVal("fallback")},
+			values: map[string]cty.Value{"target": cty.StringVal("fallback"), "opts": cty.NullVal(optsType)},
 			set:    []string{"target"},
 		},
 	}

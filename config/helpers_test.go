@@ -43,11 +43,15 @@ func init() {
 	})
 	framework.Register(framework.Spec{
 		Name:        "testneeds",
-		Description: "A test factory with a required attribute.",
+		Description: "A test factory with a required attribute and an object-typed block.",
 		Attributes: []framework.Attribute{
 			{Name: "target", Type: cty.String, Required: true},
+			{Name: "opts", Type: optsType, Block: true},
 		},
 		New: func(c *framework.Config) (framework.Factory, error) {
+			if b := c.Block("opts"); b != nil && b.String("name") == "bad" {
+				return nil, b.Errorf("name", "%q is a bad name", "bad")
+			}
 			return framework.ForProtocol(func() framework.Protocol { return nil }), nil
 		},
 	})
@@ -59,6 +63,9 @@ func init() {
 		},
 	})
 }
+
+// optsType is testneeds' object-typed block.
+var optsType = cty.Object(map[string]cty.Type{"name": cty.String, "verify": cty.Bool, "file": cty.String})
 
 // writeFiles writes name -> content into a new temporary folder and returns
 // the folder.

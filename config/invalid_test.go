@@ -109,6 +109,50 @@ func TestInvalid(t *testing.T) {
 			want: []wantDiag{{"1,25-25", "Missing required argument", `The argument "target" is required`}},
 		},
 		{
+			name: "object block: unknown attribute",
+			hcl: `service "testneeds" "e" {
+  target = "x"
+  opts { nmae = "n" }
+  endpoint "tcp" { address = ":0" }
+}
+`,
+			want: []wantDiag{{"3,10-14", "Unsupported argument", `Did you mean "name"?`}},
+		},
+		{
+			name: "object block: wrong type",
+			hcl: `service "testneeds" "e" {
+  target = "x"
+  opts { verify = "maybe" }
+  endpoint "tcp" { address = ":0" }
+}
+`,
+			want: []wantDiag{{"3,19-26", "Incorrect attribute value type", "a bool is required"}},
+		},
+		{
+			name: "object block: twice",
+			hcl: `service "testneeds" "e" {
+  target = "x"
+  opts {}
+  opts {}
+  endpoint "tcp" { address = ":0" }
+}
+`,
+			want: []wantDiag{{"4,3-7", "Duplicate opts block", ""}},
+		},
+		{
+			name: "object block: the factory rejects an attribute inside",
+			hcl: `service "testneeds" "e" {
+  target = "x"
+  opts {
+    verify = true
+    name   = "bad"
+  }
+  endpoint "tcp" { address = ":0" }
+}
+`,
+			want: []wantDiag{{"5,5-19", `Invalid value for "opts.name"`, `"bad" is a bad name.`}},
+		},
+		{
 			name: "factory rejects an attribute",
 			hcl: `service "testfactory" "e" {
   repeat = 11

@@ -217,7 +217,14 @@ func (d *decoder) decodeFactory(svc *Service, blk *hcl.Block, content *hcl.BodyC
 	obj := hcldec.ObjectSpec{}
 	for _, a := range spec.Attributes {
 		var s hcldec.Spec = &hcldec.AttrSpec{Name: a.Name, Type: a.Type, Required: a.Required}
-		if a.Block {
+		switch {
+		case a.Block && a.Type.IsObjectType():
+			nested := hcldec.ObjectSpec{}
+			for n, ty := range a.Type.AttributeTypes() {
+				nested[n] = &hcldec.AttrSpec{Name: n, Type: ty}
+			}
+			s = &hcldec.BlockSpec{TypeName: a.Name, Nested: nested, Required: a.Required}
+		case a.Block:
 			s = &hcldec.BlockAttrsSpec{TypeName: a.Name, ElementType: a.Type.ElementType(), Required: a.Required}
 		}
 		if !a.Default.IsNull() {
@@ -248,8 +255,19 @@ func (d *decoder) decodeFactory(svc *Service, blk *hcl.Block, content *hcl.BodyC
 		attr := content.Attributes[a.Name]
 		if a.Block {
 			for _, blk := range content.Blocks {
-				if blk.Type == a.Name {
-					cfg.Ranges[a.Name] = blk.DefRange
+				if blk.Type != a.Name {
+					continue
+				}
+				cfg.Ranges[a.Name] = blk.DefRange
+				if a.Type.IsObjectType() {
+					// Where each attribute inside is, for Config.Block's
+					// Errorf (the decode above reported any mistake).
+					attrs, _ := blk.Body.JustAttributes()
+					for n, at := range attrs {
+						if a.Type.HasAttribute(n) {
+							cfg.Ranges[a.Name+"."+n] = at.Range
+						}
+					}
 				}
 			}
 		}

@@ -70,8 +70,10 @@ type Attribute struct {
 	Default     cty.Value // cty.NilVal: no default (the value is null when unset)
 	Required    bool
 	Description string
-	// Block makes a map attribute a block of attributes instead, written
-	// `NAME { key = value ... }` (at most one); Type must be a map type.
+	// Block makes the attribute a block, written `NAME { key = value ... }`
+	// (at most one). Type is a map type (any keys, values of one type) or
+	// an object type (the attributes it names, each optional and of its
+	// own type: null when unset; read them with Config.Block).
 	Block bool
 }
 
@@ -85,8 +87,12 @@ type Config struct {
 	// Values holds every attribute of the factory's schema, converted to
 	// its declared type; unset attributes hold their default or null.
 	Values map[string]cty.Value
-	// Ranges holds the source range of each attribute that was set.
+	// Ranges holds the source range of each attribute that was set; for
+	// an object-typed block, also of each attribute set inside it, as
+	// "BLOCK.ATTR".
 	Ranges map[string]hcl.Range
+
+	prefix string // "BLOCK." for a Config returned by Block
 }
 
 // IsSet reports whether the attribute was written in the file.
@@ -173,9 +179,38 @@ func (c *Config) Path(name string) string {
 	return filepath.Join(c.Dir, p)
 }
 
-// Errorf returns an *AttrError for attribute name.
+// Errorf returns an *AttrError for attribute name (inside a block returned
+// by Block, for "BLOCK.name").
 func (c *Config) Errorf(name, format string, args ...any) error {
-	return &AttrError{Attribute: name, Err: fmt.Errorf(format, args...)}
+	return &AttrError{Attribute: c.prefix + name, Err: fmt.Errorf(format, args...)}
+}
+
+// Block returns the configuration inside an object-typed block attribute,
+// to be read with the same methods (String, Bool, Path, IsSet, Errorf,
+// which points the diagnostic at the attribute inside the block), or nil
+// when the block is absent.
+func (c *Config) Block(name string) *Config {
+	v := c.value(name)
+	if !v.Type().IsObjectType() {
+		panic(fmt.Sprintf("framework: attribute %q is not an object-typed block", name))
+	}
+	if v.IsNull() {
+		return nil
+	}
+	sub := &Config{
+		Service: c.Service,
+		Dir:     c.Dir,
+		Values:  map[string]cty.Value{},
+		Ranges:  map[string]hcl.Range{},
+		prefix:  c.prefix + name + ".",
+	}
+	for n := range v.Type().AttributeTypes() {
+		sub.Values[n] = v.GetAttr(n)
+		if r, ok := c.Ranges[name+"."+n]; ok {
+			sub.Ranges[n] = r
+		}
+	}
+	return sub
 }
 
 // AttrError is a configuration error about one attribute of a factory.
@@ -205,7 +240,7 @@ func Register(s Spec) {
 	}
 	seen := map[string]bool{}
 	for _, a := range s.Attributes {
-		if a.Name == "" || seen[a.Name] || a.Type == cty.NilType || (a.Block && !a.Type.IsMapType()) {
+		if a.Name == "" || seen[a.Name] || a.Type == cty.NilType || (a.Block && !a.Type.IsMapType() && !a.Type.IsObjectType()) {
 			panic(fmt.Sprintf("framework.Register(%q): bad attribute %q", s.Name, a.Name))
 		}
 		seen[a.Name] = true

@@ -165,15 +165,17 @@ func printFactories(w io.Writer) {
 func printAttributes(w io.Writer, attrs []framework.Attribute) {
 	for _, a := range attrs {
 		typ := a.Type.FriendlyName()
-		if a.Type.IsObjectType() {
+		switch {
+		case a.Type == cty.DynamicPseudoType:
+			typ = "any"
+		case a.Type.IsObjectType():
 			names := make([]string, 0, len(a.Type.AttributeTypes()))
 			for n := range a.Type.AttributeTypes() {
 				names = append(names, n)
 			}
 			sort.Strings(names)
 			typ = "block {" + strings.Join(names, ", ") + "}"
-		}
-		if a.Block {
+		case a.Block:
 			typ = "block of " + a.Type.ElementType().FriendlyName() + "s"
 		}
 		fmt.Fprintf(w, "    %-22s %-20s %-22s %s\n", a.Name, typ, attrDefault(a), a.Description)
