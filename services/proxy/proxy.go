@@ -1,0 +1,684 @@
+// Package proxy implements the proxy factory: each connection is forwarded
+// to an upstream, as xinetd's redirect does, optionally announcing the
+// client with a PROXY protocol header and optionally over TLS.
+//
+// Name: proxy. Attributes:
+//
+//	service "proxy" "web" {
+//	  upstream            = "10.0.0.5:8080"     # or a list, tried in order
+//	  connect_timeout     = "5s"                # for each upstream (TLS handshake included)
+//	  send_proxy_protocol = "v2"                # or "v1"; default: no header
+//	  upstream_tls {                            # default: plain TCP
+//	    server_name          = "web.internal"   # default: the upstream's host
+//	    ca_file              = "internal-ca.pem" # default: the system's roots
+//	    insecure_skip_verify = false
+//	  }
+//	  endpoint "tcp" { address = "0.0.0.0:80" }
+//	}
+//
+// While the upstream is being reached nothing is read from the client. The
+// upstreams are tried in order, each within connect_timeout; when none
+// answers, the client's connection is aborted and counted as
+// superd_connections_dropped_total{reason="upstream"} (so is a connection
+// whose upstream fails with an error, such as a reset, later on). The
+// PROXY header carries the client's address and the address it connected
+// to (v1 UNKNOWN, or v2 LOCAL, for a client on a unix socket); it goes
+// before the TLS handshake, as HAProxy sends it.
+//
+// Both directions are flow-controlled: reading from the client pauses while
+// more than 64 KiB of its data waits for the upstream, and reading from the
+// upstream pauses while the client has 64 KiB of unsent output, so a peer
+// that does not read holds a bounded amount of superd's memory whatever the
+// other sends. An end of stream is passed on as a half-close in each
+// direction (a FIN, or a close_notify and a FIN over TLS); the connection
+// closes once both directions have ended. A reset on either side resets
+// the other.
+//
+// The client side is a connection like any other: its bytes are counted in
+// superd_received_bytes_total and superd_sent_bytes_total, and the common
+// attributes apply (idle_timeout counts what the client sends only).
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/pires/go-proxyproto"
+	"github.com/zclconf/go-cty/cty"
+
+	"github.com/superd-dev/superd/framework"
+)
+
+// DefaultConnectTimeout is connect_timeout's default.
+const DefaultConnectTimeout = 5 * time.Second
+
+const (
+	// queueHigh: client bytes waiting for the upstream above which reading
+	// from the client pauses; it resumes at queueLow.
+	queueHigh = framework.HighWaterMark
+	queueLow  = queueHigh / 2
+	// readSize is what one read from the upstream takes at most.
+	readSize = 32 << 10
+	// maxPooled: buffers that grew larger go back to the garbage collector.
+	maxPooled = 256 << 10
+)
+
+var (
+	readBufs  = sync.Pool{New: func() any { b := make([]byte, readSize); return &b }}
+	queueBufs = sync.Pool{New: func() any { b := make([]byte, 0, readSize); return &b }}
+)
+
+// tlsType is the upstream_tls block.
+var tlsType = cty.Object(map[string]cty.Type{
+	"server_name":          cty.String,
+	"ca_file":              cty.String,
+	"insecure_skip_verify": cty.Bool,
+})
+
+func init() {
+	framework.Register(framework.Spec{
+		Name:        "proxy",
+		Description: "forwards each connection to an upstream (xinetd's redirect), optionally with a PROXY header and over TLS",
+		Serves:      framework.Streams,
+		Attributes: []framework.Attribute{
+			{Name: "upstream", Type: cty.DynamicPseudoType, Required: true,
+				Description: "\"host:port\", or a list of them tried in order"},
+			{Name: "connect_timeout", Type: cty.String, Default: cty.StringVal(DefaultConnectTimeout.String()),
+				Description: "how long each upstream has to accept the connection (and finish the TLS handshake)"},
+			{Name: "send_proxy_protocol", Type: cty.String,
+				Description: "\"v1\" or \"v2\": send the client's address in a PROXY protocol header first (default: none)"},
+			{Name: "upstream_tls", Type: tlsType, Block: true,
+				Description: "block { server_name, ca_file, insecure_skip_verify = false }: speak TLS to the upstream"},
+		},
+		New: New,
+	})
+}
+
+// upstream is one address to forward to.
+type upstream struct {
+	addr string
+	tls  *tls.Config // nil: plain TCP
+}
+
+// Factory is the proxy factory of one service.
+type Factory struct {
+	service   string
+	upstreams []upstream
+	timeout   time.Duration
+	version   byte // PROXY protocol version to send; 0: none
+
+	log *slog.Logger
+	wg  sync.WaitGroup // the goroutines of every connection
+}
+
+// New builds a proxy factory from its configuration.
+func New(cfg *framework.Config) (framework.Factory, error) {
+	f := &Factory{service: cfg.Service}
+	addrs, err := upstreamList(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if f.timeout, err = cfg.Duration("connect_timeout"); err != nil {
+		return nil, err
+	}
+	if f.timeout <= 0 {
+		return nil, cfg.Errorf("connect_timeout", "connect_timeout must be more than zero")
+	}
+	switch v := cfg.String("send_proxy_protocol"); v {
+	case "":
+	case "v1":
+		f.version = 1
+	case "v2":
+		f.version = 2
+	default:
+		return nil, cfg.Errorf("send_proxy_protocol", "%q is not \"v1\" or \"v2\"", v)
+	}
+	var base *tls.Config
+	if b := cfg.Block("upstream_tls"); b != nil {
+		if base, err = tlsConfig(b); err != nil {
+			return nil, err
+		}
+	}
+	for _, a := range addrs {
+		u := upstream{addr: a}
+		if base != nil {
+			u.tls = base.Clone()
+			if u.tls.ServerName == "" {
+				host, _, _ := net.SplitHostPort(a)
+				u.tls.ServerName = host
+			}
+		}
+		f.upstreams = append(f.upstreams, u)
+	}
+	return f, nil
+}
+
+// upstreamList reads upstream: one "host:port" or a list of them.
+func upstreamList(cfg *framework.Config) ([]string, error) {
+	v := cfg.Values["upstream"]
+	var elems []cty.Value
+	switch t := v.Type(); {
+	case t == cty.String:
+		elems = []cty.Value{v}
+	case t.IsTupleType() || t.IsListType():
+		elems = v.AsValueSlice()
+	default:
+		return nil, cfg.Errorf("upstream", "upstream must be \"host:port\" or a list of them, not a %s", t.FriendlyName())
+	}
+	if len(elems) == 0 {
+		return nil, cfg.Errorf("upstream", "upstream needs at least one \"host:port\"")
+	}
+	var out []string
+	for i, e := range elems {
+		if e.Type() != cty.String {
+			return nil, cfg.Errorf("upstream", "element %d of upstream is a %s, not a \"host:port\" string", i+1, e.Type().FriendlyName())
+		}
+		a := e.AsString()
+		host, port, err := net.SplitHostPort(a)
+		if err != nil || host == "" {
+			return nil, cfg.Errorf("upstream", "%q is not \"host:port\"", a)
+		}
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			return nil, cfg.Errorf("upstream", "%q: the port must be a number from 1 to 65535", a)
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+// tlsConfig builds the client configuration of upstream_tls; ca_file is
+// read now, so `superd validate` reports a missing or empty one.
+func tlsConfig(b *framework.Config) (*tls.Config, error) {
+	c := &tls.Config{
+		MinVersion:         tls.VersionTLS12,
+		ServerName:         b.String("server_name"),
+		InsecureSkipVerify: b.Bool("insecure_skip_verify"),
+	}
+	if p := b.Path("ca_file"); p != "" {
+		pem, err := os.ReadFile(p)
+		if err != nil {
+			return nil, b.Errorf("ca_file", "cannot read the CA file: %v", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, b.Errorf("ca_file", "%s holds no PEM certificate", p)
+		}
+		c.RootCAs = pool
+	}
+	return c, nil
+}
+
+// StartFactory picks up superd's logger (set after the configuration is
+// read).
+func (f *Factory) StartFactory() error {
+	f.log = slog.Default().With("service", f.service, "factory", "proxy")
+	return nil
+}
+
+// StopFactory waits for the goroutines of the connections, which end with
+// them.
+func (f *Factory) StopFactory() error {
+	f.wg.Wait()
+	return nil
+}
+
+func (f *Factory) logger() *slog.Logger {
+	if f.log == nil {
+		return slog.Default()
+	}
+	return f.log
+}
+
+// BuildProtocol builds the protocol of one client connection.
+func (f *Factory) BuildProtocol(net.Addr) framework.Protocol {
+	p := &Proxy{f: f}
+	p.cond.L = &p.mu
+	return p
+}
+
+// dial reaches the first upstream that answers, each within the connect
+// timeout: TCP, then the PROXY header, then the TLS handshake.
+func (f *Factory) dial(ctx context.Context, header []byte) (net.Conn, error) {
+	var errs []string
+	for _, u := range f.upstreams {
+		c, err := f.dialOne(ctx, u, header)
+		if err == nil {
+			return c, nil
+		}
+		var oe *net.OpError
+		if !errors.As(err, &oe) {
+			err = fmt.Errorf("%s: %w", u.addr, err) // a TLS error names no address
+		}
+		errs = append(errs, err.Error())
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, errors.New(strings.Join(errs, "; "))
+}
+
+func (f *Factory) dialOne(ctx context.Context, u upstream, header []byte) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", u.addr)
+	if err != nil {
+		return nil, err
+	}
+	deadline, _ := ctx.Deadline()
+	if len(header) > 0 {
+		c.SetWriteDeadline(deadline)
+		if _, err := c.Write(header); err != nil {
+			c.Close()
+			return nil, err
+		}
+		c.SetWriteDeadline(time.Time{})
+	}
+	if u.tls == nil {
+		return c, nil
+	}
+	tc := tls.Client(c, u.tls)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return tc, nil
+}
+
+// Proxy is the protocol of one client connection: it forwards the client's
+// bytes to the upstream (through a bounded queue and a writer goroutine)
+// and the upstream's to the client (a reader goroutine, registered as the
+// client transport's producer, so it pauses while the client's output is
+// backed up).
+type Proxy struct {
+	f      *Factory
+	t      framework.Transport
+	cancel context.CancelFunc
+
+	mu   sync.Mutex
+	cond sync.Cond // on mu: queue, end of stream, pause lifted, closed
+	up   net.Conn  // set once reached
+
+	// Client to upstream.
+	queue        *[]byte // client bytes not yet taken by the writer
+	inflight     int     // bytes the writer is writing
+	clientPaused bool    // reading from the client is paused (by us)
+	clientEOF    bool    // the client's end of stream arrived
+	upShut       bool    // and was passed on to the upstream
+
+	// Upstream to client.
+	paused   bool // the client's output is backed up (producer paused)
+	downShut bool // the upstream's end of stream was passed on
+
+	closed bool // ConnectionLost ran
+}
+
+// ConnectionMade stops reading from the client and reaches the upstream.
+func (p *Proxy) ConnectionMade(t framework.Transport) {
+	p.t = t
+	p.mu.Lock()
+	p.clientPaused = true
+	t.PauseProducing()
+	p.mu.Unlock()
+	ctx, cancel := context.WithCancel(context.Background())
+	p.cancel = cancel
+	p.f.wg.Add(1)
+	go p.connect(ctx)
+}
+
+// connect reaches the upstream, then starts forwarding both ways.
+func (p *Proxy) connect(ctx context.Context) {
+	defer p.f.wg.Done()
+	up, err := p.f.dial(ctx, p.header())
+	if err != nil {
+		if ctx.Err() == nil {
+			p.f.logger().Warn("no upstream answered; connection dropped", "peer", p.t.PeerAddr().String(), "err", err)
+			p.abort()
+		}
+		return
+	}
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		closeConn(up, false)
+		return
+	}
+	p.up = up
+	p.mu.Unlock()
+	p.t.RegisterProducer(p)
+	p.f.wg.Add(2)
+	go p.writeLoop(up)
+	go p.readLoop(up)
+	p.mu.Lock()
+	if p.clientPaused && !p.closed {
+		p.clientPaused = false
+		p.t.ResumeProducing()
+	}
+	p.mu.Unlock()
+}
+
+// header is the PROXY protocol header to send, if any: the client's
+// address and the one it connected to; v1 UNKNOWN or v2 LOCAL for a client
+// that is not on TCP.
+func (p *Proxy) header() []byte {
+	if p.f.version == 0 {
+		return nil
+	}
+	h := &proxyproto.Header{Version: p.f.version, Command: proxyproto.LOCAL, TransportProtocol: proxyproto.UNSPEC}
+	if src, ok := p.t.PeerAddr().(*net.TCPAddr); ok {
+		if dst, ok := p.t.LocalAddr().(*net.TCPAddr); ok {
+			h = proxyproto.HeaderProxyFromAddrs(p.f.version, src, dst)
+		}
+	}
+	b, err := h.Format()
+	if err != nil {
+		h = &proxyproto.Header{Version: p.f.version, Command: proxyproto.LOCAL, TransportProtocol: proxyproto.UNSPEC}
+		b, _ = h.Format()
+	}
+	return b
+}
+
+// abort ends the client's connection, counted as dropped because of the
+// upstream.
+func (p *Proxy) abort() {
+	if a, ok := p.t.(framework.Aborter); ok {
+		a.Abort(framework.ErrUpstream)
+		return
+	}
+	p.t.AbortConnection()
+}
+
+// upstreamFailed aborts the client's connection after an error on the
+// upstream's, unless the connection is over already.
+func (p *Proxy) upstreamFailed(err error) {
+	p.mu.Lock()
+	closed := p.closed
+	p.mu.Unlock()
+	if closed {
+		return
+	}
+	p.f.logger().Debug("upstream failed; connection dropped", "peer", p.t.PeerAddr().String(), "err", err)
+	p.abort()
+}
+
+// DataReceived queues the client's bytes for the writer, pausing the
+// client while the queue is above queueHigh.
+func (p *Proxy) DataReceived(data []byte) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return
+	}
+	if p.queue == nil {
+		p.queue = queueBufs.Get().(*[]byte)
+	}
+	*p.queue = append(*p.queue, data...)
+	if !p.clientPaused && len(*p.queue)+p.inflight > queueHigh {
+		p.clientPaused = true
+		p.t.PauseProducing()
+	}
+	p.cond.Broadcast()
+}
+
+// ReadConnectionLost: the client's end of stream, passed on once the queue
+// has been written.
+func (p *Proxy) ReadConnectionLost() {
+	p.mu.Lock()
+	p.clientEOF = true
+	p.cond.Broadcast()
+	p.mu.Unlock()
+}
+
+// writeLoop writes the queue to the upstream, then its end of stream.
+func (p *Proxy) writeLoop(up net.Conn) {
+	defer p.f.wg.Done()
+	for {
+		p.mu.Lock()
+		for p.queue == nil && !p.clientEOF && !p.closed {
+			p.cond.Wait()
+		}
+		if p.closed {
+			p.mu.Unlock()
+			return
+		}
+		if p.queue == nil { // the client's end of stream, all written
+			p.mu.Unlock()
+			if err := closeWrite(up); err != nil {
+				p.upstreamFailed(err)
+				return
+			}
+			p.mu.Lock()
+			p.upShut = true
+			both := p.downShut
+			p.mu.Unlock()
+			if both {
+				p.t.LoseConnection()
+			}
+			return
+		}
+		batch := p.queue
+		p.queue = nil
+		p.inflight = len(*batch)
+		p.mu.Unlock()
+		_, err := up.Write(*batch)
+		if cap(*batch) <= maxPooled {
+			*batch = (*batch)[:0]
+			queueBufs.Put(batch)
+		}
+		p.mu.Lock()
+		p.inflight = 0
+		if err == nil && p.clientPaused && !p.closed && (p.queue == nil || len(*p.queue) <= queueLow) {
+			p.clientPaused = false
+			p.t.ResumeProducing()
+		}
+		p.mu.Unlock()
+		if err != nil {
+			p.upstreamFailed(err)
+			return
+		}
+	}
+}
+
+// readLoop copies the upstream's bytes to the client while the client's
+// output is not backed up, then passes the upstream's end of stream on.
+func (p *Proxy) readLoop(up net.Conn) {
+	defer p.f.wg.Done()
+	r := newReader(up)
+	for {
+		p.mu.Lock()
+		for p.paused && !p.closed {
+			p.cond.Wait()
+		}
+		closed := p.closed
+		p.mu.Unlock()
+		if closed {
+			return
+		}
+		buf, n, err := r.read()
+		if n > 0 {
+			p.t.Write((*buf)[:n])
+		}
+		if buf != nil {
+			readBufs.Put(buf)
+		}
+		if err == nil {
+			continue
+		}
+		if errors.Is(err, io.EOF) {
+			p.mu.Lock()
+			p.downShut = true
+			both := p.upShut
+			p.mu.Unlock()
+			if hc, ok := p.t.(framework.HalfCloser); ok && !both {
+				hc.LoseWriteConnection()
+			} else {
+				p.t.LoseConnection()
+			}
+			return
+		}
+		p.upstreamFailed(err)
+		return
+	}
+}
+
+// PauseProducing: the client's output is backed up; stop reading the
+// upstream.
+func (p *Proxy) PauseProducing() {
+	p.mu.Lock()
+	p.paused = true
+	p.mu.Unlock()
+}
+
+// ResumeProducing: the client's output has drained.
+func (p *Proxy) ResumeProducing() {
+	p.mu.Lock()
+	p.paused = false
+	p.cond.Broadcast()
+	p.mu.Unlock()
+}
+
+// StopProducing: the connection is ending; ConnectionLost cleans up.
+func (p *Proxy) StopProducing() {}
+
+// ConnectionLost closes the upstream: gracefully once the client's end of
+// stream has been passed on to it, else with a reset (the client's stream
+// was cut short).
+func (p *Proxy) ConnectionLost(reason error) {
+	p.mu.Lock()
+	p.closed = true
+	up, graceful := p.up, p.upShut
+	if p.queue != nil {
+		*p.queue = (*p.queue)[:0]
+		queueBufs.Put(p.queue)
+		p.queue = nil
+	}
+	p.cond.Broadcast()
+	p.mu.Unlock()
+	if p.cancel != nil {
+		p.cancel()
+	}
+	if up != nil {
+		closeConn(up, graceful)
+	}
+}
+
+// buffered is what the proxy holds of the client's bytes (tests).
+func (p *Proxy) buffered() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := p.inflight
+	if p.queue != nil {
+		n += len(*p.queue)
+	}
+	return n
+}
+
+// closeWrite sends the upstream our end of stream: a FIN, after a
+// close_notify over TLS.
+func closeWrite(c net.Conn) error {
+	if tc, ok := c.(*tls.Conn); ok {
+		if err := tc.CloseWrite(); err != nil {
+			return err
+		}
+		c = tc.NetConn()
+	}
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// closeConn closes the upstream's socket (beneath TLS: a close_notify could
+// wait on a peer that does not read), with a reset unless graceful.
+func closeConn(c net.Conn, graceful bool) {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	if tc, ok := c.(*net.TCPConn); ok && !graceful {
+		tc.SetLinger(0)
+	}
+	c.Close()
+}
+
+// reader reads from the upstream into pooled buffers. On a TCP socket it
+// takes a buffer only once the socket is readable, so an idle connection
+// holds none.
+type reader struct {
+	conn net.Conn
+	raw  syscall.RawConn // nil: read through conn (TLS)
+	fn   func(fd uintptr) bool
+	buf  *[]byte
+	n    int
+	err  error
+}
+
+func newReader(c net.Conn) *reader {
+	r := &reader{conn: c}
+	if tc, ok := c.(*net.TCPConn); ok {
+		if rc, err := tc.SyscallConn(); err == nil {
+			r.raw = rc
+			r.fn = r.rawRead
+		}
+	}
+	return r
+}
+
+func (r *reader) read() (*[]byte, int, error) {
+	if r.raw == nil {
+		b := readBufs.Get().(*[]byte)
+		n, err := r.conn.Read(*b)
+		return b, n, err
+	}
+	r.buf, r.n, r.err = nil, 0, nil
+	if err := r.raw.Read(r.fn); err != nil {
+		if r.buf != nil {
+			readBufs.Put(r.buf)
+		}
+		return nil, 0, err
+	}
+	return r.buf, r.n, r.err
+}
+
+func (r *reader) rawRead(fd uintptr) bool {
+	b := readBufs.Get().(*[]byte)
+	for {
+		n, err := syscall.Read(int(fd), *b)
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err == syscall.EAGAIN:
+			readBufs.Put(b)
+			return false // wait for readability without holding a buffer
+		case err != nil:
+			readBufs.Put(b)
+			r.err = os.NewSyscallError("read", err)
+		case n == 0:
+			readBufs.Put(b)
+			r.err = io.EOF
+		default:
+			r.buf, r.n = b, n
+		}
+		return true
+	}
+}
+
+// Interface guards.
+var (
+	_ framework.Factory               = (*Factory)(nil)
+	_ framework.FactoryStarter        = (*Factory)(nil)
+	_ framework.FactoryStopper        = (*Factory)(nil)
+	_ framework.HalfCloseableProtocol = (*Proxy)(nil)
+	_ framework.Producer              = (*Proxy)(nil)
+)

@@ -1,0 +1,126 @@
+package proxy
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/superd-dev/superd/config"
+	"github.com/superd-dev/superd/metrics"
+	"github.com/superd-dev/superd/supervisor"
+)
+
+// TestUnderSupervisor: the proxy as superd runs it, in front of superd's
+// echo on loopback: the client's bytes are counted both ways, and a proxy
+// whose upstream cannot be reached has its connections counted as
+// dropped{reason="upstream"}.
+func TestUnderSupervisor(t *testing.T) {
+	echoAddr, proxyAddr, deadAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	src := fmt.Sprintf(`service "echo" "echo" {
+  endpoint "tcp" { address = %q }
+}
+service "proxy" "front" {
+  upstream = %q
+  endpoint "tcp" { address = %q }
+}
+service "proxy" "dead" {
+  upstream        = %q
+  connect_timeout = "2s"
+  endpoint "tcp" { address = %q }
+}
+`, echoAddr, echoAddr, proxyAddr, refusedAddr(t), deadAddr)
+	cfg, err := config.Parse([]byte(src), filepath.Join(t.TempDir(), "superd.hcl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	discard := slog.New(slog.NewTextHandler(io.Discard, nil))
+	defer slog.SetDefault(slog.Default())
+	slog.SetDefault(discard) // the factories log through it
+	m := metrics.New("test", nil)
+	s := supervisor.New(discard, m)
+	if err := s.Start(cfg); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(5 * time.Second)
+
+	c, err := net.Dial("tcp", proxyAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := payload(3<<20, 11)
+	back, werr := exchange(t, c, data)
+	c.Close()
+	if werr != nil || digest(back) != digest(data) {
+		t.Fatalf("echoed %d of %d bytes (%v)", len(back), len(data), werr)
+	}
+	waitFor(t, func() bool {
+		return testutil.ToFloat64(m.ConnectionsActive.WithLabelValues("front", "proxy")) == 0
+	}, "the proxied connection to end")
+	for _, fam := range []struct {
+		name string
+		v    float64
+	}{
+		{"received", testutil.ToFloat64(m.ReceivedBytes.WithLabelValues("front", "proxy"))},
+		{"sent", testutil.ToFloat64(m.SentBytes.WithLabelValues("front", "proxy"))},
+		{"echo received", testutil.ToFloat64(m.ReceivedBytes.WithLabelValues("echo", "echo"))},
+	} {
+		if fam.v != float64(len(data)) {
+			t.Errorf("%s bytes: %v, want %d", fam.name, fam.v, len(data))
+		}
+	}
+	if v := testutil.ToFloat64(m.ConnectionsDropped.WithLabelValues("front", "proxy", metrics.DropUpstream)); v != 0 {
+		t.Errorf("front: dropped{upstream} = %v, want 0", v)
+	}
+
+	for range 3 {
+		c, err := net.Dial("tcp", deadAddr)
+		if err != nil {
+			continue // reset before connect returned
+		}
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if b, _ := io.ReadAll(c); len(b) != 0 {
+			t.Errorf("read %q from a proxy without upstream", b)
+		}
+		c.Close()
+	}
+	waitFor(t, func() bool {
+		return testutil.ToFloat64(m.ConnectionsDropped.WithLabelValues("dead", "proxy", metrics.DropUpstream)) == 3
+	}, "dropped{service=dead, reason=upstream} to reach 3")
+}
+
+// freeAddr returns a loopback address that was free a moment ago, never
+// the same twice.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	for range 1000 {
+		ln := listen(t, "tcp")
+		addr := ln.Addr().String()
+		ln.Close()
+		if _, dup := handedOut.LoadOrStore(addr, true); !dup {
+			return addr
+		}
+	}
+	t.Fatal("no free loopback port")
+	return ""
+}
+
+var handedOut sync.Map
+
+// waitFor polls cond until it holds, or fails after 10 s.
+func waitFor(t *testing.T, cond func() bool, what string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
