@@ -10,6 +10,7 @@ import (
 	_ "github.com/superd-dev/superd/services/echo"
 	_ "github.com/superd-dev/superd/services/exec"
 	_ "github.com/superd-dev/superd/services/logfile"
+	_ "github.com/superd-dev/superd/services/proxy"
 	_ "github.com/superd-dev/superd/services/qotd"
 	_ "github.com/superd-dev/superd/services/time"
 )

@@ -1,0 +1,174 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/superd-dev/superd/endpoint"
+)
+
+// TestProxyE2E: one superd serves echo over tcp and over tls (a
+// certificate of a test CA); a second superd proxies to it: in the clear,
+// over TLS verified against the CA, with a PROXY v1 header (which the echo
+// sends back, since it reads none), and to an upstream nobody listens on.
+// Payloads of megabytes come back intact, half-closes pass through, the
+// bytes are counted on the proxy, and the unreachable upstream is counted
+// as dropped{reason="upstream"}.
+func TestProxyE2E(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := endpoint.NewTestCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile, err := ca.WriteServerFiles(dir, []string{"echo.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile, err := ca.WriteCAFile(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	echoTCP, echoTLS := freeAddr(t), freeAddr(t)
+	path, maddr := writeConfig(t, fmt.Sprintf(`
+metrics { address = "METRICS" }
+service "echo" "echo" {
+  endpoint "tcp" { address = %q }
+  endpoint "tls" {
+    address   = %q
+    cert_file = %q
+    key_file  = %q
+  }
+}
+`, echoTCP, echoTLS, certFile, keyFile))
+	startDaemon(t, path, maddr)
+
+	plain, overTLS, withHeader, dead := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	nobody := freeAddr(t) // nothing listens there
+	ppath, pmaddr := writeConfig(t, fmt.Sprintf(`
+metrics { address = "METRICS" }
+service "proxy" "plain" {
+  upstream = %q
+  endpoint "tcp" { address = %q }
+}
+service "proxy" "tls" {
+  upstream = [%q, %q]
+  upstream_tls {
+    server_name = "echo.test"
+    ca_file     = %q
+  }
+  endpoint "tcp" { address = %q }
+}
+service "proxy" "header" {
+  upstream            = %q
+  send_proxy_protocol = "v1"
+  endpoint "tcp" { address = %q }
+}
+service "proxy" "dead" {
+  upstream        = %q
+  connect_timeout = "1s"
+  endpoint "tcp" { address = %q }
+}
+`, echoTCP, plain, nobody, echoTLS, caFile, overTLS, echoTCP, withHeader, nobody, dead))
+	d := startDaemon(t, ppath, pmaddr)
+
+	// exchange writes data, half-closes, and reads everything back.
+	exchange := func(addr string, data []byte) (*net.TCPConn, []byte) {
+		t.Helper()
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		errc := make(chan error, 1)
+		go func() {
+			_, err := c.Write(data)
+			if err == nil {
+				err = c.(*net.TCPConn).CloseWrite()
+			}
+			errc <- err
+		}()
+		c.SetReadDeadline(time.Now().Add(60 * time.Second))
+		back, err := io.ReadAll(c)
+		if err != nil {
+			t.Fatalf("%s: read: %v", addr, err)
+		}
+		if err := <-errc; err != nil {
+			t.Fatalf("%s: write: %v", addr, err)
+		}
+		return c.(*net.TCPConn), back
+	}
+
+	const size = 4 << 20
+	data := randomBytes(t, size)
+	for _, addr := range []string{plain, overTLS} {
+		if _, back := exchange(addr, data); !bytes.Equal(back, data) {
+			t.Errorf("%s: %d bytes came back, not the %d sent", addr, len(back), size)
+		}
+	}
+	c, back := exchange(withHeader, []byte("after the header"))
+	la, ra := c.LocalAddr().(*net.TCPAddr), c.RemoteAddr().(*net.TCPAddr)
+	want := fmt.Sprintf("PROXY TCP4 %s %s %d %d\r\nafter the header", la.IP, ra.IP, la.Port, ra.Port)
+	if string(back) != want {
+		t.Errorf("through the header proxy: %q, want %q", back, want)
+	}
+
+	if dc, err := net.Dial("tcp", dead); err == nil { // else reset before connect returned
+		dc.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if b, _ := io.ReadAll(dc); len(b) != 0 {
+			t.Errorf("read %q through a proxy without upstream", b)
+		}
+		dc.Close()
+	}
+	d.waitMetric("superd_connections_dropped_total", map[string]string{"service": "dead", "reason": "upstream"}, 1)
+	for _, svc := range []string{"plain", "tls"} {
+		labels := map[string]string{"service": svc, "factory": "proxy"}
+		d.waitMetric("superd_connections_active", labels, 0)
+		d.waitMetric("superd_received_bytes_total", labels, size)
+		d.waitMetric("superd_sent_bytes_total", labels, size)
+		d.waitMetric("superd_connections_dropped_total", map[string]string{"service": svc, "reason": "upstream"}, 0)
+	}
+	if !strings.Contains(d.stderr.String(), "no upstream answered") {
+		t.Errorf("no log line for the unreachable upstream:\n%s", d.stderr.String())
+	}
+}
+
+// TestProxyValidate: superd factories lists the proxy; a missing ca_file
+// is reported by validate at its line and column.
+func TestProxyValidate(t *testing.T) {
+	out, err := exec.Command(superdBin, "factories").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"proxy\n", "upstream ", "connect_timeout", `default "5s"`, "send_proxy_protocol",
+		"block {ca_file, insecure_skip_verify, server_name}"} {
+		if !strings.Contains(string(out), s) {
+			t.Errorf("superd factories lacks %q:\n%s", s, out)
+		}
+	}
+	path, _ := writeConfig(t, `service "proxy" "p" {
+  upstream = "127.0.0.1:7007"
+  upstream_tls {
+    ca_file = "missing.pem"
+  }
+  endpoint "tcp" { address = "127.0.0.1:1" }
+}
+`)
+	cmd := exec.Command(superdBin, "validate", "-config", path)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err = cmd.Run()
+	if code := cmd.ProcessState.ExitCode(); code != 1 {
+		t.Fatalf("validate: exit %d (%v), want 1", code, err)
+	}
+	want := filepath.Base(path) + `:4,5-28: Invalid value for "upstream_tls.ca_file"`
+	if !strings.Contains(stderr.String(), want) || !strings.Contains(stderr.String(), "missing.pem") {
+		t.Errorf("validate said:\n%s\nwant a line holding %q", stderr.String(), want)
+	}
+}
