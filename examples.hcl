@@ -4,6 +4,7 @@
 # echo hello | nc -q1 127.0.0.1 9009 (logfile: /tmp/superd-audit.log),
 # nc 127.0.0.1 7013 </dev/null (daytime), rdate -p -o 7037 127.0.0.1 (time),
 # nc 127.0.0.1 7019 | head (chargen), nc 127.0.0.1 7009 (discard),
+# nc 127.0.0.1 7017 (proxy, to the echo),
 # curl -s 127.0.0.1:9464/metrics | grep superd_ (the README's quick start)
 
 metrics {
@@ -20,6 +21,16 @@ service "echo" "echo" {
     address     = "127.0.0.1:7443"
     self_signed = true
   }
+}
+
+# A proxy in front of the echo: each connection to 7017 is forwarded to
+# 7007 (the list is tried in order; here the first has nothing listening).
+# Add send_proxy_protocol = "v1" and the echo sends back the PROXY header
+# superd wrote before your bytes.
+service "proxy" "front" {
+  upstream        = ["127.0.0.1:7006", "127.0.0.1:7007"]
+  connect_timeout = "2s"
+  endpoint "tcp" { address = "127.0.0.1:7017" }
 }
 
 service "qotd" "apple" {

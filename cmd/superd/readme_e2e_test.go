@@ -327,7 +327,7 @@ func (e *readmeEnv) check(t *testing.T, c *readmeCommand, factory string, tool b
 		e.checkPiped(t, c, factory, tool)
 	case c.head > 0 && factory == "chargen":
 		e.checkChargen(t, c, tool)
-	case factory == "echo":
+	case factory == "echo", factory == "proxy": // examples.hcl's proxy forwards to the echo
 		s := open()
 		defer s.close()
 		s.send("hello superd")
