@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -15,9 +16,11 @@ import (
 )
 
 // TestProxyE2E: one superd serves echo over tcp and over tls (a
-// certificate of a test CA); a second superd proxies to it: in the clear,
-// over TLS verified against the CA, with a PROXY v1 header (which the echo
-// sends back, since it reads none), and to an upstream nobody listens on.
+// certificate of a test CA); a second superd proxies to it: in the clear
+// (from tcp and from a tls endpoint), over TLS verified against the CA
+// after a first upstream that refuses, with a PROXY v1 header (which the
+// echo sends back, since it reads none), and to an upstream nobody
+// listens on.
 // Payloads of megabytes come back intact, half-closes pass through, the
 // bytes are counted on the proxy, and the unreachable upstream is counted
 // as dropped{reason="upstream"}.
@@ -49,13 +52,17 @@ service "echo" "echo" {
 `, echoTCP, echoTLS, certFile, keyFile))
 	startDaemon(t, path, maddr)
 
-	plain, overTLS, withHeader, dead := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	plain, plainTLS, overTLS, withHeader, dead := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
 	nobody := freeAddr(t) // nothing listens there
 	ppath, pmaddr := writeConfig(t, fmt.Sprintf(`
 metrics { address = "METRICS" }
 service "proxy" "plain" {
   upstream = %q
   endpoint "tcp" { address = %q }
+  endpoint "tls" {
+    address     = %q
+    self_signed = true
+  }
 }
 service "proxy" "tls" {
   upstream = [%q, %q]
@@ -75,7 +82,7 @@ service "proxy" "dead" {
   connect_timeout = "1s"
   endpoint "tcp" { address = %q }
 }
-`, echoTCP, plain, nobody, echoTLS, caFile, overTLS, echoTCP, withHeader, nobody, dead))
+`, echoTCP, plain, plainTLS, nobody, echoTLS, caFile, overTLS, echoTCP, withHeader, nobody, dead))
 	d := startDaemon(t, ppath, pmaddr)
 
 	// exchange writes data, half-closes, and reads everything back.
@@ -112,6 +119,22 @@ service "proxy" "dead" {
 			t.Errorf("%s: %d bytes came back, not the %d sent", addr, len(back), size)
 		}
 	}
+	// A TLS client of the proxy: its close_notify is passed on as the
+	// upstream's EOF, and the echo's end comes back as close_notify.
+	tc, err := tls.Dial("tcp", plainTLS, &tls.Config{InsecureSkipVerify: true}) // self-signed
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		tc.Write(data)
+		tc.CloseWrite()
+	}()
+	tc.SetReadDeadline(time.Now().Add(60 * time.Second))
+	if back, err := io.ReadAll(tc); err != nil || !bytes.Equal(back, data) {
+		t.Errorf("over TLS to the proxy: %d bytes came back, not the %d sent (%v)", len(back), size, err)
+	}
+	tc.Close()
+
 	c, back := exchange(withHeader, []byte("after the header"))
 	la, ra := c.LocalAddr().(*net.TCPAddr), c.RemoteAddr().(*net.TCPAddr)
 	want := fmt.Sprintf("PROXY TCP4 %s %s %d %d\r\nafter the header", la.IP, ra.IP, la.Port, ra.Port)
@@ -127,11 +150,11 @@ service "proxy" "dead" {
 		dc.Close()
 	}
 	d.waitMetric("superd_connections_dropped_total", map[string]string{"service": "dead", "reason": "upstream"}, 1)
-	for _, svc := range []string{"plain", "tls"} {
+	for svc, n := range map[string]float64{"plain": 2, "tls": 1} {
 		labels := map[string]string{"service": svc, "factory": "proxy"}
 		d.waitMetric("superd_connections_active", labels, 0)
-		d.waitMetric("superd_received_bytes_total", labels, size)
-		d.waitMetric("superd_sent_bytes_total", labels, size)
+		d.waitMetric("superd_received_bytes_total", labels, n*size)
+		d.waitMetric("superd_sent_bytes_total", labels, n*size)
 		d.waitMetric("superd_connections_dropped_total", map[string]string{"service": svc, "reason": "upstream"}, 0)
 	}
 	if !strings.Contains(d.stderr.String(), "no upstream answered") {
