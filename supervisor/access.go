@@ -52,6 +52,8 @@ func endReason(reason error) string {
 		return metrics.DropSlowConsumer
 	case errors.Is(reason, framework.ErrShutdownTimeout):
 		return metrics.DropShutdownTimeout
+	case errors.Is(reason, framework.ErrUpstream):
+		return metrics.DropUpstream
 	case errors.Is(reason, framework.ErrConnectionAborted):
 		return "aborted"
 	}
