@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/tls"
 	"fmt"
@@ -193,5 +194,141 @@ func TestProxyValidate(t *testing.T) {
 	want := filepath.Base(path) + `:4,5-28: Invalid value for "upstream_tls.ca_file"`
 	if !strings.Contains(stderr.String(), want) || !strings.Contains(stderr.String(), "missing.pem") {
 		t.Errorf("validate said:\n%s\nwant a line holding %q", stderr.String(), want)
+	}
+}
+
+// TestProxyChainE2E: superd to superd with PROXY headers. The front superd
+// proxies with a v2 header to the back superd, whose endpoints trust it:
+// the back's echo sees the header's client (its access log says so, with
+// the front as the proxy) and sends back only the payload; the back's own
+// proxy passes the same client on, in a v1 header, to a plain upstream of
+// the test, where it arrives byte for byte; an upstream logged with
+// reason upstream closes the chain.
+func TestProxyChainE2E(t *testing.T) {
+	dir := t.TempDir()
+	logPath := filepath.Join(dir, "access.log")
+
+	// The last hop: reads the v1 header, then echoes.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	header := make(chan string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(60 * time.Second))
+		br := bufio.NewReader(c)
+		h, _ := br.ReadString('\n')
+		header <- h
+		io.Copy(c, br)
+		c.(*net.TCPConn).CloseWrite()
+	}()
+
+	echoB, midB, deadB := freeAddr(t), freeAddr(t), freeAddr(t)
+	bpath, bmaddr := writeConfig(t, fmt.Sprintf(`
+metrics { address = "METRICS" }
+access_log {
+  path   = %q
+  format = "json"
+}
+service "echo" "echo" {
+  access_log = true
+  endpoint "tcp" {
+    address = %q
+    proxy_protocol { trusted = ["127.0.0.1/32"] }
+  }
+}
+service "proxy" "middle" {
+  upstream            = %q
+  send_proxy_protocol = "v1"
+  endpoint "tcp" {
+    address = %q
+    proxy_protocol { trusted = ["127.0.0.1/32"] }
+  }
+}
+service "proxy" "dead" {
+  access_log = true
+  upstream   = %q
+  endpoint "tcp" { address = %q }
+}
+`, logPath, echoB, ln.Addr(), midB, freeAddr(t), deadB))
+	startDaemon(t, bpath, bmaddr)
+
+	toEcho, toMid := freeAddr(t), freeAddr(t)
+	apath, amaddr := writeConfig(t, fmt.Sprintf(`
+metrics { address = "METRICS" }
+service "proxy" "to-echo" {
+  upstream            = %q
+  send_proxy_protocol = "v2"
+  endpoint "tcp" { address = %q }
+}
+service "proxy" "to-middle" {
+  upstream            = %q
+  send_proxy_protocol = "v2"
+  endpoint "tcp" { address = %q }
+}
+`, echoB, toEcho, midB, toMid))
+	startDaemon(t, apath, amaddr)
+
+	roundTrip := func(addr string, data []byte) (client string, back []byte) {
+		t.Helper()
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		go func() {
+			c.Write(data)
+			c.(*net.TCPConn).CloseWrite()
+		}()
+		c.SetReadDeadline(time.Now().Add(60 * time.Second))
+		back, err = io.ReadAll(c)
+		if err != nil {
+			t.Fatalf("%s: %v", addr, err)
+		}
+		return c.LocalAddr().String(), back
+	}
+
+	data := randomBytes(t, 1<<20)
+	client, back := roundTrip(toEcho, data)
+	if !bytes.Equal(back, data) {
+		t.Errorf("through front and back: %d bytes came back, not the %d sent (the header must not reach the echo)", len(back), len(data))
+	}
+	lines := waitAccessLines(t, logPath, 1)
+	if l := lines[0]; l["service"] != "echo" || l["peer"] != client || l["proxy"] == nil || l["proxy"] == client {
+		t.Errorf("back's access log: %v; want the echo with peer %s, and the front as proxy", l, client)
+	}
+
+	client, back = roundTrip(toMid, []byte("two hops"))
+	if string(back) != "two hops" {
+		t.Errorf("through two proxies: %q", back)
+	}
+	host, port, _ := net.SplitHostPort(client)
+	mhost, mport, _ := net.SplitHostPort(midB)
+	if h, want := <-header, fmt.Sprintf("PROXY TCP4 %s %s %s %s\r\n", host, mhost, port, mport); h != want {
+		t.Errorf("the last hop got %q, want %q (the first client's address)", h, want)
+	}
+
+	if c, err := net.Dial("tcp", deadB); err == nil {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		io.ReadAll(c)
+		c.Close()
+	}
+	found := false
+	for _, l := range waitAccessLines(t, logPath, 2) {
+		if l["service"] == "dead" {
+			found = true
+			if l["reason"] != "upstream" {
+				t.Errorf("access log line %v, want reason upstream", l)
+			}
+		}
+	}
+	if !found {
+		t.Error("no access log line for the proxy without upstream")
 	}
 }
