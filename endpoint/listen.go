@@ -78,14 +78,17 @@ func labelOf(cfg Config) string {
 // here: the caller performs the handshake on each accepted connection (see
 // TLSConfig), so it can bound it with a timeout and count failures.
 //
-// For unix it is a *net.UnixListener on cfg.Path:
+// For unix it is a *UnixListener on cfg.Path:
 //   - a stale socket file (one where connecting is refused: its server is
 //     dead) is removed and replaced; a socket where a live server answers,
 //     or a path that is not a socket, is an error and is never deleted;
 //   - the socket file gets cfg.Mode (DefaultUnixMode when zero) before the
 //     socket starts listening, so no client can connect while it has any
 //     other mode (see bindUnix);
-//   - the socket file is removed when the listener is closed.
+//   - the mode is never set through a symbolic link, and only on the socket
+//     file bound (see UnixListener);
+//   - the socket file is removed when the listener is closed, if the path
+//     still names it.
 //
 // Errors are *ListenError values naming the endpoint and the cause.
 func Listen(cfg Config) (net.Listener, error) {
@@ -171,9 +174,10 @@ func removeStale(path string) error {
 		// Permission denied, a full backlog, a timeout...: possibly live.
 		return fmt.Errorf("%s exists and could not be probed (%v); not removing it", path, cause(err))
 	}
-	// Stale: its listener is gone. Whoever removes it first wins; if someone
-	// binds in between, our bind reports "address already in use".
-	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	// Stale: its listener is gone. It is removed only if it is still the
+	// file probed. Whoever removes it first wins; if someone binds in
+	// between, our bind reports "address already in use".
+	if err := removeIfSame(path, fi); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("removing stale socket: %w", err)
 	}
 	return nil

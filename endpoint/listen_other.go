@@ -27,6 +27,10 @@ func bindUnix(path string, mode fs.FileMode) (net.Listener, error) {
 	return ln, nil
 }
 
+// removeIfSame removes the stale socket file at path (these systems give
+// no identity to compare fi with).
+func removeIfSame(path string, fi fs.FileInfo) error { return os.Remove(path) }
+
 // reusePort: SO_REUSEPORT is a unix socket option.
 func reusePort(network, address string, c syscall.RawConn) error {
 	return errors.New("reuse_port is not supported on this system")

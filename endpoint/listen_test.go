@@ -206,8 +206,8 @@ func TestListenUnixMode(t *testing.T) {
 			if got := fi.Mode().Perm(); got != tc.want {
 				t.Errorf("mode = %#o, want %#o", got, tc.want)
 			}
-			if _, ok := ln.(*net.UnixListener); !ok {
-				t.Errorf("listener is a %T, want *net.UnixListener", ln)
+			if _, ok := ln.(*UnixListener); !ok {
+				t.Errorf("listener is a %T, want *UnixListener", ln)
 			}
 			if got := ln.Addr().String(); got != path {
 				t.Errorf("Addr() = %q, want %q", got, path)
@@ -227,6 +227,143 @@ func TestListenUnixRemovedOnClose(t *testing.T) {
 	}
 	// And the path can be listened on again.
 	roundTrip(t, listen(t, unixConfig(path, 0o600)))
+}
+
+// precious creates a regular file with mode 0600 that no unix endpoint may
+// change or remove, and returns its path.
+func precious(t *testing.T, dir string) string {
+	t.Helper()
+	p := filepath.Join(dir, "precious")
+	if err := os.WriteFile(p, []byte("precious"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// checkPrecious checks that the file precious made is as it was.
+func checkPrecious(t *testing.T, p string) {
+	t.Helper()
+	fi, err := os.Lstat(p)
+	if err != nil {
+		t.Fatalf("%s: %v", p, err)
+	}
+	if got := fi.Mode(); got != 0o600 {
+		t.Errorf("%s has mode %v, want -rw------- (unchanged)", p, got)
+	}
+	if data, err := os.ReadFile(p); err != nil || string(data) != "precious" {
+		t.Errorf("%s holds %q, %v", p, data, err)
+	}
+}
+
+// swapForSymlink replaces path with a symbolic link to target.
+func swapForSymlink(t *testing.T, path, target string) {
+	t.Helper()
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(target, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A path swapped for a symbolic link between bind and the setting of the
+// mode: the link's target keeps its mode, and the link stays.
+func TestListenUnixModeNeverFollowsSymlink(t *testing.T) {
+	dir := t.TempDir()
+	target := precious(t, dir)
+	path := filepath.Join(dir, "s.sock")
+	testHookBound = func(p string) { swapForSymlink(t, p, target) }
+	t.Cleanup(func() { testHookBound = nil })
+
+	ln, err := Listen(unixConfig(path, 0o666))
+	checkPrecious(t, target)
+	if err == nil {
+		ln.Close()
+		t.Fatal("Listen succeeded although its socket file was replaced by a symbolic link")
+	}
+	want := "listen unix:" + path + ": " + path + " is no longer the socket superd bound there (something replaced it); not changing its mode"
+	if err.Error() != want {
+		t.Errorf("error = %q, want %q", err, want)
+	}
+	if got, err := os.Readlink(path); err != nil || got != target {
+		t.Errorf("the symbolic link after Listen: %q, %v; want it left alone", got, err)
+	}
+}
+
+// SetMode (a reload changing the mode of a socket it keeps) acts on the
+// socket file bound, never on what a symbolic link put in its place points
+// to.
+func TestUnixListenerSetMode(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "s.sock")
+	ln := listen(t, unixConfig(path, 0o600)).(*UnixListener)
+	for _, tc := range []struct{ mode, want fs.FileMode }{{0o640, 0o640}, {0, DefaultUnixMode}} {
+		if err := ln.SetMode(tc.mode); err != nil {
+			t.Fatalf("SetMode(%#o): %v", tc.mode, err)
+		}
+		if fi, err := os.Lstat(path); err != nil || fi.Mode().Perm() != tc.want {
+			t.Fatalf("after SetMode(%#o): %v, %v; want %#o", tc.mode, fi.Mode(), err, tc.want)
+		}
+	}
+
+	target := precious(t, dir)
+	swapForSymlink(t, path, target)
+	err := ln.SetMode(0o666)
+	if err == nil || !strings.Contains(err.Error(), "is no longer the socket superd bound there") {
+		t.Errorf("SetMode after the path became a symbolic link: %v", err)
+	}
+	checkPrecious(t, target)
+}
+
+// Close removes the socket file only while the path still names it:
+// whatever was put in its place stays.
+func TestListenUnixCloseLeavesReplacedFile(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		replace func(t *testing.T, path string)
+		check   func(t *testing.T, path string)
+	}{
+		{"regular file", func(t *testing.T, path string) {
+			if err := os.WriteFile(path, []byte("precious"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}, checkPrecious},
+		{"another socket", func(t *testing.T, path string) {
+			other, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			other.SetUnlinkOnClose(false)
+			t.Cleanup(func() { other.Close() })
+		}, func(t *testing.T, path string) {
+			if fi, err := os.Lstat(path); err != nil || fi.Mode().Type() != fs.ModeSocket {
+				t.Errorf("the other socket after Close: %v, %v; want it left alone", fi, err)
+			}
+		}},
+		{"symbolic link", func(t *testing.T, path string) {
+			if err := os.Symlink("/nonexistent", path); err != nil {
+				t.Fatal(err)
+			}
+		}, func(t *testing.T, path string) {
+			if got, err := os.Readlink(path); err != nil || got != "/nonexistent" {
+				t.Errorf("the symbolic link after Close: %q, %v; want it left alone", got, err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "s.sock")
+			ln, err := Listen(unixConfig(path, 0o600))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Remove(path); err != nil {
+				t.Fatal(err)
+			}
+			tc.replace(t, path)
+			checkClosed(t, ln)
+			tc.check(t, path)
+		})
+	}
 }
 
 func TestListenUnixRelativePath(t *testing.T) {

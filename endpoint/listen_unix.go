@@ -4,9 +4,12 @@ package endpoint
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"net"
 	"os"
+	"path/filepath"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -18,6 +21,46 @@ import (
 // which older kernels truncated the value to.
 const listenBacklog = 65535
 
+// testHookBound, when set (by tests), runs between bind and the setting of
+// the socket file's mode: it may swap the path for something else.
+var testHookBound func(path string)
+
+// UnixListener is the listener of a unix endpoint: a *net.UnixListener
+// that remembers which file it created (device and inode), so it changes
+// the mode of, and removes, that file and nothing else.
+//
+// The path is only a name, and whoever can write to its folder can replace
+// what it names at any moment: with a symbolic link to a file superd must
+// not touch, or with someone else's socket. So the mode is never set
+// through a symbolic link, and the socket file is removed at Close only if
+// the path still names the socket bound here.
+type UnixListener struct {
+	*net.UnixListener
+	path       string
+	id         fileID
+	unlinkOnce sync.Once
+}
+
+// Close closes the listener, then removes its socket file if the path
+// still names it (a file put in its place since is left alone).
+func (l *UnixListener) Close() error {
+	err := l.UnixListener.Close()
+	l.unlinkOnce.Do(func() { removeSocketFile(l.path, l.id) })
+	return err
+}
+
+// SetMode gives the socket file mode (DefaultUnixMode when 0), as at
+// Listen: never through a symbolic link, and only if the path still names
+// this listener's socket. A reload that keeps the socket and changes its
+// mode calls it.
+func (l *UnixListener) SetMode(mode fs.FileMode) error {
+	if mode.Perm() == 0 {
+		mode = DefaultUnixMode
+	}
+	_, err := setSocketMode(l.path, mode, l.id)
+	return err
+}
+
 // bindUnix creates the unix socket at path with the given mode and returns
 // its listener.
 //
@@ -25,9 +68,10 @@ const listenBacklog = 65535
 // socket exists, accepts connections (which would be queued for us to
 // accept later) and has the mode the umask gave it. Changing the umask is no
 // cure: it is process-wide and other goroutines create files. So the socket
-// is made by hand in three steps: bind (creates the file), chmod, listen.
-// Until listen(2) nobody can connect, whatever the file's mode; a client
-// trying then gets "connection refused", as if the server had not started.
+// is made by hand in three steps: bind (creates the file), set its mode
+// (see setSocketMode), listen. Until listen(2) nobody can connect, whatever
+// the file's mode; a client trying then gets "connection refused", as if
+// the server had not started.
 func bindUnix(path string, mode fs.FileMode) (_ net.Listener, err error) {
 	// Create the descriptor close-on-exec, as package net does, with the
 	// fork lock held so a concurrent fork cannot inherit it.
@@ -46,12 +90,22 @@ func bindUnix(path string, mode fs.FileMode) (_ net.Listener, err error) {
 	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
 		return nil, os.NewSyscallError("bind", err)
 	}
-	defer func() {
-		if err != nil {
-			os.Remove(path)
-		}
-	}()
-	if err := os.Chmod(path, mode); err != nil {
+	if testHookBound != nil {
+		testHookBound(path)
+	}
+	// The socket file is the one found at path now: its identity, taken
+	// here, is what later changes and the removal check against. (Nothing
+	// tells which file a unix socket is bound to: fstat of the socket
+	// describes the socket, not the file.)
+	id, err := setSocketMode(path, mode, fileID{})
+	if id != (fileID{}) {
+		defer func() {
+			if err != nil {
+				removeSocketFile(path, id)
+			}
+		}()
+	}
+	if err != nil {
 		return nil, err
 	}
 	if err := unix.Listen(fd, listenBacklog); err != nil {
@@ -66,10 +120,98 @@ func bindUnix(path string, mode fs.FileMode) (_ net.Listener, err error) {
 		ln.Close()
 		return nil, errors.New("not a unix listener")
 	}
-	// Listeners made from a file do not remove their socket file at Close;
-	// this one created it, so it does.
-	ul.SetUnlinkOnClose(true)
-	return ul, nil
+	// A listener made from a file does not remove its socket file at
+	// Close; UnixListener does, after checking it is still this one.
+	return &UnixListener{UnixListener: ul, path: path, id: id}, nil
+}
+
+// fileID identifies a file: its device and inode.
+type fileID struct{ dev, ino uint64 }
+
+// errReplaced: the path no longer names the socket file bound there.
+var errReplaced = errors.New("is no longer the socket superd bound there (something replaced it)")
+
+// checkSocket returns the identity of the file st describes, which must
+// be a socket, and when want is not zero the very socket want identifies.
+func checkSocket(st *unix.Stat_t, want fileID) (fileID, error) {
+	id := fileID{dev: uint64(st.Dev), ino: uint64(st.Ino)}
+	if uint32(st.Mode)&unix.S_IFMT != unix.S_IFSOCK || want != (fileID{}) && id != want {
+		return fileID{}, errReplaced
+	}
+	return id, nil
+}
+
+// openDir opens the folder of path for the *at system calls, and returns
+// it with the file's name in it. Checking and acting relative to one open
+// folder means both act on the same folder, even if a component of the
+// path is swapped in between.
+func openDir(path string) (dirfd int, name string, err error) {
+	dirfd, err = unix.Open(filepath.Dir(path), dirOpenFlags|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, "", &fs.PathError{Op: "open", Path: filepath.Dir(path), Err: err}
+	}
+	return dirfd, filepath.Base(path), nil
+}
+
+// setSocketMode sets the mode of the socket file at path without ever
+// following a symbolic link, and returns the file's identity. When want is
+// not zero, the file must be the socket it identifies; otherwise any
+// socket will do (the one just bound). When the file is that socket but its
+// mode cannot be set, the error comes with its identity.
+func setSocketMode(path string, mode fs.FileMode, want fileID) (fileID, error) {
+	dirfd, name, err := openDir(path)
+	if err != nil {
+		return fileID{}, err
+	}
+	defer unix.Close(dirfd)
+	id, err := chmodSocketAt(dirfd, name, mode.Perm(), want)
+	switch {
+	case errors.Is(err, errReplaced):
+		return fileID{}, fmt.Errorf("%s %w; not changing its mode", path, err)
+	case err != nil:
+		return id, &fs.PathError{Op: "chmod", Path: path, Err: err}
+	}
+	return id, nil
+}
+
+// removeSocketFile removes the socket file at path if it is still the one
+// want identifies, and reports whether it did. Anything else there (a file
+// or another socket put in its place) is left alone.
+func removeSocketFile(path string, want fileID) bool {
+	return removeIfSocket(path, want) == nil
+}
+
+// removeIfSocket removes path if it is the socket file want identifies;
+// errReplaced (wrapped) if it is something else.
+func removeIfSocket(path string, want fileID) error {
+	dirfd, name, err := openDir(path)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(dirfd)
+	var st unix.Stat_t
+	if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return &fs.PathError{Op: "lstat", Path: path, Err: err}
+	}
+	if _, err := checkSocket(&st, want); err != nil {
+		return fmt.Errorf("%s %w", path, err)
+	}
+	// Between the check and here, only someone who may write to the folder
+	// can swap the entry, and they could remove it themselves.
+	if err := unix.Unlinkat(dirfd, name, 0); err != nil {
+		return &fs.PathError{Op: "remove", Path: path, Err: err}
+	}
+	return nil
+}
+
+// removeIfSame removes the socket file at path if it is still the file fi
+// (from Lstat) describes.
+func removeIfSame(path string, fi fs.FileInfo) error {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return errors.New("no file identity")
+	}
+	return removeIfSocket(path, fileID{dev: uint64(st.Dev), ino: uint64(st.Ino)})
 }
 
 // reusePort sets SO_REUSEPORT on a socket before it binds.

@@ -124,6 +124,46 @@ func TestReloadAppliesUnixSocketMode(t *testing.T) {
 	}
 }
 
+// A reload that changes the mode of a unix socket it keeps, after the path
+// was swapped for a symbolic link: the link's target keeps its mode, and
+// the link is not removed at shutdown.
+func TestReloadUnixSocketModeNeverFollowsSymlink(t *testing.T) {
+	f := &lifecycleFactory{}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "m.sock")
+	target := filepath.Join(dir, "precious")
+	if err := os.WriteFile(target, []byte("precious"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ep := func(mode os.FileMode) endpoint.Config {
+		return endpoint.Config{Kind: endpoint.KindUnix, Path: path, Mode: mode, Label: "unix:" + path}
+	}
+	s, _ := newTestSupervisor()
+	if err := s.Start(&config.File{ShutdownTimeout: time.Second, Services: []*config.Service{
+		serviceConfig("u", f, config.Limits{}, ep(0o600)),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(target, path); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Reload(&config.File{ShutdownTimeout: time.Second, Services: []*config.Service{
+		serviceConfig("u", f, config.Limits{}, ep(0o666)),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(target); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("the link's target after a reload to mode 0666: %v, %v; want 0600", fi.Mode(), err)
+	}
+	s.Shutdown(time.Second)
+	if got, err := os.Readlink(path); err != nil || got != target {
+		t.Errorf("the symbolic link after shutdown: %q, %v; want it left alone", got, err)
+	}
+}
+
 // A reload that fails leaves the running services untouched, metrics
 // included: no series for an endpoint that never served.
 func TestFailedReloadLeavesNoEndpointSeries(t *testing.T) {

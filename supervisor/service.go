@@ -6,10 +6,10 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -501,13 +501,13 @@ func (s *service) activate() {
 		}
 		s.refs.acquire(s.endpointKey(b))
 		if b.ep.Kind == endpoint.KindUnix && !slices.Contains(s.opened, b.sock) {
-			// Taken over from the previous instance: apply this one's mode.
-			mode := b.ep.Mode.Perm()
-			if mode == 0 {
-				mode = endpoint.DefaultUnixMode
-			}
-			if err := os.Chmod(b.ep.Path, mode); err != nil {
-				s.log.Error("cannot set the socket file's mode", "endpoint", b.ep.Label, "err", err)
+			// Taken over from the previous instance: apply this one's
+			// mode, to the socket file and nothing else (see
+			// endpoint.UnixListener).
+			if ml, ok := b.sock.ln.(interface{ SetMode(fs.FileMode) error }); ok {
+				if err := ml.SetMode(b.ep.Mode); err != nil {
+					s.log.Error("cannot set the socket file's mode", "endpoint", b.ep.Label, "err", err)
+				}
 			}
 		}
 		if b.ep.Kind == endpoint.KindUDP && !slices.Contains(s.opened, b.sock) {
