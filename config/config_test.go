@@ -128,16 +128,16 @@ func TestLoadValid(t *testing.T) {
 				MaxPendingOutput: 65536,
 			},
 			endpoints: []endpoint.Config{
-				{Kind: "tcp", Label: "tcp:127.0.0.1:17007", Address: "127.0.0.1:17007"},
-				{Kind: "tcp", Label: "tcp:[::1]:17007", Address: "[::1]:17007"},
+				{Kind: "tcp", Label: "tcp:127.0.0.1:17007", Addr: endpoint.Address{Network: "tcp", Host: "127.0.0.1", Port: 17007}},
+				{Kind: "tcp", Label: "tcp:[::1]:17007", Addr: endpoint.Address{Network: "tcp", Host: "::1", Port: 17007}},
 				{
-					Kind: "tls", Label: "tls::17443", Address: ":17443",
+					Kind: "tls", Label: "tls::17443", Addr: endpoint.Address{Network: "tcp", Port: 17443},
 					CertFile:     filepath.Join(dir, "tls/server.crt"),
 					KeyFile:      filepath.Join(dir, "tls/server.key"),
 					ClientCAFile: filepath.Join(dir, "tls/ca.crt"),
 					MinVersion:   tls.VersionTLS13,
 				},
-				{Kind: "unix", Label: "unix:alpha.sock", Path: filepath.Join(dir, "alpha.sock"), Mode: 0o600},
+				{Kind: "unix", Label: "unix:alpha.sock", Addr: endpoint.Address{Network: "unix", Path: filepath.Join(dir, "alpha.sock")}, Mode: 0o600},
 			},
 			values: map[string]cty.Value{
 				"greeting": cty.StringVal("hi there\n"),
@@ -150,8 +150,8 @@ func TestLoadValid(t *testing.T) {
 			name: "beta", factory: "testecho",
 			limits: Limits{IPv6Prefix: DefaultIPv6Prefix, MaxPendingOutput: DefaultMaxPendingOutput},
 			endpoints: []endpoint.Config{
-				{Kind: "tls", Label: "tls:127.0.0.1:17444", Address: "127.0.0.1:17444", SelfSigned: true, MinVersion: tls.VersionTLS12},
-				{Kind: "unix", Label: "unix:/tmp/superd-config-test-beta.sock", Path: "/tmp/superd-config-test-beta.sock", Mode: 0o660},
+				{Kind: "tls", Label: "tls:127.0.0.1:17444", Addr: endpoint.Address{Network: "tcp", Host: "127.0.0.1", Port: 17444}, SelfSigned: true, MinVersion: tls.VersionTLS12},
+				{Kind: "unix", Label: "unix:/tmp/superd-config-test-beta.sock", Addr: endpoint.Address{Network: "unix", Path: "/tmp/superd-config-test-beta.sock"}, Mode: 0o660},
 			},
 			values: map[string]cty.Value{},
 		},
@@ -159,8 +159,8 @@ func TestLoadValid(t *testing.T) {
 			name: "gamma", factory: "testneeds",
 			limits: Limits{IPv6Prefix: DefaultIPv6Prefix, MaxPendingOutput: DefaultMaxPendingOutput},
 			endpoints: []endpoint.Config{
-				{Kind: "tcp", Label: "tcp:localhost:0", Address: "localhost:0"},
-				{Kind: "tcp", Label: "tcp:127.0.0.1:0", Address: "127.0.0.1:0"},
+				{Kind: "tcp", Label: "tcp:localhost:0", Addr: endpoint.Address{Network: "tcp", Host: "127.0.0.1"}},
+				{Kind: "tcp", Label: "tcp:127.0.0.1:0", Addr: endpoint.Address{Network: "tcp", Host: "127.0.0.1"}},
 			},
 			values: map[string]cty.Value{"target": cty.StringVal("fallback"), "opts": cty.NullVal(optsType)},
 			set:    []string{"target"},

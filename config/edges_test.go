@@ -76,7 +76,7 @@ func TestUnixModeZeroRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	fi, err := os.Stat(ep.Path)
+	fi, err := os.Stat(ep.Addr.Path)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,9 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net"
-	"net/netip"
-	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -103,31 +100,18 @@ func (d *decoder) decodeEndpoint(svc *Service, blk *hcl.Block) (endpoint.Config,
 	d.diags = append(d.diags, diags...)
 
 	ep := endpoint.Config{Kind: kind}
+	if a := content.Attributes["address"]; a != nil { // tcp, tls, udp
+		if addr, good := d.str(a); good {
+			ep.Label = kind + ":" + addr
+			if ep.Addr, good = d.checkAddress(a, kind, addr); good {
+				d.claim(socket{addr: ep.Addr, written: addr, desc: endpointDesc(ep.Label, svc.Name), rng: a.Expr.Range()})
+			}
+		}
+	}
 	switch kind {
-	case endpoint.KindTCP, endpoint.KindTLS:
-		if a := content.Attributes["address"]; a != nil {
-			if addr, good := d.str(a); good {
-				ep.Address = addr
-				ep.Label = kind + ":" + addr
-				if key, good := d.checkAddress(a, addr); good {
-					d.claim(socket{key: key, desc: endpointDesc(ep.Label, svc.Name), rng: a.Expr.Range()})
-				}
-			}
-		}
-		if kind == endpoint.KindTLS {
-			d.decodeTLS(&ep, blk, content)
-		}
+	case endpoint.KindTLS:
+		d.decodeTLS(&ep, blk, content)
 	case endpoint.KindUDP:
-		if a := content.Attributes["address"]; a != nil {
-			if addr, good := d.str(a); good {
-				ep.Address = addr
-				ep.Label = kind + ":" + addr
-				if key, good := d.checkAddress(a, addr); good {
-					key.udp = true
-					d.claim(socket{key: key, desc: endpointDesc(ep.Label, svc.Name), rng: a.Expr.Range()})
-				}
-			}
-		}
 		if a := content.Attributes["reuse_port"]; a != nil {
 			ep.ReusePort, _ = d.boolean(a)
 		}
@@ -142,9 +126,8 @@ func (d *decoder) decodeEndpoint(svc *Service, blk *hcl.Block) (endpoint.Config,
 		if a := content.Attributes["path"]; a != nil {
 			if p, good := d.str(a); good {
 				ep.Label = kind + ":" + p
-				ep.Path = resolvePath(d.file.Dir, p)
-				if d.checkSocketPath(a, p, ep.Path) {
-					d.claim(socket{key: sockKey{unix: ep.Path}, desc: endpointDesc(ep.Label, svc.Name), rng: a.Expr.Range()})
+				if ep.Addr, good = d.checkSocketPath(a, p); good {
+					d.claim(socket{addr: ep.Addr, written: p, desc: endpointDesc(ep.Label, svc.Name), rng: a.Expr.Range()})
 				}
 			}
 		}
@@ -290,59 +273,33 @@ func parseMode(s string) (fs.FileMode, error) {
 	return fs.FileMode(m), nil
 }
 
-// maxSocketPath is the longest unix socket path the system accepts
-// (sun_path less its terminating NUL).
-func maxSocketPath() int {
-	if runtime.GOOS == "linux" {
-		return 107
+// checkSocketPath checks the path of a unix endpoint (written: as in the
+// file) and returns its address, resolved against the configuration folder.
+func (d *decoder) checkSocketPath(attr *hcl.Attribute, written string) (endpoint.Address, bool) {
+	path := written
+	if path != "" {
+		path = resolvePath(d.file.Dir, written)
 	}
-	return 103
-}
-
-func (d *decoder) checkSocketPath(attr *hcl.Attribute, written, resolved string) bool {
-	if written == "" {
-		d.errorf(attr.Expr.Range(), "Invalid socket path", "path must name the socket file.")
-		return false
+	addr, err := endpoint.ParseAddress(endpoint.KindUnix, path)
+	switch {
+	case errors.Is(err, endpoint.ErrSocketPathTooLong):
+		d.errorf(attr.Expr.Range(), "Socket path too long", "%s; use a shorter path.", upperFirst(err.Error()))
+	case err != nil:
+		d.errorf(attr.Expr.Range(), "Invalid socket path", "%s.", err)
 	}
-	if n := len(resolved); n > maxSocketPath() {
-		d.errorf(attr.Expr.Range(), "Socket path too long",
-			"The socket path %s is %d bytes long, and the system takes at most %d; use a shorter path.", resolved, n, maxSocketPath())
-		return false
-	}
-	return true
+	return addr, err == nil
 }
 
 func endpointDesc(label, service string) string {
 	return fmt.Sprintf("endpoint %q of service %q", label, service)
 }
 
-// sockKey identifies what a listener binds, to find two that would clash.
-type sockKey struct {
-	unix     string // resolved path of a unix socket; "" for TCP
-	udp      bool   // a UDP port, which never clashes with a TCP one
-	host     string // normalized host ("" for a wildcard)
-	wildcard bool   // every address: "", 0.0.0.0, [::]
-	port     uint16
-}
-
-func (k sockKey) conflicts(o sockKey) bool {
-	if k.unix != "" || o.unix != "" {
-		return k.unix == o.unix
-	}
-	if k.udp != o.udp {
-		return false
-	}
-	if k.port == 0 || k.port != o.port {
-		return false // port 0 picks a free port each time
-	}
-	return k.wildcard || o.wildcard || k.host == o.host
-}
-
 // socket is a listener claimed by an endpoint (or the metrics server).
 type socket struct {
-	key  sockKey
-	desc string // `endpoint "tcp:ADDRESS" of service "NAME"`, as written
-	rng  hcl.Range
+	addr    endpoint.Address
+	written string // the address or path as written
+	desc    string // `endpoint "tcp:ADDRESS" of service "NAME"`, as written
+	rng     hcl.Range
 }
 
 func upperFirst(s string) string {
@@ -353,14 +310,21 @@ func upperFirst(s string) string {
 }
 
 // claim reports a conflict with any socket claimed earlier, then records s.
+// Conflicts are endpoint.Address's: the supervisor shares sockets by the
+// same addresses' keys, so what the file may hold and what a reload
+// carries over agree.
 func (d *decoder) claim(s socket) {
 	for _, o := range d.sockets {
-		if !o.key.conflicts(s.key) {
+		if !o.addr.Conflicts(s.addr) {
 			continue
 		}
 		why := ""
-		if s.key.unix == "" && s.key.host != o.key.host {
+		switch {
+		case s.written == o.written:
+		case s.addr.Wildcard() || o.addr.Wildcard():
 			why = " (an address without a host, 0.0.0.0 or [::] takes its port on every address)"
+		case s.addr.Network != endpoint.NetworkUnix:
+			why = fmt.Sprintf(" (both are %s)", s.addr)
 		}
 		d.errorf(s.rng, "Duplicate endpoint address",
 			"%s would listen where %s, declared at %s, already does%s; give each one its own address.",
@@ -370,60 +334,18 @@ func (d *decoder) claim(s socket) {
 	d.sockets = append(d.sockets, s)
 }
 
-// checkAddress checks a HOST:PORT address (IPv4, [IPv6], a host name, or
-// no host for every address) with a numeric port, and returns its key.
-func (d *decoder) checkAddress(attr *hcl.Attribute, addr string) (sockKey, bool) {
-	const hint = `write "127.0.0.1:7007", "[::1]:7007" (IPv6 in brackets) or ":7007" (every address)`
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		d.errorf(attr.Expr.Range(), "Invalid address", "%q is not HOST:PORT; %s.", addr, hint)
-		return sockKey{}, false
-	}
-	p, err := strconv.ParseUint(port, 10, 16)
-	if err != nil || port[0] < '0' || port[0] > '9' {
-		d.errorf(attr.Expr.Range(), "Invalid address", "The port of %q must be a number from 0 to 65535; %s.", addr, hint)
-		return sockKey{}, false
-	}
-	key := sockKey{port: uint16(p)}
-	switch a, err := netip.ParseAddr(host); {
-	case host == "":
-		key.wildcard = true
-	case err == nil:
-		a = a.Unmap()
-		key.host = a.String()
-		key.wildcard = a.IsUnspecified()
-	case isHostName(host):
-		key.host = strings.ToLower(strings.TrimSuffix(host, "."))
-		if key.host == "localhost" {
-			key.host = "127.0.0.1" // what net.Listen binds for it
-		}
-	default:
-		d.errorf(attr.Expr.Range(), "Invalid address", "The host of %q is neither an IP address nor a host name; %s.", addr, hint)
-		return sockKey{}, false
-	}
-	return key, true
-}
+// addressHint follows every diagnostic about a tcp, tls or udp address.
+const addressHint = `write "127.0.0.1:7007", "[::1]:7007" (IPv6 in brackets) or ":7007" (every address)`
 
-// isHostName reports whether s is a DNS host name (letters, digits and
-// hyphens in dot-separated labels, not all digits at the end).
-func isHostName(s string) bool {
-	s = strings.TrimSuffix(s, ".")
-	if s == "" || len(s) > 253 {
-		return false
+// checkAddress parses a HOST:PORT address (IPv4, [IPv6], a host name, or no
+// host for every address) with a numeric port.
+func (d *decoder) checkAddress(attr *hcl.Attribute, kind, addr string) (endpoint.Address, bool) {
+	a, err := endpoint.ParseAddress(kind, addr)
+	if err != nil {
+		d.errorf(attr.Expr.Range(), "Invalid address", "%s; %s.", upperFirst(err.Error()), addressHint)
+		return endpoint.Address{}, false
 	}
-	labels := strings.Split(s, ".")
-	for _, l := range labels {
-		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
-			return false
-		}
-		for _, c := range l {
-			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
-				return false
-			}
-		}
-	}
-	last := labels[len(labels)-1]
-	return strings.Trim(last, "0123456789") != ""
+	return a, true
 }
 
 // validFDName reports whether s can be a LISTEN_FDNAMES entry.

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
@@ -14,6 +13,8 @@ import (
 	"github.com/hashicorp/hcl/v2/hclparse"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/zclconf/go-cty/cty"
+
+	"github.com/superd-dev/superd/endpoint"
 )
 
 // Load reads, decodes and validates the configuration file at path. On
@@ -165,8 +166,9 @@ func (d *decoder) decodeRoot(body hcl.Body) {
 	// The metrics listener binds its default address unless a metrics
 	// block sets one: claim it first, so a clash is reported on the endpoint.
 	if !metricsAddressSet(content) {
-		if key, ok := defaultMetricsKey(); ok {
-			d.claim(socket{key: key, desc: fmt.Sprintf("the metrics listener (default address %q)", DefaultMetricsAddress), rng: *fileStart(d.file.Path)})
+		if addr, err := endpoint.ParseAddress(endpoint.KindTCP, DefaultMetricsAddress); err == nil {
+			d.claim(socket{addr: addr, written: DefaultMetricsAddress,
+				desc: fmt.Sprintf("the metrics listener (default address %q)", DefaultMetricsAddress), rng: *fileStart(d.file.Path)})
 		}
 	}
 
@@ -210,14 +212,6 @@ func metricsAddressSet(content *hcl.BodyContent) bool {
 	return false
 }
 
-func defaultMetricsKey() (sockKey, bool) {
-	ap, err := netip.ParseAddrPort(DefaultMetricsAddress)
-	if err != nil {
-		return sockKey{}, false
-	}
-	return sockKey{host: ap.Addr().String(), port: ap.Port()}, true
-}
-
 func (d *decoder) decodeMetrics(blk *hcl.Block) {
 	content, diags := blk.Body.Content(metricsSchema)
 	d.diags = append(d.diags, diags...)
@@ -233,8 +227,8 @@ func (d *decoder) decodeMetrics(blk *hcl.Block) {
 	if addr == "" {
 		return
 	}
-	if key, ok := d.checkAddress(attr, addr); ok {
-		d.claim(socket{key: key, desc: fmt.Sprintf("the metrics listener %q", addr), rng: attr.Expr.Range()})
+	if a, ok := d.checkAddress(attr, endpoint.KindTCP, addr); ok {
+		d.claim(socket{addr: a, written: addr, desc: fmt.Sprintf("the metrics listener %q", addr), rng: attr.Expr.Range()})
 	}
 }
 

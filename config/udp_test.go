@@ -47,10 +47,10 @@ func TestUDPEndpointDecoding(t *testing.T) {
 	}
 	eps := f.Services[0].Endpoints
 	want := []endpoint.Config{
-		{Kind: "udp", Label: "udp:127.0.0.1:17007", Address: "127.0.0.1:17007", ReusePort: true, ReadBuffer: 1024, WriteBuffer: 1 << 20},
-		{Kind: "udp", Label: "udp:[::1]:17007", Address: "[::1]:17007"},
-		{Kind: "udp", Label: "udp::17008", Address: ":17008"},
-		{Kind: "tcp", Label: "tcp:127.0.0.1:17007", Address: "127.0.0.1:17007"},
+		{Kind: "udp", Label: "udp:127.0.0.1:17007", Addr: endpoint.Address{Network: "udp", Host: "127.0.0.1", Port: 17007}, ReusePort: true, ReadBuffer: 1024, WriteBuffer: 1 << 20},
+		{Kind: "udp", Label: "udp:[::1]:17007", Addr: endpoint.Address{Network: "udp", Host: "::1", Port: 17007}},
+		{Kind: "udp", Label: "udp::17008", Addr: endpoint.Address{Network: "udp", Port: 17008}},
+		{Kind: "tcp", Label: "tcp:127.0.0.1:17007", Addr: endpoint.Address{Network: "tcp", Host: "127.0.0.1", Port: 17007}},
 	}
 	if len(eps) != len(want) {
 		t.Fatalf("%d endpoints, want %d: %+v", len(eps), len(want), eps)

@@ -26,15 +26,17 @@ type Config struct {
 	// Kind is KindTCP, KindTLS, KindUnix or KindUDP.
 	Kind string
 	// Label names the endpoint in metrics and logs: "tcp:ADDRESS",
-	// "tls:ADDRESS" or "unix:PATH", with ADDRESS and PATH as written.
+	// "tls:ADDRESS", "udp:ADDRESS" or "unix:PATH", with ADDRESS and PATH as
+	// written.
 	Label string
 
 	// Name matches a socket passed by the service manager (its
 	// LISTEN_FDNAMES entry, systemd's FileDescriptorName=); "" when unset.
 	Name string
 
-	// Address is HOST:PORT for tcp, tls and udp.
-	Address string
+	// Addr is where the endpoint listens: HOST:PORT for tcp, tls and udp,
+	// the socket's path (resolved against the config folder) for unix.
+	Addr Address
 
 	// Proxy, on tcp and tls endpoints, reads a PROXY protocol header
 	// from trusted peers; nil: none is read.
@@ -44,8 +46,6 @@ type Config struct {
 	ReusePort               bool
 	ReadBuffer, WriteBuffer int
 
-	// Path is the unix socket path, resolved against the config folder.
-	Path string
 	// Mode is applied to the unix socket file before the first accept.
 	Mode fs.FileMode
 

@@ -60,25 +60,22 @@ func cause(err error) error {
 	}
 }
 
-// labelOf returns cfg.Label, or when it is empty the label the configuration
-// would have given the endpoint ("tcp:ADDRESS", "tls:ADDRESS", "unix:PATH").
+// labelOf returns cfg.Label, or when it is empty (a Config made by hand)
+// "KIND:ADDRESS" with the address as parsed.
 func labelOf(cfg Config) string {
 	if cfg.Label != "" {
 		return cfg.Label
 	}
-	if cfg.Kind == KindUnix {
-		return KindUnix + ":" + cfg.Path
-	}
-	return cfg.Kind + ":" + cfg.Address
+	return cfg.Kind + ":" + cfg.Addr.String()
 }
 
 // Listen opens the listening socket of one endpoint.
 //
-// For tcp and tls it is a TCP listener on cfg.Address. TLS is not terminated
+// For tcp and tls it is a TCP listener on cfg.Addr. TLS is not terminated
 // here: the caller performs the handshake on each accepted connection (see
 // TLSConfig), so it can bound it with a timeout and count failures.
 //
-// For unix it is a *UnixListener on cfg.Path:
+// For unix it is a *UnixListener on cfg.Addr's path:
 //   - a stale socket file (one where connecting is refused: its server is
 //     dead) is removed and replaced; a socket where a live server answers,
 //     or a path that is not a socket, is an error and is never deleted;
@@ -97,13 +94,14 @@ func Listen(cfg Config) (net.Listener, error) {
 		ln  net.Listener
 		err error
 	)
-	switch cfg.Kind {
-	case KindTCP, KindTLS:
-		ln, err = net.Listen("tcp", cfg.Address)
-	case KindUnix:
+	switch err = cfg.Addr.check(cfg.Kind); {
+	case err != nil:
+	case cfg.Kind == KindUDP:
+		err = errors.New("a udp endpoint has no listener (see ListenUDP)")
+	case cfg.Kind == KindUnix:
 		ln, err = listenUnix(cfg)
 	default:
-		err = fmt.Errorf("unknown endpoint kind %q", cfg.Kind)
+		ln, err = net.Listen(NetworkTCP, cfg.Addr.String())
 	}
 	if err != nil {
 		return nil, &ListenError{Label: label, Err: err, Hint: hint(cfg, err)}
@@ -112,32 +110,19 @@ func Listen(cfg Config) (net.Listener, error) {
 }
 
 // hint says what to do about a listen error, where there is something to
-// say: a TCP port in use is held by another process (the configuration
-// never binds one address twice), and ss names it.
+// say: a TCP port in use is held by another process, and ss names it. (The
+// configuration never binds one address twice; when a reload asks for an
+// address a socket of superd's own overlaps, the supervisor says so
+// instead.)
 func hint(cfg Config, err error) string {
 	if (cfg.Kind != KindTCP && cfg.Kind != KindTLS) || !errors.Is(err, syscall.EADDRINUSE) {
 		return ""
 	}
-	_, port, splitErr := net.SplitHostPort(cfg.Address)
-	if splitErr != nil {
-		return ""
-	}
-	return fmt.Sprintf("another process holds port %s (`ss -ltnp 'sport = :%s'` shows which)", port, port)
+	return fmt.Sprintf("another process holds port %d (`ss -ltnp 'sport = :%d'` shows which)", cfg.Addr.Port, cfg.Addr.Port)
 }
 
-// maxUnixPath is the longest socket path bind accepts (sun_path holds 108
-// bytes on Linux, including the terminating NUL; 104 on the BSDs, which
-// bind reports itself).
-const maxUnixPath = 107
-
 func listenUnix(cfg Config) (net.Listener, error) {
-	path := cfg.Path
-	switch {
-	case path == "":
-		return nil, errors.New("empty socket path")
-	case len(path) > maxUnixPath:
-		return nil, fmt.Errorf("socket path %s is too long (%d bytes, at most %d)", path, len(path), maxUnixPath)
-	}
+	path := cfg.Addr.Path
 	if err := removeStale(path); err != nil {
 		return nil, err
 	}
@@ -200,16 +185,19 @@ func describeType(m fs.FileMode) string {
 	}
 }
 
-// ListenUDP opens the socket of a udp endpoint: bound to cfg.Address, with
+// ListenUDP opens the socket of a udp endpoint: bound to cfg.Addr, with
 // SO_REUSEPORT when cfg.ReusePort (several processes then share the port),
 // and the buffer sizes asked for. Errors are *ListenError values.
 func ListenUDP(cfg Config) (*net.UDPConn, error) {
 	label := labelOf(cfg)
+	if err := cfg.Addr.check(KindUDP); err != nil {
+		return nil, &ListenError{Label: label, Err: err}
+	}
 	lc := net.ListenConfig{}
 	if cfg.ReusePort {
 		lc.Control = reusePort
 	}
-	pc, err := lc.ListenPacket(context.Background(), "udp", cfg.Address)
+	pc, err := lc.ListenPacket(context.Background(), NetworkUDP, cfg.Addr.String())
 	if err != nil {
 		return nil, &ListenError{Label: label, Err: err}
 	}

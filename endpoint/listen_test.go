@@ -105,7 +105,7 @@ func TestListenTCP(t *testing.T) {
 				t.Skip("no IPv6 loopback on this machine")
 			}
 			for _, kind := range []string{KindTCP, KindTLS} {
-				ln := listen(t, Config{Kind: kind, Label: kind + ":" + tc.address, Address: tc.address})
+				ln := listen(t, Config{Kind: kind, Label: kind + ":" + tc.address, Addr: mustParse(kind, tc.address)})
 				if _, ok := ln.(*net.TCPListener); !ok {
 					t.Fatalf("%s listener is a %T, want *net.TCPListener", kind, ln)
 				}
@@ -117,11 +117,11 @@ func TestListenTCP(t *testing.T) {
 }
 
 func TestListenTCPAddressInUse(t *testing.T) {
-	first := listen(t, Config{Kind: KindTCP, Label: "tcp:127.0.0.1:0", Address: "127.0.0.1:0"})
+	first := listen(t, Config{Kind: KindTCP, Label: "tcp:127.0.0.1:0", Addr: mustParse(KindTCP, "127.0.0.1:0")})
 	addr := first.Addr().String()
 	label := "tcp:" + addr
 
-	_, err := Listen(Config{Kind: KindTCP, Label: label, Address: addr})
+	_, err := Listen(Config{Kind: KindTCP, Label: label, Addr: mustParse(KindTCP, addr)})
 	if err == nil {
 		t.Fatal("second Listen on the same address succeeded")
 	}
@@ -148,15 +148,20 @@ func TestListenErrors(t *testing.T) {
 		cfg  Config
 		want string
 	}{
-		{"bad address", Config{Kind: KindTCP, Label: "tcp:nonsense", Address: "nonsense"},
-			"listen tcp:nonsense: address nonsense: missing port in address"},
-		{"label made up when empty", Config{Kind: KindTCP, Address: "nonsense"},
-			"listen tcp:nonsense: "},
-		{"unknown kind", Config{Kind: "udp", Label: "udp:x", Address: "127.0.0.1:0"},
-			`listen udp:x: unknown endpoint kind "udp"`},
+		{"no address", Config{Kind: KindTCP, Label: "tcp:nonsense"},
+			"listen tcp:nonsense: no tcp address"},
+		{"address of another network", Config{Kind: KindTCP, Addr: mustParse(KindUDP, "127.0.0.1:0")},
+			"listen tcp:127.0.0.1:0: no tcp address"},
+		{"label made up when empty", Config{Kind: KindTCP, Addr: mustParse(KindTCP, "192.0.2.1:1")},
+			"listen tcp:192.0.2.1:1: "},
+		{"unknown kind", Config{Kind: "sctp", Label: "sctp:x", Addr: mustParse(KindTCP, "127.0.0.1:0")},
+			`listen sctp:x: unknown endpoint kind "sctp"`},
+		{"udp", Config{Kind: KindUDP, Label: "udp:x", Addr: mustParse(KindUDP, "127.0.0.1:0")},
+			"listen udp:x: a udp endpoint has no listener (see ListenUDP)"},
 		{"empty path", Config{Kind: KindUnix, Label: "unix:"}, "listen unix:: empty socket path"},
-		{"path too long", Config{Kind: KindUnix, Path: "/" + strings.Repeat("x", 200)}, "is too long"},
-		{"missing folder", Config{Kind: KindUnix, Path: filepath.Join(dir, "nope", "s.sock")},
+		{"path too long", Config{Kind: KindUnix, Addr: Address{Network: NetworkUnix, Path: "/" + strings.Repeat("x", 200)}},
+			"is 201 bytes long, and the system takes at most"},
+		{"missing folder", Config{Kind: KindUnix, Addr: mustParse(KindUnix, filepath.Join(dir, "nope", "s.sock"))},
 			"listen unix:" + filepath.Join(dir, "nope", "s.sock") + ": no such file or directory"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -173,7 +178,7 @@ func TestListenErrors(t *testing.T) {
 }
 
 func unixConfig(path string, mode fs.FileMode) Config {
-	return Config{Kind: KindUnix, Label: "unix:" + path, Path: path, Mode: mode}
+	return Config{Kind: KindUnix, Label: "unix:" + path, Addr: Address{Network: NetworkUnix, Path: path}, Mode: mode}
 }
 
 func TestListenUnixMode(t *testing.T) {

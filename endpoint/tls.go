@@ -63,7 +63,7 @@ func tlsConfig(cfg Config, now time.Time) (*tls.Config, error) {
 		return nil, errors.New("self_signed and cert_file/key_file are exclusive")
 	case cfg.SelfSigned:
 		var err error
-		if cert, err = SelfSignedCertificate(SelfSignedHosts(cfg.Address), now); err != nil {
+		if cert, err = SelfSignedCertificate(SelfSignedHosts(cfg.Addr.String()), now); err != nil {
 			return nil, fmt.Errorf("self-signed certificate: %w", err)
 		}
 	case cfg.CertFile != "" && cfg.KeyFile != "":

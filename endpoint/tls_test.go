@@ -26,7 +26,7 @@ type handshake struct {
 // and closes the connection. Everything stops at the end of the test.
 func tlsServer(t *testing.T, conf *tls.Config) (addr string, results <-chan handshake) {
 	t.Helper()
-	ln, err := Listen(Config{Kind: KindTLS, Label: "tls:127.0.0.1:0", Address: "127.0.0.1:0"})
+	ln, err := Listen(Config{Kind: KindTLS, Label: "tls:127.0.0.1:0", Addr: mustParse(KindTLS, "127.0.0.1:0")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,7 +135,7 @@ func TestTLSCertFiles(t *testing.T) {
 	if fi, err := os.Stat(keyFile); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("key file: %v, %v; want mode 0600", fi, err)
 	}
-	conf := mustTLSConfig(t, Config{Kind: KindTLS, Address: "127.0.0.1:0", CertFile: certFile, KeyFile: keyFile})
+	conf := mustTLSConfig(t, Config{Kind: KindTLS, Addr: mustParse(KindTLS, "127.0.0.1:0"), CertFile: certFile, KeyFile: keyFile})
 	if conf.MinVersion != tls.VersionTLS12 {
 		t.Errorf("default MinVersion = %s, want TLS 1.2", tls.VersionName(conf.MinVersion))
 	}
@@ -171,7 +171,7 @@ func TestTLSCertFilesFromCA(t *testing.T) {
 
 func TestTLSSelfSigned(t *testing.T) {
 	now := time.Now()
-	conf, err := TLSConfig(Config{Kind: KindTLS, Label: "tls:127.0.0.1:0", Address: "127.0.0.1:0", SelfSigned: true}, now)
+	conf, err := TLSConfig(Config{Kind: KindTLS, Label: "tls:127.0.0.1:0", Addr: mustParse(KindTLS, "127.0.0.1:0"), SelfSigned: true}, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,7 +228,7 @@ func TestSelfSignedHosts(t *testing.T) {
 	}
 
 	// And they end up in the certificate, names and addresses apart.
-	conf := mustTLSConfig(t, Config{Kind: KindTLS, Address: "myhost.example:8443", SelfSigned: true})
+	conf := mustTLSConfig(t, Config{Kind: KindTLS, Addr: mustParse(KindTLS, "myhost.example:8443"), SelfSigned: true})
 	leaf := conf.Certificates[0].Leaf
 	if !slices.Equal(leaf.DNSNames, []string{"localhost", "myhost.example"}) {
 		t.Errorf("DNSNames = %q", leaf.DNSNames)
@@ -350,7 +350,7 @@ func TestTLSConfigErrors(t *testing.T) {
 	badCert := write("bad.pem", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
 	missing := filepath.Join(dir, "missing.pem")
 
-	files := Config{Kind: KindTLS, Label: "tls:127.0.0.1:8443", Address: "127.0.0.1:8443", CertFile: certFile, KeyFile: keyFile}
+	files := Config{Kind: KindTLS, Label: "tls:127.0.0.1:8443", Addr: mustParse(KindTLS, "127.0.0.1:8443"), CertFile: certFile, KeyFile: keyFile}
 	with := func(f func(*Config)) Config {
 		c := files
 		f(&c)

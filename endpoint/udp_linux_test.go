@@ -9,7 +9,7 @@ import (
 // read_buffer and write_buffer reach the socket (Linux doubles what it is
 // asked, for its bookkeeping).
 func TestListenUDPBuffers(t *testing.T) {
-	uc := listenUDP(t, Config{Kind: KindUDP, Address: "127.0.0.1:0", ReadBuffer: 4096, WriteBuffer: 8192})
+	uc := listenUDP(t, Config{Kind: KindUDP, Addr: mustParse(KindUDP, "127.0.0.1:0"), ReadBuffer: 4096, WriteBuffer: 8192})
 	raw, err := uc.SyscallConn()
 	if err != nil {
 		t.Fatal(err)

@@ -57,7 +57,7 @@ func TestListenUDP(t *testing.T) {
 	}
 	for _, addr := range addrs {
 		t.Run(addr, func(t *testing.T) {
-			uc := listenUDP(t, Config{Kind: KindUDP, Address: addr, Label: "udp:" + addr})
+			uc := listenUDP(t, Config{Kind: KindUDP, Addr: mustParse(KindUDP, addr), Label: "udp:" + addr})
 			udpRoundTrip(t, uc)
 		})
 	}
@@ -66,16 +66,16 @@ func TestListenUDP(t *testing.T) {
 // With reuse_port two sockets share a port (both must ask for it);
 // without, the second bind fails with an error naming the endpoint.
 func TestListenUDPReusePort(t *testing.T) {
-	first := listenUDP(t, Config{Kind: KindUDP, Address: "127.0.0.1:0", ReusePort: true})
+	first := listenUDP(t, Config{Kind: KindUDP, Addr: mustParse(KindUDP, "127.0.0.1:0"), ReusePort: true})
 	addr := first.LocalAddr().String()
-	second := listenUDP(t, Config{Kind: KindUDP, Address: addr, ReusePort: true})
+	second := listenUDP(t, Config{Kind: KindUDP, Addr: mustParse(KindUDP, addr), ReusePort: true})
 	if got := second.LocalAddr().String(); got != addr {
 		t.Errorf("second socket on %s, want %s", got, addr)
 	}
 
-	plain := listenUDP(t, Config{Kind: KindUDP, Address: "127.0.0.1:0"})
+	plain := listenUDP(t, Config{Kind: KindUDP, Addr: mustParse(KindUDP, "127.0.0.1:0")})
 	paddr := plain.LocalAddr().String()
-	_, err := ListenUDP(Config{Kind: KindUDP, Address: paddr, Label: "udp:" + paddr})
+	_, err := ListenUDP(Config{Kind: KindUDP, Addr: mustParse(KindUDP, paddr), Label: "udp:" + paddr})
 	var le *ListenError
 	if !errors.As(err, &le) || !errors.Is(err, syscall.EADDRINUSE) {
 		t.Fatalf("second bind without reuse_port: %v", err)
@@ -87,23 +87,24 @@ func TestListenUDPReusePort(t *testing.T) {
 
 func TestListenUDPErrors(t *testing.T) {
 	for _, cfg := range []Config{
-		{Kind: KindUDP, Address: "127.0.0.1", Label: "udp:127.0.0.1"},
-		{Kind: KindUDP, Address: "192.0.2.1:7", Label: "udp:192.0.2.1:7"}, // not a local address
+		{Kind: KindUDP, Label: "udp:127.0.0.1"},                                            // no address
+		{Kind: KindUDP, Addr: mustParse(KindTCP, "127.0.0.1:7"), Label: "tcp:127.0.0.1:7"}, // not a udp address
+		{Kind: KindUDP, Addr: mustParse(KindUDP, "192.0.2.1:7"), Label: "udp:192.0.2.1:7"}, // not a local address
 	} {
 		uc, err := ListenUDP(cfg)
 		if err == nil {
 			uc.Close()
-			t.Errorf("ListenUDP(%q) succeeded", cfg.Address)
+			t.Errorf("ListenUDP(%q) succeeded", cfg.Label)
 			continue
 		}
 		var le *ListenError
 		if !errors.As(err, &le) || le.Label != cfg.Label || !strings.HasPrefix(err.Error(), "listen "+cfg.Label+": ") {
-			t.Errorf("ListenUDP(%q): %v", cfg.Address, err)
+			t.Errorf("ListenUDP(%q): %v", cfg.Label, err)
 		}
 	}
 	// The label is made up when the configuration gave none.
-	if _, err := ListenUDP(Config{Kind: KindUDP, Address: "127.0.0.1"}); err == nil ||
-		!strings.HasPrefix(err.Error(), "listen udp:127.0.0.1: ") {
+	if _, err := ListenUDP(Config{Kind: KindUDP, Addr: mustParse(KindUDP, "192.0.2.1:7")}); err == nil ||
+		!strings.HasPrefix(err.Error(), "listen udp:192.0.2.1:7: ") {
 		t.Errorf("error without a label: %v", err)
 	}
 }

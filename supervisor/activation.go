@@ -5,8 +5,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
@@ -19,9 +19,9 @@ import (
 // service that lets go of it returns it here, open, for a later reload.
 type inherited struct {
 	file   *os.File
-	name   string // its LISTEN_FDNAMES entry ("" when it has none)
-	stream bool   // SOCK_STREAM (tcp, tls, unix); otherwise datagrams (udp)
-	key    string // the key socketKey gives the address it is bound to
+	name   string           // its LISTEN_FDNAMES entry ("" when it has none)
+	stream bool             // SOCK_STREAM (tcp, tls, unix); otherwise datagrams (udp)
+	addr   endpoint.Address // what it is bound to, as an endpoint's address
 	inUse  atomic.Bool
 }
 
@@ -38,7 +38,7 @@ func (s *Supervisor) Inherit(files []*os.File) {
 			continue
 		}
 		s.inherited = append(s.inherited, in)
-		s.log.Info("socket passed by the service manager", "name", in.name, "socket", in.key)
+		s.log.Info("socket passed by the service manager", "name", in.name, "socket", in.addr.Key())
 	}
 }
 
@@ -53,16 +53,18 @@ func (s *Supervisor) CloseUnclaimedInherited() {
 			kept = append(kept, in)
 			continue
 		}
-		s.log.Warn("no endpoint takes a passed socket; closing it", "name", in.name, "socket", in.key)
+		s.log.Warn("no endpoint takes a passed socket; closing it", "name", in.name, "socket", in.addr.Key())
 		in.file.Close()
 	}
 	s.inherited = kept
 }
 
 // takeInheritedLocked finds the passed socket for ep: by name first, then
-// by address. It reports an error when the match is of the wrong kind.
-func (s *Supervisor) takeInheritedLocked(ep *endpoint.Config, key string) (*inherited, error) {
+// by address (the same socket by endpoint.Address's Key). It reports an
+// error when the match is of the wrong kind.
+func (s *Supervisor) takeInheritedLocked(ep *endpoint.Config) (*inherited, error) {
 	var match *inherited
+	key := ep.Addr.Key()
 	for _, in := range s.inherited {
 		if in.inUse.Load() {
 			continue
@@ -71,7 +73,7 @@ func (s *Supervisor) takeInheritedLocked(ep *endpoint.Config, key string) (*inhe
 			match = in
 			break
 		}
-		if match == nil && sameSocketKey(in.key, key) {
+		if match == nil && key != "" && in.addr.Key() == key {
 			match = in
 		}
 	}
@@ -83,7 +85,7 @@ func (s *Supervisor) takeInheritedLocked(ep *endpoint.Config, key string) (*inhe
 		if match.stream {
 			kind = "a stream"
 		}
-		return nil, fmt.Errorf("the socket passed by the service manager (%s, name %q) is %s socket, which a %s endpoint cannot use", match.key, match.name, kind, ep.Kind)
+		return nil, fmt.Errorf("the socket passed by the service manager (%s, name %q) is %s socket, which a %s endpoint cannot use", match.addr.Key(), match.name, kind, ep.Kind)
 	}
 	match.inUse.Store(true)
 	return match, nil
@@ -91,8 +93,8 @@ func (s *Supervisor) takeInheritedLocked(ep *endpoint.Config, key string) (*inhe
 
 // inheritedSocket makes a socket of a passed one; closing it leaves the
 // passed descriptor open and returns it to the pool.
-func (s *Supervisor) inheritedSocket(in *inherited, key string, ep *endpoint.Config) (*socket, error) {
-	k := &socket{key: key, label: ep.Label, log: s.log, done: make(chan struct{}), inherited: true}
+func (s *Supervisor) inheritedSocket(in *inherited, ep *endpoint.Config) (*socket, error) {
+	k := &socket{key: ep.Addr.Key(), addr: in.addr, label: ep.Label, log: s.log, done: make(chan struct{}), inherited: true}
 	k.onClose = func() { in.inUse.Store(false) }
 	if in.stream {
 		ln, err := net.FileListener(in.file) // a duplicate: closing it keeps in.file
@@ -135,25 +137,30 @@ func describeInherited(f *os.File) (*inherited, error) {
 	if n := f.Name(); n != "" && !isDefaultFDName(n) {
 		in.name = n
 	}
-	family := "tcp:"
+	// Its address as an endpoint of its kind would write it: one parser,
+	// so the address matches the endpoint's however either is spelled.
+	kind, addr := endpoint.KindTCP, ""
 	if !in.stream {
-		family = "udp:"
+		kind = endpoint.KindUDP
 	}
 	switch a := sa.(type) {
 	case *unix.SockaddrInet4:
-		in.key = family + net.JoinHostPort(netip.AddrFrom4(a.Addr).String(), strconv.Itoa(a.Port))
+		addr = net.JoinHostPort(netip.AddrFrom4(a.Addr).String(), strconv.Itoa(a.Port))
 	case *unix.SockaddrInet6:
-		in.key = family + net.JoinHostPort(netip.AddrFrom16(a.Addr).Unmap().String(), strconv.Itoa(a.Port))
+		addr = net.JoinHostPort(netip.AddrFrom16(a.Addr).String(), strconv.Itoa(a.Port))
 	case *unix.SockaddrUnix:
-		name := a.Name
-		if name != "" && name[0] == 0 {
-			name = "@" + name[1:]
-		} else {
-			name = filepath.Clean(name)
+		if a.Name == "" || a.Name[0] == 0 || a.Name[0] == '@' {
+			// Unnamed or abstract: no endpoint path names it (only an
+			// endpoint name can take it).
+			in.addr = endpoint.Address{Network: endpoint.NetworkUnix, Path: "@" + strings.TrimLeft(a.Name, "\x00@")}
+			return in, nil
 		}
-		in.key = "unix:" + name
+		kind, addr = endpoint.KindUnix, a.Name
 	default:
 		return nil, fmt.Errorf("unsupported socket family")
+	}
+	if in.addr, err = endpoint.ParseAddress(kind, addr); err != nil {
+		return nil, err
 	}
 	return in, nil
 }
@@ -162,25 +169,4 @@ func describeInherited(f *os.File) (*inherited, error) {
 // LISTEN_FDNAMES.
 func isDefaultFDName(n string) bool {
 	return len(n) > len("LISTEN_FD_") && n[:len("LISTEN_FD_")] == "LISTEN_FD_" || n == "unknown"
-}
-
-// sameSocketKey compares socket keys, with every spelling of "all
-// addresses" alike (":7", "0.0.0.0:7", "[::]:7").
-func sameSocketKey(a, b string) bool {
-	return normalizeWildcard(a) == normalizeWildcard(b)
-}
-
-func normalizeWildcard(key string) string {
-	if len(key) < 4 || key[:4] == "unix" {
-		return key
-	}
-	family, addr := key[:4], key[4:]
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return key
-	}
-	if host == "0.0.0.0" || host == "::" {
-		host = ""
-	}
-	return family + net.JoinHostPort(host, port)
 }

@@ -90,7 +90,7 @@ func (p *dgramProto) DatagramReceived(data []byte, from net.Addr) {
 }
 
 func udpEndpoint(addr string) endpoint.Config {
-	return endpoint.Config{Kind: endpoint.KindUDP, Address: addr, Label: "udp:" + addr}
+	return makeEndpoint(endpoint.KindUDP, addr)
 }
 
 // dgramServiceConfig is serviceConfig for a factory that serves datagrams,

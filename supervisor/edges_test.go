@@ -98,7 +98,7 @@ func TestReloadAppliesUnixSocketMode(t *testing.T) {
 	f := &lifecycleFactory{}
 	path := filepath.Join(t.TempDir(), "m.sock")
 	ep := func(mode os.FileMode) endpoint.Config {
-		return endpoint.Config{Kind: endpoint.KindUnix, Path: path, Mode: mode, Label: "unix:" + path}
+		return unixEndpoint(path, mode)
 	}
 	s, _ := newTestSupervisor()
 	if err := s.Start(&config.File{ShutdownTimeout: time.Second, Services: []*config.Service{
@@ -136,7 +136,7 @@ func TestReloadUnixSocketModeNeverFollowsSymlink(t *testing.T) {
 		t.Fatal(err)
 	}
 	ep := func(mode os.FileMode) endpoint.Config {
-		return endpoint.Config{Kind: endpoint.KindUnix, Path: path, Mode: mode, Label: "unix:" + path}
+		return unixEndpoint(path, mode)
 	}
 	s, _ := newTestSupervisor()
 	if err := s.Start(&config.File{ShutdownTimeout: time.Second, Services: []*config.Service{

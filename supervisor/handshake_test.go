@@ -21,7 +21,8 @@ func TestStalledTLSHandshakesAreCountedAndBounded(t *testing.T) {
 	addr := freeAddr(t)
 	f := &lifecycleFactory{}
 	s, m := newTestSupervisor()
-	ep := endpoint.Config{Kind: endpoint.KindTLS, Address: addr, Label: "tls:" + addr, SelfSigned: true}
+	ep := makeEndpoint(endpoint.KindTLS, addr)
+	ep.SelfSigned = true
 	if err := s.Start(&config.File{ShutdownTimeout: time.Second, Services: []*config.Service{
 		serviceConfig("tls", f, config.Limits{MaxConnections: limit}, ep),
 	}}); err != nil {
@@ -67,7 +68,8 @@ func TestCertificateExpiryGauge(t *testing.T) {
 	addr := freeAddr(t)
 	f := &lifecycleFactory{}
 	s, m := newTestSupervisor()
-	ep := endpoint.Config{Kind: endpoint.KindTLS, Address: addr, Label: "tls:" + addr, SelfSigned: true}
+	ep := makeEndpoint(endpoint.KindTLS, addr)
+	ep.SelfSigned = true
 	if err := s.Start(&config.File{ShutdownTimeout: time.Second, Services: []*config.Service{
 		serviceConfig("c", f, config.Limits{}, ep),
 	}}); err != nil {

@@ -13,7 +13,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/superd-dev/superd/config"
-	"github.com/superd-dev/superd/endpoint"
 )
 
 // dialUnixAs connects to path with the effective uid set to uid on this
@@ -52,7 +51,7 @@ func TestMaxConnectionsPerUID(t *testing.T) {
 	path := filepath.Join(dir, "s.sock")
 	f := &lifecycleFactory{}
 	s, m := newTestSupervisor()
-	ep := endpoint.Config{Kind: endpoint.KindUnix, Path: path, Label: "unix:" + path, Mode: 0o666}
+	ep := unixEndpoint(path, 0o666)
 	if err := s.Start(&config.File{ShutdownTimeout: time.Second, Services: []*config.Service{
 		serviceConfig("u", f, config.Limits{MaxConnectionsPerUID: 2}, ep),
 	}}); err != nil {

@@ -4,9 +4,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
-	"net/netip"
 	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,7 +19,8 @@ import (
 // the loop always gives each connection to the socket's current owner, so
 // swapping owners never closes the socket and never refuses a connection.
 type socket struct {
-	key   string
+	key   string           // ep.Addr.Key(): "" for a socket never shared (port 0)
+	addr  endpoint.Address // what it is bound to
 	label string
 	ln    net.Listener // stream endpoints
 	dgram *dgramSocket // udp endpoints
@@ -49,27 +48,8 @@ type socket struct {
 	watchFile atomic.Pointer[os.File]
 }
 
-// socketKey identifies the address a socket is bound to, so tcp and tls
-// endpoints on one address (or two spellings of it) share a key.
-func socketKey(ep *endpoint.Config) string {
-	if ep.Kind == endpoint.KindUnix {
-		return "unix:" + filepath.Clean(ep.Path)
-	}
-	family := "tcp:"
-	if ep.Kind == endpoint.KindUDP {
-		family = "udp:"
-	}
-	host, port, err := net.SplitHostPort(ep.Address)
-	if err != nil {
-		return family + ep.Address
-	}
-	if ip, err := netip.ParseAddr(host); err == nil {
-		host = ip.Unmap().String()
-	}
-	return family + net.JoinHostPort(host, port)
-}
-
-func listenSocket(key string, ep *endpoint.Config, log *slog.Logger) (*socket, error) {
+func listenSocket(ep *endpoint.Config, log *slog.Logger) (*socket, error) {
+	key := ep.Addr.Key()
 	if ep.Kind == endpoint.KindUDP {
 		uc, err := endpoint.ListenUDP(*ep)
 		if err != nil {
@@ -80,13 +60,13 @@ func listenSocket(key string, ep *endpoint.Config, log *slog.Logger) (*socket, e
 			uc.Close()
 			return nil, &endpoint.ListenError{Label: ep.Label, Err: err}
 		}
-		return &socket{key: key, label: ep.Label, dgram: &dgramSocket{uc: uc, io: bio}, log: log, done: make(chan struct{})}, nil
+		return &socket{key: key, addr: ep.Addr, label: ep.Label, dgram: &dgramSocket{uc: uc, io: bio}, log: log, done: make(chan struct{})}, nil
 	}
 	ln, err := endpoint.Listen(*ep)
 	if err != nil {
 		return nil, err
 	}
-	return &socket{key: key, label: ep.Label, ln: ln, log: log, done: make(chan struct{})}, nil
+	return &socket{key: key, addr: ep.Addr, label: ep.Label, ln: ln, log: log, done: make(chan struct{})}, nil
 }
 
 // serve makes b the socket's owner, starting the accept loop the first time.

@@ -5,7 +5,6 @@ import (
 	"sort"
 	"time"
 
-	"github.com/superd-dev/superd/endpoint"
 	"github.com/superd-dev/superd/framework"
 )
 
@@ -32,7 +31,7 @@ type ServiceStatus struct {
 // EndpointStatus is one endpoint of a service.
 type EndpointStatus struct {
 	Kind      string `json:"kind"`
-	Address   string `json:"address"`
+	Address   string `json:"address"`   // what it listens on (endpoint.Address), or the socket's path
 	Inherited bool   `json:"inherited"` // passed by the service manager
 }
 
@@ -136,11 +135,7 @@ func (s *service) status(state string) ServiceStatus {
 		st.Limits.RateLimitPerIP = &Rate{Rate: r.Rate, Burst: r.Burst}
 	}
 	for _, b := range s.bindings {
-		addr := b.ep.Address
-		if b.ep.Kind == endpoint.KindUnix {
-			addr = b.ep.Path
-		}
-		st.Endpoints = append(st.Endpoints, EndpointStatus{Kind: b.ep.Kind, Address: addr, Inherited: b.sock.inherited})
+		st.Endpoints = append(st.Endpoints, EndpointStatus{Kind: b.ep.Kind, Address: b.ep.Addr.String(), Inherited: b.sock.inherited})
 	}
 	s.mu.Lock()
 	st.Active = s.active

@@ -11,6 +11,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -233,15 +234,7 @@ func (s *Supervisor) prepareServiceLocked(sc *config.Service) (*service, error) 
 		ep := &sc.Endpoints[i]
 		b, err := svc.newBinding(ep)
 		if err == nil {
-			key := socketKey(ep)
-			b.sock = s.sockets[key]
-			if b.sock == nil {
-				b.sock, err = s.openSocketLocked(key, ep)
-				if err == nil {
-					svc.opened = append(svc.opened, b.sock)
-					s.sockets[key] = b.sock
-				}
-			}
+			b.sock, err = s.socketLocked(svc, ep)
 		}
 		if err != nil {
 			s.unprepareLocked(svc)
@@ -256,17 +249,57 @@ func (s *Supervisor) prepareServiceLocked(sc *config.Service) (*service, error) 
 	return svc, nil
 }
 
+// socketLocked returns the socket of ep: the one already bound to the same
+// address (endpoint.Address's Key), which a reload carries over from the
+// running service, or a new one that svc opens (see openSocketLocked).
+func (s *Supervisor) socketLocked(svc *service, ep *endpoint.Config) (*socket, error) {
+	key := ep.Addr.Key()
+	if sock := s.sockets[key]; key != "" && sock != nil {
+		return sock, nil
+	}
+	sock, err := s.openSocketLocked(ep)
+	if err != nil {
+		var le *endpoint.ListenError
+		if errors.Is(err, syscall.EADDRINUSE) && errors.As(err, &le) {
+			for _, held := range s.sockets {
+				if held.addr.Conflicts(ep.Addr) {
+					le.Hint = heldHint(held)
+					break
+				}
+			}
+		}
+		return nil, err
+	}
+	svc.opened = append(svc.opened, sock)
+	if key != "" {
+		s.sockets[key] = sock
+	}
+	return sock, nil
+}
+
+// heldHint explains an address in use by superd itself, through a socket
+// bound to an overlapping but different address (127.0.0.1:P and :P, or a
+// host name and its IP address), which a reload cannot carry over.
+func heldHint(held *socket) string {
+	by := "endpoint " + held.label
+	if b := held.owner.Load(); b != nil {
+		by += fmt.Sprintf(" of service %q", b.svc.cfg.Name)
+	}
+	return "superd itself holds it, for its " + by + ", and a reload carries a socket over only to the same address; " +
+		"move the endpoint in two reloads (remove it, then add the new one) or restart"
+}
+
 // openSocketLocked takes the socket passed by the service manager for ep,
 // if there is one, or binds a new one.
-func (s *Supervisor) openSocketLocked(key string, ep *endpoint.Config) (*socket, error) {
-	in, err := s.takeInheritedLocked(ep, key)
+func (s *Supervisor) openSocketLocked(ep *endpoint.Config) (*socket, error) {
+	in, err := s.takeInheritedLocked(ep)
 	if err != nil {
 		return nil, err
 	}
 	if in == nil {
-		return listenSocket(key, ep, s.log)
+		return listenSocket(ep, s.log)
 	}
-	k, err := s.inheritedSocket(in, key, ep)
+	k, err := s.inheritedSocket(in, ep)
 	if err != nil {
 		in.inUse.Store(false)
 		return nil, err

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -101,8 +102,22 @@ func freeAddr(t *testing.T) string {
 // handedOut holds the addresses freeAddr has returned.
 var handedOut sync.Map
 
-func tcpEndpoint(addr string) endpoint.Config {
-	return endpoint.Config{Kind: endpoint.KindTCP, Address: addr, Label: "tcp:" + addr}
+// makeEndpoint returns the endpoint the configuration would make of
+// `endpoint "KIND" { address = ADDR }` (or `path = ADDR` for unix).
+func makeEndpoint(kind, addr string) endpoint.Config {
+	a, err := endpoint.ParseAddress(kind, addr)
+	if err != nil {
+		panic(err)
+	}
+	return endpoint.Config{Kind: kind, Addr: a, Label: kind + ":" + addr}
+}
+
+func tcpEndpoint(addr string) endpoint.Config { return makeEndpoint(endpoint.KindTCP, addr) }
+
+func unixEndpoint(path string, mode fs.FileMode) endpoint.Config {
+	ep := makeEndpoint(endpoint.KindUnix, path)
+	ep.Mode = mode
+	return ep
 }
 
 func serviceConfig(name string, f framework.Factory, lim config.Limits, eps ...endpoint.Config) *config.Service {
@@ -148,7 +163,7 @@ func TestStartStopFactoryOncePerServiceWithSeveralEndpoints(t *testing.T) {
 	a1, a2 := freeAddr(t), freeAddr(t)
 	sock := filepath.Join(t.TempDir(), "s.sock")
 	sc := serviceConfig("multi", f, config.Limits{}, tcpEndpoint(a1), tcpEndpoint(a2),
-		endpoint.Config{Kind: endpoint.KindUnix, Path: sock, Mode: 0o660, Label: "unix:" + sock})
+		unixEndpoint(sock, 0o660))
 	s, m := newTestSupervisor()
 	if err := s.Start(&config.File{Services: []*config.Service{sc}, ShutdownTimeout: 5 * time.Second}); err != nil {
 		t.Fatal(err)
