@@ -148,7 +148,7 @@ func TestLoadValid(t *testing.T) {
 		},
 		{
 			name: "beta", factory: "testecho",
-			limits: Limits{IPv6Prefix: DefaultIPv6Prefix, MaxPendingOutput: DefaultMaxPendingOutput},
+			limits: DefaultLimits(),
 			endpoints: []endpoint.Config{
 				{Kind: "tls", Label: "tls:127.0.0.1:17444", Addr: endpoint.Address{Network: "tcp", Host: "127.0.0.1", Port: 17444}, SelfSigned: true, MinVersion: tls.VersionTLS12},
 				{Kind: "unix", Label: "unix:/tmp/superd-config-test-beta.sock", Addr: endpoint.Address{Network: "unix", Path: "/tmp/superd-config-test-beta.sock"}, Mode: 0o660},
@@ -157,7 +157,7 @@ func TestLoadValid(t *testing.T) {
 		},
 		{
 			name: "gamma", factory: "testneeds",
-			limits: Limits{IPv6Prefix: DefaultIPv6Prefix, MaxPendingOutput: DefaultMaxPendingOutput},
+			limits: DefaultLimits(),
 			endpoints: []endpoint.Config{
 				{Kind: "tcp", Label: "tcp:localhost:0", Addr: endpoint.Address{Network: "tcp", Host: "127.0.0.1"}},
 				{Kind: "tcp", Label: "tcp:127.0.0.1:0", Addr: endpoint.Address{Network: "tcp", Host: "127.0.0.1"}},
@@ -233,7 +233,7 @@ func TestDefaults(t *testing.T) {
 		t.Errorf("MetricsAddress, ShutdownTimeout = %q, %v", f.MetricsAddress, f.ShutdownTimeout)
 	}
 	s := f.Services[0]
-	want := Limits{IPv6Prefix: DefaultIPv6Prefix, MaxPendingOutput: DefaultMaxPendingOutput}
+	want := DefaultLimits()
 	if !reflect.DeepEqual(s.Limits, want) {
 		t.Errorf("Limits = %+v, want %+v", s.Limits, want)
 	}

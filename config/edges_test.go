@@ -3,6 +3,7 @@ package config
 import (
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -111,6 +112,62 @@ func TestClientCACheckedAsAtStart(t *testing.T) {
 	}
 	if _, err := endpoint.TLSConfig(f.Services[0].Endpoints[0], time.Now()); err != nil {
 		t.Errorf("validate accepted client_ca_file, but the endpoint cannot start: %v", err)
+	}
+}
+
+// validate and start read and parse TLS files with the same functions:
+// whatever validate accepts, the endpoint starts with, and whatever it
+// refuses, the endpoint refuses too (a certificate padded past the size
+// bound used to pass at start, and a FIFO to block it).
+func TestTLSFilesCheckedAsAtStart(t *testing.T) {
+	cert, key := certPair(t, "localhost")
+	_, otherKey := certPair(t, "other")
+	padding := strings.Repeat("# padding\n", endpoint.MaxTLSFileSize/10)
+	dir := writeFiles(t, map[string]string{
+		"s.crt":      cert,
+		"s.key":      key,
+		"other.key":  otherKey,
+		"big.crt":    cert + padding,
+		"big.key":    key + padding,
+		"big-ca.crt": cert + padding,
+		"ca.crt":     cert,
+		"sub/x":      "",
+	})
+	for _, tc := range []struct {
+		name, certFile, keyFile, caFile string
+	}{
+		{"good", "s.crt", "s.key", ""},
+		{"good with a client CA", "s.crt", "s.key", "ca.crt"},
+		{"certificate too large", "big.crt", "s.key", ""},
+		{"key too large", "s.crt", "big.key", ""},
+		{"client CA too large", "s.crt", "s.key", "big-ca.crt"},
+		{"client CA a folder", "s.crt", "s.key", "sub"},
+		{"key of another certificate", "s.crt", "other.key", ""},
+		{"missing key", "s.crt", "missing.key", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ca := ""
+			if tc.caFile != "" {
+				ca = fmt.Sprintf("client_ca_file = %q", tc.caFile)
+			}
+			_, verr := Parse([]byte(fmt.Sprintf(`service "testecho" "e" {
+  endpoint "tls" {
+    address   = "127.0.0.1:0"
+    cert_file = %q
+    key_file  = %q
+    %s
+  }
+}
+`, tc.certFile, tc.keyFile, ca)), filepath.Join(dir, "superd.hcl"))
+			ep := endpoint.Config{Kind: endpoint.KindTLS, CertFile: filepath.Join(dir, tc.certFile), KeyFile: filepath.Join(dir, tc.keyFile)}
+			if tc.caFile != "" {
+				ep.ClientCAFile = filepath.Join(dir, tc.caFile)
+			}
+			_, serr := endpoint.TLSConfig(ep, time.Now())
+			if (verr == nil) != (serr == nil) {
+				t.Errorf("validate says %v\nbut start says %v", verr, serr)
+			}
+		})
 	}
 }
 

@@ -2,7 +2,6 @@ package config
 
 import (
 	"crypto/sha256"
-	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -16,13 +15,6 @@ import (
 
 	"github.com/superd-dev/superd/endpoint"
 )
-
-// DefaultUnixMode is the mode of a unix socket file when the endpoint does
-// not say.
-const DefaultUnixMode fs.FileMode = 0o660
-
-// maxTLSFileSize bounds certificate, key and CA files.
-const maxTLSFileSize = 1 << 20
 
 var endpointKinds = []string{endpoint.KindTCP, endpoint.KindTLS, endpoint.KindUnix, endpoint.KindUDP}
 
@@ -122,7 +114,7 @@ func (d *decoder) decodeEndpoint(svc *Service, blk *hcl.Block) (endpoint.Config,
 			ep.WriteBuffer, _ = d.whole(a, 1024, maxSocketBuffer)
 		}
 	case endpoint.KindUnix:
-		ep.Mode = DefaultUnixMode
+		ep.Mode = endpoint.DefaultUnixMode
 		if a := content.Attributes["path"]; a != nil {
 			if p, good := d.str(a); good {
 				ep.Label = kind + ":" + p
@@ -167,18 +159,17 @@ func (d *decoder) decodeEndpoint(svc *Service, blk *hcl.Block) (endpoint.Config,
 
 // decodeTLS fills the TLS part of ep and checks that its files exist, are
 // readable and hold a certificate and matching key (or CA certificates).
+// The files are read and parsed by endpoint's functions, which the endpoint
+// uses at start too: what validate accepts, start accepts.
 func (d *decoder) decodeTLS(ep *endpoint.Config, blk *hcl.Block, content *hcl.BodyContent) {
-	ep.MinVersion = tls.VersionTLS12
+	ep.MinVersion = endpoint.DefaultTLSMinVersion
 	if a := content.Attributes["min_version"]; a != nil {
-		s, good := d.str(a)
-		switch {
-		case !good:
-		case s == "1.2":
-			ep.MinVersion = tls.VersionTLS12
-		case s == "1.3":
-			ep.MinVersion = tls.VersionTLS13
-		default:
-			d.errorf(a.Expr.Range(), "Invalid TLS version", "min_version must be \"1.2\" or \"1.3\", not %q.", s)
+		if s, good := d.str(a); good {
+			if v, known := endpoint.ParseTLSVersion(s); known {
+				ep.MinVersion = v
+			} else {
+				d.errorf(a.Expr.Range(), "Invalid TLS version", "min_version must be \"1.2\" or \"1.3\", not %q.", s)
+			}
 		}
 	}
 	if a := content.Attributes["self_signed"]; a != nil {
@@ -210,7 +201,7 @@ func (d *decoder) decodeTLS(ep *endpoint.Config, blk *hcl.Block, content *hcl.Bo
 		ep.KeyFile, keyPEM = d.tlsFile(keyAttr)
 	}
 	if certPEM != nil && keyPEM != nil {
-		if _, err := tls.X509KeyPair(certPEM, keyPEM); err != nil {
+		if _, err := endpoint.ParseKeyPair(certPEM, keyPEM); err != nil {
 			d.errorf(certAttr.Range, "Invalid TLS certificate or key",
 				"%s and %s do not make a certificate and its key: %s.", ep.CertFile, ep.KeyFile, err)
 		}
@@ -241,7 +232,7 @@ func (d *decoder) tlsFile(attr *hcl.Attribute) (string, []byte) {
 		return "", nil
 	}
 	p := resolvePath(d.file.Dir, s)
-	data, err := readRegularFile(p, maxTLSFileSize)
+	data, err := endpoint.ReadTLSFile(p)
 	if err != nil {
 		d.errorf(attr.Expr.Range(), "Cannot read "+attr.Name,
 			"%s. Relative paths resolve against the configuration file's folder, %s.", err, d.file.Dir)

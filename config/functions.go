@@ -1,9 +1,6 @@
 package config
 
 import (
-	"errors"
-	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"unicode/utf8"
@@ -11,6 +8,8 @@ import (
 	"github.com/hashicorp/hcl/v2"
 	"github.com/zclconf/go-cty/cty"
 	"github.com/zclconf/go-cty/cty/function"
+
+	"github.com/superd-dev/superd/internal/fsutil"
 )
 
 // MaxFunctionFileSize is the largest file file() reads.
@@ -71,7 +70,7 @@ func fileFunc(dir string) function.Function {
 		Type: function.StaticReturnType(cty.String),
 		Impl: func(args []cty.Value, _ cty.Type) (cty.Value, error) {
 			path := resolvePath(dir, args[0].AsString())
-			data, err := readRegularFile(path, MaxFunctionFileSize)
+			data, err := fsutil.ReadRegularFile(path, MaxFunctionFileSize)
 			if err != nil {
 				return cty.NilVal, function.NewArgError(0, err)
 			}
@@ -89,49 +88,4 @@ func resolvePath(dir, p string) string {
 		return filepath.Clean(p)
 	}
 	return filepath.Join(dir, p)
-}
-
-// readRegularFile reads a regular file of at most limit bytes. Anything
-// else (a folder, a device, a FIFO) is an error, so a configuration can
-// never make superd block or read without end.
-func readRegularFile(path string, limit int64) ([]byte, error) {
-	// Look before opening: opening a FIFO blocks until a writer comes.
-	if fi, err := os.Stat(path); err != nil {
-		return nil, describeFileError(path, err)
-	} else if !fi.Mode().IsRegular() {
-		return nil, errors.New(path + " is not a regular file")
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, describeFileError(path, err)
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, describeFileError(path, err)
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, errors.New(path + " is not a regular file")
-	}
-	if fi.Size() > limit {
-		return nil, errors.New(path + " is too large")
-	}
-	data, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, describeFileError(path, err)
-	}
-	if int64(len(data)) > limit {
-		return nil, errors.New(path + " is too large")
-	}
-	return data, nil
-}
-
-// describeFileError turns an *fs.PathError into "PATH: cause" without the
-// name of the system call.
-func describeFileError(path string, err error) error {
-	var pe *fs.PathError
-	if errors.As(err, &pe) {
-		return errors.New(path + ": " + pe.Err.Error())
-	}
-	return err
 }

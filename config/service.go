@@ -114,10 +114,7 @@ func (d *decoder) decodeService(blk *hcl.Block) {
 		Name:     name,
 		Factory:  factoryName,
 		DefRange: blk.DefRange,
-		Limits: Limits{
-			IPv6Prefix:       DefaultIPv6Prefix,
-			MaxPendingOutput: DefaultMaxPendingOutput,
-		},
+		Limits:   DefaultLimits(),
 	}
 
 	switch first, dup := d.services[name]; {

@@ -16,17 +16,27 @@ import (
 
 // Defaults of the common attributes.
 const (
-	DefaultMetricsAddress   = "127.0.0.1:9464"
-	DefaultShutdownTimeout  = 10 * time.Second
-	DefaultMaxPendingOutput = 4 << 20
+	DefaultMetricsAddress  = "127.0.0.1:9464"
+	DefaultShutdownTimeout = 10 * time.Second
+	// DefaultMaxPendingOutput is the framework's: a connection served
+	// without a limit gets the same.
+	DefaultMaxPendingOutput = framework.DefaultMaxPendingOutput
 	DefaultIPv6Prefix       = 64
 
 	// MinMaxPendingOutput is the smallest max_pending_output accepted:
-	// 64 KiB, the mark above which reading from a peer pauses. A smaller
-	// hard limit would drop connections (an echo client sending fast) that
-	// flow control alone would have slowed down.
-	MinMaxPendingOutput = 64 << 10
+	// the framework's HighWaterMark (64 KiB), above which reading from a
+	// peer pauses. A smaller hard limit would drop connections (an echo
+	// client sending fast) that flow control alone would have slowed down.
+	MinMaxPendingOutput = framework.HighWaterMark
 )
+
+// DefaultLimits are the limits of a service block that sets none: what
+// decoding starts from, and what a Service built without a file should
+// start from too (a zero Limits groups IPv6 sources by /0, one source for
+// all of them).
+func DefaultLimits() Limits {
+	return Limits{IPv6Prefix: DefaultIPv6Prefix, MaxPendingOutput: DefaultMaxPendingOutput}
+}
 
 // File is a decoded, validated configuration file.
 type File struct {

@@ -46,7 +46,8 @@ type Config struct {
 	ReusePort               bool
 	ReadBuffer, WriteBuffer int
 
-	// Mode is applied to the unix socket file before the first accept.
+	// Mode is applied to the unix socket file before the first accept
+	// (see UnixMode).
 	Mode fs.FileMode
 
 	// TLS: certificate and key files (resolved paths), or SelfSigned.
@@ -77,4 +78,17 @@ func (p *ProxyProtocol) Trusts(ip netip.Addr) bool {
 		}
 	}
 	return false
+}
+
+// DefaultUnixMode is the mode of a unix socket file when the endpoint does
+// not say ("0660": the owner and its group may connect).
+const DefaultUnixMode fs.FileMode = 0o660
+
+// UnixMode is the mode of a unix endpoint's socket file: Mode's permission
+// bits, or DefaultUnixMode when there are none.
+func (c Config) UnixMode() fs.FileMode {
+	if m := c.Mode.Perm(); m != 0 {
+		return m
+	}
+	return DefaultUnixMode
 }

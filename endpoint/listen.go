@@ -11,10 +11,6 @@ import (
 	"time"
 )
 
-// DefaultUnixMode is the permission given to a unix socket whose Config has
-// no Mode (the configuration's default, "0660").
-const DefaultUnixMode fs.FileMode = 0o660
-
 // probeTimeout bounds the dial that tells a stale unix socket from a live one.
 const probeTimeout = time.Second
 
@@ -79,7 +75,7 @@ func labelOf(cfg Config) string {
 //   - a stale socket file (one where connecting is refused: its server is
 //     dead) is removed and replaced; a socket where a live server answers,
 //     or a path that is not a socket, is an error and is never deleted;
-//   - the socket file gets cfg.Mode (DefaultUnixMode when zero) before the
+//   - the socket file gets cfg.UnixMode() before the
 //     socket starts listening, so no client can connect while it has any
 //     other mode (see bindUnix);
 //   - the mode is never set through a symbolic link, and only on the socket
@@ -126,11 +122,7 @@ func listenUnix(cfg Config) (net.Listener, error) {
 	if err := removeStale(path); err != nil {
 		return nil, err
 	}
-	mode := cfg.Mode.Perm()
-	if mode == 0 {
-		mode = DefaultUnixMode
-	}
-	return bindUnix(path, mode)
+	return bindUnix(path, cfg.UnixMode())
 }
 
 // removeStale makes way for a new socket at path: nothing there is fine; a

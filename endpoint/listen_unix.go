@@ -49,14 +49,10 @@ func (l *UnixListener) Close() error {
 	return err
 }
 
-// SetMode gives the socket file mode (DefaultUnixMode when 0), as at
-// Listen: never through a symbolic link, and only if the path still names
-// this listener's socket. A reload that keeps the socket and changes its
-// mode calls it.
+// SetMode gives the socket file mode as Listen did: never through a
+// symbolic link, and only if the path still names this listener's socket.
+// A reload that keeps the socket and changes its mode calls it.
 func (l *UnixListener) SetMode(mode fs.FileMode) error {
-	if mode.Perm() == 0 {
-		mode = DefaultUnixMode
-	}
 	_, err := setSocketMode(l.path, mode, l.id)
 	return err
 }

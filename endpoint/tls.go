@@ -10,12 +10,16 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"maps"
 	"math/big"
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"time"
+
+	"github.com/superd-dev/superd/internal/fsutil"
 )
 
 // SelfSignedValidity is how long a certificate made by SelfSignedCertificate
@@ -26,12 +30,45 @@ const SelfSignedValidity = 365 * 24 * time.Hour
 // little behind still accepts them.
 const clockSkew = time.Hour
 
+// MaxTLSFileSize bounds certificate, key and client CA files.
+const MaxTLSFileSize = 1 << 20
+
+// DefaultTLSMinVersion is a tls endpoint's min_version when it sets none.
+const DefaultTLSMinVersion = tls.VersionTLS12
+
+// tlsVersions are the values min_version accepts.
+var tlsVersions = map[string]uint16{"1.2": tls.VersionTLS12, "1.3": tls.VersionTLS13}
+
+// ParseTLSVersion parses a min_version: "1.2" or "1.3".
+func ParseTLSVersion(s string) (uint16, bool) {
+	v, ok := tlsVersions[s]
+	return v, ok
+}
+
+// The TLS material of an endpoint is read and parsed by the functions
+// below, at start (TLSConfig) and by the configuration's validation alike,
+// so `superd validate` accepts exactly the files start will.
+
+// ReadTLSFile reads a certificate, key or client CA file: a regular file
+// (never a FIFO or a device, which could block or never end) of at most
+// MaxTLSFileSize bytes. Errors read "PATH: cause", "PATH is not a regular
+// file" or "PATH is too large".
+func ReadTLSFile(path string) ([]byte, error) {
+	return fsutil.ReadRegularFile(path, MaxTLSFileSize)
+}
+
+// ParseKeyPair parses a certificate chain and its private key, both PEM,
+// and checks that they match.
+func ParseKeyPair(certPEM, keyPEM []byte) (tls.Certificate, error) {
+	return tls.X509KeyPair(certPEM, keyPEM)
+}
+
 // TLSConfig builds the server-side tls.Config of a tls endpoint:
 //   - its certificate comes from cfg.CertFile and cfg.KeyFile, or, when
 //     cfg.SelfSigned, is generated in memory at time now (see
 //     SelfSignedHosts for the names it is valid for);
-//   - MinVersion is cfg.MinVersion (TLS 1.2 when zero; only 1.2 and 1.3 are
-//     accepted);
+//   - MinVersion is cfg.MinVersion (DefaultTLSMinVersion when zero; only
+//     1.2 and 1.3 are accepted);
 //   - with cfg.ClientCAFile, clients must present a certificate signed by
 //     one of the certificates in that PEM file
 //     (tls.RequireAndVerifyClientCert); a file holding no certificate is an
@@ -49,11 +86,10 @@ func TLSConfig(cfg Config, now time.Time) (*tls.Config, error) {
 
 func tlsConfig(cfg Config, now time.Time) (*tls.Config, error) {
 	minVersion := cfg.MinVersion
-	switch minVersion {
-	case 0:
-		minVersion = tls.VersionTLS12
-	case tls.VersionTLS12, tls.VersionTLS13:
-	default:
+	if minVersion == 0 {
+		minVersion = DefaultTLSMinVersion
+	}
+	if !slices.Contains(slices.Collect(maps.Values(tlsVersions)), minVersion) { // 1.2, 1.3
 		return nil, fmt.Errorf("unsupported TLS min_version %s (use 1.2 or 1.3)", tls.VersionName(minVersion))
 	}
 
@@ -67,8 +103,15 @@ func tlsConfig(cfg Config, now time.Time) (*tls.Config, error) {
 			return nil, fmt.Errorf("self-signed certificate: %w", err)
 		}
 	case cfg.CertFile != "" && cfg.KeyFile != "":
-		var err error
-		if cert, err = tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile); err != nil {
+		certPEM, err := ReadTLSFile(cfg.CertFile)
+		if err != nil {
+			return nil, fmt.Errorf("cert_file: %w", err)
+		}
+		keyPEM, err := ReadTLSFile(cfg.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("key_file: %w", err)
+		}
+		if cert, err = ParseKeyPair(certPEM, keyPEM); err != nil {
 			return nil, fmt.Errorf("load certificate: %w", err)
 		}
 	default:
@@ -92,7 +135,7 @@ func tlsConfig(cfg Config, now time.Time) (*tls.Config, error) {
 
 // loadCertPool reads a client CA file with ParseCertPool.
 func loadCertPool(file string) (*x509.CertPool, error) {
-	data, err := os.ReadFile(file)
+	data, err := ReadTLSFile(file)
 	if err != nil {
 		return nil, err
 	}

@@ -349,6 +349,12 @@ func TestTLSConfigErrors(t *testing.T) {
 	keyOnly := keyFile // a PEM file, but no certificate in it
 	badCert := write("bad.pem", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
 	missing := filepath.Join(dir, "missing.pem")
+	// A good certificate that a megabyte of comment makes too large.
+	cert, err := os.ReadFile(certFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	large := write("large.pem", string(cert)+strings.Repeat("# padding\n", MaxTLSFileSize/10))
 
 	files := Config{Kind: KindTLS, Label: "tls:127.0.0.1:8443", Addr: mustParse(KindTLS, "127.0.0.1:8443"), CertFile: certFile, KeyFile: keyFile}
 	with := func(f func(*Config)) Config {
@@ -362,13 +368,16 @@ func TestTLSConfigErrors(t *testing.T) {
 		want string
 	}{
 		{"missing cert file", with(func(c *Config) { c.CertFile = missing }),
-			"endpoint tls:127.0.0.1:8443: load certificate: open " + missing},
+			"endpoint tls:127.0.0.1:8443: cert_file: " + missing + ": no such file or directory"},
+		{"missing key file", with(func(c *Config) { c.KeyFile = missing }), "key_file: " + missing + ": no such file or directory"},
+		{"cert file is a folder", with(func(c *Config) { c.CertFile = dir }), "cert_file: " + dir + " is not a regular file"},
+		{"cert file too large", with(func(c *Config) { c.CertFile = large }), "cert_file: " + large + " is too large"},
 		{"key does not match", with(func(c *Config) { c.KeyFile = otherKey }), "load certificate: tls: private key does not match public key"},
 		{"no certificate", with(func(c *Config) { c.CertFile, c.KeyFile = "", "" }), "needs cert_file and key_file, or self_signed = true"},
 		{"only a key", with(func(c *Config) { c.CertFile = "" }), "needs cert_file and key_file"},
 		{"both", with(func(c *Config) { c.SelfSigned = true }), "self_signed and cert_file/key_file are exclusive"},
 		{"min version 1.1", with(func(c *Config) { c.MinVersion = tls.VersionTLS11 }), "unsupported TLS min_version TLS 1.1"},
-		{"missing CA file", with(func(c *Config) { c.ClientCAFile = missing }), "client_ca_file: open " + missing},
+		{"missing CA file", with(func(c *Config) { c.ClientCAFile = missing }), "client_ca_file: " + missing + ": no such file or directory"},
 		{"empty CA file", with(func(c *Config) { c.ClientCAFile = empty }), "client_ca_file: " + empty + ": no PEM certificate found"},
 		{"CA file not PEM", with(func(c *Config) { c.ClientCAFile = notPEM }), "no PEM certificate found"},
 		{"CA file holds a key", with(func(c *Config) { c.ClientCAFile = keyOnly }), "no PEM certificate found"},

@@ -505,7 +505,7 @@ func (s *service) activate() {
 			// mode, to the socket file and nothing else (see
 			// endpoint.UnixListener).
 			if ml, ok := b.sock.ln.(interface{ SetMode(fs.FileMode) error }); ok {
-				if err := ml.SetMode(b.ep.Mode); err != nil {
+				if err := ml.SetMode(b.ep.UnixMode()); err != nil {
 					s.log.Error("cannot set the socket file's mode", "endpoint", b.ep.Label, "err", err)
 				}
 			}

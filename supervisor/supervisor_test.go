@@ -122,11 +122,13 @@ func unixEndpoint(path string, mode fs.FileMode) endpoint.Config {
 
 func serviceConfig(name string, f framework.Factory, lim config.Limits, eps ...endpoint.Config) *config.Service {
 	spec := &framework.Spec{Name: "lifecycle", New: func(*framework.Config) (framework.Factory, error) { return f, nil }}
+	// What the tests leave at zero takes the configuration's default.
+	def := config.DefaultLimits()
 	if lim.MaxPendingOutput == 0 {
-		lim.MaxPendingOutput = config.DefaultMaxPendingOutput
+		lim.MaxPendingOutput = def.MaxPendingOutput
 	}
 	if lim.IPv6Prefix == 0 {
-		lim.IPv6Prefix = 64
+		lim.IPv6Prefix = def.IPv6Prefix
 	}
 	return &config.Service{
 		Name: name, Factory: "lifecycle", Spec: spec,
