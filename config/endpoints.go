@@ -22,10 +22,24 @@ var endpointSchemas = map[string]*hcl.BodySchema{
 	endpoint.KindTCP: {Attributes: []hcl.AttributeSchema{
 		{Name: "address", Required: true},
 		{Name: "name"},
+		{Name: "backlog"},
+		{Name: "nodelay"},
+		{Name: "keepalive"},
+		{Name: "keepalive_interval"},
+		{Name: "keepalive_count"},
+		{Name: "reuse_port"},
+		{Name: "v6only"},
 	}, Blocks: []hcl.BlockHeaderSchema{{Type: "proxy_protocol"}}},
 	endpoint.KindTLS: {Attributes: []hcl.AttributeSchema{
 		{Name: "address", Required: true},
 		{Name: "name"},
+		{Name: "backlog"},
+		{Name: "nodelay"},
+		{Name: "keepalive"},
+		{Name: "keepalive_interval"},
+		{Name: "keepalive_count"},
+		{Name: "reuse_port"},
+		{Name: "v6only"},
 		{Name: "cert_file"},
 		{Name: "key_file"},
 		{Name: "client_ca_file"},
@@ -99,6 +113,9 @@ func (d *decoder) decodeEndpoint(svc *Service, blk *hcl.Block) (endpoint.Config,
 				d.claim(socket{addr: ep.Addr, written: addr, desc: endpointDesc(ep.Label, svc.Name), rng: a.Expr.Range()})
 			}
 		}
+	}
+	if kind == endpoint.KindTCP || kind == endpoint.KindTLS {
+		d.decodeTCPOptions(&ep, content)
 	}
 	switch kind {
 	case endpoint.KindTLS:
@@ -391,4 +408,51 @@ func (d *decoder) decodeProxyProtocol(blk *hcl.Block) *endpoint.ProxyProtocol {
 		}
 	}
 	return pp
+}
+
+// maxBacklog is the most listen(2) takes (older kernels keep 16 bits).
+const maxBacklog = 65535
+
+// decodeTCPOptions decodes the socket options of a tcp or tls endpoint.
+func (d *decoder) decodeTCPOptions(ep *endpoint.Config, content *hcl.BodyContent) {
+	o := &ep.TCP
+	if a := content.Attributes["backlog"]; a != nil {
+		o.Backlog, _ = d.whole(a, 1, maxBacklog)
+	}
+	if a := content.Attributes["nodelay"]; a != nil {
+		if v, ok := d.boolean(a); ok {
+			o.Nagle = !v
+		}
+	}
+	if a := content.Attributes["keepalive"]; a != nil {
+		if v, ok := d.duration(a); ok {
+			o.Keepalive = v
+			if v == 0 {
+				o.Keepalive = -1 // "0s": none
+			} else if v < time.Second {
+				d.errorf(a.Expr.Range(), "Invalid keepalive", "keepalive is whole seconds of idle time, at least \"1s\" (\"0s\" turns keepalive off).")
+			}
+		}
+	}
+	if a := content.Attributes["keepalive_interval"]; a != nil {
+		if v, ok := d.duration(a); ok {
+			if v < time.Second {
+				d.errorf(a.Expr.Range(), "Invalid keepalive_interval", "keepalive_interval is whole seconds between probes, at least \"1s\".")
+			}
+			o.KeepaliveInterval = v
+		}
+	}
+	if a := content.Attributes["keepalive_count"]; a != nil {
+		o.KeepaliveCount, _ = d.whole(a, 1, 127)
+	}
+	if a := content.Attributes["reuse_port"]; a != nil {
+		ep.ReusePort, _ = d.boolean(a)
+	}
+	if a := content.Attributes["v6only"]; a != nil {
+		o.V6Only, _ = d.boolean(a)
+		if written := strings.TrimPrefix(ep.Label, ep.Kind+":"); o.V6Only && !strings.HasPrefix(written, "[") {
+			d.errorf(a.Expr.Range(), "v6only needs an IPv6 address",
+				"v6only keeps IPv4 clients off an IPv6 listener; the address %q is not one (write \"[::]:PORT\").", written)
+		}
+	}
 }

@@ -42,9 +42,12 @@ type Config struct {
 	// from trusted peers; nil: none is read.
 	Proxy *ProxyProtocol
 
-	// udp: SO_REUSEPORT, and the socket's buffer sizes (0: the system's).
-	ReusePort               bool
+	// tcp, tls and udp: SO_REUSEPORT (several processes share the port).
+	ReusePort bool
+	// udp: the socket's buffer sizes (0: the system's).
 	ReadBuffer, WriteBuffer int
+	// TCP: socket options of the listener and its connections.
+	TCP TCPOptions
 
 	// Mode is applied to the unix socket file before the first accept
 	// (see UnixMode).
@@ -92,3 +95,25 @@ func (c Config) UnixMode() fs.FileMode {
 	}
 	return DefaultUnixMode
 }
+
+// TCPOptions are the socket options of a tcp or tls endpoint. The zero
+// value is the default: the kernel's backlog, no Nagle delay, keepalive
+// probes after 15 s idle, dual stack.
+type TCPOptions struct {
+	// Backlog is listen(2)'s queue length; 0: the kernel's somaxconn.
+	Backlog int
+	// Nagle turns Nagle's algorithm on (nodelay = false).
+	Nagle bool
+	// Keepalive is the idle time before TCP keepalive probes: 0 means
+	// DefaultKeepalive, a negative value none. KeepaliveInterval and
+	// KeepaliveCount are their spacing and number (0: the kernel's).
+	Keepalive         time.Duration
+	KeepaliveInterval time.Duration
+	KeepaliveCount    int
+	// V6Only makes a [::] listener IPv6 only (no IPv4-mapped clients).
+	V6Only bool
+}
+
+// DefaultKeepalive is the keepalive idle time of an endpoint that sets
+// none (Go's own default).
+const DefaultKeepalive = 15 * time.Second

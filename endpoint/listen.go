@@ -97,13 +97,70 @@ func Listen(cfg Config) (net.Listener, error) {
 	case cfg.Kind == KindUnix:
 		ln, err = listenUnix(cfg)
 	default:
-		ln, err = net.Listen(NetworkTCP, cfg.Addr.String())
+		ln, err = listenTCP(cfg)
 	}
 	if err != nil {
 		return nil, &ListenError{Label: label, Err: err, Hint: hint(cfg, err)}
 	}
 	return ln, nil
 }
+
+// listenTCP opens a tcp or tls endpoint's listener with its socket
+// options: SO_REUSEPORT and IPV6_V6ONLY before bind, the backlog, and the
+// keepalive and Nagle settings of every accepted connection.
+func listenTCP(cfg Config) (net.Listener, error) {
+	o := cfg.TCP
+	if o.Keepalive == 0 {
+		o.Keepalive = DefaultKeepalive
+	}
+	lc := net.ListenConfig{
+		Control: func(network, address string, c syscall.RawConn) error {
+			// v6only concerns IPv6 sockets: [::] or every address.
+			return setListenerOptions(c, cfg.ReusePort, o.V6Only && network == "tcp6")
+		},
+		KeepAliveConfig: net.KeepAliveConfig{Enable: o.Keepalive > 0, Idle: o.Keepalive,
+			Interval: o.KeepaliveInterval, Count: o.KeepaliveCount},
+	}
+	if o.Keepalive <= 0 {
+		lc.KeepAlive = -1
+		lc.KeepAliveConfig = net.KeepAliveConfig{Enable: false}
+	} else {
+		if lc.KeepAliveConfig.Interval == 0 {
+			lc.KeepAliveConfig.Interval = -1 // the kernel's
+		}
+		if lc.KeepAliveConfig.Count == 0 {
+			lc.KeepAliveConfig.Count = -1
+		}
+	}
+	ln, err := lc.Listen(context.Background(), NetworkTCP, cfg.Addr.String())
+	if err != nil {
+		return nil, err
+	}
+	if o.Backlog > 0 {
+		if err := setBacklog(ln.(*net.TCPListener), o.Backlog); err != nil {
+			ln.Close()
+			return nil, err
+		}
+	}
+	if o.Nagle {
+		return nagleListener{ln.(*net.TCPListener)}, nil
+	}
+	return ln, nil
+}
+
+// nagleListener turns Nagle's algorithm back on for each connection (Go
+// disables it by default).
+type nagleListener struct{ *net.TCPListener }
+
+func (l nagleListener) Accept() (net.Conn, error) {
+	c, err := l.TCPListener.AcceptTCP()
+	if err != nil {
+		return nil, err
+	}
+	c.SetNoDelay(false)
+	return c, nil
+}
+
 
 // hint says what to do about a listen error, where there is something to
 // say: a TCP port in use is held by another process, and ss names it. (The

@@ -35,3 +35,12 @@ func removeIfSame(path string, fi fs.FileInfo) error { return os.Remove(path) }
 func reusePort(network, address string, c syscall.RawConn) error {
 	return errors.New("reuse_port is not supported on this system")
 }
+
+func setListenerOptions(c syscall.RawConn, reuse, v6only bool) error {
+	if reuse || v6only {
+		return errors.New("reuse_port and v6only are not supported on this system")
+	}
+	return nil
+}
+
+func setBacklog(ln *net.TCPListener, backlog int) error { return nil }

@@ -220,3 +220,39 @@ func reusePort(network, address string, c syscall.RawConn) error {
 	}
 	return os.NewSyscallError("setsockopt SO_REUSEPORT", serr)
 }
+
+// setListenerOptions sets what must be set before bind.
+func setListenerOptions(c syscall.RawConn, reuse, v6only bool) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		if reuse {
+			if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); serr != nil {
+				serr = os.NewSyscallError("setsockopt SO_REUSEPORT", serr)
+				return
+			}
+		}
+		if v6only {
+			if serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1); serr != nil {
+				serr = os.NewSyscallError("setsockopt IPV6_V6ONLY", serr)
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
+// setBacklog calls listen(2) again with the backlog asked for: on a
+// listening socket that only changes its queue length.
+func setBacklog(ln *net.TCPListener, backlog int) error {
+	raw, err := ln.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var lerr error
+	if err := raw.Control(func(fd uintptr) { lerr = unix.Listen(int(fd), backlog) }); err != nil {
+		return err
+	}
+	return os.NewSyscallError("listen", lerr)
+}

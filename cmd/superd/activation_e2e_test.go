@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -170,9 +171,16 @@ service "echo" "e" {
 		go func() {
 			defer wg.Done()
 			for i := 0; !stop.Load(); i++ {
-				if err := echoOnce("tcp", addr, fmt.Sprintf("w%d-%d", w, i)); err != nil {
-					errs <- err
+				err := echoOnce("tcp", addr, fmt.Sprintf("w%d-%d", w, i))
+				switch {
+				case errors.Is(err, syscall.ECONNREFUSED):
+					errs <- err // what the held socket must prevent
 					return
+				case err != nil:
+					// Accepted by the stopping superd just as it closed its
+					// listener, and closed by its drain before any byte
+					// arrived: not a refusal; the client tries again.
+					continue
 				}
 				served.Add(1)
 			}
