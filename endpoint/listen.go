@@ -161,7 +161,6 @@ func (l nagleListener) Accept() (net.Conn, error) {
 	return c, nil
 }
 
-
 // hint says what to do about a listen error, where there is something to
 // say: a TCP port in use is held by another process, and ss names it. (The
 // configuration never binds one address twice; when a reload asks for an
