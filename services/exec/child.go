@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"runtime"
 	"strconv"
 	"sync"
 	"syscall"
@@ -17,13 +18,20 @@ import (
 // child is one running program.
 type child struct {
 	f     *Factory
-	proc  *os.Process
 	pid   int
 	peer  string // for the exit line; "" in wait mode
 	start time.Time
+	// pidfd is the child's pidfd, watched by the runtime's poller: the
+	// goroutine waiting for the child parks instead of holding a thread in
+	// waitid. nil where pidfds do not work (the wait then blocks a thread).
+	pidfd *os.File
 	// stderrDone is closed when the stderr logger has read everything
 	// (nil without one).
 	stderrDone chan struct{}
+
+	mu     sync.Mutex
+	reaped bool // its pid, and process group id, may be another's now: no more signals
+	killed bool // sent SIGKILL at shutdown_timeout while it ran
 }
 
 // start starts the program with files as its fd 0, 1, ... (fd 2 is set
@@ -54,17 +62,26 @@ func (f *Factory) start(files []*os.File, env []string, peer string, listenPID b
 		path = "/proc/self/exe"
 		argv = append([]string{shimName, st.encode(), f.path}, f.argv...)
 	}
-	attr := &os.ProcAttr{
-		Dir:   f.dir,
-		Env:   append(append(make([]string, 0, len(f.baseEnv)+len(env)), f.baseEnv...), env...),
-		Files: all,
-		Sys: &syscall.SysProcAttr{
-			Setsid:     true, // its own session and process group, no terminal
-			Credential: f.cred,
-		},
+	sys := &syscall.SysProcAttr{
+		Setsid:     true, // its own session and process group, no terminal
+		Credential: f.cred,
+	}
+	pidfd := -1
+	if pidfdWorks() {
+		sys.PidFD = &pidfd
+	}
+	fds := make([]uintptr, len(all))
+	for i, file := range all {
+		fds[i] = file.Fd()
 	}
 	f.children.Add(1)
-	proc, err := os.StartProcess(path, argv, attr)
+	pid, _, err := syscall.StartProcess(path, argv, &syscall.ProcAttr{
+		Dir:   f.dir,
+		Env:   append(append(make([]string, 0, len(f.baseEnv)+len(env)), f.baseEnv...), env...),
+		Files: fds,
+		Sys:   sys,
+	})
+	runtime.KeepAlive(all)
 	if stderrW != nil {
 		stderrW.Close() // the child has its own copy
 	}
@@ -73,9 +90,12 @@ func (f *Factory) start(files []*os.File, env []string, peer string, listenPID b
 		if stderrR != nil {
 			stderrR.Close()
 		}
-		return nil, err
+		return nil, &os.PathError{Op: "fork/exec", Path: path, Err: err}
 	}
-	c := &child{f: f, proc: proc, pid: proc.Pid, peer: peer, start: time.Now()}
+	c := &child{f: f, pid: pid, peer: peer, start: time.Now()}
+	if pidfd >= 0 {
+		c.pidfd = pollable(pidfd)
+	}
 	f.procs.Inc()
 	if stderrR != nil {
 		c.stderrDone = make(chan struct{})
@@ -85,22 +105,20 @@ func (f *Factory) start(files []*os.File, env []string, peer string, listenPID b
 }
 
 // wait reaps the child (it runs as soon as the child exits, so no zombie
-// stays), logs its exit and counts it. It reports whether the child exited
-// with status 0.
-func (c *child) wait() (*os.ProcessState, error) {
-	state, err := c.proc.Wait()
+// stays), logs its exit and counts it.
+func (c *child) wait() (syscall.WaitStatus, error) {
+	ws, err := c.reap()
 	c.f.children.Done()
 	c.f.procs.Dec()
 	if err != nil {
 		c.f.log.Error("cannot wait for program", "pid", c.pid, "err", err)
-		return nil, err
+		return 0, err
 	}
 	dur := time.Since(c.start)
 	attrs := []any{"pid", c.pid}
 	if c.peer != "" {
 		attrs = append(attrs, "peer", c.peer)
 	}
-	ws := state.Sys().(syscall.WaitStatus)
 	result := ResultSuccess
 	switch {
 	case ws.Signaled():
@@ -115,23 +133,94 @@ func (c *child) wait() (*os.ProcessState, error) {
 	attrs = append(attrs, "duration", dur.Round(time.Microsecond))
 	c.f.results[result].Inc()
 	c.f.log.Info("program exited", attrs...)
-	return state, nil
+	return ws, nil
+}
+
+// reap waits until the child has exited and reaps it. With a pidfd the
+// goroutine parks in the runtime's poller until the pidfd is readable (the
+// child has exited); otherwise it blocks in waitid.
+func (c *child) reap() (syscall.WaitStatus, error) {
+	if c.pidfd != nil {
+		defer c.pidfd.Close()
+		if rc, err := c.pidfd.SyscallConn(); err == nil {
+			var ws syscall.WaitStatus
+			var werr error
+			if err := rc.Read(func(uintptr) bool {
+				var done bool
+				done, ws, werr = c.tryReap()
+				return done
+			}); err == nil {
+				return ws, werr
+			}
+		}
+		// The poller did not take the pidfd: wait below.
+	}
+	for {
+		var info unix.Siginfo
+		err := unix.Waitid(unix.P_PID, c.pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+		if err == nil {
+			break
+		}
+		if err != unix.EINTR {
+			c.mu.Lock()
+			c.reaped = true
+			c.mu.Unlock()
+			return 0, os.NewSyscallError("waitid", err)
+		}
+	}
+	_, ws, err := c.tryReap()
+	return ws, err
+}
+
+// tryReap reaps the child if it has exited; done reports whether it has
+// (or cannot be waited for). Once it is reaped, signal sends nothing.
+func (c *child) tryReap() (done bool, ws syscall.WaitStatus, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for {
+		var pid int
+		pid, err = syscall.Wait4(c.pid, &ws, syscall.WNOHANG, nil)
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err != nil:
+			c.reaped = true
+			return true, 0, os.NewSyscallError("wait4", err)
+		case pid == 0:
+			return false, 0, nil // still running
+		}
+		c.reaped = true
+		return true, ws, nil
+	}
 }
 
 // signal sends sig to the child's process group (its descendants too,
-// unless they left it).
+// unless they left it), unless the child has been reaped.
 func (c *child) signal(sig syscall.Signal) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.reaped {
+		return
+	}
+	if sig == syscall.SIGKILL {
+		c.killed = true
+	}
 	if err := syscall.Kill(-c.pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
 		c.f.log.Warn("cannot signal program", "pid", c.pid, "signal", unix.SignalName(sig), "err", err)
 	}
 }
 
+// wasKilled reports whether the child was sent SIGKILL at
+// shutdown_timeout while it ran.
+func (c *child) wasKilled() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.killed
+}
+
 // watch sends stop_signal when stopping closes and SIGKILL when killed
-// closes, until done closes. It reports (through the returned func, once
-// done) whether the child was killed.
-func (c *child) watch(stopping, killed <-chan struct{}, done <-chan struct{}) (wasKilled func() bool) {
-	var mu sync.Mutex
-	k := false
+// closes, until done closes.
+func (c *child) watch(stopping, killed <-chan struct{}, done <-chan struct{}) {
 	go func() {
 		for stopping != nil || killed != nil {
 			select {
@@ -142,14 +231,10 @@ func (c *child) watch(stopping, killed <-chan struct{}, done <-chan struct{}) (w
 				c.signal(c.f.stopSignal)
 			case <-killed:
 				killed = nil
-				mu.Lock()
-				k = true
-				mu.Unlock()
 				c.signal(syscall.SIGKILL)
 			}
 		}
 	}()
-	return func() bool { mu.Lock(); defer mu.Unlock(); return k }
 }
 
 // Stderr logging is bounded: lines are cut at maxStderrLine bytes and at
@@ -231,4 +316,24 @@ func closeInheritedOnExec() {
 			}
 		}
 	})
+}
+
+// pidfdWorks reports whether children can be started with a pidfd that
+// waitid accepts (Linux 5.4 and later, unless a seccomp filter forbids it).
+var pidfdWorks = sync.OnceValue(func() bool {
+	fd, err := unix.PidfdOpen(os.Getpid(), 0)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	var info unix.Siginfo
+	// superd is not its own parent: ECHILD says P_PIDFD is understood.
+	return unix.Waitid(unix.P_PIDFD, fd, &info, unix.WEXITED|unix.WNOHANG, nil) == unix.ECHILD
+})
+
+// pollable makes a pidfd an *os.File in the runtime's poller (a
+// non-blocking descriptor is registered there).
+func pollable(pidfd int) *os.File {
+	unix.FcntlInt(uintptr(pidfd), unix.F_SETFL, unix.O_NONBLOCK)
+	return os.NewFile(uintptr(pidfd), "pidfd")
 }

@@ -68,10 +68,10 @@ func (f *Factory) serveRelayed(hc *framework.HandedConn, env []string) error {
 	}()
 
 	procDone := make(chan struct{})
-	killed := ch.watch(hc.Stopping, hc.Killed, procDone)
-	state, werr := ch.wait()
+	ch.watch(hc.Stopping, hc.Killed, procDone)
+	ws, werr := ch.wait()
 	close(procDone)
-	recordExit(hc, ch.pid, state)
+	recordExit(hc, ch.pid, ws, werr)
 	// Everything the child wrote is passed on, unless the drain's time is
 	// up; then the client connection closes too (aborted: cut).
 	cut := false
@@ -88,7 +88,7 @@ func (f *Factory) serveRelayed(hc *framework.HandedConn, env []string) error {
 	<-downDone
 	<-upDone
 	switch {
-	case killed() || cut:
+	case ch.wasKilled() || cut:
 		return framework.ErrShutdownTimeout
 	case idle:
 		return framework.ErrIdleTimeout

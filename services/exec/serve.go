@@ -49,14 +49,14 @@ func (f *Factory) serveDirect(hc *framework.HandedConn, c interface {
 	hc.Served()
 	hc.SetRunningPID(ch.pid)
 	done := make(chan struct{})
-	killed := ch.watch(hc.Stopping, hc.Killed, done)
-	state, werr := ch.wait()
+	ch.watch(hc.Stopping, hc.Killed, done)
+	ws, werr := ch.wait()
 	close(done)
-	recordExit(hc, ch.pid, state)
+	recordExit(hc, ch.pid, ws, werr)
 	if isTCP {
 		countTCP(file, hc)
 	}
-	if killed() {
+	if ch.wasKilled() {
 		return framework.ErrShutdownTimeout
 	}
 	return werr
@@ -101,19 +101,17 @@ func countTCP(file *os.File, hc *framework.HandedConn) {
 }
 
 // recordExit tells the access log and the status view how the program
-// serving hc ended.
-func recordExit(hc *framework.HandedConn, pid int, state *os.ProcessState) {
+// serving hc ended (err: it could not be waited for).
+func recordExit(hc *framework.HandedConn, pid int, ws syscall.WaitStatus, err error) {
 	hc.SetRunningPID(0)
 	hc.PID = pid
-	if state == nil {
+	if err != nil {
 		return
 	}
-	ws, ok := state.Sys().(syscall.WaitStatus)
-	switch {
-	case ok && ws.Signaled():
+	if ws.Signaled() {
 		hc.Exit = unix.SignalName(ws.Signal())
-	default:
-		hc.Exit = strconv.Itoa(state.ExitCode())
+	} else {
+		hc.Exit = strconv.Itoa(ws.ExitStatus())
 	}
 }
 

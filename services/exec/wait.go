@@ -36,10 +36,10 @@ func (f *Factory) ServeListener(l *framework.HandedListener) error {
 	f.log.Info("program started for waiting connections", "pid", ch.pid, "endpoint", l.Endpoint)
 	done := make(chan struct{})
 	ch.watch(l.Stopping, l.Killed, done)
-	state, _ := ch.wait()
+	ws, err := ch.wait()
 	close(done)
 	quick := time.Since(ch.start) < quickExit
-	failed := state == nil || !state.Success()
+	failed := err != nil || !ws.Exited() || ws.ExitStatus() != 0
 	if quick && (failed || pending(l.File)) {
 		delay := f.backoff.failed()
 		f.log.Warn("program ended soon after its start; restarting after a delay",
