@@ -1,6 +1,7 @@
 package framework
 
 import (
+	"context"
 	"net"
 	"os"
 	"sync/atomic"
@@ -15,12 +16,12 @@ import (
 // would exist still applies (allow/deny, every limit, the TLS handshake),
 // the connection counts as active until ServeConn returns, and the
 // supervisor tells the handler when the service begins draining and when
-// its time is up.
+// its time is up (HandedConn.Stopping and Killed).
 type ConnHandler interface {
 	// ServeConn serves one connection until it is over, and closes it.
 	// It calls c.Served once the connection is being served (for exec:
 	// the program started). It returns nil for a clean end,
-	// ErrShutdownTimeout when it ended because Killed was closed,
+	// ErrShutdownTimeout when it ended because Killed was done,
 	// ErrIdleTimeout when it enforced IdleTimeout, another error
 	// (counted as lost), or, without calling Served, a *RejectError
 	// (counted as a rejection). It is called from many goroutines at once.
@@ -52,11 +53,14 @@ type HandedConn struct {
 	IdleTimeout time.Duration
 	// Received and Sent count application bytes as they move.
 	Received, Sent prometheus.Counter
-	// Stopping is closed when the service begins draining (shutdown, or a
-	// reload that replaces or removes it): finish soon.
-	Stopping <-chan struct{}
-	// Killed is closed when the drain has run out of time: end now.
-	Killed <-chan struct{}
+	// Stopping is done when the service begins draining (shutdown, or a
+	// reload that replaces or removes it): finish soon. Killed is done
+	// when the drain has run out of time: end now (Killed is never done
+	// before Stopping). They belong to the service and are shared by all
+	// the connections it hands over, so watching them costs a connection
+	// nothing until they are done: context.AfterFunc registers a function
+	// without a goroutine. Done() serves a select.
+	Stopping, Killed context.Context
 	// Served is set by superd: the handler calls it once, when the
 	// connection is being served, from which point it is counted as
 	// handed to a protocol (superd_connections_total, _active).
@@ -102,9 +106,8 @@ type HandedListener struct {
 	File *os.File
 	// Endpoint is the endpoint's label, such as "tcp:127.0.0.1:7079".
 	Endpoint string
-	// Stopping and Killed are as for HandedConn.
-	Stopping <-chan struct{}
-	Killed   <-chan struct{}
+	// Stopping and Killed are as for HandedConn (for this call).
+	Stopping, Killed context.Context
 }
 
 // EndpointChecker is implemented by factories that serve only some kinds

@@ -1,10 +1,10 @@
 package supervisor
 
 import (
+	"context"
 	"errors"
 	"net"
 	"os"
-	"sync"
 	"syscall"
 	"time"
 
@@ -20,23 +20,28 @@ type servedConn interface {
 	Abort(reason error)
 }
 
-// handoff tells a factory serving a connection or a listening socket itself
+// handoff tells a factory serving connections or a listening socket itself
 // (framework.ConnHandler, framework.ListenerHandler) that the drain began
-// (Drain) and that its time is up (Abort).
+// (Drain: Stopping is done) and that its time is up (Abort: Killed is
+// done). A service has one for all the connections it hands over (they
+// drain together); each wait-mode handover has its own.
 type handoff struct {
-	stopping, killed   chan struct{}
-	stopOnce, killOnce sync.Once
+	stopping, killed context.Context
+	stop, kill       context.CancelFunc
 }
 
 func newHandoff() *handoff {
-	return &handoff{stopping: make(chan struct{}), killed: make(chan struct{})}
+	h := &handoff{}
+	h.stopping, h.stop = context.WithCancel(context.Background())
+	h.killed, h.kill = context.WithCancel(context.Background())
+	return h
 }
 
-func (h *handoff) Drain() { h.stopOnce.Do(func() { close(h.stopping) }) }
+func (h *handoff) Drain() { h.stop() }
 
 func (h *handoff) Abort(error) {
-	h.Drain()
-	h.killOnce.Do(func() { close(h.killed) })
+	h.stop()
+	h.kill()
 }
 
 // handOver gives an accepted connection to a factory that serves it
@@ -45,14 +50,12 @@ func (h *handoff) Abort(error) {
 // It returns what is left to do once the connection is released: its
 // access log line.
 func (s *service) handOver(h framework.ConnHandler, c, nc net.Conn, b *binding, fromSource int) (after func()) {
-	ho := newHandoff()
+	// The service's handoff: the drain makes it done (already, if the
+	// service is closing).
+	ho := s.handoff
 	s.mu.Lock()
 	s.conns[c] = ho
-	closing := s.closing
 	s.mu.Unlock()
-	if closing {
-		ho.Drain()
-	}
 	start := time.Now()
 	served := false
 	hc := &framework.HandedConn{
@@ -173,7 +176,7 @@ func (s *service) pause(ho *handoff, d time.Duration) {
 	defer t.Stop()
 	select {
 	case <-t.C:
-	case <-ho.stopping:
+	case <-ho.stopping.Done():
 	}
 }
 

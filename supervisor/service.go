@@ -46,6 +46,7 @@ type service struct {
 	perUID      map[uint32]int          // active on unix sockets by peer uid (with max_connections_per_uid)
 	conns       map[net.Conn]servedConn // nil value: accepted, not yet served
 	listening   map[*handoff]struct{}   // wait mode: listening sockets handed to the factory now
+	handoff     *handoff                // for every connection handed to a framework.ConnHandler
 	rate        *tokenBucket
 	sourceRates map[netip.Prefix]*tokenBucket
 	// sweep the full buckets out of sourceRates when it reaches this size
@@ -101,6 +102,7 @@ func newService(log *slog.Logger, m *metrics.Metrics, sc *config.Service, refs *
 		conns:     map[net.Conn]servedConn{},
 		listening: map[*handoff]struct{}{},
 		info:      map[net.Conn]*connInfo{},
+		handoff:   newHandoff(),
 		refs:      refs,
 		guards:    guards,
 		alog:      alog,
@@ -583,6 +585,7 @@ func (s *service) drainAndStop(timeout time.Duration, mode stopMode) error {
 			conn.Drain() // what has arrived is delivered, output flushed
 		}
 	}
+	s.handoff.Drain() // connections handed over, and those about to be
 	for h := range s.listening {
 		h.Drain()
 	}
@@ -612,6 +615,7 @@ func (s *service) drainAndStop(timeout time.Duration, mode stopMode) error {
 				n++
 			}
 		}
+		s.handoff.Abort(framework.ErrShutdownTimeout)
 		for h := range s.listening {
 			h.Abort(framework.ErrShutdownTimeout)
 			n++

@@ -3,6 +3,7 @@ package exec
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"os"
@@ -218,23 +219,17 @@ func (c *child) wasKilled() bool {
 	return c.killed
 }
 
-// watch sends stop_signal when stopping closes and SIGKILL when killed
-// closes, until done closes.
-func (c *child) watch(stopping, killed <-chan struct{}, done <-chan struct{}) {
-	go func() {
-		for stopping != nil || killed != nil {
-			select {
-			case <-done:
-				return
-			case <-stopping:
-				stopping = nil
-				c.signal(c.f.stopSignal)
-			case <-killed:
-				killed = nil
-				c.signal(syscall.SIGKILL)
-			}
-		}
-	}()
+// watch sends stop_signal when stopping is done and SIGKILL when killed
+// is done, until the returned func is called (once the child is reaped).
+// No goroutine waits meanwhile: the functions run only if the contexts are
+// done.
+func (c *child) watch(stopping, killed context.Context) (stop func()) {
+	stopStop := context.AfterFunc(stopping, func() { c.signal(c.f.stopSignal) })
+	stopKill := context.AfterFunc(killed, func() { c.signal(syscall.SIGKILL) })
+	return func() {
+		stopStop()
+		stopKill()
+	}
 }
 
 // Stderr logging is bounded: lines are cut at maxStderrLine bytes and at

@@ -2,6 +2,7 @@ package exec
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -353,7 +354,8 @@ func TestServeListener(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer file.Close()
-	stopping, killed := make(chan struct{}), make(chan struct{})
+	stopping, stop := context.WithCancel(context.Background())
+	killed, kill := context.WithCancel(context.Background())
 	hl := &framework.HandedListener{File: file, Endpoint: "tcp:" + ln.Addr().String(), Stopping: stopping, Killed: killed}
 
 	// A program that exits 0 at once with nothing waiting: no delay.
@@ -386,7 +388,7 @@ func TestServeListener(t *testing.T) {
 		waitFor(t, 5*time.Second, "the second failure", func() bool {
 			return len(logs.with("program ended soon after its start; restarting after a delay")) == 2
 		})
-		close(stopping)
+		stop()
 	}()
 	start = time.Now()
 	if err := f.ServeListener(hl); err != nil {
@@ -395,7 +397,7 @@ func TestServeListener(t *testing.T) {
 	if el := time.Since(start); el > 1500*time.Millisecond {
 		t.Errorf("ServeListener kept backing off for %v after the drain began", el)
 	}
-	close(killed)
+	kill()
 }
 
 func TestBackoff(t *testing.T) {

@@ -113,21 +113,23 @@ func newTestFactory(t *testing.T, body string) (*Factory, *logRecords) {
 
 // handed is one call of ServeConn in its own goroutine.
 type handed struct {
-	hc               *framework.HandedConn
-	stopping, killed chan struct{}
-	served           atomic.Int32
-	received, sent   prometheus.Counter
-	done             chan struct{}
-	err              error
+	hc             *framework.HandedConn
+	stop, kill     context.CancelFunc // the drain begins; its time is up
+	served         atomic.Int32
+	received, sent prometheus.Counter
+	done           chan struct{}
+	err            error
 }
 
 // serveConn hands c to f in a goroutine. The test's cleanup kills what is
 // left, so no goroutine outlives it.
 func serveConn(t *testing.T, f *Factory, c net.Conn, idle time.Duration) *handed {
 	t.Helper()
+	stopping, stop := context.WithCancel(context.Background())
+	killed, kill := context.WithCancel(context.Background())
 	h := &handed{
-		stopping: make(chan struct{}),
-		killed:   make(chan struct{}),
+		stop:     stop,
+		kill:     func() { stop(); kill() },
 		received: prometheus.NewCounter(prometheus.CounterOpts{Name: "received"}),
 		sent:     prometheus.NewCounter(prometheus.CounterOpts{Name: "sent"}),
 		done:     make(chan struct{}),
@@ -138,8 +140,8 @@ func serveConn(t *testing.T, f *Factory, c net.Conn, idle time.Duration) *handed
 		IdleTimeout: idle,
 		Received:    h.received,
 		Sent:        h.sent,
-		Stopping:    h.stopping,
-		Killed:      h.killed,
+		Stopping:    stopping,
+		Killed:      killed,
 		Served:      func() { h.served.Add(1) },
 	}
 	go func() {
@@ -152,21 +154,6 @@ func serveConn(t *testing.T, f *Factory, c net.Conn, idle time.Duration) *handed
 	})
 	return h
 }
-
-var closeOnce sync.Mutex
-
-func closeChan(c chan struct{}) {
-	closeOnce.Lock()
-	defer closeOnce.Unlock()
-	select {
-	case <-c:
-	default:
-		close(c)
-	}
-}
-
-func (h *handed) stop() { closeChan(h.stopping) }
-func (h *handed) kill() { h.stop(); closeChan(h.killed) }
 
 // wait waits up to d for ServeConn to return, and gives its error.
 func (h *handed) wait(t *testing.T, d time.Duration) error {

@@ -67,17 +67,16 @@ func (f *Factory) serveRelayed(hc *framework.HandedConn, env []string) error {
 		copyDown(client, ours, hc)
 	}()
 
-	procDone := make(chan struct{})
-	ch.watch(hc.Stopping, hc.Killed, procDone)
+	unwatch := ch.watch(hc.Stopping, hc.Killed)
 	ws, werr := ch.wait()
-	close(procDone)
+	unwatch()
 	recordExit(hc, ch.pid, ws, werr)
 	// Everything the child wrote is passed on, unless the drain's time is
 	// up; then the client connection closes too (aborted: cut).
 	cut := false
 	select {
 	case <-downDone:
-	case <-hc.Killed:
+	case <-hc.Killed.Done():
 		select {
 		case <-downDone:
 		default:

@@ -48,10 +48,9 @@ func (f *Factory) serveDirect(hc *framework.HandedConn, c interface {
 	}
 	hc.Served()
 	hc.SetRunningPID(ch.pid)
-	done := make(chan struct{})
-	ch.watch(hc.Stopping, hc.Killed, done)
+	unwatch := ch.watch(hc.Stopping, hc.Killed)
 	ws, werr := ch.wait()
-	close(done)
+	unwatch()
 	recordExit(hc, ch.pid, ws, werr)
 	if isTCP {
 		countTCP(file, hc)

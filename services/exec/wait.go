@@ -30,21 +30,20 @@ func (f *Factory) ServeListener(l *framework.HandedListener) error {
 	if err != nil {
 		delay := f.backoff.failed()
 		f.log.Error("cannot start program; retrying", "program", f.path, "endpoint", l.Endpoint, "err", err, "delay", delay)
-		sleep(delay, l.Stopping)
+		sleep(delay, l.Stopping.Done())
 		return &framework.RejectError{Reason: metrics.RejectSpawn, Err: err}
 	}
 	f.log.Info("program started for waiting connections", "pid", ch.pid, "endpoint", l.Endpoint)
-	done := make(chan struct{})
-	ch.watch(l.Stopping, l.Killed, done)
+	unwatch := ch.watch(l.Stopping, l.Killed)
 	ws, err := ch.wait()
-	close(done)
+	unwatch()
 	quick := time.Since(ch.start) < quickExit
 	failed := err != nil || !ws.Exited() || ws.ExitStatus() != 0
 	if quick && (failed || pending(l.File)) {
 		delay := f.backoff.failed()
 		f.log.Warn("program ended soon after its start; restarting after a delay",
 			"pid", ch.pid, "endpoint", l.Endpoint, "delay", delay)
-		sleep(delay, l.Stopping)
+		sleep(delay, l.Stopping.Done())
 	} else {
 		f.backoff.reset()
 	}
