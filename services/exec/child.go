@@ -7,7 +7,6 @@ import (
 	"errors"
 	"io"
 	"os"
-	"runtime"
 	"strconv"
 	"sync"
 	"syscall"
@@ -35,26 +34,33 @@ type child struct {
 	killed bool // sent SIGKILL at shutdown_timeout while it ran
 }
 
-// start starts the program with files as its fd 0, 1, ... (fd 2 is set
-// here, per the stderr attribute) and env added to the base environment.
-func (f *Factory) start(files []*os.File, env []string, peer string, listenPID bool) (*child, error) {
-	all := make([]*os.File, 0, 3+len(files))
-	all = append(all, files[0], files[1])
-	var stderrR, stderrW *os.File
+// start starts the program with fds as its fd 0, 1, ... (fd 2 is set here,
+// per the stderr attribute) and env added to the base environment. The
+// descriptors are put in the child as they are (blocking mode is the
+// caller's business).
+func (f *Factory) start(fds []int, env []string, peer string, listenPID bool) (*child, error) {
+	all := make([]uintptr, 0, 3+len(fds))
+	all = append(all, uintptr(fds[0]), uintptr(fds[1]))
+	stderrR, stderrW := -1, -1
 	switch f.stderr {
 	case StderrLog:
-		r, w, err := os.Pipe()
-		if err != nil {
-			return nil, err
+		// A pipe of raw descriptors: the child's end stays blocking, as a
+		// program expects of its stderr, and only superd's end goes into
+		// the runtime's poller.
+		var p [2]int
+		if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+			return nil, os.NewSyscallError("pipe2", err)
 		}
-		stderrR, stderrW = r, w
-		all = append(all, w)
+		stderrR, stderrW = p[0], p[1]
+		all = append(all, uintptr(stderrW))
 	case StderrInherit:
-		all = append(all, os.Stderr)
+		all = append(all, os.Stderr.Fd())
 	default:
-		all = append(all, f.devNull)
+		all = append(all, f.devNull.Fd())
 	}
-	all = append(all, files[2:]...)
+	for _, fd := range fds[2:] {
+		all = append(all, uintptr(fd))
+	}
 
 	path, argv := f.path, f.argv
 	st := f.setup
@@ -71,36 +77,31 @@ func (f *Factory) start(files []*os.File, env []string, peer string, listenPID b
 	if pidfdWorks() {
 		sys.PidFD = &pidfd
 	}
-	fds := make([]uintptr, len(all))
-	for i, file := range all {
-		fds[i] = file.Fd()
-	}
 	f.children.Add(1)
 	pid, _, err := syscall.StartProcess(path, argv, &syscall.ProcAttr{
 		Dir:   f.dir,
 		Env:   append(append(make([]string, 0, len(f.baseEnv)+len(env)), f.baseEnv...), env...),
-		Files: fds,
+		Files: all,
 		Sys:   sys,
 	})
-	runtime.KeepAlive(all)
-	if stderrW != nil {
-		stderrW.Close() // the child has its own copy
+	if stderrW >= 0 {
+		unix.Close(stderrW) // the child has its own copy
 	}
 	if err != nil {
 		f.children.Done()
-		if stderrR != nil {
-			stderrR.Close()
+		if stderrR >= 0 {
+			unix.Close(stderrR)
 		}
 		return nil, &os.PathError{Op: "fork/exec", Path: path, Err: err}
 	}
 	c := &child{f: f, pid: pid, peer: peer, start: time.Now()}
 	if pidfd >= 0 {
-		c.pidfd = pollable(pidfd)
+		c.pidfd = pollable(pidfd, "pidfd")
 	}
 	f.procs.Inc()
-	if stderrR != nil {
+	if stderrR >= 0 {
 		c.stderrDone = make(chan struct{})
-		go c.logStderr(stderrR)
+		go c.logStderr(pollable(stderrR, "stderr"))
 	}
 	return c, nil
 }
@@ -246,7 +247,17 @@ const (
 func (c *child) logStderr(r *os.File) {
 	defer close(c.stderrDone)
 	defer r.Close()
-	br := bufio.NewReaderSize(r, maxStderrLine)
+	// Most programs write nothing on stderr: the line buffer is taken
+	// only once something arrives.
+	var head [128]byte
+	n, err := r.Read(head[:])
+	if n == 0 {
+		if err != nil && !errors.Is(err, io.EOF) {
+			c.f.log.Debug("program stderr read failed", "pid", c.pid, "err", err)
+		}
+		return
+	}
+	br := bufio.NewReaderSize(io.MultiReader(bytes.NewReader(append([]byte(nil), head[:n]...)), r), maxStderrLine)
 	tokens, last := float64(stderrBurst), time.Now()
 	suppressed := 0
 	cut := false // the rest of an over-long line follows
@@ -326,9 +337,9 @@ var pidfdWorks = sync.OnceValue(func() bool {
 	return unix.Waitid(unix.P_PIDFD, fd, &info, unix.WEXITED|unix.WNOHANG, nil) == unix.ECHILD
 })
 
-// pollable makes a pidfd an *os.File in the runtime's poller (a
-// non-blocking descriptor is registered there).
-func pollable(pidfd int) *os.File {
-	unix.FcntlInt(uintptr(pidfd), unix.F_SETFL, unix.O_NONBLOCK)
-	return os.NewFile(uintptr(pidfd), "pidfd")
+// pollable makes a descriptor superd just created, with no status flag set,
+// an *os.File in the runtime's poller (which takes non-blocking ones).
+func pollable(fd int, name string) *os.File {
+	unix.FcntlInt(uintptr(fd), unix.F_SETFL, unix.O_NONBLOCK)
+	return os.NewFile(uintptr(fd), name)
 }

@@ -41,7 +41,7 @@ func (f *Factory) serveRelayed(hc *framework.HandedConn, env []string) error {
 		return &framework.RejectError{Reason: metrics.RejectSpawn, Err: err}
 	}
 	defer ours.Close()
-	ch, err := f.start([]*os.File{childEnd, childEnd}, env, peer, false)
+	ch, err := f.start([]int{fds[0], fds[0]}, env, peer, false)
 	childEnd.Close()
 	if err != nil {
 		f.log.Error("cannot start program", "program", f.path, "peer", peer, "err", err)

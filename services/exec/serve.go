@@ -32,16 +32,16 @@ func (f *Factory) ServeConn(hc *framework.HandedConn) error {
 // and keeps only a descriptor to read the byte counts from at the end.
 func (f *Factory) serveDirect(hc *framework.HandedConn, c interface {
 	net.Conn
-	File() (*os.File, error)
+	syscall.Conn
 }, env []string, isTCP bool) error {
 	peer := peerString(hc.Conn)
-	file, err := c.File() // a duplicate, put in blocking mode for the child
+	fd, err := dupBlocking(c)
 	c.Close()
 	if err != nil {
 		return &framework.RejectError{Reason: metrics.RejectSpawn, Err: err}
 	}
-	defer file.Close()
-	ch, err := f.start([]*os.File{file, file}, env, peer, false)
+	defer unix.Close(fd)
+	ch, err := f.start([]int{fd, fd}, env, peer, false)
 	if err != nil {
 		f.log.Error("cannot start program", "program", f.path, "peer", peer, "err", err)
 		return &framework.RejectError{Reason: metrics.RejectSpawn, Err: err}
@@ -53,12 +53,39 @@ func (f *Factory) serveDirect(hc *framework.HandedConn, c interface {
 	unwatch()
 	recordExit(hc, ch.pid, ws, werr)
 	if isTCP {
-		countTCP(file, hc)
+		countTCP(fd, hc)
 	}
 	if ch.wasKilled() {
 		return framework.ErrShutdownTimeout
 	}
 	return werr
+}
+
+// dupBlocking duplicates the connection's descriptor for the child, in
+// blocking mode (what a program expects of its stdin and stdout; the mode
+// belongs to the socket, which superd closes at once). It is what
+// conn.File does, without making the duplicate an *os.File in the
+// runtime's poller only to take it out again.
+func dupBlocking(c syscall.Conn) (int, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	var derr error
+	if err := rc.Control(func(s uintptr) {
+		fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return -1, err
+	}
+	if derr != nil {
+		return -1, os.NewSyscallError("dup", derr)
+	}
+	if err := unix.SetNonblock(fd, false); err != nil {
+		unix.Close(fd)
+		return -1, os.NewSyscallError("fcntl", err)
+	}
+	return fd, nil
 }
 
 // countTCP adds the bytes the kernel moved on a socket superd handed over.
@@ -67,36 +94,30 @@ func (f *Factory) serveDirect(hc *framework.HandedConn, c interface {
 // plus what is queued (SIOCOUTQ). The kernel counts a FIN as one byte of
 // sequence space: the peer's, received, and superd's (the program's
 // shutdown), queued or acknowledged, are taken off.
-func countTCP(file *os.File, hc *framework.HandedConn) {
-	raw, err := file.SyscallConn()
+func countTCP(fd int, hc *framework.HandedConn) {
+	info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
 	if err != nil {
 		return
 	}
-	raw.Control(func(fd uintptr) {
-		info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
-		if err != nil {
-			return
-		}
-		received, sent := info.Bytes_received, info.Bytes_acked
-		if queued, err := unix.IoctlGetInt(int(fd), unix.SIOCOUTQ); err == nil && queued > 0 {
-			sent += uint64(queued)
-		}
-		finIn := info.State == tcpCloseWait || info.State == tcpClosing || info.State == tcpLastAck
-		finOut := info.State == tcpFinWait1 || info.State == tcpFinWait2 || info.State == tcpClosing || info.State == tcpLastAck
-		if finIn && received > 0 {
-			received--
-		}
-		if finOut && sent > 0 {
-			sent--
-		}
-		hc.BytesIn, hc.BytesOut = int64(received), int64(sent)
-		if hc.Received != nil {
-			hc.Received.Add(float64(received))
-		}
-		if hc.Sent != nil {
-			hc.Sent.Add(float64(sent))
-		}
-	})
+	received, sent := info.Bytes_received, info.Bytes_acked
+	if queued, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ); err == nil && queued > 0 {
+		sent += uint64(queued)
+	}
+	finIn := info.State == tcpCloseWait || info.State == tcpClosing || info.State == tcpLastAck
+	finOut := info.State == tcpFinWait1 || info.State == tcpFinWait2 || info.State == tcpClosing || info.State == tcpLastAck
+	if finIn && received > 0 {
+		received--
+	}
+	if finOut && sent > 0 {
+		sent--
+	}
+	hc.BytesIn, hc.BytesOut = int64(received), int64(sent)
+	if hc.Received != nil {
+		hc.Received.Add(float64(received))
+	}
+	if hc.Sent != nil {
+		hc.Sent.Add(float64(sent))
+	}
 }
 
 // recordExit tells the access log and the status view how the program

@@ -18,15 +18,16 @@ import (
 // exits leaving connections queued that it never took) delays the next
 // start, 1 s doubling to 1 min.
 func (f *Factory) ServeListener(l *framework.HandedListener) error {
-	var files []*os.File
+	sock, devNull := int(l.File.Fd()), int(f.devNull.Fd())
+	var fds []int
 	var env []string
 	if f.listenFDs {
-		files = []*os.File{f.devNull, f.devNull, l.File}
+		fds = []int{devNull, devNull, sock}
 		env = []string{"LISTEN_FDS=1", "LISTEN_FDNAMES=" + fdName(f.service)}
 	} else {
-		files = []*os.File{l.File, l.File}
+		fds = []int{sock, sock}
 	}
-	ch, err := f.start(files, env, "", f.listenFDs)
+	ch, err := f.start(fds, env, "", f.listenFDs)
 	if err != nil {
 		delay := f.backoff.failed()
 		f.log.Error("cannot start program; retrying", "program", f.path, "endpoint", l.Endpoint, "err", err, "delay", delay)
