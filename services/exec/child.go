@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"os"
 	"strconv"
 	"sync"
@@ -117,24 +118,23 @@ func (c *child) wait() (syscall.WaitStatus, error) {
 		return 0, err
 	}
 	dur := time.Since(c.start)
-	attrs := []any{"pid", c.pid}
-	if c.peer != "" {
-		attrs = append(attrs, "peer", c.peer)
-	}
-	result := ResultSuccess
+	result, status := ResultSuccess, slog.Int("status", 0)
 	switch {
 	case ws.Signaled():
-		result = ResultSignal
-		attrs = append(attrs, "signal", unix.SignalName(ws.Signal()))
+		result, status = ResultSignal, slog.String("signal", unix.SignalName(ws.Signal()))
 	case ws.ExitStatus() != 0:
-		result = ResultFailure
-		attrs = append(attrs, "status", ws.ExitStatus())
-	default:
-		attrs = append(attrs, "status", 0)
+		result, status = ResultFailure, slog.Int("status", ws.ExitStatus())
 	}
-	attrs = append(attrs, "duration", dur.Round(time.Microsecond))
 	c.f.results[result].Inc()
-	c.f.log.Info("program exited", attrs...)
+	// The exit line's attributes are built only when it is logged.
+	if ctx := context.Background(); c.f.log.Enabled(ctx, slog.LevelInfo) {
+		pid, took := slog.Int("pid", c.pid), slog.Duration("duration", dur.Round(time.Microsecond))
+		if c.peer != "" {
+			c.f.log.LogAttrs(ctx, slog.LevelInfo, "program exited", pid, slog.String("peer", c.peer), status, took)
+		} else {
+			c.f.log.LogAttrs(ctx, slog.LevelInfo, "program exited", pid, status, took)
+		}
+	}
 	return ws, nil
 }
 

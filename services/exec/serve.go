@@ -191,12 +191,10 @@ func connEnv(hc *framework.HandedConn) []string {
 // plainAddr gives an address as its IP (IPv4-mapped IPv6 as plain IPv4)
 // and port.
 func plainAddr(a *net.TCPAddr) (string, string) {
-	ip, ok := netip.AddrFromSlice(a.IP)
-	s := a.IP.String()
-	if ok {
-		s = ip.Unmap().WithZone(a.Zone).String()
+	if ip, ok := netip.AddrFromSlice(a.IP); ok {
+		return ip.Unmap().WithZone(a.Zone).String(), strconv.Itoa(a.Port)
 	}
-	return s, strconv.Itoa(a.Port)
+	return a.IP.String(), strconv.Itoa(a.Port)
 }
 
 func peerString(nc net.Conn) string {
