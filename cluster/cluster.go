@@ -293,7 +293,7 @@ func (n *Node) bind() error {
 			Bucket:         NamesBucket,
 			Description:    "superd chat names: one key per name held, value the holding node, each with its node's name_ttl",
 			History:        1,
-			Storage:        jetstream.MemoryStorage, // names live as long as their users: nothing to keep across restarts
+			Storage:        jetstream.FileStorage, // a NATS server that restarts keeps the names held (their TTLs run on)
 			Replicas:       replicas,
 			LimitMarkerTTL: markerTTL, // enables per-key TTLs
 		})
