@@ -68,8 +68,10 @@ const (
 type Node struct {
 	name      string
 	cfg       *config.Cluster
-	log       *slog.Logger
+	log       *slog.Logger // component=cluster
+	natsLog   *slog.Logger // component=nats: the embedded server's own
 	connected prometheus.Gauge
+	closing   atomic.Bool
 
 	srvMu sync.Mutex
 	srv   *server.Server // the embedded server; nil with nats_urls or while stopped
@@ -109,6 +111,7 @@ func Start(cfg *config.Cluster, log *slog.Logger, connected prometheus.Gauge) (*
 		name:      cfg.Node,
 		cfg:       cfg,
 		log:       log.With("component", "cluster", "node", cfg.Node),
+		natsLog:   log.With("component", "nats", "node", cfg.Node),
 		connected: connected,
 		kick:      make(chan struct{}, 1),
 		stop:      make(chan struct{}),
@@ -125,7 +128,9 @@ func Start(cfg *config.Cluster, log *slog.Logger, connected prometheus.Gauge) (*
 		nats.ReconnectHandler(func(nc *nats.Conn) { n.up(nc, "reconnected to NATS") }),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			n.connected.Set(0)
-			n.log.Warn("disconnected from NATS; rooms carry on locally", "err", err)
+			if !n.closing.Load() {
+				n.log.Warn("disconnected from NATS; rooms carry on locally", "err", err)
+			}
 		}),
 		nats.ClosedHandler(func(*nats.Conn) { n.connected.Set(0) }),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
@@ -323,6 +328,7 @@ func (n *Node) bind() error {
 // uses the node has stopped.
 func (n *Node) Close() {
 	n.closeMu.Do(func() {
+		n.closing.Store(true)
 		close(n.stop)
 		n.wg.Wait()
 		if n.nc.IsConnected() {
@@ -334,6 +340,7 @@ func (n *Node) Close() {
 		if current.Load() == n {
 			current.Store(nil)
 		}
+		n.log.Info("left the cluster")
 	})
 }
 
@@ -355,7 +362,7 @@ func (n *Node) StartServer() error {
 	if err != nil {
 		return fmt.Errorf("cluster: the embedded NATS server: %w", err)
 	}
-	lg := &natsLogger{log: n.log.With("component", "nats")}
+	lg := &natsLogger{log: n.natsLog}
 	s.SetLoggerV2(lg, n.log.Enabled(context.Background(), slog.LevelDebug), false, false)
 	s.Start()
 	// Ready, or failed (a port taken: the server says so and stops), or

@@ -558,3 +558,14 @@ func TestClusterNATSURLs(t *testing.T) {
 		hxStop(n.d, 20*time.Second)
 	}
 }
+
+// TestClusterExamplesValid: the three files of examples/cluster (the
+// README's three-node room on one machine) are valid.
+func TestClusterExamplesValid(t *testing.T) {
+	for _, n := range []string{"a", "b", "c"} {
+		out, err := exec.Command(superdBin, "validate", "-config", filepath.Join("..", "..", "examples", "cluster", n+".hcl")).CombinedOutput()
+		if err != nil {
+			t.Fatalf("superd validate examples/cluster/%s.hcl: %v\n%s", n, err, out)
+		}
+	}
+}
