@@ -376,6 +376,22 @@ func TestClusterRoom(t *testing.T) {
 		}
 		return nil
 	})
+
+	// A name held longer than its TTL stays held: its node refreshes it
+	// (name_ttl 2s: the key lives 1s, refreshed every 0.5s).
+	short := []*room{newClusterRoom(t, nodes[0], "short", "  name_ttl = \"2s\""), newClusterRoom(t, nodes[2], "short", "  name_ttl = \"2s\"")}
+	holder := joinAnywhere(t, short[0], "H1", "holder", 10*time.Second)
+	tries := short[1].connect("T1")
+	for until := time.Now().Add(3 * time.Second); time.Now().Before(until); {
+		tries.send("holder\r\n")
+		if got := tries.t.take(); got != takenLine+"\r\n" {
+			t.Fatalf("a name held on A, on C: %q", got)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	holder.leave()
+	joinAnywhere(t, short[1], "T2", "holder", 10*time.Second).leave()
+	tries.leave()
 }
 
 // TestClusterOutage: node B's NATS server stops (what B's NATS being cut
