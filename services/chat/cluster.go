@@ -32,6 +32,7 @@ package chat
 // try again." and users already named carry on.
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -168,8 +169,18 @@ func (x *remote) key(name string) string {
 // deliver writes a line from another node to every local named user (on
 // the subscription's goroutine, one message at a time: in order).
 func (x *remote) deliver(m *nats.Msg) {
+	if !wellFormed(m.Data) { // not from a superd: dropped
+		x.c.dropped.Inc()
+		return
+	}
 	x.c.received.Inc()
 	x.r.broadcast(nil, m.Data)
+}
+
+// wellFormed: one "<NAME> LINE\r\n", as a node publishes.
+func wellFormed(b []byte) bool {
+	n := len(b)
+	return n >= 6 && b[0] == '<' && b[n-2] == '\r' && b[n-1] == '\n' && bytes.Contains(b[:min(n, MaxNameLength+3)], []byte("> "))
 }
 
 // publish queues a copy of line for the other nodes, or counts it dropped.
