@@ -53,7 +53,6 @@ var ErrNamesUnavailable = errors.New("cluster: the names bucket is unavailable")
 // Timeouts.
 const (
 	readyTimeout  = 10 * time.Second       // the embedded server's listeners
-	connectWait   = 10 * time.Second       // the first in-process connection
 	bindTimeout   = 2 * time.Second        // one attempt at binding the bucket
 	bindRetry     = 500 * time.Millisecond // between attempts
 	reconnectWait = 250 * time.Millisecond // between reconnection attempts
