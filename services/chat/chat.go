@@ -5,6 +5,8 @@
 // Name: chat. Attributes:
 //
 //	max_line_length = 16384   a longer line closes that user's connection
+//	cluster         = false   true: one room across every node (needs a cluster block)
+//	name_ttl        = "30s"   cluster: how long a dead node's names stay taken
 //
 // Protocol (every line ends with CRLF):
 //
@@ -16,7 +18,9 @@
 //
 // Beyond the tutorial: a name that is empty, longer than 64 bytes, not valid
 // UTF-8, or holds a control character (C0, DEL or C1) gets
-// "Invalid name, please choose another."
+// "Invalid name, please choose another."; with cluster = true, a name
+// whose uniqueness cannot be checked (NATS away) gets
+// "Name service unavailable, try again."
 //
 // Broadcast goes through each transport's non-blocking Write, so a user who
 // never reads is cut off as slow_consumer (max_pending_output) and never
