@@ -142,6 +142,7 @@ var rootSchema = &hcl.BodySchema{
 	Blocks: []hcl.BlockHeaderSchema{
 		{Type: "metrics"},
 		{Type: "access_log"},
+		{Type: "cluster"},
 		{Type: "service", LabelNames: []string{"factory", "name"}},
 	},
 }
@@ -171,6 +172,10 @@ func (d *decoder) decodeRoot(body hcl.Body) {
 				desc: fmt.Sprintf("the metrics listener (default address %q)", DefaultMetricsAddress), rng: *fileStart(d.file.Path)})
 		}
 	}
+
+	// Services need to know whether there is a cluster (cluster = true in
+	// a chat service), wherever the block is written.
+	d.decodeClusters(content)
 
 	var metricsSeen *hcl.Range
 	for _, blk := range content.Blocks {

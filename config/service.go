@@ -245,6 +245,7 @@ func (d *decoder) decodeFactory(svc *Service, blk *hcl.Block, content *hcl.BodyC
 		Dir:     d.file.Dir,
 		Values:  map[string]cty.Value{},
 		Ranges:  map[string]hcl.Range{},
+		Cluster: d.file.Cluster != nil,
 	}
 	bad := false
 	for _, a := range spec.Attributes {

@@ -55,6 +55,8 @@ type File struct {
 	// socket is bound and every factory has started; nil: it stays as it
 	// started.
 	RunAs *RunAs
+	// Cluster is the top-level cluster block; nil when there is none.
+	Cluster *Cluster
 	// Services in the order of the file.
 	Services []*Service
 	// Warnings are diagnostics that did not make the file invalid (usually

@@ -91,6 +91,10 @@ type Config struct {
 	// an object-typed block, also of each attribute set inside it, as
 	// "BLOCK.ATTR".
 	Ranges map[string]hcl.Range
+	// Cluster reports whether the file has a top-level cluster block (a
+	// factory that spans nodes needs one; it gets the running node from
+	// package cluster in StartFactory).
+	Cluster bool
 
 	prefix string // "BLOCK." for a Config returned by Block
 }
@@ -202,6 +206,7 @@ func (c *Config) Block(name string) *Config {
 		Dir:     c.Dir,
 		Values:  map[string]cty.Value{},
 		Ranges:  map[string]hcl.Range{},
+		Cluster: c.Cluster,
 		prefix:  c.prefix + name + ".",
 	}
 	for n := range v.Type().AttributeTypes() {

@@ -82,6 +82,9 @@ type Metrics struct {
 	TLSHandshakes       *prometheus.GaugeVec
 	AccessLogDropped    prometheus.Counter
 	CertExpiry          *prometheus.GaugeVec
+	// ClusterConnected is 1 while the cluster block's NATS connection is
+	// up (always 0 without a cluster block).
+	ClusterConnected prometheus.Gauge
 
 	// extra are the factories' own families (framework.Spec.Collectors),
 	// by factory name.
@@ -157,6 +160,10 @@ func New(version string, extra map[string][]prometheus.Collector) *Metrics {
 			Name: "superd_tls_certificate_expiry_timestamp_seconds",
 			Help: "When each certificate a TLS endpoint serves expires (its NotAfter, Unix time); name is the certificate's first DNS name or common name.",
 		}, []string{"service", "endpoint", "name"}),
+		ClusterConnected: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "superd_cluster_connected",
+			Help: "1 while connected to NATS (the cluster block), else 0.",
+		}),
 		extra: extra,
 	}
 	m.Registry.MustRegister(
@@ -166,7 +173,7 @@ func New(version string, extra map[string][]prometheus.Collector) *Metrics {
 		m.ConnectionDuration, m.ReceivedBytes, m.SentBytes, m.FactoryUp, m.FactoryStarts,
 		m.FactoryStops, m.ConfigReloads, m.LastReloadOK, m.BuildInfo,
 		m.DatagramsReceived, m.DatagramsSent, m.DatagramsDropped, m.TLSHandshakes,
-		m.AccessLogDropped, m.CertExpiry,
+		m.AccessLogDropped, m.CertExpiry, m.ClusterConnected,
 	)
 	for _, cs := range extra {
 		for _, c := range cs {

@@ -40,6 +40,7 @@ func TestSeriesExistFromStartup(t *testing.T) {
 		"superd_factory_up":                    1,
 		"superd_connections_active":            1,
 		"superd_config_last_reload_successful": 1,
+		"superd_cluster_connected":             1,
 	}
 	for name, n := range want {
 		if got := testutil.CollectAndCount(m.Registry, name); got != n {

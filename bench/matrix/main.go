@@ -26,6 +26,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -56,6 +57,8 @@ type result struct {
 	DialRetries     int64   `json:"dial_retries"`
 	Errors          int64   `json:"errors"`
 	FirstError      string  `json:"first_error"`
+	Nodes           int     `json:"nodes"`
+	RemoteP99Us     float64 `json:"remote_p99_us"`
 
 	failed string // why the run does not count ("" if it does)
 	// The server's CPU per connection made, in µs, over the measured run
@@ -104,6 +107,11 @@ type cell struct {
 	// cpus confines the server and superbench to these CPUs (nil: the
 	// kernel places them). See E1.
 	cpus []int
+	// nodes > 1: a chat room across that many superd nodes (a cluster of
+	// embedded NATS servers) against one superd (see CHATX).
+	nodes int
+	// maxRuns, when set, caps the runs per server of this cell below -runs.
+	maxRuns int
 }
 
 var cells = []cell{
@@ -144,6 +152,14 @@ var cells = []cell{
 		args: []string{"echo", "-tls", "-conns", "64", "-size", "64"}},
 	{id: "IDLE15K", desc: "15,000 idle conns held", unit: "B/conn", target: tEcho, idle: true,
 		args: []string{"idle", "-conns", "15000", "-settle", "2s"}},
+	// CHAT across three superd nodes (cluster = true, embedded NATS
+	// servers routed on loopback), users spread over them, the sender on
+	// the first: the "superd" column is the three nodes, the "baseline"
+	// column one superd under the same load (CHAT's server). Each cluster
+	// run starts three fresh nodes and waits for JetStream, so the cell
+	// runs fewer times.
+	{id: "CHATX", desc: "chat 200 users x 50 lines, 3 nodes vs 1", unit: "deliv/s", target: tChat, timed: true, nodes: 3, maxRuns: 4,
+		args: []string{"chat", "-conns", "200", "-lines", "50"}},
 }
 
 type options struct {
@@ -183,6 +199,11 @@ type server struct {
 	log   string
 	done  chan struct{}
 	err   error
+	// chatOnly: a cluster node, serving only chat (CHATX).
+	chatOnly bool
+	// peers are the other nodes of a cluster (CHATX); addrs[tChat] then
+	// lists every node's chat address, this one's first.
+	peers []*server
 }
 
 func run(o *options) int {
@@ -243,6 +264,9 @@ func run(o *options) int {
 		cr := &cellResult{cell: c, superd: make([]*result, o.runs), baseline: make([]*result, o.runs)}
 		all = append(all, cr)
 		for i := range o.runs {
+			if c.maxRuns > 0 && i >= c.maxRuns {
+				break
+			}
 			if ctx.Err() != nil || time.Since(start) > o.budget {
 				cr.skipped = true
 				break
@@ -273,6 +297,7 @@ func run(o *options) int {
 	for _, cr := range all {
 		var ratios, sd, bl, sdP99, blP99 []float64
 		var cpuRatios, sdCPU, blCPU, sdChild, blChild []float64 // cells with cpu
+		var sdRemoteP99 []float64                               // CHATX: receivers on another node
 		errs := 0
 		for i := range o.runs {
 			s, b := cr.superd[i], cr.baseline[i]
@@ -286,6 +311,9 @@ func run(o *options) int {
 			}
 			sd, bl = append(sd, s.metric()), append(bl, b.metric())
 			sdP99, blP99 = append(sdP99, s.P99Us), append(blP99, b.P99Us)
+			if s.Nodes > 1 {
+				sdRemoteP99 = append(sdRemoteP99, s.RemoteP99Us)
+			}
 			if b.metric() > 0 {
 				ratios = append(ratios, s.metric()/b.metric())
 			}
@@ -338,6 +366,11 @@ func run(o *options) int {
 		}
 		if cr.args[0] == "udp" {
 			notes = append(notes, lossNote(cr.id, cr.superd, cr.baseline))
+		}
+		if cr.nodes > 1 && len(sd) > 0 {
+			notes = append(notes, fmt.Sprintf("%s: the superd column is %d superd nodes of one chat room (cluster = true, each embedding a NATS server routed to the others on loopback, all on this machine's %d CPUs with superbench), the users spread over them and the sender on the first; the baseline column is one superd (CHAT's server) under the same load, so the ratio is what spanning nodes costs. "+
+				"The p99 column is over every receiver; the receivers on another node than the sender's alone: p99 %s µs (median over runs). No target: measured as it is.",
+				cr.id, cr.nodes, runtime.NumCPU(), num(median(sdRemoteP99))))
 		}
 	}
 	notes = append(notes,
@@ -465,13 +498,25 @@ func runOne(ctx context.Context, o *options, work string, seq int, name string, 
 		fmt.Printf("%-8s %-8s FAILED: %s\n", c.id, name, r.failed)
 		return r
 	}
-	s, err := startServer(ctx, o, work, seq, name, c.cpus)
+	var s *server
+	var err error
+	label := name
+	switch {
+	case c.nodes > 1 && name == "superd":
+		label = fmt.Sprintf("superd x%d", c.nodes)
+		s, err = startChatCluster(ctx, o, work, seq, c.nodes)
+	case c.nodes > 1:
+		label = "superd x1"
+		s, err = startServer(ctx, o, work, seq, "superd", c.cpus)
+	default:
+		s, err = startServer(ctx, o, work, seq, name, c.cpus)
+	}
 	if err != nil {
 		return fail("%v", err)
 	}
 	defer s.stop()
 
-	args := append([]string{c.args[0], "-addr", s.addrs[c.target], "-label", name}, c.args[1:]...)
+	args := append([]string{c.args[0], "-addr", s.addrs[c.target], "-label", label}, c.args[1:]...)
 	if c.timed {
 		args = append(args, "-duration", o.duration.String())
 	}
@@ -651,6 +696,11 @@ service "echo" "udp-echo" {
 }
 
 func (s *server) exited() bool {
+	for _, p := range s.peers {
+		if p.exited() {
+			return true
+		}
+	}
 	select {
 	case <-s.done:
 		return true
@@ -680,6 +730,9 @@ func (s *server) waitReady(ctx context.Context, limit time.Duration) error {
 
 func (s *server) probe() error {
 	for t, addr := range s.addrs {
+		if s.chatOnly && target(t) != tChat {
+			continue
+		}
 		if target(t) == tUDP {
 			if err := probeUDP(addr, 2*time.Second); err != nil {
 				return err
@@ -764,10 +817,18 @@ func probeUDP(addr string, limit time.Duration) error {
 	return fmt.Errorf("udp echo %s: no echo within %v", addr, limit)
 }
 
-// stop ends the server: SIGTERM, then SIGKILL after 10 s.
+// stop ends the server (and its peers, at once): SIGTERM, then SIGKILL
+// after 10 s.
 func (s *server) stop() {
-	if s.exited() {
+	var wg sync.WaitGroup
+	for _, p := range s.peers {
+		wg.Go(p.stop)
+	}
+	defer wg.Wait()
+	select {
+	case <-s.done:
 		return
+	default:
 	}
 	s.cmd.Process.Signal(syscall.SIGTERM)
 	select {

@@ -58,9 +58,9 @@ func chatHandshake(u *chatUser, timeout time.Duration) error {
 	return nil
 }
 
-// runChat: -conns users connect and choose names; then user 0 sends -lines
-// lines per round and each round ends when every other user has all of
-// them, in order and intact. Rounds repeat until -duration (or -rounds).
+// runChat: -conns users connect and choose names (user i on target i
+// modulo the targets); then user 0 sends -lines lines per round and each
+// round ends when every other user has all of them, in order and intact. Rounds repeat until -duration (or -rounds).
 // Latency is from just before a line is written to when a user has read it;
 // the handshake is not timed.
 func runChat(ctx context.Context, o *options, d *dialer) Result {
@@ -93,6 +93,7 @@ func runChat(ctx context.Context, o *options, d *dialer) Result {
 	failed := make(chan struct{}, len(receivers))
 	var stopping atomic.Bool
 	hists := make([]*Hist, len(receivers))
+	nodes := len(d.addrs)
 	var wg sync.WaitGroup
 	for k, u := range receivers {
 		hists[k] = NewHist()
@@ -152,9 +153,18 @@ loop:
 	}
 	wg.Wait()
 
-	h := NewHist()
-	for _, x := range hists {
+	h, remote := NewHist(), NewHist()
+	for k, x := range hists {
 		h.Merge(x)
+		if (k+1)%nodes != 0 { // receiver k is user k+1, on target (k+1) mod nodes
+			remote.Merge(x)
+		}
+	}
+	if nodes > 1 {
+		res.Nodes = nodes
+		res.RemoteP50Us = remote.QuantileMicros(0.50)
+		res.RemoteP99Us = remote.QuantileMicros(0.99)
+		res.RemoteP999Us = remote.QuantileMicros(0.999)
 	}
 	res.Ops = int64(h.Count())
 	res.DurationS = elapsed.Seconds()

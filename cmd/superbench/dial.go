@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -21,6 +22,7 @@ import (
 // waiting for the kernel's SYN retransmission (1 s, then 3 s, ...).
 type dialer struct {
 	addr           string
+	addrs          []string // every target (chat across nodes: -addr A,B,C); addr is the first
 	tls            *tls.Config
 	sem            chan struct{}
 	attemptTimeout time.Duration
@@ -30,11 +32,15 @@ type dialer struct {
 }
 
 func newDialer(o *options) (*dialer, error) {
-	if err := checkLoopback(o.addr); err != nil {
-		return nil, err
+	addrs := strings.Split(o.addr, ",")
+	for _, a := range addrs {
+		if err := checkLoopback(a); err != nil {
+			return nil, err
+		}
 	}
 	d := &dialer{
-		addr:           o.addr,
+		addr:           addrs[0],
+		addrs:          addrs,
 		sem:            make(chan struct{}, max(o.dialConcurrency, 1)),
 		attemptTimeout: o.dialTimeout,
 		tlsTimeout:     o.ioTimeout,
@@ -66,8 +72,12 @@ func checkLoopback(addr string) error {
 	return nil
 }
 
-// Dial opens one connection (TLS handshake included with -tls).
-func (d *dialer) Dial(ctx context.Context) (net.Conn, error) {
+// Dial opens one connection to the first target (TLS handshake included
+// with -tls).
+func (d *dialer) Dial(ctx context.Context) (net.Conn, error) { return d.DialTo(ctx, d.addr) }
+
+// DialTo is Dial to addr.
+func (d *dialer) DialTo(ctx context.Context, addr string) (net.Conn, error) {
 	select {
 	case d.sem <- struct{}{}:
 	case <-ctx.Done():
@@ -86,7 +96,7 @@ func (d *dialer) Dial(ctx context.Context) (net.Conn, error) {
 			}
 			backoff = min(2*backoff, 200*time.Millisecond)
 		}
-		c, err := d.dialOnce(ctx)
+		c, err := d.dialOnce(ctx, addr)
 		if err == nil {
 			return c, nil
 		}
@@ -98,9 +108,9 @@ func (d *dialer) Dial(ctx context.Context) (net.Conn, error) {
 	return nil, last
 }
 
-func (d *dialer) dialOnce(ctx context.Context) (net.Conn, error) {
+func (d *dialer) dialOnce(ctx context.Context, addr string) (net.Conn, error) {
 	nd := net.Dialer{Timeout: d.attemptTimeout}
-	c, err := nd.DialContext(ctx, "tcp", d.addr)
+	c, err := nd.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}
@@ -135,8 +145,9 @@ func transient(err error) bool {
 }
 
 // dialAll opens n connections, each followed by setup (if not nil), at the
-// dialer's concurrency. It returns the connections that succeeded (nil
-// entries for those that failed) and records failures in errs.
+// dialer's concurrency; connection i goes to target i modulo the number of
+// targets. It returns the connections that succeeded (nil entries for
+// those that failed) and records failures in errs.
 func dialAll(ctx context.Context, d *dialer, n int, errs *errorCount, setup func(i int, c net.Conn) error) []net.Conn {
 	conns := make([]net.Conn, n)
 	var next atomic.Int64
@@ -148,9 +159,10 @@ func dialAll(ctx context.Context, d *dialer, n int, errs *errorCount, setup func
 				if i >= n {
 					return
 				}
-				c, err := d.Dial(ctx)
+				addr := d.addrs[i%len(d.addrs)]
+				c, err := d.DialTo(ctx, addr)
 				if err != nil {
-					errs.Add(fmt.Errorf("dial %s: %w", d.addr, err))
+					errs.Add(fmt.Errorf("dial %s: %w", addr, err))
 					continue
 				}
 				if setup != nil {

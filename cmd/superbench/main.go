@@ -7,7 +7,7 @@
 //	superbench stream   -addr A [-conns N] [-size CHUNK] [-duration D] [-tls]
 //	superbench connrate -addr A [-conns WORKERS] [-duration D] [-expect QUOTE] [-eol crlf|lf]
 //	superbench idle     -addr A [-conns N] [-pid SERVER_PID] [-settle D] [-tls]
-//	superbench chat     -addr A [-conns USERS] [-lines M] [-duration D | -rounds R]
+//	superbench chat     -addr A[,B,...] [-conns USERS] [-lines M] [-duration D | -rounds R]
 //	superbench udp      -addr A [-conns SENDERS] [-size B] [-duration D | -count K] [-lost-after D] [-max-lost F]
 //
 // Each run prints one human line and one JSON line on stdout. The exit
@@ -41,7 +41,10 @@ modes:
             with a one-byte echo
   chat      N users choose a name, then the first sends M lines per round
             until -duration (or -rounds) -> deliveries/s and latency until
-            every other user has each line
+            every other user has each line; with -addr A,B,C (nodes of one
+            room across a cluster) user i connects to target i mod 3, the
+            sender to A, and the latency of the users on B and C is also
+            reported apart (remote)
   udp       N senders, each with its own UDP socket, ping-pong B-byte
             datagrams with a UDP echo server -> msgs/s and p50/p99/p999
             round-trip latency; a datagram not back within -lost-after is
@@ -77,21 +80,26 @@ type options struct {
 
 // Result is the outcome of one run, printed as one JSON line.
 type Result struct {
-	Mode            string  `json:"mode"`
-	Label           string  `json:"label"`
-	Addr            string  `json:"addr"`
-	TLS             bool    `json:"tls"`
-	Conns           int     `json:"conns"`
-	Size            int     `json:"size"`
-	DurationS       float64 `json:"duration_s"`
-	Ops             int64   `json:"ops"` // messages, bytes, connections or deliveries
-	MsgsPerS        float64 `json:"msgs_per_s"`
-	MBPerS          float64 `json:"mb_per_s"`
-	ConnsPerS       float64 `json:"conns_per_s"`
-	DeliveriesPerS  float64 `json:"deliveries_per_s"`
-	P50Us           float64 `json:"p50_us"`
-	P99Us           float64 `json:"p99_us"`
-	P999Us          float64 `json:"p999_us"`
+	Mode           string  `json:"mode"`
+	Label          string  `json:"label"`
+	Addr           string  `json:"addr"`
+	TLS            bool    `json:"tls"`
+	Conns          int     `json:"conns"`
+	Size           int     `json:"size"`
+	DurationS      float64 `json:"duration_s"`
+	Ops            int64   `json:"ops"` // messages, bytes, connections or deliveries
+	MsgsPerS       float64 `json:"msgs_per_s"`
+	MBPerS         float64 `json:"mb_per_s"`
+	ConnsPerS      float64 `json:"conns_per_s"`
+	DeliveriesPerS float64 `json:"deliveries_per_s"`
+	P50Us          float64 `json:"p50_us"`
+	P99Us          float64 `json:"p99_us"`
+	P999Us         float64 `json:"p999_us"`
+	// Chat across nodes: the users on another node than the sender's.
+	Nodes           int     `json:"nodes,omitempty"`
+	RemoteP50Us     float64 `json:"remote_p50_us,omitempty"`
+	RemoteP99Us     float64 `json:"remote_p99_us,omitempty"`
+	RemoteP999Us    float64 `json:"remote_p999_us,omitempty"`
 	RSSBeforeBytes  int64   `json:"rss_before_bytes"`
 	RSSAfterBytes   int64   `json:"rss_after_bytes"`
 	RSSPerConnBytes float64 `json:"rss_per_conn_bytes"`
@@ -171,7 +179,7 @@ func parseFlags(mode string, args []string, stderr io.Writer) (*options, error) 
 	defSize := map[string]int{"echo": 64, "stream": 32 << 10, "chat": 0, "udp": 64}[mode]
 	fs := flag.NewFlagSet("superbench "+mode, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&o.addr, "addr", "127.0.0.1:7007", "target address (loopback only)")
+	fs.StringVar(&o.addr, "addr", "127.0.0.1:7007", "target address (loopback only); chat: a comma-separated list spreads the users over the nodes of one room")
 	fs.StringVar(&o.label, "label", "", "server label copied to the output")
 	fs.IntVar(&o.conns, "conns", defConns, "connections (workers for connrate, users for chat, sockets for udp)")
 	fs.DurationVar(&o.ioTimeout, "timeout", 10*time.Second, "longest wait for any one step (connect, handshake, reply)")
@@ -225,6 +233,9 @@ func parseFlags(mode string, args []string, stderr io.Writer) (*options, error) 
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
+	if mode != "chat" && strings.Contains(o.addr, ",") {
+		return nil, errors.New("-addr takes several targets only in chat mode")
+	}
 	switch {
 	case o.conns < 1:
 		return nil, errors.New("-conns must be at least 1")
@@ -277,6 +288,9 @@ func humanLine(r *Result) string {
 	}
 	if r.Mode == "udp" {
 		fmt.Fprintf(&b, " lost=%d/%d late=%d", r.Lost, r.Sent, r.Late)
+	}
+	if r.Nodes > 1 {
+		fmt.Fprintf(&b, " nodes=%d remote p50=%.0fus p99=%.0fus p999=%.0fus", r.Nodes, r.RemoteP50Us, r.RemoteP99Us, r.RemoteP999Us)
 	}
 	fmt.Fprintf(&b, " errors=%d", r.Errors)
 	if r.DialRetries > 0 {

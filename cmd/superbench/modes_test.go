@@ -232,6 +232,24 @@ func TestChatMode(t *testing.T) {
 	}
 }
 
+// TestChatAcrossNodes: with several targets (one room served on three
+// listeners here), users spread over them and the remote latency is
+// reported apart.
+func TestChatAcrossNodes(t *testing.T) {
+	room := chatHandler("", 0)
+	addrs := []string{serve(t, room), serve(t, room), serve(t, room)}
+	r := bench(t, "chat", "-addr", strings.Join(addrs, ","), "-conns", "7", "-lines", "10", "-rounds", "3")
+	if r.Errors != 0 || r.Ops != 3*10*6 || r.Nodes != 3 || r.RemoteP99Us <= 0 || r.RemoteP50Us > r.RemoteP99Us {
+		t.Fatalf("%+v", r)
+	}
+	if code := run([]string{"echo", "-addr", addrs[0] + "," + addrs[1], "-count", "1"}, io.Discard, io.Discard); code != 2 {
+		t.Fatalf("echo with two targets: exit status %d", code)
+	}
+	if code := run([]string{"chat", "-addr", addrs[0] + ",192.0.2.1:7"}, io.Discard, io.Discard); code != 2 {
+		t.Fatalf("a non-loopback second target: exit status %d", code)
+	}
+}
+
 func TestRefusesNonLoopback(t *testing.T) {
 	if code := run([]string{"echo", "-addr", "192.0.2.1:7", "-count", "1"}, io.Discard, io.Discard); code != 2 {
 		t.Fatalf("exit status %d", code)

@@ -76,7 +76,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 			return exitFailure
 		}
 		mux := http.NewServeMux()
-		mux.Handle("/", m.Handler(sup.NotReady))
+		mux.Handle("/", m.Handler(func() []string { return append(sup.NotReady(), clusterNotReady()...) }))
 		mux.Handle("/status", status)
 		httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go httpSrv.Serve(ln)
@@ -96,6 +96,12 @@ func cmdRun(args []string, stderr io.Writer) int {
 		return exitFailure
 	}
 	alogs.commit(cfg, al, alChanged)
+	stopCluster, err := startCluster(log, cfg, m) // before the services, stopped after them
+	if err != nil {
+		log.Error("cannot start the cluster", "err", err)
+		return exitFailure
+	}
+	defer stopCluster()
 	if err := sup.Start(cfg); err != nil {
 		log.Error("cannot start", "err", err)
 		return exitFailure
@@ -160,6 +166,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 				case sig := <-sigs:
 					if sig == syscall.SIGINT || sig == syscall.SIGTERM {
 						log.Warn("second signal: exiting without finishing the drain", "signal", sig.String())
+						abandonCluster.Store(true)
 						return exitFailure
 					}
 				}
@@ -175,6 +182,9 @@ func reload(log *slog.Logger, sup *supervisor.Supervisor, m *metrics.Metrics, pa
 	cfg, err := loadConfigErr(path)
 	if err == nil && !cfg.RunAs.Same(runAs) {
 		err = errors.New("user and group apply when superd starts; restart superd to change them")
+	}
+	if err == nil {
+		err = clusterUnchanged(cfg)
 	}
 	var al *accesslog.Logger
 	alChanged := false

@@ -27,10 +27,15 @@ trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "
 port=${PROMCHECK_PORT:-19464}
 cat > "$dir/superd.hcl" <<HCL
 metrics { address = "127.0.0.1:$port" }
+cluster {
+  node = "promcheck"
+  nats { store_dir = "$dir/nats" }
+}
 service "echo" "echo" {
   endpoint "tcp" { address = "127.0.0.1:0" }
 }
 service "chat" "lobby" {
+  cluster = true
   endpoint "tcp" { address = "127.0.0.1:0" }
 }
 service "logfile" "audit" {

@@ -5,6 +5,8 @@
 // Name: chat. Attributes:
 //
 //	max_line_length = 16384   a longer line closes that user's connection
+//	cluster         = false   true: one room across every node (needs a cluster block)
+//	name_ttl        = "30s"   cluster: how long a dead node's names stay taken
 //
 // Protocol (every line ends with CRLF):
 //
@@ -16,29 +18,41 @@
 //
 // Beyond the tutorial: a name that is empty, longer than 64 bytes, not valid
 // UTF-8, or holds a control character (C0, DEL or C1) gets
-// "Invalid name, please choose another."
+// "Invalid name, please choose another."; with cluster = true, a name
+// whose uniqueness cannot be checked (NATS away) gets
+// "Name service unavailable, try again."
 //
 // Broadcast goes through each transport's non-blocking Write, so a user who
 // never reads is cut off as slow_consumer (max_pending_output) and never
 // slows the room.
 //
-// Metrics: superd_chat_users{service}, users online (named).
+// Metrics: superd_chat_users{service}, users online (named);
+// superd_chat_remote_lines_total{service,direction} and
+// superd_chat_remote_lines_dropped_total{service} (see below; 0 unless
+// the room spans nodes).
 //
 //	service "chat" "lobby" {
 //	  max_connections = 1000
 //	  endpoint "tcp" { address = "127.0.0.1:8123" }
 //	}
+//
+// With cluster = true (and a top-level cluster block) the room spans every
+// node of the cluster: see cluster.go. name_ttl (default "30s") is how long
+// the names of a node that died stay taken.
 package chat
 
 import (
+	"errors"
 	"net"
 	"sync"
+	"time"
 	"unicode"
 	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/zclconf/go-cty/cty"
 
+	"github.com/superd-dev/superd/cluster"
 	"github.com/superd-dev/superd/framework"
 	"github.com/superd-dev/superd/framework/basic"
 )
@@ -51,7 +65,13 @@ const (
 	promptLine  = "What's your name?"
 	takenLine   = "Name taken, please choose another."
 	invalidLine = "Invalid name, please choose another."
+	// unavailableLine: cluster = true and the names bucket cannot be
+	// reached, so uniqueness cannot be checked.
+	unavailableLine = "Name service unavailable, try again."
 )
+
+// DefaultNameTTL is name_ttl's default.
+const DefaultNameTTL = 30 * time.Second
 
 var usersOnline = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 	Name: "superd_chat_users",
@@ -65,9 +85,13 @@ func init() {
 		Attributes: []framework.Attribute{
 			{Name: "max_line_length", Type: cty.Number, Default: cty.NumberIntVal(basic.DefaultMaxLineLength),
 				Description: "longest line accepted, in bytes; a longer one closes the connection"},
+			{Name: "cluster", Type: cty.Bool, Default: cty.False,
+				Description: "the room spans every node of the cluster (needs a top-level cluster block)"},
+			{Name: "name_ttl", Type: cty.String, Default: cty.StringVal(DefaultNameTTL.String()),
+				Description: "with cluster = true: how long the names of a node that died stay taken (whole seconds, at least 1s)"},
 		},
 		New:        New,
-		Collectors: []prometheus.Collector{usersOnline},
+		Collectors: []prometheus.Collector{usersOnline, remoteLines, remoteDropped},
 	})
 }
 
@@ -77,11 +101,24 @@ func New(cfg *framework.Config) (framework.Factory, error) {
 	if !cfg.IsWholeNumber("max_line_length") || n < 1 {
 		return nil, cfg.Errorf("max_line_length", "must be a whole number of bytes, at least 1")
 	}
-	return &Room{
-		maxLine: n,
-		service: cfg.Service,
-		users:   map[string]*User{},
-	}, nil
+	r := &Room{
+		maxLine:   n,
+		service:   cfg.Service,
+		users:     map[string]*User{},
+		clustered: cfg.Bool("cluster"),
+	}
+	ttl, err := cfg.Duration("name_ttl")
+	if err != nil {
+		return nil, err
+	}
+	if ttl < time.Second || ttl%time.Second != 0 {
+		return nil, cfg.Errorf("name_ttl", "must be a whole number of seconds, at least 1s (JetStream's TTLs are in seconds), not %q", cfg.String("name_ttl"))
+	}
+	r.nameTTL = ttl
+	if r.clustered && !cfg.Cluster {
+		return nil, cfg.Errorf("cluster", "cluster = true needs a top-level cluster block (the node and its NATS)")
+	}
+	return r, nil
 }
 
 // Room is the factory: the users of one chat service.
@@ -89,6 +126,14 @@ type Room struct {
 	maxLine int
 	service string
 	online  prometheus.Gauge // set by StartFactory
+
+	// The cluster side (cluster = true): node is the process's node
+	// unless a test set it; remote runs from StartFactory to StopFactory.
+	clustered bool
+	nameTTL   time.Duration
+	node      *cluster.Node
+	remote    *remote
+	counters  remoteCounters
 
 	mu    sync.RWMutex
 	users map[string]*User
@@ -103,9 +148,46 @@ func (r *Room) BuildProtocol(net.Addr) framework.Protocol {
 // StartFactory publishes the users gauge (at 0 for a new service). A
 // reload that replaces the service shares the series with the old instance,
 // whose users leave one by one, so it is never reset here.
+//
+// It also creates the remote-line series (at 0, whether or not the room
+// spans nodes) and, with cluster = true, joins the room across nodes.
 func (r *Room) StartFactory() error {
 	r.online = usersOnline.WithLabelValues(r.service)
+	if r.counters.sent == nil { // tests may set their own
+		r.counters = newRemoteCounters(r.service)
+	}
+	if !r.clustered {
+		return nil
+	}
+	if r.node == nil {
+		r.node = cluster.Default()
+	}
+	if r.node == nil {
+		return errors.New("cluster = true, but superd runs no cluster (the file has no cluster block)")
+	}
+	x, err := startRemote(r)
+	if err != nil {
+		return err
+	}
+	r.remote = x
 	return nil
+}
+
+// StopFactory leaves the room across nodes (the names its users held are
+// released as they left; what is left is released now).
+func (r *Room) StopFactory() error {
+	if r.remote != nil {
+		r.remote.stop()
+	}
+	return nil
+}
+
+// has reports whether a user of this room holds name.
+func (r *Room) has(name string) bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	_, ok := r.users[name]
+	return ok
 }
 
 // register claims name for u; false if taken.
@@ -127,6 +209,9 @@ func (r *Room) unregister(u *User) {
 	if r.users[u.name] != u {
 		return
 	}
+	if r.remote != nil {
+		r.remote.release(u.name)
+	}
 	delete(r.users, u.name)
 	for i, o := range r.order {
 		if o == u {
@@ -138,7 +223,8 @@ func (r *Room) unregister(u *User) {
 }
 
 // broadcast sends msg (a whole line, CRLF included) to every named user
-// but from. Writes never block, so holding the read lock is cheap.
+// but from (nil: to every one, for lines from other nodes). Writes never
+// block, so holding the read lock is cheap.
 func (r *Room) broadcast(from *User, msg []byte) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
@@ -185,6 +271,9 @@ func (u *User) LineReceived(line []byte) {
 	u.msg = append(u.msg, line...)
 	u.msg = append(u.msg, "\r\n"...)
 	u.room.broadcast(u, u.msg)
+	if u.room.remote != nil {
+		u.room.remote.publish(u.msg)
+	}
 }
 
 func (u *User) chooseName(line []byte) {
@@ -193,7 +282,25 @@ func (u *User) chooseName(line []byte) {
 		return
 	}
 	name := string(line)
+	if x := u.room.remote; x != nil {
+		// Across nodes: taken here, or claimed in the cluster first.
+		if u.room.has(name) {
+			u.sendLine(takenLine)
+			return
+		}
+		switch x.claim(name) {
+		case claimTaken:
+			u.sendLine(takenLine)
+			return
+		case claimUnavailable:
+			u.sendLine(unavailableLine)
+			return
+		}
+	}
 	if !u.room.register(name, u) {
+		if x := u.room.remote; x != nil {
+			x.release(name) // a local race lost after a claim: give it back
+		}
 		u.sendLine(takenLine)
 		return
 	}

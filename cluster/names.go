@@ -1,0 +1,120 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Names are claimed in the bucket NamesBucket, one key each. A claim is a
+// JetStream key-value create (atomic across the cluster), with a TTL: the
+// holding node refreshes it (RefreshName) well within the TTL, so the
+// names of a node that died expire by themselves. A release purges the
+// key, leaving a marker that expires too.
+
+var (
+	// ErrNameTaken: another holder has the key.
+	ErrNameTaken = errors.New("cluster: name taken")
+	// ErrNameLost: a refresh found the key held by someone else (it had
+	// expired while this node could not refresh it).
+	ErrNameLost = errors.New("cluster: name held elsewhere")
+)
+
+// ClaimName creates key with this node's name as its value and the given
+// TTL (whole seconds, at least one). It returns the key's revision, or
+// ErrNameTaken, or an error wrapping ErrNamesUnavailable when the claim
+// could not be decided.
+func (n *Node) ClaimName(ctx context.Context, key string, ttl time.Duration) (uint64, error) {
+	kv, err := n.Names()
+	if err != nil {
+		return 0, err
+	}
+	rev, err := kv.Create(ctx, key, []byte(n.name), jetstream.KeyTTL(ttl))
+	switch {
+	case err == nil:
+		return rev, nil
+	case errors.Is(err, jetstream.ErrKeyExists):
+		return 0, ErrNameTaken
+	}
+	return 0, n.unavailable(err)
+}
+
+// RefreshName writes key again, only if rev is still its revision, with
+// a fresh TTL, and returns the new revision. When the key has expired
+// meanwhile it is claimed again; when someone else holds it now, the
+// error is ErrNameLost.
+func (n *Node) RefreshName(ctx context.Context, key string, rev uint64, ttl time.Duration) (uint64, error) {
+	if _, err := n.Names(); err != nil {
+		return 0, err
+	}
+	// KeyValue.Update would drop the key's TTL: publish the revision
+	// ourselves, with it.
+	m := &nats.Msg{Subject: "$KV." + NamesBucket + "." + key, Data: []byte(n.name), Header: nats.Header{}}
+	ack, err := n.js.PublishMsg(ctx, m, jetstream.WithExpectLastSequencePerSubject(rev), jetstream.WithMsgTTL(ttl))
+	if err == nil {
+		return ack.Sequence, nil
+	}
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) || (apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequence &&
+		apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+		return 0, n.unavailable(err)
+	}
+	// Not our revision any more: expired (claim it again) or taken.
+	rev, err = n.ClaimName(ctx, key, ttl)
+	if errors.Is(err, ErrNameTaken) {
+		return 0, ErrNameLost
+	}
+	return rev, err
+}
+
+// ReleaseName purges key if rev is still its revision (a key someone else
+// holds now is left alone).
+func (n *Node) ReleaseName(ctx context.Context, key string, rev uint64) error {
+	kv, err := n.Names()
+	if err != nil {
+		return err
+	}
+	err = kv.Purge(ctx, key, jetstream.LastRevision(rev), jetstream.PurgeTTL(markerTTL))
+	if err == nil || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		return nil
+	}
+	return n.unavailable(err)
+}
+
+// unavailable wraps err in ErrNamesUnavailable; when no stream answered,
+// the bucket is bound again (a NATS server that restarted without it).
+func (n *Node) unavailable(err error) error {
+	if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
+		errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrBucketNotFound) {
+		n.NamesLost()
+	}
+	return fmt.Errorf("%w: %w", ErrNamesUnavailable, err)
+}
+
+// Token escapes s for use as one token of a NATS subject or key-value
+// key: letters, digits, '-' and '_' stay; every other byte becomes =XX
+// (upper-case hex). Distinct strings give distinct tokens, and the common
+// ones ("lobby", "bob") read as themselves.
+func Token(s string) string {
+	const hex = "0123456789ABCDEF"
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' {
+			b.WriteByte(c)
+			continue
+		}
+		b.WriteByte('=')
+		b.WriteByte(hex[c>>4])
+		b.WriteByte(hex[c&15])
+	}
+	if b.Len() == 0 {
+		return "="
+	}
+	return b.String()
+}

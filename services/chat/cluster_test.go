@@ -1,0 +1,530 @@
+package chat
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/superd-dev/superd/cluster"
+	"github.com/superd-dev/superd/cluster/clustertest"
+	"github.com/superd-dev/superd/config"
+)
+
+// These tests run rooms on three nodes of a real NATS cluster on loopback
+// (each node an embedded NATS server routed to the others), in this
+// process; the users are fake transports. cmd/superd's cluster tests do
+// the same with three superd processes.
+
+// parseClusterService decodes a chat service block in a file that has a
+// cluster block.
+func parseClusterService(t *testing.T, name, body string) (*config.Service, error) {
+	t.Helper()
+	src := fmt.Sprintf("cluster {\n  node = \"n\"\n}\nservice \"chat\" %q {\n%s\n  endpoint \"tcp\" { address = \"127.0.0.1:1\" }\n}\n", name, body)
+	f, err := config.Parse([]byte(src), filepath.Join(t.TempDir(), "superd.hcl"))
+	if err != nil {
+		return nil, err
+	}
+	return f.Service(name), nil
+}
+
+// newClusterRoom starts a room of service on node (cluster = true).
+func newClusterRoom(t *testing.T, node *cluster.Node, service, body string) *room {
+	t.Helper()
+	svc, err := parseClusterService(t, service, "  cluster = true\n"+body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fac, err := svc.Spec.New(svc.FactoryConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := fac.(*Room)
+	r.node = node
+	// Counters of this node alone (the process-wide series are shared by
+	// the three nodes' rooms of one service here).
+	mk := func(n string) prometheus.Counter { return prometheus.NewCounter(prometheus.CounterOpts{Name: n}) }
+	r.counters = remoteCounters{sent: mk("sent"), received: mk("received"), dropped: mk("dropped")}
+	if err := r.StartFactory(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.StopFactory() })
+	return &room{t: t, r: r, rec: &recorder{}}
+}
+
+// eventually polls f until it returns nil (see clustertest.Eventually).
+func eventually(t *testing.T, limit time.Duration, f func() error) {
+	t.Helper()
+	clustertest.Eventually(t, limit, f)
+}
+
+// waitFor polls until c has received want (everything it was sent since
+// the last take), then takes it.
+func waitFor(t *testing.T, c *client, want string) {
+	t.Helper()
+	var got string
+	eventually(t, 10*time.Second, func() error {
+		c.t.mu.Lock()
+		got = c.t.out.String()
+		c.t.mu.Unlock()
+		if len(got) < len(want) {
+			return fmt.Errorf("%s got %q so far, want %q", c.t.id, got, want)
+		}
+		return nil
+	})
+	if got = c.t.take(); got != want {
+		t.Fatalf("%s got %q, want %q", c.t.id, got, want)
+	}
+}
+
+// joinAnywhere connects to rm and chooses name, retrying while the name
+// service is unavailable (JetStream electing a leader) or the name is
+// still held (a release in flight), until limit.
+func joinAnywhere(t *testing.T, rm *room, id, name string, limit time.Duration) *client {
+	t.Helper()
+	c := rm.connect(id)
+	eventually(t, limit, func() error {
+		c.send(name + "\r\n")
+		switch got := c.t.take(); got {
+		case "Welcome, " + name + "!\r\n":
+			return nil
+		case unavailableLine + "\r\n", takenLine + "\r\n":
+			return fmt.Errorf("%s naming itself %q: %q", id, name, got)
+		default:
+			t.Fatalf("%s naming itself %q: %q", id, name, got)
+			return nil
+		}
+	})
+	return c
+}
+
+func counter(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
+}
+
+func TestWellFormed(t *testing.T) {
+	for in, want := range map[string]bool{
+		"<a> \r\n":         true,
+		"<bob> hello\r\n":  true,
+		"<bob> a\r\nb\r\n": true, // one line may hold a bare LF, never CRLF: a node never sends this, but it is harmless
+		"<" + strings.Repeat("n", 64) + "> x\r\n": true,
+		"<" + strings.Repeat("n", 65) + "> x\r\n": false,
+		"bob> hello\r\n": false,
+		"<bob> hello\n":  false,
+		"<bob>hello\r\n": false,
+		"":               false,
+	} {
+		if got := wellFormed([]byte(in)); got != want {
+			t.Errorf("wellFormed(%q) = %v, want %v", in, got, want)
+		}
+	}
+}
+
+func TestClusterConfig(t *testing.T) {
+	for _, tt := range []struct {
+		name, body string
+		wantErr    []string
+		ttl        time.Duration
+	}{
+		{name: "default ttl", body: "  cluster = true", ttl: DefaultNameTTL},
+		{name: "ttl", body: "  cluster = true\n  name_ttl = \"5s\"", ttl: 5 * time.Second},
+		{name: "ttl in minutes", body: "  cluster = true\n  name_ttl = \"2m\"", ttl: 2 * time.Minute},
+		{name: "ttl without cluster", body: "  name_ttl = \"10s\"", ttl: 10 * time.Second},
+		{name: "sub-second ttl", body: "  cluster = true\n  name_ttl = \"500ms\"",
+			wantErr: []string{"superd.hcl:6,", `Invalid value for "name_ttl"`, "whole number of seconds"}},
+		{name: "fractional ttl", body: "  cluster = true\n  name_ttl = \"1.5s\"",
+			wantErr: []string{"superd.hcl:6,", `Invalid value for "name_ttl"`}},
+		{name: "bad ttl", body: "  cluster = true\n  name_ttl = \"soon\"",
+			wantErr: []string{"superd.hcl:6,", `Invalid value for "name_ttl"`, "not a duration"}},
+		{name: "cluster not a bool", body: "  cluster = \"maybe\"",
+			wantErr: []string{"superd.hcl:5,", "cluster"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			svc, err := parseClusterService(t, "lobby", tt.body)
+			if tt.wantErr != nil {
+				if err == nil {
+					t.Fatal("no error")
+				}
+				for _, s := range tt.wantErr {
+					if !strings.Contains(err.Error(), s) {
+						t.Errorf("error lacks %q:\n%s", s, err)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			fac, err := svc.Spec.New(svc.FactoryConfig)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := fac.(*Room).nameTTL; got != tt.ttl {
+				t.Fatalf("name_ttl %v, want %v", got, tt.ttl)
+			}
+		})
+	}
+	// cluster = true without a cluster block: an error on the attribute.
+	_, err := parseService(t, "lobby", "  cluster = true")
+	var de *config.DiagnosticsError
+	if !errors.As(err, &de) || !strings.Contains(err.Error(), "superd.hcl:2,") || !strings.Contains(err.Error(), "top-level cluster block") {
+		t.Fatalf("cluster = true without a cluster block: %v", err)
+	}
+}
+
+// TestClusterStartWithoutNode: cluster = true needs the process's node.
+func TestClusterStartWithoutNode(t *testing.T) {
+	svc, err := parseClusterService(t, "lobby", "  cluster = true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fac, err := svc.Spec.New(svc.FactoryConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fac.(*Room).StartFactory(); err == nil || !strings.Contains(err.Error(), "no cluster") {
+		t.Fatalf("StartFactory without a node: %v", err)
+	}
+}
+
+// TestClusterRoom: the seed's transcript across three nodes, names unique
+// across them, and three senders' lines everywhere once and in order.
+func TestClusterRoom(t *testing.T) {
+	nodes := clustertest.Start(t, 3)
+	clustertest.WaitNames(t, nodes, 30*time.Second)
+	rooms := make([]*room, 3)
+	for i, nd := range nodes {
+		rooms[i] = newClusterRoom(t, nd, "lobby", "  name_ttl = \"10s\"")
+	}
+	other := newClusterRoom(t, nodes[2], "other", "") // another room on the same cluster
+	a, b, c := rooms[0], rooms[1], rooms[2]
+
+	alice := joinAnywhere(t, a, "A1", "alice", 20*time.Second)
+	// Taken on node A: refused on node C, with the seed's message and no
+	// new prompt.
+	bob := c.connect("C1")
+	bob.send("alice\r\n")
+	if got := bob.t.take(); got != "Name taken, please choose another.\r\n" {
+		t.Fatalf("alice on C: %q", got)
+	}
+	bob.send("bob\r\n")
+	if got := bob.t.take(); got != "Welcome, bob!\r\n" {
+		t.Fatalf("bob on C: %q", got)
+	}
+	// The same name in another room is another name.
+	oAlice := joinAnywhere(t, other, "O1", "alice", 10*time.Second)
+	carol := joinAnywhere(t, b, "B1", "carol", 10*time.Second)
+
+	// Interest travels over the routes: wait until a line from each node
+	// reaches the others before checking transcripts byte for byte.
+	eventually(t, 10*time.Second, func() error {
+		for i, x := range []*remote{a.r.remote, b.r.remote, c.r.remote} {
+			if !x.nc.IsConnected() {
+				return fmt.Errorf("node %d not connected", i)
+			}
+		}
+		return nil
+	})
+	probe := func(from *client, rest ...*client) {
+		t.Helper()
+		eventually(t, 10*time.Second, func() error {
+			from.send("probe\r\n")
+			time.Sleep(50 * time.Millisecond)
+			for _, r := range rest {
+				if !strings.Contains(r.t.take(), "probe") {
+					return fmt.Errorf("%s did not hear %s's probe", r.t.id, from.t.id)
+				}
+			}
+			return nil
+		})
+		time.Sleep(100 * time.Millisecond) // stray probes
+		for _, r := range rest {
+			r.t.take()
+		}
+	}
+	probe(alice, bob, carol)
+	probe(bob, alice, carol)
+	probe(carol, alice, bob)
+	oAlice.t.take()
+	if got := oAlice.t.take(); got != "" {
+		t.Fatalf("the other room heard %q", got)
+	}
+
+	// Something on the room's subject that no superd sent is dropped and
+	// counted, never shown.
+	if err := nodes[0].Conn().Publish("superd.chat.lobby.intruder", []byte("garbage")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, func() error {
+		if d := counter(t, c.r.counters.dropped); d != 1 {
+			return fmt.Errorf("C dropped %v", d)
+		}
+		return nil
+	})
+
+	bob.send("hello\r\n")
+	waitFor(t, alice, "<bob> hello\r\n")
+	waitFor(t, carol, "<bob> hello\r\n")
+	alice.send("hi bob\r\n")
+	waitFor(t, bob, "<alice> hi bob\r\n")
+	waitFor(t, carol, "<alice> hi bob\r\n")
+	// Several lines in one chunk, including the name: the lines wait for
+	// the claim, then go everywhere in order.
+	k := c.connect("C2")
+	k.send("k\r\nafter\r\nand more\r\n")
+	waitFor(t, k, "Welcome, k!\r\n")
+	for _, u := range []*client{alice, bob, carol} {
+		waitFor(t, u, "<k> after\r\n<k> and more\r\n")
+	}
+
+	// A user who leaves frees the name for every node.
+	alice.leave()
+	alice2 := joinAnywhere(t, c, "C3", "alice", 10*time.Second)
+	// And on its own node, at once (the claim takes the key over).
+	carol.leave()
+	c2 := b.connect("B2")
+	c2.send("carol\r\n")
+	if got := c2.t.take(); got != "Welcome, carol!\r\n" {
+		t.Fatalf("carol again on B right after leaving: %q", got)
+	}
+	// Racing for one name from the three nodes: one wins.
+	var wg sync.WaitGroup
+	racers := make([]*client, 9)
+	for i := range racers {
+		racers[i] = rooms[i%3].connect(fmt.Sprintf("R%d", i))
+	}
+	for _, r := range racers {
+		wg.Go(func() { r.send("same\r\n") })
+	}
+	wg.Wait()
+	won := 0
+	for _, r := range racers {
+		switch got := r.t.take(); got {
+		case "Welcome, same!\r\n":
+			won++
+		case "Name taken, please choose another.\r\n":
+		default:
+			t.Fatalf("%s: %q", r.t.id, got)
+		}
+	}
+	if won != 1 {
+		t.Fatalf("%d users got the name, want 1", won)
+	}
+	for _, r := range racers {
+		r.leave()
+	}
+
+	// Three senders, one per node, 200 lines each; two more listeners per
+	// node: every user hears every other sender's lines once, in order.
+	for _, u := range []*client{bob, k, alice2, c2, oAlice} {
+		u.leave()
+	}
+	const lines = 200
+	senders := []*client{
+		joinAnywhere(t, a, "S0", "s0", 10*time.Second),
+		joinAnywhere(t, b, "S1", "s1", 10*time.Second),
+		joinAnywhere(t, c, "S2", "s2", 10*time.Second),
+	}
+	var listeners []*client
+	for i := range 6 {
+		listeners = append(listeners, joinAnywhere(t, rooms[i%3], fmt.Sprintf("L%d", i), fmt.Sprintf("l%d", i), 10*time.Second))
+	}
+	for s, sc := range senders {
+		wg.Go(func() {
+			for j := range lines {
+				sc.send(fmt.Sprintf("m %d %d\r\n", s, j))
+			}
+		})
+	}
+	wg.Wait()
+	check := func(u *client, skip int) error {
+		u.t.mu.Lock()
+		out := u.t.out.String()
+		u.t.mu.Unlock()
+		next := make([]int, len(senders))
+		for line := range strings.SplitSeq(strings.TrimSuffix(out, "\r\n"), "\r\n") {
+			if line == "" {
+				continue
+			}
+			var s, j int
+			if _, err := fmt.Sscanf(line, "<s%d> m %d %d", new(int), &s, &j); err != nil {
+				return fmt.Errorf("%s: bad line %q", u.t.id, line)
+			}
+			if s == skip || j != next[s] {
+				return fmt.Errorf("%s: from s%d got line %d, want %d (lost, repeated, reordered or echoed)", u.t.id, s, j, next[s])
+			}
+			next[s]++
+		}
+		for s, n := range next {
+			if s != skip && n != lines {
+				return fmt.Errorf("%s: %d lines from s%d so far", u.t.id, n, s)
+			}
+		}
+		return nil
+	}
+	eventually(t, 20*time.Second, func() error {
+		for i, u := range senders {
+			if err := check(u, i); err != nil {
+				return err
+			}
+		}
+		for _, u := range listeners {
+			if err := check(u, -1); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	// Each node sent its sender's lines and received the two others'.
+	for i, rm := range rooms {
+		if s := counter(t, rm.r.counters.sent); s < lines {
+			t.Errorf("node %d sent %v lines, want at least %d", i, s, lines)
+		}
+		if d := counter(t, rm.r.counters.dropped); d != 0 && !(i > 0 && d == 1) { // the intruder's message
+			t.Errorf("node %d dropped %v lines", i, d)
+		}
+	}
+	for _, u := range append(senders, listeners...) {
+		u.leave()
+	}
+	eventually(t, 10*time.Second, func() error {
+		for _, rm := range rooms {
+			if rm.users() != 0 {
+				return fmt.Errorf("%v users", rm.users())
+			}
+		}
+		return nil
+	})
+
+	// A name held longer than its TTL stays held: its node refreshes it
+	// (name_ttl 2s: the key lives 1s, refreshed every 0.5s).
+	short := []*room{newClusterRoom(t, nodes[0], "short", "  name_ttl = \"2s\""), newClusterRoom(t, nodes[2], "short", "  name_ttl = \"2s\"")}
+	holder := joinAnywhere(t, short[0], "H1", "holder", 10*time.Second)
+	tries := short[1].connect("T1")
+	for until := time.Now().Add(3 * time.Second); time.Now().Before(until); {
+		tries.send("holder\r\n")
+		if got := tries.t.take(); got != takenLine+"\r\n" {
+			t.Fatalf("a name held on A, on C: %q", got)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	holder.leave()
+	joinAnywhere(t, short[1], "T2", "holder", 10*time.Second).leave()
+	tries.leave()
+}
+
+// TestClusterOutage: node B's NATS server stops (what B's NATS being cut
+// off looks like) and starts again. Meanwhile B's room works locally and A
+// and C carry on; B's lines are dropped and counted; new names on B get
+// "Name service unavailable"; B's names are free on A within name_ttl.
+// Once B's server is back, delivery across nodes resumes by itself.
+func TestClusterOutage(t *testing.T) {
+	nodes := clustertest.Start(t, 3)
+	clustertest.WaitNames(t, nodes, 30*time.Second)
+	const ttl = 3 * time.Second
+	rooms := make([]*room, 3)
+	for i, nd := range nodes {
+		rooms[i] = newClusterRoom(t, nd, "lobby", fmt.Sprintf("  name_ttl = %q", ttl.String()))
+	}
+	a, b, c := rooms[0], rooms[1], rooms[2]
+	alice := joinAnywhere(t, a, "A1", "alice", 20*time.Second)
+	bob := joinAnywhere(t, b, "B1", "bob", 10*time.Second)
+	bea := joinAnywhere(t, b, "B2", "bea", 10*time.Second)
+	carol := joinAnywhere(t, c, "C1", "carol", 10*time.Second)
+	eventually(t, 10*time.Second, func() error {
+		bob.send("probe\r\n")
+		time.Sleep(50 * time.Millisecond)
+		if !strings.Contains(alice.t.take(), "probe") || !strings.Contains(carol.t.take(), "probe") {
+			return errors.New("bob's probe not heard on A and C")
+		}
+		return nil
+	})
+	time.Sleep(100 * time.Millisecond)
+	for _, u := range []*client{alice, bob, bea, carol} {
+		u.t.take()
+	}
+
+	nodes[1].StopServer()
+	cut := time.Now()
+	eventually(t, 5*time.Second, func() error {
+		if nodes[1].Connected() {
+			return errors.New("B still connected")
+		}
+		return nil
+	})
+	// B's room carries on locally; its lines are dropped for the others.
+	dropped := counter(t, b.r.counters.dropped)
+	bob.send("only here\r\n")
+	waitFor(t, bea, "<bob> only here\r\n")
+	if d := counter(t, b.r.counters.dropped); d != dropped+1 {
+		t.Fatalf("dropped %v, want %v", d, dropped+1)
+	}
+	// A and C carry on between them.
+	alice.send("A and C\r\n")
+	waitFor(t, carol, "<alice> A and C\r\n")
+	// No new name on B.
+	nb := b.connect("B3")
+	nb.send("newbie\r\n")
+	if got := nb.t.take(); got != "Name service unavailable, try again.\r\n" {
+		t.Fatalf("a new name on B while cut off: %q", got)
+	}
+	// B's names are still taken right after the cut, and free on A within
+	// name_ttl (plus JetStream electing a new leader for the bucket if B
+	// led it: then the answer is "unavailable" meanwhile).
+	x := a.connect("A2")
+	x.send("bob\r\n")
+	if got := x.t.take(); got != takenLine+"\r\n" && got != unavailableLine+"\r\n" {
+		t.Fatalf("bob on A right after B was cut off: %q", got)
+	}
+	eventually(t, ttl+10*time.Second, func() error {
+		x.send("bob\r\n")
+		if got := x.t.take(); got != "Welcome, bob!\r\n" {
+			return fmt.Errorf("bob on A: %q", got)
+		}
+		return nil
+	})
+	t.Logf("bob's name free on A %v after B was cut off (name_ttl %v)", time.Since(cut), ttl)
+	if got := alice.t.take() + carol.t.take(); got != "" {
+		t.Fatalf("A and C heard %q from cut-off B", got)
+	}
+
+	if err := nodes[1].StartServer(); err != nil {
+		t.Fatal(err)
+	}
+	// Remote delivery resumes, both ways, by itself.
+	eventually(t, 20*time.Second, func() error {
+		bea.send("back\r\n")
+		time.Sleep(50 * time.Millisecond)
+		if !strings.Contains(alice.t.take(), "<bea> back") || !strings.Contains(carol.t.take(), "<bea> back") {
+			return errors.New("bea not heard on A and C yet")
+		}
+		return nil
+	})
+	eventually(t, 10*time.Second, func() error {
+		carol.send("hello B\r\n")
+		time.Sleep(50 * time.Millisecond)
+		if !strings.Contains(bea.t.take(), "<carol> hello B") {
+			return errors.New("carol not heard on B yet")
+		}
+		return nil
+	})
+	// New names on B again.
+	joinAnywhere(t, b, "B4", "newbie", 20*time.Second)
+	for _, u := range []*client{alice, bob, bea, carol, nb, x} {
+		u.leave()
+	}
+	if counter(t, b.r.counters.received) == 0 || counter(t, a.r.counters.received) == 0 {
+		t.Fatal("received counters did not count")
+	}
+}
