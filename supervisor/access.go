@@ -35,7 +35,7 @@ func (s *service) logEnd(c, nc net.Conn, b *binding, start time.Time, reason err
 	}
 	if tc, ok := nc.(*tls.Conn); ok {
 		st := tc.ConnectionState()
-		e.TLSVersion = tlsVersionName(st.Version)
+		e.TLSVersion = framework.TLSVersionName(st.Version)
 		e.SNI = st.ServerName
 	}
 	s.alog.Load().Log(e)
@@ -58,14 +58,4 @@ func endReason(reason error) string {
 		return "aborted"
 	}
 	return "lost"
-}
-
-func tlsVersionName(v uint16) string {
-	switch v {
-	case tls.VersionTLS12:
-		return "TLSv1.2"
-	case tls.VersionTLS13:
-		return "TLSv1.3"
-	}
-	return tls.VersionName(v)
 }

@@ -167,16 +167,16 @@ func connEnv(hc *framework.HandedConn) []string {
 	default:
 		set("PROTO", "IPC")
 		if uc, ok := nc.(*net.UnixConn); ok {
-			if cred, err := peerCred(uc); err == nil {
-				set("IPCREMOTEEUID", strconv.FormatUint(uint64(cred.Uid), 10))
-				set("IPCREMOTEEGID", strconv.FormatUint(uint64(cred.Gid), 10))
-				set("IPCREMOTEPID", strconv.FormatInt(int64(cred.Pid), 10))
+			if cred, ok := framework.PeerCredentials(uc); ok {
+				set("IPCREMOTEEUID", strconv.FormatUint(uint64(cred.UID), 10))
+				set("IPCREMOTEEGID", strconv.FormatUint(uint64(cred.GID), 10))
+				set("IPCREMOTEPID", strconv.FormatInt(int64(cred.PID), 10))
 			}
 		}
 	}
 	if tc, ok := nc.(*tls.Conn); ok {
 		st := tc.ConnectionState()
-		set("SSL_PROTOCOL", tlsVersion(st.Version))
+		set("SSL_PROTOCOL", framework.TLSVersionName(st.Version))
 		set("SSL_CIPHER", tls.CipherSuiteName(st.CipherSuite))
 		if st.ServerName != "" {
 			set("SSL_TLS_SNI_SERVERNAME", st.ServerName)
@@ -203,39 +203,9 @@ func peerString(nc net.Conn) string {
 		return net.JoinHostPort(ip, port)
 	}
 	if uc, ok := nc.(*net.UnixConn); ok {
-		if cred, err := peerCred(uc); err == nil {
-			return "pid " + strconv.FormatInt(int64(cred.Pid), 10) + " uid " + strconv.FormatUint(uint64(cred.Uid), 10)
+		if cred, ok := framework.PeerCredentials(uc); ok {
+			return "pid " + strconv.FormatInt(int64(cred.PID), 10) + " uid " + strconv.FormatUint(uint64(cred.UID), 10)
 		}
 	}
 	return nc.RemoteAddr().String()
-}
-
-// peerCred reads a unix socket peer's credentials (SO_PEERCRED).
-func peerCred(uc *net.UnixConn) (*unix.Ucred, error) {
-	raw, err := uc.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	var cred *unix.Ucred
-	var cerr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return nil, err
-	}
-	return cred, cerr
-}
-
-func tlsVersion(v uint16) string {
-	switch v {
-	case tls.VersionTLS10:
-		return "TLSv1"
-	case tls.VersionTLS11:
-		return "TLSv1.1"
-	case tls.VersionTLS12:
-		return "TLSv1.2"
-	case tls.VersionTLS13:
-		return "TLSv1.3"
-	}
-	return "unknown"
 }
