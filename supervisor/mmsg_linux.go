@@ -143,18 +143,22 @@ func (b *batchIO) datagram(i int) (data []byte, from *net.UDPAddr, truncated boo
 		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
 		a.IP = append(a.IP[:0], sa4.Addr[:]...)
 		a.Port = int(binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&sa4.Port))[:]))
+		a.Zone = ""
 	case unix.AF_INET6:
 		ip := netip.AddrFrom16(sa.Addr)
 		if ip.Is4In6() {
 			v4 := ip.As4()
 			a.IP = append(a.IP[:0], v4[:]...)
+			a.Zone = ""
 		} else {
 			a.IP = append(a.IP[:0], sa.Addr[:]...)
+			a.Zone = zones.name(sa.Scope_id) // a link-local peer's interface
 		}
 		a.Port = int(binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:]))
 	default:
 		a.IP = a.IP[:0]
 		a.Port = 0
+		a.Zone = ""
 	}
 	return b.recv.bufs[i][:h.n], a, h.hdr.Flags&unix.MSG_TRUNC != 0
 }
@@ -186,7 +190,7 @@ func (b *batchIO) queue(p []byte, to netip.AddrPort) bool {
 	h := &b.send.hdrs[i].hdr
 	addr := to.Addr()
 	if b.six {
-		*sa = unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: addr.As16()}
+		*sa = unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: addr.As16(), Scope_id: zones.index(addr.Zone())}
 		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:], to.Port())
 		h.Namelen = unix.SizeofSockaddrInet6
 	} else {
