@@ -105,13 +105,17 @@ func reflects(to netip.AddrPort, guards *guardPorts) bool {
 		a.IsMulticast() || a.IsUnspecified() || a == netip.AddrFrom4([4]byte{255, 255, 255, 255})
 }
 
-// addrPort converts a datagram address without allocating.
+// addrPort converts a datagram address, its IPv6 zone included, without
+// allocating.
 func addrPort(addr net.Addr) (netip.AddrPort, bool) {
 	switch a := addr.(type) {
 	case *net.UDPAddr:
 		ip, ok := netip.AddrFromSlice(a.IP)
 		if !ok || a.Port < 0 || a.Port > 65535 {
 			return netip.AddrPort{}, false
+		}
+		if a.Zone != "" && ip.Is6() && !ip.Is4In6() {
+			ip = ip.WithZone(a.Zone) // a link-local peer: the reply leaves by its interface
 		}
 		return netip.AddrPortFrom(ip, uint16(a.Port)), true
 	case interface{ AddrPort() netip.AddrPort }:

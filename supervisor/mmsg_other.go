@@ -37,6 +37,7 @@ func (b *batchIO) read() (int, error) {
 	}
 	b.n = n
 	b.from.IP = append(b.from.IP[:0], ap.Addr().Unmap().AsSlice()...)
+	b.from.Zone = ap.Addr().Zone() // a link-local peer's interface, for the reply
 	b.from.Port = int(ap.Port())
 	return 1, nil
 }
