@@ -75,13 +75,17 @@ func labelOf(cfg Config) string {
 //   - a stale socket file (one where connecting is refused: its server is
 //     dead) is removed and replaced; a socket where a live server answers,
 //     or a path that is not a socket, is an error and is never deleted;
-//   - the socket file gets cfg.UnixMode() before the
-//     socket starts listening, so no client can connect while it has any
-//     other mode (see bindUnix);
-//   - the mode is never set through a symbolic link, and only on the socket
-//     file bound (see UnixListener);
+//   - the socket file gets cfg's owner and group (cfg.SocketOwner) and
+//     cfg.UnixMode() before the socket starts listening, so no client can
+//     connect while it has any others (see bindUnix);
+//   - owner and mode are never set through a symbolic link, and only on the
+//     socket file bound (see UnixListener);
 //   - the socket file is removed when the listener is closed, if the path
 //     still names it.
+//
+// For an abstract unix socket ("@NAME", Linux) it is a *net.UnixListener:
+// no file, so nothing to replace, give an owner or mode to, or remove; the
+// name is free again once the socket is closed.
 //
 // Errors are *ListenError values naming the endpoint and the cause.
 func Listen(cfg Config) (net.Listener, error) {
@@ -167,6 +171,10 @@ func (l nagleListener) Accept() (net.Conn, error) {
 // address a socket of superd's own overlaps, the supervisor says so
 // instead.)
 func hint(cfg Config, err error) string {
+	var pe *fs.PathError
+	if cfg.Kind == KindUnix && errors.As(err, &pe) && pe.Op == "chown" && errors.Is(err, fs.ErrPermission) {
+		return fmt.Sprintf("giving the socket file another owner or group needs root (or CAP_CHOWN), and superd runs as uid %d", os.Geteuid())
+	}
 	if (cfg.Kind != KindTCP && cfg.Kind != KindTLS) || !errors.Is(err, syscall.EADDRINUSE) {
 		return ""
 	}
@@ -175,10 +183,19 @@ func hint(cfg Config, err error) string {
 
 func listenUnix(cfg Config) (net.Listener, error) {
 	path := cfg.Addr.Path
+	if cfg.Addr.Abstract() {
+		if cfg.Owner != "" || cfg.Group != "" {
+			return nil, errors.New("an abstract socket has no file to give an owner or group")
+		}
+		// Who may connect is up to the protocol (peer credentials): an
+		// abstract socket has no permissions. Go's listener never unlinks
+		// an "@" name.
+		return net.ListenUnix(NetworkUnix, &net.UnixAddr{Name: path, Net: NetworkUnix})
+	}
 	if err := removeStale(path); err != nil {
 		return nil, err
 	}
-	return bindUnix(path, cfg.UnixMode())
+	return bindUnix(path, cfg.fileAttrs())
 }
 
 // removeStale makes way for a new socket at path: nothing there is fine; a
