@@ -267,17 +267,28 @@ func ListenUDP(cfg Config) (*net.UDPConn, error) {
 		return nil, &ListenError{Label: label, Err: err}
 	}
 	uc := pc.(*net.UDPConn)
+	if err := SetBuffers(uc, cfg); err != nil {
+		uc.Close()
+		return nil, err
+	}
+	return uc, nil
+}
+
+// SetBuffers gives a udp socket cfg's read_buffer and write_buffer (a size
+// left at 0 keeps the socket's): ListenUDP does, and so does the
+// supervisor to a socket the service manager passed. The kernel doubles
+// what it is asked for (its bookkeeping) and caps it at net.core.rmem_max
+// and wmem_max. Errors are *ListenError values.
+func SetBuffers(uc *net.UDPConn, cfg Config) error {
 	if cfg.ReadBuffer > 0 {
 		if err := uc.SetReadBuffer(cfg.ReadBuffer); err != nil {
-			uc.Close()
-			return nil, &ListenError{Label: label, Err: fmt.Errorf("read_buffer: %w", err)}
+			return &ListenError{Label: labelOf(cfg), Err: fmt.Errorf("read_buffer: %w", err)}
 		}
 	}
 	if cfg.WriteBuffer > 0 {
 		if err := uc.SetWriteBuffer(cfg.WriteBuffer); err != nil {
-			uc.Close()
-			return nil, &ListenError{Label: label, Err: fmt.Errorf("write_buffer: %w", err)}
+			return &ListenError{Label: labelOf(cfg), Err: fmt.Errorf("write_buffer: %w", err)}
 		}
 	}
-	return uc, nil
+	return nil
 }
