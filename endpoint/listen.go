@@ -136,6 +136,10 @@ func listenTCP(cfg Config) (net.Listener, error) {
 			lc.KeepAliveConfig.Count = -1
 		}
 	}
+	if cfg.ReusePort {
+		// Plain TCP, so that Quiesce can put a filter on it.
+		lc.SetMultipathTCP(false)
+	}
 	ln, err := lc.Listen(context.Background(), NetworkTCP, cfg.Addr.String())
 	if err != nil {
 		return nil, err
