@@ -280,9 +280,9 @@ func ListenUDP(cfg Config) (*net.UDPConn, error) {
 
 // SetBuffers gives a udp socket cfg's read_buffer and write_buffer (a size
 // left at 0 keeps the socket's): ListenUDP does, and so does the
-// supervisor to a socket the service manager passed. The kernel doubles
-// what it is asked for (its bookkeeping) and caps it at net.core.rmem_max
-// and wmem_max. Errors are *ListenError values.
+// supervisor to a socket the service manager passed. The kernel caps what
+// it is asked for at net.core.rmem_max and wmem_max, then doubles it (its
+// bookkeeping). Errors are *ListenError values.
 func SetBuffers(uc *net.UDPConn, cfg Config) error {
 	if cfg.ReadBuffer > 0 {
 		if err := uc.SetReadBuffer(cfg.ReadBuffer); err != nil {
