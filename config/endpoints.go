@@ -50,6 +50,8 @@ var endpointSchemas = map[string]*hcl.BodySchema{
 		{Name: "path", Required: true},
 		{Name: "name"},
 		{Name: "mode"},
+		{Name: "owner"},
+		{Name: "group"},
 	}},
 	endpoint.KindUDP: {Attributes: []hcl.AttributeSchema{
 		{Name: "address", Required: true},
@@ -131,25 +133,7 @@ func (d *decoder) decodeEndpoint(svc *Service, blk *hcl.Block) (endpoint.Config,
 			ep.WriteBuffer, _ = d.whole(a, 1024, maxSocketBuffer)
 		}
 	case endpoint.KindUnix:
-		ep.Mode = endpoint.DefaultUnixMode
-		if a := content.Attributes["path"]; a != nil {
-			if p, good := d.str(a); good {
-				ep.Label = kind + ":" + p
-				if ep.Addr, good = d.checkSocketPath(a, p); good {
-					d.claim(socket{addr: ep.Addr, written: p, desc: endpointDesc(ep.Label, svc.Name), rng: a.Expr.Range()})
-				}
-			}
-		}
-		if a := content.Attributes["mode"]; a != nil {
-			if s, good := d.str(a); good {
-				if m, err := parseMode(s); err != nil {
-					d.errorf(a.Expr.Range(), "Invalid file mode",
-						"mode %q is not an octal file mode (%s); write it as a string such as \"0660\".", s, err)
-				} else {
-					ep.Mode = m
-				}
-			}
-		}
+		d.decodeUnix(&ep, svc, content)
 	}
 	for _, pb := range content.Blocks {
 		if pb.Type != "proxy_protocol" {
@@ -172,6 +156,69 @@ func (d *decoder) decodeEndpoint(svc *Service, blk *hcl.Block) (endpoint.Config,
 	}
 	// Whatever went wrong above was reported, and fails the whole file.
 	return ep, true
+}
+
+// noID is (uid_t)-1, which chown takes to mean "unchanged": no user or
+// group has it.
+const noID = "4294967295"
+
+// decodeUnix decodes a unix endpoint: its path (a file, or "@NAME" for a
+// Linux abstract socket), and for a file its mode, owner and group.
+func (d *decoder) decodeUnix(ep *endpoint.Config, svc *Service, content *hcl.BodyContent) {
+	written := ""
+	if a := content.Attributes["path"]; a != nil {
+		if p, good := d.str(a); good {
+			written = p
+			ep.Label = ep.Kind + ":" + p
+			if ep.Addr, good = d.checkSocketPath(a, p); good {
+				d.claim(socket{addr: ep.Addr, written: p, desc: endpointDesc(ep.Label, svc.Name), rng: a.Expr.Range()})
+			}
+		}
+	}
+	if endpoint.IsAbstract(written) {
+		// No file: nothing the file attributes could apply to.
+		for _, name := range []string{"mode", "owner", "group"} {
+			if a := content.Attributes[name]; a != nil {
+				d.errorf(a.NameRange, "No file for "+name,
+					"path %q is a Linux abstract socket, which has no file, so no %s; remove %s, or give a path in the file system. "+
+						"Anyone on the host (in its network namespace) may connect to an abstract socket: check who with the peer's credentials (max_connections_per_uid, exec's env).",
+					written, name, name)
+			}
+		}
+		return
+	}
+	ep.Mode = endpoint.DefaultUnixMode
+	if a := content.Attributes["mode"]; a != nil {
+		if s, good := d.str(a); good {
+			if m, err := parseMode(s); err != nil {
+				d.errorf(a.Expr.Range(), "Invalid file mode",
+					"mode %q is not an octal file mode (%s); write it as a string such as \"0660\".", s, err)
+			} else {
+				ep.Mode = m
+			}
+		}
+	}
+	if a := content.Attributes["owner"]; a != nil {
+		if s, good := d.str(a); good {
+			if u, err := lookupUser(s); err != nil || s == "" || u.Uid == noID {
+				d.errorf(a.Expr.Range(), "Unknown user",
+					"owner %q names no user on this system; give a user name or a numeric uid.", s)
+			} else {
+				ep.Owner = s
+				ep.UID, _ = strconv.Atoi(u.Uid)
+			}
+		}
+	}
+	if a := content.Attributes["group"]; a != nil {
+		if s, good := d.str(a); good {
+			if gid, err := lookupGroup(s); err != nil || s == "" || strconv.Itoa(gid) == noID {
+				d.errorf(a.Expr.Range(), "Unknown group",
+					"group %q names no group on this system; give a group name or a numeric gid.", s)
+			} else {
+				ep.Group, ep.GID = s, gid
+			}
+		}
+	}
 }
 
 // decodeTLS fills the TLS part of ep and checks that its files exist, are
@@ -282,10 +329,11 @@ func parseMode(s string) (fs.FileMode, error) {
 }
 
 // checkSocketPath checks the path of a unix endpoint (written: as in the
-// file) and returns its address, resolved against the configuration folder.
+// file) and returns its address, resolved against the configuration folder
+// (an abstract socket's "@NAME" is no path, and stays as written).
 func (d *decoder) checkSocketPath(attr *hcl.Attribute, written string) (endpoint.Address, bool) {
 	path := written
-	if path != "" {
+	if path != "" && !endpoint.IsAbstract(written) {
 		path = resolvePath(d.file.Dir, written)
 	}
 	addr, err := endpoint.ParseAddress(endpoint.KindUnix, path)

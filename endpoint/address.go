@@ -28,7 +28,9 @@ type Address struct {
 	// name in lower case, or "" for every address.
 	Host string
 	Port uint16
-	// Path, for unix: the socket file's path, cleaned.
+	// Path, for unix: the socket file's path, cleaned; or, on Linux, "@"
+	// and the name of an abstract socket (kept as written: it names no
+	// file).
 	Path string
 }
 
@@ -91,6 +93,12 @@ func ParseAddress(kind, s string) (Address, error) {
 	case "":
 		return Address{}, &addressError{msg: fmt.Sprintf("there is no endpoint kind %q", kind)}
 	case NetworkUnix:
+		if IsAbstract(s) {
+			if err := checkAbstractName(s); err != nil {
+				return Address{}, err
+			}
+			return Address{Network: network, Path: s}, nil
+		}
 		if err := checkSocketPath(s); err != nil {
 			return Address{}, err
 		}
@@ -136,6 +144,32 @@ func checkSocketPath(path string) error {
 	return nil
 }
 
+// IsAbstract reports whether a unix endpoint's path names a Linux abstract
+// socket: one that starts with "@". Such a socket lives in the kernel's
+// own namespace (per network namespace), not in the file system: there is
+// no file, so no mode, owner or group, and nothing to remove at close; it
+// goes away with its last descriptor.
+func IsAbstract(path string) bool { return strings.HasPrefix(path, "@") }
+
+// checkAbstractName checks an abstract socket's "@NAME": Linux only, a
+// name after the "@", and short enough for sun_path (the whole of it: an
+// abstract name needs no terminating NUL, its leading NUL takes the "@"'s
+// place).
+func checkAbstractName(s string) error {
+	switch {
+	case runtime.GOOS != "linux":
+		return &addressError{msg: fmt.Sprintf("%s would be an abstract socket, which only Linux has", s)}
+	case s == "@":
+		return &addressError{msg: "an abstract socket needs a name after the @"}
+	case len(s) > MaxSocketPath+1:
+		return &addressError{
+			msg:  fmt.Sprintf("the abstract socket name %s is %d bytes long, and the system takes at most %d", s, len(s), MaxSocketPath+1),
+			kind: ErrSocketPathTooLong,
+		}
+	}
+	return nil
+}
+
 // isHostName reports whether s is a DNS host name (letters, digits and
 // hyphens in dot-separated labels, not all digits at the end).
 func isHostName(s string) bool {
@@ -158,8 +192,9 @@ func isHostName(s string) bool {
 	return strings.Trim(last, "0123456789") != ""
 }
 
-// String is what to listen on: HOST:PORT (":PORT" for every address) or
-// the socket's path.
+// String is what to listen on: HOST:PORT (":PORT" for every address), the
+// socket's path, or "@NAME" for an abstract socket (how Go's net package
+// and /proc/net/unix write it).
 func (a Address) String() string {
 	if a.Network == NetworkUnix {
 		return a.Path
@@ -180,6 +215,9 @@ func (a Address) Key() string {
 	}
 	return a.Network + ":" + a.String()
 }
+
+// Abstract reports whether a is a Linux abstract unix socket ("@NAME").
+func (a Address) Abstract() bool { return a.Network == NetworkUnix && IsAbstract(a.Path) }
 
 // Wildcard reports whether a is a tcp or udp address for every address of
 // the machine.
@@ -214,6 +252,8 @@ func (a Address) check(kind string) error {
 		return errors.New("empty socket path")
 	case a.Network != network:
 		return fmt.Errorf("no %s address", network)
+	case network == NetworkUnix && IsAbstract(a.Path):
+		return checkAbstractName(a.Path)
 	case network == NetworkUnix:
 		return checkSocketPath(a.Path)
 	}

@@ -1,6 +1,7 @@
 package endpoint
 
 import (
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -92,6 +93,10 @@ func TestAddressConflicts(t *testing.T) {
 		{mustParse(KindUDP, ":7007"), mustParse(KindUDP, "127.0.0.1:7007"), true},
 		{mustParse(KindUnix, "/run/a.sock"), mustParse(KindUnix, "/run//a.sock"), true},
 		{mustParse(KindUnix, "/run/a.sock"), mustParse(KindUnix, "/run/b.sock"), false},
+		{Address{Network: NetworkUnix, Path: "@superd/a"}, Address{Network: NetworkUnix, Path: "@superd/a"}, true},
+		{Address{Network: NetworkUnix, Path: "@superd/a"}, Address{Network: NetworkUnix, Path: "@superd/b"}, false},
+		// "@x" is no file: a relative path "@x" resolved elsewhere is not it.
+		{Address{Network: NetworkUnix, Path: "@x"}, mustParse(KindUnix, "/run/@x"), false},
 	} {
 		if got := tc.a.Conflicts(tc.b); got != tc.conflict {
 			t.Errorf("%#v.Conflicts(%#v) = %v, want %v", tc.a, tc.b, got, tc.conflict)
@@ -101,6 +106,46 @@ func TestAddressConflicts(t *testing.T) {
 		}
 		if k := tc.a.Key(); k != "" && k == tc.b.Key() && !tc.conflict {
 			t.Errorf("%#v and %#v share the key %q without conflicting", tc.a, tc.b, k)
+		}
+	}
+}
+
+// A path starting with @ is an abstract socket on Linux: kept as written
+// (no cleaning: it names no file), with a key of its own, and its length
+// checked against sun_path whole (no terminating NUL).
+func TestParseAbstractAddress(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		_, err := ParseAddress(KindUnix, "@superd")
+		if err == nil || !strings.Contains(err.Error(), "only Linux") {
+			t.Fatalf("ParseAddress(@superd) off Linux = %v", err)
+		}
+		return
+	}
+	for _, tc := range []struct{ in, key string }{
+		{"@superd", "unix:@superd"},
+		{"@superd/../echo", "unix:@superd/../echo"},
+		{"@" + strings.Repeat("x", MaxSocketPath), "unix:@" + strings.Repeat("x", MaxSocketPath)},
+	} {
+		a, err := ParseAddress(KindUnix, tc.in)
+		if err != nil {
+			t.Errorf("ParseAddress(unix, %q): %v", tc.in, err)
+			continue
+		}
+		if !a.Abstract() || a.Path != tc.in || a.String() != tc.in || a.Key() != tc.key || a.check(KindUnix) != nil {
+			t.Errorf("ParseAddress(unix, %q) = %#v, Abstract %v, String %q, Key %q, check %v",
+				tc.in, a, a.Abstract(), a.String(), a.Key(), a.check(KindUnix))
+		}
+	}
+	if a := mustParse(KindUnix, "/run/x.sock"); a.Abstract() {
+		t.Errorf("/run/x.sock is abstract")
+	}
+	for _, tc := range []struct{ in, want string }{
+		{"@", "an abstract socket needs a name after the @"},
+		{"@" + strings.Repeat("x", MaxSocketPath+1), "the abstract socket name @xxx"},
+	} {
+		_, err := ParseAddress(KindUnix, tc.in)
+		if err == nil || !strings.HasPrefix(err.Error(), tc.want) {
+			t.Errorf("ParseAddress(unix, %q) = %v, want %q", tc.in, err, tc.want)
 		}
 	}
 }

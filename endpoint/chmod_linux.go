@@ -2,7 +2,6 @@ package endpoint
 
 import (
 	"errors"
-	"io/fs"
 	"strconv"
 
 	"golang.org/x/sys/unix"
@@ -12,10 +11,11 @@ import (
 // needed).
 const dirOpenFlags = unix.O_PATH
 
-// chmodSocketAt sets the mode of the file name in the folder dirfd, which
-// must be a socket (and the one want identifies, when it is not zero), and
-// returns its identity (also when setting the mode fails: the socket is
-// known then).
+// setSocketAttrsAt gives the file name in the folder dirfd its owner and
+// group (when a changes them), then its mode. The file must be a socket
+// (and the one want identifies, when it is not zero). It returns the
+// file's identity (also when a change fails: the socket is known then) and
+// the name of the call that failed ("chown" or "chmod").
 //
 // Linux's chmod and fchmodat follow a symbolic link, and fchmodat's
 // AT_SYMLINK_NOFOLLOW is not supported (fchmodat2 has it only since 6.6).
@@ -27,25 +27,35 @@ const dirOpenFlags = unix.O_PATH
 // (what glibc's fchmodat(AT_SYMLINK_NOFOLLOW) does). The check and the
 // change act on one pinned inode, so nothing swapped in at the path in
 // between is touched.
-func chmodSocketAt(dirfd int, name string, mode fs.FileMode, want fileID) (fileID, error) {
+//
+// The owner is changed on that pinned inode too: fchownat with
+// AT_EMPTY_PATH acts on the file an O_PATH descriptor holds (Linux 2.6.39).
+// It comes before the mode, so the mode is exactly the one asked for
+// whatever chown clears.
+func setSocketAttrsAt(dirfd int, name string, a fileAttrs, want fileID) (fileID, string, error) {
 	fd, err := unix.Openat(dirfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return fileID{}, err
+		return fileID{}, "open", err
 	}
 	defer unix.Close(fd)
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
-		return fileID{}, err
+		return fileID{}, "fstat", err
 	}
 	id, err := checkSocket(&st, want)
 	if err != nil {
-		return fileID{}, err
+		return fileID{}, "", err
 	}
-	err = unix.Chmod("/proc/self/fd/"+strconv.Itoa(fd), uint32(mode))
+	if a.chown() {
+		if err := unix.Fchownat(fd, "", a.uid, a.gid, unix.AT_EMPTY_PATH); err != nil {
+			return id, "chown", err
+		}
+	}
+	err = unix.Chmod("/proc/self/fd/"+strconv.Itoa(fd), uint32(a.mode.Perm()))
 	if errors.Is(err, unix.ENOENT) {
 		// No /proc: fchmodat2 (Linux 6.6) changes the inode fd holds
 		// without it.
-		err = unix.Fchmodat(fd, "", uint32(mode), unix.AT_EMPTY_PATH)
+		err = unix.Fchmodat(fd, "", uint32(a.mode.Perm()), unix.AT_EMPTY_PATH)
 	}
-	return id, err
+	return id, "chmod", err
 }

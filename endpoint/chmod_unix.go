@@ -2,33 +2,35 @@
 
 package endpoint
 
-import (
-	"io/fs"
-
-	"golang.org/x/sys/unix"
-)
+import "golang.org/x/sys/unix"
 
 // dirOpenFlags opens a folder for the *at calls.
 const dirOpenFlags = unix.O_RDONLY
 
-// chmodSocketAt sets the mode of the file name in the folder dirfd, which
-// must be a socket (and the one want identifies, when it is not zero), and
-// returns its identity (also when setting the mode fails: the socket is
-// known then).
+// setSocketAttrsAt gives the file name in the folder dirfd its owner and
+// group (when a changes them), then its mode. The file must be a socket
+// (and the one want identifies, when it is not zero). It returns the
+// file's identity (also when a change fails: the socket is known then) and
+// the name of the call that failed ("chown" or "chmod").
 //
 // These systems cannot open a socket file to pin it (Linux's O_PATH), but
-// their fchmodat honours AT_SYMLINK_NOFOLLOW: the mode is set by name, and
-// never through a symbolic link. (Something other than a symbolic link
-// swapped in between the check and the change would get the mode; only
-// someone who may write to the folder can do that.)
-func chmodSocketAt(dirfd int, name string, mode fs.FileMode, want fileID) (fileID, error) {
+// their fchownat and fchmodat honour AT_SYMLINK_NOFOLLOW: owner and mode
+// are set by name, and never through a symbolic link. (Something other
+// than a symbolic link swapped in between the check and the change would
+// get them; only someone who may write to the folder can do that.)
+func setSocketAttrsAt(dirfd int, name string, a fileAttrs, want fileID) (fileID, string, error) {
 	var st unix.Stat_t
 	if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return fileID{}, err
+		return fileID{}, "lstat", err
 	}
 	id, err := checkSocket(&st, want)
 	if err != nil {
-		return fileID{}, err
+		return fileID{}, "", err
 	}
-	return id, unix.Fchmodat(dirfd, name, uint32(mode), unix.AT_SYMLINK_NOFOLLOW)
+	if a.chown() {
+		if err := unix.Fchownat(dirfd, name, a.uid, a.gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return id, "chown", err
+		}
+	}
+	return id, "chmod", unix.Fchmodat(dirfd, name, uint32(a.mode.Perm()), unix.AT_SYMLINK_NOFOLLOW)
 }

@@ -1,7 +1,8 @@
 // Package endpoint owns superd's listening sockets: TCP, TLS (certificate
 // files or a self-signed certificate made at start, optional client
-// certificates) and unix sockets (mode, stale-socket replacement, removal at
-// close).
+// certificates) and unix sockets (mode, owner and group, stale-socket
+// replacement, removal at close; or Linux abstract sockets, which have no
+// file).
 package endpoint
 
 import (
@@ -52,6 +53,12 @@ type Config struct {
 	// Mode is applied to the unix socket file before the first accept
 	// (see UnixMode).
 	Mode fs.FileMode
+	// Owner and Group are the unix socket file's owner and group as
+	// written (a name or a number), "" for superd's own; UID and GID are
+	// their numbers. They are given with the mode, before the first
+	// accept (see SocketOwner).
+	Owner, Group string
+	UID, GID     int
 
 	// TLS: certificate and key files (resolved paths), or SelfSigned.
 	CertFile, KeyFile string
@@ -95,6 +102,34 @@ func (c Config) UnixMode() fs.FileMode {
 	}
 	return DefaultUnixMode
 }
+
+// SocketOwner is the owner and group a unix endpoint's socket file is
+// given: UID when Owner is set, GID when Group is set, and -1 (unchanged:
+// superd's own) for either one that is not.
+func (c Config) SocketOwner() (uid, gid int) {
+	uid, gid = -1, -1
+	if c.Owner != "" {
+		uid = c.UID
+	}
+	if c.Group != "" {
+		gid = c.GID
+	}
+	return uid, gid
+}
+
+// fileAttrs are what a unix socket file is given before it listens.
+type fileAttrs struct {
+	mode     fs.FileMode
+	uid, gid int // -1: unchanged
+}
+
+func (c Config) fileAttrs() fileAttrs {
+	uid, gid := c.SocketOwner()
+	return fileAttrs{mode: c.UnixMode(), uid: uid, gid: gid}
+}
+
+// chown reports whether a changes the file's owner or group.
+func (a fileAttrs) chown() bool { return a.uid >= 0 || a.gid >= 0 }
 
 // TCPOptions are the socket options of a tcp or tls endpoint. The zero
 // value is the default: the kernel's backlog, no Nagle delay, keepalive

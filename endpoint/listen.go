@@ -75,13 +75,17 @@ func labelOf(cfg Config) string {
 //   - a stale socket file (one where connecting is refused: its server is
 //     dead) is removed and replaced; a socket where a live server answers,
 //     or a path that is not a socket, is an error and is never deleted;
-//   - the socket file gets cfg.UnixMode() before the
-//     socket starts listening, so no client can connect while it has any
-//     other mode (see bindUnix);
-//   - the mode is never set through a symbolic link, and only on the socket
-//     file bound (see UnixListener);
+//   - the socket file gets cfg's owner and group (cfg.SocketOwner) and
+//     cfg.UnixMode() before the socket starts listening, so no client can
+//     connect while it has any others (see bindUnix);
+//   - owner and mode are never set through a symbolic link, and only on the
+//     socket file bound (see UnixListener);
 //   - the socket file is removed when the listener is closed, if the path
 //     still names it.
+//
+// For an abstract unix socket ("@NAME", Linux) it is a *net.UnixListener:
+// no file, so nothing to replace, give an owner or mode to, or remove; the
+// name is free again once the socket is closed.
 //
 // Errors are *ListenError values naming the endpoint and the cause.
 func Listen(cfg Config) (net.Listener, error) {
@@ -132,6 +136,10 @@ func listenTCP(cfg Config) (net.Listener, error) {
 			lc.KeepAliveConfig.Count = -1
 		}
 	}
+	if cfg.ReusePort {
+		// Plain TCP, so that Quiesce can put a filter on it.
+		lc.SetMultipathTCP(false)
+	}
 	ln, err := lc.Listen(context.Background(), NetworkTCP, cfg.Addr.String())
 	if err != nil {
 		return nil, err
@@ -167,6 +175,10 @@ func (l nagleListener) Accept() (net.Conn, error) {
 // address a socket of superd's own overlaps, the supervisor says so
 // instead.)
 func hint(cfg Config, err error) string {
+	var pe *fs.PathError
+	if cfg.Kind == KindUnix && errors.As(err, &pe) && pe.Op == "chown" && errors.Is(err, fs.ErrPermission) {
+		return fmt.Sprintf("giving the socket file another owner or group needs root (or CAP_CHOWN), and superd runs as uid %d", os.Geteuid())
+	}
 	if (cfg.Kind != KindTCP && cfg.Kind != KindTLS) || !errors.Is(err, syscall.EADDRINUSE) {
 		return ""
 	}
@@ -175,10 +187,19 @@ func hint(cfg Config, err error) string {
 
 func listenUnix(cfg Config) (net.Listener, error) {
 	path := cfg.Addr.Path
+	if cfg.Addr.Abstract() {
+		if cfg.Owner != "" || cfg.Group != "" {
+			return nil, errors.New("an abstract socket has no file to give an owner or group")
+		}
+		// Who may connect is up to the protocol (peer credentials): an
+		// abstract socket has no permissions. Go's listener never unlinks
+		// an "@" name.
+		return net.ListenUnix(NetworkUnix, &net.UnixAddr{Name: path, Net: NetworkUnix})
+	}
 	if err := removeStale(path); err != nil {
 		return nil, err
 	}
-	return bindUnix(path, cfg.UnixMode())
+	return bindUnix(path, cfg.fileAttrs())
 }
 
 // removeStale makes way for a new socket at path: nothing there is fine; a
@@ -250,17 +271,28 @@ func ListenUDP(cfg Config) (*net.UDPConn, error) {
 		return nil, &ListenError{Label: label, Err: err}
 	}
 	uc := pc.(*net.UDPConn)
+	if err := SetBuffers(uc, cfg); err != nil {
+		uc.Close()
+		return nil, err
+	}
+	return uc, nil
+}
+
+// SetBuffers gives a udp socket cfg's read_buffer and write_buffer (a size
+// left at 0 keeps the socket's): ListenUDP does, and so does the
+// supervisor to a socket the service manager passed. The kernel caps what
+// it is asked for at net.core.rmem_max and wmem_max, then doubles it (its
+// bookkeeping). Errors are *ListenError values.
+func SetBuffers(uc *net.UDPConn, cfg Config) error {
 	if cfg.ReadBuffer > 0 {
 		if err := uc.SetReadBuffer(cfg.ReadBuffer); err != nil {
-			uc.Close()
-			return nil, &ListenError{Label: label, Err: fmt.Errorf("read_buffer: %w", err)}
+			return &ListenError{Label: labelOf(cfg), Err: fmt.Errorf("read_buffer: %w", err)}
 		}
 	}
 	if cfg.WriteBuffer > 0 {
 		if err := uc.SetWriteBuffer(cfg.WriteBuffer); err != nil {
-			uc.Close()
-			return nil, &ListenError{Label: label, Err: fmt.Errorf("write_buffer: %w", err)}
+			return &ListenError{Label: labelOf(cfg), Err: fmt.Errorf("write_buffer: %w", err)}
 		}
 	}
-	return uc, nil
+	return nil
 }

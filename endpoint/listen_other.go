@@ -13,14 +13,17 @@ import (
 // bindUnix, where the socket cannot be bound, chmod-ed and then put to
 // listen step by step, binds and listens in one call and sets the mode
 // right after: a client could connect in between, under the mode the
-// system gave the file.
-func bindUnix(path string, mode fs.FileMode) (net.Listener, error) {
+// system gave the file. These systems have no file owners to give.
+func bindUnix(path string, attrs fileAttrs) (net.Listener, error) {
+	if attrs.chown() {
+		return nil, errors.New("owner and group of a socket file need a unix system")
+	}
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
 		return nil, err
 	}
 	ln.SetUnlinkOnClose(true)
-	if err := os.Chmod(path, mode); err != nil {
+	if err := os.Chmod(path, attrs.mode); err != nil {
 		ln.Close()
 		return nil, err
 	}

@@ -295,25 +295,25 @@ func TestListenUnixModeNeverFollowsSymlink(t *testing.T) {
 	}
 }
 
-// SetMode (a reload changing the mode of a socket it keeps) acts on the
-// socket file bound, never on what a symbolic link put in its place points
-// to.
-func TestUnixListenerSetMode(t *testing.T) {
+// SetFileAttrs (a reload changing the mode of a socket it keeps) acts on
+// the socket file bound, never on what a symbolic link put in its place
+// points to.
+func TestUnixListenerSetFileAttrs(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "s.sock")
 	ln := listen(t, unixConfig(path, 0o600)).(*UnixListener)
-	if err := ln.SetMode(0o640); err != nil {
-		t.Fatalf("SetMode(0640): %v", err)
+	if err := ln.SetFileAttrs(unixConfig(path, 0o640)); err != nil {
+		t.Fatalf("SetFileAttrs(0640): %v", err)
 	}
 	if fi, err := os.Lstat(path); err != nil || fi.Mode().Perm() != 0o640 {
-		t.Fatalf("after SetMode(0640): %v, %v", fi.Mode(), err)
+		t.Fatalf("after SetFileAttrs(0640): %v, %v", fi.Mode(), err)
 	}
 
 	target := precious(t, dir)
 	swapForSymlink(t, path, target)
-	err := ln.SetMode(0o666)
+	err := ln.SetFileAttrs(unixConfig(path, 0o666))
 	if err == nil || !strings.Contains(err.Error(), "is no longer the socket superd bound there") {
-		t.Errorf("SetMode after the path became a symbolic link: %v", err)
+		t.Errorf("SetFileAttrs after the path became a symbolic link: %v", err)
 	}
 	checkPrecious(t, target)
 }

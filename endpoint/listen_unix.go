@@ -22,18 +22,19 @@ import (
 const listenBacklog = 65535
 
 // testHookBound, when set (by tests), runs between bind and the setting of
-// the socket file's mode: it may swap the path for something else.
+// the socket file's owner and mode: it may swap the path for something
+// else.
 var testHookBound func(path string)
 
 // UnixListener is the listener of a unix endpoint: a *net.UnixListener
 // that remembers which file it created (device and inode), so it changes
-// the mode of, and removes, that file and nothing else.
+// the owner and mode of, and removes, that file and nothing else.
 //
 // The path is only a name, and whoever can write to its folder can replace
 // what it names at any moment: with a symbolic link to a file superd must
-// not touch, or with someone else's socket. So the mode is never set
-// through a symbolic link, and the socket file is removed at Close only if
-// the path still names the socket bound here.
+// not touch, or with someone else's socket. So owner and mode are never
+// set through a symbolic link, and the socket file is removed at Close
+// only if the path still names the socket bound here.
 type UnixListener struct {
 	*net.UnixListener
 	path       string
@@ -49,26 +50,28 @@ func (l *UnixListener) Close() error {
 	return err
 }
 
-// SetMode gives the socket file mode as Listen did: never through a
-// symbolic link, and only if the path still names this listener's socket.
-// A reload that keeps the socket and changes its mode calls it.
-func (l *UnixListener) SetMode(mode fs.FileMode) error {
-	_, err := setSocketMode(l.path, mode, l.id)
+// SetFileAttrs gives the socket file cfg's owner, group and mode as Listen
+// did: never through a symbolic link, and only if the path still names
+// this listener's socket. A reload that keeps the socket and changes them
+// calls it (an owner or group left out keeps the file's).
+func (l *UnixListener) SetFileAttrs(cfg Config) error {
+	_, err := setSocketAttrs(l.path, cfg.fileAttrs(), l.id)
 	return err
 }
 
-// bindUnix creates the unix socket at path with the given mode and returns
-// its listener.
+// bindUnix creates the unix socket at path with the given owner and mode
+// and returns its listener.
 //
 // net.ListenUnix binds and listens in one call, leaving a window where the
 // socket exists, accepts connections (which would be queued for us to
-// accept later) and has the mode the umask gave it. Changing the umask is no
-// cure: it is process-wide and other goroutines create files. So the socket
-// is made by hand in three steps: bind (creates the file), set its mode
-// (see setSocketMode), listen. Until listen(2) nobody can connect, whatever
-// the file's mode; a client trying then gets "connection refused", as if
-// the server had not started.
-func bindUnix(path string, mode fs.FileMode) (_ net.Listener, err error) {
+// accept later) and has the owner and mode the process and its umask gave
+// it. Changing the umask is no cure: it is process-wide and other
+// goroutines create files. So the socket is made by hand in three steps:
+// bind (creates the file), set its owner and mode (see setSocketAttrs),
+// listen. Until listen(2) nobody can connect, whatever the file's owner and
+// mode; a client trying then gets "connection refused", as if the server
+// had not started.
+func bindUnix(path string, attrs fileAttrs) (_ net.Listener, err error) {
 	// Create the descriptor close-on-exec, as package net does, with the
 	// fork lock held so a concurrent fork cannot inherit it.
 	syscall.ForkLock.RLock()
@@ -93,7 +96,7 @@ func bindUnix(path string, mode fs.FileMode) (_ net.Listener, err error) {
 	// here, is what later changes and the removal check against. (Nothing
 	// tells which file a unix socket is bound to: fstat of the socket
 	// describes the socket, not the file.)
-	id, err := setSocketMode(path, mode, fileID{})
+	id, err := setSocketAttrs(path, attrs, fileID{})
 	if id != (fileID{}) {
 		defer func() {
 			if err != nil {
@@ -149,23 +152,28 @@ func openDir(path string) (dirfd int, name string, err error) {
 	return dirfd, filepath.Base(path), nil
 }
 
-// setSocketMode sets the mode of the socket file at path without ever
-// following a symbolic link, and returns the file's identity. When want is
-// not zero, the file must be the socket it identifies; otherwise any
-// socket will do (the one just bound). When the file is that socket but its
-// mode cannot be set, the error comes with its identity.
-func setSocketMode(path string, mode fs.FileMode, want fileID) (fileID, error) {
+// setSocketAttrs sets the owner and group (those attrs changes) and the
+// mode of the socket file at path without ever following a symbolic link,
+// and returns the file's identity. When want is not zero, the file must be
+// the socket it identifies; otherwise any socket will do (the one just
+// bound). When the file is that socket but a change fails, the error comes
+// with its identity.
+func setSocketAttrs(path string, attrs fileAttrs, want fileID) (fileID, error) {
 	dirfd, name, err := openDir(path)
 	if err != nil {
 		return fileID{}, err
 	}
 	defer unix.Close(dirfd)
-	id, err := chmodSocketAt(dirfd, name, mode.Perm(), want)
+	id, op, err := setSocketAttrsAt(dirfd, name, attrs, want)
 	switch {
 	case errors.Is(err, errReplaced):
-		return fileID{}, fmt.Errorf("%s %w; not changing its mode", path, err)
+		what := "its mode"
+		if attrs.chown() {
+			what = "its owner or mode"
+		}
+		return fileID{}, fmt.Errorf("%s %w; not changing %s", path, err, what)
 	case err != nil:
-		return id, &fs.PathError{Op: "chmod", Path: path, Err: err}
+		return id, &fs.PathError{Op: op, Path: path, Err: err}
 	}
 	return id, nil
 }

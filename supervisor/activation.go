@@ -6,8 +6,8 @@ import (
 	"net/netip"
 	"os"
 	"strconv"
-	"strings"
 	"sync/atomic"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -113,6 +113,19 @@ func (s *Supervisor) inheritedSocket(in *inherited, ep *endpoint.Config) (*socke
 		pc.Close()
 		return nil, fmt.Errorf("the passed datagram socket is not a UDP socket")
 	}
+	// read_buffer and write_buffer apply to a passed socket as to one of
+	// superd's own (they act on the socket, shared with the service
+	// manager, whose ReceiveBuffer= and SendBuffer= they override).
+	// reuse_port cannot: SO_REUSEPORT counts only before bind (systemd's
+	// ReusePort=).
+	if err := endpoint.SetBuffers(uc, *ep); err != nil {
+		uc.Close()
+		return nil, err
+	}
+	if ep.ReusePort && !reusesPort(uc) {
+		s.log.Warn("reuse_port cannot be set on a socket passed by the service manager (it is bound already); set ReusePort= in the socket unit",
+			"endpoint", ep.Label)
+	}
 	bio, err := newBatchIO(uc)
 	if err != nil {
 		uc.Close()
@@ -149,12 +162,15 @@ func describeInherited(f *os.File) (*inherited, error) {
 	case *unix.SockaddrInet6:
 		addr = net.JoinHostPort(netip.AddrFrom16(a.Addr).String(), strconv.Itoa(a.Port))
 	case *unix.SockaddrUnix:
-		if a.Name == "" || a.Name[0] == 0 || a.Name[0] == '@' {
-			// Unnamed or abstract: no endpoint path names it (only an
-			// endpoint name can take it).
-			in.addr = endpoint.Address{Network: endpoint.NetworkUnix, Path: "@" + strings.TrimLeft(a.Name, "\x00@")}
+		if a.Name == "" || a.Name == "@" {
+			// Unnamed (reported as "@": an all-NUL address): no address
+			// matches it (Key ""), only an endpoint name can take it.
+			in.addr = endpoint.Address{Network: endpoint.NetworkUnix}
 			return in, nil
 		}
+		// A path, or an abstract socket, which the system call reports
+		// as "@NAME" (its leading NUL written as @), as an endpoint's path
+		// = "@NAME" is written: the address match takes it.
 		kind, addr = endpoint.KindUnix, a.Name
 	default:
 		return nil, fmt.Errorf("unsupported socket family")
@@ -169,4 +185,15 @@ func describeInherited(f *os.File) (*inherited, error) {
 // LISTEN_FDNAMES.
 func isDefaultFDName(n string) bool {
 	return len(n) > len("LISTEN_FD_") && n[:len("LISTEN_FD_")] == "LISTEN_FD_" || n == "unknown"
+}
+
+// reusesPort reports whether SO_REUSEPORT is set on c's socket.
+func reusesPort(c syscall.Conn) bool {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return false
+	}
+	v := 0
+	raw.Control(func(fd uintptr) { v, _ = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT) })
+	return v == 1
 }

@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -504,11 +503,12 @@ func (s *service) activate() {
 		s.refs.acquire(s.endpointKey(b))
 		if b.ep.Kind == endpoint.KindUnix && !slices.Contains(s.opened, b.sock) {
 			// Taken over from the previous instance: apply this one's
-			// mode, to the socket file and nothing else (see
-			// endpoint.UnixListener).
-			if ml, ok := b.sock.ln.(interface{ SetMode(fs.FileMode) error }); ok {
-				if err := ml.SetMode(b.ep.UnixMode()); err != nil {
-					s.log.Error("cannot set the socket file's mode", "endpoint", b.ep.Label, "err", err)
+			// owner, group and mode, to the socket file and nothing else
+			// (see endpoint.UnixListener). An abstract socket has no file,
+			// and a passed one is the service manager's.
+			if ul, ok := b.sock.ln.(*endpoint.UnixListener); ok {
+				if err := ul.SetFileAttrs(*b.ep); err != nil {
+					s.log.Error("cannot set the socket file's owner or mode", "endpoint", b.ep.Label, "err", err)
 				}
 			}
 		}

@@ -39,6 +39,9 @@ type socket struct {
 	// is queued waits for the next owner) and calls onClose.
 	inherited bool
 	onClose   func()
+	// reusePort: a tcp or tls listener of superd's own sharing its port
+	// with other processes (reuse_port); quiesced before its last sweep.
+	reusePort bool
 	// waiting: the loop serves an owner in wait mode (it watches the
 	// socket and hands it over instead of accepting).
 	waiting atomic.Bool
@@ -66,7 +69,8 @@ func listenSocket(ep *endpoint.Config, log *slog.Logger) (*socket, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &socket{key: key, addr: ep.Addr, label: ep.Label, ln: ln, log: log, done: make(chan struct{})}, nil
+	return &socket{key: key, addr: ep.Addr, label: ep.Label, ln: ln, log: log, done: make(chan struct{}),
+		reusePort: ep.ReusePort}, nil
 }
 
 // serve makes b the socket's owner, starting the accept loop the first time.
@@ -321,11 +325,22 @@ func readable(fd int) bool {
 // closing the listener would reset them. It stops at the first 10 ms
 // without a connection, and after sweepBudget in any case, so clients that
 // keep connecting cannot hold a shutdown open.
+//
+// A listener sharing its port (reuse_port) is quiesced first: the kernel
+// stops queueing new connections on it, and its clients go to the other
+// processes on the port instead of being reset at close (see
+// endpoint.Quiesce); the sweep then ends once what was queued is
+// accepted.
 func (k *socket) sweep() {
 	dl, ok := k.ln.(interface{ SetDeadline(time.Time) error })
 	b := k.last.Load()
 	if !ok || b == nil || k.inherited {
 		return
+	}
+	if k.reusePort {
+		if err := endpoint.Quiesce(k.ln); err != nil {
+			k.log.Warn("cannot stop new connections before closing; some queued at close may be reset", "endpoint", k.label, "err", err)
+		}
 	}
 	for end := time.Now().Add(sweepBudget); time.Now().Before(end); {
 		dl.SetDeadline(time.Now().Add(10 * time.Millisecond))
