@@ -296,3 +296,52 @@ func SetBuffers(uc *net.UDPConn, cfg Config) error {
 	}
 	return nil
 }
+
+// AdoptTCP applies a tcp or tls endpoint's socket options to a listener
+// it did not open (one passed by the service manager): the backlog now,
+// keepalive and Nagle on every connection it accepts. Options that count
+// only before bind (reuse_port, v6only) are the socket unit's to set.
+func AdoptTCP(ln *net.TCPListener, o TCPOptions) (net.Listener, error) {
+	if o.Backlog > 0 {
+		if err := setBacklog(ln, o.Backlog); err != nil {
+			return nil, err
+		}
+	}
+	ka := net.KeepAliveConfig{Enable: false}
+	switch {
+	case o.Keepalive == 0:
+		ka = net.KeepAliveConfig{Enable: true, Idle: DefaultKeepalive, Interval: -1, Count: -1}
+	case o.Keepalive > 0:
+		ka = net.KeepAliveConfig{Enable: true, Idle: o.Keepalive, Interval: o.KeepaliveInterval, Count: o.KeepaliveCount}
+		if ka.Interval == 0 {
+			ka.Interval = -1 // the kernel's
+		}
+		if ka.Count == 0 {
+			ka.Count = -1
+		}
+	}
+	return adoptedListener{TCPListener: ln, nagle: o.Nagle, keepalive: ka}, nil
+}
+
+// adoptedListener sets the endpoint's keepalive and Nagle options on each
+// connection, as net.ListenConfig does for a listener superd opens.
+type adoptedListener struct {
+	*net.TCPListener
+	nagle     bool
+	keepalive net.KeepAliveConfig
+}
+
+func (l adoptedListener) Accept() (net.Conn, error) {
+	c, err := l.TCPListener.AcceptTCP()
+	if err != nil {
+		return nil, err
+	}
+	if err := c.SetKeepAliveConfig(l.keepalive); err != nil {
+		c.Close()
+		return nil, err
+	}
+	if l.nagle {
+		c.SetNoDelay(false)
+	}
+	return c, nil
+}

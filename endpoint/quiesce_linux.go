@@ -57,6 +57,8 @@ func Quiesce(ln net.Listener) error {
 		sc = l
 	case nagleListener:
 		sc = l.TCPListener
+	case adoptedListener:
+		sc = l.TCPListener
 	default:
 		return nil
 	}

@@ -101,6 +101,12 @@ func (s *Supervisor) inheritedSocket(in *inherited, ep *endpoint.Config) (*socke
 		if err != nil {
 			return nil, err
 		}
+		if tl, ok := ln.(*net.TCPListener); ok {
+			if ln, err = endpoint.AdoptTCP(tl, ep.TCP); err != nil {
+				tl.Close()
+				return nil, err
+			}
+		}
 		k.ln = ln
 		return k, nil
 	}

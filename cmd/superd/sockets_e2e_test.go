@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -437,4 +438,145 @@ service "echo" "u" {
 	}
 	d.signal(syscall.SIGTERM)
 	d.wait(15 * time.Second)
+}
+
+// A tcp socket passed by systemd-socket-activate gets the endpoint's
+// backlog, and the connections accepted on it the endpoint's keepalive and
+// Nagle settings, as on a socket superd binds: read back from the kernel.
+func TestActivationTCPOptions(t *testing.T) {
+	activate, err := exec.LookPath("systemd-socket-activate")
+	if err != nil {
+		t.Skip("systemd-socket-activate is not installed (Debian package systemd)")
+	}
+	addr := freeAddr(t)
+	path, metrics := writeConfig(t, fmt.Sprintf(`
+metrics { address = "METRICS" }
+service "echo" "e" {
+  endpoint "tcp" {
+    address            = %q
+    backlog            = 17
+    nodelay            = false
+    keepalive          = "42s"
+    keepalive_interval = "7s"
+    keepalive_count    = 5
+  }
+}
+`, addr))
+	cmd := exec.Command(activate, "-l", addr, superdBin, "run", "-config", path)
+	// The activator starts superd on the first connection: make one.
+	var woke sync.WaitGroup
+	woke.Go(func() {
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			if c, err := net.Dial("tcp", addr); err == nil {
+				c.Close()
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+	d := hxStart(t, cmd, metrics)
+	woke.Wait()
+	defer func() {
+		d.signal(syscall.SIGTERM)
+		d.wait(15 * time.Second)
+	}()
+	if !strings.Contains(d.stderr.String(), "endpoint uses a socket passed by the service manager") {
+		t.Fatalf("the tcp endpoint did not take the passed socket:\n%s", d.stderr.String())
+	}
+	client, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	client.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := client.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(client, make([]byte, 1)); err != nil {
+		t.Fatalf("no echo through the passed socket: %v", err)
+	}
+	pid := d.cmd.Process.Pid
+
+	// A listening socket's TCP_INFO holds its backlog in tcpi_sacked.
+	ln := fdOf(t, pid, 3)
+	defer unix.Close(ln)
+	info, err := unix.GetsockoptTCPInfo(ln, unix.IPPROTO_TCP, unix.TCP_INFO)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Sacked != 17 {
+		t.Errorf("backlog of the passed socket = %d, want 17", info.Sacked)
+	}
+
+	conn := acceptedSocketOf(t, pid, client.LocalAddr().(*net.TCPAddr))
+	defer unix.Close(conn)
+	for _, c := range []struct {
+		name       string
+		level, opt int
+		want       int
+	}{
+		{"TCP_NODELAY", unix.IPPROTO_TCP, unix.TCP_NODELAY, 0},
+		{"SO_KEEPALIVE", unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+		{"TCP_KEEPIDLE", unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, 42},
+		{"TCP_KEEPINTVL", unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, 7},
+		{"TCP_KEEPCNT", unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 5},
+	} {
+		v, err := unix.GetsockoptInt(conn, c.level, c.opt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v != c.want {
+			t.Errorf("accepted connection: %s = %d, want %d", c.name, v, c.want)
+		}
+	}
+}
+
+// fdOf duplicates descriptor fd of process pid into this one.
+func fdOf(t *testing.T, pid, fd int) int {
+	t.Helper()
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		t.Skipf("pidfd_open: %v", err)
+	}
+	defer unix.Close(pidfd)
+	dup, err := unix.PidfdGetfd(pidfd, fd, 0)
+	if err != nil {
+		t.Skipf("pidfd_getfd: %v", err)
+	}
+	return dup
+}
+
+// acceptedSocketOf finds, among process pid's descriptors, the socket
+// connected to peer, and duplicates it into this one.
+func acceptedSocketOf(t *testing.T, pid int, peer *net.TCPAddr) int {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		entries, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range entries {
+			target, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name()))
+			if err != nil || !strings.HasPrefix(target, "socket:") {
+				continue
+			}
+			n, err := strconv.Atoi(e.Name())
+			if err != nil {
+				continue
+			}
+			fd := fdOf(t, pid, n)
+			if sa, err := unix.Getpeername(fd); err == nil {
+				if in4, ok := sa.(*unix.SockaddrInet4); ok && in4.Port == peer.Port && net.IP(in4.Addr[:]).Equal(peer.IP) {
+					return fd
+				}
+			}
+			unix.Close(fd)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no socket of process %d is connected to %s", pid, peer)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
