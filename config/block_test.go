@@ -3,19 +3,18 @@ package config
 import (
 	"path/filepath"
 	"testing"
-
-	"github.com/zclconf/go-cty/cty"
 )
 
-// TestObjectBlock: an object-typed block attribute decodes to an object
-// (unset attributes null), its attributes' ranges are kept, and
-// Config.Block reads it with the usual methods.
-func TestObjectBlock(t *testing.T) {
+// TestBlock: a block decodes into its struct (unset attributes keep their
+// zero value, paths resolve against the file's folder), and a missing
+// block leaves the pointer nil.
+func TestBlock(t *testing.T) {
 	dir := writeFiles(t, map[string]string{"superd.hcl": `service "testneeds" "e" {
   target = "x"
   opts {
     name   = "n"
     verify = true
+    file   = "f.pem"
   }
   endpoint "tcp" { address = "127.0.0.1:0" }
 }
@@ -28,35 +27,11 @@ service "testneeds" "none" {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := f.Service("e").FactoryConfig
-	want := cty.ObjectVal(map[string]cty.Value{
-		"name": cty.StringVal("n"), "verify": cty.True, "file": cty.NullVal(cty.String),
-	})
-	if got := cfg.Values["opts"]; !got.RawEquals(want) {
-		t.Errorf("opts = %#v, want %#v", got, want)
+	cfg := f.Service("e").FactoryConfig.(*needsConfig)
+	if o := cfg.Opts; o == nil || o.Name != "n" || !o.Verify || string(o.File) != filepath.Join(dir, "f.pem") {
+		t.Errorf("opts = %+v", o)
 	}
-	for name, line := range map[string]int{"opts": 3, "opts.name": 4, "opts.verify": 5} {
-		if r, ok := cfg.Ranges[name]; !ok || r.Start.Line != line {
-			t.Errorf("Ranges[%q] = %v, want line %d", name, r, line)
-		}
-	}
-	if _, ok := cfg.Ranges["opts.file"]; ok {
-		t.Error("a range for opts.file, which is not set")
-	}
-	b := cfg.Block("opts")
-	if b == nil {
-		t.Fatal("Block(opts) is nil")
-	}
-	if b.String("name") != "n" || !b.Bool("verify") || b.String("file") != "" || b.Path("file") != "" {
-		t.Errorf("Block(opts): name %q verify %v file %q", b.String("name"), b.Bool("verify"), b.String("file"))
-	}
-	if !b.IsSet("name") || b.IsSet("file") {
-		t.Errorf("Block(opts): IsSet(name) %v IsSet(file) %v", b.IsSet("name"), b.IsSet("file"))
-	}
-	if e := b.Errorf("file", "x"); e.Error() != "opts.file: x" {
-		t.Errorf("Block(opts).Errorf: %q", e)
-	}
-	if f.Service("none").FactoryConfig.Block("opts") != nil {
-		t.Error("Block(opts) is not nil without the block")
+	if cfg := f.Service("none").FactoryConfig.(*needsConfig); cfg.Opts != nil || cfg.Target != "x" {
+		t.Errorf("without the block: %+v", cfg)
 	}
 }

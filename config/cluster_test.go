@@ -31,7 +31,7 @@ func TestClusterBlock(t *testing.T) {
 		if f.Cluster != nil {
 			t.Fatalf("cluster %+v without a block", f.Cluster)
 		}
-		if f.Service("e").FactoryConfig.Cluster {
+		if f.Service("e").cluster {
 			t.Fatal("the factory was told there is a cluster")
 		}
 	})
@@ -61,7 +61,7 @@ cluster {
 			e.StoreDir != filepath.Join(dir, "nats-store") {
 			t.Fatalf("nats %+v", e)
 		}
-		if !f.Service("e").FactoryConfig.Cluster {
+		if !f.Service("e").cluster {
 			t.Fatal("the factory was not told there is a cluster")
 		}
 	})

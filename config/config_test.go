@@ -12,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/zclconf/go-cty/cty"
-
 	"github.com/superd-dev/superd/endpoint"
 	"github.com/superd-dev/superd/framework"
 )
@@ -106,8 +104,7 @@ func TestLoadValid(t *testing.T) {
 		name, factory string
 		limits        Limits
 		endpoints     []endpoint.Config
-		values        map[string]cty.Value
-		set           []string
+		config        any
 	}
 	wants := []want{
 		{
@@ -139,12 +136,7 @@ func TestLoadValid(t *testing.T) {
 				},
 				{Kind: "unix", Label: "unix:alpha.sock", Addr: endpoint.Address{Network: "unix", Path: filepath.Join(dir, "alpha.sock")}, Mode: 0o600},
 			},
-			values: map[string]cty.Value{
-				"greeting": cty.StringVal("hi there\n"),
-				"repeat":   cty.NumberIntVal(1),
-				"tags":     cty.ListVal([]cty.Value{cty.StringVal("a"), cty.StringVal("from-env")}),
-			},
-			set: []string{"greeting", "tags"},
+			config: &testConfig{Greeting: "hi there\n", Repeat: 1, Tags: []string{"a", "from-env"}},
 		},
 		{
 			name: "beta", factory: "testecho",
@@ -153,7 +145,6 @@ func TestLoadValid(t *testing.T) {
 				{Kind: "tls", Label: "tls:127.0.0.1:17444", Addr: endpoint.Address{Network: "tcp", Host: "127.0.0.1", Port: 17444}, SelfSigned: true, MinVersion: tls.VersionTLS12},
 				{Kind: "unix", Label: "unix:/tmp/superd-config-test-beta.sock", Addr: endpoint.Address{Network: "unix", Path: "/tmp/superd-config-test-beta.sock"}, Mode: 0o660},
 			},
-			values: map[string]cty.Value{},
 		},
 		{
 			name: "gamma", factory: "testneeds",
@@ -162,8 +153,7 @@ func TestLoadValid(t *testing.T) {
 				{Kind: "tcp", Label: "tcp:localhost:0", Addr: endpoint.Address{Network: "tcp", Host: "127.0.0.1"}},
 				{Kind: "tcp", Label: "tcp:127.0.0.1:0", Addr: endpoint.Address{Network: "tcp", Host: "127.0.0.1"}},
 			},
-			values: map[string]cty.Value{"target": cty.StringVal("fallback"), "opts": cty.NullVal(optsType)},
-			set:    []string{"target"},
+			config: &needsConfig{Target: "fallback"},
 		},
 	}
 	if len(f.Services) != len(wants) {
@@ -187,29 +177,8 @@ func TestLoadValid(t *testing.T) {
 		if !reflect.DeepEqual(s.Endpoints, w.endpoints) {
 			t.Errorf("%s: Endpoints =\n%+v\nwant\n%+v", w.name, s.Endpoints, w.endpoints)
 		}
-		cfg := s.FactoryConfig
-		if cfg == nil {
-			t.Errorf("%s: no FactoryConfig", w.name)
-			continue
-		}
-		if cfg.Service != w.name || cfg.Dir != dir {
-			t.Errorf("%s: FactoryConfig Service, Dir = %q, %q", w.name, cfg.Service, cfg.Dir)
-		}
-		if len(cfg.Values) != len(w.values) {
-			t.Errorf("%s: Values = %#v, want %#v", w.name, cfg.Values, w.values)
-		}
-		for k, v := range w.values {
-			if got, ok := cfg.Values[k]; !ok || !got.RawEquals(v) {
-				t.Errorf("%s: Values[%q] = %#v, want %#v", w.name, k, got, v)
-			}
-		}
-		if len(cfg.Ranges) != len(w.set) {
-			t.Errorf("%s: Ranges = %v, want ranges of %v", w.name, cfg.Ranges, w.set)
-		}
-		for _, k := range w.set {
-			if r, ok := cfg.Ranges[k]; !ok || r.Filename != path || r.Start.Line < 1 {
-				t.Errorf("%s: Ranges[%q] = %v", w.name, k, r)
-			}
+		if !reflect.DeepEqual(s.FactoryConfig, w.config) {
+			t.Errorf("%s: FactoryConfig = %#v, want %#v", w.name, s.FactoryConfig, w.config)
 		}
 		if s.Fingerprint == "" || s.DefRange.Filename != path {
 			t.Errorf("%s: Fingerprint %q, DefRange %v", w.name, s.Fingerprint, s.DefRange)
@@ -237,13 +206,8 @@ func TestDefaults(t *testing.T) {
 	if !reflect.DeepEqual(s.Limits, want) {
 		t.Errorf("Limits = %+v, want %+v", s.Limits, want)
 	}
-	v := s.FactoryConfig.Values
-	if !v["greeting"].RawEquals(cty.StringVal("hello")) || !v["repeat"].RawEquals(cty.NumberIntVal(1)) ||
-		!v["tags"].RawEquals(cty.NullVal(cty.List(cty.String))) {
-		t.Errorf("Values = %#v", v)
-	}
-	if len(s.FactoryConfig.Ranges) != 0 {
-		t.Errorf("Ranges = %v, want none", s.FactoryConfig.Ranges)
+	if cfg := s.FactoryConfig.(*testConfig); !reflect.DeepEqual(cfg, &testConfig{Greeting: "hello", Repeat: 1}) {
+		t.Errorf("FactoryConfig = %#v", cfg)
 	}
 }
 

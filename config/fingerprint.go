@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"hash"
+	"reflect"
 	"slices"
 
 	"github.com/zclconf/go-cty/cty"
@@ -22,13 +23,15 @@ func (d *decoder) fingerprint(svc *Service) string {
 	field(h, "factory", svc.Factory)
 	field(h, "dir", d.file.Dir)
 	if cfg := svc.FactoryConfig; cfg != nil {
-		names := make([]string, 0, len(cfg.Values))
-		for n := range cfg.Values {
+		values := map[string]cty.Value{}
+		configValues(svc.Spec.Attributes(), reflect.ValueOf(cfg).Elem(), "", values)
+		names := make([]string, 0, len(values))
+		for n := range values {
 			names = append(names, n)
 		}
 		slices.Sort(names)
 		for _, n := range names {
-			v := cfg.Values[n]
+			v := values[n]
 			js, err := ctyjson.Marshal(v, cty.DynamicPseudoType)
 			if err != nil {
 				field(h, "attr."+n, v.GoString())

@@ -42,7 +42,7 @@ func FuzzParse(f *testing.F) {
 			t.Fatal("nil File and nil error")
 		}
 		for _, s := range file.Services {
-			if s.Spec == nil || s.FactoryConfig == nil || s.Fingerprint == "" || len(s.Endpoints) == 0 {
+			if s.Spec == nil || s.Fingerprint == "" || len(s.Endpoints) == 0 {
 				t.Fatalf("incomplete service %+v", s)
 			}
 			for _, ep := range s.Endpoints {

@@ -15,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/zclconf/go-cty/cty"
-
 	"github.com/superd-dev/superd/framework"
 )
 
@@ -26,46 +24,54 @@ func init() {
 	framework.Register(framework.Spec{
 		Name:        "testfactory",
 		Description: "A factory for config's tests.",
-		Attributes: []framework.Attribute{
-			{Name: "greeting", Type: cty.String, Default: cty.StringVal("hello")},
-			{Name: "repeat", Type: cty.Number, Default: cty.NumberIntVal(1)},
-			{Name: "tags", Type: cty.List(cty.String)},
-		},
-		New: func(c *framework.Config) (framework.Factory, error) {
-			if !c.IsWholeNumber("repeat") || c.Int("repeat") > 10 {
-				return nil, c.Errorf("repeat", "repeat must be a whole number up to 10")
+		Config:      testConfig{Greeting: "hello", Repeat: 1},
+		New: framework.Typed(func(_ *framework.Env, c *testConfig) (framework.Factory, error) {
+			if c.Repeat > 10 {
+				return nil, framework.Errorf(&c.Repeat, "repeat must be a whole number up to 10")
 			}
-			if c.String("greeting") == "fail" {
+			if c.Greeting == "fail" {
 				return nil, errors.New("greeting says fail")
 			}
 			return framework.ForProtocol(func() framework.Protocol { return nil }), nil
-		},
+		}),
 	})
 	framework.Register(framework.Spec{
 		Name:        "testneeds",
-		Description: "A test factory with a required attribute and an object-typed block.",
-		Attributes: []framework.Attribute{
-			{Name: "target", Type: cty.String, Required: true},
-			{Name: "opts", Type: optsType, Block: true},
-		},
-		New: func(c *framework.Config) (framework.Factory, error) {
-			if b := c.Block("opts"); b != nil && b.String("name") == "bad" {
-				return nil, b.Errorf("name", "%q is a bad name", "bad")
+		Description: "A test factory with a required attribute and a block.",
+		Config:      needsConfig{},
+		New: framework.Typed(func(_ *framework.Env, c *needsConfig) (framework.Factory, error) {
+			if c.Opts != nil && c.Opts.Name == "bad" {
+				return nil, framework.Errorf(&c.Opts.Name, "%q is a bad name", "bad")
 			}
 			return framework.ForProtocol(func() framework.Protocol { return nil }), nil
-		},
+		}),
 	})
 	framework.Register(framework.Spec{
 		Name:        "testecho",
 		Description: "A test factory without attributes.",
-		New: func(c *framework.Config) (framework.Factory, error) {
+		New: func(*framework.Env, any) (framework.Factory, error) {
 			return framework.ForProtocol(func() framework.Protocol { return nil }), nil
 		},
 	})
 }
 
-// optsType is testneeds' object-typed block.
-var optsType = cty.Object(map[string]cty.Type{"name": cty.String, "verify": cty.Bool, "file": cty.String})
+// testConfig is testfactory's configuration.
+type testConfig struct {
+	Greeting string   `hcl:"greeting,optional"`
+	Repeat   int      `hcl:"repeat,optional" min:"0"`
+	Tags     []string `hcl:"tags,optional"`
+}
+
+// needsConfig is testneeds' configuration: a required attribute and a
+// block.
+type needsConfig struct {
+	Target string `hcl:"target"`
+	Opts   *struct {
+		Name   string         `hcl:"name,optional"`
+		Verify bool           `hcl:"verify,optional"`
+		File   framework.Path `hcl:"file,optional"`
+	} `hcl:"opts,block"`
+}
 
 // writeFiles writes name -> content into a new temporary folder and returns
 // the folder.

@@ -8,9 +8,7 @@ import (
 	"strings"
 
 	"github.com/hashicorp/hcl/v2"
-	"github.com/hashicorp/hcl/v2/hcldec"
 	"github.com/zclconf/go-cty/cty"
-	"github.com/zclconf/go-cty/cty/convert"
 
 	"github.com/superd-dev/superd/endpoint"
 	"github.com/superd-dev/superd/framework"
@@ -91,12 +89,12 @@ func serviceSchema(spec *framework.Spec) *hcl.BodySchema {
 	s := &hcl.BodySchema{Blocks: serviceBlocks}
 	seen := map[string]bool{}
 	if spec != nil {
-		for _, a := range spec.Attributes {
+		for _, a := range spec.Attributes() {
 			if a.Block {
 				s.Blocks = append(s.Blocks[:len(s.Blocks):len(s.Blocks)], hcl.BlockHeaderSchema{Type: a.Name})
 				continue
 			}
-			s.Attributes = append(s.Attributes, hcl.AttributeSchema{Name: a.Name})
+			s.Attributes = append(s.Attributes, hcl.AttributeSchema{Name: a.Name, Required: a.Required})
 			seen[a.Name] = true
 		}
 	}
@@ -205,111 +203,6 @@ func (d *decoder) unknownFactory(blk *hcl.Block) {
 		hint = " The registered factories are " + quotedList(names) + "."
 	}
 	d.errorf(blk.LabelRanges[0], "Unknown factory", "There is no factory named %q.%s", given, hint)
-}
-
-// decodeFactory decodes the factory's attributes against its schema and
-// lets the factory check them (spec.New).
-func (d *decoder) decodeFactory(svc *Service, blk *hcl.Block, content *hcl.BodyContent) {
-	spec := svc.Spec
-	obj := hcldec.ObjectSpec{}
-	for _, a := range spec.Attributes {
-		var s hcldec.Spec = &hcldec.AttrSpec{Name: a.Name, Type: a.Type, Required: a.Required}
-		switch {
-		case a.Block && a.Type.IsObjectType():
-			nested := hcldec.ObjectSpec{}
-			for n, ty := range a.Type.AttributeTypes() {
-				nested[n] = &hcldec.AttrSpec{Name: n, Type: ty}
-			}
-			s = &hcldec.BlockSpec{TypeName: a.Name, Nested: nested, Required: a.Required}
-		case a.Block:
-			s = &hcldec.BlockAttrsSpec{TypeName: a.Name, ElementType: a.Type.ElementType(), Required: a.Required}
-		}
-		if !a.Default.IsNull() {
-			def, err := convert.Convert(a.Default, a.Type)
-			if err != nil {
-				// A program error in the factory's registration.
-				panic(fmt.Sprintf("config: factory %q: default of %q: %v", spec.Name, a.Name, err))
-			}
-			s = &hcldec.DefaultSpec{Primary: s, Default: &hcldec.LiteralSpec{Value: def}}
-		}
-		obj[a.Name] = s
-	}
-	val, _, diags := hcldec.PartialDecode(blk.Body, obj, d.ctx)
-	d.diags = append(d.diags, diags...)
-	if diags.HasErrors() {
-		return
-	}
-
-	cfg := &framework.Config{
-		Service: svc.Name,
-		Dir:     d.file.Dir,
-		Values:  map[string]cty.Value{},
-		Ranges:  map[string]hcl.Range{},
-		Cluster: d.file.Cluster != nil,
-	}
-	bad := false
-	for _, a := range spec.Attributes {
-		v := val.GetAttr(a.Name)
-		attr := content.Attributes[a.Name]
-		if a.Block {
-			for _, blk := range content.Blocks {
-				if blk.Type != a.Name {
-					continue
-				}
-				cfg.Ranges[a.Name] = blk.DefRange
-				if a.Type.IsObjectType() {
-					// Where each attribute inside is, for Config.Block's
-					// Errorf (the decode above reported any mistake).
-					attrs, _ := blk.Body.JustAttributes()
-					for n, at := range attrs {
-						if a.Type.HasAttribute(n) {
-							cfg.Ranges[a.Name+"."+n] = at.Range
-						}
-					}
-				}
-			}
-		}
-		if attr != nil {
-			cfg.Ranges[a.Name] = attr.Range
-			if !v.IsWhollyKnown() || hasNullElement(v) {
-				d.errorf(attr.Expr.Range(), "Invalid value", "The value of %s must be known and must not contain null.", a.Name)
-				bad = true
-			} else if hasHugeNumber(v) {
-				d.errorf(attr.Expr.Range(), "Number out of range",
-					"The value of %s is too large or too small to be used; numbers must be within about 1e-308 to 1e308.", a.Name)
-				bad = true
-			}
-		}
-		cfg.Values[a.Name] = v
-	}
-	if bad {
-		return
-	}
-	svc.FactoryConfig = cfg
-
-	f, err := spec.New(cfg)
-	if ec, ok := f.(framework.EndpointChecker); ok && err == nil {
-		for _, eb := range content.Blocks {
-			if eb.Type != blockEndpoint || len(eb.Labels) == 0 {
-				continue
-			}
-			if cerr := ec.CheckEndpoint(eb.Labels[0]); cerr != nil {
-				d.errorf(eb.LabelRanges[0], "Endpoint kind not served",
-					"Service %q cannot use a %s endpoint: %s", svc.Name, eb.Labels[0], sentence(cerr.Error()))
-			}
-		}
-	}
-	if err != nil {
-		var ae *framework.AttrError
-		switch {
-		case errors.As(err, &ae) && cfg.IsSet(ae.Attribute):
-			d.errorf(cfg.Ranges[ae.Attribute], fmt.Sprintf("Invalid value for %q", ae.Attribute), "%s", sentence(ae.Err.Error()))
-		case errors.As(err, &ae):
-			d.errorf(blk.DefRange, fmt.Sprintf("Invalid value for %q", ae.Attribute), "%s", sentence(ae.Err.Error()))
-		default:
-			d.errorf(blk.DefRange, "Invalid service configuration", "The %s factory rejected service %q: %s", spec.Name, svc.Name, sentence(err.Error()))
-		}
-	}
 }
 
 // sentence ends s with a full stop unless it already ends a sentence.

@@ -70,9 +70,11 @@ type File struct {
 type Service struct {
 	Name    string
 	Factory string
-	// Spec is the registered factory; FactoryConfig its decoded attributes.
+	// Spec is the registered factory; FactoryConfig its configuration,
+	// decoded and checked: a pointer to a copy of Spec.Config (nil when
+	// the factory has none). NewFactory builds the factory from them.
 	Spec          *framework.Spec
-	FactoryConfig *framework.Config
+	FactoryConfig any
 	Limits        Limits
 	Endpoints     []endpoint.Config
 	// Fingerprint is equal for two blocks that configure the same thing
@@ -83,6 +85,8 @@ type Service struct {
 	AccessLog bool
 	// DefRange is the block header's range, for diagnostics.
 	DefRange hcl.Range
+
+	cluster bool // the file has a cluster block
 }
 
 // AccessLog is where and how the access log is written.

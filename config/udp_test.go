@@ -12,7 +12,7 @@ import (
 // Datagram test factories. Their names sort before "testecho", so the list
 // of factories that TestInvalid expects still ends as it does.
 func init() {
-	newNil := func(*framework.Config) (framework.Factory, error) {
+	newNil := func(*framework.Env, any) (framework.Factory, error) {
 		return framework.ForProtocol(func() framework.Protocol { return nil }), nil
 	}
 	framework.Register(framework.Spec{

@@ -152,3 +152,31 @@ func Example_lineReceiver() {
 	fmt.Printf("%q\n", serveOnce(f, "How are you?\r\nWhat?\r\n"))
 	// Output: "Fine\r\nI don't know what you mean\r\n"
 }
+
+// GreeterConfig is a service's configuration: its tagged fields are the
+// attributes, its value in Spec.Config their defaults.
+type GreeterConfig struct {
+	Greeting string             `hcl:"greeting,optional" doc:"what each connection is told"`
+	Repeat   int                `hcl:"repeat,optional" min:"1" max:"10" doc:"how many times"`
+	Pause    framework.Duration `hcl:"pause,optional" doc:"a Go duration"`
+}
+
+func Example_configuration() {
+	framework.Register(framework.Spec{
+		Name:        "greeter",
+		Description: "greets, then closes",
+		Config:      GreeterConfig{Greeting: "hello", Repeat: 1},
+		New: framework.Typed(func(env *framework.Env, cfg *GreeterConfig) (framework.Factory, error) {
+			env.Log.Info("built", "greeting", cfg.Greeting) // records carry service and factory
+			return framework.ForProtocol(func() framework.Protocol { return new(Echo) }), nil
+		}),
+	})
+	spec, _ := framework.Lookup("greeter")
+	for _, a := range spec.Attributes() {
+		fmt.Printf("%s %s %s [%s,%s]\n", a.Name, a.Type.FriendlyName(), a.Default.GoString(), a.Min, a.Max)
+	}
+	// Output:
+	// greeting string cty.StringVal("hello") [,]
+	// repeat number cty.NumberIntVal(1) [1,10]
+	// pause string cty.NilVal [,]
+}

@@ -10,7 +10,7 @@ import (
 // at 0 from the start, received and sent per udp endpoint; gone with the
 // endpoint and the service.
 func TestDatagramSeries(t *testing.T) {
-	m := New("v1", nil)
+	m := New("v1")
 	s := m.ForService("u", "echo")
 	drops := s.DatagramDrops()
 	if len(drops) != 5 {

@@ -5,6 +5,9 @@ package metrics
 
 import (
 	"runtime"
+	"slices"
+	"strings"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -86,15 +89,16 @@ type Metrics struct {
 	// up (always 0 without a cluster block).
 	ClusterConnected prometheus.Gauge
 
-	// extra are the factories' own families (framework.Spec.Collectors),
-	// by factory name.
-	extra map[string][]prometheus.Collector
+	// own are the registerers of the services' own families, by service
+	// and factory: one for every instance of a service (a reload that
+	// replaces it runs two at once), dropped by Service.Delete.
+	ownMu sync.Mutex
+	own   map[string]*ownRegisterer
 }
 
 // New builds the families on a fresh registry, with the Go and process
-// collectors, and registers extra: the factories' own families, by factory
-// name.
-func New(version string, extra map[string][]prometheus.Collector) *Metrics {
+// collectors.
+func New(version string) *Metrics {
 	sf := []string{"service", "factory"}
 	m := &Metrics{
 		Registry: prometheus.NewRegistry(),
@@ -164,7 +168,7 @@ func New(version string, extra map[string][]prometheus.Collector) *Metrics {
 			Name: "superd_cluster_connected",
 			Help: "1 while connected to NATS (the cluster block), else 0.",
 		}),
-		extra: extra,
+		own: map[string]*ownRegisterer{},
 	}
 	m.Registry.MustRegister(
 		collectors.NewGoCollector(),
@@ -175,11 +179,6 @@ func New(version string, extra map[string][]prometheus.Collector) *Metrics {
 		m.DatagramsReceived, m.DatagramsSent, m.DatagramsDropped, m.TLSHandshakes,
 		m.AccessLogDropped, m.CertExpiry, m.ClusterConnected,
 	)
-	for _, cs := range extra {
-		for _, c := range cs {
-			m.Registry.MustRegister(c)
-		}
-	}
 	m.ConfigReloads.WithLabelValues("success")
 	m.ConfigReloads.WithLabelValues("failure")
 	m.LastReloadOK.Set(1)
@@ -292,9 +291,96 @@ func (s *Service) Delete() {
 	s.m.CertExpiry.DeletePartialMatch(prometheus.Labels{"service": s.name})
 	// Only this factory's families: a successor of another factory under
 	// the same service name keeps its own series.
-	for _, c := range s.m.extra[s.fact] {
-		if v, ok := c.(interface{ DeletePartialMatch(prometheus.Labels) int }); ok {
-			v.DeletePartialMatch(prometheus.Labels{"service": s.name})
+	s.m.ownMu.Lock()
+	r := s.m.own[s.name+"\x00"+s.fact]
+	delete(s.m.own, s.name+"\x00"+s.fact)
+	s.m.ownMu.Unlock()
+	if r != nil {
+		r.unregisterAll()
+	}
+}
+
+// Registerer is where the factory of a service registers its own families
+// (framework.Env.Metrics): their series carry service=NAME. Every
+// instance of the service gets the same one, which refuses a collector
+// equal to one registered already with a prometheus.AlreadyRegisteredError
+// holding that one, so the instances share it (framework.RegisterCollector).
+// The service's Delete unregisters them all.
+func (m *Metrics) Registerer(service, factory string) prometheus.Registerer {
+	key := service + "\x00" + factory
+	m.ownMu.Lock()
+	defer m.ownMu.Unlock()
+	r := m.own[key]
+	if r == nil {
+		r = &ownRegisterer{reg: prometheus.WrapRegistererWith(prometheus.Labels{"service": service}, m.Registry)}
+		m.own[key] = r
+	}
+	return r
+}
+
+// ownRegisterer registers a service's own collectors, labelled with its
+// name, and remembers them.
+type ownRegisterer struct {
+	reg prometheus.Registerer
+	mu  sync.Mutex
+	cs  []prometheus.Collector
+}
+
+func (r *ownRegisterer) Register(c prometheus.Collector) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	err := r.reg.Register(c)
+	if err == nil {
+		r.cs = append(r.cs, c)
+		return nil
+	}
+	// The registry's error holds the wrapped collector: find ours.
+	want := descs(c)
+	for _, old := range r.cs {
+		if descs(old) == want {
+			return prometheus.AlreadyRegisteredError{ExistingCollector: old, NewCollector: c}
 		}
 	}
+	return err
+}
+
+func (r *ownRegisterer) MustRegister(cs ...prometheus.Collector) {
+	for _, c := range cs {
+		if err := r.Register(c); err != nil {
+			panic(err)
+		}
+	}
+}
+
+func (r *ownRegisterer) Unregister(c prometheus.Collector) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i, old := range r.cs {
+		if old == c {
+			r.cs = append(r.cs[:i], r.cs[i+1:]...)
+			return r.reg.Unregister(c)
+		}
+	}
+	return false
+}
+
+func (r *ownRegisterer) unregisterAll() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, c := range r.cs {
+		r.reg.Unregister(c)
+	}
+	r.cs = nil
+}
+
+// descs describes a collector, to tell equal ones.
+func descs(c prometheus.Collector) string {
+	ch := make(chan *prometheus.Desc)
+	go func() { c.Describe(ch); close(ch) }()
+	var out []string
+	for d := range ch {
+		out = append(out, d.String())
+	}
+	slices.Sort(out)
+	return strings.Join(out, "\n")
 }

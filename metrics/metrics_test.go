@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -14,10 +15,11 @@ import (
 // TestLintClean runs the linter `promtool check metrics` uses over every
 // family, with a service's series present.
 func TestLintClean(t *testing.T) {
-	extra := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "superd_test_users", Help: "Users."}, []string{"service"})
-	m := New("v1", map[string][]prometheus.Collector{"echo": {extra}})
+	m := New("v1")
 	m.ForService("echo", "echo").Endpoint("tcp:127.0.0.1:7")
-	extra.WithLabelValues("echo").Set(1)
+	extra := prometheus.NewGauge(prometheus.GaugeOpts{Name: "superd_test_users", Help: "Users."})
+	m.Registerer("echo", "echo").MustRegister(extra)
+	extra.Set(1)
 	problems, err := testutil.GatherAndLint(m.Registry)
 	if err != nil {
 		t.Fatal(err)
@@ -30,7 +32,7 @@ func TestLintClean(t *testing.T) {
 // TestSeriesExistFromStartup: every reason of a service, both reload
 // results, and build info are there before anything happens.
 func TestSeriesExistFromStartup(t *testing.T) {
-	m := New("v1.2.3", nil)
+	m := New("v1.2.3")
 	m.ForService("s", "echo")
 	want := map[string]int{
 		"superd_connections_rejected_total":    len(RejectReasons),
@@ -53,12 +55,17 @@ func TestSeriesExistFromStartup(t *testing.T) {
 }
 
 func TestDeleteRemovesEveryServiceSeries(t *testing.T) {
-	extra := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "superd_test_users", Help: "Users."}, []string{"service"})
-	m := New("v1", map[string][]prometheus.Collector{"echo": {extra}})
+	m := New("v1")
 	a, b := m.ForService("a", "echo"), m.ForService("b", "echo")
 	a.Endpoint("tcp:x")
-	extra.WithLabelValues("a").Set(3)
-	extra.WithLabelValues("b").Set(1)
+	users := func() prometheus.Gauge {
+		return prometheus.NewGauge(prometheus.GaugeOpts{Name: "superd_test_users", Help: "Users."})
+	}
+	ua, ub := users(), users()
+	m.Registerer("a", "echo").MustRegister(ua)
+	m.Registerer("b", "echo").MustRegister(ub)
+	ua.Set(3)
+	ub.Set(1)
 	a.Delete()
 	_ = b
 	if got := testutil.CollectAndCount(m.ConnectionsRejected); got != len(RejectReasons) {
@@ -67,13 +74,47 @@ func TestDeleteRemovesEveryServiceSeries(t *testing.T) {
 	if got := testutil.CollectAndCount(m.ConnectionsTotal); got != 0 {
 		t.Errorf("connections_total series after delete: %d", got)
 	}
-	if got := testutil.CollectAndCount(extra); got != 1 {
+	if got := testutil.CollectAndCount(m.Registry, "superd_test_users"); got != 1 {
 		t.Errorf("service family series after delete: %d", got)
+	}
+	// The name is free again: a new service "a" registers its own.
+	if err := m.Registerer("a", "echo").Register(users()); err != nil {
+		t.Errorf("registering again after delete: %v", err)
+	}
+}
+
+// TestRegistererShared: the instances of one service (a reload that
+// replaces it runs two) share their families; their series carry the
+// service label; another service's are its own.
+func TestRegistererShared(t *testing.T) {
+	m := New("v1")
+	users := func() prometheus.Gauge {
+		return prometheus.NewGauge(prometheus.GaugeOpts{Name: "superd_test_users", Help: "Users."})
+	}
+	first := users()
+	m.Registerer("a", "chat").MustRegister(first)
+	first.Set(2)
+	err := m.Registerer("a", "chat").Register(users())
+	var are prometheus.AlreadyRegisteredError
+	if !errors.As(err, &are) || are.ExistingCollector != first {
+		t.Fatalf("second instance: %v; want AlreadyRegisteredError holding the first collector", err)
+	}
+	if err := m.Registerer("b", "chat").Register(users()); err != nil {
+		t.Fatalf("another service: %v", err)
+	}
+	want := `
+# HELP superd_test_users Users.
+# TYPE superd_test_users gauge
+superd_test_users{service="a"} 2
+superd_test_users{service="b"} 0
+`
+	if err := testutil.GatherAndCompare(m.Registry, strings.NewReader(want), "superd_test_users"); err != nil {
+		t.Error(err)
 	}
 }
 
 func TestHealthAndReadiness(t *testing.T) {
-	m := New("v1", nil)
+	m := New("v1")
 	var notReady []string
 	srv := httptest.NewServer(m.Handler(func() []string { return notReady }))
 	defer srv.Close()

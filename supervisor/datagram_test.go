@@ -964,7 +964,7 @@ func init() {
 		Description:    "A test factory with the guards of the built-in services, serving streams and datagrams.",
 		Serves:         framework.Streams | framework.Datagrams,
 		DatagramGuards: true,
-		New: func(*framework.Config) (framework.Factory, error) {
+		New: func(*framework.Env, any) (framework.Factory, error) {
 			f := &bothFactory{}
 			lastGuarded.Store(f)
 			return f, nil

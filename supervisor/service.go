@@ -86,7 +86,7 @@ type binding struct {
 }
 
 func newService(log *slog.Logger, m *metrics.Metrics, sc *config.Service, refs *seriesRefs, guards *guardPorts, alog *atomic.Pointer[accesslog.Logger]) (*service, error) {
-	f, err := sc.Spec.New(sc.FactoryConfig)
+	f, err := sc.NewFactory(log, m.Registerer(sc.Name, sc.Factory))
 	if err != nil {
 		return nil, fmt.Errorf("service %q: %w", sc.Name, err)
 	}

@@ -121,7 +121,7 @@ func unixEndpoint(path string, mode fs.FileMode) endpoint.Config {
 }
 
 func serviceConfig(name string, f framework.Factory, lim config.Limits, eps ...endpoint.Config) *config.Service {
-	spec := &framework.Spec{Name: "lifecycle", New: func(*framework.Config) (framework.Factory, error) { return f, nil }}
+	spec := &framework.Spec{Name: "lifecycle", New: func(*framework.Env, any) (framework.Factory, error) { return f, nil }}
 	// What the tests leave at zero takes the configuration's default.
 	def := config.DefaultLimits()
 	if lim.MaxPendingOutput == 0 {
@@ -132,14 +132,13 @@ func serviceConfig(name string, f framework.Factory, lim config.Limits, eps ...e
 	}
 	return &config.Service{
 		Name: name, Factory: "lifecycle", Spec: spec,
-		FactoryConfig: &framework.Config{Service: name},
-		Limits:        lim, Endpoints: eps,
+		Limits: lim, Endpoints: eps,
 		Fingerprint: fmt.Sprintf("%s %p %+v %+v", name, f, lim, eps),
 	}
 }
 
 func newTestSupervisor() (*Supervisor, *metrics.Metrics) {
-	m := metrics.New("test", nil)
+	m := metrics.New("test")
 	return New(slog.New(slog.NewTextHandler(io.Discard, nil)), m), m
 }
 

@@ -154,7 +154,7 @@ func cmdValidate(args []string, stdout, stderr io.Writer) int {
 func printFactories(w io.Writer) {
 	for _, s := range framework.Specs() {
 		fmt.Fprintf(w, "%s\n    %s\n", s.Name, s.Description)
-		printAttributes(w, s.Attributes)
+		printAttributes(w, s.Attributes())
 		fmt.Fprintln(w)
 	}
 	fmt.Fprintln(w, "Every service also accepts:")

@@ -15,11 +15,9 @@ import (
 
 	"github.com/coreos/go-systemd/v22/activation"
 	"github.com/hashicorp/hcl/v2"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/superd-dev/superd/accesslog"
 	"github.com/superd-dev/superd/config"
-	"github.com/superd-dev/superd/framework"
 	"github.com/superd-dev/superd/metrics"
 	"github.com/superd-dev/superd/supervisor"
 )
@@ -56,11 +54,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	}
 	raiseFileLimit(log)
 
-	extra := map[string][]prometheus.Collector{}
-	for _, s := range framework.Specs() {
-		extra[s.Name] = s.Collectors
-	}
-	m := metrics.New(buildVersion(), extra)
+	m := metrics.New(buildVersion())
 	sup := supervisor.New(log, m)
 	sup.Inherit(passed)
 	status := &statusState{sup: sup, configFile: *path, started: time.Now(), generation: 1}

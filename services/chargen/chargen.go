@@ -69,7 +69,7 @@ func init() {
 		Description:    "RFC 864 character generator: 72-column lines until the peer closes (udp: 0 to 512 bytes)",
 		Serves:         framework.Streams | framework.Datagrams,
 		DatagramGuards: true, // a small service: the classic reflection target
-		New: func(*framework.Config) (framework.Factory, error) {
+		New: func(*framework.Env, any) (framework.Factory, error) {
 			return Factory{}, nil
 		},
 	})
@@ -186,4 +186,11 @@ func (d *DatagramChargen) DatagramReceived(_ []byte, from net.Addr) {
 	d.Transport.WriteTo(pattern[off:off+rand.IntN(MaxDatagram+1)], from)
 }
 
-var _ framework.Producer = (*Chargen)(nil)
+// Interface guards.
+var (
+	_ framework.Factory          = Factory{}
+	_ framework.DatagramFactory  = Factory{}
+	_ framework.Protocol         = (*Chargen)(nil)
+	_ framework.Producer         = (*Chargen)(nil)
+	_ framework.DatagramProtocol = (*DatagramChargen)(nil)
+)

@@ -43,6 +43,7 @@ package chat
 
 import (
 	"errors"
+	"log/slog"
 	"net"
 	"sync"
 	"time"
@@ -50,7 +51,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/zclconf/go-cty/cty"
 
 	"github.com/superd-dev/superd/cluster"
 	"github.com/superd-dev/superd/framework"
@@ -73,58 +73,52 @@ const (
 // DefaultNameTTL is name_ttl's default.
 const DefaultNameTTL = 30 * time.Second
 
-var usersOnline = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-	Name: "superd_chat_users",
-	Help: "Chat users online (who have chosen a name).",
-}, []string{"service"})
-
 func init() {
 	framework.Register(framework.Spec{
 		Name:        "chat",
 		Description: "the chat server of the Writing Servers tutorial: choose a name, then talk to everyone",
-		Attributes: []framework.Attribute{
-			{Name: "max_line_length", Type: cty.Number, Default: cty.NumberIntVal(basic.DefaultMaxLineLength),
-				Description: "longest line accepted, in bytes; a longer one closes the connection"},
-			{Name: "cluster", Type: cty.Bool, Default: cty.False,
-				Description: "the room spans every node of the cluster (needs a top-level cluster block)"},
-			{Name: "name_ttl", Type: cty.String, Default: cty.StringVal(DefaultNameTTL.String()),
-				Description: "with cluster = true: how long the names of a node that died stay taken (whole seconds, at least 1s)"},
-		},
-		New:        New,
-		Collectors: []prometheus.Collector{usersOnline, remoteLines, remoteDropped},
+		Config:      Config{MaxLineLength: basic.DefaultMaxLineLength, NameTTL: framework.Duration(DefaultNameTTL)},
+		New:         framework.Typed(New),
 	})
 }
 
+// Config is the configuration of a chat service.
+type Config struct {
+	MaxLineLength int                `hcl:"max_line_length,optional" min:"1" doc:"longest line accepted, in bytes; a longer one closes the connection"`
+	Cluster       bool               `hcl:"cluster,optional" doc:"the room spans every node of the cluster (needs a top-level cluster block)"`
+	NameTTL       framework.Duration `hcl:"name_ttl,optional" doc:"with cluster = true: how long the names of a node that died stay taken (whole seconds, at least 1s)"`
+}
+
+// Validate checks name_ttl: JetStream's TTLs are whole seconds.
+func (c *Config) Validate(framework.IsSet) error {
+	if ttl := time.Duration(c.NameTTL); ttl < time.Second || ttl%time.Second != 0 {
+		return framework.Errorf(&c.NameTTL, "must be a whole number of seconds, at least 1s (JetStream's TTLs are in seconds), not %q", ttl.String())
+	}
+	return nil
+}
+
 // New builds a chat room from its configuration.
-func New(cfg *framework.Config) (framework.Factory, error) {
-	n := cfg.Int("max_line_length")
-	if !cfg.IsWholeNumber("max_line_length") || n < 1 {
-		return nil, cfg.Errorf("max_line_length", "must be a whole number of bytes, at least 1")
+func New(env *framework.Env, cfg *Config) (framework.Factory, error) {
+	if cfg.Cluster && !env.Cluster {
+		return nil, framework.Errorf(&cfg.Cluster, "cluster = true needs a top-level cluster block (the node and its NATS)")
 	}
-	r := &Room{
-		maxLine:   n,
-		service:   cfg.Service,
+	return &Room{
+		maxLine:   cfg.MaxLineLength,
+		service:   env.Service,
+		log:       env.Log,
+		metrics:   env.Metrics,
 		users:     map[string]*User{},
-		clustered: cfg.Bool("cluster"),
-	}
-	ttl, err := cfg.Duration("name_ttl")
-	if err != nil {
-		return nil, err
-	}
-	if ttl < time.Second || ttl%time.Second != 0 {
-		return nil, cfg.Errorf("name_ttl", "must be a whole number of seconds, at least 1s (JetStream's TTLs are in seconds), not %q", cfg.String("name_ttl"))
-	}
-	r.nameTTL = ttl
-	if r.clustered && !cfg.Cluster {
-		return nil, cfg.Errorf("cluster", "cluster = true needs a top-level cluster block (the node and its NATS)")
-	}
-	return r, nil
+		clustered: cfg.Cluster,
+		nameTTL:   time.Duration(cfg.NameTTL),
+	}, nil
 }
 
 // Room is the factory: the users of one chat service.
 type Room struct {
 	maxLine int
 	service string
+	log     *slog.Logger
+	metrics prometheus.Registerer
 	online  prometheus.Gauge // set by StartFactory
 
 	// The cluster side (cluster = true): node is the process's node
@@ -145,16 +139,25 @@ func (r *Room) BuildProtocol(net.Addr) framework.Protocol {
 	return &User{room: r}
 }
 
-// StartFactory publishes the users gauge (at 0 for a new service). A
-// reload that replaces the service shares the series with the old instance,
-// whose users leave one by one, so it is never reset here.
+// StartFactory registers the users gauge (at 0 for a new service). A
+// reload that replaces the service shares it with the old instance, whose
+// users leave one by one, so it is never reset here.
 //
-// It also creates the remote-line series (at 0, whether or not the room
-// spans nodes) and, with cluster = true, joins the room across nodes.
+// It also registers the remote-line counters (at 0, whether or not the
+// room spans nodes) and, with cluster = true, joins the room across nodes.
 func (r *Room) StartFactory() error {
-	r.online = usersOnline.WithLabelValues(r.service)
+	online, err := framework.RegisterCollector(r.metrics, prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "superd_chat_users",
+		Help: "Chat users online (who have chosen a name).",
+	}))
+	if err != nil {
+		return err
+	}
+	r.online = online
 	if r.counters.sent == nil { // tests may set their own
-		r.counters = newRemoteCounters(r.service)
+		if r.counters, err = newRemoteCounters(r.metrics); err != nil {
+			return err
+		}
 	}
 	if !r.clustered {
 		return nil
@@ -323,3 +326,12 @@ func validName(b []byte) bool {
 	}
 	return true
 }
+
+// Interface guards.
+var (
+	_ framework.Factory        = (*Room)(nil)
+	_ framework.FactoryStarter = (*Room)(nil)
+	_ framework.FactoryStopper = (*Room)(nil)
+	_ framework.Protocol       = (*User)(nil)
+	_ framework.Validator      = (*Config)(nil)
+)

@@ -15,6 +15,7 @@ import (
 	"github.com/superd-dev/superd/config"
 	"github.com/superd-dev/superd/framework"
 	"github.com/superd-dev/superd/framework/basic"
+	"github.com/superd-dev/superd/services/internal/servicetest"
 )
 
 // parseService decodes one chat service block whose attributes are body,
@@ -73,7 +74,7 @@ func TestConfig(t *testing.T) {
 			if err != nil {
 				t.Fatalf("unexpected error:\n%s", err)
 			}
-			fac, err := svc.Spec.New(svc.FactoryConfig)
+			fac, err := servicetest.Build(svc, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -228,7 +229,7 @@ func newRoom(t *testing.T, service, body string) *room {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fac, err := svc.Spec.New(svc.FactoryConfig)
+	fac, err := servicetest.Build(svc, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -35,7 +35,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"log/slog"
 	"sync"
 	"time"
 
@@ -43,6 +42,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/superd-dev/superd/cluster"
+	"github.com/superd-dev/superd/framework"
 )
 
 const (
@@ -61,28 +61,32 @@ const (
 	subjectPrefix = "superd.chat."
 )
 
-var (
-	remoteLines = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "superd_chat_remote_lines_total",
-		Help: "Chat lines exchanged with other nodes of the cluster: sent (published to NATS) and received (delivered here).",
-	}, []string{"service", "direction"})
-	remoteDropped = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "superd_chat_remote_lines_dropped_total",
-		Help: "Chat lines that could not be exchanged with other nodes (NATS unreachable, queue full, or dropped by NATS on the way in).",
-	}, []string{"service"})
-)
-
 // remoteCounters are a room's series of the remote families.
 type remoteCounters struct {
 	sent, received, dropped prometheus.Counter
 }
 
-func newRemoteCounters(service string) remoteCounters {
-	return remoteCounters{
-		sent:     remoteLines.WithLabelValues(service, "sent"),
-		received: remoteLines.WithLabelValues(service, "received"),
-		dropped:  remoteDropped.WithLabelValues(service),
+// newRemoteCounters registers the remote families through reg.
+func newRemoteCounters(reg prometheus.Registerer) (remoteCounters, error) {
+	lines, err := framework.RegisterCollector(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "superd_chat_remote_lines_total",
+		Help: "Chat lines exchanged with other nodes of the cluster: sent (published to NATS) and received (delivered here).",
+	}, []string{"direction"}))
+	if err != nil {
+		return remoteCounters{}, err
 	}
+	dropped, err := framework.RegisterCollector(reg, prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "superd_chat_remote_lines_dropped_total",
+		Help: "Chat lines that could not be exchanged with other nodes (NATS unreachable, queue full, or dropped by NATS on the way in).",
+	}))
+	if err != nil {
+		return remoteCounters{}, err
+	}
+	return remoteCounters{
+		sent:     lines.WithLabelValues("sent"),
+		received: lines.WithLabelValues("received"),
+		dropped:  dropped,
+	}, nil
 }
 
 type claimResult int
@@ -263,7 +267,7 @@ func (x *remote) claim(name string) claimResult {
 			}
 			x.mu.Unlock()
 		}
-		x.r.logDebug("name claim undecided", "name", name, "err", err)
+		x.r.log.Debug("name claim undecided", "name", name, "err", err)
 		return claimUnavailable
 	}
 }
@@ -363,14 +367,14 @@ func (x *remote) refresh(ctx context.Context, name string, rev uint64) bool {
 		// It expired while this node could not refresh it, and a user
 		// elsewhere took it: both keep chatting; it is no longer ours to
 		// refresh or release.
-		x.r.logWarn("a name held here was taken on another node while this node could not refresh it", "name", name)
+		x.r.log.Warn("a name held here was taken on another node while this node could not refresh it", "name", name)
 		x.mu.Lock()
 		if cur, ok := x.held[name]; ok && cur == rev {
 			delete(x.held, name)
 		}
 		x.mu.Unlock()
 	default:
-		x.r.logDebug("name refresh failed; retrying at the next tick", "name", name, "err", err)
+		x.r.log.Debug("name refresh failed; retrying at the next tick", "name", name, "err", err)
 		return false
 	}
 	return true
@@ -398,7 +402,7 @@ func (x *remote) releaseAll(deadline time.Time) {
 			x.mu.Unlock()
 			continue
 		}
-		x.r.logDebug("name release failed; retrying", "name", name, "err", err)
+		x.r.log.Debug("name release failed; retrying", "name", name, "err", err)
 		return
 	}
 }
@@ -431,12 +435,4 @@ func (x *remote) stop() {
 	close(x.quit)
 	x.wg.Wait()
 	x.releaseAll(time.Now().Add(stopTimeout))
-}
-
-func (r *Room) logDebug(msg string, args ...any) {
-	slog.Debug(msg, append([]any{"service", r.service}, args...)...)
-}
-
-func (r *Room) logWarn(msg string, args ...any) {
-	slog.Warn(msg, append([]any{"service", r.service}, args...)...)
 }

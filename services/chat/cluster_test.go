@@ -15,6 +15,7 @@ import (
 	"github.com/superd-dev/superd/cluster"
 	"github.com/superd-dev/superd/cluster/clustertest"
 	"github.com/superd-dev/superd/config"
+	"github.com/superd-dev/superd/services/internal/servicetest"
 )
 
 // These tests run rooms on three nodes of a real NATS cluster on loopback
@@ -41,7 +42,7 @@ func newClusterRoom(t *testing.T, node *cluster.Node, service, body string) *roo
 	if err != nil {
 		t.Fatal(err)
 	}
-	fac, err := svc.Spec.New(svc.FactoryConfig)
+	fac, err := servicetest.Build(svc, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +167,7 @@ func TestClusterConfig(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			fac, err := svc.Spec.New(svc.FactoryConfig)
+			fac, err := servicetest.Build(svc, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -189,7 +190,7 @@ func TestClusterStartWithoutNode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fac, err := svc.Spec.New(svc.FactoryConfig)
+	fac, err := servicetest.Build(svc, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

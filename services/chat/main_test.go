@@ -3,13 +3,13 @@ package chat
 import (
 	"testing"
 
-	"go.uber.org/goleak"
-
 	"github.com/superd-dev/superd/cluster/clustertest"
+	"github.com/superd-dev/superd/services/internal/servicetest"
 )
 
-// TestMain fails the package if a test leaves a goroutine behind: rooms
-// across nodes start goroutines and NATS servers and connections.
+// TestMain fails the package if a test leaves a goroutine behind (rooms
+// across nodes start goroutines and NATS servers and connections) or logs
+// through the global slog.
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, clustertest.GoleakOptions()...)
+	servicetest.VerifyTestMain(m, clustertest.GoleakOptions()...)
 }

@@ -25,8 +25,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/zclconf/go-cty/cty"
-
 	"github.com/superd-dev/superd/framework"
 )
 
@@ -39,35 +37,40 @@ func init() {
 		Description:    "RFC 867 daytime: the date and time as one line, then closes",
 		Serves:         framework.Streams | framework.Datagrams,
 		DatagramGuards: true, // a small service: the classic reflection target
-		Attributes: []framework.Attribute{
-			{Name: "layout", Type: cty.String, Default: cty.StringVal(DefaultLayout),
-				Description: "a Go time layout (reference time Mon Jan 2 15:04:05 MST 2006)"},
-			{Name: "utc", Type: cty.Bool, Default: cty.False,
-				Description: "UTC instead of superd's local zone"},
-		},
-		New: New,
+		Config:         Config{Layout: DefaultLayout},
+		New:            framework.Typed(New),
 	})
 }
 
-// New builds a daytime factory from its configuration.
-func New(cfg *framework.Config) (framework.Factory, error) {
-	layout := cfg.String("layout")
+// Config is the configuration of a daytime service.
+type Config struct {
+	Layout string `hcl:"layout,optional" doc:"a Go time layout (reference time Mon Jan 2 15:04:05 MST 2006)"`
+	UTC    bool   `hcl:"utc,optional" doc:"UTC instead of superd's local zone"`
+}
+
+// Validate checks the layout.
+func (c *Config) Validate(framework.IsSet) error {
 	switch {
-	case layout == "":
-		return nil, cfg.Errorf("layout", "the layout is empty")
-	case strings.ContainsAny(layout, "\r\n"):
-		return nil, cfg.Errorf("layout", "the layout holds a CR or LF; the answer is one line")
+	case c.Layout == "":
+		return framework.Errorf(&c.Layout, "the layout is empty")
+	case strings.ContainsAny(c.Layout, "\r\n"):
+		return framework.Errorf(&c.Layout, "the layout holds a CR or LF; the answer is one line")
 	}
 	// A time whose every field differs from Go's reference time (AM, where
 	// the reference is PM; a Sunday; another zone and offset): a layout
 	// that formats it as itself has no field, only literal text (a typo
 	// such as "YYYY-MM-DD" does that).
 	probe := time.Date(1999, 11, 28, 9, 59, 58, 123456789, time.FixedZone("XYZ", -(3*3600+1800)))
-	if probe.Format(layout) == layout {
-		return nil, cfg.Errorf("layout", "%q holds no time field; Go layouts spell fields with the reference time, e.g. \"2006-01-02 15:04:05 MST\"", layout)
+	if probe.Format(c.Layout) == c.Layout {
+		return framework.Errorf(&c.Layout, "%q holds no time field; Go layouts spell fields with the reference time, e.g. \"2006-01-02 15:04:05 MST\"", c.Layout)
 	}
-	f := &Factory{Layout: layout, loc: time.Local}
-	if cfg.Bool("utc") {
+	return nil
+}
+
+// New builds a daytime factory from its configuration.
+func New(_ *framework.Env, cfg *Config) (framework.Factory, error) {
+	f := &Factory{Layout: cfg.Layout, loc: time.Local}
+	if cfg.UTC {
 		f.loc = time.UTC
 	}
 	return f, nil
@@ -122,3 +125,12 @@ func (d *DatagramDaytime) DatagramReceived(_ []byte, from net.Addr) {
 	d.buf = d.factory.AppendLine(d.buf[:0], time.Now())
 	d.transport.WriteTo(d.buf, from)
 }
+
+// Interface guards.
+var (
+	_ framework.Factory          = (*Factory)(nil)
+	_ framework.DatagramFactory  = (*Factory)(nil)
+	_ framework.Protocol         = (*Daytime)(nil)
+	_ framework.DatagramProtocol = (*DatagramDaytime)(nil)
+	_ framework.Validator        = (*Config)(nil)
+)

@@ -25,7 +25,7 @@ func init() {
 		Description:    "RFC 863 discard: reads and drops everything, answers nothing",
 		Serves:         framework.Streams | framework.Datagrams,
 		DatagramGuards: true, // a small service: the classic reflection target
-		New: func(*framework.Config) (framework.Factory, error) {
+		New: func(*framework.Env, any) (framework.Factory, error) {
 			return Factory{}, nil
 		},
 	})
@@ -46,3 +46,10 @@ func (Factory) BuildDatagramProtocol(framework.DatagramTransport) framework.Data
 // Discard is the protocol of one connection; BaseProtocol already drops
 // what it receives.
 type Discard struct{ framework.BaseProtocol }
+
+// Interface guards.
+var (
+	_ framework.Factory         = Factory{}
+	_ framework.DatagramFactory = Factory{}
+	_ framework.Protocol        = (*Discard)(nil)
+)

@@ -26,7 +26,7 @@ func init() {
 		Description:    "RFC 862 echo: sends back every byte received",
 		Serves:         framework.Streams | framework.Datagrams,
 		DatagramGuards: true, // a small service: the classic reflection target
-		New: func(*framework.Config) (framework.Factory, error) {
+		New: func(*framework.Env, any) (framework.Factory, error) {
 			return Factory{}, nil
 		},
 	})
@@ -56,3 +56,11 @@ type DatagramEcho struct{ Transport framework.DatagramTransport }
 // DatagramReceived sends data back to from (WriteTo is done with data when
 // it returns, so the datagram needs no copy).
 func (e *DatagramEcho) DatagramReceived(data []byte, from net.Addr) { e.Transport.WriteTo(data, from) }
+
+// Interface guards.
+var (
+	_ framework.Factory          = Factory{}
+	_ framework.DatagramFactory  = Factory{}
+	_ framework.Protocol         = (*Echo)(nil)
+	_ framework.DatagramProtocol = (*DatagramEcho)(nil)
+)

@@ -39,7 +39,7 @@ func TestConfig(t *testing.T) {
 					t.Fatalf("unexpected error:\n%s", err)
 				}
 				svc := f.Service("e")
-				fac, err := svc.Spec.New(svc.FactoryConfig)
+				fac, err := servicetest.Build(svc, nil)
 				if err != nil || fac == nil {
 					t.Fatalf("New: %v, %v", fac, err)
 				}

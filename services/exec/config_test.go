@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/superd-dev/superd/config"
+	"github.com/superd-dev/superd/services/internal/servicetest"
 )
 
 // parseExec decodes one exec service block (named "x") whose attributes are
@@ -137,7 +138,7 @@ func TestValidConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	svc := f.Service("x")
-	fac, err := svc.Spec.New(svc.FactoryConfig)
+	fac, err := servicetest.Build(svc, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,7 +172,7 @@ func TestValidConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	svc = f.Service("x")
-	fac, err = svc.Spec.New(svc.FactoryConfig)
+	fac, err = servicetest.Build(svc, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -26,6 +26,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"math/big"
 	"net"
 	"os"
 	osexec "os/exec"
@@ -40,7 +42,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/zclconf/go-cty/cty"
 	"golang.org/x/sys/unix"
 
 	"github.com/superd-dev/superd/framework"
@@ -56,47 +57,32 @@ const (
 	ResultSignal  = "signal"
 )
 
-var (
-	processes = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Name: "superd_exec_processes",
-		Help: "Programs started by exec services that are running now.",
-	}, []string{"service"})
-	exits = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "superd_exec_exits_total",
-		Help: "Programs started by exec services that have exited, by result (success: status 0; failure: another status; signal: killed by a signal).",
-	}, []string{"service", "result"})
-)
-
 func init() {
 	framework.Register(framework.Spec{
 		Name:        "exec",
 		Description: "runs a program per connection (inetd style): its stdin and stdout are the connection",
-		Attributes: []framework.Attribute{
-			{Name: "command", Type: cty.List(cty.String), Required: true,
-				Description: "the program and its arguments; the program is an absolute path or found in PATH at validate"},
-			{Name: "user", Type: cty.String, Description: "run the program as this user (name or number; superd must run as root)"},
-			{Name: "group", Type: cty.String, Description: "its group (default: the user's primary group)"},
-			{Name: "groups", Type: cty.List(cty.String), Description: "its supplementary groups (default: none)"},
-			{Name: "dir", Type: cty.String, Default: cty.StringVal("/"), Description: "its working directory"},
-			{Name: "env", Type: cty.Map(cty.String), Description: "variables added to its clean environment"},
-			{Name: "pass_env", Type: cty.List(cty.String), Description: "variables copied from superd's environment when set"},
-			{Name: "umask", Type: cty.String, Description: "its umask, in octal such as \"0022\" (default: superd's)"},
-			{Name: "nice", Type: cty.Number, Description: "its nice value, -20 to 19 (default: superd's)"},
-			{Name: "rlimits", Type: cty.Map(cty.Number), Block: true,
-				Description: "block of resource limits: " + strings.Join(rlimitNames(), ", ") + " (soft and hard)"},
-			{Name: "stderr", Type: cty.String, Default: cty.StringVal(StderrLog),
-				Description: "its fd 2: \"log\" (each line logged with service and pid), \"discard\" or \"inherit\" (superd's own stderr)"},
-			{Name: "stop_signal", Type: cty.String, Default: cty.StringVal("SIGTERM"),
-				Description: "sent to its process group when the service drains (SIGKILL follows at shutdown_timeout)"},
-			{Name: "wait", Type: cty.Bool, Default: cty.False,
-				Description: "wait mode: one child at a time receives the listening socket instead of a connection"},
-			{Name: "listen_fds", Type: cty.Bool, Default: cty.False,
-				Description: "in wait mode, pass the socket as fd 3 with LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES (systemd style) instead of fd 0 and 1"},
-		},
-		New:        newFactory,
-		Serves:     framework.Streams | framework.Datagrams, // udp in wait mode only (CheckEndpoint)
-		Collectors: []prometheus.Collector{processes, exits},
+		Config:      Config{Dir: "/", Stderr: StderrLog, StopSignal: "SIGTERM"},
+		New:         framework.Typed(New),
+		Serves:      framework.Streams | framework.Datagrams, // udp in wait mode only (CheckEndpoint)
 	})
+}
+
+// Config is the configuration of an exec service.
+type Config struct {
+	Command    []string              `hcl:"command" doc:"the program and its arguments; the program is an absolute path or found in PATH at validate"`
+	User       string                `hcl:"user,optional" doc:"run the program as this user (name or number; superd must run as root)"`
+	Group      string                `hcl:"group,optional" doc:"its group (default: the user's primary group)"`
+	Groups     []string              `hcl:"groups,optional" doc:"its supplementary groups (default: none)"`
+	Dir        framework.Path        `hcl:"dir,optional" doc:"its working directory"`
+	Env        map[string]string     `hcl:"env,optional" doc:"variables added to its clean environment"`
+	PassEnv    []string              `hcl:"pass_env,optional" doc:"variables copied from superd's environment when set"`
+	Umask      string                `hcl:"umask,optional" doc:"its umask, in octal such as \"0022\" (default: superd's)"`
+	Nice       *int                  `hcl:"nice,optional" min:"-20" max:"19" doc:"its nice value, -20 to 19 (default: superd's)"`
+	Rlimits    map[string]*big.Float `hcl:"rlimits,block" doc:"block of resource limits: as, core, cpu, data, fsize, locks, memlock, msgqueue, nice, nofile, nproc, rss, rtprio, sigpending, stack (soft and hard)"`
+	Stderr     string                `hcl:"stderr,optional" doc:"its fd 2: \"log\" (each line logged with service and pid), \"discard\" or \"inherit\" (superd's own stderr)"`
+	StopSignal string                `hcl:"stop_signal,optional" doc:"sent to its process group when the service drains (SIGKILL follows at shutdown_timeout)"`
+	Wait       bool                  `hcl:"wait,optional" doc:"wait mode: one child at a time receives the listening socket instead of a connection"`
+	ListenFDs  bool                  `hcl:"listen_fds,optional" doc:"in wait mode, pass the socket as fd 3 with LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES (systemd style) instead of fd 0 and 1"`
 }
 
 // Values of the stderr attribute.
@@ -140,6 +126,7 @@ var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 type Factory struct {
 	service string
 	log     *slog.Logger
+	metrics prometheus.Registerer
 
 	path       string   // the program, resolved
 	argv       []string // command as written
@@ -173,35 +160,38 @@ var (
 	_ framework.FactoryStopper  = (*Factory)(nil)
 )
 
-func newFactory(cfg *framework.Config) (framework.Factory, error) {
+// New builds an exec factory from its configuration: it finds the
+// program and checks everything that can be checked before start.
+func New(env *framework.Env, cfg *Config) (framework.Factory, error) {
 	f := &Factory{
-		service:   cfg.Service,
-		stderr:    cfg.String("stderr"),
-		wait:      cfg.Bool("wait"),
-		listenFDs: cfg.Bool("listen_fds"),
-		setup:     setup{umask: -1},
+		service:   env.Service,
+		log:       env.Log,
+		metrics:   env.Metrics,
+		argv:      cfg.Command,
+		dir:       string(cfg.Dir),
+		stderr:    cfg.Stderr,
+		wait:      cfg.Wait,
+		listenFDs: cfg.ListenFDs,
+		setup:     setup{umask: -1, nice: cfg.Nice},
 	}
-
-	f.argv = cfg.Strings("command")
 	if len(f.argv) == 0 || f.argv[0] == "" {
-		return nil, cfg.Errorf("command", "command needs at least the program, such as [\"/bin/cat\"]")
+		return nil, framework.Errorf(&cfg.Command, "command needs at least the program, such as [\"/bin/cat\"]")
 	}
 	for _, a := range f.argv {
 		if strings.ContainsRune(a, 0) {
-			return nil, cfg.Errorf("command", "an argument holds a NUL character")
+			return nil, framework.Errorf(&cfg.Command, "an argument holds a NUL character")
 		}
 	}
 	path, err := findProgram(f.argv[0])
 	if err != nil {
-		return nil, cfg.Errorf("command", "%v", err)
+		return nil, framework.Errorf(&cfg.Command, "%v", err)
 	}
 	f.path = path
 
-	f.dir = cfg.Path("dir")
 	if st, err := os.Stat(f.dir); err != nil {
-		return nil, cfg.Errorf("dir", "the working directory %q cannot be used: %v", f.dir, unwrapPath(err))
+		return nil, framework.Errorf(&cfg.Dir, "the working directory %q cannot be used: %v", f.dir, unwrapPath(err))
 	} else if !st.IsDir() {
-		return nil, cfg.Errorf("dir", "%q is not a directory", f.dir)
+		return nil, framework.Errorf(&cfg.Dir, "%q is not a directory", f.dir)
 	}
 
 	if err := f.decodeCredentials(cfg); err != nil {
@@ -217,15 +207,15 @@ func newFactory(cfg *framework.Config) (framework.Factory, error) {
 	switch f.stderr {
 	case StderrLog, StderrDiscard, StderrInherit:
 	default:
-		return nil, cfg.Errorf("stderr", "%q is not one of \"log\", \"discard\" or \"inherit\"", f.stderr)
+		return nil, framework.Errorf(&cfg.Stderr, "%q is not one of \"log\", \"discard\" or \"inherit\"", f.stderr)
 	}
-	sig, err := parseSignal(cfg.String("stop_signal"))
+	sig, err := parseSignal(cfg.StopSignal)
 	if err != nil {
-		return nil, cfg.Errorf("stop_signal", "%v", err)
+		return nil, framework.Errorf(&cfg.StopSignal, "%v", err)
 	}
 	f.stopSignal = sig
 	if f.listenFDs && !f.wait {
-		return nil, cfg.Errorf("listen_fds", "listen_fds passes the listening socket, which only wait mode does: set wait = true as well")
+		return nil, framework.Errorf(&cfg.ListenFDs, "listen_fds passes the listening socket, which only wait mode does: set wait = true as well")
 	}
 	return f, nil
 }
@@ -264,36 +254,33 @@ func unwrapPath(err error) error {
 	return err
 }
 
-func (f *Factory) decodeCredentials(cfg *framework.Config) error {
-	name := cfg.String("user")
-	groupName := cfg.String("group")
-	groupNames := cfg.Strings("groups")
+func (f *Factory) decodeCredentials(cfg *Config) error {
+	name, groupName, groupNames := cfg.User, cfg.Group, cfg.Groups
 	if name == "" {
-		if groupName != "" || len(groupNames) > 0 {
-			attr := "group"
-			if groupName == "" {
-				attr = "groups"
-			}
-			return cfg.Errorf(attr, "%s needs user as well", attr)
+		switch {
+		case groupName != "":
+			return framework.Errorf(&cfg.Group, "group needs user as well")
+		case len(groupNames) > 0:
+			return framework.Errorf(&cfg.Groups, "groups needs user as well")
 		}
 		return nil
 	}
 	u, err := lookupUser(name)
 	if err != nil {
-		return cfg.Errorf("user", "%v", err)
+		return framework.Errorf(&cfg.User, "%v", err)
 	}
 	uid, _ := strconv.ParseUint(u.Uid, 10, 32)
 	gid, _ := strconv.ParseUint(u.Gid, 10, 32)
 	if groupName != "" {
 		if gid, err = lookupGroup(groupName); err != nil {
-			return cfg.Errorf("group", "%v", err)
+			return framework.Errorf(&cfg.Group, "%v", err)
 		}
 	}
 	cred := &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}
 	for _, g := range groupNames {
 		id, err := lookupGroup(g)
 		if err != nil {
-			return cfg.Errorf("groups", "%v", err)
+			return framework.Errorf(&cfg.Groups, "%v", err)
 		}
 		cred.Groups = append(cred.Groups, uint32(id))
 	}
@@ -328,61 +315,45 @@ func lookupGroup(name string) (uint64, error) {
 	return strconv.ParseUint(g.Gid, 10, 32)
 }
 
-func (f *Factory) decodeEnv(cfg *framework.Config) error {
-	if v := cfg.Values["env"]; !v.IsNull() {
-		for it := v.ElementIterator(); it.Next(); {
-			k, val := it.Element()
-			name, value := k.AsString(), val.AsString()
-			if !envName.MatchString(name) {
-				return cfg.Errorf("env", "%q is not a valid variable name (letters, digits and _, not starting with a digit)", name)
-			}
-			if strings.ContainsRune(value, 0) {
-				return cfg.Errorf("env", "the value of %s holds a NUL character", name)
-			}
-			f.env = append(f.env, name+"="+value)
-		}
-		sort.Strings(f.env)
-	}
-	for _, name := range cfg.Strings("pass_env") {
+func (f *Factory) decodeEnv(cfg *Config) error {
+	for _, name := range slices.Sorted(maps.Keys(cfg.Env)) {
+		value := cfg.Env[name]
 		if !envName.MatchString(name) {
-			return cfg.Errorf("pass_env", "%q is not a valid variable name (letters, digits and _, not starting with a digit)", name)
+			return framework.Errorf(&cfg.Env, "%q is not a valid variable name (letters, digits and _, not starting with a digit)", name)
+		}
+		if strings.ContainsRune(value, 0) {
+			return framework.Errorf(&cfg.Env, "the value of %s holds a NUL character", name)
+		}
+		f.env = append(f.env, name+"="+value)
+	}
+	for _, name := range cfg.PassEnv {
+		if !envName.MatchString(name) {
+			return framework.Errorf(&cfg.PassEnv, "%q is not a valid variable name (letters, digits and _, not starting with a digit)", name)
 		}
 		f.passEnv = append(f.passEnv, name)
 	}
 	return nil
 }
 
-func (f *Factory) decodeSetup(cfg *framework.Config) error {
-	if s := cfg.String("umask"); s != "" {
+func (f *Factory) decodeSetup(cfg *Config) error {
+	if s := cfg.Umask; s != "" {
 		m, err := strconv.ParseUint(s, 8, 32)
 		if err != nil || m > 0o777 {
-			return cfg.Errorf("umask", "%q is not a umask: write it in octal, such as \"0022\"", s)
+			return framework.Errorf(&cfg.Umask, "%q is not a umask: write it in octal, such as \"0022\"", s)
 		}
 		f.setup.umask = int(m)
 	}
-	if cfg.IsSet("nice") {
-		if !cfg.IsWholeNumber("nice") || cfg.Int("nice") < -20 || cfg.Int("nice") > 19 {
-			return cfg.Errorf("nice", "nice must be a whole number from -20 to 19")
+	for _, name := range slices.Sorted(maps.Keys(cfg.Rlimits)) {
+		res, ok := rlimits[name]
+		if !ok {
+			return framework.Errorf(&cfg.Rlimits, "%q is not a resource limit; known: %s", name, strings.Join(rlimitNames(), ", "))
 		}
-		n := cfg.Int("nice")
-		f.setup.nice = &n
-	}
-	if v := cfg.Values["rlimits"]; !v.IsNull() {
-		for it := v.ElementIterator(); it.Next(); {
-			k, val := it.Element()
-			name := k.AsString()
-			res, ok := rlimits[name]
-			if !ok {
-				return cfg.Errorf("rlimits", "%q is not a resource limit; known: %s", name, strings.Join(rlimitNames(), ", "))
-			}
-			bf := val.AsBigFloat()
-			n, acc := bf.Uint64()
-			if !bf.IsInt() || bf.Sign() < 0 || acc != 0 {
-				return cfg.Errorf("rlimits", "%s must be a whole number of at least 0, not %s", name, bf.Text('g', -1))
-			}
-			f.setup.rlimits = append(f.setup.rlimits, rlimit{name: name, resource: res, value: n})
+		bf := cfg.Rlimits[name]
+		n, acc := bf.Uint64()
+		if !bf.IsInt() || bf.Sign() < 0 || acc != 0 {
+			return framework.Errorf(&cfg.Rlimits, "%s must be a whole number of at least 0, not %s", name, bf.Text('g', -1))
 		}
-		slices.SortFunc(f.setup.rlimits, func(a, b rlimit) int { return strings.Compare(a.name, b.name) })
+		f.setup.rlimits = append(f.setup.rlimits, rlimit{name: name, resource: res, value: n})
 	}
 	return nil
 }
@@ -439,20 +410,31 @@ func (f *Factory) StartFactory() error {
 		cred.NoSetGroups = true
 		f.cred = &cred
 	}
+	procs, err := framework.RegisterCollector(f.metrics, prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "superd_exec_processes",
+		Help: "Programs started by exec services that are running now.",
+	}))
+	if err != nil {
+		return err
+	}
+	exits, err := framework.RegisterCollector(f.metrics, prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "superd_exec_exits_total",
+		Help: "Programs started by exec services that have exited, by result (success: status 0; failure: another status; signal: killed by a signal).",
+	}, []string{"result"}))
+	if err != nil {
+		return err
+	}
 	devNull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
 	if err != nil {
 		return err
 	}
 	f.devNull = devNull
-	// Resolved now, not in New: superd sets its logger after reading the
-	// configuration.
-	f.log = slog.Default().With("service", f.service, "factory", "exec")
+	f.procs = procs
 	closeInheritedOnExec()
 	f.baseEnv = f.buildBaseEnv()
-	f.procs = processes.WithLabelValues(f.service)
 	f.results = map[string]prometheus.Counter{}
 	for _, r := range []string{ResultSuccess, ResultFailure, ResultSignal} {
-		f.results[r] = exits.WithLabelValues(f.service, r)
+		f.results[r] = exits.WithLabelValues(r)
 	}
 	return nil
 }

@@ -18,16 +18,16 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"go.uber.org/goleak"
 
 	"github.com/superd-dev/superd/endpoint"
 	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/services/internal/servicetest"
 )
 
 // TestMain fails the package if a test leaves a goroutine behind (a relay
 // copier, a watcher, a stderr logger).
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	servicetest.VerifyTestMain(m)
 }
 
 // --- logs ---
@@ -94,17 +94,13 @@ func newTestFactory(t *testing.T, body string) (*Factory, *logRecords) {
 		t.Fatal(err)
 	}
 	svc := f.Service("x")
-	fac, err := svc.Spec.New(svc.FactoryConfig)
+	logs := &logRecords{}
+	fac, err := servicetest.Build(svc, logs)
 	if err != nil {
 		t.Fatal(err)
 	}
 	x := fac.(*Factory)
-	logs := &logRecords{}
-	prev := slog.Default()
-	slog.SetDefault(slog.New(logs))
-	err = x.StartFactory()
-	slog.SetDefault(prev)
-	if err != nil {
+	if err := x.StartFactory(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { x.StopFactory() })

@@ -33,8 +33,6 @@ import (
 	"os"
 	"sync"
 
-	"github.com/zclconf/go-cty/cty"
-
 	"github.com/superd-dev/superd/framework"
 	"github.com/superd-dev/superd/framework/basic"
 )
@@ -43,33 +41,33 @@ func init() {
 	framework.Register(framework.Spec{
 		Name:        "logfile",
 		Description: "appends each line received to a file (reopened on SIGUSR1)",
-		Attributes: []framework.Attribute{
-			{Name: "path", Type: cty.String, Required: true,
-				Description: "file the lines are appended to"},
-			{Name: "fsync", Type: cty.Bool, Default: cty.False,
-				Description: "fsync the file after writes (batched)"},
-			{Name: "max_line_length", Type: cty.Number, Default: cty.NumberIntVal(basic.DefaultMaxLineLength),
-				Description: "longest line accepted, in bytes; a longer one closes the connection"},
-		},
-		New: New,
+		Config:      Config{MaxLineLength: basic.DefaultMaxLineLength},
+		New:         framework.Typed(New),
 	})
+}
+
+// Config is the configuration of a logfile service.
+type Config struct {
+	Path          framework.Path `hcl:"path" doc:"file the lines are appended to"`
+	Fsync         bool           `hcl:"fsync,optional" doc:"fsync the file after writes (batched)"`
+	MaxLineLength int            `hcl:"max_line_length,optional" min:"1" doc:"longest line accepted, in bytes; a longer one closes the connection"`
+}
+
+// Validate checks that path can be a file.
+func (c *Config) Validate(framework.IsSet) error {
+	if c.Path == "" {
+		return framework.Errorf(&c.Path, "must not be empty")
+	}
+	if st, err := os.Stat(string(c.Path)); err == nil && st.IsDir() {
+		return framework.Errorf(&c.Path, "%s is a folder, not a file", c.Path)
+	}
+	return nil
 }
 
 // New builds a logfile factory from its configuration. It opens nothing:
 // the file is opened in StartFactory.
-func New(cfg *framework.Config) (framework.Factory, error) {
-	path := cfg.Path("path")
-	if path == "" {
-		return nil, cfg.Errorf("path", "must not be empty")
-	}
-	if st, err := os.Stat(path); err == nil && st.IsDir() {
-		return nil, cfg.Errorf("path", "%s is a folder, not a file", path)
-	}
-	n := cfg.Int("max_line_length")
-	if !cfg.IsWholeNumber("max_line_length") || n < 1 {
-		return nil, cfg.Errorf("max_line_length", "must be a whole number of bytes, at least 1")
-	}
-	return &Factory{path: path, fsync: cfg.Bool("fsync"), maxLine: n, service: cfg.Service}, nil
+func New(env *framework.Env, cfg *Config) (framework.Factory, error) {
+	return &Factory{path: string(cfg.Path), fsync: cfg.Fsync, maxLine: cfg.MaxLineLength, log: env.Log}, nil
 }
 
 // Factory owns the file of one logfile service.
@@ -77,7 +75,7 @@ type Factory struct {
 	path    string
 	fsync   bool
 	maxLine int
-	service string
+	log     *slog.Logger
 
 	mu      sync.Mutex
 	file    *os.File
@@ -170,7 +168,7 @@ func (f *Factory) syncer() {
 		file := f.file
 		if file != nil {
 			if err := file.Sync(); err != nil {
-				slog.Error("logfile: fsync failed", "service", f.service, "path", f.path, "err", err)
+				f.log.Error("fsync failed", "path", f.path, "err", err)
 			}
 		}
 		f.mu.Unlock()
@@ -230,8 +228,7 @@ func (l *Logger) DataReceived(data []byte) {
 		l.batch = nil // do not hold a big buffer for a quiet connection
 	}
 	if err != nil {
-		slog.Error("logfile: write failed; closing the connection", "service", l.factory.service,
-			"path", l.factory.path, "err", err)
+		l.factory.log.Error("write failed; closing the connection", "path", l.factory.path, "err", err)
 		l.Transport.AbortConnection()
 	}
 }
@@ -266,8 +263,10 @@ func (l *Logger) LineReceived(line []byte) {
 
 // Interface guards.
 var (
+	_ framework.Factory        = (*Factory)(nil)
 	_ framework.FactoryStarter = (*Factory)(nil)
 	_ framework.FactoryStopper = (*Factory)(nil)
 	_ framework.Reopener       = (*Factory)(nil)
 	_ framework.Protocol       = (*Logger)(nil)
+	_ framework.Validator      = (*Config)(nil)
 )

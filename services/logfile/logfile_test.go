@@ -16,6 +16,7 @@ import (
 	"github.com/superd-dev/superd/config"
 	"github.com/superd-dev/superd/framework"
 	"github.com/superd-dev/superd/framework/basic"
+	"github.com/superd-dev/superd/services/internal/servicetest"
 )
 
 // parseIn decodes one logfile service block whose attributes are body, as
@@ -84,7 +85,7 @@ func TestConfig(t *testing.T) {
 			if err != nil {
 				t.Fatalf("unexpected error:\n%s", err)
 			}
-			fac, err := svc.Spec.New(svc.FactoryConfig)
+			fac, err := servicetest.Build(svc, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -140,7 +141,7 @@ func started(t *testing.T, body string) *Factory {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fac, err := svc.Spec.New(svc.FactoryConfig)
+	fac, err := servicetest.Build(svc, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -376,7 +377,7 @@ func TestStartFactoryFails(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fac, err := svc.Spec.New(svc.FactoryConfig)
+	fac, err := servicetest.Build(svc, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -218,13 +218,11 @@ func TestUpstreamTLS(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			fac, err := New(cfg)
+			fac, err := New(testEnv(), cfg)
 			if err != nil {
 				t.Fatal(err)
 			}
 			f := fac.(*Factory)
-			f.StartFactory()
-			f.log = newFactory(t, `  upstream = "127.0.0.1:1"`).log
 			addr, conns := serveProxy(t, f, "tcp", nil)
 			if !tt.ok {
 				expectReset(t, addr, conns)

@@ -16,18 +16,18 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/superd-dev/superd/config"
 	"github.com/superd-dev/superd/framework"
 	"github.com/superd-dev/superd/services/echo"
+	"github.com/superd-dev/superd/services/internal/servicetest"
 )
 
 // TestMain fails the package if a test leaves a goroutine behind (a
 // connection's reader, writer or dialer included).
 func TestMain(m *testing.M) {
-	// The idle-connection poller is one goroutine for the whole process.
-	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/superd-dev/superd/framework.(*idlePoller).loop"))
+	servicetest.VerifyTestMain(m)
 }
 
 // errCleanup aborts what a test left open.
@@ -35,14 +35,19 @@ var errCleanup = errors.New("test cleanup")
 
 // parseService parses one proxy service with body as its attributes and
 // returns its factory configuration, or the error.
-func parseService(t testing.TB, dir, body string) (*framework.Config, error) {
+func parseService(t testing.TB, dir, body string) (*Config, error) {
 	t.Helper()
 	src := "service \"proxy\" \"p\" {\n" + body + "\n  endpoint \"tcp\" { address = \"127.0.0.1:1\" }\n}\n"
 	f, err := config.Parse([]byte(src), filepath.Join(dir, "superd.hcl"))
 	if err != nil {
 		return nil, err
 	}
-	return f.Service("p").FactoryConfig, nil
+	return f.Service("p").FactoryConfig.(*Config), nil
+}
+
+// testEnv is what superd hands the factory, for tests: logs go nowhere.
+func testEnv() *framework.Env {
+	return &framework.Env{Service: "p", Log: slog.New(slog.DiscardHandler), Metrics: prometheus.NewRegistry()}
 }
 
 // newFactory builds the proxy factory of body, started.
@@ -52,15 +57,11 @@ func newFactory(t testing.TB, body string) *Factory {
 	if err != nil {
 		t.Fatalf("configuration:\n%s", err)
 	}
-	fac, err := New(cfg)
+	fac, err := New(testEnv(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	f := fac.(*Factory)
-	if err := f.StartFactory(); err != nil {
-		t.Fatal(err)
-	}
-	f.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	return f
 }
 

@@ -80,30 +80,29 @@ var (
 	queueBufs = sync.Pool{New: func() any { b := make([]byte, 0, readSize); return &b }}
 )
 
-// tlsType is the upstream_tls block.
-var tlsType = cty.Object(map[string]cty.Type{
-	"server_name":          cty.String,
-	"ca_file":              cty.String,
-	"insecure_skip_verify": cty.Bool,
-})
-
 func init() {
 	framework.Register(framework.Spec{
 		Name:        "proxy",
 		Description: "forwards each connection to an upstream (xinetd's redirect), optionally with a PROXY header and over TLS",
 		Serves:      framework.Streams,
-		Attributes: []framework.Attribute{
-			{Name: "upstream", Type: cty.DynamicPseudoType, Required: true,
-				Description: "\"host:port\", or a list of them tried in order"},
-			{Name: "connect_timeout", Type: cty.String, Default: cty.StringVal(DefaultConnectTimeout.String()),
-				Description: "how long each upstream has to accept the connection (and finish the TLS handshake)"},
-			{Name: "send_proxy_protocol", Type: cty.String,
-				Description: "\"v1\" or \"v2\": send the client's address in a PROXY protocol header first (default: none)"},
-			{Name: "upstream_tls", Type: tlsType, Block: true,
-				Description: "block { server_name, ca_file, insecure_skip_verify = false }: speak TLS to the upstream"},
-		},
-		New: New,
+		Config:      Config{ConnectTimeout: framework.Duration(DefaultConnectTimeout)},
+		New:         framework.Typed(New),
 	})
+}
+
+// Config is the configuration of a proxy service.
+type Config struct {
+	Upstream          cty.Value          `hcl:"upstream" doc:"\"host:port\", or a list of them tried in order"`
+	ConnectTimeout    framework.Duration `hcl:"connect_timeout,optional" doc:"how long each upstream has to accept the connection (and finish the TLS handshake)"`
+	SendProxyProtocol string             `hcl:"send_proxy_protocol,optional" doc:"\"v1\" or \"v2\": send the client's address in a PROXY protocol header first (default: none)"`
+	UpstreamTLS       *TLSConfig         `hcl:"upstream_tls,block" doc:"block { server_name, ca_file, insecure_skip_verify = false }: speak TLS to the upstream"`
+}
+
+// TLSConfig is the upstream_tls block.
+type TLSConfig struct {
+	ServerName         string         `hcl:"server_name,optional"`
+	CAFile             framework.Path `hcl:"ca_file,optional"`
+	InsecureSkipVerify bool           `hcl:"insecure_skip_verify,optional"`
 }
 
 // upstream is one address to forward to.
@@ -114,7 +113,6 @@ type upstream struct {
 
 // Factory is the proxy factory of one service.
 type Factory struct {
-	service   string
 	upstreams []upstream
 	timeout   time.Duration
 	version   byte // PROXY protocol version to send; 0: none
@@ -124,29 +122,26 @@ type Factory struct {
 }
 
 // New builds a proxy factory from its configuration.
-func New(cfg *framework.Config) (framework.Factory, error) {
-	f := &Factory{service: cfg.Service}
+func New(env *framework.Env, cfg *Config) (framework.Factory, error) {
+	f := &Factory{log: env.Log, timeout: time.Duration(cfg.ConnectTimeout)}
 	addrs, err := upstreamList(cfg)
 	if err != nil {
 		return nil, err
 	}
-	if f.timeout, err = cfg.Duration("connect_timeout"); err != nil {
-		return nil, err
-	}
 	if f.timeout <= 0 {
-		return nil, cfg.Errorf("connect_timeout", "connect_timeout must be more than zero")
+		return nil, framework.Errorf(&cfg.ConnectTimeout, "connect_timeout must be more than zero")
 	}
-	switch v := cfg.String("send_proxy_protocol"); v {
+	switch v := cfg.SendProxyProtocol; v {
 	case "":
 	case "v1":
 		f.version = 1
 	case "v2":
 		f.version = 2
 	default:
-		return nil, cfg.Errorf("send_proxy_protocol", "%q is not \"v1\" or \"v2\"", v)
+		return nil, framework.Errorf(&cfg.SendProxyProtocol, "%q is not \"v1\" or \"v2\"", v)
 	}
 	var base *tls.Config
-	if b := cfg.Block("upstream_tls"); b != nil {
+	if b := cfg.UpstreamTLS; b != nil {
 		if base, err = tlsConfig(b); err != nil {
 			return nil, err
 		}
@@ -166,8 +161,8 @@ func New(cfg *framework.Config) (framework.Factory, error) {
 }
 
 // upstreamList reads upstream: one "host:port" or a list of them.
-func upstreamList(cfg *framework.Config) ([]string, error) {
-	v := cfg.Values["upstream"]
+func upstreamList(cfg *Config) ([]string, error) {
+	v := cfg.Upstream
 	var elems []cty.Value
 	switch t := v.Type(); {
 	case t == cty.String:
@@ -175,23 +170,23 @@ func upstreamList(cfg *framework.Config) ([]string, error) {
 	case t.IsTupleType() || t.IsListType():
 		elems = v.AsValueSlice()
 	default:
-		return nil, cfg.Errorf("upstream", "upstream must be \"host:port\" or a list of them, not a %s", t.FriendlyName())
+		return nil, framework.Errorf(&cfg.Upstream, "upstream must be \"host:port\" or a list of them, not a %s", t.FriendlyName())
 	}
 	if len(elems) == 0 {
-		return nil, cfg.Errorf("upstream", "upstream needs at least one \"host:port\"")
+		return nil, framework.Errorf(&cfg.Upstream, "upstream needs at least one \"host:port\"")
 	}
 	var out []string
 	for i, e := range elems {
 		if e.Type() != cty.String {
-			return nil, cfg.Errorf("upstream", "element %d of upstream is a %s, not a \"host:port\" string", i+1, e.Type().FriendlyName())
+			return nil, framework.Errorf(&cfg.Upstream, "element %d of upstream is a %s, not a \"host:port\" string", i+1, e.Type().FriendlyName())
 		}
 		a := e.AsString()
 		host, port, err := net.SplitHostPort(a)
 		if err != nil || host == "" {
-			return nil, cfg.Errorf("upstream", "%q is not \"host:port\"", a)
+			return nil, framework.Errorf(&cfg.Upstream, "%q is not \"host:port\"", a)
 		}
 		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-			return nil, cfg.Errorf("upstream", "%q: the port must be a number from 1 to 65535", a)
+			return nil, framework.Errorf(&cfg.Upstream, "%q: the port must be a number from 1 to 65535", a)
 		}
 		out = append(out, a)
 	}
@@ -200,31 +195,24 @@ func upstreamList(cfg *framework.Config) ([]string, error) {
 
 // tlsConfig builds the client configuration of upstream_tls; ca_file is
 // read now, so `superd validate` reports a missing or empty one.
-func tlsConfig(b *framework.Config) (*tls.Config, error) {
+func tlsConfig(b *TLSConfig) (*tls.Config, error) {
 	c := &tls.Config{
 		MinVersion:         tls.VersionTLS12,
-		ServerName:         b.String("server_name"),
-		InsecureSkipVerify: b.Bool("insecure_skip_verify"),
+		ServerName:         b.ServerName,
+		InsecureSkipVerify: b.InsecureSkipVerify,
 	}
-	if p := b.Path("ca_file"); p != "" {
+	if p := string(b.CAFile); p != "" {
 		pem, err := os.ReadFile(p)
 		if err != nil {
-			return nil, b.Errorf("ca_file", "cannot read the CA file: %v", err)
+			return nil, framework.Errorf(&b.CAFile, "cannot read the CA file: %v", err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, b.Errorf("ca_file", "%s holds no PEM certificate", p)
+			return nil, framework.Errorf(&b.CAFile, "%s holds no PEM certificate", p)
 		}
 		c.RootCAs = pool
 	}
 	return c, nil
-}
-
-// StartFactory picks up superd's logger (set after the configuration is
-// read).
-func (f *Factory) StartFactory() error {
-	f.log = slog.Default().With("service", f.service, "factory", "proxy")
-	return nil
 }
 
 // StopFactory waits for the goroutines of the connections, which end with
@@ -232,13 +220,6 @@ func (f *Factory) StartFactory() error {
 func (f *Factory) StopFactory() error {
 	f.wg.Wait()
 	return nil
-}
-
-func (f *Factory) logger() *slog.Logger {
-	if f.log == nil {
-		return slog.Default()
-	}
-	return f.log
 }
 
 // BuildProtocol builds the protocol of one client connection.
@@ -344,7 +325,7 @@ func (p *Proxy) connect(ctx context.Context) {
 	up, err := p.f.dial(ctx, p.header())
 	if err != nil {
 		if ctx.Err() == nil {
-			p.f.logger().Warn("no upstream answered; connection dropped", "peer", p.t.PeerAddr().String(), "err", err)
+			p.f.log.Warn("no upstream answered; connection dropped", "peer", p.t.PeerAddr().String(), "err", err)
 			p.abort()
 		}
 		return
@@ -409,7 +390,7 @@ func (p *Proxy) upstreamFailed(err error) {
 	if closed {
 		return
 	}
-	p.f.logger().Debug("upstream failed; connection dropped", "peer", p.t.PeerAddr().String(), "err", err)
+	p.f.log.Debug("upstream failed; connection dropped", "peer", p.t.PeerAddr().String(), "err", err)
 	p.abort()
 }
 
@@ -677,7 +658,6 @@ func (r *reader) rawRead(fd uintptr) bool {
 // Interface guards.
 var (
 	_ framework.Factory               = (*Factory)(nil)
-	_ framework.FactoryStarter        = (*Factory)(nil)
 	_ framework.FactoryStopper        = (*Factory)(nil)
 	_ framework.HalfCloseableProtocol = (*Proxy)(nil)
 	_ framework.Producer              = (*Proxy)(nil)

@@ -139,7 +139,7 @@ func TestConfig(t *testing.T) {
 				if err != nil {
 					t.Fatalf("unexpected error:\n%s", err)
 				}
-				fac, err := New(cfg)
+				fac, err := New(testEnv(), cfg)
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -43,7 +43,7 @@ service "proxy" "dead" {
 	discard := slog.New(slog.NewTextHandler(io.Discard, nil))
 	defer slog.SetDefault(slog.Default())
 	slog.SetDefault(discard) // the factories log through it
-	m := metrics.New("test", nil)
+	m := metrics.New("test")
 	s := supervisor.New(discard, m)
 	if err := s.Start(cfg); err != nil {
 		t.Fatal(err)

@@ -22,8 +22,6 @@ import (
 	"sync/atomic"
 	"unicode/utf8"
 
-	"github.com/zclconf/go-cty/cty"
-
 	"github.com/superd-dev/superd/framework"
 )
 
@@ -39,36 +37,43 @@ func init() {
 		Description:    "RFC 865 quote of the day: sends a quote on connect, then closes",
 		Serves:         framework.Streams | framework.Datagrams,
 		DatagramGuards: true, // a small service: the classic reflection target
-		Attributes: []framework.Attribute{
-			{Name: "quote", Type: cty.String, Default: cty.StringVal(DefaultQuote),
-				Description: "the quote sent to every connection"},
-			{Name: "quotes", Type: cty.List(cty.String),
-				Description: "quotes sent in turn, one per connection or datagram (instead of quote)"},
-		},
-		New: New,
+		Config:         Config{Quote: DefaultQuote},
+		New:            framework.Typed(New),
 	})
 }
 
-// New builds a qotd factory from its configuration.
-func New(cfg *framework.Config) (framework.Factory, error) {
-	quotes := []string{cfg.String("quote")}
-	if cfg.IsSet("quotes") {
-		if cfg.IsSet("quote") {
-			return nil, cfg.Errorf("quotes", "set either quote or quotes, not both")
+// Config is the configuration of a qotd service.
+type Config struct {
+	Quote  string   `hcl:"quote,optional" doc:"the quote sent to every connection"`
+	Quotes []string `hcl:"quotes,optional" doc:"quotes sent in turn, one per connection or datagram (instead of quote)"`
+}
+
+// Validate allows quote or quotes, and quotes of at most MaxQuoteLength
+// characters.
+func (c *Config) Validate(set framework.IsSet) error {
+	quotes, field := []string{c.Quote}, any(&c.Quote)
+	if set(&c.Quotes) {
+		if set(&c.Quote) {
+			return framework.Errorf(&c.Quotes, "set either quote or quotes, not both")
 		}
-		quotes = cfg.Strings("quotes")
-		if len(quotes) == 0 {
-			return nil, cfg.Errorf("quotes", "the list is empty; give at least one quote")
+		if len(c.Quotes) == 0 {
+			return framework.Errorf(&c.Quotes, "the list is empty; give at least one quote")
 		}
-	}
-	attr := "quote"
-	if cfg.IsSet("quotes") {
-		attr = "quotes"
+		quotes, field = c.Quotes, &c.Quotes
 	}
 	for i, q := range quotes {
 		if n := utf8.RuneCountInString(q); n > MaxQuoteLength {
-			return nil, cfg.Errorf(attr, "quote %d is %d characters long; RFC 865 allows at most %d", i+1, n, MaxQuoteLength)
+			return framework.Errorf(field, "quote %d is %d characters long; RFC 865 allows at most %d", i+1, n, MaxQuoteLength)
 		}
+	}
+	return nil
+}
+
+// New builds a qotd factory from its configuration.
+func New(_ *framework.Env, cfg *Config) (framework.Factory, error) {
+	quotes := cfg.Quotes
+	if quotes == nil {
+		quotes = []string{cfg.Quote}
 	}
 	f := &Factory{}
 	for _, q := range quotes {
@@ -124,3 +129,12 @@ type DatagramQOTD struct {
 func (d *DatagramQOTD) DatagramReceived(_ []byte, from net.Addr) {
 	d.transport.WriteTo(d.factory.datagrams[d.factory.turn()], from)
 }
+
+// Interface guards.
+var (
+	_ framework.Factory          = (*Factory)(nil)
+	_ framework.DatagramFactory  = (*Factory)(nil)
+	_ framework.Protocol         = (*QOTD)(nil)
+	_ framework.DatagramProtocol = (*DatagramQOTD)(nil)
+	_ framework.Validator        = (*Config)(nil)
+)

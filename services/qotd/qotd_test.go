@@ -88,7 +88,7 @@ func TestConfig(t *testing.T) {
 			if err != nil {
 				t.Fatalf("unexpected error:\n%s", err)
 			}
-			fac, err := svc.Spec.New(svc.FactoryConfig)
+			fac, err := servicetest.Build(svc, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -144,7 +144,7 @@ func newFactory(t *testing.T, body string) *Factory {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fac, err := svc.Spec.New(svc.FactoryConfig)
+	fac, err := servicetest.Build(svc, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

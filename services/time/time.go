@@ -36,7 +36,7 @@ func init() {
 		Description:    "RFC 868 time: 4 bytes, seconds since 1900 (big-endian), then closes",
 		Serves:         framework.Streams | framework.Datagrams,
 		DatagramGuards: true, // a small service: the classic reflection target
-		New: func(*framework.Config) (framework.Factory, error) {
+		New: func(*framework.Env, any) (framework.Factory, error) {
 			return Factory{}, nil
 		},
 	})
@@ -79,3 +79,11 @@ func (d *DatagramTime) DatagramReceived(_ []byte, from net.Addr) {
 	binary.BigEndian.PutUint32(d.buf[:], Stamp(stdtime.Now()))
 	d.Transport.WriteTo(d.buf[:], from)
 }
+
+// Interface guards.
+var (
+	_ framework.Factory          = Factory{}
+	_ framework.DatagramFactory  = Factory{}
+	_ framework.Protocol         = (*Time)(nil)
+	_ framework.DatagramProtocol = (*DatagramTime)(nil)
+)

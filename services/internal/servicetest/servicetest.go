@@ -6,13 +6,18 @@
 package servicetest
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
 	"github.com/superd-dev/superd/config"
@@ -20,10 +25,63 @@ import (
 )
 
 // VerifyTestMain runs the package's tests and fails if a goroutine is left
-// behind. The framework's idle poller is started on first use and lives for
-// the process, so it is not a leak.
-func VerifyTestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/superd-dev/superd/framework.(*idlePoller).loop"))
+// behind (opts: goleak's, for more exceptions), or if anything was logged
+// through the global slog: a service
+// logs through the logger superd hands it (framework.Env.Log). The
+// framework's idle poller is started on first use and lives for the
+// process, so it is not a leak.
+func VerifyTestMain(m *testing.M, opts ...goleak.Option) {
+	global := &globalLog{}
+	slog.SetDefault(slog.New(global))
+	opts = append(opts, goleak.IgnoreAnyFunction("github.com/superd-dev/superd/framework.(*idlePoller).loop"))
+	goleak.VerifyTestMain(checkGlobalLog{m, global}, opts...)
+}
+
+// checkGlobalLog fails the run when the global slog received a record.
+type checkGlobalLog struct {
+	m      *testing.M
+	global *globalLog
+}
+
+func (c checkGlobalLog) Run() int {
+	code := c.m.Run()
+	if msgs := c.global.messages(); len(msgs) > 0 {
+		fmt.Fprintf(os.Stderr, "FAIL: logged through the global slog instead of framework.Env.Log: %q\n", msgs)
+		return 1
+	}
+	return code
+}
+
+// globalLog is the global slog's handler under test: it keeps what it is
+// given.
+type globalLog struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (g *globalLog) Enabled(context.Context, slog.Level) bool { return true }
+func (g *globalLog) Handle(_ context.Context, r slog.Record) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.msgs = append(g.msgs, r.Message)
+	return nil
+}
+func (g *globalLog) WithAttrs([]slog.Attr) slog.Handler { return g }
+func (g *globalLog) WithGroup(string) slog.Handler      { return g }
+
+func (g *globalLog) messages() []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return slices.Clone(g.msgs)
+}
+
+// Build builds svc's factory as superd does, handing it a logger whose
+// records go to log (nil: nowhere) and a registry of its own.
+func Build(svc *config.Service, log slog.Handler) (framework.Factory, error) {
+	if log == nil {
+		log = slog.DiscardHandler
+	}
+	return svc.NewFactory(slog.New(log), prometheus.NewRegistry())
 }
 
 // Parse decodes one service block of factory with the attributes in body,
@@ -41,7 +99,7 @@ func Parse(t testing.TB, factory, body string) (framework.Factory, error) {
 	if svc == nil {
 		t.Fatal("service s missing from a valid file")
 	}
-	return svc.Spec.New(svc.FactoryConfig)
+	return Build(svc, nil)
 }
 
 // Factory is Parse for a block that must be valid.

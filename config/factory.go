@@ -1,0 +1,337 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"path/filepath"
+	"reflect"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/zclconf/go-cty/cty"
+	"github.com/zclconf/go-cty/cty/gocty"
+
+	"github.com/superd-dev/superd/framework"
+)
+
+var (
+	durationType = reflect.TypeOf(framework.Duration(0))
+	pathType     = reflect.TypeOf(framework.Path(""))
+)
+
+// attrField is what the decoder knows of one field of a factory's
+// configuration: the attribute's name ("BLOCK.NAME" inside a block) and,
+// when the file set it, its range.
+type attrField struct {
+	name string
+	rng  *hcl.Range
+}
+
+// factoryDecoder decodes one service's factory attributes.
+type factoryDecoder struct {
+	*decoder
+	fields map[any]*attrField // by the field's address
+}
+
+// NewFactory builds the service's factory for superd to run: env carries
+// log (tagged with the service and factory) and reg, through which the
+// factory registers its own metric families.
+func (s *Service) NewFactory(log *slog.Logger, reg prometheus.Registerer) (framework.Factory, error) {
+	return s.Spec.New(&framework.Env{
+		Service: s.Name,
+		Log:     log.With("service", s.Name, "factory", s.Factory),
+		Metrics: reg,
+		Cluster: s.cluster,
+	}, s.FactoryConfig)
+}
+
+// decodeFactory decodes the factory's attributes into a copy of its
+// Config, checks them (their tags, then Validate), and builds the factory
+// once, so that its own checks run as well (`superd validate` reports
+// them) and an endpoint it cannot serve is reported.
+func (d *decoder) decodeFactory(svc *Service, blk *hcl.Block, content *hcl.BodyContent) {
+	spec := svc.Spec
+	svc.cluster = d.file.Cluster != nil
+	fd := &factoryDecoder{decoder: d, fields: map[any]*attrField{}}
+	var cfg any
+	if spec.Config != nil {
+		v := reflect.New(reflect.TypeOf(spec.Config))
+		v.Elem().Set(reflect.ValueOf(spec.Config))
+		if !fd.decode(spec.Attributes(), v.Elem(), content, "") {
+			return
+		}
+		cfg = v.Interface()
+	}
+	svc.FactoryConfig = cfg
+
+	var err error
+	if val, ok := cfg.(framework.Validator); ok {
+		err = val.Validate(func(f any) bool { fl := fd.fields[f]; return fl != nil && fl.rng != nil })
+	}
+	if err == nil {
+		env := &framework.Env{
+			Service: svc.Name,
+			Log:     slog.New(slog.DiscardHandler),
+			Metrics: prometheus.NewRegistry(),
+			Cluster: svc.cluster,
+		}
+		var f framework.Factory
+		f, err = spec.New(env, cfg)
+		if ec, ok := f.(framework.EndpointChecker); ok && err == nil {
+			for _, eb := range content.Blocks {
+				if eb.Type != blockEndpoint || len(eb.Labels) == 0 {
+					continue
+				}
+				if cerr := ec.CheckEndpoint(eb.Labels[0]); cerr != nil {
+					d.errorf(eb.LabelRanges[0], "Endpoint kind not served",
+						"Service %q cannot use a %s endpoint: %s", svc.Name, eb.Labels[0], sentence(cerr.Error()))
+				}
+			}
+		}
+	}
+	if err == nil {
+		return
+	}
+	errs := []error{err}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = j.Unwrap()
+	}
+	for _, err := range errs {
+		var fe *framework.FieldError
+		if !errors.As(err, &fe) || fd.fields[fe.Field] == nil {
+			d.errorf(blk.DefRange, "Invalid service configuration", "The %s factory rejected service %q: %s", spec.Name, svc.Name, sentence(err.Error()))
+			continue
+		}
+		fl := fd.fields[fe.Field]
+		at := blk.DefRange
+		if fl.rng != nil {
+			at = *fl.rng
+		}
+		d.errorf(at, fmt.Sprintf("Invalid value for %q", fl.name), "%s", sentence(fe.Err.Error()))
+	}
+}
+
+// decode sets the fields of v (a struct) from content; false when a
+// diagnostic was reported.
+func (fd *factoryDecoder) decode(attrs []framework.Attribute, v reflect.Value, content *hcl.BodyContent, prefix string) bool {
+	ok := true
+	for _, a := range attrs {
+		fv := v.Field(a.Index)
+		fl := &attrField{name: prefix + a.Name}
+		fd.fields[fv.Addr().Interface()] = fl
+		if a.Block {
+			ok = fd.block(a, fv, fl, content) && ok
+			continue
+		}
+		attr := content.Attributes[a.Name]
+		if attr == nil {
+			ok = ok && !a.Required // Content reported a missing one
+			continue
+		}
+		fl.rng = &attr.Range
+		val, set, good := fd.valueOf(attr, a.Type, a.Required)
+		if !set {
+			ok = ok && good
+			continue
+		}
+		ok = fd.assign(a, fv, val, attr, fl.name) && ok
+	}
+	return ok
+}
+
+// block decodes a block attribute: a struct, or a map of any attributes.
+func (fd *factoryDecoder) block(a framework.Attribute, fv reflect.Value, fl *attrField, content *hcl.BodyContent) bool {
+	var blocks []*hcl.Block
+	for _, b := range content.Blocks {
+		if b.Type == a.Name {
+			blocks = append(blocks, b)
+		}
+	}
+	switch {
+	case len(blocks) == 0:
+		return true
+	case len(blocks) > 1:
+		fd.errorf(blocks[1].DefRange, fmt.Sprintf("Duplicate %s block", a.Name),
+			"Only one %s block is allowed. Another was defined at %s.", a.Name, blocks[0].DefRange)
+		return false
+	}
+	b := blocks[0]
+	fl.rng = &b.DefRange
+	if a.Nested != nil {
+		schema := &hcl.BodySchema{}
+		for _, n := range a.Nested {
+			schema.Attributes = append(schema.Attributes, hcl.AttributeSchema{Name: n.Name, Required: n.Required})
+		}
+		c, diags := b.Body.Content(schema)
+		fd.diags = append(fd.diags, diags...)
+		if diags.HasErrors() {
+			return false
+		}
+		nv := reflect.New(fv.Type().Elem())
+		fv.Set(nv)
+		return fd.decode(a.Nested, nv.Elem(), c, fl.name+".")
+	}
+	attrs, diags := b.Body.JustAttributes()
+	fd.diags = append(fd.diags, diags...)
+	if diags.HasErrors() {
+		return false
+	}
+	m := reflect.MakeMap(fv.Type())
+	ok := true
+	for name, attr := range attrs {
+		val, set, good := fd.valueOf(attr, a.Type.ElementType(), false)
+		if !set {
+			ok = ok && good
+			continue
+		}
+		e := reflect.New(fv.Type().Elem())
+		if err := gocty.FromCtyValue(val, e.Interface()); err != nil {
+			fd.errorf(attr.Expr.Range(), "Incorrect attribute value type", "Inappropriate value for attribute %q: %s.", name, err)
+			ok = false
+			continue
+		}
+		m.SetMapIndex(reflect.ValueOf(name), e.Elem())
+	}
+	fv.Set(m)
+	return ok
+}
+
+// valueOf is decoder.value for a factory attribute: set is false when it
+// is null (it keeps its default; an error when it is required), ok is
+// false after a diagnostic.
+func (fd *factoryDecoder) valueOf(attr *hcl.Attribute, ty cty.Type, required bool) (v cty.Value, set, ok bool) {
+	n := len(fd.diags)
+	v, good := fd.value(attr, ty)
+	switch {
+	case good:
+		return v, true, true
+	case len(fd.diags) > n:
+		return cty.NilVal, false, false
+	case required:
+		fd.errorf(attr.Expr.Range(), "Invalid value", "%s must not be null.", attr.Name)
+		return cty.NilVal, false, false
+	}
+	return cty.NilVal, false, true
+}
+
+// assign converts val into the field, applying the field type's rules and
+// the tags' bounds.
+func (fd *factoryDecoder) assign(a framework.Attribute, fv reflect.Value, val cty.Value, attr *hcl.Attribute, name string) bool {
+	invalid := func(format string, args ...any) bool {
+		fd.errorf(attr.Range, fmt.Sprintf("Invalid value for %q", name), format, args...)
+		return false
+	}
+	switch t := fv.Type(); {
+	case t == durationType:
+		s := val.AsString()
+		dur, err := time.ParseDuration(s)
+		if err != nil {
+			return invalid("%q is not a duration (use Go syntax such as \"10s\" or \"1m30s\").", s)
+		}
+		if lo, _ := time.ParseDuration(a.Min); a.Min != "" && dur < lo {
+			return invalid("%s must be at least %s, not %q.", a.Name, a.Min, s)
+		}
+		if hi, _ := time.ParseDuration(a.Max); a.Max != "" && dur > hi {
+			return invalid("%s must be at most %s, not %q.", a.Name, a.Max, s)
+		}
+		fv.SetInt(int64(dur))
+		return true
+	case t == pathType:
+		p := val.AsString()
+		if p != "" && !filepath.IsAbs(p) {
+			p = filepath.Join(fd.file.Dir, p)
+		}
+		fv.SetString(p)
+		return true
+	case a.Type == cty.Number:
+		f := val.AsBigFloat()
+		whole := isInteger(t)
+		if (whole && !f.IsInt()) || outside(f, a.Min, a.Max) {
+			return invalid("%s.", boundsText(a, whole, f))
+		}
+	}
+	if err := gocty.FromCtyValue(val, fv.Addr().Interface()); err != nil {
+		return invalid("%s.", err)
+	}
+	return true
+}
+
+// isInteger reports whether t is an integer type or a pointer to one.
+func isInteger(t reflect.Type) bool {
+	if t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch t.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return true
+	}
+	return false
+}
+
+func outside(f *big.Float, lo, hi string) bool {
+	if lo != "" {
+		if b, _, _ := big.ParseFloat(lo, 10, 64, big.ToNearestEven); f.Cmp(b) < 0 {
+			return true
+		}
+	}
+	if hi != "" {
+		if b, _, _ := big.ParseFloat(hi, 10, 64, big.ToNearestEven); f.Cmp(b) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// boundsText says what a number attribute must be: "max_line_length must
+// be a whole number of at least 1, not 0".
+func boundsText(a framework.Attribute, whole bool, f *big.Float) string {
+	what := "a number"
+	if whole {
+		what = "a whole number"
+	}
+	switch {
+	case a.Min != "" && a.Max != "":
+		what += " from " + a.Min + " to " + a.Max
+	case a.Min != "":
+		what += " of at least " + a.Min
+	case a.Max != "":
+		what += " of at most " + a.Max
+	}
+	return fmt.Sprintf("%s must be %s, not %s", a.Name, what, f.Text('g', -1))
+}
+
+// configValues returns the value of every attribute of a decoded
+// configuration (defaults included), by name ("BLOCK.NAME" inside a
+// block), for the fingerprint.
+func configValues(attrs []framework.Attribute, v reflect.Value, prefix string, out map[string]cty.Value) {
+	for _, a := range attrs {
+		fv := v.Field(a.Index)
+		name := prefix + a.Name
+		switch {
+		case a.Nested != nil:
+			if !fv.IsNil() {
+				configValues(a.Nested, fv.Elem(), name+".", out)
+			}
+			continue
+		case fv.Type() == durationType:
+			out[name] = cty.StringVal(time.Duration(fv.Int()).String())
+			continue
+		case fv.Type() == pathType:
+			out[name] = cty.StringVal(fv.String())
+			continue
+		}
+		if cv, ok := fv.Interface().(cty.Value); ok {
+			out[name] = cv
+			continue
+		}
+		cv, err := gocty.ToCtyValue(fv.Interface(), a.Type)
+		if err != nil {
+			cv = cty.StringVal(fmt.Sprintf("%#v", fv.Interface()))
+		}
+		out[name] = cv
+	}
+}
