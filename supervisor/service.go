@@ -36,7 +36,11 @@ type service struct {
 	m        *metrics.Service
 	bindings []*binding
 	opened   []*socket // sockets this service bound itself (not taken over)
-	connOpts framework.ConnOptions
+	// certFingerprint is the config.Service CertFingerprint of the
+	// certificates served now (a reload may swap them; under the
+	// supervisor's mu).
+	certFingerprint string
+	connOpts        framework.ConnOptions
 
 	mu          sync.Mutex
 	closing     bool
@@ -80,7 +84,7 @@ type binding struct {
 	svc   *service
 	ep    *endpoint.Config
 	tls   *endpoint.TLSServer // tls endpoints
-	total prometheus.Counter // stream endpoints
+	total prometheus.Counter  // stream endpoints
 	sock  *socket
 	dgram *dgramBinding // udp endpoints, unless the service waits
 }
@@ -106,6 +110,8 @@ func newService(log *slog.Logger, m *metrics.Metrics, sc *config.Service, refs *
 		guards:    guards,
 		alog:      alog,
 		cut:       make(chan struct{}),
+
+		certFingerprint: sc.CertFingerprint,
 	}
 	refs.acquire(svc.seriesKey())
 	svc.connOpts = framework.ConnOptions{
