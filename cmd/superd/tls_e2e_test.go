@@ -293,3 +293,37 @@ service "echo" "tls" {
 	old.Close()
 	hxStop(d, 20*time.Second)
 }
+
+// examples.hcl's service with two names serves each its certificate (as
+// `make run` writes them) and writes each connection to the access log
+// with the name the client asked for.
+func TestExamplesSNIAndAccessLog(t *testing.T) {
+	e := startExamples(t)
+	addr := e.addrs["127.0.0.1:7444"]
+	logFile := e.paths["/tmp/superd-access.log"]
+	if addr == "" || logFile == "" || e.serves["127.0.0.1:7444"] != "echo" {
+		t.Fatalf("examples.hcl has no echo at 127.0.0.1:7444 (%q) or no access log at /tmp/superd-access.log (%q)", addr, logFile)
+	}
+	for _, tc := range []struct{ sni, want string }{
+		{"one.localhost", "one.localhost"},
+		{"two.localhost", "two.localhost"},
+		{"", "one.localhost"},
+	} {
+		got, c := tlsServed(t, addr, &tls.Config{ServerName: tc.sni})
+		c.Close()
+		if len(got.DNSNames) != 1 || got.DNSNames[0] != tc.want {
+			t.Errorf("SNI %q: served %q, want %s's certificate", tc.sni, got.DNSNames, tc.want)
+		}
+	}
+	lines := waitAccessLines(t, logFile, 3)
+	var snis []string
+	for _, l := range lines {
+		if l["service"] == "names" && l["tls_version"] == "TLSv1.3" && l["reason"] == "clean" {
+			sni, _ := l["sni"].(string)
+			snis = append(snis, sni)
+		}
+	}
+	if strings.Join(snis, ",") != "one.localhost,two.localhost," {
+		t.Errorf("access log SNIs %q, want one.localhost, two.localhost and none:\n%v", snis, lines)
+	}
+}
