@@ -21,7 +21,8 @@ func (s *Supervisor) ShutdownTimeout() time.Duration {
 // contents of their certificate or key files (config.Service's
 // CertFingerprint), the new certificates are swapped in place: the service
 // and its connections are untouched, the next handshakes get the new
-// certificates, and a file that fails to load fails the whole reload. New and changed services are
+// certificates, and a file that fails to load fails the whole reload (the
+// files are read before anything changes). New and changed services are
 // prepared first (sockets bound or taken over, factories started); if any
 // cannot start, everything prepared is undone and the running services are
 // untouched. Then the sockets switch to their new owners in one step (a
