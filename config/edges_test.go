@@ -110,7 +110,7 @@ func TestClientCACheckedAsAtStart(t *testing.T) {
 		diagText(t, err)
 		return // validate caught it: fine
 	}
-	if _, err := endpoint.TLSConfig(f.Services[0].Endpoints[0], time.Now()); err != nil {
+	if _, err := endpoint.NewTLSServer(f.Services[0].Endpoints[0], time.Now()); err != nil {
 		t.Errorf("validate accepted client_ca_file, but the endpoint cannot start: %v", err)
 	}
 }
@@ -163,7 +163,7 @@ func TestTLSFilesCheckedAsAtStart(t *testing.T) {
 			if tc.caFile != "" {
 				ep.ClientCAFile = filepath.Join(dir, tc.caFile)
 			}
-			_, serr := endpoint.TLSConfig(ep, time.Now())
+			_, serr := endpoint.NewTLSServer(ep, time.Now())
 			if (verr == nil) != (serr == nil) {
 				t.Errorf("validate says %v\nbut start says %v", verr, serr)
 			}

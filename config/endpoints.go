@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -45,7 +46,8 @@ var endpointSchemas = map[string]*hcl.BodySchema{
 		{Name: "client_ca_file"},
 		{Name: "min_version"},
 		{Name: "self_signed"},
-	}, Blocks: []hcl.BlockHeaderSchema{{Type: "proxy_protocol"}}},
+		{Name: "alpn"},
+	}, Blocks: []hcl.BlockHeaderSchema{{Type: "proxy_protocol"}, {Type: "certificate"}}},
 	endpoint.KindUnix: {Attributes: []hcl.AttributeSchema{
 		{Name: "path", Required: true},
 		{Name: "name"},
@@ -221,6 +223,14 @@ func (d *decoder) decodeUnix(ep *endpoint.Config, svc *Service, content *hcl.Bod
 	}
 }
 
+// certificateSchema is a tls endpoint's certificate block.
+var certificateSchema = &hcl.BodySchema{
+	Attributes: []hcl.AttributeSchema{
+		{Name: "cert_file", Required: true},
+		{Name: "key_file", Required: true},
+	},
+}
+
 // decodeTLS fills the TLS part of ep and checks that its files exist, are
 // readable and hold a certificate and matching key (or CA certificates).
 // The files are read and parsed by endpoint's functions, which the endpoint
@@ -241,35 +251,62 @@ func (d *decoder) decodeTLS(ep *endpoint.Config, blk *hcl.Block, content *hcl.Bo
 			ep.SelfSigned = v
 		}
 	}
+	if a := content.Attributes["alpn"]; a != nil {
+		ep.ALPN = d.alpn(a)
+	}
 
+	var blocks []*hcl.Block
+	for _, b := range content.Blocks {
+		if b.Type == "certificate" {
+			blocks = append(blocks, b)
+		}
+	}
 	certAttr, keyAttr := content.Attributes["cert_file"], content.Attributes["key_file"]
+	single := certAttr != nil || keyAttr != nil
 	switch {
-	case ep.SelfSigned && (certAttr != nil || keyAttr != nil):
+	case ep.SelfSigned && (single || len(blocks) > 0):
 		d.errorf(content.Attributes["self_signed"].Range, "Conflicting TLS settings",
-			"A tls endpoint takes either cert_file and key_file, or self_signed = true, not both.")
-	case ep.SelfSigned:
-	case certAttr == nil && keyAttr == nil:
+			"A tls endpoint takes either certificate files (cert_file and key_file, or certificate blocks), or self_signed = true, not both.")
+	case single && len(blocks) > 0:
+		first := certAttr
+		if first == nil {
+			first = keyAttr
+		}
+		d.errorf(blocks[0].DefRange, "Conflicting TLS settings",
+			"A tls endpoint takes either cert_file and key_file (one certificate) or certificate blocks (one per certificate, chosen by the client's SNI), not both; %s is set at %s. Move that pair into a certificate block of its own (the first block is the default).",
+			first.Name, first.NameRange)
+	case ep.SelfSigned, len(blocks) > 0:
+	case !single:
 		d.errorf(blk.DefRange, "Missing TLS certificate",
-			"A tls endpoint needs cert_file and key_file, or self_signed = true to make a certificate at start (for trying things out).")
+			"A tls endpoint needs cert_file and key_file, certificate blocks (certificate { cert_file = \"...\", key_file = \"...\" }, one per certificate, chosen by the client's SNI), or self_signed = true to make a certificate at start (for trying things out).")
 	case certAttr == nil:
 		d.errorf(blk.DefRange, "Missing cert_file", "A tls endpoint with a key_file needs its cert_file too.")
 	case keyAttr == nil:
 		d.errorf(blk.DefRange, "Missing key_file", "A tls endpoint with a cert_file needs its key_file too.")
 	}
 
-	var certPEM, keyPEM []byte
-	if certAttr != nil {
-		ep.CertFile, certPEM = d.tlsFile(certAttr)
+	if single {
+		var f endpoint.CertificateFiles
+		d.keyPair(&f, certAttr, keyAttr)
+		ep.CertFile, ep.KeyFile = f.CertFile, f.KeyFile
 	}
-	if keyAttr != nil {
-		ep.KeyFile, keyPEM = d.tlsFile(keyAttr)
-	}
-	if certPEM != nil && keyPEM != nil {
-		if _, err := endpoint.ParseKeyPair(certPEM, keyPEM); err != nil {
-			d.errorf(certAttr.Range, "Invalid TLS certificate or key",
-				"%s and %s do not make a certificate and its key: %s.", ep.CertFile, ep.KeyFile, err)
+	seen := map[string]hcl.Range{} // cert_file paths of the blocks so far
+	for _, b := range blocks {
+		bc, diags := b.Body.Content(certificateSchema)
+		d.diags = append(d.diags, diags...)
+		var f endpoint.CertificateFiles
+		d.keyPair(&f, bc.Attributes["cert_file"], bc.Attributes["key_file"])
+		if a := bc.Attributes["cert_file"]; a != nil && f.CertFile != "" {
+			if first, dup := seen[f.CertFile]; dup {
+				d.errorf(a.Expr.Range(), "Duplicate certificate block",
+					"%s is already the certificate of the block at %s; each certificate block names a different certificate.", f.CertFile, first)
+			} else {
+				seen[f.CertFile] = b.DefRange
+			}
 		}
+		ep.Certificates = append(ep.Certificates, f)
 	}
+
 	if a := content.Attributes["client_ca_file"]; a != nil {
 		var caPEM []byte
 		ep.ClientCAFile, caPEM = d.tlsFile(a)
@@ -282,6 +319,44 @@ func (d *decoder) decodeTLS(ep *endpoint.Config, blk *hcl.Block, content *hcl.Bo
 			}
 		}
 	}
+}
+
+// keyPair reads one certificate and its key (either attribute may be
+// missing, already reported) into f, and checks that they match.
+func (d *decoder) keyPair(f *endpoint.CertificateFiles, certAttr, keyAttr *hcl.Attribute) {
+	var certPEM, keyPEM []byte
+	if certAttr != nil {
+		f.CertFile, certPEM = d.tlsFile(certAttr)
+	}
+	if keyAttr != nil {
+		f.KeyFile, keyPEM = d.tlsFile(keyAttr)
+	}
+	if certPEM != nil && keyPEM != nil {
+		if _, err := endpoint.ParseKeyPair(certPEM, keyPEM); err != nil {
+			d.errorf(certAttr.Range, "Invalid TLS certificate or key",
+				"%s and %s do not make a certificate and its key: %s.", f.CertFile, f.KeyFile, err)
+		}
+	}
+}
+
+// alpn decodes a tls endpoint's alpn list: protocol names of 1 to 255
+// bytes, none twice (see endpoint.CheckALPN).
+func (d *decoder) alpn(a *hcl.Attribute) []string {
+	protos, ranges, ok := d.strings(a)
+	if !ok {
+		return nil
+	}
+	for i, p := range protos {
+		if p == "" || len(p) > 255 {
+			d.errorf(ranges[i], "Invalid ALPN protocol",
+				"An ALPN protocol name is 1 to 255 bytes long, such as \"h2\" or \"http/1.1\"; this one is %d bytes long.", len(p))
+			continue
+		}
+		if j := slices.Index(protos[:i], p); j >= 0 {
+			d.errorf(ranges[i], "Duplicate ALPN protocol", "%q is already listed, at %s.", p, ranges[j])
+		}
+	}
+	return protos
 }
 
 // tlsFile reads the file an attribute names (resolved against the

@@ -15,9 +15,9 @@ import (
 // fingerprint returns a digest of everything that configures svc: its
 // factory, the evaluated values of the factory's attributes, the folder
 // relative paths resolve against, the limits and the endpoints, including
-// the contents of the TLS files they read (so a renewed certificate counts
-// as a change on reload). The service's name is not part of it: reload
-// pairs services by name first.
+// the contents of client CA files, but not the contents of certificate and
+// key files: certFingerprint holds those (see Service.CertFingerprint). The
+// service's name is not part of it: reload pairs services by name first.
 func (d *decoder) fingerprint(svc *Service) string {
 	h := sha256.New()
 	field(h, "factory", svc.Factory)
@@ -50,18 +50,39 @@ func (d *decoder) fingerprint(svc *Service) string {
 		field(h, "rate_limit_per_ip.datagrams_only", "true")
 	}
 	for i, ep := range svc.Endpoints {
-		// Pointers would print as addresses: their contents go apart.
+		// Pointers would print as addresses, and lists of strings
+		// ambiguously: their contents go apart, quoted.
 		plain := ep
-		plain.Proxy = nil
+		plain.Proxy, plain.Certificates, plain.ALPN = nil, nil, nil
 		field(h, fmt.Sprintf("endpoint.%d", i), fmt.Sprintf("%+v", plain))
 		if ep.Proxy != nil {
 			field(h, fmt.Sprintf("endpoint.%d.proxy", i), fmt.Sprintf("%+v", *ep.Proxy))
 		}
-		for _, p := range []string{ep.CertFile, ep.KeyFile, ep.ClientCAFile} {
-			if p != "" {
-				field(h, "sha256:"+p, d.fileSums[p])
-			}
+		for j, c := range ep.Certificates {
+			field(h, fmt.Sprintf("endpoint.%d.certificate.%d", i, j), fmt.Sprintf("%q %q", c.CertFile, c.KeyFile))
 		}
+		field(h, fmt.Sprintf("endpoint.%d.alpn", i), fmt.Sprintf("%q", ep.ALPN))
+		if p := ep.ClientCAFile; p != "" {
+			field(h, "sha256:"+p, d.fileSums[p])
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// certFingerprint returns a digest of the contents of the certificate and
+// key files of svc's tls endpoints, in order; "" when it has none.
+func (d *decoder) certFingerprint(svc *Service) string {
+	h := sha256.New()
+	n := 0
+	for i, ep := range svc.Endpoints {
+		for j, c := range ep.CertificateFiles() {
+			field(h, fmt.Sprintf("endpoint.%d.certificate.%d", i, j),
+				fmt.Sprintf("%s %s", d.fileSums[c.CertFile], d.fileSums[c.KeyFile]))
+			n++
+		}
+	}
+	if n == 0 {
+		return ""
 	}
 	return hex.EncodeToString(h.Sum(nil))
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -356,6 +357,89 @@ service "testecho" "b" {
 			},
 		},
 		{
+			name: "tls with cert_file and certificate blocks",
+			hcl: `service "testecho" "e" {
+  endpoint "tls" {
+    address   = ":8443"
+    cert_file = "server.crt"
+    key_file  = "server.key"
+    certificate {
+      cert_file = "other.crt"
+      key_file  = "server.key"
+    }
+  }
+}
+`,
+			files: map[string]string{"server.crt": cert, "server.key": key, "other.crt": otherCert},
+			want: []wantDiag{
+				{"6,5-16", "Conflicting TLS settings", "cert_file is set at "},
+				{"7,7-30", "Invalid TLS certificate or key", "private key does not match public key"},
+			},
+		},
+		{
+			name: "tls with certificate blocks and self_signed",
+			hcl: `service "testecho" "e" {
+  endpoint "tls" {
+    address     = ":8443"
+    self_signed = true
+    certificate {
+      cert_file = "server.crt"
+      key_file  = "server.key"
+    }
+  }
+}
+`,
+			files: map[string]string{"server.crt": cert, "server.key": key},
+			want:  []wantDiag{{"4,5-23", "Conflicting TLS settings", "not both"}},
+		},
+		{
+			name: "tls certificate blocks with problems",
+			hcl: `service "testecho" "e" {
+  endpoint "tls" {
+    address = ":8443"
+    alpn    = ["h2", "", "h2"]
+    certificate {
+      cert_file = "server.crt"
+      key_file  = "server.key"
+    }
+    certificate {
+      cert_file = "missing.crt"
+      key_file  = "server.key"
+    }
+    certificate {
+      key_file = "server.key"
+    }
+    certificate {
+      cert_file = "server.crt"
+      key_file  = "server.key"
+      names     = ["x"]
+    }
+  }
+}
+`,
+			files: map[string]string{"server.crt": cert, "server.key": key},
+			want: []wantDiag{
+				{"4,22-24", "Invalid ALPN protocol", "1 to 255 bytes"},
+				{"4,26-30", "Duplicate ALPN protocol", `"h2" is already listed, at `},
+				{"10,19-32", "Cannot read cert_file", "missing.crt"},
+				{"13,17-17", "Missing required argument", `"cert_file" is required`},
+				{"17,19-31", "Duplicate certificate block", "is already the certificate of the block at "},
+				{"19,7-12", "Unsupported argument", ""},
+			},
+		},
+		{
+			name: "tls alpn not a list of strings",
+			hcl: `service "testecho" "e" {
+  endpoint "tls" {
+    address     = ":8443"
+    self_signed = true
+    alpn        = "h2"
+  }
+}
+`,
+			want: []wantDiag{{"5,19-23", "Incorrect attribute value type", ""}},
+		},
+		{
 			name: "unknown endpoint kind",
 			hcl: `service "testecho" "e" {
   endpoint "tpc" { address = ":0" }
@@ -645,13 +729,119 @@ service "testecho" "b" {
 		writeFile("server.crt", cert2)
 		writeFile("server.key", key2)
 		f := load(t, dir, base)
-		if f.Service("a").Fingerprint == a {
-			t.Errorf("fingerprint of a did not change")
+		// New contents of the same files: the service is kept, its
+		// certificates are swapped in place.
+		if f.Service("a").Fingerprint != a {
+			t.Errorf("fingerprint of a changed")
 		}
-		if f.Service("b").Fingerprint != b {
-			t.Errorf("fingerprint of b changed")
+		if f.Service("a").CertFingerprint == first.Service("a").CertFingerprint {
+			t.Errorf("certificate fingerprint of a did not change")
+		}
+		if f.Service("b").Fingerprint != b || f.Service("b").CertFingerprint != "" {
+			t.Errorf("fingerprint of b changed, or b (no tls) has a certificate fingerprint %q", f.Service("b").CertFingerprint)
 		}
 	})
+}
+
+// What replaces a tls service on reload, and what only swaps its
+// certificates: Fingerprint holds the paths of certificate and key files,
+// the order of the certificate blocks, alpn and the contents of client CA
+// files; CertFingerprint the contents of certificate and key files.
+func TestCertFingerprint(t *testing.T) {
+	files := map[string]string{}
+	for _, n := range []string{"one", "two", "three"} {
+		files[n+".crt"], files[n+".key"] = certPair(t, n+".example")
+	}
+	files["ca.crt"] = files["three.crt"]
+	dir := writeFiles(t, files)
+	const base = `service "testecho" "s" {
+  endpoint "tls" {
+    address        = "127.0.0.1:8443"
+    alpn           = ["h2", "http/1.1"]
+    client_ca_file = "ca.crt"
+    certificate {
+      cert_file = "one.crt"
+      key_file  = "one.key"
+    }
+    certificate {
+      cert_file = "two.crt"
+      key_file  = "two.key"
+    }
+  }
+}
+`
+	load := func(t *testing.T, text string) *Service {
+		t.Helper()
+		path := filepath.Join(dir, "superd.hcl")
+		if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		f, err := Load(path)
+		if err != nil {
+			t.Fatal(diagText(t, err))
+		}
+		return f.Service("s")
+	}
+	write := func(t *testing.T, name, content string) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first := load(t, base)
+	if first.CertFingerprint == "" {
+		t.Fatal("no certificate fingerprint")
+	}
+	eps := first.Endpoints[0]
+	if len(eps.Certificates) != 2 || eps.Certificates[1].CertFile != filepath.Join(dir, "two.crt") ||
+		eps.Certificates[1].KeyFile != filepath.Join(dir, "two.key") || eps.CertFile != "" {
+		t.Errorf("certificates decoded as %+v (cert_file %q)", eps.Certificates, eps.CertFile)
+	}
+	if !slices.Equal(eps.ALPN, []string{"h2", "http/1.1"}) {
+		t.Errorf("alpn decoded as %q", eps.ALPN)
+	}
+
+	replaced := []struct{ name, text string }{
+		{"paths", strings.ReplaceAll(base, `"two.`, `"three.`)},
+		{"blocks reordered", strings.Replace(strings.Replace(strings.Replace(base, "one.", "x.", 2), "two.", "one.", 2), "x.", "two.", 2)},
+		{"a block added", strings.Replace(base, "  }\n}\n", "    certificate {\n      cert_file = \"three.crt\"\n      key_file  = \"three.key\"\n    }\n  }\n}\n", 1)},
+		{"alpn", strings.Replace(base, `["h2", "http/1.1"]`, `["http/1.1", "h2"]`, 1)},
+		{"alpn split differently", strings.Replace(base, `["h2", "http/1.1"]`, `["h2 http/1.1"]`, 1)},
+		{"one block as top-level files", base[:strings.Index(base, "    certificate {")] +
+			"    cert_file = \"one.crt\"\n    key_file  = \"one.key\"\n  }\n}\n"},
+	}
+	for _, c := range replaced {
+		t.Run(c.name, func(t *testing.T) {
+			if load(t, c.text).Fingerprint == first.Fingerprint {
+				t.Error("fingerprint did not change: the service would not be replaced")
+			}
+		})
+	}
+	t.Run("client CA contents", func(t *testing.T) {
+		write(t, "ca.crt", files["one.crt"])
+		defer write(t, "ca.crt", files["ca.crt"])
+		if load(t, base).Fingerprint == first.Fingerprint {
+			t.Error("fingerprint did not change with the client CA's contents")
+		}
+	})
+	for _, pair := range []string{"one", "two"} {
+		t.Run("contents of "+pair+".crt and "+pair+".key", func(t *testing.T) {
+			write(t, pair+".crt", files["three.crt"])
+			write(t, pair+".key", files["three.key"])
+			defer write(t, pair+".crt", files[pair+".crt"])
+			defer write(t, pair+".key", files[pair+".key"])
+			s := load(t, base)
+			if s.Fingerprint != first.Fingerprint {
+				t.Error("fingerprint changed: the service would be replaced")
+			}
+			if s.CertFingerprint == first.CertFingerprint {
+				t.Error("certificate fingerprint did not change")
+			}
+		})
+	}
+	if s := load(t, base); s.Fingerprint != first.Fingerprint || s.CertFingerprint != first.CertFingerprint {
+		t.Error("the same files again changed a fingerprint")
+	}
 }
 
 // TestSyntaxErrorReportedOnce: one missing quote makes HCL's parser report

@@ -152,6 +152,7 @@ func (d *decoder) decodeService(blk *hcl.Block) {
 		}
 	}
 	svc.Fingerprint = d.fingerprint(svc)
+	svc.CertFingerprint = d.certFingerprint(svc)
 	d.file.Services = append(d.file.Services, svc)
 }
 

@@ -78,9 +78,14 @@ type Service struct {
 	Limits        Limits
 	Endpoints     []endpoint.Config
 	// Fingerprint is equal for two blocks that configure the same thing
-	// (same factory, attributes, limits and endpoints, after evaluation);
-	// reload keeps a service whose fingerprint did not change.
+	// (same factory, attributes, limits and endpoints, after evaluation,
+	// file paths included, and the contents of client CA files); reload
+	// keeps a service whose fingerprint did not change.
 	Fingerprint string
+	// CertFingerprint is a digest of the contents of the certificate and
+	// key files of its tls endpoints ("" when it has none): a kept service
+	// whose CertFingerprint changed has its certificates swapped in place.
+	CertFingerprint string
 	// AccessLog: this service's connections are written to the access log.
 	AccessLog bool
 	// DefRange is the block header's range, for diagnostics.

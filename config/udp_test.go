@@ -2,6 +2,7 @@ package config
 
 import (
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -56,7 +57,7 @@ func TestUDPEndpointDecoding(t *testing.T) {
 		t.Fatalf("%d endpoints, want %d: %+v", len(eps), len(want), eps)
 	}
 	for i := range want {
-		if eps[i] != want[i] {
+		if !reflect.DeepEqual(eps[i], want[i]) {
 			t.Errorf("endpoint %d = %+v, want %+v", i, eps[i], want[i])
 		}
 	}

@@ -1,5 +1,6 @@
 // Package endpoint owns superd's listening sockets: TCP, TLS (certificate
-// files or a self-signed certificate made at start, optional client
+// files, several chosen by SNI and replaceable while serving, or a
+// self-signed certificate made at start; ALPN; optional client
 // certificates) and unix sockets (mode, owner and group, stale-socket
 // replacement, removal at close; or Linux abstract sockets, which have no
 // file).
@@ -60,13 +61,26 @@ type Config struct {
 	Owner, Group string
 	UID, GID     int
 
-	// TLS: certificate and key files (resolved paths), or SelfSigned.
+	// TLS: the certificate and key files (resolved paths) of the
+	// one-certificate form, or Certificates (its certificate blocks, the
+	// default first), or SelfSigned; only one of the three. See
+	// CertificateFiles.
 	CertFile, KeyFile string
+	Certificates      []CertificateFiles
 	SelfSigned        bool
+	// ALPN are the application protocols offered, in order of preference
+	// (tls.Config.NextProtos); none: no ALPN.
+	ALPN []string
 	// ClientCAFile, when set, requires client certificates signed by it.
 	ClientCAFile string
 	// MinVersion is tls.VersionTLS12 or tls.VersionTLS13.
 	MinVersion uint16
+}
+
+// CertificateFiles are the files of one certificate of a tls endpoint:
+// its chain and its private key, PEM (resolved paths).
+type CertificateFiles struct {
+	CertFile, KeyFile string
 }
 
 // ProxyProtocol is an endpoint's proxy_protocol block.

@@ -29,22 +29,14 @@ func WriteSelfSignedFiles(dir string, hosts []string) (certFile, keyFile string,
 	return WriteCertificateFiles(dir, cert)
 }
 
-// WriteCertificateFiles writes cert's chain ("CERTIFICATE" blocks) and its
-// private key (a PKCS #8 "PRIVATE KEY" block) as two new PEM files in dir,
-// both mode 0600, and returns their paths.
+// WriteCertificateFiles writes cert's chain and its private key (see
+// EncodeCertificatePEM) as two new PEM files in dir, both mode 0600, and
+// returns their paths.
 func WriteCertificateFiles(dir string, cert tls.Certificate) (certFile, keyFile string, err error) {
-	if len(cert.Certificate) == 0 {
-		return "", "", errors.New("empty certificate chain")
-	}
-	var chain []byte
-	for _, der := range cert.Certificate {
-		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+	chain, key, err := EncodeCertificatePEM(cert)
 	if err != nil {
 		return "", "", err
 	}
-	key := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
 	if certFile, err = writeNew(dir, "cert-*.pem", chain); err != nil {
 		return "", "", err
 	}
@@ -53,6 +45,23 @@ func WriteCertificateFiles(dir string, cert tls.Certificate) (certFile, keyFile 
 		return "", "", err
 	}
 	return certFile, keyFile, nil
+}
+
+// EncodeCertificatePEM returns cert's chain as "CERTIFICATE" blocks and its
+// private key as a PKCS #8 "PRIVATE KEY" block: the contents of a
+// cert_file and its key_file.
+func EncodeCertificatePEM(cert tls.Certificate) (chain, key []byte, err error) {
+	if len(cert.Certificate) == 0 {
+		return nil, nil, errors.New("empty certificate chain")
+	}
+	for _, der := range cert.Certificate {
+		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+	if err != nil {
+		return nil, nil, err
+	}
+	return chain, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), nil
 }
 
 // writeNew writes data to a new file in dir named after pattern (see

@@ -104,13 +104,18 @@ func wantFailure(t *testing.T, addr string, conf *tls.Config, results <-chan han
 	}
 }
 
+func mustTLSServer(t *testing.T, cfg Config) *TLSServer {
+	t.Helper()
+	srv, err := NewTLSServer(cfg, time.Now())
+	if err != nil {
+		t.Fatalf("NewTLSServer(%+v): %v", cfg, err)
+	}
+	return srv
+}
+
 func mustTLSConfig(t *testing.T, cfg Config) *tls.Config {
 	t.Helper()
-	conf, err := TLSConfig(cfg, time.Now())
-	if err != nil {
-		t.Fatalf("TLSConfig(%+v): %v", cfg, err)
-	}
-	return conf
+	return mustTLSServer(t, cfg).Config()
 }
 
 func poolFromFile(t *testing.T, file string) *x509.CertPool {
@@ -171,11 +176,12 @@ func TestTLSCertFilesFromCA(t *testing.T) {
 
 func TestTLSSelfSigned(t *testing.T) {
 	now := time.Now()
-	conf, err := TLSConfig(Config{Kind: KindTLS, Label: "tls:127.0.0.1:0", Addr: mustParse(KindTLS, "127.0.0.1:0"), SelfSigned: true}, now)
+	srv, err := NewTLSServer(Config{Kind: KindTLS, Label: "tls:127.0.0.1:0", Addr: mustParse(KindTLS, "127.0.0.1:0"), SelfSigned: true}, now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	leaf := conf.Certificates[0].Leaf
+	conf := srv.Config()
+	leaf := srv.Certificates()[0].Leaf
 	if leaf == nil {
 		t.Fatal("self-signed certificate has no Leaf")
 	}
@@ -228,8 +234,8 @@ func TestSelfSignedHosts(t *testing.T) {
 	}
 
 	// And they end up in the certificate, names and addresses apart.
-	conf := mustTLSConfig(t, Config{Kind: KindTLS, Addr: mustParse(KindTLS, "myhost.example:8443"), SelfSigned: true})
-	leaf := conf.Certificates[0].Leaf
+	srv := mustTLSServer(t, Config{Kind: KindTLS, Addr: mustParse(KindTLS, "myhost.example:8443"), SelfSigned: true})
+	leaf := srv.Certificates()[0].Leaf
 	if !slices.Equal(leaf.DNSNames, []string{"localhost", "myhost.example"}) {
 		t.Errorf("DNSNames = %q", leaf.DNSNames)
 	}
@@ -373,9 +379,9 @@ func TestTLSConfigErrors(t *testing.T) {
 		{"cert file is a folder", with(func(c *Config) { c.CertFile = dir }), "cert_file: " + dir + " is not a regular file"},
 		{"cert file too large", with(func(c *Config) { c.CertFile = large }), "cert_file: " + large + " is too large"},
 		{"key does not match", with(func(c *Config) { c.KeyFile = otherKey }), "load certificate: tls: private key does not match public key"},
-		{"no certificate", with(func(c *Config) { c.CertFile, c.KeyFile = "", "" }), "needs cert_file and key_file, or self_signed = true"},
+		{"no certificate", with(func(c *Config) { c.CertFile, c.KeyFile = "", "" }), "needs cert_file and key_file, certificate blocks, or self_signed = true"},
 		{"only a key", with(func(c *Config) { c.CertFile = "" }), "needs cert_file and key_file"},
-		{"both", with(func(c *Config) { c.SelfSigned = true }), "self_signed and cert_file/key_file are exclusive"},
+		{"both", with(func(c *Config) { c.SelfSigned = true }), "self_signed and cert_file/key_file or certificate blocks are exclusive"},
 		{"min version 1.1", with(func(c *Config) { c.MinVersion = tls.VersionTLS11 }), "unsupported TLS min_version TLS 1.1"},
 		{"missing CA file", with(func(c *Config) { c.ClientCAFile = missing }), "client_ca_file: " + missing + ": no such file or directory"},
 		{"empty CA file", with(func(c *Config) { c.ClientCAFile = empty }), "client_ca_file: " + empty + ": no PEM certificate found"},
@@ -384,9 +390,9 @@ func TestTLSConfigErrors(t *testing.T) {
 		{"CA file with a broken certificate", with(func(c *Config) { c.ClientCAFile = badCert }), badCert + ": certificate 1: x509: "},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			conf, err := TLSConfig(tc.cfg, time.Now())
+			srv, err := NewTLSServer(tc.cfg, time.Now())
 			if err == nil {
-				t.Fatalf("TLSConfig succeeded: %+v", conf)
+				t.Fatalf("NewTLSServer succeeded: %+v", srv.Config())
 			}
 			if !strings.HasPrefix(err.Error(), "endpoint tls:127.0.0.1:8443: ") || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("error = %q, want it to name the endpoint and contain %q", err, tc.want)

@@ -12,7 +12,7 @@ import (
 
 // A certificate file that is a FIFO is refused at once, as validate
 // refuses it: reading it would block until some writer came.
-func TestTLSConfigRefusesFIFO(t *testing.T) {
+func TestTLSServerRefusesFIFO(t *testing.T) {
 	dir := t.TempDir()
 	certFile, keyFile, err := WriteSelfSignedFiles(dir, []string{"localhost"})
 	if err != nil {
@@ -28,16 +28,16 @@ func TestTLSConfigRefusesFIFO(t *testing.T) {
 	} {
 		done := make(chan error, 1)
 		go func() {
-			_, err := TLSConfig(cfg, time.Now())
+			_, err := NewTLSServer(cfg, time.Now())
 			done <- err
 		}()
 		select {
 		case err := <-done:
 			if err == nil || !strings.Contains(err.Error(), fifo+" is not a regular file") {
-				t.Errorf("TLSConfig with a FIFO: %v", err)
+				t.Errorf("NewTLSServer with a FIFO: %v", err)
 			}
 		case <-time.After(5 * time.Second):
-			t.Fatal("TLSConfig blocked reading a FIFO")
+			t.Fatal("NewTLSServer blocked reading a FIFO")
 		}
 	}
 }

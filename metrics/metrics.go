@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // Rejection reasons: a connection refused at accept, before any protocol.
@@ -242,9 +243,42 @@ func (s *Service) DeleteEndpoint(label string) {
 	s.m.DatagramsSent.DeleteLabelValues(s.name, s.fact, label)
 }
 
-// CertificateExpiry records when a certificate of a TLS endpoint expires.
-func (s *Service) CertificateExpiry(endpoint, name string, notAfter float64) {
-	s.m.CertExpiry.WithLabelValues(s.name, endpoint, name).Set(notAfter)
+// CertificateExpiry records when the certificates a TLS endpoint serves
+// expire (NotAfter, Unix time, by certificate name): the endpoint's series
+// become exactly these.
+func (s *Service) CertificateExpiry(endpoint string, notAfter map[string]float64) {
+	for _, m := range s.certSeries(endpoint) {
+		if _, keep := notAfter[m]; !keep {
+			s.m.CertExpiry.DeleteLabelValues(s.name, endpoint, m)
+		}
+	}
+	for name, t := range notAfter {
+		s.m.CertExpiry.WithLabelValues(s.name, endpoint, name).Set(t)
+	}
+}
+
+// certSeries returns the name labels of the expiry series of one endpoint.
+func (s *Service) certSeries(endpoint string) []string {
+	ch := make(chan prometheus.Metric)
+	go func() {
+		s.m.CertExpiry.Collect(ch)
+		close(ch)
+	}()
+	var names []string
+	for m := range ch {
+		var d dto.Metric
+		if m.Write(&d) != nil {
+			continue
+		}
+		labels := map[string]string{}
+		for _, l := range d.GetLabel() {
+			labels[l.GetName()] = l.GetValue()
+		}
+		if labels["service"] == s.name && labels["endpoint"] == endpoint {
+			names = append(names, labels["name"])
+		}
+	}
+	return names
 }
 
 // DatagramEndpoint returns the datagram counters of one udp endpoint

@@ -76,7 +76,7 @@ func TestCertificateExpiryGauge(t *testing.T) {
 		t.Fatal(err)
 	}
 	svc := s.services["c"]
-	leaf, err := x509.ParseCertificate(svc.bindings[0].tls.Certificates[0].Certificate[0])
+	leaf, err := x509.ParseCertificate(svc.bindings[0].tls.Certificates()[0].Certificate[0])
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -36,7 +36,11 @@ type service struct {
 	m        *metrics.Service
 	bindings []*binding
 	opened   []*socket // sockets this service bound itself (not taken over)
-	connOpts framework.ConnOptions
+	// certFingerprint is the config.Service CertFingerprint of the
+	// certificates served now (a reload may swap them; under the
+	// supervisor's mu).
+	certFingerprint string
+	connOpts        framework.ConnOptions
 
 	mu          sync.Mutex
 	closing     bool
@@ -79,8 +83,8 @@ func (s *service) cutDrain() { s.cutOnce.Do(func() { close(s.cut) }) }
 type binding struct {
 	svc   *service
 	ep    *endpoint.Config
-	tls   *tls.Config
-	total prometheus.Counter // stream endpoints
+	tls   *endpoint.TLSServer // tls endpoints
+	total prometheus.Counter  // stream endpoints
 	sock  *socket
 	dgram *dgramBinding // udp endpoints, unless the service waits
 }
@@ -106,6 +110,8 @@ func newService(log *slog.Logger, m *metrics.Metrics, sc *config.Service, refs *
 		guards:    guards,
 		alog:      alog,
 		cut:       make(chan struct{}),
+
+		certFingerprint: sc.CertFingerprint,
 	}
 	refs.acquire(svc.seriesKey())
 	svc.connOpts = framework.ConnOptions{
@@ -128,7 +134,7 @@ func newService(log *slog.Logger, m *metrics.Metrics, sc *config.Service, refs *
 func (s *service) newBinding(ep *endpoint.Config) (*binding, error) {
 	b := &binding{svc: s, ep: ep} // total: at activate, so a failed reload adds no series
 	if ep.Kind == endpoint.KindTLS {
-		conf, err := endpoint.TLSConfig(*ep, time.Now())
+		srv, err := endpoint.NewTLSServer(*ep, time.Now())
 		if err != nil {
 			return nil, err
 		}
@@ -136,7 +142,7 @@ func (s *service) newBinding(ep *endpoint.Config) (*binding, error) {
 			s.log.Warn("TLS endpoint uses a self-signed certificate generated at start (for trying things out)",
 				"endpoint", ep.Label)
 		}
-		b.tls = conf
+		b.tls = srv
 	}
 	return b, nil
 }
@@ -395,7 +401,7 @@ func (s *service) handle(c, stream net.Conn, b *binding, k conKeys) {
 			timeout = it
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		tc := tls.Server(stream, b.tls)
+		tc := tls.Server(stream, b.tls.Config())
 		// A handshake holds a descriptor and a goroutine: it is counted
 		// (and, from accept, against max_connections and
 		// max_connections_per_ip) before any protocol exists.
@@ -716,9 +722,12 @@ func (s *service) rejected(reason string) {
 }
 
 // recordCertificates sets the expiry gauge of each certificate a TLS
-// endpoint serves.
+// endpoint serves, one series per name (see endpoint.CertificateName; when
+// two certificates go by one name, the one expiring first), replacing the
+// endpoint's series of certificates it no longer serves.
 func (s *service) recordCertificates(b *binding) {
-	for _, c := range b.tls.Certificates {
+	expiry := map[string]float64{}
+	for _, c := range b.tls.Certificates() {
 		leaf := c.Leaf
 		if leaf == nil && len(c.Certificate) > 0 {
 			leaf, _ = x509.ParseCertificate(c.Certificate[0])
@@ -726,10 +735,11 @@ func (s *service) recordCertificates(b *binding) {
 		if leaf == nil {
 			continue
 		}
-		name := leaf.Subject.CommonName
-		if len(leaf.DNSNames) > 0 {
-			name = leaf.DNSNames[0]
+		name := endpoint.CertificateName(leaf)
+		notAfter := float64(leaf.NotAfter.Unix())
+		if t, seen := expiry[name]; !seen || notAfter < t {
+			expiry[name] = notAfter
 		}
-		s.m.CertificateExpiry(b.ep.Label, name, float64(leaf.NotAfter.Unix()))
 	}
+	s.m.CertificateExpiry(b.ep.Label, expiry)
 }

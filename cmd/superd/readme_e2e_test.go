@@ -187,20 +187,13 @@ type readmeEnv struct {
 	seqLock sync.Mutex
 }
 
-func startExamples(t *testing.T) *readmeEnv {
+// writeExamples writes examples.hcl into a new folder with the test's
+// addresses and paths, and, as `make run` does, the self-signed
+// certificates it names (with examples/selfsigned); it returns the file's
+// path.
+func writeExamples(t *testing.T) (*readmeEnv, string) {
 	t.Helper()
-	orig, err := config.Load(examplesPath)
-	if err != nil {
-		t.Fatalf("examples.hcl: %v", err)
-	}
 	e := &readmeEnv{dir: t.TempDir(), addrs: map[string]string{}, paths: map[string]string{}, serves: map[string]string{}}
-	e.serves[orig.MetricsAddress] = "metrics"
-	for _, s := range orig.Services {
-		for _, ep := range s.Endpoints {
-			_, addr, _ := strings.Cut(ep.Label, ":") // "tcp:ADDRESS", "tls:ADDRESS", "unix:PATH"
-			e.serves[addr] = s.Factory
-		}
-	}
 	src, err := os.ReadFile(examplesPath)
 	if err != nil {
 		t.Fatal(err)
@@ -212,18 +205,53 @@ func startExamples(t *testing.T) *readmeEnv {
 		}
 		return `"` + e.addrs[a] + `"`
 	})
+	var names []string
 	text = regexp.MustCompile(`"/tmp/[^"]+"`).ReplaceAllStringFunc(text, func(q string) string {
 		p := strings.Trim(q, `"`)
 		e.paths[p] = filepath.Join(e.dir, filepath.Base(p))
+		if name, ok := strings.CutSuffix(filepath.Base(p), ".crt"); ok {
+			names = append(names, name)
+		}
 		return `"` + e.paths[p] + `"`
 	})
+	if len(names) > 0 {
+		gen := exec.Command("go", append([]string{"run", "../../examples/selfsigned", "-dir", e.dir}, names...)...)
+		if out, err := gen.CombinedOutput(); err != nil {
+			t.Fatalf("examples/selfsigned: %v\n%s", err, out)
+		}
+	}
 	path := filepath.Join(e.dir, "examples.hcl")
 	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	metrics := e.addrs[orig.MetricsAddress]
-	if metrics == "" {
-		t.Fatalf("examples.hcl's metrics address %q is not on 127.0.0.1", orig.MetricsAddress)
+	return e, path
+}
+
+func startExamples(t *testing.T) *readmeEnv {
+	t.Helper()
+	e, path := writeExamples(t)
+	f, err := config.Load(path)
+	if err != nil {
+		t.Fatalf("examples.hcl: %v", err)
+	}
+	// What examples.hcl serves where, by its own addresses and paths.
+	orig := map[string]string{}
+	for from, to := range e.addrs {
+		orig[to] = from
+	}
+	for from, to := range e.paths {
+		orig[to] = from
+	}
+	e.serves[orig[f.MetricsAddress]] = "metrics"
+	for _, s := range f.Services {
+		for _, ep := range s.Endpoints {
+			_, addr, _ := strings.Cut(ep.Label, ":") // "tcp:ADDRESS", "tls:ADDRESS", "unix:PATH"
+			e.serves[orig[addr]] = s.Factory
+		}
+	}
+	metrics := f.MetricsAddress
+	if orig[metrics] == "" {
+		t.Fatalf("examples.hcl's metrics address %q is not on 127.0.0.1", metrics)
 	}
 	d := startDaemon(t, path, metrics)
 	t.Cleanup(func() {

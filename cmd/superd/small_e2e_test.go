@@ -129,9 +129,12 @@ func TestSmallServices(t *testing.T) {
 	}
 }
 
-// TestExamplesValid: examples.hcl, what `make run` starts, is valid.
+// TestExamplesValid: examples.hcl, what `make run` starts, is valid (with
+// the certificates `make run` writes first, and its /tmp paths moved to a
+// temporary folder).
 func TestExamplesValid(t *testing.T) {
-	out, err := exec.Command(superdBin, "validate", "-config", filepath.Join("..", "..", "examples.hcl")).CombinedOutput()
+	_, path := writeExamples(t)
+	out, err := exec.Command(superdBin, "validate", "-config", path).CombinedOutput()
 	if err != nil {
 		t.Fatalf("superd validate examples.hcl: %v\n%s", err, out)
 	}
