@@ -58,6 +58,8 @@ type stderrLog struct {
 	rc   syscall.RawConn
 	done chan struct{} // the reader has returned
 
+	closeOnce sync.Once
+
 	mu     sync.Mutex
 	pids   map[int32]*stderrPid
 	buf    []byte
@@ -279,7 +281,9 @@ func (s *stderrLog) exited(pid int) {
 
 // close is called once no child of the service runs: what grandchildren
 // left is read and flushed, and the reader stops.
-func (s *stderrLog) close() {
+func (s *stderrLog) close() { s.closeOnce.Do(s.doClose) }
+
+func (s *stderrLog) doClose() {
 	s.w.Close()
 	s.mu.Lock()
 	s.rc.Control(func(fd uintptr) { s.drain(int(fd)) })
