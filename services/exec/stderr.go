@@ -79,7 +79,13 @@ type stderrPid struct {
 
 // newStderrLog makes the socket pair and starts its reader.
 func newStderrLog(log *slog.Logger) (*stderrLog, error) {
-	fds, err := unix.Socketpair(unix.AF_UNIX, stderrSocketType|unix.SOCK_CLOEXEC, 0)
+	return newStderrLogOf(log, stderrSocketType)
+}
+
+// newStderrLogOf is newStderrLog with another kind of socket (to compare
+// them).
+func newStderrLogOf(log *slog.Logger, typ int) (*stderrLog, error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, typ|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, os.NewSyscallError("socketpair", err)
 	}
