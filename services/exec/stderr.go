@@ -60,11 +60,13 @@ type stderrLog struct {
 
 	closeOnce sync.Once
 
-	mu     sync.Mutex
-	pids   map[int32]*stderrPid
-	buf    []byte
-	oob    []byte
-	closed bool
+	mu      sync.Mutex
+	pids    map[int32]*stderrPid
+	buf     []byte
+	oob     []byte
+	closed  bool
+	closing bool // close has begun
+	shut    bool // the children's end was shut down
 }
 
 // stderrPid is what is kept of one writing process.
@@ -153,7 +155,13 @@ func (s *stderrLog) drain(fd int) {
 			return
 		}
 		if n == 0 {
-			return // every writer is gone (only at close)
+			// Every writer is gone: at close, or a program shut the
+			// shared socket down (its siblings' writes now fail).
+			if !s.closing && !s.shut {
+				s.shut = true
+				s.log.Warn("program stderr socket shut down by a program: the service's programs can no longer write to stderr")
+			}
+			return
 		}
 		s.write(writerPID(s.oob[:oobn]), s.buf[:n])
 	}
@@ -290,8 +298,9 @@ func (s *stderrLog) exited(pid int) {
 func (s *stderrLog) close() { s.closeOnce.Do(s.doClose) }
 
 func (s *stderrLog) doClose() {
-	s.w.Close()
 	s.mu.Lock()
+	s.closing = true
+	s.w.Close()
 	s.rc.Control(func(fd uintptr) { s.drain(int(fd)) })
 	for pid, p := range s.pids {
 		s.end(pid, p)

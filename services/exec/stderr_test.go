@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestStderrConcurrentChildren: children of one service write to their
@@ -273,5 +275,27 @@ func TestStderrLines(t *testing.T) {
 	}
 	if strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Errorf("logged\n%q\nwant\n%q", got, want)
+	}
+}
+
+// TestStderrShutDown: a program that shuts its stderr down is warned
+// about once, and the reader does not spin.
+func TestStderrShutDown(t *testing.T) {
+	logs := &logRecords{}
+	s, err := newStderrLog(slog.New(logs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.close()
+	unixShutdownWrite(t, int(s.fd()))
+	waitFor(t, 5*time.Second, "the warning", func() bool {
+		return len(logs.with("program stderr socket shut down by a program: the service's programs can no longer write to stderr")) == 1
+	})
+}
+
+func unixShutdownWrite(t *testing.T, fd int) {
+	t.Helper()
+	if err := unix.Shutdown(fd, unix.SHUT_WR); err != nil {
+		t.Fatal(err)
 	}
 }
