@@ -1,11 +1,8 @@
 package exec
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"os"
 	"strconv"
@@ -26,9 +23,6 @@ type child struct {
 	// goroutine waiting for the child parks instead of holding a thread in
 	// waitid. nil where pidfds do not work (the wait then blocks a thread).
 	pidfd *os.File
-	// stderrDone is closed when the stderr logger has read everything
-	// (nil without one).
-	stderrDone chan struct{}
 
 	mu     sync.Mutex
 	reaped bool // its pid, and process group id, may be another's now: no more signals
@@ -42,19 +36,12 @@ type child struct {
 func (f *Factory) start(fds []int, env []string, peer string, listenPID bool) (*child, error) {
 	all := make([]uintptr, 0, 3+len(fds))
 	all = append(all, uintptr(fds[0]), uintptr(fds[1]))
-	stderrR, stderrW := -1, -1
-	switch f.stderr {
-	case StderrLog:
-		// A pipe of raw descriptors: the child's end stays blocking, as a
-		// program expects of its stderr, and only superd's end goes into
-		// the runtime's poller.
-		var p [2]int
-		if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
-			return nil, os.NewSyscallError("pipe2", err)
-		}
-		stderrR, stderrW = p[0], p[1]
-		all = append(all, uintptr(stderrW))
-	case StderrInherit:
+	switch {
+	case f.stderrLog != nil:
+		// The service's stderr socket, shared by its children: nothing
+		// to make or watch per child.
+		all = append(all, f.stderrLog.fd())
+	case f.stderr == StderrInherit:
 		all = append(all, os.Stderr.Fd())
 	default:
 		all = append(all, f.devNull.Fd())
@@ -85,14 +72,8 @@ func (f *Factory) start(fds []int, env []string, peer string, listenPID bool) (*
 		Files: all,
 		Sys:   sys,
 	})
-	if stderrW >= 0 {
-		unix.Close(stderrW) // the child has its own copy
-	}
 	if err != nil {
 		f.children.Done()
-		if stderrR >= 0 {
-			unix.Close(stderrR)
-		}
 		return nil, &os.PathError{Op: "fork/exec", Path: path, Err: err}
 	}
 	c := &child{f: f, pid: pid, peer: peer, start: time.Now()}
@@ -100,10 +81,6 @@ func (f *Factory) start(fds []int, env []string, peer string, listenPID bool) (*
 		c.pidfd = pollable(pidfd, "pidfd")
 	}
 	f.procs.Inc()
-	if stderrR >= 0 {
-		c.stderrDone = make(chan struct{})
-		go c.logStderr(pollable(stderrR, "stderr"))
-	}
 	return c, nil
 }
 
@@ -111,6 +88,10 @@ func (f *Factory) start(fds []int, env []string, peer string, listenPID bool) (*
 // stays), logs its exit and counts it.
 func (c *child) wait() (syscall.WaitStatus, error) {
 	ws, err := c.reap()
+	if c.f.stderrLog != nil {
+		// What it left on stderr is logged before its exit.
+		c.f.stderrLog.exited(c.pid)
+	}
 	c.f.children.Done()
 	c.f.procs.Dec()
 	if err != nil {
@@ -230,73 +211,6 @@ func (c *child) watch(stopping, killed context.Context) (stop func()) {
 	return func() {
 		stopStop()
 		stopKill()
-	}
-}
-
-// Stderr logging is bounded: lines are cut at maxStderrLine bytes and at
-// most stderrBurst lines are logged at once, refilling stderrRate per
-// second; what is left out is counted in the next line logged. A child
-// that floods its stderr costs superd a fixed buffer and is slowed down by
-// the pipe, never more memory.
-const (
-	maxStderrLine = 4096
-	stderrRate    = 50
-	stderrBurst   = 100
-)
-
-func (c *child) logStderr(r *os.File) {
-	defer close(c.stderrDone)
-	defer r.Close()
-	// Most programs write nothing on stderr: the line buffer is taken
-	// only once something arrives.
-	var head [128]byte
-	n, err := r.Read(head[:])
-	if n == 0 {
-		if err != nil && !errors.Is(err, io.EOF) {
-			c.f.log.Debug("program stderr read failed", "pid", c.pid, "err", err)
-		}
-		return
-	}
-	br := bufio.NewReaderSize(io.MultiReader(bytes.NewReader(append([]byte(nil), head[:n]...)), r), maxStderrLine)
-	tokens, last := float64(stderrBurst), time.Now()
-	suppressed := 0
-	cut := false // the rest of an over-long line follows
-	for {
-		line, err := br.ReadSlice('\n')
-		if len(line) > 0 {
-			full := len(line) > 0 && line[len(line)-1] == '\n'
-			skip := cut
-			cut = !full && errors.Is(err, bufio.ErrBufferFull)
-			if !skip {
-				now := time.Now()
-				tokens = min(stderrBurst, tokens+now.Sub(last).Seconds()*stderrRate)
-				last = now
-				if tokens >= 1 {
-					tokens--
-					text := string(bytes.TrimRight(line, "\r\n"))
-					attrs := []any{"pid", c.pid, "line", text}
-					if cut {
-						attrs = append(attrs, "truncated", true)
-					}
-					if suppressed > 0 {
-						attrs = append(attrs, "suppressed_before", suppressed)
-						suppressed = 0
-					}
-					c.f.log.Info("program stderr", attrs...)
-				} else {
-					suppressed++
-				}
-			}
-		}
-		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
-			if suppressed > 0 {
-				c.f.log.Warn("program stderr lines not logged (too many)", "pid", c.pid, "lines", suppressed)
-			}
-			if !errors.Is(err, io.EOF) {
-				c.f.log.Debug("program stderr read failed", "pid", c.pid, "err", err)
-			}
-			return
-		}
 	}
 }
 

@@ -146,6 +146,8 @@ type Factory struct {
 	results map[string]prometheus.Counter
 	baseEnv []string
 	devNull *os.File
+	// stderrLog reads the stderr of every child under stderr = "log".
+	stderrLog *stderrLog
 
 	children sync.WaitGroup // every child, until reaped
 	backoff  backoff        // wait mode
@@ -430,6 +432,12 @@ func (f *Factory) StartFactory() error {
 	}
 	f.devNull = devNull
 	f.procs = procs
+	if f.stderr == StderrLog {
+		if f.stderrLog, err = newStderrLog(f.log); err != nil {
+			devNull.Close()
+			return err
+		}
+	}
 	closeInheritedOnExec()
 	f.baseEnv = f.buildBaseEnv()
 	f.results = map[string]prometheus.Counter{}
@@ -443,6 +451,9 @@ func (f *Factory) StartFactory() error {
 // them, or they have exited), then lets go of what StartFactory opened.
 func (f *Factory) StopFactory() error {
 	f.children.Wait()
+	if f.stderrLog != nil {
+		f.stderrLog.close()
+	}
 	if f.devNull != nil {
 		f.devNull.Close()
 	}

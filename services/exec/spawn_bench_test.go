@@ -1,10 +1,15 @@
 package exec
 
 import (
+	"log/slog"
 	"os"
+	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // BenchmarkSpawnSession measures what a new session per child costs (SPEC
@@ -64,4 +69,48 @@ func cpuMicros(a, b *syscall.Rusage) float64 {
 		return time.Duration(y.Nano() - x.Nano())
 	}
 	return float64(d(a.Utime, b.Utime)+d(a.Stime, b.Stime)) / float64(time.Microsecond)
+}
+
+// BenchmarkStderrLog compares the kinds of socket the stderr log could
+// use: 8 writers (goroutines of this process, so one pid) write 64-byte
+// lines to the children's end, each line one write as a program's stderr
+// gives them, while the reader logs them (to a handler that drops them,
+// past the rate limit: the cost is reading and cutting lines). It reports
+// superd's CPU per line (reader and writers, getrusage).
+func BenchmarkStderrLog(b *testing.B) {
+	line := []byte(strings.Repeat("x", 63) + "\n")
+	for _, bc := range []struct {
+		name string
+		typ  int
+	}{{"stream", unix.SOCK_STREAM}, {"dgram", unix.SOCK_DGRAM}, {"seqpacket", unix.SOCK_SEQPACKET}} {
+		b.Run(bc.name, func(b *testing.B) {
+			s, err := newStderrLogOf(slog.New(slog.DiscardHandler), bc.typ)
+			if err != nil {
+				b.Fatal(err)
+			}
+			var r0, r1 syscall.Rusage
+			syscall.Getrusage(syscall.RUSAGE_SELF, &r0)
+			b.ResetTimer()
+			var wg sync.WaitGroup
+			const writers = 8
+			for w := range writers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for i := w; i < b.N; i += writers {
+						if _, err := unix.Write(int(s.fd()), line); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			s.exited(os.Getpid())
+			b.StopTimer()
+			syscall.Getrusage(syscall.RUSAGE_SELF, &r1)
+			b.ReportMetric(cpuMicros(&r0, &r1)*1000/float64(b.N), "cpu-ns/line")
+			s.close()
+		})
+	}
 }
