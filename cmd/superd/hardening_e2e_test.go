@@ -980,7 +980,9 @@ func TestSlowlorisIdleTimeout(t *testing.T) {
 	path, maddr := writeConfig(t, fmt.Sprintf(`
 metrics { address = "METRICS" }
 service "echo" "slow" {
-  idle_timeout = "500ms"
+  # Far above the normal client's 100 ms between round trips, so a loaded
+  # machine's scheduling delays cannot cut it; far below the slow one's 3 s.
+  idle_timeout = "2s"
   endpoint "tcp" { address = %q }
 }
 `, addr))
@@ -1002,8 +1004,8 @@ service "echo" "slow" {
 	slowDone := make(chan error, 1)
 	start := time.Now()
 	go func() {
-		// One byte a second until the server cuts us off.
-		tick := time.NewTicker(time.Second)
+		// One byte every 3 s until the server cuts us off.
+		tick := time.NewTicker(3 * time.Second)
 		defer tick.Stop()
 		readErr := make(chan error, 1)
 		go func() {
