@@ -30,7 +30,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/superd-dev/superd/endpoint"
+	"github.com/superd-dev/superd/internal/testkit"
 )
 
 // ---------------------------------------------------------------------------
@@ -308,7 +308,7 @@ func TestExecCatEcho(t *testing.T) {
 	tcpAddr, tlsAddr := freeAddr(t), freeAddr(t)
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "cat.sock")
-	certFile, keyFile, err := endpoint.WriteSelfSignedFiles(dir, []string{"127.0.0.1"})
+	certFile, keyFile, err := testkit.WriteSelfSignedFiles(dir, []string{"127.0.0.1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -377,7 +377,7 @@ service "exec" "cat" {
 // 2. The child's environment
 
 func TestExecEnvironment(t *testing.T) {
-	ca, err := endpoint.NewTestCA()
+	ca, err := testkit.NewCA()
 	if err != nil {
 		t.Fatal(err)
 	}

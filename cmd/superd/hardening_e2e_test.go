@@ -27,7 +27,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/superd-dev/superd/endpoint"
+	"github.com/superd-dev/superd/internal/testkit"
 )
 
 // ---------------------------------------------------------------------------
@@ -824,7 +824,7 @@ service "echo" "e" {
 // 3. TLS
 
 func TestTLSHandshakeRejections(t *testing.T) {
-	ca, err := endpoint.NewTestCA()
+	ca, err := testkit.NewCA()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -902,11 +902,11 @@ service "echo" "tls" {
 }
 
 func TestTLSClientCertificates(t *testing.T) {
-	ca, err := endpoint.NewTestCA()
+	ca, err := testkit.NewCA()
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, err := endpoint.NewTestCA()
+	other, err := testkit.NewCA()
 	if err != nil {
 		t.Fatal(err)
 	}
