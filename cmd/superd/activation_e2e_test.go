@@ -289,12 +289,7 @@ func TestActivationUDP(t *testing.T) {
 	if err != nil {
 		t.Skip("systemd-socket-activate is not installed (Debian package systemd)")
 	}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := pc.LocalAddr().String()
-	pc.Close()
+	addr := udpFreeAddr(t)
 	path, metrics := writeConfig(t, fmt.Sprintf(`
 metrics { address = "METRICS" }
 service "echo" "u" {

@@ -22,6 +22,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/superd-dev/superd/internal/testkit"
 )
 
 // superdBin is the binary under test, built once by TestMain.
@@ -48,29 +50,12 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// freeAddr returns a loopback address with a port that was free a moment
-// ago.
+// freeAddr returns a loopback address with a tcp port that was free a
+// moment ago and was never handed out before (see testkit.FreeAddr).
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	for range 1000 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := ln.Addr().String()
-		ln.Close()
-		// The kernel may offer a port again once it is free: never hand
-		// one out twice (a test's metrics and endpoint addresses clashed).
-		if _, dup := handedOut.LoadOrStore(addr, true); !dup {
-			return addr
-		}
-	}
-	t.Fatal("no loopback port that was not handed out already")
-	return ""
+	return testkit.FreeAddr(t, "tcp")
 }
-
-// handedOut holds the addresses freeAddr has returned.
-var handedOut sync.Map
 
 // daemon is a running superd process.
 type daemon struct {

@@ -13,25 +13,15 @@ import (
 	"os/exec"
 	"testing"
 	"time"
+
+	"github.com/superd-dev/superd/internal/testkit"
 )
 
 // udpFreeAddr returns a loopback address with a udp port that was free a
-// moment ago and was never handed out before.
+// moment ago and was never handed out before (see testkit.FreeAddr).
 func udpFreeAddr(t *testing.T) string {
 	t.Helper()
-	for range 1000 {
-		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := pc.LocalAddr().String()
-		pc.Close()
-		if _, dup := handedOut.LoadOrStore("udp/"+addr, true); !dup {
-			return addr
-		}
-	}
-	t.Fatal("no udp port that was not handed out already")
-	return ""
+	return testkit.FreeAddr(t, "udp")
 }
 
 // /metrics with a udp service configured passes `promtool check metrics`.
