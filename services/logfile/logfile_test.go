@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,6 +15,7 @@ import (
 	"github.com/superd-dev/superd/config"
 	"github.com/superd-dev/superd/framework"
 	"github.com/superd-dev/superd/framework/basic"
+	"github.com/superd-dev/superd/framework/frameworktest"
 	"github.com/superd-dev/superd/services/internal/servicetest"
 )
 
@@ -105,31 +105,6 @@ func TestConfig(t *testing.T) {
 	}
 }
 
-// fakeTransport is an in-memory framework.Transport.
-type fakeTransport struct {
-	mu    sync.Mutex
-	lost  bool
-	abort bool
-}
-
-func (t *fakeTransport) Write(b []byte)       {}
-func (t *fakeTransport) WriteString(s string) {}
-func (t *fakeTransport) LoseConnection()      { t.mu.Lock(); t.lost = true; t.mu.Unlock() }
-func (t *fakeTransport) AbortConnection()     { t.mu.Lock(); t.abort = true; t.mu.Unlock() }
-func (t *fakeTransport) Disconnecting() bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.lost || t.abort
-}
-func (t *fakeTransport) PauseProducing()                             {}
-func (t *fakeTransport) ResumeProducing()                            {}
-func (t *fakeTransport) RegisterProducer(p framework.Producer) error { return nil }
-func (t *fakeTransport) UnregisterProducer()                         {}
-func (t *fakeTransport) PeerAddr() net.Addr                          { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1} }
-func (t *fakeTransport) LocalAddr() net.Addr {
-	return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 2}
-}
-
 // started builds and starts a factory from body (path is set to a file in
 // a fresh folder unless body sets it), stopping it at the end of the test.
 func started(t *testing.T, body string) *Factory {
@@ -162,11 +137,11 @@ func started(t *testing.T, body string) *Factory {
 
 type conn struct {
 	p framework.Protocol
-	t *fakeTransport
+	t *frameworktest.Transport
 }
 
 func (f *Factory) connect() *conn {
-	tr := &fakeTransport{}
+	tr := &frameworktest.Transport{}
 	p := f.BuildProtocol(tr.PeerAddr())
 	p.ConnectionMade(tr)
 	return &conn{p: p, t: tr}
@@ -422,7 +397,7 @@ func TestWriteAfterStop(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.send("two\n")
-	if !c.t.abort {
+	if !c.t.Aborted() {
 		t.Fatal("a write to a closed file did not abort the connection")
 	}
 	if got := readFile(t, f.path); got != "one\n" {
