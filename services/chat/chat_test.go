@@ -3,7 +3,6 @@ package chat
 import (
 	"errors"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -16,18 +15,6 @@ import (
 	"github.com/superd-dev/superd/framework/frameworktest"
 	"github.com/superd-dev/superd/services/internal/servicetest"
 )
-
-// parseService decodes one chat service block whose attributes are body,
-// through the real configuration loader.
-func parseService(t *testing.T, name, body string) (*config.Service, error) {
-	t.Helper()
-	src := fmt.Sprintf("service \"chat\" %q {\n%s\n  endpoint \"tcp\" { address = \"127.0.0.1:1\" }\n}\n", name, body)
-	f, err := config.Parse([]byte(src), filepath.Join(t.TempDir(), "superd.hcl"))
-	if err != nil {
-		return nil, err
-	}
-	return f.Service(name), nil
-}
 
 func TestConfig(t *testing.T) {
 	tests := []struct {
@@ -57,7 +44,7 @@ func TestConfig(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			svc, err := parseService(t, "lobby", tt.body)
+			svc, err := servicetest.Block{Factory: "chat", Name: "lobby", Body: tt.body}.Service(t)
 			if tt.wantErr != nil {
 				var de *config.DiagnosticsError
 				if !errors.As(err, &de) {
@@ -182,7 +169,7 @@ type room struct {
 
 func newRoom(t *testing.T, service, body string) *room {
 	t.Helper()
-	svc, err := parseService(t, service, body)
+	svc, err := servicetest.Block{Factory: "chat", Name: service, Body: body}.Service(t)
 	if err != nil {
 		t.Fatal(err)
 	}

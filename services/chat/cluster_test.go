@@ -3,7 +3,6 @@ package chat
 import (
 	"errors"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -23,22 +22,13 @@ import (
 // process; the users are fake transports. cmd/superd's cluster tests do
 // the same with three superd processes.
 
-// parseClusterService decodes a chat service block in a file that has a
-// cluster block.
-func parseClusterService(t *testing.T, name, body string) (*config.Service, error) {
-	t.Helper()
-	src := fmt.Sprintf("cluster {\n  node = \"n\"\n}\nservice \"chat\" %q {\n%s\n  endpoint \"tcp\" { address = \"127.0.0.1:1\" }\n}\n", name, body)
-	f, err := config.Parse([]byte(src), filepath.Join(t.TempDir(), "superd.hcl"))
-	if err != nil {
-		return nil, err
-	}
-	return f.Service(name), nil
-}
+// clusterBlock is the cluster block of the configurations of these tests.
+const clusterBlock = "cluster {\n  node = \"n\"\n}\n"
 
 // newClusterRoom starts a room of service on node (cluster = true).
 func newClusterRoom(t *testing.T, node *cluster.Node, service, body string) *room {
 	t.Helper()
-	svc, err := parseClusterService(t, service, "  cluster = true\n"+body)
+	svc, err := servicetest.Block{Before: clusterBlock, Factory: "chat", Name: service, Body: "  cluster = true\n" + body}.Service(t)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,7 +140,7 @@ func TestClusterConfig(t *testing.T) {
 			wantErr: []string{"superd.hcl:5,", "cluster"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			svc, err := parseClusterService(t, "lobby", tt.body)
+			svc, err := servicetest.Block{Before: clusterBlock, Factory: "chat", Name: "lobby", Body: tt.body}.Service(t)
 			if tt.wantErr != nil {
 				if err == nil {
 					t.Fatal("no error")
@@ -175,7 +165,7 @@ func TestClusterConfig(t *testing.T) {
 		})
 	}
 	// cluster = true without a cluster block: an error on the attribute.
-	_, err := parseService(t, "lobby", "  cluster = true")
+	_, err := servicetest.Block{Factory: "chat", Name: "lobby", Body: "  cluster = true"}.Service(t)
 	var de *config.DiagnosticsError
 	if !errors.As(err, &de) || !strings.Contains(err.Error(), "superd.hcl:2,") || !strings.Contains(err.Error(), "top-level cluster block") {
 		t.Fatalf("cluster = true without a cluster block: %v", err)
@@ -184,7 +174,7 @@ func TestClusterConfig(t *testing.T) {
 
 // TestClusterStartWithoutNode: cluster = true needs the process's node.
 func TestClusterStartWithoutNode(t *testing.T) {
-	svc, err := parseClusterService(t, "lobby", "  cluster = true")
+	svc, err := servicetest.Block{Before: clusterBlock, Factory: "chat", Name: "lobby", Body: "  cluster = true"}.Service(t)
 	if err != nil {
 		t.Fatal(err)
 	}

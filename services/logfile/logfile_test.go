@@ -19,18 +19,6 @@ import (
 	"github.com/superd-dev/superd/services/internal/servicetest"
 )
 
-// parseIn decodes one logfile service block whose attributes are body, as
-// the file dir/superd.hcl, through the real configuration loader.
-func parseIn(t *testing.T, dir, body string) (*config.Service, error) {
-	t.Helper()
-	src := "service \"logfile\" \"audit\" {\n" + body + "\n  endpoint \"tcp\" { address = \"127.0.0.1:1\" }\n}\n"
-	f, err := config.Parse([]byte(src), filepath.Join(dir, "superd.hcl"))
-	if err != nil {
-		return nil, err
-	}
-	return f.Service("audit"), nil
-}
-
 func TestConfig(t *testing.T) {
 	abs := filepath.Join(t.TempDir(), "abs.log")
 	folder := t.TempDir()
@@ -69,7 +57,7 @@ func TestConfig(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
-			svc, err := parseIn(t, dir, tt.body)
+			svc, err := servicetest.Block{Factory: "logfile", Name: "audit", Dir: dir, Body: tt.body}.Service(t)
 			if tt.wantErr != nil {
 				var de *config.DiagnosticsError
 				if !errors.As(err, &de) {
@@ -112,7 +100,7 @@ func started(t *testing.T, body string) *Factory {
 	if !strings.Contains(body, "path") {
 		body = "  path = \"audit.log\"\n" + body
 	}
-	svc, err := parseIn(t, t.TempDir(), body)
+	svc, err := servicetest.Block{Factory: "logfile", Name: "audit", Dir: t.TempDir(), Body: body}.Service(t)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -348,7 +336,7 @@ func umask(t *testing.T) os.FileMode {
 }
 
 func TestStartFactoryFails(t *testing.T) {
-	svc, err := parseIn(t, t.TempDir(), `  path = "no/such/folder/a.log"`)
+	svc, err := servicetest.Block{Factory: "logfile", Name: "audit", Dir: t.TempDir(), Body: `  path = "no/such/folder/a.log"`}.Service(t)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -17,22 +16,6 @@ import (
 	"github.com/superd-dev/superd/framework/frameworktest"
 	"github.com/superd-dev/superd/services/internal/servicetest"
 )
-
-// parseService decodes one qotd service block whose attributes are body,
-// through the real configuration loader (HCL text, schema, factory checks).
-func parseService(t *testing.T, body string) (*config.Service, error) {
-	t.Helper()
-	src := "service \"qotd\" \"q\" {\n" + body + "\n  endpoint \"tcp\" { address = \"127.0.0.1:1\" }\n}\n"
-	f, err := config.Parse([]byte(src), filepath.Join(t.TempDir(), "superd.hcl"))
-	if err != nil {
-		return nil, err
-	}
-	svc := f.Service("q")
-	if svc == nil {
-		t.Fatal("service q missing from a valid file")
-	}
-	return svc, nil
-}
 
 func TestConfig(t *testing.T) {
 	long513 := strings.Repeat("a", 513)
@@ -69,7 +52,7 @@ func TestConfig(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			svc, err := parseService(t, tt.body)
+			svc, err := servicetest.Block{Factory: "qotd", Name: "q", Body: tt.body}.Service(t)
 			if tt.wantErr != nil {
 				if err == nil {
 					t.Fatalf("no error; want one containing %q", tt.wantErr)
@@ -106,7 +89,7 @@ func TestConfig(t *testing.T) {
 
 func newFactory(t *testing.T, body string) *Factory {
 	t.Helper()
-	svc, err := parseService(t, body)
+	svc, err := servicetest.Block{Factory: "qotd", Name: "q", Body: body}.Service(t)
 	if err != nil {
 		t.Fatal(err)
 	}
