@@ -318,3 +318,14 @@ func (s *maxSampler) max() int {
 	close(s.stop)
 	return <-s.done
 }
+
+// buffered is what the proxy holds of the client's bytes.
+func (p *Proxy) buffered() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := p.inflight
+	if p.queue != nil {
+		n += len(*p.queue)
+	}
+	return n
+}
