@@ -13,16 +13,7 @@ import (
 	"os/exec"
 	"testing"
 	"time"
-
-	"github.com/superd-dev/superd/internal/testkit"
 )
-
-// udpFreeAddr returns a loopback address with a udp port that was free a
-// moment ago and was never handed out before (see testkit.FreeAddr).
-func udpFreeAddr(t *testing.T) string {
-	t.Helper()
-	return testkit.FreeAddr(t, "udp")
-}
 
 // /metrics with a udp service configured passes `promtool check metrics`.
 func TestMetricsWithUDPPassPromtool(t *testing.T) {
@@ -84,7 +75,7 @@ service "echo" "echo" {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Errorf("promtool check metrics: %v\n%s", err, out)
 	}
-	hxStop(d, 15*time.Second)
+	d.stop(15 * time.Second)
 }
 
 // echo with a tcp and a udp endpoint: the default per-source limit of its
@@ -99,7 +90,7 @@ service "echo" "echo" {
 `)
 	d := startDaemon(t, path, metricsAddr)
 	for i := range 40 {
-		if err := hxEchoOnce("tcp", tcpAddr, []byte("x"), 10*time.Second); err != nil {
+		if err := echoPayload("tcp", tcpAddr, []byte("x"), 10*time.Second); err != nil {
 			t.Fatalf("connection %d: %v", i+1, err)
 		}
 	}
@@ -115,5 +106,5 @@ service "echo" "echo" {
 		c.Write([]byte("d"))
 	}
 	d.waitMetric("superd_datagrams_dropped_total", map[string]string{"service": "echo", "reason": "rate_limit_per_ip"}, 5)
-	hxStop(d, 15*time.Second)
+	d.stop(15 * time.Second)
 }

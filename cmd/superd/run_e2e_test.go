@@ -1,9 +1,12 @@
 package main
 
+// End-to-end tests of `superd run` serving: echo over tcp, unix and TLS,
+// qotd's round robin, connection limits and allow/deny, a graceful
+// shutdown that flushes what was written, and the exit codes.
+
 import (
 	"bufio"
 	"bytes"
-	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -14,215 +17,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
-
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
-
-	"github.com/superd-dev/superd/internal/testkit"
 )
-
-// superdBin is the binary under test, built once by TestMain.
-var superdBin string
-
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "superd-e2e")
-	if err != nil {
-		panic(err)
-	}
-	superdBin = filepath.Join(dir, "superd")
-	build := exec.Command("go", "build", "-race", "-o", superdBin, ".")
-	build.Stdout, build.Stderr = os.Stdout, os.Stderr
-	if err := build.Run(); err != nil {
-		// -race needs cgo; fall back to a plain build.
-		build = exec.Command("go", "build", "-o", superdBin, ".")
-		build.Stdout, build.Stderr = os.Stdout, os.Stderr
-		if err := build.Run(); err != nil {
-			panic(err)
-		}
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
-
-// freeAddr returns a loopback address with a tcp port that was free a
-// moment ago and was never handed out before (see testkit.FreeAddr).
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	return testkit.FreeAddr(t, "tcp")
-}
-
-// daemon is a running superd process.
-type daemon struct {
-	t       *testing.T
-	cmd     *exec.Cmd
-	metrics string // metrics address
-	stderr  *lockedBuffer
-	done    chan struct{}
-	err     error
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// writeConfig writes an HCL file into a fresh folder; "METRICS" in text is
-// replaced by a free metrics address.
-func writeConfig(t *testing.T, text string) (path, metricsAddr string) {
-	t.Helper()
-	dir := t.TempDir()
-	metricsAddr = freeAddr(t)
-	text = strings.ReplaceAll(text, "METRICS", metricsAddr)
-	path = filepath.Join(dir, "superd.hcl")
-	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return path, metricsAddr
-}
-
-// startDaemon runs `superd run` on the config and waits until /readyz says
-// ready.
-func startDaemon(t *testing.T, path, metricsAddr string) *daemon {
-	t.Helper()
-	return hxStart(t, exec.Command(superdBin, "run", "-config", path, "-log-level", "debug"), metricsAddr)
-}
-
-// signal sends sig and, for a terminating signal, waits for the exit code.
-func (d *daemon) signal(sig syscall.Signal) {
-	d.t.Helper()
-	if err := d.cmd.Process.Signal(sig); err != nil {
-		d.t.Fatal(err)
-	}
-}
-
-// wait waits for the process to exit and returns its exit code.
-func (d *daemon) wait(timeout time.Duration) int {
-	d.t.Helper()
-	select {
-	case <-d.done:
-	case <-time.After(timeout):
-		d.t.Fatalf("superd did not exit within %v\n%s", timeout, d.stderr.String())
-	}
-	var ee *exec.ExitError
-	if errors.As(d.err, &ee) {
-		return ee.ExitCode()
-	}
-	if d.err != nil {
-		d.t.Fatal(d.err)
-	}
-	return 0
-}
-
-// scrape fetches /metrics and parses it with Prometheus' own parser.
-func (d *daemon) scrape() map[string]*dto.MetricFamily {
-	d.t.Helper()
-	resp, err := http.Get("http://" + d.metrics + "/metrics")
-	if err != nil {
-		d.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := parser.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		d.t.Fatal(err)
-	}
-	return fams
-}
-
-// metric returns the value of the series of family name whose labels
-// include want; ok is false when there is none.
-func metric(fams map[string]*dto.MetricFamily, name string, want map[string]string) (float64, bool) {
-	f := fams[name]
-	if f == nil {
-		return 0, false
-	}
-next:
-	for _, m := range f.Metric {
-		labels := map[string]string{}
-		for _, l := range m.Label {
-			labels[l.GetName()] = l.GetValue()
-		}
-		for k, v := range want {
-			if labels[k] != v {
-				continue next
-			}
-		}
-		switch {
-		case m.Counter != nil:
-			return m.Counter.GetValue(), true
-		case m.Gauge != nil:
-			return m.Gauge.GetValue(), true
-		case m.Histogram != nil:
-			return float64(m.Histogram.GetSampleCount()), true
-		case m.Untyped != nil:
-			return m.Untyped.GetValue(), true
-		}
-	}
-	return 0, false
-}
-
-// waitMetric polls until the series has the value, or fails.
-func (d *daemon) waitMetric(name string, labels map[string]string, want float64) {
-	d.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		got, ok := metric(d.scrape(), name, labels)
-		if ok && got == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			d.t.Fatalf("%s%v = %v (present %v), want %v", name, labels, got, ok, want)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// echoRoundTrip writes payload on c while reading it back, and checks it.
-func echoRoundTrip(t *testing.T, c net.Conn, payload []byte) {
-	t.Helper()
-	errc := make(chan error, 1)
-	go func() {
-		_, err := c.Write(payload)
-		errc <- err
-	}()
-	got := make([]byte, len(payload))
-	c.SetReadDeadline(time.Now().Add(30 * time.Second))
-	if _, err := io.ReadFull(c, got); err != nil {
-		t.Fatalf("reading echo: %v", err)
-	}
-	if err := <-errc; err != nil {
-		t.Fatalf("writing: %v", err)
-	}
-	if !bytes.Equal(got, payload) {
-		t.Fatal("echo payload differs")
-	}
-}
-
-func randomBytes(t *testing.T, n int) []byte {
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
 
 func TestEchoOverTCPUnixTLS(t *testing.T) {
 	tcpAddr, tlsAddr := freeAddr(t), freeAddr(t)
