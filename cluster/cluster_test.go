@@ -17,6 +17,7 @@ import (
 	"github.com/superd-dev/superd/cluster"
 	"github.com/superd-dev/superd/cluster/clustertest"
 	"github.com/superd-dev/superd/config"
+	"github.com/superd-dev/superd/internal/testkit"
 )
 
 func TestMain(m *testing.M) {
@@ -172,7 +173,7 @@ func TestServerStopAndStart(t *testing.T) {
 	names := []string{"solo"}
 	cfg := clustertest.Config(t, names, []string{""}, 0)
 	cfg.Embedded.ClusterListen = ""
-	cfg.Embedded.Listen = clustertest.FreeAddr(t)
+	cfg.Embedded.Listen = testkit.FreeAddr(t, "tcp")
 	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "g"})
 	n, err := cluster.Start(cfg, clustertest.Logger(), g)
 	if err != nil {
@@ -249,7 +250,7 @@ func TestStartErrors(t *testing.T) {
 // succeeds (rooms work locally), the node is not connected, and names are
 // unavailable.
 func TestNATSURLsUnreachable(t *testing.T) {
-	addr := clustertest.FreeAddr(t) // nobody listens
+	addr := testkit.FreeAddr(t, "tcp") // nobody listens
 	n, err := cluster.Start(&config.Cluster{Node: "x", NATSURLs: []string{"nats://" + addr}}, clustertest.Logger(), nil)
 	if err != nil {
 		t.Fatal(err)

@@ -9,11 +9,13 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/superd-dev/superd/internal/testkit"
 )
 
 // sniFiles issues, from one CA, a certificate for each list of hosts and
 // writes them to dir: the certificate blocks of a tls endpoint, in order.
-func sniFiles(t *testing.T, ca *TestCA, dir string, hosts ...[]string) []CertificateFiles {
+func sniFiles(t *testing.T, ca *testkit.CA, dir string, hosts ...[]string) []CertificateFiles {
 	t.Helper()
 	var files []CertificateFiles
 	for _, h := range hosts {
@@ -59,7 +61,7 @@ func served(st tls.ConnectionState) string {
 // crypto/tls matches them; a client sending no SNI, or a name no
 // certificate holds, gets the first block's.
 func TestTLSCertificatesBySNI(t *testing.T) {
-	ca, err := NewTestCA()
+	ca, err := testkit.NewCA()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +117,7 @@ func TestTLSCertificatesBySNI(t *testing.T) {
 // server; mixing them, an empty list and a bad block are errors that name
 // the block.
 func TestLoadCertificates(t *testing.T) {
-	ca, err := NewTestCA()
+	ca, err := testkit.NewCA()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,7 +173,7 @@ func TestLoadCertificates(t *testing.T) {
 // offers too; a client without ALPN is served without; a client offering
 // none of them is refused.
 func TestTLSALPN(t *testing.T) {
-	certFile, keyFile, err := WriteSelfSignedFiles(t.TempDir(), []string{"localhost"})
+	certFile, keyFile, err := testkit.WriteSelfSignedFiles(t.TempDir(), []string{"localhost"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -210,7 +212,7 @@ func TestTLSALPN(t *testing.T) {
 // SetCertificates changes what the next handshake gets; a connection made
 // before goes on.
 func TestTLSSetCertificates(t *testing.T) {
-	ca, err := NewTestCA()
+	ca, err := testkit.NewCA()
 	if err != nil {
 		t.Fatal(err)
 	}

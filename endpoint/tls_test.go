@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/superd-dev/superd/internal/testkit"
 )
 
 // handshake is what the test server saw of one connection.
@@ -133,7 +135,7 @@ func poolFromFile(t *testing.T, file string) *x509.CertPool {
 
 func TestTLSCertFiles(t *testing.T) {
 	dir := t.TempDir()
-	certFile, keyFile, err := WriteSelfSignedFiles(dir, []string{"localhost", "127.0.0.1"})
+	certFile, keyFile, err := testkit.WriteSelfSignedFiles(dir, []string{"localhost", "127.0.0.1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +163,7 @@ func TestTLSCertFiles(t *testing.T) {
 }
 
 func TestTLSCertFilesFromCA(t *testing.T) {
-	ca, err := NewTestCA()
+	ca, err := testkit.NewCA()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -255,7 +257,7 @@ func TestSelfSignedHosts(t *testing.T) {
 
 func TestTLSMinVersion(t *testing.T) {
 	dir := t.TempDir()
-	certFile, keyFile, err := WriteSelfSignedFiles(dir, []string{"localhost"})
+	certFile, keyFile, err := testkit.WriteSelfSignedFiles(dir, []string{"localhost"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -285,7 +287,7 @@ func TestTLSMinVersion(t *testing.T) {
 
 func TestTLSClientCA(t *testing.T) {
 	dir := t.TempDir()
-	ca, err := NewTestCA()
+	ca, err := testkit.NewCA()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -293,7 +295,7 @@ func TestTLSClientCA(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	certFile, keyFile, err := WriteSelfSignedFiles(dir, []string{"localhost"})
+	certFile, keyFile, err := testkit.WriteSelfSignedFiles(dir, []string{"localhost"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -303,7 +305,7 @@ func TestTLSClientCA(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, err := NewTestCA()
+	other, err := testkit.NewCA()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -335,11 +337,11 @@ func TestTLSClientCA(t *testing.T) {
 
 func TestTLSConfigErrors(t *testing.T) {
 	dir := t.TempDir()
-	certFile, keyFile, err := WriteSelfSignedFiles(dir, []string{"localhost"})
+	certFile, keyFile, err := testkit.WriteSelfSignedFiles(dir, []string{"localhost"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, otherKey, err := WriteSelfSignedFiles(dir, []string{"localhost"})
+	_, otherKey, err := testkit.WriteSelfSignedFiles(dir, []string{"localhost"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,13 +8,15 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/superd-dev/superd/internal/testkit"
 )
 
 // A certificate file that is a FIFO is refused at once, as validate
 // refuses it: reading it would block until some writer came.
 func TestTLSServerRefusesFIFO(t *testing.T) {
 	dir := t.TempDir()
-	certFile, keyFile, err := WriteSelfSignedFiles(dir, []string{"localhost"})
+	certFile, keyFile, err := testkit.WriteSelfSignedFiles(dir, []string{"localhost"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/superd-dev/superd/config"
+	"github.com/superd-dev/superd/internal/testkit"
 )
 
 // greeting dials addr and returns the first n bytes the service sends.
@@ -33,7 +34,7 @@ func greeting(t *testing.T, addr string, n int) string {
 // (endpoint.Address), so what validate lets through is carried over,
 // never bound a second time.
 func TestReloadRespelledAddressKeepsSocket(t *testing.T) {
-	addr := freeAddr(t) // 127.0.0.1:P
+	addr := testkit.FreeAddr(t, "tcp") // 127.0.0.1:P
 	_, port, _ := net.SplitHostPort(addr)
 	s, _ := newTestSupervisor()
 	first := &lifecycleFactory{greet: []byte("v0")}
@@ -77,7 +78,7 @@ func TestReloadRespelledAddressKeepsSocket(t *testing.T) {
 // leaves the running
 // service as it was.
 func TestReloadOverlappingAddressFailsCleanly(t *testing.T) {
-	addr := freeAddr(t)
+	addr := testkit.FreeAddr(t, "tcp")
 	_, port, _ := net.SplitHostPort(addr)
 	s, _ := newTestSupervisor()
 	running := &lifecycleFactory{greet: []byte("old")}

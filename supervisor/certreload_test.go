@@ -14,6 +14,7 @@ import (
 
 	"github.com/superd-dev/superd/config"
 	"github.com/superd-dev/superd/endpoint"
+	"github.com/superd-dev/superd/internal/testkit"
 )
 
 // writePair writes a self-signed certificate for hosts, made as if at
@@ -81,7 +82,7 @@ func TestReloadSwapsCertificatesInPlace(t *testing.T) {
 	one := writePair(t, files[0].CertFile, files[0].KeyFile, now, "one.example")
 	two := writePair(t, files[1].CertFile, files[1].KeyFile, now, "two.example")
 
-	addr := freeAddr(t)
+	addr := testkit.FreeAddr(t, "tcp")
 	ep := makeEndpoint(endpoint.KindTLS, addr)
 	ep.Certificates = files
 	f := &lifecycleFactory{}

@@ -25,6 +25,7 @@ import (
 	"github.com/superd-dev/superd/config"
 	"github.com/superd-dev/superd/endpoint"
 	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/internal/testkit"
 	"github.com/superd-dev/superd/metrics"
 )
 
@@ -103,25 +104,6 @@ func dgramServiceConfig(name string, f framework.Factory, guarded bool, lim conf
 	return sc
 }
 
-// freeUDPAddr returns host:port with a udp port that was free a moment ago
-// and was never handed out before.
-func freeUDPAddr(t *testing.T, host string) string {
-	t.Helper()
-	for range 1000 {
-		pc, err := net.ListenPacket("udp", net.JoinHostPort(host, "0"))
-		if err != nil {
-			t.Skipf("no udp on %s: %v", host, err)
-		}
-		addr := pc.LocalAddr().String()
-		pc.Close()
-		if _, dup := handedOut.LoadOrStore("udp/"+addr, true); !dup {
-			return addr
-		}
-	}
-	t.Fatal("no udp port that was not handed out already")
-	return ""
-}
-
 // loopbacks are the loopback hosts to run a test on: 127.0.0.1, and ::1
 // where the machine has IPv6.
 func loopbacks() []string {
@@ -137,7 +119,7 @@ func loopbacks() []string {
 // the supervisor, its metrics and the endpoint's address.
 func startDgram(t *testing.T, name, host string, f framework.Factory, guarded bool, lim config.Limits) (*Supervisor, *metrics.Metrics, string) {
 	t.Helper()
-	addr := freeUDPAddr(t, host)
+	addr := testkit.FreeAddrOn(t, "udp", host)
 	s, m := newTestSupervisor()
 	if err := s.Start(&config.File{ShutdownTimeout: 5 * time.Second, Services: []*config.Service{
 		dgramServiceConfig(name, f, guarded, lim, udpEndpoint(addr)),
@@ -280,7 +262,7 @@ func TestDatagramEchoDualStack(t *testing.T) {
 		t.Skip("no IPv6 here")
 	}
 	f := &dgramFactory{}
-	_, port, _ := net.SplitHostPort(freeUDPAddr(t, "::"))
+	_, port, _ := net.SplitHostPort(testkit.FreeAddrOn(t, "udp", "::"))
 	s, _ := newTestSupervisor()
 	if err := s.Start(&config.File{Services: []*config.Service{
 		dgramServiceConfig("dual", f, false, config.Limits{}, udpEndpoint(":"+port)),
@@ -299,11 +281,11 @@ func TestDatagramEchoDualStack(t *testing.T) {
 // each udp endpoint, dropped for every reason, all at 0, as a scrape of
 // /metrics shows them.
 func TestDatagramSeriesFromStartup(t *testing.T) {
-	addr := freeUDPAddr(t, "127.0.0.1")
+	addr := testkit.FreeAddrOn(t, "udp", "127.0.0.1")
 	s, m := newTestSupervisor()
 	if err := s.Start(&config.File{Services: []*config.Service{
 		dgramServiceConfig("u", &dgramFactory{}, true, config.Limits{}, udpEndpoint(addr)),
-		serviceConfig("t", &lifecycleFactory{}, config.Limits{}, tcpEndpoint(freeAddr(t))),
+		serviceConfig("t", &lifecycleFactory{}, config.Limits{}, tcpEndpoint(testkit.FreeAddr(t, "tcp"))),
 	}}); err != nil {
 		t.Fatal(err)
 	}
@@ -506,7 +488,7 @@ func TestDatagramReflectionToGuardedPorts(t *testing.T) {
 		t.Skip("127.0.0.2 is not a local address here")
 	}
 	aF, bF, cF := &dgramFactory{}, &dgramFactory{}, &dgramFactory{}
-	aAddr, bAddr, cAddr := freeUDPAddr(t, "127.0.0.1"), freeUDPAddr(t, "127.0.0.1"), freeUDPAddr(t, "127.0.0.1")
+	aAddr, bAddr, cAddr := testkit.FreeAddrOn(t, "udp", "127.0.0.1"), testkit.FreeAddrOn(t, "udp", "127.0.0.1"), testkit.FreeAddrOn(t, "udp", "127.0.0.1")
 	a := dgramServiceConfig("a", aF, true, config.Limits{}, udpEndpoint(aAddr))
 	c := dgramServiceConfig("c", cF, false, config.Limits{}, udpEndpoint(cAddr))
 	s, m := newTestSupervisor()
@@ -565,7 +547,7 @@ func TestDatagramReflectionToPrivilegedPort(t *testing.T) {
 		t.Skip("cannot bind a udp port below 1024 (needs root)")
 	}
 	gF, pF := &dgramFactory{}, &dgramFactory{}
-	gAddr, pAddr := freeUDPAddr(t, "127.0.0.1"), freeUDPAddr(t, "127.0.0.1")
+	gAddr, pAddr := testkit.FreeAddrOn(t, "udp", "127.0.0.1"), testkit.FreeAddrOn(t, "udp", "127.0.0.1")
 	s, m := newTestSupervisor()
 	if err := s.Start(&config.File{Services: []*config.Service{
 		dgramServiceConfig("guarded", gF, true, config.Limits{}, udpEndpoint(gAddr)),
@@ -687,11 +669,11 @@ func TestDatagramWriteToFromAnotherGoroutine(t *testing.T) {
 // protocol: the same port, and datagrams keep flowing.
 func TestDatagramReloadKeepsUnchangedService(t *testing.T) {
 	f := &dgramFactory{}
-	addr := freeUDPAddr(t, "127.0.0.1")
+	addr := testkit.FreeAddrOn(t, "udp", "127.0.0.1")
 	keep := dgramServiceConfig("keep", f, true, config.Limits{}, udpEndpoint(addr))
 	s, m := newTestSupervisor()
 	if err := s.Start(&config.File{ShutdownTimeout: 5 * time.Second, Services: []*config.Service{
-		keep, serviceConfig("other", &lifecycleFactory{}, config.Limits{}, tcpEndpoint(freeAddr(t))),
+		keep, serviceConfig("other", &lifecycleFactory{}, config.Limits{}, tcpEndpoint(testkit.FreeAddr(t, "tcp"))),
 	}}); err != nil {
 		t.Fatal(err)
 	}
@@ -702,7 +684,7 @@ func TestDatagramReloadKeepsUnchangedService(t *testing.T) {
 	local := f.transport(0).LocalAddr().String()
 
 	if err := s.Reload(&config.File{ShutdownTimeout: 5 * time.Second, Services: []*config.Service{
-		keep, serviceConfig("other", &lifecycleFactory{}, config.Limits{MaxConnections: 3}, tcpEndpoint(freeAddr(t))),
+		keep, serviceConfig("other", &lifecycleFactory{}, config.Limits{MaxConnections: 3}, tcpEndpoint(testkit.FreeAddr(t, "tcp"))),
 	}}); err != nil {
 		t.Fatal(err)
 	}
@@ -739,7 +721,7 @@ func TestDatagramReloadHandsOverQueuedDatagrams(t *testing.T) {
 		p.t.WriteTo(data, from)
 	}
 	newF := &dgramFactory{}
-	addr := freeUDPAddr(t, "127.0.0.1")
+	addr := testkit.FreeAddrOn(t, "udp", "127.0.0.1")
 	s, m := newTestSupervisor()
 	if err := s.Start(&config.File{ShutdownTimeout: 5 * time.Second, Services: []*config.Service{
 		dgramServiceConfig("swap", oldF, false, config.Limits{}, udpEndpoint(addr)),
@@ -908,18 +890,7 @@ func TestDatagramSteadyStateAllocatesNothing(t *testing.T) {
 // through a udp service whose protocol echoes (run with -benchmem: 0
 // allocs/op in the steady state).
 func BenchmarkDatagramEcho(b *testing.B) {
-	addr := ""
-	for range 100 {
-		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			b.Fatal(err)
-		}
-		addr = pc.LocalAddr().String()
-		pc.Close()
-		if _, dup := handedOut.LoadOrStore("udp/"+addr, true); !dup {
-			break
-		}
-	}
+	addr := testkit.FreeAddr(b, "udp")
 	s, _ := newTestSupervisor()
 	if err := s.Start(&config.File{Services: []*config.Service{
 		dgramServiceConfig("bench", &dgramFactory{}, true, config.Limits{}, udpEndpoint(addr)),
@@ -975,7 +946,7 @@ func init() {
 // The default per-source limit of a guarded factory (rate 10, burst 20)
 // limits its datagrams, and never its connections.
 func TestDatagramDefaultLimitSparesConnections(t *testing.T) {
-	tcpAddr, udpAddr := freeAddr(t), freeUDPAddr(t, "127.0.0.1")
+	tcpAddr, udpAddr := testkit.FreeAddr(t, "tcp"), testkit.FreeAddrOn(t, "udp", "127.0.0.1")
 	cfg, err := config.Parse([]byte(fmt.Sprintf(`metrics { address = "" }
 service "testguarded" "g" {
   endpoint "tcp" { address = %q }
@@ -1038,7 +1009,7 @@ func TestDatagramReloadAppliesBufferSizes(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("buffer sizes as Linux reports them")
 	}
-	addr := freeUDPAddr(t, "127.0.0.1")
+	addr := testkit.FreeAddrOn(t, "udp", "127.0.0.1")
 	ep := udpEndpoint(addr)
 	ep.ReadBuffer, ep.WriteBuffer = 4096, 8192
 	s, _ := newTestSupervisor()
@@ -1107,7 +1078,7 @@ func (f *waitFactory) ServeListener(l *framework.HandedListener) error {
 // (at 0: the program, not superd, reads the datagrams), as a tcp endpoint
 // in wait mode has its connections_total.
 func TestDatagramWaitModeSeries(t *testing.T) {
-	addr := freeUDPAddr(t, "127.0.0.1")
+	addr := testkit.FreeAddrOn(t, "udp", "127.0.0.1")
 	w := &waitFactory{}
 	s, m := newTestSupervisor()
 	if err := s.Start(&config.File{ShutdownTimeout: 5 * time.Second, Services: []*config.Service{
@@ -1141,7 +1112,7 @@ func TestDatagramWaitModeSeries(t *testing.T) {
 // the new owner, whichever its mode (none is read by the loop and then
 // dropped because the owner now waits).
 func TestDatagramReloadToWaitModeAndBack(t *testing.T) {
-	addr := freeUDPAddr(t, "127.0.0.1")
+	addr := testkit.FreeAddrOn(t, "udp", "127.0.0.1")
 	s, _ := newTestSupervisor()
 	w := &waitFactory{}
 	if err := s.Start(&config.File{ShutdownTimeout: 5 * time.Second, Services: []*config.Service{

@@ -12,6 +12,7 @@ import (
 
 	"github.com/superd-dev/superd/config"
 	"github.com/superd-dev/superd/endpoint"
+	"github.com/superd-dev/superd/internal/testkit"
 	"github.com/superd-dev/superd/metrics"
 )
 
@@ -21,7 +22,7 @@ import (
 func startStuck(t *testing.T, name string, f *lifecycleFactory) (s *Supervisor, m *metrics.Metrics, addr string, c net.Conn) {
 	t.Helper()
 	f.greet = make([]byte, 32<<20)
-	addr = freeAddr(t)
+	addr = testkit.FreeAddr(t, "tcp")
 	s, m = newTestSupervisor()
 	if err := s.Start(&config.File{ShutdownTimeout: 5 * time.Second, Services: []*config.Service{
 		serviceConfig(name, f, config.Limits{MaxPendingOutput: 64 << 20}, tcpEndpoint(addr)),
@@ -168,7 +169,7 @@ func TestReloadUnixSocketModeNeverFollowsSymlink(t *testing.T) {
 // included: no series for an endpoint that never served.
 func TestFailedReloadLeavesNoEndpointSeries(t *testing.T) {
 	f := &lifecycleFactory{}
-	a, b := freeAddr(t), freeAddr(t)
+	a, b := testkit.FreeAddr(t, "tcp"), testkit.FreeAddr(t, "tcp")
 	s, m := newTestSupervisor()
 	if err := s.Start(&config.File{ShutdownTimeout: time.Second, Services: []*config.Service{
 		serviceConfig("x", f, config.Limits{}, tcpEndpoint(a)),

@@ -10,6 +10,7 @@ import (
 
 	"github.com/superd-dev/superd/config"
 	"github.com/superd-dev/superd/endpoint"
+	"github.com/superd-dev/superd/internal/testkit"
 )
 
 // Clients that start a TLS handshake and never finish it hold a descriptor
@@ -18,7 +19,7 @@ import (
 // process while the connection gauge reads 0.
 func TestStalledTLSHandshakesAreCountedAndBounded(t *testing.T) {
 	const limit, clients = 20, 30
-	addr := freeAddr(t)
+	addr := testkit.FreeAddr(t, "tcp")
 	f := &lifecycleFactory{}
 	s, m := newTestSupervisor()
 	ep := makeEndpoint(endpoint.KindTLS, addr)
@@ -65,7 +66,7 @@ func TestStalledTLSHandshakesAreCountedAndBounded(t *testing.T) {
 // A TLS endpoint's certificate expiry is exported from activation, and
 // goes with the service.
 func TestCertificateExpiryGauge(t *testing.T) {
-	addr := freeAddr(t)
+	addr := testkit.FreeAddr(t, "tcp")
 	f := &lifecycleFactory{}
 	s, m := newTestSupervisor()
 	ep := makeEndpoint(endpoint.KindTLS, addr)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/superd-dev/superd/config"
 	"github.com/superd-dev/superd/endpoint"
+	"github.com/superd-dev/superd/internal/testkit"
 )
 
 // headerPair returns the server side of a loopback connection after the
@@ -131,7 +132,7 @@ func TestReadProxyHeader(t *testing.T) {
 // untrusted peer's header is its bytes, untouched; a bad header from a
 // trusted one is rejected as proxy_protocol.
 func TestProxyProtocolEndToEnd(t *testing.T) {
-	addr := freeAddr(t)
+	addr := testkit.FreeAddr(t, "tcp")
 	ep := tcpEndpoint(addr)
 	ep.Proxy = &endpoint.ProxyProtocol{Trusted: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}, Required: true, Timeout: 2 * time.Second}
 	f := &lifecycleFactory{}
@@ -181,7 +182,7 @@ func TestProxyProtocolEndToEnd(t *testing.T) {
 
 // Untrusted peers are served as they are: a header they send is data.
 func TestProxyProtocolUntrustedPeer(t *testing.T) {
-	addr := freeAddr(t)
+	addr := testkit.FreeAddr(t, "tcp")
 	ep := tcpEndpoint(addr)
 	ep.Proxy = &endpoint.ProxyProtocol{Trusted: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, Required: true, Timeout: time.Second}
 	f := &lifecycleFactory{}

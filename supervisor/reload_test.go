@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/superd-dev/superd/config"
+	"github.com/superd-dev/superd/internal/testkit"
 )
 
 // TestReloadReplacesKeepsAndRemoves reloads while a client connects in a
@@ -19,7 +20,7 @@ import (
 // closes its socket and loses its series.
 func TestReloadReplacesKeepsAndRemoves(t *testing.T) {
 	keepF, oldF, newF, goneF := &lifecycleFactory{}, &lifecycleFactory{}, &lifecycleFactory{}, &lifecycleFactory{}
-	keepAddr, swapAddr, goneAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	keepAddr, swapAddr, goneAddr := testkit.FreeAddr(t, "tcp"), testkit.FreeAddr(t, "tcp"), testkit.FreeAddr(t, "tcp")
 	keep := serviceConfig("keep", keepF, config.Limits{}, tcpEndpoint(keepAddr))
 	s, m := newTestSupervisor()
 	if err := s.Start(&config.File{ShutdownTimeout: 5 * time.Second, Services: []*config.Service{
@@ -115,7 +116,7 @@ func TestReloadReplacesKeepsAndRemoves(t *testing.T) {
 
 func TestReloadFailureChangesNothing(t *testing.T) {
 	f := &lifecycleFactory{}
-	addr := freeAddr(t)
+	addr := testkit.FreeAddr(t, "tcp")
 	s, _ := newTestSupervisor()
 	svc := serviceConfig("a", f, config.Limits{}, tcpEndpoint(addr))
 	if err := s.Start(&config.File{Services: []*config.Service{svc}}); err != nil {

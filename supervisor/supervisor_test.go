@@ -19,6 +19,7 @@ import (
 	"github.com/superd-dev/superd/config"
 	"github.com/superd-dev/superd/endpoint"
 	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/internal/testkit"
 	"github.com/superd-dev/superd/metrics"
 )
 
@@ -80,28 +81,6 @@ func (f *lifecycleFactory) lostReasons() []error {
 	return append([]error(nil), f.lost...)
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	for range 1000 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := ln.Addr().String()
-		ln.Close()
-		// The kernel may offer a port again once it is free: never hand
-		// one out twice (a test's metrics and endpoint addresses clashed).
-		if _, dup := handedOut.LoadOrStore(addr, true); !dup {
-			return addr
-		}
-	}
-	t.Fatal("no loopback port that was not handed out already")
-	return ""
-}
-
-// handedOut holds the addresses freeAddr has returned.
-var handedOut sync.Map
-
 // makeEndpoint returns the endpoint the configuration would make of
 // `endpoint "KIND" { address = ADDR }` (or `path = ADDR` for unix).
 func makeEndpoint(kind, addr string) endpoint.Config {
@@ -161,7 +140,7 @@ func dialEcho(t *testing.T, network, addr, msg string) net.Conn {
 
 func TestStartStopFactoryOncePerServiceWithSeveralEndpoints(t *testing.T) {
 	f := &lifecycleFactory{}
-	a1, a2 := freeAddr(t), freeAddr(t)
+	a1, a2 := testkit.FreeAddr(t, "tcp"), testkit.FreeAddr(t, "tcp")
 	sock := filepath.Join(t.TempDir(), "s.sock")
 	sc := serviceConfig("multi", f, config.Limits{}, tcpEndpoint(a1), tcpEndpoint(a2),
 		unixEndpoint(sock, 0o660))
@@ -201,7 +180,7 @@ func TestStartStopFactoryOncePerServiceWithSeveralEndpoints(t *testing.T) {
 
 func TestFactoryStartFailureStopsNothingElseAndReleasesSockets(t *testing.T) {
 	good, bad := &lifecycleFactory{}, &lifecycleFactory{startErr: errors.New("no database")}
-	a1, a2 := freeAddr(t), freeAddr(t)
+	a1, a2 := testkit.FreeAddr(t, "tcp"), testkit.FreeAddr(t, "tcp")
 	s, _ := newTestSupervisor()
 	err := s.Start(&config.File{Services: []*config.Service{
 		serviceConfig("good", good, config.Limits{}, tcpEndpoint(a1)),
@@ -230,7 +209,7 @@ func TestShutdownTimeoutAbortsAndCounts(t *testing.T) {
 	// The client never reads a greeting larger than the socket buffers, so
 	// the drain can never finish and must be cut at the timeout.
 	f := &lifecycleFactory{greet: make([]byte, 32<<20)}
-	addr := freeAddr(t)
+	addr := testkit.FreeAddr(t, "tcp")
 	s, m := newTestSupervisor()
 	if err := s.Start(&config.File{Services: []*config.Service{
 		serviceConfig("stuck", f, config.Limits{MaxPendingOutput: 64 << 20}, tcpEndpoint(addr)),
@@ -263,7 +242,7 @@ func TestShutdownTimeoutAbortsAndCounts(t *testing.T) {
 
 func TestRefusedProtocolCountsFactoryRejection(t *testing.T) {
 	f := &lifecycleFactory{refuse: true}
-	addr := freeAddr(t)
+	addr := testkit.FreeAddr(t, "tcp")
 	s, m := newTestSupervisor()
 	if err := s.Start(&config.File{Services: []*config.Service{serviceConfig("r", f, config.Limits{}, tcpEndpoint(addr))}}); err != nil {
 		t.Fatal(err)
@@ -288,7 +267,7 @@ func TestRefusedProtocolCountsFactoryRejection(t *testing.T) {
 
 func TestRateLimitAtAccept(t *testing.T) {
 	f := &lifecycleFactory{}
-	addr := freeAddr(t)
+	addr := testkit.FreeAddr(t, "tcp")
 	s, m := newTestSupervisor()
 	lim := config.Limits{RateLimit: &config.Rate{Rate: 0.001, Burst: 3}}
 	if err := s.Start(&config.File{Services: []*config.Service{serviceConfig("rl", f, lim, tcpEndpoint(addr))}}); err != nil {

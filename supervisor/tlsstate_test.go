@@ -13,6 +13,7 @@ import (
 	"github.com/superd-dev/superd/config"
 	"github.com/superd-dev/superd/endpoint"
 	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/internal/testkit"
 )
 
 // tlsStateProto tells its client what it learns of its connection's TLS.
@@ -41,7 +42,7 @@ func TestTLSStateOnEndpoint(t *testing.T) {
 		leaves[name] = writePair(t, f.CertFile, f.KeyFile, time.Now(), name)
 		files = append(files, f)
 	}
-	addr, plain := freeAddr(t), freeAddr(t)
+	addr, plain := testkit.FreeAddr(t, "tcp"), testkit.FreeAddr(t, "tcp")
 	ep := makeEndpoint(endpoint.KindTLS, addr)
 	ep.Certificates = files
 	ep.ALPN = []string{"h2", "http/1.1"}

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/superd-dev/superd/config"
+	"github.com/superd-dev/superd/internal/testkit"
 )
 
 // A datagram from a scoped IPv6 source is handed to the protocol with its
@@ -117,7 +118,7 @@ func TestDatagramEchoLinkLocal(t *testing.T) {
 		seen.Store(from.String())
 		p.t.WriteTo(data, from)
 	}}
-	_, port, _ := net.SplitHostPort(freeUDPAddr(t, "::"))
+	_, port, _ := net.SplitHostPort(testkit.FreeAddrOn(t, "udp", "::"))
 	s, m := newTestSupervisor()
 	if err := s.Start(&config.File{Services: []*config.Service{
 		dgramServiceConfig("ll", f, false, config.Limits{}, udpEndpoint("[::]:"+port)),

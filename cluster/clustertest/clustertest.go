@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"strings"
 	"testing"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/superd-dev/superd/cluster"
 	"github.com/superd-dev/superd/config"
+	"github.com/superd-dev/superd/internal/testkit"
 )
 
 // GoleakOptions are what goleak must overlook in a package whose tests
@@ -26,17 +26,6 @@ import (
 // fails.
 func GoleakOptions() []goleak.Option {
 	return []goleak.Option{goleak.IgnoreAnyFunction("github.com/superd-dev/superd/framework.(*idlePoller).loop")}
-}
-
-// FreeAddr returns a loopback address whose port was free a moment ago.
-func FreeAddr(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // Config is the cluster block of node i of n, with their route ports.
@@ -75,7 +64,7 @@ func Start(t testing.TB, n int) []*cluster.Node {
 	routes := make([]string, n)
 	for i := range names {
 		names[i] = string(rune('a' + i))
-		routes[i] = FreeAddr(t)
+		routes[i] = testkit.FreeAddr(t, "tcp")
 	}
 	if n == 1 {
 		routes[0] = ""

@@ -90,7 +90,7 @@ service "exec" "env" {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}()
-	d := hxStart(t, cmd, metrics)
+	d := startCmd(t, cmd, metrics)
 	for _, c := range []struct{ network, addr string }{{"tcp", tcpAddr}, {"unix", sock}, {"tcp", namedAddr}} {
 		if err := echoOnce(c.network, c.addr, "via "+c.addr); err != nil {
 			t.Errorf("%s %s: %v", c.network, c.addr, err)
@@ -129,7 +129,7 @@ func startActivated(t *testing.T, ln *os.File, name, path, metrics string) *daem
 		Env:        append(os.Environ(), "LISTEN_FDS=1", "LISTEN_FDNAMES="+name),
 		ExtraFiles: []*os.File{ln},
 	}
-	return hxStart(t, cmd, metrics)
+	return startCmd(t, cmd, metrics)
 }
 
 // The service manager holds the socket: superd stopped and started again
@@ -289,12 +289,7 @@ func TestActivationUDP(t *testing.T) {
 	if err != nil {
 		t.Skip("systemd-socket-activate is not installed (Debian package systemd)")
 	}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := pc.LocalAddr().String()
-	pc.Close()
+	addr := udpFreeAddr(t)
 	path, metrics := writeConfig(t, fmt.Sprintf(`
 metrics { address = "METRICS" }
 service "echo" "u" {
@@ -321,7 +316,7 @@ service "echo" "u" {
 			time.Sleep(50 * time.Millisecond)
 		}
 	}()
-	d := hxStart(t, cmd, metrics)
+	d := startCmd(t, cmd, metrics)
 	close(started)
 	client.SetReadDeadline(time.Now().Add(10 * time.Second))
 	buf := make([]byte, 64)

@@ -43,15 +43,15 @@ service "qotd" "q" {
 		t.Fatalf("quote before the reload: %q", got)
 	}
 
-	hxRewrite(t, path, maddr, conf("after", "localhost:"+port))
-	hxReload(d, "success", 1)
+	rewriteConfig(t, path, maddr, conf("after", "localhost:"+port))
+	d.reload("success", 1)
 	if got := quoteOf(); got != "after\r\n" {
 		t.Fatalf("quote after the reload to localhost:%s: %q", port, got)
 	}
 	d.waitMetric("superd_connections_total", map[string]string{"service": "q", "endpoint": "tcp:localhost:" + port}, 1)
 
-	hxRewrite(t, path, maddr, conf("wildcard", ":"+port))
-	hxReload(d, "failure", 1)
+	rewriteConfig(t, path, maddr, conf("wildcard", ":"+port))
+	d.reload("failure", 1)
 	if got := quoteOf(); got != "after\r\n" {
 		t.Fatalf("quote after the failed reload to :%s: %q", port, got)
 	}

@@ -50,7 +50,7 @@ func startClusterNode(t *testing.T, name, clusterBlock, nameTTL string) *cluster
 	t.Helper()
 	n := &clusterNode{name: name, chat: freeAddr(t)}
 	n.path, n.maddr = writeConfig(t, clusterConfig(n.chat, clusterBlock, nameTTL))
-	n.d = hxStart(t, exec.Command(superdBin, "run", "-config", n.path, "-log-level", "info"), n.maddr)
+	n.d = startCmd(t, exec.Command(superdBin, "run", "-config", n.path, "-log-level", "info"), n.maddr)
 	return n
 }
 
@@ -347,7 +347,7 @@ func TestClusterThreeNodes(t *testing.T) {
 		n.d.waitMetric("superd_chat_users", map[string]string{"service": "lobby"}, 0)
 	}
 	for _, n := range []*clusterNode{a, c} {
-		hxStop(n.d, 20*time.Second)
+		n.d.stop(20 * time.Second)
 	}
 }
 
@@ -483,13 +483,13 @@ func TestClusterNATSURLs(t *testing.T) {
 	yves.expect("<xavier> over NATS\r\n")
 
 	// A reload cannot change the cluster block.
-	hxRewrite(t, y.path, y.maddr, clusterConfig(y.chat, block("y2"), ttl))
+	rewriteConfig(t, y.path, y.maddr, clusterConfig(y.chat, block("y2"), ttl))
 	y.d.signal(syscall.SIGHUP)
 	y.d.waitMetric("superd_config_reloads_total", map[string]string{"result": "failure"}, 1)
 	if !strings.Contains(y.d.stderr.String(), "restart superd to change the cluster") {
-		t.Fatalf("the failed reload does not say why:\n%s", hxTail(y.d.stderr.String(), 4096))
+		t.Fatalf("the failed reload does not say why:\n%s", lastBytes(y.d.stderr.String(), 4096))
 	}
-	hxRewrite(t, y.path, y.maddr, clusterConfig(y.chat, block("y"), ttl))
+	rewriteConfig(t, y.path, y.maddr, clusterConfig(y.chat, block("y"), ttl))
 
 	// NATS goes away.
 	ns.kill()
@@ -555,7 +555,7 @@ func TestClusterNATSURLs(t *testing.T) {
 		u.close()
 	}
 	for _, n := range []*clusterNode{x, y} {
-		hxStop(n.d, 20*time.Second)
+		n.d.stop(20 * time.Second)
 	}
 }
 

@@ -30,7 +30,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/superd-dev/superd/endpoint"
+	"github.com/superd-dev/superd/internal/testkit"
 )
 
 // ---------------------------------------------------------------------------
@@ -308,7 +308,7 @@ func TestExecCatEcho(t *testing.T) {
 	tcpAddr, tlsAddr := freeAddr(t), freeAddr(t)
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "cat.sock")
-	certFile, keyFile, err := endpoint.WriteSelfSignedFiles(dir, []string{"127.0.0.1"})
+	certFile, keyFile, err := testkit.WriteSelfSignedFiles(dir, []string{"127.0.0.1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -370,14 +370,14 @@ service "exec" "cat" {
 	}
 	d.waitMetric("superd_exec_exits_total", map[string]string{"service": "cat", "result": "success"}, 3)
 	d.waitMetric("superd_exec_processes", map[string]string{"service": "cat"}, 0)
-	hxStop(d, 20*time.Second)
+	d.stop(20 * time.Second)
 }
 
 // ---------------------------------------------------------------------------
 // 2. The child's environment
 
 func TestExecEnvironment(t *testing.T) {
-	ca, err := endpoint.NewTestCA()
+	ca, err := testkit.NewCA()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -443,7 +443,7 @@ service "exec" "path" {
 	superd := exec.Command(superdBin, "run", "-config", path, "-log-level", "debug")
 	superd.Env = append(os.Environ(), "SUPERD_TEST_PASSED=passed value", "LANG=en_US.UTF-8")
 	os.Unsetenv("SUPERD_TEST_UNSET")
-	d := hxStart(t, superd, maddr)
+	d := startCmd(t, superd, maddr)
 
 	// get reads the child's environment on c and leaves the child waiting.
 	get := func(c net.Conn) map[string]string {
@@ -556,7 +556,7 @@ service "exec" "path" {
 	p.Close()
 
 	d.waitMetric("superd_exec_processes", map[string]string{"service": "env"}, 0)
-	hxStop(d, 20*time.Second)
+	d.stop(20 * time.Second)
 }
 
 // TestExecEnvironmentIPv4Mapped: on a dual-stack "[::]:P" endpoint, a
@@ -586,7 +586,7 @@ service "exec" "env" {
 			"TCPCONNNUM": "1", "REMOTE_ADDR": tt.ip, "REMOTE_PORT": cport,
 		})
 	}
-	hxStop(d, 20*time.Second)
+	d.stop(20 * time.Second)
 }
 
 // ---------------------------------------------------------------------------
@@ -646,12 +646,12 @@ service "exec" "listenfds" {
 	defer inherited.Close()
 	superd := exec.Command(superdBin, "run", "-config", path, "-log-level", "debug")
 	superd.ExtraFiles = []*os.File{inherited}
-	d := hxStart(t, superd, maddr)
+	d := startCmd(t, superd, maddr)
 
 	// Hold other connections open: superd has their sockets while the
 	// children start.
 	e := exDial(t, echoAddr)
-	if err := hxEchoOn(e, []byte("open"), 10*time.Second); err != nil {
+	if err := echoPayloadOn(e, []byte("open"), 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	h := exDial(t, holdAddr)
@@ -666,7 +666,7 @@ service "exec" "listenfds" {
 	if line := exReadLine(t, ht, bufio.NewReader(ht), 10*time.Second); line != "held" {
 		t.Fatalf("hold over TLS: %q", line)
 	}
-	if _, fds := hxRuntime(d); fds < 12 {
+	if _, fds := d.runtimeStats(); fds < 12 {
 		t.Fatalf("superd has only %v descriptors open; the test means to hold more", fds)
 	}
 
@@ -708,7 +708,7 @@ service "exec" "listenfds" {
 		}
 	}
 	h.Close()
-	hxStop(d, 20*time.Second)
+	d.stop(20 * time.Second)
 }
 
 // ---------------------------------------------------------------------------
@@ -793,7 +793,7 @@ service "exec" "deaf" {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the client's writer is still blocked after closing")
 	}
-	hxStop(d, 20*time.Second)
+	d.stop(20 * time.Second)
 	if v := len(exLogLines(d, `msg="program exited"`, "signal=SIGTERM")); v != 1 {
 		t.Errorf("%d exits by SIGTERM logged, want 1", v)
 	}
@@ -843,9 +843,9 @@ service "exec" "forking" {
 	// and is killed with its group when shutdown_timeout (1s) runs out.
 	c := exDial(t, stubborn)
 	pids := exPIDs(t, c)
-	hxRewrite(t, path, maddr, fmt.Sprintf(conf, 2, stubborn, forking))
+	rewriteConfig(t, path, maddr, fmt.Sprintf(conf, 2, stubborn, forking))
 	start := time.Now()
-	hxReload(d, "success", 1)
+	d.reload("success", 1)
 	exWaitFor(t, 10*time.Second, "the stubborn child and its sleep to be killed", func() bool {
 		return exDead(pids[0], spid) && exDead(pids[1], spid)
 	})
@@ -856,7 +856,7 @@ service "exec" "forking" {
 	d.waitMetric("superd_exec_exits_total", map[string]string{"service": "stubborn", "result": "signal"}, 1)
 	d.waitMetric("superd_exec_processes", map[string]string{"service": "stubborn"}, 0)
 	d.waitMetric("superd_connections_active", stub, 0)
-	if got := hxClosedByServer(t, c, 10*time.Second); got == nil {
+	if got := closedByServer(t, c, 10*time.Second); got == nil {
 		t.Error("the killed child's connection is still open")
 	}
 	if l := exLogLines(d, `msg="program exited"`, fmt.Sprintf("pid=%d ", pids[0])); len(l) != 1 || exLogAttr(l[0], "signal") != "SIGKILL" {
@@ -945,7 +945,7 @@ service "exec" "true" {
 			t.Errorf("exits_total{result=%q} = %v", r, v)
 		}
 	}
-	hxStop(d, 20*time.Second)
+	d.stop(20 * time.Second)
 }
 
 func TestExecExitResults(t *testing.T) {
@@ -991,7 +991,7 @@ service "exec" "sig" {
 			t.Errorf("%s: duration in %q: %v, %v", tt.service, l, dur, err)
 		}
 	}
-	hxStop(d, 20*time.Second)
+	d.stop(20 * time.Second)
 }
 
 // TestExecLimits: max_connections bounds the processes; idle_timeout ends
@@ -1046,7 +1046,7 @@ service "exec" "idle" {
 	hi(tc)
 	hi(dc)
 	start := time.Now()
-	hxClosedByServer(t, tc, 10*time.Second)
+	closedByServer(t, tc, 10*time.Second)
 	if el := time.Since(start); el > 5*time.Second {
 		t.Errorf("the idle relayed connection was closed after %v", el)
 	}
@@ -1069,7 +1069,7 @@ service "exec" "idle" {
 	if n := len(exLogLines(d, `msg="program stderr"`, "service=bounded", "line=to-superd-stderr")); n != 3 {
 		t.Errorf("stderr = log: %d lines logged, want 3", n)
 	}
-	hxStop(d, 20*time.Second)
+	d.stop(20 * time.Second)
 }
 
 // ---------------------------------------------------------------------------
@@ -1105,13 +1105,13 @@ service "exec" "removed" {
 	if _, err := fmt.Sscanf(exReadLine(t, old, oldR, 10*time.Second), "ready pid=%d v=1", &oldPID); err != nil {
 		t.Fatalf("the first child: %v", err)
 	}
-	if v := hxServiceSeries(d, "removed"); v == 0 {
+	if v := d.serviceSeries("removed"); v == 0 {
 		t.Fatal("no series for service removed before the reload")
 	}
 
 	// Replace svc (a new value of V) and remove "removed".
-	hxRewrite(t, path, maddr, fmt.Sprintf(conf, prog, "2", addr))
-	hxReload(d, "success", 1)
+	rewriteConfig(t, path, maddr, fmt.Sprintf(conf, prog, "2", addr))
+	d.reload("success", 1)
 	// The old instance drains: its child gets stop_signal, and carries on.
 	if line := exReadLine(t, old, oldR, 10*time.Second); line != "got SIGUSR1" {
 		t.Fatalf("the old child wrote %q, want the stop signal reported", line)
@@ -1141,7 +1141,7 @@ service "exec" "removed" {
 	}
 	d.waitMetric("superd_factory_stops_total", svc, 1)
 	d.waitMetric("superd_exec_processes", map[string]string{"service": "svc"}, 1)
-	if n := hxServiceSeries(d, "removed"); n != 0 {
+	if n := d.serviceSeries("removed"); n != 0 {
 		t.Errorf("%d series left of the removed service", n)
 	}
 	// The new child did not get the old instance's stop signal.
@@ -1151,7 +1151,7 @@ service "exec" "removed" {
 	}
 	d.waitMetric("superd_exec_exits_total", map[string]string{"service": "svc", "result": "success"}, 2)
 	d.waitMetric("superd_exec_processes", map[string]string{"service": "svc"}, 0)
-	hxStop(d, 20*time.Second)
+	d.stop(20 * time.Second)
 }
 
 func TestExecSpawnFailure(t *testing.T) {
@@ -1192,7 +1192,7 @@ service "exec" "vanished" {
 	if l := exLogLines(d, "cannot start program", "service=vanished"); len(l) != 1 || !strings.Contains(l[0], "no such file") {
 		t.Errorf("the failed spawn logged as %q", l)
 	}
-	hxStop(d, 20*time.Second)
+	d.stop(20 * time.Second)
 }
 
 // ---------------------------------------------------------------------------
@@ -1230,7 +1230,7 @@ service "exec" "limits" {
 		}
 	}
 	d.waitMetric("superd_exec_exits_total", map[string]string{"service": "limits", "result": "success"}, 1)
-	hxStop(d, 20*time.Second)
+	d.stop(20 * time.Second)
 }
 
 // ---------------------------------------------------------------------------
@@ -1309,7 +1309,7 @@ service "exec" "unix" {
 	}
 	// A drain ends the programs waiting for their second connection.
 	start := time.Now()
-	hxStop(d, 20*time.Second)
+	d.stop(20 * time.Second)
 	if el := time.Since(start); el > 5*time.Second {
 		t.Errorf("shutdown took %v", el)
 	}
@@ -1349,11 +1349,11 @@ service "exec" "failing" {
 		return v
 	}
 	poll(1)
-	start, cpu := time.Now(), hxCPUTicks(t, spid)
+	start, cpu := time.Now(), cpuTicks(t, spid)
 	// An observation window without scrapes: superd's CPU time while it
 	// backs off (a busy loop would use all of it).
 	time.Sleep(2 * time.Second)
-	ticks := hxCPUTicks(t, spid) - cpu
+	ticks := cpuTicks(t, spid) - cpu
 	n := poll(3)
 	el := time.Since(start)
 	t.Logf("3 failures after %v (%v counted); superd used %d clock ticks in the first 2 s", el, n, ticks)
@@ -1372,7 +1372,7 @@ service "exec" "failing" {
 	}
 	// A shutdown during the back-off does not wait for it.
 	start = time.Now()
-	hxStop(d, 20*time.Second)
+	d.stop(20 * time.Second)
 	if el := time.Since(start); el > 3*time.Second {
 		t.Errorf("shutdown during the back-off took %v", el)
 	}
@@ -1436,7 +1436,7 @@ service "exec" "udpfds" {
 			t.Errorf("%s: after the first program exited, pid %d datagram %d answered", tt.service, p3, n3)
 		}
 	}
-	hxStop(d, 20*time.Second)
+	d.stop(20 * time.Second)
 }
 
 // TestExecWaitModeReload switches one address between nowait and wait
@@ -1466,7 +1466,7 @@ service "exec" "svc" {
 	echoes := 0
 	echo := func() {
 		t.Helper()
-		if err := hxEchoOnce("tcp", addr, []byte("hello"), 10*time.Second); err != nil {
+		if err := echoPayload("tcp", addr, []byte("hello"), 10*time.Second); err != nil {
 			t.Fatalf("echo: %v", err)
 		}
 		// cat exits once it has read the client's close: before the next
@@ -1476,8 +1476,8 @@ service "exec" "svc" {
 	}
 	echo()
 
-	hxRewrite(t, path, maddr, fmt.Sprintf(wait, prog, addr))
-	hxReload(d, "success", 1)
+	rewriteConfig(t, path, maddr, fmt.Sprintf(wait, prog, addr))
+	d.reload("success", 1)
 	line := exReadAll(t, exDial(t, addr), 10*time.Second)
 	var pid, n int
 	if _, err := fmt.Sscanf(line, "pid=%d conn=%d", &pid, &n); err != nil || n != 0 {
@@ -1485,29 +1485,29 @@ service "exec" "svc" {
 	}
 	// The program waits for its second connection; a reload back to nowait
 	// drains it (SIGTERM) and cat serves the next connection.
-	hxRewrite(t, path, maddr, fmt.Sprintf(nowait, addr))
-	hxReload(d, "success", 2)
+	rewriteConfig(t, path, maddr, fmt.Sprintf(nowait, addr))
+	d.reload("success", 2)
 	exWaitFor(t, 10*time.Second, "the wait-mode program to end", func() bool { return exDead(pid, spid) })
 	echo()
 	d.waitMetric("superd_exec_exits_total", map[string]string{"service": "svc", "result": "signal"}, 1)
 
 	// And to wait mode again, then away.
-	hxRewrite(t, path, maddr, fmt.Sprintf(wait, prog, addr))
-	hxReload(d, "success", 3)
+	rewriteConfig(t, path, maddr, fmt.Sprintf(wait, prog, addr))
+	d.reload("success", 3)
 	if line := exReadAll(t, exDial(t, addr), 10*time.Second); !strings.HasSuffix(line, " conn=0\n") {
 		t.Fatalf("wait mode after the second switch answered %q", line)
 	}
-	hxRewrite(t, path, maddr, `metrics { address = "METRICS" }`+"\n")
-	hxReload(d, "success", 4)
+	rewriteConfig(t, path, maddr, `metrics { address = "METRICS" }`+"\n")
+	d.reload("success", 4)
 	exWaitFor(t, 10*time.Second, "the service's socket to close", func() bool {
 		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err == nil {
 			c.Close()
 		}
-		return hxRefused(err)
+		return isRefused(err)
 	})
 	exWaitFor(t, 10*time.Second, "no children", func() bool { return len(exChildren(spid)) == 0 })
-	hxStop(d, 20*time.Second)
+	d.stop(20 * time.Second)
 }
 
 // ---------------------------------------------------------------------------
@@ -1640,7 +1640,7 @@ service "exec" "groups" {
 	if strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Errorf("user, group and groups (through the shim): uid gid groups %q, want %q", got, want)
 	}
-	hxStop(d, 20*time.Second)
+	d.stop(20 * time.Second)
 
 	// superd itself as nobody: another user fails at start; its own user
 	// runs.
@@ -1704,11 +1704,11 @@ service "exec" "self" {
   endpoint "tcp" { address = %q }
 }
 `, smaddr, ids, self))
-	d = hxStart(t, asNobody("run", "-config", p), smaddr)
+	d = startCmd(t, asNobody("run", "-config", p), smaddr)
 	if got, want := strings.TrimSpace(exReadAll(t, exDial(t, self), 10*time.Second)), "65534 65534 65534"; got != want {
 		t.Errorf("superd as nobody with user = nobody: uid gid groups %q, want %q", got, want)
 	}
-	hxStop(d, 20*time.Second)
+	d.stop(20 * time.Second)
 }
 
 func must(b []byte, err error) []byte {

@@ -79,7 +79,7 @@ func failureWaitCounter(t *testing.T, d *daemon, what string, c *atomic.Int64, t
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for c.Load() < target {
-		hxAlive(d)
+		d.requireAlive()
 		if time.Now().After(deadline) {
 			t.Fatalf("%s stalled at %d (want %d)", what, c.Load(), target)
 		}
@@ -122,7 +122,7 @@ func TestFailureReloadUnderLoad(t *testing.T) {
 	}
 	path, maddr := writeConfig(t, configs[0])
 	d := startDaemon(t, path, maddr)
-	baseG, baseF := hxRuntime(d)
+	baseG, baseF := d.runtimeStats()
 	t.Logf("baseline: goroutines %v, open fds %v", baseG, baseF)
 
 	var (
@@ -145,7 +145,7 @@ func TestFailureReloadUnderLoad(t *testing.T) {
 	dialOrCount := func(network, addr string) net.Conn {
 		c, err := net.DialTimeout(network, addr, 10*time.Second)
 		if err != nil {
-			if hxRefused(err) {
+			if isRefused(err) {
 				refused.Add(1)
 			} else {
 				fails.add("dial %s %s: %v", network, addr, err)
@@ -170,7 +170,7 @@ func TestFailureReloadUnderLoad(t *testing.T) {
 				if c == nil {
 					continue
 				}
-				err := hxEchoOn(c, payload, 20*time.Second)
+				err := echoPayloadOn(c, payload, 20*time.Second)
 				c.Close()
 				switch {
 				case err == nil:
@@ -238,8 +238,8 @@ func TestFailureReloadUnderLoad(t *testing.T) {
 	failureWaitCounter(t, d, "chat joins", &chatJoins, 3, 30*time.Second)
 	start := time.Now()
 	for i := 1; i <= reloads; i++ {
-		hxRewrite(t, path, maddr, configs[i%2])
-		hxReload(d, "success", float64(i))
+		rewriteConfig(t, path, maddr, configs[i%2])
+		d.reload("success", float64(i))
 		// Let the load go through the new configuration before the next
 		// reload: more round trips, lines and chat joins.
 		failureWaitCounter(t, d, "echo round trips", &echoOK, echoOK.Load()+20, 30*time.Second)
@@ -273,13 +273,13 @@ func TestFailureReloadUnderLoad(t *testing.T) {
 		t.Errorf("logfile (unchanged) factory_starts_total = %v, want 1", v)
 	}
 	for _, svc := range []string{"echo", "chat", "log"} {
-		hxWaitMetric(d, "superd_connections_active", map[string]string{"service": svc}, 30*time.Second, "0",
+		d.waitMetricUntil("superd_connections_active", map[string]string{"service": svc}, 30*time.Second, "0",
 			func(v float64, ok bool) bool { return ok && v == 0 })
 	}
-	hxWaitMetric(d, "superd_factory_stops_total", map[string]string{"service": "echo"}, 30*time.Second,
+	d.waitMetricUntil("superd_factory_stops_total", map[string]string{"service": "echo"}, 30*time.Second,
 		fmt.Sprint(reloads), func(v float64, ok bool) bool { return ok && v == float64(reloads) })
-	hxWaitBaseline(d, baseG, baseF, 10, 4, 30*time.Second)
-	hxStop(d, 30*time.Second)
+	d.waitBaseline(baseG, baseF, 10, 4, 30*time.Second)
+	d.stop(30 * time.Second)
 
 	var sent [logWriters]int64
 	for w := range sent {
@@ -307,7 +307,7 @@ func failureCheckLog(t *testing.T, path string, min, max []int64, ordered bool) 
 		t.Fatal(err)
 	}
 	if len(data) > 0 && data[len(data)-1] != '\n' {
-		t.Errorf("the file ends with a partial line: %q", hxTail(string(data), 80))
+		t.Errorf("the file ends with a partial line: %q", lastBytes(string(data), 80))
 	}
 	seen := make([]map[int64]int, len(min))
 	for w := range seen {
@@ -584,12 +584,12 @@ service "logfile" "log" {
 		}
 		// Every connection accepted (one still in the listen backlog is
 		// TestFailureSIGTERMKeepsLinesOfQueuedConnections's case).
-		hxWaitMetric(d, "superd_connections_active", map[string]string{"service": "log"}, 20*time.Second,
+		d.waitMetricUntil("superd_connections_active", map[string]string{"service": "log"}, 20*time.Second,
 			strconv.Itoa(writers), func(v float64, ok bool) bool { return ok && v == float64(writers) })
 		deadline := time.Now().Add(60 * time.Second)
 		for w := range done {
 			for done[w].Load() < perWriter {
-				hxAlive(d)
+				d.requireAlive()
 				if time.Now().After(deadline) {
 					t.Fatalf("writer %d stalled at %d lines", w, done[w].Load())
 				}
@@ -629,7 +629,7 @@ service "logfile" "log" {
 			d.signal(syscall.SIGCONT)
 		}
 		if code := d.wait(60 * time.Second); code != 0 {
-			t.Fatalf("exit status %d\n%s", code, hxTail(d.stderr.String(), 16<<10))
+			t.Fatalf("exit status %d\n%s", code, lastBytes(d.stderr.String(), 16<<10))
 		}
 		el := time.Since(sigAt)
 		t.Logf("superd exited %v after SIGTERM", el)
@@ -875,12 +875,12 @@ shutdown_timeout = "10s"
 		}
 	}
 	wg.Wait()
-	hxAlive(d)
+	d.requireAlive()
 	// A few more rounds after the garbage, then stop.
 	after := goodRounds.Load()
 	deadline := time.Now().Add(30 * time.Second)
 	for goodRounds.Load() < after+3 && fails.count() == 0 {
-		hxAlive(d)
+		d.requireAlive()
 		if time.Now().After(deadline) {
 			t.Fatal("well-behaved clients stalled after the garbage")
 		}
@@ -895,12 +895,12 @@ shutdown_timeout = "10s"
 	}
 	good.close()
 	for _, svc := range []string{"echo", "qotd", "chat", "logfile"} {
-		hxWaitMetric(d, "superd_connections_active", map[string]string{"service": svc}, 30*time.Second, "0",
+		d.waitMetricUntil("superd_connections_active", map[string]string{"service": svc}, 30*time.Second, "0",
 			func(v float64, ok bool) bool { return ok && v == 0 })
 	}
-	hxStop(d, 30*time.Second)
+	d.stop(30 * time.Second)
 	if s := d.stderr.String(); strings.Contains(s, "panic") || strings.Contains(s, "DATA RACE") {
-		t.Errorf("superd's log shows a panic or a data race:\n%s", hxTail(s, 16<<10))
+		t.Errorf("superd's log shows a panic or a data race:\n%s", lastBytes(s, 16<<10))
 	}
 
 	// The file: whole lines only, each from a well-behaved client or one
@@ -1100,7 +1100,7 @@ func (g *goodClients) say(from, to *goodChat, msg string) error {
 // round runs one round of every well-behaved client.
 func (g *goodClients) round(i int) error {
 	for _, nw := range []string{"tcp", "unix"} {
-		if err := hxEchoOnce(nw, g.addrs["echo/"+nw], []byte(fmt.Sprintf("good echo %d\n", i)), 30*time.Second); err != nil {
+		if err := echoPayload(nw, g.addrs["echo/"+nw], []byte(fmt.Sprintf("good echo %d\n", i)), 30*time.Second); err != nil {
 			return fmt.Errorf("echo over %s: %w", nw, err)
 		}
 		c, err := net.DialTimeout(nw, g.addrs["qotd/"+nw], 10*time.Second)
@@ -1162,7 +1162,7 @@ service "echo" "many" {
 }
 `, addr, sock))
 	d := startDaemon(t, path, maddr)
-	baseG, baseF := hxRuntime(d)
+	baseG, baseF := d.runtimeStats()
 	labels := map[string]string{"service": "many", "factory": "echo"}
 
 	conns := make([]net.Conn, n)
@@ -1216,17 +1216,17 @@ service "echo" "many" {
 		t.FailNow()
 	}
 	t.Logf("%d connections dialled in %v (%d retries)", n, time.Since(start), retries.Load())
-	hxWaitMetric(d, "superd_connections_active", labels, 60*time.Second, strconv.Itoa(n),
+	d.waitMetricUntil("superd_connections_active", labels, 60*time.Second, strconv.Itoa(n),
 		func(v float64, ok bool) bool { return ok && v == float64(n) })
 	t.Logf("all %d active after %v", n, time.Since(start))
-	g, f := hxRuntime(d)
+	g, f := d.runtimeStats()
 	if f < baseF+float64(n) {
 		t.Errorf("process_open_fds = %v with %d connections open (baseline %v)", f, n, baseF)
 	}
 	t.Logf("with %d connections: goroutines %v, open fds %v", n, g, f)
 	// They are all served: a round trip on a sample.
 	for i := 0; i < n; i += n / 50 {
-		if err := hxEchoOn(conns[i], []byte("alive "+strconv.Itoa(i)), 30*time.Second); err != nil {
+		if err := echoPayloadOn(conns[i], []byte("alive "+strconv.Itoa(i)), 30*time.Second); err != nil {
 			t.Fatalf("connection %d: %v", i, err)
 		}
 	}
@@ -1234,10 +1234,10 @@ service "echo" "many" {
 		c.Close()
 		conns[i] = nil
 	}
-	hxWaitMetric(d, "superd_connections_active", labels, 60*time.Second, "0",
+	d.waitMetricUntil("superd_connections_active", labels, 60*time.Second, "0",
 		func(v float64, ok bool) bool { return ok && v == 0 })
 	d.waitMetric("superd_connections_total", map[string]string{"service": "many", "endpoint": "tcp:" + addr}, float64((n+1)/2))
 	d.waitMetric("superd_connections_total", map[string]string{"service": "many", "endpoint": "unix:" + sock}, float64(n/2))
-	hxWaitBaseline(d, baseG, baseF, 10, 4, 30*time.Second)
-	hxStop(d, 30*time.Second)
+	d.waitBaseline(baseG, baseF, 10, 4, 30*time.Second)
+	d.stop(30 * time.Second)
 }

@@ -3,19 +3,15 @@ package main
 // End-to-end hardening tests against the real binary: reload (SIGHUP) with
 // an invalid and a valid file, accept-loop resilience when descriptors run
 // out (EMFILE), TLS handshake failures and client certificates, idle
-// (slowloris) clients, and rate limits at accept. Helpers shared with
-// failure_e2e_test.go are prefixed hx.
+// (slowloris) clients, and rate limits at accept.
 
 import (
 	"bufio"
-	"bytes"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -23,276 +19,11 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/superd-dev/superd/endpoint"
+	"github.com/superd-dev/superd/internal/testkit"
 )
-
-// ---------------------------------------------------------------------------
-// Shared helpers
-
-// hxStart runs cmd (a `superd run` however it is wrapped) as a daemon and
-// waits until /readyz says ready, like startDaemon.
-func hxStart(t *testing.T, cmd *exec.Cmd, metricsAddr string) *daemon {
-	t.Helper()
-	d := &daemon{t: t, cmd: cmd, metrics: metricsAddr, stderr: &lockedBuffer{}, done: make(chan struct{})}
-	d.cmd.Stderr = d.stderr
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { d.err = d.cmd.Wait(); close(d.done) }()
-	t.Cleanup(func() {
-		select {
-		case <-d.done:
-		default:
-			d.cmd.Process.Kill()
-			<-d.done
-		}
-		if t.Failed() {
-			t.Logf("superd stderr (last 64 KiB):\n%s", hxTail(d.stderr.String(), 64<<10))
-		}
-	})
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		select {
-		case <-d.done:
-			t.Fatalf("superd exited during startup: %v\n%s", d.err, d.stderr.String())
-		default:
-		}
-		resp, err := http.Get("http://" + metricsAddr + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return d
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("superd not ready after 20s\n%s", d.stderr.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func hxTail(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return "...\n" + s[len(s)-n:]
-}
-
-// hxAlive fails the test if superd has exited.
-func hxAlive(d *daemon) {
-	d.t.Helper()
-	select {
-	case <-d.done:
-		d.t.Fatalf("superd exited: %v\n%s", d.err, hxTail(d.stderr.String(), 64<<10))
-	default:
-	}
-}
-
-// hxStop sends SIGTERM and requires exit status 0.
-func hxStop(d *daemon, timeout time.Duration) {
-	d.t.Helper()
-	d.signal(syscall.SIGTERM)
-	if code := d.wait(timeout); code != 0 {
-		d.t.Fatalf("exit status %d after SIGTERM\n%s", code, hxTail(d.stderr.String(), 64<<10))
-	}
-}
-
-// hxRewrite replaces the configuration file at path with text, "METRICS"
-// standing for the daemon's metrics address as in writeConfig.
-func hxRewrite(t *testing.T, path, metricsAddr, text string) {
-	t.Helper()
-	text = strings.ReplaceAll(text, "METRICS", metricsAddr)
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(text), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// hxWaitMetric polls until ok(value, present) holds for the series, for up
-// to timeout.
-func hxWaitMetric(d *daemon, name string, labels map[string]string, timeout time.Duration,
-	what string, ok func(v float64, present bool) bool) float64 {
-	d.t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		hxAlive(d)
-		v, present := metric(d.scrape(), name, labels)
-		if ok(v, present) {
-			return v
-		}
-		if time.Now().After(deadline) {
-			d.t.Fatalf("%s%v = %v (present %v), want %s", name, labels, v, present, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func hxAtLeast(n float64) func(float64, bool) bool {
-	return func(v float64, ok bool) bool { return ok && v >= n }
-}
-
-// hxReload sends SIGHUP and waits until superd_config_reloads_total{result}
-// reaches n.
-func hxReload(d *daemon, result string, n float64) {
-	d.t.Helper()
-	d.signal(syscall.SIGHUP)
-	hxWaitMetric(d, "superd_config_reloads_total", map[string]string{"result": result}, 20*time.Second,
-		fmt.Sprint(n), func(v float64, ok bool) bool { return ok && v == n })
-}
-
-// hxServiceSeries counts the series of superd's own families labelled
-// service=name.
-func hxServiceSeries(d *daemon, name string) int {
-	n := 0
-	for fname, f := range d.scrape() {
-		if !strings.HasPrefix(fname, "superd_") {
-			continue
-		}
-		for _, m := range f.Metric {
-			for _, l := range m.Label {
-				if l.GetName() == "service" && l.GetValue() == name {
-					n++
-				}
-			}
-		}
-	}
-	return n
-}
-
-// hxRefused reports whether err is a refused connection: ECONNREFUSED, or
-// a unix socket whose file is gone.
-func hxRefused(err error) bool {
-	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT)
-}
-
-// errEarlyClose: the server closed the connection before the whole echo
-// came back (what a drained, replaced service does).
-var errEarlyClose = errors.New("closed by the server before the echo was complete")
-
-// hxEchoOnce dials, sends payload, reads it back and closes. A dial error
-// is returned as is (see hxRefused); a server close before the whole echo
-// came back, with what came back a prefix of payload, is errEarlyClose.
-func hxEchoOnce(network, addr string, payload []byte, timeout time.Duration) error {
-	c, err := net.DialTimeout(network, addr, timeout)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	return hxEchoOn(c, payload, timeout)
-}
-
-// hxEchoOn sends payload on c and reads it back, within timeout.
-func hxEchoOn(c net.Conn, payload []byte, timeout time.Duration) error {
-	c.SetDeadline(time.Now().Add(timeout))
-	defer c.SetDeadline(time.Time{})
-	werr := make(chan error, 1)
-	go func() { _, err := c.Write(payload); werr <- err }()
-	got := make([]byte, len(payload))
-	n, err := io.ReadFull(c, got)
-	if !bytes.Equal(got[:n], payload[:n]) {
-		return fmt.Errorf("echo differs from what was sent (%d bytes read)", n)
-	}
-	if err != nil {
-		if (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) && n < len(payload) {
-			return errEarlyClose
-		}
-		if n == 0 && (errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)) {
-			// Drained before the payload arrived: it came after the drain
-			// began, so it is not delivered, and a close that races with
-			// its arrival resets instead of ending with EOF.
-			return errEarlyClose
-		}
-		return fmt.Errorf("reading the echo (%d of %d bytes): %w", n, len(payload), err)
-	}
-	if err := <-werr; err != nil {
-		return fmt.Errorf("writing: %w", err)
-	}
-	return nil
-}
-
-// hxClosedByServer reads from c until the server ends the connection and
-// returns the error it ended with (io.EOF or a reset); it fails if the
-// server keeps it open for longer than timeout.
-func hxClosedByServer(t *testing.T, c net.Conn, timeout time.Duration) error {
-	t.Helper()
-	c.SetReadDeadline(time.Now().Add(timeout))
-	_, err := io.Copy(io.Discard, c)
-	if err == nil {
-		err = io.EOF
-	}
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		t.Fatalf("server did not close the connection within %v", timeout)
-	}
-	return err
-}
-
-// hxProcStat returns the process's user+system CPU time in clock ticks.
-func hxCPUTicks(t *testing.T, pid int) int64 {
-	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := string(b)
-	// Fields after the command name (which is in parentheses).
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	utime, _ := strconv.ParseInt(f[11], 10, 64)
-	stime, _ := strconv.ParseInt(f[12], 10, 64)
-	return utime + stime
-}
-
-// hxRuntime returns go_goroutines and process_open_fds.
-func hxRuntime(d *daemon) (goroutines, fds float64) {
-	d.t.Helper()
-	fams := d.scrape()
-	g, ok1 := metric(fams, "go_goroutines", nil)
-	f, ok2 := metric(fams, "process_open_fds", nil)
-	if !ok1 || !ok2 {
-		d.t.Fatal("go_goroutines or process_open_fds missing from /metrics")
-	}
-	return g, f
-}
-
-// hxWaitBaseline polls until goroutines and open files are back within
-// margins of the baseline.
-func hxWaitBaseline(d *daemon, baseG, baseF, marginG, marginF float64, timeout time.Duration) {
-	d.t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		hxAlive(d)
-		g, f := hxRuntime(d)
-		if g <= baseG+marginG && f <= baseF+marginF {
-			d.t.Logf("runtime back to baseline: goroutines %v (baseline %v), open fds %v (baseline %v)", g, baseG, f, baseF)
-			return
-		}
-		if time.Now().After(deadline) {
-			d.t.Fatalf("not back to baseline after %v: goroutines %v (baseline %v + %v), open fds %v (baseline %v + %v)",
-				timeout, g, baseG, marginG, f, baseF, marginF)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// lineAt returns the 1-based line number of the first line of text holding
-// marker.
-func lineAt(t *testing.T, text, marker string) int {
-	t.Helper()
-	for i, l := range strings.Split(text, "\n") {
-		if strings.Contains(l, marker) {
-			return i + 1
-		}
-	}
-	t.Fatalf("marker %q not in the configuration", marker)
-	return 0
-}
 
 // ---------------------------------------------------------------------------
 // 1. Reload
@@ -327,7 +58,7 @@ func TestReloadInvalidConfigKeepsServices(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer open.Close()
-	if err := hxEchoOn(open, []byte("before"), 10*time.Second); err != nil {
+	if err := echoPayloadOn(open, []byte("before"), 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 
@@ -335,9 +66,9 @@ func TestReloadInvalidConfigKeepsServices(t *testing.T) {
 	// duration.
 	bad := strings.Replace(text, "max_connections = 100", "max_connectionz = 100", 1)
 	bad = strings.Replace(bad, `shutdown_timeout = "5s"`, `shutdown_timeout = "5 parsecs"`, 1)
-	hxRewrite(t, path, maddr, bad)
+	rewriteConfig(t, path, maddr, bad)
 	badLine := lineAt(t, bad, "max_connectionz")
-	hxReload(d, "failure", 1)
+	d.reload("failure", 1)
 	fams := d.scrape()
 	if v, _ := metric(fams, "superd_config_last_reload_successful", nil); v != 0 {
 		t.Errorf("config_last_reload_successful = %v, want 0", v)
@@ -360,11 +91,11 @@ func TestReloadInvalidConfigKeepsServices(t *testing.T) {
 	}
 
 	// Everything still runs, untouched.
-	if err := hxEchoOn(open, []byte("after a failed reload"), 10*time.Second); err != nil {
+	if err := echoPayloadOn(open, []byte("after a failed reload"), 10*time.Second); err != nil {
 		t.Fatalf("open connection after the failed reload: %v", err)
 	}
 	for _, a := range []string{changed, kept} {
-		if err := hxEchoOnce("tcp", a, []byte("new connection"), 10*time.Second); err != nil {
+		if err := echoPayload("tcp", a, []byte("new connection"), 10*time.Second); err != nil {
 			t.Fatalf("echo on %s after the failed reload: %v", a, err)
 		}
 	}
@@ -385,12 +116,12 @@ func TestReloadInvalidConfigKeepsServices(t *testing.T) {
 	}
 
 	// A later valid reload succeeds and the gauge recovers.
-	hxRewrite(t, path, maddr, text)
-	hxReload(d, "success", 1)
+	rewriteConfig(t, path, maddr, text)
+	d.reload("success", 1)
 	if v, _ := metric(d.scrape(), "superd_config_last_reload_successful", nil); v != 1 {
 		t.Errorf("config_last_reload_successful = %v after a good reload, want 1", v)
 	}
-	hxStop(d, 20*time.Second)
+	d.stop(20 * time.Second)
 }
 
 // TestReloadChangeRemoveAddKeep: a valid reload changes one service,
@@ -406,7 +137,7 @@ func TestReloadChangeRemoveAddKeep(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer open.Close()
-	if err := hxEchoOn(open, []byte("before"), 10*time.Second); err != nil {
+	if err := echoPayloadOn(open, []byte("before"), 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 
@@ -426,10 +157,10 @@ func TestReloadChangeRemoveAddKeep(t *testing.T) {
 				return
 			default:
 			}
-			err := hxEchoOnce("tcp", changed, []byte("ping "+strconv.Itoa(i)), 10*time.Second)
+			err := echoPayload("tcp", changed, []byte("ping "+strconv.Itoa(i)), 10*time.Second)
 			switch {
 			case err == nil:
-			case hxRefused(err):
+			case isRefused(err):
 				refused.Add(1)
 			case errors.Is(err, errEarlyClose):
 				early.Add(1)
@@ -456,7 +187,7 @@ func TestReloadChangeRemoveAddKeep(t *testing.T) {
 	}
 	waitIterations(50)
 
-	hxRewrite(t, path, maddr, fmt.Sprintf(`
+	rewriteConfig(t, path, maddr, fmt.Sprintf(`
 metrics { address = "METRICS" }
 shutdown_timeout = "5s"
 service "echo" "changed" {
@@ -471,7 +202,7 @@ service "qotd" "added" {
   endpoint "tcp" { address = %q }
 }
 `, changed, kept, added))
-	hxReload(d, "success", 1)
+	d.reload("success", 1)
 	waitIterations(200)
 	close(stop)
 	<-loopDone
@@ -493,7 +224,7 @@ service "qotd" "added" {
 	}
 	// The kept service was not touched: its open connection works and its
 	// factory was started once.
-	if err := hxEchoOn(open, []byte("after the reload"), 10*time.Second); err != nil {
+	if err := echoPayloadOn(open, []byte("after the reload"), 10*time.Second); err != nil {
 		t.Fatalf("kept service's open connection: %v", err)
 	}
 	if v, _ := metric(fams, "superd_factory_starts_total", map[string]string{"service": "kept"}); v != 1 {
@@ -503,11 +234,11 @@ service "qotd" "added" {
 	if v, _ := metric(fams, "superd_factory_starts_total", map[string]string{"service": "changed"}); v != 2 {
 		t.Errorf("changed: factory_starts_total = %v, want 2", v)
 	}
-	hxWaitMetric(d, "superd_factory_stops_total", map[string]string{"service": "changed"}, 10*time.Second, "1",
+	d.waitMetricUntil("superd_factory_stops_total", map[string]string{"service": "changed"}, 10*time.Second, "1",
 		func(v float64, ok bool) bool { return ok && v == 1 })
-	hxWaitMetric(d, "superd_factory_up", map[string]string{"service": "changed"}, 10*time.Second, "1",
+	d.waitMetricUntil("superd_factory_up", map[string]string{"service": "changed"}, 10*time.Second, "1",
 		func(v float64, ok bool) bool { return ok && v == 1 })
-	if err := hxEchoOnce("tcp", changed, []byte("changed still serves"), 10*time.Second); err != nil {
+	if err := echoPayload("tcp", changed, []byte("changed still serves"), 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 
@@ -515,7 +246,7 @@ service "qotd" "added" {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		c, err := net.DialTimeout("tcp", gone, 2*time.Second)
-		if err != nil && hxRefused(err) {
+		if err != nil && isRefused(err) {
 			break
 		}
 		if c != nil {
@@ -527,9 +258,9 @@ service "qotd" "added" {
 		time.Sleep(20 * time.Millisecond)
 	}
 	deadline = time.Now().Add(10 * time.Second)
-	for hxServiceSeries(d, "gone") != 0 {
+	for d.serviceSeries("gone") != 0 {
 		if time.Now().After(deadline) {
-			t.Fatalf("removed service still has %d series on /metrics", hxServiceSeries(d, "gone"))
+			t.Fatalf("removed service still has %d series on /metrics", d.serviceSeries("gone"))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -548,7 +279,7 @@ service "qotd" "added" {
 	if v, _ := metric(d.scrape(), "superd_factory_up", map[string]string{"service": "added"}); v != 1 {
 		t.Errorf("added: factory_up = %v, want 1", v)
 	}
-	hxStop(d, 20*time.Second)
+	d.stop(20 * time.Second)
 }
 
 // TestReloadSwapLosesNoConnection: many clients connect in tight loops
@@ -593,13 +324,13 @@ service "echo" "swapped" {
 					return
 				default:
 				}
-				err := hxEchoOnce(network, a, []byte(fmt.Sprintf("%s %d %d\n", network, w, i)), 10*time.Second)
+				err := echoPayload(network, a, []byte(fmt.Sprintf("%s %d %d\n", network, w, i)), 10*time.Second)
 				switch {
 				case err == nil:
 					served.Add(1)
 				case errors.Is(err, errEarlyClose):
 					early.Add(1)
-				case hxRefused(err):
+				case isRefused(err):
 					refused.Add(1)
 				default:
 					mu.Lock()
@@ -610,8 +341,8 @@ service "echo" "swapped" {
 		}()
 	}
 	for i := 1; i <= reloads; i++ {
-		hxRewrite(t, path, maddr, fmt.Sprintf(text, 1000+i, addr, sock))
-		hxReload(d, "success", float64(i))
+		rewriteConfig(t, path, maddr, fmt.Sprintf(text, 1000+i, addr, sock))
+		d.reload("success", float64(i))
 	}
 	close(stop)
 	wg.Wait()
@@ -627,9 +358,9 @@ service "echo" "swapped" {
 		}
 		t.Errorf("connection lost during a swap: %v", err)
 	}
-	hxWaitMetric(d, "superd_connections_active", map[string]string{"service": "swapped"}, 20*time.Second, "0",
+	d.waitMetricUntil("superd_connections_active", map[string]string{"service": "swapped"}, 20*time.Second, "0",
 		func(v float64, ok bool) bool { return ok && v == 0 })
-	hxStop(d, 20*time.Second)
+	d.stop(20 * time.Second)
 }
 
 // TestReloadFactoryChangeKeepsSeries: a reload keeps a service's name but
@@ -653,12 +384,12 @@ service %q "x" {
 		t.Fatal(err)
 	}
 	defer old.Close()
-	if err := hxEchoOn(old, []byte("echo"), 10*time.Second); err != nil {
+	if err := echoPayloadOn(old, []byte("echo"), 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 
-	hxRewrite(t, path, maddr, fmt.Sprintf(text, "chat", addr))
-	hxReload(d, "success", 1)
+	rewriteConfig(t, path, maddr, fmt.Sprintf(text, "chat", addr))
+	d.reload("success", 1)
 	// A chat user joins while the echo instance drains.
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -675,7 +406,7 @@ service %q "x" {
 		t.Fatalf("chat welcome: %q, %v", l, err)
 	}
 	// The echo instance is gone for good: its series go.
-	hxClosedByServer(t, old, 10*time.Second)
+	closedByServer(t, old, 10*time.Second)
 	old.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -696,7 +427,7 @@ service %q "x" {
 	if v, ok := metric(fams, "superd_chat_users", map[string]string{"service": "x"}); !ok || v != 1 {
 		t.Errorf("superd_chat_users{service=x} = %v (present %v) with alice online, want 1", v, ok)
 	}
-	hxStop(d, 20*time.Second)
+	d.stop(20 * time.Second)
 }
 
 // ---------------------------------------------------------------------------
@@ -729,11 +460,11 @@ service "echo" "e" {
 }
 `, addr))
 	cmd := exec.Command("bash", "-c", fmt.Sprintf(`ulimit -n %d && exec "$0" run -config "$1"`, limit), superdBin, path)
-	d := hxStart(t, cmd, maddr)
+	d := startCmd(t, cmd, maddr)
 	if !strings.Contains(d.stderr.String(), fmt.Sprintf("limit=%d", limit)) {
 		t.Logf("note: open-file limit line not found in the log")
 	}
-	if err := hxEchoOnce("tcp", addr, []byte("hello"), 10*time.Second); err != nil {
+	if err := echoPayload("tcp", addr, []byte("hello"), 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 
@@ -755,7 +486,7 @@ service "echo" "e" {
 	}
 	deadline := time.Now().Add(15 * time.Second)
 	for len(acceptFailures(d.stderr.String())) == 0 {
-		hxAlive(d)
+		d.requireAlive()
 		if time.Now().After(deadline) {
 			t.Fatalf("no \"accept failed\" log line with %d connections held and a limit of %d", len(clients), limit)
 		}
@@ -764,14 +495,14 @@ service "echo" "e" {
 
 	// A 2 s window: a handful of lines, little CPU, and the delay grows.
 	pid := d.cmd.Process.Pid
-	n0, cpu0 := len(acceptFailures(d.stderr.String())), hxCPUTicks(t, pid)
+	n0, cpu0 := len(acceptFailures(d.stderr.String())), cpuTicks(t, pid)
 	select {
 	case <-d.done:
-		t.Fatalf("superd died under EMFILE: %v\n%s", d.err, hxTail(d.stderr.String(), 16<<10))
+		t.Fatalf("superd died under EMFILE: %v\n%s", d.err, lastBytes(d.stderr.String(), 16<<10))
 	case <-time.After(2 * time.Second):
 	}
 	delays := acceptFailures(d.stderr.String())
-	n1, cpu1 := len(delays), hxCPUTicks(t, pid)
+	n1, cpu1 := len(delays), cpuTicks(t, pid)
 	t.Logf("accept failures: %d before the window, %d in 2 s; CPU %d ticks in 2 s; delays %v",
 		n0, n1-n0, cpu1-cpu0, delays)
 	if n1-n0 > 50 {
@@ -800,8 +531,8 @@ service "echo" "e" {
 	clients = nil
 	deadline = time.Now().Add(20 * time.Second)
 	for {
-		hxAlive(d)
-		err := hxEchoOnce("tcp", addr, []byte("served again"), 3*time.Second)
+		d.requireAlive()
+		err := echoPayload("tcp", addr, []byte("served again"), 3*time.Second)
 		if err == nil {
 			break
 		}
@@ -809,22 +540,22 @@ service "echo" "e" {
 			t.Fatalf("no connection served after the descriptors came back: %v", err)
 		}
 	}
-	hxWaitMetric(d, "superd_connections_active", map[string]string{"service": "e"}, 15*time.Second, "0",
+	d.waitMetricUntil("superd_connections_active", map[string]string{"service": "e"}, 15*time.Second, "0",
 		func(v float64, ok bool) bool { return ok && v == 0 })
 	// And stays healthy: several more in a row.
 	for i := 0; i < 10; i++ {
-		if err := hxEchoOnce("tcp", addr, []byte("again "+strconv.Itoa(i)), 5*time.Second); err != nil {
+		if err := echoPayload("tcp", addr, []byte("again "+strconv.Itoa(i)), 5*time.Second); err != nil {
 			t.Fatalf("after recovery: %v", err)
 		}
 	}
-	hxStop(d, 20*time.Second)
+	d.stop(20 * time.Second)
 }
 
 // ---------------------------------------------------------------------------
 // 3. TLS
 
 func TestTLSHandshakeRejections(t *testing.T) {
-	ca, err := endpoint.NewTestCA()
+	ca, err := testkit.NewCA()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -856,7 +587,7 @@ service "echo" "tls" {
 	if _, err := c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n\x00\x01\x02\xff\xfe")); err != nil {
 		t.Fatal(err)
 	}
-	hxClosedByServer(t, c, 10*time.Second)
+	closedByServer(t, c, 10*time.Second)
 	c.Close()
 	d.waitMetric("superd_connections_rejected_total", rejected, 1)
 
@@ -866,7 +597,7 @@ service "echo" "tls" {
 		t.Fatal(err)
 	}
 	c.Write(append([]byte{0x16, 0x03, 0x01, 0x02, 0x00}, randomBytes(t, 512)...))
-	hxClosedByServer(t, c, 10*time.Second)
+	closedByServer(t, c, 10*time.Second)
 	c.Close()
 	d.waitMetric("superd_connections_rejected_total", rejected, 2)
 
@@ -876,7 +607,7 @@ service "echo" "tls" {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	hxClosedByServer(t, c, 10*time.Second)
+	closedByServer(t, c, 10*time.Second)
 	el := time.Since(start)
 	c.Close()
 	if el < 400*time.Millisecond || el > 5*time.Second {
@@ -889,7 +620,7 @@ service "echo" "tls" {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := hxEchoOn(tc, []byte("over TLS"), 10*time.Second); err != nil {
+	if err := echoPayloadOn(tc, []byte("over TLS"), 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	tc.Close()
@@ -898,15 +629,15 @@ service "echo" "tls" {
 	if v, _ := metric(d.scrape(), "superd_connections_rejected_total", rejected); v != 3 {
 		t.Errorf("rejected{tls_handshake} = %v, want 3", v)
 	}
-	hxStop(d, 20*time.Second)
+	d.stop(20 * time.Second)
 }
 
 func TestTLSClientCertificates(t *testing.T) {
-	ca, err := endpoint.NewTestCA()
+	ca, err := testkit.NewCA()
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, err := endpoint.NewTestCA()
+	other, err := testkit.NewCA()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -950,7 +681,7 @@ service "echo" "mtls" {
 			return err // TLS 1.2: the server's refusal ends the handshake
 		}
 		defer c.Close()
-		return hxEchoOn(c, []byte("secret"), 10*time.Second) // TLS 1.3: it shows on the first read
+		return echoPayloadOn(c, []byte("secret"), 10*time.Second) // TLS 1.3: it shows on the first read
 	}
 	for _, v := range []uint16{tls.VersionTLS13, tls.VersionTLS12} {
 		if err := try(&tls.Config{MaxVersion: v}); err == nil {
@@ -969,7 +700,7 @@ service "echo" "mtls" {
 	}
 	d.waitMetric("superd_connections_total", map[string]string{"service": "mtls"}, 2)
 	d.waitMetric("superd_connections_active", map[string]string{"service": "mtls"}, 0)
-	hxStop(d, 20*time.Second)
+	d.stop(20 * time.Second)
 }
 
 // ---------------------------------------------------------------------------
@@ -1034,7 +765,7 @@ service "echo" "slow" {
 	var slowErr error
 	gotSlow := false
 	for i := 0; i < 30 || !gotSlow; i++ {
-		if err := hxEchoOn(normal, []byte("tick "+strconv.Itoa(i)+"\n"), 5*time.Second); err != nil {
+		if err := echoPayloadOn(normal, []byte("tick "+strconv.Itoa(i)+"\n"), 5*time.Second); err != nil {
 			t.Fatalf("normal client, round %d: %v", i, err)
 		}
 		rounds++
@@ -1054,7 +785,7 @@ service "echo" "slow" {
 		t.Fatalf("slow client: %v", slowErr)
 	}
 	d.waitMetric("superd_connections_dropped_total", map[string]string{"service": "slow", "reason": "idle_timeout"}, 1)
-	if err := hxEchoOn(normal, []byte("still here"), 5*time.Second); err != nil {
+	if err := echoPayloadOn(normal, []byte("still here"), 5*time.Second); err != nil {
 		t.Fatalf("normal client after the slow one was cut: %v", err)
 	}
 	normal.Close()
@@ -1063,16 +794,16 @@ service "echo" "slow" {
 		t.Errorf("connections_total = %v, want 2", v)
 	}
 	t.Logf("normal client: %d round trips", rounds)
-	hxStop(d, 20*time.Second)
+	d.stop(20 * time.Second)
 }
 
 // ---------------------------------------------------------------------------
 // 5. Rate limits
 
-// hxServedFrom dials addr from local (nil: any), sends a byte and reports
+// servedFrom dials addr from local (nil: any), sends a byte and reports
 // whether it came back (served) or the server closed the connection at
 // accept (rejected). A refused dial fails the test.
-func hxServedFrom(t *testing.T, local *net.TCPAddr, addr string) bool {
+func servedFrom(t *testing.T, local *net.TCPAddr, addr string) bool {
 	t.Helper()
 	dl := net.Dialer{Timeout: 10 * time.Second}
 	if local != nil {
@@ -1083,7 +814,7 @@ func hxServedFrom(t *testing.T, local *net.TCPAddr, addr string) bool {
 		t.Fatalf("dial %s: %v (a limit must never stop the listener)", addr, err)
 	}
 	defer c.Close()
-	err = hxEchoOn(c, []byte("?"), 10*time.Second)
+	err = echoPayloadOn(c, []byte("?"), 10*time.Second)
 	if err == nil {
 		return true
 	}
@@ -1112,12 +843,12 @@ service "echo" "rl" {
 	// The bucket starts full: burst connections pass, the next one is
 	// closed at accept.
 	for i := 0; i < 2; i++ {
-		if !hxServedFrom(t, nil, addr) {
+		if !servedFrom(t, nil, addr) {
 			t.Fatalf("connection %d of the burst was rejected", i)
 		}
 	}
 	start := time.Now()
-	if hxServedFrom(t, nil, addr) {
+	if servedFrom(t, nil, addr) {
 		t.Fatal("the connection after the burst was served")
 	}
 	d.waitMetric("superd_connections_rejected_total", labels, 1)
@@ -1125,7 +856,7 @@ service "echo" "rl" {
 	// The listener keeps accepting (and closing) until a token is back,
 	// then serves again: one token every 2 s.
 	attempts := 0
-	for !hxServedFrom(t, nil, addr) {
+	for !servedFrom(t, nil, addr) {
 		attempts++
 		if time.Since(start) > 15*time.Second {
 			t.Fatal("never served again after the bucket refilled")
@@ -1137,12 +868,12 @@ service "echo" "rl" {
 	if el < time.Second {
 		t.Errorf("served again after %v: the bucket refilled faster than 0.5/s", el)
 	}
-	v := hxWaitMetric(d, "superd_connections_rejected_total", labels, 10*time.Second,
+	v := d.waitMetricUntil("superd_connections_rejected_total", labels, 10*time.Second,
 		fmt.Sprint(1+attempts), func(v float64, ok bool) bool { return ok && v == float64(1+attempts) })
 	if total, _ := metric(d.scrape(), "superd_connections_total", map[string]string{"service": "rl"}); total != 3 {
 		t.Errorf("connections_total = %v, want 3 (rejected: %v)", total, v)
 	}
-	hxStop(d, 20*time.Second)
+	d.stop(20 * time.Second)
 }
 
 func TestRateLimitPerIPAtAccept(t *testing.T) {
@@ -1163,12 +894,12 @@ service "echo" "rlip" {
 	two := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}
 
 	for i := 0; i < 2; i++ {
-		if !hxServedFrom(t, one, addr) {
+		if !servedFrom(t, one, addr) {
 			t.Fatalf("connection %d of the burst was rejected", i)
 		}
 	}
 	start := time.Now()
-	if hxServedFrom(t, one, addr) {
+	if servedFrom(t, one, addr) {
 		t.Fatal("the connection after the burst was served")
 	}
 	d.waitMetric("superd_connections_rejected_total", labels, 1)
@@ -1179,14 +910,14 @@ service "echo" "rlip" {
 	} else {
 		ln.Close()
 		for i := 0; i < 2; i++ {
-			if !hxServedFrom(t, two, addr) {
+			if !servedFrom(t, two, addr) {
 				t.Fatalf("127.0.0.2: connection %d was rejected although its bucket is full", i)
 			}
 		}
 	}
 
 	attempts := 0
-	for !hxServedFrom(t, one, addr) {
+	for !servedFrom(t, one, addr) {
 		attempts++
 		if time.Since(start) > 15*time.Second {
 			t.Fatal("never served again after the bucket refilled")
@@ -1198,10 +929,10 @@ service "echo" "rlip" {
 	if el < time.Second {
 		t.Errorf("served again after %v: the bucket refilled faster than 0.5/s", el)
 	}
-	hxWaitMetric(d, "superd_connections_rejected_total", labels, 10*time.Second, ">= 1+attempts",
-		hxAtLeast(float64(1+attempts)))
+	d.waitMetricUntil("superd_connections_rejected_total", labels, 10*time.Second, ">= 1+attempts",
+		atLeast(float64(1+attempts)))
 	if v, _ := metric(d.scrape(), "superd_connections_rejected_total", map[string]string{"service": "rlip", "reason": "rate_limit"}); v != 0 {
 		t.Errorf("rejected{rate_limit} = %v, want 0", v)
 	}
-	hxStop(d, 20*time.Second)
+	d.stop(20 * time.Second)
 }

@@ -71,7 +71,7 @@ service "echo" "e" {
 `, freeAddr(t)))
 	cmd := exec.Command(superdBin, "run", "-config", path)
 	cmd.Env = append(os.Environ(), append([]string{"NOTIFY_SOCKET=" + ns.addr}, env...)...)
-	return hxStart(t, cmd, metrics), path
+	return startCmd(t, cmd, metrics), path
 }
 
 // READY=1 once serving, RELOADING=1 with MONOTONIC_USEC then READY=1 around

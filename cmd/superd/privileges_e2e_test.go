@@ -87,7 +87,7 @@ service "echo" "low" {
 	}
 
 	port2 := lowPort(t, port)
-	hxRewrite(t, path, metrics, text+fmt.Sprintf(`
+	rewriteConfig(t, path, metrics, text+fmt.Sprintf(`
 service "echo" "low2" {
   endpoint "tcp" { address = "127.0.0.1:%d" }
 }

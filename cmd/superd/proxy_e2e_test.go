@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/superd-dev/superd/endpoint"
+	"github.com/superd-dev/superd/internal/testkit"
 )
 
 // TestProxyE2E: one superd serves echo over tcp and over tls (a
@@ -27,7 +27,7 @@ import (
 // as dropped{reason="upstream"}.
 func TestProxyE2E(t *testing.T) {
 	dir := t.TempDir()
-	ca, err := endpoint.NewTestCA()
+	ca, err := testkit.NewCA()
 	if err != nil {
 		t.Fatal(err)
 	}

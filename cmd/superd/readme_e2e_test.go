@@ -256,7 +256,7 @@ func startExamples(t *testing.T) *readmeEnv {
 	d := startDaemon(t, path, metrics)
 	t.Cleanup(func() {
 		if !t.Failed() {
-			hxStop(d, 15*time.Second)
+			d.stop(15 * time.Second)
 		}
 	})
 	return e

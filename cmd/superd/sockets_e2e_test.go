@@ -278,7 +278,7 @@ service "echo" "abstract" {
 	wd := t.TempDir()
 	cmd := exec.Command(superdBin, "run", "-config", path)
 	cmd.Dir = wd
-	d := hxStart(t, cmd, metrics)
+	d := startCmd(t, cmd, metrics)
 	if err := echoOnce("unix", name, "abstract"); err != nil {
 		t.Fatal(err)
 	}
@@ -346,7 +346,7 @@ service "echo" "abstract" {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}()
-	d := hxStart(t, cmd, metrics)
+	d := startCmd(t, cmd, metrics)
 	if err := <-first; err != nil {
 		t.Fatal(err)
 	}
@@ -421,7 +421,7 @@ service "echo" "u" {
 			time.Sleep(50 * time.Millisecond)
 		}
 	})
-	d := hxStart(t, cmd, metrics)
+	d := startCmd(t, cmd, metrics)
 	close(started)
 	woke.Wait()
 	if !strings.Contains(d.stderr.String(), "endpoint uses a socket passed by the service manager") {
@@ -475,7 +475,7 @@ service "echo" "e" {
 			time.Sleep(20 * time.Millisecond)
 		}
 	})
-	d := hxStart(t, cmd, metrics)
+	d := startCmd(t, cmd, metrics)
 	woke.Wait()
 	defer func() {
 		d.signal(syscall.SIGTERM)

@@ -105,7 +105,7 @@ service "exec" "x" {
 	if _, err := xc.Read(make([]byte, 3)); err != nil {
 		t.Fatal(err)
 	}
-	hxRewrite(t, path, metrics, strings.Replace(text("one"), "max_connections = 5", "max_connections = 6", 1))
+	rewriteConfig(t, path, metrics, strings.Replace(text("one"), "max_connections = 5", "max_connections = 6", 1))
 	d.signal(syscall.SIGHUP)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -130,7 +130,7 @@ service "exec" "x" {
 	}
 
 	// A failed reload: the generation stays, the error is reported.
-	hxRewrite(t, path, metrics, "service {")
+	rewriteConfig(t, path, metrics, "service {")
 	d.signal(syscall.SIGHUP)
 	deadline = time.Now().Add(10 * time.Second)
 	for {

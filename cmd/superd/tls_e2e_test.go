@@ -52,7 +52,7 @@ func tlsServed(t *testing.T, addr string, conf *tls.Config) (*x509.Certificate, 
 	if err != nil {
 		t.Fatalf("TLS to %s (SNI %q): %v", addr, conf.ServerName, err)
 	}
-	if err := hxEchoOn(c, []byte("hello over TLS"), 10*time.Second); err != nil {
+	if err := echoPayloadOn(c, []byte("hello over TLS"), 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	return c.ConnectionState().PeerCertificates[0], c
@@ -165,7 +165,7 @@ service "echo" "names" {
 			}
 		}
 	})
-	hxStop(d, 20*time.Second)
+	d.stop(20 * time.Second)
 
 	// validate: both forms in one endpoint, and an endpoint with none.
 	bad, _ := writeConfig(t, fmt.Sprintf(`service "echo" "e" {
@@ -235,11 +235,11 @@ service "echo" "tls" {
 	// Renewed in place: same paths, new contents (a day older, so its
 	// NotAfter differs).
 	renewed := tlsPair(t, certFile, keyFile, now.Add(-24*time.Hour), "127.0.0.1")
-	hxReload(d, "success", 1)
+	d.reload("success", 1)
 	if got := serial(); got != renewed.SerialNumber.String() {
 		t.Fatalf("after the reload a new handshake got serial %s, want the renewed %s", got, renewed.SerialNumber)
 	}
-	if err := hxEchoOn(old, []byte("still here"), 10*time.Second); err != nil {
+	if err := echoPayloadOn(old, []byte("still here"), 10*time.Second); err != nil {
 		t.Fatalf("the connection opened before the reload: %v", err)
 	}
 	if got := old.ConnectionState().PeerCertificates[0].SerialNumber; got.Cmp(first.SerialNumber) != 0 {
@@ -255,7 +255,7 @@ service "echo" "tls" {
 	}
 	logs := d.stderr.String()
 	if strings.Contains(logs, "service replaced") || !strings.Contains(logs, "certificates reloaded") {
-		t.Errorf("log: want \"certificates reloaded\" and no \"service replaced\":\n%s", hxTail(logs, 4<<10))
+		t.Errorf("log: want \"certificates reloaded\" and no \"service replaced\":\n%s", lastBytes(logs, 4<<10))
 	}
 	// A verifying client that trusts only the renewed certificate.
 	_, c := tlsServed(t, addr, &tls.Config{ServerName: "127.0.0.1", RootCAs: pool(renewed)})
@@ -266,7 +266,7 @@ service "echo" "tls" {
 	if err := os.WriteFile(certFile, []byte("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	hxReload(d, "failure", 1)
+	d.reload("failure", 1)
 	d.waitMetric("superd_config_last_reload_successful", nil, 0)
 	if st := getStatus(t, maddr, false); st.LastReload == nil || st.LastReload.Result != "failure" || !strings.Contains(st.LastReload.Error, "server.crt") {
 		t.Errorf("status last_reload = %+v, want a failure naming server.crt", st.LastReload)
@@ -274,7 +274,7 @@ service "echo" "tls" {
 	if got := serial(); got != renewed.SerialNumber.String() {
 		t.Errorf("after the failed reload a new handshake got serial %s, want the renewed %s", got, renewed.SerialNumber)
 	}
-	if err := hxEchoOn(old, []byte("and still"), 10*time.Second); err != nil {
+	if err := echoPayloadOn(old, []byte("and still"), 10*time.Second); err != nil {
 		t.Fatalf("the connection opened before: %v", err)
 	}
 	if v, _ := metric(d.scrape(), "superd_tls_certificate_expiry_timestamp_seconds", expiry); v != float64(renewed.NotAfter.Unix()) {
@@ -284,14 +284,14 @@ service "echo" "tls" {
 	// Other paths: the service is replaced, as for any other change.
 	otherCert, otherKey := filepath.Join(dir, "other.crt"), filepath.Join(dir, "other.key")
 	other := tlsPair(t, otherCert, otherKey, now, "127.0.0.1")
-	hxRewrite(t, path, maddr, config(otherCert, otherKey))
-	hxReload(d, "success", 2)
+	rewriteConfig(t, path, maddr, config(otherCert, otherKey))
+	d.reload("success", 2)
 	d.waitMetric("superd_factory_starts_total", svc, 2)
 	if got := serial(); got != other.SerialNumber.String() {
 		t.Errorf("after the new paths a new handshake got serial %s, want %s", got, other.SerialNumber)
 	}
 	old.Close()
-	hxStop(d, 20*time.Second)
+	d.stop(20 * time.Second)
 }
 
 // examples.hcl's service with two names serves each its certificate (as

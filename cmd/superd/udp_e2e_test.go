@@ -15,25 +15,6 @@ import (
 	"time"
 )
 
-// udpFreeAddr returns a loopback address with a udp port that was free a
-// moment ago and was never handed out before.
-func udpFreeAddr(t *testing.T) string {
-	t.Helper()
-	for range 1000 {
-		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := pc.LocalAddr().String()
-		pc.Close()
-		if _, dup := handedOut.LoadOrStore("udp/"+addr, true); !dup {
-			return addr
-		}
-	}
-	t.Fatal("no udp port that was not handed out already")
-	return ""
-}
-
 // /metrics with a udp service configured passes `promtool check metrics`.
 func TestMetricsWithUDPPassPromtool(t *testing.T) {
 	promtool, err := exec.LookPath("promtool")
@@ -94,7 +75,7 @@ service "echo" "echo" {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Errorf("promtool check metrics: %v\n%s", err, out)
 	}
-	hxStop(d, 15*time.Second)
+	d.stop(15 * time.Second)
 }
 
 // echo with a tcp and a udp endpoint: the default per-source limit of its
@@ -109,7 +90,7 @@ service "echo" "echo" {
 `)
 	d := startDaemon(t, path, metricsAddr)
 	for i := range 40 {
-		if err := hxEchoOnce("tcp", tcpAddr, []byte("x"), 10*time.Second); err != nil {
+		if err := echoPayload("tcp", tcpAddr, []byte("x"), 10*time.Second); err != nil {
 			t.Fatalf("connection %d: %v", i+1, err)
 		}
 	}
@@ -125,5 +106,5 @@ service "echo" "echo" {
 		c.Write([]byte("d"))
 	}
 	d.waitMetric("superd_datagrams_dropped_total", map[string]string{"service": "echo", "reason": "rate_limit_per_ip"}, 5)
-	hxStop(d, 15*time.Second)
+	d.stop(15 * time.Second)
 }

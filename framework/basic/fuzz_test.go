@@ -78,11 +78,11 @@ func runLine(t *testing.T, model bool, harness string, delim []byte, maxLen int,
 	}
 	api := r.(lineAPI)
 	for i, c := range chunks {
-		if tr.closed() {
+		if closed(tr) {
 			break
 		}
 		r.DataReceived(c)
-		if len(ctl) > 0 && ctl[i%len(ctl)]&0x80 != 0 && !tr.closed() {
+		if len(ctl) > 0 && ctl[i%len(ctl)]&0x80 != 0 && !closed(tr) {
 			api.ResumeProducing()
 		}
 	}
@@ -100,12 +100,12 @@ func compareRuns(t *testing.T, what string, got, want lineRun) {
 	if !equalMessages(got.out.cleared, want.out.cleared) {
 		t.Fatalf("%s: cleared %s, want %s", what, short(got.out.cleared), short(want.out.cleared))
 	}
-	if got.tr.lost != want.tr.lost || got.tr.pauses != want.tr.pauses || got.tr.resumes != want.tr.resumes {
+	if got.tr.Lost() != want.tr.Lost() || got.tr.Pauses() != want.tr.Pauses() || got.tr.Resumes() != want.tr.Resumes() {
 		t.Fatalf("%s: transport lost/pauses/resumes %d/%d/%d, want %d/%d/%d", what,
-			got.tr.lost, got.tr.pauses, got.tr.resumes, want.tr.lost, want.tr.pauses, want.tr.resumes)
+			got.tr.Lost(), got.tr.Pauses(), got.tr.Resumes(), want.tr.Lost(), want.tr.Pauses(), want.tr.Resumes())
 	}
-	if !bytes.Equal(got.tr.written(), want.tr.written()) {
-		t.Fatalf("%s: written %q, want %q", what, got.tr.written(), want.tr.written())
+	if !bytes.Equal(got.tr.Written(), want.tr.Written()) {
+		t.Fatalf("%s: written %q, want %q", what, got.tr.Written(), want.tr.Written())
 	}
 	if !bytes.Equal(got.rest, want.rest) || got.paused != want.paused {
 		t.Fatalf("%s: left %q (paused %v), want %q (paused %v)", what, got.rest, got.paused, want.rest, want.paused)
@@ -138,21 +138,21 @@ func FuzzLineReceiver(f *testing.F) {
 			one := runLine(t, false, harness, delim, maxLen, [][]byte{data}, nil)
 			bytewise := runLine(t, false, harness, delim, maxLen, splitFixed(data, 1), nil)
 			for _, r := range []lineRun{one, bytewise} {
-				if !equalMessages(r.out.messages, got.out.messages) || r.tr.closed() != got.tr.closed() {
+				if !equalMessages(r.out.messages, got.out.messages) || closed(r.tr) != closed(got.tr) {
 					t.Fatalf("chunking changed the result: %s/%v vs %s/%v",
-						short(r.out.messages), r.tr.closed(), short(got.out.messages), got.tr.closed())
+						short(r.out.messages), closed(r.tr), short(got.out.messages), closed(got.tr))
 				}
 			}
 			// Re-encoding the lines gives back the input they came from.
-			if !got.tr.closed() {
+			if !closed(got.tr) {
 				r := &LineReceiver{Delimiter: delim}
 				tr := &fakeTransport{}
 				r.Init(tr, &lineCollect{})
 				for _, m := range got.out.messages {
 					r.SendLine(m)
 				}
-				if !bytes.HasPrefix(data, tr.written()) {
-					t.Fatalf("re-encoded lines %q are not a prefix of the input", tr.written())
+				if !bytes.HasPrefix(data, tr.Written()) {
+					t.Fatalf("re-encoded lines %q are not a prefix of the input", tr.Written())
 				}
 			}
 		}
@@ -188,8 +188,8 @@ func FuzzLineOnlyReceiver(f *testing.F) {
 			t.Fatalf("messages %s exceeded %s, model %s %s", short(outs[0].messages), short(outs[0].exceeded),
 				short(outs[1].messages), short(outs[1].exceeded))
 		}
-		if trs[0].lost != trs[1].lost {
-			t.Fatalf("LoseConnection calls %d, model %d", trs[0].lost, trs[1].lost)
+		if trs[0].Lost() != trs[1].Lost() {
+			t.Fatalf("LoseConnection calls %d, model %d", trs[0].Lost(), trs[1].Lost())
 		}
 	})
 }
@@ -218,9 +218,9 @@ func FuzzNetstringReceiver(f *testing.F) {
 				t.Fatal(err)
 			}
 			feedChunks(r, tr, chunks)
-			if !equalMessages(out.messages, wantMsgs) || tr.closed() != wantBad {
+			if !equalMessages(out.messages, wantMsgs) || closed(tr) != wantBad {
 				t.Fatalf("%d chunks: %s closed %v, model %s closed %v",
-					len(chunks), short(out.messages), tr.closed(), short(wantMsgs), wantBad)
+					len(chunks), short(out.messages), closed(tr), short(wantMsgs), wantBad)
 			}
 		}
 		// Round trip: the encoding of what was parsed is the input's prefix,
@@ -231,14 +231,14 @@ func FuzzNetstringReceiver(f *testing.F) {
 		for _, m := range wantMsgs {
 			sender.SendString(m)
 		}
-		enc := str.written()
+		enc := str.Written()
 		if !bytes.HasPrefix(data, enc) {
 			t.Fatalf("re-encoded %q is not a prefix of the input", enc)
 		}
 		r, tr, out, _ := build("NetstringReceiver", "collect", nil, maxLen, false)
 		r.DataReceived(enc)
-		if !equalMessages(out.messages, wantMsgs) || tr.closed() {
-			t.Fatalf("re-encoded strings parse to %s (closed %v)", short(out.messages), tr.closed())
+		if !equalMessages(out.messages, wantMsgs) || closed(tr) {
+			t.Fatalf("re-encoded strings parse to %s (closed %v)", short(out.messages), closed(tr))
 		}
 	})
 }
@@ -279,25 +279,25 @@ func fuzzIntN[P uint8 | uint16 | uint32](t *testing.T, sender *IntNStringReceive
 			t.Fatal(err)
 		}
 		feedChunks(r, tr, chunks)
-		if !equalMessages(out.messages, wantMsgs) || tr.closed() != wantOver {
+		if !equalMessages(out.messages, wantMsgs) || closed(tr) != wantOver {
 			t.Fatalf("%d chunks: %s closed %v, model %s closed %v",
-				len(chunks), short(out.messages), tr.closed(), short(wantMsgs), wantOver)
+				len(chunks), short(out.messages), closed(tr), short(wantMsgs), wantOver)
 		}
 
 		r, tr, out, _ = build(protocol, "pause_each", nil, maxLen, false)
 		p := r.(*IntNStringReceiver[P])
 		for _, c := range chunks {
-			if tr.closed() {
+			if closed(tr) {
 				break
 			}
 			p.DataReceived(c)
-			for p.Paused() && !tr.closed() {
+			for p.Paused() && !closed(tr) {
 				p.ResumeProducing()
 			}
 		}
-		if !equalMessages(out.messages, wantMsgs) || tr.closed() != wantOver {
+		if !equalMessages(out.messages, wantMsgs) || closed(tr) != wantOver {
 			t.Fatalf("pausing, %d chunks: %s closed %v, model %s closed %v",
-				len(chunks), short(out.messages), tr.closed(), short(wantMsgs), wantOver)
+				len(chunks), short(out.messages), closed(tr), short(wantMsgs), wantOver)
 		}
 	}
 	str := &fakeTransport{}
@@ -307,13 +307,13 @@ func fuzzIntN[P uint8 | uint16 | uint32](t *testing.T, sender *IntNStringReceive
 			t.Fatal(err)
 		}
 	}
-	enc := str.written()
+	enc := str.Written()
 	if !bytes.HasPrefix(data, enc) {
 		t.Fatalf("re-encoded %q is not a prefix of the input", enc)
 	}
 	r, tr, out, _ := build(protocol, "collect", nil, maxLen, false)
 	r.DataReceived(enc)
-	if !equalMessages(out.messages, wantMsgs) || tr.closed() {
-		t.Fatalf("re-encoded strings parse to %s (closed %v)", short(out.messages), tr.closed())
+	if !equalMessages(out.messages, wantMsgs) || closed(tr) {
+		t.Fatalf("re-encoded strings parse to %s (closed %v)", short(out.messages), closed(tr))
 	}
 }

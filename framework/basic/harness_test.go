@@ -106,7 +106,10 @@ func (h *lineTester) LineReceived(line []byte) {
 		}
 		h.length = n
 	case len(s) >= 7 && s[:7] == "produce":
-		_ = h.tr.RegisterProducer(h.api)
+		// A pull producer, as Twisted has it: resumed once registered.
+		if h.tr.RegisterProducer(h.api) == nil {
+			h.api.ResumeProducing()
+		}
 	case len(s) >= 9 && s[:9] == "unproduce":
 		h.tr.UnregisterProducer()
 	}
@@ -323,7 +326,7 @@ func buildIntN[P uint8 | uint16 | uint32](r *IntNStringReceiver[P], harness stri
 // (the vectors' feeding rule).
 func feedChunks(r receiver, tr *fakeTransport, chunks [][]byte) {
 	for _, c := range chunks {
-		if tr.closed() {
+		if closed(tr) {
 			return
 		}
 		r.DataReceived(c)

@@ -38,11 +38,11 @@ func TestEmbeddedLineReceiverIsAProtocol(t *testing.T) {
 	p.DataReceived([]byte("ice\r\n"))
 	p.ConnectionLost(framework.ErrConnectionDone)
 	want := "What's your name?\r\nWelcome, bob\r\nWelcome, alice\r\n"
-	if got := string(tr.written()); got != want {
+	if got := string(tr.Written()); got != want {
 		t.Errorf("wrote %q, want %q", got, want)
 	}
-	if len(tr.writes) != 3 {
-		t.Errorf("%d writes, want one per line", len(tr.writes))
+	if len(tr.Writes()) != 3 {
+		t.Errorf("%d writes, want one per line", len(tr.Writes()))
 	}
 }
 
@@ -59,7 +59,7 @@ func TestSettingsBeforeAndAfterInit(t *testing.T) {
 	if !equalMessages(out.messages, want) {
 		t.Errorf("messages %q, want %q", out.messages, want)
 	}
-	if !tr.closed() {
+	if !closed(tr) {
 		t.Error("line over the new MaxLength did not close")
 	}
 }
@@ -125,7 +125,7 @@ func TestPauseResumeDrivesTransport(t *testing.T) {
 	r := &LineReceiver{}
 	r.Init(tr, &lineCollect{out: out, tr: tr})
 	r.PauseProducing()
-	if !tr.paused || !r.Paused() {
+	if !tr.Paused() || !r.Paused() {
 		t.Fatal("PauseProducing did not pause receiver and transport")
 	}
 	r.DataReceived([]byte("a\r\nb\r\n"))
@@ -133,7 +133,7 @@ func TestPauseResumeDrivesTransport(t *testing.T) {
 		t.Fatalf("delivered %q while paused", out.messages)
 	}
 	r.ResumeProducing()
-	if tr.paused || r.Paused() || tr.resumes != 1 {
+	if tr.Paused() || r.Paused() || tr.Resumes() != 1 {
 		t.Fatal("ResumeProducing did not resume receiver and transport")
 	}
 	if len(out.messages) != 2 {
@@ -147,7 +147,7 @@ func TestStopProducingIsFinal(t *testing.T) {
 	r := &Int8StringReceiver{}
 	r.Init(tr, &stringCollect{out: out, tr: tr})
 	r.StopProducing()
-	if !tr.closed() || !r.Paused() {
+	if !closed(tr) || !r.Paused() {
 		t.Fatal("StopProducing did not pause and close")
 	}
 	r.DataReceived([]byte("\x01a"))
@@ -295,7 +295,7 @@ func TestIntNOverflowDropsBuffer(t *testing.T) {
 	if !equalMessages(out.messages, want) || len(out.exceededLengths) != 1 || out.exceededLengths[0] != 11 {
 		t.Errorf("messages %q, exceeded %v; want %q, [11]", out.messages, out.exceededLengths, want)
 	}
-	if tr.closed() {
+	if closed(tr) {
 		t.Error("closed although the hook does not close")
 	}
 }
@@ -306,12 +306,12 @@ func TestNetstringStaysBroken(t *testing.T) {
 	r := &NetstringReceiver{}
 	r.Init(tr, &stringCollect{out: out, tr: tr})
 	r.DataReceived([]byte("1:a,x"))
-	if !r.Broken() || tr.lost != 1 {
-		t.Fatalf("broken %v, LoseConnection calls %d", r.Broken(), tr.lost)
+	if !r.Broken() || tr.Lost() != 1 {
+		t.Fatalf("broken %v, LoseConnection calls %d", r.Broken(), tr.Lost())
 	}
 	r.DataReceived([]byte("1:b,"))
-	if len(out.messages) != 1 || tr.lost != 2 {
-		t.Errorf("after the error: messages %q, LoseConnection calls %d (want [a], 2)", out.messages, tr.lost)
+	if len(out.messages) != 1 || tr.Lost() != 2 {
+		t.Errorf("after the error: messages %q, LoseConnection calls %d (want [a], 2)", out.messages, tr.Lost())
 	}
 	// Init starts over.
 	r.Init(tr, &stringCollect{out: out, tr: tr})
@@ -327,7 +327,7 @@ func TestNetstringHugeMaxLength(t *testing.T) {
 		r := &NetstringReceiver{MaxLength: math.MaxInt}
 		r.Init(tr, &stringCollect{out: &outcome{}, tr: tr})
 		r.DataReceived([]byte(in)) // must not overflow or try to allocate
-		if !tr.closed() {
+		if !closed(tr) {
 			t.Errorf("%s: not refused", in)
 		}
 	}
@@ -370,25 +370,13 @@ func TestSendStringTooLong(t *testing.T) {
 	if !errors.Is(err, ErrStringTooLong) || !strings.Contains(err.Error(), "65535") {
 		t.Errorf("error %v", err)
 	}
-	if len(tr.writes) != 0 {
+	if len(tr.Writes()) != 0 {
 		t.Error("wrote something")
 	}
 }
 
-// lockedTransport is a fakeTransport safe for concurrent writers.
-type lockedTransport struct {
-	fakeTransport
-	mu sync.Mutex
-}
-
-func (t *lockedTransport) Write(b []byte) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.fakeTransport.Write(b)
-}
-
 func TestConcurrentSendsKeepFramesWhole(t *testing.T) {
-	tr := &lockedTransport{}
+	tr := &fakeTransport{} // safe for concurrent writers
 	lr := &LineReceiver{}
 	lr.Init(tr, &lineCollect{})
 	ns := &NetstringReceiver{}
@@ -409,7 +397,7 @@ func TestConcurrentSendsKeepFramesWhole(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	for _, w := range tr.writes {
+	for _, w := range tr.Writes() {
 		body := w
 		switch {
 		case bytes.HasSuffix(w, []byte("\r\n")):
@@ -423,13 +411,13 @@ func TestConcurrentSendsKeepFramesWhole(t *testing.T) {
 			t.Fatalf("torn frame %q", w)
 		}
 	}
-	if len(tr.writes) != 8*200*3 {
-		t.Errorf("%d writes, want %d", len(tr.writes), 8*200*3)
+	if len(tr.Writes()) != 8*200*3 {
+		t.Errorf("%d writes, want %d", len(tr.Writes()), 8*200*3)
 	}
 }
 
-// nopTransport discards everything, so that allocation counts measure the
-// receivers alone.
+// nopTransport discards everything, at no cost, so that allocation counts
+// and benchmarks measure the receivers alone.
 type nopTransport struct{ fakeTransport }
 
 func (*nopTransport) Write([]byte) {}

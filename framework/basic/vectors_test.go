@@ -185,7 +185,7 @@ func runEvents(t *testing.T, v *decodeVector) {
 	for i, ev := range v.Events {
 		switch ev.Op {
 		case "data":
-			if !tr.closed() {
+			if !closed(tr) {
 				r.DataReceived(ev.Data)
 			}
 		case "resume":
@@ -199,12 +199,12 @@ func runEvents(t *testing.T, v *decodeVector) {
 					t.Fatalf("event %d: paused %v, want %v", i, got, *ev.Paused)
 				}
 				// The receiver pauses and resumes its transport with it.
-				if tr.paused != *ev.Paused {
-					t.Fatalf("event %d: transport paused %v, want %v", i, tr.paused, *ev.Paused)
+				if tr.Paused() != *ev.Paused {
+					t.Fatalf("event %d: transport paused %v, want %v", i, tr.Paused(), *ev.Paused)
 				}
 			}
-			if ev.Closed != nil && tr.closed() != *ev.Closed {
-				t.Fatalf("event %d: closed %v, want %v", i, tr.closed(), *ev.Closed)
+			if ev.Closed != nil && closed(tr) != *ev.Closed {
+				t.Fatalf("event %d: closed %v, want %v", i, closed(tr), *ev.Closed)
 			}
 		default:
 			t.Fatalf("unknown event op %q", ev.Op)
@@ -218,8 +218,8 @@ func checkOutcome(t *testing.T, chunking string, want *vectorExpect, out *outcom
 	if !equalMessages(out.messages, want.Messages) {
 		t.Errorf("%s: messages %s, want %s", chunking, short(out.messages), short(want.Messages))
 	}
-	if tr.closed() != want.Closed {
-		t.Errorf("%s: closed %v, want %v", chunking, tr.closed(), want.Closed)
+	if closed(tr) != want.Closed {
+		t.Errorf("%s: closed %v, want %v", chunking, closed(tr), want.Closed)
 	}
 	if !equalMessages(out.exceeded, want.Exceeded) {
 		t.Errorf("%s: exceeded %s, want %s", chunking, short(out.exceeded), short(want.Exceeded))
@@ -306,8 +306,8 @@ func TestEncodeVectors(t *testing.T) {
 				if !errors.Is(err, ErrStringTooLong) {
 					t.Errorf("error %v, want ErrStringTooLong", err)
 				}
-				if len(tr.writes) != 0 {
-					t.Errorf("%d writes after an error, want none", len(tr.writes))
+				if len(tr.Writes()) != 0 {
+					t.Errorf("%d writes after an error, want none", len(tr.Writes()))
 				}
 				return
 			}
@@ -315,11 +315,11 @@ func TestEncodeVectors(t *testing.T) {
 				t.Fatalf("unexpected error %v", err)
 			}
 			want := slices.Concat(v.Expect.Prefix, payload, v.Expect.Suffix)
-			if len(tr.writes) != 1 {
-				t.Fatalf("%d writes, want exactly 1", len(tr.writes))
+			if len(tr.Writes()) != 1 {
+				t.Fatalf("%d writes, want exactly 1", len(tr.Writes()))
 			}
-			if !bytes.Equal(tr.writes[0], want) {
-				t.Errorf("wrote %s, want %s", short([][]byte{tr.writes[0]}), short([][]byte{want}))
+			if !bytes.Equal(tr.Writes()[0], want) {
+				t.Errorf("wrote %s, want %s", short([][]byte{tr.Writes()[0]}), short([][]byte{want}))
 			}
 		})
 	}
@@ -360,7 +360,7 @@ func TestDecodeVectorsMatchModels(t *testing.T) {
 				for _, ev := range v.Events {
 					switch ev.Op {
 					case "data":
-						if !tr.closed() {
+						if !closed(tr) {
 							r.DataReceived(ev.Data)
 						}
 					case "resume":

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/framework/frameworktest"
 	"github.com/superd-dev/superd/services/internal/servicetest"
 )
 
@@ -192,40 +193,36 @@ func TestStreamNonReader(t *testing.T) {
 	<-s.Done
 }
 
-// fakeTransport is a framework.Transport that checks what it is given
-// against the pattern as it arrives (keeping nothing) and, as the
-// framework does, pauses its producer from inside Write every few chunks.
-type fakeTransport struct {
-	framework.Transport // nil: calling anything not below panics
+// patternChecker checks what a transport is given against the pattern as
+// it arrives (keeping nothing) and, as the framework does, pauses the
+// producer from inside Write every few chunks.
+type patternChecker struct {
+	tr *frameworktest.Transport
 
-	mu       sync.Mutex
-	producer framework.Producer
-	off      int // bytes received so far
-	bad      error
-	writes   int
-	gone     bool
+	mu     sync.Mutex
+	off    int // bytes received so far
+	bad    error
+	writes int
 }
 
-func (f *fakeTransport) RegisterProducer(p framework.Producer) error { f.producer = p; return nil }
+func newPatternChecker() *patternChecker {
+	c := &patternChecker{tr: &frameworktest.Transport{Discard: true}}
+	c.tr.OnWrite = c.write
+	return c
+}
 
-func (f *fakeTransport) Write(b []byte) {
-	f.mu.Lock()
-	if f.bad == nil && !bytes.Equal(b, pattern[f.off%period:f.off%period+len(b)]) {
-		f.bad = fmt.Errorf("write %d at offset %d: not the pattern", f.writes, f.off)
+func (c *patternChecker) write(b []byte) {
+	c.mu.Lock()
+	if c.bad == nil && !bytes.Equal(b, pattern[c.off%period:c.off%period+len(b)]) {
+		c.bad = fmt.Errorf("write %d at offset %d: not the pattern", c.writes, c.off)
 	}
-	f.off += len(b)
-	f.writes++
-	pause := f.writes%3 == 0
-	f.mu.Unlock()
+	c.off += len(b)
+	c.writes++
+	pause := c.writes%3 == 0
+	c.mu.Unlock()
 	if pause {
-		f.producer.PauseProducing()
+		c.tr.Producer().PauseProducing()
 	}
-}
-
-func (f *fakeTransport) Disconnecting() bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.gone
 }
 
 // TestProducerConcurrency: pauses, resumes and a stop arrive from several
@@ -234,9 +231,9 @@ func (f *fakeTransport) Disconnecting() bool {
 // the race detector finds nothing, and after StopProducing nothing is
 // written.
 func TestProducerConcurrency(t *testing.T) {
-	f := &fakeTransport{}
+	f := newPatternChecker()
 	p := new(Chargen)
-	p.ConnectionMade(f)
+	p.ConnectionMade(f.tr)
 	var wg sync.WaitGroup
 	for g := range 4 {
 		wg.Add(1)
@@ -268,11 +265,9 @@ func TestProducerConcurrency(t *testing.T) {
 	}
 	// A connection that is going away stops the producer by itself.
 	q := new(Chargen)
-	g := &fakeTransport{}
-	q.ConnectionMade(g)
-	g.mu.Lock()
-	g.gone = true
-	g.mu.Unlock()
+	g := newPatternChecker()
+	q.ConnectionMade(g.tr)
+	g.tr.LoseConnection()
 	q.ResumeProducing()
 	if _, producing, stopped := q.state(); producing || !stopped {
 		t.Fatalf("after Disconnecting: producing %v, stopped %v", producing, stopped)

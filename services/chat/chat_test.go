@@ -1,11 +1,8 @@
 package chat
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"net"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -15,20 +12,9 @@ import (
 	"github.com/superd-dev/superd/config"
 	"github.com/superd-dev/superd/framework"
 	"github.com/superd-dev/superd/framework/basic"
+	"github.com/superd-dev/superd/framework/frameworktest"
 	"github.com/superd-dev/superd/services/internal/servicetest"
 )
-
-// parseService decodes one chat service block whose attributes are body,
-// through the real configuration loader.
-func parseService(t *testing.T, name, body string) (*config.Service, error) {
-	t.Helper()
-	src := fmt.Sprintf("service \"chat\" %q {\n%s\n  endpoint \"tcp\" { address = \"127.0.0.1:1\" }\n}\n", name, body)
-	f, err := config.Parse([]byte(src), filepath.Join(t.TempDir(), "superd.hcl"))
-	if err != nil {
-		return nil, err
-	}
-	return f.Service(name), nil
-}
 
 func TestConfig(t *testing.T) {
 	tests := []struct {
@@ -58,7 +44,7 @@ func TestConfig(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			svc, err := parseService(t, "lobby", tt.body)
+			svc, err := servicetest.Block{Factory: "chat", Name: "lobby", Body: tt.body}.Service(t)
 			if tt.wantErr != nil {
 				var de *config.DiagnosticsError
 				if !errors.As(err, &de) {
@@ -155,63 +141,21 @@ func (r *recorder) take() []string {
 	return e
 }
 
-// fakeTransport is an in-memory framework.Transport.
-type fakeTransport struct {
-	id  string
-	rec *recorder
-
-	mu    sync.Mutex
-	out   bytes.Buffer
-	lost  bool
-	abort bool
-}
-
-func (t *fakeTransport) Write(b []byte) {
-	if len(b) == 0 {
-		return
+// newTransport is the transport of client id: what is written to it is
+// also recorded in rec, when there is one.
+func newTransport(id string, rec *recorder) *frameworktest.Transport {
+	tr := &frameworktest.Transport{}
+	if rec != nil {
+		tr.OnWrite = func(b []byte) { rec.add(id, b) }
 	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.lost || t.abort {
-		return
-	}
-	t.out.Write(b)
-	if t.rec != nil {
-		t.rec.add(t.id, b)
-	}
+	return tr
 }
-func (t *fakeTransport) WriteString(s string) { t.Write([]byte(s)) }
-func (t *fakeTransport) LoseConnection()      { t.mu.Lock(); t.lost = true; t.mu.Unlock() }
-func (t *fakeTransport) AbortConnection()     { t.mu.Lock(); t.abort = true; t.mu.Unlock() }
-func (t *fakeTransport) Disconnecting() bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.lost || t.abort
-}
-func (t *fakeTransport) PauseProducing()                             {}
-func (t *fakeTransport) ResumeProducing()                            {}
-func (t *fakeTransport) RegisterProducer(p framework.Producer) error { return nil }
-func (t *fakeTransport) UnregisterProducer()                         {}
-func (t *fakeTransport) PeerAddr() net.Addr                          { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1} }
-func (t *fakeTransport) LocalAddr() net.Addr {
-	return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 2}
-}
-
-// take returns and forgets what was written so far.
-func (t *fakeTransport) take() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	s := t.out.String()
-	t.out.Reset()
-	return s
-}
-
-func (t *fakeTransport) closed() bool { return t.Disconnecting() }
 
 // client is one connection of a unit test: a protocol and its transport.
 type client struct {
-	p framework.Protocol
-	t *fakeTransport
+	id string
+	p  framework.Protocol
+	t  *frameworktest.Transport
 }
 
 func (c *client) send(s string) { c.p.DataReceived([]byte(s)) }
@@ -225,7 +169,7 @@ type room struct {
 
 func newRoom(t *testing.T, service, body string) *room {
 	t.Helper()
-	svc, err := parseService(t, service, body)
+	svc, err := servicetest.Block{Factory: "chat", Name: service, Body: body}.Service(t)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -242,14 +186,14 @@ func newRoom(t *testing.T, service, body string) *room {
 
 func (rm *room) connect(id string) *client {
 	rm.t.Helper()
-	tr := &fakeTransport{id: id, rec: rm.rec}
+	tr := newTransport(id, rm.rec)
 	p := rm.r.BuildProtocol(tr.PeerAddr())
 	p.ConnectionMade(tr)
-	if got := tr.take(); got != "What's your name?\r\n" {
+	if got := tr.Take(); got != "What's your name?\r\n" {
 		rm.t.Fatalf("%s: on connect got %q, want the prompt", id, got)
 	}
 	rm.rec.take()
-	return &client{p: p, t: tr}
+	return &client{id: id, p: p, t: tr}
 }
 
 // join connects and registers name.
@@ -257,7 +201,7 @@ func (rm *room) join(id, name string) *client {
 	rm.t.Helper()
 	c := rm.connect(id)
 	c.send(name + "\r\n")
-	if got := c.t.take(); got != "Welcome, "+name+"!\r\n" {
+	if got := c.t.Take(); got != "Welcome, "+name+"!\r\n" {
 		rm.t.Fatalf("%s: naming itself %q got %q", id, name, got)
 	}
 	rm.rec.take()
@@ -297,7 +241,7 @@ func TestProtocolTranscript(t *testing.T) {
 	rm.expect("B: Name taken, please choose another.\r\n")
 	b.send("bob\r\n")
 	rm.expect("B: Welcome, bob!\r\n")
-	b.t.take()
+	b.t.Take()
 	carol := rm.join("C", "carol")
 	if rm.users() != 3 {
 		t.Fatalf("users %v, want 3", rm.users())
@@ -371,8 +315,8 @@ func TestProtocolTranscript(t *testing.T) {
 		t.Fatalf("users %v after everyone left, want 0", rm.users())
 	}
 	for _, c := range []*client{alice, carol, dave, k, e, f} {
-		if c.t.closed() {
-			t.Fatalf("%s was closed by the server", c.t.id)
+		if c.t.Disconnecting() {
+			t.Fatalf("%s was closed by the server", c.id)
 		}
 	}
 }
@@ -385,7 +329,7 @@ func TestProtocolInvalidNames(t *testing.T) {
 		"bad\xff", "\xc0\xaf", strings.Repeat("n", 65), "a" + strings.Repeat("é", 32)} {
 		c.send(name + "\r\n")
 		rm.expect("C: Invalid name, please choose another.\r\n")
-		if c.t.closed() {
+		if c.t.Disconnecting() {
 			t.Fatalf("name %q closed the connection", name)
 		}
 	}
@@ -416,20 +360,20 @@ func TestProtocolMaxLineLength(t *testing.T) {
 	// lines after it in the chunk are lost too.
 	a.send("fine\r\n" + strings.Repeat("y", 17) + "\r\nlost\r\n")
 	rm.expect("B: <a> fine\r\n", "C: <a> fine\r\n")
-	if !a.t.closed() {
+	if !a.t.Disconnecting() {
 		t.Fatal("a line over max_line_length did not close the connection")
 	}
 	// 16 bytes without a delimiter wait; 18 (limit + CRLF) unterminated close.
 	b.send(strings.Repeat("z", 17))
-	if b.t.closed() {
+	if b.t.Disconnecting() {
 		t.Fatal("17 bytes without CRLF closed the connection (the limit counts the delimiter in)")
 	}
 	b.send("z")
-	if !b.t.closed() {
+	if !b.t.Disconnecting() {
 		t.Fatal("18 bytes without CRLF did not close the connection")
 	}
 	rm.expect()
-	if c.t.closed() {
+	if c.t.Disconnecting() {
 		t.Fatal("another user was closed")
 	}
 	a.leave()
@@ -440,7 +384,7 @@ func TestProtocolMaxLineLength(t *testing.T) {
 	// A long name closes too (it is a line).
 	n := rm.connect("N")
 	n.send(strings.Repeat("n", 17) + "\r\n")
-	if !n.t.closed() {
+	if !n.t.Disconnecting() {
 		t.Fatal("a name line over max_line_length did not close the connection")
 	}
 	rm.expect()
@@ -469,16 +413,16 @@ func TestProtocolConcurrentRegistration(t *testing.T) {
 	wg.Wait()
 	winners := 0
 	for _, c := range clients {
-		switch got := c.t.take(); got {
+		switch got := c.t.Take(); got {
 		case "Welcome, same!\r\n":
 			winners++
 		case "Name taken, please choose another.\r\n":
-			c.send("u" + c.t.id + "\r\n")
-			if got := c.t.take(); got != "Welcome, u"+c.t.id+"!\r\n" {
-				t.Fatalf("%s: %q", c.t.id, got)
+			c.send("u" + c.id + "\r\n")
+			if got := c.t.Take(); got != "Welcome, u"+c.id+"!\r\n" {
+				t.Fatalf("%s: %q", c.id, got)
 			}
 		default:
-			t.Fatalf("%s: %q", c.t.id, got)
+			t.Fatalf("%s: %q", c.id, got)
 		}
 	}
 	if winners != 1 {
@@ -492,14 +436,14 @@ func TestProtocolConcurrentRegistration(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c.send("from " + c.t.id + "\r\n")
+			c.send("from " + c.id + "\r\n")
 		}()
 	}
 	wg.Wait()
 	for _, c := range clients {
-		got := c.t.take()
+		got := c.t.Take()
 		if k := strings.Count(got, "\r\n"); k != n-1 {
-			t.Fatalf("%s heard %d lines, want %d", c.t.id, k, n-1)
+			t.Fatalf("%s heard %d lines, want %d", c.id, k, n-1)
 		}
 	}
 	for _, c := range clients {

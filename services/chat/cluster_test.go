@@ -3,7 +3,6 @@ package chat
 import (
 	"errors"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -23,22 +22,13 @@ import (
 // process; the users are fake transports. cmd/superd's cluster tests do
 // the same with three superd processes.
 
-// parseClusterService decodes a chat service block in a file that has a
-// cluster block.
-func parseClusterService(t *testing.T, name, body string) (*config.Service, error) {
-	t.Helper()
-	src := fmt.Sprintf("cluster {\n  node = \"n\"\n}\nservice \"chat\" %q {\n%s\n  endpoint \"tcp\" { address = \"127.0.0.1:1\" }\n}\n", name, body)
-	f, err := config.Parse([]byte(src), filepath.Join(t.TempDir(), "superd.hcl"))
-	if err != nil {
-		return nil, err
-	}
-	return f.Service(name), nil
-}
+// clusterBlock is the cluster block of the configurations of these tests.
+const clusterBlock = "cluster {\n  node = \"n\"\n}\n"
 
 // newClusterRoom starts a room of service on node (cluster = true).
 func newClusterRoom(t *testing.T, node *cluster.Node, service, body string) *room {
 	t.Helper()
-	svc, err := parseClusterService(t, service, "  cluster = true\n"+body)
+	svc, err := servicetest.Block{Before: clusterBlock, Factory: "chat", Name: service, Body: "  cluster = true\n" + body}.Service(t)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,16 +61,14 @@ func waitFor(t *testing.T, c *client, want string) {
 	t.Helper()
 	var got string
 	eventually(t, 10*time.Second, func() error {
-		c.t.mu.Lock()
-		got = c.t.out.String()
-		c.t.mu.Unlock()
+		got = string(c.t.Written())
 		if len(got) < len(want) {
-			return fmt.Errorf("%s got %q so far, want %q", c.t.id, got, want)
+			return fmt.Errorf("%s got %q so far, want %q", c.id, got, want)
 		}
 		return nil
 	})
-	if got = c.t.take(); got != want {
-		t.Fatalf("%s got %q, want %q", c.t.id, got, want)
+	if got = c.t.Take(); got != want {
+		t.Fatalf("%s got %q, want %q", c.id, got, want)
 	}
 }
 
@@ -92,7 +80,7 @@ func joinAnywhere(t *testing.T, rm *room, id, name string, limit time.Duration) 
 	c := rm.connect(id)
 	eventually(t, limit, func() error {
 		c.send(name + "\r\n")
-		switch got := c.t.take(); got {
+		switch got := c.t.Take(); got {
 		case "Welcome, " + name + "!\r\n":
 			return nil
 		case unavailableLine + "\r\n", takenLine + "\r\n":
@@ -152,7 +140,7 @@ func TestClusterConfig(t *testing.T) {
 			wantErr: []string{"superd.hcl:5,", "cluster"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			svc, err := parseClusterService(t, "lobby", tt.body)
+			svc, err := servicetest.Block{Before: clusterBlock, Factory: "chat", Name: "lobby", Body: tt.body}.Service(t)
 			if tt.wantErr != nil {
 				if err == nil {
 					t.Fatal("no error")
@@ -177,7 +165,7 @@ func TestClusterConfig(t *testing.T) {
 		})
 	}
 	// cluster = true without a cluster block: an error on the attribute.
-	_, err := parseService(t, "lobby", "  cluster = true")
+	_, err := servicetest.Block{Factory: "chat", Name: "lobby", Body: "  cluster = true"}.Service(t)
 	var de *config.DiagnosticsError
 	if !errors.As(err, &de) || !strings.Contains(err.Error(), "superd.hcl:2,") || !strings.Contains(err.Error(), "top-level cluster block") {
 		t.Fatalf("cluster = true without a cluster block: %v", err)
@@ -186,7 +174,7 @@ func TestClusterConfig(t *testing.T) {
 
 // TestClusterStartWithoutNode: cluster = true needs the process's node.
 func TestClusterStartWithoutNode(t *testing.T) {
-	svc, err := parseClusterService(t, "lobby", "  cluster = true")
+	svc, err := servicetest.Block{Before: clusterBlock, Factory: "chat", Name: "lobby", Body: "  cluster = true"}.Service(t)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,11 +204,11 @@ func TestClusterRoom(t *testing.T) {
 	// new prompt.
 	bob := c.connect("C1")
 	bob.send("alice\r\n")
-	if got := bob.t.take(); got != "Name taken, please choose another.\r\n" {
+	if got := bob.t.Take(); got != "Name taken, please choose another.\r\n" {
 		t.Fatalf("alice on C: %q", got)
 	}
 	bob.send("bob\r\n")
-	if got := bob.t.take(); got != "Welcome, bob!\r\n" {
+	if got := bob.t.Take(); got != "Welcome, bob!\r\n" {
 		t.Fatalf("bob on C: %q", got)
 	}
 	// The same name in another room is another name.
@@ -243,22 +231,22 @@ func TestClusterRoom(t *testing.T) {
 			from.send("probe\r\n")
 			time.Sleep(50 * time.Millisecond)
 			for _, r := range rest {
-				if !strings.Contains(r.t.take(), "probe") {
-					return fmt.Errorf("%s did not hear %s's probe", r.t.id, from.t.id)
+				if !strings.Contains(r.t.Take(), "probe") {
+					return fmt.Errorf("%s did not hear %s's probe", r.id, from.id)
 				}
 			}
 			return nil
 		})
 		time.Sleep(100 * time.Millisecond) // stray probes
 		for _, r := range rest {
-			r.t.take()
+			r.t.Take()
 		}
 	}
 	probe(alice, bob, carol)
 	probe(bob, alice, carol)
 	probe(carol, alice, bob)
-	oAlice.t.take()
-	if got := oAlice.t.take(); got != "" {
+	oAlice.t.Take()
+	if got := oAlice.t.Take(); got != "" {
 		t.Fatalf("the other room heard %q", got)
 	}
 
@@ -296,7 +284,7 @@ func TestClusterRoom(t *testing.T) {
 	carol.leave()
 	c2 := b.connect("B2")
 	c2.send("carol\r\n")
-	if got := c2.t.take(); got != "Welcome, carol!\r\n" {
+	if got := c2.t.Take(); got != "Welcome, carol!\r\n" {
 		t.Fatalf("carol again on B right after leaving: %q", got)
 	}
 	// Racing for one name from the three nodes: one wins.
@@ -311,12 +299,12 @@ func TestClusterRoom(t *testing.T) {
 	wg.Wait()
 	won := 0
 	for _, r := range racers {
-		switch got := r.t.take(); got {
+		switch got := r.t.Take(); got {
 		case "Welcome, same!\r\n":
 			won++
 		case "Name taken, please choose another.\r\n":
 		default:
-			t.Fatalf("%s: %q", r.t.id, got)
+			t.Fatalf("%s: %q", r.id, got)
 		}
 	}
 	if won != 1 {
@@ -350,9 +338,7 @@ func TestClusterRoom(t *testing.T) {
 	}
 	wg.Wait()
 	check := func(u *client, skip int) error {
-		u.t.mu.Lock()
-		out := u.t.out.String()
-		u.t.mu.Unlock()
+		out := string(u.t.Written())
 		next := make([]int, len(senders))
 		for line := range strings.SplitSeq(strings.TrimSuffix(out, "\r\n"), "\r\n") {
 			if line == "" {
@@ -360,16 +346,16 @@ func TestClusterRoom(t *testing.T) {
 			}
 			var s, j int
 			if _, err := fmt.Sscanf(line, "<s%d> m %d %d", new(int), &s, &j); err != nil {
-				return fmt.Errorf("%s: bad line %q", u.t.id, line)
+				return fmt.Errorf("%s: bad line %q", u.id, line)
 			}
 			if s == skip || j != next[s] {
-				return fmt.Errorf("%s: from s%d got line %d, want %d (lost, repeated, reordered or echoed)", u.t.id, s, j, next[s])
+				return fmt.Errorf("%s: from s%d got line %d, want %d (lost, repeated, reordered or echoed)", u.id, s, j, next[s])
 			}
 			next[s]++
 		}
 		for s, n := range next {
 			if s != skip && n != lines {
-				return fmt.Errorf("%s: %d lines from s%d so far", u.t.id, n, s)
+				return fmt.Errorf("%s: %d lines from s%d so far", u.id, n, s)
 			}
 		}
 		return nil
@@ -415,7 +401,7 @@ func TestClusterRoom(t *testing.T) {
 	tries := short[1].connect("T1")
 	for until := time.Now().Add(3 * time.Second); time.Now().Before(until); {
 		tries.send("holder\r\n")
-		if got := tries.t.take(); got != takenLine+"\r\n" {
+		if got := tries.t.Take(); got != takenLine+"\r\n" {
 			t.Fatalf("a name held on A, on C: %q", got)
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -446,14 +432,14 @@ func TestClusterOutage(t *testing.T) {
 	eventually(t, 10*time.Second, func() error {
 		bob.send("probe\r\n")
 		time.Sleep(50 * time.Millisecond)
-		if !strings.Contains(alice.t.take(), "probe") || !strings.Contains(carol.t.take(), "probe") {
+		if !strings.Contains(alice.t.Take(), "probe") || !strings.Contains(carol.t.Take(), "probe") {
 			return errors.New("bob's probe not heard on A and C")
 		}
 		return nil
 	})
 	time.Sleep(100 * time.Millisecond)
 	for _, u := range []*client{alice, bob, bea, carol} {
-		u.t.take()
+		u.t.Take()
 	}
 
 	nodes[1].StopServer()
@@ -477,7 +463,7 @@ func TestClusterOutage(t *testing.T) {
 	// No new name on B.
 	nb := b.connect("B3")
 	nb.send("newbie\r\n")
-	if got := nb.t.take(); got != "Name service unavailable, try again.\r\n" {
+	if got := nb.t.Take(); got != "Name service unavailable, try again.\r\n" {
 		t.Fatalf("a new name on B while cut off: %q", got)
 	}
 	// B's names are still taken right after the cut, and free on A within
@@ -485,18 +471,18 @@ func TestClusterOutage(t *testing.T) {
 	// led it: then the answer is "unavailable" meanwhile).
 	x := a.connect("A2")
 	x.send("bob\r\n")
-	if got := x.t.take(); got != takenLine+"\r\n" && got != unavailableLine+"\r\n" {
+	if got := x.t.Take(); got != takenLine+"\r\n" && got != unavailableLine+"\r\n" {
 		t.Fatalf("bob on A right after B was cut off: %q", got)
 	}
 	eventually(t, ttl+10*time.Second, func() error {
 		x.send("bob\r\n")
-		if got := x.t.take(); got != "Welcome, bob!\r\n" {
+		if got := x.t.Take(); got != "Welcome, bob!\r\n" {
 			return fmt.Errorf("bob on A: %q", got)
 		}
 		return nil
 	})
 	t.Logf("bob's name free on A %v after B was cut off (name_ttl %v)", time.Since(cut), ttl)
-	if got := alice.t.take() + carol.t.take(); got != "" {
+	if got := alice.t.Take() + carol.t.Take(); got != "" {
 		t.Fatalf("A and C heard %q from cut-off B", got)
 	}
 
@@ -507,7 +493,7 @@ func TestClusterOutage(t *testing.T) {
 	eventually(t, 20*time.Second, func() error {
 		bea.send("back\r\n")
 		time.Sleep(50 * time.Millisecond)
-		if !strings.Contains(alice.t.take(), "<bea> back") || !strings.Contains(carol.t.take(), "<bea> back") {
+		if !strings.Contains(alice.t.Take(), "<bea> back") || !strings.Contains(carol.t.Take(), "<bea> back") {
 			return errors.New("bea not heard on A and C yet")
 		}
 		return nil
@@ -515,7 +501,7 @@ func TestClusterOutage(t *testing.T) {
 	eventually(t, 10*time.Second, func() error {
 		carol.send("hello B\r\n")
 		time.Sleep(50 * time.Millisecond)
-		if !strings.Contains(bea.t.take(), "<carol> hello B") {
+		if !strings.Contains(bea.t.Take(), "<carol> hello B") {
 			return errors.New("carol not heard on B yet")
 		}
 		return nil

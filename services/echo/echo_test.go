@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -32,8 +31,7 @@ func TestConfig(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			src := "service \"echo\" \"e\" {\n" + tt.body + "\n  endpoint \"tcp\" { address = \"127.0.0.1:1\" }\n}\n"
-			f, err := config.Parse([]byte(src), filepath.Join(t.TempDir(), "superd.hcl"))
+			f, err := servicetest.Block{Factory: "echo", Name: "e", Body: tt.body}.File(t)
 			if tt.wantErr == nil {
 				if err != nil {
 					t.Fatalf("unexpected error:\n%s", err)

@@ -20,12 +20,7 @@ import (
 // folder; the service's endpoint is a tcp one unless body has its own.
 func parseExec(t *testing.T, body string) (*config.File, error) {
 	t.Helper()
-	src := "service \"exec\" \"x\" {\n  " + body + "\n"
-	if !strings.Contains(body, "endpoint") {
-		src += "  endpoint \"tcp\" { address = \"127.0.0.1:1\" }\n"
-	}
-	src += "}\n"
-	return config.Parse([]byte(src), filepath.Join(t.TempDir(), "superd.hcl"))
+	return servicetest.Block{Factory: "exec", Name: "x", Body: "  " + body}.File(t)
 }
 
 // TestValidateDiagnostics: every bad case of SPEC section 9 is reported

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,20 +15,9 @@ import (
 	"github.com/superd-dev/superd/config"
 	"github.com/superd-dev/superd/framework"
 	"github.com/superd-dev/superd/framework/basic"
+	"github.com/superd-dev/superd/framework/frameworktest"
 	"github.com/superd-dev/superd/services/internal/servicetest"
 )
-
-// parseIn decodes one logfile service block whose attributes are body, as
-// the file dir/superd.hcl, through the real configuration loader.
-func parseIn(t *testing.T, dir, body string) (*config.Service, error) {
-	t.Helper()
-	src := "service \"logfile\" \"audit\" {\n" + body + "\n  endpoint \"tcp\" { address = \"127.0.0.1:1\" }\n}\n"
-	f, err := config.Parse([]byte(src), filepath.Join(dir, "superd.hcl"))
-	if err != nil {
-		return nil, err
-	}
-	return f.Service("audit"), nil
-}
 
 func TestConfig(t *testing.T) {
 	abs := filepath.Join(t.TempDir(), "abs.log")
@@ -69,7 +57,7 @@ func TestConfig(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
-			svc, err := parseIn(t, dir, tt.body)
+			svc, err := servicetest.Block{Factory: "logfile", Name: "audit", Dir: dir, Body: tt.body}.Service(t)
 			if tt.wantErr != nil {
 				var de *config.DiagnosticsError
 				if !errors.As(err, &de) {
@@ -105,31 +93,6 @@ func TestConfig(t *testing.T) {
 	}
 }
 
-// fakeTransport is an in-memory framework.Transport.
-type fakeTransport struct {
-	mu    sync.Mutex
-	lost  bool
-	abort bool
-}
-
-func (t *fakeTransport) Write(b []byte)       {}
-func (t *fakeTransport) WriteString(s string) {}
-func (t *fakeTransport) LoseConnection()      { t.mu.Lock(); t.lost = true; t.mu.Unlock() }
-func (t *fakeTransport) AbortConnection()     { t.mu.Lock(); t.abort = true; t.mu.Unlock() }
-func (t *fakeTransport) Disconnecting() bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.lost || t.abort
-}
-func (t *fakeTransport) PauseProducing()                             {}
-func (t *fakeTransport) ResumeProducing()                            {}
-func (t *fakeTransport) RegisterProducer(p framework.Producer) error { return nil }
-func (t *fakeTransport) UnregisterProducer()                         {}
-func (t *fakeTransport) PeerAddr() net.Addr                          { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1} }
-func (t *fakeTransport) LocalAddr() net.Addr {
-	return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 2}
-}
-
 // started builds and starts a factory from body (path is set to a file in
 // a fresh folder unless body sets it), stopping it at the end of the test.
 func started(t *testing.T, body string) *Factory {
@@ -137,7 +100,7 @@ func started(t *testing.T, body string) *Factory {
 	if !strings.Contains(body, "path") {
 		body = "  path = \"audit.log\"\n" + body
 	}
-	svc, err := parseIn(t, t.TempDir(), body)
+	svc, err := servicetest.Block{Factory: "logfile", Name: "audit", Dir: t.TempDir(), Body: body}.Service(t)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,11 +125,11 @@ func started(t *testing.T, body string) *Factory {
 
 type conn struct {
 	p framework.Protocol
-	t *fakeTransport
+	t *frameworktest.Transport
 }
 
 func (f *Factory) connect() *conn {
-	tr := &fakeTransport{}
+	tr := &frameworktest.Transport{}
 	p := f.BuildProtocol(tr.PeerAddr())
 	p.ConnectionMade(tr)
 	return &conn{p: p, t: tr}
@@ -373,7 +336,7 @@ func umask(t *testing.T) os.FileMode {
 }
 
 func TestStartFactoryFails(t *testing.T) {
-	svc, err := parseIn(t, t.TempDir(), `  path = "no/such/folder/a.log"`)
+	svc, err := servicetest.Block{Factory: "logfile", Name: "audit", Dir: t.TempDir(), Body: `  path = "no/such/folder/a.log"`}.Service(t)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -422,7 +385,7 @@ func TestWriteAfterStop(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.send("two\n")
-	if !c.t.abort {
+	if !c.t.Aborted() {
 		t.Fatal("a write to a closed file did not abort the connection")
 	}
 	if got := readFile(t, f.path); got != "one\n" {

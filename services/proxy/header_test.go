@@ -13,8 +13,8 @@ import (
 
 	"github.com/pires/go-proxyproto"
 
-	"github.com/superd-dev/superd/endpoint"
 	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/internal/testkit"
 )
 
 // v2sig is the PROXY protocol v2 signature.
@@ -139,7 +139,7 @@ func TestProxyHeader(t *testing.T) {
 // the clear, and the TLS handshake follows, as HAProxy's send-proxy with
 // ssl does.
 func TestProxyHeaderBeforeTLS(t *testing.T) {
-	ca, err := endpoint.NewTestCA()
+	ca, err := testkit.NewCA()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,7 +188,7 @@ func TestProxyHeaderBeforeTLS(t *testing.T) {
 // needs no CA; a wrong server_name, or the system's roots, fail the
 // handshake, and the client is dropped as for an unreachable upstream.
 func TestUpstreamTLS(t *testing.T) {
-	ca, err := endpoint.NewTestCA()
+	ca, err := testkit.NewCA()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,7 +249,7 @@ func TestUpstreamTLS(t *testing.T) {
 // TestUpstreamTLSSNI: server_name is sent as SNI; without it, a host name
 // upstream sends its host, and an IP address none.
 func TestUpstreamTLSSNI(t *testing.T) {
-	ca, err := endpoint.NewTestCA()
+	ca, err := testkit.NewCA()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -555,17 +555,6 @@ func (p *Proxy) ConnectionLost(reason error) {
 	}
 }
 
-// buffered is what the proxy holds of the client's bytes (tests).
-func (p *Proxy) buffered() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	n := p.inflight
-	if p.queue != nil {
-		n += len(*p.queue)
-	}
-	return n
-}
-
 // closeWrite sends the upstream our end of stream: a FIN, after a
 // close_notify over TLS.
 func closeWrite(c net.Conn) error {

@@ -14,13 +14,13 @@ import (
 	"time"
 
 	"github.com/superd-dev/superd/config"
-	"github.com/superd-dev/superd/endpoint"
 	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/internal/testkit"
 )
 
 func TestConfig(t *testing.T) {
 	dir := t.TempDir()
-	ca, err := endpoint.NewTestCA()
+	ca, err := testkit.NewCA()
 	if err != nil {
 		t.Fatal(err)
 	}

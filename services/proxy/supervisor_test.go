@@ -6,13 +6,13 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/superd-dev/superd/config"
+	"github.com/superd-dev/superd/internal/testkit"
 	"github.com/superd-dev/superd/metrics"
 	"github.com/superd-dev/superd/supervisor"
 )
@@ -22,7 +22,7 @@ import (
 // whose upstream cannot be reached has its connections counted as
 // dropped{reason="upstream"}.
 func TestUnderSupervisor(t *testing.T) {
-	echoAddr, proxyAddr, deadAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	echoAddr, proxyAddr, deadAddr := testkit.FreeAddr(t, "tcp"), testkit.FreeAddr(t, "tcp"), testkit.FreeAddr(t, "tcp")
 	src := fmt.Sprintf(`service "echo" "echo" {
   endpoint "tcp" { address = %q }
 }
@@ -94,24 +94,6 @@ service "proxy" "dead" {
 		return testutil.ToFloat64(m.ConnectionsDropped.WithLabelValues("dead", "proxy", metrics.DropUpstream)) == 3
 	}, "dropped{service=dead, reason=upstream} to reach 3")
 }
-
-// freeAddr returns a loopback address that was free a moment ago, never
-// the same twice.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	for range 1000 {
-		ln := listen(t, "tcp")
-		addr := ln.Addr().String()
-		ln.Close()
-		if _, dup := handedOut.LoadOrStore(addr, true); !dup {
-			return addr
-		}
-	}
-	t.Fatal("no free loopback port")
-	return ""
-}
-
-var handedOut sync.Map
 
 // waitFor polls cond until it holds, or fails after 10 s.
 func waitFor(t *testing.T, cond func() bool, what string) {

@@ -1,12 +1,10 @@
 package qotd
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -15,24 +13,9 @@ import (
 
 	"github.com/superd-dev/superd/config"
 	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/framework/frameworktest"
 	"github.com/superd-dev/superd/services/internal/servicetest"
 )
-
-// parseService decodes one qotd service block whose attributes are body,
-// through the real configuration loader (HCL text, schema, factory checks).
-func parseService(t *testing.T, body string) (*config.Service, error) {
-	t.Helper()
-	src := "service \"qotd\" \"q\" {\n" + body + "\n  endpoint \"tcp\" { address = \"127.0.0.1:1\" }\n}\n"
-	f, err := config.Parse([]byte(src), filepath.Join(t.TempDir(), "superd.hcl"))
-	if err != nil {
-		return nil, err
-	}
-	svc := f.Service("q")
-	if svc == nil {
-		t.Fatal("service q missing from a valid file")
-	}
-	return svc, nil
-}
 
 func TestConfig(t *testing.T) {
 	long513 := strings.Repeat("a", 513)
@@ -69,7 +52,7 @@ func TestConfig(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			svc, err := parseService(t, tt.body)
+			svc, err := servicetest.Block{Factory: "qotd", Name: "q", Body: tt.body}.Service(t)
 			if tt.wantErr != nil {
 				if err == nil {
 					t.Fatalf("no error; want one containing %q", tt.wantErr)
@@ -104,43 +87,9 @@ func TestConfig(t *testing.T) {
 	}
 }
 
-// fakeTransport records what a protocol does with its transport.
-type fakeTransport struct {
-	mu     sync.Mutex
-	out    bytes.Buffer
-	lost   bool
-	abort  bool
-	writes int
-}
-
-func (t *fakeTransport) Write(b []byte) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if !t.lost && !t.abort {
-		t.out.Write(b)
-		t.writes++
-	}
-}
-func (t *fakeTransport) WriteString(s string) { t.Write([]byte(s)) }
-func (t *fakeTransport) LoseConnection()      { t.mu.Lock(); t.lost = true; t.mu.Unlock() }
-func (t *fakeTransport) AbortConnection()     { t.mu.Lock(); t.abort = true; t.mu.Unlock() }
-func (t *fakeTransport) Disconnecting() bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.lost || t.abort
-}
-func (t *fakeTransport) PauseProducing()                             {}
-func (t *fakeTransport) ResumeProducing()                            {}
-func (t *fakeTransport) RegisterProducer(p framework.Producer) error { return nil }
-func (t *fakeTransport) UnregisterProducer()                         {}
-func (t *fakeTransport) PeerAddr() net.Addr                          { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1} }
-func (t *fakeTransport) LocalAddr() net.Addr {
-	return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 2}
-}
-
 func newFactory(t *testing.T, body string) *Factory {
 	t.Helper()
-	svc, err := parseService(t, body)
+	svc, err := servicetest.Block{Factory: "qotd", Name: "q", Body: body}.Service(t)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,13 +104,13 @@ func TestProtocolRoundRobin(t *testing.T) {
 	f := newFactory(t, `  quotes = ["one", "two", "three"]`)
 	for i, want := range []string{"one", "two", "three", "one", "two", "three", "one"} {
 		p := f.BuildProtocol(nil)
-		tr := &fakeTransport{}
+		tr := &frameworktest.Transport{}
 		p.ConnectionMade(tr)
-		if got := tr.out.String(); got != want+"\r\n" {
+		if got := string(tr.Written()); got != want+"\r\n" {
 			t.Fatalf("connection %d: sent %q, want %q", i, got, want+"\r\n")
 		}
-		if tr.writes != 1 || !tr.lost || tr.abort {
-			t.Fatalf("connection %d: %d writes, lost %v, aborted %v; want one write, then LoseConnection", i, tr.writes, tr.lost, tr.abort)
+		if tr.WriteCount() != 1 || tr.Lost() == 0 || tr.Aborted() {
+			t.Fatalf("connection %d: %d writes, lost %v, aborted %v; want one write, then LoseConnection", i, tr.WriteCount(), tr.Lost() > 0, tr.Aborted())
 		}
 		p.DataReceived([]byte("ignored"))
 		p.ConnectionLost(nil)
@@ -178,10 +127,10 @@ func TestProtocolRoundRobinConcurrent(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			tr := &fakeTransport{}
+			tr := &frameworktest.Transport{}
 			f.BuildProtocol(nil).ConnectionMade(tr)
 			mu.Lock()
-			counts[tr.out.String()]++
+			counts[string(tr.Written())]++
 			mu.Unlock()
 		}()
 	}
@@ -264,9 +213,9 @@ func TestDatagrams(t *testing.T) {
 	var got []string
 	for i := range 7 {
 		if i == 3 {
-			tr := &fakeTransport{}
+			tr := &frameworktest.Transport{}
 			f.BuildProtocol(nil).ConnectionMade(tr)
-			got = append(got, "tcp:"+tr.out.String())
+			got = append(got, "tcp:"+string(tr.Written()))
 		}
 		[]framework.DatagramProtocol{p, q}[i%2].DatagramReceived(nil, servicetest.PeerUDP)
 		sent := rec.Sent()

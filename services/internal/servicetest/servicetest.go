@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -84,22 +85,78 @@ func Build(svc *config.Service, log slog.Handler) (framework.Factory, error) {
 	return svc.NewFactory(slog.New(log), prometheus.NewRegistry())
 }
 
-// Parse decodes one service block of factory with the attributes in body,
-// through the real configuration loader (HCL text, schema, the factory's
-// own checks), and builds the factory. Errors are the loader's
+// Block is one service block of a test's superd.hcl, for the real
+// configuration loader (HCL text, the factory's schema and its own
+// checks). The file is written as
+//
+//	BEFORE
+//	service "FACTORY" "NAME" {
+//	BODY
+//	  endpoint "tcp" { address = "127.0.0.1:1" }
+//	}
+//
+// so that BODY starts on line 2 when there is nothing before it; the
+// endpoint line is left out when BODY has an endpoint of its own.
+type Block struct {
+	Factory string // the factory's name, the block's first label
+	Name    string // the service's name; "s" when empty
+	Body    string // the attributes and blocks inside, indentation included
+	Dir     string // the folder of superd.hcl, from which relative paths resolve; a fresh one when empty
+	Before  string // top-level text before the block, such as a cluster block
+}
+
+// File parses the configuration file holding b. Errors are the loader's
 // diagnostics.
-func Parse(t testing.TB, factory, body string) (framework.Factory, error) {
+func (b Block) File(t testing.TB) (*config.File, error) {
 	t.Helper()
-	src := fmt.Sprintf("service %q \"s\" {\n%s\n  endpoint \"tcp\" { address = \"127.0.0.1:1\" }\n}\n", factory, body)
-	f, err := config.Parse([]byte(src), filepath.Join(t.TempDir(), "superd.hcl"))
+	name, dir := b.Name, b.Dir
+	if name == "" {
+		name = "s"
+	}
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	src := b.Before + fmt.Sprintf("service %q %q {\n%s\n", b.Factory, name, b.Body)
+	if !strings.Contains(b.Body, "endpoint") {
+		src += "  endpoint \"tcp\" { address = \"127.0.0.1:1\" }\n"
+	}
+	src += "}\n"
+	return config.Parse([]byte(src), filepath.Join(dir, "superd.hcl"))
+}
+
+// Service parses the file holding b and returns b's service.
+func (b Block) Service(t testing.TB) (*config.Service, error) {
+	t.Helper()
+	f, err := b.File(t)
 	if err != nil {
 		return nil, err
 	}
-	svc := f.Service("s")
+	name := b.Name
+	if name == "" {
+		name = "s"
+	}
+	svc := f.Service(name)
 	if svc == nil {
-		t.Fatal("service s missing from a valid file")
+		t.Fatalf("service %q missing from a valid file", name)
+	}
+	return svc, nil
+}
+
+// Parse parses the file holding b and builds b's factory (see Build).
+func (b Block) Parse(t testing.TB) (framework.Factory, error) {
+	t.Helper()
+	svc, err := b.Service(t)
+	if err != nil {
+		return nil, err
 	}
 	return Build(svc, nil)
+}
+
+// Parse decodes one service block of factory with the attributes in body
+// and builds the factory: Block{Factory: factory, Body: body}.Parse.
+func Parse(t testing.TB, factory, body string) (framework.Factory, error) {
+	t.Helper()
+	return Block{Factory: factory, Body: body}.Parse(t)
 }
 
 // Factory is Parse for a block that must be valid.

@@ -18,7 +18,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/superd-dev/superd/config"
 	"github.com/superd-dev/superd/framework"
 	"github.com/superd-dev/superd/services/echo"
 	"github.com/superd-dev/superd/services/internal/servicetest"
@@ -37,12 +36,11 @@ var errCleanup = errors.New("test cleanup")
 // returns its factory configuration, or the error.
 func parseService(t testing.TB, dir, body string) (*Config, error) {
 	t.Helper()
-	src := "service \"proxy\" \"p\" {\n" + body + "\n  endpoint \"tcp\" { address = \"127.0.0.1:1\" }\n}\n"
-	f, err := config.Parse([]byte(src), filepath.Join(dir, "superd.hcl"))
+	svc, err := servicetest.Block{Factory: "proxy", Name: "p", Dir: dir, Body: body}.Service(t)
 	if err != nil {
 		return nil, err
 	}
-	return f.Service("p").FactoryConfig.(*Config), nil
+	return svc.FactoryConfig.(*Config), nil
 }
 
 // testEnv is what superd hands the factory, for tests: logs go nowhere.
@@ -319,4 +317,15 @@ func sampleMax(f func() int) *maxSampler {
 func (s *maxSampler) max() int {
 	close(s.stop)
 	return <-s.done
+}
+
+// buffered is what the proxy holds of the client's bytes.
+func (p *Proxy) buffered() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := p.inflight
+	if p.queue != nil {
+		n += len(*p.queue)
+	}
+	return n
 }
