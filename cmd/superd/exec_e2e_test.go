@@ -700,7 +700,10 @@ service "exec" "listenfds" {
 		exWaitFor(t, 10*time.Second, tt.service+"'s program exit", func() bool {
 			return len(exLogLines(d, `msg="program exited"`, "service="+tt.service+" ", "pid="+pid+" ")) > 0
 		})
-		for _, l := range exLogLines(d, `msg="program stderr"`, "service="+tt.service+" ", "pid="+pid+" ") {
+		// The listing is written by ls, a grandchild: its lines carry its
+		// own pid, not the child's. One connection per service: every
+		// stderr line of the service is the listing.
+		for _, l := range exLogLines(d, `msg="program stderr"`, "service="+tt.service+" ") {
 			got = append(got, exLogAttr(l, "line"))
 		}
 		if strings.Join(got, " ") != strings.Join(tt.want, " ") {
