@@ -1,8 +1,10 @@
-// Package framework owns superd's programming model: the Protocol, Transport
-// and Factory interfaces, the factory registry, and the connection machinery
-// that drives one Protocol over one net.Conn with the guarantees service
-// authors rely on (callback ordering, ConnectionLost exactly once,
-// non-blocking writes, flow control).
+// Package framework is superd's programming model, what a service author
+// writes against: the Protocol, Transport and Factory interfaces, the
+// factory registry, the reasons a connection ends, and the hand-off of a
+// connection or listening socket to a factory that serves it itself. The
+// guarantees service authors rely on (callback ordering, ConnectionLost
+// exactly once, non-blocking writes, flow control) are stated here; the
+// machinery that keeps them is superd's own (internal/engine).
 //
 // The model is Twisted's. A Factory per service builds a Protocol per
 // connection; the Protocol receives events; it answers through its Transport.
@@ -113,7 +115,7 @@ type HalfCloseableProtocol interface {
 }
 
 // HalfCloser is implemented by transports that can close their write side
-// alone (*Conn does), as Twisted's loseWriteConnection.
+// alone (superd's stream transports do), as Twisted's loseWriteConnection.
 type HalfCloser interface {
 	// LoseWriteConnection sends the peer an end of stream (a FIN; under
 	// TLS a close_notify and a FIN) once everything written so far has
@@ -124,9 +126,10 @@ type HalfCloser interface {
 	LoseWriteConnection()
 }
 
-// Aborter is implemented by transports that can be aborted with a reason of
-// the protocol's choosing (*Conn does): AbortConnection with, for example,
-// ErrUpstream, which superd counts as a drop with that reason.
+// Aborter is implemented by transports that can be aborted with a reason
+// of the protocol's choosing (superd's stream transports do):
+// AbortConnection with, for example, ErrUpstream, which superd counts as a
+// drop with that reason.
 type Aborter interface {
 	Abort(reason error)
 }

@@ -1,4 +1,4 @@
-package framework
+package engine
 
 import (
 	"bufio"
@@ -16,6 +16,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/superd-dev/superd/framework"
 )
 
 // transports every stream test runs over.
@@ -87,11 +89,11 @@ func TestPeerCloseIsClean(t *testing.T) {
 		waitFor(t, 5*time.Second, func() bool { return r.receivedBytes() == 5 }, "5 bytes received")
 		p.client.Close()
 		reason := s.wait(t, serveWait)
-		if !IsClean(reason) || !errors.Is(reason, ErrConnectionDone) {
-			t.Errorf("peer close: reason %v, want clean (ErrConnectionDone)", reason)
+		if !framework.IsClean(reason) || !errors.Is(reason, framework.ErrConnectionDone) {
+			t.Errorf("peer close: reason %v, want clean (framework.ErrConnectionDone)", reason)
 		}
-		if errors.Is(reason, ErrConnectionLost) {
-			t.Errorf("peer close: reason %v also matches ErrConnectionLost", reason)
+		if errors.Is(reason, framework.ErrConnectionLost) {
+			t.Errorf("peer close: reason %v also matches framework.ErrConnectionLost", reason)
 		}
 		r.check(t, reason)
 		if got := string(r.bytes()); got != "hello" {
@@ -112,11 +114,11 @@ func TestPeerResetIsLost(t *testing.T) {
 		}
 		tc.Close()
 		reason := s.wait(t, serveWait)
-		if !errors.Is(reason, ErrConnectionLost) || IsClean(reason) {
-			t.Errorf("peer reset: reason %v, want ErrConnectionLost and not clean", reason)
+		if !errors.Is(reason, framework.ErrConnectionLost) || framework.IsClean(reason) {
+			t.Errorf("peer reset: reason %v, want framework.ErrConnectionLost and not clean", reason)
 		}
-		if errors.Is(reason, ErrConnectionAborted) {
-			t.Errorf("peer reset: reason %v matches ErrConnectionAborted, but nobody aborted", reason)
+		if errors.Is(reason, framework.ErrConnectionAborted) {
+			t.Errorf("peer reset: reason %v matches framework.ErrConnectionAborted, but nobody aborted", reason)
 		}
 		r.check(t, reason)
 	})
@@ -139,10 +141,10 @@ func TestAbortConnectionDropsPending(t *testing.T) {
 		}
 		clientSawNoData(t, p.client)
 		reason := s.wait(t, serveWait)
-		if !errors.Is(reason, ErrConnectionAborted) || !errors.Is(reason, ErrConnectionLost) || IsClean(reason) {
-			t.Errorf("abort: reason %v, want ErrConnectionAborted", reason)
+		if !errors.Is(reason, framework.ErrConnectionAborted) || !errors.Is(reason, framework.ErrConnectionLost) || framework.IsClean(reason) {
+			t.Errorf("abort: reason %v, want framework.ErrConnectionAborted", reason)
 		}
-		for _, other := range []error{ErrSlowConsumer, ErrIdleTimeout, ErrShutdownTimeout} {
+		for _, other := range []error{framework.ErrSlowConsumer, framework.ErrIdleTimeout, framework.ErrShutdownTimeout} {
 			if errors.Is(reason, other) {
 				t.Errorf("abort: reason %v also matches %v", reason, other)
 			}
@@ -174,8 +176,8 @@ func TestIdleTimeout(t *testing.T) {
 		quiet := time.Now()
 		reason := s.wait(t, serveWait)
 		elapsed := time.Since(quiet)
-		if !errors.Is(reason, ErrIdleTimeout) || !errors.Is(reason, ErrConnectionAborted) {
-			t.Errorf("idle: reason %v, want ErrIdleTimeout (an abort)", reason)
+		if !errors.Is(reason, framework.ErrIdleTimeout) || !errors.Is(reason, framework.ErrConnectionAborted) {
+			t.Errorf("idle: reason %v, want framework.ErrIdleTimeout (an abort)", reason)
 		}
 		if elapsed < idle*3/4 {
 			t.Errorf("idle timeout fired %v after the last byte; want about %v", elapsed, idle)
@@ -194,8 +196,8 @@ func TestIdleTimeoutWithBackgroundFlush(t *testing.T) {
 	waitFor(t, 5*time.Second, r.madeYet, "ConnectionMade")
 	s.c.Write(randBytes(8<<20, 2)) // more than the socket buffers hold
 	reason := s.wait(t, serveWait)
-	if !errors.Is(reason, ErrIdleTimeout) {
-		t.Errorf("reason %v, want ErrIdleTimeout", reason)
+	if !errors.Is(reason, framework.ErrIdleTimeout) {
+		t.Errorf("reason %v, want framework.ErrIdleTimeout", reason)
 	}
 	r.check(t, reason)
 }
@@ -223,7 +225,7 @@ func TestLoseConnectionFromCallback(t *testing.T) {
 		}
 		p.client.Close()
 		reason := s.wait(t, serveWait)
-		if !IsClean(reason) {
+		if !framework.IsClean(reason) {
 			t.Errorf("LoseConnection: reason %v, want clean", reason)
 		}
 		if !disconnecting {
@@ -247,7 +249,7 @@ func TestLoseConnectionFromOtherGoroutine(t *testing.T) {
 		}
 		p.client.Close()
 		reason := s.wait(t, serveWait)
-		if !IsClean(reason) {
+		if !framework.IsClean(reason) {
 			t.Errorf("reason %v, want clean", reason)
 		}
 		r.check(t, reason)
@@ -270,7 +272,7 @@ func TestLoseConnectionLingerBounded(t *testing.T) {
 	// The client keeps its end open (and even sends: discarded).
 	p.client.Write([]byte("ignored"))
 	reason := s.wait(t, lingerTimeout+10*time.Second)
-	if !IsClean(reason) {
+	if !framework.IsClean(reason) {
 		t.Errorf("reason %v, want clean", reason)
 	}
 	if d := time.Since(start); d > lingerTimeout+3*time.Second {
@@ -285,14 +287,14 @@ func TestAbortShutdownTimeout(t *testing.T) {
 		r := newRecorder()
 		s := serve(t, p.server, ConnOptions{}, r)
 		waitFor(t, 5*time.Second, r.madeYet, "ConnectionMade")
-		s.c.Abort(ErrShutdownTimeout)
-		s.c.Abort(ErrIdleTimeout) // the first reason stays
+		s.c.Abort(framework.ErrShutdownTimeout)
+		s.c.Abort(framework.ErrIdleTimeout) // the first reason stays
 		reason := s.wait(t, serveWait)
-		if !errors.Is(reason, ErrShutdownTimeout) || !errors.Is(reason, ErrConnectionAborted) ||
-			!errors.Is(reason, ErrConnectionLost) || IsClean(reason) {
-			t.Errorf("reason %v, want ErrShutdownTimeout (an abort)", reason)
+		if !errors.Is(reason, framework.ErrShutdownTimeout) || !errors.Is(reason, framework.ErrConnectionAborted) ||
+			!errors.Is(reason, framework.ErrConnectionLost) || framework.IsClean(reason) {
+			t.Errorf("reason %v, want framework.ErrShutdownTimeout (an abort)", reason)
 		}
-		if errors.Is(reason, ErrIdleTimeout) {
+		if errors.Is(reason, framework.ErrIdleTimeout) {
 			t.Errorf("reason %v: a second Abort replaced the first reason", reason)
 		}
 		clientSawNoData(t, p.client)
@@ -382,7 +384,7 @@ func TestEcho(t *testing.T) {
 		}
 		p.client.Close()
 		reason := s.wait(t, serveWait)
-		if !IsClean(reason) {
+		if !framework.IsClean(reason) {
 			t.Errorf("reason %v, want clean", reason)
 		}
 		r.check(t, reason)
@@ -490,13 +492,13 @@ func TestEchoNonReadingClientBounded(t *testing.T) {
 		if !bytes.Equal(got, payload) {
 			t.Fatalf("echo differs at byte %d", firstDiff(got, payload))
 		}
-		if limit := int64(HighWaterMark + readBufferSize); maxPending > limit {
-			t.Errorf("Pending() reached %d; want at most HighWaterMark+readBufferSize = %d", maxPending, limit)
+		if limit := int64(framework.HighWaterMark + readBufferSize); maxPending > limit {
+			t.Errorf("Pending() reached %d; want at most framework.HighWaterMark+readBufferSize = %d", maxPending, limit)
 		}
 		t.Logf("max Pending() %d", maxPending)
 		p.client.Close()
 		reason := s.wait(t, serveWait)
-		if !IsClean(reason) {
+		if !framework.IsClean(reason) {
 			t.Errorf("reason %v, want clean", reason)
 		}
 		r.check(t, reason)
@@ -541,8 +543,8 @@ func TestSlowConsumerAborted(t *testing.T) {
 			t.Errorf("one Write took %v; Write must not block on the network", rr.slowest)
 		}
 		reason := s.wait(t, serveWait)
-		if !errors.Is(reason, ErrSlowConsumer) || !errors.Is(reason, ErrConnectionAborted) {
-			t.Errorf("reason %v, want ErrSlowConsumer", reason)
+		if !errors.Is(reason, framework.ErrSlowConsumer) || !errors.Is(reason, framework.ErrConnectionAborted) {
+			t.Errorf("reason %v, want framework.ErrSlowConsumer", reason)
 		}
 		// The flusher's last write fails at once; nothing stays pending.
 		waitFor(t, 5*time.Second, func() bool { return s.c.Pending() == 0 }, "Pending() = 0 after the abort")
@@ -572,7 +574,7 @@ func TestLoseConnectionFlushesEverything(t *testing.T) {
 		}
 		p.client.Close()
 		reason := s.wait(t, serveWait)
-		if !IsClean(reason) {
+		if !framework.IsClean(reason) {
 			t.Errorf("reason %v, want clean", reason)
 		}
 		r.check(t, reason)
@@ -600,7 +602,7 @@ func TestWriteAfterLoseConnectionInSameCallback(t *testing.T) {
 		}
 		p.client.Close()
 		reason := s.wait(t, serveWait)
-		if !IsClean(reason) {
+		if !framework.IsClean(reason) {
 			t.Errorf("reason %v, want clean", reason)
 		}
 		r.check(t, reason)
@@ -630,7 +632,7 @@ func TestLoseConnectionInConnectionMadeDropsInput(t *testing.T) {
 		}
 		p.client.Close()
 		reason := s.wait(t, serveWait)
-		if !IsClean(reason) {
+		if !framework.IsClean(reason) {
 			t.Errorf("reason %v, want clean", reason)
 		}
 		if n := r.chunkCount(); n != 0 {
@@ -689,7 +691,7 @@ func TestConcurrentWriters(t *testing.T) {
 		wg.Wait()
 		p.client.Close()
 		reason := s.wait(t, serveWait)
-		if !IsClean(reason) {
+		if !framework.IsClean(reason) {
 			t.Errorf("reason %v, want clean", reason)
 		}
 		r.check(t, reason)
@@ -768,7 +770,7 @@ func TestTransportAfterConnectionGone(t *testing.T) {
 		close(stop)
 		wg.Wait()
 
-		tr := Transport(s.c)
+		tr := framework.Transport(s.c)
 		tr.Write([]byte("late"))
 		tr.WriteString("late")
 		tr.Write(nil)
@@ -778,7 +780,7 @@ func TestTransportAfterConnectionGone(t *testing.T) {
 		tr.PauseProducing()
 		tr.ResumeProducing()
 		tr.UnregisterProducer()
-		s.c.Abort(ErrShutdownTimeout)
+		s.c.Abort(framework.ErrShutdownTimeout)
 		if !tr.Disconnecting() {
 			t.Error("Disconnecting() false after the connection ended")
 		}
@@ -884,11 +886,11 @@ func TestPanicEndsOnlyThatConnection(t *testing.T) {
 		t.Fatal(err)
 	}
 	reason := badConn.s.wait(t, serveWait)
-	var pe *PanicError
+	var pe *framework.PanicError
 	if !errors.As(reason, &pe) || pe.Value != "boom" || len(pe.Stack) == 0 {
-		t.Errorf("reason %#v, want a *PanicError with value boom and a stack", reason)
+		t.Errorf("reason %#v, want a *framework.PanicError with value boom and a stack", reason)
 	}
-	if IsClean(reason) {
+	if framework.IsClean(reason) {
 		t.Errorf("a panic is not a clean close: %v", reason)
 	}
 	badConn.r.check(t, reason)
@@ -911,7 +913,7 @@ func TestPanicEndsOnlyThatConnection(t *testing.T) {
 	}{{good, goodConn}, {third, thirdConn}} {
 		x.c.Close()
 		reason := x.sc.s.wait(t, serveWait)
-		if !IsClean(reason) {
+		if !framework.IsClean(reason) {
 			t.Errorf("surviving connection ended with %v, want clean", reason)
 		}
 		x.sc.r.check(t, reason)
@@ -930,9 +932,9 @@ func TestPanicInConnectionMade(t *testing.T) {
 	}
 	s := serve(t, p.server, ConnOptions{}, r)
 	reason := s.wait(t, serveWait)
-	var pe *PanicError
+	var pe *framework.PanicError
 	if !errors.As(reason, &pe) {
-		t.Errorf("reason %v, want a *PanicError", reason)
+		t.Errorf("reason %v, want a *framework.PanicError", reason)
 	}
 	if r.chunkCount() != 0 {
 		t.Error("DataReceived after ConnectionMade panicked")
@@ -982,7 +984,7 @@ func TestPauseResumeProducing(t *testing.T) {
 		}
 		p.client.Close()
 		reason := s.wait(t, serveWait)
-		if !IsClean(reason) {
+		if !framework.IsClean(reason) {
 			t.Errorf("reason %v, want clean", reason)
 		}
 		r.check(t, reason)
@@ -1007,7 +1009,7 @@ func TestLoseConnectionWhilePaused(t *testing.T) {
 	}
 	p.client.Close()
 	reason := s.wait(t, serveWait)
-	if !IsClean(reason) {
+	if !framework.IsClean(reason) {
 		t.Errorf("reason %v, want clean", reason)
 	}
 	r.check(t, reason)
@@ -1056,7 +1058,7 @@ func TestPauseProducingFromOtherGoroutine(t *testing.T) {
 // streamProducer writes a payload in chunks from its own goroutine while it
 // is not paused, as a streaming producer does.
 type streamProducer struct {
-	tr      Transport
+	tr      framework.Transport
 	payload []byte
 	chunk   int
 
@@ -1075,7 +1077,7 @@ type streamProducer struct {
 	resumeBlockedOnce      sync.Once
 }
 
-func newStreamProducer(tr Transport, payload []byte, chunk int) *streamProducer {
+func newStreamProducer(tr framework.Transport, payload []byte, chunk int) *streamProducer {
 	p := &streamProducer{tr: tr, payload: payload, chunk: chunk, done: make(chan struct{})}
 	p.cond.L = &p.mu
 	return p
@@ -1266,7 +1268,7 @@ func TestRegisterProducer(t *testing.T) {
 		if pa, re := prod.pauses.Load(), prod.resumes.Load(); re > pa {
 			t.Errorf("%d resumes for %d pauses", re, pa)
 		}
-		if limit := int64(HighWaterMark + chunk); maxPending > limit {
+		if limit := int64(framework.HighWaterMark + chunk); maxPending > limit {
 			t.Errorf("Pending() reached %d with a paused producer; want at most %d", maxPending, limit)
 		}
 		t.Logf("pauses %d, resumes %d, max pending %d", prod.pauses.Load(), prod.resumes.Load(), maxPending)
@@ -1280,7 +1282,7 @@ func TestRegisterProducer(t *testing.T) {
 		if n := prod.stops.Load(); n != 1 {
 			t.Errorf("StopProducing called %d times, want 1", n)
 		}
-		if !IsClean(reason) {
+		if !framework.IsClean(reason) {
 			t.Errorf("reason %v, want clean", reason)
 		}
 		r.check(t, reason)
@@ -1293,7 +1295,7 @@ func TestRegisterProducer(t *testing.T) {
 // leaves the producer paused forever, with nothing pending to resume it.
 func TestProducerNeverLeftPaused(t *testing.T) {
 	forTransports(t, []string{"tcp", "unix"}, func(t *testing.T, network string, useTLS bool) {
-		const chunk = HighWaterMark + 1
+		const chunk = framework.HighWaterMark + 1
 		payload := randBytes(1000*chunk, 53)
 		p := dialPair(t, network, pairOpts{})
 		r := newRecorder()
@@ -1374,8 +1376,8 @@ func TestProducerStoppedWhenConnectionEnds(t *testing.T) {
 	if n := gone.pauses.Load() + gone.resumes.Load() + gone.stops.Load(); n != 0 {
 		t.Errorf("an unregistered producer was called %d times", n)
 	}
-	if !errors.Is(reason, ErrConnectionAborted) {
-		t.Errorf("reason %v, want ErrConnectionAborted", reason)
+	if !errors.Is(reason, framework.ErrConnectionAborted) {
+		t.Errorf("reason %v, want framework.ErrConnectionAborted", reason)
 	}
 	r.check(t, reason)
 }
@@ -1407,7 +1409,7 @@ func TestPeerHalfCloseGetsFullEcho(t *testing.T) {
 			t.Errorf("echo: got %d bytes, want %d (first difference at %d)", len(got), len(payload), firstDiff(got, payload))
 		}
 		reason := s.wait(t, serveWait)
-		if !IsClean(reason) {
+		if !framework.IsClean(reason) {
 			t.Errorf("reason %v, want clean", reason)
 		}
 		r.check(t, reason)
@@ -1475,8 +1477,8 @@ func TestIdleTimeoutWhileCallbackFlushBlocks(t *testing.T) {
 		t.Fatalf("idle timeout of 300ms did not fire within 5s: Serve's goroutine is blocked " +
 			"writing ConnectionMade's output to a peer that neither reads nor sends")
 	}
-	if !errors.Is(s.reason, ErrIdleTimeout) {
-		t.Errorf("reason %v, want ErrIdleTimeout", s.reason)
+	if !errors.Is(s.reason, framework.ErrIdleTimeout) {
+		t.Errorf("reason %v, want framework.ErrIdleTimeout", s.reason)
 	}
 	r.check(t, s.reason)
 }
@@ -1493,8 +1495,8 @@ func TestIdleTimeoutDuringGracefulCloseReason(t *testing.T) {
 	s.c.Write(randBytes(4<<20, 37))
 	s.c.LoseConnection()
 	reason := s.wait(t, serveWait)
-	if !errors.Is(reason, ErrIdleTimeout) {
-		t.Errorf("reason %v (clean %v, lost %v), want ErrIdleTimeout", reason, IsClean(reason), errors.Is(reason, ErrConnectionLost))
+	if !errors.Is(reason, framework.ErrIdleTimeout) {
+		t.Errorf("reason %v (clean %v, lost %v), want framework.ErrIdleTimeout", reason, framework.IsClean(reason), errors.Is(reason, framework.ErrConnectionLost))
 	}
 	r.check(t, reason)
 }
@@ -1525,7 +1527,7 @@ func TestAbortOverTLSIsNotCleanForPeer(t *testing.T) {
 			}
 			got, err := readAll(p.client, 10*time.Second)
 			reason := s.wait(t, serveWait)
-			if !errors.Is(reason, ErrConnectionAborted) {
+			if !errors.Is(reason, framework.ErrConnectionAborted) {
 				t.Errorf("reason %v, want an abort", reason)
 			}
 			if err == io.EOF {
@@ -1641,7 +1643,7 @@ func TestProducerStatePausedAfterOverlappingResume(t *testing.T) {
 // passes the high-water mark (Twisted calls pauseProducing synchronously,
 // re-entrantly, from write()).
 type resumeWriter struct {
-	tr    Transport
+	tr    framework.Transport
 	chunk []byte
 	limit int64
 
@@ -1717,8 +1719,8 @@ func TestProducerPausedFromInsideResume(t *testing.T) {
 	if prod.pausesInResume.Load() == 0 {
 		t.Errorf("no PauseProducing inside ResumeProducing (pauses %d, resumes %d)", prod.pauses.Load(), prod.resumes.Load())
 	}
-	if n := s.c.Pending(); n > HighWaterMark+chunk {
-		t.Errorf("Pending() = %d with the producer paused, want at most %d", n, HighWaterMark+chunk)
+	if n := s.c.Pending(); n > framework.HighWaterMark+chunk {
+		t.Errorf("Pending() = %d with the producer paused, want at most %d", n, framework.HighWaterMark+chunk)
 	}
 	p.client.Close()
 	reason := s.wait(t, serveWait)
@@ -1747,15 +1749,15 @@ func TestIdleTimerDuringLingerReasonMatchesPeer(t *testing.T) {
 	reason := s.wait(t, serveWait)
 	got, err := readAll(p.client, 30*time.Second)
 	switch {
-	case IsClean(reason):
+	case framework.IsClean(reason):
 		if len(got) != size || err != io.EOF || !bytes.Equal(got, payload) {
 			t.Errorf("ConnectionLost said clean (%v), but the client read %d of %d bytes, then %v",
 				reason, len(got), size, err)
 		}
-	case errors.Is(reason, ErrIdleTimeout):
+	case errors.Is(reason, framework.ErrIdleTimeout):
 		// Dropped as idle, and said so.
 	default:
-		t.Errorf("reason %v, want clean or ErrIdleTimeout", reason)
+		t.Errorf("reason %v, want clean or framework.ErrIdleTimeout", reason)
 	}
 	r.check(t, reason)
 }

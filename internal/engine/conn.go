@@ -1,6 +1,7 @@
-package framework
+package engine
 
 import (
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -13,15 +14,15 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/superd-dev/superd/framework"
 )
 
-// Flow-control defaults. Reading from a peer pauses while its unsent output
-// is above HighWaterMark and resumes once that output has drained; a
-// connection whose unsent output passes MaxPendingOutput is aborted as a slow
-// consumer.
+// Flow control: reading from a peer pauses while its unsent output is above
+// framework.HighWaterMark and resumes once that output has drained; a
+// connection whose unsent output passes MaxPendingOutput is aborted as a
+// slow consumer.
 const (
-	HighWaterMark           = 64 << 10
-	DefaultMaxPendingOutput = 4 << 20
 	// lingerTimeout bounds how long a gracefully closed connection waits for
 	// the peer's EOF after our FIN, so the peer reads everything we sent
 	// instead of meeting a reset caused by its own unread input.
@@ -40,11 +41,11 @@ const (
 
 // ConnOptions configures how a connection is served.
 type ConnOptions struct {
-	// IdleTimeout aborts the connection (ErrIdleTimeout) when nothing has
-	// been received for this long; 0 disables it.
+	// IdleTimeout aborts the connection (framework.ErrIdleTimeout) when
+	// nothing has been received for this long; 0 disables it.
 	IdleTimeout time.Duration
-	// MaxPendingOutput is the hard limit of unsent output (ErrSlowConsumer);
-	// 0 means DefaultMaxPendingOutput.
+	// MaxPendingOutput is the hard limit of unsent output
+	// (framework.ErrSlowConsumer); 0 means framework.DefaultMaxPendingOutput.
 	MaxPendingOutput int
 	// Received and Sent count application bytes as they move; nil is fine.
 	Received, Sent prometheus.Counter
@@ -60,18 +61,18 @@ var (
 	outBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
 )
 
-// Conn is the Transport of one connection and the machinery that drives its
-// Protocol. Create it with NewConn and run it with Run (or Serve, which
-// waits for the end).
+// Conn is the framework.Transport of one connection and the machinery that
+// drives its framework.Protocol. Create it with NewConn and run it with Run
+// (or Serve, which waits for the end).
 //
 // One goroutine at a time (the reader) reads and calls every protocol
 // callback. An idle TCP or unix connection has no reader at all: it is
 // parked in the idle poller until its peer sends something, and a new
-// reader then takes over. Output is
-// appended to a pending buffer by Write from any goroutine; whoever finds no
-// flush in progress becomes the flusher: the reading goroutine after a
-// callback (so a reply costs no extra goroutine), or a short-lived goroutine
-// for writes made from elsewhere. Everything pending at the moment of a flush
+// reader then takes over. Output is appended to a pending buffer by Write
+// from any goroutine; whoever finds no flush in progress becomes the
+// flusher: the reading goroutine after a callback (so a reply costs no
+// extra goroutine), or a short-lived goroutine for writes made from
+// elsewhere. Everything pending at the moment of a flush
 // goes out in one write system call, so many small writes (a chat broadcast)
 // coalesce.
 type Conn struct {
@@ -99,7 +100,7 @@ type Conn struct {
 	readEOF       bool // the peer's end of stream was handed to ReadConnectionLost
 
 	// Parking (see Run and idlePoller).
-	p            Protocol
+	p            framework.Protocol
 	onDone       func(reason error)
 	fd           int       // descriptor for the poller; -1: never park
 	parked       bool      // no goroutine: the poller holds the connection
@@ -114,7 +115,7 @@ type Conn struct {
 	// (paused while the backlog is high); producerNotified is what the
 	// producer was last told. notifyProducer reconciles the two, one call
 	// at a time, under prodMu.
-	producer         Producer
+	producer         framework.Producer
 	producerPaused   bool
 	producerNotified bool
 	prodDirty        bool // the wish changed: a notifier must look again
@@ -147,7 +148,7 @@ func NewConn(nc net.Conn, opts ConnOptions) *Conn {
 	c := &Conn{nc: nc, opts: opts, fd: -1}
 	c.cond.L = &c.mu
 	if c.opts.MaxPendingOutput <= 0 {
-		c.opts.MaxPendingOutput = DefaultMaxPendingOutput
+		c.opts.MaxPendingOutput = framework.DefaultMaxPendingOutput
 	}
 	if c.opts.Logger == nil {
 		c.opts.Logger = slog.Default()
@@ -175,7 +176,7 @@ func isUnix(nc net.Conn) bool { _, ok := nc.(*net.UnixConn); return ok }
 // is parked (see idlePoller) and holds no goroutine until its peer sends
 // something; a new goroutine then carries on. So onDone may run on another
 // goroutine than Run's.
-func (c *Conn) Run(p Protocol, onDone func(reason error)) {
+func (c *Conn) Run(p framework.Protocol, onDone func(reason error)) {
 	c.p, c.onDone = p, onDone
 	if c.opts.IdleTimeout > 0 {
 		c.start = time.Now()
@@ -197,7 +198,7 @@ func (c *Conn) Run(p Protocol, onDone func(reason error)) {
 
 // Serve is Run that waits for the end and returns the reason given to
 // ConnectionLost.
-func (c *Conn) Serve(p Protocol) error {
+func (c *Conn) Serve(p framework.Protocol) error {
 	done := make(chan error, 1)
 	c.Run(p, func(reason error) { done <- reason })
 	return <-done
@@ -288,9 +289,10 @@ const (
 )
 
 // call runs one protocol callback with a panic ending only this
-// connection: it aborts the connection with a *PanicError and returns it.
+// connection: it aborts the connection with a *framework.PanicError and
+// returns it.
 // The caller has set inCallback and calls afterCallback.
-func (c *Conn) call(p Protocol, which int, data []byte, reason error) (perr error) {
+func (c *Conn) call(p framework.Protocol, which int, data []byte, reason error) (perr error) {
 	defer func() {
 		if v := recover(); v != nil {
 			perr = c.panicked("protocol", v)
@@ -304,15 +306,15 @@ func (c *Conn) call(p Protocol, which int, data []byte, reason error) (perr erro
 	case callLost:
 		p.ConnectionLost(reason)
 	case callReadLost:
-		p.(HalfCloseableProtocol).ReadConnectionLost()
+		p.(framework.HalfCloseableProtocol).ReadConnectionLost()
 	}
 	return nil
 }
 
 // panicked ends the connection after a panic in who's code (recovered as
 // v, in a deferred call: the stack is still the panicking one) and logs it.
-func (c *Conn) panicked(who string, v any) *PanicError {
-	pe := &PanicError{Value: v, Stack: debug.Stack()}
+func (c *Conn) panicked(who string, v any) *framework.PanicError {
+	pe := &framework.PanicError{Value: v, Stack: debug.Stack()}
 	c.opts.Logger.Error(who+" panic; closing its connection",
 		"peer", c.nc.RemoteAddr().String(), "panic", v, "stack", string(pe.Stack))
 	c.abort(pe)
@@ -330,7 +332,7 @@ const (
 // panic ends only this connection: the producer runs on whichever goroutine
 // wrote past the high-water mark or flushed below it (another connection's
 // reader, a flusher), which must not pay for it.
-func (c *Conn) callProducer(p Producer, which int) {
+func (c *Conn) callProducer(p framework.Producer, which int) {
 	defer func() {
 		if v := recover(); v != nil {
 			c.panicked("producer", v)
@@ -361,7 +363,7 @@ func (c *Conn) idleCheck() {
 	}
 	idle := time.Since(c.start) - time.Duration(c.lastRecv.Load())
 	if idle >= c.opts.IdleTimeout {
-		c.abort(ErrIdleTimeout)
+		c.abort(framework.ErrIdleTimeout)
 		return
 	}
 	c.idleTimer.Reset(c.opts.IdleTimeout - idle)
@@ -401,12 +403,12 @@ const parkAfter = 500 * time.Millisecond
 var errWouldBlock = errors.New("would block")
 
 // readLoop reads until the connection ends (false) or parks (true).
-func (c *Conn) readLoop(p Protocol) (parked bool) {
+func (c *Conn) readLoop(p framework.Protocol) (parked bool) {
 	for {
 		c.mu.Lock()
 		// Flow control: no reading while our own output is above the
 		// high-water mark (resume once drained) or the protocol paused us.
-		if c.inflight+len(c.pending) > HighWaterMark {
+		if c.inflight+len(c.pending) > framework.HighWaterMark {
 			for c.flushing && !c.closed && !c.disconnecting {
 				c.waiting = true
 				c.cond.Wait()
@@ -498,14 +500,14 @@ func (c *Conn) readLoop(p Protocol) (parked bool) {
 	}
 }
 
-// readLost hands the peer's end of stream to a HalfCloseableProtocol
+// readLost hands the peer's end of stream to a framework.HalfCloseableProtocol
 // (ReadConnectionLost), then waits, reading nothing, until the connection
 // is closing: the protocol called LoseConnection or AbortConnection, or
 // superd ended it (a Drain closes it as LoseConnection would: nothing more
 // can arrive). Its caller then ends the connection as after any end of
 // stream. Protocols that are not half-closeable are not told.
-func (c *Conn) readLost(p Protocol) {
-	if _, ok := p.(HalfCloseableProtocol); !ok {
+func (c *Conn) readLost(p framework.Protocol) {
+	if _, ok := p.(framework.HalfCloseableProtocol); !ok {
 		return
 	}
 	c.mu.Lock()
@@ -609,7 +611,7 @@ const drainWindow = 50 * time.Millisecond
 // the connection starts closing (a protocol may answer drained input with
 // LoseConnection), and never touches the read deadline once the linger has
 // set it.
-func (c *Conn) drainArrived(p Protocol) {
+func (c *Conn) drainArrived(p framework.Protocol) {
 	for {
 		c.mu.Lock()
 		if c.closed || c.disconnecting || c.readPaused {
@@ -761,7 +763,7 @@ func (c *Conn) readFailed(err error) {
 			c.flushing = false
 			c.wakeLocked()
 		}
-		c.setReason(ErrConnectionDone)
+		c.setReason(framework.ErrConnectionDone)
 	default:
 		c.setReason(&lostError{err})
 	}
@@ -841,7 +843,7 @@ func (c *Conn) shutdownWriteLocked() {
 	}
 	c.writeShut = true
 	c.halfClosing = false
-	c.setReason(ErrConnectionDone)
+	c.setReason(framework.ErrConnectionDone)
 	if c.halfShut {
 		// LoseWriteConnection sent our end of stream already.
 		if c.readEOF {
@@ -962,7 +964,7 @@ func (c *Conn) closeLocked(reason error) {
 	if reason != nil {
 		c.setReason(reason)
 	}
-	c.setReason(ErrConnectionDone)
+	c.setReason(framework.ErrConnectionDone)
 	if c.closed {
 		return
 	}
@@ -1009,9 +1011,9 @@ func (c *Conn) abortLocked(reason error) {
 // reasons of this package, or another error), dropping pending output.
 func (c *Conn) Abort(reason error) { c.abort(reason) }
 
-// --- Transport ---
+// --- framework.Transport ---
 
-// Write implements Transport.
+// Write implements framework.Transport.
 func (c *Conn) Write(b []byte) {
 	if len(b) == 0 {
 		return
@@ -1026,7 +1028,7 @@ func (c *Conn) Write(b []byte) {
 	c.wroteLocked()
 }
 
-// WriteString implements Transport.
+// WriteString implements framework.Transport.
 func (c *Conn) WriteString(s string) {
 	if len(s) == 0 {
 		return
@@ -1054,12 +1056,12 @@ func (c *Conn) reserveLocked() {
 func (c *Conn) wroteLocked() {
 	backlog := len(c.pending) + c.inflight
 	if backlog > c.opts.MaxPendingOutput {
-		c.abortLocked(ErrSlowConsumer)
+		c.abortLocked(framework.ErrSlowConsumer)
 		c.mu.Unlock()
 		return
 	}
 	pause := false
-	if c.producer != nil && !c.producerPaused && backlog > HighWaterMark {
+	if c.producer != nil && !c.producerPaused && backlog > framework.HighWaterMark {
 		c.producerPaused, c.prodDirty = true, true
 		pause = true
 	}
@@ -1143,7 +1145,7 @@ func (c *Conn) notifyProducer() {
 	}
 }
 
-// LoseConnection implements Transport.
+// LoseConnection implements framework.Transport.
 func (c *Conn) LoseConnection() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -1163,7 +1165,7 @@ func (c *Conn) LoseConnection() {
 	}
 }
 
-// LoseWriteConnection implements HalfCloser.
+// LoseWriteConnection implements framework.HalfCloser.
 func (c *Conn) LoseWriteConnection() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -1176,24 +1178,24 @@ func (c *Conn) LoseWriteConnection() {
 	}
 }
 
-// AbortConnection implements Transport.
-func (c *Conn) AbortConnection() { c.abort(ErrConnectionAborted) }
+// AbortConnection implements framework.Transport.
+func (c *Conn) AbortConnection() { c.abort(framework.ErrConnectionAborted) }
 
-// Disconnecting implements Transport.
+// Disconnecting implements framework.Transport.
 func (c *Conn) Disconnecting() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.disconnecting || c.closed
 }
 
-// PauseProducing implements Transport.
+// PauseProducing implements framework.Transport.
 func (c *Conn) PauseProducing() {
 	c.mu.Lock()
 	c.readPaused = true
 	c.mu.Unlock()
 }
 
-// ResumeProducing implements Transport.
+// ResumeProducing implements framework.Transport.
 func (c *Conn) ResumeProducing() {
 	c.mu.Lock()
 	c.readPaused = false
@@ -1201,8 +1203,8 @@ func (c *Conn) ResumeProducing() {
 	c.mu.Unlock()
 }
 
-// RegisterProducer implements Transport.
-func (c *Conn) RegisterProducer(p Producer) error {
+// RegisterProducer implements framework.Transport.
+func (c *Conn) RegisterProducer(p framework.Producer) error {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -1218,7 +1220,7 @@ func (c *Conn) RegisterProducer(p Producer) error {
 	return nil
 }
 
-// UnregisterProducer implements Transport.
+// UnregisterProducer implements framework.Transport.
 func (c *Conn) UnregisterProducer() {
 	c.mu.Lock()
 	c.producer, c.producerPaused, c.producerNotified = nil, false, false
@@ -1231,10 +1233,10 @@ func (c *Conn) BytesIn() int64 { return c.bytesIn.Load() }
 // BytesOut is the number of application bytes sent so far.
 func (c *Conn) BytesOut() int64 { return c.bytesOut.Load() }
 
-// PeerAddr implements Transport.
+// PeerAddr implements framework.Transport.
 func (c *Conn) PeerAddr() net.Addr { return c.nc.RemoteAddr() }
 
-// LocalAddr implements Transport.
+// LocalAddr implements framework.Transport.
 func (c *Conn) LocalAddr() net.Addr { return c.nc.LocalAddr() }
 
 // Pending returns the number of bytes written but not yet sent.
@@ -1245,7 +1247,18 @@ func (c *Conn) Pending() int {
 }
 
 var (
-	_ Transport  = (*Conn)(nil)
-	_ HalfCloser = (*Conn)(nil)
-	_ Aborter    = (*Conn)(nil)
+	_ framework.Transport  = (*Conn)(nil)
+	_ framework.HalfCloser = (*Conn)(nil)
+	_ framework.Aborter    = (*Conn)(nil)
 )
+
+// PeerCredentials is framework.PeerCredentials of the socket beneath the
+// transport: the peer of a unix socket connection.
+func (c *Conn) PeerCredentials() (framework.PeerCred, bool) {
+	return framework.PeerCredentials(c.nc)
+}
+
+// TLSState is framework.TLSState of the connection beneath the transport.
+func (c *Conn) TLSState() (tls.ConnectionState, bool) {
+	return framework.TLSState(c.nc)
+}

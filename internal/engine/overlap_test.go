@@ -1,4 +1,4 @@
-package framework
+package engine
 
 import (
 	"errors"
@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/superd-dev/superd/framework"
 )
 
 // latePauseProducer records its state; its first ResumeProducing and the
@@ -119,7 +121,7 @@ func TestLatePauseDoesNotLeaveProducerPaused(t *testing.T) {
 	waitFor(t, 5*time.Second, func() bool {
 		n := 0
 		someGoroutine(func(st string) bool {
-			if strings.Contains(st, "framework.(*Conn).notifyProducer(") {
+			if strings.Contains(st, "engine.(*Conn).notifyProducer(") {
 				n++
 			}
 			return false
@@ -176,12 +178,12 @@ func fillSendBuffer(t *testing.T, p *pair) {
 // 5 s crypto/tls gives it).
 func closeNotifyUnderWay() bool {
 	return someGoroutine(func(st string) bool {
-		return strings.Contains(st, "superd/framework.") && strings.Contains(st, "crypto/tls.(*Conn).closeNotify")
+		return strings.Contains(st, "superd/internal/engine.") && strings.Contains(st, "crypto/tls.(*Conn).closeNotify")
 	})
 }
 
 // assertTransportFreeDuringCloseNotify: while the close_notify waits for a
-// peer whose window is full, the Transport stays usable from other
+// peer whose window is full, the framework.Transport stays usable from other
 // goroutines: a Write (dropped: the connection is closing) returns while the
 // alert is still under way, instead of waiting for it with the lock held.
 func assertTransportFreeDuringCloseNotify(t *testing.T, s *served) {
@@ -230,8 +232,8 @@ func TestTLSCloseNotifyOnPeerEOFLeavesTransportFree(t *testing.T) {
 
 // Abort during the linger (our FIN is out, the peer has not read all our
 // output yet) resets the socket, so the peer loses the unread tail: the
-// reason is then the abort's, not the clean ErrConnectionDone recorded with
-// the FIN.
+// reason is then the abort's, not the clean framework.ErrConnectionDone
+// recorded with the FIN.
 func TestAbortDuringLingerReason(t *testing.T) {
 	const size = 2 << 20
 	p := dialPair(t, "tcp", pairOpts{clientRcv: 64 << 10, serverSnd: 4 << 20})
@@ -247,11 +249,11 @@ func TestAbortDuringLingerReason(t *testing.T) {
 		defer s.c.mu.Unlock()
 		return s.c.writeShut
 	}, "the graceful close to reach the linger")
-	s.c.Abort(ErrShutdownTimeout) // e.g. the shutdown drain ran out of time
+	s.c.Abort(framework.ErrShutdownTimeout) // e.g. the shutdown drain ran out of time
 	reason := s.wait(t, serveWait)
 	got, err := readAll(p.client, 30*time.Second)
-	if IsClean(reason) && (len(got) != size || err != io.EOF) {
-		t.Errorf("ConnectionLost said clean (%v) after Abort(ErrShutdownTimeout), but the client read %d of %d bytes, then %v",
+	if framework.IsClean(reason) && (len(got) != size || err != io.EOF) {
+		t.Errorf("ConnectionLost said clean (%v) after Abort(framework.ErrShutdownTimeout), but the client read %d of %d bytes, then %v",
 			reason, len(got), size, err)
 	}
 	r.check(t, reason)
@@ -279,9 +281,9 @@ func TestProducerPanicEndsOnlyItsConnection(t *testing.T) {
 		s.c.Write(chunk) // must not panic here
 	}
 	reason := s.wait(t, serveWait)
-	var pe *PanicError
+	var pe *framework.PanicError
 	if !errors.As(reason, &pe) || pe.Value != "producer bug" {
-		t.Errorf("reason %v, want the producer's *PanicError", reason)
+		t.Errorf("reason %v, want the producer's *framework.PanicError", reason)
 	}
 	if prod.stops.Load() != 1 {
 		t.Errorf("StopProducing called %d times, want 1", prod.stops.Load())
