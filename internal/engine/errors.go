@@ -1,3 +1,6 @@
+// This file owns the engine's own reasons for ending a connection (the
+// public ones are framework's).
+
 package engine
 
 import (

@@ -1,5 +1,8 @@
 //go:build !linux
 
+// This file owns the stand-ins for the idle poller and the socket queries
+// where epoll is not available: connections never park.
+
 package engine
 
 import (
