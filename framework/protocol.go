@@ -17,7 +17,8 @@ package framework
 import "net"
 
 // Protocol handles the events of one connection. The framework calls its
-// methods from a single goroutine, one at a time, in this order:
+// methods one at a time (never two at once, though not always from the
+// same goroutine), in this order:
 // ConnectionMade once, DataReceived zero or more times, ConnectionLost once.
 // DataReceived is never called after LoseConnection or AbortConnection, nor
 // while the transport is paused.
@@ -87,9 +88,15 @@ type Transport interface {
 	// RegisterProducer registers a streaming producer of outgoing data: it is
 	// paused while the connection's unsent output is above the high-water
 	// mark, resumed once that output has drained, and stopped when the
-	// connection ends. Its methods are called from framework goroutines and
-	// must be safe for that. Registering a second producer is an error; on a
-	// connection already gone, p.StopProducing is called at once.
+	// connection ends. Its methods are called one at a time with the
+	// protocol's callbacks, never beside them, so a protocol can be its own
+	// producer. A write that passes the mark from inside a callback or a
+	// producer call pauses the producer within that write, as Twisted does
+	// (a ResumeProducing may write until paused); a write from another
+	// goroutine while a callback runs pauses it once that callback has
+	// returned, so a producer writing from its own goroutine may pass the
+	// mark by what it writes meanwhile. Registering a second producer is an
+	// error; on a connection already gone, p is stopped instead.
 	RegisterProducer(p Producer) error
 	// UnregisterProducer forgets the registered producer, if any.
 	UnregisterProducer()

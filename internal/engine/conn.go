@@ -70,13 +70,15 @@ var (
 // One goroutine at a time (the reader) reads and calls every protocol
 // callback. An idle TCP or unix connection has no reader at all: it is
 // parked in the idle poller until its peer sends something, and a new
-// reader then takes over. Output is appended to a pending buffer by Write
-// from any goroutine; whoever finds no flush in progress becomes the
-// flusher: the reading goroutine after a callback (so a reply costs no
-// extra goroutine), or a short-lived goroutine for writes made from
-// elsewhere. Everything pending at the moment of a flush
-// goes out in one write system call, so many small writes (a chat broadcast)
-// coalesce.
+// reader then takes over. A registered producer is called one call at a
+// time with the protocol's callbacks, never beside them (see cbOwner).
+//
+// Output is appended to a pending buffer by Write from any goroutine;
+// whoever finds no flush in progress becomes the flusher: the reading
+// goroutine after a callback (so a reply costs no extra goroutine), or a
+// short-lived goroutine for writes made from elsewhere. Everything pending
+// at the moment of a flush goes out in one write system call, so many
+// small writes (a chat broadcast) coalesce.
 type Conn struct {
 	nc   net.Conn
 	raw  syscall.RawConn // nil when reads must go through nc (TLS)
@@ -101,6 +103,13 @@ type Conn struct {
 	halfShut      bool // LoseWriteConnection's end of stream went out
 	readEOF       bool // the peer's end of stream was handed to ReadConnectionLost
 
+	// cbOwner is the goroutine (curG) whose turn it is to run the
+	// connection's callbacks, the protocol's and the producer's alike;
+	// 0: nobody's. Only the owner calls them, so they never overlap (see
+	// takeTurnLocked, endTurnLocked and tellProducerLocked).
+	cbOwner uintptr
+	lost    bool // ConnectionLost has returned: no callback runs again
+
 	// Parking (see Run and idlePoller).
 	p            framework.Protocol
 	onDone       func(reason error)
@@ -113,17 +122,15 @@ type Conn struct {
 	lingerUntil  time.Time // the linger's read deadline, once our FIN is out
 	discarded    int       // reader only: bytes read and not delivered (see lingerMaxInput)
 
-	// The registered producer. producerPaused is what the connection wants
-	// (paused while the backlog is high); producerNotified is what the
-	// producer was last told. notifyProducer reconciles the two, one call
-	// at a time, under prodMu.
-	producer         framework.Producer
-	producerPaused   bool
-	producerNotified bool
-	prodDirty        bool // the wish changed: a notifier must look again
-	pauseOverlapped  bool // a pause was delivered while a notifier was busy
-	pausesInFlight   int  // such pauses not returned yet: no resume meanwhile
-	prodMu           sync.Mutex
+	// The registered producer, and producerPaused: what the connection
+	// wants of it (paused while the backlog is high). Both change under mu
+	// but are atomic, so that the goroutine whose turn it is can read them
+	// without mu: it tells the producer a pause decided by another
+	// goroutine's write as soon as its own call returns, without first
+	// waiting for mu (which that writer, writing on until paused, keeps
+	// busy). See settleProducer.
+	prod           atomic.Pointer[registered]
+	producerPaused atomic.Bool
 
 	// Idle timeout: the timer checks lastRecv (time since start when
 	// something was last received) and re-arms itself.
@@ -187,6 +194,7 @@ func (c *Conn) Run(p framework.Protocol, onDone func(reason error)) {
 		c.idleTimer.Reset(c.opts.IdleTimeout)
 	}
 	c.mu.Lock()
+	c.takeTurnLocked()
 	c.inCallback = true
 	c.mu.Unlock()
 	if c.call(p, callMade, nil, nil) != nil {
@@ -215,19 +223,42 @@ func (c *Conn) finish() {
 	c.mu.Lock()
 	c.closeLocked(nil)
 	reason := c.reason
-	prod := c.producer
-	c.producer = nil
+	c.takeTurnLocked()
 	c.inCallback = true // writes from here on are dropped anyway
+	c.stopProducerLocked()
 	c.mu.Unlock()
-	if prod != nil {
-		c.prodMu.Lock()
-		c.callProducer(prod, prodStop)
-		c.prodMu.Unlock()
-	}
 	c.call(c.p, callLost, nil, reason)
+	c.mu.Lock()
+	c.stopProducerLocked() // one registered during ConnectionLost
+	c.lost = true
+	c.cbOwner = 0
+	c.wakeLocked()
+	c.mu.Unlock()
 	if c.onDone != nil {
 		c.onDone(reason)
 	}
+}
+
+// takeTurnLocked waits until no other goroutine runs one of the
+// connection's callbacks, then makes the caller the one that does (mu is
+// released while waiting). Only the reader waits for its turn; nothing
+// that the protocol or another goroutine calls does (see
+// tellProducerLocked), so no callback can wait for itself.
+func (c *Conn) takeTurnLocked() {
+	for c.cbOwner != 0 {
+		c.waiting = true
+		c.cond.Wait()
+	}
+	c.cbOwner = curG()
+}
+
+// endTurnLocked ends the caller's turn. It first gives the producer every
+// pause or resume decided while the turn lasted (settleProducerLocked), so
+// none is lost, then lets the next goroutine in.
+func (c *Conn) endTurnLocked() {
+	c.settleProducerLocked()
+	c.cbOwner = 0
+	c.wakeLocked()
 }
 
 // The protocol callbacks, for call.
@@ -240,8 +271,8 @@ const (
 
 // call runs one protocol callback with a panic ending only this
 // connection: it aborts the connection with a *framework.PanicError and
-// returns it.
-// The caller has set inCallback and calls afterCallback.
+// returns it. The caller has taken its turn and set inCallback, and calls
+// afterCallback (which ends the turn).
 func (c *Conn) call(p framework.Protocol, which int, data []byte, reason error) (perr error) {
 	defer func() {
 		if v := recover(); v != nil {

@@ -76,8 +76,12 @@ func (c *Conn) drainArrived(p framework.Protocol) {
 			c.opts.Received.Add(float64(n))
 		}
 		c.mu.Lock()
+		c.waitToDeliverLocked(false)
 		deliver := !c.closed && !c.disconnecting && !c.readPaused
 		c.inCallback = deliver
+		if deliver {
+			c.cbOwner = curG()
+		}
 		c.mu.Unlock()
 		if deliver {
 			c.call(p, callData, (*buf)[:n], nil)

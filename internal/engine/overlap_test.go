@@ -1,76 +1,29 @@
 package engine
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/framework/basic"
 )
 
-// latePauseProducer records its state; its first ResumeProducing and the
-// PauseProducing armed with holdNextPause wait until released, standing in
-// for a goroutine that is descheduled (or waits for the producer's own
-// lock) between the framework's decision and the call taking effect.
-type latePauseProducer struct {
-	paused                 atomic.Bool
-	pauses, resumes, stops atomic.Int32
-	inCall                 atomic.Int32
-
-	resumeEntered, resumeRelease chan struct{}
-	holdNextPause                atomic.Bool
-	pauseEntered, pauseRelease   chan struct{}
-}
-
-func (p *latePauseProducer) PauseProducing() {
-	p.inCall.Add(1)
-	defer p.inCall.Add(-1)
-	if p.holdNextPause.CompareAndSwap(true, false) {
-		close(p.pauseEntered)
-		<-p.pauseRelease
-	}
-	p.pauses.Add(1)
-	p.paused.Store(true)
-}
-
-func (p *latePauseProducer) ResumeProducing() {
-	p.inCall.Add(1)
-	defer p.inCall.Add(-1)
-	if p.resumes.Add(1) == 1 {
-		close(p.resumeEntered)
-		<-p.resumeRelease
-	}
-	p.paused.Store(false)
-}
-
-func (p *latePauseProducer) StopProducing() { p.stops.Add(1) }
-
-// A pause delivered outside prodMu (the notifier is busy in a
-// ResumeProducing) may take effect after the notifier's final
-// ResumeProducing, if the backlog drains in between. The producer must
-// still end up resumed: no resume is sent while such a pause is on its way,
-// and the wish is re-sent once it has landed.
-func TestLatePauseDoesNotLeaveProducerPaused(t *testing.T) {
-	p := dialPair(t, "tcp", pairOpts{clientRcv: 64 << 10, serverSnd: 64 << 10})
-	r := newRecorder()
-	s := serve(t, p.server, ConnOptions{MaxPendingOutput: 16 << 20}, r)
-	waitFor(t, 5*time.Second, r.madeYet, "ConnectionMade")
-	prod := &latePauseProducer{
-		resumeEntered: make(chan struct{}), resumeRelease: make(chan struct{}),
-		pauseEntered: make(chan struct{}), pauseRelease: make(chan struct{}),
-	}
-	var relResume, relPause sync.Once
-	releaseResume := func() { relResume.Do(func() { close(prod.resumeRelease) }) }
-	releasePause := func() { relPause.Do(func() { close(prod.pauseRelease) }) }
-	t.Cleanup(func() { releaseResume(); releasePause() })
-	if err := s.c.RegisterProducer(prod); err != nil {
-		t.Fatal(err)
-	}
+// A pause decided by another goroutine's write while a producer call runs
+// (here the flusher's ResumeProducing, held inside the producer) neither
+// runs beside that call nor is lost: the goroutine running the call
+// delivers it once the call has returned, before its turn ends. The write
+// itself does not wait. Once the client has read that output too, the
+// producer is resumed again: it ends neither paused for good nor running
+// against a backlog.
+func TestPauseDuringResumeIsDeliveredAfterIt(t *testing.T) {
+	s, p, prod, r := heldResume(t)
 	readN := func(n int) {
 		t.Helper()
 		buf := make([]byte, n)
@@ -80,68 +33,36 @@ func TestLatePauseDoesNotLeaveProducerPaused(t *testing.T) {
 		}
 	}
 
-	// 1. Past the high-water mark: paused. The client drains it; the
-	// flusher (A) resumes the producer under prodMu, and that resume is
-	// held inside the producer.
+	// Another goroutine writes past the mark while the resume is held.
 	const chunk = 1 << 20
-	s.c.Write(randBytes(chunk, 71))
-	if prod.pauses.Load() != 1 {
-		t.Fatalf("pauses %d, want 1", prod.pauses.Load())
-	}
-	readN(chunk)
-	select {
-	case <-prod.resumeEntered:
-	case <-time.After(20 * time.Second):
-		t.Fatal("ResumeProducing never called")
-	}
-
-	// 2. Another goroutine (B) writes past the mark while A is busy: it
-	// delivers the pause itself, but is slow about it.
-	prod.holdNextPause.Store(true)
-	bDone := make(chan struct{})
+	wrote := make(chan struct{})
 	go func() {
-		defer close(bDone)
+		defer close(wrote)
 		s.c.Write(randBytes(chunk, 73))
 	}()
 	select {
-	case <-prod.pauseEntered:
+	case <-wrote:
 	case <-time.After(5 * time.Second):
-		t.Fatal("the overlapping PauseProducing was never called")
+		t.Fatal("Write waited for the producer's ResumeProducing")
 	}
+	if !s.wantsProducerPaused() {
+		t.Fatal("the connection does not want the producer paused after 1 MiB the client has not read")
+	}
+	holds(t, 100*time.Millisecond, func() bool { return prod.pauses.Load() == 1 },
+		"PauseProducing delivered while ResumeProducing was still running")
 
-	// 3. The client drains B's output: the connection no longer wants the
-	// producer paused (the flusher's resume finds prodMu busy).
+	// The resume returns: the pause follows.
+	close(prod.blockResume)
+	waitFor(t, 10*time.Second, func() bool { return prod.pauses.Load() == 2 && prod.isPaused() },
+		"the pause decided during the resume, once the resume has returned")
+
+	// The client reads that output: the producer is resumed.
 	readN(chunk)
-	waitFor(t, 10*time.Second, func() bool { return !s.wantsProducerPaused() && s.c.Pending() == 0 },
-		"B's output flushed and the connection wanting the producer running")
-
-	// 4. A's resume returns; A re-sends the wish (a resume) and leaves:
-	// only B is still in notifyProducer.
-	releaseResume()
-	waitFor(t, 5*time.Second, func() bool {
-		n := 0
-		someGoroutine(func(st string) bool {
-			if strings.Contains(st, "engine.(*Conn).notifyProducer(") {
-				n++
-			}
-			return false
-		})
-		return n == 1
-	}, "the notifier to finish")
-
-	// 5. B's pause finally takes effect.
-	releasePause()
-	<-bDone
-
-	// The connection wants the producer running and has nothing pending: a
-	// correct notifier resumes it again.
-	deadline := time.Now().Add(2 * time.Second)
-	for prod.paused.Load() && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
-	if prod.paused.Load() && !s.wantsProducerPaused() && s.c.Pending() == 0 {
-		t.Errorf("producer left paused for good: connection wants it running (producerPaused=false), "+
-			"nothing pending, pauses %d, resumes %d", prod.pauses.Load(), prod.resumes.Load())
+	waitFor(t, 10*time.Second, func() bool {
+		return !prod.isPaused() && prod.inCall.Load() == 0 && !s.wantsProducerPaused() && s.c.Pending() == 0
+	}, "the producer resumed once its output drained")
+	if n := prod.overlaps.Load(); n != 0 {
+		t.Errorf("%d producer calls overlapped another", n)
 	}
 	p.client.Close()
 	r.check(t, s.wait(t, serveWait))
@@ -289,4 +210,232 @@ func TestProducerPanicEndsOnlyItsConnection(t *testing.T) {
 		t.Errorf("StopProducing called %d times, want 1", prod.stops.Load())
 	}
 	r.check(t, reason)
+}
+
+// selfProducer is a protocol registered as its own transport's producer, as
+// a line receiver that pauses and resumes along with its transport is. Its
+// state is deliberately unsynchronised: a producer call that overlaps a
+// protocol callback is a data race for the race detector. active counts the
+// callbacks running, for the same check without it: a PauseProducing may
+// only run inside one of the protocol's own writes (nested, as Twisted
+// delivers it from write()).
+type selfProducer struct {
+	t framework.Transport
+
+	active   atomic.Int32
+	writing  atomic.Bool // inside one of our own Writes
+	overlaps atomic.Int32
+	lost     chan error
+
+	// Unsynchronised: every callback touches them.
+	calls           int
+	paused          bool
+	received        int
+	pauses, resumes int
+	stops           int
+}
+
+func (p *selfProducer) enter(nestedOK bool) {
+	if n := p.active.Add(1); n != 1 && !(nestedOK && p.writing.Load()) {
+		p.overlaps.Add(1)
+	}
+	p.calls++
+}
+
+func (p *selfProducer) exit() { p.active.Add(-1) }
+
+func (p *selfProducer) write(b []byte) {
+	p.writing.Store(true)
+	p.t.Write(b)
+	p.writing.Store(false)
+}
+
+func (p *selfProducer) ConnectionMade(t framework.Transport) {
+	p.enter(false)
+	defer p.exit()
+	p.t = t
+	if err := t.RegisterProducer(p); err != nil {
+		panic(err)
+	}
+}
+
+// echoes is how many times selfProducer echoes what arrives: one TLS
+// record (16 KiB) then passes the high-water mark.
+const echoes = 5
+
+// DataReceived echoes five times what arrives, so the output backs up
+// faster than the peer reads it. It writes in small pieces, so it runs
+// long enough for a flusher to drain the output meanwhile.
+func (p *selfProducer) DataReceived(b []byte) {
+	p.enter(false)
+	defer p.exit()
+	p.received += len(b)
+	for i := 0; i < echoes; i++ {
+		for rest := b; len(rest) > 0; {
+			n := min(len(rest), 512)
+			p.write(rest[:n])
+			rest = rest[n:]
+			p.calls++
+		}
+	}
+}
+
+func (p *selfProducer) PauseProducing() {
+	p.enter(true)
+	defer p.exit()
+	p.paused = true
+	p.pauses++
+}
+
+// ResumeProducing writes a marker, as a line receiver delivers the lines
+// it held while paused.
+func (p *selfProducer) ResumeProducing() {
+	p.enter(false)
+	defer p.exit()
+	p.write([]byte{'R'})
+	p.paused = false
+	p.resumes++
+}
+
+func (p *selfProducer) StopProducing() {
+	p.enter(false)
+	defer p.exit()
+	p.stops++
+}
+
+func (p *selfProducer) ConnectionLost(reason error) {
+	p.enter(false)
+	p.calls++
+	p.exit()
+	p.lost <- reason
+}
+
+// A protocol that is its own transport's producer is paused and resumed as
+// its output backs up and drains, while input keeps arriving: every
+// producer call runs one at a time with its DataReceived, never beside it
+// (SPEC section 5: a connection's callbacks never overlap). Before producer
+// calls were serialised with the protocol's callbacks, the flusher resumed
+// the producer on its own goroutine while DataReceived ran on the reader's.
+func TestSelfProducerCallbacksNeverOverlap(t *testing.T) {
+	forTransports(t, []string{"tcp", "unix", "tls"}, func(t *testing.T, network string, useTLS bool) {
+		pr := dialPair(t, network, pairOpts{tls: useTLS})
+		p := &selfProducer{lost: make(chan error, 1)}
+		s := serve(t, pr.server, ConnOptions{}, p)
+
+		const size = 2 << 20
+		payload := bytes.Repeat([]byte("0123456789abcdef"), size/16)
+		sent := make(chan error, 1)
+		go func() {
+			_, err := pr.client.Write(payload)
+			if err == nil {
+				err = pr.client.(interface{ CloseWrite() error }).CloseWrite()
+			}
+			sent <- err
+		}()
+		// The client reads as it can, in small pieces, until the server
+		// closes after our end of stream.
+		var echoed, markers int
+		buf := make([]byte, 4<<10)
+		pr.client.SetReadDeadline(time.Now().Add(serveWait))
+		for {
+			n, err := pr.client.Read(buf)
+			for _, b := range buf[:n] {
+				if b == 'R' {
+					markers++
+				} else {
+					echoed++
+				}
+			}
+			if err != nil {
+				break
+			}
+		}
+		if err := <-sent; err != nil {
+			t.Fatalf("client write: %v", err)
+		}
+		var reason error
+		select {
+		case reason = <-p.lost:
+		case <-time.After(serveWait):
+			t.Fatal("ConnectionLost never came")
+		}
+		s.wait(t, serveWait)
+		if n := p.overlaps.Load(); n != 0 {
+			t.Errorf("%d callbacks overlapped another", n)
+		}
+		if echoed != echoes*size {
+			t.Errorf("echoed %d bytes, want %d", echoed, echoes*size)
+		}
+		if p.pauses == 0 || p.resumes == 0 {
+			t.Errorf("pauses %d, resumes %d: flow control never engaged", p.pauses, p.resumes)
+		}
+		if p.stops != 1 {
+			t.Errorf("StopProducing called %d times, want 1", p.stops)
+		}
+		t.Logf("%v; pauses %d, resumes %d (markers %d)", reason, p.pauses, p.resumes, markers)
+	})
+}
+
+// lineEcho is a line receiver registered as its own transport's producer:
+// its PauseProducing and ResumeProducing are the receiver's, which pause
+// and resume the transport, and the resume delivers the lines that arrived
+// meanwhile. lines is deliberately unsynchronised (see selfProducer).
+type lineEcho struct {
+	basic.LineReceiver
+	lines int
+}
+
+func (p *lineEcho) ConnectionMade(t framework.Transport) {
+	p.Init(t, p)
+	if err := t.RegisterProducer(p); err != nil {
+		panic(err)
+	}
+}
+
+func (p *lineEcho) LineReceived(line []byte) {
+	p.lines++
+	for range echoes {
+		p.SendLine(line)
+	}
+}
+
+// The case the bug report came from: a basic.LineReceiver that is its own
+// producer gets LineReceived from its ResumeProducing (the lines held while
+// paused) and from DataReceived; the two never run at once, and every line
+// is answered.
+func TestLineReceiverAsItsOwnProducer(t *testing.T) {
+	forTransports(t, []string{"tcp", "tls"}, func(t *testing.T, network string, useTLS bool) {
+		pr := dialPair(t, network, pairOpts{tls: useTLS})
+		p := &lineEcho{}
+		s := serve(t, pr.server, ConnOptions{}, p)
+
+		const lines = 20000
+		var in bytes.Buffer
+		for i := range lines {
+			fmt.Fprintf(&in, "line %05d of the client, long enough to matter\r\n", i)
+		}
+		sent := make(chan error, 1)
+		go func() {
+			_, err := pr.client.Write(in.Bytes())
+			sent <- err
+		}()
+		got := 0
+		buf := make([]byte, 4<<10)
+		pr.client.SetReadDeadline(time.Now().Add(serveWait))
+		for got < echoes*lines {
+			n, err := pr.client.Read(buf)
+			got += bytes.Count(buf[:n], []byte("\n"))
+			if err != nil {
+				t.Fatalf("client read after %d of %d lines: %v", got, echoes*lines, err)
+			}
+		}
+		if err := <-sent; err != nil {
+			t.Fatalf("client write: %v", err)
+		}
+		pr.client.Close()
+		s.wait(t, serveWait)
+		if p.lines != lines {
+			t.Errorf("LineReceived %d times, want %d", p.lines, lines)
+		}
+	})
 }

@@ -123,14 +123,15 @@ func (c *Conn) readLoop(p framework.Protocol) (parked bool) {
 			}
 			c.received, c.recvSinceArm = true, true
 			// Deliver unless the connection is ending; data that arrived
-			// as the protocol paused waits for ResumeProducing.
+			// as the protocol paused waits for ResumeProducing, and for
+			// any producer call running elsewhere to return.
 			c.mu.Lock()
-			for c.readPaused && !c.closed && !c.disconnecting && !c.draining {
-				c.waiting = true
-				c.cond.Wait()
-			}
+			c.waitToDeliverLocked(false)
 			deliver := !c.closed && !c.disconnecting && !(c.draining && c.readPaused)
 			c.inCallback = deliver
+			if deliver {
+				c.cbOwner = curG()
+			}
 			if !deliver && !c.closed {
 				// Closing: the input is discarded, up to a bound.
 				c.discarded += n
@@ -175,6 +176,25 @@ func (c *Conn) readLoop(p framework.Protocol) (parked bool) {
 	}
 }
 
+// waitToDeliverLocked waits until input can be delivered, or the
+// connection is ending: the protocol has not paused the transport (an end
+// of stream, eof, and a drain are delivered while paused), and no producer
+// call runs on another goroutine. The caller checks which, and takes the
+// turn if it delivers. The two waits are one: a reader that waited for its
+// turn while paused could wait for ever, since the protocol may need that
+// very turn to resume reading (a producer's ResumeProducing that calls the
+// transport's).
+func (c *Conn) waitToDeliverLocked(eof bool) {
+	for !c.closed && !c.disconnecting {
+		paused := c.readPaused && !eof && !c.draining
+		if !paused && c.cbOwner == 0 {
+			return
+		}
+		c.waiting = true
+		c.cond.Wait()
+	}
+}
+
 // readLost hands the peer's end of stream to a framework.HalfCloseableProtocol
 // (ReadConnectionLost), then waits, reading nothing, until the connection
 // is closing: the protocol called LoseConnection or AbortConnection, or
@@ -186,12 +206,14 @@ func (c *Conn) readLost(p framework.Protocol) {
 		return
 	}
 	c.mu.Lock()
+	c.waitToDeliverLocked(true)
 	if c.closed || c.disconnecting || c.draining || c.readEOF {
 		c.mu.Unlock()
 		return
 	}
 	c.readEOF = true
 	c.inCallback = true
+	c.cbOwner = curG()
 	c.mu.Unlock()
 	c.call(p, callReadLost, nil, nil)
 	c.afterCallback()

@@ -8,11 +8,14 @@ import (
 	"github.com/superd-dev/superd/framework"
 )
 
-// afterCallback flushes what the callback wrote (one write, in this
+// afterCallback ends the callback's turn (telling the producer what was
+// decided meanwhile), flushes what the callback wrote (one write, in this
 // goroutine), hands any remainder to a background flusher, and finishes a
 // graceful close that the callback asked for.
 func (c *Conn) afterCallback() {
+	c.settleProducer() // before waiting for mu: see settleProducer
 	c.mu.Lock()
+	c.endTurnLocked()
 	c.inCallback = false
 	if len(c.pending) > 0 && !c.flushing && !c.closed {
 		c.flushing = true
@@ -70,11 +73,9 @@ func (c *Conn) flushOnceLocked() {
 // paused for the backlog, and completes a graceful close.
 func (c *Conn) flushDoneLocked() {
 	c.flushing = false
-	if c.producer != nil && c.producerPaused && !c.closed {
-		c.producerPaused, c.prodDirty = false, true
-		c.mu.Unlock()
-		c.notifyProducer()
-		c.mu.Lock()
+	if c.prod.Load() != nil && c.producerPaused.Load() && !c.closed {
+		c.producerPaused.Store(false)
+		c.tellProducerLocked()
 		if c.flushing {
 			return // the producer wrote; that flush takes over from here
 		}
@@ -134,17 +135,13 @@ func (c *Conn) wroteLocked() {
 		c.mu.Unlock()
 		return
 	}
-	pause := false
-	if c.producer != nil && !c.producerPaused && backlog > framework.HighWaterMark {
-		c.producerPaused, c.prodDirty = true, true
-		pause = true
-	}
 	if !c.flushing && !c.inCallback {
 		c.flushing = true
 		go c.flushLoop()
 	}
-	c.mu.Unlock()
-	if pause {
-		c.notifyProducer()
+	if c.prod.Load() != nil && !c.producerPaused.Load() && backlog > framework.HighWaterMark {
+		c.producerPaused.Store(true)
+		c.tellProducerLocked()
 	}
+	c.mu.Unlock()
 }
