@@ -29,22 +29,9 @@ var (
 	ErrUpstream = fmt.Errorf("upstream failed: %w", ErrConnectionAborted)
 )
 
-// errClosingInput: the peer sent more than lingerMaxInput bytes after the
-// connection began closing; it was reset rather than read without bound.
-var errClosingInput = fmt.Errorf("peer kept sending after the close (over %d bytes discarded): %w",
-	lingerMaxInput, ErrConnectionLost)
-
 // IsClean reports whether reason (as given to ConnectionLost) is an orderly
 // close rather than an error.
 func IsClean(reason error) bool { return errors.Is(reason, ErrConnectionDone) }
-
-// lostError wraps the network error that ended a connection.
-type lostError struct{ err error }
-
-func (e *lostError) Error() string { return "connection lost: " + e.err.Error() }
-func (e *lostError) Unwrap() []error {
-	return []error{ErrConnectionLost, e.err}
-}
 
 // PanicError is the reason given to ConnectionLost when a callback of the
 // connection's protocol panicked; the connection is aborted.

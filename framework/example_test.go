@@ -8,6 +8,7 @@ import (
 
 	"github.com/superd-dev/superd/framework"
 	"github.com/superd-dev/superd/framework/basic"
+	"github.com/superd-dev/superd/internal/engine"
 )
 
 // serveOnce runs f on a loopback listener for one connection, sends input
@@ -33,7 +34,7 @@ func serveOnce(f framework.Factory, input string) string {
 			nc.Close()
 			return
 		}
-		framework.NewConn(nc, framework.ConnOptions{}).Serve(p)
+		engine.NewConn(nc, engine.ConnOptions{}).Serve(p)
 	}()
 	c, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {

@@ -18,12 +18,18 @@ type PeerCred struct {
 //		if cred, ok := framework.PeerCredentials(t); ok && cred.UID != 0 { ... }
 //	}
 func PeerCredentials(c any) (cred PeerCred, ok bool) {
-	if t, isConn := c.(*Conn); isConn {
-		c = t.nc
+	if t, ok := c.(peerCredentialer); ok {
+		return t.PeerCredentials()
 	}
 	uc, isUnix := c.(*net.UnixConn)
 	if !isUnix {
 		return PeerCred{}, false
 	}
 	return peerCred(uc)
+}
+
+// peerCredentialer is implemented by superd's transports, which know the
+// socket beneath them.
+type peerCredentialer interface {
+	PeerCredentials() (PeerCred, bool)
 }

@@ -1,8 +1,10 @@
-// Package framework owns superd's programming model: the Protocol, Transport
-// and Factory interfaces, the factory registry, and the connection machinery
-// that drives one Protocol over one net.Conn with the guarantees service
-// authors rely on (callback ordering, ConnectionLost exactly once,
-// non-blocking writes, flow control).
+// Package framework is superd's programming model, what a service author
+// writes against: the Protocol, Transport and Factory interfaces, the
+// factory registry, the reasons a connection ends, and the hand-off of a
+// connection or listening socket to a factory that serves it itself. The
+// guarantees service authors rely on (callback ordering, ConnectionLost
+// exactly once, non-blocking writes, flow control) are stated here; the
+// machinery that keeps them is superd's own (internal/engine).
 //
 // The model is Twisted's. A Factory per service builds a Protocol per
 // connection; the Protocol receives events; it answers through its Transport.
@@ -15,7 +17,8 @@ package framework
 import "net"
 
 // Protocol handles the events of one connection. The framework calls its
-// methods from a single goroutine, one at a time, in this order:
+// methods one at a time (never two at once, though not always from the
+// same goroutine), in this order:
 // ConnectionMade once, DataReceived zero or more times, ConnectionLost once.
 // DataReceived is never called after LoseConnection or AbortConnection, nor
 // while the transport is paused.
@@ -85,9 +88,15 @@ type Transport interface {
 	// RegisterProducer registers a streaming producer of outgoing data: it is
 	// paused while the connection's unsent output is above the high-water
 	// mark, resumed once that output has drained, and stopped when the
-	// connection ends. Its methods are called from framework goroutines and
-	// must be safe for that. Registering a second producer is an error; on a
-	// connection already gone, p.StopProducing is called at once.
+	// connection ends. Its methods are called one at a time with the
+	// protocol's callbacks, never beside them, so a protocol can be its own
+	// producer. A write that passes the mark from inside a callback or a
+	// producer call pauses the producer within that write, as Twisted does
+	// (a ResumeProducing may write until paused); a write from another
+	// goroutine while a callback runs pauses it once that callback has
+	// returned, so a producer writing from its own goroutine may pass the
+	// mark by what it writes meanwhile. Registering a second producer is an
+	// error; on a connection already gone, p is stopped instead.
 	RegisterProducer(p Producer) error
 	// UnregisterProducer forgets the registered producer, if any.
 	UnregisterProducer()
@@ -113,7 +122,7 @@ type HalfCloseableProtocol interface {
 }
 
 // HalfCloser is implemented by transports that can close their write side
-// alone (*Conn does), as Twisted's loseWriteConnection.
+// alone (superd's stream transports do), as Twisted's loseWriteConnection.
 type HalfCloser interface {
 	// LoseWriteConnection sends the peer an end of stream (a FIN; under
 	// TLS a close_notify and a FIN) once everything written so far has
@@ -124,9 +133,10 @@ type HalfCloser interface {
 	LoseWriteConnection()
 }
 
-// Aborter is implemented by transports that can be aborted with a reason of
-// the protocol's choosing (*Conn does): AbortConnection with, for example,
-// ErrUpstream, which superd counts as a drop with that reason.
+// Aborter is implemented by transports that can be aborted with a reason
+// of the protocol's choosing (superd's stream transports do):
+// AbortConnection with, for example, ErrUpstream, which superd counts as a
+// drop with that reason.
 type Aborter interface {
 	Abort(reason error)
 }

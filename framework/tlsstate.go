@@ -17,8 +17,8 @@ import "crypto/tls"
 //		if st, ok := framework.TLSState(t); ok && st.NegotiatedProtocol == "h2" { ... }
 //	}
 func TLSState(c any) (state tls.ConnectionState, ok bool) {
-	if t, isConn := c.(*Conn); isConn {
-		c = t.nc
+	if t, ok := c.(tlsStater); ok {
+		return t.TLSState()
 	}
 	tc, isTLS := c.(*tls.Conn)
 	if !isTLS {
@@ -29,4 +29,10 @@ func TLSState(c any) (state tls.ConnectionState, ok bool) {
 		return tls.ConnectionState{}, false
 	}
 	return st, true
+}
+
+// tlsStater is implemented by superd's transports, which know the
+// connection beneath them.
+type tlsStater interface {
+	TLSState() (tls.ConnectionState, bool)
 }

@@ -13,7 +13,7 @@ import (
 )
 
 // servedConn is what a drain needs of a connection being served: a
-// framework.Conn, or a handoff to a factory that serves the connection
+// engine.Conn, or a handoff to a factory that serves the connection
 // itself.
 type servedConn interface {
 	Drain()

@@ -20,6 +20,7 @@ import (
 	"github.com/superd-dev/superd/config"
 	"github.com/superd-dev/superd/endpoint"
 	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/internal/engine"
 	"github.com/superd-dev/superd/metrics"
 )
 
@@ -40,7 +41,7 @@ type service struct {
 	// certificates served now (a reload may swap them; under the
 	// supervisor's mu).
 	certFingerprint string
-	connOpts        framework.ConnOptions
+	connOpts        engine.ConnOptions
 
 	mu          sync.Mutex
 	closing     bool
@@ -114,7 +115,7 @@ func newService(log *slog.Logger, m *metrics.Metrics, sc *config.Service, refs *
 		certFingerprint: sc.CertFingerprint,
 	}
 	refs.acquire(svc.seriesKey())
-	svc.connOpts = framework.ConnOptions{
+	svc.connOpts = engine.ConnOptions{
 		IdleTimeout:      sc.Limits.IdleTimeout,
 		MaxPendingOutput: sc.Limits.MaxPendingOutput,
 		Received:         ms.Received,
@@ -434,7 +435,7 @@ func (s *service) handle(c, stream net.Conn, b *binding, k conKeys) {
 		release()
 		return
 	}
-	conn := framework.NewConn(nc, s.connOpts)
+	conn := engine.NewConn(nc, s.connOpts)
 	s.mu.Lock()
 	s.conns[c] = conn
 	s.info[c] = &connInfo{b: b, since: time.Now(), nc: nc, fc: conn}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/internal/engine"
 )
 
 // connInfo describes a connection being served, for the status view.
@@ -13,7 +14,7 @@ type connInfo struct {
 	b     *binding
 	since time.Time
 	nc    net.Conn              // after superd's layers, for the peer
-	fc    *framework.Conn       // served by a protocol, or
+	fc    *engine.Conn          // served by a protocol, or
 	hc    *framework.HandedConn // handed to its factory
 }
 

@@ -25,7 +25,7 @@ import (
 
 // The idle-connection poller is one goroutine for the whole process.
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/superd-dev/superd/framework.(*idlePoller).loop"))
+	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/superd-dev/superd/internal/engine.(*idlePoller).loop"))
 }
 
 // lifecycleFactory counts its hooks and records every connection's events.

@@ -25,7 +25,7 @@ import (
 // down and closed, leave no goroutine behind; a test that forgets one
 // fails.
 func GoleakOptions() []goleak.Option {
-	return []goleak.Option{goleak.IgnoreAnyFunction("github.com/superd-dev/superd/framework.(*idlePoller).loop")}
+	return []goleak.Option{goleak.IgnoreAnyFunction("github.com/superd-dev/superd/internal/engine.(*idlePoller).loop")}
 }
 
 // Config is the cluster block of node i of n, with their route ports.

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/internal/engine"
 )
 
 // BenchmarkFanOut measures one chat line delivered to every other user of a
@@ -20,7 +21,7 @@ func BenchmarkFanOut(b *testing.B) {
 			room := &Room{maxLine: 16384, service: "bench", users: map[string]*User{}}
 			room.StartFactory()
 			var drainers sync.WaitGroup
-			var conns []*framework.Conn
+			var conns []*engine.Conn
 			var peers []net.Conn
 			done := make(chan struct{})
 			for i := 0; i < users; i++ {
@@ -41,7 +42,7 @@ func BenchmarkFanOut(b *testing.B) {
 				go func() { defer drainers.Done(); io.Copy(io.Discard, client) }()
 				peers = append(peers, client)
 				u := room.BuildProtocol(nil).(*User)
-				c := framework.NewConn(server, framework.ConnOptions{MaxPendingOutput: 64 << 20})
+				c := engine.NewConn(server, engine.ConnOptions{MaxPendingOutput: 64 << 20})
 				conns = append(conns, c)
 				made := make(chan struct{})
 				go func() { c.Serve(&madeSignal{User: u, made: made}); <-done }()

@@ -14,6 +14,7 @@ import (
 
 	"github.com/superd-dev/superd/config"
 	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/internal/engine"
 	"github.com/superd-dev/superd/services/internal/servicetest"
 )
 
@@ -60,14 +61,14 @@ func TestConfig(t *testing.T) {
 }
 
 // serve accepts on a loopback listener and serves each connection with a
-// fresh Echo through the framework; conns receives each *framework.Conn.
-func serve(t *testing.T) (addr string, conns <-chan *framework.Conn) {
+// fresh Echo through the framework; conns receives each *engine.Conn.
+func serve(t *testing.T) (addr string, conns <-chan *engine.Conn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ch := make(chan *framework.Conn, 16)
+	ch := make(chan *engine.Conn, 16)
 	var wg sync.WaitGroup
 	t.Cleanup(func() {
 		ln.Close()
@@ -81,7 +82,7 @@ func serve(t *testing.T) (addr string, conns <-chan *framework.Conn) {
 			if err != nil {
 				return
 			}
-			fc := framework.NewConn(c, framework.ConnOptions{})
+			fc := engine.NewConn(c, engine.ConnOptions{})
 			select {
 			case ch <- fc:
 			default:

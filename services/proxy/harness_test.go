@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/internal/engine"
 	"github.com/superd-dev/superd/services/echo"
 	"github.com/superd-dev/superd/services/internal/servicetest"
 )
@@ -65,7 +66,7 @@ func newFactory(t testing.TB, body string) *Factory {
 
 // served is one client connection served by the proxy.
 type served struct {
-	c      *framework.Conn
+	c      *engine.Conn
 	p      *Proxy
 	done   chan struct{}
 	reason error
@@ -143,7 +144,7 @@ func serveProxy(t testing.TB, f *Factory, network string, prep func(net.Conn)) (
 			if prep != nil {
 				prep(nc)
 			}
-			s := &served{c: framework.NewConn(nc, framework.ConnOptions{}), done: make(chan struct{})}
+			s := &served{c: engine.NewConn(nc, engine.ConnOptions{}), done: make(chan struct{})}
 			s.p = f.BuildProtocol(nc.RemoteAddr()).(*Proxy)
 			mu.Lock()
 			all = append(all, s)
@@ -213,7 +214,7 @@ func echoUpstream(t testing.TB, cert *tls.Certificate) string {
 		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{*cert}})
 	}
 	var mu sync.Mutex
-	var conns []*framework.Conn
+	var conns []*engine.Conn
 	serveUpstream(t, ln, func(nc net.Conn) {
 		if tc, ok := nc.(*tls.Conn); ok {
 			if err := tc.Handshake(); err != nil {
@@ -221,7 +222,7 @@ func echoUpstream(t testing.TB, cert *tls.Certificate) string {
 				return
 			}
 		}
-		c := framework.NewConn(nc, framework.ConnOptions{})
+		c := engine.NewConn(nc, engine.ConnOptions{})
 		mu.Lock()
 		conns = append(conns, c)
 		mu.Unlock()

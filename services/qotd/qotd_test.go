@@ -14,6 +14,7 @@ import (
 	"github.com/superd-dev/superd/config"
 	"github.com/superd-dev/superd/framework"
 	"github.com/superd-dev/superd/framework/frameworktest"
+	"github.com/superd-dev/superd/internal/engine"
 	"github.com/superd-dev/superd/services/internal/servicetest"
 )
 
@@ -164,7 +165,7 @@ func TestOverLoopback(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				framework.NewConn(c, framework.ConnOptions{}).Serve(f.BuildProtocol(c.RemoteAddr()))
+				engine.NewConn(c, engine.ConnOptions{}).Serve(f.BuildProtocol(c.RemoteAddr()))
 			}()
 		}
 	}()

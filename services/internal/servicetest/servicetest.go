@@ -23,6 +23,7 @@ import (
 
 	"github.com/superd-dev/superd/config"
 	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/internal/engine"
 )
 
 // VerifyTestMain runs the package's tests and fails if a goroutine is left
@@ -34,7 +35,7 @@ import (
 func VerifyTestMain(m *testing.M, opts ...goleak.Option) {
 	global := &globalLog{}
 	slog.SetDefault(slog.New(global))
-	opts = append(opts, goleak.IgnoreAnyFunction("github.com/superd-dev/superd/framework.(*idlePoller).loop"))
+	opts = append(opts, goleak.IgnoreAnyFunction("github.com/superd-dev/superd/internal/engine.(*idlePoller).loop"))
 	goleak.VerifyTestMain(checkGlobalLog{m, global}, opts...)
 }
 
@@ -171,7 +172,7 @@ func Factory(t testing.TB, factory, body string) framework.Factory {
 
 // Served is one connection accepted by Serve.
 type Served struct {
-	Conn     *framework.Conn
+	Conn     *engine.Conn
 	Protocol framework.Protocol
 	// Done receives the reason given to ConnectionLost, once.
 	Done <-chan error
@@ -208,7 +209,7 @@ func Serve(t testing.TB, f framework.Factory) (addr string, conns <-chan *Served
 				continue
 			}
 			done := make(chan error, 1)
-			s := &Served{Conn: framework.NewConn(nc, framework.ConnOptions{}), Protocol: p, Done: done}
+			s := &Served{Conn: engine.NewConn(nc, engine.ConnOptions{}), Protocol: p, Done: done}
 			select {
 			case ch <- s:
 			default:

@@ -1,4 +1,8 @@
-package framework
+// This file owns the idle poller (epoll), where idle connections park
+// without a goroutine, and the socket queries (SIOCINQ, SIOCOUTQ) that
+// drain and the graceful close ask of the kernel.
+
+package engine
 
 import (
 	"net"

@@ -1,6 +1,9 @@
 //go:build !linux
 
-package framework
+// This file owns the stand-ins for the idle poller and the socket queries
+// where epoll is not available: connections never park.
+
+package engine
 
 import (
 	"net"

@@ -1,4 +1,4 @@
-package framework
+package engine
 
 import (
 	"bytes"
@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/superd-dev/superd/framework"
 )
 
 // halfRecorder is a recorder that is half-closeable: ReadConnectionLost is
@@ -93,7 +95,7 @@ func TestReadConnectionLost(t *testing.T) {
 			t.Fatalf("client read %d bytes, want the %d written after its EOF", len(got), len(want))
 		}
 		reason := s.wait(t, serveWait)
-		if !IsClean(reason) {
+		if !framework.IsClean(reason) {
 			t.Errorf("reason %v, want clean", reason)
 		}
 		h.check(t, reason)
@@ -112,13 +114,13 @@ func TestReadConnectionLostThenAbort(t *testing.T) {
 	p := dialPair(t, "tcp", pairOpts{})
 	h := newHalfRecorder()
 	h.onReadLost = func(h *halfRecorder) {
-		go h.tr.(Aborter).Abort(ErrUpstream)
+		go h.tr.(framework.Aborter).Abort(framework.ErrUpstream)
 	}
 	s := serve(t, p.server, ConnOptions{}, h)
 	closeWrite(t, p.client)
 	reason := s.wait(t, serveWait)
-	if !errors.Is(reason, ErrUpstream) || !errors.Is(reason, ErrConnectionAborted) {
-		t.Errorf("reason %v, want ErrUpstream (an abort)", reason)
+	if !errors.Is(reason, framework.ErrUpstream) || !errors.Is(reason, framework.ErrConnectionAborted) {
+		t.Errorf("reason %v, want framework.ErrUpstream (an abort)", reason)
 	}
 	h.check(t, reason)
 }
@@ -142,7 +144,7 @@ func TestReadConnectionLostDrain(t *testing.T) {
 		t.Fatalf("client read %q, %v; want \"bye\" and EOF", got, err)
 	}
 	reason := s.wait(t, serveWait)
-	if !IsClean(reason) {
+	if !framework.IsClean(reason) {
 		t.Errorf("reason %v, want clean", reason)
 	}
 	h.check(t, reason)
@@ -156,8 +158,8 @@ func TestReadConnectionLostIdleTimeout(t *testing.T) {
 	s := serve(t, p.server, ConnOptions{IdleTimeout: 100 * time.Millisecond}, h)
 	closeWrite(t, p.client)
 	reason := s.wait(t, serveWait)
-	if !errors.Is(reason, ErrIdleTimeout) {
-		t.Errorf("reason %v, want ErrIdleTimeout", reason)
+	if !errors.Is(reason, framework.ErrIdleTimeout) {
+		t.Errorf("reason %v, want framework.ErrIdleTimeout", reason)
 	}
 	h.check(t, reason)
 }
@@ -175,7 +177,7 @@ func TestNotHalfCloseableClosesOnEOF(t *testing.T) {
 		t.Fatalf("client read %q, %v; want \"ping\" and EOF", got, err)
 	}
 	reason := s.wait(t, serveWait)
-	if !IsClean(reason) {
+	if !framework.IsClean(reason) {
 		t.Errorf("reason %v, want clean", reason)
 	}
 	r.check(t, reason)
@@ -193,7 +195,7 @@ func TestLoseWriteConnection(t *testing.T) {
 		greeting := randBytes(1<<20, 9)
 		h.onMade = func(r *recorder) {
 			r.tr.Write(greeting)
-			r.tr.(HalfCloser).LoseWriteConnection()
+			r.tr.(framework.HalfCloser).LoseWriteConnection()
 			r.tr.WriteString("!") // before the flush completes: still sent
 		}
 		h.onReadLost = func(h *halfRecorder) {
@@ -216,7 +218,7 @@ func TestLoseWriteConnection(t *testing.T) {
 		waitFor(t, serveWait, func() bool { return h.receivedBytes() == len(payload) }, "payload received after LoseWriteConnection")
 		closeWrite(t, p.client)
 		reason := s.wait(t, serveWait)
-		if !IsClean(reason) {
+		if !framework.IsClean(reason) {
 			t.Errorf("reason %v, want clean", reason)
 		}
 		h.check(t, reason)
@@ -237,7 +239,7 @@ func TestLoseWriteConnectionThenLoseConnection(t *testing.T) {
 	r := newRecorder()
 	r.onMade = func(r *recorder) {
 		r.tr.WriteString("hi")
-		r.tr.(HalfCloser).LoseWriteConnection()
+		r.tr.(framework.HalfCloser).LoseWriteConnection()
 		r.tr.LoseConnection()
 	}
 	s := serve(t, p.server, ConnOptions{}, r)
@@ -247,7 +249,7 @@ func TestLoseWriteConnectionThenLoseConnection(t *testing.T) {
 	}
 	p.client.Close()
 	reason := s.wait(t, serveWait)
-	if !IsClean(reason) {
+	if !framework.IsClean(reason) {
 		t.Errorf("reason %v, want clean", reason)
 	}
 	r.check(t, reason)

@@ -1,14 +1,16 @@
-package framework
+package engine
 
 import (
 	"io"
 	"net"
 	"testing"
 	"time"
+
+	"github.com/superd-dev/superd/framework"
 )
 
 // benchEcho is the few-line echo protocol of the package documentation.
-type benchEcho struct{ BaseProtocol }
+type benchEcho struct{ framework.BaseProtocol }
 
 func (e *benchEcho) DataReceived(data []byte) { e.Transport.Write(data) }
 
@@ -23,7 +25,7 @@ func BenchmarkTransportWrite(b *testing.B) {
 		defer close(drained)
 		io.Copy(io.Discard, p.client)
 	}()
-	s := serve(b, p.server, ConnOptions{MaxPendingOutput: 1 << 30}, &BaseProtocol{})
+	s := serve(b, p.server, ConnOptions{MaxPendingOutput: 1 << 30}, &framework.BaseProtocol{})
 	msg := make([]byte, 64)
 	b.SetBytes(int64(len(msg)))
 	b.ReportAllocs()
@@ -36,7 +38,7 @@ func BenchmarkTransportWrite(b *testing.B) {
 	s.c.LoseConnection()
 	<-drained
 	p.client.Close()
-	if reason := s.wait(b, serveWait); !IsClean(reason) {
+	if reason := s.wait(b, serveWait); !framework.IsClean(reason) {
 		b.Errorf("reason %v", reason)
 	}
 }
@@ -66,7 +68,7 @@ func BenchmarkEchoRoundTrip(b *testing.B) {
 	s := serve(b, p.server, ConnOptions{}, &benchEcho{})
 	echoRoundTrips(b, p.client)
 	p.client.Close()
-	if reason := s.wait(b, serveWait); !IsClean(reason) {
+	if reason := s.wait(b, serveWait); !framework.IsClean(reason) {
 		b.Errorf("reason %v", reason)
 	}
 }

@@ -1,14 +1,16 @@
-package framework
+package engine
 
 import (
 	"crypto/tls"
 	"net"
 	"testing"
 	"time"
+
+	"github.com/superd-dev/superd/framework"
 )
 
 type tlsStateProto struct {
-	BaseProtocol
+	framework.BaseProtocol
 	got chan tlsStateSeen
 }
 
@@ -17,9 +19,9 @@ type tlsStateSeen struct {
 	ok bool
 }
 
-func (p *tlsStateProto) ConnectionMade(t Transport) {
+func (p *tlsStateProto) ConnectionMade(t framework.Transport) {
 	p.BaseProtocol.ConnectionMade(t)
-	st, ok := TLSState(t)
+	st, ok := framework.TLSState(t)
 	p.got <- tlsStateSeen{st, ok}
 	t.WriteString("seen\n")
 	t.LoseConnection()
@@ -94,8 +96,8 @@ func TestTLSStateFromTransport(t *testing.T) {
 		switch {
 		case !seen.ok:
 			t.Fatal("TLSState over TLS: not ok")
-		case st.Version != tls.VersionTLS13 || TLSVersionName(st.Version) != "TLSv1.3":
-			t.Errorf("version %x (%s)", st.Version, TLSVersionName(st.Version))
+		case st.Version != tls.VersionTLS13 || framework.TLSVersionName(st.Version) != "TLSv1.3":
+			t.Errorf("version %x (%s)", st.Version, framework.TLSVersionName(st.Version))
 		case tls.CipherSuiteName(st.CipherSuite) == "" || st.CipherSuite == 0:
 			t.Errorf("cipher suite %x", st.CipherSuite)
 		case st.ServerName != "localhost":
@@ -111,10 +113,10 @@ func TestTLSStateFromTransport(t *testing.T) {
 	a, b := net.Pipe()
 	defer a.Close()
 	defer b.Close()
-	if _, ok := TLSState(a); ok {
+	if _, ok := framework.TLSState(a); ok {
 		t.Error("TLSState of a pipe: ok")
 	}
-	if _, ok := TLSState(tls.Server(a, server)); ok {
+	if _, ok := framework.TLSState(tls.Server(a, server)); ok {
 		t.Error("TLSState before the handshake: ok")
 	}
 }

@@ -1,4 +1,4 @@
-package framework
+package engine
 
 import (
 	"bytes"
@@ -7,12 +7,14 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/superd-dev/superd/framework"
 )
 
 // blockingCollector collects data; its first DataReceived waits for a
 // signal, so the test can queue more input in the socket meanwhile.
 type blockingCollector struct {
-	BaseProtocol
+	framework.BaseProtocol
 	entered chan struct{}
 	release chan struct{}
 	once    sync.Once
@@ -79,7 +81,7 @@ func TestDrainDeliversWhatHasArrived(t *testing.T) {
 			close(p.release)
 			select {
 			case reason := <-p.lost:
-				if !IsClean(reason) {
+				if !framework.IsClean(reason) {
 					t.Errorf("reason %v, want clean", reason)
 				}
 			case <-time.After(10 * time.Second):
@@ -118,7 +120,7 @@ func TestDrainWakesAnIdleReader(t *testing.T) {
 	}
 	c := NewConn(nc, ConnOptions{})
 	done := make(chan error, 1)
-	go func() { done <- c.Serve(&BaseProtocol{}) }()
+	go func() { done <- c.Serve(&framework.BaseProtocol{}) }()
 	c.Drain()
 	client.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if n, err := client.Read(make([]byte, 1)); n != 0 || err != io.EOF {
@@ -127,7 +129,7 @@ func TestDrainWakesAnIdleReader(t *testing.T) {
 	client.Close()
 	select {
 	case reason := <-done:
-		if !IsClean(reason) {
+		if !framework.IsClean(reason) {
 			t.Errorf("reason %v", reason)
 		}
 	case <-time.After(5 * time.Second):
@@ -138,7 +140,7 @@ func TestDrainWakesAnIdleReader(t *testing.T) {
 // kickProtocol answers its first input from another goroutine with a large
 // write and LoseConnection, as a producer or a chat kick would.
 type kickProtocol struct {
-	BaseProtocol
+	framework.BaseProtocol
 	n    int
 	once sync.Once
 }
@@ -186,7 +188,7 @@ func TestLoseConnectionFromOtherGoroutineOutlivesParkDeadline(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	got, _ := io.Copy(io.Discard, cl)
-	if reason := <-res; !IsClean(reason) || got != n {
+	if reason := <-res; !framework.IsClean(reason) || got != n {
 		t.Fatalf("client got %d of %d bytes; reason %v", got, n, reason)
 	}
 }
@@ -211,7 +213,7 @@ func TestDrainWhilePausedWithDataInHand(t *testing.T) {
 	}
 	c := NewConn(nc, ConnOptions{})
 	res := make(chan error, 1)
-	go func() { res <- c.Serve(&BaseProtocol{}) }()
+	go func() { res <- c.Serve(&framework.BaseProtocol{}) }()
 	cl.Write([]byte("a")) // after this, the reader waits in a read, not parked
 	deadline := time.Now().Add(5 * time.Second)
 	for !serveBlockedInRead() {
@@ -229,11 +231,11 @@ func TestDrainWhilePausedWithDataInHand(t *testing.T) {
 	cl.Close() // the peer's EOF ends the linger at once
 	select {
 	case reason := <-res:
-		if !IsClean(reason) {
+		if !framework.IsClean(reason) {
 			t.Errorf("reason %v, want clean", reason)
 		}
 	case <-time.After(5 * time.Second):
-		c.Abort(ErrShutdownTimeout)
+		c.Abort(framework.ErrShutdownTimeout)
 		<-res
 		t.Fatal("Drain did not close a paused connection holding a chunk")
 	}
@@ -280,7 +282,7 @@ func TestBusyReaderParksOnlyOnceQuiet(t *testing.T) {
 		echo("again") // wakes it
 		waitFor(t, 10*time.Second, parked, "it parks again once quiet")
 		p.client.Close()
-		if reason := s.wait(t, serveWait); !IsClean(reason) {
+		if reason := s.wait(t, serveWait); !framework.IsClean(reason) {
 			t.Errorf("reason %v, want clean", reason)
 		}
 	})
@@ -308,7 +310,7 @@ func TestDrainThenLoseConnectionKeepsTheFlush(t *testing.T) {
 		cl.(*net.TCPConn).SetReadBuffer(64 << 10)
 		c := NewConn(nc, ConnOptions{MaxPendingOutput: 64 << 20})
 		res := make(chan error, 1)
-		go func() { res <- c.Serve(&BaseProtocol{}) }()
+		go func() { res <- c.Serve(&framework.BaseProtocol{}) }()
 		cl.Write([]byte("a")) // the reader now waits in a read
 		waitFor(t, 5*time.Second, serveBlockedInRead, "the reader waits in a read")
 		const n = 8 << 20
@@ -317,7 +319,7 @@ func TestDrainThenLoseConnectionKeepsTheFlush(t *testing.T) {
 		c.LoseConnection()
 		got, _ := io.Copy(io.Discard, cl)
 		cl.Close()
-		if reason := <-res; !IsClean(reason) || got != n {
+		if reason := <-res; !framework.IsClean(reason) || got != n {
 			t.Fatalf("round %d: client got %d of %d bytes; reason %v", i, got, n, reason)
 		}
 	}

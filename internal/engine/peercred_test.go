@@ -1,4 +1,4 @@
-package framework
+package engine
 
 import (
 	"net"
@@ -6,17 +6,19 @@ import (
 	"path/filepath"
 	"runtime"
 	"testing"
+
+	"github.com/superd-dev/superd/framework"
 )
 
 type credProto struct {
-	BaseProtocol
-	got  chan PeerCred
+	framework.BaseProtocol
+	got  chan framework.PeerCred
 	none chan bool
 }
 
-func (p *credProto) ConnectionMade(t Transport) {
+func (p *credProto) ConnectionMade(t framework.Transport) {
 	p.BaseProtocol.ConnectionMade(t)
-	if c, ok := PeerCredentials(t); ok {
+	if c, ok := framework.PeerCredentials(t); ok {
 		p.got <- c
 	} else {
 		p.none <- true
@@ -25,7 +27,7 @@ func (p *credProto) ConnectionMade(t Transport) {
 }
 
 // A protocol on a unix socket reads its peer's uid, gid and pid from its
-// Transport; on TCP there are none.
+// framework.Transport; on TCP there are none.
 func TestPeerCredentialsFromTransport(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("SO_PEERCRED is Linux's")
@@ -48,8 +50,8 @@ func TestPeerCredentialsFromTransport(t *testing.T) {
 			t.Fatal(err)
 		}
 		ln.Close()
-		p := &credProto{got: make(chan PeerCred, 1), none: make(chan bool, 1)}
-		if err := NewConn(server, ConnOptions{}).Serve(p); err != nil && !IsClean(err) {
+		p := &credProto{got: make(chan framework.PeerCred, 1), none: make(chan bool, 1)}
+		if err := NewConn(server, ConnOptions{}).Serve(p); err != nil && !framework.IsClean(err) {
 			t.Logf("%s: %v", network, err)
 		}
 		client.Close()

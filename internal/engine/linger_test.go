@@ -1,4 +1,4 @@
-package framework
+package engine
 
 import (
 	"bytes"
@@ -13,6 +13,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/superd-dev/superd/framework"
 )
 
 // assertLingers checks that a connection whose graceful close has just
@@ -35,7 +37,7 @@ func assertLingers(t *testing.T, p *pair, s *served, n int, label string) {
 			label, early, len(b), n, err)
 	}
 	p.client.Close()
-	if reason := s.wait(t, 5*time.Second); !IsClean(reason) {
+	if reason := s.wait(t, 5*time.Second); !framework.IsClean(reason) {
 		t.Fatalf("%s: reason %v", label, reason)
 	}
 }
@@ -75,7 +77,7 @@ func TestDrainThenLoseConnectionLingers(t *testing.T) {
 // the mutex inside deadlineFired.
 func readerWaitsInDeadlineFired() bool {
 	return someGoroutine(func(stack string) bool {
-		return strings.Contains(stack, "framework.(*Conn).deadlineFired(") && strings.Contains(stack, "Mutex")
+		return strings.Contains(stack, "engine.(*Conn).deadlineFired(") && strings.Contains(stack, "Mutex")
 	})
 }
 
@@ -139,7 +141,7 @@ func TestLoseConnectionDuringDrainKeepsLingerDeadline(t *testing.T) {
 		t.Fatalf("client: %v, want EOF", err)
 	}
 	reason := s.wait(t, lingerTimeout+3*time.Second)
-	if !IsClean(reason) {
+	if !framework.IsClean(reason) {
 		t.Errorf("reason %v, want clean", reason)
 	}
 	r.check(t, reason)
@@ -176,7 +178,7 @@ func TestClosingInputBounded(t *testing.T) {
 	check := func(t *testing.T, s *served, r *recorder, rx prometheus.Counter, flooded <-chan error) {
 		t.Helper()
 		reason := s.wait(t, lingerTimeout+5*time.Second)
-		if IsClean(reason) || !errors.Is(reason, ErrConnectionLost) {
+		if framework.IsClean(reason) || !errors.Is(reason, framework.ErrConnectionLost) {
 			t.Errorf("reason %v, want a lost connection", reason)
 		}
 		r.check(t, reason)

@@ -1,0 +1,346 @@
+// This file owns the connection itself: the Conn type and its options,
+// starting it (NewConn, Run, Serve), running protocol callbacks with a
+// panic ending only the connection, its end (finish: ConnectionLost, then
+// onDone), and the Transport's accessors.
+
+package engine
+
+import (
+	"crypto/tls"
+	"log/slog"
+	"net"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/superd-dev/superd/framework"
+)
+
+// Flow control: reading from a peer pauses while its unsent output is above
+// framework.HighWaterMark and resumes once that output has drained; a
+// connection whose unsent output passes MaxPendingOutput is aborted as a
+// slow consumer.
+const (
+	// lingerTimeout bounds how long a gracefully closed connection waits for
+	// the peer's EOF after our FIN, so the peer reads everything we sent
+	// instead of meeting a reset caused by its own unread input.
+	lingerTimeout = 2 * time.Second
+	// lingerMaxInput bounds, in bytes, what a closing connection still
+	// reads and discards (during the linger, or while its last output is
+	// flushed): a peer that keeps sending past it is reset.
+	lingerMaxInput = 64 << 10
+	// readBufferSize is the size of the pooled buffers reads go into (what
+	// one DataReceived delivers at most).
+	readBufferSize = 32 << 10
+	// maxPooledOutput: drained output buffers larger than this go back to
+	// the garbage collector rather than to the pool.
+	maxPooledOutput = 1 << 20
+)
+
+// ConnOptions configures how a connection is served.
+type ConnOptions struct {
+	// IdleTimeout aborts the connection (framework.ErrIdleTimeout) when
+	// nothing has been received for this long; 0 disables it.
+	IdleTimeout time.Duration
+	// MaxPendingOutput is the hard limit of unsent output
+	// (framework.ErrSlowConsumer); 0 means framework.DefaultMaxPendingOutput.
+	MaxPendingOutput int
+	// Received and Sent count application bytes as they move; nil is fine.
+	Received, Sent prometheus.Counter
+	// Logger receives protocol panics; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+var (
+	readBuffers = sync.Pool{New: func() any { b := make([]byte, readBufferSize); return &b }}
+	// outBuffers hold pending output between flushes, so a connection with
+	// nothing to send holds no output buffer and steady traffic allocates
+	// nothing.
+	outBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
+)
+
+// Conn is the framework.Transport of one connection and the machinery that
+// drives its framework.Protocol. Create it with NewConn and run it with Run
+// (or Serve, which waits for the end).
+//
+// One goroutine at a time (the reader) reads and calls every protocol
+// callback. An idle TCP or unix connection has no reader at all: it is
+// parked in the idle poller until its peer sends something, and a new
+// reader then takes over. A registered producer is called one call at a
+// time with the protocol's callbacks, never beside them (see cbOwner).
+//
+// Output is appended to a pending buffer by Write from any goroutine;
+// whoever finds no flush in progress becomes the flusher: the reading
+// goroutine after a callback (so a reply costs no extra goroutine), or a
+// short-lived goroutine for writes made from elsewhere. Everything pending
+// at the moment of a flush goes out in one write system call, so many
+// small writes (a chat broadcast) coalesce.
+type Conn struct {
+	nc   net.Conn
+	raw  syscall.RawConn // nil when reads must go through nc (TLS)
+	opts ConnOptions
+
+	mu   sync.Mutex
+	cond sync.Cond // on mu: output drained, pause lifted, or closed
+
+	pending  []byte  // queued, not yet handed to the flusher
+	outBox   *[]byte // the pool box pending's array came from
+	inflight int     // bytes being written by the flusher right now
+	flushing bool    // someone owns the write side of nc
+
+	inCallback    bool // Serve's goroutine is inside a protocol callback
+	disconnecting bool // LoseConnection or peer EOF: flush, then close
+	writeShut     bool // our FIN was sent (or the socket is closed)
+	closed        bool // nc is closed, or aborting
+	reason        error
+	readPaused    bool
+	draining      bool // Drain: deliver what has arrived, then LoseConnection
+	halfClosing   bool // LoseWriteConnection: flush, then shut the write side
+	halfShut      bool // LoseWriteConnection's end of stream went out
+	readEOF       bool // the peer's end of stream was handed to ReadConnectionLost
+
+	// cbOwner is the goroutine (curG) whose turn it is to run the
+	// connection's callbacks, the protocol's and the producer's alike;
+	// 0: nobody's. Only the owner calls them, so they never overlap (see
+	// takeTurnLocked, endTurnLocked and tellProducerLocked).
+	cbOwner uintptr
+	lost    bool // ConnectionLost has returned: no callback runs again
+
+	// Parking (see Run and idlePoller).
+	p            framework.Protocol
+	onDone       func(reason error)
+	fd           int       // descriptor for the poller; -1: never park
+	parked       bool      // no goroutine: the poller holds the connection
+	received     bool      // something was ever received
+	parkArmed    bool      // the park deadline is set (see readLoop)
+	recvSinceArm bool      // reader only: something arrived since it was set
+	waiting      bool      // someone waits on cond
+	lingerUntil  time.Time // the linger's read deadline, once our FIN is out
+	discarded    int       // reader only: bytes read and not delivered (see lingerMaxInput)
+
+	// The registered producer, and producerPaused: what the connection
+	// wants of it (paused while the backlog is high). Both change under mu
+	// but are atomic, so that the goroutine whose turn it is can read them
+	// without mu: it tells the producer a pause decided by another
+	// goroutine's write as soon as its own call returns, without first
+	// waiting for mu (which that writer, writing on until paused, keeps
+	// busy). See settleProducer.
+	prod           atomic.Pointer[registered]
+	producerPaused atomic.Bool
+
+	// Idle timeout: the timer checks lastRecv (time since start when
+	// something was last received) and re-arms itself.
+	start     time.Time
+	idleTimer *time.Timer
+	lastRecv  atomic.Int64
+
+	// Application bytes moved, for the access log and the status view.
+	bytesIn, bytesOut atomic.Int64
+
+	// Filled by rawRead, the reusable callback for raw.Read (a method value
+	// made once, so a read allocates nothing).
+	rawReadFn func(fd uintptr) bool
+	rbuf      *[]byte
+	rn        int
+	rerr      error
+	parkNow   bool // rawRead: on EAGAIN, return errWouldBlock instead of waiting
+}
+
+// NewConn wraps an accepted connection. TCP and unix connections are read
+// through their raw file descriptor, so an idle connection holds no read
+// buffer; anything else (TLS) is read through nc.
+func NewConn(nc net.Conn, opts ConnOptions) *Conn {
+	c := &Conn{nc: nc, opts: opts, fd: -1}
+	c.cond.L = &c.mu
+	if c.opts.MaxPendingOutput <= 0 {
+		c.opts.MaxPendingOutput = framework.DefaultMaxPendingOutput
+	}
+	if c.opts.Logger == nil {
+		c.opts.Logger = slog.Default()
+	}
+	if sc, ok := nc.(syscall.Conn); ok {
+		if _, isTCP := nc.(*net.TCPConn); isTCP || isUnix(nc) {
+			if rc, err := sc.SyscallConn(); err == nil {
+				c.raw = rc
+				c.rawReadFn = c.rawRead
+				if getPoller() != nil {
+					rc.Control(func(fd uintptr) { c.fd = int(fd) })
+				}
+			}
+		}
+	}
+	return c
+}
+
+func isUnix(nc net.Conn) bool { _, ok := nc.(*net.UnixConn); return ok }
+
+// Run serves p over the connection: ConnectionMade, then DataReceived for
+// each chunk read, then ConnectionLost exactly once, then onDone with the
+// same reason, after the socket is closed. Run returns when the connection
+// has ended, or earlier, when it went idle: an idle TCP or unix connection
+// is parked (see idlePoller) and holds no goroutine until its peer sends
+// something; a new goroutine then carries on. So onDone may run on another
+// goroutine than Run's.
+func (c *Conn) Run(p framework.Protocol, onDone func(reason error)) {
+	c.p, c.onDone = p, onDone
+	if c.opts.IdleTimeout > 0 {
+		c.start = time.Now()
+		// Armed only once stored: idleCheck reads c.idleTimer.
+		c.idleTimer = time.AfterFunc(time.Hour, c.idleCheck)
+		c.idleTimer.Reset(c.opts.IdleTimeout)
+	}
+	c.mu.Lock()
+	c.takeTurnLocked()
+	c.inCallback = true
+	c.mu.Unlock()
+	if c.call(p, callMade, nil, nil) != nil {
+		c.afterCallback()
+		c.finish()
+		return
+	}
+	c.afterCallback()
+	c.loop()
+}
+
+// Serve is Run that waits for the end and returns the reason given to
+// ConnectionLost.
+func (c *Conn) Serve(p framework.Protocol) error {
+	done := make(chan error, 1)
+	c.Run(p, func(reason error) { done <- reason })
+	return <-done
+}
+
+// finish ends the connection: socket closed, producer stopped,
+// ConnectionLost, onDone.
+func (c *Conn) finish() {
+	if c.idleTimer != nil {
+		c.idleTimer.Stop()
+	}
+	c.mu.Lock()
+	c.closeLocked(nil)
+	reason := c.reason
+	c.takeTurnLocked()
+	c.inCallback = true // writes from here on are dropped anyway
+	c.stopProducerLocked()
+	c.mu.Unlock()
+	c.call(c.p, callLost, nil, reason)
+	c.mu.Lock()
+	c.stopProducerLocked() // one registered during ConnectionLost
+	c.lost = true
+	c.cbOwner = 0
+	c.wakeLocked()
+	c.mu.Unlock()
+	if c.onDone != nil {
+		c.onDone(reason)
+	}
+}
+
+// takeTurnLocked waits until no other goroutine runs one of the
+// connection's callbacks, then makes the caller the one that does (mu is
+// released while waiting). Only the reader waits for its turn; nothing
+// that the protocol or another goroutine calls does (see
+// tellProducerLocked), so no callback can wait for itself.
+func (c *Conn) takeTurnLocked() {
+	for c.cbOwner != 0 {
+		c.waiting = true
+		c.cond.Wait()
+	}
+	c.cbOwner = curG()
+}
+
+// endTurnLocked ends the caller's turn. It first gives the producer every
+// pause or resume decided while the turn lasted (settleProducerLocked), so
+// none is lost, then lets the next goroutine in.
+func (c *Conn) endTurnLocked() {
+	c.settleProducerLocked()
+	c.cbOwner = 0
+	c.wakeLocked()
+}
+
+// The protocol callbacks, for call.
+const (
+	callMade = iota
+	callData
+	callLost
+	callReadLost
+)
+
+// call runs one protocol callback with a panic ending only this
+// connection: it aborts the connection with a *framework.PanicError and
+// returns it. The caller has taken its turn and set inCallback, and calls
+// afterCallback (which ends the turn).
+func (c *Conn) call(p framework.Protocol, which int, data []byte, reason error) (perr error) {
+	defer func() {
+		if v := recover(); v != nil {
+			perr = c.panicked("protocol", v)
+		}
+	}()
+	switch which {
+	case callMade:
+		p.ConnectionMade(c)
+	case callData:
+		p.DataReceived(data)
+	case callLost:
+		p.ConnectionLost(reason)
+	case callReadLost:
+		p.(framework.HalfCloseableProtocol).ReadConnectionLost()
+	}
+	return nil
+}
+
+// panicked ends the connection after a panic in who's code (recovered as
+// v, in a deferred call: the stack is still the panicking one) and logs it.
+func (c *Conn) panicked(who string, v any) *framework.PanicError {
+	pe := &framework.PanicError{Value: v, Stack: debug.Stack()}
+	c.opts.Logger.Error(who+" panic; closing its connection",
+		"peer", c.nc.RemoteAddr().String(), "panic", v, "stack", string(pe.Stack))
+	c.abort(pe)
+	return pe
+}
+
+func (c *Conn) wakeLocked() {
+	if c.waiting {
+		c.waiting = false
+		c.cond.Broadcast()
+	}
+}
+
+// BytesIn is the number of application bytes received so far.
+func (c *Conn) BytesIn() int64 { return c.bytesIn.Load() }
+
+// BytesOut is the number of application bytes sent so far.
+func (c *Conn) BytesOut() int64 { return c.bytesOut.Load() }
+
+// PeerAddr implements framework.Transport.
+func (c *Conn) PeerAddr() net.Addr { return c.nc.RemoteAddr() }
+
+// LocalAddr implements framework.Transport.
+func (c *Conn) LocalAddr() net.Addr { return c.nc.LocalAddr() }
+
+// Pending returns the number of bytes written but not yet sent.
+func (c *Conn) Pending() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.pending) + c.inflight
+}
+
+// PeerCredentials is framework.PeerCredentials of the socket beneath the
+// transport: the peer of a unix socket connection.
+func (c *Conn) PeerCredentials() (framework.PeerCred, bool) {
+	return framework.PeerCredentials(c.nc)
+}
+
+// TLSState is framework.TLSState of the connection beneath the transport.
+func (c *Conn) TLSState() (tls.ConnectionState, bool) {
+	return framework.TLSState(c.nc)
+}
+
+var (
+	_ framework.Transport  = (*Conn)(nil)
+	_ framework.HalfCloser = (*Conn)(nil)
+	_ framework.Aborter    = (*Conn)(nil)
+)

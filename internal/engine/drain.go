@@ -1,0 +1,101 @@
+// This file owns Drain: for a shutdown or a reload, deliver what has
+// already arrived from the peer, then close gracefully.
+
+package engine
+
+import (
+	"time"
+
+	"github.com/superd-dev/superd/framework"
+)
+
+// Drain ends the connection gracefully for a shutdown or a reload: data
+// that has already arrived from the peer is still delivered (a line a client
+// sent before the shutdown is not lost), then the connection is closed as by
+// LoseConnection. Reading stops there: nothing sent after Drain is
+// delivered. Safe from any goroutine.
+func (c *Conn) Drain() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || c.disconnecting || c.draining {
+		return
+	}
+	c.draining = true
+	c.wakeLocked()
+	c.parkArmed = false
+	c.nc.SetReadDeadline(time.Unix(1, 0)) // wake a read waiting for data
+	c.unparkLocked()
+}
+
+// drainWindow bounds how long Drain reads a TLS connection: records
+// cannot be read without waiting, so the drain reads until nothing more
+// comes for this long.
+const drainWindow = 50 * time.Millisecond
+
+// drainArrived delivers, for Drain, what is already in the socket's receive
+// buffer (read without waiting; over TLS, what arrives within drainWindow),
+// then starts the graceful close. It stops as soon as the protocol pauses or
+// the connection starts closing (a protocol may answer drained input with
+// LoseConnection), and never touches the read deadline once the linger has
+// set it.
+func (c *Conn) drainArrived(p framework.Protocol) {
+	for {
+		c.mu.Lock()
+		if c.closed || c.disconnecting || c.readPaused {
+			c.mu.Unlock()
+			break
+		}
+		if c.raw == nil {
+			if kernelHolds(c.nc) {
+				// Bytes of the peer's are in the kernel: read them (the
+				// window only guards a record whose end is still on its
+				// way).
+				c.nc.SetReadDeadline(time.Now().Add(drainWindow))
+			} else {
+				// Nothing in the kernel: only what crypto/tls holds.
+				c.nc.SetReadDeadline(time.Unix(1, 0))
+			}
+		}
+		c.mu.Unlock()
+		var buf *[]byte
+		var n int
+		if c.raw != nil {
+			buf, n = c.readNow()
+		} else {
+			buf = readBuffers.Get().(*[]byte)
+			n, _ = c.nc.Read(*buf)
+			if n == 0 {
+				readBuffers.Put(buf)
+			}
+		}
+		if n == 0 {
+			break
+		}
+		c.bytesIn.Add(int64(n))
+		if c.opts.Received != nil {
+			c.opts.Received.Add(float64(n))
+		}
+		c.mu.Lock()
+		c.waitToDeliverLocked(false)
+		deliver := !c.closed && !c.disconnecting && !c.readPaused
+		c.inCallback = deliver
+		if deliver {
+			c.cbOwner = curG()
+		}
+		c.mu.Unlock()
+		if deliver {
+			c.call(p, callData, (*buf)[:n], nil)
+			c.afterCallback()
+		}
+		readBuffers.Put(buf)
+		if !deliver {
+			break
+		}
+	}
+	c.mu.Lock()
+	if !c.writeShut {
+		c.nc.SetReadDeadline(time.Time{}) // Drain's, or the window's
+	}
+	c.mu.Unlock()
+	c.LoseConnection()
+}

@@ -1,0 +1,396 @@
+// This file owns reading and parking: the read loop that delivers input to
+// DataReceived, pausing it (flow control, PauseProducing), the peer's end
+// of stream, and parking an idle connection in the poller (and waking it).
+
+package engine
+
+import (
+	"errors"
+	"io"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/superd-dev/superd/framework"
+)
+
+// loop runs the read loop until the connection parks or ends.
+func (c *Conn) loop() {
+	if c.readLoop(c.p) {
+		return // parked: wake or unparkLocked starts loop again
+	}
+	c.finish()
+}
+
+// wake is called by the poller when a parked connection is readable (or
+// its peer closed).
+func (c *Conn) wake() {
+	c.mu.Lock()
+	if !c.parked {
+		c.mu.Unlock()
+		return
+	}
+	c.parked = false
+	c.mu.Unlock()
+	go c.loop()
+}
+
+// unparkLocked resumes a parked connection's read loop because something
+// other than input needs it (close, drain, linger after LoseConnection).
+func (c *Conn) unparkLocked() {
+	if !c.parked {
+		return
+	}
+	c.parked = false
+	getPoller().forget(c, c.fd)
+	go c.loop()
+}
+
+// tryPark parks the connection if nothing but input can move it on.
+func (c *Conn) tryPark() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || c.disconnecting || c.draining || c.readPaused {
+		return false
+	}
+	if c.parkArmed {
+		c.nc.SetReadDeadline(time.Time{})
+		c.parkArmed = false
+	}
+	c.parked = true
+	if !getPoller().park(c, c.fd) {
+		c.parked = false
+		c.fd = -1 // do not try again
+		return false
+	}
+	return true
+}
+
+// parkAfter: a reader that has received something waits in the runtime's
+// poller, and parks only once a whole parkAfter has passed with nothing
+// received (so between one and two parkAfter after its last input); steady
+// traffic never pays for parking, nor for reading the clock on every read.
+// A connection that never received anything parks at once.
+const parkAfter = 500 * time.Millisecond
+
+// errWouldBlock: the socket had nothing to read and the reader wants to
+// park rather than wait.
+var errWouldBlock = errors.New("would block")
+
+// readLoop reads until the connection ends (false) or parks (true).
+func (c *Conn) readLoop(p framework.Protocol) (parked bool) {
+	for {
+		c.mu.Lock()
+		// Flow control: no reading while our own output is above the
+		// high-water mark (resume once drained) or the protocol paused us.
+		if c.inflight+len(c.pending) > framework.HighWaterMark {
+			for c.flushing && !c.closed && !c.disconnecting {
+				c.waiting = true
+				c.cond.Wait()
+			}
+		}
+		for c.readPaused && !c.closed && !c.disconnecting && !c.draining {
+			c.waiting = true
+			c.cond.Wait()
+		}
+		if c.closed {
+			c.mu.Unlock()
+			return false
+		}
+		if c.draining && !c.disconnecting {
+			c.mu.Unlock()
+			c.drainArrived(p)
+			continue
+		}
+		c.parkNow = false
+		if c.fd >= 0 && !c.disconnecting {
+			if !c.received {
+				c.parkNow = true
+			} else if !c.parkArmed {
+				c.armParkLocked()
+			}
+		}
+		c.mu.Unlock()
+
+		buf, n, err := c.read()
+		if n > 0 {
+			c.bytesIn.Add(int64(n))
+			if c.opts.Received != nil {
+				c.opts.Received.Add(float64(n))
+			}
+			if c.idleTimer != nil {
+				c.lastRecv.Store(int64(time.Since(c.start)))
+			}
+			c.received, c.recvSinceArm = true, true
+			// Deliver unless the connection is ending; data that arrived
+			// as the protocol paused waits for ResumeProducing, and for
+			// any producer call running elsewhere to return.
+			c.mu.Lock()
+			c.waitToDeliverLocked(false)
+			deliver := !c.closed && !c.disconnecting && !(c.draining && c.readPaused)
+			c.inCallback = deliver
+			if deliver {
+				c.cbOwner = curG()
+			}
+			if !deliver && !c.closed {
+				// Closing: the input is discarded, up to a bound.
+				c.discarded += n
+				if c.discarded > lingerMaxInput {
+					c.abortLocked(errClosingInput)
+				}
+			}
+			c.mu.Unlock()
+			if deliver {
+				if c.call(p, callData, (*buf)[:n], nil) != nil {
+					err = nil // the panic already set the reason
+				}
+				c.afterCallback()
+			}
+		}
+		if buf != nil {
+			readBuffers.Put(buf)
+		}
+		if err != nil {
+			if err == io.EOF {
+				c.readLost(p)
+			}
+			next := readFail
+			switch {
+			case err == errWouldBlock:
+				next = readPark
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				next = c.deadlineFired()
+			}
+			switch next {
+			case readPark:
+				if c.tryPark() {
+					return true
+				}
+				continue
+			case readOn:
+				continue
+			}
+			c.readFailed(err)
+			return false
+		}
+	}
+}
+
+// waitToDeliverLocked waits until input can be delivered, or the
+// connection is ending: the protocol has not paused the transport (an end
+// of stream, eof, and a drain are delivered while paused), and no producer
+// call runs on another goroutine. The caller checks which, and takes the
+// turn if it delivers. The two waits are one: a reader that waited for its
+// turn while paused could wait for ever, since the protocol may need that
+// very turn to resume reading (a producer's ResumeProducing that calls the
+// transport's).
+func (c *Conn) waitToDeliverLocked(eof bool) {
+	for !c.closed && !c.disconnecting {
+		paused := c.readPaused && !eof && !c.draining
+		if !paused && c.cbOwner == 0 {
+			return
+		}
+		c.waiting = true
+		c.cond.Wait()
+	}
+}
+
+// readLost hands the peer's end of stream to a framework.HalfCloseableProtocol
+// (ReadConnectionLost), then waits, reading nothing, until the connection
+// is closing: the protocol called LoseConnection or AbortConnection, or
+// superd ended it (a Drain closes it as LoseConnection would: nothing more
+// can arrive). Its caller then ends the connection as after any end of
+// stream. Protocols that are not half-closeable are not told.
+func (c *Conn) readLost(p framework.Protocol) {
+	if _, ok := p.(framework.HalfCloseableProtocol); !ok {
+		return
+	}
+	c.mu.Lock()
+	c.waitToDeliverLocked(true)
+	if c.closed || c.disconnecting || c.draining || c.readEOF {
+		c.mu.Unlock()
+		return
+	}
+	c.readEOF = true
+	c.inCallback = true
+	c.cbOwner = curG()
+	c.mu.Unlock()
+	c.call(p, callReadLost, nil, nil)
+	c.afterCallback()
+	c.mu.Lock()
+	for !c.closed && !c.disconnecting && !c.draining {
+		c.waiting = true
+		c.cond.Wait()
+	}
+	drain := !c.closed && !c.disconnecting
+	c.mu.Unlock()
+	if drain {
+		c.LoseConnection()
+	}
+}
+
+// armParkLocked sets the park deadline: the read wakes after parkAfter,
+// and the reader parks if nothing arrived meanwhile.
+func (c *Conn) armParkLocked() {
+	c.parkArmed, c.recvSinceArm = true, false
+	c.nc.SetReadDeadline(time.Now().Add(parkAfter))
+}
+
+// What the read loop does after a read that got no data.
+const (
+	readFail = iota // the connection ends (readFailed)
+	readPark        // park, if nothing but input can move it on
+	readOn          // back to the top of the loop
+)
+
+// deadlineFired decides what a read deadline that fired means. Each of our
+// deadlines has its own state, checked here under mu in one step, so a
+// Drain or LoseConnection from another goroutine racing with the deadline
+// is never mistaken for it.
+func (c *Conn) deadlineFired() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case c.closed:
+		return readFail // the reason is set
+	case c.writeShut:
+		if time.Now().Before(c.lingerUntil) {
+			// An earlier deadline (Drain's, or the park deadline) that
+			// fired as the graceful close began: the linger's own
+			// deadline is set, so read on until the peer's EOF or it.
+			return readOn
+		}
+		return readFail // the linger is over: the reason is set
+	case c.draining && !c.disconnecting:
+		return readOn // Drain's: the loop top delivers what has arrived
+	case c.disconnecting:
+		// A park or Drain deadline that fired as the connection began
+		// closing: clear it, so the read waits for the peer while the
+		// output drains (the linger sets its own deadline).
+		c.parkArmed = false
+		c.nc.SetReadDeadline(time.Time{})
+		return readOn
+	case c.parkArmed && c.recvSinceArm:
+		c.armParkLocked() // still busy: look again a parkAfter on
+		return readOn
+	case c.parkArmed:
+		return readPark
+	}
+	return readFail
+}
+
+// readNow reads what the socket holds without waiting (n is 0 when it holds
+// nothing, or on EOF or error: the read loop meets those next).
+func (c *Conn) readNow() (buf *[]byte, n int) {
+	c.raw.Control(func(fd uintptr) {
+		b := readBuffers.Get().(*[]byte)
+		m, err := syscall.Read(int(fd), *b)
+		if err != nil || m <= 0 {
+			readBuffers.Put(b)
+			return
+		}
+		buf, n = b, m
+	})
+	return buf, n
+}
+
+// read reads once into a pooled buffer. With a raw descriptor the buffer is
+// taken only once the socket is readable, so idle connections hold none.
+func (c *Conn) read() (*[]byte, int, error) {
+	if c.raw == nil {
+		buf := readBuffers.Get().(*[]byte)
+		n, err := c.nc.Read(*buf)
+		return buf, n, err
+	}
+	c.rbuf, c.rn, c.rerr = nil, 0, nil
+	if err := c.raw.Read(c.rawReadFn); err != nil {
+		if c.rbuf != nil {
+			readBuffers.Put(c.rbuf)
+		}
+		return nil, 0, err
+	}
+	return c.rbuf, c.rn, c.rerr
+}
+
+func (c *Conn) rawRead(fd uintptr) bool {
+	buf := readBuffers.Get().(*[]byte)
+	for {
+		n, err := syscall.Read(int(fd), *buf)
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err == syscall.EAGAIN:
+			readBuffers.Put(buf)
+			if c.parkNow {
+				c.rerr = errWouldBlock
+				return true
+			}
+			return false // wait for readability without holding a buffer
+		case err != nil:
+			readBuffers.Put(buf)
+			c.rerr = os.NewSyscallError("read", err)
+		case n == 0:
+			readBuffers.Put(buf)
+			c.rerr = io.EOF
+		default:
+			c.rbuf, c.rn = buf, n
+		}
+		return true
+	}
+}
+
+// readFailed decides what a failed read means and ends the connection.
+func (c *Conn) readFailed(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case c.closed || c.writeShut:
+		// We closed it (abort, or our FIN is out and we were only
+		// lingering): the reason is already set.
+	case errors.Is(err, io.EOF):
+		// The peer closed. Output written before we noticed is still
+		// delivered, then the connection closes cleanly.
+		c.disconnecting = true
+		for c.flushing && !c.closed {
+			c.waiting = true
+			c.cond.Wait()
+		}
+		if len(c.pending) > 0 && !c.closed {
+			c.flushing = true
+			for len(c.pending) > 0 && !c.closed {
+				c.flushOnceLocked()
+			}
+			c.flushing = false
+		}
+		if cw, ok := c.nc.(interface{ CloseWrite() error }); ok && c.raw == nil && !c.closed {
+			// TLS: the close sends close_notify, which may wait (crypto/tls
+			// gives it 5 s) for room in the peer's window; send it here,
+			// without mu, so closeLocked's Close finds it sent.
+			c.flushing = true
+			c.mu.Unlock()
+			cw.CloseWrite()
+			c.mu.Lock()
+			c.flushing = false
+			c.wakeLocked()
+		}
+		c.setReason(framework.ErrConnectionDone)
+	default:
+		c.setReason(&lostError{err})
+	}
+	c.closeLocked(nil)
+}
+
+// PauseProducing implements framework.Transport.
+func (c *Conn) PauseProducing() {
+	c.mu.Lock()
+	c.readPaused = true
+	c.mu.Unlock()
+}
+
+// ResumeProducing implements framework.Transport.
+func (c *Conn) ResumeProducing() {
+	c.mu.Lock()
+	c.readPaused = false
+	c.wakeLocked()
+	c.mu.Unlock()
+}

@@ -1,0 +1,147 @@
+// This file owns writing and flushing: Write queues output from any
+// goroutine, enforces the output limits, and makes sure someone flushes it
+// (the reader after a callback, or a short-lived flusher).
+
+package engine
+
+import (
+	"github.com/superd-dev/superd/framework"
+)
+
+// afterCallback ends the callback's turn (telling the producer what was
+// decided meanwhile), flushes what the callback wrote (one write, in this
+// goroutine), hands any remainder to a background flusher, and finishes a
+// graceful close that the callback asked for.
+func (c *Conn) afterCallback() {
+	c.settleProducer() // before waiting for mu: see settleProducer
+	c.mu.Lock()
+	c.endTurnLocked()
+	c.inCallback = false
+	if len(c.pending) > 0 && !c.flushing && !c.closed {
+		c.flushing = true
+		c.flushOnceLocked()
+		if len(c.pending) > 0 && !c.closed {
+			go c.flushLoop()
+		} else {
+			c.flushDoneLocked()
+		}
+	} else if c.disconnecting && !c.flushing {
+		c.shutdownWriteLocked()
+	} else if c.halfClosing && !c.flushing && len(c.pending) == 0 {
+		c.halfShutLocked()
+	}
+	c.mu.Unlock()
+}
+
+// flushLoop flushes until nothing is pending, then finishes a pending
+// graceful close. The caller has set c.flushing.
+func (c *Conn) flushLoop() {
+	c.mu.Lock()
+	for len(c.pending) > 0 && !c.closed {
+		c.flushOnceLocked()
+	}
+	c.flushDoneLocked()
+	c.mu.Unlock()
+}
+
+// flushOnceLocked writes everything pending in one call, with mu released
+// during the write.
+func (c *Conn) flushOnceLocked() {
+	out, box := c.pending, c.outBox
+	c.pending, c.outBox = nil, nil
+	c.inflight = len(out)
+	c.mu.Unlock()
+	n, err := c.nc.Write(out)
+	c.bytesOut.Add(int64(n))
+	if n > 0 && c.opts.Sent != nil {
+		c.opts.Sent.Add(float64(n))
+	}
+	c.mu.Lock()
+	c.inflight = 0
+	if cap(out) <= maxPooledOutput {
+		*box = out[:0]
+		outBuffers.Put(box)
+	}
+	if err != nil && !c.closed {
+		c.setReason(&lostError{err})
+		c.closeLocked(nil)
+	}
+	c.wakeLocked()
+}
+
+// flushDoneLocked releases the write side after a flush: resumes a producer
+// paused for the backlog, and completes a graceful close.
+func (c *Conn) flushDoneLocked() {
+	c.flushing = false
+	if c.prod.Load() != nil && c.producerPaused.Load() && !c.closed {
+		c.producerPaused.Store(false)
+		c.tellProducerLocked()
+		if c.flushing {
+			return // the producer wrote; that flush takes over from here
+		}
+	}
+	if c.disconnecting && !c.inCallback && len(c.pending) == 0 {
+		c.shutdownWriteLocked()
+	} else if c.halfClosing && !c.inCallback && len(c.pending) == 0 {
+		c.halfShutLocked()
+	}
+	c.wakeLocked()
+}
+
+// Write implements framework.Transport.
+func (c *Conn) Write(b []byte) {
+	if len(b) == 0 {
+		return
+	}
+	c.mu.Lock()
+	if c.writeShut || c.halfShut {
+		c.mu.Unlock()
+		return
+	}
+	c.reserveLocked()
+	c.pending = append(c.pending, b...)
+	c.wroteLocked()
+}
+
+// WriteString implements framework.Transport.
+func (c *Conn) WriteString(s string) {
+	if len(s) == 0 {
+		return
+	}
+	c.mu.Lock()
+	if c.writeShut || c.halfShut {
+		c.mu.Unlock()
+		return
+	}
+	c.reserveLocked()
+	c.pending = append(c.pending, s...)
+	c.wroteLocked()
+}
+
+// reserveLocked gives pending a pooled buffer when it has none.
+func (c *Conn) reserveLocked() {
+	if c.outBox == nil {
+		c.outBox = outBuffers.Get().(*[]byte)
+		c.pending = (*c.outBox)[:0]
+	}
+}
+
+// wroteLocked enforces the output limits after a write, makes sure a flush
+// will happen, and unlocks mu.
+func (c *Conn) wroteLocked() {
+	backlog := len(c.pending) + c.inflight
+	if backlog > c.opts.MaxPendingOutput {
+		c.abortLocked(framework.ErrSlowConsumer)
+		c.mu.Unlock()
+		return
+	}
+	if !c.flushing && !c.inCallback {
+		c.flushing = true
+		go c.flushLoop()
+	}
+	if c.prod.Load() != nil && !c.producerPaused.Load() && backlog > framework.HighWaterMark {
+		c.producerPaused.Store(true)
+		c.tellProducerLocked()
+	}
+	c.mu.Unlock()
+}
