@@ -8,11 +8,13 @@ import (
 	"net"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/sys/unix"
 
 	"github.com/superd-dev/superd/framework"
 )
@@ -208,8 +210,14 @@ func TestClosingInputBounded(t *testing.T) {
 				r.tr.WriteString("line too long\r\n")
 				r.lose()
 			}
+			// The flood is queued at the server before it reads, so input
+			// is still unread when the protocol closes: otherwise a
+			// close that finds the socket quiet skips the linger (rightly)
+			// and there is nothing to bound.
+			flooded := flood(p.client, floodFor)
+			waitQueued(t, p.serverRaw, 2*readBufferSize)
 			s := serve(t, p.server, ConnOptions{Received: rx}, r)
-			check(t, s, r, rx, flood(p.client, floodFor))
+			check(t, s, r, rx, flooded)
 		})
 	})
 
@@ -227,4 +235,18 @@ func TestClosingInputBounded(t *testing.T) {
 			check(t, s, r, rx, flood(p.client, floodFor))
 		})
 	})
+}
+
+// waitQueued waits until at least n bytes wait unread in c's receive queue.
+func waitQueued(t *testing.T, c net.Conn, n int) {
+	t.Helper()
+	raw, err := c.(syscall.Conn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, func() bool {
+		queued := 0
+		raw.Control(func(fd uintptr) { queued, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+		return queued >= n
+	}, "%d bytes queued at the server", n)
 }
