@@ -69,7 +69,15 @@ service "exec" "x" {
 	if err := echoOnceConn(held, "hello"); err != nil {
 		t.Fatal(err)
 	}
+	// The echo can reach the client a moment before superd counts the
+	// bytes it wrote (the count follows the write's return): poll.
 	s := getStatus(t, metrics, true)
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); s = getStatus(t, metrics, true) {
+		if len(s.Connections) == 1 && s.Connections[0].BytesOut == 6 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	abs, _ := filepath.Abs(path)
 	if s.PID != d.cmd.Process.Pid || s.ConfigFile != abs || s.ConfigGeneration != 1 || s.LastReload != nil ||
 		s.Version == "" || s.StartedAt.After(start) || time.Since(s.StartedAt) > time.Minute {
