@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -18,7 +19,11 @@ import (
 // root).
 func lowPort(t *testing.T, not int) int {
 	t.Helper()
-	for p := 1023; p > 600; p-- {
+	// From a random start, so test runs side by side rarely pick the same
+	// port between this probe and superd's bind.
+	start := rand.IntN(424)
+	for i := range 424 {
+		p := 600 + (start+i)%424
 		if p == not {
 			continue
 		}
