@@ -1,7 +1,6 @@
 package supervisor
 
 import (
-	"crypto/tls"
 	"errors"
 	"net"
 	"time"
@@ -33,8 +32,7 @@ func (s *service) logEnd(c, nc net.Conn, b *binding, start time.Time, reason err
 	if proxy, ok := proxyOf(nc); ok {
 		e.Proxy = plainPeer(proxy)
 	}
-	if tc, ok := nc.(*tls.Conn); ok {
-		st := tc.ConnectionState()
+	if st, ok := framework.TLSState(nc); ok {
 		e.TLSVersion = framework.TLSVersionName(st.Version)
 		e.SNI = st.ServerName
 	}

@@ -174,8 +174,7 @@ func connEnv(hc *framework.HandedConn) []string {
 			}
 		}
 	}
-	if tc, ok := nc.(*tls.Conn); ok {
-		st := tc.ConnectionState()
+	if st, ok := framework.TLSState(nc); ok {
 		set("SSL_PROTOCOL", framework.TLSVersionName(st.Version))
 		set("SSL_CIPHER", tls.CipherSuiteName(st.CipherSuite))
 		if st.ServerName != "" {
