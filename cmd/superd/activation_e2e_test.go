@@ -79,18 +79,9 @@ service "exec" "env" {
 		"-l", tcpAddr, "-l", sock, "-l", namedAddr,
 		"--fdname=plain:plainunix:named",
 		superdBin, "run", "-config", path)
-	// The activator starts superd on the first connection: make one.
-	go func() {
-		deadline := time.Now().Add(10 * time.Second)
-		for time.Now().Before(deadline) {
-			if c, err := net.Dial("tcp", tcpAddr); err == nil {
-				c.Close()
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}()
+	woke := wakeActivator(tcpAddr)
 	d := startCmd(t, cmd, metrics)
+	<-woke
 	for _, c := range []struct{ network, addr string }{{"tcp", tcpAddr}, {"unix", sock}, {"tcp", namedAddr}} {
 		if err := echoOnce(c.network, c.addr, "via "+c.addr); err != nil {
 			t.Errorf("%s %s: %v", c.network, c.addr, err)

@@ -365,15 +365,7 @@ service "echo" "abstract" {
 // runs as the process's owner).
 func sockoptOf(t *testing.T, pid, fd, level, opt int) int {
 	t.Helper()
-	pidfd, err := unix.PidfdOpen(pid, 0)
-	if err != nil {
-		t.Skipf("pidfd_open: %v", err)
-	}
-	defer unix.Close(pidfd)
-	dup, err := unix.PidfdGetfd(pidfd, fd, 0)
-	if err != nil {
-		t.Skipf("pidfd_getfd: %v", err)
-	}
+	dup := fdOf(t, pid, fd)
 	defer unix.Close(dup)
 	v, err := unix.GetsockoptInt(dup, level, opt)
 	if err != nil {
@@ -463,20 +455,9 @@ service "echo" "e" {
 }
 `, addr))
 	cmd := exec.Command(activate, "-l", addr, superdBin, "run", "-config", path)
-	// The activator starts superd on the first connection: make one.
-	var woke sync.WaitGroup
-	woke.Go(func() {
-		deadline := time.Now().Add(10 * time.Second)
-		for time.Now().Before(deadline) {
-			if c, err := net.Dial("tcp", addr); err == nil {
-				c.Close()
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	})
+	woke := wakeActivator(addr)
 	d := startCmd(t, cmd, metrics)
-	woke.Wait()
+	<-woke
 	defer func() {
 		d.signal(syscall.SIGTERM)
 		d.wait(15 * time.Second)
@@ -579,4 +560,23 @@ func acceptedSocketOf(t *testing.T, pid int, peer *net.TCPAddr) int {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// wakeActivator connects to addr until one connection succeeds (or 10 s
+// pass): systemd-socket-activate starts superd on the first connection.
+// The channel closes when it is done.
+func wakeActivator(addr string) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			if c, err := net.Dial("tcp", addr); err == nil {
+				c.Close()
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	return done
 }
