@@ -107,6 +107,12 @@ func (s *Supervisor) inheritedSocket(in *inherited, ep *endpoint.Config) (*socke
 				return nil, err
 			}
 		}
+		if ep.Kind == endpoint.KindUnix && (ep.Mode != 0 || ep.Owner != "" || ep.Group != "") {
+			// The socket file is the service manager's: changing it
+			// behind its back would outlive superd and fight the unit.
+			s.log.Warn("mode, owner and group are not applied to a socket passed by the service manager; set SocketMode=, SocketUser= and SocketGroup= in the socket unit",
+				"endpoint", ep.Label)
+		}
 		k.ln = ln
 		return k, nil
 	}

@@ -54,7 +54,10 @@ func TestActivationBySystemdSocketActivate(t *testing.T) {
 metrics { address = "METRICS" }
 service "echo" "byaddress" {
   endpoint "tcp"  { address = %q }
-  endpoint "unix" { path = %q }
+  endpoint "unix" {
+    path = %q
+    mode = "0600" # the activator's socket: not applied, a warning says so
+  }
 }
 service "echo" "byname" {
   # bound by the activator elsewhere than it says: the name decides
@@ -99,6 +102,12 @@ service "exec" "env" {
 	}
 	if !strings.Contains(d.stderr.String(), "socket passed by the service manager") {
 		t.Errorf("no log of the passed sockets")
+	}
+	if !strings.Contains(d.stderr.String(), "mode, owner and group are not applied") {
+		t.Errorf("no warning that the unix endpoint's mode is not applied to the passed socket")
+	}
+	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() == 0o600 {
+		t.Errorf("the passed socket's mode was changed to 0600 (or it is gone: %v)", err)
 	}
 	d.signal(syscall.SIGTERM)
 	if code := d.wait(15 * time.Second); code != 0 {
