@@ -1,0 +1,135 @@
+package supervisor
+
+import (
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"strconv"
+	"testing"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/superd-dev/superd/config"
+	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/internal/engine"
+	"github.com/superd-dev/superd/internal/testkit"
+)
+
+type idleEchoFactory struct{}
+
+func (idleEchoFactory) BuildProtocol(net.Addr) framework.Protocol { return new(idleEcho) }
+
+type idleEcho struct{ framework.BaseProtocol }
+
+func (e *idleEcho) DataReceived(b []byte) { e.Transport.Write(b) }
+
+// TestIdleConnectionHeap measures what an idle TCP connection served by a
+// protocol keeps on the Go heap, through the real accept path of the
+// supervisor and the engine. It runs only when SUPERD_IDLE_CONNS gives a
+// number of connections; with SUPERD_IDLE_HEAPPROFILE it also writes a
+// heap profile (every allocation sampled) while they are all open:
+//
+//	SUPERD_IDLE_CONNS=5000 SUPERD_IDLE_HEAPPROFILE=/tmp/idle.pprof \
+//	  go test -run TestIdleConnectionHeap -v ./supervisor/
+//	go tool pprof -sample_index=inuse_space -top /tmp/idle.pprof
+//
+// The client's sockets are raw descriptors, so the test's own side holds
+// nothing on the heap per connection. Figures go in BENCHMARKS.md.
+func TestIdleConnectionHeap(t *testing.T) {
+	n, _ := strconv.Atoi(os.Getenv("SUPERD_IDLE_CONNS"))
+	if n <= 0 {
+		t.Skip("set SUPERD_IDLE_CONNS to the number of connections to hold")
+	}
+	runtime.MemProfileRate = 1
+	addr := testkit.FreeAddr(t, "tcp")
+	sc := serviceConfig("idle", idleEchoFactory{}, config.Limits{}, tcpEndpoint(addr))
+	s, _ := newTestSupervisor()
+	if err := s.Start(&config.File{Services: []*config.Service{sc}, ShutdownTimeout: 5 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(5 * time.Second)
+	ap := netip.MustParseAddrPort(addr)
+	sa := &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+
+	// A first connection, so that what is made once (the poller, pools)
+	// is not counted.
+	first := dialRaw(t, sa)
+	pingRaw(t, first, 'x')
+	time.Sleep(time.Second)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+
+	fds := make([]int, 0, n)
+	defer func() {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+		unix.Close(first)
+	}()
+	for range n {
+		fds = append(fds, dialRaw(t, sa))
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for s.ActiveConnections() != n+1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections active, want %d", s.ActiveConnections(), n+1)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(2 * time.Second) // every connection parks
+	runtime.GC()
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	per := func(a, b uint64) float64 { return (float64(a) - float64(b)) / float64(n) }
+	t.Logf("%d idle connections: heap in use %.0f B/conn (HeapAlloc), %.0f B/conn (HeapInuse spans), %.0f objects/conn; Sys %.0f B/conn; goroutines %d",
+		n, per(after.HeapAlloc, before.HeapAlloc), per(after.HeapInuse, before.HeapInuse),
+		per(after.HeapObjects, before.HeapObjects), per(after.Sys, before.Sys), runtime.NumGoroutine())
+	t.Logf("engine.Conn is %d B", unsafe.Sizeof(engine.Conn{}))
+	if path := os.Getenv("SUPERD_IDLE_HEAPPROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+	}
+	// Every connection is still served.
+	for i, fd := range fds {
+		pingRaw(t, fd, byte(i))
+	}
+}
+
+// dialRaw connects a blocking socket that is a bare descriptor.
+func dialRaw(t *testing.T, sa *unix.SockaddrInet4) int {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Connect(fd, sa); err != nil {
+		unix.Close(fd)
+		t.Fatal(err)
+	}
+	return fd
+}
+
+// pingRaw writes one byte and expects it back.
+func pingRaw(t *testing.T, fd int, v byte) {
+	t.Helper()
+	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 10})
+	if _, err := unix.Write(fd, []byte{v}); err != nil {
+		t.Fatal(err)
+	}
+	b := []byte{0}
+	if m, err := unix.Read(fd, b); err != nil || m != 1 || b[0] != v {
+		t.Fatalf("echo: %d %#x, %v (sent %#x)", m, b[0], err, v)
+	}
+}
