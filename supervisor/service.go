@@ -435,7 +435,7 @@ func (s *service) handle(c, stream net.Conn, b *binding, k conKeys) {
 		release()
 		return
 	}
-	conn := engine.NewConn(nc, s.connOpts)
+	conn := engine.NewConn(nc, &s.connOpts)
 	s.mu.Lock()
 	s.conns[c] = conn
 	s.info[c] = &connInfo{b: b, since: time.Now(), nc: nc, fc: conn}
