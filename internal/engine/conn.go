@@ -374,6 +374,9 @@ func (c *Conn) BytesIn() int64 { return c.bytesIn.Load() }
 // BytesOut is the number of application bytes sent so far.
 func (c *Conn) BytesOut() int64 { return c.bytesOut.Load() }
 
+// NetConn is the connection the Conn serves, as given to NewConn.
+func (c *Conn) NetConn() net.Conn { return c.nc }
+
 // PeerAddr implements framework.Transport.
 func (c *Conn) PeerAddr() net.Addr { return c.nc.RemoteAddr() }
 
