@@ -18,7 +18,7 @@ import (
 func (c *Conn) loop() {
 	r := readers.Get().(*reader)
 	parked := c.readLoop(c.p, r)
-	r.discarded, r.recvSinceArm = 0, false
+	r.err, r.discarded, r.recvSinceArm = nil, 0, false
 	readers.Put(r)
 	if parked {
 		return // parked: wake or unparkLocked starts loop again
