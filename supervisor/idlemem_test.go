@@ -1,11 +1,14 @@
 package supervisor
 
 import (
+	"maps"
 	"net"
 	"net/netip"
 	"os"
 	"runtime"
+	"runtime/metrics"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -71,6 +74,7 @@ func TestIdleConnectionHeap(t *testing.T) {
 	runtime.GC()
 	runtime.ReadMemStats(&before)
 	rssBefore := vmRSS(t)
+	classesBefore := memoryClasses()
 
 	fds := make([]int, 0, n)
 	defer func() {
@@ -91,6 +95,7 @@ func TestIdleConnectionHeap(t *testing.T) {
 	}
 	time.Sleep(2 * time.Second) // every connection parks
 	rssAfter := vmRSS(t)        // as the IDLE bench cell reads it: before any forced GC
+	classesAfter := memoryClasses()
 	runtime.GC()
 	runtime.GC()
 	runtime.ReadMemStats(&after)
@@ -100,6 +105,12 @@ func TestIdleConnectionHeap(t *testing.T) {
 		per(after.HeapObjects, before.HeapObjects), per(after.StackInuse, before.StackInuse),
 		per(rssAfter, rssBefore), runtime.NumGoroutine())
 	t.Logf("engine.Conn is %d B", unsafe.Sizeof(engine.Conn{}))
+	t.Logf("the runtime's memory classes, settled, before the GCs:")
+	for _, name := range slices.Sorted(maps.Keys(classesAfter)) {
+		if d := float64(classesAfter[name]) - float64(classesBefore[name]); d != 0 {
+			t.Logf("  %-45s %8.1f B/conn", name, d/float64(n))
+		}
+	}
 	if profile != "" {
 		f, err := os.Create(profile)
 		if err != nil {
@@ -114,6 +125,22 @@ func TestIdleConnectionHeap(t *testing.T) {
 	for i, fd := range fds {
 		pingRaw(t, fd, byte(i))
 	}
+}
+
+// memoryClasses reads the runtime's /memory/classes metrics.
+func memoryClasses() map[string]uint64 {
+	var samples []metrics.Sample
+	for _, d := range metrics.All() {
+		if strings.HasPrefix(d.Name, "/memory/classes/") {
+			samples = append(samples, metrics.Sample{Name: d.Name})
+		}
+	}
+	metrics.Read(samples)
+	m := map[string]uint64{}
+	for _, s := range samples {
+		m[s.Name] = s.Value.Uint64()
+	}
+	return m
 }
 
 // vmRSS is the test process's resident memory, in bytes.
