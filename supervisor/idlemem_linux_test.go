@@ -33,7 +33,7 @@ func (e *idleEcho) DataReceived(b []byte) { e.Transport.Write(b) }
 
 // TestIdleConnectionHeap measures what an idle TCP connection served by a
 // protocol keeps on the Go heap, through the real accept path of the
-// supervisor and the engine. It runs only when SUPERD_IDLE_CONNS gives a
+// supervisor and the engine (on Linux: raw sockets, /proc). It runs only when SUPERD_IDLE_CONNS gives a
 // number of connections; with SUPERD_IDLE_HEAPPROFILE it also writes a
 // heap profile (every allocation sampled) while they are all open:
 //
