@@ -34,7 +34,7 @@ func serveOnce(f framework.Factory, input string) string {
 			nc.Close()
 			return
 		}
-		engine.NewConn(nc, engine.ConnOptions{}).Serve(p)
+		engine.NewConn(nc, nil).Serve(p)
 	}()
 	c, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {

@@ -21,12 +21,12 @@ func (s *service) logRejection(c net.Conn, b *binding, reason string) {
 	})
 }
 
-// logEnd writes a connection that ended to the access log; nc is the
-// stream after superd's layers (TLS), for its facts.
-func (s *service) logEnd(c, nc net.Conn, b *binding, start time.Time, reason error, in, out int64, pid int, exit string) {
+// logEnd writes a connection that ended, after d, to the access log; nc
+// is the stream after superd's layers (TLS), for its facts.
+func (s *service) logEnd(nc net.Conn, b *binding, d time.Duration, reason error, in, out int64, pid int, exit string) {
 	e := accesslog.Entry{
 		Service: s.cfg.Name, Factory: s.cfg.Factory, Endpoint: b.ep.Label,
-		Peer: plainPeer(nc.RemoteAddr()), Duration: time.Since(start),
+		Peer: plainPeer(nc.RemoteAddr()), Duration: d,
 		BytesIn: in, BytesOut: out, Reason: endReason(reason), PID: pid, Exit: exit,
 	}
 	if proxy, ok := proxyOf(nc); ok {

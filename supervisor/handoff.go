@@ -12,14 +12,6 @@ import (
 	"github.com/superd-dev/superd/metrics"
 )
 
-// servedConn is what a drain needs of a connection being served: a
-// engine.Conn, or a handoff to a factory that serves the connection
-// itself.
-type servedConn interface {
-	Drain()
-	Abort(reason error)
-}
-
 // handoff tells a factory serving connections or a listening socket itself
 // (framework.ConnHandler, framework.ListenerHandler) that the drain began
 // (Drain: Stopping is done) and that its time is up (Abort: Killed is
@@ -45,18 +37,18 @@ func (h *handoff) Abort(error) {
 }
 
 // handOver gives an accepted connection to a factory that serves it
-// itself; c is the accepted socket, nc the stream after superd's layers
-// (c itself, or TLS over it). It returns when the factory is done with it.
-// It returns what is left to do once the connection is released: its
+// itself; t.c is the accepted socket, nc the stream after superd's layers
+// (t.c itself, or TLS over it). It returns when the factory is done with
+// it. It returns what is left to do once the connection is released: its
 // access log line.
-func (s *service) handOver(h framework.ConnHandler, c, nc net.Conn, b *binding, fromSource int) (after func()) {
+func (s *service) handOver(h framework.ConnHandler, t *tracked, nc net.Conn, fromSource int) (after func()) {
+	c, b := t.c, t.b
 	// The service's handoff: the drain makes it done (already, if the
 	// service is closing).
 	ho := s.handoff
 	s.mu.Lock()
-	s.conns[c] = ho
+	t.handed, t.since = true, monoNow()
 	s.mu.Unlock()
-	start := time.Now()
 	served := false
 	hc := &framework.HandedConn{
 		Conn:        nc,
@@ -76,16 +68,16 @@ func (s *service) handOver(h framework.ConnHandler, c, nc net.Conn, b *binding, 
 		},
 	}
 	s.mu.Lock()
-	s.info[c] = &connInfo{b: b, since: start, nc: nc, hc: hc}
+	t.hc = hc
 	s.mu.Unlock()
 	reason := s.serveConn(h, hc)
 	nc.Close() // the handler closed it; a panicking one may not have
 	var rej *framework.RejectError
 	switch {
 	case served:
-		s.ended(start, reason)
+		s.ended(t.servedFor(), reason)
 		if s.cfg.AccessLog {
-			return func() { s.logEnd(c, nc, b, start, reason, hc.BytesIn, hc.BytesOut, hc.PID, hc.Exit) }
+			return func() { s.logEnd(nc, b, t.servedFor(), reason, hc.BytesIn, hc.BytesOut, hc.PID, hc.Exit) }
 		}
 	case errors.As(reason, &rej):
 		s.rejected(rej.Reason)

@@ -45,12 +45,12 @@ type service struct {
 
 	mu          sync.Mutex
 	closing     bool
-	active      int                     // connections accepted and not yet ended
-	perSource   map[netip.Prefix]int    // active, by source key
-	perUID      map[uint32]int          // active on unix sockets by peer uid (with max_connections_per_uid)
-	conns       map[net.Conn]servedConn // nil value: accepted, not yet served
-	listening   map[*handoff]struct{}   // wait mode: listening sockets handed to the factory now
-	handoff     *handoff                // for every connection handed to a framework.ConnHandler
+	active      int                   // connections accepted and not yet ended
+	perSource   map[netip.Prefix]int  // active, by source key
+	perUID      map[uint32]int        // active on unix sockets by peer uid (with max_connections_per_uid)
+	conns       *tracked              // the active ones, a list (see tracked)
+	listening   map[*handoff]struct{} // wait mode: listening sockets handed to the factory now
+	handoff     *handoff              // for every connection handed to a framework.ConnHandler
 	rate        *tokenBucket
 	sourceRates map[netip.Prefix]*tokenBucket
 	// sweep the full buckets out of sourceRates when it reaches this size
@@ -68,8 +68,7 @@ type service struct {
 
 	// Totals for the status view (the metrics hold them by reason).
 	accepted, rejectedN, dropped atomic.Int64
-	// info describes each connection being served, for the status view.
-	info    map[net.Conn]*connInfo
+
 	cutOnce sync.Once
 }
 
@@ -103,9 +102,7 @@ func newService(log *slog.Logger, m *metrics.Metrics, sc *config.Service, refs *
 		m:         ms,
 		perSource: map[netip.Prefix]int{},
 		perUID:    map[uint32]int{},
-		conns:     map[net.Conn]servedConn{},
 		listening: map[*handoff]struct{}{},
-		info:      map[net.Conn]*connInfo{},
 		handoff:   newHandoff(),
 		refs:      refs,
 		guards:    guards,
@@ -173,23 +170,25 @@ func (s *service) accept(c net.Conn, b *binding) {
 			return
 		}
 	}
-	if k, ok := s.admit(c, c.RemoteAddr(), b, false); ok {
-		go s.handle(c, c, b, k)
+	if t, fromSource, ok := s.admit(c, c.RemoteAddr(), b, nil); ok {
+		go s.handle(t, c, fromSource)
 	}
 }
 
-// admit applies allow/deny and the limits to a connection from peer. With
-// reserved, the connection already counts as active (acceptProxied) and a
-// refusal undoes that. It reports false when the connection was refused
-// (and closed).
-func (s *service) admit(c net.Conn, peer net.Addr, b *binding, reserved bool) (conKeys, bool) {
+// admit applies allow/deny and the limits to a connection from peer. It
+// returns the connection's record, and how many connections from the
+// same source are open, this one included; false when the connection was
+// refused (and closed). A reserved connection (t, from acceptProxied)
+// already counts as active, and a refusal undoes that.
+func (s *service) admit(c net.Conn, peer net.Addr, b *binding, t *tracked) (*tracked, int, bool) {
+	reserved := t != nil
 	key, hasSource := sourceKey(peer, s.cfg.Limits.IPv6Prefix)
-	refuse := func(reason string) (conKeys, bool) {
+	refuse := func(reason string) (*tracked, int, bool) {
 		if reserved {
-			s.unreserve(c)
+			s.unreserve(t)
 		}
 		s.reject(c, b, reason)
-		return conKeys{}, false
+		return nil, 0, false
 	}
 	// allow and deny apply to the peer's own address: the source key of
 	// an IPv6 peer is masked to ipv6_prefix bits.
@@ -213,10 +212,10 @@ func (s *service) admit(c net.Conn, peer net.Addr, b *binding, reserved bool) (c
 		// takes the connection. Otherwise superd is stopping.
 		if next := b.sock.owner.Load(); next != nil && next != b {
 			next.svc.accept(c, next)
-			return conKeys{}, false
+			return nil, 0, false
 		}
 		c.Close()
-		return conKeys{}, false
+		return nil, 0, false
 	case !reserved && lim.MaxConnections > 0 && s.active >= lim.MaxConnections:
 		reason = metrics.RejectMaxConnections
 	case hasSource && lim.MaxConnectionsPerIP > 0 && s.perSource[key] >= lim.MaxConnectionsPerIP:
@@ -233,8 +232,9 @@ func (s *service) admit(c net.Conn, peer net.Addr, b *binding, reserved bool) (c
 		return refuse(reason)
 	}
 	if !reserved {
+		t = &tracked{svc: s, c: c, b: b}
 		s.active++
-		s.conns[c] = nil
+		s.trackLocked(t)
 		s.connWG.Add(1)
 	}
 	fromSource := 0
@@ -244,9 +244,10 @@ func (s *service) admit(c net.Conn, peer net.Addr, b *binding, reserved bool) (c
 	}
 	if hasUID {
 		s.perUID[uid]++
+		t.uid, t.hasUID = uid, true
 	}
 	s.mu.Unlock()
-	return conKeys{source: key, hasSource: hasSource, fromSource: fromSource, uid: uid, hasUID: hasUID}, true
+	return t, fromSource, true
 }
 
 // acceptProxied takes a connection from a peer trusted to send a PROXY
@@ -270,30 +271,31 @@ func (s *service) acceptProxied(c net.Conn, b *binding, pp *endpoint.ProxyProtoc
 		s.reject(c, b, metrics.RejectMaxConnections)
 		return
 	}
+	t := &tracked{svc: s, c: c, b: b}
 	s.active++
-	s.conns[c] = nil
+	s.trackLocked(t)
 	s.connWG.Add(1)
 	s.mu.Unlock()
 	go func() {
 		stream, err := readProxyHeader(c, pp)
 		if err != nil {
 			s.log.Debug("PROXY protocol header refused", "peer", plainPeer(c.RemoteAddr()), "err", err)
-			s.unreserve(c)
+			s.unreserve(t)
 			s.reject(c, b, metrics.RejectProxyProtocol)
 			return
 		}
-		if k, ok := s.admit(c, stream.RemoteAddr(), b, true); ok {
-			s.handle(c, stream, b, k)
+		if _, fromSource, ok := s.admit(c, stream.RemoteAddr(), b, t); ok {
+			s.handle(t, stream, fromSource)
 		}
 	}()
 }
 
 // unreserve undoes the counting of a connection refused after it was
 // counted as active.
-func (s *service) unreserve(c net.Conn) {
+func (s *service) unreserve(t *tracked) {
 	s.mu.Lock()
 	s.active--
-	delete(s.conns, c)
+	s.untrackLocked(t)
 	s.mu.Unlock()
 	s.connWG.Done()
 }
@@ -360,41 +362,43 @@ func (s *service) takeSourceToken(key netip.Prefix, now time.Time) bool {
 	return tb.take(now)
 }
 
-// handle runs in the connection's goroutine: TLS handshake, protocol,
-// then serving. The goroutine may end before the connection does (an idle
-// connection parks without one); release does the bookkeeping at the end.
-// conKeys are what a connection counts against, for its release.
-type conKeys struct {
-	source     netip.Prefix
-	hasSource  bool
-	fromSource int // open connections from the source, this one included
-	uid        uint32
-	hasUID     bool
+// unlimit stops t counting against the limits: it leaves the service's
+// list and its counts. peer is the address admit was given (the client a
+// PROXY header names, or the socket's peer), from which its source key is
+// made again.
+func (s *service) unlimit(t *tracked, peer net.Addr) {
+	key, hasSource := sourceKey(peer, s.cfg.Limits.IPv6Prefix)
+	s.mu.Lock()
+	s.active--
+	if hasSource {
+		if s.perSource[key]--; s.perSource[key] <= 0 {
+			delete(s.perSource, key)
+		}
+	}
+	if t.hasUID {
+		if s.perUID[t.uid]--; s.perUID[t.uid] <= 0 {
+			delete(s.perUID, t.uid)
+		}
+	}
+	s.untrackLocked(t)
+	s.mu.Unlock()
 }
 
-// handle serves an admitted connection: c is the accepted socket, stream
-// what to read and write (c, or c after its PROXY header).
-func (s *service) handle(c, stream net.Conn, b *binding, k conKeys) {
-	// unlimit stops the connection counting against the limits; release
-	// also lets a drain waiting for it go on.
-	unlimit := func() {
-		s.mu.Lock()
-		s.active--
-		if k.hasSource {
-			if s.perSource[k.source]--; s.perSource[k.source] <= 0 {
-				delete(s.perSource, k.source)
-			}
-		}
-		if k.hasUID {
-			if s.perUID[k.uid]--; s.perUID[k.uid] <= 0 {
-				delete(s.perUID, k.uid)
-			}
-		}
-		delete(s.conns, c)
-		delete(s.info, c)
-		s.mu.Unlock()
-	}
-	release := func() { unlimit(); s.connWG.Done() }
+// release is unlimit, and it also lets a drain waiting for t go on.
+func (s *service) release(t *tracked, peer net.Addr) {
+	s.unlimit(t, peer)
+	s.connWG.Done()
+}
+
+// handle serves an admitted connection in its own goroutine: TLS
+// handshake, protocol, then serving. stream is what to read and write
+// (t.c, or t.c after its PROXY header), fromSource what admit counted.
+// The goroutine may end before the connection does (an idle connection
+// parks without one); the connection's end callback (tracked.connEnded)
+// releases it then.
+func (s *service) handle(t *tracked, stream net.Conn, fromSource int) {
+	c, b := t.c, t.b
+	peer := stream.RemoteAddr()
 	nc := stream
 	if b.tls != nil {
 		timeout := maxTLSHandshake
@@ -415,14 +419,14 @@ func (s *service) handle(c, stream net.Conn, b *binding, k conKeys) {
 			s.logRejection(stream, b, metrics.RejectTLSHandshake)
 			s.log.Debug("TLS handshake failed", "peer", plainPeer(stream.RemoteAddr()), "err", err)
 			c.Close()
-			release()
+			s.release(t, peer)
 			return
 		}
 		nc = tc
 	}
 	if h, ok := s.factory.(framework.ConnHandler); ok {
-		after := s.handOver(h, c, nc, b, k.fromSource)
-		unlimit()
+		after := s.handOver(h, t, nc, fromSource)
+		s.unlimit(t, peer)
 		after() // the access log line comes once the connection no longer counts
 		s.connWG.Done()
 		return
@@ -432,13 +436,12 @@ func (s *service) handle(c, stream net.Conn, b *binding, k conKeys) {
 		s.rejected(metrics.RejectFactory)
 		s.logRejection(stream, b, metrics.RejectFactory)
 		nc.Close()
-		release()
+		s.release(t, peer)
 		return
 	}
-	conn := engine.NewConn(nc, s.connOpts)
+	conn := engine.NewConn(nc, &s.connOpts)
 	s.mu.Lock()
-	s.conns[c] = conn
-	s.info[c] = &connInfo{b: b, since: time.Now(), nc: nc, fc: conn}
+	t.fc, t.since = conn, monoNow()
 	closing := s.closing
 	s.mu.Unlock()
 	if closing {
@@ -447,24 +450,13 @@ func (s *service) handle(c, stream net.Conn, b *binding, k conKeys) {
 	b.total.Inc()
 	s.accepted.Add(1)
 	s.m.Active.Inc()
-	start := time.Now()
-	conn.Run(p, func(reason error) {
-		s.ended(start, reason)
-		unlimit()
-		// Once the connection no longer counts against any limit (a
-		// client that saw the line may connect again at once), and before
-		// a drain waiting for it may go on (and close the log).
-		if s.cfg.AccessLog {
-			s.logEnd(c, nc, b, start, reason, conn.BytesIn(), conn.BytesOut(), 0, "")
-		}
-		s.connWG.Done()
-	})
+	conn.Run(p, t.connEnded)
 }
 
-// ended counts the end of a connection that was served.
-func (s *service) ended(start time.Time, reason error) {
+// ended counts the end of a connection that was served for d.
+func (s *service) ended(d time.Duration, reason error) {
 	s.m.Active.Dec()
-	s.m.Duration.Observe(time.Since(start).Seconds())
+	s.m.Duration.Observe(d.Seconds())
 	drop := ""
 	switch {
 	case errors.Is(reason, framework.ErrIdleTimeout):
@@ -585,11 +577,12 @@ const (
 func (s *service) drainAndStop(timeout time.Duration, mode stopMode) error {
 	s.mu.Lock()
 	s.closing = true
-	for _, conn := range s.conns {
-		// Connections not served yet (nil: in their TLS handshake, or
-		// about to start) see closing when they are, and drain then.
-		if conn != nil {
-			conn.Drain() // what has arrived is delivered, output flushed
+	for t := s.conns; t != nil; t = t.next {
+		// Connections not served yet (in their TLS handshake, or about
+		// to start) see closing when they are, and drain then; those
+		// handed to the factory drain with s.handoff.
+		if t.fc != nil {
+			t.fc.Drain() // what has arrived is delivered, output flushed
 		}
 	}
 	s.handoff.Drain() // connections handed over, and those about to be
@@ -614,12 +607,15 @@ func (s *service) drainAndStop(timeout time.Duration, mode stopMode) error {
 	default:
 		s.mu.Lock()
 		n := 0
-		for raw, conn := range s.conns {
-			if conn == nil {
-				raw.Close() // still in its TLS handshake
-			} else {
-				conn.Abort(framework.ErrShutdownTimeout)
+		for t := s.conns; t != nil; t = t.next {
+			switch {
+			case t.fc != nil:
+				t.fc.Abort(framework.ErrShutdownTimeout)
 				n++
+			case t.handed:
+				n++ // aborted with s.handoff
+			default:
+				t.c.Close() // still in its TLS handshake
 			}
 		}
 		s.handoff.Abort(framework.ErrShutdownTimeout)

@@ -1,22 +1,9 @@
 package supervisor
 
 import (
-	"net"
 	"sort"
 	"time"
-
-	"github.com/superd-dev/superd/framework"
-	"github.com/superd-dev/superd/internal/engine"
 )
-
-// connInfo describes a connection being served, for the status view.
-type connInfo struct {
-	b     *binding
-	since time.Time
-	nc    net.Conn              // after superd's layers, for the peer
-	fc    *engine.Conn          // served by a protocol, or
-	hc    *framework.HandedConn // handed to its factory
-}
 
 // ServiceStatus is one service as the status view shows it.
 type ServiceStatus struct {
@@ -147,16 +134,17 @@ func (s *service) status(state string) ServiceStatus {
 func (s *service) appendConns(cs []ConnStatus) []ConnStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, in := range s.info {
-		if len(cs) >= MaxStatusConnections {
-			break
-		}
-		c := ConnStatus{Service: s.cfg.Name, Endpoint: in.b.ep.Label, Peer: plainPeer(in.nc.RemoteAddr()), Since: in.since}
+	for t := s.conns; t != nil && len(cs) < MaxStatusConnections; t = t.next {
+		c := ConnStatus{Service: s.cfg.Name, Endpoint: t.b.ep.Label, Since: t.servedSince()}
 		switch {
-		case in.fc != nil:
-			c.BytesIn, c.BytesOut = in.fc.BytesIn(), in.fc.BytesOut()
-		case in.hc != nil:
-			c.PID = in.hc.RunningPID()
+		case t.fc != nil:
+			c.Peer = plainPeer(t.fc.PeerAddr())
+			c.BytesIn, c.BytesOut = t.fc.BytesIn(), t.fc.BytesOut()
+		case t.hc != nil:
+			c.Peer = plainPeer(t.hc.Conn.RemoteAddr())
+			c.PID = t.hc.RunningPID()
+		default:
+			continue // not served yet
 		}
 		cs = append(cs, c)
 	}

@@ -25,12 +25,12 @@ func (c *Conn) idleCheck() {
 		// deadline ends the connection with a normal close.
 		return
 	}
-	idle := time.Since(c.start) - time.Duration(c.lastRecv.Load())
+	idle := time.Duration(monoNow() - c.idle.lastRecv.Load())
 	if idle >= c.opts.IdleTimeout {
 		c.abort(framework.ErrIdleTimeout)
 		return
 	}
-	c.idleTimer.Reset(c.opts.IdleTimeout - idle)
+	c.idle.timer.Reset(c.opts.IdleTimeout - idle)
 }
 
 // shutdownWriteLocked ends a graceful close: FIN to the peer, then the
@@ -145,8 +145,9 @@ func (c *Conn) writeClosedLocked(err error) {
 		return
 	}
 	c.parkArmed = false
-	c.lingerUntil = time.Now().Add(lingerTimeout)
-	c.nc.SetReadDeadline(c.lingerUntil)
+	until := time.Now().Add(lingerTimeout)
+	c.lingerUntil = int64(until.Sub(epoch))
+	c.nc.SetReadDeadline(until)
 	c.unparkLocked() // the reader lingers for the peer's EOF
 	c.readPaused = false
 	c.wakeLocked()
@@ -168,7 +169,7 @@ func (c *Conn) closeLocked(reason error) {
 		return
 	}
 	c.closed, c.writeShut = true, true
-	c.pending, c.outBox = nil, nil
+	c.outBox = nil
 	c.unparkLocked() // before the close: the poller forgets the descriptor
 	c.nc.Close()
 	c.wakeLocked()
@@ -225,7 +226,7 @@ func (c *Conn) LoseConnection() {
 		c.nc.SetReadDeadline(time.Time{})
 	}
 	c.wakeLocked()
-	if !c.flushing && !c.inCallback && len(c.pending) == 0 {
+	if !c.flushing && !c.inCallback && c.pendingLen() == 0 {
 		c.shutdownWriteLocked()
 	}
 }
@@ -238,7 +239,7 @@ func (c *Conn) LoseWriteConnection() {
 		return
 	}
 	c.halfClosing = true
-	if !c.flushing && !c.inCallback && len(c.pending) == 0 {
+	if !c.flushing && !c.inCallback && c.pendingLen() == 0 {
 		c.halfShutLocked()
 	}
 }

@@ -79,48 +79,35 @@ var (
 // short-lived goroutine for writes made from elsewhere. Everything pending
 // at the moment of a flush goes out in one write system call, so many
 // small writes (a chat broadcast) coalesce.
+//
+// A Conn is what an idle connection costs beside the socket, so it is kept
+// small (192 bytes, a size class of the allocator): the options are
+// shared, and what only some connections need is made when needed (the
+// condition variable, the idle timer, the reader's scratch, which is
+// pooled). The fields are ordered by size, so that none is padded.
 type Conn struct {
 	nc   net.Conn
 	raw  syscall.RawConn // nil when reads must go through nc (TLS)
-	opts ConnOptions
+	opts *ConnOptions    // shared by the connections of a service
 
 	mu   sync.Mutex
-	cond sync.Cond // on mu: output drained, pause lifted, or closed
+	cond *sync.Cond // on mu, made on first wait: output drained, pause lifted, or closed
 
-	pending  []byte  // queued, not yet handed to the flusher
-	outBox   *[]byte // the pool box pending's array came from
-	inflight int     // bytes being written by the flusher right now
-	flushing bool    // someone owns the write side of nc
-
-	inCallback    bool // Serve's goroutine is inside a protocol callback
-	disconnecting bool // LoseConnection or peer EOF: flush, then close
-	writeShut     bool // our FIN was sent (or the socket is closed)
-	closed        bool // nc is closed, or aborting
-	reason        error
-	readPaused    bool
-	draining      bool // Drain: deliver what has arrived, then LoseConnection
-	halfClosing   bool // LoseWriteConnection: flush, then shut the write side
-	halfShut      bool // LoseWriteConnection's end of stream went out
-	readEOF       bool // the peer's end of stream was handed to ReadConnectionLost
+	// outBox holds the output queued and not yet handed to the flusher
+	// (pending), in a buffer from outBuffers; nil when nothing is queued.
+	outBox   *[]byte
+	inflight int // bytes being written by the flusher right now
+	reason   error
 
 	// cbOwner is the goroutine (curG) whose turn it is to run the
 	// connection's callbacks, the protocol's and the producer's alike;
 	// 0: nobody's. Only the owner calls them, so they never overlap (see
 	// takeTurnLocked, endTurnLocked and tellProducerLocked).
 	cbOwner uintptr
-	lost    bool // ConnectionLost has returned: no callback runs again
 
-	// Parking (see Run and idlePoller).
-	p            framework.Protocol
-	onDone       func(reason error)
-	fd           int       // descriptor for the poller; -1: never park
-	parked       bool      // no goroutine: the poller holds the connection
-	received     bool      // something was ever received
-	parkArmed    bool      // the park deadline is set (see readLoop)
-	recvSinceArm bool      // reader only: something arrived since it was set
-	waiting      bool      // someone waits on cond
-	lingerUntil  time.Time // the linger's read deadline, once our FIN is out
-	discarded    int       // reader only: bytes read and not delivered (see lingerMaxInput)
+	p           framework.Protocol
+	onDone      func(reason error)
+	lingerUntil int64 // the linger's read deadline (see monoNow), once our FIN is out
 
 	// The registered producer, and producerPaused: what the connection
 	// wants of it (paused while the backlog is high). Both change under mu
@@ -132,48 +119,110 @@ type Conn struct {
 	prod           atomic.Pointer[registered]
 	producerPaused atomic.Bool
 
-	// Idle timeout: the timer checks lastRecv (time since start when
-	// something was last received) and re-arms itself.
-	start     time.Time
-	idleTimer *time.Timer
-	lastRecv  atomic.Int64
+	// Idle timeout; nil without one.
+	idle *idleState
 
 	// Application bytes moved, for the access log and the status view.
 	bytesIn, bytesOut atomic.Int64
 
-	// Filled by rawRead, the reusable callback for raw.Read (a method value
-	// made once, so a read allocates nothing).
-	rawReadFn func(fd uintptr) bool
-	rbuf      *[]byte
-	rn        int
-	rerr      error
-	parkNow   bool // rawRead: on EAGAIN, return errWouldBlock instead of waiting
+	// Parking (see Run and idlePoller): fd is the descriptor for the
+	// poller; -1: never park.
+	fd int32
+
+	flushing      bool // someone owns the write side of nc
+	inCallback    bool // Serve's goroutine is inside a protocol callback
+	disconnecting bool // LoseConnection or peer EOF: flush, then close
+	writeShut     bool // our FIN was sent (or the socket is closed)
+	closed        bool // nc is closed, or aborting
+	readPaused    bool
+	draining      bool // Drain: deliver what has arrived, then LoseConnection
+	halfClosing   bool // LoseWriteConnection: flush, then shut the write side
+	halfShut      bool // LoseWriteConnection's end of stream went out
+	readEOF       bool // the peer's end of stream was handed to ReadConnectionLost
+	lost          bool // ConnectionLost has returned: no callback runs again
+	parked        bool // no goroutine: the poller holds the connection
+	received      bool // something was ever received
+	parkArmed     bool // the park deadline is set (see readLoop)
+	waiting       bool // someone waits on cond
 }
+
+// idleState is the idle timeout's: the timer checks lastRecv (monoNow
+// when something was last received) and re-arms itself.
+type idleState struct {
+	timer    *time.Timer
+	lastRecv atomic.Int64
+}
+
+// epoch is the origin of monoNow.
+var epoch = time.Now()
+
+// monoNow is the monotonic time since the process started, in the 8 bytes
+// a connection stores times in (a time.Time takes 24).
+func monoNow() int64 { return int64(time.Since(epoch)) }
+
+// reader is the scratch of the goroutine running a connection's read loop
+// (there is one at a time), taken from readers while it runs: a parked
+// connection holds none.
+type reader struct {
+	// rawReadFn is r.rawRead, made once per reader, so a read allocates
+	// nothing; it fills buf, n and err.
+	rawReadFn func(fd uintptr) bool
+	buf       *[]byte
+	n         int
+	err       error
+	discarded int  // bytes read and not delivered (see lingerMaxInput)
+	parkNow   bool // rawRead: on EAGAIN, return errWouldBlock instead of waiting
+	// recvSinceArm: something arrived since the park deadline was set.
+	recvSinceArm bool
+}
+
+var readers = sync.Pool{New: func() any {
+	r := &reader{}
+	r.rawReadFn = r.rawRead
+	return r
+}}
 
 // NewConn wraps an accepted connection. TCP and unix connections are read
 // through their raw file descriptor, so an idle connection holds no read
-// buffer; anything else (TLS) is read through nc.
-func NewConn(nc net.Conn, opts ConnOptions) *Conn {
+// buffer; anything else (TLS) is read through nc. opts may be nil (every
+// option at its default); it is shared, not copied, so that the
+// connections of a service hold one between them, and must not change
+// once a connection uses it.
+func NewConn(nc net.Conn, opts *ConnOptions) *Conn {
+	if opts == nil {
+		opts = &defaultOptions
+	}
 	c := &Conn{nc: nc, opts: opts, fd: -1}
-	c.cond.L = &c.mu
-	if c.opts.MaxPendingOutput <= 0 {
-		c.opts.MaxPendingOutput = framework.DefaultMaxPendingOutput
-	}
-	if c.opts.Logger == nil {
-		c.opts.Logger = slog.Default()
-	}
 	if sc, ok := nc.(syscall.Conn); ok {
 		if _, isTCP := nc.(*net.TCPConn); isTCP || isUnix(nc) {
 			if rc, err := sc.SyscallConn(); err == nil {
 				c.raw = rc
-				c.rawReadFn = c.rawRead
 				if getPoller() != nil {
-					rc.Control(func(fd uintptr) { c.fd = int(fd) })
+					rc.Control(func(fd uintptr) { c.fd = int32(fd) })
 				}
 			}
 		}
 	}
 	return c
+}
+
+// defaultOptions are the options of a connection made without any.
+var defaultOptions ConnOptions
+
+// maxPendingOutput is opts.MaxPendingOutput, or its default.
+func (c *Conn) maxPendingOutput() int {
+	if m := c.opts.MaxPendingOutput; m > 0 {
+		return m
+	}
+	return framework.DefaultMaxPendingOutput
+}
+
+// logger is opts.Logger, or its default.
+func (c *Conn) logger() *slog.Logger {
+	if l := c.opts.Logger; l != nil {
+		return l
+	}
+	return slog.Default()
 }
 
 func isUnix(nc net.Conn) bool { _, ok := nc.(*net.UnixConn); return ok }
@@ -188,10 +237,11 @@ func isUnix(nc net.Conn) bool { _, ok := nc.(*net.UnixConn); return ok }
 func (c *Conn) Run(p framework.Protocol, onDone func(reason error)) {
 	c.p, c.onDone = p, onDone
 	if c.opts.IdleTimeout > 0 {
-		c.start = time.Now()
-		// Armed only once stored: idleCheck reads c.idleTimer.
-		c.idleTimer = time.AfterFunc(time.Hour, c.idleCheck)
-		c.idleTimer.Reset(c.opts.IdleTimeout)
+		c.idle = &idleState{}
+		c.idle.lastRecv.Store(monoNow())
+		// Armed only once stored: idleCheck reads c.idle.timer.
+		c.idle.timer = time.AfterFunc(time.Hour, c.idleCheck)
+		c.idle.timer.Reset(c.opts.IdleTimeout)
 	}
 	c.mu.Lock()
 	c.takeTurnLocked()
@@ -217,8 +267,8 @@ func (c *Conn) Serve(p framework.Protocol) error {
 // finish ends the connection: socket closed, producer stopped,
 // ConnectionLost, onDone.
 func (c *Conn) finish() {
-	if c.idleTimer != nil {
-		c.idleTimer.Stop()
+	if c.idle != nil {
+		c.idle.timer.Stop()
 	}
 	c.mu.Lock()
 	c.closeLocked(nil)
@@ -246,8 +296,7 @@ func (c *Conn) finish() {
 // tellProducerLocked), so no callback can wait for itself.
 func (c *Conn) takeTurnLocked() {
 	for c.cbOwner != 0 {
-		c.waiting = true
-		c.cond.Wait()
+		c.waitLocked()
 	}
 	c.cbOwner = curG()
 }
@@ -296,10 +345,20 @@ func (c *Conn) call(p framework.Protocol, which int, data []byte, reason error) 
 // v, in a deferred call: the stack is still the panicking one) and logs it.
 func (c *Conn) panicked(who string, v any) *framework.PanicError {
 	pe := &framework.PanicError{Value: v, Stack: debug.Stack()}
-	c.opts.Logger.Error(who+" panic; closing its connection",
+	c.logger().Error(who+" panic; closing its connection",
 		"peer", c.nc.RemoteAddr().String(), "panic", v, "stack", string(pe.Stack))
 	c.abort(pe)
 	return pe
+}
+
+// waitLocked waits on cond, made on first use: most connections never
+// wait.
+func (c *Conn) waitLocked() {
+	if c.cond == nil {
+		c.cond = sync.NewCond(&c.mu)
+	}
+	c.waiting = true
+	c.cond.Wait()
 }
 
 func (c *Conn) wakeLocked() {
@@ -315,6 +374,9 @@ func (c *Conn) BytesIn() int64 { return c.bytesIn.Load() }
 // BytesOut is the number of application bytes sent so far.
 func (c *Conn) BytesOut() int64 { return c.bytesOut.Load() }
 
+// NetConn is the connection the Conn serves, as given to NewConn.
+func (c *Conn) NetConn() net.Conn { return c.nc }
+
 // PeerAddr implements framework.Transport.
 func (c *Conn) PeerAddr() net.Addr { return c.nc.RemoteAddr() }
 
@@ -325,7 +387,16 @@ func (c *Conn) LocalAddr() net.Addr { return c.nc.LocalAddr() }
 func (c *Conn) Pending() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return len(c.pending) + c.inflight
+	return c.pendingLen() + c.inflight
+}
+
+// pendingLen is the length of the output queued and not yet handed to the
+// flusher.
+func (c *Conn) pendingLen() int {
+	if c.outBox == nil {
+		return 0
+	}
+	return len(*c.outBox)
 }
 
 // PeerCredentials is framework.PeerCredentials of the socket beneath the

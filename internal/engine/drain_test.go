@@ -60,7 +60,7 @@ func TestDrainDeliversWhatHasArrived(t *testing.T) {
 				t.Fatal(err)
 			}
 			p := &blockingCollector{entered: make(chan struct{}), release: make(chan struct{}), lost: make(chan error, 1)}
-			c := NewConn(nc, ConnOptions{})
+			c := NewConn(nc, nil)
 			go c.Serve(p)
 
 			client.Write([]byte("first\n"))
@@ -118,7 +118,7 @@ func TestDrainWakesAnIdleReader(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := NewConn(nc, ConnOptions{})
+	c := NewConn(nc, nil)
 	done := make(chan error, 1)
 	go func() { done <- c.Serve(&framework.BaseProtocol{}) }()
 	c.Drain()
@@ -173,7 +173,7 @@ func TestLoseConnectionFromOtherGoroutineOutlivesParkDeadline(t *testing.T) {
 			res <- err
 			return
 		}
-		res <- NewConn(c, ConnOptions{MaxPendingOutput: 64 << 20}).Serve(&kickProtocol{n: n})
+		res <- NewConn(c, &ConnOptions{MaxPendingOutput: 64 << 20}).Serve(&kickProtocol{n: n})
 	}()
 	cl, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
@@ -211,7 +211,7 @@ func TestDrainWhilePausedWithDataInHand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := NewConn(nc, ConnOptions{})
+	c := NewConn(nc, nil)
 	res := make(chan error, 1)
 	go func() { res <- c.Serve(&framework.BaseProtocol{}) }()
 	cl.Write([]byte("a")) // after this, the reader waits in a read, not parked
@@ -308,7 +308,7 @@ func TestDrainThenLoseConnectionKeepsTheFlush(t *testing.T) {
 			t.Fatal(err)
 		}
 		cl.(*net.TCPConn).SetReadBuffer(64 << 10)
-		c := NewConn(nc, ConnOptions{MaxPendingOutput: 64 << 20})
+		c := NewConn(nc, &ConnOptions{MaxPendingOutput: 64 << 20})
 		res := make(chan error, 1)
 		go func() { res <- c.Serve(&framework.BaseProtocol{}) }()
 		cl.Write([]byte("a")) // the reader now waits in a read

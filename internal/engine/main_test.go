@@ -314,7 +314,7 @@ func serve(t testing.TB, nc net.Conn, opts ConnOptions, p framework.Protocol) *s
 	if opts.Logger == nil {
 		opts.Logger = testLogger
 	}
-	s := &served{c: NewConn(nc, opts), done: make(chan struct{}), start: time.Now()}
+	s := &served{c: NewConn(nc, &opts), done: make(chan struct{}), start: time.Now()}
 	go func() {
 		defer close(s.done)
 		s.reason = s.c.Serve(p)

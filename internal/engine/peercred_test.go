@@ -51,7 +51,7 @@ func TestPeerCredentialsFromTransport(t *testing.T) {
 		}
 		ln.Close()
 		p := &credProto{got: make(chan framework.PeerCred, 1), none: make(chan bool, 1)}
-		if err := NewConn(server, ConnOptions{}).Serve(p); err != nil && !framework.IsClean(err) {
+		if err := NewConn(server, nil).Serve(p); err != nil && !framework.IsClean(err) {
 			t.Logf("%s: %v", network, err)
 		}
 		client.Close()

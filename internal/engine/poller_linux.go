@@ -6,6 +6,7 @@ package engine
 
 import (
 	"net"
+	"slices"
 	"sync"
 	"syscall"
 
@@ -19,9 +20,12 @@ import (
 // what makes an idle connection cost a few hundred bytes instead of a
 // goroutine stack.
 type idlePoller struct {
-	epfd  int
-	mu    sync.Mutex
-	conns map[int32]*Conn // parked, by descriptor
+	epfd int
+	mu   sync.Mutex
+	// conns are the parked connections, indexed by descriptor: the
+	// numbers are small and dense, so a slice costs a pointer per
+	// descriptor where a map would cost about four.
+	conns []*Conn
 }
 
 var (
@@ -35,7 +39,7 @@ func getPoller() *idlePoller {
 		if err != nil {
 			return
 		}
-		thePoller = &idlePoller{epfd: epfd, conns: map[int32]*Conn{}}
+		thePoller = &idlePoller{epfd: epfd}
 		go thePoller.loop()
 	})
 	return thePoller
@@ -44,14 +48,18 @@ func getPoller() *idlePoller {
 // park registers fd for one readiness event. The caller has marked c
 // parked; false means it could not be registered (the caller carries on
 // reading itself).
-func (p *idlePoller) park(c *Conn, fd int) bool {
+func (p *idlePoller) park(c *Conn, fd int32) bool {
 	p.mu.Lock()
-	p.conns[int32(fd)] = c
+	if int(fd) >= len(p.conns) {
+		p.conns = slices.Grow(p.conns, int(fd)+1-len(p.conns))
+		p.conns = p.conns[:cap(p.conns)]
+	}
+	p.conns[fd] = c
 	p.mu.Unlock()
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(fd)}
-	err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_MOD, fd, &ev)
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: fd}
+	err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_MOD, int(fd), &ev)
 	if err == unix.ENOENT {
-		err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, fd, &ev)
+		err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev)
 	}
 	if err != nil {
 		p.forget(c, fd)
@@ -62,13 +70,13 @@ func (p *idlePoller) park(c *Conn, fd int) bool {
 
 // forget removes fd from the poller (before its connection closes it, so a
 // reused descriptor number never reaches the wrong connection).
-func (p *idlePoller) forget(c *Conn, fd int) {
+func (p *idlePoller) forget(c *Conn, fd int32) {
 	p.mu.Lock()
-	if p.conns[int32(fd)] == c {
-		delete(p.conns, int32(fd))
+	if int(fd) < len(p.conns) && p.conns[fd] == c {
+		p.conns[fd] = nil
 	}
 	p.mu.Unlock()
-	unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+	unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, int(fd), nil)
 }
 
 func (p *idlePoller) loop() {
@@ -80,9 +88,11 @@ func (p *idlePoller) loop() {
 		}
 		for i := 0; i < n; i++ {
 			fd := events[i].Fd
+			var c *Conn
 			p.mu.Lock()
-			c := p.conns[fd]
-			delete(p.conns, fd)
+			if int(fd) < len(p.conns) {
+				c, p.conns[fd] = p.conns[fd], nil
+			}
 			p.mu.Unlock()
 			if c != nil {
 				c.wake()

@@ -16,9 +16,9 @@ type idlePoller struct{}
 
 func getPoller() *idlePoller { return nil }
 
-func (p *idlePoller) park(c *Conn, fd int) bool { return false }
+func (p *idlePoller) park(c *Conn, fd int32) bool { return false }
 
-func (p *idlePoller) forget(c *Conn, fd int) {}
+func (p *idlePoller) forget(c *Conn, fd int32) {}
 
 // kernelHolds is unknown here: the TLS drain reads with its window.
 func kernelHolds(nc net.Conn) bool { return true }

@@ -16,7 +16,11 @@ import (
 
 // loop runs the read loop until the connection parks or ends.
 func (c *Conn) loop() {
-	if c.readLoop(c.p) {
+	r := readers.Get().(*reader)
+	parked := c.readLoop(c.p, r)
+	r.err, r.discarded, r.recvSinceArm = nil, 0, false
+	readers.Put(r)
+	if parked {
 		return // parked: wake or unparkLocked starts loop again
 	}
 	c.finish()
@@ -78,20 +82,18 @@ const parkAfter = 500 * time.Millisecond
 var errWouldBlock = errors.New("would block")
 
 // readLoop reads until the connection ends (false) or parks (true).
-func (c *Conn) readLoop(p framework.Protocol) (parked bool) {
+func (c *Conn) readLoop(p framework.Protocol, r *reader) (parked bool) {
 	for {
 		c.mu.Lock()
 		// Flow control: no reading while our own output is above the
 		// high-water mark (resume once drained) or the protocol paused us.
-		if c.inflight+len(c.pending) > framework.HighWaterMark {
+		if c.inflight+c.pendingLen() > framework.HighWaterMark {
 			for c.flushing && !c.closed && !c.disconnecting {
-				c.waiting = true
-				c.cond.Wait()
+				c.waitLocked()
 			}
 		}
 		for c.readPaused && !c.closed && !c.disconnecting && !c.draining {
-			c.waiting = true
-			c.cond.Wait()
+			c.waitLocked()
 		}
 		if c.closed {
 			c.mu.Unlock()
@@ -102,26 +104,26 @@ func (c *Conn) readLoop(p framework.Protocol) (parked bool) {
 			c.drainArrived(p)
 			continue
 		}
-		c.parkNow = false
+		r.parkNow = false
 		if c.fd >= 0 && !c.disconnecting {
 			if !c.received {
-				c.parkNow = true
+				r.parkNow = true
 			} else if !c.parkArmed {
-				c.armParkLocked()
+				c.armParkLocked(r)
 			}
 		}
 		c.mu.Unlock()
 
-		buf, n, err := c.read()
+		buf, n, err := c.read(r)
 		if n > 0 {
 			c.bytesIn.Add(int64(n))
 			if c.opts.Received != nil {
 				c.opts.Received.Add(float64(n))
 			}
-			if c.idleTimer != nil {
-				c.lastRecv.Store(int64(time.Since(c.start)))
+			if c.idle != nil {
+				c.idle.lastRecv.Store(monoNow())
 			}
-			c.received, c.recvSinceArm = true, true
+			c.received, r.recvSinceArm = true, true
 			// Deliver unless the connection is ending; data that arrived
 			// as the protocol paused waits for ResumeProducing, and for
 			// any producer call running elsewhere to return.
@@ -134,8 +136,8 @@ func (c *Conn) readLoop(p framework.Protocol) (parked bool) {
 			}
 			if !deliver && !c.closed {
 				// Closing: the input is discarded, up to a bound.
-				c.discarded += n
-				if c.discarded > lingerMaxInput {
+				r.discarded += n
+				if r.discarded > lingerMaxInput {
 					c.abortLocked(errClosingInput)
 				}
 			}
@@ -159,7 +161,7 @@ func (c *Conn) readLoop(p framework.Protocol) (parked bool) {
 			case err == errWouldBlock:
 				next = readPark
 			case errors.Is(err, os.ErrDeadlineExceeded):
-				next = c.deadlineFired()
+				next = c.deadlineFired(r)
 			}
 			switch next {
 			case readPark:
@@ -190,8 +192,7 @@ func (c *Conn) waitToDeliverLocked(eof bool) {
 		if !paused && c.cbOwner == 0 {
 			return
 		}
-		c.waiting = true
-		c.cond.Wait()
+		c.waitLocked()
 	}
 }
 
@@ -219,8 +220,7 @@ func (c *Conn) readLost(p framework.Protocol) {
 	c.afterCallback()
 	c.mu.Lock()
 	for !c.closed && !c.disconnecting && !c.draining {
-		c.waiting = true
-		c.cond.Wait()
+		c.waitLocked()
 	}
 	drain := !c.closed && !c.disconnecting
 	c.mu.Unlock()
@@ -231,8 +231,8 @@ func (c *Conn) readLost(p framework.Protocol) {
 
 // armParkLocked sets the park deadline: the read wakes after parkAfter,
 // and the reader parks if nothing arrived meanwhile.
-func (c *Conn) armParkLocked() {
-	c.parkArmed, c.recvSinceArm = true, false
+func (c *Conn) armParkLocked(r *reader) {
+	c.parkArmed, r.recvSinceArm = true, false
 	c.nc.SetReadDeadline(time.Now().Add(parkAfter))
 }
 
@@ -247,14 +247,14 @@ const (
 // deadlines has its own state, checked here under mu in one step, so a
 // Drain or LoseConnection from another goroutine racing with the deadline
 // is never mistaken for it.
-func (c *Conn) deadlineFired() int {
+func (c *Conn) deadlineFired(r *reader) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	switch {
 	case c.closed:
 		return readFail // the reason is set
 	case c.writeShut:
-		if time.Now().Before(c.lingerUntil) {
+		if monoNow() < c.lingerUntil {
 			// An earlier deadline (Drain's, or the park deadline) that
 			// fired as the graceful close began: the linger's own
 			// deadline is set, so read on until the peer's EOF or it.
@@ -270,8 +270,8 @@ func (c *Conn) deadlineFired() int {
 		c.parkArmed = false
 		c.nc.SetReadDeadline(time.Time{})
 		return readOn
-	case c.parkArmed && c.recvSinceArm:
-		c.armParkLocked() // still busy: look again a parkAfter on
+	case c.parkArmed && r.recvSinceArm:
+		c.armParkLocked(r) // still busy: look again a parkAfter on
 		return readOn
 	case c.parkArmed:
 		return readPark
@@ -296,23 +296,25 @@ func (c *Conn) readNow() (buf *[]byte, n int) {
 
 // read reads once into a pooled buffer. With a raw descriptor the buffer is
 // taken only once the socket is readable, so idle connections hold none.
-func (c *Conn) read() (*[]byte, int, error) {
+func (c *Conn) read(r *reader) (*[]byte, int, error) {
 	if c.raw == nil {
 		buf := readBuffers.Get().(*[]byte)
 		n, err := c.nc.Read(*buf)
 		return buf, n, err
 	}
-	c.rbuf, c.rn, c.rerr = nil, 0, nil
-	if err := c.raw.Read(c.rawReadFn); err != nil {
-		if c.rbuf != nil {
-			readBuffers.Put(c.rbuf)
+	r.buf, r.n, r.err = nil, 0, nil
+	if err := c.raw.Read(r.rawReadFn); err != nil {
+		if r.buf != nil {
+			readBuffers.Put(r.buf)
 		}
 		return nil, 0, err
 	}
-	return c.rbuf, c.rn, c.rerr
+	buf := r.buf
+	r.buf = nil
+	return buf, r.n, r.err
 }
 
-func (c *Conn) rawRead(fd uintptr) bool {
+func (r *reader) rawRead(fd uintptr) bool {
 	buf := readBuffers.Get().(*[]byte)
 	for {
 		n, err := syscall.Read(int(fd), *buf)
@@ -321,19 +323,19 @@ func (c *Conn) rawRead(fd uintptr) bool {
 			continue
 		case err == syscall.EAGAIN:
 			readBuffers.Put(buf)
-			if c.parkNow {
-				c.rerr = errWouldBlock
+			if r.parkNow {
+				r.err = errWouldBlock
 				return true
 			}
 			return false // wait for readability without holding a buffer
 		case err != nil:
 			readBuffers.Put(buf)
-			c.rerr = os.NewSyscallError("read", err)
+			r.err = os.NewSyscallError("read", err)
 		case n == 0:
 			readBuffers.Put(buf)
-			c.rerr = io.EOF
+			r.err = io.EOF
 		default:
-			c.rbuf, c.rn = buf, n
+			r.buf, r.n = buf, n
 		}
 		return true
 	}
@@ -352,12 +354,11 @@ func (c *Conn) readFailed(err error) {
 		// delivered, then the connection closes cleanly.
 		c.disconnecting = true
 		for c.flushing && !c.closed {
-			c.waiting = true
-			c.cond.Wait()
+			c.waitLocked()
 		}
-		if len(c.pending) > 0 && !c.closed {
+		if c.pendingLen() > 0 && !c.closed {
 			c.flushing = true
-			for len(c.pending) > 0 && !c.closed {
+			for c.pendingLen() > 0 && !c.closed {
 				c.flushOnceLocked()
 			}
 			c.flushing = false

@@ -77,7 +77,7 @@ func TestTLSStateFromTransport(t *testing.T) {
 		}
 		p := &tlsStateProto{got: make(chan tlsStateSeen, 1)}
 		done := make(chan error, 1)
-		go func() { done <- NewConn(srv, ConnOptions{}).Serve(p) }()
+		go func() { done <- NewConn(srv, nil).Serve(p) }()
 		cc.SetReadDeadline(time.Now().Add(10 * time.Second))
 		buf := make([]byte, 5)
 		if _, err := cc.Read(buf); err != nil || string(buf) != "seen\n" {

@@ -17,17 +17,17 @@ func (c *Conn) afterCallback() {
 	c.mu.Lock()
 	c.endTurnLocked()
 	c.inCallback = false
-	if len(c.pending) > 0 && !c.flushing && !c.closed {
+	if c.pendingLen() > 0 && !c.flushing && !c.closed {
 		c.flushing = true
 		c.flushOnceLocked()
-		if len(c.pending) > 0 && !c.closed {
+		if c.pendingLen() > 0 && !c.closed {
 			go c.flushLoop()
 		} else {
 			c.flushDoneLocked()
 		}
 	} else if c.disconnecting && !c.flushing {
 		c.shutdownWriteLocked()
-	} else if c.halfClosing && !c.flushing && len(c.pending) == 0 {
+	} else if c.halfClosing && !c.flushing && c.pendingLen() == 0 {
 		c.halfShutLocked()
 	}
 	c.mu.Unlock()
@@ -37,7 +37,7 @@ func (c *Conn) afterCallback() {
 // graceful close. The caller has set c.flushing.
 func (c *Conn) flushLoop() {
 	c.mu.Lock()
-	for len(c.pending) > 0 && !c.closed {
+	for c.pendingLen() > 0 && !c.closed {
 		c.flushOnceLocked()
 	}
 	c.flushDoneLocked()
@@ -47,8 +47,9 @@ func (c *Conn) flushLoop() {
 // flushOnceLocked writes everything pending in one call, with mu released
 // during the write.
 func (c *Conn) flushOnceLocked() {
-	out, box := c.pending, c.outBox
-	c.pending, c.outBox = nil, nil
+	box := c.outBox
+	out := *box
+	c.outBox = nil
 	c.inflight = len(out)
 	c.mu.Unlock()
 	n, err := c.nc.Write(out)
@@ -80,9 +81,9 @@ func (c *Conn) flushDoneLocked() {
 			return // the producer wrote; that flush takes over from here
 		}
 	}
-	if c.disconnecting && !c.inCallback && len(c.pending) == 0 {
+	if c.disconnecting && !c.inCallback && c.pendingLen() == 0 {
 		c.shutdownWriteLocked()
-	} else if c.halfClosing && !c.inCallback && len(c.pending) == 0 {
+	} else if c.halfClosing && !c.inCallback && c.pendingLen() == 0 {
 		c.halfShutLocked()
 	}
 	c.wakeLocked()
@@ -99,7 +100,7 @@ func (c *Conn) Write(b []byte) {
 		return
 	}
 	c.reserveLocked()
-	c.pending = append(c.pending, b...)
+	*c.outBox = append(*c.outBox, b...)
 	c.wroteLocked()
 }
 
@@ -114,23 +115,23 @@ func (c *Conn) WriteString(s string) {
 		return
 	}
 	c.reserveLocked()
-	c.pending = append(c.pending, s...)
+	*c.outBox = append(*c.outBox, s...)
 	c.wroteLocked()
 }
 
-// reserveLocked gives pending a pooled buffer when it has none.
+// reserveLocked gives the queue a pooled buffer when it has none.
 func (c *Conn) reserveLocked() {
 	if c.outBox == nil {
 		c.outBox = outBuffers.Get().(*[]byte)
-		c.pending = (*c.outBox)[:0]
+		*c.outBox = (*c.outBox)[:0]
 	}
 }
 
 // wroteLocked enforces the output limits after a write, makes sure a flush
 // will happen, and unlocks mu.
 func (c *Conn) wroteLocked() {
-	backlog := len(c.pending) + c.inflight
-	if backlog > c.opts.MaxPendingOutput {
+	backlog := c.pendingLen() + c.inflight
+	if backlog > c.maxPendingOutput() {
 		c.abortLocked(framework.ErrSlowConsumer)
 		c.mu.Unlock()
 		return

@@ -42,7 +42,7 @@ func BenchmarkFanOut(b *testing.B) {
 				go func() { defer drainers.Done(); io.Copy(io.Discard, client) }()
 				peers = append(peers, client)
 				u := room.BuildProtocol(nil).(*User)
-				c := engine.NewConn(server, engine.ConnOptions{MaxPendingOutput: 64 << 20})
+				c := engine.NewConn(server, &engine.ConnOptions{MaxPendingOutput: 64 << 20})
 				conns = append(conns, c)
 				made := make(chan struct{})
 				go func() { c.Serve(&madeSignal{User: u, made: made}); <-done }()

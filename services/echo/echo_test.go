@@ -82,7 +82,7 @@ func serve(t *testing.T) (addr string, conns <-chan *engine.Conn) {
 			if err != nil {
 				return
 			}
-			fc := engine.NewConn(c, engine.ConnOptions{})
+			fc := engine.NewConn(c, nil)
 			select {
 			case ch <- fc:
 			default:

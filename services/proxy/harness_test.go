@@ -144,7 +144,7 @@ func serveProxy(t testing.TB, f *Factory, network string, prep func(net.Conn)) (
 			if prep != nil {
 				prep(nc)
 			}
-			s := &served{c: engine.NewConn(nc, engine.ConnOptions{}), done: make(chan struct{})}
+			s := &served{c: engine.NewConn(nc, nil), done: make(chan struct{})}
 			s.p = f.BuildProtocol(nc.RemoteAddr()).(*Proxy)
 			mu.Lock()
 			all = append(all, s)
@@ -222,7 +222,7 @@ func echoUpstream(t testing.TB, cert *tls.Certificate) string {
 				return
 			}
 		}
-		c := engine.NewConn(nc, engine.ConnOptions{})
+		c := engine.NewConn(nc, nil)
 		mu.Lock()
 		conns = append(conns, c)
 		mu.Unlock()

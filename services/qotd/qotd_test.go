@@ -165,7 +165,7 @@ func TestOverLoopback(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				engine.NewConn(c, engine.ConnOptions{}).Serve(f.BuildProtocol(c.RemoteAddr()))
+				engine.NewConn(c, nil).Serve(f.BuildProtocol(c.RemoteAddr()))
 			}()
 		}
 	}()

@@ -209,7 +209,7 @@ func Serve(t testing.TB, f framework.Factory) (addr string, conns <-chan *Served
 				continue
 			}
 			done := make(chan error, 1)
-			s := &Served{Conn: engine.NewConn(nc, engine.ConnOptions{}), Protocol: p, Done: done}
+			s := &Served{Conn: engine.NewConn(nc, nil), Protocol: p, Done: done}
 			select {
 			case ch <- s:
 			default:
