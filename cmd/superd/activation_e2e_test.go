@@ -100,10 +100,10 @@ service "exec" "env" {
 	if strings.Contains(string(env), "LISTEN_") {
 		t.Errorf("a child sees LISTEN_* variables: %q", env)
 	}
-	if !strings.Contains(d.stderr.String(), "socket passed by the service manager") {
+	if !d.logged("socket passed by the service manager") {
 		t.Errorf("no log of the passed sockets")
 	}
-	if !strings.Contains(d.stderr.String(), "mode, owner and group are not applied") {
+	if !d.logged("mode, owner and group are not applied") {
 		t.Errorf("no warning that the unix endpoint's mode is not applied to the passed socket")
 	}
 	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() == 0o600 {
@@ -324,7 +324,7 @@ service "echo" "u" {
 	if err != nil || string(buf[:n]) != "wake" {
 		t.Fatalf("first reply %q, %v", buf[:n], err)
 	}
-	if !strings.Contains(d.stderr.String(), "endpoint uses a socket passed by the service manager") {
+	if !d.logged("endpoint uses a socket passed by the service manager") {
 		t.Errorf("the udp endpoint did not take the passed socket:\n%s", d.stderr.String())
 	}
 	d.signal(syscall.SIGTERM)

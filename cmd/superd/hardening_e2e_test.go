@@ -86,7 +86,7 @@ func TestReloadInvalidConfigKeepsServices(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	durLine := fmt.Sprintf("superd.hcl:%d,", lineAt(t, bad, "parsecs"))
-	if !strings.Contains(d.stderr.String(), durLine) {
+	if !d.logged(durLine) {
 		t.Errorf("stderr does not hold the duration diagnostic at %s", durLine)
 	}
 

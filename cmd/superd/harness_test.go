@@ -288,6 +288,19 @@ func lastBytes(s string, n int) string {
 	return "...\n" + s[len(s)-n:]
 }
 
+// logged reports whether superd's stderr has, or gets within 10 s, text:
+// what superd logs passes through a pipe and a copying goroutine first.
+func (d *daemon) logged(text string) bool {
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(d.stderr.String(), text) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return true
+}
+
 // requireAlive fails the test if superd has exited.
 func (d *daemon) requireAlive() {
 	d.t.Helper()

@@ -87,7 +87,7 @@ service "echo" "low" {
 			}
 		}
 	}
-	if !strings.Contains(d.stderr.String(), "dropped privileges") {
+	if !d.logged("dropped privileges") {
 		t.Error("the drop is not logged")
 	}
 

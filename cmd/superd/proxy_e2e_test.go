@@ -158,7 +158,7 @@ service "proxy" "dead" {
 		d.waitMetric("superd_sent_bytes_total", labels, n*size)
 		d.waitMetric("superd_connections_dropped_total", map[string]string{"service": svc, "reason": "upstream"}, 0)
 	}
-	if !strings.Contains(d.stderr.String(), "no upstream answered") {
+	if !d.logged("no upstream answered") {
 		t.Errorf("no log line for the unreachable upstream:\n%s", d.stderr.String())
 	}
 }

@@ -350,7 +350,7 @@ service "echo" "abstract" {
 	if err := <-first; err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(d.stderr.String(), "endpoint uses a socket passed by the service manager") {
+	if !d.logged("endpoint uses a socket passed by the service manager") {
 		t.Errorf("the endpoint did not take the passed abstract socket:\n%s", d.stderr.String())
 	}
 	if err := echoOnce("unix", name, "served"); err != nil {
@@ -416,7 +416,7 @@ service "echo" "u" {
 	d := startCmd(t, cmd, metrics)
 	close(started)
 	woke.Wait()
-	if !strings.Contains(d.stderr.String(), "endpoint uses a socket passed by the service manager") {
+	if !d.logged("endpoint uses a socket passed by the service manager") {
 		t.Fatalf("the udp endpoint did not take the passed socket:\n%s", d.stderr.String())
 	}
 	// superd exec'd in the activator's place: the passed socket is its
@@ -462,7 +462,7 @@ service "echo" "e" {
 		d.signal(syscall.SIGTERM)
 		d.wait(15 * time.Second)
 	}()
-	if !strings.Contains(d.stderr.String(), "endpoint uses a socket passed by the service manager") {
+	if !d.logged("endpoint uses a socket passed by the service manager") {
 		t.Fatalf("the tcp endpoint did not take the passed socket:\n%s", d.stderr.String())
 	}
 	client, err := net.Dial("tcp", addr)
