@@ -98,22 +98,37 @@ func New(log *slog.Logger, m *metrics.Metrics) *Supervisor {
 // factory started, then its accept loops run. It is all or nothing: if one
 // service cannot start, those already started are stopped again and the
 // error names the service, the endpoint and the cause.
-func (s *Supervisor) Start(cfg *config.File) error {
+func (s *Supervisor) Start(cfg *config.File) error { return s.StartThen(cfg, nil) }
+
+// StartThen is Start with beforeServing run once every listener is bound
+// and every factory has started, and before any connection is accepted:
+// where superd drops root, so that nothing is ever served as root. An
+// error from it stops everything again, as a service that cannot start.
+func (s *Supervisor) StartThen(cfg *config.File, beforeServing func() error) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stopping.Load() {
 		return ErrShuttingDown
 	}
 	var prepared []*service
+	unprepare := func() {
+		for i := len(prepared) - 1; i >= 0; i-- {
+			s.unprepareLocked(prepared[i])
+		}
+	}
 	for _, sc := range cfg.Services {
 		svc, err := s.prepareServiceLocked(sc)
 		if err != nil {
-			for i := len(prepared) - 1; i >= 0; i-- {
-				s.unprepareLocked(prepared[i])
-			}
+			unprepare()
 			return err
 		}
 		prepared = append(prepared, svc)
+	}
+	if beforeServing != nil {
+		if err := beforeServing(); err != nil {
+			unprepare()
+			return err
+		}
 	}
 	for _, svc := range prepared {
 		svc.activate()

@@ -301,3 +301,46 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// StartThen runs its hook once the listeners are bound and the factories
+// started, before any connection is accepted; a failing hook stops
+// everything again and frees the ports.
+func TestStartThenRunsBeforeServing(t *testing.T) {
+	f := &lifecycleFactory{greet: []byte("hi\n")}
+	addr := testkit.FreeAddr(t, "tcp")
+	s, _ := newTestSupervisor()
+	cfg := &config.File{Services: []*config.Service{serviceConfig("a", f, config.Limits{}, tcpEndpoint(addr))}}
+	err := s.StartThen(cfg, func() error {
+		if f.starts.Load() != 1 {
+			t.Error("the hook ran before the factory started")
+		}
+		// Bound: the connection waits in the listen queue; not served
+		// yet: no greeting comes while the hook runs.
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Errorf("the listener is not bound when the hook runs: %v", err)
+			return errors.New("hook failed")
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		if n, _ := c.Read(make([]byte, 8)); n > 0 {
+			t.Error("a connection was served before the hook returned")
+		}
+		return errors.New("cannot drop privileges")
+	})
+	if err == nil || err.Error() != "cannot drop privileges" {
+		t.Fatalf("StartThen: %v, want the hook's error", err)
+	}
+	if f.stops.Load() != 1 {
+		t.Errorf("factory stops after a failed hook: %d, want 1", f.stops.Load())
+	}
+	if got := s.Services(); len(got) != 0 {
+		t.Errorf("services after a failed hook: %v", got)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("the port is still held after a failed hook: %v", err)
+	}
+	ln.Close()
+	s.Shutdown(time.Second)
+}

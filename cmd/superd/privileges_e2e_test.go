@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -139,4 +140,77 @@ service "echo" "e" {
 	if err == nil || !strings.Contains(string(out), "needs superd to start as root") {
 		t.Fatalf("got %v:\n%s", err, out)
 	}
+}
+
+// Nothing is served as root: clients already waiting in the listen queue
+// when superd starts are accepted only once it runs as nobody, so a
+// program it runs for them (with no user of its own) is nobody's too.
+func TestPrivilegeDropBeforeTheFirstConnection(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("dropping privileges needs the test to run as root")
+	}
+	nobody, err := user.Lookup("nobody")
+	if err != nil {
+		t.Skip("no user nobody on this system")
+	}
+	id, err := exec.LookPath("id")
+	if err != nil {
+		t.Skip("no id program")
+	}
+	addr := freeAddr(t)
+	path, metrics := writeConfig(t, fmt.Sprintf(`
+user = "nobody"
+metrics { address = "METRICS" }
+service "exec" "whoami" {
+  command = [%q, "-u"]
+  endpoint "tcp" { address = %q }
+}
+`, id, addr))
+	os.Chmod(filepath.Dir(filepath.Dir(path)), 0o755)
+	os.Chmod(filepath.Dir(path), 0o755)
+	os.Chmod(path, 0o644)
+	// Clients dial from before superd starts, so the first ones wait in
+	// the listen queue from the moment the socket is bound, as early as
+	// any client can come.
+	const clients = 8
+	answers := make(chan string, clients)
+	stop := make(chan struct{})
+	defer close(stop)
+	for range clients {
+		go func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				c, err := net.DialTimeout("tcp", addr, time.Second)
+				if err != nil {
+					time.Sleep(time.Millisecond)
+					continue
+				}
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				out, err := io.ReadAll(c)
+				c.Close()
+				if err != nil {
+					answers <- "error: " + err.Error()
+				} else {
+					answers <- strings.TrimSpace(string(out))
+				}
+				return
+			}
+		}()
+	}
+	d := startDaemon(t, path, metrics)
+	for range clients {
+		select {
+		case got := <-answers:
+			if got != nobody.Uid {
+				t.Errorf("a program run for an early client ran as uid %q, want nobody's %s", got, nobody.Uid)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("an early client got no answer")
+		}
+	}
+	d.stop(10 * time.Second)
 }

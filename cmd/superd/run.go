@@ -96,16 +96,19 @@ func cmdRun(args []string, stderr io.Writer) int {
 		return exitFailure
 	}
 	defer stopCluster()
-	if err := sup.Start(cfg); err != nil {
+	// Privileges go once every socket is bound and every factory has
+	// started, before the first connection is accepted.
+	dropRoot := func() error {
+		if err := dropPrivileges(log, cfg.RunAs); err != nil {
+			return fmt.Errorf("cannot drop privileges: %w", err)
+		}
+		return nil
+	}
+	if err := sup.StartThen(cfg, dropRoot); err != nil {
 		log.Error("cannot start", "err", err)
 		return exitFailure
 	}
 	sup.CloseUnclaimedInherited()
-	if err := dropPrivileges(log, cfg.RunAs); err != nil {
-		log.Error("cannot drop privileges", "err", err)
-		sup.Shutdown(0)
-		return exitFailure
-	}
 	runAs := cfg.RunAs
 	log.Info("superd started", "config", *path, "services", len(cfg.Services), "version", buildVersion())
 	notify := newNotifier(log)
