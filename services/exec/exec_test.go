@@ -545,3 +545,34 @@ func hasCapability(t *testing.T, bit uint) bool {
 	}
 	return false
 }
+
+// TestRelayClientGone: a relayed client that goes away (closes while the
+// program writes, or resets while it reads) ends the relay: the program
+// sees its connection end (EPIPE, end of input), as it would on a socket
+// handed over directly, instead of blocking on it forever.
+func TestRelayClientGone(t *testing.T) {
+	t.Run("closed while the program writes", func(t *testing.T) {
+		f, _ := newTestFactory(t, `command = ["/bin/sh", "-c", "while :; do echo 0123456789012345678901234567890123456789; done"]`)
+		client, server := tlsPair(t)
+		h := serveConn(t, f, server, 0)
+		client.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(client, make([]byte, 1000)); err != nil {
+			t.Fatal(err)
+		}
+		client.Close()
+		h.wait(t, 10*time.Second)
+	})
+	t.Run("reset while the program reads", func(t *testing.T) {
+		f, _ := newTestFactory(t, `command = ["/bin/sh", "-c", "echo ready; cat"]`)
+		var raw *net.TCPConn
+		client, server := tlsPair(t, func(c, _ *net.TCPConn) { raw = c })
+		h := serveConn(t, f, server, 0)
+		client.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(client, make([]byte, 6)); err != nil {
+			t.Fatal(err)
+		}
+		raw.SetLinger(0)
+		raw.Close() // a reset, and no close_notify
+		h.wait(t, 10*time.Second)
+	})
+}
