@@ -45,6 +45,7 @@ func (s *Service) NewFactory(log *slog.Logger, reg prometheus.Registerer) (frame
 		Log:     log.With("service", s.Name, "factory", s.Factory),
 		Metrics: reg,
 		Cluster: s.cluster,
+		RunAs:   s.runAs.identity(),
 	}, s.FactoryConfig)
 }
 
@@ -55,6 +56,7 @@ func (s *Service) NewFactory(log *slog.Logger, reg prometheus.Registerer) (frame
 func (d *decoder) decodeFactory(svc *Service, blk *hcl.Block, content *hcl.BodyContent) {
 	spec := svc.Spec
 	svc.cluster = d.file.Cluster != nil
+	svc.runAs = d.file.RunAs
 	fd := &factoryDecoder{decoder: d, fields: map[any]*attrField{}}
 	var cfg any
 	if spec.Config != nil {
@@ -77,6 +79,7 @@ func (d *decoder) decodeFactory(svc *Service, blk *hcl.Block, content *hcl.BodyC
 			Log:     slog.New(slog.DiscardHandler),
 			Metrics: prometheus.NewRegistry(),
 			Cluster: svc.cluster,
+			RunAs:   svc.runAs.identity(),
 		}
 		var f framework.Factory
 		f, err = spec.New(env, cfg)

@@ -6,6 +6,8 @@ import (
 	"strconv"
 
 	"github.com/hashicorp/hcl/v2"
+
+	"github.com/superd-dev/superd/framework"
 )
 
 // RunAs is the identity superd drops to after starting (top-level user and
@@ -26,6 +28,14 @@ func (r *RunAs) Same(o *RunAs) bool {
 		return r == o
 	}
 	return r.UID == o.UID && r.GID == o.GID
+}
+
+// identity is r for factories (framework.Env's RunAs); nil for none.
+func (r *RunAs) identity() *framework.Identity {
+	if r == nil {
+		return nil
+	}
+	return &framework.Identity{UID: r.UID, GID: r.GID, Groups: r.Groups}
 }
 
 func (d *decoder) decodeRunAs(content *hcl.BodyContent) {

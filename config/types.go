@@ -91,7 +91,8 @@ type Service struct {
 	// DefRange is the block header's range, for diagnostics.
 	DefRange hcl.Range
 
-	cluster bool // the file has a cluster block
+	cluster bool   // the file has a cluster block
+	runAs   *RunAs // the file's top-level user, if any
 }
 
 // AccessLog is where and how the access log is written.

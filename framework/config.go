@@ -33,6 +33,17 @@ type Env struct {
 	// factory that spans nodes needs one; it gets the running node from
 	// package cluster in StartFactory).
 	Cluster bool
+	// RunAs is the identity superd serves as when a top-level user makes
+	// it switch to one once every factory has started (StartFactory runs
+	// before, with the privileges superd started with); nil when superd
+	// keeps its own.
+	RunAs *Identity
+}
+
+// Identity is a user, group and supplementary groups of a process.
+type Identity struct {
+	UID, GID int
+	Groups   []int
 }
 
 // RegisterCollector registers c through reg (Env.Metrics) and returns the

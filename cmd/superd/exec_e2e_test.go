@@ -1720,3 +1720,37 @@ func must(b []byte, err error) []byte {
 	}
 	return b
 }
+
+// A program gets the open-file limit superd was started with, not the one
+// superd raises for itself: programs written for select(2) break past
+// FD_SETSIZE, and some close every descriptor up to the limit. Started
+// directly, or through the shim.
+func TestExecOpenFileLimitNotRaised(t *testing.T) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	if lim.Max < 2048 {
+		t.Skipf("hard open-file limit %d: too low to tell a raised limit", lim.Max)
+	}
+	direct, shim := freeAddr(t), freeAddr(t)
+	path, maddr := writeConfig(t, fmt.Sprintf(`
+metrics { address = "METRICS" }
+service "exec" "direct" {
+  command = ["/bin/sh", "-c", "ulimit -Sn"]
+  endpoint "tcp" { address = %q }
+}
+service "exec" "shim" {
+  command = ["/bin/sh", "-c", "ulimit -Sn"]
+  umask   = "0022"
+  endpoint "tcp" { address = %q }
+}
+`, direct, shim))
+	cmd := exec.Command("bash", "-c", `ulimit -Sn 1024 && exec "$0" run -config "$1"`, superdBin, path)
+	startCmd(t, cmd, maddr)
+	for _, tt := range []struct{ service, addr string }{{"direct", direct}, {"shim", shim}} {
+		if got := strings.TrimSpace(exReadAll(t, exDial(t, tt.addr), 10*time.Second)); got != "1024" {
+			t.Errorf("%s: the program's soft open-file limit is %q, want 1024 (superd's at start)", tt.service, got)
+		}
+	}
+}

@@ -214,3 +214,83 @@ service "exec" "whoami" {
 	}
 	d.stop(10 * time.Second)
 }
+
+// An exec service's user is checked against the identity superd serves
+// as, after it has dropped privileges, not the root it starts as: the
+// same user as superd's runs programs (superd keeps its groups, which it
+// may no longer set), and another user fails at start, for that reason.
+func TestExecUserAfterPrivilegeDrop(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("dropping privileges needs the test to run as root")
+	}
+	nobody, err := user.Lookup("nobody")
+	if err != nil {
+		t.Skip("no user nobody on this system")
+	}
+	if _, err := user.Lookup("daemon"); err != nil {
+		t.Skip("no user daemon on this system")
+	}
+	id, err := exec.LookPath("id")
+	if err != nil {
+		t.Skip("no id program")
+	}
+	readable := func(path string) {
+		os.Chmod(filepath.Dir(filepath.Dir(path)), 0o755)
+		os.Chmod(filepath.Dir(path), 0o755)
+		os.Chmod(path, 0o644)
+	}
+
+	addr := freeAddr(t)
+	path, metrics := writeConfig(t, fmt.Sprintf(`
+user = "nobody"
+metrics { address = "METRICS" }
+service "exec" "whoami" {
+  command = [%q, "-u"]
+  user    = "nobody"
+  endpoint "tcp" { address = %q }
+}
+`, id, addr))
+	readable(path)
+	d := startDaemon(t, path, metrics)
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	out, err := io.ReadAll(c)
+	c.Close()
+	if got := strings.TrimSpace(string(out)); err != nil || got != nobody.Uid {
+		t.Errorf("user = nobody under a superd running as nobody: the program printed %q, %v; want uid %s\n%s",
+			got, err, nobody.Uid, lastBytes(d.stderr.String(), 2000))
+	}
+	d.stop(10 * time.Second)
+
+	path, _ = writeConfig(t, fmt.Sprintf(`
+user = "nobody"
+metrics { address = "METRICS" }
+service "exec" "other" {
+  command = [%q, "-u"]
+  user    = "daemon"
+  endpoint "tcp" { address = %q }
+}
+`, id, freeAddr(t)))
+	readable(path)
+	cmd := exec.Command(superdBin, "run", "-config", path)
+	done := make(chan struct{})
+	var runOut []byte
+	var runErr error
+	go func() {
+		runOut, runErr = cmd.CombinedOutput()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		t.Fatalf("superd started with user = \"nobody\" and an exec service with user = \"daemon\"; want a failure at start\n%s", runOut)
+	}
+	if runErr == nil || !strings.Contains(string(runOut), "needs superd to run as root") {
+		t.Errorf("superd as nobody with an exec service as daemon: %v\n%s", runErr, runOut)
+	}
+}

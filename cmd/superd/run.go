@@ -210,13 +210,16 @@ func reload(log *slog.Logger, sup *supervisor.Supervisor, m *metrics.Metrics, pa
 }
 
 // raiseFileLimit raises the soft open-file limit to the hard limit: every
-// connection is a file descriptor.
+// connection is a file descriptor. The Go runtime has raised it already,
+// to one below the hard limit, and gives the programs superd starts the
+// limit superd was started with; raising it again (syscall.Setrlimit)
+// would make them inherit the raised one, so that is left as it is.
 func raiseFileLimit(log *slog.Logger) {
 	var rl syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
 		return
 	}
-	if rl.Cur < rl.Max {
+	if rl.Cur+1 < rl.Max {
 		old := rl.Cur
 		rl.Cur = rl.Max
 		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {

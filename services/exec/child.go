@@ -53,13 +53,16 @@ func (f *Factory) start(fds []int, env []string, peer string, listenPID bool) (*
 	path, argv := f.path, f.argv
 	st := f.setup
 	st.listenPID = listenPID
+	cred := f.cred
 	if st.needed() {
+		// The shim takes on the user after nice and rlimits.
+		st.cred, cred = f.cred, nil
 		path = "/proc/self/exe"
 		argv = append([]string{shimName, st.encode(), f.path}, f.argv...)
 	}
 	sys := &syscall.SysProcAttr{
 		Setsid:     true, // its own session and process group, no terminal
-		Credential: f.cred,
+		Credential: cred,
 	}
 	pidfd := -1
 	if pidfdWorks() {

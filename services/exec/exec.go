@@ -133,7 +133,8 @@ type Factory struct {
 	dir        string
 	cred       *syscall.Credential // nil: superd's own
 	userName   string
-	env        []string // env attribute, as NAME=value, sorted
+	runAs      *framework.Identity // superd's identity once it serves (nil: the one it has)
+	env        []string            // env attribute, as NAME=value, sorted
 	passEnv    []string
 	setup      setup // what the shim applies before exec (umask, nice, rlimits)
 	stderr     string
@@ -174,6 +175,7 @@ func New(env *framework.Env, cfg *Config) (framework.Factory, error) {
 		stderr:    cfg.Stderr,
 		wait:      cfg.Wait,
 		listenFDs: cfg.ListenFDs,
+		runAs:     env.RunAs,
 		setup:     setup{umask: -1, nice: cfg.Nice},
 	}
 	if len(f.argv) == 0 || f.argv[0] == "" {
@@ -397,16 +399,22 @@ func (f *Factory) ServesListeners() bool { return f.wait }
 // StartFactory checks what can only be checked at start, resolves the
 // environment and creates the metric series.
 func (f *Factory) StartFactory() error {
-	if f.cred != nil && os.Geteuid() != 0 {
-		if int(f.cred.Uid) != os.Geteuid() {
-			return fmt.Errorf("user = %q needs superd to run as root (it runs as uid %d)", f.userName, os.Geteuid())
+	// Programs are started by superd as it serves: after it has dropped
+	// privileges, when a top-level user says so.
+	uid, gid, as := os.Geteuid(), os.Getegid(), ""
+	if f.runAs != nil {
+		uid, gid, as = f.runAs.UID, f.runAs.GID, " once it has dropped privileges"
+	}
+	if f.cred != nil && uid != 0 {
+		if int(f.cred.Uid) != uid {
+			return fmt.Errorf("user = %q needs superd to run as root (it runs as uid %d%s)", f.userName, uid, as)
 		}
 		// superd's own user: setting the supplementary groups (setgroups)
 		// needs privilege even to change nothing, so the child keeps
 		// superd's; another group cannot be set at all.
-		if int(f.cred.Gid) != os.Getegid() || len(f.cred.Groups) > 0 {
-			return fmt.Errorf("user = %q with group %d and %d supplementary groups needs superd to run as root (it runs as uid %d, gid %d)",
-				f.userName, f.cred.Gid, len(f.cred.Groups), os.Geteuid(), os.Getegid())
+		if int(f.cred.Gid) != gid || len(f.cred.Groups) > 0 {
+			return fmt.Errorf("user = %q with group %d and %d supplementary groups needs superd to run as root (it runs as uid %d, gid %d%s)",
+				f.userName, f.cred.Gid, len(f.cred.Groups), uid, gid, as)
 		}
 		cred := *f.cred
 		cred.NoSetGroups = true

@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -15,6 +17,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/sys/unix"
 
 	"github.com/superd-dev/superd/framework"
 	"github.com/superd-dev/superd/metrics"
@@ -483,4 +486,93 @@ func TestServeConnRelayKilledWhileFlushing(t *testing.T) {
 	if err := h.wait(t, 10*time.Second); !errors.Is(err, framework.ErrShutdownTimeout) {
 		t.Fatalf("ServeConn returned %v, want ErrShutdownTimeout", err)
 	}
+}
+
+// TestShimBeforeUser: nice and rlimits are applied while the child still
+// has superd's privileges, then the user is taken on: a negative nice and
+// a hard limit above superd's are what a program run as another user
+// cannot set itself (inetd and systemd set them before dropping).
+func TestShimBeforeUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	nobody, err := user.Lookup("nobody")
+	if err != nil {
+		t.Skip("no user nobody")
+	}
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	nofile := lim.Max // raised when superd may (CAP_SYS_RESOURCE)
+	if hasCapability(t, 24) {
+		nofile += 16
+	}
+	f, logs := newTestFactory(t, fmt.Sprintf(`command = ["/bin/sh", "-c", "id -u; cut -d' ' -f19 /proc/$$/stat; ulimit -Hn; umask"]
+  user   = "nobody"
+  groups = ["0"]
+  umask  = "0027"
+  nice   = -3
+  rlimits {
+    nofile = %d
+  }`, nofile))
+	client, server := tcpPair(t)
+	h := serveConn(t, f, server, 0)
+	client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b, err := io.ReadAll(client)
+	want := fmt.Sprintf("%s\n-3\n%d\n0027\n", nobody.Uid, nofile)
+	if err != nil || string(b) != want {
+		t.Errorf("the child printed %q, %v; want %q (uid, nice, hard nofile, umask); stderr %v",
+			b, err, want, logs.with("program stderr"))
+	}
+	if err := h.wait(t, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// hasCapability reports whether the process has capability bit in its
+// effective set.
+func hasCapability(t *testing.T, bit uint) bool {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "CapEff:"); ok {
+			n, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			return err == nil && n&(1<<bit) != 0
+		}
+	}
+	return false
+}
+
+// TestRelayClientGone: a relayed client that goes away (closes while the
+// program writes, or resets while it reads) ends the relay: the program
+// sees its connection end (EPIPE, end of input), as it would on a socket
+// handed over directly, instead of blocking on it forever.
+func TestRelayClientGone(t *testing.T) {
+	t.Run("closed while the program writes", func(t *testing.T) {
+		f, _ := newTestFactory(t, `command = ["/bin/sh", "-c", "while :; do echo 0123456789012345678901234567890123456789; done"]`)
+		client, server := tlsPair(t)
+		h := serveConn(t, f, server, 0)
+		client.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(client, make([]byte, 1000)); err != nil {
+			t.Fatal(err)
+		}
+		client.Close()
+		h.wait(t, 10*time.Second)
+	})
+	t.Run("reset while the program reads", func(t *testing.T) {
+		f, _ := newTestFactory(t, `command = ["/bin/sh", "-c", "echo ready; cat"]`)
+		var raw *net.TCPConn
+		client, server := tlsPair(t, func(c, _ *net.TCPConn) { raw = c })
+		h := serveConn(t, f, server, 0)
+		client.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(client, make([]byte, 6)); err != nil {
+			t.Fatal(err)
+		}
+		raw.SetLinger(0)
+		raw.Close() // a reset, and no close_notify
+		h.wait(t, 10*time.Second)
+	})
 }

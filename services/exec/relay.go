@@ -56,15 +56,25 @@ func (f *Factory) serveRelayed(hc *framework.HandedConn, env []string) error {
 	downDone := make(chan struct{})
 	go func() { // client to child
 		defer close(upDone)
-		idle = copyUp(ours.(*net.UnixConn), client, hc)
-		if idle {
+		var lost bool
+		idle, lost = copyUp(ours.(*net.UnixConn), client, hc)
+		switch {
+		case idle:
 			closeAll()
 			ch.signal(ch.f.stopSignal)
+		case lost:
+			// The client is gone (reset): the program's connection
+			// ends, as a socket handed over would.
+			closeAll()
 		}
 	}()
 	go func() { // child to client
 		defer close(downDone)
-		copyDown(client, ours, hc)
+		if lost := copyDown(client, ours, hc); lost {
+			// The client no longer takes what the program writes: its
+			// writes fail (EPIPE) instead of blocking forever.
+			closeAll()
+		}
 	}()
 
 	unwatch := ch.watch(hc.Stopping, hc.Killed)
@@ -96,9 +106,10 @@ func (f *Factory) serveRelayed(hc *framework.HandedConn, env []string) error {
 }
 
 // copyUp copies from the client to the child, with the idle timeout on the
-// client's side, and reports whether it ended by that timeout. The
-// client's end of stream becomes the child's.
-func copyUp(dst *net.UnixConn, src net.Conn, hc *framework.HandedConn) (idle bool) {
+// client's side, and reports whether it ended by that timeout, or because
+// the client's connection failed (lost). The client's end of stream
+// becomes the child's.
+func copyUp(dst *net.UnixConn, src net.Conn, hc *framework.HandedConn) (idle, lost bool) {
 	bp := relayBuffers.Get().(*[]byte)
 	defer relayBuffers.Put(bp)
 	buf := *bp
@@ -113,23 +124,27 @@ func copyUp(dst *net.UnixConn, src net.Conn, hc *framework.HandedConn) (idle boo
 			}
 			hc.BytesIn += int64(n) // read by ServeConn's caller after both copies end
 			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return false
+				return false, false // the child no longer reads
 			}
 		}
 		if err != nil {
 			if errors.Is(err, io.EOF) {
 				dst.CloseWrite()
-				return false
+				return false, false
 			}
 			var ne net.Error
-			return errors.As(err, &ne) && ne.Timeout() && hc.IdleTimeout > 0
+			if errors.As(err, &ne) && ne.Timeout() && hc.IdleTimeout > 0 {
+				return true, false
+			}
+			return false, true
 		}
 	}
 }
 
 // copyDown copies from the child to the client; the child's end of stream
-// becomes a close_notify and a FIN.
-func copyDown(dst net.Conn, src net.Conn, hc *framework.HandedConn) {
+// becomes a close_notify and a FIN. It reports whether writing to the
+// client failed (lost).
+func copyDown(dst net.Conn, src net.Conn, hc *framework.HandedConn) (lost bool) {
 	bp := relayBuffers.Get().(*[]byte)
 	defer relayBuffers.Put(bp)
 	buf := *bp
@@ -137,7 +152,7 @@ func copyDown(dst net.Conn, src net.Conn, hc *framework.HandedConn) {
 		n, err := src.Read(buf)
 		if n > 0 {
 			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return
+				return true
 			}
 			if hc.Sent != nil {
 				hc.Sent.Add(float64(n))
@@ -155,7 +170,7 @@ func copyDown(dst net.Conn, src net.Conn, hc *framework.HandedConn) {
 					}
 				}
 			}
-			return
+			return false
 		}
 	}
 }

@@ -17,6 +17,11 @@ import (
 // child's own pid) is set by a shim: superd re-executes itself under the
 // name shimName, the shim applies the settings and executes the program in
 // the same process. Children that need none of it are started directly.
+//
+// The shim starts with superd's privileges and takes on the program's
+// user, group and supplementary groups itself, last: a negative nice or a
+// hard limit above superd's can only be set before they are dropped (as
+// inetd and systemd do).
 
 // shimName is argv[0] of the shim: any binary that links this package
 // becomes the shim when started under it.
@@ -34,6 +39,9 @@ type setup struct {
 	nice      *int // nil: leave it
 	rlimits   []rlimit
 	listenPID bool // set LISTEN_PID to the child's own pid
+	// cred is the program's user, group and groups, taken on after the
+	// rest (nil: superd's own).
+	cred *syscall.Credential
 }
 
 type rlimit struct {
@@ -47,7 +55,8 @@ func (s *setup) needed() bool {
 }
 
 // encode writes the settings as the shim's first argument:
-// "umask=18,nice=5,rlimit=7:256,listen_pid".
+// "umask=18,nice=5,rlimit=7:256,listen_pid,gid=65534,groups=4.0,uid=65534"
+// (groups left out: superd's kept).
 func (s *setup) encode() string {
 	var parts []string
 	if s.umask >= 0 {
@@ -61,6 +70,17 @@ func (s *setup) encode() string {
 	}
 	if s.listenPID {
 		parts = append(parts, "listen_pid")
+	}
+	if c := s.cred; c != nil {
+		parts = append(parts, "gid="+strconv.FormatUint(uint64(c.Gid), 10))
+		if !c.NoSetGroups {
+			gs := make([]string, len(c.Groups))
+			for i, g := range c.Groups {
+				gs[i] = strconv.FormatUint(uint64(g), 10)
+			}
+			parts = append(parts, "groups="+strings.Join(gs, "."))
+		}
+		parts = append(parts, "uid="+strconv.FormatUint(uint64(c.Uid), 10))
 	}
 	return strings.Join(parts, ",")
 }
@@ -80,6 +100,16 @@ func runShim(args []string) {
 		fail("shim started without a program")
 	}
 	env := os.Environ()
+	uid, gid := -1, -1
+	var groups []int
+	setGroups := false
+	id := func(s string) int {
+		n, err := strconv.ParseUint(s, 10, 32)
+		if err != nil {
+			fail("bad id %q", s)
+		}
+		return int(n)
+	}
 	for _, part := range strings.Split(args[0], ",") {
 		name, value, _ := strings.Cut(part, "=")
 		switch name {
@@ -102,8 +132,36 @@ func runShim(args []string) {
 			}
 		case "listen_pid":
 			env = append(env, "LISTEN_PID="+strconv.Itoa(os.Getpid()))
+		case "uid":
+			uid = id(value)
+		case "gid":
+			gid = id(value)
+		case "groups":
+			setGroups = true
+			if value != "" {
+				for _, g := range strings.Split(value, ".") {
+					groups = append(groups, id(g))
+				}
+			}
 		default:
 			fail("unknown setting %q", part)
+		}
+	}
+	// The user last, in the order that leaves nothing of root behind:
+	// supplementary groups, group, user.
+	if setGroups {
+		if err := syscall.Setgroups(groups); err != nil {
+			fail("setgroups %v: %v", groups, err)
+		}
+	}
+	if gid >= 0 {
+		if err := syscall.Setgid(gid); err != nil {
+			fail("setgid %d: %v", gid, err)
+		}
+	}
+	if uid >= 0 {
+		if err := syscall.Setuid(uid); err != nil {
+			fail("setuid %d: %v", uid, err)
 		}
 	}
 	err := syscall.Exec(args[1], args[2:], env)
