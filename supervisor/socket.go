@@ -28,7 +28,7 @@ type socket struct {
 
 	owner     atomic.Pointer[binding]
 	last      atomic.Pointer[binding] // the owner when released: gets the backlog sweep
-	swapMu    sync.Mutex              // owner swaps against a udp loop's claimBatch
+	swapMu    sync.Mutex              // owner swaps against a udp loop's claimBatch and read
 	batch     *dgramBinding           // udp: who the batch being read goes to (the loop's own)
 	startOnce sync.Once
 	closeOnce sync.Once
