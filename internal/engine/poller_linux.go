@@ -123,6 +123,17 @@ func kernelHolds(nc net.Conn) bool {
 	return n > 0
 }
 
+// unreadInput reports whether a socket has received bytes not read yet
+// (SIOCINQ); when it cannot tell, it says so.
+func unreadInput(rc syscall.RawConn) bool {
+	queued := true
+	rc.Control(func(fd uintptr) {
+		in, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+		queued = err != nil || in != 0
+	})
+	return queued
+}
+
 // socketQuiet reports whether a TCP socket has nothing unread from the peer
 // (SIOCINQ) and nothing of ours unacknowledged (SIOCOUTQ). Closing such a
 // socket sends a FIN and can cost the peer nothing; otherwise a graceful

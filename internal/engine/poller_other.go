@@ -23,5 +23,8 @@ func (p *idlePoller) forget(c *Conn, fd int32) {}
 // kernelHolds is unknown here: the TLS drain reads with its window.
 func kernelHolds(nc net.Conn) bool { return true }
 
+// unreadInput is unknown here (socketQuiet never lets it be asked).
+func unreadInput(rc syscall.RawConn) bool { return true }
+
 // socketQuiet is unknown here: graceful closes always linger.
 func socketQuiet(rc syscall.RawConn) bool { return false }
