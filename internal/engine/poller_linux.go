@@ -101,6 +101,9 @@ func (p *idlePoller) loop() {
 	}
 }
 
+// kernelQueueKnown: kernelHolds tells what the kernel holds.
+const kernelQueueKnown = true
+
 // kernelHolds reports whether the socket under a TLS connection has
 // received bytes not read yet (SIOCINQ).
 func kernelHolds(nc net.Conn) bool {

@@ -20,6 +20,9 @@ func (p *idlePoller) park(c *Conn, fd int32) bool { return false }
 
 func (p *idlePoller) forget(c *Conn, fd int32) {}
 
+// kernelQueueKnown: kernelHolds cannot tell here.
+const kernelQueueKnown = false
+
 // kernelHolds is unknown here: the TLS drain reads with its window.
 func kernelHolds(nc net.Conn) bool { return true }
 
