@@ -133,7 +133,7 @@ func addrPort(addr net.Addr) (netip.AddrPort, bool) {
 func (k *socket) datagramLoop() bool {
 	k.waiting.Store(false)
 	s := k.dgram
-	s.io.claim, s.io.unclaim = k.claimBatch, k.unclaimBatch // every socket, however it was made
+	s.io.claim, s.io.settle = k.claimBatch, k.settleBatch // every socket, however it was made
 	for {
 		n, err := s.io.read()
 		if err != nil {
@@ -188,16 +188,19 @@ var errYield = errors.New("the owner serves the socket in wait mode")
 // claimBatch runs on the loop right before it reads a batch (never before
 // it waits for one): the batch goes to the owner of that moment, counted
 // in its service's connWG until delivered, so that a service a reload
-// replaced stops its factory only after its last DatagramReceived. serve
+// replaced stops its factory only after its last DatagramReceived. It
+// reports false when the owner serves the socket in wait mode: the
+// datagrams stay queued for its program. Otherwise it keeps swapMu until
+// settleBatch, right after the read (a non-blocking system call): serve
 // swaps owners under swapMu, so a datagram read after serve returned is
-// the new owner's. It reports false when the owner serves the socket in
-// wait mode: the datagrams stay queued for its program.
+// the new owner's, even when the loop's thread was descheduled between
+// the claim and the read.
 func (k *socket) claimBatch() bool {
 	k.swapMu.Lock()
-	defer k.swapMu.Unlock()
 	k.batch = nil
 	b := k.owner.Load()
 	if b != nil && b.svc.waits() {
+		k.swapMu.Unlock()
 		return false
 	}
 	if b == nil {
@@ -216,12 +219,14 @@ func (k *socket) claimBatch() bool {
 	return true
 }
 
-// unclaimBatch undoes claimBatch when the read found nothing.
-func (k *socket) unclaimBatch() {
-	if k.batch != nil {
+// settleBatch ends claimBatch's hold on the owner once the read is done,
+// and undoes the claim when the read found nothing.
+func (k *socket) settleBatch(read bool) {
+	if !read && k.batch != nil {
 		k.batch.svc.connWG.Done()
 		k.batch = nil
 	}
+	k.swapMu.Unlock()
 }
 
 // deliver applies the service's checks to one datagram and hands it to the

@@ -1107,6 +1107,42 @@ func TestDatagramWaitModeSeries(t *testing.T) {
 	})
 }
 
+// A reply the protocol sends while a reload switches its socket to wait
+// mode goes out: waking the loop for the switch must not fail the
+// socket's writes (the reply is the old owner's, to a datagram it read
+// before the switch).
+func TestDatagramReplyWhileSwitchingToWaitMode(t *testing.T) {
+	addr := testkit.FreeAddrOn(t, "udp", "127.0.0.1")
+	release := make(chan struct{})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	defer unblock()
+	f := &dgramFactory{onDatagram: func(p *dgramProto, data []byte, from net.Addr) {
+		<-release
+		p.t.WriteTo(data, from)
+	}}
+	s, _ := newTestSupervisor()
+	if err := s.Start(&config.File{ShutdownTimeout: 5 * time.Second, Services: []*config.Service{
+		dgramServiceConfig("w", f, false, config.Limits{}, udpEndpoint(addr)),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(5 * time.Second)
+	c := dialUDP(t, addr)
+	send(t, c, []byte("before"))
+	waitFor(t, func() bool { return f.inFlight.Load() == 1 })
+	w := &waitFactory{}
+	if err := s.Reload(&config.File{ShutdownTimeout: 5 * time.Second, Services: []*config.Service{
+		dgramServiceConfig("w", w, false, config.Limits{MaxConnections: 1}, udpEndpoint(addr)),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	unblock()
+	mustRecv(t, c, []byte("before"))
+	send(t, c, []byte("after"))
+	mustRecv(t, c, []byte("waited after"))
+}
+
 // Reloads switch a udp socket from wait mode to a datagram protocol and
 // back, many times; a datagram sent once the reload has returned goes to
 // the new owner, whichever its mode (none is read by the loop and then

@@ -50,10 +50,12 @@ type batchIO struct {
 	readFn     func(fd uintptr) bool
 	writeFn    func(fd uintptr) bool
 	// claim is called right before each read: false leaves the queue
-	// alone (read returns errYield); unclaim when the read got nothing.
-	claim   func() bool
-	unclaim func()
-	addrs   []net.UDPAddr // recv's source addresses, reused
+	// alone (read returns errYield); true holds the owner until settle,
+	// called right after the read with whether it got anything, so no
+	// owner swap falls between the claim and the read.
+	claim  func() bool
+	settle func(read bool)
+	addrs  []net.UDPAddr // recv's source addresses, reused
 }
 
 // mmsgs is a vector of messages with one buffer and one address each.
@@ -107,8 +109,8 @@ func newBatchIO(uc *net.UDPConn) (*batchIO, error) {
 			return true
 		}
 		b.got, b.err = b.recvmmsg(fd)
-		if b.err != nil && b.unclaim != nil {
-			b.unclaim()
+		if b.claim != nil {
+			b.settle(b.err == nil)
 		}
 		return b.err != unix.EAGAIN
 	}

@@ -19,8 +19,8 @@ type batchIO struct {
 	// claim is called after each read (a blocking read cannot be
 	// preceded by it here): false drops what was read, as the owner
 	// now serves the socket in wait mode.
-	claim   func() bool
-	unclaim func()
+	claim  func() bool
+	settle func(read bool)
 }
 
 func newBatchIO(uc *net.UDPConn) (*batchIO, error) {
@@ -32,8 +32,11 @@ func (b *batchIO) read() (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	if b.claim != nil && !b.claim() {
-		return 0, errYield
+	if b.claim != nil {
+		if !b.claim() {
+			return 0, errYield
+		}
+		b.settle(true)
 	}
 	b.n = n
 	b.from.IP = append(b.from.IP[:0], ap.Addr().Unmap().AsSlice()...)

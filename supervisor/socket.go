@@ -28,7 +28,7 @@ type socket struct {
 
 	owner     atomic.Pointer[binding]
 	last      atomic.Pointer[binding] // the owner when released: gets the backlog sweep
-	swapMu    sync.Mutex              // owner swaps against a udp loop's claimBatch
+	swapMu    sync.Mutex              // owner swaps against a udp loop's claimBatch and read
 	batch     *dgramBinding           // udp: who the batch being read goes to (the loop's own)
 	startOnce sync.Once
 	closeOnce sync.Once
@@ -88,10 +88,13 @@ func (k *socket) serve(b *binding) {
 	}
 }
 
-// wake interrupts the loop's Accept or wait, so it looks at its owner
-// again.
+// wake interrupts the loop's Accept, read or wait, so it looks at its
+// owner again. A udp socket gets a read deadline only: replies its
+// protocols send meanwhile go out.
 func (k *socket) wake() {
-	if dl, ok := k.deadliner(); ok {
+	if k.dgram != nil {
+		k.dgram.uc.SetReadDeadline(time.Now())
+	} else if dl, ok := k.deadliner(); ok {
 		dl.SetDeadline(time.Now())
 	}
 	if f := k.watchFile.Load(); f != nil {

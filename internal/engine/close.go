@@ -52,15 +52,27 @@ func (c *Conn) shutdownWriteLocked() {
 		}
 		return
 	}
-	if c.raw != nil && socketQuiet(c.raw) {
-		// The peer has acknowledged everything we sent and sent nothing we
-		// have not read: a plain close loses nothing, so skip the linger.
-		c.closeLocked(nil)
-		return
-	}
 	cw, ok := c.nc.(interface{ CloseWrite() error })
 	if !ok {
 		c.closeLocked(nil)
+		return
+	}
+	if c.raw != nil && socketQuiet(c.raw) {
+		// The peer has acknowledged everything we sent and sent nothing we
+		// have not read: the linger can be skipped. Our end of stream goes
+		// first all the same: a byte of the peer's arriving between the
+		// check and the close (a client that keeps talking) would make the
+		// close a reset instead of a FIN. Anything of the peer's there
+		// after it, and the connection lingers as any other.
+		if testHookQuiet != nil {
+			testHookQuiet()
+		}
+		err := cw.CloseWrite()
+		if err == nil && !unreadInput(c.raw) {
+			c.closeLocked(nil)
+			return
+		}
+		c.writeClosedLocked(err)
 		return
 	}
 	if c.raw == nil {
@@ -80,6 +92,10 @@ func (c *Conn) shutdownWriteLocked() {
 	}
 	c.writeClosedLocked(cw.CloseWrite())
 }
+
+// testHookQuiet, when set by a test, runs when a graceful close has found
+// the socket quiet, before anything is sent.
+var testHookQuiet func()
 
 // halfShutLocked ends a LoseWriteConnection once the output has drained:
 // our end of stream goes out, and reading goes on.

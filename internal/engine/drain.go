@@ -32,6 +32,10 @@ func (c *Conn) Drain() {
 // comes for this long.
 const drainWindow = 50 * time.Millisecond
 
+// testHookDrainRead, when set by a test, runs before each read of a TLS
+// drain, once its window is set.
+var testHookDrainRead func()
+
 // drainArrived delivers, for Drain, what is already in the socket's receive
 // buffer (read without waiting; over TLS, what arrives within drainWindow),
 // then starts the graceful close. It stops as soon as the protocol pauses or
@@ -63,9 +67,20 @@ func (c *Conn) drainArrived(p framework.Protocol) {
 			buf, n = c.readNow()
 		} else {
 			buf = readBuffers.Get().(*[]byte)
+			if testHookDrainRead != nil {
+				testHookDrainRead()
+			}
 			n, _ = c.nc.Read(*buf)
 			if n == 0 {
 				readBuffers.Put(buf)
+				if kernelQueueKnown && kernelHolds(c.nc) {
+					// The window ran out with the peer's bytes in the
+					// kernel: they had arrived, but this reader had not
+					// run (a busy host) or a record's end was on its way.
+					// Read them with a new window: each turn takes what
+					// the kernel holds, so this ends.
+					continue
+				}
 			}
 		}
 		if n == 0 {

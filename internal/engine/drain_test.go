@@ -324,3 +324,33 @@ func TestDrainThenLoseConnectionKeepsTheFlush(t *testing.T) {
 		}
 	}
 }
+
+// A TLS drain whose reader runs only after its window has passed (a busy
+// host deschedules it right after it set the deadline) still delivers what
+// the kernel holds: the window is for bytes that have not arrived, and
+// these have. The hook stands in for the scheduler, once.
+func TestTLSDrainLateReaderDeliversArrived(t *testing.T) {
+	p := dialPair(t, "tcp", pairOpts{tls: true})
+	msg := bytes.Repeat([]byte("0123456789abcdef"), 16<<10) // 256 KiB, many records
+	go p.client.Write(msg)
+	waitFor(t, 5*time.Second, func() bool { return inputQueued(t, p.serverRaw) > 0 }, "the input reaches the server's socket")
+	var once sync.Once
+	testHookDrainRead = func() { once.Do(func() { time.Sleep(3 * drainWindow) }) }
+	defer func() { testHookDrainRead = nil }()
+	r := newRecorder()
+	r.keep = true
+	s := &served{c: NewConn(p.server, &ConnOptions{Logger: testLogger}), done: make(chan struct{})}
+	s.c.Drain() // the shutdown comes before the reader reads anything
+	go func() {
+		defer close(s.done)
+		s.reason = s.c.Serve(r)
+	}()
+	// The drain ends with LoseConnection: the client reads our end of
+	// stream, then closes its side, which ends the linger.
+	readAll(p.client, 10*time.Second)
+	p.client.Close()
+	s.wait(t, 10*time.Second)
+	if got := r.bytes(); !bytes.Equal(got, msg) {
+		t.Fatalf("the protocol got %d of the %d bytes the client sent before the drain", len(got), len(msg))
+	}
+}

@@ -250,3 +250,46 @@ func waitQueued(t *testing.T, c net.Conn, n int) {
 		return queued >= n
 	}, "%d bytes queued at the server", n)
 }
+
+// A graceful close that finds the socket quiet sends its FIN before it
+// closes: a byte of the peer's that arrives right after the check (a
+// client that keeps talking, on a busy host) must not turn the close into
+// a reset. The hook makes one arrive exactly there.
+func TestQuietCloseWithLateInputSendsFIN(t *testing.T) {
+	for _, network := range []string{"tcp", "unix"} {
+		t.Run(network, func(t *testing.T) {
+			p := dialPair(t, network, pairOpts{})
+			s := serve(t, p.server, ConnOptions{}, newRecorder())
+			// Parked (it never received anything), the reader reads only
+			// once the close below lets go of the lock: the late bytes
+			// stay in the kernel meanwhile.
+			waitFor(t, 5*time.Second, func() bool {
+				s.c.mu.Lock()
+				defer s.c.mu.Unlock()
+				return s.c.parked
+			}, "the reader parks")
+			hooked := false
+			testHookQuiet = func() {
+				hooked = true
+				if _, err := p.client.Write([]byte("late")); err != nil {
+					t.Errorf("client write: %v", err)
+					return
+				}
+				waitFor(t, 5*time.Second, func() bool { return inputQueued(t, p.serverRaw) > 0 }, "the late bytes reach the server's socket")
+			}
+			defer func() { testHookQuiet = nil }()
+			s.c.LoseConnection()
+			if !hooked {
+				t.Fatal("the close did not find the socket quiet")
+			}
+			b, err := readAll(p.client, 10*time.Second)
+			if len(b) != 0 || !errors.Is(err, io.EOF) {
+				t.Fatalf("client read %q, then %v; want an end of stream (a FIN, not a reset)", b, err)
+			}
+			p.client.Close()
+			if reason := s.wait(t, 10*time.Second); !framework.IsClean(reason) {
+				t.Fatalf("reason %v, want a clean close", reason)
+			}
+		})
+	}
+}

@@ -101,6 +101,9 @@ func (p *idlePoller) loop() {
 	}
 }
 
+// kernelQueueKnown: kernelHolds tells what the kernel holds.
+const kernelQueueKnown = true
+
 // kernelHolds reports whether the socket under a TLS connection has
 // received bytes not read yet (SIOCINQ).
 func kernelHolds(nc net.Conn) bool {
@@ -121,6 +124,17 @@ func kernelHolds(nc net.Conn) bool {
 		n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
 	})
 	return n > 0
+}
+
+// unreadInput reports whether a socket has received bytes not read yet
+// (SIOCINQ); when it cannot tell, it says so.
+func unreadInput(rc syscall.RawConn) bool {
+	queued := true
+	rc.Control(func(fd uintptr) {
+		in, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+		queued = err != nil || in != 0
+	})
+	return queued
 }
 
 // socketQuiet reports whether a TCP socket has nothing unread from the peer

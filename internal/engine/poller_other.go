@@ -20,8 +20,14 @@ func (p *idlePoller) park(c *Conn, fd int32) bool { return false }
 
 func (p *idlePoller) forget(c *Conn, fd int32) {}
 
+// kernelQueueKnown: kernelHolds cannot tell here.
+const kernelQueueKnown = false
+
 // kernelHolds is unknown here: the TLS drain reads with its window.
 func kernelHolds(nc net.Conn) bool { return true }
+
+// unreadInput is unknown here (socketQuiet never lets it be asked).
+func unreadInput(rc syscall.RawConn) bool { return true }
 
 // socketQuiet is unknown here: graceful closes always linger.
 func socketQuiet(rc syscall.RawConn) bool { return false }
