@@ -348,21 +348,42 @@ feed:
 	wg.Wait()
 }
 
+// testHookRefreshed, when set by a test, runs in refresh once a name's key
+// has been written again, before the new revision is recorded.
+var testHookRefreshed func(name string)
+
 // refresh refreshes one held name; false when it could not be decided.
 func (x *remote) refresh(ctx context.Context, name string, rev uint64) bool {
 	nrev, err := x.node.RefreshName(ctx, x.key(name), rev, x.keyTTL())
+	if err == nil && testHookRefreshed != nil {
+		testHookRefreshed(name)
+	}
 	switch {
 	case err == nil:
 		x.mu.Lock()
+		orphan := false
 		if cur, ok := x.held[name]; ok && cur == rev {
 			x.held[name] = nrev
 		} else if !ok {
-			// Left meanwhile: release the new revision.
+			// Left meanwhile: release the new revision. When no release
+			// is pending either, a claim of the name here took the release
+			// over and lost to this write (the key moved on under it): the
+			// key is then this node's and nobody's, so release it too
+			// rather than leave the name taken until its TTL.
 			if rl, ok := x.releasing[name]; ok && rl.rev == rev {
 				x.releasing[name] = released{rev: nrev, at: rl.at}
+			} else if !ok {
+				x.releasing[name] = released{rev: nrev, at: time.Now()}
+				orphan = true
 			}
 		}
 		x.mu.Unlock()
+		if orphan {
+			select {
+			case x.wake <- struct{}{}:
+			default:
+			}
+		}
 	case errors.Is(err, cluster.ErrNameLost):
 		// It expired while this node could not refresh it, and a user
 		// elsewhere took it: both keep chatting; it is no longer ours to

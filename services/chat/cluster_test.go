@@ -1,6 +1,7 @@
 package chat
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -514,4 +515,45 @@ func TestClusterOutage(t *testing.T) {
 	if counter(t, b.r.counters.received) == 0 || counter(t, a.r.counters.received) == 0 {
 		t.Fatal("received counters did not count")
 	}
+}
+
+// TestRefreshRacingReclaimFreesName: a name is refreshed while its user
+// leaves and the name is chosen again here at once. The reclaim loses the
+// race (the key moved on under it), but the key the refresh wrote must not
+// stay held by nobody until name_ttl: the name is free again at once.
+func TestRefreshRacingReclaimFreesName(t *testing.T) {
+	nodes := clustertest.Start(t, 1)
+	clustertest.WaitNames(t, nodes, 30*time.Second)
+	rm := newClusterRoom(t, nodes[0], "lobby", "  name_ttl = \"60s\"")
+	x := rm.r.remote
+	bob := joinAnywhere(t, rm, "U1", "bob", 20*time.Second)
+	x.mu.Lock()
+	rev, ok := x.held["bob"]
+	x.mu.Unlock()
+	if !ok {
+		t.Fatal("bob's name is not held")
+	}
+
+	var reclaimed claimResult
+	testHookRefreshed = func(name string) {
+		bob.leave()                // the user leaves as the refresh lands...
+		reclaimed = x.claim("bob") // ...and the name is chosen again here
+	}
+	t.Cleanup(func() { testHookRefreshed = nil })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if !x.refresh(ctx, "bob", rev) {
+		t.Fatal("refresh undecided")
+	}
+	testHookRefreshed = nil
+	if reclaimed == claimOK {
+		return // the reclaim won: nothing left to check
+	}
+	// The name must be free again well within name_ttl (60s).
+	eventually(t, 5*time.Second, func() error {
+		if got := x.claim("bob"); got != claimOK {
+			return fmt.Errorf("claiming bob again: %v (the key is held by nobody)", got)
+		}
+		return nil
+	})
 }

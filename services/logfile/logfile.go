@@ -159,19 +159,25 @@ func (f *Factory) Reopen() error {
 	return old.Close()
 }
 
+// syncFile is (*os.File).Sync; tests make it slow.
+var syncFile = (*os.File).Sync
+
 // syncer fsyncs the file whenever writes asked for it; requests that arrive
-// during a sync are served by the next one.
+// during a sync are served by the next one. Writes do not wait for a sync.
 func (f *Factory) syncer() {
 	defer close(f.syncDone)
 	for range f.syncReq {
+		// The sync runs without the lock, so lines go on being written
+		// while a slow disk syncs (the next sync covers them). A Reopen
+		// meanwhile syncs the old file itself before closing it.
 		f.mu.Lock()
 		file := f.file
+		f.mu.Unlock()
 		if file != nil {
-			if err := file.Sync(); err != nil {
+			if err := syncFile(file); err != nil && !errors.Is(err, os.ErrClosed) {
 				f.log.Error("fsync failed", "path", f.path, "err", err)
 			}
 		}
-		f.mu.Unlock()
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/superd-dev/superd/config"
 	"github.com/superd-dev/superd/framework"
@@ -463,5 +464,55 @@ func TestReopenAfterStopOpensNothing(t *testing.T) {
 	defer f.mu.Unlock()
 	if f.file != nil {
 		t.Error("Reopen after StopFactory left a file open")
+	}
+}
+
+// TestSlowSyncDoesNotHoldWriters: with fsync = true, a sync that takes
+// long (a slow disk) holds up no connection: lines are handed to the
+// operating system meanwhile, and the next sync covers them.
+func TestSlowSyncDoesNotHoldWriters(t *testing.T) {
+	entered := make(chan struct{}, 1)
+	release := make(chan struct{})
+	syncFile = func(f *os.File) error {
+		select {
+		case entered <- struct{}{}:
+		default:
+		}
+		<-release
+		return f.Sync()
+	}
+	t.Cleanup(func() { syncFile = (*os.File).Sync })
+	f := started(t, "  fsync = true")
+	released := false
+	defer func() {
+		if !released {
+			close(release)
+		}
+	}()
+	f.connect().send("first\n")
+	select {
+	case <-entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no sync after a write")
+	}
+	// The sync is under way and slow: another connection's line must
+	// still reach the file at once.
+	wrote := make(chan struct{})
+	go func() {
+		f.connect().send("second\n")
+		close(wrote)
+	}()
+	select {
+	case <-wrote:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a line waited for a slow fsync of earlier lines before it could be written")
+	}
+	if got := readFile(t, f.path); got != "first\nsecond\n" {
+		t.Fatalf("file %q", got)
+	}
+	close(release)
+	released = true
+	if err := f.StopFactory(); err != nil {
+		t.Fatal(err)
 	}
 }
