@@ -98,8 +98,9 @@ func (l *Logger) open() error {
 	return nil
 }
 
-// Log queues e; it never blocks: when the queue is full the line is
-// dropped and counted.
+// Log queues e; it never blocks: when the queue is full, or the logger
+// is closed (a connection that ended as a reload swapped the log), the
+// line is dropped and counted.
 func (l *Logger) Log(e Entry) {
 	if l == nil {
 		return
@@ -109,15 +110,15 @@ func (l *Logger) Log(e Entry) {
 	}
 	l.qmu.RLock()
 	defer l.qmu.RUnlock()
-	if l.qshut {
-		return
-	}
-	select {
-	case l.queue <- e:
-	default:
-		if l.dropped != nil {
-			l.dropped.Inc()
+	if !l.qshut {
+		select {
+		case l.queue <- e:
+			return
+		default:
 		}
+	}
+	if l.dropped != nil {
+		l.dropped.Inc()
 	}
 }
 

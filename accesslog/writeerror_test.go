@@ -70,3 +70,19 @@ func TestWriteErrorIsCountedAndLoggingResumes(t *testing.T) {
 		t.Errorf("dropped = %v, want 1", got)
 	}
 }
+
+// A line that comes after Close (a connection that ended as a reload
+// swapped the log for another) is not written, and is counted as dropped
+// like any line that could not be written.
+func TestLineAfterCloseIsCounted(t *testing.T) {
+	dropped := prometheus.NewCounter(prometheus.CounterOpts{Name: "dropped"})
+	l, err := Open(filepath.Join(t.TempDir(), "access.log"), FormatJSON, dropped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	l.Log(sample)
+	if got := testutil.ToFloat64(dropped); got != 1 {
+		t.Errorf("dropped = %v, want 1", got)
+	}
+}
