@@ -1,8 +1,8 @@
 // Package accesslog owns superd's access log: one line per connection that
 // ended and per connection refused, as JSON or logfmt text, written by one
 // goroutine from a bounded queue so that logging never blocks a connection
-// (a line that does not fit is dropped and counted), and reopened on
-// SIGUSR1 for log rotation.
+// (a line that does not fit is dropped and counted, as are lines a failed
+// write loses), and reopened on SIGUSR1 for log rotation.
 package accesslog
 
 import (
@@ -61,10 +61,11 @@ type Logger struct {
 	qmu   sync.RWMutex // Log holds it shared; Close exclusively, to close queue
 	qshut bool
 
-	mu     sync.Mutex // guards w, f (the writer goroutine and Reopen)
-	f      *os.File   // nil for stderr
-	w      *bufio.Writer
-	closed bool
+	mu       sync.Mutex // guards w, f, buffered (the writer goroutine and Reopen)
+	f        *os.File   // nil for stderr
+	w        *bufio.Writer
+	buffered int // lines in w not written out yet
+	closed   bool
 }
 
 // Open starts a logger writing to path ("stderr" for superd's stderr) in
@@ -97,8 +98,9 @@ func (l *Logger) open() error {
 	return nil
 }
 
-// Log queues e; it never blocks: when the queue is full the line is
-// dropped and counted.
+// Log queues e; it never blocks: when the queue is full, or the logger
+// is closed (a connection that ended as a reload swapped the log), the
+// line is dropped and counted.
 func (l *Logger) Log(e Entry) {
 	if l == nil {
 		return
@@ -108,15 +110,15 @@ func (l *Logger) Log(e Entry) {
 	}
 	l.qmu.RLock()
 	defer l.qmu.RUnlock()
-	if l.qshut {
-		return
-	}
-	select {
-	case l.queue <- e:
-	default:
-		if l.dropped != nil {
-			l.dropped.Inc()
+	if !l.qshut {
+		select {
+		case l.queue <- e:
+			return
+		default:
 		}
+	}
+	if l.dropped != nil {
+		l.dropped.Inc()
 	}
 }
 
@@ -128,14 +130,54 @@ func (l *Logger) run() {
 		l.mu.Lock()
 		for {
 			buf = l.appendEntry(buf[:0], &e)
-			l.w.Write(buf)
+			l.write(buf)
 			if len(l.queue) == 0 {
 				break
 			}
 			e = <-l.queue
 		}
-		l.w.Flush()
+		l.flush()
 		l.mu.Unlock()
+	}
+}
+
+// write adds one line to the buffer, writing the buffer out first when
+// the line does not fit, so that a failure is known to lose exactly the
+// lines buffered (see flush). Called with mu held.
+func (l *Logger) write(line []byte) {
+	if l.w.Available() < len(line) && l.w.Buffered() > 0 {
+		l.flush()
+	}
+	if _, err := l.w.Write(line); err != nil { // a line longer than the buffer, written through
+		l.lost(1)
+		return
+	}
+	l.buffered++
+}
+
+// flush writes the buffered lines out. If that fails (a full disk), they
+// are lost, and counted as dropped; the writer starts afresh, so the lines
+// after them are written once the file takes writes again
+// (bufio.Writer's error is sticky: kept, it would fail every later write).
+// Called with mu held.
+func (l *Logger) flush() error {
+	err := l.w.Flush()
+	if err != nil {
+		l.lost(l.buffered)
+	}
+	l.buffered = 0
+	return err
+}
+
+// lost counts n lines that could not be written and resets the writer.
+func (l *Logger) lost(n int) {
+	if l.dropped != nil {
+		l.dropped.Add(float64(n))
+	}
+	if l.f != nil {
+		l.w.Reset(l.f)
+	} else {
+		l.w.Reset(os.Stderr)
 	}
 }
 
@@ -150,7 +192,7 @@ func (l *Logger) Reopen() error {
 	if l.closed {
 		return nil
 	}
-	l.w.Flush()
+	l.flush()
 	old := l.f
 	if err := l.open(); err != nil {
 		// Keep writing to the old file rather than lose lines.
@@ -178,7 +220,7 @@ func (l *Logger) Close() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.closed = true
-	err := l.w.Flush()
+	err := l.flush()
 	if l.f != nil {
 		err = errors.Join(err, l.f.Close())
 	}

@@ -10,15 +10,20 @@ import (
 	"github.com/superd-dev/superd/metrics"
 )
 
-// logRejection writes a refused connection to the access log.
+// logRejection writes a refused connection to the access log; c is the
+// stream after its PROXY header, if any (peer: the client it names).
 func (s *service) logRejection(c net.Conn, b *binding, reason string) {
 	if !s.cfg.AccessLog {
 		return
 	}
-	s.alog.Load().Log(accesslog.Entry{
+	e := accesslog.Entry{
 		Service: s.cfg.Name, Factory: s.cfg.Factory, Endpoint: b.ep.Label,
 		Peer: plainPeer(c.RemoteAddr()), Reason: reason, Rejected: true,
-	})
+	}
+	if proxy, ok := proxyOf(c); ok {
+		e.Proxy = plainPeer(proxy)
+	}
+	s.alog.Load().Log(e)
 }
 
 // logEnd writes a connection that ended, after d, to the access log; nc

@@ -42,7 +42,7 @@ func (h *handoff) Abort(error) {
 // it. It returns what is left to do once the connection is released: its
 // access log line.
 func (s *service) handOver(h framework.ConnHandler, t *tracked, nc net.Conn, fromSource int) (after func()) {
-	c, b := t.c, t.b
+	b := t.b
 	// The service's handoff: the drain makes it done (already, if the
 	// service is closing).
 	ho := s.handoff
@@ -81,11 +81,11 @@ func (s *service) handOver(h framework.ConnHandler, t *tracked, nc net.Conn, fro
 		}
 	case errors.As(reason, &rej):
 		s.rejected(rej.Reason)
-		s.log.Debug("connection rejected", "peer", plainPeer(c.RemoteAddr()), "reason", rej.Reason, "err", rej.Err)
-		s.logRejection(c, b, rej.Reason)
+		s.log.Debug("connection rejected", "peer", plainPeer(nc.RemoteAddr()), "reason", rej.Reason, "err", rej.Err)
+		s.logRejection(nc, b, rej.Reason)
 	default:
 		s.rejected(metrics.RejectFactory)
-		s.logRejection(c, b, metrics.RejectFactory)
+		s.logRejection(nc, b, metrics.RejectFactory)
 	}
 	return func() {}
 }

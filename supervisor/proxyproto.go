@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"syscall"
 	"time"
 
 	"github.com/pires/go-proxyproto"
@@ -38,6 +39,26 @@ func (c *proxiedConn) Read(b []byte) (int, error) {
 }
 
 func (c *proxiedConn) RemoteAddr() net.Addr { return c.peer }
+
+// SetLinger passes an abort's reset (SetLinger(0)) on to the TCP
+// connection.
+func (c *proxiedConn) SetLinger(sec int) error {
+	if tc, ok := c.Conn.(interface{ SetLinger(int) error }); ok {
+		return tc.SetLinger(sec)
+	}
+	return nil
+}
+
+// SyscallConn is the socket's, so a drain can tell whether the kernel
+// holds bytes of the peer's not read yet (what follows the header in this
+// connection's own buffer is read first, whatever it says).
+func (c *proxiedConn) SyscallConn() (syscall.RawConn, error) {
+	sc, ok := c.Conn.(syscall.Conn)
+	if !ok {
+		return nil, errors.New("not a socket")
+	}
+	return sc.SyscallConn()
+}
 
 // CloseWrite passes a half-close on to the TCP connection.
 func (c *proxiedConn) CloseWrite() error {

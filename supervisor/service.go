@@ -284,7 +284,9 @@ func (s *service) acceptProxied(c net.Conn, b *binding, pp *endpoint.ProxyProtoc
 			s.reject(c, b, metrics.RejectProxyProtocol)
 			return
 		}
-		if _, fromSource, ok := s.admit(c, stream.RemoteAddr(), b, t); ok {
+		// stream, not c: a refusal is logged with the client the
+		// header names.
+		if _, fromSource, ok := s.admit(stream, stream.RemoteAddr(), b, t); ok {
 			s.handle(t, stream, fromSource)
 		}
 	}()

@@ -212,7 +212,8 @@ func (c *Conn) abortLocked(reason error) {
 	if tc, ok := nc.(interface{ NetConn() net.Conn }); ok { // TLS
 		nc = tc.NetConn()
 	}
-	if tc, ok := nc.(*net.TCPConn); ok {
+	// A TCP socket, or one read through a PROXY header's buffer.
+	if tc, ok := nc.(interface{ SetLinger(int) error }); ok {
 		tc.SetLinger(0) // RST: the peer learns at once that data was dropped
 	}
 	if nc != c.nc {

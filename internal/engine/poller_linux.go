@@ -104,14 +104,14 @@ func (p *idlePoller) loop() {
 // kernelQueueKnown: kernelHolds tells what the kernel holds.
 const kernelQueueKnown = true
 
-// kernelHolds reports whether the socket under a TLS connection has
-// received bytes not read yet (SIOCINQ).
+// kernelHolds reports whether the socket under a connection read through
+// nc (TLS, or a connection whose PROXY header was read: a syscall.Conn
+// that buffers) has received bytes not read yet (SIOCINQ).
 func kernelHolds(nc net.Conn) bool {
-	tc, ok := nc.(interface{ NetConn() net.Conn })
-	if !ok {
-		return false
+	if tc, ok := nc.(interface{ NetConn() net.Conn }); ok { // TLS
+		nc = tc.NetConn()
 	}
-	sc, ok := tc.NetConn().(syscall.Conn)
+	sc, ok := nc.(syscall.Conn)
 	if !ok {
 		return false
 	}
