@@ -263,3 +263,37 @@ func TestNATSURLsUnreachable(t *testing.T) {
 		t.Fatalf("Names: %v", err)
 	}
 }
+
+// The fallback of a claim that a lagging replica refused: the stream
+// leader's last revision decides. A held name stays taken, a released one
+// (or one never claimed) is claimed, and the claim then holds it against
+// every node.
+func TestClaimReleasedAsksTheLeader(t *testing.T) {
+	nodes := clustertest.Start(t, 3)
+	a, c := nodes[0], nodes[2]
+	clustertest.WaitNames(t, nodes, 30*time.Second)
+
+	rev, err := a.ClaimName(ctx(t), "s.carol", 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.ClaimReleased(ctx(t), "s.carol", 30*time.Second); !errors.Is(err, cluster.ErrNameTaken) {
+		t.Fatalf("held name: %v, want ErrNameTaken", err)
+	}
+	if err := a.ReleaseName(ctx(t), "s.carol", rev); err != nil {
+		t.Fatal(err)
+	}
+	rev2, err := c.ClaimReleased(ctx(t), "s.carol", 30*time.Second)
+	if err != nil || rev2 <= rev {
+		t.Fatalf("released name: %d, %v", rev2, err)
+	}
+	if _, err := a.ClaimName(ctx(t), "s.carol", 30*time.Second); !errors.Is(err, cluster.ErrNameTaken) {
+		t.Fatalf("after the leader-checked claim: %v, want ErrNameTaken", err)
+	}
+	if _, err := c.ClaimReleased(ctx(t), "s.never", 30*time.Second); err != nil {
+		t.Fatalf("a name never claimed: %v", err)
+	}
+	if _, err := a.ClaimName(ctx(t), "s.never", 30*time.Second); !errors.Is(err, cluster.ErrNameTaken) {
+		t.Fatalf("after claiming a name never claimed: %v, want ErrNameTaken", err)
+	}
+}

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -39,9 +40,93 @@ func (n *Node) ClaimName(ctx context.Context, key string, ttl time.Duration) (ui
 	case err == nil:
 		return rev, nil
 	case errors.Is(err, jetstream.ErrKeyExists):
-		return 0, ErrNameTaken
+		// Create tells a released key from a held one by reading it
+		// back, and that read may be answered by a replica that has not
+		// applied a release just made on another node: ask the stream's
+		// leader before saying taken.
+		return n.claimReleased(ctx, key, ttl)
 	}
 	return 0, n.unavailable(err)
+}
+
+// claimReleased claims key if its last revision, as the bucket's stream
+// leader has it, is a release (a purge or delete marker, or a TTL's
+// expiry marker), with that revision as the one expected; ErrNameTaken if
+// it is held.
+func (n *Node) claimReleased(ctx context.Context, key string, ttl time.Duration) (uint64, error) {
+	subject := "$KV." + NamesBucket + "." + key
+	req, err := json.Marshal(struct {
+		LastFor string `json:"last_by_subj"`
+	}{subject})
+	if err != nil {
+		return 0, err
+	}
+	// The stream API's message get, unlike the direct get, is answered
+	// by the leader only.
+	reply, err := n.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET.KV_"+NamesBucket, req)
+	if err != nil {
+		return 0, n.unavailable(err)
+	}
+	var resp struct {
+		Message *struct {
+			Seq     uint64 `json:"seq"`
+			Headers []byte `json:"hdrs"`
+		} `json:"message"`
+		Error *struct {
+			Code        int    `json:"code"`
+			Description string `json:"description"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal(reply.Data, &resp); err != nil {
+		return 0, n.unavailable(fmt.Errorf("names bucket: reading %s: %w", key, err))
+	}
+	var last uint64
+	switch {
+	case resp.Error != nil && resp.Error.Code == 404:
+		// No revision at all (its marker expired since): a plain create.
+	case resp.Error != nil:
+		return 0, n.unavailable(fmt.Errorf("names bucket: reading %s: %s", key, resp.Error.Description))
+	case resp.Message == nil:
+		return 0, n.unavailable(fmt.Errorf("names bucket: reading %s: an empty answer", key))
+	default:
+		if !releaseMarker(resp.Message.Headers) {
+			return 0, ErrNameTaken
+		}
+		last = resp.Message.Seq
+	}
+	m := &nats.Msg{Subject: subject, Data: []byte(n.name), Header: nats.Header{}}
+	ack, err := n.js.PublishMsg(ctx, m, jetstream.WithExpectLastSequencePerSubject(last), jetstream.WithMsgTTL(ttl))
+	if err == nil {
+		return ack.Sequence, nil
+	}
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+		return 0, ErrNameTaken // claimed by another node meanwhile
+	}
+	return 0, n.unavailable(err)
+}
+
+// releaseMarker reports whether a revision's headers (NATS header block)
+// mark the key released: a purge or delete, or the server's marker when
+// a key's TTL ran out.
+func releaseMarker(block []byte) bool {
+	if len(block) == 0 {
+		return false
+	}
+	h, err := nats.DecodeHeadersMsg(block)
+	if err != nil {
+		return false
+	}
+	switch h.Get("KV-Operation") {
+	case "DEL", "PURGE":
+		return true
+	}
+	switch h.Get(jetstream.MarkerReasonHeader) {
+	case "MaxAge", "Purge", "Remove":
+		return true
+	}
+	return false
 }
 
 // RefreshName writes key again, only if rev is still its revision, with
