@@ -113,11 +113,13 @@ func testProxiedDrain(t *testing.T, kind string) {
 	}
 	waitFor(t, func() bool { return unacked(t, raw) == 0 })
 
-	done := make(chan error, 1)
-	go func() { done <- s.Shutdown(10 * time.Second) }()
+	// The service is looked up before the shutdown starts: Shutdown holds
+	// s.mu while it waits for the drain, which waits for the protocol.
 	s.mu.Lock()
 	svc := s.services["d"]
 	s.mu.Unlock()
+	done := make(chan error, 1)
+	go func() { done <- s.Shutdown(10 * time.Second) }()
 	waitFor(t, func() bool { svc.mu.Lock(); defer svc.mu.Unlock(); return svc.closing })
 	close(f.release)
 	// The drain ends with a graceful close: the client reads its end.
