@@ -6,12 +6,10 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"maps"
-	"math/big"
 	"net"
 	"net/netip"
 	"os"
@@ -20,16 +18,13 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/superd-dev/superd/internal/certmake"
 	"github.com/superd-dev/superd/internal/fsutil"
 )
 
 // SelfSignedValidity is how long a certificate made by SelfSignedCertificate
 // is valid, counted from its start time.
 const SelfSignedValidity = 365 * 24 * time.Hour
-
-// clockSkew backdates generated certificates so a client whose clock is a
-// little behind still accepts them.
-const clockSkew = time.Hour
 
 // MaxTLSFileSize bounds certificate, key and client CA files.
 const MaxTLSFileSize = 1 << 20
@@ -373,58 +368,12 @@ func SelfSignedCertificate(hosts []string, now time.Time) (tls.Certificate, erro
 	if err != nil {
 		return tls.Certificate{}, err
 	}
-	tmpl, err := leafTemplate(hosts[0], now)
+	tmpl, err := certmake.Template(hosts[0], now, SelfSignedValidity)
 	if err != nil {
 		return tls.Certificate{}, err
 	}
 	tmpl.Subject.Organization = []string{"superd self-signed"}
 	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-	addSANs(tmpl, hosts)
-	return makeCertificate(tmpl, tmpl, key, key)
-}
-
-// leafTemplate is the part common to every end-entity certificate made here.
-func leafTemplate(commonName string, now time.Time) (*x509.Certificate, error) {
-	serial, err := randomSerial()
-	if err != nil {
-		return nil, err
-	}
-	return &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: commonName},
-		NotBefore:             now.Add(-clockSkew),
-		NotAfter:              now.Add(SelfSignedValidity),
-		KeyUsage:              x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-	}, nil
-}
-
-// addSANs files each host under IPAddresses or DNSNames.
-func addSANs(tmpl *x509.Certificate, hosts []string) {
-	for _, h := range hosts {
-		h = strings.TrimSuffix(strings.TrimPrefix(h, "["), "]")
-		if ip, err := netip.ParseAddr(h); err == nil {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, net.IP(ip.Unmap().WithZone("").AsSlice()))
-		} else if h != "" {
-			tmpl.DNSNames = append(tmpl.DNSNames, h)
-		}
-	}
-}
-
-func randomSerial() (*big.Int, error) {
-	return rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
-}
-
-// makeCertificate signs tmpl with the issuer's key and returns it with its
-// own key, parsed leaf included.
-func makeCertificate(tmpl, issuer *x509.Certificate, key *ecdsa.PrivateKey, issuerKey *ecdsa.PrivateKey) (tls.Certificate, error) {
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, issuer, &key.PublicKey, issuerKey)
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, nil
+	certmake.AddSANs(tmpl, hosts)
+	return certmake.Sign(tmpl, tmpl, key, key)
 }

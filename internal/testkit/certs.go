@@ -15,21 +15,16 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
-	"math/big"
-	"net"
-	"net/netip"
 	"os"
-	"strings"
 	"time"
+
+	"github.com/superd-dev/superd/internal/certmake"
 )
 
 // Validity is how long the certificates made here are valid: from an
 // hour before they are made (for a client whose clock is a little
 // behind), for a year.
-const (
-	Validity  = 365 * 24 * time.Hour
-	clockSkew = time.Hour
-)
+const Validity = 365 * 24 * time.Hour
 
 // WriteSelfSignedFiles writes a self-signed server certificate for hosts
 // (DNS names and IP addresses, the first one also its common name), valid
@@ -54,14 +49,14 @@ func SelfSigned(hosts []string) (tls.Certificate, error) {
 	if err != nil {
 		return tls.Certificate{}, err
 	}
-	tmpl, err := leafTemplate(hosts[0], time.Now())
+	tmpl, err := certmake.Template(hosts[0], time.Now(), Validity)
 	if err != nil {
 		return tls.Certificate{}, err
 	}
 	tmpl.Subject.Organization = []string{"superd tests"}
 	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-	addSANs(tmpl, hosts)
-	return makeCertificate(tmpl, tmpl, key, key)
+	certmake.AddSANs(tmpl, hosts)
+	return certmake.Sign(tmpl, tmpl, key, key)
 }
 
 // WriteCertificateFiles writes cert's chain ("CERTIFICATE" blocks) and its
@@ -124,7 +119,7 @@ func NewCA() (*CA, error) {
 	if err != nil {
 		return nil, err
 	}
-	serial, err := randomSerial()
+	serial, err := certmake.RandomSerial()
 	if err != nil {
 		return nil, err
 	}
@@ -132,14 +127,14 @@ func NewCA() (*CA, error) {
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
 		Subject:               pkix.Name{CommonName: "superd test CA", Organization: []string{"superd tests"}},
-		NotBefore:             now.Add(-clockSkew),
+		NotBefore:             now.Add(-certmake.ClockSkew),
 		NotAfter:              now.Add(Validity),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		BasicConstraintsValid: true,
 		IsCA:                  true,
 		MaxPathLenZero:        true,
 	}
-	cert, err := makeCertificate(tmpl, tmpl, key, key)
+	cert, err := certmake.Sign(tmpl, tmpl, key, key)
 	if err != nil {
 		return nil, err
 	}
@@ -194,57 +189,11 @@ func (ca *CA) issue(commonName string, hosts []string, usage x509.ExtKeyUsage) (
 	if err != nil {
 		return tls.Certificate{}, err
 	}
-	tmpl, err := leafTemplate(commonName, time.Now())
+	tmpl, err := certmake.Template(commonName, time.Now(), Validity)
 	if err != nil {
 		return tls.Certificate{}, err
 	}
 	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{usage}
-	addSANs(tmpl, hosts)
-	return makeCertificate(tmpl, ca.Cert, key, ca.Key)
-}
-
-// leafTemplate is the part common to every end-entity certificate made here.
-func leafTemplate(commonName string, now time.Time) (*x509.Certificate, error) {
-	serial, err := randomSerial()
-	if err != nil {
-		return nil, err
-	}
-	return &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: commonName},
-		NotBefore:             now.Add(-clockSkew),
-		NotAfter:              now.Add(Validity),
-		KeyUsage:              x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-	}, nil
-}
-
-// addSANs files each host under IPAddresses or DNSNames.
-func addSANs(tmpl *x509.Certificate, hosts []string) {
-	for _, h := range hosts {
-		h = strings.TrimSuffix(strings.TrimPrefix(h, "["), "]")
-		if ip, err := netip.ParseAddr(h); err == nil {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, net.IP(ip.Unmap().WithZone("").AsSlice()))
-		} else if h != "" {
-			tmpl.DNSNames = append(tmpl.DNSNames, h)
-		}
-	}
-}
-
-func randomSerial() (*big.Int, error) {
-	return rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
-}
-
-// makeCertificate signs tmpl with the issuer's key and returns it with its
-// own key, parsed leaf included.
-func makeCertificate(tmpl, issuer *x509.Certificate, key, issuerKey *ecdsa.PrivateKey) (tls.Certificate, error) {
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, issuer, &key.PublicKey, issuerKey)
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, nil
+	certmake.AddSANs(tmpl, hosts)
+	return certmake.Sign(tmpl, ca.Cert, key, ca.Key)
 }
