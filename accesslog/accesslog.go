@@ -28,7 +28,8 @@ const (
 const QueueSize = 4096
 
 // Entry is one line of the access log. Zero fields are left out, except
-// the ones every line has (time, service, factory, endpoint, peer, reason).
+// the ones every line has (time, service, factory, endpoint, peer, reason)
+// and the peer's credentials when it has them.
 type Entry struct {
 	Time       time.Time
 	Service    string
@@ -48,6 +49,14 @@ type Entry struct {
 	Rejected bool
 	PID      int    // exec: the program's pid
 	Exit     string // exec: "0", "1", "SIGKILL", ...
+	// The peer process of a unix socket connection (SO_PEERCRED), written
+	// as peer_uid, peer_gid and peer_pid when HasPeerCred, zeros included
+	// (root; a peer in another pid namespace has pid 0). Other connections
+	// have no such fields.
+	HasPeerCred bool
+	PeerUID     uint32
+	PeerGID     uint32
+	PeerPID     int32
 }
 
 // Logger writes entries to a file (or stderr) from a bounded queue.
@@ -244,6 +253,11 @@ func (l *Logger) appendEntry(b []byte, e *Entry) []byte {
 	if e.Proxy != "" {
 		f.str("proxy", e.Proxy)
 	}
+	if e.HasPeerCred {
+		f.int("peer_uid", int64(e.PeerUID))
+		f.int("peer_gid", int64(e.PeerGID))
+		f.int("peer_pid", int64(e.PeerPID))
+	}
 	if e.TLSVersion != "" {
 		f.str("tls_version", e.TLSVersion)
 	}
@@ -315,6 +329,12 @@ func (f *fielder) str(key, v string) {
 func (f *fielder) num(key string, v []byte) {
 	f.sep(key)
 	f.b = append(f.b, v...)
+}
+
+// int appends an integer value.
+func (f *fielder) int(key string, v int64) {
+	f.sep(key)
+	f.b = strconv.AppendInt(f.b, v, 10)
 }
 
 func (f *fielder) end() []byte {

@@ -157,3 +157,43 @@ func waitLines(t *testing.T, path string, n int) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// A unix socket's peer credentials are written as integers, on the end
+// line and the rejection line alike, and root's zeros too; a line without
+// them (tcp, tls) has no such keys.
+func TestPeerCredentialFields(t *testing.T) {
+	unixEnd := Entry{Service: "s", Factory: "f", Endpoint: "unix:/run/s.sock", Peer: "@", Reason: "clean",
+		HasPeerCred: true, PeerUID: 1000, PeerGID: 100, PeerPID: 4242, PID: 7}
+	unixRej := Entry{Service: "s", Factory: "f", Endpoint: "unix:/run/s.sock", Peer: "@", Reason: "max_connections",
+		Rejected: true, HasPeerCred: true} // root, pid 0 (a peer in another pid namespace)
+	for _, c := range []struct {
+		e             Entry
+		uid, gid, pid string
+	}{{unixEnd, "1000", "100", "4242"}, {unixRej, "0", "0", "0"}} {
+		var got map[string]any
+		d := json.NewDecoder(strings.NewReader(Format(FormatJSON, c.e)))
+		d.UseNumber()
+		if err := d.Decode(&got); err != nil {
+			t.Fatal(err)
+		}
+		text := Format(FormatText, c.e)
+		for k, want := range map[string]string{"peer_uid": c.uid, "peer_gid": c.gid, "peer_pid": c.pid} {
+			if n, ok := got[k].(json.Number); !ok || n.String() != want {
+				t.Errorf("json %s = %#v, want the number %s", k, got[k], want)
+			}
+			if !strings.Contains(" "+text, " "+k+"="+want+" ") {
+				t.Errorf("text %q lacks %s=%s", text, k, want)
+			}
+		}
+		if got["pid"] != nil && got["pid"] != json.Number("7") {
+			t.Errorf("pid = %#v, want exec's 7 kept apart", got["pid"])
+		}
+	}
+	for _, e := range []Entry{sample, {Service: "s", Factory: "f", Endpoint: "tcp:x", Peer: "p", Reason: "max_connections", Rejected: true}} {
+		for _, format := range []string{FormatJSON, FormatText} {
+			if line := Format(format, e); strings.Contains(line, "peer_") {
+				t.Errorf("%s line without credentials has them: %q", format, line)
+			}
+		}
+	}
+}

@@ -11,8 +11,10 @@ import (
 )
 
 // logRejection writes a refused connection to the access log; c is the
-// stream after its PROXY header, if any (peer: the client it names).
-func (s *service) logRejection(c net.Conn, b *binding, reason string) {
+// stream after its PROXY header, if any (peer: the client it names). t is
+// the connection's record when it has one, whose peer credentials are
+// used; without it they are read from c, which must still be open.
+func (s *service) logRejection(c net.Conn, b *binding, reason string, t *tracked) {
 	if !s.cfg.AccessLog {
 		return
 	}
@@ -23,14 +25,22 @@ func (s *service) logRejection(c net.Conn, b *binding, reason string) {
 	if proxy, ok := proxyOf(c); ok {
 		e.Proxy = plainPeer(proxy)
 	}
+	cred, ok := framework.PeerCred{}, false
+	if t != nil {
+		cred, ok = t.cred, t.hasCred
+	} else {
+		cred, ok = framework.PeerCredentials(c)
+	}
+	setPeerCred(&e, cred, ok)
 	s.alog.Load().Log(e)
 }
 
 // logEnd writes a connection that ended, after d, to the access log; nc
-// is the stream after superd's layers (TLS), for its facts.
-func (s *service) logEnd(nc net.Conn, b *binding, d time.Duration, reason error, in, out int64, pid int, exit string) {
+// is the stream after superd's layers (TLS), for its facts, and t its
+// record.
+func (s *service) logEnd(nc net.Conn, t *tracked, d time.Duration, reason error, in, out int64, pid int, exit string) {
 	e := accesslog.Entry{
-		Service: s.cfg.Name, Factory: s.cfg.Factory, Endpoint: b.ep.Label,
+		Service: s.cfg.Name, Factory: s.cfg.Factory, Endpoint: t.b.ep.Label,
 		Peer: plainPeer(nc.RemoteAddr()), Duration: d,
 		BytesIn: in, BytesOut: out, Reason: endReason(reason), PID: pid, Exit: exit,
 	}
@@ -41,7 +51,15 @@ func (s *service) logEnd(nc net.Conn, b *binding, d time.Duration, reason error,
 		e.TLSVersion = framework.TLSVersionName(st.Version)
 		e.SNI = st.ServerName
 	}
+	setPeerCred(&e, t.cred, t.hasCred)
 	s.alog.Load().Log(e)
+}
+
+// setPeerCred gives e a unix peer's credentials, if ok.
+func setPeerCred(e *accesslog.Entry, cred framework.PeerCred, ok bool) {
+	if ok {
+		e.HasPeerCred, e.PeerUID, e.PeerGID, e.PeerPID = true, cred.UID, cred.GID, cred.PID
+	}
 }
 
 // endReason names why a connection ended, as the access log says it.

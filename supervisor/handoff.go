@@ -77,15 +77,15 @@ func (s *service) handOver(h framework.ConnHandler, t *tracked, nc net.Conn, fro
 	case served:
 		s.ended(t.servedFor(), reason)
 		if s.cfg.AccessLog {
-			return func() { s.logEnd(nc, b, t.servedFor(), reason, hc.BytesIn, hc.BytesOut, hc.PID, hc.Exit) }
+			return func() { s.logEnd(nc, t, t.servedFor(), reason, hc.BytesIn, hc.BytesOut, hc.PID, hc.Exit) }
 		}
 	case errors.As(reason, &rej):
 		s.rejected(rej.Reason)
 		s.log.Debug("connection rejected", "peer", plainPeer(nc.RemoteAddr()), "reason", rej.Reason, "err", rej.Err)
-		s.logRejection(nc, b, rej.Reason)
+		s.logRejection(nc, b, rej.Reason, t)
 	default:
 		s.rejected(metrics.RejectFactory)
-		s.logRejection(nc, b, metrics.RejectFactory)
+		s.logRejection(nc, b, metrics.RejectFactory, t)
 	}
 	return func() {}
 }

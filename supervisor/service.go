@@ -196,12 +196,13 @@ func (s *service) admit(c net.Conn, peer net.Addr, b *binding, t *tracked) (*tra
 		return refuse(metrics.RejectDenied)
 	}
 	lim := &s.cfg.Limits
-	uid, hasUID := uint32(0), false
-	if lim.MaxConnectionsPerUID > 0 {
-		if cred, ok := framework.PeerCredentials(c); ok {
-			uid, hasUID = cred.UID, true
-		}
+	// A unix peer's credentials, read once while the socket is open.
+	var cred framework.PeerCred
+	hasCred := false
+	if s.cfg.AccessLog || lim.MaxConnectionsPerUID > 0 {
+		cred, hasCred = framework.PeerCredentials(c)
 	}
+	hasUID := hasCred && lim.MaxConnectionsPerUID > 0
 	now := time.Now()
 	s.mu.Lock()
 	reason := ""
@@ -220,7 +221,7 @@ func (s *service) admit(c net.Conn, peer net.Addr, b *binding, t *tracked) (*tra
 		reason = metrics.RejectMaxConnections
 	case hasSource && lim.MaxConnectionsPerIP > 0 && s.perSource[key] >= lim.MaxConnectionsPerIP:
 		reason = metrics.RejectMaxConnectionsPerIP
-	case hasUID && s.perUID[uid] >= lim.MaxConnectionsPerUID:
+	case hasUID && s.perUID[cred.UID] >= lim.MaxConnectionsPerUID:
 		reason = metrics.RejectMaxConnectionsPerUID
 	case s.rate != nil && !s.rate.take(now):
 		reason = metrics.RejectRateLimit
@@ -232,19 +233,20 @@ func (s *service) admit(c net.Conn, peer net.Addr, b *binding, t *tracked) (*tra
 		return refuse(reason)
 	}
 	if !reserved {
-		t = &tracked{svc: s, c: c, b: b}
+		t = &tracked{c: c, b: b}
 		s.active++
 		s.trackLocked(t)
 		s.connWG.Add(1)
 	}
+	t.cred, t.hasCred = cred, hasCred
 	fromSource := 0
 	if hasSource {
 		s.perSource[key]++
 		fromSource = s.perSource[key]
 	}
 	if hasUID {
-		s.perUID[uid]++
-		t.uid, t.hasUID = uid, true
+		s.perUID[cred.UID]++
+		t.uidCounted = true
 	}
 	s.mu.Unlock()
 	return t, fromSource, true
@@ -271,7 +273,7 @@ func (s *service) acceptProxied(c net.Conn, b *binding, pp *endpoint.ProxyProtoc
 		s.reject(c, b, metrics.RejectMaxConnections)
 		return
 	}
-	t := &tracked{svc: s, c: c, b: b}
+	t := &tracked{c: c, b: b}
 	s.active++
 	s.trackLocked(t)
 	s.connWG.Add(1)
@@ -323,7 +325,7 @@ func (s *service) allowed(ip netip.Addr) bool {
 func (s *service) reject(c net.Conn, b *binding, reason string) {
 	s.rejected(reason)
 	s.log.Debug("connection rejected", "peer", plainPeer(c.RemoteAddr()), "reason", reason)
-	s.logRejection(c, b, reason)
+	s.logRejection(c, b, reason, nil)
 	c.Close()
 }
 
@@ -377,9 +379,9 @@ func (s *service) unlimit(t *tracked, peer net.Addr) {
 			delete(s.perSource, key)
 		}
 	}
-	if t.hasUID {
-		if s.perUID[t.uid]--; s.perUID[t.uid] <= 0 {
-			delete(s.perUID, t.uid)
+	if t.uidCounted {
+		if s.perUID[t.cred.UID]--; s.perUID[t.cred.UID] <= 0 {
+			delete(s.perUID, t.cred.UID)
 		}
 	}
 	s.untrackLocked(t)
@@ -418,7 +420,7 @@ func (s *service) handle(t *tracked, stream net.Conn, fromSource int) {
 		cancel()
 		if err != nil {
 			s.rejected(metrics.RejectTLSHandshake)
-			s.logRejection(stream, b, metrics.RejectTLSHandshake)
+			s.logRejection(stream, b, metrics.RejectTLSHandshake, t)
 			s.log.Debug("TLS handshake failed", "peer", plainPeer(stream.RemoteAddr()), "err", err)
 			c.Close()
 			s.release(t, peer)
@@ -436,7 +438,7 @@ func (s *service) handle(t *tracked, stream net.Conn, fromSource int) {
 	p := s.buildProtocol(stream.RemoteAddr())
 	if p == nil {
 		s.rejected(metrics.RejectFactory)
-		s.logRejection(stream, b, metrics.RejectFactory)
+		s.logRejection(stream, b, metrics.RejectFactory, t)
 		nc.Close()
 		s.release(t, peer)
 		return

@@ -13,20 +13,25 @@ import (
 // need of it, in one record on one list (service.conns), so that an idle
 // connection costs the supervisor 80 bytes and one small closure (its end
 // callback). Its source key (max_connections_per_ip) is not kept: it is
-// made again from the peer's address on release (see release).
+// made again from the peer's address on release (see release). Its
+// service is b.svc.
 type tracked struct {
 	prev, next *tracked // the service's list, under its mu
-	svc        *service
 	c          net.Conn // the accepted socket
 	b          *binding
 	// Set under the service's mu once the connection is served: by a
 	// protocol (fc), or by its factory (handed, then hc once built).
-	fc     *engine.Conn
-	hc     *framework.HandedConn
-	since  int64 // when it was served (monoNow)
-	uid    uint32
-	hasUID bool // counted against max_connections_per_uid as uid
-	handed bool // handed to the factory (framework.ConnHandler)
+	fc    *engine.Conn
+	hc    *framework.HandedConn
+	since int64 // when it was served (monoNow)
+	// A unix socket's peer, read at accept when the access log or
+	// max_connections_per_uid needs it (the socket is closed by the time
+	// the access log line is made). It fits in the 80 bytes, so a tcp
+	// connection pays nothing for it.
+	cred       framework.PeerCred
+	hasCred    bool
+	uidCounted bool // counted against max_connections_per_uid as cred.UID
+	handed     bool // handed to the factory (framework.ConnHandler)
 }
 
 // epoch is the origin of monoNow.
@@ -70,11 +75,11 @@ func (s *service) untrackLocked(t *tracked) {
 // client that saw the line may connect again at once), and before a
 // drain waiting for it may go on (and close the log).
 func (t *tracked) connEnded(reason error) {
-	s, fc := t.svc, t.fc
+	s, fc := t.b.svc, t.fc
 	s.ended(t.servedFor(), reason)
 	s.unlimit(t, fc.PeerAddr())
 	if s.cfg.AccessLog {
-		s.logEnd(fc.NetConn(), t.b, t.servedFor(), reason, fc.BytesIn(), fc.BytesOut(), 0, "")
+		s.logEnd(fc.NetConn(), t, t.servedFor(), reason, fc.BytesIn(), fc.BytesOut(), 0, "")
 	}
 	s.connWG.Done()
 }

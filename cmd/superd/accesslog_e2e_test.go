@@ -4,8 +4,10 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -257,4 +259,193 @@ service "exec" "x" {
 	}
 	d.signal(syscall.SIGTERM)
 	d.wait(10 * time.Second)
+}
+
+// readAccessLogAs parses the lines of an access log in format ("json" or
+// "text"). JSON numbers are json.Number; logfmt values are strings, and
+// a value written quoted is a quotedValue (never a number).
+func readAccessLogAs(t *testing.T, path, format string) []map[string]any {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	var out []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		if line == "" {
+			continue
+		}
+		m := map[string]any{}
+		if format == "json" {
+			d := json.NewDecoder(strings.NewReader(line))
+			d.UseNumber()
+			if err := d.Decode(&m); err != nil {
+				t.Fatalf("not JSON: %q: %v", line, err)
+			}
+			out = append(out, m)
+			continue
+		}
+		for s := line; s != ""; s = strings.TrimPrefix(s, " ") {
+			eq := strings.IndexByte(s, '=')
+			if eq <= 0 {
+				t.Fatalf("not logfmt: %q at %q", line, s)
+			}
+			key := s[:eq]
+			s = s[eq+1:]
+			if strings.HasPrefix(s, `"`) {
+				q, err := strconv.QuotedPrefix(s)
+				if err != nil {
+					t.Fatalf("not logfmt: %q: %v", line, err)
+				}
+				v, _ := strconv.Unquote(q)
+				m[key], s = quotedValue(v), s[len(q):]
+				continue
+			}
+			end := strings.IndexByte(s, ' ')
+			if end < 0 {
+				end = len(s)
+			}
+			m[key], s = s[:end], s[end:]
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+type quotedValue string
+
+// accessInt is the integer a parsed line holds under key.
+func accessInt(m map[string]any, key string) (int64, bool) {
+	switch v := m[key].(type) {
+	case json.Number:
+		n, err := v.Int64()
+		return n, err == nil
+	case string:
+		n, err := strconv.ParseInt(v, 10, 64)
+		return n, err == nil
+	}
+	return 0, false
+}
+
+// Lines of unix socket connections carry the peer's uid, gid and pid
+// (the test process connects), in both formats, on end and rejection
+// lines, and for exec next to its own pid; tcp lines have no such keys.
+func TestAccessLogPeerCredentials(t *testing.T) {
+	for _, format := range []string{"json", "text"} {
+		t.Run(format, func(t *testing.T) {
+			dir := t.TempDir()
+			logPath := filepath.Join(dir, "access.log")
+			echoSock, execSock := filepath.Join(dir, "echo.sock"), filepath.Join(dir, "exec.sock")
+			tcpAddr := freeAddr(t)
+			path, metrics := writeConfig(t, fmt.Sprintf(`
+metrics { address = "METRICS" }
+access_log {
+  path   = %q
+  format = %q
+}
+service "echo" "e" {
+  access_log      = true
+  max_connections = 1
+  endpoint "unix" { path = %q }
+  endpoint "tcp" { address = %q }
+}
+service "exec" "x" {
+  access_log = true
+  command    = ["/bin/sh", "-c", "echo pid $$; read line; exit 3"]
+  endpoint "unix" { path = %q }
+}
+`, logPath, format, echoSock, tcpAddr, execSock))
+			d := startDaemon(t, path, metrics)
+			n := 0
+			next := func() map[string]any {
+				t.Helper()
+				n++
+				deadline := time.Now().Add(10 * time.Second)
+				for {
+					if lines := readAccessLogAs(t, logPath, format); len(lines) >= n {
+						return lines[n-1]
+					}
+					if time.Now().After(deadline) {
+						t.Fatalf("fewer than %d access log lines", n)
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+			}
+			keys := []string{"peer_uid", "peer_gid", "peer_pid"}
+			hasCred := func(what string, l map[string]any) {
+				t.Helper()
+				for i, want := range []int{os.Getuid(), os.Getgid(), os.Getpid()} {
+					if v, ok := accessInt(l, keys[i]); !ok || v != int64(want) {
+						t.Errorf("%s: %s = %#v, want the integer %d (line %v)", what, keys[i], l[keys[i]], want, l)
+					}
+				}
+			}
+			noCred := func(what string, l map[string]any) {
+				t.Helper()
+				for _, k := range keys {
+					if v, ok := l[k]; ok {
+						t.Errorf("%s: %s = %#v, want no such key (line %v)", what, k, v, l)
+					}
+				}
+			}
+
+			if err := echoOnce("unix", echoSock, "over unix"); err != nil {
+				t.Fatal(err)
+			}
+			hasCred("unix end", next())
+			if err := echoOnce("tcp", tcpAddr, "over tcp"); err != nil {
+				t.Fatal(err)
+			}
+			noCred("tcp end", next())
+
+			// max_connections = 1: refused on both endpoints while one is held.
+			held, err := net.DialTimeout("unix", echoSock, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := echoOnceConn(held, "held"); err != nil {
+				t.Fatal(err)
+			}
+			for _, ep := range [][2]string{{"unix", echoSock}, {"tcp", tcpAddr}} {
+				c, err := net.DialTimeout(ep[0], ep[1], 5*time.Second)
+				if err != nil {
+					t.Fatal(err)
+				}
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				c.Read(make([]byte, 1)) // closed by superd
+				c.Close()
+				l := next()
+				if l["reason"] != "max_connections" {
+					t.Errorf("%s rejection line %v", ep[0], l)
+				}
+				if ep[0] == "unix" {
+					hasCred("unix rejection", l)
+				} else {
+					noCred("tcp rejection", l)
+				}
+			}
+			held.Close()
+			hasCred("held unix end", next())
+
+			// exec: peer_pid is the client, pid the program.
+			c, err := net.DialTimeout("unix", execSock, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			var pid int
+			if _, err := fmt.Fscanf(c, "pid %d\n", &pid); err != nil {
+				t.Fatal(err)
+			}
+			fmt.Fprintln(c, "bye")
+			l := next()
+			hasCred("exec end", l)
+			if v, ok := accessInt(l, "pid"); !ok || v != int64(pid) || (l["exit"] != "3" && l["exit"] != quotedValue("3")) {
+				t.Errorf("exec line %v, want pid %d exit 3", l, pid)
+			}
+			d.signal(syscall.SIGTERM)
+			d.wait(10 * time.Second)
+		})
+	}
 }
