@@ -288,7 +288,9 @@ func (s *service) takeDatagramTokens(ip netip.Addr, now time.Time) string {
 	return ""
 }
 
+// isTimeout reports whether err is a deadline's, wrapped or not (the
+// PROXY header reader's come through go-proxyproto).
 func isTimeout(err error) bool {
-	ne, ok := err.(net.Error)
-	return ok && ne.Timeout()
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }

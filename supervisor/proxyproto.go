@@ -75,6 +75,12 @@ func (c *proxiedConn) CloseWrite() error {
 // family the header does not give: the connection's own address stays).
 // A missing (when required), malformed, over-long or late header is an
 // error.
+//
+// Silence until the timeout is no header, not a late one: a direct
+// client of a server-speaks-first service (qotd, daytime) waits for the
+// service to talk, so where no header is required it is served once the
+// timeout has passed. Bytes a signature begins with and then nothing are
+// a late header.
 func readProxyHeader(c net.Conn, pp *endpoint.ProxyProtocol) (net.Conn, error) {
 	c.SetReadDeadline(time.Now().Add(pp.Timeout))
 	defer c.SetReadDeadline(time.Time{})
@@ -91,8 +97,7 @@ func readProxyHeader(c net.Conn, pp *endpoint.ProxyProtocol) (net.Conn, error) {
 		}
 		return &proxiedConn{Conn: c, r: br, peer: c.RemoteAddr(), proxy: c.RemoteAddr()}, nil
 	case err != nil:
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
+		if isTimeout(err) {
 			return nil, fmt.Errorf("PROXY header not complete within %v", pp.Timeout)
 		}
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
@@ -136,26 +141,30 @@ const maxV1Header = 107
 // but refuses a v1 header that does not arrive in one read; the spec
 // recommends tolerance (a header can be split on its way), so the v1 line
 // is gathered here, bounded, and then parsed by the library.
+//
+// No header (ErrNoProxyProtocol) is nothing at all until the end or the
+// read deadline, or bytes no signature begins with: told at the first
+// such byte, however few came, where the library would wait for a
+// signature's length. Bytes a signature begins with and then the end or
+// the deadline are a header cut short or late.
 func readHeader(br *bufio.Reader) (*proxyproto.Header, error) {
-	first, err := br.Peek(1)
-	if err != nil {
-		if errors.Is(err, io.EOF) {
+	for n := 1; ; n++ {
+		sig, err := br.Peek(n)
+		if !bytes.HasPrefix(proxyproto.SIGV1, sig) && !bytes.HasPrefix(proxyproto.SIGV2, sig) {
 			return nil, proxyproto.ErrNoProxyProtocol
 		}
-		return nil, err
-	}
-	if first[0] != 'P' {
-		return proxyproto.Read(br) // v2, or no header
-	}
-	sig, err := br.Peek(len(proxyproto.SIGV1))
-	if err != nil {
-		if errors.Is(err, io.EOF) && !bytes.HasPrefix(proxyproto.SIGV1, sig) {
-			return nil, proxyproto.ErrNoProxyProtocol
+		if err != nil {
+			if len(sig) == 0 && (errors.Is(err, io.EOF) || isTimeout(err)) {
+				return nil, proxyproto.ErrNoProxyProtocol
+			}
+			return nil, err
 		}
-		return nil, err
-	}
-	if !bytes.Equal(sig, proxyproto.SIGV1) {
-		return nil, proxyproto.ErrNoProxyProtocol
+		if bytes.Equal(sig, proxyproto.SIGV2) {
+			return proxyproto.Read(br)
+		}
+		if bytes.Equal(sig, proxyproto.SIGV1) {
+			break
+		}
 	}
 	line := make([]byte, 0, maxV1Header)
 	for {

@@ -73,6 +73,10 @@ func v2Header(t *testing.T, cmd proxyproto.ProtocolVersionAndCommand, tlvs []pro
 func TestReadProxyHeader(t *testing.T) {
 	pp := &endpoint.ProxyProtocol{Required: true, Timeout: 2 * time.Second}
 	optional := &endpoint.ProxyProtocol{Required: false, Timeout: 2 * time.Second}
+	long := &endpoint.ProxyProtocol{Required: false, Timeout: 10 * time.Second}
+	short := func(required bool) *endpoint.ProxyProtocol {
+		return &endpoint.ProxyProtocol{Required: required, Timeout: 200 * time.Millisecond}
+	}
 	tlvs := []proxyproto.TLV{{Type: proxyproto.PP2_TYPE_AUTHORITY, Value: []byte("example.test")}, {Type: 0xE0, Value: []byte{1, 2, 3}}}
 	cases := []struct {
 		name     string
@@ -99,11 +103,29 @@ func TestReadProxyHeader(t *testing.T) {
 		{name: "truncated v2", pp: pp, data: v2Header(t, proxyproto.PROXY, tlvs)[:20], wantErr: "closed inside"},
 		{name: "never completes", pp: &endpoint.ProxyProtocol{Required: true, Timeout: 200 * time.Millisecond},
 			data: []byte("PROXY TCP4 192.0.2."), keepOpen: true, wantErr: "not complete within"},
+		// Silence is no header: missing, which only required refuses.
+		{name: "silent when optional", pp: short(false), keepOpen: true},
+		{name: "silent when required", pp: short(true), keepOpen: true, wantErr: "no PROXY"},
+		// Bytes a signature begins with, then nothing: a late header.
+		{name: "stalls in v1 signature when optional", pp: short(false), data: []byte("PRO"), keepOpen: true, wantErr: "not complete within"},
+		{name: "stalls in v1 header when optional", pp: short(false), data: []byte("PROXY TCP4 "), keepOpen: true, wantErr: "not complete within"},
+		{name: "stalls in v2 signature when optional", pp: short(false), data: []byte("\r\n\r\n\x00"), keepOpen: true, wantErr: "not complete within"},
+		// Bytes no signature begins with are no header, however few: told
+		// at once, not after the timeout (10s here).
+		{name: "short data when optional", pp: long, data: []byte("P\n"), keepOpen: true, rest: "P\n"},
+		{name: "short data after CRLF when optional", pp: long, data: []byte("\r\nhi"), keepOpen: true, rest: "\r\nhi"},
+		{name: "short data when required", pp: &endpoint.ProxyProtocol{Required: true, Timeout: 10 * time.Second}, data: []byte("PING"), keepOpen: true, wantErr: "no PROXY"},
+		{name: "signature prefix then close", pp: optional, data: []byte("\r\n\r"), wantErr: "closed inside"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			server, _ := headerPair(t, tc.data, tc.split, tc.keepOpen)
+			server, client := headerPair(t, tc.data, tc.split, tc.keepOpen)
 			got, err := readProxyHeader(server, tc.pp)
+			if tc.keepOpen {
+				// What was sent is read; now the end, so rest can be read
+				// to it.
+				client.(*net.TCPConn).CloseWrite()
+			}
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("err = %v, want %q", err, tc.wantErr)
