@@ -361,6 +361,16 @@ func (c *Conn) readFailed(err error) {
 		// The peer closed. Output written before we noticed is still
 		// delivered, then the connection closes cleanly.
 		c.disconnecting = true
+		if _, ok := c.p.(framework.HalfCloseableProtocol); !ok {
+			// The end of stream ends the connection (Twisted's
+			// connectionLost): the producer is stopped now, in its turn,
+			// rather than by finish once the flush is over, so the flush
+			// does not resume it as the output drains, and it does not
+			// refill the output for as long as the peer reads.
+			c.takeTurnLocked()
+			c.stopProducerLocked()
+			c.endTurnLocked()
+		}
 		for c.flushing && !c.closed {
 			c.waitLocked()
 		}
