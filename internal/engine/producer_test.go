@@ -557,3 +557,105 @@ func TestProducerPausedFromInsideResume(t *testing.T) {
 	}
 	r.check(t, reason)
 }
+
+// chunkProducer is a push producer in chargen's style: its protocol
+// registers it in ConnectionMade and starts it, and every ResumeProducing
+// writes one chunk, larger than the high-water mark, so the Write pauses it
+// again at once. It never asks Disconnecting: when it is called is the
+// transport's business.
+type chunkProducer struct {
+	tr    framework.Transport
+	chunk []byte
+
+	resumes, pauses, stops atomic.Int32
+	afterStop              atomic.Int32 // calls after StopProducing
+	stopped                atomic.Bool
+}
+
+func (p *chunkProducer) PauseProducing() {
+	if p.stopped.Load() {
+		p.afterStop.Add(1)
+	}
+	p.pauses.Add(1)
+}
+
+func (p *chunkProducer) ResumeProducing() {
+	if p.stopped.Load() {
+		p.afterStop.Add(1)
+		return
+	}
+	p.resumes.Add(1)
+	p.tr.Write(p.chunk)
+}
+
+func (p *chunkProducer) StopProducing() {
+	if p.stopped.Swap(true) {
+		p.afterStop.Add(1)
+	}
+	p.stops.Add(1)
+}
+
+// TestPeerHalfCloseStopsProducer: the peer half-closes (its FIN, while it
+// goes on reading) a protocol that is not half-closeable, whose producer
+// keeps the output busy. The end of stream ends the connection: the peer
+// gets what was on its way, then EOF, and the producer is stopped, once,
+// and called no more. The peer reads no more than the socket buffers and
+// the pending output hold. (It read on for hundreds of MB: the reader did
+// not see the end of stream while the resumed producer kept the flush
+// going; and once it did, the flush of the last output went on resuming
+// the producer, which refilled it for as long as the peer read.)
+func TestPeerHalfCloseStopsProducer(t *testing.T) {
+	const chunk = framework.HighWaterMark + 16<<10
+	p := dialPair(t, "tcp", pairOpts{clientRcv: 64 << 10, serverSnd: 64 << 10})
+	prod := &chunkProducer{chunk: randBytes(chunk, 61)}
+	r := newRecorder()
+	r.onMade = func(r *recorder) {
+		prod.tr = r.tr
+		if err := r.tr.RegisterProducer(prod); err != nil {
+			r.violate("RegisterProducer: %v", err)
+			return
+		}
+		prod.ResumeProducing()
+	}
+	s := serve(t, p.server, ConnOptions{}, r)
+	// A byte first, so the reader waits for the FIN in its read, not in
+	// the idle poller: the bound below is about what the end of stream
+	// ends, not about how soon a parked connection wakes.
+	if _, err := p.client.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	// Read a while, so the producer is paused and resumed many times.
+	p.client.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, err := io.ReadFull(p.client, make([]byte, 4<<20)); err != nil {
+		t.Fatal(err)
+	}
+	closeWrite(t, p.client)
+	// What can be on its way: the two socket buffers (the kernel doubles
+	// the sizes asked for), and the pending output and the flush under
+	// way, a chunk and the high-water mark each: well under a MB. The
+	// bound also covers the runtime noticing the FIN late (its network
+	// poller is checked only every 10 ms or so while every P is busy), and
+	// is still a small part of what the producer sends in 100 ms.
+	const bound = 32 << 20
+	n, err := io.Copy(io.Discard, io.LimitReader(p.client, bound+1))
+	t.Logf("read %d bytes after the half-close", n)
+	if err != nil {
+		t.Fatalf("client read after %d bytes: %v", n, err)
+	}
+	if n > bound {
+		t.Fatalf("the client read more than %d bytes after its half-close, and no EOF: "+
+			"the connection did not end (producer resumed %d times, stopped %d times)",
+			bound, prod.resumes.Load(), prod.stops.Load())
+	}
+	reason := s.wait(t, serveWait)
+	if !errors.Is(reason, framework.ErrConnectionDone) {
+		t.Errorf("reason %v, want framework.ErrConnectionDone", reason)
+	}
+	if n := prod.stops.Load(); n != 1 {
+		t.Errorf("StopProducing called %d times, want 1", n)
+	}
+	if n := prod.afterStop.Load(); n != 0 {
+		t.Errorf("the producer was called %d times after StopProducing", n)
+	}
+	r.check(t, reason)
+}

@@ -87,8 +87,16 @@ func (c *Conn) readLoop(p framework.Protocol, r *reader) (parked bool) {
 		c.mu.Lock()
 		// Flow control: no reading while our own output is above the
 		// high-water mark (resume once drained) or the protocol paused us.
+		// Drained is the end of the flush, or one of its writes done: a
+		// producer resumed as the flush ends refills the output before
+		// this goroutine sees the end, so waiting for the end alone would
+		// starve the reader for as long as the peer reads, and leave its
+		// end of stream unseen. A write done means the peer reads, and the
+		// reader reads once per write done, so what input adds to the
+		// output stays bounded all the same.
 		if c.inflight+c.pendingLen() > framework.HighWaterMark {
-			for c.flushing && !c.closed && !c.disconnecting {
+			sent := c.bytesOut.Load()
+			for c.flushing && !c.closed && !c.disconnecting && c.bytesOut.Load() == sent {
 				c.waitLocked()
 			}
 		}
@@ -353,6 +361,16 @@ func (c *Conn) readFailed(err error) {
 		// The peer closed. Output written before we noticed is still
 		// delivered, then the connection closes cleanly.
 		c.disconnecting = true
+		if _, ok := c.p.(framework.HalfCloseableProtocol); !ok {
+			// The end of stream ends the connection (Twisted's
+			// connectionLost): the producer is stopped now, in its turn,
+			// rather than by finish once the flush is over, so the flush
+			// does not resume it as the output drains, and it does not
+			// refill the output for as long as the peer reads.
+			c.takeTurnLocked()
+			c.stopProducerLocked()
+			c.endTurnLocked()
+		}
 		for c.flushing && !c.closed {
 			c.waitLocked()
 		}

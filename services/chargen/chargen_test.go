@@ -397,3 +397,69 @@ func BenchmarkStreamPlainGo(b *testing.B) {
 	c.Close()
 	<-done
 }
+
+// TestStreamPeerHalfClose: a client that half-closes (its FIN, while it
+// goes on reading) ends the connection, as a close does: chargen is not
+// half-closeable, so the peer's end of stream is the end. The client reads
+// what was already on its way, then EOF; the producer is stopped and
+// writes nothing more. (The connection went on, and chargen with it, for
+// hundreds of MB: the server did not see the end of stream while the
+// producer kept its output busy.)
+func TestStreamPeerHalfClose(t *testing.T) {
+	addr, conns := servicetest.Serve(t, Factory{})
+	c := servicetest.Dial(t, addr)
+	s, p := chargenOf(t, conns)
+	// Fixed socket buffers, so what can be on its way when the FIN arrives
+	// is bounded by them and the server's pending output.
+	if err := c.SetReadBuffer(64 << 10); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Conn.NetConn().(*net.TCPConn).SetWriteBuffer(64 << 10); err != nil {
+		t.Fatal(err)
+	}
+	// A line first (read and dropped), so the server's reader waits for
+	// the FIN in its read rather than in the idle poller: the bound below
+	// is about what the end of stream ends, not about how soon a parked
+	// connection wakes.
+	if _, err := c.Write([]byte("noise\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	// Read well past what the server's socket held before its buffer was
+	// made small.
+	r := bufio.NewReader(c)
+	readLines(t, r, 0, 100000)
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	// The socket buffers (the kernel doubles the sizes asked for) and the
+	// server's pending output (the high-water mark and a chunk) hold well
+	// under a MB. The bound also covers the runtime noticing the FIN late
+	// (its network poller is checked only every 10 ms or so while every P
+	// is busy, as the client and chargen keep them), and is still a small
+	// part of what chargen sends in 100 ms over loopback.
+	const bound = 32 << 20
+	n, err := io.Copy(io.Discard, io.LimitReader(r, bound+1))
+	t.Logf("read %d bytes after the half-close", n)
+	if err != nil {
+		t.Fatalf("after the half-close, after %d bytes: %v", n, err)
+	}
+	if n > bound {
+		t.Fatalf("still reading %d bytes after the half-close: the connection did not end", n)
+	}
+	select {
+	case reason := <-s.Done:
+		if reason != framework.ErrConnectionDone {
+			t.Fatalf("ConnectionLost reason %v, want %v", reason, framework.ErrConnectionDone)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the connection did not end")
+	}
+	chunks := p.chunks.Load()
+	if _, producing, stopped := p.state(); !stopped || producing {
+		t.Fatalf("after the connection ended: stopped %v, producing %v", stopped, producing)
+	}
+	p.ResumeProducing()
+	if p.chunks.Load() != chunks {
+		t.Fatal("chargen wrote after it was stopped")
+	}
+}
