@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -26,6 +27,14 @@ type Listener struct {
 	rc     syscall.RawConn
 	isUnix bool
 	laddr  net.Addr
+
+	// What one accept4 gives, filled by acceptFn (made once, so an accept
+	// allocates nothing but the connection and its address). Accept is
+	// called by one goroutine at a time.
+	acceptFn func(fd uintptr) bool
+	nfd      int
+	rsa      syscall.RawSockaddrAny
+	aerr     error
 }
 
 // NewListener makes a Listener of ln's socket. laddr is every
@@ -53,7 +62,9 @@ func NewListener(ln syscall.Conn, isUnix bool, laddr net.Addr) (*Listener, error
 		f.Close()
 		return nil, err
 	}
-	return &Listener{f: f, rc: rc, isUnix: isUnix, laddr: laddr}, nil
+	l := &Listener{f: f, rc: rc, isUnix: isUnix, laddr: laddr}
+	l.acceptFn = l.accept4
+	return l, nil
 }
 
 // SetDeadline bounds Accept's wait; a zero time clears it.
@@ -64,27 +75,13 @@ func (l *Listener) SetDeadline(t time.Time) error { return l.f.SetReadDeadline(t
 func (l *Listener) Close() error { return l.f.Close() }
 
 // Accept accepts one connection, waiting in the runtime's poller until
-// one is queued.
+// one is queued. One goroutine at a time may call it.
 func (l *Listener) Accept() (*Conn, error) {
-	var (
-		nfd  int
-		sa   syscall.Sockaddr
-		aerr error
-	)
-	err := l.rc.Read(func(fd uintptr) bool {
-		for {
-			nfd, sa, aerr = syscall.Accept4(int(fd), syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC)
-			switch aerr {
-			case syscall.EINTR, syscall.ECONNABORTED:
-				continue // as net does: the next one
-			case syscall.EAGAIN:
-				return false
-			}
-			return true
-		}
-	})
-	if err == nil && aerr != nil {
-		err = os.NewSyscallError("accept4", aerr)
+	l.nfd, l.aerr = -1, nil
+	l.rsa = syscall.RawSockaddrAny{} // what the kernel does not fill reads as zeros, as for net
+	err := l.rc.Read(l.acceptFn)
+	if err == nil && l.aerr != nil {
+		err = os.NewSyscallError("accept4", l.aerr)
 	}
 	if err != nil {
 		if errors.Is(err, os.ErrClosed) || err.Error() == errFileClosing {
@@ -92,23 +89,44 @@ func (l *Listener) Accept() (*Conn, error) {
 		}
 		return nil, &net.OpError{Op: "accept", Net: network(l.isUnix), Addr: l.laddr, Err: err}
 	}
-	c := &Conn{fd: int32(nfd), isUnix: l.isUnix, laddr: l.laddr}
+	c := &Conn{fd: int32(l.nfd), isUnix: l.isUnix, laddr: l.laddr}
 	if l.isUnix {
-		c.raddr = unixAddr(sa)
-		if l.laddr == nil {
-			if lsa, err := syscall.Getsockname(nfd); err == nil {
-				c.laddr = unixAddr(lsa)
-			}
-		}
+		c.raddr = unixAddr(&l.rsa)
 	} else {
-		c.raddr = tcpAddr(sa)
-		if l.laddr == nil {
-			if lsa, err := syscall.Getsockname(nfd); err == nil {
-				c.laddr = tcpAddr(lsa)
+		c.raddr = tcpAddr(&l.rsa)
+	}
+	if l.laddr == nil {
+		var lsa syscall.RawSockaddrAny
+		n := uint32(syscall.SizeofSockaddrAny)
+		if _, _, e := syscall.RawSyscall(syscall.SYS_GETSOCKNAME, uintptr(l.nfd), uintptr(unsafe.Pointer(&lsa)), uintptr(unsafe.Pointer(&n))); e == 0 {
+			if l.isUnix {
+				c.laddr = unixAddr(&lsa)
+			} else {
+				c.laddr = tcpAddr(&lsa)
 			}
 		}
 	}
 	return c, nil
+}
+
+// accept4 is the Listener's acceptFn: false to wait for a connection.
+func (l *Listener) accept4(fd uintptr) bool {
+	for {
+		n := uint32(syscall.SizeofSockaddrAny)
+		r, _, e := syscall.Syscall6(syscall.SYS_ACCEPT4, fd, uintptr(unsafe.Pointer(&l.rsa)), uintptr(unsafe.Pointer(&n)),
+			syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0, 0)
+		switch e {
+		case 0:
+			l.nfd = int(r)
+			return true
+		case syscall.EINTR, syscall.ECONNABORTED:
+			continue // as net does: the next one
+		case syscall.EAGAIN:
+			return false
+		}
+		l.aerr = e
+		return true
+	}
 }
 
 func dupCloexec(fd int) (int, error) { return unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0) }
@@ -130,23 +148,31 @@ type tcpPeer struct {
 	ip   [16]byte
 }
 
-// tcpAddr is the address net gives a TCP connection for sa.
-func tcpAddr(sa syscall.Sockaddr) net.Addr {
+// tcpAddr is the address net gives a TCP connection for rsa.
+func tcpAddr(rsa *syscall.RawSockaddrAny) net.Addr {
 	p := &tcpPeer{}
-	switch sa := sa.(type) {
-	case *syscall.SockaddrInet4:
+	switch rsa.Addr.Family {
+	case syscall.AF_INET:
+		sa := (*syscall.RawSockaddrInet4)(unsafe.Pointer(rsa))
 		p.addr.IP = p.ip[:copy(p.ip[:], sa.Addr[:])]
-		p.addr.Port = sa.Port
-	case *syscall.SockaddrInet6:
+		p.addr.Port = port(sa.Port)
+	case syscall.AF_INET6:
+		sa := (*syscall.RawSockaddrInet6)(unsafe.Pointer(rsa))
 		p.addr.IP = p.ip[:copy(p.ip[:], sa.Addr[:])]
-		p.addr.Port = sa.Port
-		if sa.ZoneId != 0 {
-			p.addr.Zone = zoneName(int(sa.ZoneId))
+		p.addr.Port = port(sa.Port)
+		if sa.Scope_id != 0 {
+			p.addr.Zone = zoneName(int(sa.Scope_id))
 		}
 	default:
 		return nil
 	}
 	return &p.addr
+}
+
+// port turns a port in network byte order into a number.
+func port(p uint16) int {
+	b := (*[2]byte)(unsafe.Pointer(&p))
+	return int(b[0])<<8 | int(b[1])
 }
 
 // zoneName is the interface name of a link-local address's zone, or its
@@ -158,12 +184,25 @@ func zoneName(index int) string {
 	return strconv.Itoa(index)
 }
 
-// unixAddr is the address net gives a unix connection for sa.
-func unixAddr(sa syscall.Sockaddr) net.Addr {
-	if s, ok := sa.(*syscall.SockaddrUnix); ok {
-		return &net.UnixAddr{Name: s.Name, Net: "unix"}
+// unixAddr is the address net gives a unix connection for rsa (read as
+// syscall reads it: a leading NUL, an abstract name or an unnamed
+// socket's empty one, shows as "@", and the name runs to the first NUL).
+func unixAddr(rsa *syscall.RawSockaddrAny) net.Addr {
+	if rsa.Addr.Family != syscall.AF_UNIX {
+		return nil
 	}
-	return nil
+	path := (*syscall.RawSockaddrUnix)(unsafe.Pointer(rsa)).Path[:]
+	b := make([]byte, 0, 16)
+	for i, c := range path {
+		if c == 0 {
+			if i > 0 {
+				break
+			}
+			c = '@'
+		}
+		b = append(b, byte(c))
+	}
+	return &net.UnixAddr{Name: string(b), Net: "unix"}
 }
 
 func peerCred(c *Conn) (framework.PeerCred, bool) {
