@@ -16,6 +16,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -34,12 +35,20 @@ import (
 type Conn struct {
 	mu     sync.Mutex
 	fd     int32
-	ops    int32    // raw system calls in progress on fd
-	closed bool     // Close was called; the last op closes fd (or f)
-	isUnix bool     // a unix socket: no linger, peer credentials
-	f      *os.File // fd in the runtime's poller, once something waited
+	ops    int32 // raw system calls in progress on fd
+	closed bool  // Close was called; the last op closes fd (or the file)
+	isUnix bool  // a unix socket: no linger, peer credentials
+	// polled is fd in the runtime's poller, once something waited; it
+	// never changes back, so it is read without mu.
+	polled atomic.Pointer[polled]
 	laddr  net.Addr
 	raddr  net.Addr
+}
+
+// polled is a connection's descriptor in the runtime's poller.
+type polled struct {
+	f  *os.File
+	rc syscall.RawConn // f's
 }
 
 // LocalAddr implements net.Conn.
@@ -50,12 +59,19 @@ func (c *Conn) RemoteAddr() net.Addr { return c.raddr }
 
 // begin starts a system call on the bare descriptor; false: the call must
 // go through f (returned), or the connection is closed (f nil).
-func (c *Conn) begin() (fd int, f *os.File, ok bool) {
+func (c *Conn) begin() (fd int, p *polled, ok bool) {
+	if p := c.polled.Load(); p != nil {
+		return -1, p, false
+	}
 	c.mu.Lock()
-	if c.closed || c.f != nil {
-		f = c.f
+	if c.closed {
+		p = c.polled.Load()
 		c.mu.Unlock()
-		return -1, f, false
+		return -1, p, false
+	}
+	if p := c.polled.Load(); p != nil {
+		c.mu.Unlock()
+		return -1, p, false
 	}
 	c.ops++
 	c.mu.Unlock()
@@ -74,28 +90,38 @@ func (c *Conn) end() {
 	}
 }
 
-// closeNow closes the descriptor, through f if it has one.
+// closeNow closes the descriptor, through the poller if it is there.
 func (c *Conn) closeNow() error {
-	if c.f != nil {
-		return c.f.Close()
+	if p := c.polled.Load(); p != nil {
+		return p.f.Close()
 	}
 	return syscall.Close(int(c.fd))
 }
 
-// file puts the descriptor in the runtime's poller (once) and returns it
-// as an *os.File; nil if the connection is closed.
-func (c *Conn) file() *os.File {
+// poll puts the descriptor in the runtime's poller (once); nil if the
+// connection is closed.
+func (c *Conn) poll() *polled {
+	if p := c.polled.Load(); p != nil {
+		return p
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
-		return nil
+		return c.polled.Load()
 	}
-	if c.f == nil {
-		// NewFile sees the descriptor is non-blocking and registers it
-		// with the poller, as net does for what it accepts.
-		c.f = os.NewFile(uintptr(c.fd), "")
+	if p := c.polled.Load(); p != nil {
+		return p
 	}
-	return c.f
+	// NewFile sees the descriptor is non-blocking and registers it with
+	// the poller, as net does for what it accepts.
+	f := os.NewFile(uintptr(c.fd), "")
+	rc, err := f.SyscallConn()
+	if err != nil { // not for an *os.File made by NewFile
+		panic(err)
+	}
+	p := &polled{f: f, rc: rc}
+	c.polled.Store(p)
+	return p
 }
 
 // Read implements net.Conn: what the socket holds, or, if it holds
@@ -114,11 +140,11 @@ func (c *Conn) Read(b []byte) (int, error) {
 			return n, nil
 		}
 	}
-	f := c.file()
-	if f == nil {
+	p := c.poll()
+	if p == nil {
 		return 0, c.opError("read", net.ErrClosed)
 	}
-	n, err := f.Read(b)
+	n, err := p.f.Read(b)
 	return n, c.fileError("read", err)
 }
 
@@ -145,11 +171,11 @@ func (c *Conn) Write(b []byte) (int, error) {
 			return done, nil
 		}
 	}
-	f := c.file()
-	if f == nil {
+	p := c.poll()
+	if p == nil {
 		return done, c.opError("write", net.ErrClosed)
 	}
-	n, err := f.Write(b[done:])
+	n, err := p.f.Write(b[done:])
 	return done + n, c.fileError("write", err)
 }
 
@@ -192,17 +218,17 @@ func (c *Conn) SetWriteDeadline(t time.Time) error {
 func (c *Conn) deadline(t time.Time, set func(*os.File, time.Time) error) error {
 	if t.IsZero() {
 		c.mu.Lock()
-		f, closed := c.f, c.closed
+		p, closed := c.polled.Load(), c.closed
 		c.mu.Unlock()
-		if f == nil && !closed {
+		if p == nil && !closed {
 			return nil
 		}
 	}
-	f := c.file()
-	if f == nil {
+	p := c.poll()
+	if p == nil {
 		return c.opError("set deadline", net.ErrClosed)
 	}
-	return set(f, t)
+	return set(p.f, t)
 }
 
 // CloseWrite shuts down the writing side (the peer reads EOF).
@@ -271,16 +297,12 @@ func (c *Conn) SyscallConn() (syscall.RawConn, error) { return rawConn{c}, nil }
 
 // control runs fn on the descriptor, while nothing can close it.
 func (c *Conn) control(fn func(fd uintptr)) error {
-	if fd, f, ok := c.begin(); ok {
+	if fd, p, ok := c.begin(); ok {
 		fn(uintptr(fd))
 		c.end()
 		return nil
-	} else if f != nil {
-		rc, err := f.SyscallConn()
-		if err != nil {
-			return err
-		}
-		return rc.Control(fn)
+	} else if p != nil {
+		return c.fileError("raw-control", p.rc.Control(fn))
 	}
 	return c.opError("raw-control", net.ErrClosed)
 }
@@ -309,15 +331,11 @@ func (c *Conn) rawIO(fn func(fd uintptr) bool, wait func(syscall.RawConn) error)
 			return nil
 		}
 	}
-	f := c.file()
-	if f == nil {
+	p := c.poll()
+	if p == nil {
 		return c.opError("raw-read", net.ErrClosed)
 	}
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return err
-	}
-	return c.fileError("raw-io", wait(rc))
+	return c.fileError("raw-io", wait(p.rc))
 }
 
 func ignoringEINTR(fn func() (int, error)) (int, error) {
