@@ -26,7 +26,8 @@ type Listener struct {
 	f      *os.File
 	rc     syscall.RawConn
 	isUnix bool
-	laddr  net.Addr
+	laddr  net.Addr // every connection's, or nil (a wildcard address)
+	addr   net.Addr // the listener's own
 
 	// What one accept4 gives, filled by acceptFn (made once, so an accept
 	// allocates nothing but the connection and its address). Accept is
@@ -41,6 +42,10 @@ type Listener struct {
 // connection's local address, or nil to ask the kernel for each (a
 // listener bound to a wildcard address).
 func NewListener(ln syscall.Conn, isUnix bool, laddr net.Addr) (*Listener, error) {
+	var addr net.Addr
+	if a, ok := ln.(interface{ Addr() net.Addr }); ok {
+		addr = a.Addr()
+	}
 	lrc, err := ln.SyscallConn()
 	if err != nil {
 		return nil, err
@@ -62,7 +67,7 @@ func NewListener(ln syscall.Conn, isUnix bool, laddr net.Addr) (*Listener, error
 		f.Close()
 		return nil, err
 	}
-	l := &Listener{f: f, rc: rc, isUnix: isUnix, laddr: laddr}
+	l := &Listener{f: f, rc: rc, isUnix: isUnix, laddr: laddr, addr: addr}
 	l.acceptFn = l.accept4
 	return l, nil
 }
@@ -89,24 +94,27 @@ func (l *Listener) Accept() (*Conn, error) {
 		}
 		return nil, &net.OpError{Op: "accept", Net: network(l.isUnix), Addr: l.laddr, Err: err}
 	}
-	c := &Conn{fd: int32(l.nfd), isUnix: l.isUnix, laddr: l.laddr}
+	c := &Conn{fd: int32(l.nfd), ln: l}
 	if l.isUnix {
 		c.raddr = unixAddr(&l.rsa)
 	} else {
 		c.raddr = tcpAddr(&l.rsa)
 	}
-	if l.laddr == nil {
-		var lsa syscall.RawSockaddrAny
-		n := uint32(syscall.SizeofSockaddrAny)
-		if _, _, e := syscall.RawSyscall(syscall.SYS_GETSOCKNAME, uintptr(l.nfd), uintptr(unsafe.Pointer(&lsa)), uintptr(unsafe.Pointer(&n))); e == 0 {
-			if l.isUnix {
-				c.laddr = unixAddr(&lsa)
-			} else {
-				c.laddr = tcpAddr(&lsa)
-			}
-		}
-	}
 	return c, nil
+}
+
+// localAddr asks the kernel for a connection's local address; nil if it
+// cannot tell.
+func localAddr(fd int, isUnix bool) net.Addr {
+	var lsa syscall.RawSockaddrAny
+	n := uint32(syscall.SizeofSockaddrAny)
+	if _, _, e := syscall.RawSyscall(syscall.SYS_GETSOCKNAME, uintptr(fd), uintptr(unsafe.Pointer(&lsa)), uintptr(unsafe.Pointer(&n))); e != 0 {
+		return nil
+	}
+	if isUnix {
+		return unixAddr(&lsa)
+	}
+	return tcpAddr(&lsa)
 }
 
 // accept4 is the Listener's acceptFn: false to wait for a connection.

@@ -16,7 +16,10 @@ const Supported = false
 
 // Listener is not available here: connections come from
 // net.Listener.Accept.
-type Listener struct{}
+type Listener struct {
+	isUnix      bool
+	laddr, addr net.Addr
+}
 
 // NewListener fails here: see Supported.
 func NewListener(ln syscall.Conn, isUnix bool, laddr net.Addr) (*Listener, error) {
@@ -30,3 +33,5 @@ func (l *Listener) Accept() (*Conn, error)        { return nil, errors.ErrUnsupp
 func peerCred(c *Conn) (framework.PeerCred, bool) { return framework.PeerCred{}, false }
 
 func dupCloexec(fd int) (int, error) { return -1, errors.ErrUnsupported }
+
+func localAddr(fd int, isUnix bool) net.Addr { return nil }

@@ -32,17 +32,20 @@ import (
 // is still using (the number could be reused by the next accept). Once in
 // the runtime's poller (f), every call goes through f, which counts its
 // own.
+//
+// An idle connection is this and its peer's address, so it is kept to 48
+// bytes (a size class of the allocator): what its listener knows (unix or
+// not, the local address) is read from there.
 type Conn struct {
 	mu     sync.Mutex
 	fd     int32
-	ops    int32 // raw system calls in progress on fd
+	ops    int16 // raw system calls in progress on fd
 	closed bool  // Close was called; the last op closes fd (or the file)
-	isUnix bool  // a unix socket: no linger, peer credentials
 	// polled is fd in the runtime's poller, once something waited; it
 	// never changes back, so it is read without mu.
 	polled atomic.Pointer[polled]
-	laddr  net.Addr
 	raddr  net.Addr
+	ln     *Listener
 }
 
 // polled is a connection's descriptor in the runtime's poller.
@@ -52,7 +55,19 @@ type polled struct {
 }
 
 // LocalAddr implements net.Conn.
-func (c *Conn) LocalAddr() net.Addr { return c.laddr }
+func (c *Conn) LocalAddr() net.Addr {
+	if c.ln.laddr != nil {
+		return c.ln.laddr
+	}
+	// A listener on a wildcard address: the kernel knows which address
+	// this connection came to.
+	var a net.Addr
+	c.control(func(fd uintptr) { a = localAddr(int(fd), c.ln.isUnix) })
+	if a == nil {
+		return c.ln.addr // closed: the listener's own
+	}
+	return a
+}
 
 // RemoteAddr implements net.Conn.
 func (c *Conn) RemoteAddr() net.Addr { return c.raddr }
@@ -263,7 +278,7 @@ func (c *Conn) SetLinger(sec int) error {
 // PeerCredentials is framework.PeerCredentials of a unix socket
 // connection.
 func (c *Conn) PeerCredentials() (framework.PeerCred, bool) {
-	if !c.isUnix {
+	if !c.ln.isUnix {
 		return framework.PeerCred{}, false
 	}
 	return peerCred(c)
@@ -350,13 +365,13 @@ func ignoringEINTR(fn func() (int, error)) (int, error) {
 // opError is the error net would give.
 func (c *Conn) opError(op string, err error) error {
 	network := "tcp"
-	if c.isUnix {
+	if c.ln.isUnix {
 		network = "unix"
 	}
 	if errno, ok := err.(syscall.Errno); ok {
 		err = os.NewSyscallError(op, errno)
 	}
-	return &net.OpError{Op: op, Net: network, Source: c.laddr, Addr: c.raddr, Err: err}
+	return &net.OpError{Op: op, Net: network, Source: c.ln.laddr, Addr: c.raddr, Err: err}
 }
 
 // fileError turns what *os.File returns into what net would: the cause

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"go.uber.org/goleak"
 
@@ -415,5 +416,12 @@ func TestStandard(t *testing.T) {
 	}
 	if _, err := server.Read(b); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("the bare connection after Standard: %v, want net.ErrClosed", err)
+	}
+}
+
+// An idle connection costs this much beside its peer's address.
+func TestConnSize(t *testing.T) {
+	if got := unsafe.Sizeof(rawconn.Conn{}); got > 48 {
+		t.Errorf("rawconn.Conn is %d bytes; 48 is the allocator's size class it is meant to fit", got)
 	}
 }
