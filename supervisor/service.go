@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -195,6 +196,10 @@ func (s *service) accept(c net.Conn, b *binding) {
 	}
 	if t, fromSource, ok := s.admit(c, c.RemoteAddr(), b, nil); ok {
 		go s.handle(t, c, fromSource)
+		// Let the new goroutine run before the next accept: a burst of
+		// connections otherwise piles up as many goroutines, and their
+		// stacks, before the first has parked its connection.
+		runtime.Gosched()
 	}
 }
 
