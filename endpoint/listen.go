@@ -144,6 +144,10 @@ func listenTCP(cfg Config) (net.Listener, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := setAcceptedOptions(ln.(*net.TCPListener), o.Nagle, lc.KeepAliveConfig); err != nil {
+		ln.Close()
+		return nil, err
+	}
 	if o.Backlog > 0 {
 		if err := setBacklog(ln.(*net.TCPListener), o.Backlog); err != nil {
 			ln.Close()

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -21,6 +22,7 @@ import (
 	"github.com/superd-dev/superd/endpoint"
 	"github.com/superd-dev/superd/framework"
 	"github.com/superd-dev/superd/internal/engine"
+	"github.com/superd-dev/superd/internal/rawconn"
 	"github.com/superd-dev/superd/metrics"
 )
 
@@ -87,6 +89,18 @@ type binding struct {
 	total prometheus.Counter  // stream endpoints
 	sock  *socket
 	dgram *dgramBinding // udp endpoints, unless the service waits
+}
+
+// acceptsBare reports whether b's connections can be served from bare
+// descriptors (see package rawconn): a protocol over plain TCP or a unix
+// socket. TLS, a PROXY header and a factory that takes the socket itself
+// (exec, proxy) work on net's connections.
+func (b *binding) acceptsBare() bool {
+	if b.tls != nil || b.ep.Proxy != nil {
+		return false
+	}
+	_, handsOver := b.svc.factory.(framework.ConnHandler)
+	return !handsOver
 }
 
 func newService(log *slog.Logger, m *metrics.Metrics, sc *config.Service, refs *seriesRefs, guards *guardPorts, alog *atomic.Pointer[accesslog.Logger]) (*service, error) {
@@ -164,6 +178,16 @@ func (s *service) startFactory() error {
 // trusted to send a PROXY header is checked once the header has told who
 // the client is (see acceptProxied).
 func (s *service) accept(c net.Conn, b *binding) {
+	if bc, ok := c.(*rawconn.Conn); ok && !b.acceptsBare() {
+		// Accepted for an owner that a reload has since replaced with one
+		// that needs net's connection (TLS, PROXY, a handed-over socket).
+		nc, err := bc.Standard()
+		if err != nil {
+			s.log.Warn("cannot serve a connection accepted during a reload", "peer", plainPeer(bc.RemoteAddr()), "err", err)
+			return
+		}
+		c = nc
+	}
 	if pp := b.ep.Proxy; pp != nil {
 		if ip, ok := peerAddr(c.RemoteAddr()); ok && pp.Trusts(ip) {
 			s.acceptProxied(c, b, pp)
@@ -172,6 +196,10 @@ func (s *service) accept(c net.Conn, b *binding) {
 	}
 	if t, fromSource, ok := s.admit(c, c.RemoteAddr(), b, nil); ok {
 		go s.handle(t, c, fromSource)
+		// Let the new goroutine run before the next accept: a burst of
+		// connections otherwise piles up as many goroutines, and their
+		// stacks, before the first has parked its connection.
+		runtime.Gosched()
 	}
 }
 

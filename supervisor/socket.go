@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/superd-dev/superd/endpoint"
+	"github.com/superd-dev/superd/internal/rawconn"
 )
 
 // socket is one listening socket and its accept loop. It outlives the
@@ -23,6 +24,9 @@ type socket struct {
 	addr  endpoint.Address // what it is bound to
 	label string
 	ln    net.Listener // stream endpoints
+	// bare accepts ln's connections as bare descriptors for the owners
+	// that can serve them (see binding.acceptsBare); nil where it cannot.
+	bare  *rawconn.Listener
 	dgram *dgramSocket // udp endpoints
 	log   *slog.Logger
 
@@ -69,8 +73,27 @@ func listenSocket(ep *endpoint.Config, log *slog.Logger) (*socket, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &socket{key: key, addr: ep.Addr, label: ep.Label, ln: ln, log: log, done: make(chan struct{}),
+	return &socket{key: key, addr: ep.Addr, label: ep.Label, ln: ln, bare: bareListener(ln, log), log: log, done: make(chan struct{}),
 		reusePort: ep.ReusePort}, nil
+}
+
+// bareListener makes the socket's bare-descriptor listener, where ln's
+// connections can be accepted so; nil otherwise.
+func bareListener(ln net.Listener, log *slog.Logger) *rawconn.Listener {
+	if !rawconn.Supported {
+		return nil
+	}
+	sc, isUnix, laddr, ok := endpoint.RawListener(ln)
+	if !ok {
+		return nil
+	}
+	bl, err := rawconn.NewListener(sc, isUnix, laddr)
+	if err != nil {
+		// Every connection then comes through net, as it always can.
+		log.Debug("cannot accept bare descriptors", "addr", ln.Addr(), "err", err)
+		return nil
+	}
+	return bl
 }
 
 // serve makes b the socket's owner, starting the accept loop the first time.
@@ -97,6 +120,9 @@ func (k *socket) wake() {
 	} else if dl, ok := k.deadliner(); ok {
 		dl.SetDeadline(time.Now())
 	}
+	if k.bare != nil {
+		k.bare.SetDeadline(time.Now())
+	}
 	if f := k.watchFile.Load(); f != nil {
 		f.SetReadDeadline(time.Now())
 	}
@@ -117,6 +143,9 @@ func (k *socket) deadliner() (deadliner, bool) {
 func (k *socket) closeConn() error {
 	if k.dgram != nil {
 		return k.dgram.uc.Close()
+	}
+	if k.bare != nil {
+		k.bare.Close()
 	}
 	return k.ln.Close()
 }
@@ -151,6 +180,9 @@ func (k *socket) close() {
 		}
 		if dl, ok := k.deadliner(); ok {
 			dl.SetDeadline(time.Now()) // wake the loop for its last sweep
+			if k.bare != nil {
+				k.bare.SetDeadline(time.Now())
+			}
 		} else {
 			k.closeConn()
 		}
@@ -209,7 +241,7 @@ func (k *socket) acceptLoop() bool {
 	k.waiting.Store(false)
 	var delay time.Duration
 	for {
-		c, err := k.ln.Accept()
+		c, err := k.accept()
 		if err != nil {
 			if k.closed.Load() || errors.Is(err, net.ErrClosed) {
 				k.sweep()
@@ -248,9 +280,27 @@ func (k *socket) acceptLoop() bool {
 	}
 }
 
+// accept accepts the next connection: as a bare descriptor when the
+// owner serves those, otherwise through net.
+func (k *socket) accept() (net.Conn, error) {
+	if k.bare != nil {
+		if b := k.owner.Load(); b != nil && b.acceptsBare() {
+			c, err := k.bare.Accept()
+			if err != nil {
+				return nil, err // a nil *rawconn.Conn is not a nil net.Conn
+			}
+			return c, nil
+		}
+	}
+	return k.ln.Accept()
+}
+
 func (k *socket) clearDeadline() {
 	if dl, ok := k.deadliner(); ok {
 		dl.SetDeadline(time.Time{})
+	}
+	if k.bare != nil {
+		k.bare.SetDeadline(time.Time{})
 	}
 	if f := k.watchFile.Load(); f != nil {
 		f.SetReadDeadline(time.Time{})

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/internal/rawconn"
 )
 
 // Flow control: reading from a peer pauses while its unsent output is above
@@ -194,7 +195,7 @@ func NewConn(nc net.Conn, opts *ConnOptions) *Conn {
 	}
 	c := &Conn{nc: nc, opts: opts, fd: -1}
 	if sc, ok := nc.(syscall.Conn); ok {
-		if _, isTCP := nc.(*net.TCPConn); isTCP || isUnix(nc) {
+		if _, isTCP := nc.(*net.TCPConn); isTCP || isUnix(nc) || isBare(nc) {
 			if rc, err := sc.SyscallConn(); err == nil {
 				c.raw = rc
 				if getPoller() != nil {
@@ -226,6 +227,9 @@ func (c *Conn) logger() *slog.Logger {
 }
 
 func isUnix(nc net.Conn) bool { _, ok := nc.(*net.UnixConn); return ok }
+
+// isBare: a connection accepted as a bare descriptor (see package rawconn).
+func isBare(nc net.Conn) bool { _, ok := nc.(*rawconn.Conn); return ok }
 
 // Run serves p over the connection: ConnectionMade, then DataReceived for
 // each chunk read, then ConnectionLost exactly once, then onDone with the

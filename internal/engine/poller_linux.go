@@ -6,6 +6,7 @@ package engine
 
 import (
 	"net"
+	"os"
 	"slices"
 	"sync"
 	"syscall"
@@ -79,12 +80,39 @@ func (p *idlePoller) forget(c *Conn, fd int32) {
 	unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, int(fd), nil)
 }
 
+// loop wakes the connections whose descriptors become readable. It waits
+// in the runtime's poller, on the epoll descriptor itself (which is
+// readable while it holds events), rather than blocked in epoll_wait: a
+// goroutine blocked in a system call keeps its P, so the goroutines it
+// just started for woken connections could wait for the runtime's monitor
+// to take the P back (10-25 ms on a busy host). Where the epoll descriptor
+// cannot go in the poller, it blocks in epoll_wait after all.
 func (p *idlePoller) loop() {
 	events := make([]unix.EpollEvent, 256)
-	for {
-		n, err := unix.EpollWait(p.epfd, events, -1)
+	n := 0
+	collect := func(fd uintptr) bool {
+		var err error
+		n, err = unix.EpollWait(int(fd), events, 0)
 		if err != nil {
-			continue // EINTR
+			n = 0
+			return err != unix.EINTR && err != unix.EAGAIN
+		}
+		return n > 0
+	}
+	var rc syscall.RawConn
+	if unix.SetNonblock(p.epfd, true) == nil {
+		f := os.NewFile(uintptr(p.epfd), "idle poller") // never closed: the poller lives as long as the process
+		if c, err := f.SyscallConn(); err == nil {
+			rc = c
+		}
+	}
+	for {
+		if rc == nil || rc.Read(collect) != nil {
+			rc = nil
+			var err error
+			if n, err = unix.EpollWait(p.epfd, events, -1); err != nil {
+				continue // EINTR
+			}
 		}
 		for i := 0; i < n; i++ {
 			fd := events[i].Fd

@@ -1,0 +1,50 @@
+package endpoint
+
+import (
+	"net"
+	"syscall"
+	"time"
+)
+
+// setAcceptedOptions puts on a listening socket the options every
+// connection it accepts should have, as net.ListenConfig sets them on each
+// after accept: TCP_NODELAY unless nagle, and keepalive.
+func setAcceptedOptions(ln *net.TCPListener, nagle bool, ka net.KeepAliveConfig) error {
+	rc, err := ln.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	set := func(fd uintptr, level, opt, v int) {
+		if serr == nil {
+			serr = syscall.SetsockoptInt(int(fd), level, opt, v)
+		}
+	}
+	secs := func(d time.Duration) int { return int((d + time.Second - 1) / time.Second) }
+	if err := rc.Control(func(fd uintptr) {
+		nodelay := 1
+		if nagle {
+			nodelay = 0
+		}
+		set(fd, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, nodelay)
+		if !ka.Enable {
+			return
+		}
+		set(fd, syscall.SOL_SOCKET, syscall.SO_KEEPALIVE, 1)
+		if ka.Idle > 0 {
+			set(fd, syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE, secs(ka.Idle))
+		}
+		if ka.Interval > 0 {
+			set(fd, syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL, secs(ka.Interval))
+		}
+		if ka.Count > 0 {
+			set(fd, syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT, ka.Count)
+		}
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return &net.OpError{Op: "set", Net: NetworkTCP, Addr: ln.Addr(), Err: serr}
+	}
+	return nil
+}
