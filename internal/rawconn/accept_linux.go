@@ -137,6 +137,46 @@ func (l *Listener) accept4(fd uintptr) bool {
 	}
 }
 
+// tcpOptions are a TCP socket's options that net sets on what it makes
+// of a descriptor (see Conn.Standard), in tcpOptionNames' order.
+type tcpOptions [5]int
+
+var tcpOptionNames = [5][2]int{
+	{syscall.IPPROTO_TCP, syscall.TCP_NODELAY},
+	{syscall.SOL_SOCKET, syscall.SO_KEEPALIVE},
+	{syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE},
+	{syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL},
+	{syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT},
+}
+
+func getTCPOptions(fd int) (o tcpOptions, err error) {
+	for i, n := range tcpOptionNames {
+		if o[i], err = syscall.GetsockoptInt(fd, n[0], n[1]); err != nil {
+			return o, os.NewSyscallError("getsockopt", err)
+		}
+	}
+	return o, nil
+}
+
+// setTCPOptions gives sc the options o.
+func setTCPOptions(sc syscall.Conn, o tcpOptions) error {
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		for i, n := range tcpOptionNames {
+			if serr = syscall.SetsockoptInt(int(fd), n[0], n[1], o[i]); serr != nil {
+				return
+			}
+		}
+	}); err != nil {
+		return err
+	}
+	return serr
+}
+
 func dupCloexec(fd int) (int, error) { return unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0) }
 
 // errFileClosing is the text of the error a closed *os.File's RawConn

@@ -288,12 +288,22 @@ func (c *Conn) PeerCredentials() (framework.PeerCred, bool) {
 // *net.UnixConn) on a duplicate of its descriptor, and closes this one:
 // for a connection accepted bare that code needing net's types must
 // serve after all.
+//
+// net.FileConn gives a TCP connection net's defaults (TCP_NODELAY, a 15 s
+// keepalive), not its endpoint's, which the socket has from its listener:
+// those are put back.
 func (c *Conn) Standard() (net.Conn, error) {
 	var (
 		dfd  int
 		derr error
+		opts tcpOptions
 	)
 	if err := c.control(func(fd uintptr) {
+		if !c.ln.isUnix {
+			if opts, derr = getTCPOptions(int(fd)); derr != nil {
+				return
+			}
+		}
 		dfd, derr = dupCloexec(int(fd))
 	}); err != nil {
 		return nil, err
@@ -304,7 +314,15 @@ func (c *Conn) Standard() (net.Conn, error) {
 	}
 	f := os.NewFile(uintptr(dfd), "")
 	defer f.Close()
-	return net.FileConn(f)
+	nc, err := net.FileConn(f)
+	if err != nil || c.ln.isUnix {
+		return nc, err
+	}
+	if err := setTCPOptions(nc.(syscall.Conn), opts); err != nil {
+		nc.Close()
+		return nil, c.opError("setsockopt", err)
+	}
+	return nc, nil
 }
 
 // SyscallConn implements syscall.Conn.

@@ -425,3 +425,30 @@ func TestConnSize(t *testing.T) {
 		t.Errorf("rawconn.Conn is %d bytes; 48 is the allocator's size class it is meant to fit", got)
 	}
 }
+
+// A connection handed to net by Standard keeps the options its endpoint
+// gave it, as net's own accepted connection has them.
+func TestStandardKeepsOptions(t *testing.T) {
+	for name, o := range map[string]endpoint.TCPOptions{
+		"nagle":        {Nagle: true},
+		"keepalive":    {Keepalive: 42 * time.Second, KeepaliveInterval: 7 * time.Second, KeepaliveCount: 3},
+		"no keepalive": {Keepalive: -1},
+	} {
+		t.Run(name, func(t *testing.T) {
+			ln := listen(t, tcpConfig(t, "127.0.0.1:0", o))
+			viaNet, _ := acceptNet(t, ln, "")
+			viaRaw, _ := acceptRaw(t, ln)
+			nc, err := viaRaw.Standard()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer nc.Close()
+			want, got := sockopts(t, viaNet.(syscall.Conn)), sockopts(t, nc.(syscall.Conn))
+			for k, v := range want {
+				if got[k] != v {
+					t.Errorf("%s = %d after Standard, net's connection has %d", k, got[k], v)
+				}
+			}
+		})
+	}
+}
