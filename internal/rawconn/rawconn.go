@@ -241,9 +241,9 @@ func (c *Conn) deadline(t time.Time, set func(*os.File, time.Time) error) error 
 	}
 	p := c.poll()
 	if p == nil {
-		return c.opError("set deadline", net.ErrClosed)
+		return c.opError("set", net.ErrClosed)
 	}
-	return set(p.f, t)
+	return c.fileError("set", set(p.f, t))
 }
 
 // CloseWrite shuts down the writing side (the peer reads EOF).

@@ -452,3 +452,24 @@ func TestStandardKeepsOptions(t *testing.T) {
 		})
 	}
 }
+
+// Setting a deadline on a closed connection fails as on net's, whether
+// or not the connection ever waited.
+func TestDeadlineAfterClose(t *testing.T) {
+	ln := listen(t, tcpConfig(t, "127.0.0.1:0", endpoint.TCPOptions{}))
+	for _, waited := range []bool{false, true} {
+		server, _ := acceptRaw(t, ln)
+		if waited {
+			server.SetReadDeadline(time.Now().Add(time.Hour)) // into the runtime's poller
+		}
+		server.Close()
+		for name, set := range map[string]func(time.Time) error{
+			"SetDeadline": server.SetDeadline, "SetReadDeadline": server.SetReadDeadline, "SetWriteDeadline": server.SetWriteDeadline,
+		} {
+			var ne net.Error
+			if err := set(time.Now()); !errors.Is(err, net.ErrClosed) || !errors.As(err, &ne) {
+				t.Errorf("waited %v: %s after Close: %v, want a net.Error that is net.ErrClosed", waited, name, err)
+			}
+		}
+	}
+}
