@@ -300,9 +300,7 @@ func (c *Conn) Standard() (net.Conn, error) {
 	)
 	if err := c.control(func(fd uintptr) {
 		if !c.ln.isUnix {
-			if opts, derr = getTCPOptions(int(fd)); derr != nil {
-				return
-			}
+			opts = getTCPOptions(int(fd))
 		}
 		dfd, derr = dupCloexec(int(fd))
 	}); err != nil {
@@ -315,14 +313,10 @@ func (c *Conn) Standard() (net.Conn, error) {
 	f := os.NewFile(uintptr(dfd), "")
 	defer f.Close()
 	nc, err := net.FileConn(f)
-	if err != nil || c.ln.isUnix {
-		return nc, err
+	if err == nil && !c.ln.isUnix {
+		setTCPOptions(nc.(syscall.Conn), opts)
 	}
-	if err := setTCPOptions(nc.(syscall.Conn), opts); err != nil {
-		nc.Close()
-		return nil, c.opError("setsockopt", err)
-	}
-	return nc, nil
+	return nc, err
 }
 
 // SyscallConn implements syscall.Conn.
