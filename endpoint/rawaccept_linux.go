@@ -6,9 +6,14 @@ import (
 	"time"
 )
 
+// setsockoptInt is syscall.SetsockoptInt, which a test replaces.
+var setsockoptInt = syscall.SetsockoptInt
+
 // setAcceptedOptions puts on a listening socket the options every
 // connection it accepts should have, as net.ListenConfig sets them on each
-// after accept: TCP_NODELAY unless nagle, and keepalive.
+// after accept: TCP_NODELAY unless nagle, and keepalive. An option the
+// socket refuses as not supported is left out, as net ignores it on each
+// connection.
 func setAcceptedOptions(ln *net.TCPListener, nagle bool, ka net.KeepAliveConfig) error {
 	rc, err := ln.SyscallConn()
 	if err != nil {
@@ -16,8 +21,15 @@ func setAcceptedOptions(ln *net.TCPListener, nagle bool, ka net.KeepAliveConfig)
 	}
 	var serr error
 	set := func(fd uintptr, level, opt, v int) {
+		err := setsockoptInt(int(fd), level, opt, v)
+		if err == syscall.EOPNOTSUPP || err == syscall.ENOPROTOOPT {
+			// The socket does not have the option (a Multipath TCP
+			// one on an older kernel): nor do the connections it
+			// accepts, through net or not.
+			err = nil
+		}
 		if serr == nil {
-			serr = syscall.SetsockoptInt(int(fd), level, opt, v)
+			serr = err
 		}
 	}
 	secs := func(d time.Duration) int { return int((d + time.Second - 1) / time.Second) }

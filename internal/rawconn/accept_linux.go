@@ -137,6 +137,46 @@ func (l *Listener) accept4(fd uintptr) bool {
 	}
 }
 
+// tcpOptions are a TCP socket's options that net sets on what it makes
+// of a descriptor (see Conn.Standard), in tcpOptionNames' order; -1: one
+// the socket does not have (a Multipath TCP socket on an older kernel).
+type tcpOptions [5]int
+
+var tcpOptionNames = [5][2]int{
+	{syscall.IPPROTO_TCP, syscall.TCP_NODELAY},
+	{syscall.SOL_SOCKET, syscall.SO_KEEPALIVE},
+	{syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE},
+	{syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL},
+	{syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT},
+}
+
+func getTCPOptions(fd int) (o tcpOptions) {
+	for i, n := range tcpOptionNames {
+		v, err := syscall.GetsockoptInt(fd, n[0], n[1])
+		if err != nil {
+			v = -1
+		}
+		o[i] = v
+	}
+	return o
+}
+
+// setTCPOptions gives sc the options o, as far as it has them (net
+// ignores what the kernel refuses too).
+func setTCPOptions(sc syscall.Conn, o tcpOptions) {
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return
+	}
+	rc.Control(func(fd uintptr) {
+		for i, n := range tcpOptionNames {
+			if o[i] >= 0 {
+				syscall.SetsockoptInt(int(fd), n[0], n[1], o[i])
+			}
+		}
+	})
+}
+
 func dupCloexec(fd int) (int, error) { return unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0) }
 
 // errFileClosing is the text of the error a closed *os.File's RawConn

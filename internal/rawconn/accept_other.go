@@ -32,6 +32,11 @@ func (l *Listener) Accept() (*Conn, error)        { return nil, errors.ErrUnsupp
 
 func peerCred(c *Conn) (framework.PeerCred, bool) { return framework.PeerCred{}, false }
 
+type tcpOptions struct{}
+
+func getTCPOptions(fd int) tcpOptions             { return tcpOptions{} }
+func setTCPOptions(sc syscall.Conn, o tcpOptions) {}
+
 func dupCloexec(fd int) (int, error) { return -1, errors.ErrUnsupported }
 
 func localAddr(fd int, isUnix bool) net.Addr { return nil }

@@ -241,9 +241,9 @@ func (c *Conn) deadline(t time.Time, set func(*os.File, time.Time) error) error 
 	}
 	p := c.poll()
 	if p == nil {
-		return c.opError("set deadline", net.ErrClosed)
+		return c.opError("set", net.ErrClosed)
 	}
-	return set(p.f, t)
+	return c.fileError("set", set(p.f, t))
 }
 
 // CloseWrite shuts down the writing side (the peer reads EOF).
@@ -288,12 +288,20 @@ func (c *Conn) PeerCredentials() (framework.PeerCred, bool) {
 // *net.UnixConn) on a duplicate of its descriptor, and closes this one:
 // for a connection accepted bare that code needing net's types must
 // serve after all.
+//
+// net.FileConn gives a TCP connection net's defaults (TCP_NODELAY, a 15 s
+// keepalive), not its endpoint's, which the socket has from its listener:
+// those are put back.
 func (c *Conn) Standard() (net.Conn, error) {
 	var (
 		dfd  int
 		derr error
+		opts tcpOptions
 	)
 	if err := c.control(func(fd uintptr) {
+		if !c.ln.isUnix {
+			opts = getTCPOptions(int(fd))
+		}
 		dfd, derr = dupCloexec(int(fd))
 	}); err != nil {
 		return nil, err
@@ -304,7 +312,11 @@ func (c *Conn) Standard() (net.Conn, error) {
 	}
 	f := os.NewFile(uintptr(dfd), "")
 	defer f.Close()
-	return net.FileConn(f)
+	nc, err := net.FileConn(f)
+	if err == nil && !c.ln.isUnix {
+		setTCPOptions(nc.(syscall.Conn), opts)
+	}
+	return nc, err
 }
 
 // SyscallConn implements syscall.Conn.

@@ -425,3 +425,51 @@ func TestConnSize(t *testing.T) {
 		t.Errorf("rawconn.Conn is %d bytes; 48 is the allocator's size class it is meant to fit", got)
 	}
 }
+
+// A connection handed to net by Standard keeps the options its endpoint
+// gave it, as net's own accepted connection has them.
+func TestStandardKeepsOptions(t *testing.T) {
+	for name, o := range map[string]endpoint.TCPOptions{
+		"nagle":        {Nagle: true},
+		"keepalive":    {Keepalive: 42 * time.Second, KeepaliveInterval: 7 * time.Second, KeepaliveCount: 3},
+		"no keepalive": {Keepalive: -1},
+	} {
+		t.Run(name, func(t *testing.T) {
+			ln := listen(t, tcpConfig(t, "127.0.0.1:0", o))
+			viaNet, _ := acceptNet(t, ln, "")
+			viaRaw, _ := acceptRaw(t, ln)
+			nc, err := viaRaw.Standard()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer nc.Close()
+			want, got := sockopts(t, viaNet.(syscall.Conn)), sockopts(t, nc.(syscall.Conn))
+			for k, v := range want {
+				if got[k] != v {
+					t.Errorf("%s = %d after Standard, net's connection has %d", k, got[k], v)
+				}
+			}
+		})
+	}
+}
+
+// Setting a deadline on a closed connection fails as on net's, whether
+// or not the connection ever waited.
+func TestDeadlineAfterClose(t *testing.T) {
+	ln := listen(t, tcpConfig(t, "127.0.0.1:0", endpoint.TCPOptions{}))
+	for _, waited := range []bool{false, true} {
+		server, _ := acceptRaw(t, ln)
+		if waited {
+			server.SetReadDeadline(time.Now().Add(time.Hour)) // into the runtime's poller
+		}
+		server.Close()
+		for name, set := range map[string]func(time.Time) error{
+			"SetDeadline": server.SetDeadline, "SetReadDeadline": server.SetReadDeadline, "SetWriteDeadline": server.SetWriteDeadline,
+		} {
+			var ne net.Error
+			if err := set(time.Now()); !errors.Is(err, net.ErrClosed) || !errors.As(err, &ne) {
+				t.Errorf("waited %v: %s after Close: %v, want a net.Error that is net.ErrClosed", waited, name, err)
+			}
+		}
+	}
+}
