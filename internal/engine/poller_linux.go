@@ -22,7 +22,10 @@ import (
 // goroutine stack.
 type idlePoller struct {
 	epfd int
-	mu   sync.Mutex
+	// epf is epfd in the runtime's poller (see loop), kept here so that
+	// it stays reachable: its finalizer would close epfd.
+	epf *os.File
+	mu  sync.Mutex
 	// conns are the parked connections, indexed by descriptor: the
 	// numbers are small and dense, so a slice costs a pointer per
 	// descriptor where a map would cost about four.
@@ -101,8 +104,8 @@ func (p *idlePoller) loop() {
 	}
 	var rc syscall.RawConn
 	if unix.SetNonblock(p.epfd, true) == nil {
-		f := os.NewFile(uintptr(p.epfd), "idle poller") // never closed: the poller lives as long as the process
-		if c, err := f.SyscallConn(); err == nil {
+		p.epf = os.NewFile(uintptr(p.epfd), "idle poller") // never closed: the poller lives as long as the process
+		if c, err := p.epf.SyscallConn(); err == nil {
 			rc = c
 		}
 	}
