@@ -164,7 +164,9 @@ func (c *Conn) Read(b []byte) (int, error) {
 }
 
 // Write implements net.Conn: all of b, waiting in the runtime's poller
-// whenever the socket's send buffer is full.
+// whenever the socket's send buffer is full. Unlike net's, two Writes at
+// once may interleave their bytes until the connection first waits: its
+// user (the engine) has one writer at a time.
 func (c *Conn) Write(b []byte) (int, error) {
 	done := 0
 	if fd, _, ok := c.begin(); ok {
