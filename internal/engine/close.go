@@ -57,18 +57,17 @@ func (c *Conn) shutdownWriteLocked() {
 		c.closeLocked(nil)
 		return
 	}
-	if c.raw != nil && socketQuiet(c.raw) {
-		// The peer has acknowledged everything we sent and sent nothing we
-		// have not read: the linger can be skipped. Our end of stream goes
-		// first all the same: a byte of the peer's arriving between the
-		// check and the close (a client that keeps talking) would make the
-		// close a reset instead of a FIN. Anything of the peer's there
-		// after it, and the connection lingers as any other.
+	if c.raw != nil {
+		// Our end of stream goes first; then, if the peer has
+		// acknowledged everything else we sent and sent nothing we have
+		// not read, the linger can be skipped. Checking before the FIN
+		// would leave a window in which a byte of the peer's (a client
+		// that keeps talking) makes the close a reset instead of a FIN.
 		if testHookQuiet != nil {
 			testHookQuiet()
 		}
 		err := cw.CloseWrite()
-		if err == nil && !unreadInput(c.raw) {
+		if err == nil && quietAfterFIN(c.raw, c.isUnixSocket()) {
 			c.closeLocked(nil)
 			return
 		}
@@ -93,8 +92,8 @@ func (c *Conn) shutdownWriteLocked() {
 	c.writeClosedLocked(cw.CloseWrite())
 }
 
-// testHookQuiet, when set by a test, runs when a graceful close has found
-// the socket quiet, before anything is sent.
+// testHookQuiet, when set by a test, runs when a graceful close of a
+// socket read through its descriptor is about to send its FIN.
 var testHookQuiet func()
 
 // halfShutLocked ends a LoseWriteConnection once the output has drained:

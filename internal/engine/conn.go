@@ -228,6 +228,14 @@ func (c *Conn) logger() *slog.Logger {
 
 func isUnix(nc net.Conn) bool { _, ok := nc.(*net.UnixConn); return ok }
 
+// isUnixSocket reports whether the connection is a unix socket's.
+func (c *Conn) isUnixSocket() bool {
+	if bc, ok := c.nc.(*rawconn.Conn); ok {
+		return bc.IsUnix()
+	}
+	return isUnix(c.nc)
+}
+
 // isBare: a connection accepted as a bare descriptor (see package rawconn).
 func isBare(nc net.Conn) bool { _, ok := nc.(*rawconn.Conn); return ok }
 

@@ -157,23 +157,13 @@ func kernelHolds(nc net.Conn) bool {
 	return n > 0
 }
 
-// unreadInput reports whether a socket has received bytes not read yet
-// (SIOCINQ); when it cannot tell, it says so.
-func unreadInput(rc syscall.RawConn) bool {
-	queued := true
-	rc.Control(func(fd uintptr) {
-		in, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ)
-		queued = err != nil || in != 0
-	})
-	return queued
-}
-
-// socketQuiet reports whether a TCP socket has nothing unread from the peer
-// (SIOCINQ) and nothing of ours unacknowledged (SIOCOUTQ). Closing such a
-// socket sends a FIN and can cost the peer nothing; otherwise a graceful
-// close half-closes and lingers for the peer's EOF. Unix sockets count
-// what the peer has not read yet as ours, so they linger until it has.
-func socketQuiet(rc syscall.RawConn) bool {
+// quietAfterFIN reports whether a socket whose end of stream has just
+// been queued (shutdown) has nothing unread from the peer (SIOCINQ) and
+// nothing of ours unacknowledged but that FIN (SIOCOUTQ: a TCP FIN takes
+// one place in the sequence; a unix socket counts what the peer has not
+// read yet). Closing such a socket can cost the peer nothing; otherwise a
+// graceful close lingers for the peer's EOF.
+func quietAfterFIN(rc syscall.RawConn, isUnix bool) bool {
 	quiet := false
 	rc.Control(func(fd uintptr) {
 		in, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ)
@@ -181,7 +171,11 @@ func socketQuiet(rc syscall.RawConn) bool {
 			return
 		}
 		out, err := unix.IoctlGetInt(int(fd), unix.SIOCOUTQ)
-		quiet = err == nil && out == 0
+		fin := 1
+		if isUnix {
+			fin = 0
+		}
+		quiet = err == nil && out <= fin
 	})
 	return quiet
 }

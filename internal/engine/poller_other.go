@@ -26,8 +26,5 @@ const kernelQueueKnown = false
 // kernelHolds is unknown here: the TLS drain reads with its window.
 func kernelHolds(nc net.Conn) bool { return true }
 
-// unreadInput is unknown here (socketQuiet never lets it be asked).
-func unreadInput(rc syscall.RawConn) bool { return true }
-
-// socketQuiet is unknown here: graceful closes always linger.
-func socketQuiet(rc syscall.RawConn) bool { return false }
+// quietAfterFIN is unknown here: graceful closes always linger.
+func quietAfterFIN(rc syscall.RawConn, isUnix bool) bool { return false }

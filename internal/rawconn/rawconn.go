@@ -54,6 +54,9 @@ type polled struct {
 	rc syscall.RawConn // f's
 }
 
+// IsUnix reports whether the connection is a unix socket's.
+func (c *Conn) IsUnix() bool { return c.ln.isUnix }
+
 // LocalAddr implements net.Conn.
 func (c *Conn) LocalAddr() net.Addr {
 	if c.ln.laddr != nil {
