@@ -51,6 +51,12 @@ type HandedConn struct {
 	// IdleTimeout is the service's idle_timeout (0: none); it can only be
 	// enforced where the handler sits in the stream.
 	IdleTimeout time.Duration
+	// ShutdownTimeout is the configuration's shutdown_timeout when the
+	// connection was handed over (0: none). A handler that ends a
+	// connection itself, at IdleTimeout, gives what serves it that long
+	// to finish before it forces the end, as a drain does between
+	// Stopping and Killed.
+	ShutdownTimeout time.Duration
 	// Received and Sent count application bytes as they move.
 	Received, Sent prometheus.Counter
 	// Stopping is done when the service begins draining (shutdown, or a

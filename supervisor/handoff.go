@@ -51,13 +51,14 @@ func (s *service) handOver(h framework.ConnHandler, t *tracked, nc net.Conn, fro
 	s.mu.Unlock()
 	served := false
 	hc := &framework.HandedConn{
-		Conn:        nc,
-		SourceConns: fromSource,
-		IdleTimeout: s.cfg.Limits.IdleTimeout,
-		Received:    s.m.Received,
-		Sent:        s.m.Sent,
-		Stopping:    ho.stopping,
-		Killed:      ho.killed,
+		Conn:            nc,
+		SourceConns:     fromSource,
+		IdleTimeout:     s.cfg.Limits.IdleTimeout,
+		ShutdownTimeout: time.Duration(s.shutdownTimeout.Load()),
+		Received:        s.m.Received,
+		Sent:            s.m.Sent,
+		Stopping:        ho.stopping,
+		Killed:          ho.killed,
 		Served: func() {
 			if !served {
 				served = true

@@ -11,9 +11,7 @@ import (
 
 // ShutdownTimeout is the shutdown_timeout of the configuration in force.
 func (s *Supervisor) ShutdownTimeout() time.Duration {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.shutdownTimeout
+	return time.Duration(s.shutdownTimeout.Load())
 }
 
 // Reload applies a new configuration as SPEC section 7 says. Services whose
@@ -69,6 +67,7 @@ func (s *Supervisor) Reload(cfg *config.File) error {
 		newServices[sc.Name] = svc
 	}
 
+	s.shutdownTimeout.Store(int64(cfg.ShutdownTimeout))
 	for _, svc := range prepared {
 		svc.activate()
 	}
@@ -106,7 +105,6 @@ func (s *Supervisor) Reload(cfg *config.File) error {
 	}
 	s.services = newServices
 	s.order = newOrder
-	s.shutdownTimeout = cfg.ShutdownTimeout
 	s.updateGuardsLocked()
 	return nil
 }

@@ -65,8 +65,11 @@ type service struct {
 	refs   *seriesRefs
 	guards *guardPorts
 	alog   *atomic.Pointer[accesslog.Logger] // the supervisor's, swapped by reload
-	drops  map[string]prometheus.Counter     // datagram drops by reason; made with the first udp endpoint
-	cut    chan struct{}                     // closed to abort the drain now (Shutdown)
+	// shutdownTimeout is the supervisor's shutdown_timeout in force (a
+	// time.Duration), set by reload.
+	shutdownTimeout *atomic.Int64
+	drops           map[string]prometheus.Counter // datagram drops by reason; made with the first udp endpoint
+	cut             chan struct{}                 // closed to abort the drain now (Shutdown)
 
 	// Totals for the status view (the metrics hold them by reason).
 	accepted, rejectedN, dropped atomic.Int64
@@ -103,7 +106,8 @@ func (b *binding) acceptsBare() bool {
 	return !handsOver
 }
 
-func newService(log *slog.Logger, m *metrics.Metrics, sc *config.Service, refs *seriesRefs, guards *guardPorts, alog *atomic.Pointer[accesslog.Logger]) (*service, error) {
+func newService(log *slog.Logger, m *metrics.Metrics, sc *config.Service, refs *seriesRefs, guards *guardPorts,
+	alog *atomic.Pointer[accesslog.Logger], shutdownTimeout *atomic.Int64) (*service, error) {
 	f, err := sc.NewFactory(log, m.Registerer(sc.Name, sc.Factory))
 	if err != nil {
 		return nil, fmt.Errorf("service %q: %w", sc.Name, err)
@@ -124,6 +128,7 @@ func newService(log *slog.Logger, m *metrics.Metrics, sc *config.Service, refs *
 		cut:       make(chan struct{}),
 
 		certFingerprint: sc.CertFingerprint,
+		shutdownTimeout: shutdownTimeout,
 	}
 	refs.acquire(svc.seriesKey())
 	svc.connOpts = engine.ConnOptions{

@@ -64,7 +64,7 @@ func sourceLimited(t *testing.T, rate float64, burst int) *service {
 	t.Helper()
 	sc := serviceConfig("s", &lifecycleFactory{}, config.Limits{RateLimitPerIP: &config.Rate{Rate: rate, Burst: burst}})
 	svc, err := newService(slog.New(slog.NewTextHandler(io.Discard, nil)), metrics.New("test"), sc,
-		&seriesRefs{n: map[string]int{}}, &guardPorts{}, &atomic.Pointer[accesslog.Logger]{})
+		&seriesRefs{n: map[string]int{}}, &guardPorts{}, &atomic.Pointer[accesslog.Logger]{}, &atomic.Int64{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -39,7 +39,11 @@ type Supervisor struct {
 	started  bool
 	stopping atomic.Bool
 
-	shutdownTimeout time.Duration
+	// shutdownTimeout is the shutdown_timeout of the configuration in
+	// force (a time.Duration), read by every connection handed to a
+	// factory (framework.HandedConn.ShutdownTimeout) without s.mu, which
+	// a reload holds while it prepares services.
+	shutdownTimeout atomic.Int64
 	draining        sync.WaitGroup // services replaced or removed by reload, still draining
 
 	// drainMu guards drainingSvcs, the services a reload is draining, so
@@ -130,13 +134,13 @@ func (s *Supervisor) StartThen(cfg *config.File, beforeServing func() error) err
 			return err
 		}
 	}
+	s.shutdownTimeout.Store(int64(cfg.ShutdownTimeout))
 	for _, svc := range prepared {
 		svc.activate()
 		svc.log.Info("service started", "endpoints", len(svc.bindings))
 		s.services[svc.cfg.Name] = svc
 		s.order = append(s.order, svc.cfg.Name)
 	}
-	s.shutdownTimeout = cfg.ShutdownTimeout
 	s.started = true
 	s.updateGuardsLocked()
 	return nil
@@ -241,7 +245,7 @@ func (s *Supervisor) Reopen() {
 // (taking over the socket of a running service on the same address, if
 // any) and its factory started. Nothing is accepted until activate.
 func (s *Supervisor) prepareServiceLocked(sc *config.Service) (*service, error) {
-	svc, err := newService(s.log, s.metrics, sc, s.refs, s.guards, &s.alog)
+	svc, err := newService(s.log, s.metrics, sc, s.refs, s.guards, &s.alog, &s.shutdownTimeout)
 	if err != nil {
 		return nil, err
 	}

@@ -26,7 +26,7 @@ type child struct {
 
 	mu     sync.Mutex
 	reaped bool // its pid, and process group id, may be another's now: no more signals
-	killed bool // sent SIGKILL at shutdown_timeout while it ran
+	killed bool // sent SIGKILL when the drain ran out of time (Killed) while it ran
 }
 
 // start starts the program with fds as its fd 0, 1, ... (fd 2 is set here,
@@ -181,18 +181,32 @@ func (c *child) tryReap() (done bool, ws syscall.WaitStatus, err error) {
 }
 
 // signal sends sig to the child's process group (its descendants too,
-// unless they left it), unless the child has been reaped.
-func (c *child) signal(sig syscall.Signal) {
+// unless they left it), unless the child has been reaped; it reports
+// whether it was sent.
+func (c *child) signal(sig syscall.Signal) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.signalLocked(sig)
+}
+
+func (c *child) signalLocked(sig syscall.Signal) bool {
 	if c.reaped {
-		return
-	}
-	if sig == syscall.SIGKILL {
-		c.killed = true
+		return false
 	}
 	if err := syscall.Kill(-c.pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
 		c.f.log.Warn("cannot signal program", "pid", c.pid, "signal", unix.SignalName(sig), "err", err)
+	}
+	return true
+}
+
+// kill sends SIGKILL to the child's process group because the drain ran
+// out of time (shutdown_timeout): the connection then ends as
+// shutdown_timeout (wasKilled).
+func (c *child) kill() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.signalLocked(syscall.SIGKILL) {
+		c.killed = true
 	}
 }
 
@@ -210,11 +224,27 @@ func (c *child) wasKilled() bool {
 // done.
 func (c *child) watch(stopping, killed context.Context) (stop func()) {
 	stopStop := context.AfterFunc(stopping, func() { c.signal(c.f.stopSignal) })
-	stopKill := context.AfterFunc(killed, func() { c.signal(syscall.SIGKILL) })
+	stopKill := context.AfterFunc(killed, c.kill)
 	return func() {
 		stopStop()
 		stopKill()
 	}
+}
+
+// stop ends the child for a reason of its connection's own (idle_timeout):
+// it sends stop_signal now and, if the child is still running after
+// grace, SIGKILL, so that a program ignoring stop_signal does not keep its
+// process and its connection slot until superd stops. The connection's
+// end stays its own (wasKilled is not set). The caller stops the returned
+// timer once the child is reaped; should it fire first, it sends nothing.
+func (c *child) stop(grace time.Duration) *time.Timer {
+	c.signal(c.f.stopSignal)
+	return time.AfterFunc(grace, func() {
+		if c.signal(syscall.SIGKILL) {
+			c.f.log.Warn("program still running after stop_signal; killed",
+				"pid", c.pid, "peer", c.peer, "reason", "idle_timeout", "grace", grace)
+		}
+	})
 }
 
 // closeInheritedOnExec marks every descriptor superd inherited from its

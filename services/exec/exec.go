@@ -19,7 +19,9 @@
 // Every child runs in its own session with a clean environment holding the
 // connection's facts (TCPREMOTEIP, REMOTE_ADDR, ...), is reaped the moment
 // it exits, and is logged and counted. A draining service sends its
-// children stop_signal, and SIGKILL when shutdown_timeout runs out.
+// children stop_signal, and SIGKILL when shutdown_timeout runs out; a
+// relayed connection ended by idle_timeout does the same to its child on
+// its own (stop_signal, then SIGKILL after shutdown_timeout).
 package exec
 
 import (
@@ -80,7 +82,7 @@ type Config struct {
 	Nice       *int                  `hcl:"nice,optional" min:"-20" max:"19" doc:"its nice value, -20 to 19 (default: superd's)"`
 	Rlimits    map[string]*big.Float `hcl:"rlimits,block" doc:"block of resource limits: as, core, cpu, data, fsize, locks, memlock, msgqueue, nice, nofile, nproc, rss, rtprio, sigpending, stack (soft and hard)"`
 	Stderr     string                `hcl:"stderr,optional" doc:"its fd 2: \"log\" (each line logged with service and pid), \"discard\" or \"inherit\" (superd's own stderr)"`
-	StopSignal string                `hcl:"stop_signal,optional" doc:"sent to its process group when the service drains (SIGKILL follows at shutdown_timeout)"`
+	StopSignal string                `hcl:"stop_signal,optional" doc:"sent to its process group when the service drains, or when idle_timeout ends a relayed connection (SIGKILL follows after shutdown_timeout)"`
 	Wait       bool                  `hcl:"wait,optional" doc:"wait mode: one child at a time receives the listening socket instead of a connection"`
 	ListenFDs  bool                  `hcl:"listen_fds,optional" doc:"in wait mode, pass the socket as fd 3 with LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES (systemd style) instead of fd 0 and 1"`
 }

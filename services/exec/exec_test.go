@@ -221,6 +221,44 @@ func TestServeConnIdleTimeout(t *testing.T) {
 	}
 }
 
+// TestServeConnIdleTimeoutGrace: after idle_timeout's stop_signal, a
+// program that obeys it is not killed (SIGKILL comes only after the
+// grace, shutdown_timeout), and one that ignores it is, with the
+// connection still ended by idle_timeout.
+func TestServeConnIdleTimeoutGrace(t *testing.T) {
+	for _, tc := range []struct {
+		name, command string
+		grace         time.Duration
+		signal        string
+	}{
+		{"obeys", `exec sleep 1000`, time.Hour, "SIGTERM"},
+		{"ignores", `trap '' TERM; exec sleep 1000`, 100 * time.Millisecond, "SIGKILL"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, logs := newTestFactory(t, fmt.Sprintf(`command = ["/bin/sh", "-c", "echo $$; %s"]`, tc.command))
+			client, server := tlsPair(t)
+			h := serveConn(t, f, server, 200*time.Millisecond, tc.grace)
+			pid := readPID(t, bufio.NewReader(client), client)
+			if err := h.wait(t, 10*time.Second); !errors.Is(err, framework.ErrIdleTimeout) {
+				t.Fatalf("ServeConn returned %v, want ErrIdleTimeout", err)
+			}
+			if alive(pid) {
+				t.Error("the child runs after ServeConn returned")
+			}
+			exits := logs.with("program exited")
+			if len(exits) != 1 || exits[0]["signal"] != tc.signal {
+				t.Errorf("exit logged as %v, want signal %s", exits, tc.signal)
+			}
+			if killed := logs.with("program still running after stop_signal; killed"); (len(killed) == 1) != (tc.signal == "SIGKILL") {
+				t.Errorf("kill logged as %v", killed)
+			}
+			if n := testutil.ToFloat64(f.results[ResultSignal]); n != 1 {
+				t.Errorf("exits_total{result=signal} = %v, want 1", n)
+			}
+		})
+	}
+}
+
 func TestServeConnSpawnFailure(t *testing.T) {
 	prog := filepath.Join(t.TempDir(), "true")
 	b, err := os.ReadFile("/bin/true")

@@ -117,9 +117,10 @@ type handed struct {
 	err            error
 }
 
-// serveConn hands c to f in a goroutine. The test's cleanup kills what is
-// left, so no goroutine outlives it.
-func serveConn(t *testing.T, f *Factory, c net.Conn, idle time.Duration) *handed {
+// serveConn hands c to f in a goroutine, with idle as its IdleTimeout and
+// grace, when given, as its ShutdownTimeout. The test's cleanup kills what
+// is left, so no goroutine outlives it.
+func serveConn(t *testing.T, f *Factory, c net.Conn, idle time.Duration, grace ...time.Duration) *handed {
 	t.Helper()
 	stopping, stop := context.WithCancel(context.Background())
 	killed, kill := context.WithCancel(context.Background())
@@ -139,6 +140,9 @@ func serveConn(t *testing.T, f *Factory, c net.Conn, idle time.Duration) *handed
 		Stopping:    stopping,
 		Killed:      killed,
 		Served:      func() { h.served.Add(1) },
+	}
+	if len(grace) > 0 {
+		h.hc.ShutdownTimeout = grace[0]
 	}
 	go func() {
 		defer close(h.done)

@@ -51,6 +51,7 @@ func (f *Factory) serveRelayed(hc *framework.HandedConn, env []string) error {
 	hc.SetRunningPID(ch.pid)
 
 	var idle bool
+	var idleKill *time.Timer // set with idle, before upDone closes
 	closeAll := sync.OnceFunc(func() { client.Close(); ours.Close() })
 	upDone := make(chan struct{})
 	downDone := make(chan struct{})
@@ -60,8 +61,10 @@ func (f *Factory) serveRelayed(hc *framework.HandedConn, env []string) error {
 		idle, lost = copyUp(ours.(*net.UnixConn), client, hc)
 		switch {
 		case idle:
+			// The program gets stop_signal, and SIGKILL if it is
+			// still running shutdown_timeout later.
 			closeAll()
-			ch.signal(ch.f.stopSignal)
+			idleKill = ch.stop(hc.ShutdownTimeout)
 		case lost:
 			// The client is gone (reset): the program's connection
 			// ends, as a socket handed over would.
@@ -96,6 +99,9 @@ func (f *Factory) serveRelayed(hc *framework.HandedConn, env []string) error {
 	closeAll()
 	<-downDone
 	<-upDone
+	if idleKill != nil {
+		idleKill.Stop()
+	}
 	switch {
 	case ch.wasKilled() || cut:
 		return framework.ErrShutdownTimeout
