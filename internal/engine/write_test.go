@@ -171,10 +171,14 @@ func TestEchoNonReadingClientBounded(t *testing.T) {
 		p.client.SetReadDeadline(time.Now().Add(120 * time.Second))
 		n, err := io.ReadFull(p.client, got)
 		if err != nil {
+			// Where each side stopped tells an echo that stopped from
+			// one that was only slow.
+			where := fmt.Sprintf("the client wrote %d, the server received %d and sent %d, %d pending",
+				written.Load(), s.c.BytesIn(), s.c.BytesOut(), s.c.Pending())
 			p.client.Close()
 			<-wdone
 			smp.finish()
-			t.Fatalf("read %d of %d bytes: %v", n, total, err)
+			t.Fatalf("read %d of %d bytes: %v; %s", n, total, err, where)
 		}
 		if werr := <-wdone; werr != nil {
 			t.Fatalf("client write: %v", werr)

@@ -94,13 +94,35 @@ func dupBlocking(c syscall.Conn) (int, error) {
 // plus what is queued (SIOCOUTQ). The kernel counts a FIN as one byte of
 // sequence space: the peer's, received, and superd's (the program's
 // shutdown), queued or acknowledged, are taken off.
+//
+// The two are read by two system calls, and the peer may acknowledge
+// between them (it is still reading what the program left queued), which
+// moves bytes from queued to acknowledged: the queue read after the
+// acknowledged count would miss them. So the queue is read between two
+// TCP_INFO reads, and kept only when nothing was acknowledged meanwhile.
 func countTCP(fd int, hc *framework.HandedConn) {
 	info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
 	if err != nil {
 		return
 	}
+	var queued int
+	for range maxCountTries {
+		queued = 0
+		if q, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ); err == nil {
+			queued = q
+		}
+		again, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+		if err != nil {
+			break
+		}
+		stable := again.Bytes_acked == info.Bytes_acked
+		info = again
+		if stable {
+			break
+		}
+	}
 	received, sent := info.Bytes_received, info.Bytes_acked
-	if queued, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ); err == nil && queued > 0 {
+	if queued > 0 {
 		sent += uint64(queued)
 	}
 	finIn := info.State == tcpCloseWait || info.State == tcpClosing || info.State == tcpLastAck
@@ -134,6 +156,11 @@ func recordExit(hc *framework.HandedConn, pid int, ws syscall.WaitStatus, err er
 		hc.Exit = strconv.Itoa(ws.ExitStatus())
 	}
 }
+
+// maxCountTries bounds countTCP's reads: acknowledgements that keep
+// arriving between them (each read takes microseconds) would have to
+// outlast them all; then the count is off by the last one at most.
+const maxCountTries = 100
 
 // TCP states (tcpi_state) in which a FIN has been received or queued.
 const (
