@@ -2,6 +2,8 @@ package engine
 
 import (
 	"bytes"
+	"fmt"
+	"io"
 	"runtime/pprof"
 	"strings"
 	"testing"
@@ -35,4 +37,64 @@ func pollerState() string {
 		}
 	}
 	return "not found"
+}
+
+// TestIdlePollerWakeStorm: many parked connections (more than the poller
+// collects in one epoll_wait) are woken at once, round after round, each
+// parking again in between. Every one of them must wake and answer: an
+// event lost between the poller's look at its epoll descriptor and its
+// wait in the runtime's poller would leave a connection parked with input.
+func TestIdlePollerWakeStorm(t *testing.T) {
+	if getPoller() == nil {
+		t.Skip("no idle poller")
+	}
+	const conns, rounds = 600, 3
+	ln := listen(t, "unix")
+	defer ln.Close()
+	pairs := make([]*pair, conns)
+	srv := make([]*served, conns)
+	for i := range pairs {
+		pairs[i] = dialPairOn(t, ln, pairOpts{})
+		srv[i] = serve(t, pairs[i].server, ConnOptions{}, echoRecorder())
+	}
+	allParked := func() bool {
+		for _, s := range srv {
+			s.c.mu.Lock()
+			parked := s.c.parked
+			s.c.mu.Unlock()
+			if !parked {
+				return false
+			}
+		}
+		return true
+	}
+	for round := range rounds {
+		waitFor(t, 30*time.Second, allParked, "round %d: every connection parks", round)
+		msg := []byte{byte('a' + round)}
+		for i, p := range pairs {
+			if _, err := p.client.Write(msg); err != nil {
+				t.Fatalf("round %d, connection %d: write: %v", round, i, err)
+			}
+		}
+		errs := make(chan error, conns)
+		for i, p := range pairs {
+			go func() {
+				b := make([]byte, 1)
+				p.client.SetReadDeadline(time.Now().Add(30 * time.Second))
+				_, err := io.ReadFull(p.client, b)
+				if err == nil && b[0] != msg[0] {
+					err = fmt.Errorf("read %q, want %q", b, msg)
+				}
+				if err != nil {
+					err = fmt.Errorf("round %d, connection %d: %w", round, i, err)
+				}
+				errs <- err
+			}()
+		}
+		for range pairs {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 }
