@@ -21,8 +21,10 @@ import (
 	"github.com/superd-dev/superd/internal/rawconn"
 )
 
-// Flow control: reading from a peer pauses while its unsent output is above
-// framework.HighWaterMark and resumes once that output has drained; a
+// Flow control: while a connection's unsent output is above
+// framework.HighWaterMark, its reader reads at most once per completed
+// write of that output (so a peer's end of stream is still seen while a
+// producer keeps the output high), and reads freely once it has drained; a
 // connection whose unsent output passes MaxPendingOutput is aborted as a
 // slow consumer.
 const (
