@@ -1,12 +1,10 @@
 package supervisor
 
 import (
-	"encoding/json"
 	"errors"
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -19,24 +17,10 @@ import (
 	"github.com/superd-dev/superd/internal/testkit"
 )
 
-// readAccessLines polls the access log file until it holds n lines.
+// readAccessLines polls the JSON access log file until it holds n lines.
 func readAccessLines(t *testing.T, path string, n int) []map[string]any {
 	t.Helper()
-	var lines []string
-	waitFor(t, func() bool {
-		data, _ := os.ReadFile(path)
-		lines = strings.Split(strings.TrimSuffix(string(data), "\n"), "\n")
-		return len(data) > 0 && len(lines) >= n
-	})
-	var out []map[string]any
-	for _, l := range lines {
-		var m map[string]any
-		if err := json.Unmarshal([]byte(l), &m); err != nil {
-			t.Fatalf("line %q: %v", l, err)
-		}
-		out = append(out, m)
-	}
-	return out
+	return waitAccessLog(t, path, "json", n)
 }
 
 // A client a PROXY header names is the peer of the access log's rejection
