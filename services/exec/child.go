@@ -240,9 +240,15 @@ func (c *child) watch(stopping, killed context.Context) (stop func()) {
 func (c *child) stop(grace time.Duration) *time.Timer {
 	c.signal(c.f.stopSignal)
 	return time.AfterFunc(grace, func() {
-		if c.signal(syscall.SIGKILL) {
+		// Logged under mu, before the signal: the reap (which takes mu)
+		// and the connection's end then come after the line, never
+		// before it.
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if !c.reaped {
 			c.f.log.Warn("program still running after stop_signal; killed",
 				"pid", c.pid, "peer", c.peer, "reason", "idle_timeout", "grace", grace)
+			c.signalLocked(syscall.SIGKILL)
 		}
 	})
 }
