@@ -186,7 +186,18 @@ func (c *Conn) closeLocked(reason error) {
 	c.closed, c.writeShut = true, true
 	c.outBox = nil
 	c.unparkLocked() // before the close: the poller forgets the descriptor
-	c.nc.Close()
+	if c.inRead {
+		// The reader holds the descriptor inside raw.Read: a Close would
+		// wait for it, which may be waiting for mu (or be this very
+		// goroutine, in a callback). It closes on its way out; one waiting
+		// for input is woken by a deadline in the past.
+		c.closeOwed = true
+		if !c.serving {
+			c.nc.SetReadDeadline(time.Unix(1, 0))
+		}
+	} else {
+		c.nc.Close()
+	}
 	c.wakeLocked()
 }
 

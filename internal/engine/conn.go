@@ -73,8 +73,12 @@ var (
 // One goroutine at a time (the reader) reads and calls every protocol
 // callback. An idle TCP or unix connection has no reader at all: it is
 // parked in the idle poller until its peer sends something, and a new
-// reader then takes over. A registered producer is called one call at a
-// time with the protocol's callbacks, never beside them (see cbOwner).
+// reader then takes over. A busy TCP or unix connection's reader runs
+// DataReceived inside the raw read itself and, when a read left the socket
+// empty, waits for the next input without a read that would find nothing:
+// one system call per message fewer than a read loop (see read). A
+// registered producer is called one call at a time with the protocol's
+// callbacks, never beside them (see cbOwner).
 //
 // Output is appended to a pending buffer by Write from any goroutine;
 // whoever finds no flush in progress becomes the flusher: the reading
@@ -147,6 +151,9 @@ type Conn struct {
 	received      bool // something was ever received
 	parkArmed     bool // the park deadline is set (see readLoop)
 	waiting       bool // someone waits on cond
+	inRead        bool // the reader is inside raw.Read (see read)
+	serving       bool // the reader delivers input inside raw.Read (see serveInline)
+	closeOwed     bool // closeLocked left the close to the reader inside raw.Read
 }
 
 // idleState is the idle timeout's: the timer checks lastRecv (monoNow
@@ -168,8 +175,10 @@ func monoNow() int64 { return int64(time.Since(epoch)) }
 // connection holds none.
 type reader struct {
 	// rawReadFn is r.rawRead, made once per reader, so a read allocates
-	// nothing; it fills buf, n and err.
+	// nothing; it fills buf, n and err, and delivers input to c where it
+	// can (see read).
 	rawReadFn func(fd uintptr) bool
+	c         *Conn
 	buf       *[]byte
 	n         int
 	err       error
@@ -179,11 +188,18 @@ type reader struct {
 	recvSinceArm bool
 }
 
-var readers = sync.Pool{New: func() any {
-	r := &reader{}
-	r.rawReadFn = r.rawRead
-	return r
-}}
+var readers sync.Pool
+
+// The pool's New is set here, not in readers' declaration: rawRead leads,
+// through the connection's callbacks, back to the read loop's use of the
+// pool, an initialization cycle.
+func init() {
+	readers.New = func() any {
+		r := &reader{}
+		r.rawReadFn = r.rawRead
+		return r
+	}
+}
 
 // NewConn wraps an accepted connection. TCP and unix connections are read
 // through their raw file descriptor, so an idle connection holds no read

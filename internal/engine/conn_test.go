@@ -34,6 +34,8 @@ var transports = []struct {
 	{"unix", "unix", false},
 	{"tls", "tcp", true},
 	{"tls-unix", "unix", true},
+	{"bare", "bare-tcp", false},
+	{"bare-unix", "bare-unix", false},
 }
 
 // forTransports runs f as one subtest per transport whose name is in only

@@ -29,6 +29,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/internal/rawconn"
 )
 
 // TestMain fails the package if any test leaves a goroutine behind (a Serve
@@ -151,6 +152,8 @@ func listen(t testing.TB, network string) net.Listener {
 		if err != nil {
 			t.Skipf("no IPv6 loopback: %v", err)
 		}
+	case "bare-tcp", "bare-unix":
+		return bareListener(t, listen(t, strings.TrimPrefix(network, "bare-")))
 	case "unix":
 		dir := t.TempDir()
 		if len(dir) > 90 { // sun_path is short
@@ -168,6 +171,35 @@ func listen(t testing.TB, network string) net.Listener {
 		t.Fatalf("listen %s: %v", network, err)
 	}
 	return ln
+}
+
+// bareListen accepts bare descriptors (package rawconn) on ln's socket,
+// as the supervisor does for protocols over plain TCP and unix sockets.
+type bareListen struct {
+	net.Listener // the socket's, for its address and the final Close
+	bare         *rawconn.Listener
+}
+
+func bareListener(t testing.TB, ln net.Listener) net.Listener {
+	t.Helper()
+	_, isUnix := ln.(*net.UnixListener)
+	bl, err := rawconn.NewListener(ln.(syscall.Conn), isUnix, ln.Addr())
+	if errors.Is(err, errors.ErrUnsupported) {
+		ln.Close()
+		t.Skip("no bare descriptors on this platform")
+	}
+	if err != nil {
+		ln.Close()
+		t.Fatal(err)
+	}
+	return &bareListen{Listener: ln, bare: bl}
+}
+
+func (l *bareListen) Accept() (net.Conn, error) { return l.bare.Accept() }
+
+func (l *bareListen) Close() error {
+	l.bare.Close()
+	return l.Listener.Close()
 }
 
 // pair is one connected client/server socket pair, TLS already handshaken

@@ -7,6 +7,7 @@ package engine
 import (
 	"errors"
 	"io"
+	"net"
 	"os"
 	"syscall"
 	"time"
@@ -124,14 +125,7 @@ func (c *Conn) readLoop(p framework.Protocol, r *reader) (parked bool) {
 
 		buf, n, err := c.read(r)
 		if n > 0 {
-			c.bytesIn.Add(int64(n))
-			if c.opts.Received != nil {
-				c.opts.Received.Add(float64(n))
-			}
-			if c.idle != nil {
-				c.idle.lastRecv.Store(monoNow())
-			}
-			c.received, r.recvSinceArm = true, true
+			c.countReceived(r, n)
 			// Deliver unless the connection is ending; data that arrived
 			// as the protocol paused waits for ResumeProducing, and for
 			// any producer call running elsewhere to return.
@@ -302,18 +296,52 @@ func (c *Conn) readNow() (buf *[]byte, n int) {
 	return buf, n
 }
 
-// read reads once into a pooled buffer. With a raw descriptor the buffer is
-// taken only once the socket is readable, so idle connections hold none.
+// countReceived records n bytes just read.
+func (c *Conn) countReceived(r *reader, n int) {
+	c.bytesIn.Add(int64(n))
+	if c.opts.Received != nil {
+		c.opts.Received.Add(float64(n))
+	}
+	if c.idle != nil {
+		c.idle.lastRecv.Store(monoNow())
+	}
+	c.received, r.recvSinceArm = true, true
+}
+
+// read reads into a pooled buffer and returns what it read, or the error
+// (n 0 and no error: input was delivered here, see serveInline, and the
+// read loop goes round again). With a raw descriptor the buffer is taken
+// only once the socket is readable, so idle connections hold none.
+//
+// With a raw descriptor the reader stays inside one raw.Read for as long
+// as input can be delivered there (rawRead, serveInline): after a read
+// that left the socket empty it waits for readiness without reading again
+// to find EAGAIN, which a read loop outside raw.Read cannot do (each
+// raw.Read starts by forgetting readiness seen before it). While it is
+// inside, it holds the descriptor: Close would wait for it, so
+// closeLocked leaves the close to it (closeOwed), done here on its way
+// out.
 func (c *Conn) read(r *reader) (*[]byte, int, error) {
 	if c.raw == nil {
 		buf := readBuffers.Get().(*[]byte)
 		n, err := c.nc.Read(*buf)
 		return buf, n, err
 	}
-	r.buf, r.n, r.err = nil, 0, nil
-	if err := c.raw.Read(r.rawReadFn); err != nil {
+	r.buf, r.n, r.err, r.c = nil, 0, nil, c
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil, 0, net.ErrClosed
+	}
+	c.inRead = true
+	c.mu.Unlock()
+	err := c.raw.Read(r.rawReadFn)
+	c.leaveRead()
+	r.c = nil
+	if err != nil {
 		if r.buf != nil {
 			readBuffers.Put(r.buf)
+			r.buf = nil
 		}
 		return nil, 0, err
 	}
@@ -322,15 +350,35 @@ func (c *Conn) read(r *reader) (*[]byte, int, error) {
 	return buf, r.n, r.err
 }
 
+// leaveRead: the reader is out of raw.Read, and closes the socket if
+// closeLocked left that to it.
+func (c *Conn) leaveRead() {
+	c.mu.Lock()
+	c.inRead = false
+	if c.closeOwed {
+		c.closeOwed = false
+		c.nc.Close()
+	}
+	c.mu.Unlock()
+}
+
+// rawRead is the reader's raw.Read callback: it reads until it has input
+// that the read loop must deliver itself, an end of stream or an error
+// (true), or until the socket is empty (false: wait). Input that can be
+// delivered at once is delivered here (serveInline).
 func (r *reader) rawRead(fd uintptr) bool {
-	buf := readBuffers.Get().(*[]byte)
 	for {
+		buf := readBuffers.Get().(*[]byte)
 		n, err := syscall.Read(int(fd), *buf)
 		switch {
 		case err == syscall.EINTR:
+			readBuffers.Put(buf)
 			continue
 		case err == syscall.EAGAIN:
 			readBuffers.Put(buf)
+			if testHookReadEmpty != nil {
+				testHookReadEmpty()
+			}
 			if r.parkNow {
 				r.err = errWouldBlock
 				return true
@@ -339,14 +387,91 @@ func (r *reader) rawRead(fd uintptr) bool {
 		case err != nil:
 			readBuffers.Put(buf)
 			r.err = os.NewSyscallError("read", err)
+			return true
 		case n == 0:
 			readBuffers.Put(buf)
 			r.err = io.EOF
-		default:
-			r.buf, r.n = buf, n
+			return true
 		}
-		return true
+		next := r.c.serveInline(r, buf, n)
+		switch next {
+		case notServed:
+			r.buf, r.n = buf, n
+			return true
+		case servedWait:
+			readBuffers.Put(buf)
+			return false
+		case servedStop:
+			readBuffers.Put(buf)
+			return true
+		}
+		readBuffers.Put(buf) // servedMore
 	}
+}
+
+// testHookReadEmpty, when set by a test, runs when a read of the reader's
+// finds the socket empty.
+var testHookReadEmpty func()
+
+// What serveInline did with the input, and what rawRead does next.
+const (
+	notServed  = iota // the read loop delivers it
+	servedWait        // delivered, and the socket was left empty: wait for more
+	servedMore        // delivered, and the read filled the buffer: read again
+	servedStop        // delivered, and the connection needs the read loop
+)
+
+// serveInline delivers input inside raw.Read when nothing but the input
+// itself asks anything of the reader (serveInlineLocked); otherwise the
+// read loop delivers it, with every wait and check of its own.
+//
+// A read that did not fill the buffer left the socket empty (Linux's TCP
+// and unix stream sockets copy until the request is met or nothing is
+// queued), so the reader waits rather than reading again: input that
+// comes after the read makes the descriptor ready again, which the wait
+// sees, since raw.Read forgets readiness only when it starts. Two short
+// reads leave input behind: TCP stops at an urgent mark (MSG_OOB, which
+// only telnet's Synch still sends), and a unix socket after a message
+// carrying descriptors (SCM_RIGHTS, which no service expects). That input
+// waits for the next to arrive or, at most, for the park deadline (0.5-1
+// s), after which the read loop reads again.
+func (c *Conn) serveInline(r *reader, buf *[]byte, n int) int {
+	c.mu.Lock()
+	if !c.serveInlineLocked() {
+		c.mu.Unlock()
+		return notServed
+	}
+	c.serving, c.inCallback, c.cbOwner = true, true, curG()
+	c.mu.Unlock()
+	c.countReceived(r, n)
+	perr := c.call(c.p, callData, (*buf)[:n], nil)
+	c.afterCallback()
+	c.mu.Lock()
+	c.serving = false
+	on := perr == nil && c.serveInlineLocked()
+	c.mu.Unlock()
+	switch {
+	case !on:
+		return servedStop
+	case n == len(*buf) || c.fd < 0:
+		// A full buffer: more may be queued. A connection that never
+		// parks (no idle poller: not Linux) has no park deadline to
+		// bound the wait of input a short read left behind, so it
+		// reads until the socket is empty.
+		return servedMore
+	}
+	return servedWait
+}
+
+// serveInlineLocked reports whether input may be delivered inside
+// raw.Read: the connection is open and not closing or draining, the
+// protocol has not paused it, no producer call runs elsewhere, the output
+// is under the high-water mark, and the park deadline (if the connection
+// parks) is set.
+func (c *Conn) serveInlineLocked() bool {
+	return !c.closed && !c.disconnecting && !c.draining && !c.readPaused &&
+		c.cbOwner == 0 && c.inflight+c.pendingLen() <= framework.HighWaterMark &&
+		(c.fd < 0 || c.parkArmed)
 }
 
 // readFailed decides what a failed read means and ends the connection.

@@ -280,6 +280,29 @@ func (c *Conn) SetLinger(sec int) error {
 	return nil
 }
 
+// SetReadBuffer is (*net.TCPConn).SetReadBuffer: the socket's receive
+// buffer (SO_RCVBUF).
+func (c *Conn) SetReadBuffer(bytes int) error {
+	return c.setBuffer(syscall.SO_RCVBUF, bytes)
+}
+
+// SetWriteBuffer is (*net.TCPConn).SetWriteBuffer: the socket's send
+// buffer (SO_SNDBUF).
+func (c *Conn) SetWriteBuffer(bytes int) error {
+	return c.setBuffer(syscall.SO_SNDBUF, bytes)
+}
+
+func (c *Conn) setBuffer(opt, bytes int) error {
+	var err error
+	if cerr := c.control(func(fd uintptr) { err = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, opt, bytes) }); cerr != nil {
+		return cerr
+	}
+	if err != nil {
+		return c.opError("set", err)
+	}
+	return nil
+}
+
 // PeerCredentials is framework.PeerCredentials of a unix socket
 // connection.
 func (c *Conn) PeerCredentials() (framework.PeerCred, bool) {
