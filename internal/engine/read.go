@@ -444,6 +444,7 @@ func (c *Conn) serveInline(r *reader, buf *[]byte, n int) int {
 	c.serving, c.inCallback, c.cbOwner = true, true, curG()
 	c.mu.Unlock()
 	c.countReceived(r, n)
+	started := flushersStarted.Load()
 	perr := c.call(c.p, callData, (*buf)[:n], nil)
 	c.afterCallback()
 	c.mu.Lock()
@@ -458,6 +459,13 @@ func (c *Conn) serveInline(r *reader, buf *[]byte, n int) int {
 		// parks (no idle poller: not Linux) has no park deadline to
 		// bound the wait of input a short read left behind, so it
 		// reads until the socket is empty.
+		return servedMore
+	case flushersStarted.Load() != started:
+		// The callback gave the scheduler other work (writes to other
+		// connections: a chat line): the readiness of input that came
+		// meanwhile is seen only once that work is done, when the
+		// runtime next polls, so a peer that sends without waiting
+		// (the next lines) would wait for it. Read now instead.
 		return servedMore
 	}
 	return servedWait

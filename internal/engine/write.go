@@ -5,6 +5,8 @@
 package engine
 
 import (
+	"sync/atomic"
+
 	"github.com/superd-dev/superd/framework"
 )
 
@@ -119,6 +121,11 @@ func (c *Conn) WriteString(s string) {
 	c.wroteLocked()
 }
 
+// flushersStarted counts the flushers started for writes made outside a
+// connection's own callbacks (a chat line to the other users): see
+// serveInline.
+var flushersStarted atomic.Uint64
+
 // reserveLocked gives the queue a pooled buffer when it has none.
 func (c *Conn) reserveLocked() {
 	if c.outBox == nil {
@@ -138,6 +145,7 @@ func (c *Conn) wroteLocked() {
 	}
 	if !c.flushing && !c.inCallback {
 		c.flushing = true
+		flushersStarted.Add(1)
 		go c.flushLoop()
 	}
 	if c.prod.Load() != nil && !c.producerPaused.Load() && backlog > framework.HighWaterMark {
