@@ -326,3 +326,58 @@ func TestWriteCopiesBuffer(t *testing.T) {
 	p.client.Close()
 	r.check(t, s.wait(t, serveWait))
 }
+
+// TestWriteThroughKeepsOrder: long writes from a callback go to the
+// socket from the caller's buffer, and what a full socket does not take is
+// queued, copied before Write returns (the caller reuses its buffer at
+// once) and ahead of what another goroutine wrote during the system call;
+// the peer gets every byte in order.
+func TestWriteThroughKeepsOrder(t *testing.T) {
+	forTransports(t, rawTransports, func(t *testing.T, network string, _ bool) {
+		p := dialPair(t, network, pairOpts{clientRcv: 16 << 10, serverSnd: 16 << 10})
+		const chunks, size, line = 8, 16 * writeThroughMin, "from elsewhere"
+		var s *served
+		var through atomic.Int32
+		testHookWriteThrough = func() {
+			if through.Add(1) == 1 {
+				done := make(chan struct{})
+				go func() { s.c.WriteString(line); close(done) }()
+				<-done
+			}
+		}
+		t.Cleanup(func() { testHookWriteThrough = nil })
+		var want bytes.Buffer
+		buf := make([]byte, size)
+		r := newRecorder()
+		r.onData = func(r *recorder, b []byte) {
+			for i := range chunks {
+				for j := range buf {
+					buf[j] = byte(i*7 + j)
+				}
+				want.Write(buf)
+				r.tr.Write(buf) // buf is overwritten at once
+			}
+		}
+		s = serve(t, p.server, ConnOptions{}, r)
+		p.client.Write([]byte("go"))
+		got := make([]byte, chunks*size+len(line))
+		p.client.SetReadDeadline(time.Now().Add(30 * time.Second))
+		if _, err := io.ReadFull(p.client, got); err != nil {
+			t.Fatal(err)
+		}
+		if through.Load() == 0 {
+			t.Fatal("no write went through")
+		}
+		// The other goroutine's write comes whole after the first chunk,
+		// which Write had begun before it.
+		if at := bytes.Index(got, []byte(line)); at != size {
+			t.Fatalf("the other goroutine's write at %d, want %d", at, size)
+		}
+		rest := append(append([]byte(nil), got[:size]...), got[size+len(line):]...)
+		if !bytes.Equal(rest, want.Bytes()) {
+			t.Fatalf("received bytes differ at %d", firstDiff(rest, want.Bytes()))
+		}
+		p.client.Close()
+		r.check(t, s.wait(t, serveWait))
+	})
+}
