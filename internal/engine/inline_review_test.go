@@ -58,6 +58,42 @@ func TestAbortEndsInlineFlush(t *testing.T) {
 	})
 }
 
+// TestShutdownAbortEndsInlineFlush: a shutdown drains a connection whose
+// reply is blocked in the reader's flush inside raw.Read, then, the peer
+// still not reading, aborts it (ErrShutdownTimeout): that ends it.
+func TestShutdownAbortEndsInlineFlush(t *testing.T) {
+	forTransports(t, []string{"tcp", "bare-unix"}, func(t *testing.T, network string, _ bool) {
+		p := dialPair(t, network, pairOpts{clientRcv: 64 << 10, serverSnd: 64 << 10})
+		r := newRecorder()
+		chunks := 0
+		r.onData = func(r *recorder, b []byte) {
+			chunks++
+			if chunks == 2 {
+				r.tr.Write(randBytes(8<<20, 7))
+			}
+		}
+		s := serve(t, p.server, ConnOptions{MaxPendingOutput: 64 << 20}, r)
+		p.client.Write([]byte("one"))
+		waitFor(t, 5*time.Second, func() bool { return r.receivedBytes() == 3 }, "the first chunk")
+		p.client.Write([]byte("two"))
+		waitFor(t, 5*time.Second, inlineFlushBlocked, "the reader to block flushing inside raw.Read")
+		s.c.Drain()
+		holds(t, 100*time.Millisecond, func() bool { return !s.finished() }, "the drain ended the connection before its output was read")
+		s.c.Abort(framework.ErrShutdownTimeout)
+		select {
+		case <-s.done:
+		case <-time.After(5 * time.Second):
+			p.client.Close() // the blocked write then fails
+			<-s.done
+			t.Fatal("the abort did not end the connection while its reply was blocked in the reader's flush")
+		}
+		if !errors.Is(s.reason, framework.ErrShutdownTimeout) {
+			t.Errorf("reason %v, want framework.ErrShutdownTimeout", s.reason)
+		}
+		r.check(t, s.reason)
+	})
+}
+
 // TestIdleTimeoutEndsInlineFlush: the idle timeout of a connection whose
 // reply is blocked in the reader's flush (inside raw.Read) ends it.
 func TestIdleTimeoutEndsInlineFlush(t *testing.T) {
