@@ -192,7 +192,12 @@ func (c *Conn) closeLocked(reason error) {
 		// goroutine, in a callback). It closes on its way out; one waiting
 		// for input is woken by a deadline in the past.
 		c.closeOwed = true
-		if !c.serving {
+		if c.serving {
+			// It may be flushing the callback's reply to a peer that
+			// does not read (serveInline's afterCallback): a write
+			// deadline in the past ends that wait, as the Close would.
+			c.nc.SetWriteDeadline(time.Unix(1, 0))
+		} else {
 			c.nc.SetReadDeadline(time.Unix(1, 0))
 		}
 	} else {
