@@ -1,4 +1,5 @@
-// Review tests of input delivered inside raw.Read (serveInline).
+// Tests of closing a connection whose reader serves input inside raw.Read
+// (serveInline) and is blocked flushing a reply.
 
 package engine
 
