@@ -659,3 +659,64 @@ func TestPeerHalfCloseStopsProducer(t *testing.T) {
 	}
 	r.check(t, reason)
 }
+
+// TestPauseDecidedElsewhereReachesProducer: a producer writing until
+// paused from inside a callback (Twisted's write calls pauseProducing) is
+// paused by its own next Write when another goroutine's write (a chat
+// line) is the one that passed the high-water mark meanwhile: otherwise it
+// is told only once its call returns, which it never does before the slow
+// consumer limit aborts the connection.
+func TestPauseDecidedElsewhereReachesProducer(t *testing.T) {
+	forTransports(t, []string{"tcp", "unix", "tls"}, func(t *testing.T, network string, useTLS bool) {
+		const chunk = 16 << 10
+		p := dialPair(t, network, pairOpts{tls: useTLS, clientRcv: 16 << 10, serverSnd: 16 << 10})
+		var prodp atomic.Pointer[elsewhereWriter]
+		r := newRecorder()
+		r.onData = func(r *recorder, b []byte) {
+			if prodp.Load() != nil {
+				return
+			}
+			prod := &elsewhereWriter{resumeWriter: resumeWriter{tr: r.tr, chunk: randBytes(chunk, 61), limit: 64 << 20}}
+			prodp.Store(prod)
+			if err := r.tr.RegisterProducer(prod); err != nil {
+				r.violate("RegisterProducer: %v", err)
+				return
+			}
+			prod.produce()
+		}
+		s := serve(t, p.server, ConnOptions{MaxPendingOutput: 4 << 20}, r)
+		p.client.Write([]byte("go"))
+		waitFor(t, 10*time.Second, func() bool {
+			prod := prodp.Load()
+			return s.finished() || (prod != nil && prod.pauses.Load() > 0)
+		}, "the producer paused, or the connection ended")
+		prod := prodp.Load()
+		if s.finished() {
+			t.Fatalf("connection ended (%v) after the producer wrote %d bytes without being paused", s.reason, prod.written.Load())
+		}
+		if w := prod.written.Load(); w > 2*chunk {
+			t.Errorf("the producer wrote %d bytes before its pause, want at most %d", w, 2*chunk)
+		}
+		p.client.Close()
+		r.check(t, s.wait(t, serveWait))
+	})
+}
+
+// elsewhereWriter is a resumeWriter whose first write is followed by
+// another goroutine's, which takes the backlog past the high-water mark.
+type elsewhereWriter struct {
+	resumeWriter
+	once sync.Once
+}
+
+func (p *elsewhereWriter) produce() {
+	for !p.paused.Load() && p.written.Load() < p.limit && !p.tr.Disconnecting() {
+		p.tr.Write(p.chunk)
+		p.written.Add(int64(len(p.chunk)))
+		p.once.Do(func() {
+			done := make(chan struct{})
+			go func() { p.tr.Write(make([]byte, framework.HighWaterMark)); close(done) }()
+			<-done
+		})
+	}
+}

@@ -148,9 +148,19 @@ func (c *Conn) wroteLocked() {
 		flushersStarted.Add(1)
 		go c.flushLoop()
 	}
-	if c.prod.Load() != nil && !c.producerPaused.Load() && backlog > framework.HighWaterMark {
-		c.producerPaused.Store(true)
-		c.tellProducerLocked()
+	if c.prod.Load() != nil && backlog > framework.HighWaterMark {
+		if !c.producerPaused.Load() {
+			c.producerPaused.Store(true)
+			c.tellProducerLocked()
+		} else if c.cbOwner == curG() {
+			// Another goroutine's write decided the pause while this
+			// turn ran: this writer is the turn, writing on until paused,
+			// and is told now (tellProducerLocked does nothing if it was
+			// told already), not once its call returns, which a producer
+			// writing until paused never does before the slow consumer
+			// limit.
+			c.tellProducerLocked()
+		}
 	}
 	c.mu.Unlock()
 }
