@@ -22,6 +22,42 @@ func inlineFlushBlocked() bool {
 	})
 }
 
+// replyBlockedInFlush serves a recorder over network whose second chunk
+// ("two", delivered inside raw.Read) is answered with far more than the
+// socket buffers hold, to a client that does not read: the reader's flush
+// of that reply blocks.
+func replyBlockedInFlush(t *testing.T, network string, opts ConnOptions) (*pair, *recorder, *served) {
+	t.Helper()
+	p := dialPair(t, network, pairOpts{clientRcv: 64 << 10, serverSnd: 64 << 10})
+	r := newRecorder()
+	chunks := 0
+	r.onData = func(r *recorder, b []byte) {
+		chunks++
+		if chunks == 2 {
+			r.tr.Write(randBytes(8<<20, 7))
+		}
+	}
+	opts.MaxPendingOutput = 64 << 20
+	s := serve(t, p.server, opts, r)
+	p.client.Write([]byte("one"))
+	waitFor(t, 5*time.Second, func() bool { return r.receivedBytes() == 3 }, "the first chunk")
+	p.client.Write([]byte("two"))
+	return p, r, s
+}
+
+// endsWithin fails the test if what (an abort, the idle timeout) has not
+// ended s within d; the client's close then fails the blocked write.
+func endsWithin(t *testing.T, p *pair, s *served, d time.Duration, what string) {
+	t.Helper()
+	select {
+	case <-s.done:
+	case <-time.After(d):
+		p.client.Close()
+		<-s.done
+		t.Fatalf("%s did not end the connection while its reply was blocked in the reader's flush", what)
+	}
+}
+
 // TestAbortEndsInlineFlush: an abort from another goroutine (the idle
 // timeout, a shutdown's, a slow consumer's) while the reader, inside
 // raw.Read, is blocked flushing the reply of a DataReceived to a peer that
@@ -29,29 +65,11 @@ func inlineFlushBlocked() bool {
 // served input inside raw.Read: the close must not wait for the peer.
 func TestAbortEndsInlineFlush(t *testing.T) {
 	forTransports(t, rawTransports, func(t *testing.T, network string, _ bool) {
-		p := dialPair(t, network, pairOpts{clientRcv: 64 << 10, serverSnd: 64 << 10})
-		r := newRecorder()
-		chunks := 0
-		r.onData = func(r *recorder, b []byte) {
-			chunks++
-			if chunks == 2 {
-				r.tr.Write(randBytes(8<<20, 7)) // far more than the socket buffers hold
-			}
-		}
-		s := serve(t, p.server, ConnOptions{MaxPendingOutput: 64 << 20}, r)
-		p.client.Write([]byte("one"))
-		waitFor(t, 5*time.Second, func() bool { return r.receivedBytes() == 3 }, "the first chunk")
-		p.client.Write([]byte("two"))
+		p, r, s := replyBlockedInFlush(t, network, ConnOptions{})
 		waitFor(t, 5*time.Second, inlineFlushBlocked, "the reader to block flushing inside raw.Read")
 		errStop := errors.New("stopped elsewhere")
 		s.c.Abort(errStop)
-		select {
-		case <-s.done:
-		case <-time.After(5 * time.Second):
-			p.client.Close() // the blocked write then fails
-			<-s.done
-			t.Fatal("the abort did not end the connection while its reply was blocked in the reader's flush")
-		}
+		endsWithin(t, p, s, 5*time.Second, "the abort")
 		if !errors.Is(s.reason, errStop) {
 			t.Errorf("reason %v, want %v", s.reason, errStop)
 		}
@@ -64,30 +82,12 @@ func TestAbortEndsInlineFlush(t *testing.T) {
 // still not reading, aborts it (ErrShutdownTimeout): that ends it.
 func TestShutdownAbortEndsInlineFlush(t *testing.T) {
 	forTransports(t, []string{"tcp", "bare-unix"}, func(t *testing.T, network string, _ bool) {
-		p := dialPair(t, network, pairOpts{clientRcv: 64 << 10, serverSnd: 64 << 10})
-		r := newRecorder()
-		chunks := 0
-		r.onData = func(r *recorder, b []byte) {
-			chunks++
-			if chunks == 2 {
-				r.tr.Write(randBytes(8<<20, 7))
-			}
-		}
-		s := serve(t, p.server, ConnOptions{MaxPendingOutput: 64 << 20}, r)
-		p.client.Write([]byte("one"))
-		waitFor(t, 5*time.Second, func() bool { return r.receivedBytes() == 3 }, "the first chunk")
-		p.client.Write([]byte("two"))
+		p, r, s := replyBlockedInFlush(t, network, ConnOptions{})
 		waitFor(t, 5*time.Second, inlineFlushBlocked, "the reader to block flushing inside raw.Read")
 		s.c.Drain()
 		holds(t, 100*time.Millisecond, func() bool { return !s.finished() }, "the drain ended the connection before its output was read")
 		s.c.Abort(framework.ErrShutdownTimeout)
-		select {
-		case <-s.done:
-		case <-time.After(5 * time.Second):
-			p.client.Close() // the blocked write then fails
-			<-s.done
-			t.Fatal("the abort did not end the connection while its reply was blocked in the reader's flush")
-		}
+		endsWithin(t, p, s, 5*time.Second, "the abort")
 		if !errors.Is(s.reason, framework.ErrShutdownTimeout) {
 			t.Errorf("reason %v, want framework.ErrShutdownTimeout", s.reason)
 		}
@@ -99,26 +99,8 @@ func TestShutdownAbortEndsInlineFlush(t *testing.T) {
 // reply is blocked in the reader's flush (inside raw.Read) ends it.
 func TestIdleTimeoutEndsInlineFlush(t *testing.T) {
 	forTransports(t, []string{"tcp", "bare"}, func(t *testing.T, network string, _ bool) {
-		p := dialPair(t, network, pairOpts{clientRcv: 64 << 10, serverSnd: 64 << 10})
-		r := newRecorder()
-		chunks := 0
-		r.onData = func(r *recorder, b []byte) {
-			chunks++
-			if chunks == 2 {
-				r.tr.Write(randBytes(8<<20, 7))
-			}
-		}
-		s := serve(t, p.server, ConnOptions{MaxPendingOutput: 64 << 20, IdleTimeout: time.Second}, r)
-		p.client.Write([]byte("one"))
-		waitFor(t, 5*time.Second, func() bool { return r.receivedBytes() == 3 }, "the first chunk")
-		p.client.Write([]byte("two"))
-		select {
-		case <-s.done:
-		case <-time.After(10 * time.Second):
-			p.client.Close()
-			<-s.done
-			t.Fatal("the idle timeout did not end the connection while its reply was blocked in the reader's flush")
-		}
+		p, r, s := replyBlockedInFlush(t, network, ConnOptions{IdleTimeout: time.Second})
+		endsWithin(t, p, s, 10*time.Second, "the idle timeout")
 		if !errors.Is(s.reason, framework.ErrIdleTimeout) {
 			t.Errorf("reason %v, want framework.ErrIdleTimeout", s.reason)
 		}

@@ -65,33 +65,12 @@ func TestShortReadWaitsWithoutReading(t *testing.T) {
 func TestInputDuringCallbackDelivered(t *testing.T) {
 	forTransports(t, rawTransports, func(t *testing.T, network string, _ bool) {
 		p := dialPair(t, network, pairOpts{})
-		entered, release := make(chan struct{}), make(chan struct{})
-		r := newRecorder()
-		r.keep = true
-		chunks := 0
-		r.onData = func(r *recorder, b []byte) {
-			chunks++
-			if chunks == 2 {
-				close(entered)
-				<-release
-			}
-		}
-		s := serve(t, p.server, ConnOptions{}, r)
-		// The first chunk makes the connection one that has received
-		// (the park deadline set), so the second is served inline.
-		if _, err := p.client.Write([]byte("one")); err != nil {
-			t.Fatal(err)
-		}
-		waitFor(t, 5*time.Second, func() bool { return r.receivedBytes() == 3 }, "the first chunk")
-		if _, err := p.client.Write([]byte("two")); err != nil {
-			t.Fatal(err)
-		}
-		<-entered
+		r, s, release := heldInSecondChunk(t, p)
 		if _, err := p.client.Write([]byte("three")); err != nil {
 			t.Fatal(err)
 		}
 		waitFor(t, 5*time.Second, func() bool { return inputQueued(t, p.serverRaw) == 5 }, "the third chunk queued")
-		close(release)
+		release()
 		waitFor(t, 5*time.Second, func() bool { return r.receivedBytes() == 11 }, "the third chunk delivered")
 		if got := string(r.bytes()); got != "onetwothree" {
 			t.Errorf("received %q", got)
@@ -100,6 +79,39 @@ func TestInputDuringCallbackDelivered(t *testing.T) {
 		s.wait(t, serveWait)
 		r.check(t, s.reason)
 	})
+}
+
+// heldInSecondChunk serves a recorder (keeping what it receives) over p
+// and sends "one" and then "two": the first makes the connection one that
+// has received (the park deadline set), so the second is delivered inside
+// raw.Read, where DataReceived holds it until release is called (the
+// test's cleanup calls it too, before serve's, which waits for the end).
+func heldInSecondChunk(t *testing.T, p *pair) (r *recorder, s *served, release func()) {
+	t.Helper()
+	entered, held := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	release = func() { once.Do(func() { close(held) }) }
+	r = newRecorder()
+	r.keep = true
+	chunks := 0
+	r.onData = func(r *recorder, b []byte) {
+		chunks++
+		if chunks == 2 {
+			close(entered)
+			<-held
+		}
+	}
+	s = serve(t, p.server, ConnOptions{}, r)
+	t.Cleanup(release)
+	if _, err := p.client.Write([]byte("one")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, func() bool { return r.receivedBytes() == 3 }, "the first chunk")
+	if _, err := p.client.Write([]byte("two")); err != nil {
+		t.Fatal(err)
+	}
+	<-entered
+	return r, s, release
 }
 
 // TestCloseElsewhereWakesReader: a close made on another goroutine while
@@ -170,25 +182,7 @@ func TestUrgentMarkInputDelivered(t *testing.T) {
 	}
 	forTransports(t, []string{"tcp", "bare"}, func(t *testing.T, network string, _ bool) {
 		p := dialPair(t, network, pairOpts{})
-		entered, release := make(chan struct{}), make(chan struct{})
-		var releaseOnce sync.Once
-		free := func() { releaseOnce.Do(func() { close(release) }) }
-		r := newRecorder()
-		r.keep = true
-		chunks := 0
-		r.onData = func(r *recorder, b []byte) {
-			chunks++
-			if chunks == 2 {
-				close(entered)
-				<-release
-			}
-		}
-		s := serve(t, p.server, ConnOptions{}, r)
-		t.Cleanup(free) // before serve's, which waits for the connection's end
-		p.client.Write([]byte("one"))
-		waitFor(t, 5*time.Second, func() bool { return r.receivedBytes() == 3 }, "the first chunk")
-		p.client.Write([]byte("two"))
-		<-entered
+		r, s, release := heldInSecondChunk(t, p)
 		// Queued behind the chunk being delivered: "abc", the urgent
 		// byte (taken out of the stream), "def".
 		p.client.Write([]byte("abc"))
@@ -210,7 +204,7 @@ func TestUrgentMarkInputDelivered(t *testing.T) {
 			return n
 		}
 		waitFor(t, 5*time.Second, func() bool { return unacked() == 0 }, "the input queued")
-		free()
+		release()
 		waitFor(t, 10*time.Second, func() bool { return r.receivedBytes() == 12 }, "the input behind the urgent mark")
 		if got := string(r.bytes()); got != "onetwoabcdef" {
 			t.Errorf("received %q", got)
