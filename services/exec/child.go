@@ -50,13 +50,15 @@ func (f *Factory) start(fds []int, env []string, peer string, listenPID bool) (*
 		all = append(all, uintptr(fd))
 	}
 
-	path, argv := f.path, f.argv
+	path, argv, dir := f.path, f.argv, f.dir
 	st := f.setup
 	st.listenPID = listenPID
 	cred := f.cred
 	if st.needed() {
-		// The shim takes on the user after nice and rlimits.
+		// The shim takes on the user after nice and rlimits, and enters
+		// the directory after the user (as Go's own start does).
 		st.cred, cred = f.cred, nil
+		st.dir, dir = f.dir, ""
 		path = "/proc/self/exe"
 		argv = append([]string{shimName, st.encode(), f.path}, f.argv...)
 	}
@@ -70,7 +72,7 @@ func (f *Factory) start(fds []int, env []string, peer string, listenPID bool) (*
 	}
 	f.children.Add(1)
 	pid, _, err := syscall.StartProcess(path, argv, &syscall.ProcAttr{
-		Dir:   f.dir,
+		Dir:   dir,
 		Env:   append(append(make([]string, 0, len(f.baseEnv)+len(env)), f.baseEnv...), env...),
 		Files: all,
 		Sys:   sys,

@@ -568,6 +568,81 @@ func TestShimBeforeUser(t *testing.T) {
 	}
 }
 
+// TestDirEnteredAsUser: the working directory is entered as the program's
+// user, whether the child is started directly or through the shim: one the
+// user may enter is its working directory, and one only root may enter is
+// refused (systemd's WorkingDirectory= does the same), never entered with
+// superd's privileges.
+func TestDirEnteredAsUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	if _, err := user.Lookup("nobody"); err != nil {
+		t.Skip("no user nobody")
+	}
+	// Not under t.TempDir: its parent is closed to other users.
+	top, err := os.MkdirTemp("", "superd-exec-dir-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(top) })
+	if err := os.Chmod(top, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	open, closed := filepath.Join(top, "open"), filepath.Join(top, "closed")
+	if err := os.Mkdir(open, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(closed, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, start := range []struct{ name, extra string }{
+		{"directly", ""},
+		{"through the shim", "\n  umask = \"0022\""},
+	} {
+		t.Run(start.name, func(t *testing.T) {
+			body := func(dir string) string {
+				return fmt.Sprintf("command = [\"/bin/sh\", \"-c\", \"pwd\"]\n  user = \"nobody\"\n  dir = %q%s", dir, start.extra)
+			}
+			f, logs := newTestFactory(t, body(open))
+			client, server := tcpPair(t)
+			h := serveConn(t, f, server, 0)
+			client.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if b, err := io.ReadAll(client); err != nil || string(b) != open+"\n" {
+				t.Errorf("the child printed %q, %v; want its working directory %q; stderr %v", b, err, open, logs.with("program stderr"))
+			}
+			if err := h.wait(t, 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
+
+			f, logs = newTestFactory(t, body(closed))
+			client, server = tcpPair(t)
+			h = serveConn(t, f, server, 0)
+			client.SetReadDeadline(time.Now().Add(10 * time.Second))
+			b, _ := io.ReadAll(client)
+			err := h.wait(t, 10*time.Second)
+			if len(b) != 0 {
+				t.Errorf("the program ran in %q, which its user may not enter: it printed %q", closed, b)
+			}
+			// Started directly, the start itself fails; the shim, already
+			// running, says why on stderr and exits 127.
+			var rej *framework.RejectError
+			refused := errors.As(err, &rej) && rej.Reason == metrics.RejectSpawn
+			if !refused {
+				if err != nil {
+					t.Fatal(err)
+				}
+				exits := logs.with("program exited")
+				stderr := logs.with("program stderr")
+				if len(exits) != 1 || exits[0]["status"] != "127" || len(stderr) == 0 ||
+					!strings.Contains(fmt.Sprint(stderr[0]["line"]), "cannot enter the working directory") {
+					t.Errorf("not refused: exits %v, stderr %v", exits, stderr)
+				}
+			}
+		})
+	}
+}
+
 // hasCapability reports whether the process has capability bit in its
 // effective set.
 func hasCapability(t *testing.T, bit uint) bool {

@@ -1,6 +1,7 @@
 package exec
 
 import (
+	"encoding/hex"
 	"fmt"
 	"os"
 	"runtime"
@@ -21,7 +22,9 @@ import (
 // The shim starts with superd's privileges and takes on the program's
 // user, group and supplementary groups itself, last: a negative nice or a
 // hard limit above superd's can only be set before they are dropped (as
-// inetd and systemd do).
+// inetd and systemd do). It enters the working directory after that, as
+// the user, as a child started directly does: a directory the user may
+// not enter is refused rather than entered with superd's privileges.
 
 // shimName is argv[0] of the shim: any binary that links this package
 // becomes the shim when started under it.
@@ -42,6 +45,8 @@ type setup struct {
 	// cred is the program's user, group and groups, taken on after the
 	// rest (nil: superd's own).
 	cred *syscall.Credential
+	// dir is the working directory, entered once cred is taken on.
+	dir string
 }
 
 type rlimit struct {
@@ -55,8 +60,9 @@ func (s *setup) needed() bool {
 }
 
 // encode writes the settings as the shim's first argument:
-// "umask=18,nice=5,rlimit=7:256,listen_pid,gid=65534,groups=4.0,uid=65534"
-// (groups left out: superd's kept).
+// "umask=18,nice=5,rlimit=7:256,listen_pid,gid=65534,groups=4.0,uid=65534,dir=2f7372762f6674"
+// (groups left out: superd's kept; dir in hex, since a path may hold
+// commas).
 func (s *setup) encode() string {
 	var parts []string
 	if s.umask >= 0 {
@@ -82,6 +88,9 @@ func (s *setup) encode() string {
 		}
 		parts = append(parts, "uid="+strconv.FormatUint(uint64(c.Uid), 10))
 	}
+	if s.dir != "" {
+		parts = append(parts, "dir="+hex.EncodeToString([]byte(s.dir)))
+	}
 	return strings.Join(parts, ",")
 }
 
@@ -103,6 +112,7 @@ func runShim(args []string) {
 	uid, gid := -1, -1
 	var groups []int
 	setGroups := false
+	dir := ""
 	id := func(s string) int {
 		n, err := strconv.ParseUint(s, 10, 32)
 		if err != nil {
@@ -143,6 +153,12 @@ func runShim(args []string) {
 					groups = append(groups, id(g))
 				}
 			}
+		case "dir":
+			b, err := hex.DecodeString(value)
+			if err != nil {
+				fail("bad directory %q", value)
+			}
+			dir = string(b)
 		default:
 			fail("unknown setting %q", part)
 		}
@@ -162,6 +178,11 @@ func runShim(args []string) {
 	if uid >= 0 {
 		if err := syscall.Setuid(uid); err != nil {
 			fail("setuid %d: %v", uid, err)
+		}
+	}
+	if dir != "" {
+		if err := syscall.Chdir(dir); err != nil {
+			fail("cannot enter the working directory %s: %v", dir, err)
 		}
 	}
 	err := syscall.Exec(args[1], args[2:], env)
