@@ -203,15 +203,6 @@ func (n *Node) Conn() *nats.Conn { return n.nc }
 // Connected reports whether the connection to NATS is up.
 func (n *Node) Connected() bool { return n.nc.IsConnected() }
 
-// NotReady is the node's part of /readyz: "cluster" while it is not
-// connected to NATS.
-func (n *Node) NotReady() []string {
-	if n.Connected() {
-		return nil
-	}
-	return []string{"cluster (not connected to NATS)"}
-}
-
 // Names is the names bucket, or ErrNamesUnavailable while it is not bound
 // (NATS away, JetStream without a leader yet). It never waits.
 func (n *Node) Names() (jetstream.KeyValue, error) {

@@ -44,12 +44,14 @@ func startCluster(log *slog.Logger, cfg *config.File, m *metrics.Metrics) (stop 
 	}, nil
 }
 
-// clusterNotReady is the cluster's part of /readyz.
-func clusterNotReady() []string {
-	if n := cluster.Default(); n != nil {
-		return n.NotReady()
+// clusterStatus is the cluster's part of /status; nil without a cluster
+// block.
+func clusterStatus() *ClusterStatus {
+	n := cluster.Default()
+	if n == nil {
+		return nil
 	}
-	return nil
+	return &ClusterStatus{Node: n.Name(), Connected: n.Connected()}
 }
 
 // clusterUnchanged fails a reload whose cluster block differs from the

@@ -431,7 +431,8 @@ func readyz(t *testing.T, maddr string) int {
 // TestClusterNATSURLs: two superd processes pointed at a nats-server
 // started apart (built by the test from the same module). When it goes
 // away, each room works locally, lines for the other node are dropped and
-// counted, new names are refused as unavailable and /readyz says so; when
+// counted, new names are refused as unavailable, /status says so and
+// /readyz stays 200 (the node still serves); when
 // it comes back, everything resumes by itself. A reload cannot change the
 // cluster block, and validate starts nothing.
 func TestClusterNATSURLs(t *testing.T) {
@@ -495,8 +496,13 @@ func TestClusterNATSURLs(t *testing.T) {
 	ns.kill()
 	for _, n := range []*clusterNode{x, y} {
 		n.d.waitMetric("superd_cluster_connected", nil, 0)
-		if code := readyz(t, n.maddr); code != http.StatusServiceUnavailable {
-			t.Fatalf("node %s /readyz %d while NATS is away", n.name, code)
+		// Its rooms still serve their own node: it stays ready (the
+		// moment its READY=1 said so), and /status tells NATS is away.
+		if code := readyz(t, n.maddr); code != http.StatusOK {
+			t.Fatalf("node %s /readyz %d while NATS is away; its rooms still serve", n.name, code)
+		}
+		if c := getStatus(t, n.maddr, false).Cluster; c == nil || c.Node != n.name || c.Connected {
+			t.Fatalf("node %s /status cluster %+v while NATS is away", n.name, c)
 		}
 	}
 	yann.send("local only\r\n")
@@ -513,6 +519,9 @@ func TestClusterNATSURLs(t *testing.T) {
 		n.d.waitMetric("superd_cluster_connected", nil, 1)
 		if code := readyz(t, n.maddr); code != http.StatusOK {
 			t.Fatalf("node %s /readyz %d after NATS came back", n.name, code)
+		}
+		if c := getStatus(t, n.maddr, false).Cluster; c == nil || !c.Connected {
+			t.Fatalf("node %s /status cluster %+v after NATS came back", n.name, c)
 		}
 	}
 	probeHeard(t, yann, xavier, yves)

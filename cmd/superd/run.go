@@ -70,7 +70,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 			return exitFailure
 		}
 		mux := http.NewServeMux()
-		mux.Handle("/", m.Handler(func() []string { return append(sup.NotReady(), clusterNotReady()...) }))
+		mux.Handle("/", m.Handler(sup.NotReady))
 		mux.Handle("/status", status)
 		httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go httpSrv.Serve(ln)

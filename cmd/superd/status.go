@@ -24,6 +24,7 @@ type Status struct {
 	ConfigFile       string                     `json:"config_file"`
 	ConfigGeneration int                        `json:"config_generation"`
 	LastReload       *ReloadStatus              `json:"last_reload"`
+	Cluster          *ClusterStatus             `json:"cluster,omitempty"`
 	Services         []supervisor.ServiceStatus `json:"services"`
 	Connections      []supervisor.ConnStatus    `json:"connections,omitempty"`
 }
@@ -33,6 +34,14 @@ type ReloadStatus struct {
 	Time   time.Time `json:"time"`
 	Result string    `json:"result"` // success or failure
 	Error  string    `json:"error,omitempty"`
+}
+
+// ClusterStatus is this node of a chat room across machines (the cluster
+// block): its name, and whether it is connected to NATS now. It is not part
+// of /readyz: a node whose NATS is away still serves its rooms locally.
+type ClusterStatus struct {
+	Node      string `json:"node"`
+	Connected bool   `json:"connected"`
 }
 
 // statusState is what the main loop knows and /status reports.
@@ -66,7 +75,7 @@ func (st *statusState) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s := Status{
 		Version: buildVersion(), PID: os.Getpid(), StartedAt: st.started,
 		ConfigFile: st.configFile, ConfigGeneration: st.generation, LastReload: st.last,
-		Services: services, Connections: cs,
+		Cluster: clusterStatus(), Services: services, Connections: cs,
 	}
 	st.mu.Unlock()
 	if s.Services == nil {
@@ -134,6 +143,13 @@ func printStatus(w io.Writer, s *Status) {
 			fmt.Fprintf(w, " (%s)", r.Error)
 		}
 		fmt.Fprintln(w)
+	}
+	if c := s.Cluster; c != nil {
+		state := "connected to NATS"
+		if !c.Connected {
+			state = "NOT connected to NATS (rooms serve their own node only)"
+		}
+		fmt.Fprintf(w, "cluster node %s: %s\n", c.Node, state)
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)

@@ -78,6 +78,9 @@ service "exec" "x" {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	if s.Cluster != nil {
+		t.Errorf("cluster %+v in the status of a superd without a cluster block", s.Cluster)
+	}
 	abs, _ := filepath.Abs(path)
 	if s.PID != d.cmd.Process.Pid || s.ConfigFile != abs || s.ConfigGeneration != 1 || s.LastReload != nil ||
 		s.Version == "" || s.StartedAt.After(start) || time.Since(s.StartedAt) > time.Minute {
