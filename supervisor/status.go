@@ -48,6 +48,9 @@ type LimitsStatus struct {
 type Rate struct {
 	Rate  float64 `json:"rate"`
 	Burst int     `json:"burst"`
+	// DatagramsOnly: the built-in services' default per-source limit of
+	// their udp endpoints, which does not apply to their connections.
+	DatagramsOnly bool `json:"datagrams_only,omitempty"`
 }
 
 // ConnStatus is one open connection.
@@ -120,7 +123,7 @@ func (s *service) status(state string) ServiceStatus {
 		st.Limits.RateLimit = &Rate{Rate: r.Rate, Burst: r.Burst}
 	}
 	if r := l.RateLimitPerIP; r != nil {
-		st.Limits.RateLimitPerIP = &Rate{Rate: r.Rate, Burst: r.Burst}
+		st.Limits.RateLimitPerIP = &Rate{Rate: r.Rate, Burst: r.Burst, DatagramsOnly: l.RateLimitPerIPDatagramsOnly}
 	}
 	for _, b := range s.bindings {
 		st.Endpoints = append(st.Endpoints, EndpointStatus{Kind: b.ep.Kind, Address: b.ep.Addr.String(), Inherited: b.sock.inherited})

@@ -43,6 +43,7 @@ shutdown_timeout = "3s"
 service "echo" "a" {
   max_connections = 7
   endpoint "tcp" { address = %q }
+  endpoint "udp" { address = %q }
 }
 service "qotd" "b" {
   quote = %q
@@ -55,7 +56,7 @@ service "exec" "x" {
   max_connections = 5
   endpoint "tcp" { address = %q }
 }
-`, a, greeting, b, x)
+`, a, a, greeting, b, x)
 	}
 	path, metrics := writeConfig(t, text("one"))
 	d := startDaemon(t, path, metrics)
@@ -91,9 +92,14 @@ service "exec" "x" {
 	}
 	sa := s.Services[0]
 	if sa.Factory != "echo" || sa.State != "running" || sa.Active != 1 || sa.Totals.Accepted != 1 ||
-		sa.Limits.MaxConnections != 7 || len(sa.Endpoints) != 1 || sa.Endpoints[0].Kind != "tcp" ||
-		sa.Endpoints[0].Address != a || sa.Endpoints[0].Inherited {
+		sa.Limits.MaxConnections != 7 || len(sa.Endpoints) != 2 || sa.Endpoints[0].Kind != "tcp" ||
+		sa.Endpoints[0].Address != a || sa.Endpoints[0].Inherited || sa.Endpoints[1].Kind != "udp" {
 		t.Errorf("service a: %+v", sa)
+	}
+	// A built-in service's udp endpoint has its default per-source limit,
+	// which its connections do not have: the status says so.
+	if r := sa.Limits.RateLimitPerIP; r == nil || r.Rate != 10 || r.Burst != 20 || !r.DatagramsOnly {
+		t.Errorf("service a's rate_limit_per_ip: %+v, want the datagram default 10/20, datagrams only", r)
 	}
 	if len(s.Connections) != 1 {
 		t.Fatalf("connections %+v", s.Connections)
