@@ -58,7 +58,7 @@ var CommonAttributes = []framework.Attribute{
 		Description: "open connections at once per peer user id, on unix sockets (0: unlimited)"},
 	{Name: attrMaxConnectionsPerIP, Type: cty.Number, Default: cty.NumberIntVal(0),
 		Description: "the same, per remote IP (0: unlimited)"},
-	{Name: attrIdleTimeout, Type: cty.String,
+	{Name: attrIdleTimeout, Type: cty.String, TypeName: "duration",
 		Description: "close a connection that has received nothing for this long (a Go duration such as \"5m\")"},
 	{Name: attrAllow, Type: cty.List(cty.String),
 		Description: "remote addresses let in, as CIDR ranges or single addresses (default: all)"},

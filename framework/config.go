@@ -125,6 +125,10 @@ func Errorf(field any, format string, args ...any) error {
 type Attribute struct {
 	Name        string
 	Type        cty.Type  // cty.String, cty.Number, cty.List(cty.String), ...; a Duration or Path is a cty.String
+	// TypeName is what a user is told the type is where Type undersells
+	// it: "duration" and "path" for a Duration and a Path ("": Type's
+	// own name).
+	TypeName string
 	Default     cty.Value // cty.NilVal: none
 	Required    bool
 	Description string
@@ -205,6 +209,12 @@ func attributes(v reflect.Value) []Attribute {
 			panic(fmt.Sprintf("%s.%s: a block is a pointer to a struct or a map", t, f.Name))
 		default:
 			a.Type = impliedType(f.Type, t, f.Name)
+			switch f.Type {
+			case durationType:
+				a.TypeName = "duration"
+			case pathType:
+				a.TypeName = "path"
+			}
 			if !a.Required {
 				a.Default = defaultOf(fv, a.Type)
 			}

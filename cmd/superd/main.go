@@ -167,6 +167,8 @@ func printAttributes(w io.Writer, attrs []framework.Attribute) {
 	for _, a := range attrs {
 		typ := a.Type.FriendlyName()
 		switch {
+		case a.TypeName != "":
+			typ = a.TypeName
 		case a.Type == cty.DynamicPseudoType:
 			typ = "any"
 		case a.Type.IsObjectType():

@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -333,7 +334,11 @@ func TestExitCodes(t *testing.T) {
 		t.Errorf("version: %d %q", code, out)
 	}
 	if code, out, _ := run("factories"); code != 0 || !strings.Contains(out, "quote") || !strings.Contains(out, "max_connections") ||
-		!strings.Contains(out, "layout") || !strings.Contains(out, `default "Monday, January 2, 2006 15:04:05-MST"`) {
+		!strings.Contains(out, "layout") || !strings.Contains(out, `default "Monday, January 2, 2006 15:04:05-MST"`) ||
+		// A duration and a path are named so, not as the strings HCL holds.
+		!regexp.MustCompile(`\n +idle_timeout +duration `).MatchString(out) ||
+		!regexp.MustCompile(`\n +name_ttl +duration +default "30s"`).MatchString(out) ||
+		!regexp.MustCompile(`\n +dir +path +default "/"`).MatchString(out) {
 		t.Errorf("factories: %d %q", code, out)
 	} else {
 		for _, f := range []string{"echo", "qotd", "chat", "logfile", "exec", "discard", "daytime", "time", "chargen"} {
