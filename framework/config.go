@@ -123,12 +123,12 @@ func Errorf(field any, format string, args ...any) error {
 // map[string]string, cty.Value (any value) and anything else gocty
 // converts.
 type Attribute struct {
-	Name        string
-	Type        cty.Type  // cty.String, cty.Number, cty.List(cty.String), ...; a Duration or Path is a cty.String
+	Name string
+	Type cty.Type // cty.String, cty.Number, cty.List(cty.String), ...; a Duration or Path is a cty.String
 	// TypeName is what a user is told the type is where Type undersells
 	// it: "duration" and "path" for a Duration and a Path ("": Type's
 	// own name).
-	TypeName string
+	TypeName    string
 	Default     cty.Value // cty.NilVal: none
 	Required    bool
 	Description string
