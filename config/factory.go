@@ -98,11 +98,7 @@ func (d *decoder) decodeFactory(svc *Service, blk *hcl.Block, content *hcl.BodyC
 	if err == nil {
 		return
 	}
-	errs := []error{err}
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		errs = j.Unwrap()
-	}
-	for _, err := range errs {
+	for _, err := range joined(err) {
 		var fe *framework.FieldError
 		if !errors.As(err, &fe) || fd.fields[fe.Field] == nil {
 			d.errorf(blk.DefRange, "Invalid service configuration", "The %s factory rejected service %q: %s", spec.Name, svc.Name, sentence(err.Error()))
@@ -337,4 +333,18 @@ func configValues(attrs []framework.Attribute, v reflect.Value, prefix string, o
 		}
 		out[name] = cv
 	}
+}
+
+// joined lists the errors that err joins (errors.Join, at any depth), or
+// err alone: a factory reports each mistake as one error.
+func joined(err error) []error {
+	j, ok := err.(interface{ Unwrap() []error })
+	if !ok {
+		return []error{err}
+	}
+	var out []error
+	for _, e := range j.Unwrap() {
+		out = append(out, joined(e)...)
+	}
+	return out
 }

@@ -112,6 +112,40 @@ func TestValidateDiagnostics(t *testing.T) {
 	}
 }
 
+// TestValidateReportsEveryMistake: a block with several mistakes gets one
+// diagnostic for each, at its own attribute, so the file is fixed in one
+// pass (SPEC section 2: validate prints every diagnostic).
+func TestValidateReportsEveryMistake(t *testing.T) {
+	_, err := parseExec(t, `command     = ["/bin/cat"]
+  stop_signal = "SIGFOO"
+  stderr      = "file"
+  env         = { "1BAD" = "x", "ALSO-BAD" = "y" }
+  rlimits { nofle = 3 }
+  umask       = "999"
+  dir         = "/nonexistent"`)
+	var de *config.DiagnosticsError
+	if !errors.As(err, &de) {
+		t.Fatalf("%v is not a *config.DiagnosticsError", err)
+	}
+	want := []string{
+		`superd.hcl:3,3-25: Invalid value for "stop_signal"; "SIGFOO" is not a signal name`,
+		`superd.hcl:4,3-23: Invalid value for "stderr"; "file" is not one of`,
+		`superd.hcl:5,3-51: Invalid value for "env"; "1BAD" is not a valid variable name`,
+		`superd.hcl:5,3-51: Invalid value for "env"; "ALSO-BAD" is not a valid variable name`,
+		`superd.hcl:6,3-10: Invalid value for "rlimits"; "nofle" is not a resource limit`,
+		`superd.hcl:7,3-22: Invalid value for "umask"; "999" is not a umask`,
+		`superd.hcl:8,3-31: Invalid value for "dir"; the working directory "/nonexistent" cannot be used`,
+	}
+	if len(de.Diags) != len(want) {
+		t.Errorf("%d diagnostics, want %d:\n%s", len(de.Diags), len(want), err)
+	}
+	for _, w := range want {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("no diagnostic %q in:\n%s", w, err)
+		}
+	}
+}
+
 // TestValidConfig: what a valid block decodes to.
 func TestValidConfig(t *testing.T) {
 	f, err := parseExec(t, `command     = ["cat", "-u"]

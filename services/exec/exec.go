@@ -180,48 +180,43 @@ func New(env *framework.Env, cfg *Config) (framework.Factory, error) {
 		runAs:     env.RunAs,
 		setup:     setup{umask: -1, nice: cfg.Nice},
 	}
+	// Every mistake is reported, not only the first: validate lists them
+	// all, so a file is fixed in one go.
+	var errs []error
 	if len(f.argv) == 0 || f.argv[0] == "" {
-		return nil, framework.Errorf(&cfg.Command, "command needs at least the program, such as [\"/bin/cat\"]")
+		errs = append(errs, framework.Errorf(&cfg.Command, "command needs at least the program, such as [\"/bin/cat\"]"))
+	} else if path, err := findProgram(f.argv[0]); err != nil {
+		errs = append(errs, framework.Errorf(&cfg.Command, "%v", err))
+	} else {
+		f.path = path
 	}
-	for _, a := range f.argv {
-		if strings.ContainsRune(a, 0) {
-			return nil, framework.Errorf(&cfg.Command, "an argument holds a NUL character")
-		}
+	if slices.ContainsFunc(f.argv, func(a string) bool { return strings.ContainsRune(a, 0) }) {
+		errs = append(errs, framework.Errorf(&cfg.Command, "an argument holds a NUL character"))
 	}
-	path, err := findProgram(f.argv[0])
-	if err != nil {
-		return nil, framework.Errorf(&cfg.Command, "%v", err)
-	}
-	f.path = path
 
 	if st, err := os.Stat(f.dir); err != nil {
-		return nil, framework.Errorf(&cfg.Dir, "the working directory %q cannot be used: %v", f.dir, unwrapPath(err))
+		errs = append(errs, framework.Errorf(&cfg.Dir, "the working directory %q cannot be used: %v", f.dir, unwrapPath(err)))
 	} else if !st.IsDir() {
-		return nil, framework.Errorf(&cfg.Dir, "%q is not a directory", f.dir)
+		errs = append(errs, framework.Errorf(&cfg.Dir, "%q is not a directory", f.dir))
 	}
 
-	if err := f.decodeCredentials(cfg); err != nil {
-		return nil, err
-	}
-	if err := f.decodeEnv(cfg); err != nil {
-		return nil, err
-	}
-	if err := f.decodeSetup(cfg); err != nil {
-		return nil, err
-	}
+	errs = append(errs, f.decodeCredentials(cfg), f.decodeEnv(cfg), f.decodeSetup(cfg))
 
 	switch f.stderr {
 	case StderrLog, StderrDiscard, StderrInherit:
 	default:
-		return nil, framework.Errorf(&cfg.Stderr, "%q is not one of \"log\", \"discard\" or \"inherit\"", f.stderr)
+		errs = append(errs, framework.Errorf(&cfg.Stderr, "%q is not one of \"log\", \"discard\" or \"inherit\"", f.stderr))
 	}
-	sig, err := parseSignal(cfg.StopSignal)
-	if err != nil {
-		return nil, framework.Errorf(&cfg.StopSignal, "%v", err)
+	if sig, err := parseSignal(cfg.StopSignal); err != nil {
+		errs = append(errs, framework.Errorf(&cfg.StopSignal, "%v", err))
+	} else {
+		f.stopSignal = sig
 	}
-	f.stopSignal = sig
 	if f.listenFDs && !f.wait {
-		return nil, framework.Errorf(&cfg.ListenFDs, "listen_fds passes the listening socket, which only wait mode does: set wait = true as well")
+		errs = append(errs, framework.Errorf(&cfg.ListenFDs, "listen_fds passes the listening socket, which only wait mode does: set wait = true as well"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
 	}
 	return f, nil
 }
@@ -322,46 +317,53 @@ func lookupGroup(name string) (uint64, error) {
 }
 
 func (f *Factory) decodeEnv(cfg *Config) error {
+	var errs []error
 	for _, name := range slices.Sorted(maps.Keys(cfg.Env)) {
 		value := cfg.Env[name]
-		if !envName.MatchString(name) {
-			return framework.Errorf(&cfg.Env, "%q is not a valid variable name (letters, digits and _, not starting with a digit)", name)
+		switch {
+		case !envName.MatchString(name):
+			errs = append(errs, framework.Errorf(&cfg.Env, "%q is not a valid variable name (letters, digits and _, not starting with a digit)", name))
+		case strings.ContainsRune(value, 0):
+			errs = append(errs, framework.Errorf(&cfg.Env, "the value of %s holds a NUL character", name))
+		default:
+			f.env = append(f.env, name+"="+value)
 		}
-		if strings.ContainsRune(value, 0) {
-			return framework.Errorf(&cfg.Env, "the value of %s holds a NUL character", name)
-		}
-		f.env = append(f.env, name+"="+value)
 	}
 	for _, name := range cfg.PassEnv {
 		if !envName.MatchString(name) {
-			return framework.Errorf(&cfg.PassEnv, "%q is not a valid variable name (letters, digits and _, not starting with a digit)", name)
+			errs = append(errs, framework.Errorf(&cfg.PassEnv, "%q is not a valid variable name (letters, digits and _, not starting with a digit)", name))
+			continue
 		}
 		f.passEnv = append(f.passEnv, name)
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 func (f *Factory) decodeSetup(cfg *Config) error {
+	var errs []error
 	if s := cfg.Umask; s != "" {
 		m, err := strconv.ParseUint(s, 8, 32)
 		if err != nil || m > 0o777 {
-			return framework.Errorf(&cfg.Umask, "%q is not a umask: write it in octal, such as \"0022\"", s)
+			errs = append(errs, framework.Errorf(&cfg.Umask, "%q is not a umask: write it in octal, such as \"0022\"", s))
+		} else {
+			f.setup.umask = int(m)
 		}
-		f.setup.umask = int(m)
 	}
 	for _, name := range slices.Sorted(maps.Keys(cfg.Rlimits)) {
 		res, ok := rlimits[name]
 		if !ok {
-			return framework.Errorf(&cfg.Rlimits, "%q is not a resource limit; known: %s", name, strings.Join(rlimitNames(), ", "))
+			errs = append(errs, framework.Errorf(&cfg.Rlimits, "%q is not a resource limit; known: %s", name, strings.Join(rlimitNames(), ", ")))
+			continue
 		}
 		bf := cfg.Rlimits[name]
 		n, acc := bf.Uint64()
 		if !bf.IsInt() || bf.Sign() < 0 || acc != 0 {
-			return framework.Errorf(&cfg.Rlimits, "%s must be a whole number of at least 0, not %s", name, bf.Text('g', -1))
+			errs = append(errs, framework.Errorf(&cfg.Rlimits, "%s must be a whole number of at least 0, not %s", name, bf.Text('g', -1)))
+			continue
 		}
 		f.setup.rlimits = append(f.setup.rlimits, rlimit{name: name, resource: res, value: n})
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // parseSignal accepts "SIGTERM", "TERM" or a number.

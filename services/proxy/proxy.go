@@ -124,12 +124,11 @@ type Factory struct {
 // New builds a proxy factory from its configuration.
 func New(env *framework.Env, cfg *Config) (framework.Factory, error) {
 	f := &Factory{log: env.Log, timeout: time.Duration(cfg.ConnectTimeout)}
-	addrs, err := upstreamList(cfg)
-	if err != nil {
-		return nil, err
-	}
+	// Every mistake is reported, not only the first (validate lists them).
+	addrs, uerr := upstreamList(cfg)
+	errs := []error{uerr}
 	if f.timeout <= 0 {
-		return nil, framework.Errorf(&cfg.ConnectTimeout, "connect_timeout must be more than zero")
+		errs = append(errs, framework.Errorf(&cfg.ConnectTimeout, "connect_timeout must be more than zero"))
 	}
 	switch v := cfg.SendProxyProtocol; v {
 	case "":
@@ -138,13 +137,16 @@ func New(env *framework.Env, cfg *Config) (framework.Factory, error) {
 	case "v2":
 		f.version = 2
 	default:
-		return nil, framework.Errorf(&cfg.SendProxyProtocol, "%q is not \"v1\" or \"v2\"", v)
+		errs = append(errs, framework.Errorf(&cfg.SendProxyProtocol, "%q is not \"v1\" or \"v2\"", v))
 	}
 	var base *tls.Config
 	if b := cfg.UpstreamTLS; b != nil {
-		if base, err = tlsConfig(b); err != nil {
-			return nil, err
-		}
+		var err error
+		base, err = tlsConfig(b)
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
 	}
 	for _, a := range addrs {
 		u := upstream{addr: a}

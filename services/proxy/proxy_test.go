@@ -131,6 +131,12 @@ func TestConfig(t *testing.T) {
 		{name: "unknown attribute", body: `  upstream = "127.0.0.1:1"
   conect_timeout = "1s"`,
 			wantErr: []string{"superd.hcl:3,", `Did you mean "connect_timeout"?`}},
+		{name: "every mistake at once", body: `  upstream = "127.0.0.1:70000"
+  connect_timeout = "0s"
+  send_proxy_protocol = "v3"
+  upstream_tls { ca_file = "junk.pem" }`,
+			wantErr: []string{"superd.hcl:2,", "the port must be a number", "superd.hcl:3,", "more than zero",
+				"superd.hcl:4,", `"v3" is not "v1" or "v2"`, "superd.hcl:5,", "junk.pem holds no PEM certificate"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
