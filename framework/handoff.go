@@ -41,9 +41,12 @@ func (e *RejectError) Unwrap() error { return e.Err }
 
 // HandedConn is a connection given to a ConnHandler.
 type HandedConn struct {
-	// Conn is a *net.TCPConn or *net.UnixConn straight from accept, or,
-	// where superd must stay in the stream, the stream after superd's
-	// layer (a *tls.Conn whose handshake is done).
+	// Conn is the socket straight from accept, or, where superd must stay
+	// in the stream, the stream after superd's layer (a *tls.Conn whose
+	// handshake is done). The socket is a *net.TCPConn or *net.UnixConn,
+	// or superd's own connection on the descriptor it accepted: a
+	// syscall.Conn whose IsUnix() tells which, with a *net.TCPAddr or
+	// *net.UnixAddr as RemoteAddr, and PeerCredentials for a unix peer.
 	Conn net.Conn
 	// SourceConns is the number of open connections of the service from
 	// the same source, this one included (0 for unix peers).

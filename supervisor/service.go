@@ -95,15 +95,12 @@ type binding struct {
 }
 
 // acceptsBare reports whether b's connections can be served from bare
-// descriptors (see package rawconn): a protocol over plain TCP or a unix
-// socket. TLS, a PROXY header and a factory that takes the socket itself
-// (exec, proxy) work on net's connections.
+// descriptors (see package rawconn): plain TCP or a unix socket, to a
+// protocol or to a factory that takes the socket itself (exec hands the
+// descriptor to its program). TLS and a PROXY header work on net's
+// connections.
 func (b *binding) acceptsBare() bool {
-	if b.tls != nil || b.ep.Proxy != nil {
-		return false
-	}
-	_, handsOver := b.svc.factory.(framework.ConnHandler)
-	return !handsOver
+	return b.tls == nil && b.ep.Proxy == nil
 }
 
 func newService(log *slog.Logger, m *metrics.Metrics, sc *config.Service, refs *seriesRefs, guards *guardPorts,

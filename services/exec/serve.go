@@ -23,9 +23,19 @@ func (f *Factory) ServeConn(hc *framework.HandedConn) error {
 		return f.serveDirect(hc, c, env, true)
 	case *net.UnixConn:
 		return f.serveDirect(hc, c, env, false)
+	case bareConn:
+		return f.serveDirect(hc, c, env, !c.IsUnix())
 	default:
 		return f.serveRelayed(hc, env)
 	}
+}
+
+// bareConn is a socket superd accepted as a bare descriptor (see
+// framework.HandedConn): the program gets it as it gets one of net's.
+type bareConn interface {
+	net.Conn
+	syscall.Conn
+	IsUnix() bool
 }
 
 // serveDirect gives the child the socket itself: superd copies nothing
@@ -193,12 +203,10 @@ func connEnv(hc *framework.HandedConn) []string {
 		set("REMOTE_PORT", port)
 	default:
 		set("PROTO", "IPC")
-		if uc, ok := nc.(*net.UnixConn); ok {
-			if cred, ok := framework.PeerCredentials(uc); ok {
-				set("IPCREMOTEEUID", strconv.FormatUint(uint64(cred.UID), 10))
-				set("IPCREMOTEEGID", strconv.FormatUint(uint64(cred.GID), 10))
-				set("IPCREMOTEPID", strconv.FormatInt(int64(cred.PID), 10))
-			}
+		if cred, ok := framework.PeerCredentials(nc); ok {
+			set("IPCREMOTEEUID", strconv.FormatUint(uint64(cred.UID), 10))
+			set("IPCREMOTEEGID", strconv.FormatUint(uint64(cred.GID), 10))
+			set("IPCREMOTEPID", strconv.FormatInt(int64(cred.PID), 10))
 		}
 	}
 	if st, ok := framework.TLSState(nc); ok {
