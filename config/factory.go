@@ -226,8 +226,11 @@ func (fd *factoryDecoder) assign(a framework.Attribute, fv reflect.Value, val ct
 	switch t := fv.Type(); {
 	case t == durationType:
 		s := val.AsString()
-		dur, err := time.ParseDuration(s)
-		if err != nil {
+		dur, tooLong, err := parseDuration(s)
+		switch {
+		case tooLong:
+			return invalid("%q is too long: a duration is at most %s.", s, maxDuration)
+		case err != nil:
 			return invalid("%q is not a duration (use Go syntax such as \"10s\" or \"1m30s\").", s)
 		}
 		if lo, _ := time.ParseDuration(a.Min); a.Min != "" && dur < lo {

@@ -105,6 +105,7 @@ func TestTypedConfigInvalid(t *testing.T) {
 		want       []wantDiag
 	}{
 		{"duration", `timeout = "soon"`, []wantDiag{{"2,3-19", `Invalid value for "timeout"`, `"soon" is not a duration`}}},
+		{"duration too long", `timeout = "9999999999h"`, []wantDiag{{"2,3-26", `Invalid value for "timeout"`, `"9999999999h" is too long: a duration is at most 2562047h47m16.854775807s.`}}},
 		{"duration below min", `timeout = "10ms"`, []wantDiag{{"2,3-19", `Invalid value for "timeout"`, `timeout must be at least 1s, not "10ms".`}}},
 		{"duration above max", `timeout = "2h"`, []wantDiag{{"2,3-17", `Invalid value for "timeout"`, `at most 1h`}}},
 		{"number above max", `ratio = 1.5`, []wantDiag{{"2,3-14", `Invalid value for "ratio"`, "ratio must be a number from 0 to 1, not 1.5."}}},

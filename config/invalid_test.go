@@ -182,11 +182,16 @@ service "testecho" "f" {
   idle_timeout = "-1s"
   endpoint "tcp" { address = ":1" }
 }
+service "testecho" "g" {
+  idle_timeout = "9999999999h"
+  endpoint "tcp" { address = ":2" }
+}
 `,
 			want: []wantDiag{
 				{"1,20-26", "Invalid duration", `The value of shutdown_timeout, "soon", is not a duration`},
 				{"3,18-24", "Invalid duration", `"10 s"`},
 				{"7,18-23", "Invalid duration", "must not be negative"},
+				{"11,18-31", "Invalid duration", `The value of idle_timeout, "9999999999h", is too long: a duration is at most 2562047h47m16.854775807s.`},
 			},
 		},
 		{
@@ -212,12 +217,20 @@ service "testecho" "f" {
   max_pending_output     = 1000
   endpoint "tcp" { address = ":0" }
 }
+service "testecho" "f" {
+  max_connections        = 9223372036854775808
+  max_connections_per_ip = 1e19
+  endpoint "tcp" { address = ":1" }
+}
 `,
 			want: []wantDiag{
 				{"2,28-30", "Value out of range", "max_connections must be at least 0, not -1."},
 				{"3,28-31", "Invalid whole number", "max_connections_per_ip must be a whole number, not 1.5."},
 				{"4,28-31", "Value out of range", "ipv6_prefix must be from 0 to 128, not 129."},
 				{"5,28-32", "Value out of range", "max_pending_output must be at least 65536, not 1000."},
+				// 2^63 is one past the largest: not clamped to it.
+				{"9,28-47", "Value out of range", "max_connections must be at most 9223372036854775807, not 9.223372036854775808e+18."},
+				{"10,28-32", "Value out of range", "max_connections_per_ip must be at most 9223372036854775807, not 1e+19."},
 			},
 		},
 		{

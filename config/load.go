@@ -243,8 +243,12 @@ func (d *decoder) duration(attr *hcl.Attribute) (time.Duration, bool) {
 	if !ok {
 		return 0, false
 	}
-	v, err := time.ParseDuration(s)
-	if err != nil {
+	v, tooLong, err := parseDuration(s)
+	switch {
+	case tooLong:
+		d.errorf(attr.Expr.Range(), "Invalid duration", "The value of %s, %q, is too long: a duration is at most %s.", attr.Name, s, maxDuration)
+		return 0, false
+	case err != nil:
 		d.errorf(attr.Expr.Range(), "Invalid duration",
 			"The value of %s, %q, is not a duration; use Go syntax such as \"10s\", \"1m30s\" or \"500ms\".", attr.Name, s)
 		return 0, false

@@ -3,6 +3,8 @@ package config
 import (
 	"math"
 	"math/big"
+	"regexp"
+	"time"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
@@ -117,13 +119,18 @@ func (d *decoder) whole(attr *hcl.Attribute, lo, hi int) (int, bool) {
 		d.errorf(attr.Expr.Range(), "Invalid whole number", "%s must be a whole number, not %s.", attr.Name, f.Text('g', -1))
 		return 0, false
 	}
-	if f.Cmp(big.NewFloat(float64(lo))) < 0 || f.Cmp(big.NewFloat(float64(hi))) > 0 {
-		switch {
-		case hi == math.MaxInt:
-			d.errorf(attr.Expr.Range(), "Value out of range", "%s must be at least %d, not %s.", attr.Name, lo, f.Text('g', -1))
-		default:
-			d.errorf(attr.Expr.Range(), "Value out of range", "%s must be from %d to %d, not %s.", attr.Name, lo, hi, f.Text('g', -1))
-		}
+	// The bounds exactly: float64(math.MaxInt) rounds up to 2^63, which
+	// would pass and then be clamped.
+	below, above := f.Cmp(new(big.Float).SetInt64(int64(lo))) < 0, f.Cmp(new(big.Float).SetInt64(int64(hi))) > 0
+	switch {
+	case below && hi == math.MaxInt:
+		d.errorf(attr.Expr.Range(), "Value out of range", "%s must be at least %d, not %s.", attr.Name, lo, f.Text('g', -1))
+	case above && hi == math.MaxInt:
+		d.errorf(attr.Expr.Range(), "Value out of range", "%s must be at most %d, not %s.", attr.Name, hi, f.Text('g', -1))
+	case below || above:
+		d.errorf(attr.Expr.Range(), "Value out of range", "%s must be from %d to %d, not %s.", attr.Name, lo, hi, f.Text('g', -1))
+	}
+	if below || above {
 		return 0, false
 	}
 	i, _ := f.Int64()
@@ -155,3 +162,16 @@ func (d *decoder) strings(attr *hcl.Attribute) ([]string, []hcl.Range, bool) {
 	}
 	return out, ranges, true
 }
+
+// goDuration is Go's duration syntax, whatever the size.
+var goDuration = regexp.MustCompile(`^[-+]?(0|((\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h))+)$`)
+
+// parseDuration is time.ParseDuration, and tells a duration too long to
+// hold (over about 292 years) from text that is not a duration at all.
+func parseDuration(s string) (d time.Duration, tooLong bool, err error) {
+	d, err = time.ParseDuration(s)
+	return d, err != nil && goDuration.MatchString(s), err
+}
+
+// maxDuration is the longest duration, for the message about one longer.
+const maxDuration = time.Duration(math.MaxInt64)
