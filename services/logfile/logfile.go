@@ -40,7 +40,7 @@ import (
 func init() {
 	framework.Register(framework.Spec{
 		Name:        "logfile",
-		Description: "appends each line received to a file (reopened on SIGUSR1)",
+		Description: "appends each LF-terminated line received to a file (reopened on SIGUSR1); a last line without LF is not written",
 		Config:      Config{MaxLineLength: basic.DefaultMaxLineLength},
 		New:         framework.Typed(New),
 	})
