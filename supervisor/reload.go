@@ -74,6 +74,11 @@ func (s *Supervisor) Reload(cfg *config.File) error {
 	for _, sw := range swaps {
 		sw.apply()
 	}
+	// Started before any old instance can say it is done: an old one
+	// with nothing to drain says so at once.
+	for _, svc := range prepared {
+		svc.log.Info("service started", "endpoints", len(svc.bindings))
+	}
 	for _, name := range s.order {
 		old := s.services[name]
 		if newServices[name] == old {
@@ -99,9 +104,6 @@ func (s *Supervisor) Reload(cfg *config.File) error {
 				old.log.Info("service replaced")
 			}
 		}()
-	}
-	for _, svc := range prepared {
-		svc.log.Info("service started", "endpoints", len(svc.bindings))
 	}
 	s.services = newServices
 	s.order = newOrder
