@@ -186,12 +186,17 @@ service "testecho" "g" {
   idle_timeout = "9999999999h"
   endpoint "tcp" { address = ":2" }
 }
+service "testecho" "h" {
+  idle_timeout = "-9999999999h"
+  endpoint "tcp" { address = ":3" }
+}
 `,
 			want: []wantDiag{
 				{"1,20-26", "Invalid duration", `The value of shutdown_timeout, "soon", is not a duration`},
 				{"3,18-24", "Invalid duration", `"10 s"`},
 				{"7,18-23", "Invalid duration", "must not be negative"},
 				{"11,18-31", "Invalid duration", `The value of idle_timeout, "9999999999h", is too long: a duration is at most 2562047h47m16.854775807s.`},
+				{"15,18-32", "Invalid duration", "must not be negative"},
 			},
 		},
 		{

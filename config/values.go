@@ -4,6 +4,7 @@ import (
 	"math"
 	"math/big"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
@@ -167,10 +168,18 @@ func (d *decoder) strings(attr *hcl.Attribute) ([]string, []hcl.Range, bool) {
 var goDuration = regexp.MustCompile(`^[-+]?(0|((\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h))+)$`)
 
 // parseDuration is time.ParseDuration, and tells a duration too long to
-// hold (over about 292 years) from text that is not a duration at all.
+// hold (over about 292 years) from text that is not a duration at all. A
+// negative one too long to hold is the most negative duration, which every
+// caller's lower bound refuses as negative.
 func parseDuration(s string) (d time.Duration, tooLong bool, err error) {
 	d, err = time.ParseDuration(s)
-	return d, err != nil && goDuration.MatchString(s), err
+	switch {
+	case err == nil || !goDuration.MatchString(s):
+		return d, false, err
+	case strings.HasPrefix(s, "-"):
+		return math.MinInt64, false, nil
+	}
+	return 0, true, err
 }
 
 // maxDuration is the longest duration, for the message about one longer.

@@ -28,9 +28,11 @@ func TestReadmeListsEveryReason(t *testing.T) {
 			t.Fatalf("README has no %q", list.heading)
 		}
 		text := readme[start:]
-		if end := strings.Index(text[len(list.heading):], list.next); end >= 0 {
-			text = text[:len(list.heading)+end]
+		end := strings.Index(text[len(list.heading):], list.next)
+		if end < 0 {
+			t.Fatalf("README's %q list is not followed by %q: the test cannot tell where it ends", list.heading, list.next)
 		}
+		text = text[:len(list.heading)+end]
 		for _, r := range list.reasons {
 			if !strings.Contains(text, "`"+r+"`") {
 				t.Errorf("README's %q list does not name `%s`", list.heading, r)

@@ -182,7 +182,7 @@ func (s *service) startFactory() error {
 func (s *service) accept(c net.Conn, b *binding) {
 	if bc, ok := c.(*rawconn.Conn); ok && !b.acceptsBare() {
 		// Accepted for an owner that a reload has since replaced with one
-		// that needs net's connection (TLS, PROXY, a handed-over socket).
+		// that needs net's connection (TLS, PROXY).
 		nc, err := bc.Standard()
 		if err != nil {
 			s.log.Warn("cannot serve a connection accepted during a reload", "peer", plainPeer(bc.RemoteAddr()), "err", err)

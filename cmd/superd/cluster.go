@@ -13,8 +13,9 @@ import (
 
 // The cluster block (SPEC section 13): superd joins NATS before any
 // service starts (a chat room with cluster = true takes the node in its
-// StartFactory) and leaves after every service has stopped. It is part of
-// /readyz, and a reload cannot change it.
+// StartFactory) and leaves after every service has stopped. It is not part
+// of /readyz (a node without NATS still serves its rooms locally; /status
+// and superd_cluster_connected tell), and a reload cannot change it.
 
 // abandonCluster makes stopCluster do nothing: a second signal exits at
 // once, without waiting for NATS.

@@ -71,11 +71,15 @@ func (st *statusState) reloaded(err error) {
 func (st *statusState) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	conns := r.URL.Query().Get("connections") == "1"
 	services, cs := st.sup.Status(conns)
+	// Asked before st.mu is taken: NATS holds its connection's lock while
+	// it dials a server again, and the main loop must not wait for that
+	// to record a reload.
+	cluster := clusterStatus()
 	st.mu.Lock()
 	s := Status{
 		Version: buildVersion(), PID: os.Getpid(), StartedAt: st.started,
 		ConfigFile: st.configFile, ConfigGeneration: st.generation, LastReload: st.last,
-		Cluster: clusterStatus(), Services: services, Connections: cs,
+		Cluster: cluster, Services: services, Connections: cs,
 	}
 	st.mu.Unlock()
 	if s.Services == nil {

@@ -49,6 +49,7 @@ func TestValidateDiagnostics(t *testing.T) {
 		{"program not executable", `command = ["` + notExec + `"]`, "2,3-" + strconv.Itoa(17+len(notExec)), `Invalid value for "command"`,
 			"is not executable (mode -rw-r--r--)"},
 		{"program is a directory", `command = ["/tmp"]`, "2,3-21", `Invalid value for "command"`, `"/tmp" is not a regular file`},
+		{"NUL in the program", `command = ["/bin/c\u0000at"]`, "2,3-31", `Invalid value for "command"`, "an argument holds a NUL character"},
 		{"unknown user", "command = [\"/bin/cat\"]\n  user = \"no-such-user-xyz\"", "3,3-28", `Invalid value for "user"`,
 			`there is no user "no-such-user-xyz" on this system`},
 		{"unknown group", "command = [\"/bin/cat\"]\n  user = \"root\"\n  group = \"no-such-group-xyz\"", "4,3-30",
@@ -122,7 +123,10 @@ func TestValidateReportsEveryMistake(t *testing.T) {
   env         = { "1BAD" = "x", "ALSO-BAD" = "y" }
   rlimits { nofle = 3 }
   umask       = "999"
-  dir         = "/nonexistent"`)
+  dir         = "/nonexistent"
+  user        = "nosuchuser"
+  group       = "nosuchgroup"
+  groups      = ["0", "nosuchgroup2"]`)
 	var de *config.DiagnosticsError
 	if !errors.As(err, &de) {
 		t.Fatalf("%v is not a *config.DiagnosticsError", err)
@@ -135,6 +139,9 @@ func TestValidateReportsEveryMistake(t *testing.T) {
 		`superd.hcl:6,3-10: Invalid value for "rlimits"; "nofle" is not a resource limit`,
 		`superd.hcl:7,3-22: Invalid value for "umask"; "999" is not a umask`,
 		`superd.hcl:8,3-31: Invalid value for "dir"; the working directory "/nonexistent" cannot be used`,
+		`superd.hcl:9,3-29: Invalid value for "user"; there is no user "nosuchuser"`,
+		`superd.hcl:10,3-30: Invalid value for "group"; there is no group "nosuchgroup"`,
+		`superd.hcl:11,3-38: Invalid value for "groups"; there is no group "nosuchgroup2"`,
 	}
 	if len(de.Diags) != len(want) {
 		t.Errorf("%d diagnostics, want %d:\n%s", len(de.Diags), len(want), err)

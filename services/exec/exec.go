@@ -183,15 +183,17 @@ func New(env *framework.Env, cfg *Config) (framework.Factory, error) {
 	// Every mistake is reported, not only the first: validate lists them
 	// all, so a file is fixed in one go.
 	var errs []error
-	if len(f.argv) == 0 || f.argv[0] == "" {
+	switch {
+	case len(f.argv) == 0 || f.argv[0] == "":
 		errs = append(errs, framework.Errorf(&cfg.Command, "command needs at least the program, such as [\"/bin/cat\"]"))
-	} else if path, err := findProgram(f.argv[0]); err != nil {
-		errs = append(errs, framework.Errorf(&cfg.Command, "%v", err))
-	} else {
-		f.path = path
-	}
-	if slices.ContainsFunc(f.argv, func(a string) bool { return strings.ContainsRune(a, 0) }) {
+	case slices.ContainsFunc(f.argv, func(a string) bool { return strings.ContainsRune(a, 0) }):
 		errs = append(errs, framework.Errorf(&cfg.Command, "an argument holds a NUL character"))
+	default:
+		path, err := findProgram(f.argv[0])
+		if err != nil {
+			errs = append(errs, framework.Errorf(&cfg.Command, "%v", err))
+		}
+		f.path = path
 	}
 
 	if st, err := os.Stat(f.dir); err != nil {
@@ -266,24 +268,34 @@ func (f *Factory) decodeCredentials(cfg *Config) error {
 		}
 		return nil
 	}
-	u, err := lookupUser(name)
-	if err != nil {
-		return framework.Errorf(&cfg.User, "%v", err)
+	// user, group and each of groups are looked up apart: every one
+	// missing is reported.
+	var errs []error
+	var uid, gid uint64
+	if u, err := lookupUser(name); err != nil {
+		errs = append(errs, framework.Errorf(&cfg.User, "%v", err))
+	} else {
+		uid, _ = strconv.ParseUint(u.Uid, 10, 32)
+		gid, _ = strconv.ParseUint(u.Gid, 10, 32)
 	}
-	uid, _ := strconv.ParseUint(u.Uid, 10, 32)
-	gid, _ := strconv.ParseUint(u.Gid, 10, 32)
 	if groupName != "" {
-		if gid, err = lookupGroup(groupName); err != nil {
-			return framework.Errorf(&cfg.Group, "%v", err)
+		id, err := lookupGroup(groupName)
+		if err != nil {
+			errs = append(errs, framework.Errorf(&cfg.Group, "%v", err))
 		}
+		gid = id
 	}
 	cred := &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}
 	for _, g := range groupNames {
 		id, err := lookupGroup(g)
 		if err != nil {
-			return framework.Errorf(&cfg.Groups, "%v", err)
+			errs = append(errs, framework.Errorf(&cfg.Groups, "%v", err))
+			continue
 		}
 		cred.Groups = append(cred.Groups, uint32(id))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
 	}
 	f.cred = cred
 	f.userName = name

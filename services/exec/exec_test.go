@@ -39,14 +39,19 @@ func readPID(t *testing.T, r *bufio.Reader, c net.Conn) int {
 }
 
 func TestServeConnDirect(t *testing.T) {
-	for _, network := range []string{"tcp", "unix"} {
+	pairs := map[string]func(*testing.T) (net.Conn, net.Conn){
+		"tcp": tcpPair, "unix": unixPair, "bare-tcp": bareTCPPair, "bare-unix": bareUnixPair,
+	}
+	for _, network := range []string{"tcp", "unix", "bare-tcp", "bare-unix"} {
 		t.Run(network, func(t *testing.T) {
 			f, logs := newTestFactory(t, `command = ["/bin/cat"]`)
-			var client, server net.Conn
-			if network == "tcp" {
-				client, server = tcpPair(t)
-			} else {
-				client, server = unixPair(t)
+			client, server := pairs[network](t)
+			isUnix := strings.HasSuffix(network, "unix")
+			// The peer as the exit line names it: a TCP client's address,
+			// a unix client's pid and uid.
+			wantPeer := client.LocalAddr().String()
+			if isUnix {
+				wantPeer = fmt.Sprintf("pid %d uid %d", os.Getpid(), os.Getuid())
 			}
 			h := serveConn(t, f, server, 0)
 			const size = 2 << 20
@@ -59,15 +64,15 @@ func TestServeConnDirect(t *testing.T) {
 			}
 			in, out := testutil.ToFloat64(h.received), testutil.ToFloat64(h.sent)
 			want := float64(size)
-			if network == "unix" {
-				want = 0 // not counted
+			if isUnix {
+				want = 0 // the socket itself went to the program: not counted
 			}
 			if in != want || out != want {
 				t.Errorf("counted %v received, %v sent; want %v each", in, out, want)
 			}
 			exits := logs.with("program exited")
-			if len(exits) != 1 || exits[0]["status"] != "0" || exits[0]["service"] != "x" || exits[0]["pid"] == "" || exits[0]["peer"] == "" {
-				t.Errorf("exit logged as %v", exits)
+			if len(exits) != 1 || exits[0]["status"] != "0" || exits[0]["service"] != "x" || exits[0]["pid"] == "" || exits[0]["peer"] != wantPeer {
+				t.Errorf("exit logged as %v; want peer %q", exits, wantPeer)
 			}
 		})
 	}

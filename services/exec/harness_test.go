@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -14,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -21,6 +23,7 @@ import (
 
 	"github.com/superd-dev/superd/endpoint"
 	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/internal/rawconn"
 	"github.com/superd-dev/superd/services/internal/servicetest"
 )
 
@@ -190,6 +193,19 @@ func unixPair(t *testing.T) (client, server net.Conn) {
 	return pairOn(t, "unix", filepath.Join(t.TempDir(), "s.sock"))
 }
 
+// bareTCPPair and bareUnixPair are pairs whose server side superd accepted
+// as a bare descriptor (internal/rawconn), as the supervisor hands exec
+// its plain TCP and unix connections.
+func bareTCPPair(t *testing.T) (client, server net.Conn) {
+	t.Helper()
+	return barePairOn(t, "tcp", "127.0.0.1:0")
+}
+
+func bareUnixPair(t *testing.T) (client, server net.Conn) {
+	t.Helper()
+	return barePairOn(t, "unix", filepath.Join(t.TempDir(), "s.sock"))
+}
+
 func pairOn(t *testing.T, network, addr string) (client, server net.Conn) {
 	t.Helper()
 	ln, err := net.Listen(network, addr)
@@ -197,16 +213,40 @@ func pairOn(t *testing.T, network, addr string) (client, server net.Conn) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
+	return dialPair(t, network, ln, ln.Accept)
+}
+
+func barePairOn(t *testing.T, network, addr string) (client, server net.Conn) {
+	t.Helper()
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	bl, err := rawconn.NewListener(ln.(syscall.Conn), network == "unix", ln.Addr())
+	if errors.Is(err, errors.ErrUnsupported) {
+		t.Skip("no bare descriptors on this platform")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bl.Close()
+	return dialPair(t, network, ln, func() (net.Conn, error) { return bl.Accept() })
+}
+
+// dialPair dials ln and returns both ends, the server's from accept.
+func dialPair(t *testing.T, network string, ln net.Listener, accept func() (net.Conn, error)) (client, server net.Conn) {
+	t.Helper()
 	type res struct {
 		c   net.Conn
 		err error
 	}
 	ch := make(chan res, 1)
 	go func() {
-		c, err := ln.Accept()
+		c, err := accept()
 		ch <- res{c, err}
 	}()
-	client, err = net.Dial(network, ln.Addr().String())
+	client, err := net.Dial(network, ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}

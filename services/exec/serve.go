@@ -236,10 +236,8 @@ func peerString(nc net.Conn) string {
 		ip, port := plainAddr(ta)
 		return net.JoinHostPort(ip, port)
 	}
-	if uc, ok := nc.(*net.UnixConn); ok {
-		if cred, ok := framework.PeerCredentials(uc); ok {
-			return "pid " + strconv.FormatInt(int64(cred.PID), 10) + " uid " + strconv.FormatUint(uint64(cred.UID), 10)
-		}
+	if cred, ok := framework.PeerCredentials(nc); ok {
+		return "pid " + strconv.FormatInt(int64(cred.PID), 10) + " uid " + strconv.FormatUint(uint64(cred.UID), 10)
 	}
 	return nc.RemoteAddr().String()
 }

@@ -177,22 +177,27 @@ func upstreamList(cfg *Config) ([]string, error) {
 	if len(elems) == 0 {
 		return nil, framework.Errorf(&cfg.Upstream, "upstream needs at least one \"host:port\"")
 	}
+	// Each bad element is reported.
 	var out []string
+	var errs []error
 	for i, e := range elems {
 		if e.Type() != cty.String {
-			return nil, framework.Errorf(&cfg.Upstream, "element %d of upstream is a %s, not a \"host:port\" string", i+1, e.Type().FriendlyName())
+			errs = append(errs, framework.Errorf(&cfg.Upstream, "element %d of upstream is a %s, not a \"host:port\" string", i+1, e.Type().FriendlyName()))
+			continue
 		}
 		a := e.AsString()
 		host, port, err := net.SplitHostPort(a)
 		if err != nil || host == "" {
-			return nil, framework.Errorf(&cfg.Upstream, "%q is not \"host:port\"", a)
+			errs = append(errs, framework.Errorf(&cfg.Upstream, "%q is not \"host:port\"", a))
+			continue
 		}
 		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-			return nil, framework.Errorf(&cfg.Upstream, "%q: the port must be a number from 1 to 65535", a)
+			errs = append(errs, framework.Errorf(&cfg.Upstream, "%q: the port must be a number from 1 to 65535", a))
+			continue
 		}
 		out = append(out, a)
 	}
-	return out, nil
+	return out, errors.Join(errs...)
 }
 
 // tlsConfig builds the client configuration of upstream_tls; ca_file is

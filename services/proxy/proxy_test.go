@@ -131,6 +131,8 @@ func TestConfig(t *testing.T) {
 		{name: "unknown attribute", body: `  upstream = "127.0.0.1:1"
   conect_timeout = "1s"`,
 			wantErr: []string{"superd.hcl:3,", `Did you mean "connect_timeout"?`}},
+		{name: "every bad upstream", body: `  upstream = ["127.0.0.1:70000", "nohostport", "127.0.0.1:1", 7]`,
+			wantErr: []string{`"127.0.0.1:70000": the port must be`, `"nohostport" is not "host:port"`, "element 4 of upstream is a number"}},
 		{name: "every mistake at once", body: `  upstream = "127.0.0.1:70000"
   connect_timeout = "0s"
   send_proxy_protocol = "v3"
