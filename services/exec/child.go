@@ -3,6 +3,7 @@ package exec
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"os"
 	"strconv"
@@ -54,9 +55,18 @@ func (f *Factory) start(fds []int, env []string, peer string, listenPID bool) (*
 	st := f.setup
 	st.listenPID = listenPID
 	cred := f.cred
+	var report, reportW *os.File // the shim's report pipe
 	if st.needed() {
 		// The shim takes on the user after nice and rlimits, and enters
-		// the directory after the user (as Go's own start does).
+		// the directory after the user (as Go's own start does). What it
+		// cannot do fails the start, as a failed exec does: it says why
+		// on a pipe of its own, which its exec of the program closes.
+		var err error
+		if report, reportW, err = os.Pipe(); err != nil {
+			return nil, err
+		}
+		st.report = len(all)
+		all = append(all, reportW.Fd())
 		st.cred, cred = f.cred, nil
 		st.dir, dir = f.dir, ""
 		path = "/proc/self/exe"
@@ -77,7 +87,13 @@ func (f *Factory) start(fds []int, env []string, peer string, listenPID bool) (*
 		Files: all,
 		Sys:   sys,
 	})
+	if reportW != nil {
+		reportW.Close() // the child's copy is the one that ends at its exec
+	}
 	if err != nil {
+		if report != nil {
+			report.Close()
+		}
 		f.children.Done()
 		return nil, &os.PathError{Op: "fork/exec", Path: path, Err: err}
 	}
@@ -85,8 +101,30 @@ func (f *Factory) start(fds []int, env []string, peer string, listenPID bool) (*
 	if pidfd >= 0 {
 		c.pidfd = pollable(pidfd, "pidfd")
 	}
+	if report != nil {
+		if err := c.shimReport(report); err != nil {
+			return nil, err
+		}
+	}
 	f.procs.Inc()
 	return c, nil
+}
+
+// shimReport waits until the shim has started the program (its report
+// pipe ends at the exec) or failed (it says why, and exits); a shim that
+// failed is reaped here, and its start fails. It closes r.
+func (c *child) shimReport(r *os.File) error {
+	why, _ := io.ReadAll(io.LimitReader(r, 4<<10))
+	r.Close()
+	if len(why) == 0 {
+		return nil
+	}
+	c.reap()
+	if c.f.stderrLog != nil {
+		c.f.stderrLog.exited(c.pid)
+	}
+	c.f.children.Done()
+	return &os.PathError{Op: "start", Path: c.f.path, Err: errors.New(string(why))}
 }
 
 // wait reaps the child (it runs as soon as the child exits, so no zombie

@@ -178,7 +178,7 @@ func New(env *framework.Env, cfg *Config) (framework.Factory, error) {
 		wait:      cfg.Wait,
 		listenFDs: cfg.ListenFDs,
 		runAs:     env.RunAs,
-		setup:     setup{umask: -1, nice: cfg.Nice},
+		setup:     setup{umask: -1, nice: cfg.Nice, report: -1},
 	}
 	// Every mistake is reported, not only the first: validate lists them
 	// all, so a file is fixed in one go.

@@ -629,20 +629,25 @@ func TestDirEnteredAsUser(t *testing.T) {
 			if len(b) != 0 {
 				t.Errorf("the program ran in %q, which its user may not enter: it printed %q", closed, b)
 			}
-			// Started directly, the start itself fails; the shim, already
-			// running, says why on stderr and exits 127.
+			// Either way the start fails, as a failed exec does: rejected
+			// as spawn, with the reason logged (the shim's own words when
+			// it is the shim that cannot enter), and no program exit.
 			var rej *framework.RejectError
-			refused := errors.As(err, &rej) && rej.Reason == metrics.RejectSpawn
-			if !refused {
-				if err != nil {
-					t.Fatal(err)
-				}
-				exits := logs.with("program exited")
-				stderr := logs.with("program stderr")
-				if len(exits) != 1 || exits[0]["status"] != "127" || len(stderr) == 0 ||
-					!strings.Contains(fmt.Sprint(stderr[0]["line"]), "cannot enter the working directory") {
-					t.Errorf("not refused: exits %v, stderr %v", exits, stderr)
-				}
+			if !errors.As(err, &rej) || rej.Reason != metrics.RejectSpawn {
+				t.Fatalf("ServeConn returned %v, want a spawn rejection", err)
+			}
+			failed := logs.with("cannot start program")
+			if len(failed) != 1 || !strings.Contains(fmt.Sprint(failed[0]["err"]), "permission denied") {
+				t.Errorf("the failure logged as %v", failed)
+			}
+			if start.extra != "" && !strings.Contains(fmt.Sprint(failed[0]["err"]), "cannot enter the working directory") {
+				t.Errorf("the shim's reason is not in the log: %v", failed)
+			}
+			if exits, stderr := logs.with("program exited"), logs.with("program stderr"); len(exits) != 0 || len(stderr) != 0 {
+				t.Errorf("a start that failed logged exits %v and stderr %v", exits, stderr)
+			}
+			if n := testutil.ToFloat64(f.procs); n != 0 {
+				t.Errorf("processes gauge %v after a failed start", n)
 			}
 		})
 	}

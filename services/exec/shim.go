@@ -47,6 +47,10 @@ type setup struct {
 	cred *syscall.Credential
 	// dir is the working directory, entered once cred is taken on.
 	dir string
+	// report is the shim's descriptor of the pipe it says why it failed
+	// on (-1: none, stderr then): close-on-exec once the program runs, so
+	// superd reads either the reason or, at the program's exec, the end.
+	report int
 }
 
 type rlimit struct {
@@ -60,11 +64,14 @@ func (s *setup) needed() bool {
 }
 
 // encode writes the settings as the shim's first argument:
-// "umask=18,nice=5,rlimit=7:256,listen_pid,gid=65534,groups=4.0,uid=65534,dir=2f7372762f6674"
+// "report=3,umask=18,nice=5,rlimit=7:256,listen_pid,gid=65534,groups=4.0,uid=65534,dir=2f7372762f6674"
 // (groups left out: superd's kept; dir in hex, since a path may hold
 // commas).
 func (s *setup) encode() string {
 	var parts []string
+	if s.report >= 0 { // first: whatever fails after it is reported there
+		parts = append(parts, "report="+strconv.Itoa(s.report))
+	}
 	if s.umask >= 0 {
 		parts = append(parts, "umask="+strconv.Itoa(s.umask))
 	}
@@ -95,14 +102,19 @@ func (s *setup) encode() string {
 }
 
 // runShim is the shim: args are the settings, the program, then its argv.
-// It never returns; a failure is written to stderr (the child's fd 2) and
-// exits 127, as a shell does for a program it cannot run.
+// It never returns; a failure is written to the report pipe (or, without
+// one, to stderr, the child's fd 2) and exits 127, as a shell does for a
+// program it cannot run.
 func runShim(args []string) {
 	// nice is a property of the thread on Linux: set it on the thread
 	// that calls execve, which becomes the program's only thread.
 	runtime.LockOSThread()
+	report := os.Stderr
 	fail := func(format string, a ...any) {
-		fmt.Fprintf(os.Stderr, "superd exec: "+format+"\n", a...)
+		if report == os.Stderr {
+			format = "superd exec: " + format + "\n"
+		}
+		fmt.Fprintf(report, format, a...)
 		os.Exit(127)
 	}
 	if len(args) < 3 {
@@ -124,6 +136,13 @@ func runShim(args []string) {
 		name, value, _ := strings.Cut(part, "=")
 		switch name {
 		case "":
+		case "report":
+			fd, err := strconv.Atoi(value)
+			if err != nil || fd < 3 {
+				fail("bad report descriptor %q", value)
+			}
+			report = os.NewFile(uintptr(fd), "report")
+			unix.CloseOnExec(fd) // the program never sees it
 		case "umask":
 			n, _ := strconv.Atoi(value)
 			syscall.Umask(n)
