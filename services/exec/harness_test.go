@@ -185,12 +185,12 @@ func (h *handed) finished() bool {
 // loopback.
 func tcpPair(t *testing.T) (client, server net.Conn) {
 	t.Helper()
-	return pairOn(t, "tcp", "127.0.0.1:0")
+	return pairOn(t, "tcp", "127.0.0.1:0", false)
 }
 
 func unixPair(t *testing.T) (client, server net.Conn) {
 	t.Helper()
-	return pairOn(t, "unix", filepath.Join(t.TempDir(), "s.sock"))
+	return pairOn(t, "unix", filepath.Join(t.TempDir(), "s.sock"), false)
 }
 
 // bareTCPPair and bareUnixPair are pairs whose server side superd accepted
@@ -198,45 +198,33 @@ func unixPair(t *testing.T) (client, server net.Conn) {
 // its plain TCP and unix connections.
 func bareTCPPair(t *testing.T) (client, server net.Conn) {
 	t.Helper()
-	return barePairOn(t, "tcp", "127.0.0.1:0")
+	return pairOn(t, "tcp", "127.0.0.1:0", true)
 }
 
 func bareUnixPair(t *testing.T) (client, server net.Conn) {
 	t.Helper()
-	return barePairOn(t, "unix", filepath.Join(t.TempDir(), "s.sock"))
+	return pairOn(t, "unix", filepath.Join(t.TempDir(), "s.sock"), true)
 }
 
-func pairOn(t *testing.T, network, addr string) (client, server net.Conn) {
+func pairOn(t *testing.T, network, addr string, bare bool) (client, server net.Conn) {
 	t.Helper()
 	ln, err := net.Listen(network, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	return dialPair(t, network, ln, ln.Accept)
-}
-
-func barePairOn(t *testing.T, network, addr string) (client, server net.Conn) {
-	t.Helper()
-	ln, err := net.Listen(network, addr)
-	if err != nil {
-		t.Fatal(err)
+	accept := ln.Accept
+	if bare {
+		bl, err := rawconn.NewListener(ln.(syscall.Conn), network == "unix", ln.Addr())
+		if errors.Is(err, errors.ErrUnsupported) {
+			t.Skip("no bare descriptors on this platform")
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer bl.Close()
+		accept = func() (net.Conn, error) { return bl.Accept() }
 	}
-	defer ln.Close()
-	bl, err := rawconn.NewListener(ln.(syscall.Conn), network == "unix", ln.Addr())
-	if errors.Is(err, errors.ErrUnsupported) {
-		t.Skip("no bare descriptors on this platform")
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer bl.Close()
-	return dialPair(t, network, ln, func() (net.Conn, error) { return bl.Accept() })
-}
-
-// dialPair dials ln and returns both ends, the server's from accept.
-func dialPair(t *testing.T, network string, ln net.Listener, accept func() (net.Conn, error)) (client, server net.Conn) {
-	t.Helper()
 	type res struct {
 		c   net.Conn
 		err error
@@ -246,7 +234,7 @@ func dialPair(t *testing.T, network string, ln net.Listener, accept func() (net.
 		c, err := accept()
 		ch <- res{c, err}
 	}()
-	client, err := net.Dial(network, ln.Addr().String())
+	client, err = net.Dial(network, ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
