@@ -504,6 +504,10 @@ func TestClusterNATSURLs(t *testing.T) {
 		if c := getStatus(t, n.maddr, false).Cluster; c == nil || c.Node != n.name || c.Connected {
 			t.Fatalf("node %s /status cluster %+v while NATS is away", n.name, c)
 		}
+		out, err := exec.Command(superdBin, "status", "-address", n.maddr).CombinedOutput()
+		if want := "cluster node " + n.name + ": NOT connected to NATS"; err != nil || !strings.Contains(string(out), want) {
+			t.Fatalf("superd status of node %s while NATS is away: %v, lacks %q:\n%s", n.name, err, want, out)
+		}
 	}
 	yann.send("local only\r\n")
 	yves.expect("<yann> local only\r\n")
