@@ -74,9 +74,10 @@ var (
 // callback. An idle TCP or unix connection has no reader at all: it is
 // parked in the idle poller until its peer sends something, and a new
 // reader then takes over. A busy TCP or unix connection's reader runs
-// DataReceived inside the raw read itself and, when a read left the socket
-// empty, waits for the next input without a read that would find nothing:
-// one system call per message fewer than a read loop (see read). A
+// DataReceived inside the raw read itself and, on TCP, when a read left
+// the socket empty (TCP_INQ tells), waits for the next input without a
+// read that would find nothing: one system call per message fewer than a
+// read loop (see read and serveInline). A
 // registered producer is called one call at a time with the protocol's
 // callbacks, never beside them (see cbOwner).
 //
@@ -154,6 +155,9 @@ type Conn struct {
 	inRead        bool // the reader is inside raw.Read (see read)
 	serving       bool // the reader delivers input inside raw.Read (see serveInline)
 	closeOwed     bool // closeLocked left the close to the reader inside raw.Read
+	// inq: TCP_INQ is on, so each read says what the socket still holds
+	// (see inq_linux.go); inqTried: the reader has looked (once).
+	inq, inqTried bool
 }
 
 // idleState is the idle timeout's: the timer checks lastRecv (monoNow
@@ -186,6 +190,7 @@ type reader struct {
 	parkNow   bool // rawRead: on EAGAIN, return errWouldBlock instead of waiting
 	// recvSinceArm: something arrived since the park deadline was set.
 	recvSinceArm bool
+	inq          inqScratch // recvInq's, for a socket with TCP_INQ
 }
 
 var readers sync.Pool

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -235,8 +236,16 @@ func (c *Conn) readLost(p framework.Protocol) {
 // and the reader parks if nothing arrived meanwhile.
 func (c *Conn) armParkLocked(r *reader) {
 	c.parkArmed, r.recvSinceArm = true, false
-	c.nc.SetReadDeadline(time.Now().Add(parkAfter))
+	d := parkAfter
+	if t := testParkAfter.Load(); t != 0 {
+		d = time.Duration(t)
+	}
+	c.nc.SetReadDeadline(time.Now().Add(d))
 }
+
+// testParkAfter, when set by a test, replaces parkAfter: out of reach, it
+// shows that something happens without the park deadline's help.
+var testParkAfter atomic.Int64
 
 // What the read loop does after a read that got no data.
 const (
@@ -367,9 +376,23 @@ func (c *Conn) leaveRead() {
 // (true), or until the socket is empty (false: wait). Input that can be
 // delivered at once is delivered here (serveInline).
 func (r *reader) rawRead(fd uintptr) bool {
+	c := r.c
+	if !c.inqTried {
+		// Only a connection that parks is served inside the read and so
+		// needs to know what a read left (see serveInline).
+		c.inqTried = true
+		c.inq = c.fd >= 0 && !c.isUnixSocket() && enableInq(int(fd))
+	}
 	for {
 		buf := readBuffers.Get().(*[]byte)
-		n, err := syscall.Read(int(fd), *buf)
+		var n, left int
+		var err error
+		if c.inq {
+			n, left, err = r.recvInq(int(fd), *buf)
+		} else {
+			n, err = syscall.Read(int(fd), *buf)
+			left = -1
+		}
 		switch {
 		case err == syscall.EINTR:
 			readBuffers.Put(buf)
@@ -393,7 +416,7 @@ func (r *reader) rawRead(fd uintptr) bool {
 			r.err = io.EOF
 			return true
 		}
-		next := r.c.serveInline(r, buf, n)
+		next := c.serveInline(r, buf, n, left)
 		switch next {
 		case notServed:
 			r.buf, r.n = buf, n
@@ -423,19 +446,20 @@ const (
 
 // serveInline delivers input inside raw.Read when nothing but the input
 // itself asks anything of the reader (serveInlineLocked); otherwise the
-// read loop delivers it, with every wait and check of its own.
+// read loop delivers it, with every wait and check of its own. left is
+// what the read left in the socket, as TCP_INQ tells it (bytes, or 1 for
+// the peer's FIN), or -1 where nothing tells.
 //
-// A read that did not fill the buffer left the socket empty (Linux's TCP
-// and unix stream sockets copy until the request is met or nothing is
-// queued), so the reader waits rather than reading again: input that
-// comes after the read makes the descriptor ready again, which the wait
-// sees, since raw.Read forgets readiness only when it starts. Two short
-// reads leave input behind: TCP stops at an urgent mark (MSG_OOB, which
-// only telnet's Synch still sends), and a unix socket after a message
-// carrying descriptors (SCM_RIGHTS, which no service expects). That input
-// waits for the next to arrive or, at most, for the park deadline (0.5-1
-// s), after which the read loop reads again.
-func (c *Conn) serveInline(r *reader, buf *[]byte, n int) int {
+// When the read left nothing, the reader waits rather than reading again:
+// input that comes after the read makes the descriptor ready again, which
+// the wait sees, since raw.Read forgets readiness only when it starts.
+// Otherwise it reads again: what is still queued, or the end of stream,
+// came before the read, and its readiness is spent. Without TCP_INQ (a
+// unix socket, an older kernel) a read cannot tell: a short read does not
+// mean an empty socket (the peer's FIN or shutdown, taken with the last
+// bytes; a unix socket stops after a message carrying descriptors), so
+// the reader reads again after every delivery, until the socket is empty.
+func (c *Conn) serveInline(r *reader, buf *[]byte, n, left int) int {
 	c.mu.Lock()
 	if !c.serveInlineLocked() {
 		c.mu.Unlock()
@@ -454,11 +478,9 @@ func (c *Conn) serveInline(r *reader, buf *[]byte, n int) int {
 	switch {
 	case !on:
 		return servedStop
-	case n == len(*buf) || c.fd < 0:
-		// A full buffer: more may be queued. A connection that never
-		// parks (no idle poller: not Linux) has no park deadline to
-		// bound the wait of input a short read left behind, so it
-		// reads until the socket is empty.
+	case left != 0:
+		// More is queued, the peer's end of stream is, or nothing says
+		// (see above).
 		return servedMore
 	case flushersStarted.Load() != started:
 		// The callback gave the scheduler other work (writes to other

@@ -1,0 +1,59 @@
+package engine
+
+import (
+	"net"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestEndOfStreamBehindInput: the peer's last input and its end of stream
+// (FIN, or a unix socket's shutdown) both arrive while the reader is
+// inside a callback. The read that takes the input takes the end of
+// stream with it and returns short, and their readiness was spent on one
+// wake-up: the reader must read again (TCP_INQ says the FIN is queued; a
+// unix socket always reads again), not wait for readiness that never
+// comes. The park deadline, which would otherwise end the wait after
+// 0.5-1 s, is out of reach here: a reader that waits fails the test.
+func TestEndOfStreamBehindInput(t *testing.T) {
+	testParkAfter.Store(int64(time.Hour))
+	t.Cleanup(func() { testParkAfter.Store(0) })
+	forTransports(t, rawTransports, func(t *testing.T, network string, _ bool) {
+		p := dialPair(t, network, pairOpts{})
+		r, s, release := heldInSecondChunk(t, p)
+		if _, err := p.client.Write([]byte("three")); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.client.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 5*time.Second, func() bool { return inputQueued(t, p.serverRaw) == 5 && peerShutDown(t, p.serverRaw) },
+			"the third chunk and the end of stream queued")
+		release()
+		s.wait(t, serveWait)
+		if got := string(r.bytes()); got != "onetwothree" {
+			t.Errorf("received %q", got)
+		}
+		r.check(t, s.reason)
+	})
+}
+
+// peerShutDown reports whether c's peer has shut its sending side down
+// (a TCP socket in CLOSE_WAIT; a unix peer's shutdown is there at once).
+func peerShutDown(t testing.TB, c net.Conn) bool {
+	t.Helper()
+	rc, err := c.(syscall.Conn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := -1
+	rc.Control(func(fd uintptr) {
+		if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+			state = int(info.State)
+		}
+	})
+	const tcpCloseWait = 8
+	return state == -1 || state == tcpCloseWait
+}
