@@ -18,8 +18,7 @@ import (
 // comes. The park deadline, which would otherwise end the wait after
 // 0.5-1 s, is out of reach here: a reader that waits fails the test.
 func TestEndOfStreamBehindInput(t *testing.T) {
-	testParkAfter.Store(int64(time.Hour))
-	t.Cleanup(func() { testParkAfter.Store(0) })
+	parkDeadlineOutOfReach(t)
 	forTransports(t, rawTransports, func(t *testing.T, network string, _ bool) {
 		p := dialPair(t, network, pairOpts{})
 		r, s, release := heldInSecondChunk(t, p)
@@ -38,6 +37,13 @@ func TestEndOfStreamBehindInput(t *testing.T) {
 		}
 		r.check(t, s.reason)
 	})
+}
+
+// parkDeadlineOutOfReach moves the park deadline an hour away for the
+// test: what must happen without its help, a reader left waiting fails.
+func parkDeadlineOutOfReach(t *testing.T) {
+	testParkAfter.Store(int64(time.Hour))
+	t.Cleanup(func() { testParkAfter.Store(0) })
 }
 
 // peerShutDown reports whether c's peer has shut its sending side down

@@ -182,8 +182,7 @@ func TestUrgentMarkInputDelivered(t *testing.T) {
 	if getPoller() == nil {
 		t.Skip("no park deadline without the idle poller")
 	}
-	testParkAfter.Store(int64(time.Hour))
-	t.Cleanup(func() { testParkAfter.Store(0) })
+	parkDeadlineOutOfReach(t)
 	forTransports(t, []string{"tcp", "bare"}, func(t *testing.T, network string, _ bool) {
 		p := dialPair(t, network, pairOpts{})
 		r, s, release := heldInSecondChunk(t, p)
