@@ -191,13 +191,6 @@ type reader struct {
 	// recvSinceArm: something arrived since the park deadline was set.
 	recvSinceArm bool
 	inq          inqScratch // recvInq's, for a socket with TCP_INQ
-	// pend: read returns pendBuf, pendN and pendErr first, a read a
-	// poller loop made (see loopAfter).
-	pend    bool
-	bulk    bool // waits in the runtime's poller, parks only once quiet (see readLoop)
-	pendBuf *[]byte
-	pendN   int
-	pendErr error
 }
 
 var readers sync.Pool

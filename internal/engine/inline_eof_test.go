@@ -46,14 +46,6 @@ func parkDeadlineOutOfReach(t *testing.T) {
 	t.Cleanup(func() { testParkAfter.Store(0) })
 }
 
-// goroutineReaders has the test's connections served by their goroutines
-// (as streams are), not by a poller loop: the read loop's own waits,
-// deadlines and inline serving are what the test holds.
-func goroutineReaders(t *testing.T) {
-	testGoroutineReaders.Store(true)
-	t.Cleanup(func() { testGoroutineReaders.Store(false) })
-}
-
 // peerShutDown reports whether c's peer has shut its sending side down
 // (a TCP socket in CLOSE_WAIT; a unix peer's shutdown is there at once).
 func peerShutDown(t testing.TB, c net.Conn) bool {

@@ -1,14 +1,12 @@
-// This file owns the poller loops (epoll), where connections park without
-// a goroutine and are served when their input comes, and the socket
-// queries (SIOCINQ, SIOCOUTQ) that drain and the graceful close ask of the
-// kernel.
+// This file owns the idle poller (epoll), where idle connections park
+// without a goroutine, and the socket queries (SIOCINQ, SIOCOUTQ) that
+// drain and the graceful close ask of the kernel.
 
 package engine
 
 import (
 	"net"
 	"os"
-	"runtime"
 	"slices"
 	"sync"
 	"syscall"
@@ -16,16 +14,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// idlePoller is one poller loop (one per P): it holds connections without
-// a goroutine each. A connection with nothing to read parks its descriptor
-// here (epoll) and its goroutine exits; when the peer sends something, the
-// loop reads it and runs DataReceived itself, writes the reply if the
-// socket takes it at once, and parks the connection again (serveParked),
-// as an event loop does; whatever needs more (an end of stream, a pause, a
-// close, a stream's bulk) gets a goroutine that picks up the read loop
-// where it left off. This is what makes an idle connection cost a few
-// hundred bytes instead of a goroutine stack, and a message on a busy
-// connection cost a read and a write and no goroutine switch.
+// idlePoller holds idle connections without a goroutine each: a connection
+// with nothing to read parks its descriptor here (epoll, one-shot) and its
+// goroutine exits; when the peer sends something (or closes), the poller
+// starts a goroutine that picks up the read loop where it left off. This is
+// what makes an idle connection cost a few hundred bytes instead of a
+// goroutine stack.
 type idlePoller struct {
 	epfd int
 	// epf is epfd in the runtime's poller (see loop), kept here so that
@@ -40,44 +34,25 @@ type idlePoller struct {
 
 var (
 	pollerOnce sync.Once
-	// pollers are the loops, one per P when the process started: a
-	// descriptor belongs to pollers[fd % len(pollers)]. Empty if epoll is
-	// unavailable: connections never park.
-	pollers []*idlePoller
+	thePoller  *idlePoller // nil if epoll is unavailable: connections never park
 )
 
-// getPoller starts the loops once; nil means connections never park.
 func getPoller() *idlePoller {
 	pollerOnce.Do(func() {
-		n := runtime.GOMAXPROCS(0)
-		for i := 0; i < n; i++ {
-			epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
-			if err != nil {
-				break
-			}
-			p := &idlePoller{epfd: epfd}
-			pollers = append(pollers, p)
-			go p.loop()
+		epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+		if err != nil {
+			return
 		}
+		thePoller = &idlePoller{epfd: epfd}
+		go thePoller.loop()
 	})
-	if len(pollers) == 0 {
-		return nil
-	}
-	return pollers[0]
+	return thePoller
 }
 
-// pollerFor is the loop that holds fd while it is parked.
-func pollerFor(fd int32) *idlePoller { return pollers[int(fd)%len(pollers)] }
-
-// park registers fd with its loop. The caller has marked c parked; false
-// means it could not be registered (the caller carries on reading itself).
-// A TCP socket stays registered, edge-triggered, from one park to the
-// next: arm false skips the system call, for a loop parking again a
-// connection whose socket it has just read empty (an edge after that read
-// comes as an event). A unix socket is registered for one event (a read
-// can stop short there and leave input without an edge), and so is armed
-// every time.
-func (p *idlePoller) park(c *Conn, fd int32, arm bool) bool {
+// park registers fd for one readiness event. The caller has marked c
+// parked; false means it could not be registered (the caller carries on
+// reading itself).
+func (p *idlePoller) park(c *Conn, fd int32) bool {
 	p.mu.Lock()
 	if int(fd) >= len(p.conns) {
 		p.conns = slices.Grow(p.conns, int(fd)+1-len(p.conns))
@@ -85,16 +60,7 @@ func (p *idlePoller) park(c *Conn, fd int32, arm bool) bool {
 	}
 	p.conns[fd] = c
 	p.mu.Unlock()
-	unixSocket := c.isUnixSocket()
-	if !arm && !unixSocket {
-		return true
-	}
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET, Fd: fd}
-	if unixSocket {
-		ev.Events = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT
-	}
-	// MOD looks at the socket as it is now: input that came while no one
-	// was registered for it is an event at once.
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: fd}
 	err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_MOD, int(fd), &ev)
 	if err == unix.ENOENT {
 		err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev)
@@ -117,22 +83,15 @@ func (p *idlePoller) forget(c *Conn, fd int32) {
 	unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, int(fd), nil)
 }
 
-// hotWaitMillis: a loop that has just served something waits for more
-// blocked in epoll_wait, for up to this long, and only after that in the
-// runtime's poller. Blocked, it is woken by the kernel directly, which is
-// what makes a busy connection cheap to serve (no poller round, no
-// goroutine switch); but a goroutine blocked in a system call keeps its P
-// until the runtime's monitor takes it back (up to 10 ms on a quiet
-// host), so a quiet loop must not.
-const hotWaitMillis = 1
-
-// loop serves the connections whose descriptors become readable: it reads
-// each and runs DataReceived itself where nothing else is needed (see
-// serveParked), and starts a goroutine for the rest.
+// loop wakes the connections whose descriptors become readable. It waits
+// in the runtime's poller, on the epoll descriptor itself (which is
+// readable while it holds events), rather than blocked in epoll_wait: a
+// goroutine blocked in a system call keeps its P, so the goroutines it
+// just started for woken connections could wait for the runtime's monitor
+// to take the P back (10-25 ms on a busy host). Where the epoll descriptor
+// cannot go in the poller, it blocks in epoll_wait after all.
 func (p *idlePoller) loop() {
-	events := make([]unix.EpollEvent, 128)
-	buf := make([]byte, readBufferSize)
-	r := &reader{} // its recvmsg scratch
+	events := make([]unix.EpollEvent, 256)
 	n := 0
 	collect := func(fd uintptr) bool {
 		var err error
@@ -150,29 +109,14 @@ func (p *idlePoller) loop() {
 			rc = c
 		}
 	}
-	hot := false
 	for {
-		switch {
-		case hot:
-			// What the last round made runnable runs before this
-			// goroutine blocks with its P.
-			runtime.Gosched()
-			var err error
-			if n, err = unix.EpollWait(p.epfd, events, hotWaitMillis); err != nil {
-				continue // EINTR
-			}
-			if n == 0 {
-				hot = false
-				continue
-			}
-		case rc == nil || rc.Read(collect) != nil:
+		if rc == nil || rc.Read(collect) != nil {
 			rc = nil
 			var err error
 			if n, err = unix.EpollWait(p.epfd, events, -1); err != nil {
 				continue // EINTR
 			}
 		}
-		hot = true
 		for i := 0; i < n; i++ {
 			fd := events[i].Fd
 			var c *Conn
@@ -182,7 +126,7 @@ func (p *idlePoller) loop() {
 			}
 			p.mu.Unlock()
 			if c != nil {
-				c.serveParked(buf, r, events[i].Events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != unix.EPOLLIN)
+				c.wake()
 			}
 		}
 	}

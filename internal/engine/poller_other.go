@@ -16,9 +16,7 @@ type idlePoller struct{}
 
 func getPoller() *idlePoller { return nil }
 
-func pollerFor(fd int32) *idlePoller { return nil }
-
-func (p *idlePoller) park(c *Conn, fd int32, arm bool) bool { return false }
+func (p *idlePoller) park(c *Conn, fd int32) bool { return false }
 
 func (p *idlePoller) forget(c *Conn, fd int32) {}
 

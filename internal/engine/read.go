@@ -1,7 +1,6 @@
 // This file owns reading and parking: the read loop that delivers input to
 // DataReceived, pausing it (flow control, PauseProducing), the peer's end
-// of stream, and parking a connection in a poller loop (and serving it
-// there, or waking it).
+// of stream, and parking an idle connection in the poller (and waking it).
 
 package engine
 
@@ -20,147 +19,13 @@ import (
 // loop runs the read loop until the connection parks or ends.
 func (c *Conn) loop() {
 	r := readers.Get().(*reader)
-	r.bulk = testGoroutineReaders.Load()
 	parked := c.readLoop(c.p, r)
-	r.err, r.discarded, r.recvSinceArm, r.bulk = nil, 0, false, false
+	r.err, r.discarded, r.recvSinceArm = nil, 0, false
 	readers.Put(r)
 	if parked {
 		return // parked: wake or unparkLocked starts loop again
 	}
 	c.finish()
-}
-
-// loopAfter runs the read loop from a read a poller loop made and could
-// not deliver itself (see serveParked): buf (pooled) and n, or err.
-// With bulk (the loop's read filled its buffer, or the socket did not take
-// the reply at once: a stream), the read loop waits for input in the
-// runtime's poller and parks only once quiet, as its goroutine serves a
-// stream better than a loop does.
-func (c *Conn) loopAfter(buf *[]byte, n int, err error, bulk bool) {
-	r := readers.Get().(*reader)
-	r.pend, r.pendBuf, r.pendN, r.pendErr = buf != nil || err != nil, buf, n, err
-	r.bulk = bulk || testGoroutineReaders.Load()
-	parked := c.readLoop(c.p, r)
-	r.err, r.discarded, r.recvSinceArm, r.bulk = nil, 0, false, false
-	readers.Put(r)
-	if parked {
-		return
-	}
-	c.finish()
-}
-
-// serveParked is called by the poller loop that holds a parked connection
-// when its descriptor is ready (hup: the peer closed or the socket failed).
-// The loop reads it once into buf and, when nothing but the input asks
-// anything of the connection (serveLoopLocked), runs DataReceived itself,
-// writes the reply without waiting, and parks the connection again, so a
-// busy connection costs no goroutine switch per message. Anything else
-// (an end of stream, an error, a pause, a close or drain, output the
-// socket did not take at once) goes to a goroutine running the read loop,
-// as before.
-func (c *Conn) serveParked(buf []byte, lr *reader, hup bool) {
-	c.mu.Lock()
-	if !c.parked {
-		c.mu.Unlock()
-		return
-	}
-	c.parked = false
-	if hup || !c.serveLoopLocked() || testGoroutineReaders.Load() {
-		c.mu.Unlock()
-		go c.loop()
-		return
-	}
-	c.inRead = true
-	c.mu.Unlock()
-	n, left, err := 0, -1, error(nil)
-	if cerr := c.raw.Control(func(fd uintptr) {
-		for {
-			if c.inq {
-				n, left, err = lr.recvInq(int(fd), buf)
-			} else {
-				n, err = syscall.Read(int(fd), buf)
-			}
-			if err != syscall.EINTR {
-				return
-			}
-		}
-	}); cerr != nil {
-		err = cerr
-	}
-	switch {
-	case err == syscall.EAGAIN:
-		c.leaveRead()
-		c.reparkOrLoop(false)
-		return
-	case err != nil:
-		c.leaveRead()
-		go c.loopAfter(nil, 0, os.NewSyscallError("read", err), false)
-		return
-	case n <= 0:
-		c.leaveRead()
-		go c.loopAfter(nil, 0, io.EOF, false)
-		return
-	}
-	c.mu.Lock()
-	if !c.serveLoopLocked() {
-		c.mu.Unlock()
-		c.leaveRead()
-		b := readBuffers.Get().(*[]byte)
-		go c.loopAfter(b, copy(*b, buf[:n]), nil, n == len(buf))
-		return
-	}
-	c.serving, c.inCallback, c.cbOwner = true, true, curG()
-	c.mu.Unlock()
-	c.noteReceived(n)
-	c.call(c.p, callData, buf[:n], nil)
-	flushed := c.afterCallbackNoWait()
-	c.mu.Lock()
-	c.serving = false
-	c.mu.Unlock()
-	c.leaveRead()
-	if n == len(buf) || !flushed {
-		// A stream: its goroutine serves it until it is quiet, and the
-		// loop is not woken meanwhile by its input.
-		pollerFor(c.fd).forget(c, c.fd)
-		go c.loopAfter(nil, 0, nil, true)
-		return
-	}
-	// Parked again without a system call when the read left the socket
-	// empty: what comes next is an edge, and an event.
-	c.reparkOrLoop(left != 0)
-}
-
-// testGoroutineReaders, when set by a test, has every connection served
-// as a stream is: by its goroutine, which waits for input in the runtime's
-// poller and parks only once quiet.
-var testGoroutineReaders atomic.Bool
-
-// serveLoopLocked reports whether a poller loop may deliver input itself:
-// the connection is open and not closing or draining, the protocol has not
-// paused it, no producer call runs elsewhere, and the output is under the
-// high-water mark.
-func (c *Conn) serveLoopLocked() bool {
-	return !c.closed && !c.disconnecting && !c.draining && !c.readPaused &&
-		c.cbOwner == 0 && c.inflight+c.pendingLen() <= framework.HighWaterMark
-}
-
-// reparkOrLoop parks the connection again after a poller loop served it
-// (arm: see idlePoller.park), or starts its read loop if anything else
-// needs it.
-func (c *Conn) reparkOrLoop(arm bool) {
-	c.mu.Lock()
-	ok := c.serveLoopLocked()
-	if ok {
-		c.parked = true
-		if !pollerFor(c.fd).park(c, c.fd, arm) {
-			c.parked = false
-			ok = false
-		}
-	}
-	c.mu.Unlock()
-	if !ok {
-		go c.loop()
-	}
 }
 
 // wake is called by the poller when a parked connection is readable (or
@@ -183,7 +48,7 @@ func (c *Conn) unparkLocked() {
 		return
 	}
 	c.parked = false
-	pollerFor(c.fd).forget(c, c.fd)
+	getPoller().forget(c, c.fd)
 	go c.loop()
 }
 
@@ -199,7 +64,7 @@ func (c *Conn) tryPark() bool {
 		c.parkArmed = false
 	}
 	c.parked = true
-	if !pollerFor(c.fd).park(c, c.fd, true) {
+	if !getPoller().park(c, c.fd) {
 		c.parked = false
 		c.fd = -1 // do not try again
 		return false
@@ -207,13 +72,11 @@ func (c *Conn) tryPark() bool {
 	return true
 }
 
-// parkAfter: a stream's reader (bulk: a read filled the buffer, or the
-// socket did not take a reply at once) waits in the runtime's poller, and
-// parks only once a whole parkAfter has passed with nothing received (so
-// between one and two parkAfter after its last input); a stream never
-// pays for parking, nor for reading the clock on every read. Any other
-// reader parks as soon as its socket is empty, and a poller loop serves
-// the connection's next input.
+// parkAfter: a reader that has received something waits in the runtime's
+// poller, and parks only once a whole parkAfter has passed with nothing
+// received (so between one and two parkAfter after its last input); steady
+// traffic never pays for parking, nor for reading the clock on every read.
+// A connection that never received anything parks at once.
 const parkAfter = 500 * time.Millisecond
 
 // errWouldBlock: the socket had nothing to read and the reader wants to
@@ -251,13 +114,9 @@ func (c *Conn) readLoop(p framework.Protocol, r *reader) (parked bool) {
 			c.drainArrived(p)
 			continue
 		}
-		// A connection that can park parks as soon as its socket is
-		// empty, and a poller loop serves it from then on (serveParked);
-		// a stream (bulk) waits in the runtime's poller and parks only
-		// once a parkAfter has passed without input.
 		r.parkNow = false
 		if c.fd >= 0 && !c.disconnecting {
-			if !c.received || !r.bulk {
+			if !c.received {
 				r.parkNow = true
 			} else if !c.parkArmed {
 				c.armParkLocked(r)
@@ -266,9 +125,6 @@ func (c *Conn) readLoop(p framework.Protocol, r *reader) (parked bool) {
 		c.mu.Unlock()
 
 		buf, n, err := c.read(r)
-		if n == readBufferSize {
-			r.bulk = true
-		}
 		if n > 0 {
 			c.countReceived(r, n)
 			// Deliver unless the connection is ending; data that arrived
@@ -451,12 +307,6 @@ func (c *Conn) readNow() (buf *[]byte, n int) {
 
 // countReceived records n bytes just read.
 func (c *Conn) countReceived(r *reader, n int) {
-	c.noteReceived(n)
-	r.recvSinceArm = true
-}
-
-// noteReceived records n bytes just read, outside a read loop.
-func (c *Conn) noteReceived(n int) {
 	c.bytesIn.Add(int64(n))
 	if c.opts.Received != nil {
 		c.opts.Received.Add(float64(n))
@@ -464,7 +314,7 @@ func (c *Conn) noteReceived(n int) {
 	if c.idle != nil {
 		c.idle.lastRecv.Store(monoNow())
 	}
-	c.received = true
+	c.received, r.recvSinceArm = true, true
 }
 
 // read reads into a pooled buffer and returns what it read, or the error
@@ -484,12 +334,6 @@ func (c *Conn) read(r *reader) (*[]byte, int, error) {
 	if c.raw == nil {
 		buf := readBuffers.Get().(*[]byte)
 		n, err := c.nc.Read(*buf)
-		return buf, n, err
-	}
-	if r.pend {
-		r.pend = false
-		buf, n, err := r.pendBuf, r.pendN, r.pendErr
-		r.pendBuf, r.pendErr = nil, nil
 		return buf, n, err
 	}
 	r.buf, r.n, r.err, r.c = nil, 0, nil, c

@@ -5,9 +5,7 @@
 package engine
 
 import (
-	"os"
 	"sync/atomic"
-	"syscall"
 
 	"github.com/superd-dev/superd/framework"
 )
@@ -35,89 +33,6 @@ func (c *Conn) afterCallback() {
 		c.halfShutLocked()
 	}
 	c.mu.Unlock()
-}
-
-// afterCallbackNoWait is afterCallback for a poller loop, which must not
-// wait for one peer: what the one non-blocking write leaves goes to a
-// background flusher. It reports whether nothing was left to a flusher.
-func (c *Conn) afterCallbackNoWait() (flushed bool) {
-	flushed = true
-	c.settleProducer()
-	c.mu.Lock()
-	c.endTurnLocked()
-	c.inCallback = false
-	if c.pendingLen() > 0 && !c.flushing && !c.closed {
-		c.flushing = true
-		if c.flushNowLocked() {
-			c.flushDoneLocked()
-		} else {
-			flushed = false
-			go c.flushLoop()
-		}
-	} else if c.disconnecting && !c.flushing {
-		c.shutdownWriteLocked()
-	} else if c.halfClosing && !c.flushing && c.pendingLen() == 0 {
-		c.halfShutLocked()
-	}
-	c.mu.Unlock()
-	return flushed
-}
-
-// flushNowLocked writes what is pending with one non-blocking write (mu
-// released during it); what the socket did not take goes back to the
-// front of the queue. It reports whether nothing is left to write.
-func (c *Conn) flushNowLocked() bool {
-	box := c.outBox
-	out := *box
-	c.outBox = nil
-	c.inflight = len(out)
-	c.mu.Unlock()
-	n, err := 0, error(nil)
-	if cerr := c.raw.Write(func(fd uintptr) bool {
-		for {
-			n, err = syscall.Write(int(fd), out)
-			if err != syscall.EINTR {
-				return true
-			}
-		}
-	}); cerr != nil {
-		err = cerr
-	}
-	if n < 0 {
-		n = 0
-	}
-	if err == syscall.EAGAIN {
-		err = nil
-	}
-	c.bytesOut.Add(int64(n))
-	if n > 0 && c.opts.Sent != nil {
-		c.opts.Sent.Add(float64(n))
-	}
-	c.mu.Lock()
-	c.inflight = 0
-	if err == nil && n < len(out) && !c.closed {
-		rest := out[:copy(out, out[n:])]
-		if c.outBox != nil { // written meanwhile: after the rest
-			rest = append(rest, *c.outBox...)
-			if cap(*c.outBox) <= maxPooledOutput {
-				*c.outBox = (*c.outBox)[:0]
-				outBuffers.Put(c.outBox)
-			}
-		}
-		*box = rest
-		c.outBox = box
-		return false
-	}
-	if cap(out) <= maxPooledOutput {
-		*box = out[:0]
-		outBuffers.Put(box)
-	}
-	if err != nil && !c.closed {
-		c.setReason(&lostError{os.NewSyscallError("write", err)})
-		c.closeLocked(nil)
-	}
-	c.wakeLocked()
-	return true
 }
 
 // flushLoop flushes until nothing is pending, then finishes a pending
