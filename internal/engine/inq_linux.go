@@ -43,7 +43,7 @@ func (r *reader) recvInq(fd int, b []byte) (n, left int, err error) {
 	s.msg.Control = (*byte)(unsafe.Pointer(&s.oob[0]))
 	s.msg.SetControllen(len(s.oob) * 8)
 	s.msg.Flags = 0
-	m, _, e := syscall.Syscall(syscall.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&s.msg)), 0)
+	m, _, e := syscall.Syscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&s.msg)), 0)
 	s.iov.Base = nil // the buffer goes back to its pool
 	if e != 0 {
 		return 0, -1, e

@@ -108,7 +108,7 @@ func (l *Listener) Accept() (*Conn, error) {
 func localAddr(fd int, isUnix bool) net.Addr {
 	var lsa syscall.RawSockaddrAny
 	n := uint32(syscall.SizeofSockaddrAny)
-	if _, _, e := syscall.RawSyscall(syscall.SYS_GETSOCKNAME, uintptr(fd), uintptr(unsafe.Pointer(&lsa)), uintptr(unsafe.Pointer(&n))); e != 0 {
+	if _, _, e := syscall.RawSyscall(unix.SYS_GETSOCKNAME, uintptr(fd), uintptr(unsafe.Pointer(&lsa)), uintptr(unsafe.Pointer(&n))); e != 0 {
 		return nil
 	}
 	if isUnix {
@@ -121,7 +121,7 @@ func localAddr(fd int, isUnix bool) net.Addr {
 func (l *Listener) accept4(fd uintptr) bool {
 	for {
 		n := uint32(syscall.SizeofSockaddrAny)
-		r, _, e := syscall.Syscall6(syscall.SYS_ACCEPT4, fd, uintptr(unsafe.Pointer(&l.rsa)), uintptr(unsafe.Pointer(&n)),
+		r, _, e := syscall.Syscall6(unix.SYS_ACCEPT4, fd, uintptr(unsafe.Pointer(&l.rsa)), uintptr(unsafe.Pointer(&n)),
 			syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0, 0)
 		switch e {
 		case 0:
