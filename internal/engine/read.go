@@ -67,6 +67,10 @@ func (c *Conn) tryPark() bool {
 	if !getPoller().park(c, c.fd) {
 		c.parked = false
 		c.fd = -1 // do not try again
+		// Nor trust TCP_INQ's "nothing left": it does not count a reset
+		// queued behind the last input, which only the park deadline
+		// (never armed without a poller) would otherwise find.
+		c.inq = false
 		return false
 	}
 	return true
