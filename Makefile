@@ -5,19 +5,22 @@ BIN     := bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build run test fuzz bench failure promcheck test-tools clean
+.PHONY: all build run run-sni test fuzz bench failure promcheck test-tools clean
 
 all: build
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/superd ./cmd/superd
 
-# examples.hcl's service with two names needs their certificates: made
-# self-signed in /tmp/superd-tls (kept while still valid).
-EXAMPLE_NAMES := one.localhost two.localhost
 run: build
-	$(GO) run ./examples/selfsigned -dir /tmp/superd-tls $(EXAMPLE_NAMES)
 	$(BIN)/superd run -config examples.hcl
+
+# examples/sni.hcl's two names need their certificates: made self-signed in
+# /tmp/superd-tls (kept while still valid).
+SNI_NAMES := one.localhost two.localhost
+run-sni: build
+	$(GO) run ./examples/selfsigned -dir /tmp/superd-tls $(SNI_NAMES)
+	$(BIN)/superd run -config examples/sni.hcl
 
 # vet (also for 32-bit x86, whose raw system call numbers differ), then
 # every test with the race detector.

@@ -5,8 +5,8 @@
 # nc 127.0.0.1 7013 </dev/null (daytime), rdate -p -o 7037 127.0.0.1 (time),
 # nc 127.0.0.1 7019 | head (chargen), nc 127.0.0.1 7009 (discard),
 # nc 127.0.0.1 7017 (proxy, to the echo),
-# openssl s_client -connect 127.0.0.1:7444 -servername two.localhost (TLS
-# with two names; the access log: /tmp/superd-access.log),
+# openssl s_client -connect 127.0.0.1:7443 (echo over TLS, a certificate
+# made at start; each echo connection is in /tmp/superd-access.log),
 # curl -s 127.0.0.1:9464/metrics | grep superd_ (the README's quick start)
 
 metrics {
@@ -24,33 +24,12 @@ access_log {
 
 service "echo" "echo" {
   idle_timeout = "5m"
+  access_log   = true
   endpoint "tcp" { address = "127.0.0.1:7007" }
   endpoint "unix" { path = "/tmp/superd-echo.sock" }
   endpoint "tls" {
     address     = "127.0.0.1:7443"
     self_signed = true
-  }
-}
-
-# Two names on one port, each with its own certificate, chosen by the name
-# the client asks for (SNI); the first block is the default, also for
-# clients that send no name. `make run` writes these self-signed
-# certificates first (go run ./examples/selfsigned). Renew the files in
-# place and send SIGHUP: new handshakes get the new certificates, open
-# connections are not touched. Each connection is written to the access
-# log, with its TLS version and the name it asked for.
-service "echo" "names" {
-  access_log = true
-  endpoint "tls" {
-    address = "127.0.0.1:7444"
-    certificate {
-      cert_file = "/tmp/superd-tls/one.localhost.crt"
-      key_file  = "/tmp/superd-tls/one.localhost.key"
-    }
-    certificate {
-      cert_file = "/tmp/superd-tls/two.localhost.crt"
-      key_file  = "/tmp/superd-tls/two.localhost.key"
-    }
   }
 }
 

@@ -33,8 +33,9 @@ import (
 // a temporary folder, in the file and in the commands alike.
 
 const (
-	readmePath   = "../../README.md"
-	examplesPath = "../../examples.hcl"
+	readmePath     = "../../README.md"
+	examplesPath   = "../../examples.hcl"
+	sniExamplePath = "../../examples/sni.hcl"
 	// readmeBlockIntro starts the paragraph before the block.
 	readmeBlockIntro = "With `make run` going"
 	readmeWait       = 10 * time.Second
@@ -188,13 +189,20 @@ type readmeEnv struct {
 }
 
 // writeExamples writes examples.hcl into a new folder with the test's
-// addresses and paths, and, as `make run` does, the self-signed
-// certificates it names (with examples/selfsigned); it returns the file's
-// path.
+// addresses and paths; it returns the file's path.
 func writeExamples(t *testing.T) (*readmeEnv, string) {
 	t.Helper()
+	return writeExample(t, examplesPath)
+}
+
+// writeExample writes the example configuration at file into a new folder
+// with the test's addresses and paths, and, as `make run-sni` does, the
+// self-signed certificates it names (with examples/selfsigned); it returns
+// the file's path.
+func writeExample(t *testing.T, file string) (*readmeEnv, string) {
+	t.Helper()
 	e := &readmeEnv{dir: t.TempDir(), addrs: map[string]string{}, paths: map[string]string{}, serves: map[string]string{}}
-	src, err := os.ReadFile(examplesPath)
+	src, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,7 +228,7 @@ func writeExamples(t *testing.T) (*readmeEnv, string) {
 			t.Fatalf("examples/selfsigned: %v\n%s", err, out)
 		}
 	}
-	path := filepath.Join(e.dir, "examples.hcl")
+	path := filepath.Join(e.dir, filepath.Base(file))
 	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -229,10 +237,17 @@ func writeExamples(t *testing.T) (*readmeEnv, string) {
 
 func startExamples(t *testing.T) *readmeEnv {
 	t.Helper()
-	e, path := writeExamples(t)
+	return startExample(t, examplesPath)
+}
+
+// startExample runs superd on the example configuration at file, moved by
+// writeExample.
+func startExample(t *testing.T, file string) *readmeEnv {
+	t.Helper()
+	e, path := writeExample(t, file)
 	f, err := config.Load(path)
 	if err != nil {
-		t.Fatalf("examples.hcl: %v", err)
+		t.Fatalf("%s: %v", file, err)
 	}
 	// What examples.hcl serves where, by its own addresses and paths.
 	orig := map[string]string{}
@@ -251,7 +266,7 @@ func startExamples(t *testing.T) *readmeEnv {
 	}
 	metrics := f.MetricsAddress
 	if orig[metrics] == "" {
-		t.Fatalf("examples.hcl's metrics address %q is not on 127.0.0.1", metrics)
+		t.Fatalf("%s: metrics address %q is not on 127.0.0.1", file, metrics)
 	}
 	d := startDaemon(t, path, metrics)
 	t.Cleanup(func() {

@@ -294,15 +294,15 @@ service "echo" "tls" {
 	d.stop(20 * time.Second)
 }
 
-// examples.hcl's service with two names serves each its certificate (as
-// `make run` writes them) and writes each connection to the access log
-// with the name the client asked for.
-func TestExamplesSNIAndAccessLog(t *testing.T) {
-	e := startExamples(t)
+// examples/sni.hcl's service with two names serves each its certificate
+// (as `make run-sni` writes them) and writes each connection to the access
+// log with the name the client asked for.
+func TestExampleSNIAndAccessLog(t *testing.T) {
+	e := startExample(t, sniExamplePath)
 	addr := e.addrs["127.0.0.1:7444"]
-	logFile := e.paths["/tmp/superd-access.log"]
+	logFile := e.paths["/tmp/superd-sni-access.log"]
 	if addr == "" || logFile == "" || e.serves["127.0.0.1:7444"] != "echo" {
-		t.Fatalf("examples.hcl has no echo at 127.0.0.1:7444 (%q) or no access log at /tmp/superd-access.log (%q)", addr, logFile)
+		t.Fatalf("examples/sni.hcl has no echo at 127.0.0.1:7444 (%q) or no access log at /tmp/superd-sni-access.log (%q)", addr, logFile)
 	}
 	for _, tc := range []struct{ sni, want string }{
 		{"one.localhost", "one.localhost"},
@@ -315,15 +315,44 @@ func TestExamplesSNIAndAccessLog(t *testing.T) {
 			t.Errorf("SNI %q: served %q, want %s's certificate", tc.sni, got.DNSNames, tc.want)
 		}
 	}
-	lines := waitAccessLines(t, logFile, 3)
+	if snis := accessLogSNIs(t, logFile, "names", 3); snis != "one.localhost,two.localhost," {
+		t.Errorf("access log SNIs %q, want one.localhost, two.localhost and none", snis)
+	}
+}
+
+// examples.hcl's echo, on the self-signed TLS endpoint `make run` starts,
+// writes each connection to the access log with its TLS facts.
+func TestExamplesTLSAccessLog(t *testing.T) {
+	e := startExamples(t)
+	addr := e.addrs["127.0.0.1:7443"]
+	logFile := e.paths["/tmp/superd-access.log"]
+	if addr == "" || logFile == "" || e.serves["127.0.0.1:7443"] != "echo" {
+		t.Fatalf("examples.hcl has no echo at 127.0.0.1:7443 (%q) or no access log at /tmp/superd-access.log (%q)", addr, logFile)
+	}
+	for _, sni := range []string{"echo.localhost", ""} {
+		_, c := tlsServed(t, addr, &tls.Config{ServerName: sni})
+		c.Close()
+	}
+	if snis := accessLogSNIs(t, logFile, "echo", 2); snis != "echo.localhost," {
+		t.Errorf("access log SNIs %q, want echo.localhost and none", snis)
+	}
+}
+
+// accessLogSNIs waits for n lines in the access log at path and returns the
+// names asked for (SNI) of service's clean TLS 1.3 connections, in order,
+// joined by commas.
+func accessLogSNIs(t *testing.T, path, service string, n int) string {
+	t.Helper()
+	lines := waitAccessLines(t, path, n)
 	var snis []string
 	for _, l := range lines {
-		if l["service"] == "names" && l["tls_version"] == "TLSv1.3" && l["reason"] == "clean" {
+		if l["service"] == service && l["tls_version"] == "TLSv1.3" && l["reason"] == "clean" {
 			sni, _ := l["sni"].(string)
 			snis = append(snis, sni)
 		}
 	}
-	if strings.Join(snis, ",") != "one.localhost,two.localhost," {
-		t.Errorf("access log SNIs %q, want one.localhost, two.localhost and none:\n%v", snis, lines)
+	if len(snis) != n {
+		t.Errorf("%d clean TLS 1.3 lines of %s in the access log, want %d:\n%v", len(snis), service, n, lines)
 	}
+	return strings.Join(snis, ",")
 }
