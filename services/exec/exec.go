@@ -41,7 +41,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
@@ -153,7 +152,9 @@ type Factory struct {
 	stderrLog *stderrLog
 
 	children sync.WaitGroup // every child, until reaped
-	backoff  backoff        // wait mode
+
+	restartsMu sync.Mutex
+	restarts   map[string]*restarts // wait mode, by endpoint label
 }
 
 var (
@@ -510,35 +511,4 @@ func setEnv(env []string, name, value string) []string {
 		}
 	}
 	return append(env, prefix+value)
-}
-
-// backoff is wait mode's restart delay: a child that fails within
-// quickExit of its start is restarted after 1 s, doubling to 1 min.
-type backoff struct {
-	mu    sync.Mutex
-	delay time.Duration
-}
-
-const (
-	quickExit  = time.Second
-	minBackoff = time.Second
-	maxBackoff = time.Minute
-)
-
-// failed returns the delay before the next start after a quick failure.
-func (b *backoff) failed() time.Duration {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.delay == 0 {
-		b.delay = minBackoff
-	} else {
-		b.delay = min(2*b.delay, maxBackoff)
-	}
-	return b.delay
-}
-
-func (b *backoff) reset() {
-	b.mu.Lock()
-	b.delay = 0
-	b.mu.Unlock()
 }

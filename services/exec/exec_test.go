@@ -446,11 +446,11 @@ func TestServeListener(t *testing.T) {
 	kill()
 }
 
-func TestBackoff(t *testing.T) {
-	var b backoff
+func TestRestartsBackoff(t *testing.T) {
+	var r restarts
 	var got []time.Duration
 	for range 9 {
-		got = append(got, b.failed())
+		got = append(got, r.failed())
 	}
 	want := []time.Duration{1, 2, 4, 8, 16, 32, 60, 60, 60}
 	for i := range want {
@@ -458,9 +458,110 @@ func TestBackoff(t *testing.T) {
 			t.Fatalf("delays %v, want 1s doubling to 1m", got)
 		}
 	}
-	b.reset()
-	if d := b.failed(); d != time.Second {
+	r.reset()
+	if d := r.failed(); d != time.Second {
 		t.Errorf("after reset: %v", d)
+	}
+}
+
+// Quick runs that leave input waiting are delayed only beyond
+// maxQuickRuns within loopWindow; a new window starts afresh.
+func TestRestartsLooping(t *testing.T) {
+	var r restarts
+	now := time.Unix(1e9, 0)
+	for i := range maxQuickRuns {
+		if d, looping := r.ranLeavingInput(now.Add(time.Duration(i) * time.Millisecond)); looping {
+			t.Fatalf("run %d of a minute delayed by %v", i+1, d)
+		}
+	}
+	if d, looping := r.ranLeavingInput(now.Add(time.Second)); !looping || d != time.Second {
+		t.Fatalf("run %d within a minute: delay %v, %v; want 1s", maxQuickRuns+1, d, looping)
+	}
+	if d, looping := r.ranLeavingInput(now.Add(2 * time.Second)); !looping || d != 2*time.Second {
+		t.Fatalf("the next: delay %v, %v; want 2s", d, looping)
+	}
+	if d, looping := r.ranLeavingInput(now.Add(loopWindow + time.Second)); looping {
+		t.Fatalf("the first run of a new minute delayed by %v", d)
+	}
+	if r.quickRuns != 1 {
+		t.Errorf("%d quick runs counted in the new minute, want 1", r.quickRuns)
+	}
+}
+
+// TestServeListenerOnePerRun: a program that answers one datagram per run
+// and exits 0 is started again at once for the next, though more are
+// waiting; a program that never takes its input is delayed, only after
+// maxQuickRuns quick runs; each endpoint keeps its own record.
+func TestServeListenerOnePerRun(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	file, err := pc.(*net.UDPConn).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer file.Close()
+	stopping, stop := context.WithCancel(context.Background())
+	defer stop()
+	killed, kill := context.WithCancel(context.Background())
+	defer kill()
+	hl := &framework.HandedListener{File: file, Endpoint: "udp:" + pc.LocalAddr().String(), Stopping: stopping, Killed: killed}
+
+	// dd reads one datagram (one read of the socket) and exits 0.
+	f, logs := newTestFactory(t, `command = ["/bin/dd", "bs=512", "count=1", "of=/dev/null", "status=none"]
+  wait = true`)
+	c, err := net.Dial("udp", pc.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const datagrams = 4
+	for range datagrams {
+		if _, err := c.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	for range datagrams {
+		if err := f.ServeListener(hl); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if el, l := time.Since(start), logs.with("program ended soon after its start; restarting after a delay"); len(l) > 0 || el > 900*time.Millisecond {
+		t.Errorf("%d one-datagram runs took %v, delays logged: %v", datagrams, el, l)
+	}
+	if pending(file) {
+		t.Errorf("a datagram is still waiting after %d runs", datagrams)
+	}
+
+	// /bin/true takes nothing: the datagram stays, and the program is
+	// started again at once, maxQuickRuns times, then after a delay.
+	f, logs = newTestFactory(t, `command = ["/bin/true"]
+  wait = true`)
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	runs := 0
+	for len(logs.with("program started too often, each run ending at once with input still waiting; restarting after a delay")) == 0 {
+		if runs > maxQuickRuns {
+			t.Fatalf("%d quick runs leaving input waiting, and no delay", runs)
+		}
+		if err := f.ServeListener(hl); err != nil {
+			t.Fatal(err)
+		}
+		runs++
+	}
+	if runs != maxQuickRuns+1 {
+		t.Errorf("delayed after %d runs, want %d", runs, maxQuickRuns+1)
+	}
+	l := logs.with("program started too often, each run ending at once with input still waiting; restarting after a delay")
+	if l[0]["delay"] != "1s" || l[0]["starts"] != strconv.Itoa(maxQuickRuns+1) {
+		t.Errorf("logged %v, want delay 1s after %d starts", l[0], maxQuickRuns+1)
+	}
+	if r := f.restartsOf("udp:elsewhere"); r.quickRuns != 0 || r.delay != 0 {
+		t.Errorf("another endpoint's record: %+v", *r)
 	}
 }
 
