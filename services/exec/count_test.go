@@ -2,6 +2,9 @@ package exec
 
 import (
 	"errors"
+	"fmt"
+	"io"
+	"net"
 	"os"
 	"sync/atomic"
 	"syscall"
@@ -66,5 +69,118 @@ func TestCountTCPWhileAcknowledged(t *testing.T) {
 	t.Logf("%d bytes, %d counts while the client read", written, counts)
 	if wrong > 0 {
 		t.Errorf("%d of %d counts were wrong (the first: %d); want %d each", wrong, counts, first, written)
+	}
+}
+
+// handedFD is the program's side of a connection as serveDirect leaves it:
+// superd's blocking duplicate, the only descriptor of the socket.
+func handedFD(t *testing.T) (client net.Conn, fd int) {
+	t.Helper()
+	client, server := tcpPair(t)
+	fd, err := dupBlocking(server.(syscall.Conn))
+	server.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	return client, fd
+}
+
+// waitTCPState polls the socket's state until it is want.
+func waitTCPState(t *testing.T, fd int, want uint8) *unix.TCPInfo {
+	t.Helper()
+	var info *unix.TCPInfo
+	waitFor(t, 10*time.Second, fmt.Sprintf("TCP state %d", want), func() bool {
+		var err error
+		info, err = unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.State == want
+	})
+	return info
+}
+
+// A connection both sides shut down, in either order, has ended (TCP_CLOSE)
+// when superd counts it: the two FINs are not bytes.
+func TestCountTCPAfterBothShutDown(t *testing.T) {
+	for _, programFirst := range []bool{true, false} {
+		client, fd := handedFD(t)
+		clientSide := func() {
+			if _, err := client.Write([]byte("abc")); err != nil {
+				t.Fatal(err)
+			}
+			client.(*net.TCPConn).CloseWrite()
+		}
+		if !programFirst {
+			clientSide()
+		}
+		// The program: writes 5 bytes, shuts its side down, reads to the end.
+		if _, err := unix.Write(fd, []byte("hello")); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Shutdown(fd, unix.SHUT_WR); err != nil {
+			t.Fatal(err)
+		}
+		client.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if b, err := io.ReadAll(client); err != nil || string(b) != "hello" {
+			t.Fatalf("client read %q, %v", b, err)
+		}
+		if programFirst {
+			clientSide()
+		}
+		buf := make([]byte, 16)
+		for {
+			n, err := unix.Read(fd, buf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n == 0 {
+				break
+			}
+		}
+		waitTCPState(t, fd, tcpClose)
+		hc := &framework.HandedConn{}
+		countTCP(fd, hc)
+		if hc.BytesIn != 3 || hc.BytesOut != 5 {
+			t.Errorf("program shut down first %v: counted %d in, %d out; want 3, 5", programFirst, hc.BytesIn, hc.BytesOut)
+		}
+		client.Close()
+	}
+}
+
+// A connection the peer reset while the program's output was still queued:
+// what was never delivered is not counted as sent.
+func TestCountTCPAfterReset(t *testing.T) {
+	client, fd := handedFD(t)
+	client.(*net.TCPConn).SetReadBuffer(4 << 10)
+	if err := unix.SetNonblock(fd, true); err != nil {
+		t.Fatal(err)
+	}
+	written := 0
+	chunk := make([]byte, 64<<10)
+	for written < 64<<20 {
+		n, err := unix.Write(fd, chunk)
+		written += max(n, 0)
+		if errors.Is(err, unix.EAGAIN) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	buf := make([]byte, 1000)
+	client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(client, buf); err != nil {
+		t.Fatal(err)
+	}
+	client.(*net.TCPConn).SetLinger(0)
+	client.Close() // a reset
+	info := waitTCPState(t, fd, tcpClose)
+	hc := &framework.HandedConn{}
+	countTCP(fd, hc)
+	if hc.BytesOut != int64(info.Bytes_acked) || hc.BytesOut >= int64(written) || hc.BytesIn != 0 {
+		t.Errorf("program wrote %d bytes, the peer acknowledged %d and reset; counted %d out, %d in; want %d, 0",
+			written, info.Bytes_acked, hc.BytesOut, hc.BytesIn, info.Bytes_acked)
 	}
 }

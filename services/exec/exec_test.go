@@ -800,3 +800,25 @@ func TestRelayClientGone(t *testing.T) {
 		h.wait(t, 10*time.Second)
 	})
 }
+
+// A program that closes its standard input and output and goes on running
+// ends a unix connection there: superd keeps no copy of the socket (the
+// client sees the end of stream before the program exits).
+func TestUnixEndsWhenProgramCloses(t *testing.T) {
+	for name, pair := range map[string]func(*testing.T) (net.Conn, net.Conn){"unix": unixPair, "bare-unix": bareUnixPair} {
+		f, _ := newTestFactory(t, `command = ["/bin/sh", "-c", "echo bye; exec <&- >&-; sleep 60"]`)
+		client, server := pair(t)
+		h := serveConn(t, f, server, 0)
+		client.SetReadDeadline(time.Now().Add(10 * time.Second))
+		b, err := io.ReadAll(client)
+		if err != nil || string(b) != "bye\n" {
+			t.Errorf("%s: client read %q, %v; want bye and the end of stream", name, b, err)
+		}
+		if h.finished() {
+			t.Errorf("%s: the program exited before the end of stream came", name)
+		}
+		h.kill()
+		h.wait(t, 10*time.Second)
+		client.Close()
+	}
+}

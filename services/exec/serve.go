@@ -38,8 +38,9 @@ type bareConn interface {
 	IsUnix() bool
 }
 
-// serveDirect gives the child the socket itself: superd copies nothing
-// and keeps only a descriptor to read the byte counts from at the end.
+// serveDirect gives the child the socket itself: superd copies nothing,
+// and keeps a TCP socket's descriptor only, to read the byte counts from
+// at the end.
 func (f *Factory) serveDirect(hc *framework.HandedConn, c interface {
 	net.Conn
 	syscall.Conn
@@ -50,8 +51,15 @@ func (f *Factory) serveDirect(hc *framework.HandedConn, c interface {
 	if err != nil {
 		return &framework.RejectError{Reason: metrics.RejectSpawn, Err: err}
 	}
-	defer unix.Close(fd)
 	ch, err := f.start([]int{fd, fd}, env, peer, false)
+	if !isTCP || err != nil {
+		// Only a TCP socket's copy is kept, for its byte counts: a unix
+		// socket's would hold the connection open after the program has
+		// closed its own (its client would see no end of stream).
+		unix.Close(fd)
+	} else {
+		defer unix.Close(fd)
+	}
 	if err != nil {
 		f.log.Error("cannot start program", "program", f.path, "peer", peer, "err", err)
 		return &framework.RejectError{Reason: metrics.RejectSpawn, Err: err}
@@ -110,6 +118,16 @@ func dupBlocking(c syscall.Conn) (int, error) {
 // moves bytes from queued to acknowledged: the queue read after the
 // acknowledged count would miss them. So the queue is read between two
 // TCP_INFO reads, and kept only when nothing was acknowledged meanwhile.
+//
+// A connection that has ended (TCP_CLOSE: both sides shut down and
+// acknowledged, or a reset) sends nothing more: what is still queued was
+// never delivered. Its state no longer tells which FINs were exchanged;
+// superd's FIN was acknowledged if one byte more was acknowledged than
+// data sent (tcpi_bytes_sent less tcpi_bytes_retrans, each data byte once).
+// Then the peer's FIN came too, unless the socket holds an error: an end
+// by a reset counts no FIN in, though a peer may have sent one before its
+// reset (and a program that read the error took it away: one byte in too
+// many, for a peer that reset after superd's FIN without sending its own).
 func countTCP(fd int, hc *framework.HandedConn) {
 	info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
 	if err != nil {
@@ -132,11 +150,18 @@ func countTCP(fd int, hc *framework.HandedConn) {
 		}
 	}
 	received, sent := info.Bytes_received, info.Bytes_acked
-	if queued > 0 {
-		sent += uint64(queued)
+	var finIn, finOut bool
+	if info.State == tcpClose {
+		finOut = info.Bytes_acked > info.Bytes_sent-info.Bytes_retrans
+		soErr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+		finIn = finOut && err == nil && soErr == 0
+	} else {
+		if queued > 0 {
+			sent += uint64(queued)
+		}
+		finIn = info.State == tcpCloseWait || info.State == tcpClosing || info.State == tcpLastAck
+		finOut = info.State == tcpFinWait1 || info.State == tcpFinWait2 || info.State == tcpClosing || info.State == tcpLastAck
 	}
-	finIn := info.State == tcpCloseWait || info.State == tcpClosing || info.State == tcpLastAck
-	finOut := info.State == tcpFinWait1 || info.State == tcpFinWait2 || info.State == tcpClosing || info.State == tcpLastAck
 	if finIn && received > 0 {
 		received--
 	}
@@ -172,9 +197,11 @@ func recordExit(hc *framework.HandedConn, pid int, ws syscall.WaitStatus, err er
 // outlast them all; then the count is off by the last one at most.
 const maxCountTries = 100
 
-// TCP states (tcpi_state) in which a FIN has been received or queued.
+// TCP states (tcpi_state) in which a FIN has been received or queued, and
+// the state of a connection that has ended.
 const (
 	tcpFinWait1  = 4
+	tcpClose     = 7
 	tcpFinWait2  = 5
 	tcpCloseWait = 8
 	tcpLastAck   = 9
