@@ -204,6 +204,7 @@ func TestFailureReloadUnderLoad(t *testing.T) {
 	// Logfile writers: numbered lines, a new connection every 20 batches.
 	const logWriters = 3
 	var logSent [logWriters]atomic.Int64
+	var logConns atomic.Int64 // connections the writers made
 	for w := 0; w < logWriters; w++ {
 		wg.Add(1)
 		go func() {
@@ -214,6 +215,7 @@ func TestFailureReloadUnderLoad(t *testing.T) {
 				if c == nil {
 					continue
 				}
+				logConns.Add(1)
 				for b := 0; b < 20 && !stopped(); b++ {
 					var buf bytes.Buffer
 					n := 1 + mrand.IntN(20)
@@ -272,8 +274,14 @@ func TestFailureReloadUnderLoad(t *testing.T) {
 	if v, _ := metric(fams, "superd_factory_starts_total", map[string]string{"service": "log"}); v != 1 {
 		t.Errorf("logfile (unchanged) factory_starts_total = %v, want 1", v)
 	}
+	// The writers outpace the file: many of their connections, written
+	// and closed, may still wait in the listen backlog. Every one must be
+	// accepted and served before the lines are counted (a shutdown would
+	// reset those its sweep does not reach).
+	d.waitMetricUntil("superd_connections_total", map[string]string{"service": "log"}, 60*time.Second,
+		fmt.Sprint(logConns.Load()), atLeast(float64(logConns.Load())))
 	for _, svc := range []string{"echo", "chat", "log"} {
-		d.waitMetricUntil("superd_connections_active", map[string]string{"service": svc}, 30*time.Second, "0",
+		d.waitMetricUntil("superd_connections_active", map[string]string{"service": svc}, 60*time.Second, "0",
 			func(v float64, ok bool) bool { return ok && v == 0 })
 	}
 	d.waitMetricUntil("superd_factory_stops_total", map[string]string{"service": "echo"}, 30*time.Second,
