@@ -5,8 +5,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // TestEndOfStreamBehindInput: the peer's last input and its end of stream
@@ -55,11 +53,7 @@ func peerShutDown(t testing.TB, c net.Conn) bool {
 		t.Fatal(err)
 	}
 	state := -1
-	rc.Control(func(fd uintptr) {
-		if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
-			state = int(info.State)
-		}
-	})
+	rc.Control(func(fd uintptr) { state = tcpState(fd) })
 	const tcpCloseWait = 8
 	return state == -1 || state == tcpCloseWait
 }

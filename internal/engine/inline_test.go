@@ -203,7 +203,7 @@ func TestUrgentMarkInputDelivered(t *testing.T) {
 		// socket to have acknowledged everything.
 		unacked := func() int {
 			n := -1
-			rc.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ) })
+			rc.Control(func(fd uintptr) { n = unacknowledged(fd) })
 			return n
 		}
 		waitFor(t, 5*time.Second, func() bool { return unacked() == 0 }, "the input queued")

@@ -248,7 +248,7 @@ func waitQueued(t *testing.T, c net.Conn, n int) {
 	}
 	waitFor(t, 5*time.Second, func() bool {
 		queued := 0
-		raw.Control(func(fd uintptr) { queued, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+		raw.Control(func(fd uintptr) { queued, _ = unix.IoctlGetInt(int(fd), inqRequest) })
 		return queued >= n
 	}, "%d bytes queued at the server", n)
 }

@@ -320,7 +320,7 @@ func inputQueued(t testing.TB, c net.Conn) int {
 	}
 	n := -1
 	var ierr error
-	if err := rc.Control(func(fd uintptr) { n, ierr = unix.IoctlGetInt(int(fd), unix.SIOCINQ) }); err != nil {
+	if err := rc.Control(func(fd uintptr) { n, ierr = unix.IoctlGetInt(int(fd), inqRequest) }); err != nil {
 		t.Fatal(err)
 	}
 	if ierr != nil {

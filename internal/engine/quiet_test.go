@@ -12,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/superd-dev/superd/framework"
 )
 
@@ -25,10 +23,10 @@ func outputQueued(t testing.TB, c net.Conn) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n, ierr := -1, error(nil)
-	rc.Control(func(fd uintptr) { n, ierr = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ) })
-	if ierr != nil {
-		t.Fatalf("SIOCOUTQ: %v", ierr)
+	n := -1
+	rc.Control(func(fd uintptr) { n = unacknowledged(fd) })
+	if n == -1 {
+		t.Skip("a socket's queued output (SIOCOUTQ) is not known on this system")
 	}
 	return n
 }
@@ -140,10 +138,14 @@ func TestQuietCloseKeepsAcknowledgedOutput(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	const tcpClose = 7
 	waitFor(t, 5*time.Second, func() bool {
-		var info *unix.TCPInfo
-		rc.Control(func(fd uintptr) { info, _ = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) })
-		return info != nil && info.State == unix.BPF_TCP_CLOSE
+		state := -1
+		rc.Control(func(fd uintptr) { state = tcpState(fd) })
+		if state == -1 {
+			t.Skip("the client's TCP state (TCP_INFO) is not known on this system")
+		}
+		return state == tcpClose
 	}, "the client's socket is reset")
 	b, err := readAll(p.client, 10*time.Second)
 	if len(b) != n || firstDiff(b, out) != n {

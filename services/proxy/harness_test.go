@@ -243,7 +243,7 @@ func echoUpstream(t testing.TB, cert *tls.Certificate) string {
 // listener can be given it meanwhile.
 func refusedAddr(t testing.TB) string {
 	t.Helper()
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	fd, err := cloexecSocket()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -329,4 +329,18 @@ func (p *Proxy) buffered() int {
 		n += len(*p.queue)
 	}
 	return n
+}
+
+// cloexecSocket opens an IPv4 TCP socket that no child process inherits
+// (SOCK_CLOEXEC is Linux's; elsewhere the flag is set under ForkLock, as
+// package syscall does).
+func cloexecSocket() (int, error) {
+	syscall.ForkLock.RLock()
+	defer syscall.ForkLock.RUnlock()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		return -1, err
+	}
+	syscall.CloseOnExec(fd)
+	return fd, nil
 }

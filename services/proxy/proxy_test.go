@@ -278,7 +278,7 @@ func expectReset(t *testing.T, addr net.Addr, conns <-chan *served) {
 // the kernel drops its SYNs.
 func blackhole(t *testing.T) string {
 	t.Helper()
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	fd, err := cloexecSocket()
 	if err != nil {
 		t.Fatal(err)
 	}

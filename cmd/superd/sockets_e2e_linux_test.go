@@ -561,22 +561,3 @@ func acceptedSocketOf(t *testing.T, pid int, peer *net.TCPAddr) int {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
-
-// wakeActivator connects to addr until one connection succeeds (or 10 s
-// pass): systemd-socket-activate starts superd on the first connection.
-// The channel closes when it is done.
-func wakeActivator(addr string) <-chan struct{} {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		deadline := time.Now().Add(10 * time.Second)
-		for time.Now().Before(deadline) {
-			if c, err := net.Dial("tcp", addr); err == nil {
-				c.Close()
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}()
-	return done
-}
