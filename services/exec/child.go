@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/signal"
 	"strconv"
 	"sync"
 	"syscall"
@@ -317,6 +318,25 @@ func closeInheritedOnExec() {
 			}
 		}
 	})
+}
+
+// defaultSignalsForChildren makes every signal that superd ignores reach a
+// child with its default disposition, as inetd and systemd start programs:
+// an ignored signal stays ignored across exec, so a superd started under
+// nohup (SIGHUP ignored) or as a shell's background job (SIGINT, SIGQUIT)
+// would hand that on, and a program would ignore a stop_signal = "SIGHUP".
+// Signals the Go runtime catches are reset by exec already; for an ignored
+// one, superd catches it into a channel that is never read: superd itself
+// still ignores it, the child does not. Called at each factory start (a
+// signal may have been ignored since, with signal.Ignore).
+var ignoredSignalsSink = make(chan os.Signal, 1)
+
+func defaultSignalsForChildren() {
+	for sig := syscall.Signal(1); sig < 32; sig++ {
+		if sig != syscall.SIGKILL && sig != syscall.SIGSTOP && signal.Ignored(sig) {
+			signal.Notify(ignoredSignalsSink, sig)
+		}
+	}
 }
 
 // pidfdWorks reports whether children can be started with a pidfd that

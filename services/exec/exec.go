@@ -396,6 +396,7 @@ func (f *Factory) StartFactory() error {
 		}
 	}
 	closeInheritedOnExec()
+	defaultSignalsForChildren()
 	f.baseEnv = f.buildBaseEnv()
 	f.results = map[string]prometheus.Counter{}
 	for _, r := range []string{ResultSuccess, ResultFailure, ResultSignal} {

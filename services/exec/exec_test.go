@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/signal"
 	"os/user"
 	"path/filepath"
 	"strconv"
@@ -822,5 +823,33 @@ func TestUnixEndsWhenProgramCloses(t *testing.T) {
 		h.kill()
 		h.wait(t, 10*time.Second)
 		client.Close()
+	}
+}
+
+// A signal superd ignores (SIGHUP under nohup) reaches the child with its
+// default disposition: a program that ignored it would not end by
+// stop_signal = "SIGHUP".
+func TestChildSignalsNotIgnored(t *testing.T) {
+	signal.Ignore(syscall.SIGHUP, syscall.SIGQUIT)
+	t.Cleanup(func() { signal.Reset(syscall.SIGHUP, syscall.SIGQUIT) })
+	f, _ := newTestFactory(t, `command = ["/bin/cat", "/proc/self/status"]`)
+	client, server := tcpPair(t)
+	h := serveConn(t, f, server, 0)
+	client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b, err := io.ReadAll(client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.wait(t, 10*time.Second)
+	var ignored uint64
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "SigIgn:"); ok {
+			if ignored, err = strconv.ParseUint(strings.TrimSpace(v), 16, 64); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if ignored != 0 {
+		t.Errorf("the child ignores signals %#x, want none", ignored)
 	}
 }
