@@ -327,17 +327,26 @@ func closeInheritedOnExec() {
 // would hand that on, and a program would ignore a stop_signal = "SIGHUP".
 // Signals the Go runtime catches are reset by exec already; for an ignored
 // one, superd catches it into a channel that is never read: superd itself
-// still ignores it, the child does not. Called at each factory start (a
-// signal may have been ignored since, with signal.Ignore).
+// still ignores it, the child does not. Signals 32 and 33, which the C
+// library reserves and the runtime leaves alone (os/signal cannot catch
+// them), stay as superd got them. Called at each factory start (a signal
+// may have been ignored since, with signal.Ignore).
 var ignoredSignalsSink = make(chan os.Signal, 1)
 
 func defaultSignalsForChildren() {
-	for sig := syscall.Signal(1); sig < 32; sig++ {
-		if sig != syscall.SIGKILL && sig != syscall.SIGSTOP && signal.Ignored(sig) {
+	for sig := syscall.Signal(1); sig <= sigRTMax; sig++ {
+		if !libcSignal(sig) && sig != syscall.SIGKILL && sig != syscall.SIGSTOP && signal.Ignored(sig) {
 			signal.Notify(ignoredSignalsSink, sig)
 		}
 	}
 }
+
+// sigRTMax is Linux's last signal (SIGRTMAX).
+const sigRTMax = syscall.Signal(64)
+
+// libcSignal reports whether sig is one of the two the C library keeps for
+// itself (glibc's SIGCANCEL and SIGSETXID).
+func libcSignal(sig syscall.Signal) bool { return sig == 32 || sig == 33 }
 
 // pidfdWorks reports whether children can be started with a pidfd that
 // waitid accepts (Linux 5.4 and later, unless a seccomp filter forbids it).

@@ -830,8 +830,8 @@ func TestUnixEndsWhenProgramCloses(t *testing.T) {
 // default disposition: a program that ignored it would not end by
 // stop_signal = "SIGHUP".
 func TestChildSignalsNotIgnored(t *testing.T) {
-	signal.Ignore(syscall.SIGHUP, syscall.SIGQUIT)
-	t.Cleanup(func() { signal.Reset(syscall.SIGHUP, syscall.SIGQUIT) })
+	signal.Ignore(syscall.SIGHUP, syscall.SIGQUIT, syscall.Signal(40))
+	t.Cleanup(func() { signal.Reset(syscall.SIGHUP, syscall.SIGQUIT, syscall.Signal(40)) })
 	f, _ := newTestFactory(t, `command = ["/bin/cat", "/proc/self/status"]`)
 	client, server := tcpPair(t)
 	h := serveConn(t, f, server, 0)
@@ -849,7 +849,10 @@ func TestChildSignalsNotIgnored(t *testing.T) {
 			}
 		}
 	}
+	// Signal n is bit n-1; the C library's 32 and 33 are left as the
+	// test was started.
+	ignored &^= 1<<(32-1) | 1<<(33-1)
 	if ignored != 0 {
-		t.Errorf("the child ignores signals %#x, want none", ignored)
+		t.Errorf("the child ignores signals %#x, want none (but maybe 32 and 33)", ignored)
 	}
 }
