@@ -189,17 +189,18 @@ type readmeEnv struct {
 }
 
 // writeExamples writes examples.hcl into a new folder with the test's
-// addresses and paths; it returns the file's path.
+// addresses and paths, and nothing else: `make run` prepares nothing; it
+// returns the file's path.
 func writeExamples(t *testing.T) (*readmeEnv, string) {
 	t.Helper()
-	return writeExample(t, examplesPath)
+	return writeExample(t, examplesPath, false)
 }
 
 // writeExample writes the example configuration at file into a new folder
-// with the test's addresses and paths, and, as `make run-sni` does, the
-// self-signed certificates it names (with examples/selfsigned); it returns
-// the file's path.
-func writeExample(t *testing.T, file string) (*readmeEnv, string) {
+// with the test's addresses and paths, and, with certs, as `make run-sni`
+// does, the self-signed certificates it names (with examples/selfsigned);
+// it returns the file's path.
+func writeExample(t *testing.T, file string, certs bool) (*readmeEnv, string) {
 	t.Helper()
 	e := &readmeEnv{dir: t.TempDir(), addrs: map[string]string{}, paths: map[string]string{}, serves: map[string]string{}}
 	src, err := os.ReadFile(file)
@@ -222,7 +223,7 @@ func writeExample(t *testing.T, file string) (*readmeEnv, string) {
 		}
 		return `"` + e.paths[p] + `"`
 	})
-	if len(names) > 0 {
+	if certs && len(names) > 0 {
 		gen := exec.Command("go", append([]string{"run", "../../examples/selfsigned", "-dir", e.dir}, names...)...)
 		if out, err := gen.CombinedOutput(); err != nil {
 			t.Fatalf("examples/selfsigned: %v\n%s", err, out)
@@ -237,14 +238,14 @@ func writeExample(t *testing.T, file string) (*readmeEnv, string) {
 
 func startExamples(t *testing.T) *readmeEnv {
 	t.Helper()
-	return startExample(t, examplesPath)
+	return startExample(t, examplesPath, false)
 }
 
-// startExample runs superd on the example configuration at file, moved by
-// writeExample.
-func startExample(t *testing.T, file string) *readmeEnv {
+// startExample runs superd on the example configuration at file, moved
+// (and with certs, its certificates made) by writeExample.
+func startExample(t *testing.T, file string, certs bool) *readmeEnv {
 	t.Helper()
-	e, path := writeExample(t, file)
+	e, path := writeExample(t, file, certs)
 	f, err := config.Load(path)
 	if err != nil {
 		t.Fatalf("%s: %v", file, err)

@@ -129,16 +129,17 @@ func TestSmallServices(t *testing.T) {
 	}
 }
 
-// TestExamplesValid: examples.hcl, what `make run` starts, is valid as it
-// is, on a machine where nothing was prepared; examples/sni.hcl is valid
-// with the certificates `make run-sni` writes first (its /tmp paths moved
-// to a temporary folder).
+// TestExamplesValid: examples.hcl, what `make run` starts, is valid on a
+// machine where nothing was prepared (its /tmp paths moved to an empty
+// temporary folder); examples/sni.hcl is valid with the certificates `make
+// run-sni` writes first.
 func TestExamplesValid(t *testing.T) {
-	out, err := exec.Command(superdBin, "validate", "-config", examplesPath).CombinedOutput()
+	_, path := writeExamples(t)
+	out, err := exec.Command(superdBin, "validate", "-config", path).CombinedOutput()
 	if err != nil {
 		t.Errorf("superd validate examples.hcl: %v\n%s", err, out)
 	}
-	_, path := writeExample(t, sniExamplePath)
+	_, path = writeExample(t, sniExamplePath, true)
 	out, err = exec.Command(superdBin, "validate", "-config", path).CombinedOutput()
 	if err != nil {
 		t.Errorf("superd validate examples/sni.hcl: %v\n%s", err, out)

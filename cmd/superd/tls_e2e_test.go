@@ -298,7 +298,7 @@ service "echo" "tls" {
 // (as `make run-sni` writes them) and writes each connection to the access
 // log with the name the client asked for.
 func TestExampleSNIAndAccessLog(t *testing.T) {
-	e := startExample(t, sniExamplePath)
+	e := startExample(t, sniExamplePath, true)
 	addr := e.addrs["127.0.0.1:7444"]
 	logFile := e.paths["/tmp/superd-sni-access.log"]
 	if addr == "" || logFile == "" || e.serves["127.0.0.1:7444"] != "echo" {

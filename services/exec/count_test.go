@@ -186,3 +186,54 @@ func TestCountTCPAfterReset(t *testing.T) {
 			written, info.Bytes_acked, hc.BytesOut, hc.BytesIn, info.Bytes_acked)
 	}
 }
+
+// The peer closed (its FIN) and then reset, when the program wrote after
+// its close: the FIN came before the reset (EPIPE) and is not a byte.
+func TestCountTCPResetAfterPeersFIN(t *testing.T) {
+	client, fd := handedFD(t)
+	if _, err := client.Write([]byte("abc")); err != nil {
+		t.Fatal(err)
+	}
+	client.Close()
+	waitTCPState(t, fd, tcpCloseWait)
+	buf := make([]byte, 16)
+	if n, err := unix.Read(fd, buf); n != 3 || err != nil {
+		t.Fatalf("program read %d bytes, %v", n, err)
+	}
+	if _, err := unix.Write(fd, []byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	waitTCPState(t, fd, tcpClose) // the client's kernel resets
+	hc := &framework.HandedConn{}
+	countTCP(fd, hc)
+	if hc.BytesIn != 3 {
+		t.Errorf("counted %d bytes in, want 3", hc.BytesIn)
+	}
+}
+
+// Where the counters of data sent cannot be trusted (a queueing
+// discipline refused segments, or a kernel before 4.19 reads 0), a clean
+// end tells that superd's FIN was acknowledged.
+func TestFINAcknowledged(t *testing.T) {
+	for _, c := range []struct {
+		name                 string
+		sent, retrans, acked uint64
+		queued               int
+		clean, want          bool
+	}{
+		{"data and FIN acknowledged", 100, 0, 101, 0, true, true},
+		{"FIN not acknowledged", 100, 0, 100, 0, false, false},
+		{"FIN acknowledged, then a reset", 100, 0, 101, 0, false, true},
+		{"retransmitted data", 150, 50, 101, 0, true, true},
+		{"refused by the qdisc, clean end", 7679644, 2629184, 4194305, 0, true, true},
+		{"refused by the qdisc, reset", 7679644, 2629184, 4194000, 305, false, false},
+		{"before 4.19, clean end", 0, 0, 101, 0, true, true},
+		{"before 4.19, reset", 0, 0, 50, 51, false, false},
+		{"nothing sent, FIN acknowledged", 0, 0, 1, 0, true, true},
+	} {
+		info := &unix.TCPInfo{Bytes_sent: c.sent, Bytes_retrans: c.retrans, Bytes_acked: c.acked}
+		if got := finAcknowledged(info, c.queued, c.clean); got != c.want {
+			t.Errorf("%s: %v, want %v", c.name, got, c.want)
+		}
+	}
+}

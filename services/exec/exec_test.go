@@ -526,14 +526,13 @@ func TestServeListenerOnePerRun(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	start := time.Now()
 	for range datagrams {
 		if err := f.ServeListener(hl); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if el, l := time.Since(start), logs.with("program ended soon after its start; restarting after a delay"); len(l) > 0 || el > 900*time.Millisecond {
-		t.Errorf("%d one-datagram runs took %v, delays logged: %v", datagrams, el, l)
+	if l := logs.with("program ended soon after its start; restarting after a delay"); len(l) > 0 {
+		t.Errorf("%d one-datagram runs were delayed: %v", datagrams, l)
 	}
 	if pending(file) {
 		t.Errorf("a datagram is still waiting after %d runs", datagrams)

@@ -123,13 +123,13 @@ func dupBlocking(c syscall.Conn) (int, error) {
 //
 // A connection that has ended (TCP_CLOSE: both sides shut down and
 // acknowledged, or a reset) sends nothing more: what is still queued was
-// never delivered. Its state no longer tells which FINs were exchanged;
-// superd's FIN was acknowledged if one byte more was acknowledged than
-// data sent (tcpi_bytes_sent less tcpi_bytes_retrans, each data byte once).
-// Then the peer's FIN came too, unless the socket holds an error: an end
-// by a reset counts no FIN in, though a peer may have sent one before its
-// reset (and a program that read the error took it away: one byte in too
-// many, for a peer that reset after superd's FIN without sending its own).
+// never delivered. Its state no longer tells which FINs were exchanged
+// (see finAcknowledged for superd's). After superd's FIN was acknowledged,
+// the peer's came too unless the socket holds an error; a reset in
+// CLOSE_WAIT (EPIPE) came after the peer's FIN; another reset counts no
+// FIN in, though the peer may have sent one first. A program that read the
+// error took it away: for a peer that reset after superd's FIN without
+// sending its own, one byte in too few. No socket option tells more.
 func countTCP(fd int, hc *framework.HandedConn) {
 	info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
 	if err != nil {
@@ -154,9 +154,10 @@ func countTCP(fd int, hc *framework.HandedConn) {
 	received, sent := info.Bytes_received, info.Bytes_acked
 	var finIn, finOut bool
 	if info.State == tcpClose {
-		finOut = info.Bytes_acked > info.Bytes_sent-info.Bytes_retrans
 		soErr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
-		finIn = finOut && err == nil && soErr == 0
+		clean := err == nil && soErr == 0
+		finOut = finAcknowledged(info, queued, clean)
+		finIn = finOut && clean || err == nil && soErr == int(unix.EPIPE)
 	} else {
 		if queued > 0 {
 			sent += uint64(queued)
@@ -177,6 +178,24 @@ func countTCP(fd int, hc *framework.HandedConn) {
 	if hc.Sent != nil {
 		hc.Sent.Add(float64(sent))
 	}
+}
+
+// finAcknowledged tells whether superd's FIN was acknowledged on a
+// connection that has ended: one byte more was acknowledged than the data
+// sent, each byte once (tcpi_bytes_sent less tcpi_bytes_retrans). Those two
+// count too much where the host's queueing discipline refused a segment
+// (TCP sends it again as new data, not as a retransmission), and read 0
+// before Linux 4.19: when they claim more data than was ever acknowledged
+// or queued, or nothing, the end tells instead: nothing queued and no
+// error is a clean end, whose FIN was acknowledged.
+func finAcknowledged(info *unix.TCPInfo, queued int, clean bool) bool {
+	if info.Bytes_sent > 0 && info.Bytes_sent >= info.Bytes_retrans {
+		data := info.Bytes_sent - info.Bytes_retrans
+		if data <= info.Bytes_acked+uint64(max(queued, 0)) {
+			return info.Bytes_acked > data
+		}
+	}
+	return queued == 0 && clean
 }
 
 // recordExit tells the access log and the status view how the program
@@ -203,8 +222,8 @@ const maxCountTries = 100
 // the state of a connection that has ended.
 const (
 	tcpFinWait1  = 4
-	tcpClose     = 7
 	tcpFinWait2  = 5
+	tcpClose     = 7
 	tcpCloseWait = 8
 	tcpLastAck   = 9
 	tcpClosing   = 11
