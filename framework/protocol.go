@@ -113,9 +113,13 @@ type Transport interface {
 // framework calls ReadConnectionLost, like any other callback, instead of
 // closing: no DataReceived follows, but the connection stays open for
 // writing until the protocol calls LoseConnection or AbortConnection (or
-// superd ends it: idle timeout, drain, shutdown). Protocols that do not
-// implement it see the connection close once the peer's end of stream has
-// arrived and their output is flushed.
+// superd ends it: idle timeout, shutdown_timeout). A drain (shutdown,
+// reload) ends the input the same way: what has arrived is delivered, then
+// ReadConnectionLost (once, whichever end comes first), and the protocol
+// closes when its output is done, within shutdown_timeout. Protocols that
+// do not implement it see the connection close once the peer's end of
+// stream has arrived, or the drain has delivered what arrived, and their
+// output is flushed.
 type HalfCloseableProtocol interface {
 	Protocol
 	ReadConnectionLost()

@@ -147,6 +147,7 @@ type Conn struct {
 	halfClosing   bool // LoseWriteConnection: flush, then shut the write side
 	halfShut      bool // LoseWriteConnection's end of stream went out
 	readEOF       bool // the peer's end of stream was handed to ReadConnectionLost
+	readLostSent  bool // ReadConnectionLost was called (the peer's end, or a drain's)
 	lost          bool // ConnectionLost has returned: no callback runs again
 	parked        bool // no goroutine: the poller holds the connection
 	received      bool // something was ever received

@@ -12,7 +12,9 @@ import (
 // Drain ends the connection gracefully for a shutdown or a reload: data
 // that has already arrived from the peer is still delivered (a line a client
 // sent before the shutdown is not lost), then the connection is closed as by
-// LoseConnection. Reading stops there: nothing sent after Drain is
+// LoseConnection, or, for a framework.HalfCloseableProtocol, the protocol is
+// told that its input has ended (ReadConnectionLost) and closes it when its
+// output is done. Reading stops there: nothing sent after Drain is
 // delivered. Safe from any goroutine.
 func (c *Conn) Drain() {
 	c.mu.Lock()
@@ -112,5 +114,11 @@ func (c *Conn) drainArrived(p framework.Protocol) {
 		c.nc.SetReadDeadline(time.Time{}) // Drain's, or the window's
 	}
 	c.mu.Unlock()
-	c.LoseConnection()
+	// A half-closeable protocol learns that its input has ended and ends
+	// the connection itself once its output is done (a proxy forwards
+	// what it took and relays the upstream's answer); shutdown_timeout
+	// bounds it. Any other is closed as by LoseConnection.
+	if !c.readLost(p, false) {
+		c.LoseConnection()
+	}
 }

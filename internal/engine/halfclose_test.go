@@ -126,7 +126,8 @@ func TestReadConnectionLostThenAbort(t *testing.T) {
 }
 
 // TestReadConnectionLostDrain: a Drain while the protocol holds a
-// half-closed connection closes it gracefully, output flushed.
+// half-closed connection leaves it to the protocol, which still writes
+// (a proxy relaying its upstream's answer) and ends it when done.
 func TestReadConnectionLostDrain(t *testing.T) {
 	p := dialPair(t, "tcp", pairOpts{})
 	h := newHalfRecorder()
@@ -139,9 +140,11 @@ func TestReadConnectionLostDrain(t *testing.T) {
 	closeWrite(t, p.client)
 	<-told
 	s.c.Drain()
+	h.tr.WriteString(" again")
+	h.tr.LoseConnection()
 	got, err := readAll(p.client, serveWait)
-	if err != io.EOF || string(got) != "bye" {
-		t.Fatalf("client read %q, %v; want \"bye\" and EOF", got, err)
+	if err != io.EOF || string(got) != "bye again" {
+		t.Fatalf("client read %q, %v; want \"bye again\" and EOF", got, err)
 	}
 	reason := s.wait(t, serveWait)
 	if !framework.IsClean(reason) {
@@ -253,4 +256,34 @@ func TestLoseWriteConnectionThenLoseConnection(t *testing.T) {
 		t.Errorf("reason %v, want clean", reason)
 	}
 	r.check(t, reason)
+}
+
+// TestDrainTellsHalfCloseable: a Drain delivers what has arrived, then
+// tells a half-closeable protocol that its input has ended
+// (ReadConnectionLost, once), and leaves the connection to it: output it
+// writes afterwards reaches the peer, and its LoseConnection ends the
+// connection cleanly. The peer's own end of stream, later, is not told
+// again.
+func TestDrainTellsHalfCloseable(t *testing.T) {
+	p := dialPair(t, "tcp", pairOpts{})
+	h := newHalfRecorder()
+	s := serve(t, p.server, ConnOptions{}, h)
+	if _, err := p.client.Write([]byte("abc")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, func() bool { return h.receivedBytes() == 3 }, "the input delivered")
+	s.c.Drain()
+	waitFor(t, 5*time.Second, func() bool { return h.readLost.Load() == 1 }, "ReadConnectionLost after the drain")
+	h.tr.WriteString("answer")
+	closeWrite(t, p.client)
+	h.tr.LoseConnection()
+	got, err := readAll(p.client, serveWait)
+	if err != io.EOF || string(got) != "answer" {
+		t.Fatalf("client read %q, %v; want \"answer\" and EOF", got, err)
+	}
+	reason := s.wait(t, serveWait)
+	if !framework.IsClean(reason) {
+		t.Errorf("reason %v, want clean", reason)
+	}
+	h.check(t, reason)
 }

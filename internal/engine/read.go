@@ -161,7 +161,7 @@ func (c *Conn) readLoop(p framework.Protocol, r *reader) (parked bool) {
 		}
 		if err != nil {
 			if err == io.EOF {
-				c.readLost(p)
+				c.readLost(p, true)
 			}
 			next := readFail
 			switch {
@@ -203,37 +203,36 @@ func (c *Conn) waitToDeliverLocked(eof bool) {
 	}
 }
 
-// readLost hands the peer's end of stream to a framework.HalfCloseableProtocol
-// (ReadConnectionLost), then waits, reading nothing, until the connection
-// is closing: the protocol called LoseConnection or AbortConnection, or
-// superd ended it (a Drain closes it as LoseConnection would: nothing more
-// can arrive). Its caller then ends the connection as after any end of
-// stream. Protocols that are not half-closeable are not told.
-func (c *Conn) readLost(p framework.Protocol) {
+// readLost hands the end of the input to a framework.HalfCloseableProtocol
+// (ReadConnectionLost): the peer's end of stream, or a Drain's end of
+// reading. It then waits, reading nothing, until the connection is
+// closing: the protocol called LoseConnection or AbortConnection once its
+// own output was done (a proxy's upstream answered), or superd aborted it
+// (shutdown_timeout). Its caller then ends the connection as after any end
+// of stream. peerEOF tells which end it is. It reports whether the
+// protocol is half-closeable: others are not told.
+func (c *Conn) readLost(p framework.Protocol, peerEOF bool) bool {
 	if _, ok := p.(framework.HalfCloseableProtocol); !ok {
-		return
+		return false
 	}
 	c.mu.Lock()
 	c.waitToDeliverLocked(true)
-	if c.closed || c.disconnecting || c.draining || c.readEOF {
+	if c.closed || c.disconnecting || c.readLostSent {
 		c.mu.Unlock()
-		return
+		return true
 	}
-	c.readEOF = true
+	c.readLostSent, c.readEOF = true, peerEOF
 	c.inCallback = true
 	c.cbOwner = curG()
 	c.mu.Unlock()
 	c.call(p, callReadLost, nil, nil)
 	c.afterCallback()
 	c.mu.Lock()
-	for !c.closed && !c.disconnecting && !c.draining {
+	for !c.closed && !c.disconnecting {
 		c.waitLocked()
 	}
-	drain := !c.closed && !c.disconnecting
 	c.mu.Unlock()
-	if drain {
-		c.LoseConnection()
-	}
+	return true
 }
 
 // armParkLocked sets the park deadline: the read wakes after parkAfter,
