@@ -138,7 +138,13 @@ func (c *Conn) reserveLocked() {
 // will happen, and unlocks mu.
 func (c *Conn) wroteLocked() {
 	backlog := c.pendingLen() + c.inflight
-	if backlog > c.maxPendingOutput() {
+	// A producer's write that takes the output past the high-water mark
+	// is paused below, not dropped, even past max_pending_output (which may
+	// be as low as the mark): flow control keeps it within one write of
+	// the limit. A write after the pause was told, or any write without a
+	// producer, is a slow consumer's.
+	flowControlled := c.prod.Load() != nil && !c.producerPaused.Load()
+	if backlog > c.maxPendingOutput() && !flowControlled {
 		c.abortLocked(framework.ErrSlowConsumer)
 		c.mu.Unlock()
 		return

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/internal/engine"
 )
 
 // A drain (shutdown, reload) while the upstream is slow to read: every
@@ -99,5 +100,66 @@ func TestDrainRelaysAnswerInFlight(t *testing.T) {
 	c.Close()
 	if r := s.wait(t); !framework.IsClean(r) {
 		t.Errorf("reason %v, want clean", r)
+	}
+}
+
+// max_pending_output at its smallest (the high-water mark): a download
+// through the proxy is flow-controlled, not dropped as a slow consumer,
+// for a client that reads fast and for one that reads slowly.
+func TestSmallestMaxPendingOutput(t *testing.T) {
+	for _, slow := range []bool{false, true} {
+		t.Run(fmt.Sprint("slow=", slow), func(t *testing.T) {
+			ln := listen(t, "tcp")
+			const size = 8 << 20
+			data := payload(size, 4)
+			serveUpstream(t, ln, func(c net.Conn) {
+				defer c.Close()
+				c.SetWriteDeadline(time.Now().Add(20 * time.Second))
+				c.Write(data)
+			})
+			f := newFactory(t, fmt.Sprintf("  upstream = %q", ln.Addr()))
+			pl := listen(t, "tcp")
+			defer pl.Close()
+			done := make(chan error, 1)
+			go func() {
+				nc, err := pl.Accept()
+				if err != nil {
+					done <- err
+					return
+				}
+				if slow {
+					nc.(*net.TCPConn).SetWriteBuffer(32 << 10)
+				}
+				c := engine.NewConn(nc, &engine.ConnOptions{MaxPendingOutput: framework.HighWaterMark})
+				done <- c.Serve(f.BuildProtocol(nc.RemoteAddr()))
+			}()
+			defer f.StopFactory()
+			c, err := net.Dial("tcp", pl.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if slow {
+				c.(*net.TCPConn).SetReadBuffer(32 << 10)
+			}
+			c.(*net.TCPConn).CloseWrite()
+			c.SetReadDeadline(time.Now().Add(30 * time.Second))
+			var got []byte
+			buf := make([]byte, 4096)
+			for {
+				n, err := c.Read(buf)
+				got = append(got, buf[:n]...)
+				if err != nil {
+					break
+				}
+				if slow {
+					time.Sleep(50 * time.Microsecond) // a slow reader, not a synchronisation
+				}
+			}
+			r := <-done
+			if !bytes.Equal(got, data) || !framework.IsClean(r) {
+				t.Errorf("the client read %d of %d bytes (equal: %v); the connection ended with %v", len(got), size, bytes.Equal(got, data), r)
+			}
+		})
 	}
 }
