@@ -65,6 +65,10 @@ func superd(args []string, stdout, stderr io.Writer) int {
 	case "status":
 		return cmdStatus(rest, stdout, stderr)
 	case "version":
+		if len(rest) > 0 {
+			fmt.Fprintf(stderr, "superd version: unexpected argument %q\n%s", rest[0], usage)
+			return exitUsage
+		}
 		fmt.Fprintf(stdout, "superd %s %s\n", buildVersion(), runtime.Version())
 		return exitOK
 	case "-h", "-help", "--help", "help":

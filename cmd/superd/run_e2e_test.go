@@ -333,6 +333,11 @@ func TestExitCodes(t *testing.T) {
 	if code, out, _ := run("version"); code != 0 || !strings.HasPrefix(out, "superd ") {
 		t.Errorf("version: %d %q", code, out)
 	}
+	for _, cmd := range []string{"version", "factories"} {
+		if code, _, errs := run(cmd, "extra"); code != 2 || !strings.Contains(errs, "unexpected argument") {
+			t.Errorf("%s extra: %d %q, want 2 and unexpected argument", cmd, code, errs)
+		}
+	}
 	if code, out, _ := run("factories"); code != 0 || !strings.Contains(out, "quote") || !strings.Contains(out, "max_connections") ||
 		!strings.Contains(out, "layout") || !strings.Contains(out, `default "Monday, January 2, 2006 15:04:05-MST"`) ||
 		// A duration and a path are named so, not as the strings HCL holds.
