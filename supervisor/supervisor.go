@@ -51,6 +51,9 @@ type Supervisor struct {
 	// holds s.mu while it waits for them.
 	drainMu      sync.Mutex
 	drainingSvcs map[*service]struct{}
+	// stoppingSvcs are the services Shutdown drains (under drainMu), for
+	// CutShutdown, which cannot wait for mu.
+	stoppingSvcs []*service
 
 	refs      *seriesRefs  // which metric series live instances use
 	guards    *guardPorts  // ports of the guarded udp endpoints
@@ -197,6 +200,11 @@ func (s *Supervisor) Shutdown(timeout time.Duration) error {
 		}
 	})
 	defer cut.Stop()
+	s.drainMu.Lock()
+	for _, name := range s.order {
+		s.stoppingSvcs = append(s.stoppingSvcs, s.services[name])
+	}
+	s.drainMu.Unlock()
 	var g errgroup.Group
 	errs := make([]error, len(s.order))
 	for i, name := range s.order {
@@ -212,6 +220,22 @@ func (s *Supervisor) Shutdown(timeout time.Duration) error {
 	s.services = map[string]*service{}
 	s.order = nil
 	return errors.Join(errs...)
+}
+
+// CutShutdown ends the drains of a Shutdown under way (and of the
+// instances reloads are still draining) now, as if shutdown_timeout had
+// run out: what is still open is aborted, exec children get SIGKILL, and
+// Shutdown returns once the factories have stopped. For a second signal,
+// so that superd does not exit leaving programs it started running.
+func (s *Supervisor) CutShutdown() {
+	s.drainMu.Lock()
+	defer s.drainMu.Unlock()
+	for _, svc := range s.stoppingSvcs {
+		svc.cutDrain()
+	}
+	for svc := range s.drainingSvcs {
+		svc.cutDrain()
+	}
 }
 
 // Reopen asks every factory that holds files to reopen them (SIGUSR1): those

@@ -1754,3 +1754,41 @@ service "exec" "shim" {
 		}
 	}
 }
+
+// TestExecSecondSignalKillsPrograms: a second SIGTERM during the drain
+// exits at once (status 1), and first kills the programs superd started,
+// which would otherwise run on without it (this one ignores SIGTERM).
+func TestExecSecondSignalKillsPrograms(t *testing.T) {
+	addr := freeAddr(t)
+	path, maddr := writeConfig(t, fmt.Sprintf(`
+metrics { address = "METRICS" }
+shutdown_timeout = "30s"
+service "exec" "stubborn" {
+  command = ["/bin/sh", "-c", "trap '' TERM; echo $$; exec sleep 60"]
+  endpoint "tcp" { address = %q }
+}
+`, addr))
+	d := startDaemon(t, path, maddr)
+	c := exDial(t, addr)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil {
+		t.Fatalf("the program printed %q", line)
+	}
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+	d.signal(syscall.SIGTERM)
+	if !d.logged("shutting down") {
+		t.Fatal("superd did not begin its shutdown")
+	}
+	d.signal(syscall.SIGTERM)
+	if code := d.wait(10 * time.Second); code != 1 {
+		t.Errorf("exit status %d after a second signal, want 1", code)
+	}
+	exWaitFor(t, 5*time.Second, "the program to be killed", func() bool {
+		return syscall.Kill(pid, 0) == syscall.ESRCH
+	})
+}

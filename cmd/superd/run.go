@@ -164,6 +164,14 @@ func cmdRun(args []string, stderr io.Writer) int {
 					if sig == syscall.SIGINT || sig == syscall.SIGTERM {
 						log.Warn("second signal: exiting without finishing the drain", "signal", sig.String())
 						abandonCluster.Store(true)
+						// Open connections are aborted and programs
+						// started by exec killed (not left running
+						// without superd), waiting for that briefly.
+						sup.CutShutdown()
+						select {
+						case <-done:
+						case <-time.After(forcedExitWait):
+						}
 						return exitFailure
 					}
 				}
@@ -171,6 +179,10 @@ func cmdRun(args []string, stderr io.Writer) int {
 		}
 	}
 }
+
+// forcedExitWait bounds how long a second signal waits for the aborted
+// connections and killed programs to be gone before superd exits.
+const forcedExitWait = 2 * time.Second
 
 // reload re-reads the configuration file and applies it (SIGHUP); it
 // returns why it failed, or nil.
