@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"sync"
 	"time"
+	"unicode/utf16"
 	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -345,13 +346,16 @@ func (f *fielder) end() []byte {
 }
 
 // needsQuote: logfmt values with spaces, quotes, '=' or non-printable
-// characters are quoted.
+// characters are quoted (and their non-printable characters escaped):
+// a peer's string (an SNI) holding a line or paragraph separator or a
+// bidirectional override must not look like another line, or reorder this
+// one, in a viewer.
 func needsQuote(s string) bool {
 	if s == "" {
 		return true
 	}
 	for _, r := range s {
-		if r <= ' ' || r == '"' || r == '=' || r == 0x7f || r == utf8.RuneError {
+		if r <= ' ' || r == '"' || r == '=' || r == utf8.RuneError || !strconv.IsPrint(r) {
 			return true
 		}
 	}
@@ -375,9 +379,19 @@ func appendJSONString(b []byte, s string) []byte {
 			continue
 		}
 		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
+		switch {
+		case r == utf8.RuneError && size == 1:
 			b = append(b, `\ufffd`...)
-		} else {
+		case !strconv.IsPrint(r):
+			// Separators (U+0085, U+2028, U+2029), bidirectional
+			// overrides and other invisible characters, escaped as
+			// encoding/json escapes U+2028 and U+2029.
+			if r1, r2 := utf16.EncodeRune(r); r1 != utf8.RuneError {
+				b = append(b, fmt.Sprintf(`\u%04x\u%04x`, r1, r2)...)
+			} else {
+				b = append(b, fmt.Sprintf(`\u%04x`, r)...)
+			}
+		default:
 			b = append(b, s[i:i+size]...)
 		}
 		i += size

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -193,6 +194,38 @@ func TestPeerCredentialFields(t *testing.T) {
 		for _, format := range []string{FormatJSON, FormatText} {
 			if line := Format(format, e); strings.Contains(line, "peer_") {
 				t.Errorf("%s line without credentials has them: %q", format, line)
+			}
+		}
+	}
+}
+
+// A peer's string (an SNI) holding a line or paragraph separator, NEL, a
+// bidirectional override or another invisible character reaches neither
+// format raw (a viewer would show a forged line, or reorder this one),
+// and reads back whole.
+func TestInvisibleCharactersEscaped(t *testing.T) {
+	for _, sni := range []string{"a\u2028service=forged", "a\u2029b", "a\u0085b", "a\u202eb", "a\u00a0reason=forged", "a\U000e0041b"} {
+		e := sample
+		e.SNI = sni
+		raw := string([]rune(sni)[1]) // the character in question
+		js := Format(FormatJSON, e)
+		var got map[string]any
+		if err := json.Unmarshal([]byte(js), &got); err != nil || got["sni"] != sni {
+			t.Errorf("JSON %q: sni %q, %v; want %q", js, got["sni"], err, sni)
+		}
+		text := Format(FormatText, e)
+		_, after, _ := strings.Cut(text, " sni=")
+		q, err := strconv.QuotedPrefix(after)
+		if err != nil {
+			t.Errorf("text %q: sni not quoted: %v", text, err)
+			continue
+		}
+		if v, _ := strconv.Unquote(q); v != sni {
+			t.Errorf("text %q: sni reads back as %q, want %q", text, v, sni)
+		}
+		for _, line := range []string{js, text} {
+			if strings.Contains(line, raw) {
+				t.Errorf("%q carries %q raw", line, raw)
 			}
 		}
 	}
