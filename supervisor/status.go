@@ -68,22 +68,25 @@ type ConnStatus struct {
 const MaxStatusConnections = 10000
 
 // Status describes the running services (in file order), then the
-// services still draining after a reload; with conns, also the open
-// connections (at most MaxStatusConnections).
+// services still draining after a reload or in a shutdown; with conns,
+// also the open connections (at most MaxStatusConnections). The two lists
+// are one moment's: a reload moves a service from one to the other under
+// both locks, taken here in the same order.
 func (s *Supervisor) Status(conns bool) ([]ServiceStatus, []ConnStatus) {
 	s.mu.Lock()
 	running := make([]*service, 0, len(s.order))
 	for _, name := range s.order {
 		running = append(running, s.services[name])
 	}
-	s.mu.Unlock()
 	s.drainMu.Lock()
-	draining := make([]*service, 0, len(s.drainingSvcs))
+	s.mu.Unlock()
+	draining := make([]*service, 0, len(s.drainingSvcs)+len(s.stoppingSvcs))
 	for svc := range s.drainingSvcs {
 		draining = append(draining, svc)
 	}
+	draining = append(draining, s.stoppingSvcs...)
 	s.drainMu.Unlock()
-	sort.Slice(draining, func(i, j int) bool { return draining[i].cfg.Name < draining[j].cfg.Name })
+	sort.SliceStable(draining, func(i, j int) bool { return draining[i].cfg.Name < draining[j].cfg.Name })
 
 	var out []ServiceStatus
 	var cs []ConnStatus

@@ -186,10 +186,11 @@ func (s *Supervisor) NotReady() []string {
 // connections are asked to LoseConnection (pending output is flushed),
 // connections still open after timeout are aborted, then each factory's
 // StopFactory runs. It returns the factories' stop errors, joined.
+//
+// s.mu is held only to take the services out (Reload refuses once stopping
+// is set): Status answers during the drain, listing them as draining.
 func (s *Supervisor) Shutdown(timeout time.Duration) error {
 	s.stopping.Store(true)
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	// Services a reload is still draining (under that reload's timeout)
 	// are aborted at this shutdown's timeout too.
 	cut := time.AfterFunc(timeout, func() {
@@ -200,16 +201,23 @@ func (s *Supervisor) Shutdown(timeout time.Duration) error {
 		}
 	})
 	defer cut.Stop()
-	s.drainMu.Lock()
+	s.mu.Lock()
+	svcs := make([]*service, 0, len(s.order))
 	for _, name := range s.order {
-		s.stoppingSvcs = append(s.stoppingSvcs, s.services[name])
-	}
-	s.drainMu.Unlock()
-	var g errgroup.Group
-	errs := make([]error, len(s.order))
-	for i, name := range s.order {
 		svc := s.services[name]
 		s.releaseSocketsLocked(svc) // no new connections anywhere first
+		svcs = append(svcs, svc)
+	}
+	s.drainMu.Lock()
+	s.stoppingSvcs = append(s.stoppingSvcs, svcs...)
+	s.drainMu.Unlock()
+	s.services = map[string]*service{}
+	s.order = nil
+	s.mu.Unlock()
+
+	var g errgroup.Group
+	errs := make([]error, len(svcs))
+	for i, svc := range svcs {
 		g.Go(func() error {
 			errs[i] = svc.drainAndStop(timeout, stopExit)
 			return nil
@@ -217,8 +225,6 @@ func (s *Supervisor) Shutdown(timeout time.Duration) error {
 	}
 	g.Wait()
 	s.draining.Wait() // services a reload is still draining
-	s.services = map[string]*service{}
-	s.order = nil
 	return errors.Join(errs...)
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"os/exec"
 	"path/filepath"
@@ -180,6 +181,50 @@ service "exec" "x" {
 		t.Errorf("superd status without superd: %v\n%s", err, out)
 	}
 	held.Close()
+	d.signal(syscall.SIGTERM)
+	d.wait(15 * time.Second)
+}
+
+// While superd drains at shutdown /status still answers, listing the
+// service that drains as draining.
+func TestStatusDuringShutdown(t *testing.T) {
+	addr := freeAddr(t)
+	path, metrics := writeConfig(t, fmt.Sprintf(`
+metrics { address = "METRICS" }
+shutdown_timeout = "20s"
+service "exec" "stubborn" {
+  command = ["/bin/sh", "-c", "trap '' TERM; echo up; exec sleep 30"]
+  endpoint "tcp" { address = %q }
+}
+`, addr))
+	d := startDaemon(t, path, metrics)
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Read(make([]byte, 3)); err != nil {
+		t.Fatal(err)
+	}
+	d.signal(syscall.SIGTERM)
+	if !d.logged("shutting down") {
+		t.Fatal("superd did not begin its shutdown")
+	}
+	// The program ignores SIGTERM: the drain lasts until the second
+	// signal below.
+	cl := &http.Client{Timeout: 10 * time.Second}
+	resp, err := cl.Get("http://" + metrics + "/status")
+	if err != nil {
+		t.Errorf("/status during the shutdown's drain: %v", err)
+	} else {
+		var st Status
+		err := json.NewDecoder(resp.Body).Decode(&st)
+		resp.Body.Close()
+		if err != nil || len(st.Services) != 1 || st.Services[0].Name != "stubborn" || st.Services[0].State != "draining" {
+			t.Errorf("/status during the shutdown: %+v, %v; want stubborn draining", st.Services, err)
+		}
+	}
 	d.signal(syscall.SIGTERM)
 	d.wait(15 * time.Second)
 }
