@@ -269,7 +269,10 @@ func (s *service) takeDatagramTokens(ip netip.Addr, now time.Time) string {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.rate != nil && !s.rate.take(now) {
+	// The service's token is spent only for a datagram the per-source
+	// limit lets through too: one flooding source, held to its own rate,
+	// must not empty the service's bucket for everyone else.
+	if s.rate != nil && !s.rate.has(now) {
 		return metrics.DatagramRateLimit
 	}
 	if s.sourceRates != nil {
@@ -284,6 +287,9 @@ func (s *service) takeDatagramTokens(ip netip.Addr, now time.Time) string {
 		if !s.takeSourceToken(key, now) {
 			return metrics.DatagramRateLimitPerIP
 		}
+	}
+	if s.rate != nil {
+		s.rate.spend()
 	}
 	return ""
 }

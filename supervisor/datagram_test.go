@@ -1185,3 +1185,61 @@ func TestDatagramReloadToWaitModeAndBack(t *testing.T) {
 		}
 	}
 }
+
+// A datagram being delivered when superd shuts down still gets its reply:
+// the close stops the reading only, not the batch's replies.
+func TestReplyOfDatagramInFlightAtShutdown(t *testing.T) {
+	entered, release := make(chan struct{}), make(chan struct{})
+	f := &dgramFactory{onDatagram: func(p *dgramProto, data []byte, from net.Addr) {
+		close(entered)
+		<-release
+		p.t.WriteTo(data, from)
+	}}
+	s, m, addr := startDgram(t, "bye", "127.0.0.1", f, false, config.Limits{})
+	s.mu.Lock()
+	sock := s.services["bye"].bindings[0].sock
+	s.mu.Unlock()
+	c := dialUDP(t, addr)
+	send(t, c, []byte("last"))
+	<-entered
+	done := make(chan error)
+	go func() { done <- s.Shutdown(5 * time.Second) }()
+	waitFor(t, func() bool { return sock.closed.Load() })
+	close(release)
+	got, err := recv(c, 5*time.Second)
+	if serr := <-done; serr != nil {
+		t.Fatal(serr)
+	}
+	if err != nil || string(got) != "last" {
+		t.Errorf("the reply of the datagram in flight: %q, %v (send_failed %v)", got, err, dgramDropped(m, "bye", metrics.DatagramSendFailed))
+	}
+}
+
+// Datagrams a source's own limit refuses spend nothing of the service's:
+// a flooding source held to rate_limit_per_ip does not empty rate_limit
+// for the others.
+func TestPerSourceRefusalsSpareServiceTokens(t *testing.T) {
+	other, ok := bindUDP(t, "127.0.0.2:0")
+	if !ok {
+		t.Skip("127.0.0.2 is not a local address here")
+	}
+	f := &dgramFactory{}
+	s, m, addr := startDgram(t, "both", "127.0.0.1", f, false, config.Limits{
+		RateLimit:      &config.Rate{Rate: 0.001, Burst: 5},
+		RateLimitPerIP: &config.Rate{Rate: 0.001, Burst: 2},
+	})
+	defer s.Shutdown(5 * time.Second)
+	one, _ := bindUDP(t, "127.0.0.1:0")
+	for i := range 10 {
+		sendTo(t, one, addr, []byte{byte(i)})
+	}
+	waitFor(t, func() bool { return dgramReceived(m, "both", addr) == 10 })
+	sendTo(t, other, addr, []byte("legit"))
+	waitFor(t, func() bool {
+		return f.received.Load()+int64(dgramDropped(m, "both", metrics.DatagramRateLimit)+dgramDropped(m, "both", metrics.DatagramRateLimitPerIP)) == 11
+	})
+	if got := f.received.Load(); got != 3 {
+		t.Errorf("delivered %d datagrams, want 3 (2 from the flooding source, 1 from the other); drops rate_limit %v, rate_limit_per_ip %v",
+			got, dgramDropped(m, "both", metrics.DatagramRateLimit), dgramDropped(m, "both", metrics.DatagramRateLimitPerIP))
+	}
+}

@@ -32,6 +32,17 @@ func (b *tokenBucket) take(now time.Time) bool {
 	return false
 }
 
+// has reports whether a token is there, spending none: a limit checked
+// before another that may still refuse (the per-source one) spends its
+// token only once both have agreed (spend).
+func (b *tokenBucket) has(now time.Time) bool {
+	b.refill(now)
+	return b.tokens >= 1
+}
+
+// spend takes the token has found.
+func (b *tokenBucket) spend() { b.tokens-- }
+
 // full reports whether the bucket is back at its burst (so forgetting it
 // changes nothing).
 func (b *tokenBucket) full(now time.Time) bool {

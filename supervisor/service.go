@@ -253,7 +253,7 @@ func (s *service) admit(c net.Conn, peer net.Addr, b *binding, t *tracked) (*tra
 		reason = metrics.RejectMaxConnectionsPerIP
 	case hasUID && s.perUID[cred.UID] >= lim.MaxConnectionsPerUID:
 		reason = metrics.RejectMaxConnectionsPerUID
-	case s.rate != nil && !s.rate.take(now):
+	case s.rate != nil && !s.rate.has(now): // spent below, once admitted
 		reason = metrics.RejectRateLimit
 	case hasSource && s.sourceRates != nil && !lim.RateLimitPerIPDatagramsOnly && !s.takeSourceToken(key, now):
 		reason = metrics.RejectRateLimitPerIP
@@ -261,6 +261,9 @@ func (s *service) admit(c net.Conn, peer net.Addr, b *binding, t *tracked) (*tra
 	if reason != "" {
 		s.mu.Unlock()
 		return refuse(reason)
+	}
+	if s.rate != nil {
+		s.rate.spend()
 	}
 	if !reserved {
 		t = &tracked{c: c, b: b}

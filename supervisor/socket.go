@@ -178,7 +178,11 @@ func (k *socket) close() {
 			}
 			return
 		}
-		if dl, ok := k.deadliner(); ok {
+		if k.dgram != nil {
+			// Only the read: the replies of the batch being delivered
+			// still go out before the loop ends.
+			k.dgram.uc.SetReadDeadline(time.Now())
+		} else if dl, ok := k.deadliner(); ok {
 			dl.SetDeadline(time.Now()) // wake the loop for its last sweep
 			if k.bare != nil {
 				k.bare.SetDeadline(time.Now())
