@@ -4,8 +4,10 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -299,4 +301,24 @@ func (s *service) takeDatagramTokens(ip netip.Addr, now time.Time) string {
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// setBroadcast allows or refuses sends to broadcast addresses on uc
+// (SO_BROADCAST).
+func setBroadcast(uc *net.UDPConn, on bool) error {
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	v := 0
+	if on {
+		v = 1
+	}
+	var serr error
+	if err := raw.Control(func(fd uintptr) {
+		serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_BROADCAST, v)
+	}); err != nil {
+		return err
+	}
+	return os.NewSyscallError("setsockopt SO_BROADCAST", serr)
 }

@@ -1243,3 +1243,54 @@ func TestPerSourceRefusalsSpareServiceTokens(t *testing.T) {
 			got, dgramDropped(m, "both", metrics.DatagramRateLimit), dgramDropped(m, "both", metrics.DatagramRateLimitPerIP))
 	}
 }
+
+// A guarded service does not answer a directed broadcast source (a
+// subnet's broadcast address, which reflects cannot tell from a host: a
+// spoofed source where rp_filter is off): its socket refuses broadcast
+// sends (SO_BROADCAST off), so such a reply fails instead of reaching the
+// whole subnet. Here the reply goes to lo's broadcast address
+// 127.255.255.255. An unguarded service's socket keeps Go's default.
+func TestGuardedNoDirectedBroadcast(t *testing.T) {
+	broadcast := &net.UDPAddr{IP: net.IPv4(127, 255, 255, 255), Port: 40000}
+	f := &dgramFactory{onDatagram: func(p *dgramProto, data []byte, from net.Addr) {
+		p.t.WriteTo(data, broadcast)
+	}}
+	s, m, addr := startDgram(t, "g", "127.0.0.1", f, true, config.Limits{})
+	defer s.Shutdown(5 * time.Second)
+	c := dialUDP(t, addr)
+	send(t, c, []byte("x"))
+	waitFor(t, func() bool { return dgramDropped(m, "g", metrics.DatagramSendFailed) == 1 })
+	if n := dgramSent(m, "g", addr); n != 0 {
+		t.Errorf("%v replies sent to a broadcast address", n)
+	}
+	s.mu.Lock()
+	uc := s.services["g"].bindings[0].sock.dgram.uc
+	s.mu.Unlock()
+	if v := udpSockopt(t, uc, syscall.SO_BROADCAST); v != 0 {
+		t.Errorf("SO_BROADCAST = %d on a guarded service's socket", v)
+	}
+
+	s2, _, _ := startDgram(t, "open", "127.0.0.1", &dgramFactory{}, false, config.Limits{})
+	defer s2.Shutdown(5 * time.Second)
+	s2.mu.Lock()
+	uc = s2.services["open"].bindings[0].sock.dgram.uc
+	s2.mu.Unlock()
+	if v := udpSockopt(t, uc, syscall.SO_BROADCAST); v != 1 {
+		t.Errorf("SO_BROADCAST = %d on an unguarded service's socket", v)
+	}
+}
+
+func udpSockopt(t *testing.T, uc *net.UDPConn, opt int) int {
+	t.Helper()
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v int
+	var serr error
+	raw.Control(func(fd uintptr) { v, serr = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, opt) })
+	if serr != nil {
+		t.Fatal(serr)
+	}
+	return v
+}

@@ -593,6 +593,14 @@ func (s *service) activateDatagrams(b *binding) {
 		drops:   s.drops,
 		guarded: s.cfg.Spec != nil && s.cfg.Spec.DatagramGuards,
 	}
+	// Go allows broadcast on every udp socket. A guarded service must not
+	// answer a directed broadcast source (a subnet's broadcast address,
+	// which reflects cannot tell from a host): without SO_BROADCAST the
+	// kernel refuses such a send (counted send_failed). Set for each
+	// binding: a socket carried over to another service gets its own.
+	if err := setBroadcast(b.sock.dgram.uc, !d.guarded); err != nil {
+		s.log.Warn("cannot set SO_BROADCAST", "endpoint", b.ep.Label, "err", err)
+	}
 	d.received, d.sent = received, sent
 	d.proto = df.BuildDatagramProtocol(d)
 	b.dgram = d
