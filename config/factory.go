@@ -83,6 +83,9 @@ func (d *decoder) decodeFactory(svc *Service, blk *hcl.Block, content *hcl.BodyC
 		}
 		var f framework.Factory
 		f, err = spec.New(env, cfg)
+		if lh, ok := f.(framework.ListenerHandler); ok && err == nil && lh.ServesListeners() {
+			d.checkListenerLimits(svc, content)
+		}
 		if ec, ok := f.(framework.EndpointChecker); ok && err == nil {
 			for _, eb := range content.Blocks {
 				if eb.Type != blockEndpoint || len(eb.Labels) == 0 {
@@ -350,4 +353,22 @@ func joined(err error) []error {
 		out = append(out, joined(e)...)
 	}
 	return out
+}
+
+// checkListenerLimits refuses, for a service that hands its listening
+// sockets to its program (wait mode), the limits that superd applies to
+// each connection or datagram it takes: it takes none, the program reads
+// the socket itself, so they would silently apply to nothing.
+func (d *decoder) checkListenerLimits(svc *Service, content *hcl.BodyContent) {
+	const detail = "Service %q hands its listening sockets to its program (wait mode), which takes the connections and datagrams itself: superd sees none of them, so %s would apply to nothing. Remove it; on tcp, wait = false takes the connections one by one, where it applies."
+	for _, name := range []string{attrAllow, attrDeny, attrMaxConnectionsPerIP, attrMaxConnectionsPerUID} {
+		if a := content.Attributes[name]; a != nil {
+			d.errorf(a.NameRange, "Limit not applied in wait mode", detail, svc.Name, name)
+		}
+	}
+	for _, b := range content.Blocks {
+		if b.Type == blockRateLimit || b.Type == blockRateLimitPerIP {
+			d.errorf(b.TypeRange, "Limit not applied in wait mode", detail, svc.Name, b.Type)
+		}
+	}
 }
