@@ -121,6 +121,10 @@ func (c *Conn) WriteString(s string) {
 	c.wroteLocked()
 }
 
+// producerSlack is the least output a connection with a registered
+// producer may hold before it is dropped as a slow consumer.
+const producerSlack = 4 * framework.HighWaterMark
+
 // flushersStarted counts the flushers started for writes made outside a
 // connection's own callbacks (a chat line to the other users): see
 // serveInline.
@@ -138,13 +142,17 @@ func (c *Conn) reserveLocked() {
 // will happen, and unlocks mu.
 func (c *Conn) wroteLocked() {
 	backlog := c.pendingLen() + c.inflight
-	// A producer's write that takes the output past the high-water mark
-	// is paused below, not dropped, even past max_pending_output (which may
-	// be as low as the mark): flow control keeps it within one write of
-	// the limit. A write after the pause was told, or any write without a
-	// producer, is a slow consumer's.
-	flowControlled := c.prod.Load() != nil && !c.producerPaused.Load()
-	if backlog > c.maxPendingOutput() && !flowControlled {
+	// A registered producer is paused at the high-water mark, but its
+	// pause lands a write or two late (a producer writing from its own
+	// goroutine has one write under way; a callback holding the turn
+	// delays the call): with max_pending_output as low as the mark, a
+	// producer that obeys would be dropped. Its limit is at least
+	// producerSlack, still a bound.
+	limit := c.maxPendingOutput()
+	if c.prod.Load() != nil {
+		limit = max(limit, producerSlack)
+	}
+	if backlog > limit {
 		c.abortLocked(framework.ErrSlowConsumer)
 		c.mu.Unlock()
 		return
