@@ -107,6 +107,7 @@ func (s *Supervisor) Reload(cfg *config.File) error {
 	}
 	s.services = newServices
 	s.order = newOrder
+	s.generation++
 	s.updateGuardsLocked()
 	return nil
 }

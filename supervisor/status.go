@@ -73,7 +73,15 @@ const MaxStatusConnections = 10000
 // are one moment's: a reload moves a service from one to the other under
 // both locks, taken here in the same order.
 func (s *Supervisor) Status(conns bool) ([]ServiceStatus, []ConnStatus) {
+	_, services, cs := s.StatusOf(conns)
+	return services, cs
+}
+
+// StatusOf is Status with the generation of the configuration it
+// describes (1 at Start, one more for each successful Reload).
+func (s *Supervisor) StatusOf(conns bool) (generation int, services []ServiceStatus, cs []ConnStatus) {
 	s.mu.Lock()
+	generation = s.generation
 	running := make([]*service, 0, len(s.order))
 	for _, name := range s.order {
 		running = append(running, s.services[name])
@@ -88,20 +96,18 @@ func (s *Supervisor) Status(conns bool) ([]ServiceStatus, []ConnStatus) {
 	s.drainMu.Unlock()
 	sort.SliceStable(draining, func(i, j int) bool { return draining[i].cfg.Name < draining[j].cfg.Name })
 
-	var out []ServiceStatus
-	var cs []ConnStatus
 	for i, svc := range append(running, draining...) {
 		state := "running"
 		if i >= len(running) {
 			state = "draining"
 		}
-		out = append(out, svc.status(state))
+		services = append(services, svc.status(state))
 		if conns {
 			cs = svc.appendConns(cs)
 		}
 	}
 	sort.Slice(cs, func(i, j int) bool { return cs[i].Since.Before(cs[j].Since) })
-	return out, cs
+	return generation, services, cs
 }
 
 func (s *service) status(state string) ServiceStatus {

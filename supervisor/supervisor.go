@@ -51,6 +51,9 @@ type Supervisor struct {
 	// holds s.mu while it waits for them.
 	drainMu      sync.Mutex
 	drainingSvcs map[*service]struct{}
+	// generation counts the configurations applied: 1 at Start, one more
+	// for each successful Reload (under mu, so a Status is of one).
+	generation int
 	// stoppingSvcs are the services Shutdown drains (under drainMu), for
 	// CutShutdown, which cannot wait for mu.
 	stoppingSvcs []*service
@@ -145,6 +148,7 @@ func (s *Supervisor) StartThen(cfg *config.File, beforeServing func() error) err
 		s.order = append(s.order, svc.cfg.Name)
 	}
 	s.started = true
+	s.generation = 1
 	s.updateGuardsLocked()
 	return nil
 }

@@ -57,7 +57,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	m := metrics.New(buildVersion())
 	sup := supervisor.New(log, m)
 	sup.Inherit(passed)
-	status := &statusState{sup: sup, configFile: *path, started: time.Now(), generation: 1}
+	status := &statusState{sup: sup, configFile: *path, started: time.Now()}
 	if abs, err := filepath.Abs(*path); err == nil {
 		status.configFile = abs
 	}

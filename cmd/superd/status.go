@@ -50,27 +50,26 @@ type statusState struct {
 	configFile string
 	started    time.Time
 
-	mu         sync.Mutex
-	generation int
-	last       *ReloadStatus
+	mu   sync.Mutex
+	last *ReloadStatus
 }
 
-// reloaded records a reload's outcome: a success is a new generation.
+// reloaded records a reload's outcome (a success is a new generation of
+// the supervisor's, counted with its services so that /status tells one
+// configuration).
 func (st *statusState) reloaded(err error) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	r := &ReloadStatus{Time: time.Now(), Result: "success"}
 	if err != nil {
 		r.Result, r.Error = "failure", err.Error()
-	} else {
-		st.generation++
 	}
 	st.last = r
 }
 
 func (st *statusState) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	conns := r.URL.Query().Get("connections") == "1"
-	services, cs := st.sup.Status(conns)
+	generation, services, cs := st.sup.StatusOf(conns)
 	// Asked before st.mu is taken: NATS holds its connection's lock while
 	// it dials a server again, and the main loop must not wait for that
 	// to record a reload.
@@ -78,7 +77,7 @@ func (st *statusState) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st.mu.Lock()
 	s := Status{
 		Version: buildVersion(), PID: os.Getpid(), StartedAt: st.started,
-		ConfigFile: st.configFile, ConfigGeneration: st.generation, LastReload: st.last,
+		ConfigFile: st.configFile, ConfigGeneration: generation, LastReload: st.last,
 		Cluster: cluster, Services: services, Connections: cs,
 	}
 	st.mu.Unlock()
