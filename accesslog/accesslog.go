@@ -6,9 +6,9 @@
 package accesslog
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"sync"
@@ -71,12 +71,21 @@ type Logger struct {
 	qmu   sync.RWMutex // Log holds it shared; Close exclusively, to close queue
 	qshut bool
 
-	mu       sync.Mutex // guards w, f, buffered (the writer goroutine and Reopen)
-	f        *os.File   // nil for stderr
-	w        *bufio.Writer
-	buffered int // lines in w not written out yet
-	closed   bool
+	mu  sync.Mutex // guards f, out, buf, ends, torn (the writer goroutine and Reopen)
+	f   *os.File   // nil for stderr
+	out io.Writer  // f, or stderr
+	buf []byte     // lines not written out yet
+	// ends are the offsets in buf where its lines end: a write that
+	// stops short (a full disk) tells how many lines went out whole.
+	ends []int
+	// torn: the last write left part of a line that could not be cut off
+	// (stderr, or truncate failed); the next write starts on a new line.
+	torn   bool
+	closed bool
 }
+
+// bufSize is how much the writer gathers before a write(2).
+const bufSize = 64 << 10
 
 // Open starts a logger writing to path ("stderr" for superd's stderr) in
 // format; dropped counts the lines that did not fit in the queue.
@@ -95,16 +104,14 @@ func Open(path, format string, dropped prometheus.Counter) (*Logger, error) {
 
 func (l *Logger) open() error {
 	if l.path == "stderr" || l.path == "" {
-		l.f = nil
-		l.w = bufio.NewWriter(os.Stderr)
+		l.f, l.out = nil, os.Stderr
 		return nil
 	}
 	f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
 	if err != nil {
 		return err
 	}
-	l.f = f
-	l.w = bufio.NewWriterSize(f, 64<<10)
+	l.f, l.out = f, f
 	return nil
 }
 
@@ -152,43 +159,68 @@ func (l *Logger) run() {
 }
 
 // write adds one line to the buffer, writing the buffer out first when
-// the line does not fit, so that a failure is known to lose exactly the
-// lines buffered (see flush). Called with mu held.
+// the line does not fit. Called with mu held.
 func (l *Logger) write(line []byte) {
-	if l.w.Available() < len(line) && l.w.Buffered() > 0 {
+	if len(l.buf) > 0 && len(l.buf)+len(line) > bufSize {
 		l.flush()
 	}
-	if _, err := l.w.Write(line); err != nil { // a line longer than the buffer, written through
-		l.lost(1)
-		return
+	if l.buf == nil {
+		l.buf = make([]byte, 0, bufSize)
 	}
-	l.buffered++
+	l.buf = append(l.buf, line...)
+	l.ends = append(l.ends, len(l.buf))
 }
 
-// flush writes the buffered lines out. If that fails (a full disk), they
-// are lost, and counted as dropped; the writer starts afresh, so the lines
-// after them are written once the file takes writes again
-// (bufio.Writer's error is sticky: kept, it would fail every later write).
+// flush writes the buffered lines out. If the write stops short (a full
+// disk), the lines it did not write whole are lost and counted as dropped,
+// and the part of a line it wrote is cut off the file again (superd is
+// its only writer), so that no torn line is left for the next ones to be
+// glued to; where that cannot be done, the next write starts with a new
+// line. The lines after are written once the file takes writes again.
 // Called with mu held.
 func (l *Logger) flush() error {
-	err := l.w.Flush()
-	if err != nil {
-		l.lost(l.buffered)
+	if len(l.buf) == 0 {
+		return nil
 	}
-	l.buffered = 0
+	data := l.buf
+	if l.torn {
+		data = append([]byte{'\n'}, data...)
+	}
+	n, err := l.out.Write(data)
+	if l.torn && n > 0 {
+		n--
+		l.torn = false
+	}
+	if err != nil {
+		whole := 0 // lines written whole
+		for whole < len(l.ends) && l.ends[whole] <= n {
+			whole++
+		}
+		if l.dropped != nil {
+			l.dropped.Add(float64(len(l.ends) - whole))
+		}
+		end := 0
+		if whole > 0 {
+			end = l.ends[whole-1]
+		}
+		if part := n - end; part > 0 {
+			l.torn = !l.cut(part)
+		}
+	}
+	l.buf, l.ends = l.buf[:0], l.ends[:0]
 	return err
 }
 
-// lost counts n lines that could not be written and resets the writer.
-func (l *Logger) lost(n int) {
-	if l.dropped != nil {
-		l.dropped.Add(float64(n))
+// cut removes the last part bytes written to the file; false if it cannot.
+func (l *Logger) cut(part int) bool {
+	if l.f == nil {
+		return false
 	}
-	if l.f != nil {
-		l.w.Reset(l.f)
-	} else {
-		l.w.Reset(os.Stderr)
+	size, err := l.f.Seek(0, io.SeekEnd)
+	if err != nil || size < int64(part) {
+		return false
 	}
+	return l.f.Truncate(size-int64(part)) == nil
 }
 
 // Reopen reopens the file (SIGUSR1, after rotation); lines written
@@ -206,8 +238,7 @@ func (l *Logger) Reopen() error {
 	old := l.f
 	if err := l.open(); err != nil {
 		// Keep writing to the old file rather than lose lines.
-		l.f = old
-		l.w = bufio.NewWriterSize(old, 64<<10)
+		l.f, l.out = old, old
 		return err
 	}
 	return old.Close()

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -227,6 +228,86 @@ func TestInvisibleCharactersEscaped(t *testing.T) {
 			if strings.Contains(line, raw) {
 				t.Errorf("%q carries %q raw", line, raw)
 			}
+		}
+	}
+}
+
+// filling writes to f until room runs out, then stops short with ENOSPC,
+// as a file on a full disk does.
+type filling struct {
+	f    *os.File
+	room int
+}
+
+func (w *filling) Write(p []byte) (int, error) {
+	if len(p) <= w.room {
+		w.room -= len(p)
+		return w.f.Write(p)
+	}
+	n, err := w.f.Write(p[:w.room])
+	w.room -= n
+	if err == nil {
+		err = syscall.ENOSPC
+	}
+	return n, err
+}
+
+// A full disk loses the lines that do not fit, counted as dropped, and
+// leaves no torn line: once there is room again the next lines are whole,
+// not glued to part of a lost one.
+func TestDiskFullLeavesNoTornLine(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "access.log")
+	dropped := prometheus.NewCounter(prometheus.CounterOpts{Name: "dropped"})
+	l, err := Open(path, FormatJSON, dropped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	full := &filling{f: l.f, room: 1000}
+	l.mu.Lock()
+	l.out = full
+	l.mu.Unlock()
+	const lines = 50
+	for i := range lines {
+		e := sample
+		e.PID = i + 1
+		l.Log(e)
+	}
+	whole := func() int {
+		b, _ := os.ReadFile(path)
+		return strings.Count(string(b), "\n")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for whole()+int(testutil.ToFloat64(dropped)) != lines {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d lines written and %v dropped, want %d in all", whole(), testutil.ToFloat64(dropped), lines)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	l.mu.Lock()
+	full.room = 1 << 30 // space freed
+	l.mu.Unlock()
+	kept := sample
+	kept.PID = 1000
+	l.Log(kept)
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+	lost := int(testutil.ToFloat64(dropped))
+	if lost == 0 || len(got) != lines-lost+1 {
+		t.Errorf("%d lines in the file with %d dropped, want %d", len(got), lost, lines-lost+1)
+	}
+	for i, line := range got {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("line %d is torn: %q (%v)", i+1, line, err)
+		}
+		if i == len(got)-1 && m["pid"] != float64(1000) {
+			t.Errorf("the last line is %q, want the one logged once there was room", line)
 		}
 	}
 }
