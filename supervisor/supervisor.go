@@ -55,8 +55,10 @@ type Supervisor struct {
 	// for each successful Reload (under mu, so a Status is of one).
 	generation int
 	// stoppingSvcs are the services Shutdown drains (under drainMu), for
-	// CutShutdown, which cannot wait for mu.
+	// CutShutdown, which cannot wait for mu; cutRequested: CutShutdown
+	// came, and what Shutdown adds later is cut at once.
 	stoppingSvcs []*service
+	cutRequested bool
 
 	refs      *seriesRefs  // which metric series live instances use
 	guards    *guardPorts  // ports of the guarded udp endpoints
@@ -214,6 +216,11 @@ func (s *Supervisor) Shutdown(timeout time.Duration) error {
 	}
 	s.drainMu.Lock()
 	s.stoppingSvcs = append(s.stoppingSvcs, svcs...)
+	if s.cutRequested { // a second signal came before the services were out
+		for _, svc := range svcs {
+			svc.cutDrain()
+		}
+	}
 	s.drainMu.Unlock()
 	s.services = map[string]*service{}
 	s.order = nil
@@ -240,6 +247,7 @@ func (s *Supervisor) Shutdown(timeout time.Duration) error {
 func (s *Supervisor) CutShutdown() {
 	s.drainMu.Lock()
 	defer s.drainMu.Unlock()
+	s.cutRequested = true
 	for _, svc := range s.stoppingSvcs {
 		svc.cutDrain()
 	}

@@ -205,6 +205,40 @@ func TestFactoryStartFailureStopsNothingElseAndReleasesSockets(t *testing.T) {
 	s.Shutdown(time.Second)
 }
 
+// CutShutdown aborts a shutdown's drain at once, also when it comes
+// before Shutdown has taken its services out (a second signal right
+// after the first): the drain does not wait for its timeout.
+func TestCutShutdownBeforeShutdown(t *testing.T) {
+	f := &lifecycleFactory{greet: make([]byte, 32<<20)} // never drains: the client reads nothing
+	addr := testkit.FreeAddr(t, "tcp")
+	s, m := newTestSupervisor()
+	if err := s.Start(&config.File{Services: []*config.Service{
+		serviceConfig("stuck", f, config.Limits{MaxPendingOutput: 64 << 20}, tcpEndpoint(addr)),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	waitFor(t, func() bool { return testutil.ToFloat64(m.ConnectionsActive.WithLabelValues("stuck", "lifecycle")) == 1 })
+	s.CutShutdown()
+	done := make(chan error, 1)
+	go func() { done <- s.Shutdown(time.Hour) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the shutdown waited for its timeout after CutShutdown")
+	}
+	if got := testutil.ToFloat64(m.ConnectionsDropped.WithLabelValues("stuck", "lifecycle", "shutdown_timeout")); got != 1 {
+		t.Errorf("dropped{shutdown_timeout} = %v, want 1", got)
+	}
+}
+
 func TestShutdownTimeoutAbortsAndCounts(t *testing.T) {
 	// The client never reads a greeting larger than the socket buffers, so
 	// the drain can never finish and must be cut at the timeout.
