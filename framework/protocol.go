@@ -113,16 +113,27 @@ type Transport interface {
 // framework calls ReadConnectionLost, like any other callback, instead of
 // closing: no DataReceived follows, but the connection stays open for
 // writing until the protocol calls LoseConnection or AbortConnection (or
-// superd ends it: idle timeout, shutdown_timeout). A drain (shutdown,
-// reload) ends the input the same way: what has arrived is delivered, then
-// ReadConnectionLost (once, whichever end comes first), and the protocol
-// closes when its output is done, within shutdown_timeout. Protocols that
-// do not implement it see the connection close once the peer's end of
-// stream has arrived, or the drain has delivered what arrived, and their
-// output is flushed.
+// superd ends it: idle timeout, drain, shutdown). Protocols that do not
+// implement it see the connection close once the peer's end of stream has
+// arrived and their output is flushed.
 type HalfCloseableProtocol interface {
 	Protocol
 	ReadConnectionLost()
+}
+
+// Drainer is implemented by protocols that finish a drain (shutdown,
+// reload) themselves rather than being closed at once: a proxy, whose
+// client's last request may still be on its way to the upstream and the
+// answer on its way back. Once what had arrived is delivered (after the
+// protocol resumes reading, if it had paused), superd calls
+// ConnectionDraining, like any other callback, instead of LoseConnection:
+// no more input is read, though the peer has not ended its stream (so it
+// is not ReadConnectionLost: a proxy must not pass it on as an end of
+// stream), and the protocol calls LoseConnection once its work in flight
+// is done. shutdown_timeout bounds it.
+type Drainer interface {
+	Protocol
+	ConnectionDraining()
 }
 
 // HalfCloser is implemented by transports that can close their write side

@@ -147,7 +147,6 @@ type Conn struct {
 	halfClosing   bool // LoseWriteConnection: flush, then shut the write side
 	halfShut      bool // LoseWriteConnection's end of stream went out
 	readEOF       bool // the peer's end of stream was handed to ReadConnectionLost
-	readLostSent  bool // ReadConnectionLost was called (the peer's end, or a drain's)
 	lost          bool // ConnectionLost has returned: no callback runs again
 	parked        bool // no goroutine: the poller holds the connection
 	received      bool // something was ever received
@@ -352,6 +351,7 @@ const (
 	callData
 	callLost
 	callReadLost
+	callDraining
 )
 
 // call runs one protocol callback with a panic ending only this
@@ -373,6 +373,8 @@ func (c *Conn) call(p framework.Protocol, which int, data []byte, reason error) 
 		p.ConnectionLost(reason)
 	case callReadLost:
 		p.(framework.HalfCloseableProtocol).ReadConnectionLost()
+	case callDraining:
+		p.(framework.Drainer).ConnectionDraining()
 	}
 	return nil
 }

@@ -12,10 +12,9 @@ import (
 // Drain ends the connection gracefully for a shutdown or a reload: data
 // that has already arrived from the peer is still delivered (a line a client
 // sent before the shutdown is not lost), then the connection is closed as by
-// LoseConnection, or, for a framework.HalfCloseableProtocol, the protocol is
-// told that its input has ended (ReadConnectionLost) and closes it when its
-// output is done. Reading stops there: nothing sent after Drain is
-// delivered. Safe from any goroutine.
+// LoseConnection, or a framework.Drainer is told (ConnectionDraining) and
+// closes it when its work in flight is done. Reading stops there: nothing
+// sent after Drain is delivered. Safe from any goroutine.
 func (c *Conn) Drain() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -45,8 +44,13 @@ var testHookDrainRead func()
 // LoseConnection), and never touches the read deadline once the linger has
 // set it.
 func (c *Conn) drainArrived(p framework.Protocol) {
+	_, finishes := p.(framework.Drainer)
 	for {
 		c.mu.Lock()
+		for finishes && c.readPaused && !c.closed && !c.disconnecting {
+			// What has arrived is the protocol's, once it reads again.
+			c.waitLocked()
+		}
 		if c.closed || c.disconnecting || c.readPaused {
 			c.mu.Unlock()
 			break
@@ -114,11 +118,30 @@ func (c *Conn) drainArrived(p framework.Protocol) {
 		c.nc.SetReadDeadline(time.Time{}) // Drain's, or the window's
 	}
 	c.mu.Unlock()
-	// A half-closeable protocol learns that its input has ended and ends
-	// the connection itself once its output is done (a proxy forwards
-	// what it took and relays the upstream's answer); shutdown_timeout
-	// bounds it. Any other is closed as by LoseConnection.
-	if !c.readLost(p, false) {
-		c.LoseConnection()
+	if finishes {
+		c.tellDraining(p)
+		return
 	}
+	c.LoseConnection()
+}
+
+// tellDraining calls a framework.Drainer's ConnectionDraining, then waits,
+// reading nothing, until the connection is closing: the protocol ended it
+// once its work in flight was done, or superd aborted it
+// (shutdown_timeout).
+func (c *Conn) tellDraining(p framework.Protocol) {
+	c.mu.Lock()
+	c.waitToDeliverLocked(true)
+	if !c.closed && !c.disconnecting {
+		c.inCallback = true
+		c.cbOwner = curG()
+		c.mu.Unlock()
+		c.call(p, callDraining, nil, nil)
+		c.afterCallback()
+		c.mu.Lock()
+	}
+	for !c.closed && !c.disconnecting {
+		c.waitLocked()
+	}
+	c.mu.Unlock()
 }

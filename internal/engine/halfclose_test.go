@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -126,8 +127,7 @@ func TestReadConnectionLostThenAbort(t *testing.T) {
 }
 
 // TestReadConnectionLostDrain: a Drain while the protocol holds a
-// half-closed connection leaves it to the protocol, which still writes
-// (a proxy relaying its upstream's answer) and ends it when done.
+// half-closed connection closes it gracefully, output flushed.
 func TestReadConnectionLostDrain(t *testing.T) {
 	p := dialPair(t, "tcp", pairOpts{})
 	h := newHalfRecorder()
@@ -140,11 +140,9 @@ func TestReadConnectionLostDrain(t *testing.T) {
 	closeWrite(t, p.client)
 	<-told
 	s.c.Drain()
-	h.tr.WriteString(" again")
-	h.tr.LoseConnection()
 	got, err := readAll(p.client, serveWait)
-	if err != io.EOF || string(got) != "bye again" {
-		t.Fatalf("client read %q, %v; want \"bye again\" and EOF", got, err)
+	if err != io.EOF || string(got) != "bye" {
+		t.Fatalf("client read %q, %v; want \"bye\" and EOF", got, err)
 	}
 	reason := s.wait(t, serveWait)
 	if !framework.IsClean(reason) {
@@ -258,32 +256,67 @@ func TestLoseWriteConnectionThenLoseConnection(t *testing.T) {
 	r.check(t, reason)
 }
 
-// TestDrainTellsHalfCloseable: a Drain delivers what has arrived, then
-// tells a half-closeable protocol that its input has ended
-// (ReadConnectionLost, once), and leaves the connection to it: output it
-// writes afterwards reaches the peer, and its LoseConnection ends the
-// connection cleanly. The peer's own end of stream, later, is not told
-// again.
-func TestDrainTellsHalfCloseable(t *testing.T) {
+// drainRecorder is a protocol that finishes a drain itself
+// (framework.Drainer), recording when it was told.
+type drainRecorder struct {
+	*recorder
+	drainings    atomic.Int32
+	receivedThen atomic.Int32 // bytes received when ConnectionDraining came
+}
+
+func (d *drainRecorder) ConnectionDraining() {
+	d.receivedThen.Store(int32(d.receivedBytes()))
+	d.drainings.Add(1)
+}
+
+// TestDrainTellsDrainer: a Drain of a framework.Drainer delivers what had
+// arrived, also while it had paused reading, then calls ConnectionDraining
+// (once) and leaves the connection to it: output it writes afterwards
+// reaches the peer, and its LoseConnection ends the connection cleanly.
+// (A Drainer paused with its input still in the kernel is waited for: the
+// proxy's TestDrainWhileReachingUpstream.)
+func TestDrainTellsDrainer(t *testing.T) {
 	p := dialPair(t, "tcp", pairOpts{})
-	h := newHalfRecorder()
-	s := serve(t, p.server, ConnOptions{}, h)
+	d := &drainRecorder{recorder: newRecorder()}
+	s := serve(t, p.server, ConnOptions{}, d)
 	if _, err := p.client.Write([]byte("abc")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, func() bool { return h.receivedBytes() == 3 }, "the input delivered")
+	waitFor(t, 5*time.Second, func() bool { return d.receivedBytes() == 3 }, "the first input delivered")
+	d.tr.PauseProducing()
+	if _, err := p.client.Write([]byte("def")); err != nil {
+		t.Fatal(err)
+	}
+	// In superd's kernel (or read and held for the resume) once acknowledged.
+	rc, err := p.clientRaw.(syscall.Conn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, func() bool {
+		acked := int64(-1)
+		rc.Control(func(fd uintptr) { acked = acknowledged(fd) })
+		if acked == -1 {
+			t.Skip("what the peer acknowledged (TCP_INFO) is not known on this system")
+		}
+		return acked >= 6
+	}, "the second input acknowledged")
 	s.c.Drain()
-	waitFor(t, 5*time.Second, func() bool { return h.readLost.Load() == 1 }, "ReadConnectionLost after the drain")
-	h.tr.WriteString("answer")
+	d.tr.ResumeProducing()
+	waitFor(t, 5*time.Second, func() bool { return d.drainings.Load() == 1 }, "ConnectionDraining")
+	if got := d.receivedThen.Load(); got != 6 {
+		t.Errorf("ConnectionDraining came with %d bytes delivered, want 6 (what had arrived while paused too)", got)
+	}
+	d.tr.WriteString("answer")
+	d.tr.LoseConnection()
 	closeWrite(t, p.client)
-	h.tr.LoseConnection()
 	got, err := readAll(p.client, serveWait)
 	if err != io.EOF || string(got) != "answer" {
 		t.Fatalf("client read %q, %v; want \"answer\" and EOF", got, err)
 	}
-	reason := s.wait(t, serveWait)
-	if !framework.IsClean(reason) {
+	if reason := s.wait(t, serveWait); !framework.IsClean(reason) {
 		t.Errorf("reason %v, want clean", reason)
 	}
-	h.check(t, reason)
+	if n := d.drainings.Load(); n != 1 {
+		t.Errorf("ConnectionDraining called %d times", n)
+	}
 }

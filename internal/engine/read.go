@@ -161,7 +161,7 @@ func (c *Conn) readLoop(p framework.Protocol, r *reader) (parked bool) {
 		}
 		if err != nil {
 			if err == io.EOF {
-				c.readLost(p, true)
+				c.readLost(p)
 			}
 			next := readFail
 			switch {
@@ -203,36 +203,42 @@ func (c *Conn) waitToDeliverLocked(eof bool) {
 	}
 }
 
-// readLost hands the end of the input to a framework.HalfCloseableProtocol
-// (ReadConnectionLost): the peer's end of stream, or a Drain's end of
-// reading. It then waits, reading nothing, until the connection is
-// closing: the protocol called LoseConnection or AbortConnection once its
-// own output was done (a proxy's upstream answered), or superd aborted it
-// (shutdown_timeout). Its caller then ends the connection as after any end
-// of stream. peerEOF tells which end it is. It reports whether the
-// protocol is half-closeable: others are not told.
-func (c *Conn) readLost(p framework.Protocol, peerEOF bool) bool {
+// readLost hands the peer's end of stream to a framework.HalfCloseableProtocol
+// (ReadConnectionLost), then waits, reading nothing, until the connection
+// is closing: the protocol called LoseConnection or AbortConnection, or
+// superd ended it (a Drain closes it as LoseConnection would: nothing more
+// can arrive). Its caller then ends the connection as after any end of
+// stream. Protocols that are not half-closeable are not told.
+func (c *Conn) readLost(p framework.Protocol) {
 	if _, ok := p.(framework.HalfCloseableProtocol); !ok {
-		return false
+		return
 	}
 	c.mu.Lock()
 	c.waitToDeliverLocked(true)
-	if c.closed || c.disconnecting || c.readLostSent {
+	if c.closed || c.disconnecting || c.draining || c.readEOF {
 		c.mu.Unlock()
-		return true
+		return
 	}
-	c.readLostSent, c.readEOF = true, peerEOF
+	c.readEOF = true
 	c.inCallback = true
 	c.cbOwner = curG()
 	c.mu.Unlock()
 	c.call(p, callReadLost, nil, nil)
 	c.afterCallback()
 	c.mu.Lock()
-	for !c.closed && !c.disconnecting {
+	for !c.closed && !c.disconnecting && !c.draining {
 		c.waitLocked()
 	}
+	drain := !c.closed && !c.disconnecting
 	c.mu.Unlock()
-	return true
+	if !drain {
+		return
+	}
+	if _, ok := p.(framework.Drainer); ok {
+		c.tellDraining(p) // it finishes what it still writes
+		return
+	}
+	c.LoseConnection()
 }
 
 // armParkLocked sets the park deadline: the read wakes after parkAfter,

@@ -24,3 +24,13 @@ func unacknowledged(fd uintptr) int {
 	}
 	return n
 }
+
+// acknowledged returns the bytes of the socket fd that its peer has
+// acknowledged (tcpi_bytes_acked), or -1.
+func acknowledged(fd uintptr) int64 {
+	info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+	if err != nil {
+		return -1
+	}
+	return int64(info.Bytes_acked)
+}

@@ -13,3 +13,6 @@ func tcpState(uintptr) int { return -1 }
 // unacknowledged returns -1: not told here (the tests that ask need
 // Linux's idle poller too, and skip before).
 func unacknowledged(uintptr) int { return -1 }
+
+// acknowledged returns -1: not told here.
+func acknowledged(uintptr) int64 { return -1 }

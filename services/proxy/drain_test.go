@@ -2,9 +2,11 @@ package proxy
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,23 +15,31 @@ import (
 )
 
 // A drain (shutdown, reload) while the upstream is slow to read: every
-// byte the proxy took from the client reaches the upstream, then its end
-// of stream (a FIN, not a reset).
+// byte the proxy took from the client reaches the upstream, and no end of
+// stream follows (the client did not end its upload: it must not look
+// complete); the connection is then cut at shutdown_timeout, a reset to
+// the upstream.
 func TestDrainForwardsWhatWasTaken(t *testing.T) {
 	ln := listen(t, "tcp")
 	startReading := make(chan struct{})
-	type result struct {
-		got []byte
-		err error
-	}
-	upstream := make(chan result, 1)
+	var got atomic.Int64
+	upstream := make(chan error, 1)
+	var received []byte
 	serveUpstream(t, ln, func(c net.Conn) {
 		defer c.Close()
 		c.(*net.TCPConn).SetReadBuffer(64 << 10)
 		<-startReading
 		c.SetReadDeadline(time.Now().Add(20 * time.Second))
-		b, err := io.ReadAll(c)
-		upstream <- result{b, err}
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := c.Read(buf)
+			received = append(received, buf[:n]...)
+			got.Add(int64(n))
+			if err != nil {
+				upstream <- err
+				return
+			}
+		}
 	})
 	f := newFactory(t, fmt.Sprintf("  upstream = %q", ln.Addr()))
 	addr, conns := serveProxy(t, f, "tcp", nil)
@@ -39,22 +49,32 @@ func TestDrainForwardsWhatWasTaken(t *testing.T) {
 	}
 	defer c.Close()
 	s := <-conns
-	data := payload(16<<20, 5)
+	data := payload(4<<20, 5)
+	wrote := make(chan struct{})
 	go func() {
+		defer close(wrote)
 		c.SetWriteDeadline(time.Now().Add(20 * time.Second))
-		c.Write(data) // stalls: the upstream reads nothing yet, then the drain stops reading
+		c.Write(data) // stalls until the upstream reads
 	}()
 	waitFor(t, func() bool { return s.p.buffered() > 0 }, "the proxy to hold the client's bytes")
 	s.c.Drain()
 	close(startReading)
-	u := <-upstream
-	taken := s.c.BytesIn()
-	if u.err != nil || int64(len(u.got)) != taken || !bytes.Equal(u.got, data[:len(u.got)]) {
-		t.Errorf("the upstream got %d bytes, then %v; want the %d the proxy took from the client, then its end of stream", len(u.got), u.err, taken)
+	<-wrote
+	// Everything the proxy takes (what had arrived, the rest of the
+	// upload as it comes in) reaches the upstream; then nothing.
+	waitFor(t, func() bool { return s.p.buffered() == 0 && got.Load() == s.c.BytesIn() }, "the upstream to get what the proxy took")
+	select {
+	case err := <-upstream:
+		t.Fatalf("the upstream's read ended (%v) though the client did not end its stream", err)
+	default:
 	}
-	// The client, still sending what superd no longer reads, is cut off
-	// (what is left of its upload was never taken).
-	c.Close()
+	s.c.Abort(framework.ErrShutdownTimeout) // shutdown_timeout
+	if err := <-upstream; err == nil || errors.Is(err, io.EOF) {
+		t.Errorf("the upstream's read ended with %v at the cut, want a reset", err)
+	}
+	if !bytes.Equal(received, data[:len(received)]) {
+		t.Error("the upstream got other bytes than the client's")
+	}
 	s.wait(t)
 }
 

@@ -310,6 +310,10 @@ type Proxy struct {
 	paused   bool // the client's output is backed up (producer paused)
 	downShut bool // the upstream's end of stream was passed on
 
+	// draining: superd reads nothing more from the client (a shutdown or
+	// reload); the connection ends when the upstream has answered.
+	draining bool
+
 	closed bool // ConnectionLost ran
 }
 
@@ -429,6 +433,22 @@ func (p *Proxy) ReadConnectionLost() {
 	p.mu.Unlock()
 }
 
+// ConnectionDraining (a shutdown or reload): superd reads no more from the
+// client. What the proxy took is still written to the upstream, without an
+// end of stream (the client did not end its stream: an upload cut here
+// must not look complete), and the upstream's answer is relayed; its end
+// of stream ends the connection. An upstream that waits for more is cut
+// at shutdown_timeout (a reset, as for any connection then).
+func (p *Proxy) ConnectionDraining() {
+	p.mu.Lock()
+	p.draining = true
+	done := p.downShut // the upstream had ended: only the client's end was awaited
+	p.mu.Unlock()
+	if done {
+		p.t.LoseConnection()
+	}
+}
+
 // writeLoop writes the queue to the upstream, then its end of stream.
 func (p *Proxy) writeLoop(up net.Conn) {
 	defer p.f.wg.Done()
@@ -507,7 +527,9 @@ func (p *Proxy) readLoop(up net.Conn) {
 		if errors.Is(err, io.EOF) {
 			p.mu.Lock()
 			p.downShut = true
-			both := p.upShut
+			// Draining, no end of stream of the client's will be read:
+			// the upstream's ends the connection.
+			both := p.upShut || p.draining
 			p.mu.Unlock()
 			if hc, ok := p.t.(framework.HalfCloser); ok && !both {
 				hc.LoseWriteConnection()
@@ -546,7 +568,9 @@ func (p *Proxy) StopProducing() {}
 func (p *Proxy) ConnectionLost(reason error) {
 	p.mu.Lock()
 	p.closed = true
-	up, graceful := p.up, p.upShut
+	// Gracefully also when draining ended with the upstream's end of
+	// stream and all the client's bytes written: the exchange is over.
+	up, graceful := p.up, p.upShut || p.draining && p.downShut && p.queue == nil && p.inflight == 0
 	if p.queue != nil {
 		*p.queue = (*p.queue)[:0]
 		queueBufs.Put(p.queue)
@@ -656,5 +680,6 @@ var (
 	_ framework.Factory               = (*Factory)(nil)
 	_ framework.FactoryStopper        = (*Factory)(nil)
 	_ framework.HalfCloseableProtocol = (*Proxy)(nil)
+	_ framework.Drainer               = (*Proxy)(nil)
 	_ framework.Producer              = (*Proxy)(nil)
 )
