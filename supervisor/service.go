@@ -580,6 +580,11 @@ func (s *service) activateDatagrams(b *binding) {
 	}
 	received, sent := s.m.DatagramEndpoint(b.ep.Label) // in wait mode too: every series from startup
 	if s.waits() {
+		// The program gets the socket as Go makes one (broadcast
+		// allowed), also when a guarded service had it before a reload.
+		if err := setBroadcast(b.sock.dgram.uc, true); err != nil {
+			s.log.Warn("cannot set SO_BROADCAST", "endpoint", b.ep.Label, "err", err)
+		}
 		return
 	}
 	df, ok := s.factory.(framework.DatagramFactory)
