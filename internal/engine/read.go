@@ -135,7 +135,17 @@ func (c *Conn) readLoop(p framework.Protocol, r *reader) (parked bool) {
 			// as the protocol paused waits for ResumeProducing, and for
 			// any producer call running elsewhere to return.
 			c.mu.Lock()
-			c.waitToDeliverLocked(false)
+			_, finishes := p.(framework.Drainer)
+			for {
+				c.waitToDeliverLocked(false)
+				// A drain that came while paused discards this input,
+				// but a Drainer gets it once it reads again: it had
+				// arrived. (Waiting released mu: take the turn anew.)
+				if !finishes || !c.draining || !c.readPaused || c.closed || c.disconnecting {
+					break
+				}
+				c.waitLocked()
+			}
 			deliver := !c.closed && !c.disconnecting && !(c.draining && c.readPaused)
 			c.inCallback = deliver
 			if deliver {
