@@ -135,13 +135,15 @@ func (c *Conn) readLoop(p framework.Protocol, r *reader) (parked bool) {
 			// as the protocol paused waits for ResumeProducing, and for
 			// any producer call running elsewhere to return.
 			c.mu.Lock()
-			_, finishes := p.(framework.Drainer)
 			for {
 				c.waitToDeliverLocked(false)
 				// A drain that came while paused discards this input,
 				// but a Drainer gets it once it reads again: it had
 				// arrived. (Waiting released mu: take the turn anew.)
-				if !finishes || !c.draining || !c.readPaused || c.closed || c.disconnecting {
+				if !c.draining || !c.readPaused || c.closed || c.disconnecting {
+					break
+				}
+				if _, finishes := p.(framework.Drainer); !finishes {
 					break
 				}
 				c.waitLocked()
