@@ -209,20 +209,8 @@ func TestFactoryStartFailureStopsNothingElseAndReleasesSockets(t *testing.T) {
 // before Shutdown has taken its services out (a second signal right
 // after the first): the drain does not wait for its timeout.
 func TestCutShutdownBeforeShutdown(t *testing.T) {
-	f := &lifecycleFactory{greet: make([]byte, 32<<20)} // never drains: the client reads nothing
-	addr := testkit.FreeAddr(t, "tcp")
-	s, m := newTestSupervisor()
-	if err := s.Start(&config.File{Services: []*config.Service{
-		serviceConfig("stuck", f, config.Limits{MaxPendingOutput: 64 << 20}, tcpEndpoint(addr)),
-	}}); err != nil {
-		t.Fatal(err)
-	}
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, m, _, c := startStuck(t, "stuck", &lifecycleFactory{}) // never drains: the client reads nothing
 	defer c.Close()
-	waitFor(t, func() bool { return testutil.ToFloat64(m.ConnectionsActive.WithLabelValues("stuck", "lifecycle")) == 1 })
 	s.CutShutdown()
 	done := make(chan error, 1)
 	go func() { done <- s.Shutdown(time.Hour) }()

@@ -1755,10 +1755,12 @@ service "exec" "shim" {
 	}
 }
 
-// TestExecSecondSignalKillsPrograms: a second SIGTERM during the drain
-// exits at once (status 1), and first kills the programs superd started,
-// which would otherwise run on without it (this one ignores SIGTERM).
-func TestExecSecondSignalKillsPrograms(t *testing.T) {
+// drainingStubborn starts superd with an exec service whose program
+// ignores SIGTERM and prints its pid, connects, and sends superd a first
+// SIGTERM: superd is draining, held by the program, when it returns with
+// the program's pid (killed at cleanup in any case).
+func drainingStubborn(t *testing.T) (d *daemon, pid int) {
+	t.Helper()
 	addr := freeAddr(t)
 	path, maddr := writeConfig(t, fmt.Sprintf(`
 metrics { address = "METRICS" }
@@ -1768,15 +1770,14 @@ service "exec" "stubborn" {
   endpoint "tcp" { address = %q }
 }
 `, addr))
-	d := startDaemon(t, path, maddr)
+	d = startDaemon(t, path, maddr)
 	c := exDial(t, addr)
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	line, err := bufio.NewReader(c).ReadString('\n')
 	if err != nil {
 		t.Fatal(err)
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(line))
-	if err != nil {
+	if pid, err = strconv.Atoi(strings.TrimSpace(line)); err != nil {
 		t.Fatalf("the program printed %q", line)
 	}
 	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
@@ -1784,6 +1785,14 @@ service "exec" "stubborn" {
 	if !d.logged("shutting down") {
 		t.Fatal("superd did not begin its shutdown")
 	}
+	return d, pid
+}
+
+// TestExecSecondSignalKillsPrograms: a second SIGTERM during the drain
+// exits at once (status 1), and first kills the programs superd started,
+// which would otherwise run on without it (this one ignores SIGTERM).
+func TestExecSecondSignalKillsPrograms(t *testing.T) {
+	d, pid := drainingStubborn(t)
 	d.signal(syscall.SIGTERM)
 	if code := d.wait(10 * time.Second); code != 1 {
 		t.Errorf("exit status %d after a second signal, want 1", code)

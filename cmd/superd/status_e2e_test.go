@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os/exec"
 	"path/filepath"
@@ -188,33 +187,11 @@ service "exec" "x" {
 // While superd drains at shutdown /status still answers, listing the
 // service that drains as draining.
 func TestStatusDuringShutdown(t *testing.T) {
-	addr := freeAddr(t)
-	path, metrics := writeConfig(t, fmt.Sprintf(`
-metrics { address = "METRICS" }
-shutdown_timeout = "20s"
-service "exec" "stubborn" {
-  command = ["/bin/sh", "-c", "trap '' TERM; echo up; exec sleep 30"]
-  endpoint "tcp" { address = %q }
-}
-`, addr))
-	d := startDaemon(t, path, metrics)
-	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.Read(make([]byte, 3)); err != nil {
-		t.Fatal(err)
-	}
-	d.signal(syscall.SIGTERM)
-	if !d.logged("shutting down") {
-		t.Fatal("superd did not begin its shutdown")
-	}
+	d, _ := drainingStubborn(t)
 	// The program ignores SIGTERM: the drain lasts until the second
 	// signal below.
 	cl := &http.Client{Timeout: 10 * time.Second}
-	resp, err := cl.Get("http://" + metrics + "/status")
+	resp, err := cl.Get("http://" + d.metrics + "/status")
 	if err != nil {
 		t.Errorf("/status during the shutdown's drain: %v", err)
 	} else {
