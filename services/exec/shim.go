@@ -153,6 +153,7 @@ func runShim(args []string) {
 			if err := unix.Setpriority(unix.PRIO_PROCESS, 0, n); err != nil {
 				fail("nice %d: %v", n, err)
 			}
+			autogroupNice(n)
 		case "rlimit":
 			res, v, _ := strings.Cut(value, ":")
 			r, _ := strconv.Atoi(res)
@@ -208,4 +209,36 @@ func runShim(args []string) {
 	}
 	err := syscall.Exec(args[1], args[2:], env)
 	fail("cannot run %s: %v", args[1], err)
+}
+
+// autogroupNice gives the shim's scheduler autogroup the nice n too. With
+// autogroups (CONFIG_SCHED_AUTOGROUP, kernel.sched_autogroup_enabled = 1)
+// the child's setsid made it an autogroup of its own, and a nice weighs
+// only against the tasks of the same autogroup (sched(7)): alone in it,
+// the child would compete with superd and every other process as the
+// group does, at nice 0, whatever its own nice. A new autogroup starts at
+// nice 0, so 0 is not written (the kernel's rate limit below is shared by
+// the whole system). Nor is anything written unless the shim leads its
+// session: only then is the autogroup the child's own, not superd's.
+//
+// A write that fails leaves the child with its own nice, as on a kernel
+// without autogroups, and never fails the start (a program that started
+// before this was written must still start): no /proc/self/autogroup (no
+// autogroups), EAGAIN (a writer without CAP_SYS_ADMIN may write once per
+// 100 ms, system-wide, so a burst of connections meets it), EPERM (a
+// negative value needs CAP_SYS_NICE or RLIMIT_NICE, which setpriority
+// does not need where superd's own nice is already below n).
+func autogroupNice(n int) {
+	if n == 0 {
+		return
+	}
+	if sid, err := unix.Getsid(0); err != nil || sid != os.Getpid() {
+		return
+	}
+	fd, err := unix.Open("/proc/self/autogroup", unix.O_WRONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	unix.Write(fd, []byte(strconv.Itoa(n)))
+	unix.Close(fd)
 }
