@@ -190,7 +190,17 @@ type reader struct {
 	parkNow   bool // rawRead: on EAGAIN, return errWouldBlock instead of waiting
 	// recvSinceArm: something arrived since the park deadline was set.
 	recvSinceArm bool
-	inq          inqScratch // recvInq's, for a socket with TCP_INQ
+	// bulk: a stream's reader (a read filled the buffer, or the poller's
+	// loop handed it over as one), which parks only once quiet even
+	// where the loop serves (see parkAfter).
+	bulk bool
+	// pend: read returns pendBuf (pooled), pendN and pendErr first: what
+	// the poller's loop read and could not deliver (see loopFrom).
+	pend    bool
+	pendBuf *[]byte
+	pendN   int
+	pendErr error
+	inq     inqScratch // recvInq's, for a socket with TCP_INQ
 }
 
 var readers sync.Pool
@@ -307,6 +317,9 @@ func (c *Conn) finish() {
 	}
 	c.mu.Lock()
 	c.closeLocked(nil)
+	if c.fd >= 0 {
+		getPoller().unmap(c, c.fd)
+	}
 	reason := c.reason
 	c.takeTurnLocked()
 	c.inCallback = true // writes from here on are dropped anyway

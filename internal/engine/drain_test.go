@@ -197,6 +197,7 @@ func TestLoseConnectionFromOtherGoroutineOutlivesParkDeadline(t *testing.T) {
 // waits in a read, a chunk arrives and is held for ResumeProducing; Drain
 // must still close the connection promptly and cleanly.
 func TestDrainWhilePausedWithDataInHand(t *testing.T) {
+	goroutineReaders(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -245,6 +246,7 @@ func TestDrainWhilePausedWithDataInHand(t *testing.T) {
 // reader (no park between messages); once its peer goes quiet it parks, and
 // new input wakes it.
 func TestBusyReaderParksOnlyOnceQuiet(t *testing.T) {
+	goroutineReaders(t)
 	if getPoller() == nil {
 		t.Skip("no idle poller on this platform")
 	}
@@ -293,6 +295,7 @@ func TestBusyReaderParksOnlyOnceQuiet(t *testing.T) {
 // flushing to a client that is not reading yet, must not turn that deadline
 // into a read failure that cuts the output short.
 func TestDrainThenLoseConnectionKeepsTheFlush(t *testing.T) {
+	goroutineReaders(t)
 	for i := range 20 {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {

@@ -64,6 +64,7 @@ func endsWithin(t *testing.T, p *pair, s *served, d time.Duration, what string) 
 // does not read ends the connection at once, as it did before the reader
 // served input inside raw.Read: the close must not wait for the peer.
 func TestAbortEndsInlineFlush(t *testing.T) {
+	goroutineReaders(t)
 	forTransports(t, rawTransports, func(t *testing.T, network string, _ bool) {
 		p, r, s := replyBlockedInFlush(t, network, ConnOptions{})
 		waitFor(t, 5*time.Second, inlineFlushBlocked, "the reader to block flushing inside raw.Read")
@@ -81,6 +82,7 @@ func TestAbortEndsInlineFlush(t *testing.T) {
 // reply is blocked in the reader's flush inside raw.Read, then, the peer
 // still not reading, aborts it (ErrShutdownTimeout): that ends it.
 func TestShutdownAbortEndsInlineFlush(t *testing.T) {
+	goroutineReaders(t)
 	forTransports(t, []string{"tcp", "bare-unix"}, func(t *testing.T, network string, _ bool) {
 		p, r, s := replyBlockedInFlush(t, network, ConnOptions{})
 		waitFor(t, 5*time.Second, inlineFlushBlocked, "the reader to block flushing inside raw.Read")

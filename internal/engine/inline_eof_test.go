@@ -44,6 +44,25 @@ func parkDeadlineOutOfReach(t *testing.T) {
 	t.Cleanup(func() { testParkAfter.Store(0) })
 }
 
+// goroutineReaders has the test's connections served by their goroutines,
+// not by the poller's loop, whatever GOMAXPROCS: the read loop's own
+// waits, deadlines and serving inside the read are what the test holds.
+func goroutineReaders(t *testing.T) { setLoopServes(t, false) }
+
+// loopServing has the poller's loop serve the test's parked connections,
+// whatever GOMAXPROCS.
+func loopServing(t *testing.T) {
+	if getPoller() == nil {
+		t.Skip("no poller loop on this platform")
+	}
+	setLoopServes(t, true)
+}
+
+func setLoopServes(t *testing.T, on bool) {
+	was := loopServes.Swap(on)
+	t.Cleanup(func() { loopServes.Store(was) })
+}
+
 // peerShutDown reports whether c's peer has shut its sending side down
 // (a TCP socket in CLOSE_WAIT; a unix peer's shutdown is there at once).
 func peerShutDown(t testing.TB, c net.Conn) bool {

@@ -66,6 +66,7 @@ func startedWithOutputQueued(t *testing.T, n int) (*pair, *served) {
 // then would skip the linger, and a client that sends anything more would
 // get a reset that destroys the output it has not read yet.
 func TestDrainThenLoseConnectionLingers(t *testing.T) {
+	goroutineReaders(t)
 	const n = 256 << 10
 	for round := range 5 {
 		p, s := startedWithOutputQueued(t, n)
@@ -91,6 +92,7 @@ func readerWaitsInDeadlineFired() bool {
 // deadline. The park deadline must not pass for the end of the linger
 // either. The test holds mu to place LoseConnection in that window.
 func TestParkDeadlineThenLoseConnectionLingers(t *testing.T) {
+	goroutineReaders(t)
 	if getPoller() == nil {
 		t.Skip("no park deadline without the idle poller")
 	}

@@ -1,15 +1,18 @@
 // This file owns the idle poller (epoll), where idle connections park
-// without a goroutine, and the socket queries (SIOCINQ, SIOCOUTQ) that
-// drain and the graceful close ask of the kernel.
+// without a goroutine (and, on one CPU, are served by its loop: see
+// serve_loop.go), and the socket queries (SIOCINQ, SIOCOUTQ) that drain
+// and the graceful close ask of the kernel.
 
 package engine
 
 import (
 	"net"
 	"os"
+	"runtime"
 	"slices"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -44,15 +47,24 @@ func getPoller() *idlePoller {
 			return
 		}
 		thePoller = &idlePoller{epfd: epfd}
+		loopServes.Store(runtime.GOMAXPROCS(0) == 1)
 		go thePoller.loop()
 	})
 	return thePoller
 }
 
-// park registers fd for one readiness event. The caller has marked c
-// parked; false means it could not be registered (the caller carries on
-// reading itself).
-func (p *idlePoller) park(c *Conn, fd int32) bool {
+// park registers fd with the poller. The caller has marked c parked;
+// false means it could not be registered (the caller carries on reading
+// itself).
+//
+// Where the loop serves (loopServes), a TCP socket is registered
+// edge-triggered and stays registered from one park to the next, while
+// the loop serves it: arm false skips the system call, for the loop
+// parking again a connection whose socket its read left empty (input
+// after that read is a new edge, so an event). Otherwise, and for a unix
+// socket (a read can stop short there and leave input without a new
+// edge), the registration is for one event and is armed every time.
+func (p *idlePoller) park(c *Conn, fd int32, arm bool) bool {
 	p.mu.Lock()
 	if int(fd) >= len(p.conns) {
 		p.conns = slices.Grow(p.conns, int(fd)+1-len(p.conns))
@@ -60,7 +72,16 @@ func (p *idlePoller) park(c *Conn, fd int32) bool {
 	}
 	p.conns[fd] = c
 	p.mu.Unlock()
+	edge := loopServes.Load() && !c.isUnixSocket()
+	if !arm && edge {
+		return true
+	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: fd}
+	if edge {
+		ev.Events = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET
+	}
+	// MOD looks at the socket as it is now: input that came while nothing
+	// was armed for it is an event at once.
 	err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_MOD, int(fd), &ev)
 	if err == unix.ENOENT {
 		err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev)
@@ -72,26 +93,54 @@ func (p *idlePoller) park(c *Conn, fd int32) bool {
 	return true
 }
 
-// forget removes fd from the poller (before its connection closes it, so a
-// reused descriptor number never reaches the wrong connection).
+// forget removes fd from the poller. The caller makes sure fd is still
+// c's (c is parked, or its reader is inside a read, so nothing closes
+// it): after a close the number may be another connection's, whose
+// registration this would remove.
 func (p *idlePoller) forget(c *Conn, fd int32) {
+	p.unmap(c, fd)
+	unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, int(fd), nil)
+}
+
+// unmap lets go of c, which has ended: a registration kept while the
+// connection was served elsewhere went with the descriptor's close, but
+// the table would still hold c until its descriptor number is reused.
+func (p *idlePoller) unmap(c *Conn, fd int32) {
 	p.mu.Lock()
 	if int(fd) < len(p.conns) && p.conns[fd] == c {
 		p.conns[fd] = nil
 	}
 	p.mu.Unlock()
-	unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, int(fd), nil)
 }
 
-// loop wakes the connections whose descriptors become readable. It waits
-// in the runtime's poller, on the epoll descriptor itself (which is
-// readable while it holds events), rather than blocked in epoll_wait: a
-// goroutine blocked in a system call keeps its P, so the goroutines it
-// just started for woken connections could wait for the runtime's monitor
-// to take the P back (10-25 ms on a busy host). Where the epoll descriptor
-// cannot go in the poller, it blocks in epoll_wait after all.
+// hotWait: a loop that has just served something waits for more blocked
+// in epoll_wait, for up to this long, and only then in the runtime's
+// poller. Blocked, it is woken by the kernel directly: no round through
+// the runtime's poller and scheduler per message, which is what serving
+// in the loop saves. But a goroutine blocked in a system call keeps its P
+// until the runtime's monitor takes it back, so a quiet loop must not.
+const hotWait = time.Millisecond
+
+// hotYield: a loop that stays busy longer than hotWait sleeps this long
+// once per hotWait, so that the runtime polls the network for the
+// goroutines waiting there (TLS, streams): with one P, a loop that never
+// parks would leave that to the runtime's monitor, every 10 ms.
+const hotYield = 20 * time.Microsecond
+
+// loop wakes the connections whose descriptors become readable, or, where
+// it serves them (loopServes), reads them and runs DataReceived itself
+// (see serveParked). It waits in the runtime's poller, on the epoll
+// descriptor itself (which is readable while it holds events), rather
+// than blocked in epoll_wait: a goroutine blocked in a system call keeps
+// its P, so the goroutines it just started for woken connections could
+// wait for the runtime's monitor to take the P back (10-25 ms on a busy
+// host). Only a serving loop that has just served blocks, for up to
+// hotWait (see there). Where the epoll descriptor cannot go in the
+// poller, it blocks in epoll_wait after all.
 func (p *idlePoller) loop() {
-	events := make([]unix.EpollEvent, 256)
+	events := make([]unix.EpollEvent, 128)
+	var buf []byte  // a serving loop's read buffer, made on first use
+	lr := &reader{} // a serving loop's recvmsg scratch
 	n := 0
 	collect := func(fd uintptr) bool {
 		var err error
@@ -109,23 +158,59 @@ func (p *idlePoller) loop() {
 			rc = c
 		}
 	}
+	hot := false
+	var yielded time.Time
 	for {
-		if rc == nil || rc.Read(collect) != nil {
+		switch {
+		case hot:
+			if time.Since(yielded) > hotWait {
+				time.Sleep(hotYield)
+				yielded = time.Now()
+			} else {
+				// What the last round made runnable (a goroutine for a
+				// connection handed over, a flusher) runs before this
+				// goroutine blocks with the P.
+				runtime.Gosched()
+			}
+			var err error
+			if n, err = unix.EpollWait(p.epfd, events, int(hotWait/time.Millisecond)); err != nil {
+				continue // EINTR
+			}
+			if n == 0 {
+				hot = false
+				continue
+			}
+		case rc == nil || rc.Read(collect) != nil:
 			rc = nil
 			var err error
 			if n, err = unix.EpollWait(p.epfd, events, -1); err != nil {
 				continue // EINTR
 			}
+			yielded = time.Now()
+		default:
+			yielded = time.Now()
 		}
+		serving := loopServes.Load()
+		hot = serving
 		for i := 0; i < n; i++ {
 			fd := events[i].Fd
 			var c *Conn
 			p.mu.Lock()
 			if int(fd) < len(p.conns) {
-				c, p.conns[fd] = p.conns[fd], nil
+				c = p.conns[fd]
+				if !serving {
+					p.conns[fd] = nil
+				}
 			}
 			p.mu.Unlock()
-			if c != nil {
+			switch {
+			case c == nil:
+			case serving:
+				if buf == nil {
+					buf = make([]byte, readBufferSize)
+				}
+				c.serveParked(buf, lr, events[i].Events&^unix.EPOLLIN != 0)
+			default:
 				c.wake()
 			}
 		}

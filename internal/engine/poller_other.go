@@ -16,9 +16,11 @@ type idlePoller struct{}
 
 func getPoller() *idlePoller { return nil }
 
-func (p *idlePoller) park(c *Conn, fd int32) bool { return false }
+func (p *idlePoller) park(c *Conn, fd int32, arm bool) bool { return false }
 
 func (p *idlePoller) forget(c *Conn, fd int32) {}
+
+func (p *idlePoller) unmap(c *Conn, fd int32) {}
 
 // kernelQueueKnown: kernelHolds cannot tell here.
 const kernelQueueKnown = false

@@ -1,6 +1,7 @@
 // This file owns reading and parking: the read loop that delivers input to
 // DataReceived, pausing it (flow control, PauseProducing), the peer's end
-// of stream, and parking an idle connection in the poller (and waking it).
+// of stream, and parking an idle connection in the poller (and waking it;
+// serving it in the poller's loop is serve_loop.go's).
 
 package engine
 
@@ -17,13 +18,19 @@ import (
 )
 
 // loop runs the read loop until the connection parks or ends.
-func (c *Conn) loop() {
-	r := readers.Get().(*reader)
+func (c *Conn) loop() { c.runReader(readers.Get().(*reader)) }
+
+// runReader runs the read loop with r until the connection parks or ends.
+func (c *Conn) runReader(r *reader) {
 	parked := c.readLoop(c.p, r)
+	if r.pendBuf != nil { // the connection ended before its read loop read
+		readBuffers.Put(r.pendBuf)
+	}
 	r.err, r.discarded, r.recvSinceArm = nil, 0, false
+	r.pend, r.pendBuf, r.pendErr, r.bulk = false, nil, nil, false
 	readers.Put(r)
 	if parked {
-		return // parked: wake or unparkLocked starts loop again
+		return // parked: the poller or unparkLocked starts a reader again
 	}
 	c.finish()
 }
@@ -64,7 +71,7 @@ func (c *Conn) tryPark() bool {
 		c.parkArmed = false
 	}
 	c.parked = true
-	if !getPoller().park(c, c.fd) {
+	if !getPoller().park(c, c.fd, true) {
 		c.parked = false
 		c.fd = -1 // do not try again
 		// Nor trust TCP_INQ's "nothing left": it does not count a reset
@@ -80,7 +87,9 @@ func (c *Conn) tryPark() bool {
 // poller, and parks only once a whole parkAfter has passed with nothing
 // received (so between one and two parkAfter after its last input); steady
 // traffic never pays for parking, nor for reading the clock on every read.
-// A connection that never received anything parks at once.
+// A connection that never received anything parks at once, and so does
+// any other but a stream's where the poller's loop serves (loopServes):
+// the loop serves its next input.
 const parkAfter = 500 * time.Millisecond
 
 // errWouldBlock: the socket had nothing to read and the reader wants to
@@ -113,14 +122,16 @@ func (c *Conn) readLoop(p framework.Protocol, r *reader) (parked bool) {
 			c.mu.Unlock()
 			return false
 		}
-		if c.draining && !c.disconnecting {
+		// Input the poller's loop read is delivered before a drain's:
+		// it arrived first.
+		if c.draining && !c.disconnecting && !r.pend {
 			c.mu.Unlock()
 			c.drainArrived(p)
 			continue
 		}
 		r.parkNow = false
 		if c.fd >= 0 && !c.disconnecting {
-			if !c.received {
+			if !c.received || (!r.bulk && loopServes.Load()) {
 				r.parkNow = true
 			} else if !c.parkArmed {
 				c.armParkLocked(r)
@@ -129,6 +140,9 @@ func (c *Conn) readLoop(p framework.Protocol, r *reader) (parked bool) {
 		c.mu.Unlock()
 
 		buf, n, err := c.read(r)
+		if n == readBufferSize {
+			r.bulk = true // a stream: see parkAfter
+		}
 		if n > 0 {
 			c.countReceived(r, n)
 			// Deliver unless the connection is ending; data that arrived
@@ -326,8 +340,14 @@ func (c *Conn) readNow() (buf *[]byte, n int) {
 	return buf, n
 }
 
-// countReceived records n bytes just read.
+// countReceived records n bytes just read by the read loop.
 func (c *Conn) countReceived(r *reader, n int) {
+	c.noteReceived(n)
+	r.recvSinceArm = true
+}
+
+// noteReceived records n bytes just read.
+func (c *Conn) noteReceived(n int) {
 	c.bytesIn.Add(int64(n))
 	if c.opts.Received != nil {
 		c.opts.Received.Add(float64(n))
@@ -335,7 +355,7 @@ func (c *Conn) countReceived(r *reader, n int) {
 	if c.idle != nil {
 		c.idle.lastRecv.Store(monoNow())
 	}
-	c.received, r.recvSinceArm = true, true
+	c.received = true
 }
 
 // read reads into a pooled buffer and returns what it read, or the error
@@ -352,6 +372,12 @@ func (c *Conn) countReceived(r *reader, n int) {
 // closeLocked leaves the close to it (closeOwed), done here on its way
 // out.
 func (c *Conn) read(r *reader) (*[]byte, int, error) {
+	if r.pend {
+		r.pend = false
+		buf, n, err := r.pendBuf, r.pendN, r.pendErr
+		r.pendBuf, r.pendErr = nil, nil
+		return buf, n, err
+	}
 	if c.raw == nil {
 		buf := readBuffers.Get().(*[]byte)
 		n, err := c.nc.Read(*buf)

@@ -5,7 +5,9 @@
 package engine
 
 import (
+	"os"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/superd-dev/superd/framework"
 )
@@ -34,6 +36,100 @@ func (c *Conn) afterCallback() {
 	}
 	c.mu.Unlock()
 }
+
+// afterCallbackNoWait is afterCallback for the poller's loop, which must
+// not wait for one peer: the callback's output goes out with one write
+// that does not wait, and what the socket does not take goes to a
+// background flusher. It reports whether everything was written.
+func (c *Conn) afterCallbackNoWait() (flushed bool) {
+	c.settleProducer() // before waiting for mu: see settleProducer
+	c.mu.Lock()
+	c.endTurnLocked()
+	c.inCallback = false
+	flushed = true
+	if c.pendingLen() > 0 && !c.flushing && !c.closed {
+		c.flushing = true
+		if c.flushNowLocked() {
+			c.flushDoneLocked()
+		} else {
+			flushed = false
+			go c.flushLoop()
+		}
+	} else if c.disconnecting && !c.flushing {
+		c.shutdownWriteLocked()
+	} else if c.halfClosing && !c.flushing && c.pendingLen() == 0 {
+		c.halfShutLocked()
+	}
+	c.mu.Unlock()
+	return flushed
+}
+
+// flushNowLocked is flushOnceLocked with one write that does not wait:
+// what the socket does not take goes back to the front of the queue. It
+// reports whether nothing is left to write, counting what other
+// goroutines queued during the write (they left it to this flush).
+func (c *Conn) flushNowLocked() bool {
+	box := c.outBox
+	out := *box
+	c.outBox = nil
+	c.inflight = len(out)
+	c.mu.Unlock()
+	if h := testHookFlushNow.Load(); h != nil {
+		(*h)(c)
+	}
+	n, err := 0, error(nil)
+	if cerr := c.raw.Write(func(fd uintptr) bool {
+		for {
+			m, errno := syscall.Write(int(fd), out)
+			switch errno {
+			case syscall.EINTR:
+				continue
+			case nil:
+				n = m
+			case syscall.EAGAIN:
+			default:
+				err = os.NewSyscallError("write", errno)
+			}
+			return true // taken or not, no waiting
+		}
+	}); cerr != nil {
+		err = cerr
+	}
+	c.bytesOut.Add(int64(n))
+	if n > 0 && c.opts.Sent != nil {
+		c.opts.Sent.Add(float64(n))
+	}
+	c.mu.Lock()
+	c.inflight = 0
+	if err == nil && n < len(out) && !c.closed {
+		rest := out[:copy(out, out[n:])]
+		if c.outBox != nil { // queued during the write: after the rest
+			rest = append(rest, *c.outBox...)
+			if cap(*c.outBox) <= maxPooledOutput {
+				*c.outBox = (*c.outBox)[:0]
+				outBuffers.Put(c.outBox)
+			}
+		}
+		*box = rest
+		c.outBox = box
+		c.wakeLocked()
+		return false
+	}
+	if cap(out) <= maxPooledOutput {
+		*box = out[:0]
+		outBuffers.Put(box)
+	}
+	if err != nil && !c.closed {
+		c.setReason(&lostError{err})
+		c.closeLocked(nil)
+	}
+	c.wakeLocked()
+	return c.pendingLen() == 0 || c.closed
+}
+
+// testHookFlushNow, when set by a test, runs as the poller's loop is about
+// to write a callback's output (mu released).
+var testHookFlushNow atomic.Pointer[func(c *Conn)]
 
 // flushLoop flushes until nothing is pending, then finishes a pending
 // graceful close. The caller has set c.flushing.
