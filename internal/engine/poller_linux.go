@@ -121,12 +121,6 @@ func (p *idlePoller) unmap(c *Conn, fd int32) {
 // until the runtime's monitor takes it back, so a quiet loop must not.
 const hotWait = time.Millisecond
 
-// hotYield: a loop that stays busy longer than hotWait sleeps this long
-// once per hotWait, so that the runtime polls the network for the
-// goroutines waiting there (TLS, streams): with one P, a loop that never
-// parks would leave that to the runtime's monitor, every 10 ms.
-const hotYield = 20 * time.Microsecond
-
 // loop wakes the connections whose descriptors become readable, or, where
 // it serves them (loopServes), reads them and runs DataReceived itself
 // (see serveParked). It waits in the runtime's poller, on the epoll
@@ -139,8 +133,7 @@ const hotYield = 20 * time.Microsecond
 // poller, it blocks in epoll_wait after all.
 func (p *idlePoller) loop() {
 	events := make([]unix.EpollEvent, 128)
-	var buf []byte  // a serving loop's read buffer, made on first use
-	lr := &reader{} // a serving loop's recvmsg scratch
+	var lio *loopIO // a serving loop's, made on first use
 	n := 0
 	collect := func(fd uintptr) bool {
 		var err error
@@ -159,19 +152,24 @@ func (p *idlePoller) loop() {
 		}
 	}
 	hot := false
-	var yielded time.Time
+	var cold time.Time // when the loop last looked through the runtime's poller
 	for {
 		switch {
+		case hot && time.Since(cold) > hotWait:
+			// Busy for a hotWait: one look through the runtime's
+			// poller, which parks this goroutine if nothing is ready
+			// yet, so that the runtime polls the network for the
+			// goroutines waiting there (TLS, streams, listeners): with
+			// one P, a loop that never parks would leave that to the
+			// runtime's monitor, every 10 ms. A loop that always finds
+			// input ready still does.
+			hot = false
+			continue
 		case hot:
-			if time.Since(yielded) > hotWait {
-				time.Sleep(hotYield)
-				yielded = time.Now()
-			} else {
-				// What the last round made runnable (a goroutine for a
-				// connection handed over, a flusher) runs before this
-				// goroutine blocks with the P.
-				runtime.Gosched()
-			}
+			// What the last round made runnable (a goroutine for a
+			// connection handed over, a flusher) runs before this
+			// goroutine blocks with the P.
+			runtime.Gosched()
 			var err error
 			if n, err = unix.EpollWait(p.epfd, events, int(hotWait/time.Millisecond)); err != nil {
 				continue // EINTR
@@ -186,9 +184,9 @@ func (p *idlePoller) loop() {
 			if n, err = unix.EpollWait(p.epfd, events, -1); err != nil {
 				continue // EINTR
 			}
-			yielded = time.Now()
+			cold = time.Now()
 		default:
-			yielded = time.Now()
+			cold = time.Now()
 		}
 		serving := loopServes.Load()
 		hot = serving
@@ -206,10 +204,10 @@ func (p *idlePoller) loop() {
 			switch {
 			case c == nil:
 			case serving:
-				if buf == nil {
-					buf = make([]byte, readBufferSize)
+				if lio == nil {
+					lio = newLoopIO()
 				}
-				c.serveParked(buf, lr, events[i].Events&^unix.EPOLLIN != 0)
+				c.serveParked(lio, events[i].Events&^unix.EPOLLIN != 0)
 			default:
 				c.wake()
 			}

@@ -31,14 +31,70 @@ import (
 // when the poller starts, to GOMAXPROCS == 1; tests set it either way.
 var loopServes atomic.Bool
 
+// loopIO is the poller loop's scratch for serving: its read buffer, the
+// results of its one read and of its one write, and their callbacks, made
+// once, so that serving a message allocates nothing.
+type loopIO struct {
+	buf      []byte
+	r        reader // recvInq's scratch
+	c        *Conn
+	n, left  int
+	err      error
+	readFn   func(fd uintptr)
+	out      []byte
+	wrote    int
+	writeErr error
+	writeFn  func(fd uintptr) bool
+}
+
+func newLoopIO() *loopIO {
+	lio := &loopIO{buf: make([]byte, readBufferSize), left: -1}
+	lio.readFn = lio.read
+	lio.writeFn = lio.write
+	return lio
+}
+
+// read is the loop's one read of c's socket.
+func (lio *loopIO) read(fd uintptr) {
+	for {
+		if lio.c.inq {
+			lio.n, lio.left, lio.err = lio.r.recvInq(int(fd), lio.buf)
+		} else {
+			lio.n, lio.err = syscall.Read(int(fd), lio.buf)
+			lio.left = -1
+		}
+		if lio.err != syscall.EINTR {
+			return
+		}
+	}
+}
+
+// write is the loop's one write of out, which does not wait: what the
+// socket does not take is left (wrote short, no error).
+func (lio *loopIO) write(fd uintptr) bool {
+	for {
+		n, errno := syscall.Write(int(fd), lio.out)
+		switch errno {
+		case syscall.EINTR:
+			continue
+		case nil:
+			lio.wrote = n
+		case syscall.EAGAIN:
+		default:
+			lio.writeErr = os.NewSyscallError("write", errno)
+		}
+		return true // taken or not, no waiting
+	}
+}
+
 // serveParked is called by the poller's loop when a parked connection's
 // descriptor is ready (hup: more than input, the peer's end or an error).
-// It reads once into buf (the loop's) and, if nothing but the input asks
+// It reads once into the loop's buffer and, if nothing but the input asks
 // anything of the connection (serveLoopLocked), runs DataReceived, writes
 // the reply with one write that does not wait, and parks the connection
 // again. Everything else goes to a goroutine running the read loop, with
 // what was read, if anything.
-func (c *Conn) serveParked(buf []byte, lr *reader, hup bool) {
+func (c *Conn) serveParked(lio *loopIO, hup bool) {
 	c.mu.Lock()
 	if !c.parked {
 		c.mu.Unlock()
@@ -57,21 +113,12 @@ func (c *Conn) serveParked(buf []byte, lr *reader, hup bool) {
 	if h := testHookLoopRead.Load(); h != nil {
 		(*h)(c)
 	}
-	n, left, err := 0, -1, error(nil)
-	if cerr := c.raw.Control(func(fd uintptr) {
-		for {
-			if c.inq {
-				n, left, err = lr.recvInq(int(fd), buf)
-			} else {
-				n, err = syscall.Read(int(fd), buf)
-			}
-			if err != syscall.EINTR {
-				return
-			}
-		}
-	}); cerr != nil {
-		err = cerr
+	lio.c, lio.n, lio.left, lio.err = c, 0, -1, nil
+	if cerr := c.raw.Control(lio.readFn); cerr != nil {
+		lio.err = cerr
 	}
+	lio.c = nil
+	buf, n, left, err := lio.buf, lio.n, lio.left, lio.err
 	switch {
 	case err == syscall.EAGAIN: // an event for input already read
 		c.leaveRead()
@@ -99,7 +146,7 @@ func (c *Conn) serveParked(buf []byte, lr *reader, hup bool) {
 	c.mu.Unlock()
 	c.noteReceived(n)
 	perr := c.call(c.p, callData, buf[:n], nil)
-	flushed := c.afterCallbackNoWait()
+	flushed := c.afterCallbackNoWait(lio)
 	c.mu.Lock()
 	c.serving = false
 	if perr == nil && c.serveLoopLocked() && (n == len(buf) || !flushed) {

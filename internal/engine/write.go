@@ -5,9 +5,7 @@
 package engine
 
 import (
-	"os"
 	"sync/atomic"
-	"syscall"
 
 	"github.com/superd-dev/superd/framework"
 )
@@ -41,7 +39,7 @@ func (c *Conn) afterCallback() {
 // not wait for one peer: the callback's output goes out with one write
 // that does not wait, and what the socket does not take goes to a
 // background flusher. It reports whether everything was written.
-func (c *Conn) afterCallbackNoWait() (flushed bool) {
+func (c *Conn) afterCallbackNoWait(lio *loopIO) (flushed bool) {
 	c.settleProducer() // before waiting for mu: see settleProducer
 	c.mu.Lock()
 	c.endTurnLocked()
@@ -49,7 +47,7 @@ func (c *Conn) afterCallbackNoWait() (flushed bool) {
 	flushed = true
 	if c.pendingLen() > 0 && !c.flushing && !c.closed {
 		c.flushing = true
-		if c.flushNowLocked() {
+		if c.flushNowLocked(lio) {
 			c.flushDoneLocked()
 		} else {
 			flushed = false
@@ -68,7 +66,7 @@ func (c *Conn) afterCallbackNoWait() (flushed bool) {
 // what the socket does not take goes back to the front of the queue. It
 // reports whether nothing is left to write, counting what other
 // goroutines queued during the write (they left it to this flush).
-func (c *Conn) flushNowLocked() bool {
+func (c *Conn) flushNowLocked(lio *loopIO) bool {
 	box := c.outBox
 	out := *box
 	c.outBox = nil
@@ -77,24 +75,12 @@ func (c *Conn) flushNowLocked() bool {
 	if h := testHookFlushNow.Load(); h != nil {
 		(*h)(c)
 	}
-	n, err := 0, error(nil)
-	if cerr := c.raw.Write(func(fd uintptr) bool {
-		for {
-			m, errno := syscall.Write(int(fd), out)
-			switch errno {
-			case syscall.EINTR:
-				continue
-			case nil:
-				n = m
-			case syscall.EAGAIN:
-			default:
-				err = os.NewSyscallError("write", errno)
-			}
-			return true // taken or not, no waiting
-		}
-	}); cerr != nil {
-		err = cerr
+	lio.out, lio.wrote, lio.writeErr = out, 0, nil
+	if cerr := c.raw.Write(lio.writeFn); cerr != nil {
+		lio.writeErr = cerr
 	}
+	n, err := lio.wrote, lio.writeErr
+	lio.out = nil
 	c.bytesOut.Add(int64(n))
 	if n > 0 && c.opts.Sent != nil {
 		c.opts.Sent.Add(float64(n))
