@@ -77,7 +77,9 @@ var (
 // DataReceived inside the raw read itself and, on TCP, when a read left
 // the socket empty (TCP_INQ tells), waits for the next input without a
 // read that would find nothing: one system call per message fewer than a
-// read loop (see read and serveInline). A
+// read loop (see read and serveInline). Where the poller's loop serves
+// (one P: see serve_loop.go), the loop is the reader of a parked
+// connection while it serves one message, and parks it again. A
 // registered producer is called one call at a time with the protocol's
 // callbacks, never beside them (see cbOwner).
 //

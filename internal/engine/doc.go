@@ -5,7 +5,9 @@
 // exactly once, writes that never block, flow control with the high-water
 // mark and registered producers, graceful close with a bounded linger,
 // half-close, and drain for shutdown and reload. Idle connections park in
-// an epoll poller (Linux) and hold no goroutine.
+// an epoll poller (Linux) and hold no goroutine; where superd runs on one
+// CPU (GOMAXPROCS 1), the poller's loop also serves them, as an event
+// loop does (serve_loop.go).
 //
 // The supervisor is its user: it builds a Conn for every accepted
 // connection served by a protocol (NewConn, Run) and ends it (Drain,
