@@ -154,7 +154,7 @@ func (c *Conn) serveParked(lio *loopIO, hup bool) {
 		// did not take at once): its goroutine serves it better, waiting
 		// in the runtime's poller and parking once quiet. The loop lets
 		// go of its descriptor, now, while it is still this connection's.
-		thePoller.forget(c, c.fd)
+		getPoller().forget(c, c.fd)
 		c.mu.Unlock()
 		c.leaveRead()
 		go c.loopFrom(nil, 0, nil, true)
@@ -193,7 +193,7 @@ func (c *Conn) repark(arm bool) {
 	ok := c.serveLoopLocked()
 	if ok {
 		c.parked = true
-		if !thePoller.park(c, c.fd, arm) {
+		if !getPoller().park(c, c.fd, arm) {
 			c.parked = false
 			ok = false
 		}
