@@ -136,6 +136,19 @@ type Drainer interface {
 	ConnectionDraining()
 }
 
+// Blocker is implemented by protocols whose callbacks may block for a
+// while (a network round trip, a write to a pipe): while Blocks reports
+// true, superd delivers the connection's input on a goroutine of its own.
+// Where superd runs on one CPU, one event loop otherwise serves every
+// plain TCP and unix connection, and a callback that blocks there holds
+// all of them up. Blocks is called between callbacks, never beside one,
+// and must only read the protocol's own state: it must not call the
+// transport.
+type Blocker interface {
+	Protocol
+	Blocks() bool
+}
+
 // HalfCloser is implemented by transports that can close their write side
 // alone (superd's stream transports do), as Twisted's loseWriteConnection.
 type HalfCloser interface {

@@ -15,6 +15,7 @@ import (
 	"net"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -424,4 +425,75 @@ func TestLoopServingFollowsGOMAXPROCS(t *testing.T) {
 	if got := loopServes.Load(); got != want {
 		t.Errorf("loopServes = %v with GOMAXPROCS %d", got, runtime.GOMAXPROCS(0))
 	}
+}
+
+// blocker is a recorder whose protocol says its callbacks may block
+// (framework.Blocker), and which checks that it is asked only between
+// callbacks.
+type blocker struct {
+	*recorder
+	asked atomic.Int32
+}
+
+func (b *blocker) Blocks() bool {
+	b.asked.Add(1)
+	if b.active.Load() != 0 {
+		b.violate("Blocks asked while a callback runs")
+	}
+	return true
+}
+
+// TestLoopLeavesBlockersToTheirGoroutines: a protocol that says its
+// callbacks may block is never served by the loop: while its DataReceived
+// waits, the loop goes on serving another connection.
+func TestLoopLeavesBlockersToTheirGoroutines(t *testing.T) {
+	loopServing(t)
+	parkDeadlineOutOfReach(t)
+	forTransports(t, rawTransports, func(t *testing.T, network string, _ bool) {
+		ln := listen(t, network)
+		defer ln.Close()
+		entered := make(chan struct{}, 1)
+		release := make(chan struct{})
+		var once sync.Once
+		let := func() { once.Do(func() { close(release) }) }
+		defer let() // on failure too: the callback must not hold its goroutine
+		r := echoRecorder()
+		r.onData = func(r *recorder, b []byte) {
+			if bytes.Equal(b, []byte("hold")) {
+				entered <- struct{}{}
+				<-release
+			}
+			r.tr.Write(b)
+		}
+		b := &blocker{recorder: r}
+		pb := dialPairOn(t, ln, pairOpts{})
+		sb := serve(t, pb.server, ConnOptions{}, b)
+		exchange(t, pb.client, []byte("warm"))
+		po, so := loopWarm(t, ln, echoRecorder())
+		if _, err := pb.client.Write([]byte("hold")); err != nil {
+			t.Fatal(err)
+		}
+		<-entered
+		po.client.Write([]byte("served meanwhile"))
+		got, err := readN(po.client, len("served meanwhile"))
+		let()
+		if err != nil || string(got) != "served meanwhile" {
+			t.Fatalf("the other connection, while the blocker's callback waits: %q, %v", got, err)
+		}
+		if _, err := pb.client.Write([]byte("after")); err != nil {
+			t.Fatal(err)
+		}
+		got = make([]byte, len("holdafter"))
+		pb.client.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(pb.client, got); err != nil || string(got) != "holdafter" {
+			t.Fatalf("the blocker's echo: %q, %v", got, err)
+		}
+		if b.asked.Load() == 0 {
+			t.Error("Blocks was never asked")
+		}
+		pb.client.Close()
+		po.client.Close()
+		r.check(t, sb.wait(t, serveWait))
+		so.wait(t, serveWait)
+	})
 }

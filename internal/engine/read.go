@@ -131,7 +131,7 @@ func (c *Conn) readLoop(p framework.Protocol, r *reader) (parked bool) {
 		}
 		r.parkNow = false
 		if c.fd >= 0 && !c.disconnecting {
-			if !c.received || (!r.bulk && loopServes.Load()) {
+			if !c.received || (!r.bulk && loopServes.Load() && !c.blocksLocked()) {
 				r.parkNow = true
 			} else if !c.parkArmed {
 				c.armParkLocked(r)

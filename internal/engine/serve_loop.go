@@ -178,11 +178,23 @@ var testHookLoopRead, testHookLoopLeft atomic.Pointer[func(c *Conn)]
 
 // serveLoopLocked reports whether the poller's loop may deliver input
 // itself: the connection is open and not closing or draining, the
-// protocol has not paused it, no producer call runs elsewhere, and the
-// output is under the high-water mark.
+// protocol has not paused it, no producer call runs elsewhere, the output
+// is under the high-water mark, and the protocol does not say it may
+// block.
 func (c *Conn) serveLoopLocked() bool {
 	return !c.closed && !c.disconnecting && !c.draining && !c.readPaused &&
-		c.cbOwner == 0 && c.inflight+c.pendingLen() <= framework.HighWaterMark
+		c.cbOwner == 0 && c.inflight+c.pendingLen() <= framework.HighWaterMark &&
+		!c.blocksLocked()
+}
+
+// blocksLocked reports whether the protocol says its next callback may
+// block (framework.Blocker), so that it is served on its own goroutine
+// and not by the loop. Blocks is asked only between callbacks (the caller
+// holds mu and nobody has the turn); while a producer call runs elsewhere
+// the answer is taken to be yes.
+func (c *Conn) blocksLocked() bool {
+	b, ok := c.p.(framework.Blocker)
+	return ok && (c.cbOwner != 0 || b.Blocks())
 }
 
 // repark parks the connection again after the loop served it (arm: see

@@ -311,6 +311,12 @@ func (u *User) chooseName(line []byte) {
 	u.sendLine("Welcome, " + name + "!")
 }
 
+// Blocks implements framework.Blocker: a user of a room across nodes
+// choosing a name waits for the cluster's answer (up to claimTimeout)
+// inside LineReceived, so until it has one its lines are delivered on its
+// own goroutine, never by the loop that serves everyone else on one CPU.
+func (u *User) Blocks() bool { return !u.named && u.room.remote != nil }
+
 func (u *User) sendLine(s string) { u.Transport.WriteString(s + "\r\n") }
 
 // validName: non-empty, at most MaxNameLength bytes, valid UTF-8, and no
@@ -333,5 +339,6 @@ var (
 	_ framework.FactoryStarter = (*Room)(nil)
 	_ framework.FactoryStopper = (*Room)(nil)
 	_ framework.Protocol       = (*User)(nil)
+	_ framework.Blocker        = (*User)(nil)
 	_ framework.Validator      = (*Config)(nil)
 )

@@ -15,6 +15,7 @@ import (
 	"github.com/superd-dev/superd/cluster"
 	"github.com/superd-dev/superd/cluster/clustertest"
 	"github.com/superd-dev/superd/config"
+	"github.com/superd-dev/superd/framework"
 	"github.com/superd-dev/superd/services/internal/servicetest"
 )
 
@@ -556,4 +557,27 @@ func TestRefreshRacingReclaimFreesName(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestNamingAcrossNodesBlocks: a user of a room across nodes who has no
+// name yet says its callbacks may block (the name claim waits for the
+// cluster), so superd's event loop leaves it to its own goroutine; once
+// named, or in a room of one node, it does not.
+func TestNamingAcrossNodesBlocks(t *testing.T) {
+	blocks := func(c *client) bool { return c.p.(framework.Blocker).Blocks() }
+	local := newRoom(t, "local", "")
+	if u := local.connect("L"); blocks(u) {
+		t.Error("a user choosing a name in a room of one node blocks")
+	}
+	nodes := clustertest.Start(t, 1)
+	clustertest.WaitNames(t, nodes, 30*time.Second)
+	rm := newClusterRoom(t, nodes[0], "lobby", "")
+	u := rm.connect("U1")
+	if !blocks(u) {
+		t.Error("a user choosing a name in a room across nodes does not block")
+	}
+	u = joinAnywhere(t, rm, "U2", "bob", 20*time.Second)
+	if blocks(u) {
+		t.Error("a named user of a room across nodes blocks")
+	}
 }

@@ -239,6 +239,12 @@ func (l *Logger) DataReceived(data []byte) {
 	}
 }
 
+// Blocks implements framework.Blocker: DataReceived writes to the file,
+// which may be a pipe or a disk that stalls, so the connection's input is
+// always delivered on its own goroutine (where superd runs on one CPU, a
+// write that waits would otherwise hold up every other connection).
+func (l *Logger) Blocks() bool { return true }
+
 // checkPartial closes the connection as soon as the unterminated line can
 // no longer fit max_line_length: longer than the limit, not counting a
 // final CR that an LF may still follow.
@@ -272,6 +278,7 @@ var (
 	_ framework.Factory        = (*Factory)(nil)
 	_ framework.FactoryStarter = (*Factory)(nil)
 	_ framework.FactoryStopper = (*Factory)(nil)
+	_ framework.Blocker        = (*Logger)(nil)
 	_ framework.Reopener       = (*Factory)(nil)
 	_ framework.Protocol       = (*Logger)(nil)
 	_ framework.Validator      = (*Config)(nil)
