@@ -48,6 +48,27 @@ func isParked(c *Conn) bool {
 	return c.parked
 }
 
+// holdingEcho is an echo recorder whose DataReceived, given exactly word,
+// signals entered and waits for release before echoing it. release may be
+// called more than once; the test's end calls it too, so that a failing
+// test never leaves a callback holding its goroutine (or the loop).
+func holdingEcho(t *testing.T, word string) (r *recorder, entered <-chan struct{}, release func()) {
+	in := make(chan struct{}, 1)
+	let := make(chan struct{})
+	var once sync.Once
+	release = func() { once.Do(func() { close(let) }) }
+	t.Cleanup(release)
+	r = echoRecorder()
+	r.onData = func(r *recorder, b []byte) {
+		if bytes.Equal(b, []byte(word)) {
+			in <- struct{}{}
+			<-let
+		}
+		r.tr.Write(b)
+	}
+	return r, in, release
+}
+
 // TestLoopServesManyConnections: twenty connections exchanging messages in
 // turn are served by the loop, whose goroutine runs DataReceived for all
 // of them (a goroutine per connection would be twenty), and every
@@ -151,16 +172,7 @@ func TestLoopSeesInputArrivingWhileItServes(t *testing.T) {
 	parkDeadlineOutOfReach(t)
 	forTransports(t, rawTransports, func(t *testing.T, network string, _ bool) {
 		p := dialPair(t, network, pairOpts{})
-		entered := make(chan struct{}, 1)
-		release := make(chan struct{})
-		r := echoRecorder()
-		r.onData = func(r *recorder, b []byte) {
-			if bytes.Equal(b, []byte("first")) {
-				entered <- struct{}{}
-				<-release
-			}
-			r.tr.Write(b)
-		}
+		r, entered, release := holdingEcho(t, "first")
 		s := serve(t, p.server, ConnOptions{}, r)
 		exchange(t, p.client, []byte("warm")) // parked: the loop serves it from now on
 		waitFor(t, 5*time.Second, func() bool { return isParked(s.c) }, "the connection to park")
@@ -172,7 +184,7 @@ func TestLoopSeesInputArrivingWhileItServes(t *testing.T) {
 			t.Fatal(err)
 		}
 		waitFor(t, 5*time.Second, func() bool { return inputQueued(t, p.server) > 0 }, "the second message to be queued")
-		close(release)
+		release()
 		got := make([]byte, len("firstsecond"))
 		p.client.SetReadDeadline(time.Now().Add(10 * time.Second))
 		if _, err := io.ReadFull(p.client, got); err != nil || string(got) != "firstsecond" {
@@ -194,16 +206,7 @@ func TestAbortWhileLoopServes(t *testing.T) {
 		ln := listen(t, network)
 		defer ln.Close()
 		p := dialPairOn(t, ln, pairOpts{})
-		entered := make(chan struct{}, 1)
-		release := make(chan struct{})
-		r := echoRecorder()
-		r.onData = func(r *recorder, b []byte) {
-			if bytes.Equal(b, []byte("hold")) {
-				entered <- struct{}{}
-				<-release
-			}
-			r.tr.Write(b)
-		}
+		r, entered, release := holdingEcho(t, "hold")
 		s := serve(t, p.server, ConnOptions{}, r)
 		other := dialPairOn(t, ln, pairOpts{})
 		serve(t, other.server, ConnOptions{}, echoRecorder())
@@ -215,7 +218,7 @@ func TestAbortWhileLoopServes(t *testing.T) {
 		}
 		<-entered
 		s.c.Abort(errTestCleanup)
-		close(release)
+		release()
 		reason := s.wait(t, serveWait)
 		if reason != errTestCleanup {
 			t.Errorf("Serve returned %v, want the abort's reason", reason)
@@ -452,19 +455,7 @@ func TestLoopLeavesBlockersToTheirGoroutines(t *testing.T) {
 	forTransports(t, rawTransports, func(t *testing.T, network string, _ bool) {
 		ln := listen(t, network)
 		defer ln.Close()
-		entered := make(chan struct{}, 1)
-		release := make(chan struct{})
-		var once sync.Once
-		let := func() { once.Do(func() { close(release) }) }
-		defer let() // on failure too: the callback must not hold its goroutine
-		r := echoRecorder()
-		r.onData = func(r *recorder, b []byte) {
-			if bytes.Equal(b, []byte("hold")) {
-				entered <- struct{}{}
-				<-release
-			}
-			r.tr.Write(b)
-		}
+		r, entered, release := holdingEcho(t, "hold")
 		b := &blocker{recorder: r}
 		pb := dialPairOn(t, ln, pairOpts{})
 		sb := serve(t, pb.server, ConnOptions{}, b)
@@ -476,7 +467,7 @@ func TestLoopLeavesBlockersToTheirGoroutines(t *testing.T) {
 		<-entered
 		po.client.Write([]byte("served meanwhile"))
 		got, err := readN(po.client, len("served meanwhile"))
-		let()
+		release()
 		if err != nil || string(got) != "served meanwhile" {
 			t.Fatalf("the other connection, while the blocker's callback waits: %q, %v", got, err)
 		}

@@ -81,10 +81,7 @@ func (c *Conn) flushNowLocked(lio *loopIO) bool {
 	}
 	n, err := lio.wrote, lio.writeErr
 	lio.out = nil
-	c.bytesOut.Add(int64(n))
-	if n > 0 && c.opts.Sent != nil {
-		c.opts.Sent.Add(float64(n))
-	}
+	c.countSent(n)
 	c.mu.Lock()
 	c.inflight = 0
 	if err == nil && n < len(out) && !c.closed {
@@ -101,15 +98,7 @@ func (c *Conn) flushNowLocked(lio *loopIO) bool {
 		c.wakeLocked()
 		return false
 	}
-	if cap(out) <= maxPooledOutput {
-		*box = out[:0]
-		outBuffers.Put(box)
-	}
-	if err != nil && !c.closed {
-		c.setReason(&lostError{err})
-		c.closeLocked(nil)
-	}
-	c.wakeLocked()
+	c.writtenLocked(box, out, err)
 	return c.pendingLen() == 0 || c.closed
 }
 
@@ -137,12 +126,24 @@ func (c *Conn) flushOnceLocked() {
 	c.inflight = len(out)
 	c.mu.Unlock()
 	n, err := c.nc.Write(out)
+	c.countSent(n)
+	c.mu.Lock()
+	c.inflight = 0
+	c.writtenLocked(box, out, err)
+}
+
+// countSent records n bytes handed to the socket.
+func (c *Conn) countSent(n int) {
 	c.bytesOut.Add(int64(n))
 	if n > 0 && c.opts.Sent != nil {
 		c.opts.Sent.Add(float64(n))
 	}
-	c.mu.Lock()
-	c.inflight = 0
+}
+
+// writtenLocked ends a flush's write of out, box's buffer, taken whole
+// (or failed): the buffer goes back to its pool, a failed write ends the
+// connection, and whoever waits for the output to drain is woken.
+func (c *Conn) writtenLocked(box *[]byte, out []byte, err error) {
 	if cap(out) <= maxPooledOutput {
 		*box = out[:0]
 		outBuffers.Put(box)
