@@ -33,8 +33,10 @@ test:
 	$(GO) test -race -timeout 20m ./...
 	# Again with one P, where the poller's loop serves connections itself
 	# (internal/engine/serve_loop.go); -p 2, as the go command would
-	# otherwise test one package at a time.
-	GOMAXPROCS=1 $(GO) test -race -p 2 -timeout 20m ./...
+	# otherwise test one package at a time; -count=1, as the test cache
+	# does not see GOMAXPROCS (the runtime reads it, not the tests) and
+	# would replay the first pass.
+	GOMAXPROCS=1 $(GO) test -race -count=1 -p 2 -timeout 20m ./...
 
 # A short run of every fuzz target (FUZZTIME each). Minimizing a new input
 # is bounded: by default it may take 60 s per input, and a whole
