@@ -171,11 +171,10 @@ func TestLoopSeesInputArrivingWhileItServes(t *testing.T) {
 	loopServing(t)
 	parkDeadlineOutOfReach(t)
 	forTransports(t, rawTransports, func(t *testing.T, network string, _ bool) {
-		p := dialPair(t, network, pairOpts{})
+		ln := listen(t, network)
+		defer ln.Close()
 		r, entered, release := holdingEcho(t, "first")
-		s := serve(t, p.server, ConnOptions{}, r)
-		exchange(t, p.client, []byte("warm")) // parked: the loop serves it from now on
-		waitFor(t, 5*time.Second, func() bool { return isParked(s.c) }, "the connection to park")
+		p, s := loopWarm(t, ln, r) // parked: the loop serves it from now on
 		if _, err := p.client.Write([]byte("first")); err != nil {
 			t.Fatal(err)
 		}
@@ -205,14 +204,9 @@ func TestAbortWhileLoopServes(t *testing.T) {
 	forTransports(t, rawTransports, func(t *testing.T, network string, _ bool) {
 		ln := listen(t, network)
 		defer ln.Close()
-		p := dialPairOn(t, ln, pairOpts{})
 		r, entered, release := holdingEcho(t, "hold")
-		s := serve(t, p.server, ConnOptions{}, r)
-		other := dialPairOn(t, ln, pairOpts{})
-		serve(t, other.server, ConnOptions{}, echoRecorder())
-		exchange(t, p.client, []byte("warm"))
-		exchange(t, other.client, []byte("warm"))
-		waitFor(t, 5*time.Second, func() bool { return isParked(s.c) }, "the connection to park")
+		p, s := loopWarm(t, ln, r)
+		other, _ := loopWarm(t, ln, echoRecorder())
 		if _, err := p.client.Write([]byte("hold")); err != nil {
 			t.Fatal(err)
 		}
