@@ -61,6 +61,9 @@ type result struct {
 	RemoteP99Us     float64 `json:"remote_p99_us"`
 
 	failed string // why the run does not count ("" if it does)
+	// besideRate is the rate of the cell's load beside (its metric), NaN
+	// without one.
+	besideRate float64
 	// The server's CPU per connection made, in µs, over the measured run
 	// (cells with cpu): its own (utime+stime) and that of its children
 	// reaped meanwhile (cutime+cstime). NaN when not measured.
@@ -112,6 +115,12 @@ type cell struct {
 	nodes int
 	// maxRuns, when set, caps the runs per server of this cell below -runs.
 	maxRuns int
+	// beside, when set, is a second superbench load (mode and flags, as
+	// args) on another of the server's services, besideTarget, that runs
+	// through the whole measured run: the cell measures what that load
+	// leaves the service it measures.
+	beside       []string
+	besideTarget target
 }
 
 var cells = []cell{
@@ -139,6 +148,14 @@ var cells = []cell{
 	// ends in a bare LF.
 	{id: "CRX", desc: "connrate 8 workers (exec /bin/echo)", unit: "conns/s", target: tExec, timed: true, cpu: true,
 		args: []string{"connrate", "-conns", "8", "-expect", quote, "-eol", "lf"}},
+	// A superserver runs many services at once: one echo connection's
+	// round trips while CRX's load starts programs beside it, in the same
+	// server. What a server does while its children run (a thread blocked
+	// in waitid per child, as os/exec does, or a pidfd in the poller)
+	// shows here, not in CRX.
+	{id: "E1CRX", desc: "echo 1 conn 64 B beside CRX's load", unit: "msgs/s", target: tEcho, timed: true, maxRuns: 4,
+		args:   []string{"echo", "-conns", "1", "-size", "64"},
+		beside: []string{"connrate", "-conns", "8", "-expect", quote, "-eol", "lf"}, besideTarget: tExec},
 	// UDP echo: 64 sockets, each sending a datagram and waiting for its
 	// echo; superd's batched recvmmsg/sendmmsg against one goroutine doing
 	// ReadFromUDP and WriteToUDP.
@@ -298,6 +315,7 @@ func run(o *options) int {
 		var ratios, sd, bl, sdP99, blP99 []float64
 		var cpuRatios, sdCPU, blCPU, sdChild, blChild []float64 // cells with cpu
 		var sdRemoteP99 []float64                               // CHATX: receivers on another node
+		var sdBeside, blBeside []float64                        // the load beside's rate
 		errs := 0
 		for i := range o.runs {
 			s, b := cr.superd[i], cr.baseline[i]
@@ -313,6 +331,9 @@ func run(o *options) int {
 			sdP99, blP99 = append(sdP99, s.P99Us), append(blP99, b.P99Us)
 			if s.Nodes > 1 {
 				sdRemoteP99 = append(sdRemoteP99, s.RemoteP99Us)
+			}
+			if cr.beside != nil {
+				sdBeside, blBeside = append(sdBeside, s.besideRate), append(blBeside, b.besideRate)
 			}
 			if b.metric() > 0 {
 				ratios = append(ratios, s.metric()/b.metric())
@@ -367,6 +388,9 @@ func run(o *options) int {
 		if cr.args[0] == "udp" {
 			notes = append(notes, lossNote(cr.id, cr.superd, cr.baseline))
 		}
+		if cr.beside != nil && len(sdBeside) > 0 {
+			notes = append(notes, besideNote(cr.cell, median(sdBeside), median(blBeside)))
+		}
 		if cr.nodes > 1 && len(sd) > 0 {
 			notes = append(notes, fmt.Sprintf("%s: the superd column is %d superd nodes of one chat room (cluster = true, each embedding a NATS server routed to the others on loopback, all on this machine's %d CPUs with superbench), the users spread over them and the sender on the first; the baseline column is one superd (CHAT's server) under the same load, so the ratio is what spanning nodes costs. "+
 				"The p99 column is over every receiver; the receivers on another node than the sender's alone: p99 %s µs (median over runs). No target: measured as it is.",
@@ -419,6 +443,9 @@ func run(o *options) int {
 							note = strings.TrimSpace(fmt.Sprintf("server CPU %s µs/conn, children %s µs/conn %s", num(r.cpuUs), num(r.childCPUUs), note))
 						}
 					}
+					if cr.beside != nil && !math.IsNaN(r.besideRate) {
+						note = strings.TrimSpace(fmt.Sprintf("load beside %s %s %s", num(r.besideRate), unitOf(cr.beside[0]), note))
+					}
 					if cr.idle {
 						note = strings.TrimSpace(fmt.Sprintf("rss %s -> %s, alive %d/%d %s", bytesStr(float64(r.RSSBeforeBytes)), bytesStr(float64(r.RSSAfterBytes)), r.Alive, r.Conns, note))
 					}
@@ -469,6 +496,39 @@ func cpuNote(id, mode string, sd, bl, sdChild, blChild, ratios []float64) string
 	return n
 }
 
+// besideNote says what a cell's load beside was and the rate it ran at
+// (medians over the counted runs).
+func besideNote(c cell, superd, baseline float64) string {
+	var args []string
+	for i := 0; i < len(c.beside); i++ {
+		if c.beside[i] == "-expect" { // the quote: long, and in the CRX note already
+			i++
+			continue
+		}
+		args = append(args, c.beside[i])
+	}
+	return fmt.Sprintf("%s: the load beside (superbench %s against the %s service, from %v before the measured run until a second after it) ran at %s %s against superd and %s against the baseline.",
+		c.id, strings.Join(args, " "), targetName[c.besideTarget], besideLead, num(superd), unitOf(c.beside[0]), num(baseline))
+}
+
+// unitOf is the unit of a superbench mode's metric.
+func unitOf(mode string) string {
+	switch mode {
+	case "echo", "udp":
+		return "msgs/s"
+	case "stream":
+		return "MB/s"
+	case "connrate":
+		return "conns/s"
+	case "chat":
+		return "deliv/s"
+	}
+	return "B/conn"
+}
+
+// targetName names a target in notes.
+var targetName = [nTargets]string{tEcho: "echo", tTLS: "TLS echo", tQotd: "qotd", tChat: "chat", tExec: "exec (/bin/echo per connection)", tUDP: "udp echo"}
+
 // lossNote reports the datagrams a udp cell lost, over all its runs
 // (failed ones too: more than 1% lost fails a run).
 func lossNote(id string, sd, bl []*result) string {
@@ -494,7 +554,7 @@ var rlimitShown bool
 // runOne starts server name fresh, runs cell c against it, stops it.
 func runOne(ctx context.Context, o *options, work string, seq int, name string, c cell) *result {
 	fail := func(format string, a ...any) *result {
-		r := &result{Label: name, Mode: c.args[0], failed: fmt.Sprintf(format, a...), cpuUs: math.NaN(), childCPUUs: math.NaN()}
+		r := &result{Label: name, Mode: c.args[0], failed: fmt.Sprintf(format, a...), cpuUs: math.NaN(), childCPUUs: math.NaN(), besideRate: math.NaN()}
 		fmt.Printf("%-8s %-8s FAILED: %s\n", c.id, name, r.failed)
 		return r
 	}
@@ -525,6 +585,13 @@ func runOne(ctx context.Context, o *options, work string, seq int, name string, 
 	}
 	rctx, cancel := context.WithTimeout(ctx, o.duration+90*time.Second)
 	defer cancel()
+	var beside *besideLoad
+	if c.beside != nil {
+		if beside, err = startBeside(rctx, o, s, c, label); err != nil {
+			return fail("load beside: %v", err)
+		}
+		defer beside.stop()
+	}
 	cmd := exec.CommandContext(rctx, o.superbench, args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -550,21 +617,21 @@ func runOne(ctx context.Context, o *options, work string, seq int, name string, 
 			}
 		}
 	}
-	var r *result
-	for line := range strings.Lines(stdout.String()) {
-		if strings.HasPrefix(line, "{") {
-			r = new(result)
-			if err := json.Unmarshal([]byte(line), r); err != nil {
-				return fail("superbench output %q: %v", line, err)
-			}
-		} else {
-			fmt.Printf("%-8s %s", c.id, line)
-		}
+	r, err := benchResult(c.id, stdout.String())
+	if err != nil {
+		return fail("%v", err)
 	}
 	if r == nil {
 		return fail("superbench %v: %v\n%s", args, runErr, tail(stderr.String(), 10))
 	}
-	r.cpuUs, r.childCPUUs = math.NaN(), math.NaN()
+	r.cpuUs, r.childCPUUs, r.besideRate = math.NaN(), math.NaN(), math.NaN()
+	var besideErr error
+	if beside != nil {
+		var br *result
+		if br, besideErr = beside.wait(c.id); br != nil {
+			r.besideRate = br.metric()
+		}
+	}
 	if c.cpu && cpuErr == nil && r.Ops > 0 {
 		r.cpuUs = (cpu1.self - cpu0.self) / float64(r.Ops) * 1e6
 		r.childCPUUs = (cpu1.children - cpu0.children) / float64(r.Ops) * 1e6
@@ -585,11 +652,89 @@ func runOne(ctx context.Context, o *options, work string, seq int, name string, 
 		r.failed = fmt.Sprintf("%s exited during the run: %v", name, s.err)
 	case c.cpu && cpuErr != nil:
 		r.failed = fmt.Sprintf("server CPU: %v", cpuErr)
+	case besideErr != nil:
+		r.failed = fmt.Sprintf("load beside: %v", besideErr)
 	}
 	if r.failed != "" {
 		fmt.Printf("%-8s %-8s FAILED: %s\n%s", c.id, name, r.failed, tail(readFile(s.log), 10))
 	}
 	return r
+}
+
+// benchResult finds superbench's JSON result in its output (nil if there
+// is none) and prints the other lines, under the cell's id.
+func benchResult(id, out string) (*result, error) {
+	var r *result
+	for line := range strings.Lines(out) {
+		if strings.HasPrefix(line, "{") {
+			r = new(result)
+			if err := json.Unmarshal([]byte(line), r); err != nil {
+				return nil, fmt.Errorf("superbench output %q: %v", line, err)
+			}
+		} else {
+			fmt.Printf("%-8s %s", id, line)
+		}
+	}
+	return r, nil
+}
+
+// besideLead is how long a cell's load beside runs before the measured run
+// starts: its workers are connected and busy by then.
+const besideLead = 500 * time.Millisecond
+
+// besideLoad is a cell's load beside (see cell.beside), one superbench
+// process.
+type besideLoad struct {
+	cmd            *exec.Cmd
+	stdout, stderr bytes.Buffer
+	waited         bool
+}
+
+// startBeside starts c's load beside against server s, to run besideLead
+// before the measured run and a second past its end, and returns once the
+// lead has passed.
+func startBeside(ctx context.Context, o *options, s *server, c cell, label string) (*besideLoad, error) {
+	args := append([]string{c.beside[0], "-addr", s.addrs[c.besideTarget], "-label", label + " beside"}, c.beside[1:]...)
+	args = append(args, "-duration", (besideLead + o.duration + time.Second).String())
+	b := &besideLoad{cmd: exec.CommandContext(ctx, o.superbench, args...)}
+	b.cmd.Stdout, b.cmd.Stderr = &b.stdout, &b.stderr
+	if err := startOn(b.cmd, c.cpus); err != nil {
+		return nil, err
+	}
+	lead := time.NewTimer(besideLead)
+	defer lead.Stop()
+	select {
+	case <-lead.C:
+	case <-ctx.Done():
+	}
+	return b, nil
+}
+
+// wait waits for the load to end by itself and gives its result; a load
+// that saw errors is an error.
+func (b *besideLoad) wait(id string) (*result, error) {
+	b.waited = true
+	err := b.cmd.Wait()
+	r, perr := benchResult(id, b.stdout.String())
+	switch {
+	case perr != nil:
+		return nil, perr
+	case r == nil:
+		return nil, fmt.Errorf("superbench: %v\n%s", err, tail(b.stderr.String(), 10))
+	case r.Errors > 0:
+		return r, fmt.Errorf("%d errors, first: %s", r.Errors, r.FirstError)
+	case err != nil:
+		return r, fmt.Errorf("superbench: %v", err)
+	}
+	return r, nil
+}
+
+// stop ends the load if the run ended before waiting for it.
+func (b *besideLoad) stop() {
+	if !b.waited {
+		b.cmd.Process.Kill()
+		b.cmd.Wait()
+	}
 }
 
 // startServer starts superd or the baseline on fresh loopback ports, one

@@ -154,6 +154,39 @@ func TestCRXCell(t *testing.T) {
 	}
 }
 
+// E1CRX measures an echo connection while CRX's load runs beside it, on
+// the exec service, and its note says so without the quote.
+func TestBesideCell(t *testing.T) {
+	var found bool
+	for _, c := range cells {
+		if c.beside == nil {
+			continue
+		}
+		if c.besideTarget == c.target || c.besideTarget < 0 || c.besideTarget >= nTargets {
+			t.Errorf("%s: load beside on target %d, measured %d", c.id, c.besideTarget, c.target)
+		}
+		if c.id != "E1CRX" {
+			continue
+		}
+		found = true
+		if c.target != tEcho || c.besideTarget != tExec || strings.Join(c.beside, " ") != "connrate -conns 8 -expect "+quote+" -eol lf" {
+			t.Errorf("E1CRX: %+v", c)
+		}
+		n := besideNote(c, 307, 378.4)
+		for _, want := range []string{"E1CRX: the load beside (superbench connrate -conns 8 -eol lf against the exec (/bin/echo per connection) service", "ran at 307 conns/s against superd and 378 against the baseline"} {
+			if !strings.Contains(n, want) {
+				t.Errorf("note lacks %q:\n%s", want, n)
+			}
+		}
+		if strings.Contains(n, quote) {
+			t.Errorf("note repeats the quote:\n%s", n)
+		}
+	}
+	if !found {
+		t.Error("no E1CRX cell")
+	}
+}
+
 // The readiness probe of a udp echo: an echo comes back, even when the
 // first probe's echo comes too late and arrives just before the second's;
 // a silent socket fails within the limit, and so does a port nobody is
