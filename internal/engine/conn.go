@@ -197,7 +197,8 @@ type reader struct {
 	// where the loop serves (see parkAfter).
 	bulk bool
 	// pend: read returns pendBuf (pooled), pendN and pendErr first: what
-	// the poller's loop read and could not deliver (see loopFrom).
+	// the poller's loop read and could not deliver (see loopFrom), counted
+	// as received when the loop read it.
 	pend    bool
 	pendBuf *[]byte
 	pendN   int

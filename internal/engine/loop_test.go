@@ -277,6 +277,42 @@ func TestLoopReadPausedMeanwhileStaysItsOwn(t *testing.T) {
 	})
 }
 
+// TestLoopCountsWhatItHandsOver: input the loop read and handed to the
+// connection's goroutine (here: the connection was aborted between the
+// loop's look and its read) was received, and is counted, though it is
+// never delivered: as the read loop counts what it reads before it waits
+// to deliver.
+func TestLoopCountsWhatItHandsOver(t *testing.T) {
+	loopServing(t)
+	parkDeadlineOutOfReach(t)
+	forTransports(t, rawTransports, func(t *testing.T, network string, _ bool) {
+		ln := listen(t, network)
+		defer ln.Close()
+		r := echoRecorder()
+		r.keep = true
+		p, s := loopWarm(t, ln, r)
+		aborted := make(chan struct{})
+		setHook(t, &testHookLoopRead, func(c *Conn) {
+			if c == s.c {
+				c.Abort(errTestCleanup)
+				close(aborted)
+			}
+		})
+		const late = "arrived as it was aborted"
+		if _, err := p.client.Write([]byte(late)); err != nil {
+			t.Fatal(err)
+		}
+		<-aborted
+		r.check(t, s.wait(t, serveWait))
+		if got := string(r.bytes()); got != "warm" {
+			t.Errorf("the protocol got %q; want only \"warm\"", got)
+		}
+		if got, want := s.c.BytesIn(), int64(len("warm")+len(late)); got != want {
+			t.Errorf("BytesIn = %d; want %d (the input the loop read counts)", got, want)
+		}
+	})
+}
+
 // TestDrainDuringLoopReadDelivers: input the loop read as a drain began
 // (between its look and its read) had arrived before the drain, and is
 // delivered before the connection closes.

@@ -139,12 +139,17 @@ func (c *Conn) readLoop(p framework.Protocol, r *reader) (parked bool) {
 		}
 		c.mu.Unlock()
 
+		handed := r.pend // the poller's loop counted what it read
 		buf, n, err := c.read(r)
 		if n == readBufferSize {
 			r.bulk = true // a stream: see parkAfter
 		}
 		if n > 0 {
-			c.countReceived(r, n)
+			if handed {
+				r.recvSinceArm = true
+			} else {
+				c.countReceived(r, n)
+			}
 			// Deliver unless the connection is ending; data that arrived
 			// as the protocol paused waits for ResumeProducing, and for
 			// any producer call running elsewhere to return.

@@ -135,8 +135,11 @@ func (c *Conn) serveParked(lio *loopIO, hup bool) {
 	}
 	c.mu.Lock()
 	if !c.serveLoopLocked() {
-		// Paused or draining since: the read loop delivers it when it may.
+		// Paused, draining or closed since: the read loop delivers it when
+		// it may. It has been received, whether or not it ever is (as the
+		// read loop counts what it reads before it waits to deliver).
 		c.mu.Unlock()
+		c.noteReceived(n)
 		c.leaveRead()
 		b := readBuffers.Get().(*[]byte)
 		go c.loopFrom(b, copy(*b, buf[:n]), nil, false)
