@@ -237,6 +237,27 @@ func loopWarm(t *testing.T, ln net.Listener, r *recorder) (*pair, *served) {
 	return p, s
 }
 
+// loopWarmHooked is loopWarm with a recorder that keeps what it got, and
+// f run on the connection just before the loop next reads it (once); the
+// channel is closed once f has run.
+func loopWarmHooked(t *testing.T, ln net.Listener, f func(c *Conn)) (*pair, *served, *recorder, <-chan struct{}) {
+	t.Helper()
+	r := echoRecorder()
+	r.keep = true
+	p, s := loopWarm(t, ln, r)
+	ran := make(chan struct{})
+	var once sync.Once
+	setHook(t, &testHookLoopRead, func(c *Conn) {
+		if c == s.c {
+			once.Do(func() {
+				f(c)
+				close(ran)
+			})
+		}
+	})
+	return p, s, r, ran
+}
+
 // TestLoopReadPausedMeanwhileStaysItsOwn: input the loop read after the
 // protocol paused the transport (from another goroutine, between the
 // loop's look and its read) is the connection's alone: it is not
@@ -249,15 +270,8 @@ func TestLoopReadPausedMeanwhileStaysItsOwn(t *testing.T) {
 	forTransports(t, rawTransports, func(t *testing.T, network string, _ bool) {
 		ln := listen(t, network)
 		defer ln.Close()
-		ra := echoRecorder()
-		ra.keep = true
-		pa, sa := loopWarm(t, ln, ra)
-		paused := make(chan struct{})
-		setHook(t, &testHookLoopRead, func(c *Conn) {
-			if c == sa.c {
-				c.PauseProducing() // as a producer's other side would
-				close(paused)
-			}
+		pa, sa, ra, paused := loopWarmHooked(t, ln, func(c *Conn) {
+			c.PauseProducing() // as a producer's other side would
 		})
 		if _, err := pa.client.Write([]byte("for A only")); err != nil {
 			t.Fatal(err)
@@ -288,16 +302,7 @@ func TestLoopCountsWhatItHandsOver(t *testing.T) {
 	forTransports(t, rawTransports, func(t *testing.T, network string, _ bool) {
 		ln := listen(t, network)
 		defer ln.Close()
-		r := echoRecorder()
-		r.keep = true
-		p, s := loopWarm(t, ln, r)
-		aborted := make(chan struct{})
-		setHook(t, &testHookLoopRead, func(c *Conn) {
-			if c == s.c {
-				c.Abort(errTestCleanup)
-				close(aborted)
-			}
-		})
+		p, s, r, aborted := loopWarmHooked(t, ln, func(c *Conn) { c.Abort(errTestCleanup) })
 		const late = "arrived as it was aborted"
 		if _, err := p.client.Write([]byte(late)); err != nil {
 			t.Fatal(err)
@@ -322,14 +327,7 @@ func TestDrainDuringLoopReadDelivers(t *testing.T) {
 	forTransports(t, rawTransports, func(t *testing.T, network string, _ bool) {
 		ln := listen(t, network)
 		defer ln.Close()
-		r := echoRecorder()
-		r.keep = true
-		p, s := loopWarm(t, ln, r)
-		setHook(t, &testHookLoopRead, func(c *Conn) {
-			if c == s.c {
-				c.Drain()
-			}
-		})
+		p, s, r, _ := loopWarmHooked(t, ln, (*Conn).Drain)
 		if _, err := p.client.Write([]byte("last line\n")); err != nil {
 			t.Fatal(err)
 		}
