@@ -151,6 +151,7 @@ type Conn struct {
 	readEOF       bool // the peer's end of stream was handed to ReadConnectionLost
 	lost          bool // ConnectionLost has returned: no callback runs again
 	parked        bool // no goroutine: the poller holds the connection
+	edgeArmed     bool // last registered with the poller edge-triggered (see idlePoller.park)
 	received      bool // something was ever received
 	parkArmed     bool // the park deadline is set (see readLoop)
 	waiting       bool // someone waits on cond

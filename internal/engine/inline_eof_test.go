@@ -44,6 +44,13 @@ func parkDeadlineOutOfReach(t *testing.T) {
 	t.Cleanup(func() { testParkAfter.Store(0) })
 }
 
+// parkSoon has the test's goroutine-served connections park after 10 ms
+// without input, not parkAfter.
+func parkSoon(t *testing.T) {
+	testParkAfter.Store(int64(10 * time.Millisecond))
+	t.Cleanup(func() { testParkAfter.Store(0) })
+}
+
 // goroutineReaders has the test's connections served by their goroutines,
 // not by the poller's loop, whatever GOMAXPROCS: the read loop's own
 // waits, deadlines and serving inside the read are what the test holds.
@@ -59,8 +66,11 @@ func loopServing(t *testing.T) {
 }
 
 func setLoopServes(t *testing.T, on bool) {
-	was := loopServes.Swap(on)
-	t.Cleanup(func() { loopServes.Store(was) })
+	was, fixed := loopServes.Swap(on), loopServesFixed.Swap(true)
+	t.Cleanup(func() {
+		loopServes.Store(was)
+		loopServesFixed.Store(fixed)
+	})
 }
 
 // peerShutDown reports whether c's peer has shut its sending side down

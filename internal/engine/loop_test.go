@@ -444,18 +444,74 @@ func TestLoopLeavesAReusedDescriptorAlone(t *testing.T) {
 	})
 }
 
-// TestLoopServingFollowsGOMAXPROCS: the poller serves in its loop when the
-// process has one P, as when superd is confined to one CPU (see
-// serve_loop.go); the test binary, run with GOMAXPROCS=1 or not, says
-// which.
+// TestLoopServingFollowsGOMAXPROCS: the loop serves where GOMAXPROCS is
+// 1, and follows it when it changes while superd runs (the runtime
+// changes it with the CPU limit of superd's cgroup), unless a test fixed
+// the mode; connections carry on across the change.
 func TestLoopServingFollowsGOMAXPROCS(t *testing.T) {
 	if getPoller() == nil {
 		t.Skip("no poller loop on this platform")
 	}
-	want := runtime.GOMAXPROCS(0) == 1
-	if got := loopServes.Load(); got != want {
-		t.Errorf("loopServes = %v with GOMAXPROCS %d", got, runtime.GOMAXPROCS(0))
+	if loopServesFixed.Load() {
+		t.Fatal("the mode is fixed outside a test that fixed it")
 	}
+	orig := runtime.GOMAXPROCS(0)
+	t.Cleanup(func() {
+		runtime.GOMAXPROCS(orig)
+		followGOMAXPROCS()
+	})
+	if got := loopServes.Load(); got != (orig == 1) {
+		t.Errorf("loopServes = %v with GOMAXPROCS %d", got, orig)
+	}
+	parkSoon(t)
+	ln := listen(t, "tcp")
+	defer ln.Close()
+	p, s := loopWarm(t, ln, echoRecorder())
+	for i, procs := range []int{1, 2, 1} {
+		runtime.GOMAXPROCS(procs)
+		// The loop looks at GOMAXPROCS when it has events to handle (the
+		// parked connection's input), at most once a lookAtGOMAXPROCS:
+		// echo until it has.
+		deadline := time.Now().Add(lookAtGOMAXPROCS + 5*time.Second)
+		for loopServes.Load() != (procs == 1) {
+			if time.Now().After(deadline) {
+				t.Fatalf("loopServes = %v %v after GOMAXPROCS became %d", loopServes.Load(), lookAtGOMAXPROCS+5*time.Second, procs)
+			}
+			exchange(t, p.client, fmt.Appendf(nil, "round %d", i))
+			waitFor(t, 5*time.Second, func() bool { return isParked(s.c) }, "the connection to park")
+		}
+		exchange(t, p.client, fmt.Appendf(nil, "round %d, mode changed", i))
+	}
+	setLoopServes(t, false)
+	runtime.GOMAXPROCS(1)
+	followGOMAXPROCS()
+	if loopServes.Load() {
+		t.Error("GOMAXPROCS changed a mode a test fixed")
+	}
+}
+
+// TestLoopTakesOverParkedConnections: a connection parked while
+// goroutines served (registered for one event) is served by the loop once
+// it serves, and the other way round: the mode can change under parked
+// connections (GOMAXPROCS changed) and none of them stops receiving.
+func TestLoopTakesOverParkedConnections(t *testing.T) {
+	if getPoller() == nil {
+		t.Skip("no poller loop on this platform")
+	}
+	parkSoon(t)
+	forTransports(t, rawTransports, func(t *testing.T, network string, _ bool) {
+		for _, from := range []bool{false, true} {
+			setLoopServes(t, from)
+			ln := listen(t, network)
+			p, s := loopWarm(t, ln, echoRecorder())
+			setLoopServes(t, !from)
+			for i := range 5 {
+				exchange(t, p.client, fmt.Appendf(nil, "after the change %d", i))
+				waitFor(t, 5*time.Second, func() bool { return isParked(s.c) }, "the connection to park again")
+			}
+			ln.Close()
+		}
+	})
 }
 
 // blocker is a recorder whose protocol says its callbacks may block

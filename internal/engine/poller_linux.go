@@ -47,7 +47,7 @@ func getPoller() *idlePoller {
 			return
 		}
 		thePoller = &idlePoller{epfd: epfd}
-		loopServes.Store(runtime.GOMAXPROCS(0) == 1)
+		followGOMAXPROCS()
 		go thePoller.loop()
 	})
 	return thePoller
@@ -63,7 +63,10 @@ func getPoller() *idlePoller {
 // parking again a connection whose socket its read left empty (input
 // after that read is a new edge, so an event). Otherwise, and for a unix
 // socket (a read can stop short there and leave input without a new
-// edge), the registration is for one event and is armed every time.
+// edge), the registration is for one event and is armed every time. A
+// connection registered for one event before the loop began to serve
+// (GOMAXPROCS changed: see followGOMAXPROCS) is armed anew, edge-triggered.
+// The caller holds c.mu.
 func (p *idlePoller) park(c *Conn, fd int32, arm bool) bool {
 	p.mu.Lock()
 	if int(fd) >= len(p.conns) {
@@ -73,7 +76,7 @@ func (p *idlePoller) park(c *Conn, fd int32, arm bool) bool {
 	p.conns[fd] = c
 	p.mu.Unlock()
 	edge := loopServes.Load() && !c.isUnixSocket()
-	if !arm && edge {
+	if !arm && edge && c.edgeArmed {
 		return true
 	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: fd}
@@ -90,6 +93,7 @@ func (p *idlePoller) park(c *Conn, fd int32, arm bool) bool {
 		p.forget(c, fd)
 		return false
 	}
+	c.edgeArmed = edge
 	return true
 }
 
@@ -152,7 +156,8 @@ func (p *idlePoller) loop() {
 		}
 	}
 	hot := false
-	var cold time.Time // when the loop last looked through the runtime's poller
+	var cold time.Time   // when the loop last looked through the runtime's poller
+	looked := time.Now() // when it last looked at GOMAXPROCS
 	for {
 		switch {
 		case hot && time.Since(cold) > hotWait:
@@ -187,6 +192,10 @@ func (p *idlePoller) loop() {
 			cold = time.Now()
 		default:
 			cold = time.Now()
+		}
+		if !hot && cold.Sub(looked) >= lookAtGOMAXPROCS {
+			looked = cold
+			followGOMAXPROCS()
 		}
 		serving := loopServes.Load()
 		hot = serving

@@ -20,16 +20,40 @@ package engine
 import (
 	"io"
 	"os"
+	"runtime"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/superd-dev/superd/framework"
 )
 
 // loopServes: the poller's loop serves parked connections itself
-// (serveParked) instead of starting a goroutine for each wake-up. Set
-// when the poller starts, to GOMAXPROCS == 1; tests set it either way.
+// (serveParked) instead of starting a goroutine for each wake-up: where
+// GOMAXPROCS is 1 (see followGOMAXPROCS). Tests set it either way
+// (loopServesFixed).
 var loopServes atomic.Bool
+
+// loopServesFixed: a test has set loopServes, which GOMAXPROCS then does
+// not change.
+var loopServesFixed atomic.Bool
+
+// lookAtGOMAXPROCS is how often the poller's loop looks at GOMAXPROCS,
+// at most (only when it has events to handle: the mode matters then
+// alone). The runtime changes it while superd runs when the CPU limit of
+// its cgroup changes (a container resized, systemd's CPUQuota= set on a
+// running unit).
+const lookAtGOMAXPROCS = time.Second
+
+// followGOMAXPROCS has the loop serve where GOMAXPROCS is 1 (and only
+// there: across CPUs the kernel's direct wake-up that serving in the loop
+// relies on costs more than it saves), unless a test fixed the mode.
+// Connections parked in the other mode carry on: see idlePoller.park.
+func followGOMAXPROCS() {
+	if !loopServesFixed.Load() {
+		loopServes.Store(runtime.GOMAXPROCS(0) == 1)
+	}
+}
 
 // loopIO is the poller loop's scratch for serving: its read buffer, the
 // results of its one read and of its one write, and their callbacks, made
