@@ -5,6 +5,7 @@ package exec
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -226,6 +227,37 @@ func TestServeConnIdleTimeout(t *testing.T) {
 	}
 	if err := h.wait(t, 10*time.Second); err != nil {
 		t.Fatalf("direct: ServeConn returned %v", err)
+	}
+}
+
+// TestServeConnIdleTimeoutWhileStalled: a relayed connection's
+// idle_timeout counts from the client's last input whatever the relay is
+// doing: while superd cannot pass the client's input on (the program does
+// not read) and after the client's end of stream, a connection that
+// receives nothing for idle_timeout ends by it, and the program with it.
+func TestServeConnIdleTimeoutWhileStalled(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		client func(c *tls.Conn)
+	}{
+		{"program not reading", func(c *tls.Conn) {
+			go c.Write(make([]byte, 8<<20)) // blocks once the buffers are full
+		}},
+		{"client half-closed", func(c *tls.Conn) { c.CloseWrite() }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, _ := newTestFactory(t, `command = ["/bin/sh", "-c", "echo $$; exec sleep 1000"]`)
+			client, server := tlsPair(t)
+			h := serveConn(t, f, server, 300*time.Millisecond, 100*time.Millisecond)
+			pid := readPID(t, bufio.NewReader(client), client)
+			tc.client(client)
+			if err := h.wait(t, 10*time.Second); !errors.Is(err, framework.ErrIdleTimeout) {
+				t.Fatalf("ServeConn returned %v, want ErrIdleTimeout", err)
+			}
+			if alive(pid) {
+				t.Error("the child runs after ServeConn returned")
+			}
+		})
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -52,22 +53,13 @@ func (f *Factory) serveRelayed(hc *framework.HandedConn, env []string) error {
 	hc.Served()
 	hc.SetRunningPID(ch.pid)
 
-	var idle bool
-	var idleKill *time.Timer // set with idle, before upDone closes
 	closeAll := sync.OnceFunc(func() { client.Close(); ours.Close() })
+	idle := startRelayIdle(hc, ch, closeAll)
 	upDone := make(chan struct{})
 	downDone := make(chan struct{})
 	go func() { // client to child
 		defer close(upDone)
-		var lost bool
-		idle, lost = copyUp(ours.(*net.UnixConn), client, hc)
-		switch {
-		case idle:
-			// The program gets stop_signal, and SIGKILL if it is
-			// still running shutdown_timeout later.
-			closeAll()
-			idleKill = ch.stop(hc.ShutdownTimeout)
-		case lost:
+		if lost := copyUp(ours.(*net.UnixConn), client, hc, idle); lost {
 			// The client is gone (reset): the program's connection
 			// ends, as a socket handed over would.
 			closeAll()
@@ -101,50 +93,120 @@ func (f *Factory) serveRelayed(hc *framework.HandedConn, env []string) error {
 	closeAll()
 	<-downDone
 	<-upDone
-	if idleKill != nil {
-		idleKill.Stop()
-	}
+	timedOut := idle.finish()
 	switch {
 	case ch.wasKilled() || cut:
 		return framework.ErrShutdownTimeout
-	case idle:
+	case timedOut:
 		return framework.ErrIdleTimeout
 	}
 	return werr
 }
 
-// copyUp copies from the client to the child, with the idle timeout on the
-// client's side, and reports whether it ended by that timeout, or because
-// the client's connection failed (lost). The client's end of stream
-// becomes the child's.
-func copyUp(dst *net.UnixConn, src net.Conn, hc *framework.HandedConn) (idle, lost bool) {
+// relayIdle is a relayed connection's idle timeout: nothing received from
+// the client for IdleTimeout, whatever the relay is doing meanwhile (the
+// program not reading, so superd not reading either; the client's end of
+// stream already passed on), ends the connection as the engine's timeout
+// ends a protocol's: the connection closes, the program gets stop_signal
+// and, still running ShutdownTimeout later, SIGKILL. Reads only record
+// their time (received); the timer checks it and re-arms for the rest.
+type relayIdle struct {
+	timeout  time.Duration
+	received atomic.Int64 // monoNow at the client's last input
+	ch       *child
+	grace    time.Duration
+	closeAll func()
+
+	mu       sync.Mutex
+	timer    *time.Timer
+	kill     *time.Timer // the SIGKILL's, once timed out
+	timedOut bool
+	finished bool
+}
+
+// startRelayIdle starts hc's idle timeout over the relay to ch (nil
+// without one).
+func startRelayIdle(hc *framework.HandedConn, ch *child, closeAll func()) *relayIdle {
+	if hc.IdleTimeout <= 0 {
+		return nil
+	}
+	ri := &relayIdle{timeout: hc.IdleTimeout, ch: ch, grace: hc.ShutdownTimeout, closeAll: closeAll}
+	ri.received.Store(monoNow())
+	ri.mu.Lock()
+	ri.timer = time.AfterFunc(ri.timeout, ri.check)
+	ri.mu.Unlock()
+	return ri
+}
+
+// got records input from the client.
+func (ri *relayIdle) got() {
+	if ri != nil {
+		ri.received.Store(monoNow())
+	}
+}
+
+// check runs when the timer fires.
+func (ri *relayIdle) check() {
+	ri.mu.Lock()
+	defer ri.mu.Unlock()
+	if ri.finished || ri.timedOut {
+		return
+	}
+	if quiet := time.Duration(monoNow() - ri.received.Load()); quiet < ri.timeout {
+		ri.timer.Reset(ri.timeout - quiet)
+		return
+	}
+	ri.timedOut = true
+	ri.closeAll()
+	ri.kill = ri.ch.stop(ri.grace)
+}
+
+// finish stops the timeout once the program has exited and the relay has
+// ended, and reports whether it had timed out.
+func (ri *relayIdle) finish() (timedOut bool) {
+	if ri == nil {
+		return false
+	}
+	ri.mu.Lock()
+	defer ri.mu.Unlock()
+	ri.finished = true
+	ri.timer.Stop()
+	if ri.kill != nil {
+		ri.kill.Stop()
+	}
+	return ri.timedOut
+}
+
+// monoNow is the monotonic time since the process started.
+func monoNow() int64 { return int64(time.Since(processStart)) }
+
+var processStart = time.Now()
+
+// copyUp copies from the client to the child, recording each input for
+// the idle timeout, and reports whether the client's connection failed
+// (lost). The client's end of stream becomes the child's.
+func copyUp(dst *net.UnixConn, src net.Conn, hc *framework.HandedConn, idle *relayIdle) (lost bool) {
 	bp := relayBuffers.Get().(*[]byte)
 	defer relayBuffers.Put(bp)
 	buf := *bp
 	for {
-		if hc.IdleTimeout > 0 {
-			src.SetReadDeadline(time.Now().Add(hc.IdleTimeout))
-		}
 		n, err := src.Read(buf)
 		if n > 0 {
+			idle.got()
 			if hc.Received != nil {
 				hc.Received.Add(float64(n))
 			}
 			hc.BytesIn += int64(n) // read by ServeConn's caller after both copies end
 			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return false, false // the child no longer reads
+				return false // the child no longer reads
 			}
 		}
 		if err != nil {
 			if errors.Is(err, io.EOF) {
 				dst.CloseWrite()
-				return false, false
+				return false
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() && hc.IdleTimeout > 0 {
-				return true, false
-			}
-			return false, true
+			return true
 		}
 	}
 }
