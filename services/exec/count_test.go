@@ -103,6 +103,66 @@ func waitTCPState(t *testing.T, fd int, want uint8) *unix.TCPInfo {
 	return info
 }
 
+// A program that exits leaving the client's input unread and its own
+// output queued: superd's close resets the connection and the kernel
+// drops what it has not sent, so only what it sent is counted, and the
+// client gets no more than that.
+func TestCountTCPUnreadInputDropsTheQueue(t *testing.T) {
+	client, fd := handedFD(t)
+	if _, err := client.Write([]byte("request left")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the request to arrive", func() bool { return holdsInput(fd) })
+	// The program: writes until the buffers are full (the client reads
+	// nothing yet), never reads, exits.
+	if err := unix.SetNonblock(fd, true); err != nil {
+		t.Fatal(err)
+	}
+	chunk := make([]byte, 64<<10)
+	written := 0
+	for {
+		n, err := unix.Write(fd, chunk)
+		if n > 0 {
+			written += n
+		}
+		if err == unix.EAGAIN {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if q, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ); err != nil || q == 0 {
+		t.Fatalf("nothing queued (%d, %v): the test needs a queue", q, err)
+	}
+	hc := &framework.HandedConn{}
+	countTCP(fd, hc)
+	if hc.BytesIn != int64(len("request left")) {
+		t.Errorf("BytesIn = %d; want %d", hc.BytesIn, len("request left"))
+	}
+	if hc.BytesOut >= int64(written) {
+		t.Errorf("BytesOut = %d of %d written: what the close drops was counted", hc.BytesOut, written)
+	}
+	unix.Close(fd) // superd's close: a reset
+	var got int64
+	buf := make([]byte, 64<<10)
+	client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		n, err := client.Read(buf)
+		got += int64(n)
+		if err != nil {
+			if !errors.Is(err, syscall.ECONNRESET) && err != io.EOF {
+				t.Fatalf("client read %d bytes: %v", got, err)
+			}
+			break
+		}
+	}
+	if got > hc.BytesOut {
+		t.Errorf("the client got %d bytes, more than the %d counted", got, hc.BytesOut)
+	}
+	t.Logf("written %d, counted %d, the client got %d", written, hc.BytesOut, got)
+}
+
 // A connection both sides shut down, in either order, has ended (TCP_CLOSE)
 // when superd counts it: the two FINs are not bytes.
 func TestCountTCPAfterBothShutDown(t *testing.T) {

@@ -111,7 +111,12 @@ func dupBlocking(c syscall.Conn) (int, error) {
 // countTCP adds the bytes the kernel moved on a socket superd handed over.
 // The program may exit with much of what it wrote still queued (sent
 // after the close, not acknowledged yet), so sent is what was acknowledged
-// plus what is queued (SIOCOUTQ). The kernel counts a FIN as one byte of
+// plus what is queued (SIOCOUTQ), unless the program left input unread:
+// the socket then still holds it, superd's close resets the connection
+// (a close with unread input sends RST) and the kernel drops what it has
+// not sent yet (tcpi_notsent_bytes), so only what it has sent counts
+// (acknowledged, or on its way: a receiver may acknowledge late, up to a
+// delayed acknowledgement's time, and still hand it to the client). The kernel counts a FIN as one byte of
 // sequence space: the peer's, received, and superd's (the program's
 // shutdown), queued or acknowledged, are taken off.
 //
@@ -159,6 +164,11 @@ func countTCP(fd int, hc *framework.HandedConn) {
 		finOut = finAcknowledged(info, queued, clean)
 		finIn = finOut && clean || err == nil && soErr == int(unix.EPIPE)
 	} else {
+		if holdsInput(fd) {
+			// The close resets: of the queue, what the kernel has not
+			// sent yet is dropped; what it sent may have arrived.
+			queued -= int(info.Notsent_bytes)
+		}
 		if queued > 0 {
 			sent += uint64(queued)
 		}
@@ -196,6 +206,13 @@ func finAcknowledged(info *unix.TCPInfo, queued int, clean bool) bool {
 		}
 	}
 	return queued == 0 && clean
+}
+
+// holdsInput reports whether the socket has received bytes nobody read
+// (SIOCINQ).
+func holdsInput(fd int) bool {
+	n, err := unix.IoctlGetInt(fd, unix.SIOCINQ)
+	return err == nil && n > 0
 }
 
 // recordExit tells the access log and the status view how the program
