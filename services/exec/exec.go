@@ -261,6 +261,19 @@ func lookupGroup(name string) (uint64, error) {
 	return strconv.ParseUint(g.Gid, 10, 32)
 }
 
+// superdVars are the variables superd sets in a child's environment
+// itself (SPEC section 9: the connection's facts, the service, and wait
+// mode's LISTEN_ variables): env and pass_env may not set them, since a
+// second value would hide superd's from the program (getenv takes the
+// first).
+var superdVars = []string{
+	"PROTO", "TCPREMOTEIP", "TCPREMOTEPORT", "TCPLOCALIP", "TCPLOCALPORT", "TCPCONNNUM",
+	"REMOTE_ADDR", "REMOTE_PORT", "SUPERD_SERVICE",
+	"IPCREMOTEEUID", "IPCREMOTEEGID", "IPCREMOTEPID",
+	"SSL_PROTOCOL", "SSL_CIPHER", "SSL_TLS_SNI_SERVERNAME", "SSL_PEER_CERT_SUBJECT",
+	"LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES",
+}
+
 func (f *Factory) decodeEnv(cfg *Config) error {
 	var errs []error
 	for _, name := range slices.Sorted(maps.Keys(cfg.Env)) {
@@ -268,6 +281,8 @@ func (f *Factory) decodeEnv(cfg *Config) error {
 		switch {
 		case !envName.MatchString(name):
 			errs = append(errs, framework.Errorf(&cfg.Env, "%q is not a valid variable name (letters, digits and _, not starting with a digit)", name))
+		case slices.Contains(superdVars, name):
+			errs = append(errs, framework.Errorf(&cfg.Env, "%s is set by superd for each program (the connection's facts, SPEC section 9); env cannot set it", name))
 		case strings.ContainsRune(value, 0):
 			errs = append(errs, framework.Errorf(&cfg.Env, "the value of %s holds a NUL character", name))
 		default:
@@ -275,11 +290,14 @@ func (f *Factory) decodeEnv(cfg *Config) error {
 		}
 	}
 	for _, name := range cfg.PassEnv {
-		if !envName.MatchString(name) {
+		switch {
+		case !envName.MatchString(name):
 			errs = append(errs, framework.Errorf(&cfg.PassEnv, "%q is not a valid variable name (letters, digits and _, not starting with a digit)", name))
-			continue
+		case slices.Contains(superdVars, name):
+			errs = append(errs, framework.Errorf(&cfg.PassEnv, "%s is set by superd for each program (the connection's facts, SPEC section 9); pass_env cannot pass it", name))
+		default:
+			f.passEnv = append(f.passEnv, name)
 		}
-		f.passEnv = append(f.passEnv, name)
 	}
 	return errors.Join(errs...)
 }
