@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +20,7 @@ import (
 	"github.com/superd-dev/superd/accesslog"
 	"github.com/superd-dev/superd/config"
 	"github.com/superd-dev/superd/metrics"
+	execsvc "github.com/superd-dev/superd/services/exec"
 	"github.com/superd-dev/superd/supervisor"
 )
 
@@ -47,6 +49,19 @@ func cmdRun(args []string, stderr io.Writer) int {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGUSR1)
 	defer signal.Stop(sigs)
+
+	// As a container's PID 1 (or a subreaper), superd is handed its
+	// programs' orphans, and reaps them.
+	orphans, stopOrphans := context.WithCancel(context.Background())
+	reaped := make(chan struct{})
+	go func() {
+		defer close(reaped)
+		execsvc.ReapOrphans(orphans, log)
+	}()
+	defer func() {
+		stopOrphans()
+		<-reaped
+	}()
 
 	cfg, ok := loadConfig(*path, stderr)
 	if !ok {

@@ -84,12 +84,17 @@ func (f *Factory) start(fds []int, env []string, peer string, listenPID bool) (*
 		sys.PidFD = &pidfd
 	}
 	f.children.Add(1)
+	spawning.RLock() // see programs
 	pid, _, err := syscall.StartProcess(path, argv, &syscall.ProcAttr{
 		Dir:   dir,
 		Env:   append(append(make([]string, 0, len(f.baseEnv)+len(env)), f.baseEnv...), env...),
 		Files: all,
 		Sys:   sys,
 	})
+	if err == nil {
+		ownProgram(pid)
+	}
+	spawning.RUnlock()
 	if reportW != nil {
 		reportW.Close() // the child's copy is the one that ends at its exec
 	}
@@ -214,11 +219,13 @@ func (c *child) tryReap() (done bool, ws syscall.WaitStatus, err error) {
 			continue
 		case err != nil:
 			c.reaped = true
+			disownProgram(c.pid)
 			return true, 0, os.NewSyscallError("wait4", err)
 		case pid == 0:
 			return false, 0, nil // still running
 		}
 		c.reaped = true
+		disownProgram(c.pid)
 		return true, ws, nil
 	}
 }

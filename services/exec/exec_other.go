@@ -3,7 +3,9 @@
 package exec
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"runtime"
 
 	"github.com/superd-dev/superd/framework"
@@ -16,3 +18,7 @@ import (
 func New(*framework.Env, *Config) (framework.Factory, error) {
 	return nil, fmt.Errorf("the exec factory runs programs on Linux only; this superd was built for %s", runtime.GOOS)
 }
+
+// ReapOrphans returns at once: no exec factory runs here, so no program
+// leaves orphans to superd.
+func ReapOrphans(context.Context, *slog.Logger) {}
