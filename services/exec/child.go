@@ -103,6 +103,13 @@ func (f *Factory) start(fds []int, env []string, peer string, listenPID bool) (*
 			report.Close()
 		}
 		f.children.Done()
+		if dir != "" {
+			// The child enters dir before its exec, and either failing
+			// gives only an errno: a directory gone says it is the one.
+			if _, serr := os.Stat(dir); serr != nil {
+				return nil, &os.PathError{Op: "chdir", Path: dir, Err: err}
+			}
+		}
 		return nil, &os.PathError{Op: "fork/exec", Path: path, Err: err}
 	}
 	c := &child{f: f, pid: pid, peer: peer, start: time.Now()}

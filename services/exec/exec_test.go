@@ -338,6 +338,28 @@ func TestServeConnSpawnFailure(t *testing.T) {
 	}
 }
 
+// TestServeConnDirGone: a dir removed after validate fails the start with
+// the directory named, not the program.
+func TestServeConnDirGone(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "work")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f, logs := newTestFactory(t, `command = ["/bin/true"]
+  dir = "`+dir+`"`)
+	os.Remove(dir)
+	_, server := tcpPair(t)
+	h := serveConn(t, f, server, 0)
+	var rej *framework.RejectError
+	if err := h.wait(t, 10*time.Second); !errors.As(err, &rej) || rej.Reason != metrics.RejectSpawn {
+		t.Fatalf("ServeConn returned %v, want a spawn rejection", err)
+	}
+	l := logs.with("cannot start program")
+	if len(l) != 1 || !strings.Contains(l[0]["err"], "chdir "+dir) || strings.Contains(l[0]["err"], "/bin/true") {
+		t.Errorf("failure logged as %v; want the directory named", l)
+	}
+}
+
 // TestStderr: "log" logs each line with service and pid, cuts long lines,
 // and stays bounded when a child floods it; "discard" logs nothing.
 func TestStderr(t *testing.T) {
