@@ -951,6 +951,62 @@ service "exec" "true" {
 	d.stop(20 * time.Second)
 }
 
+// TestExecOrphansReapedAsPID1: superd as the first process of a PID
+// namespace (as a container's entrypoint) is handed its programs'
+// orphans, and reaps them: programs that leave a background job behind
+// leave no zombie.
+func TestExecOrphansReapedAsPID1(t *testing.T) {
+	if out, err := exec.Command("unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "true").CombinedOutput(); err != nil {
+		t.Skipf("cannot start a process in a PID namespace of its own (unshare needs root or user namespaces): %v %s", err, out)
+	}
+	addr := freeAddr(t)
+	path, maddr := writeConfig(t, fmt.Sprintf(`
+metrics { address = "METRICS" }
+service "exec" "background" {
+  command = ["/bin/sh", "-c", "sleep 0.3 </dev/null >/dev/null 2>&1 & echo $!"]
+  endpoint "tcp" { address = %q }
+}
+`, addr))
+	d := startCmd(t, exec.Command("unshare", "--pid", "--fork", "--mount-proc", "--kill-child",
+		superdBin, "run", "-config", path, "-log-level", "debug"), maddr)
+	// superd is unshare's child; its pids inside the namespace are not ours.
+	var superd int
+	if kids := exChildren(d.cmd.Process.Pid); len(kids) == 1 {
+		superd = kids[0].pid
+	} else {
+		t.Fatalf("unshare's children: %v", kids)
+	}
+	const programs = 3
+	for range programs {
+		c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if b, err := io.ReadAll(c); err != nil || len(b) == 0 {
+			t.Fatalf("read %q, %v", b, err)
+		}
+		c.Close()
+	}
+	d.waitMetric("superd_exec_exits_total", map[string]string{"service": "background", "result": "success"}, programs)
+	deadline := time.Now().Add(10 * time.Second)
+	for len(exChildren(superd)) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("children of superd 10 s after the programs exited (zombies: %v): %v", exZombies(superd), exChildren(superd))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !d.logged("orphaned process reaped") {
+		t.Error("no orphan reaped was logged")
+	}
+	if err := syscall.Kill(superd, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := d.wait(20 * time.Second); code != 0 {
+		t.Errorf("exit status %d after SIGTERM", code)
+	}
+}
+
 func TestExecExitResults(t *testing.T) {
 	fail, sig := freeAddr(t), freeAddr(t)
 	path, maddr := writeConfig(t, fmt.Sprintf(`

@@ -88,16 +88,15 @@ func isProgram(pid int) bool {
 func reapOrphans(log *slog.Logger) {
 	spawning.Lock()
 	defer spawning.Unlock()
-	pids, ok := childPIDs()
-	if !ok {
-		reapOrphansBlind(log)
-		return
-	}
+	pids, _ := childPIDs()
 	for _, pid := range pids {
 		if !isProgram(pid) {
-			reapOrphan(pid, log)
+			reapOrphan(pid, log) // only ever one of superd's children: wait4 takes no other
 		}
 	}
+	// Where the list is missing, or its numbers are not superd's (a /proc
+	// of another PID namespace), look the other way too.
+	reapOrphansBlind(log)
 }
 
 // reapOrphan reaps pid if it has exited.
@@ -115,9 +114,9 @@ func reapOrphan(pid int, log *slog.Logger) {
 	}
 }
 
-// reapOrphansBlind is reapOrphans where the kernel does not list a
-// process's children (/proc/PID/task/TID/children needs
-// CONFIG_PROC_CHILDREN): it looks at one exited child at a time without
+// reapOrphansBlind reaps orphans without a list of superd's children
+// (/proc/PID/task/TID/children needs CONFIG_PROC_CHILDREN and a /proc of
+// superd's PID namespace): it looks at one exited child at a time without
 // reaping it, and reaps it if it is not a program's; a program's that has
 // exited ends the round (its connection reaps it, and the next SIGCHLD
 // starts another).
@@ -149,7 +148,8 @@ type chldInfo struct {
 }
 
 // childPIDs lists superd's children, from each of its threads' children
-// file (an orphan is handed to one of the reaper's threads).
+// file (an orphan is handed to one of the reaper's threads); false where
+// there are none to read.
 func childPIDs() ([]int, bool) {
 	files, err := filepath.Glob("/proc/self/task/*/children")
 	if err != nil || len(files) == 0 {
