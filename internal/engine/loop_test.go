@@ -168,11 +168,7 @@ func TestLoopDoesNotWaitForOnePeer(t *testing.T) {
 // the connection is parked again without re-arming its registration, and
 // the new input's edge is an event.
 func TestLoopSeesInputArrivingWhileItServes(t *testing.T) {
-	loopServing(t)
-	parkDeadlineOutOfReach(t)
-	forTransports(t, rawTransports, func(t *testing.T, network string, _ bool) {
-		ln := listen(t, network)
-		defer ln.Close()
+	forLoopListeners(t, func(t *testing.T, ln net.Listener) {
 		r, entered, release := holdingEcho(t, "first")
 		p, s := loopWarm(t, ln, r) // parked: the loop serves it from now on
 		if _, err := p.client.Write([]byte("first")); err != nil {
@@ -199,11 +195,7 @@ func TestLoopSeesInputArrivingWhileItServes(t *testing.T) {
 // the connection with the abort's reason, and the loop goes on serving
 // the others.
 func TestAbortWhileLoopServes(t *testing.T) {
-	loopServing(t)
-	parkDeadlineOutOfReach(t)
-	forTransports(t, rawTransports, func(t *testing.T, network string, _ bool) {
-		ln := listen(t, network)
-		defer ln.Close()
+	forLoopListeners(t, func(t *testing.T, ln net.Listener) {
 		r, entered, release := holdingEcho(t, "hold")
 		p, s := loopWarm(t, ln, r)
 		other, _ := loopWarm(t, ln, echoRecorder())
@@ -237,6 +229,19 @@ func loopWarm(t *testing.T, ln net.Listener, r *recorder) (*pair, *served) {
 	return p, s
 }
 
+// forLoopListeners runs f, as a subtest, with a listener of each raw
+// transport, the loop serving and the park deadline out of reach (what
+// the test holds must be the loop's doing, not the deadline's).
+func forLoopListeners(t *testing.T, f func(t *testing.T, ln net.Listener)) {
+	loopServing(t)
+	parkDeadlineOutOfReach(t)
+	forTransports(t, rawTransports, func(t *testing.T, network string, _ bool) {
+		ln := listen(t, network)
+		defer ln.Close()
+		f(t, ln)
+	})
+}
+
 // loopWarmHooked is loopWarm with a recorder that keeps what it got, and
 // f run on the connection just before the loop next reads it (once); the
 // channel is closed once f has run.
@@ -265,11 +270,7 @@ func loopWarmHooked(t *testing.T, ln net.Listener, f func(c *Conn)) (*pair, *ser
 // still paused, and the next connection's reader (from the same pool)
 // reads only its own input.
 func TestLoopReadPausedMeanwhileStaysItsOwn(t *testing.T) {
-	loopServing(t)
-	parkDeadlineOutOfReach(t)
-	forTransports(t, rawTransports, func(t *testing.T, network string, _ bool) {
-		ln := listen(t, network)
-		defer ln.Close()
+	forLoopListeners(t, func(t *testing.T, ln net.Listener) {
 		pa, sa, ra, paused := loopWarmHooked(t, ln, func(c *Conn) {
 			c.PauseProducing() // as a producer's other side would
 		})
@@ -297,11 +298,7 @@ func TestLoopReadPausedMeanwhileStaysItsOwn(t *testing.T) {
 // never delivered: as the read loop counts what it reads before it waits
 // to deliver.
 func TestLoopCountsWhatItHandsOver(t *testing.T) {
-	loopServing(t)
-	parkDeadlineOutOfReach(t)
-	forTransports(t, rawTransports, func(t *testing.T, network string, _ bool) {
-		ln := listen(t, network)
-		defer ln.Close()
+	forLoopListeners(t, func(t *testing.T, ln net.Listener) {
 		p, s, r, aborted := loopWarmHooked(t, ln, func(c *Conn) { c.Abort(errTestCleanup) })
 		const late = "arrived as it was aborted"
 		if _, err := p.client.Write([]byte(late)); err != nil {
@@ -322,11 +319,7 @@ func TestLoopCountsWhatItHandsOver(t *testing.T) {
 // (between its look and its read) had arrived before the drain, and is
 // delivered before the connection closes.
 func TestDrainDuringLoopReadDelivers(t *testing.T) {
-	loopServing(t)
-	parkDeadlineOutOfReach(t)
-	forTransports(t, rawTransports, func(t *testing.T, network string, _ bool) {
-		ln := listen(t, network)
-		defer ln.Close()
+	forLoopListeners(t, func(t *testing.T, ln net.Listener) {
 		p, s, r, _ := loopWarmHooked(t, ln, (*Conn).Drain)
 		if _, err := p.client.Write([]byte("last line\n")); err != nil {
 			t.Fatal(err)
@@ -351,11 +344,7 @@ func TestDrainDuringLoopReadDelivers(t *testing.T) {
 // writes while the loop writes a callback's reply is left to that flush
 // (a flush is under way), and goes out after the reply.
 func TestLoopWriteSendsOutputQueuedMeanwhile(t *testing.T) {
-	loopServing(t)
-	parkDeadlineOutOfReach(t)
-	forTransports(t, rawTransports, func(t *testing.T, network string, _ bool) {
-		ln := listen(t, network)
-		defer ln.Close()
+	forLoopListeners(t, func(t *testing.T, ln net.Listener) {
 		p, s := loopWarm(t, ln, echoRecorder())
 		var once sync.Once
 		setHook(t, &testHookFlushNow, func(c *Conn) {
@@ -534,11 +523,7 @@ func (b *blocker) Blocks() bool {
 // callbacks may block is never served by the loop: while its DataReceived
 // waits, the loop goes on serving another connection.
 func TestLoopLeavesBlockersToTheirGoroutines(t *testing.T) {
-	loopServing(t)
-	parkDeadlineOutOfReach(t)
-	forTransports(t, rawTransports, func(t *testing.T, network string, _ bool) {
-		ln := listen(t, network)
-		defer ln.Close()
+	forLoopListeners(t, func(t *testing.T, ln net.Listener) {
 		r, entered, release := holdingEcho(t, "hold")
 		b := &blocker{recorder: r}
 		pb := dialPairOn(t, ln, pairOpts{})
