@@ -61,8 +61,8 @@ type Config struct {
 	Group      string                `hcl:"group,optional" doc:"its group (default: the user's primary group)"`
 	Groups     []string              `hcl:"groups,optional" doc:"its supplementary groups (default: none)"`
 	Dir        framework.Path        `hcl:"dir,optional" doc:"its working directory"`
-	Env        map[string]string     `hcl:"env,optional" doc:"variables added to its clean environment"`
-	PassEnv    []string              `hcl:"pass_env,optional" doc:"variables copied from superd's environment when set"`
+	Env        map[string]string     `hcl:"env,optional" doc:"variables added to its clean environment (not one superd sets itself: PROTO, TCPREMOTEIP, ...)"`
+	PassEnv    []string              `hcl:"pass_env,optional" doc:"variables copied from superd's environment when set (not one superd sets itself)"`
 	Umask      string                `hcl:"umask,optional" doc:"its umask, in octal such as \"0022\" (default: superd's)"`
 	Nice       *int                  `hcl:"nice,optional" min:"-20" max:"19" doc:"its nice value, -20 to 19 (default: superd's)"`
 	Rlimits    map[string]*big.Float `hcl:"rlimits,block" doc:"block of resource limits: as, core, cpu, data, fsize, locks, memlock, msgqueue, nice, nofile, nproc, rss, rtprio, sigpending, stack (soft and hard)"`
