@@ -89,18 +89,19 @@ type Config struct {
 	NameTTL       framework.Duration `hcl:"name_ttl,optional" doc:"with cluster = true: how long the names of a node that died stay taken (whole seconds, at least 1s)"`
 }
 
-// Validate checks name_ttl: JetStream's TTLs are whole seconds.
-func (c *Config) Validate(framework.IsSet) error {
-	if ttl := time.Duration(c.NameTTL); ttl < time.Second || ttl%time.Second != 0 {
-		return framework.Errorf(&c.NameTTL, "must be a whole number of seconds, at least 1s (JetStream's TTLs are in seconds), not %q", ttl.String())
-	}
-	return nil
-}
-
-// New builds a chat room from its configuration.
+// New builds a chat room from its configuration. Every error is
+// reported, each on its attribute (validate shows them all at once).
 func New(env *framework.Env, cfg *Config) (framework.Factory, error) {
+	var errs []error
 	if cfg.Cluster && !env.Cluster {
-		return nil, framework.Errorf(&cfg.Cluster, "cluster = true needs a top-level cluster block (the node and its NATS)")
+		errs = append(errs, framework.Errorf(&cfg.Cluster, "cluster = true needs a top-level cluster block (the node and its NATS)"))
+	}
+	// JetStream's TTLs are whole seconds.
+	if ttl := time.Duration(cfg.NameTTL); ttl < time.Second || ttl%time.Second != 0 {
+		errs = append(errs, framework.Errorf(&cfg.NameTTL, "must be a whole number of seconds, at least 1s (JetStream's TTLs are in seconds), not %q", ttl.String()))
+	}
+	if errs != nil {
+		return nil, errors.Join(errs...)
 	}
 	return &Room{
 		maxLine:   cfg.MaxLineLength,
@@ -340,5 +341,4 @@ var (
 	_ framework.FactoryStopper = (*Room)(nil)
 	_ framework.Protocol       = (*User)(nil)
 	_ framework.Blocker        = (*User)(nil)
-	_ framework.Validator      = (*Config)(nil)
 )

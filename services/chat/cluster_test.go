@@ -172,6 +172,11 @@ func TestClusterConfig(t *testing.T) {
 	if !errors.As(err, &de) || !strings.Contains(err.Error(), "superd.hcl:2,") || !strings.Contains(err.Error(), "top-level cluster block") {
 		t.Fatalf("cluster = true without a cluster block: %v", err)
 	}
+	// Both errors at once, each on its attribute.
+	_, err = servicetest.Block{Factory: "chat", Name: "lobby", Body: "  cluster = true\n  name_ttl = \"1500ms\""}.Service(t)
+	if !errors.As(err, &de) || len(de.Diags) != 2 || !strings.Contains(err.Error(), "superd.hcl:2,") || !strings.Contains(err.Error(), "superd.hcl:3,") {
+		t.Fatalf("cluster = true without a cluster block and a fractional name_ttl: want two diagnostics, got %v", err)
+	}
 }
 
 // TestClusterStartWithoutNode: cluster = true needs the process's node.
