@@ -106,8 +106,18 @@ func waitTCPState(t *testing.T, fd int, want uint8) *unix.TCPInfo {
 // A program that exits leaving the client's input unread and its own
 // output queued: superd's close resets the connection and the kernel
 // drops what it has not sent, so only what it sent is counted, and the
-// client gets no more than that.
+// client gets no more than that. Also when the program shut its side down
+// first: its FIN, queued behind the data, is dropped with it and is not
+// counted twice (it is in what was not sent).
 func TestCountTCPUnreadInputDropsTheQueue(t *testing.T) {
+	for _, shutWrite := range []bool{false, true} {
+		t.Run(fmt.Sprintf("shutdown %v", shutWrite), func(t *testing.T) {
+			countUnreadInput(t, shutWrite)
+		})
+	}
+}
+
+func countUnreadInput(t *testing.T, shutWrite bool) {
 	client, fd := handedFD(t)
 	if _, err := client.Write([]byte("request left")); err != nil {
 		t.Fatal(err)
@@ -134,6 +144,11 @@ func TestCountTCPUnreadInputDropsTheQueue(t *testing.T) {
 	}
 	if q, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ); err != nil || q == 0 {
 		t.Fatalf("nothing queued (%d, %v): the test needs a queue", q, err)
+	}
+	if shutWrite {
+		if err := unix.Shutdown(fd, unix.SHUT_WR); err != nil {
+			t.Fatal(err)
+		}
 	}
 	hc := &framework.HandedConn{}
 	countTCP(fd, hc)

@@ -164,16 +164,20 @@ func countTCP(fd int, hc *framework.HandedConn) {
 		finOut = finAcknowledged(info, queued, clean)
 		finIn = finOut && clean || err == nil && soErr == int(unix.EPIPE)
 	} else {
+		finUnsent := false
 		if holdsInput(fd) {
 			// The close resets: of the queue, what the kernel has not
-			// sent yet is dropped; what it sent may have arrived.
+			// sent yet is dropped; what it sent may have arrived. A FIN
+			// queued is the queue's last byte: if anything is unsent,
+			// so is the FIN, already out of the count.
 			queued -= int(info.Notsent_bytes)
+			finUnsent = info.Notsent_bytes > 0
 		}
 		if queued > 0 {
 			sent += uint64(queued)
 		}
 		finIn = info.State == tcpCloseWait || info.State == tcpClosing || info.State == tcpLastAck
-		finOut = info.State == tcpFinWait1 || info.State == tcpFinWait2 || info.State == tcpClosing || info.State == tcpLastAck
+		finOut = !finUnsent && (info.State == tcpFinWait1 || info.State == tcpFinWait2 || info.State == tcpClosing || info.State == tcpLastAck)
 	}
 	if finIn && received > 0 {
 		received--
