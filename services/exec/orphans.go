@@ -38,6 +38,7 @@ func ReapOrphans(ctx context.Context, log *slog.Logger) {
 		case <-ctx.Done():
 			return
 		case <-sigs:
+		case <-programReaped:
 		}
 	}
 }
@@ -54,12 +55,18 @@ func isSubreaper() bool {
 // yet. A start holds spawning (read) from before its fork until its pid is
 // in programs, and reapOrphans holds it (write) while it looks, so a
 // program that has just started and exited is never taken for an orphan.
+//
+// blocking is the program whose exit ended the last blind round (see
+// reapOrphansBlind): orphans behind it wait for its reap, which sends on
+// programReaped for another round (their SIGCHLDs were taken already).
 var (
 	spawning sync.RWMutex
 	programs = struct {
 		sync.Mutex
-		pids map[int]struct{}
+		pids     map[int]struct{}
+		blocking int
 	}{pids: map[int]struct{}{}}
+	programReaped = make(chan struct{}, 1)
 )
 
 // ownProgram records pid as a program's; the caller holds spawning (read).
@@ -73,6 +80,13 @@ func ownProgram(pid int) {
 func disownProgram(pid int) {
 	programs.Lock()
 	delete(programs.pids, pid)
+	if programs.blocking == pid {
+		programs.blocking = 0
+		select {
+		case programReaped <- struct{}{}:
+		default: // a round is due already
+		}
+	}
 	programs.Unlock()
 }
 
@@ -83,12 +97,24 @@ func isProgram(pid int) bool {
 	return ok
 }
 
+// blockedBy reports whether pid is a program's, and if so has its reap
+// start another round.
+func blockedBy(pid int) bool {
+	programs.Lock()
+	defer programs.Unlock()
+	_, ok := programs.pids[pid]
+	if ok {
+		programs.blocking = pid
+	}
+	return ok
+}
+
 // reapOrphans reaps every child of superd's that has exited and is not a
 // program's.
 func reapOrphans(log *slog.Logger) {
 	spawning.Lock()
 	defer spawning.Unlock()
-	pids, _ := childPIDs()
+	pids, _ := listChildren()
 	for _, pid := range pids {
 		if !isProgram(pid) {
 			reapOrphan(pid, log) // only ever one of superd's children: wait4 takes no other
@@ -118,8 +144,8 @@ func reapOrphan(pid int, log *slog.Logger) {
 // (/proc/PID/task/TID/children needs CONFIG_PROC_CHILDREN and a /proc of
 // superd's PID namespace): it looks at one exited child at a time without
 // reaping it, and reaps it if it is not a program's; a program's that has
-// exited ends the round (its connection reaps it, and the next SIGCHLD
-// starts another).
+// exited ends the round (the kernel shows it first again until its
+// connection reaps it, and that reap starts another round).
 func reapOrphansBlind(log *slog.Logger) {
 	for {
 		var info unix.Siginfo
@@ -130,7 +156,7 @@ func reapOrphansBlind(log *slog.Logger) {
 			return
 		}
 		pid := int((*chldInfo)(unsafe.Pointer(&info)).pid)
-		if pid == 0 || isProgram(pid) {
+		if pid == 0 || blockedBy(pid) {
 			return
 		}
 		reapOrphan(pid, log)
@@ -146,6 +172,9 @@ type chldInfo struct {
 	_                  [unsafe.Sizeof(uintptr(0)) - 4]byte
 	pid                int32
 }
+
+// listChildren is childPIDs; a test makes the list unreadable.
+var listChildren = childPIDs
 
 // childPIDs lists superd's children, from each of its threads' children
 // file (an orphan is handed to one of the reaper's threads); false where

@@ -6,7 +6,9 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"net"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -68,4 +70,90 @@ func TestOrphansReaped(t *testing.T) {
 	if errs := logs.with("cannot wait for program"); len(errs) > 0 {
 		t.Errorf("a program's exit was taken: %v", errs)
 	}
+}
+
+// TestOrphansBehindAProgramsExit: where the children list cannot be read
+// (a /proc of another PID namespace, or none), the reaper looks at exited
+// children one at a time, and a program's exit, which its connection
+// reaps, ends the round. An orphan that exited with it (a program leaves
+// its unreaped children to superd) is reaped once the program is, not at
+// some later SIGCHLD (both of theirs were taken by that round).
+//
+// The kernel shows the looking thread's own children first, and hands
+// orphans to superd's main thread: the program is started and the reaper
+// runs on another thread, so the program comes first.
+func TestOrphansBehindAProgramsExit(t *testing.T) {
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		t.Skipf("cannot become a child subreaper: %v", err)
+	}
+	t.Cleanup(func() { unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0) })
+	listChildren = func() ([]int, bool) { return nil, false }
+	t.Cleanup(func() { listChildren = childPIDs })
+
+	// The program: its background job exits at once and stays its zombie
+	// (cat never waits); the program ends at the client's end of stream.
+	f, _ := newTestFactory(t, `command = ["/bin/sh", "-c", "/bin/true </dev/null >/dev/null 2>&1 & echo $!; exec /bin/cat"]`)
+	client, server := tcpPair(t)
+	fd, err := dupBlocking(server.(*net.TCPConn))
+	server.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	started := make(chan *child, 1)
+	done := make(chan struct{})
+	go onOtherThread(func() {
+		defer close(done)
+		ch, err := f.start([]int{fd, fd}, nil, "test", false)
+		unix.Close(fd)
+		started <- ch
+		if err != nil {
+			return
+		}
+		ReapOrphans(ctx, nil)
+	})
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	ch := <-started
+	if ch == nil {
+		t.Fatal("the program did not start")
+	}
+	orphan := readPID(t, bufio.NewReader(client), client)
+	client.(*net.TCPConn).CloseWrite()
+	waitFor(t, 10*time.Second, "the round to end at the program's exit", func() bool {
+		programs.Lock()
+		defer programs.Unlock()
+		return programs.blocking == ch.pid
+	})
+	if _, err := ch.wait(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, fmt.Sprintf("orphan %d to be reaped", orphan), func() bool {
+		_, err := os.Stat(fmt.Sprintf("/proc/%d", orphan))
+		return err != nil // reaped (its pid is not taken again this soon)
+	})
+}
+
+// onOtherThread runs fn on a locked OS thread that is not the process's
+// main thread.
+func onOtherThread(fn func()) {
+	var try func()
+	held := make(chan struct{})
+	defer close(held)
+	ran := make(chan struct{})
+	try = func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if unix.Gettid() == unix.Getpid() {
+			go try() // this thread held meanwhile: the goroutine gets another
+			<-held
+			return
+		}
+		defer close(ran)
+		fn()
+	}
+	go try()
+	<-ran
 }
