@@ -926,8 +926,13 @@ func TestUnixEndsWhenProgramCloses(t *testing.T) {
 // default disposition: a program that ignored it would not end by
 // stop_signal = "SIGHUP".
 func TestChildSignalsNotIgnored(t *testing.T) {
-	signal.Ignore(syscall.SIGHUP, syscall.SIGQUIT, syscall.Signal(40))
-	t.Cleanup(func() { signal.Reset(syscall.SIGHUP, syscall.SIGQUIT, syscall.Signal(40)) })
+	sigs := []os.Signal{syscall.SIGHUP, syscall.SIGQUIT, syscall.Signal(40)}
+	signal.Ignore(sigs...)
+	// Afterwards they stay caught into a channel never read, as the
+	// factory's start left them: signal.Reset would ignore them again
+	// (it puts back the disposition found at the first Notify, the
+	// Ignore's), and the later tests' children would inherit that.
+	t.Cleanup(func() { signal.Notify(ignoredSignalsSink, sigs...) })
 	f, _ := newTestFactory(t, `command = ["/bin/cat", "/proc/self/status"]`)
 	client, server := tcpPair(t)
 	h := serveConn(t, f, server, 0)
