@@ -399,10 +399,17 @@ func (c *Conn) call(p framework.Protocol, which int, data []byte, reason error) 
 // panicked ends the connection after a panic in who's code (recovered as
 // v, in a deferred call: the stack is still the panicking one) and logs it.
 func (c *Conn) panicked(who string, v any) *framework.PanicError {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.panickedLocked(who, v)
+}
+
+// panickedLocked is panicked with mu held.
+func (c *Conn) panickedLocked(who string, v any) *framework.PanicError {
 	pe := &framework.PanicError{Value: v, Stack: debug.Stack()}
 	c.logger().Error(who+" panic; closing its connection",
 		"peer", c.nc.RemoteAddr().String(), "panic", v, "stack", string(pe.Stack))
-	c.abort(pe)
+	c.abortLocked(pe)
 	return pe
 }
 

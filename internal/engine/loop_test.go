@@ -10,6 +10,7 @@ package engine
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -554,6 +555,45 @@ func TestLoopLeavesBlockersToTheirGoroutines(t *testing.T) {
 		pb.client.Close()
 		po.client.Close()
 		r.check(t, sb.wait(t, serveWait))
+		so.wait(t, serveWait)
+	})
+}
+
+// panickyBlocker's Blocks panics once armed.
+type panickyBlocker struct {
+	*recorder
+	armed atomic.Bool
+}
+
+func (b *panickyBlocker) Blocks() bool {
+	if b.armed.Load() {
+		panic("Blocks failed")
+	}
+	return false
+}
+
+// TestBlocksPanicEndsOnlyItsConnection: a panic in Blocks, asked by the
+// loop (which serves every parked connection), ends that connection with a
+// PanicError, as one in a callback does; the process and the other
+// connections carry on.
+func TestBlocksPanicEndsOnlyItsConnection(t *testing.T) {
+	forLoopListeners(t, func(t *testing.T, ln net.Listener) {
+		b := &panickyBlocker{recorder: echoRecorder()}
+		pb := dialPairOn(t, ln, pairOpts{})
+		sb := serve(t, pb.server, ConnOptions{}, b)
+		exchange(t, pb.client, []byte("warm"))
+		waitFor(t, 5*time.Second, func() bool { return isParked(sb.c) }, "the connection to park")
+		po, so := loopWarm(t, ln, echoRecorder())
+		b.armed.Store(true)
+		if _, err := pb.client.Write([]byte("boom")); err != nil {
+			t.Fatal(err)
+		}
+		var pe *framework.PanicError
+		if reason := sb.wait(t, serveWait); !errors.As(reason, &pe) || pe.Value != "Blocks failed" {
+			t.Fatalf("the connection whose Blocks panicked ended with %v, want its PanicError", reason)
+		}
+		exchange(t, po.client, []byte("still served"))
+		po.client.Close()
 		so.wait(t, serveWait)
 	})
 }

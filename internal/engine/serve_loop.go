@@ -218,10 +218,25 @@ func (c *Conn) serveLoopLocked() bool {
 // block (framework.Blocker), so that it is served on its own goroutine
 // and not by the loop. Blocks is asked only between callbacks (the caller
 // holds mu and nobody has the turn); while a producer call runs elsewhere
-// the answer is taken to be yes.
-func (c *Conn) blocksLocked() bool {
+// the answer is taken to be yes. A panic in Blocks ends only this
+// connection, as one in a callback does (it may be the loop asking, which
+// serves every other connection too): the answer is then yes, and the
+// connection's own goroutine finds it closed.
+func (c *Conn) blocksLocked() (blocks bool) {
 	b, ok := c.p.(framework.Blocker)
-	return ok && (c.cbOwner != 0 || b.Blocks())
+	if !ok {
+		return false
+	}
+	if c.cbOwner != 0 {
+		return true
+	}
+	defer func() {
+		if v := recover(); v != nil {
+			c.panickedLocked("protocol Blocks", v)
+			blocks = true
+		}
+	}()
+	return b.Blocks()
 }
 
 // repark parks the connection again after the loop served it (arm: see
