@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/superd-dev/superd/framework"
 )
 
@@ -595,5 +597,70 @@ func TestBlocksPanicEndsOnlyItsConnection(t *testing.T) {
 		exchange(t, po.client, []byte("still served"))
 		po.client.Close()
 		so.wait(t, serveWait)
+	})
+}
+
+// TestLoopModeFlipsUnderTraffic: the serving mode (the loop, or each
+// connection's goroutine) changes every few milliseconds while eight
+// connections exchange messages and park between them: every echo comes
+// back whole and in order, on every transport.
+func TestLoopModeFlipsUnderTraffic(t *testing.T) {
+	loopServing(t)
+	parkSoon(t)
+	forTransports(t, rawTransports, func(t *testing.T, network string, _ bool) {
+		ln := listen(t, network)
+		defer ln.Close()
+		const conns, rounds = 8, 200
+		var ps []*pair
+		var ss []*served
+		var rs []*recorder
+		for range conns {
+			r := echoRecorder()
+			p, s := loopWarm(t, ln, r)
+			ps, ss, rs = append(ps, p), append(ss, s), append(rs, r)
+		}
+		stop := make(chan struct{})
+		flipped := make(chan struct{})
+		go func() {
+			defer close(flipped)
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					loopServes.Store(true)
+					return
+				case <-time.After(time.Duration(1+i%7) * time.Millisecond):
+				}
+				loopServes.Store(i%2 == 1)
+			}
+		}()
+		var g errgroup.Group
+		for i, p := range ps {
+			g.Go(func() error {
+				for round := range rounds {
+					msg := fmt.Appendf(nil, "c%d r%d", i, round)
+					if _, err := p.client.Write(msg); err != nil {
+						return err
+					}
+					got, err := readN(p.client, len(msg))
+					if err != nil || !bytes.Equal(got, msg) {
+						return fmt.Errorf("connection %d, round %d: got %q, %v", i, round, got, err)
+					}
+					if round%17 == 0 {
+						time.Sleep(15 * time.Millisecond) // long enough to park
+					}
+				}
+				return nil
+			})
+		}
+		err := g.Wait()
+		close(stop)
+		<-flipped
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, p := range ps {
+			p.client.Close()
+			rs[i].check(t, ss[i].wait(t, serveWait))
+		}
 	})
 }
