@@ -143,7 +143,7 @@ func (s *Supervisor) inheritedSocket(in *inherited, ep *endpoint.Config) (*socke
 		uc.Close()
 		return nil, err
 	}
-	k.dgram = &dgramSocket{uc: uc, io: bio}
+	k.dgram = newDgramSocket(uc, bio)
 	return k, nil
 }
 

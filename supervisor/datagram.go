@@ -33,6 +33,13 @@ type dgramSocket struct {
 
 	mu          sync.Mutex // guards io's send queue and dispatching
 	dispatching bool       // the loop is delivering a batch: replies wait for its flush
+	// lateBatch tells a closing socket's close that the loop started
+	// delivering a batch after the close began (see socket.close).
+	lateBatch chan struct{}
+}
+
+func newDgramSocket(uc *net.UDPConn, bio *batchIO) *dgramSocket {
+	return &dgramSocket{uc: uc, io: bio, lateBatch: make(chan struct{}, 1)}
 }
 
 // dgramBinding is one udp endpoint of a service: its protocol, its
@@ -167,6 +174,12 @@ func (k *socket) datagramLoop() bool {
 		s.mu.Lock()
 		s.dispatching = true
 		s.mu.Unlock()
+		if k.closed.Load() {
+			select {
+			case s.lateBatch <- struct{}{}:
+			default:
+			}
+		}
 		now := time.Now() // one clock read per batch for the rate limits
 		for i := range n {
 			data, from, truncated := s.io.datagram(i)

@@ -798,6 +798,46 @@ func TestDatagramReloadRemovesService(t *testing.T) {
 	}
 }
 
+// A reload that removes a udp service whose DatagramReceived is still
+// running (a protocol waiting on an upstream) returns without waiting for
+// it, as for a stream service: the reload holds the supervisor's lock, and
+// the status view and a shutdown wait for it. The old service drains in
+// the background: its reply goes out, and then its socket is closed.
+func TestDatagramReloadRemovesBusyService(t *testing.T) {
+	entered, release := make(chan struct{}), make(chan struct{})
+	f := &dgramFactory{onDatagram: func(p *dgramProto, data []byte, from net.Addr) {
+		close(entered)
+		<-release
+		p.t.WriteTo(data, from)
+	}}
+	s, _, addr := startDgram(t, "slow", "127.0.0.1", f, false, config.Limits{})
+	defer s.Shutdown(5 * time.Second)
+	c := dialUDP(t, addr)
+	send(t, c, []byte("x"))
+	<-entered
+	reloaded := make(chan error, 1)
+	go func() { reloaded <- s.Reload(&config.File{ShutdownTimeout: 5 * time.Second}) }()
+	select {
+	case err := <-reloaded:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		close(release)
+		t.Fatal("the reload waited for the removed service's DatagramReceived")
+	}
+	close(release)
+	mustRecv(t, c, []byte("x"))
+	waitFor(t, func() bool { return f.stops.Load() == 1 })
+	waitFor(t, func() bool {
+		pc, err := net.ListenPacket("udp", addr)
+		if err == nil {
+			pc.Close()
+		}
+		return err == nil
+	})
+}
+
 // Shutdown closes the socket and stops the factory after its last
 // DatagramReceived.
 func TestDatagramShutdown(t *testing.T) {

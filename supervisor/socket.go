@@ -67,7 +67,7 @@ func listenSocket(ep *endpoint.Config, log *slog.Logger) (*socket, error) {
 			uc.Close()
 			return nil, &endpoint.ListenError{Label: ep.Label, Err: err}
 		}
-		return &socket{key: key, addr: ep.Addr, label: ep.Label, dgram: &dgramSocket{uc: uc, io: bio}, log: log, done: make(chan struct{})}, nil
+		return &socket{key: key, addr: ep.Addr, label: ep.Label, dgram: newDgramSocket(uc, bio), log: log, done: make(chan struct{})}, nil
 	}
 	ln, err := endpoint.Listen(*ep)
 	if err != nil {
@@ -179,10 +179,10 @@ func (k *socket) close() {
 			return
 		}
 		if k.dgram != nil {
-			// Only the read: the replies of the batch being delivered
-			// still go out before the loop ends.
-			k.dgram.uc.SetReadDeadline(time.Now())
-		} else if dl, ok := k.deadliner(); ok {
+			k.closeDatagrams()
+			return
+		}
+		if dl, ok := k.deadliner(); ok {
 			dl.SetDeadline(time.Now()) // wake the loop for its last sweep
 			if k.bare != nil {
 				k.bare.SetDeadline(time.Now())
@@ -197,6 +197,40 @@ func (k *socket) close() {
 			k.onClose()
 		}
 	})
+}
+
+// closeDatagrams closes a udp socket. Only its reading stops now: the
+// replies of the batch being delivered still go out, and the loop closes
+// the socket once that batch is over. That batch is not waited for here
+// (its protocol may take long, and a reload or shutdown closing the
+// socket holds the supervisor's lock): its service's drain waits for it,
+// within shutdown_timeout. An idle loop is waited for, so that the
+// address is free again when close returns.
+func (k *socket) closeDatagrams() {
+	s := k.dgram
+	s.uc.SetReadDeadline(time.Now())
+	running := true
+	k.startOnce.Do(func() { running = false; close(k.done) })
+	if !running {
+		k.closeConn()
+		if k.onClose != nil {
+			k.onClose()
+		}
+		return
+	}
+	// closed was set before dispatching is looked at: a batch the loop
+	// starts after this look is told on lateBatch (the loop looks at
+	// closed after it sets dispatching).
+	s.mu.Lock()
+	busy := s.dispatching
+	s.mu.Unlock()
+	if busy {
+		return
+	}
+	select {
+	case <-k.done:
+	case <-s.lateBatch:
+	}
 }
 
 // sweepBudget bounds the backlog sweep of a closing socket.
@@ -229,6 +263,10 @@ func (k *socket) loop() {
 		}
 		if k.dgram != nil {
 			if !k.datagramLoop() {
+				k.closeConn() // see closeDatagrams
+				if k.onClose != nil {
+					k.onClose()
+				}
 				return
 			}
 			continue
