@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"net"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -114,27 +116,15 @@ func Listen(cfg Config) (net.Listener, error) {
 // keepalive and Nagle settings of every accepted connection.
 func listenTCP(cfg Config) (net.Listener, error) {
 	o := cfg.TCP
-	if o.Keepalive == 0 {
-		o.Keepalive = DefaultKeepalive
-	}
 	lc := net.ListenConfig{
 		Control: func(network, address string, c syscall.RawConn) error {
 			// v6only concerns IPv6 sockets: [::] or every address.
 			return setListenerOptions(c, cfg.ReusePort, o.V6Only && network == "tcp6")
 		},
-		KeepAliveConfig: net.KeepAliveConfig{Enable: o.Keepalive > 0, Idle: o.Keepalive,
-			Interval: o.KeepaliveInterval, Count: o.KeepaliveCount},
+		KeepAliveConfig: keepaliveConfig(o),
 	}
-	if o.Keepalive <= 0 {
+	if !lc.KeepAliveConfig.Enable {
 		lc.KeepAlive = -1
-		lc.KeepAliveConfig = net.KeepAliveConfig{Enable: false}
-	} else {
-		if lc.KeepAliveConfig.Interval == 0 {
-			lc.KeepAliveConfig.Interval = -1 // the kernel's
-		}
-		if lc.KeepAliveConfig.Count == 0 {
-			lc.KeepAliveConfig.Count = -1
-		}
 	}
 	if cfg.ReusePort {
 		// Plain TCP, so that Quiesce can put a filter on it.
@@ -144,33 +134,114 @@ func listenTCP(cfg Config) (net.Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := setAcceptedOptions(ln.(*net.TCPListener), o.Nagle, lc.KeepAliveConfig); err != nil {
+	tl := ln.(*net.TCPListener)
+	if err := setAcceptedOptions(tl, o.Nagle, lc.KeepAliveConfig); err != nil {
 		ln.Close()
 		return nil, err
 	}
 	if o.Backlog > 0 {
-		if err := setBacklog(ln.(*net.TCPListener), o.Backlog); err != nil {
+		if err := setBacklog(tl, o.Backlog); err != nil {
 			ln.Close()
 			return nil, err
 		}
 	}
-	if o.Nagle {
-		return nagleListener{ln.(*net.TCPListener)}, nil
-	}
-	return ln, nil
+	return &tcpListener{TCPListener: tl, birth: acceptedOptions{nagle: o.Nagle}}, nil
 }
 
-// nagleListener turns Nagle's algorithm back on for each connection (Go
-// disables it by default).
-type nagleListener struct{ *net.TCPListener }
+// keepaliveConfig is the keepalive of the connections of an endpoint with
+// options o: 0 is DefaultKeepalive, a negative idle time none, and an
+// interval or count left at 0 the kernel's (-1 to net).
+func keepaliveConfig(o TCPOptions) net.KeepAliveConfig {
+	switch {
+	case o.Keepalive < 0:
+		return net.KeepAliveConfig{Enable: false}
+	case o.Keepalive == 0:
+		return net.KeepAliveConfig{Enable: true, Idle: DefaultKeepalive, Interval: -1, Count: -1}
+	}
+	ka := net.KeepAliveConfig{Enable: true, Idle: o.Keepalive, Interval: o.KeepaliveInterval, Count: o.KeepaliveCount}
+	if ka.Interval == 0 {
+		ka.Interval = -1 // the kernel's
+	}
+	if ka.Count == 0 {
+		ka.Count = -1
+	}
+	return ka
+}
 
-func (l nagleListener) Accept() (net.Conn, error) {
+// tcpListener is a tcp or tls endpoint's listener: it gives each
+// connection net accepts the options net does not (Nagle's algorithm,
+// which net turns off; keepalive, for a listener the service manager
+// passed), and, once Retune changed them for a reload that kept the
+// socket, the new ones.
+type tcpListener struct {
+	*net.TCPListener
+	birth   acceptedOptions
+	adopted bool // passed by the service manager: options set one by one (see RawListener)
+	retuned atomic.Pointer[acceptedOptions]
+}
+
+// acceptedOptions are what tcpListener sets on each accepted connection.
+type acceptedOptions struct {
+	nagle     bool
+	keepalive *net.KeepAliveConfig // nil: as net set it
+}
+
+func (l *tcpListener) Accept() (net.Conn, error) {
 	c, err := l.TCPListener.AcceptTCP()
 	if err != nil {
 		return nil, err
 	}
-	c.SetNoDelay(false)
+	o := &l.birth
+	if r := l.retuned.Load(); r != nil {
+		o = r
+	}
+	if ka := o.keepalive; ka != nil {
+		if ka.Enable {
+			err = c.SetKeepAliveConfig(*ka)
+		} else {
+			err = c.SetKeepAlive(false) // net's would also set its default times
+		}
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	if o.nagle {
+		c.SetNoDelay(false)
+	}
 	return c, nil
+}
+
+// Retune gives a tcp or tls endpoint's listener new per-connection
+// options (nodelay, keepalive, keepalive_interval, keepalive_count) and a
+// new backlog, for a reload that keeps the socket: the connections it
+// accepts from now on get them, whether through net or as bare
+// descriptors (which copy the listening socket's). reuse_port and v6only
+// count only at bind, and are not Retune's. A listener of another kind is
+// left as it is.
+func Retune(ln net.Listener, old, o TCPOptions) error {
+	l, ok := ln.(*tcpListener)
+	if !ok {
+		return nil
+	}
+	ka, err := explicitKeepalive(keepaliveConfig(o))
+	if err != nil {
+		return err
+	}
+	if err := setAcceptedOptions(l.TCPListener, o.Nagle, ka); err != nil {
+		return err
+	}
+	if o.Backlog != old.Backlog {
+		backlog := o.Backlog
+		if backlog <= 0 {
+			backlog = math.MaxInt32 // the kernel caps it at somaxconn, net's own
+		}
+		if err := setBacklog(l.TCPListener, backlog); err != nil {
+			return err
+		}
+	}
+	l.retuned.Store(&acceptedOptions{nagle: o.Nagle, keepalive: &ka})
+	return nil
 }
 
 // hint says what to do about a listen error, where there is something to
@@ -311,41 +382,6 @@ func AdoptTCP(ln *net.TCPListener, o TCPOptions) (net.Listener, error) {
 			return nil, err
 		}
 	}
-	ka := net.KeepAliveConfig{Enable: false}
-	switch {
-	case o.Keepalive == 0:
-		ka = net.KeepAliveConfig{Enable: true, Idle: DefaultKeepalive, Interval: -1, Count: -1}
-	case o.Keepalive > 0:
-		ka = net.KeepAliveConfig{Enable: true, Idle: o.Keepalive, Interval: o.KeepaliveInterval, Count: o.KeepaliveCount}
-		if ka.Interval == 0 {
-			ka.Interval = -1 // the kernel's
-		}
-		if ka.Count == 0 {
-			ka.Count = -1
-		}
-	}
-	return adoptedListener{TCPListener: ln, nagle: o.Nagle, keepalive: ka}, nil
-}
-
-// adoptedListener sets the endpoint's keepalive and Nagle options on each
-// connection, as net.ListenConfig does for a listener superd opens.
-type adoptedListener struct {
-	*net.TCPListener
-	nagle     bool
-	keepalive net.KeepAliveConfig
-}
-
-func (l adoptedListener) Accept() (net.Conn, error) {
-	c, err := l.TCPListener.AcceptTCP()
-	if err != nil {
-		return nil, err
-	}
-	if err := c.SetKeepAliveConfig(l.keepalive); err != nil {
-		c.Close()
-		return nil, err
-	}
-	if l.nagle {
-		c.SetNoDelay(false)
-	}
-	return c, nil
+	ka := keepaliveConfig(o)
+	return &tcpListener{TCPListener: ln, adopted: true, birth: acceptedOptions{nagle: o.Nagle, keepalive: &ka}}, nil
 }

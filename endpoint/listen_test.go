@@ -106,8 +106,8 @@ func TestListenTCP(t *testing.T) {
 			}
 			for _, kind := range []string{KindTCP, KindTLS} {
 				ln := listen(t, Config{Kind: kind, Label: kind + ":" + tc.address, Addr: mustParse(kind, tc.address)})
-				if _, ok := ln.(*net.TCPListener); !ok {
-					t.Fatalf("%s listener is a %T, want *net.TCPListener", kind, ln)
+				if _, ok := ln.(*tcpListener); !ok {
+					t.Fatalf("%s listener is a %T, want *tcpListener", kind, ln)
 				}
 				roundTrip(t, ln)
 				checkClosed(t, ln)

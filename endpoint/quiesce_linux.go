@@ -55,9 +55,7 @@ func Quiesce(ln net.Listener) error {
 	switch l := ln.(type) {
 	case *net.TCPListener:
 		sc = l
-	case nagleListener:
-		sc = l.TCPListener
-	case adoptedListener:
+	case *tcpListener:
 		sc = l.TCPListener
 	default:
 		return nil

@@ -116,13 +116,13 @@ func TestQuiesceReusePort(t *testing.T) {
 		go func() { errs <- dial() }()
 	}
 	// The connection queued before stays, and nothing new joins it.
-	a.(*net.TCPListener).SetDeadline(time.Now().Add(2 * time.Second))
+	tcpListenerOf(a).SetDeadline(time.Now().Add(2 * time.Second))
 	c, err := a.Accept()
 	if err != nil {
 		t.Fatalf("the connection queued before Quiesce: %v", err)
 	}
 	served.Go(func() { echoOne(c) })
-	a.(*net.TCPListener).SetDeadline(time.Now().Add(300 * time.Millisecond))
+	tcpListenerOf(a).SetDeadline(time.Now().Add(300 * time.Millisecond))
 	if c, err := a.Accept(); err == nil {
 		c.Close()
 		t.Fatal("a quiesced listener was given a new connection")

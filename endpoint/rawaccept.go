@@ -21,7 +21,10 @@ func RawListener(ln net.Listener) (sc syscall.Conn, isUnix bool, laddr net.Addr,
 	switch l := ln.(type) {
 	case *net.TCPListener:
 		sc = l
-	case nagleListener:
+	case *tcpListener:
+		if l.adopted {
+			return nil, false, nil, false
+		}
 		sc = l.TCPListener
 	case *UnixListener:
 		sc, isUnix = l.UnixListener, true

@@ -2,6 +2,9 @@ package endpoint
 
 import (
 	"net"
+	"os"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -40,6 +43,7 @@ func setAcceptedOptions(ln *net.TCPListener, nagle bool, ka net.KeepAliveConfig)
 		}
 		set(fd, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, nodelay)
 		if !ka.Enable {
+			set(fd, syscall.SOL_SOCKET, syscall.SO_KEEPALIVE, 0) // a retuned listener's may be on
 			return
 		}
 		set(fd, syscall.SOL_SOCKET, syscall.SO_KEEPALIVE, 1)
@@ -59,4 +63,38 @@ func setAcceptedOptions(ln *net.TCPListener, nagle bool, ka net.KeepAliveConfig)
 		return &net.OpError{Op: "set", Net: NetworkTCP, Addr: ln.Addr(), Err: serr}
 	}
 	return nil
+}
+
+// explicitKeepalive replaces a keepalive interval or count left to the
+// kernel (-1) by the kernel's value, so that setting ka on a socket that
+// had others (a connection net accepted with a listener's first options)
+// leaves none of them behind.
+func explicitKeepalive(ka net.KeepAliveConfig) (net.KeepAliveConfig, error) {
+	if !ka.Enable {
+		return ka, nil
+	}
+	if ka.Interval < 0 {
+		secs, err := kernelInt("/proc/sys/net/ipv4/tcp_keepalive_intvl")
+		if err != nil {
+			return ka, err
+		}
+		ka.Interval = time.Duration(secs) * time.Second
+	}
+	if ka.Count < 0 {
+		n, err := kernelInt("/proc/sys/net/ipv4/tcp_keepalive_probes")
+		if err != nil {
+			return ka, err
+		}
+		ka.Count = n
+	}
+	return ka, nil
+}
+
+// kernelInt reads a sysctl holding one integer.
+func kernelInt(path string) (int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
 }

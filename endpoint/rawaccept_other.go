@@ -9,3 +9,6 @@ import "net"
 func setAcceptedOptions(ln *net.TCPListener, nagle bool, ka net.KeepAliveConfig) error {
 	return nil
 }
+
+// explicitKeepalive leaves ka as it is: net sets it on each connection.
+func explicitKeepalive(ka net.KeepAliveConfig) (net.KeepAliveConfig, error) { return ka, nil }

@@ -133,8 +133,8 @@ func TestV6Only(t *testing.T) {
 }
 
 func tcpListenerOf(ln net.Listener) *net.TCPListener {
-	if n, ok := ln.(nagleListener); ok {
-		return n.TCPListener
+	if l, ok := ln.(*tcpListener); ok {
+		return l.TCPListener
 	}
 	return ln.(*net.TCPListener)
 }

@@ -113,7 +113,7 @@ func (s *Supervisor) inheritedSocket(in *inherited, ep *endpoint.Config) (*socke
 			s.log.Warn("mode, owner and group are not applied to a socket passed by the service manager; set SocketMode=, SocketUser= and SocketGroup= in the socket unit",
 				"endpoint", ep.Label)
 		}
-		k.ln = ln
+		k.ln, k.tcp = ln, ep.TCP
 		return k, nil
 	}
 	pc, err := net.FilePacketConn(in.file)

@@ -552,6 +552,15 @@ func (s *service) activate() {
 			// Taken over: apply this one's buffer sizes.
 			s.setBuffers(b)
 		}
+		if (b.ep.Kind == endpoint.KindTCP || b.ep.Kind == endpoint.KindTLS) && b.sock.tcp != b.ep.TCP {
+			// Taken over with other options: its next connections get
+			// this one's.
+			if err := endpoint.Retune(b.sock.ln, b.sock.tcp, b.ep.TCP); err != nil {
+				s.log.Error("cannot apply the endpoint's socket options", "endpoint", b.ep.Label, "err", err)
+			} else {
+				b.sock.tcp = b.ep.TCP
+			}
+		}
 		b.sock.serve(b)
 	}
 }

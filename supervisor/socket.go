@@ -2,9 +2,11 @@ package supervisor
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -46,6 +48,10 @@ type socket struct {
 	// reusePort: a tcp or tls listener of superd's own sharing its port
 	// with other processes (reuse_port); quiesced before its last sweep.
 	reusePort bool
+	// tcp: a tcp or tls listener's options in force (a reload that keeps
+	// the socket retunes it to its new owner's: see service.activate).
+	// Read and written under the supervisor's lock.
+	tcp endpoint.TCPOptions
 	// waiting: the loop serves an owner in wait mode (it watches the
 	// socket and hands it over instead of accepting).
 	waiting atomic.Bool
@@ -74,7 +80,28 @@ func listenSocket(ep *endpoint.Config, log *slog.Logger) (*socket, error) {
 		return nil, err
 	}
 	return &socket{key: key, addr: ep.Addr, label: ep.Label, ln: ln, bare: bareListener(ln, log), log: log, done: make(chan struct{}),
-		reusePort: ep.ReusePort}, nil
+		reusePort: ep.ReusePort, tcp: ep.TCP}, nil
+}
+
+// keeps reports, as an error, what ep asks of the socket a reload carries
+// over to it that the socket cannot change: reuse_port and v6only count
+// only when it is bound. (A socket the service manager passed has its
+// own, its unit's.)
+func (k *socket) keeps(ep *endpoint.Config) error {
+	if k.ln == nil || k.inherited || (ep.Kind != endpoint.KindTCP && ep.Kind != endpoint.KindTLS) {
+		return nil
+	}
+	var changed []string
+	if ep.ReusePort != k.reusePort {
+		changed = append(changed, fmt.Sprintf("reuse_port (%v, now %v)", k.reusePort, ep.ReusePort))
+	}
+	if ep.TCP.V6Only != k.tcp.V6Only {
+		changed = append(changed, fmt.Sprintf("v6only (%v, now %v)", k.tcp.V6Only, ep.TCP.V6Only))
+	}
+	if changed == nil {
+		return nil
+	}
+	return fmt.Errorf("%s: set only when the socket is bound, and a reload keeps it open: restart superd to change it", strings.Join(changed, " and "))
 }
 
 // bareListener makes the socket's bare-descriptor listener, where ln's

@@ -316,6 +316,9 @@ func (s *Supervisor) prepareServiceLocked(sc *config.Service) (*service, error) 
 func (s *Supervisor) socketLocked(svc *service, ep *endpoint.Config) (*socket, error) {
 	key := ep.Addr.Key()
 	if sock := s.sockets[key]; key != "" && sock != nil {
+		if err := sock.keeps(ep); err != nil {
+			return nil, err
+		}
 		return sock, nil
 	}
 	sock, err := s.openSocketLocked(ep)

@@ -7,6 +7,7 @@ package main
 
 import (
 	"bufio"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -560,4 +561,108 @@ func acceptedSocketOf(t *testing.T, pid int, peer *net.TCPAddr) int {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// A reload that changes only a tcp or tls endpoint's per-connection
+// options (nodelay, keepalive, keepalive_interval, keepalive_count) or its
+// backlog keeps the socket, and the connections it accepts afterwards get
+// the new options: a tcp endpoint's accepted as bare descriptors, a tls
+// one's through net. And back to the defaults. reuse_port and v6only,
+// which count only at bind, fail the reload, saying so.
+func TestReloadRetunesTCPOptions(t *testing.T) {
+	tcpAddr, tlsAddr := freeAddr(t), freeAddr(t)
+	conf := func(extra string) string {
+		return fmt.Sprintf(`
+metrics { address = "METRICS" }
+service "echo" "e" {
+  endpoint "tcp" {
+    address = %q
+%s
+  }
+  endpoint "tls" {
+    address     = %q
+    self_signed = true
+%s
+  }
+}
+`, tcpAddr, extra, tlsAddr, extra)
+	}
+	path, metrics := writeConfig(t, conf(""))
+	d := startDaemon(t, path, metrics)
+	defer func() {
+		d.signal(syscall.SIGTERM)
+		d.wait(15 * time.Second)
+	}()
+	intvl, probes := kernelSysctl(t, "net/ipv4/tcp_keepalive_intvl"), kernelSysctl(t, "net/ipv4/tcp_keepalive_probes")
+	check := func(when string, want map[string]int) {
+		t.Helper()
+		for _, addr := range []string{tcpAddr, tlsAddr} {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if addr == tlsAddr {
+				tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true})
+				tc.SetDeadline(time.Now().Add(10 * time.Second))
+				if err := tc.Handshake(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			fd := acceptedSocketOf(t, d.cmd.Process.Pid, c.LocalAddr().(*net.TCPAddr))
+			for name, opt := range map[string][2]int{
+				"TCP_NODELAY":   {unix.IPPROTO_TCP, unix.TCP_NODELAY},
+				"SO_KEEPALIVE":  {unix.SOL_SOCKET, unix.SO_KEEPALIVE},
+				"TCP_KEEPIDLE":  {unix.IPPROTO_TCP, unix.TCP_KEEPIDLE},
+				"TCP_KEEPINTVL": {unix.IPPROTO_TCP, unix.TCP_KEEPINTVL},
+				"TCP_KEEPCNT":   {unix.IPPROTO_TCP, unix.TCP_KEEPCNT},
+			} {
+				v, err := unix.GetsockoptInt(fd, opt[0], opt[1])
+				if err != nil {
+					t.Fatal(err)
+				}
+				if v != want[name] {
+					t.Errorf("%s, connection to %s: %s = %d, want %d", when, addr, name, v, want[name])
+				}
+			}
+			unix.Close(fd)
+			c.Close()
+		}
+	}
+	check("at start", map[string]int{"TCP_NODELAY": 1, "SO_KEEPALIVE": 1, "TCP_KEEPIDLE": 15, "TCP_KEEPINTVL": intvl, "TCP_KEEPCNT": probes})
+
+	rewriteConfig(t, path, metrics, conf(`    backlog            = 17
+    nodelay            = false
+    keepalive          = "42s"
+    keepalive_interval = "7s"
+    keepalive_count    = 5`))
+	d.reload("success", 1)
+	check("after the first reload", map[string]int{"TCP_NODELAY": 0, "SO_KEEPALIVE": 1, "TCP_KEEPIDLE": 42, "TCP_KEEPINTVL": 7, "TCP_KEEPCNT": 5})
+
+	rewriteConfig(t, path, metrics, conf(""))
+	d.reload("success", 2)
+	check("back to the defaults", map[string]int{"TCP_NODELAY": 1, "SO_KEEPALIVE": 1, "TCP_KEEPIDLE": 15, "TCP_KEEPINTVL": intvl, "TCP_KEEPCNT": probes})
+
+	rewriteConfig(t, path, metrics, conf(`    keepalive = "0s"`))
+	d.reload("success", 3)
+	check("keepalive off", map[string]int{"TCP_NODELAY": 1, "SO_KEEPALIVE": 0, "TCP_KEEPIDLE": 15, "TCP_KEEPINTVL": intvl, "TCP_KEEPCNT": probes})
+
+	rewriteConfig(t, path, metrics, conf(`    reuse_port = true`))
+	d.reload("failure", 1)
+	if !d.logged("reuse_port (false, now true): set only when the socket is bound") {
+		t.Errorf("the failed reload does not say why:\n%s", d.stderr.String())
+	}
+}
+
+// kernelSysctl reads an integer sysctl under /proc/sys.
+func kernelSysctl(t *testing.T, name string) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/sys/" + name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
