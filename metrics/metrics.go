@@ -188,7 +188,11 @@ func New(version string) *Metrics {
 }
 
 // Service is the set of series of one service, resolved once so the hot
-// paths touch no label maps.
+// paths touch no label maps. Two instances of a service run at once while
+// a reload replaces it, and may differ in factory: the series labelled
+// with the factory are the instance's (Delete, DeleteEndpoint), those
+// labelled by service name alone (Handshakes, the certificate expiry) are
+// shared by every instance of the name (DeleteName, DeleteNameEndpoint).
 type Service struct {
 	Active     prometheus.Gauge
 	Duration   prometheus.Observer
@@ -235,12 +239,22 @@ func (s *Service) Endpoint(label string) prometheus.Counter {
 	return s.m.ConnectionsTotal.WithLabelValues(s.name, s.fact, label)
 }
 
-// DeleteEndpoint removes the connections_total series of one endpoint.
+// DeleteEndpoint removes the series of one endpoint labelled with the
+// service's factory (connections_total, datagrams received and sent): call
+// it once no instance of this service and factory serves the endpoint.
 func (s *Service) DeleteEndpoint(label string) {
 	s.m.ConnectionsTotal.DeleteLabelValues(s.name, s.fact, label)
 	s.m.DatagramsReceived.DeleteLabelValues(s.name, s.fact, label)
-	s.m.CertExpiry.DeletePartialMatch(prometheus.Labels{"service": s.name, "endpoint": label})
 	s.m.DatagramsSent.DeleteLabelValues(s.name, s.fact, label)
+}
+
+// DeleteNameEndpoint removes the series of one endpoint that carry no
+// factory label (certificate expiry): call it once no instance of this
+// service NAME serves the endpoint, whatever its factory. An instance of
+// another factory that replaced this one under the same name exports
+// them too.
+func (s *Service) DeleteNameEndpoint(label string) {
+	s.m.CertExpiry.DeletePartialMatch(prometheus.Labels{"service": s.name, "endpoint": label})
 }
 
 // CertificateExpiry records when the certificates a TLS endpoint serves
@@ -310,8 +324,10 @@ func (s *Service) Rejected(reason string) {
 // Dropped counts a connection superd ended.
 func (s *Service) Dropped(reason string) { s.dropped[reason].Inc() }
 
-// Delete removes every series of the service (when reload removed it),
-// including those of its factory's own families.
+// Delete removes the series of the service labelled with its factory
+// (when reload removed or replaced it), including those of its factory's
+// own families: call it once no instance of this service and factory is
+// left. The series labelled by service name alone go with DeleteName.
 func (s *Service) Delete() {
 	l := prometheus.Labels{"service": s.name, "factory": s.fact}
 	for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{
@@ -321,8 +337,6 @@ func (s *Service) Delete() {
 	} {
 		v.DeletePartialMatch(l)
 	}
-	s.m.TLSHandshakes.DeleteLabelValues(s.name)
-	s.m.CertExpiry.DeletePartialMatch(prometheus.Labels{"service": s.name})
 	// Only this factory's families: a successor of another factory under
 	// the same service name keeps its own series.
 	s.m.ownMu.Lock()
@@ -332,6 +346,16 @@ func (s *Service) Delete() {
 	if r != nil {
 		r.unregisterAll()
 	}
+}
+
+// DeleteName removes the series of the service that carry no factory
+// label (handshakes in progress, and certificate expiry on any endpoint):
+// call it once no instance of this service NAME is left, whatever its
+// factory. A successor of another factory under the same name holds the
+// same handshakes gauge, which must stay the one exported.
+func (s *Service) DeleteName() {
+	s.m.TLSHandshakes.DeleteLabelValues(s.name)
+	s.m.CertExpiry.DeletePartialMatch(prometheus.Labels{"service": s.name})
 }
 
 // Registerer is where the factory of a service registers its own families

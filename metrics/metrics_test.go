@@ -141,3 +141,43 @@ func TestHealthAndReadiness(t *testing.T) {
 		t.Errorf("/metrics %d", code)
 	}
 }
+
+// TestDeleteByFactoryAndByName: two instances of service "web" of
+// different factories (a reload replacing one with the other). Delete and
+// DeleteEndpoint of one remove only the series labelled with its factory;
+// the series labelled by service name alone (handshakes in progress,
+// certificate expiry), which the other holds too, go with DeleteName and
+// DeleteNameEndpoint.
+func TestDeleteByFactoryAndByName(t *testing.T) {
+	m := New("v1")
+	const ep = "tls:127.0.0.1:443"
+	old, next := m.ForService("web", "alpha"), m.ForService("web", "beta")
+	old.Endpoint(ep)
+	next.Endpoint(ep)
+	old.CertificateExpiry(ep, map[string]float64{"web.example": 1})
+	next.CertificateExpiry(ep, map[string]float64{"web.example": 2})
+	old.DeleteEndpoint(ep)
+	old.Delete()
+	if got := testutil.CollectAndCount(m.ConnectionsTotal); got != 1 {
+		t.Errorf("connections_total: %d series after the old instance's delete, want 1", got)
+	}
+	if got := testutil.CollectAndCount(m.FactoryUp); got != 1 {
+		t.Errorf("factory_up: %d series after the old instance's delete, want 1", got)
+	}
+	if got := testutil.CollectAndCount(m.CertExpiry); got != 1 {
+		t.Errorf("expiry: %d series after the old instance's delete, want 1", got)
+	}
+	next.Handshakes.Inc()
+	if got := testutil.CollectAndCount(m.TLSHandshakes); got != 1 || testutil.ToFloat64(m.TLSHandshakes) != 1 {
+		t.Errorf("handshakes: %d series after the old instance's delete, want 1 holding the successor's count", got)
+	}
+	next.DeleteNameEndpoint(ep)
+	if got := testutil.CollectAndCount(m.CertExpiry); got != 0 {
+		t.Errorf("expiry: %d series after DeleteNameEndpoint", got)
+	}
+	next.CertificateExpiry(ep, map[string]float64{"web.example": 2})
+	next.DeleteName()
+	if got := testutil.CollectAndCount(m.CertExpiry) + testutil.CollectAndCount(m.TLSHandshakes); got != 0 {
+		t.Errorf("%d expiry and handshakes series after DeleteName", got)
+	}
+}

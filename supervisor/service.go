@@ -77,9 +77,27 @@ type service struct {
 	cutOnce sync.Once
 }
 
-func (s *service) seriesKey() string { return s.cfg.Name + "\x00" + s.cfg.Factory }
+// retireSeries drops the service's uses of its series (see seriesRefs),
+// deleting those no other instance uses: those of its endpoints if it
+// served, then its own.
+func (s *service) retireSeries() {
+	name, fact := s.cfg.Name, s.cfg.Factory
+	if s.activated {
+		for _, b := range s.bindings {
+			label := b.ep.Label
+			s.refs.release(factoryEndpointKey(name, fact, label), func() { s.m.DeleteEndpoint(label) })
+			s.refs.release(nameEndpointKey(name, label), func() { s.m.DeleteNameEndpoint(label) })
+		}
+	}
+	retireServiceSeries(s.refs, s.m, name, fact)
+}
 
-func (s *service) endpointKey(b *binding) string { return s.seriesKey() + "\x00" + b.ep.Label }
+// retireServiceSeries drops an instance's uses of the series of service
+// name and factory fact (acquired by newService).
+func retireServiceSeries(refs *seriesRefs, m *metrics.Service, name, fact string) {
+	refs.release(factoryKey(name, fact), m.Delete)
+	refs.release(nameKey(name), m.DeleteName)
+}
 
 // cutDrain ends the drain's wait: what is still open is aborted.
 func (s *service) cutDrain() { s.cutOnce.Do(func() { close(s.cut) }) }
@@ -105,11 +123,16 @@ func (b *binding) acceptsBare() bool {
 
 func newService(log *slog.Logger, m *metrics.Metrics, sc *config.Service, refs *seriesRefs, guards *guardPorts,
 	alog *atomic.Pointer[accesslog.Logger], shutdownTimeout *atomic.Int64) (*service, error) {
+	// The series are acquired before any is obtained (the registerer
+	// included): an instance of the same name stopping meanwhile then
+	// leaves them (see seriesRefs).
+	refs.acquire(nameKey(sc.Name), factoryKey(sc.Name, sc.Factory))
+	ms := m.ForService(sc.Name, sc.Factory)
 	f, err := sc.NewFactory(log, m.Registerer(sc.Name, sc.Factory))
 	if err != nil {
+		retireServiceSeries(refs, ms, sc.Name, sc.Factory)
 		return nil, fmt.Errorf("service %q: %w", sc.Name, err)
 	}
-	ms := m.ForService(sc.Name, sc.Factory)
 	svc := &service{
 		cfg:       sc,
 		factory:   f,
@@ -127,7 +150,6 @@ func newService(log *slog.Logger, m *metrics.Metrics, sc *config.Service, refs *
 		certFingerprint: sc.CertFingerprint,
 		shutdownTimeout: shutdownTimeout,
 	}
-	refs.acquire(svc.seriesKey())
 	svc.connOpts = engine.ConnOptions{
 		IdleTimeout:      sc.Limits.IdleTimeout,
 		MaxPendingOutput: sc.Limits.MaxPendingOutput,
@@ -528,6 +550,8 @@ func (s *service) buildProtocol(addr net.Addr) (p framework.Protocol) {
 func (s *service) activate() {
 	s.activated = true
 	for _, b := range s.bindings {
+		// Before the endpoint's series are obtained (see seriesRefs).
+		s.refs.acquire(factoryEndpointKey(s.cfg.Name, s.cfg.Factory, b.ep.Label), nameEndpointKey(s.cfg.Name, b.ep.Label))
 		if b.ep.Kind == endpoint.KindUDP {
 			s.activateDatagrams(b)
 		} else {
@@ -536,7 +560,6 @@ func (s *service) activate() {
 		if b.tls != nil {
 			s.recordCertificates(b)
 		}
-		s.refs.acquire(s.endpointKey(b))
 		if b.ep.Kind == endpoint.KindUnix && !slices.Contains(s.opened, b.sock) {
 			// Taken over from the previous instance: apply this one's
 			// owner, group and mode, to the socket file and nothing else
@@ -708,17 +731,9 @@ func (s *service) drainAndStop(timeout time.Duration, mode stopMode) error {
 		s.m.Up.Set(0)
 	} else {
 		// Series go with their last user: a successor with the same
-		// labels (or a service added back meanwhile) keeps them.
-		if s.activated {
-			for _, b := range s.bindings {
-				if s.refs.release(s.endpointKey(b)) {
-					s.m.DeleteEndpoint(b.ep.Label)
-				}
-			}
-		}
-		if s.refs.release(s.seriesKey()) {
-			s.m.Delete()
-		}
+		// labels (or a service added back meanwhile) keeps them, by name
+		// alone for the families without a factory label.
+		s.retireSeries()
 	}
 	if err != nil {
 		s.log.Error("StopFactory failed", "err", err)

@@ -69,28 +69,52 @@ type Supervisor struct {
 // seriesRefs counts the service instances (prepared, running or draining)
 // that use each set of metric series, so a stopping instance deletes its
 // series only when no other instance with the same labels still uses them
-// (a service removed by reload, then added back while the old one drains).
+// (a service removed by reload, then added back while the old one drains;
+// a service replaced by one of another factory under the same name). The
+// sets follow the labels: by name and factory (and endpoint) for the
+// families labelled with the factory, by name (and endpoint) alone for
+// those that carry no factory label (see the key functions).
+//
+// An instance acquires its keys before it obtains any series, and release
+// deletes the series under the same lock, so an instance never holds a
+// series (a child that a delete would detach, no longer exported) that
+// another one's release deletes.
 type seriesRefs struct {
 	mu sync.Mutex
 	n  map[string]int
 }
 
-func (r *seriesRefs) acquire(key string) {
+func (r *seriesRefs) acquire(keys ...string) {
 	r.mu.Lock()
-	r.n[key]++
+	for _, k := range keys {
+		r.n[k]++
+	}
 	r.mu.Unlock()
 }
 
-// release reports whether key's last user is gone.
-func (r *seriesRefs) release(key string) bool {
+// release drops a use of key; when it was the last, it calls deleteSeries
+// (before any other instance can acquire key again).
+func (r *seriesRefs) release(key string, deleteSeries func()) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.n[key]--
 	if r.n[key] > 0 {
-		return false
+		return
 	}
 	delete(r.n, key)
-	return true
+	deleteSeries()
+}
+
+// The keys of seriesRefs: the series of a service name, of a name and
+// factory, and the same for one endpoint.
+func nameKey(name string) string { return "n\x00" + name }
+
+func factoryKey(name, factory string) string { return "f\x00" + name + "\x00" + factory }
+
+func nameEndpointKey(name, ep string) string { return "ne\x00" + name + "\x00" + ep }
+
+func factoryEndpointKey(name, factory, ep string) string {
+	return "fe\x00" + name + "\x00" + factory + "\x00" + ep
 }
 
 // New returns a Supervisor that logs to log and counts into m.
