@@ -36,6 +36,30 @@ type dgramSocket struct {
 	// lateBatch tells a closing socket's close that the loop started
 	// delivering a batch after the close began (see socket.close).
 	lateBatch chan struct{}
+	// broadcast is the socket's SO_BROADCAST as last set (broadcastOn,
+	// broadcastOff), or 0: Go's default (on).
+	broadcast atomic.Int32
+}
+
+const (
+	broadcastOn = iota + 1
+	broadcastOff
+)
+
+// allowBroadcast sets SO_BROADCAST unless it is set so already.
+func (s *dgramSocket) allowBroadcast(on bool) error {
+	want := int32(broadcastOff)
+	if on {
+		want = broadcastOn
+	}
+	if s.broadcast.Load() == want {
+		return nil
+	}
+	if err := setBroadcast(s.uc, on); err != nil {
+		return err
+	}
+	s.broadcast.Store(want)
+	return nil
 }
 
 func newDgramSocket(uc *net.UDPConn, bio *batchIO) *dgramSocket {
@@ -231,6 +255,13 @@ func (k *socket) claimBatch() bool {
 		k.batch = b.dgram
 	}
 	svc.mu.Unlock()
+	if k.batch != nil {
+		// The batch's replies go out under its owner's rule (see
+		// activateDatagrams); the previous batch's have gone out.
+		if err := k.dgram.allowBroadcast(!k.batch.guarded); err != nil {
+			k.log.Warn("cannot set SO_BROADCAST", "endpoint", k.label, "err", err)
+		}
+	}
 	return true
 }
 

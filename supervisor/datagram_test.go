@@ -1320,6 +1320,44 @@ func TestGuardedNoDirectedBroadcast(t *testing.T) {
 	}
 }
 
+// The rule is the batch's owner's: a guarded service's reply to a
+// broadcast address still fails when it is the reply to a datagram it was
+// delivering while a reload handed the socket to an unguarded successor
+// (which allows broadcast for its own batches).
+func TestGuardedNoDirectedBroadcastDuringReload(t *testing.T) {
+	broadcast := &net.UDPAddr{IP: net.IPv4(127, 255, 255, 255), Port: 40000}
+	entered, release := make(chan struct{}), make(chan struct{})
+	old := &dgramFactory{onDatagram: func(p *dgramProto, data []byte, from net.Addr) {
+		close(entered)
+		<-release
+		p.t.WriteTo(data, broadcast)
+	}}
+	s, m, addr := startDgram(t, "g", "127.0.0.1", old, true, config.Limits{})
+	defer s.Shutdown(5 * time.Second)
+	c := dialUDP(t, addr)
+	send(t, c, []byte("x"))
+	<-entered
+	if err := s.Reload(&config.File{ShutdownTimeout: 5 * time.Second, Services: []*config.Service{
+		dgramServiceConfig("g", &dgramFactory{}, false, config.Limits{MaxConnections: 1}, udpEndpoint(addr)),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	waitFor(t, func() bool { return old.stops.Load() == 1 })
+	if sent, failed := dgramSent(m, "g", addr), dgramDropped(m, "g", metrics.DatagramSendFailed); sent != 0 || failed != 1 {
+		t.Errorf("the guarded service's reply to %v: sent %v, send_failed %v; want it refused", broadcast, sent, failed)
+	}
+	// The successor's batches allow it.
+	send(t, c, []byte("y"))
+	mustRecv(t, c, []byte("y"))
+	s.mu.Lock()
+	uc := s.services["g"].bindings[0].sock.dgram.uc
+	s.mu.Unlock()
+	if v := udpSockopt(t, uc, syscall.SO_BROADCAST); v != 1 {
+		t.Errorf("SO_BROADCAST = %d once the unguarded successor serves", v)
+	}
+}
+
 func udpSockopt(t *testing.T, uc *net.UDPConn, opt int) int {
 	t.Helper()
 	raw, err := uc.SyscallConn()

@@ -614,7 +614,7 @@ func (s *service) activateDatagrams(b *binding) {
 	if s.waits() {
 		// The program gets the socket as Go makes one (broadcast
 		// allowed), also when a guarded service had it before a reload.
-		if err := setBroadcast(b.sock.dgram.uc, true); err != nil {
+		if err := b.sock.dgram.allowBroadcast(true); err != nil {
 			s.log.Warn("cannot set SO_BROADCAST", "endpoint", b.ep.Label, "err", err)
 		}
 		return
@@ -633,11 +633,9 @@ func (s *service) activateDatagrams(b *binding) {
 	// Go allows broadcast on every udp socket. A guarded service must not
 	// answer a directed broadcast source (a subnet's broadcast address,
 	// which reflects cannot tell from a host): without SO_BROADCAST the
-	// kernel refuses such a send (counted send_failed). Set for each
-	// binding: a socket carried over to another service gets its own.
-	if err := setBroadcast(b.sock.dgram.uc, !d.guarded); err != nil {
-		s.log.Warn("cannot set SO_BROADCAST", "endpoint", b.ep.Label, "err", err)
-	}
+	// kernel refuses such a send (counted send_failed). Set by the loop
+	// for each batch's owner (see claimBatch), not here: the previous
+	// owner's batch may still be delivered, under its own rule.
 	d.received, d.sent = received, sent
 	d.proto = df.BuildDatagramProtocol(d)
 	b.dgram = d
