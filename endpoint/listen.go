@@ -332,6 +332,11 @@ func describeType(m fs.FileMode) string {
 // ListenUDP opens the socket of a udp endpoint: bound to cfg.Addr, with
 // SO_REUSEPORT when cfg.ReusePort (several processes then share the port),
 // and the buffer sizes asked for. Errors are *ListenError values.
+//
+// A socket bound to every address gets IP_PKTINFO or IPV6_RECVPKTINFO
+// from the supervisor's datagram loop, not here: the loop reads the
+// address each datagram was sent to and answers from it, and it does so
+// for a socket the service manager passed too.
 func ListenUDP(cfg Config) (*net.UDPConn, error) {
 	label := labelOf(cfg)
 	if err := cfg.Addr.check(KindUDP); err != nil {

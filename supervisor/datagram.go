@@ -210,8 +210,10 @@ func (k *socket) datagramLoop() bool {
 			if truncated {
 				continue
 			}
+			s.io.delivering(i) // a reply to from leaves from the address it wrote to
 			d.deliver(data, from, now)
 		}
+		s.io.delivering(-1) // replies written from now on are to no datagram's source
 		s.mu.Lock()
 		s.dispatching = false
 		d.flushLocked()

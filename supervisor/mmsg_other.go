@@ -47,6 +47,11 @@ func (b *batchIO) read() (int, error) {
 
 func (b *batchIO) datagram(int) ([]byte, *net.UDPAddr, bool) { return b.buf[:b.n], &b.from, false }
 
+// delivering: replies leave from the address the routing picks (there is
+// no IP_PKTINFO here; the BSDs' IP_RECVDSTADDR and IP_SENDSRCADDR would
+// do for IPv4).
+func (b *batchIO) delivering(int) {}
+
 // reaches: the system call reports what the socket cannot reach.
 func (b *batchIO) reaches(netip.AddrPort) bool { return true }
 
