@@ -205,9 +205,34 @@ func (b *batchIO) read() (int, error) {
 // superd opened it or the service manager passed it (bound to every
 // address too, perhaps); the socket keeps it, and its batchIO, across
 // reloads that hand it to another service. A program in wait mode that
-// is handed the socket gets the option too: a recvmsg with a control
-// buffer then sees IP_PKTINFO or IPV6_PKTINFO, which it ignores or uses.
+// is handed the socket gets it without (see lendToProgram).
 func (b *batchIO) enablePktinfo() error {
+	if err := b.setPktinfo(true); err != nil {
+		return err
+	}
+	b.pktinfo = true
+	return nil
+}
+
+// lendToProgram turns the options enablePktinfo set off while a program
+// in wait mode owns the socket (on: it does), and on again when superd
+// reads it once more: the program gets the socket as it would from
+// inetd, without control messages it did not ask for (a recvmsg with a
+// control buffer sized for its own would see it cut short). The loop
+// reads nothing meanwhile; a datagram it reads while the option is off
+// gets its reply from the routing's choice, as without pktinfo.
+func (b *batchIO) lendToProgram(on bool) error {
+	if !b.pktinfo {
+		return nil
+	}
+	return b.setPktinfo(!on)
+}
+
+func (b *batchIO) setPktinfo(on bool) error {
+	v := 0
+	if on {
+		v = 1
+	}
 	var serr error
 	if err := b.raw.Control(func(fd uintptr) {
 		if b.six {
@@ -219,23 +244,19 @@ func (b *batchIO) enablePktinfo() error {
 			// source the kernel refuses: 127.255.255.255 arrives with
 			// ipi_spec_dst 127.0.0.1).
 			serr = os.NewSyscallError("setsockopt IPV6_RECVPKTINFO",
-				unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO, 1))
+				unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO, v))
 			if serr == nil {
 				serr = os.NewSyscallError("setsockopt IP_PKTINFO",
-					unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_PKTINFO, 1))
+					unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_PKTINFO, v))
 			}
 			return
 		}
 		serr = os.NewSyscallError("setsockopt IP_PKTINFO",
-			unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_PKTINFO, 1))
+			unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_PKTINFO, v))
 	}); err != nil {
 		return err
 	}
-	if serr != nil {
-		return serr
-	}
-	b.pktinfo = true
-	return nil
+	return serr
 }
 
 func (b *batchIO) recvmmsg(fd uintptr) (int, error) {

@@ -76,3 +76,6 @@ func (b *batchIO) flush() (sent, failed, bytes int) {
 	b.out, b.to = b.out[:0], b.to[:0]
 	return sent, failed, bytes
 }
+
+// lendToProgram does nothing here: no option is set for the loop.
+func (b *batchIO) lendToProgram(on bool) error { return nil }

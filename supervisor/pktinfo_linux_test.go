@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/superd-dev/superd/config"
 	"github.com/superd-dev/superd/framework"
 	"github.com/superd-dev/superd/internal/testkit"
@@ -422,4 +424,43 @@ func TestDatagramWildcardSteadyStateAllocatesNothing(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A program in wait mode gets a wildcard socket without the options the
+// loop reads the destination with (it did not ask for their control
+// messages); superd turns them on again when it serves the socket once
+// more, and answers from the address written to.
+func TestDatagramWildcardLentToProgramWithoutPktinfo(t *testing.T) {
+	s, port := startWildcard(t, "0.0.0.0", &waitFactory{})
+	pktinfo := func() int {
+		s.mu.Lock()
+		uc := s.services["wild"].bindings[0].sock.dgram.uc
+		s.mu.Unlock()
+		raw, err := uc.SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var v int
+		var serr error
+		raw.Control(func(fd uintptr) { v, serr = unix.GetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_PKTINFO) })
+		if serr != nil {
+			t.Fatal(serr)
+		}
+		return v
+	}
+	if v := pktinfo(); v != 0 {
+		t.Errorf("IP_PKTINFO = %d on the socket a program in wait mode owns", v)
+	}
+	addr := net.JoinHostPort("0.0.0.0", strconv.Itoa(port))
+	if err := s.Reload(&config.File{ShutdownTimeout: 5 * time.Second, Services: []*config.Service{
+		dgramServiceConfig("wild", &dgramFactory{}, false, config.Limits{MaxConnections: 1}, udpEndpoint(addr)),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	if v := pktinfo(); v != 1 {
+		t.Errorf("IP_PKTINFO = %d once superd serves the socket again", v)
+	}
+	c := dialUDP(t, net.JoinHostPort("127.0.0.2", strconv.Itoa(port)))
+	send(t, c, []byte("back"))
+	mustRecv(t, c, []byte("back"))
 }

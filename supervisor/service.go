@@ -617,7 +617,13 @@ func (s *service) activateDatagrams(b *binding) {
 		if err := b.sock.dgram.allowBroadcast(true); err != nil {
 			s.log.Warn("cannot set SO_BROADCAST", "endpoint", b.ep.Label, "err", err)
 		}
+		if err := b.sock.dgram.io.lendToProgram(true); err != nil {
+			s.log.Warn("cannot turn the destination address of datagrams off", "endpoint", b.ep.Label, "err", err)
+		}
 		return
+	}
+	if err := b.sock.dgram.io.lendToProgram(false); err != nil {
+		s.log.Warn("cannot turn the destination address of datagrams on", "endpoint", b.ep.Label, "err", err)
 	}
 	df, ok := s.factory.(framework.DatagramFactory)
 	if !ok {
