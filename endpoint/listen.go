@@ -149,16 +149,16 @@ func listenTCP(cfg Config) (net.Listener, error) {
 }
 
 // keepaliveConfig is the keepalive of the connections of an endpoint with
-// options o: 0 is DefaultKeepalive, a negative idle time none, and an
-// interval or count left at 0 the kernel's (-1 to net).
+// options o: an idle time of 0 is DefaultKeepalive, a negative one none,
+// and an interval or count left at 0 the kernel's (-1 to net).
 func keepaliveConfig(o TCPOptions) net.KeepAliveConfig {
-	switch {
-	case o.Keepalive < 0:
+	if o.Keepalive < 0 {
 		return net.KeepAliveConfig{Enable: false}
-	case o.Keepalive == 0:
-		return net.KeepAliveConfig{Enable: true, Idle: DefaultKeepalive, Interval: -1, Count: -1}
 	}
 	ka := net.KeepAliveConfig{Enable: true, Idle: o.Keepalive, Interval: o.KeepaliveInterval, Count: o.KeepaliveCount}
+	if ka.Idle == 0 {
+		ka.Idle = DefaultKeepalive
+	}
 	if ka.Interval == 0 {
 		ka.Interval = -1 // the kernel's
 	}

@@ -111,6 +111,15 @@ func TestTCPSocketOptions(t *testing.T) {
 	}
 	second.Close()
 
+	// keepalive_interval and keepalive_count without keepalive: after
+	// the default 15 s.
+	_, s = acceptOne(t, tcpConfig(t, "127.0.0.1:0", TCPOptions{KeepaliveInterval: 7 * time.Second, KeepaliveCount: 5}, false))
+	for opt, want := range map[int]int{unix.TCP_KEEPIDLE: 15, unix.TCP_KEEPINTVL: 7, unix.TCP_KEEPCNT: 5} {
+		if v := sockopt(t, s, unix.IPPROTO_TCP, opt); v != want {
+			t.Errorf("keepalive_interval and keepalive_count alone: option %d = %d, want %d", opt, v, want)
+		}
+	}
+
 	// keepalive = "0s": off.
 	_, s = acceptOne(t, tcpConfig(t, "127.0.0.1:0", TCPOptions{Keepalive: -1}, false))
 	if v := sockopt(t, s, unix.SOL_SOCKET, unix.SO_KEEPALIVE); v != 0 {
