@@ -511,8 +511,9 @@ func (d *decoder) decodeProxyProtocol(blk *hcl.Block) *endpoint.ProxyProtocol {
 	d.diags = append(d.diags, diags...)
 	pp := &endpoint.ProxyProtocol{Required: true, Timeout: DefaultProxyHeaderTimeout}
 	if a := content.Attributes["trusted"]; a != nil {
+		n := len(d.diags)
 		pp.Trusted = d.prefixes(a)
-		if len(pp.Trusted) == 0 && !d.diags.HasErrors() {
+		if len(pp.Trusted) == 0 && !d.diags[n:].HasErrors() {
 			d.errorf(a.Expr.Range(), "No trusted proxies",
 				"trusted must name at least one address range allowed to send a PROXY header, such as [\"10.0.0.0/8\"].")
 		}
@@ -536,6 +537,11 @@ func (d *decoder) decodeProxyProtocol(blk *hcl.Block) *endpoint.ProxyProtocol {
 // maxBacklog is the most listen(2) takes (older kernels keep 16 bits).
 const maxBacklog = 65535
 
+// maxKeepalive is the longest keepalive idle time and interval Linux
+// takes (MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL): a longer one fails the
+// listen.
+const maxKeepalive = 32767 * time.Second
+
 // decodeTCPOptions decodes the socket options of a tcp or tls endpoint.
 func (d *decoder) decodeTCPOptions(ep *endpoint.Config, content *hcl.BodyContent) {
 	o := &ep.TCP
@@ -552,15 +558,15 @@ func (d *decoder) decodeTCPOptions(ep *endpoint.Config, content *hcl.BodyContent
 			o.Keepalive = v
 			if v == 0 {
 				o.Keepalive = -1 // "0s": none
-			} else if v < time.Second {
-				d.errorf(a.Expr.Range(), "Invalid keepalive", "keepalive is whole seconds of idle time, at least \"1s\" (\"0s\" turns keepalive off).")
+			} else if v < time.Second || v > maxKeepalive || v%time.Second != 0 {
+				d.errorf(a.Expr.Range(), "Invalid keepalive", "keepalive is whole seconds of idle time, from \"1s\" to \"32767s\" (\"0s\" turns keepalive off).")
 			}
 		}
 	}
 	if a := content.Attributes["keepalive_interval"]; a != nil {
 		if v, ok := d.duration(a); ok {
-			if v < time.Second {
-				d.errorf(a.Expr.Range(), "Invalid keepalive_interval", "keepalive_interval is whole seconds between probes, at least \"1s\".")
+			if v < time.Second || v > maxKeepalive || v%time.Second != 0 {
+				d.errorf(a.Expr.Range(), "Invalid keepalive_interval", "keepalive_interval is whole seconds between probes, from \"1s\" to \"32767s\".")
 			}
 			o.KeepaliveInterval = v
 		}

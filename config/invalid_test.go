@@ -599,6 +599,36 @@ metrics { address = "" }
 			},
 		},
 		{
+			name: "keepalive beyond what the kernel takes, or not whole seconds",
+			hcl: `service "testecho" "e" {
+  endpoint "tcp" {
+    address            = ":0"
+    keepalive          = "32768s"
+    keepalive_interval = "1.5s"
+  }
+}
+`,
+			want: []wantDiag{
+				{"4,26-34", "Invalid keepalive", `from "1s" to "32767s"`},
+				{"5,26-32", "Invalid keepalive_interval", `from "1s" to "32767s"`},
+			},
+		},
+		{
+			name: "no trusted proxies, after another error",
+			hcl: `shutdown_timeout = "soon"
+service "testecho" "e" {
+  endpoint "tcp" {
+    address = ":0"
+    proxy_protocol { trusted = [] }
+  }
+}
+`,
+			want: []wantDiag{
+				{"1,20-26", "Invalid duration", ""},
+				{"5,32-34", "No trusted proxies", ""},
+			},
+		},
+		{
 			name: "every problem of a file at once",
 			hcl: `shutdown_timeout = "x"
 service "testecko" "a" {
