@@ -599,6 +599,18 @@ metrics { address = "" }
 			},
 		},
 		{
+			// 100,000 levels overflowed the parser's stack: a fatal
+			// error, also for a running superd at reload.
+			name: "nested too deeply",
+			hcl: "service \"testecho\" \"e\" {\n  max_connections = " + strings.Repeat("(", 100000) + "1" + strings.Repeat(")", 100000) + "\n}\n",
+			want: []wantDiag{{"2,276-277", "Nested too deeply", "at most 256 deep"}},
+		},
+		{
+			name: "unary operators in a row",
+			hcl:  "service \"testecho\" \"e\" {\n  max_connections = " + strings.Repeat("-", 1000) + "1\n}\n",
+			want: []wantDiag{{"2,277-278", "Nested too deeply", ""}},
+		},
+		{
 			name: "keepalive beyond what the kernel takes, or not whole seconds",
 			hcl: `service "testecho" "e" {
   endpoint "tcp" {

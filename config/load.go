@@ -60,6 +60,9 @@ func (e *FileError) Unwrap() error { return e.Err }
 // it does check files the configuration refers to (TLS certificates,
 // file()).
 func Parse(src []byte, filename string) (*File, error) {
+	if diags := checkNesting(src, filename); diags.HasErrors() {
+		return nil, &DiagnosticsError{Diags: diags, Files: map[string]*hcl.File{filename: {Bytes: src}}}
+	}
 	parser := hclparse.NewParser()
 	f, diags := parser.ParseHCL(src, filename)
 	if diags.HasErrors() {
@@ -265,6 +268,41 @@ func (d *decoder) duration(attr *hcl.Attribute) (time.Duration, bool) {
 // file, and turning such a number into text (as string conversion does)
 // would take minutes.
 const maxNumberExp = 1024
+
+// maxNesting bounds how deep brackets, quotes and templates nest, and how
+// many unary operators follow each other, in a configuration file: HCL's
+// parser and evaluator recurse once per level, and a file nesting deep
+// enough (100,000 parentheses) exhausts the stack, which no recover
+// catches: superd validate, or a running superd at reload, would die. A
+// real file nests a few levels.
+const maxNesting = 256
+
+// checkNesting reports, before the file is parsed, where it nests deeper
+// than maxNesting.
+func checkNesting(src []byte, filename string) hcl.Diagnostics {
+	tokens, _ := hclsyntax.LexConfig(src, filename, hcl.InitialPos)
+	depth, unary := 0, 0
+	for _, tok := range tokens {
+		switch tok.Type {
+		case hclsyntax.TokenOParen, hclsyntax.TokenOBrack, hclsyntax.TokenOBrace, hclsyntax.TokenOQuote,
+			hclsyntax.TokenOHeredoc, hclsyntax.TokenTemplateInterp, hclsyntax.TokenTemplateControl:
+			depth++
+		case hclsyntax.TokenCParen, hclsyntax.TokenCBrack, hclsyntax.TokenCBrace, hclsyntax.TokenCQuote,
+			hclsyntax.TokenCHeredoc, hclsyntax.TokenTemplateSeqEnd:
+			depth--
+		}
+		if tok.Type == hclsyntax.TokenBang || tok.Type == hclsyntax.TokenMinus {
+			unary++
+		} else {
+			unary = 0
+		}
+		if depth > maxNesting || unary > maxNesting {
+			return hcl.Diagnostics{errorDiag(tok.Range, "Nested too deeply",
+				"Brackets, quotes and templates may nest, and operators follow one another, at most %d deep here.", maxNesting)}
+		}
+	}
+	return nil
+}
 
 // checkNumbers reports number literals too large or too small to be used.
 func checkNumbers(body *hclsyntax.Body) hcl.Diagnostics {
