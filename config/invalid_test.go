@@ -602,7 +602,7 @@ metrics { address = "" }
 			// 100,000 levels overflowed the parser's stack: a fatal
 			// error, also for a running superd at reload.
 			name: "nested too deeply",
-			hcl: "service \"testecho\" \"e\" {\n  max_connections = " + strings.Repeat("(", 100000) + "1" + strings.Repeat(")", 100000) + "\n}\n",
+			hcl:  "service \"testecho\" \"e\" {\n  max_connections = " + strings.Repeat("(", 100000) + "1" + strings.Repeat(")", 100000) + "\n}\n",
 			want: []wantDiag{{"2,276-277", "Nested too deeply", "at most 256 deep"}},
 		},
 		{
