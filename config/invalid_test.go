@@ -203,7 +203,7 @@ service "testecho" "h" {
 			name: "bad CIDRs",
 			hcl: `service "testecho" "e" {
   allow = ["10.0.0.0/8", "10.0.0.0/33", "nope"]
-  deny  = ["fe80::1%eth0"]
+  deny  = ["fe80::1%eth0", "::ffff:10.0.0.0/8"]
   endpoint "tcp" { address = ":0" }
 }
 `,
@@ -211,6 +211,7 @@ service "testecho" "h" {
 				{"2,26-39", "Invalid CIDR", `"10.0.0.0/33" in allow is not an address range`},
 				{"2,41-47", "Invalid CIDR", `"nope" in allow`},
 				{"3,12-26", "Invalid CIDR", "zone"},
+				{"3,28-47", "Invalid CIDR", "write 10.0.0.0/8"},
 			},
 		},
 		{

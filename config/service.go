@@ -366,7 +366,13 @@ func parsePrefix(s string) (netip.Prefix, error) {
 		}
 		p = netip.PrefixFrom(a, a.BitLen())
 	}
-	if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
+	if a := p.Addr(); a.Is4In6() {
+		if p.Bits() < 96 {
+			// Masked, it would be an IPv6 range (::/8 for
+			// ::ffff:10.0.0.0/8), holding none of the IPv4 addresses
+			// it names.
+			return p, fmt.Errorf("an IPv4-mapped range is 96 bits longer than its IPv4 one; for IPv4 addresses write %s", netip.PrefixFrom(a.Unmap(), min(p.Bits(), 32)).Masked())
+		}
 		p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
 	}
 	return p.Masked(), nil
