@@ -23,11 +23,13 @@ var (
 )
 
 // attrField is what the decoder knows of one field of a factory's
-// configuration: the attribute's name ("BLOCK.NAME" inside a block) and,
-// when the file set it, its range.
+// configuration: the attribute's name ("BLOCK.NAME" inside a block),
+// when the file set it its range, and whether it could not be decoded
+// (a diagnostic says why; the field keeps its default).
 type attrField struct {
-	name string
-	rng  *hcl.Range
+	name   string
+	rng    *hcl.Range
+	failed bool
 }
 
 // factoryDecoder decodes one service's factory attributes.
@@ -59,21 +61,62 @@ func (d *decoder) decodeFactory(svc *Service, blk *hcl.Block, content *hcl.BodyC
 	svc.runAs = d.file.RunAs
 	fd := &factoryDecoder{decoder: d, fields: map[any]*attrField{}}
 	var cfg any
+	decoded := true
 	if spec.Config != nil {
 		v := reflect.New(reflect.TypeOf(spec.Config))
 		v.Elem().Set(reflect.ValueOf(spec.Config))
-		if !fd.decode(spec.Attributes(), v.Elem(), content, "") {
-			return
-		}
+		decoded = fd.decode(spec.Attributes(), v.Elem(), content, "")
 		cfg = v.Interface()
 	}
 	svc.FactoryConfig = cfg
 
+	// Validate and New run also when an attribute could not be decoded
+	// (it keeps its default), so that the other attributes' mistakes are
+	// reported at once too; what they say about an attribute that failed,
+	// or about none, may follow from it and is left out.
 	var err error
 	if val, ok := cfg.(framework.Validator); ok {
 		err = val.Validate(func(f any) bool { fl := fd.fields[f]; return fl != nil && fl.rng != nil })
 	}
 	if err == nil {
+		err = fd.tryNew(svc, cfg, content, decoded)
+	}
+	if err == nil {
+		return
+	}
+	for _, err := range joined(err) {
+		var fe *framework.FieldError
+		field := errors.As(err, &fe) && fd.fields[fe.Field] != nil
+		if !decoded && (!field || fd.fields[fe.Field].failed) {
+			continue
+		}
+		if !field {
+			d.errorf(blk.DefRange, "Invalid service configuration", "The %s factory rejected service %q: %s", spec.Name, svc.Name, sentence(err.Error()))
+			continue
+		}
+		fl := fd.fields[fe.Field]
+		at := blk.DefRange
+		if fl.rng != nil {
+			at = *fl.rng
+		}
+		d.errorf(at, fmt.Sprintf("Invalid value for %q", fl.name), "%s", sentence(fe.Err.Error()))
+	}
+}
+
+// tryNew builds the factory of svc from cfg, as superd will, so that its
+// own checks are reported, and checks what it says of the endpoints. Where
+// an attribute could not be decoded (!decoded), a panic of New's over a
+// default it did not expect is not the file's: it is ignored.
+func (fd *factoryDecoder) tryNew(svc *Service, cfg any, content *hcl.BodyContent, decoded bool) (err error) {
+	if !decoded {
+		defer func() {
+			if recover() != nil {
+				err = nil
+			}
+		}()
+	}
+	d, spec := fd.decoder, svc.Spec
+	{
 		env := &framework.Env{
 			Service: svc.Name,
 			Log:     slog.New(slog.DiscardHandler),
@@ -98,22 +141,7 @@ func (d *decoder) decodeFactory(svc *Service, blk *hcl.Block, content *hcl.BodyC
 			}
 		}
 	}
-	if err == nil {
-		return
-	}
-	for _, err := range joined(err) {
-		var fe *framework.FieldError
-		if !errors.As(err, &fe) || fd.fields[fe.Field] == nil {
-			d.errorf(blk.DefRange, "Invalid service configuration", "The %s factory rejected service %q: %s", spec.Name, svc.Name, sentence(err.Error()))
-			continue
-		}
-		fl := fd.fields[fe.Field]
-		at := blk.DefRange
-		if fl.rng != nil {
-			at = *fl.rng
-		}
-		d.errorf(at, fmt.Sprintf("Invalid value for %q", fl.name), "%s", sentence(fe.Err.Error()))
-	}
+	return err
 }
 
 // decode sets the fields of v (a struct) from content; false when a
@@ -125,21 +153,25 @@ func (fd *factoryDecoder) decode(attrs []framework.Attribute, v reflect.Value, c
 		fl := &attrField{name: prefix + a.Name}
 		fd.fields[fv.Addr().Interface()] = fl
 		if a.Block {
-			ok = fd.block(a, fv, fl, content) && ok
+			fl.failed = !fd.block(a, fv, fl, content)
+			ok = ok && !fl.failed
 			continue
 		}
 		attr := content.Attributes[a.Name]
 		if attr == nil {
-			ok = ok && !a.Required // Content reported a missing one
+			fl.failed = a.Required // Content reported a missing one
+			ok = ok && !fl.failed
 			continue
 		}
 		fl.rng = &attr.Range
 		val, set, good := fd.valueOf(attr, a.Type, a.Required)
 		if !set {
+			fl.failed = !good
 			ok = ok && good
 			continue
 		}
-		ok = fd.assign(a, fv, val, attr, fl.name) && ok
+		fl.failed = !fd.assign(a, fv, val, attr, fl.name)
+		ok = ok && !fl.failed
 	}
 	return ok
 }
@@ -167,14 +199,13 @@ func (fd *factoryDecoder) block(a framework.Attribute, fv reflect.Value, fl *att
 		for _, n := range a.Nested {
 			schema.Attributes = append(schema.Attributes, hcl.AttributeSchema{Name: n.Name, Required: n.Required})
 		}
+		// Its attributes are decoded also after an unknown one (a
+		// typo) was reported, so that their mistakes are too.
 		c, diags := b.Body.Content(schema)
 		fd.diags = append(fd.diags, diags...)
-		if diags.HasErrors() {
-			return false
-		}
 		nv := reflect.New(fv.Type().Elem())
 		fv.Set(nv)
-		return fd.decode(a.Nested, nv.Elem(), c, fl.name+".")
+		return fd.decode(a.Nested, nv.Elem(), c, fl.name+".") && !diags.HasErrors()
 	}
 	attrs, diags := b.Body.JustAttributes()
 	fd.diags = append(fd.diags, diags...)

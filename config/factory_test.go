@@ -117,6 +117,18 @@ func TestTypedConfigInvalid(t *testing.T) {
 			{"2,3-10", `Invalid value for "low"`, "low is above high."},
 			{"3,3-11", `Invalid value for "high"`, "high is below low."},
 		}},
+		// An attribute that cannot be decoded hides nothing else.
+		{"every mistake at once", "ratio = 1.5\n  low = 5\n  high = 2", []wantDiag{
+			{"2,3-14", `Invalid value for "ratio"`, ""},
+			{"3,3-10", `Invalid value for "low"`, "low is above high."},
+			{"4,3-11", `Invalid value for "high"`, "high is below low."},
+		}},
+		// What Validate says about an attribute that failed is left out:
+		// it may only follow from its default (high is 0 here).
+		{"nothing said of what failed", "low = 5\n  high = \"x\"", []wantDiag{
+			{"2,3-10", `Invalid value for "low"`, "low is above high."},
+			{"3,10-13", "Incorrect attribute value type", ""},
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
