@@ -68,19 +68,15 @@ func (d *decoder) decodeFactory(svc *Service, blk *hcl.Block, content *hcl.BodyC
 		decoded = fd.decode(spec.Attributes(), v.Elem(), content, "")
 		cfg = v.Interface()
 	}
-	svc.FactoryConfig = cfg
+	if decoded {
+		svc.FactoryConfig = cfg
+	}
 
 	// Validate and New run also when an attribute could not be decoded
 	// (it keeps its default), so that the other attributes' mistakes are
 	// reported at once too; what they say about an attribute that failed,
 	// or about none, may follow from it and is left out.
-	var err error
-	if val, ok := cfg.(framework.Validator); ok {
-		err = val.Validate(func(f any) bool { fl := fd.fields[f]; return fl != nil && fl.rng != nil })
-	}
-	if err == nil {
-		err = fd.tryNew(svc, cfg, content, decoded)
-	}
+	err := fd.check(svc, cfg, content, decoded)
 	if err == nil {
 		return
 	}
@@ -103,11 +99,12 @@ func (d *decoder) decodeFactory(svc *Service, blk *hcl.Block, content *hcl.BodyC
 	}
 }
 
-// tryNew builds the factory of svc from cfg, as superd will, so that its
-// own checks are reported, and checks what it says of the endpoints. Where
-// an attribute could not be decoded (!decoded), a panic of New's over a
-// default it did not expect is not the file's: it is ignored.
-func (fd *factoryDecoder) tryNew(svc *Service, cfg any, content *hcl.BodyContent, decoded bool) (err error) {
+// check runs the configuration's Validate, then builds the factory of svc
+// from cfg, as superd will, so that its own checks are reported, and
+// checks what it says of the endpoints. Where an attribute could not be
+// decoded (!decoded), a panic of theirs over a default they did not
+// expect is not the file's: it is ignored.
+func (fd *factoryDecoder) check(svc *Service, cfg any, content *hcl.BodyContent, decoded bool) (err error) {
 	if !decoded {
 		defer func() {
 			if recover() != nil {
@@ -115,8 +112,11 @@ func (fd *factoryDecoder) tryNew(svc *Service, cfg any, content *hcl.BodyContent
 			}
 		}()
 	}
-	d, spec := fd.decoder, svc.Spec
-	{
+	if val, ok := cfg.(framework.Validator); ok {
+		err = val.Validate(func(f any) bool { fl := fd.fields[f]; return fl != nil && fl.rng != nil })
+	}
+	if err == nil {
+		d, spec := fd.decoder, svc.Spec
 		env := &framework.Env{
 			Service: svc.Name,
 			Log:     slog.New(slog.DiscardHandler),
