@@ -185,7 +185,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 				notify.ready(statusText())
 				var stopWatchdog func()
 				watchdog, stopWatchdog = notify.ticker()
-				defer stopWatchdog()
+				defer stopWatchdog() // once: there is one startup
 			case "reload":
 				status.reloaded(err)
 				if err == nil {
