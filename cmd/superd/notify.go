@@ -14,8 +14,9 @@ import (
 // notifier speaks systemd's notify protocol (sd_notify) when NOTIFY_SOCKET
 // is set: READY=1 once every service listens, RELOADING=1 and READY=1
 // around a SIGHUP reload, STOPPING=1 at shutdown, STATUS= lines, and
-// WATCHDOG=1 pings from the main loop (so a stuck loop stops them and
-// systemd restarts superd). Without NOTIFY_SOCKET it does nothing.
+// WATCHDOG=1 pings from the main loop, paused while a reload (or reopen)
+// runs, so one that hangs stops them and systemd restarts superd. Without
+// NOTIFY_SOCKET it does nothing.
 type notifier struct {
 	log      *slog.Logger
 	enabled  bool

@@ -46,9 +46,15 @@ func cmdRun(args []string, stderr io.Writer) int {
 
 	// Signals are caught from the start, so one arriving during startup is
 	// not lost (and does not kill the process half-started).
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGUSR1)
-	defer signal.Stop(sigs)
+	// SIGINT and SIGTERM have a channel of their own: signal.Notify drops
+	// a signal a full channel cannot take, and SIGHUPs or SIGUSR1s piling
+	// up must never crowd out a terminating one.
+	stopSigs := make(chan os.Signal, 2)
+	signal.Notify(stopSigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(stopSigs)
+	otherSigs := make(chan os.Signal, 4)
+	signal.Notify(otherSigs, syscall.SIGHUP, syscall.SIGUSR1)
+	defer signal.Stop(otherSigs)
 
 	// As a container's PID 1 (or a subreaper), superd is handed its
 	// programs' orphans, and reaps them.
@@ -119,78 +125,142 @@ func cmdRun(args []string, stderr io.Writer) int {
 		}
 		return nil
 	}
-	if err := sup.StartThen(cfg, dropRoot); err != nil {
-		log.Error("cannot start", "err", err)
-		return exitFailure
-	}
-	sup.CloseUnclaimedInherited()
 	runAs := cfg.RunAs
-	log.Info("superd started", "config", *path, "services", len(cfg.Services), "version", buildVersion())
+	// Startup, each reload and each reopen run as a task in a goroutine of
+	// their own, never in this loop: a factory's StartFactory or Reopen
+	// may block (a logfile whose path is a FIFO nobody reads yet blocks in
+	// open(2)), and the loop must still take a second SIGINT/SIGTERM then,
+	// which exits at once (SPEC section 2). One task runs at a time; a
+	// SIGHUP or SIGUSR1 taken during one is remembered (several of a kind
+	// count as one) and handled once it has ended. A first SIGINT/SIGTERM
+	// taken during one is remembered too: the shutdown begins once the task
+	// has ended (Shutdown needs the supervisor's lock, which startup and
+	// reloads hold, and a reload begun is finished rather than refused).
+	var (
+		task                   string           // "startup", "reload" or "reopen": what busy reports on
+		busy                   chan error       // the task under way; nil when none
+		wantReload, wantReopen bool             // SIGHUP, SIGUSR1 taken during a task
+		stopSig                os.Signal        // a first SIGINT/SIGTERM taken during a task
+		stopped                chan error       // the Shutdown under way; nil before it begins
+		watchdog               <-chan time.Time // pings, once READY=1 is sent
+	)
+	run := func(name string, f func() error) {
+		task, busy = name, make(chan error, 1)
+		go func() { busy <- f() }()
+	}
 	notify := newNotifier(log)
 	lastReload := "none"
 	statusText := func() string {
 		return statusLine(len(sup.Services()), sup.ActiveConnections(), lastReload)
 	}
-	notify.ready(statusText())
-	// The watchdog is pinged from this loop: if it stops turning (a reload
-	// that hangs), systemd sees it.
-	watchdog, stopWatchdog := notify.ticker()
-	defer stopWatchdog()
-
+	shutdown := func(sig os.Signal) {
+		timeout := sup.ShutdownTimeout()
+		log.Info("shutting down", "signal", sig.String(), "timeout", timeout)
+		notify.stopping()
+		stopped = make(chan error, 1)
+		go func() { stopped <- sup.Shutdown(timeout) }()
+	}
+	run("startup", func() error { return sup.StartThen(cfg, dropRoot) })
 	for {
-		var sig os.Signal
-		select {
-		case <-watchdog:
-			notify.ping()
-			continue
-		case sig = <-sigs:
+		// The watchdog is pinged from this loop, but not while a task is
+		// under way: one that hangs (a reload stuck in a factory) stops the
+		// pings, and systemd sees it.
+		ping := watchdog
+		if busy != nil {
+			ping = nil
 		}
-		switch sig {
-		case syscall.SIGHUP:
-			notify.reloading()
-			err := reload(log, sup, m, *path, runAs, alogs)
-			status.reloaded(err)
-			if err == nil {
-				lastReload = "success"
-			} else {
-				lastReload = "failure"
-			}
-			notify.ready(statusText())
-		case syscall.SIGUSR1:
-			sup.Reopen()
-			alogs.reopen()
-		case syscall.SIGINT, syscall.SIGTERM:
-			timeout := sup.ShutdownTimeout()
-			log.Info("shutting down", "signal", sig.String(), "timeout", timeout)
-			notify.stopping()
-			done := make(chan error, 1)
-			go func() { done <- sup.Shutdown(timeout) }()
-			for {
-				select {
-				case <-watchdog:
-					notify.ping()
-				case err := <-done:
-					if err != nil {
-						log.Error("shutdown finished with errors", "err", err)
-					}
-					log.Info("superd stopped")
-					return exitOK
-				case sig := <-sigs:
-					if sig == syscall.SIGINT || sig == syscall.SIGTERM {
-						log.Warn("second signal: exiting without finishing the drain", "signal", sig.String())
-						abandonCluster.Store(true)
-						// Open connections are aborted and programs
-						// started by exec killed (not left running
-						// without superd), waiting for that briefly.
-						sup.CutShutdown()
-						select {
-						case <-done:
-						case <-time.After(forcedExitWait):
-						}
-						return exitFailure
-					}
+		select {
+		case <-ping:
+			notify.ping()
+		case err := <-busy:
+			busy = nil
+			switch task {
+			case "startup":
+				if err != nil {
+					log.Error("cannot start", "err", err)
+					return exitFailure
 				}
+				sup.CloseUnclaimedInherited()
+				log.Info("superd started", "config", *path, "services", len(cfg.Services), "version", buildVersion())
+				notify.ready(statusText())
+				var stopWatchdog func()
+				watchdog, stopWatchdog = notify.ticker()
+				defer stopWatchdog() // once: there is one startup
+			case "reload":
+				status.reloaded(err)
+				if err == nil {
+					lastReload = "success"
+				} else {
+					lastReload = "failure"
+				}
+				notify.ready(statusText())
 			}
+		case sig := <-stopSigs:
+			if stopped == nil && stopSig == nil {
+				if busy == nil {
+					shutdown(sig)
+					continue
+				}
+				stopSig = sig
+				log.Info("shutdown requested; it begins once the "+task+" under way has ended", "signal", sig.String())
+				continue
+			}
+			log.Warn("second signal: exiting without finishing the drain", "signal", sig.String())
+			abandonCluster.Store(true)
+			if stopped == nil {
+				// The shutdown waiting for a task begins now: should the
+				// task end within forcedExitWait, the services it leaves
+				// are cut short like the others.
+				shutdown(stopSig)
+			}
+			// Open connections are aborted and programs started by exec
+			// killed (not left running without superd), waiting for that
+			// briefly. (Services a stuck task keeps under the supervisor's
+			// lock are out of reach: the wait runs out.)
+			sup.CutShutdown()
+			select {
+			case <-stopped:
+			case <-time.After(forcedExitWait):
+			}
+			return exitFailure
+		case sig := <-otherSigs:
+			if stopped != nil || stopSig != nil {
+				continue // no reload or reopen once a shutdown is asked for
+			}
+			if sig == syscall.SIGHUP {
+				wantReload = true
+			} else {
+				wantReopen = true
+			}
+			if busy != nil {
+				log.Debug("signal taken during a "+task+"; handled once it ends", "signal", sig.String())
+			}
+		case err := <-stopped:
+			if err != nil {
+				log.Error("shutdown finished with errors", "err", err)
+			}
+			log.Info("superd stopped")
+			return exitOK
+		}
+		// Once no task is under way: the shutdown asked for during the last
+		// one, else what SIGUSR1 and SIGHUP asked for.
+		if busy != nil || stopped != nil {
+			continue
+		}
+		switch {
+		case stopSig != nil:
+			shutdown(stopSig)
+		case wantReopen:
+			wantReopen = false
+			run("reopen", func() error {
+				sup.Reopen()
+				alogs.reopen()
+				return nil
+			})
+		case wantReload:
+			wantReload = false
+			notify.reloading()
+			run("reload", func() error { return reload(log, sup, m, *path, runAs, alogs) })
 		}
 	}
 }
