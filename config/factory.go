@@ -241,7 +241,7 @@ func (fd *factoryDecoder) valueOf(attr *hcl.Attribute, ty cty.Type, required boo
 	switch {
 	case good:
 		return v, true, true
-	case len(fd.diags) > n:
+	case len(fd.diags) > n || fd.holdsHugeNumber(attr.Expr.Range()):
 		return cty.NilVal, false, false
 	case required:
 		fd.errorf(attr.Expr.Range(), "Invalid value", "%s must not be null.", attr.Name)

@@ -600,6 +600,20 @@ metrics { address = "" }
 			},
 		},
 		{
+			name: "a number out of range hides nothing else",
+			hcl: `service "testecho" "e" {
+  max_connections = 1e400
+  idle_timeout    = "bogus"
+  endpoint "tcp" { address = "127.0.0.1:99999" }
+}
+`,
+			want: []wantDiag{
+				{"2,21-26", "Number out of range", ""},
+				{"3,21-28", "Invalid duration", ""},
+				{"4,30-47", "Invalid address", ""},
+			},
+		},
+		{
 			// 100,000 levels overflowed the parser's stack: a fatal
 			// error, also for a running superd at reload.
 			name: "nested too deeply",

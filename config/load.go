@@ -68,11 +68,13 @@ func Parse(src []byte, filename string) (*File, error) {
 	if diags.HasErrors() {
 		return nil, &DiagnosticsError{Diags: firstSyntaxError(tidy(diags, filename)), Files: parser.Files()}
 	}
+	// Number literals out of range are reported here, and the attributes
+	// holding one are not evaluated (see decoder.value); the rest of the
+	// file is checked as usual.
+	var huge hcl.Diagnostics
 	if body, ok := f.Body.(*hclsyntax.Body); ok {
-		if more := checkNumbers(body); more.HasErrors() {
-			diags = append(diags, more...)
-			return nil, &DiagnosticsError{Diags: tidy(diags, filename), Files: parser.Files()}
-		}
+		huge = checkNumbers(body)
+		diags = append(diags, huge...)
 	}
 	dir, err := filepath.Abs(filepath.Dir(filename))
 	if err != nil {
@@ -90,6 +92,9 @@ func Parse(src []byte, filename string) (*File, error) {
 		diags:    diags,
 		services: map[string]hcl.Range{},
 		fileSums: map[string]string{},
+	}
+	for _, h := range huge {
+		d.huge = append(d.huge, *h.Subject)
 	}
 	d.decodeRoot(f.Body)
 	d.diags = tidy(d.diags, filename)
@@ -128,6 +133,9 @@ type decoder struct {
 	sockets []socket
 	// fileSums are the SHA-256 of the TLS files read, by resolved path.
 	fileSums map[string]string
+	// huge are the number literals checkNumbers refused: an attribute
+	// holding one is not evaluated.
+	huge []hcl.Range
 }
 
 func (d *decoder) add(diag *hcl.Diagnostic) { d.diags = append(d.diags, diag) }

@@ -24,6 +24,9 @@ var nonNullAttrs = map[string]bool{
 // value evaluates attr and converts it to ty. ok is false when the value is
 // null (the attribute then counts as unset) or a diagnostic was reported.
 func (d *decoder) value(attr *hcl.Attribute, ty cty.Type) (cty.Value, bool) {
+	if d.holdsHugeNumber(attr.Expr.Range()) {
+		return cty.NilVal, false // reported by checkNumbers
+	}
 	v, diags := attr.Expr.Value(d.ctx)
 	d.diags = append(d.diags, diags...)
 	if diags.HasErrors() {
@@ -54,6 +57,17 @@ func (d *decoder) value(attr *hcl.Attribute, ty cty.Type) (cty.Value, bool) {
 		return cty.NilVal, false
 	}
 	return cv, true
+}
+
+// holdsHugeNumber reports whether the expression in rng holds a number
+// literal checkNumbers refused.
+func (d *decoder) holdsHugeNumber(rng hcl.Range) bool {
+	for _, h := range d.huge {
+		if h.Filename == rng.Filename && h.Start.Byte >= rng.Start.Byte && h.End.Byte <= rng.End.Byte {
+			return true
+		}
+	}
+	return false
 }
 
 // hasNullElement reports whether a value holds null anywhere inside it.

@@ -36,7 +36,9 @@ type Supervisor struct {
 	services map[string]*service // by name
 	sockets  map[string]*socket  // by socket key, shared across reloads
 	order    []string            // service names in file order
-	started  bool
+	// started and stopping are read without mu by NotReady: /readyz
+	// answers while a reload or the startup holds mu (one may hang).
+	started  atomic.Bool
 	stopping atomic.Bool
 
 	// shutdownTimeout is the shutdown_timeout of the configuration in
@@ -173,7 +175,7 @@ func (s *Supervisor) StartThen(cfg *config.File, beforeServing func() error) err
 		s.services[svc.cfg.Name] = svc
 		s.order = append(s.order, svc.cfg.Name)
 	}
-	s.started = true
+	s.started.Store(true)
 	s.generation = 1
 	s.updateGuardsLocked()
 	return nil
@@ -204,9 +206,7 @@ func (s *Supervisor) NotReady() []string {
 	if s.stopping.Load() {
 		return []string{"shutting down"}
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if !s.started {
+	if !s.started.Load() {
 		return []string{"starting"}
 	}
 	return nil
