@@ -9,6 +9,7 @@ package main
 
 import (
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -114,7 +115,18 @@ func TestSignalsDuringStuckReload(t *testing.T) {
 // One SIGTERM while a reload is stuck: superd finishes the reload, then
 // shuts down cleanly (status 0).
 func TestSignalDuringStuckReloadShutsDownAfterIt(t *testing.T) {
-	d, fifo, _ := stuckReload(t)
+	d, fifo, maddr := stuckReload(t)
+	// /readyz answers meanwhile (the services serve), without waiting for
+	// the reload (a probe would time out).
+	client := &http.Client{Timeout: 5 * time.Second}
+	resp, err := client.Get("http://" + maddr + "/readyz")
+	if err != nil {
+		t.Fatalf("/readyz during a stuck reload: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("/readyz during a stuck reload: %d, want 200", resp.StatusCode)
+	}
 	d.signal(syscall.SIGTERM)
 	if !d.logged("shutdown requested") {
 		t.Fatal("the SIGTERM was not taken during the reload")
