@@ -111,6 +111,10 @@ func parseFlags(fs *flag.FlagSet, args []string) int {
 		fmt.Fprintf(fs.Output(), "%s: unexpected argument %q\n%s", fs.Name(), fs.Arg(0), usage)
 		return exitUsage
 	}
+	if f := fs.Lookup("config"); f != nil && f.Value.String() == "" {
+		fmt.Fprintf(fs.Output(), "%s: -config names no file\n%s", fs.Name(), usage)
+		return exitUsage
+	}
 	return -1
 }
 

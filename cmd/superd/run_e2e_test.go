@@ -338,6 +338,11 @@ func TestExitCodes(t *testing.T) {
 			t.Errorf("%s extra: %d %q, want 2 and unexpected argument", cmd, code, errs)
 		}
 	}
+	for _, cmd := range []string{"run", "validate"} {
+		if code, _, errs := run(cmd, "-config", ""); code != 2 || !strings.Contains(errs, "-config names no file") {
+			t.Errorf("%s -config '': %d %q, want 2 and that it names no file", cmd, code, errs)
+		}
+	}
 	if code, out, _ := run("factories"); code != 0 || !strings.Contains(out, "quote") || !strings.Contains(out, "max_connections") ||
 		!strings.Contains(out, "layout") || !strings.Contains(out, `default "Monday, January 2, 2006 15:04:05-MST"`) ||
 		// A duration and a path are named so, not as the strings HCL holds.
