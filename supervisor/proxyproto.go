@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"syscall"
 	"time"
@@ -17,6 +18,14 @@ import (
 
 // errNoHeader: a trusted peer sent none where one is required.
 var errNoHeader = errors.New("no PROXY protocol header")
+
+// A v2 header's length field is 16 bits: go-proxyproto refuses more than
+// 4 KiB of addresses and TLVs unless told otherwise, so a trusted proxy
+// sending a well-formed header with larger TLVs (certificate details,
+// several of them) would have every connection refused. The whole
+// length is taken: only trusted peers' headers are read, within the
+// header timeout, at most 64 KiB each.
+func init() { proxyproto.MaxV2HeaderSize = math.MaxUint16 }
 
 // proxiedConn is a connection whose PROXY header has been read: its
 // RemoteAddr is the client the header names (the real one), and what

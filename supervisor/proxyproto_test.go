@@ -226,3 +226,25 @@ func TestProxyProtocolUntrustedPeer(t *testing.T) {
 		t.Fatalf("echo %q, %v: the untrusted peer's header was not its data", got, err)
 	}
 }
+
+// A v2 header of any length its 16-bit field can say is read, TLVs and
+// all (go-proxyproto alone stops at 4 KiB), and the bytes after it follow.
+func TestReadProxyHeaderLargeV2(t *testing.T) {
+	pp := &endpoint.ProxyProtocol{Required: true, Timeout: 2 * time.Second}
+	for _, size := range []int{4000, 5000, 65535 - 12 - 3} {
+		tlvs := []proxyproto.TLV{{Type: 0xE0, Value: make([]byte, size)}}
+		data := append(v2Header(t, proxyproto.PROXY, tlvs), "data"...)
+		server, _ := headerPair(t, data, 0, false)
+		got, err := readProxyHeader(server, pp)
+		if err != nil {
+			t.Errorf("v2 header with a %d-byte TLV (%d bytes in all): %v", size, len(data)-4, err)
+			continue
+		}
+		if got.RemoteAddr().String() != "192.0.2.10:40000" {
+			t.Errorf("peer %v", got.RemoteAddr())
+		}
+		if rest, _ := io.ReadAll(got); string(rest) != "data" {
+			t.Errorf("after the header: %q, want data", rest)
+		}
+	}
+}
