@@ -48,6 +48,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -371,6 +372,7 @@ func (p *Proxy) header() []byte {
 	h := &proxyproto.Header{Version: p.f.version, Command: proxyproto.LOCAL, TransportProtocol: proxyproto.UNSPEC}
 	if src, ok := p.t.PeerAddr().(*net.TCPAddr); ok {
 		if dst, ok := p.t.LocalAddr().(*net.TCPAddr); ok {
+			src, dst = sameFamily(src, dst)
 			h = proxyproto.HeaderProxyFromAddrs(p.f.version, src, dst)
 		}
 	}
@@ -380,6 +382,26 @@ func (p *Proxy) header() []byte {
 		b, _ = h.Format()
 	}
 	return b
+}
+
+// sameFamily gives the header's two addresses one family, as PROXY
+// requires, the client's: IPv4 clients stay IPv4 (SPEC: a mapped address
+// is its IPv4 one). A client a PROXY header named by its IPv4 address on
+// an IPv6 socket would otherwise go upstream as ::ffff:a.b.c.d (the
+// library maps both to IPv6); where superd's own address has the other
+// family, the header names the unspecified address of the client's
+// family, with superd's port.
+func sameFamily(src, dst *net.TCPAddr) (*net.TCPAddr, *net.TCPAddr) {
+	s, d := src.AddrPort(), dst.AddrPort()
+	sa, da := s.Addr().Unmap(), d.Addr().Unmap()
+	if sa.Is4() != da.Is4() {
+		if sa.Is4() {
+			da = netip.IPv4Unspecified()
+		} else {
+			da = netip.IPv6Unspecified()
+		}
+	}
+	return net.TCPAddrFromAddrPort(netip.AddrPortFrom(sa, s.Port())), net.TCPAddrFromAddrPort(netip.AddrPortFrom(da, d.Port()))
 }
 
 // abort ends the client's connection, counted as dropped because of the

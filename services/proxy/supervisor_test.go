@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"log/slog"
@@ -104,5 +105,52 @@ func waitFor(t *testing.T, cond func() bool, what string) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestForwardedHeaderKeepsTheClientsFamily: a client a PROXY header names
+// by its IPv4 address, reaching superd on an IPv6 endpoint, is sent
+// upstream as IPv4 (TCP4), not as ::ffff:a.b.c.d; the destination, of the
+// other family, is the unspecified IPv4 address with superd's port.
+func TestForwardedHeaderKeepsTheClientsFamily(t *testing.T) {
+	front := testkit.FreeAddrOn(t, "tcp", "::1") // skips without IPv6
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 1)
+	serveUpstream(t, ln, func(c net.Conn) {
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		got <- line
+	})
+	src := fmt.Sprintf(`service "proxy" "front" {
+  upstream            = %q
+  send_proxy_protocol = "v1"
+  endpoint "tcp" {
+    address = %q
+    proxy_protocol { trusted = ["::1/128"] }
+  }
+}
+`, ln.Addr().String(), front)
+	cfg, err := config.Parse([]byte(src), filepath.Join(t.TempDir(), "superd.hcl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := supervisor.New(slog.New(slog.DiscardHandler), metrics.New("test"))
+	if err := s.Start(cfg); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(5 * time.Second)
+	c, err := net.Dial("tcp", front)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "PROXY TCP4 192.0.2.10 192.0.2.1 40000 443\r\n")
+	_, port, _ := net.SplitHostPort(front)
+	if h, want := <-got, "PROXY TCP4 192.0.2.10 0.0.0.0 40000 "+port+"\r\n"; h != want {
+		t.Errorf("header sent upstream %q, want %q", h, want)
 	}
 }
