@@ -93,7 +93,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 		mux := http.NewServeMux()
 		mux.Handle("/", m.Handler(sup.NotReady))
 		mux.Handle("/status", status)
-		httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		httpSrv = newMetricsServer(mux)
 		go httpSrv.Serve(ln)
 		defer httpSrv.Close()
 		log.Info("metrics listening", "address", ln.Addr().String())
@@ -353,4 +353,26 @@ func logReloadError(log *slog.Logger, err error) {
 		return
 	}
 	log.Error("reload failed; nothing changed", "err", err)
+}
+
+// The metrics listener's limits: a client that sends a request slowly,
+// reads its answer slowly or keeps an idle connection open is cut off in
+// the end, so none holds a descriptor and a goroutine for good (the
+// descriptors are the services' too). An answer has a minute to be
+// written (/status?connections=1 lists up to 10,000 connections); an
+// idle connection outlives a 15 s scrape interval.
+var metricsLimits = struct {
+	header, read, write, idle time.Duration
+}{10 * time.Second, 30 * time.Second, time.Minute, time.Minute}
+
+// newMetricsServer serves /metrics, /healthz, /readyz and /status.
+func newMetricsServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: metricsLimits.header,
+		ReadTimeout:       metricsLimits.read,
+		WriteTimeout:      metricsLimits.write,
+		IdleTimeout:       metricsLimits.idle,
+		MaxHeaderBytes:    64 << 10,
+	}
 }
