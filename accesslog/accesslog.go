@@ -139,16 +139,19 @@ func (l *Logger) Log(e Entry) {
 	}
 }
 
-// run writes queued lines, flushing whenever the queue runs empty.
+// run writes queued lines, flushing whenever the queue runs empty or
+// batchLines have been taken: mu is let go between batches, so a Reopen
+// (SIGUSR1, which waits for it) is not held off for as long as the
+// producers keep the queue from running empty.
 func (l *Logger) run() {
 	defer close(l.done)
 	buf := make([]byte, 0, 512)
 	for e := range l.queue {
 		l.mu.Lock()
-		for {
+		for n := 1; ; n++ {
 			buf = l.appendEntry(buf[:0], &e)
 			l.write(buf)
-			if len(l.queue) == 0 {
+			if len(l.queue) == 0 || n == batchLines {
 				break
 			}
 			e = <-l.queue
@@ -157,6 +160,9 @@ func (l *Logger) run() {
 		l.mu.Unlock()
 	}
 }
+
+// batchLines is the most lines run writes under one hold of mu.
+const batchLines = 256
 
 // write adds one line to the buffer, writing the buffer out first when
 // the line does not fit. Called with mu held.

@@ -7,7 +7,9 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -309,5 +311,57 @@ func TestDiskFullLeavesNoTornLine(t *testing.T) {
 		if i == len(got)-1 && m["pid"] != float64(1000) {
 			t.Errorf("the last line is %q, want the one logged once there was room", line)
 		}
+	}
+}
+
+// Reopen (SIGUSR1) is not held off while producers keep the queue from
+// running empty: the writer lets go of the file between batches. (It
+// used to hold it until the queue ran empty, for as long as the load
+// lasted; here the load lasts until Reopen returns.)
+func TestReopenUnderSteadyLoad(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "access.log")
+	l, err := Open(path, FormatJSON, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				l.Log(Entry{Service: "s", Factory: "f", Endpoint: "tcp:x", Peer: "127.0.0.1:1", Reason: "clean"})
+			}
+		}()
+	}
+	defer func() {
+		close(stop)
+		wg.Wait()
+	}()
+	for len(l.queue) < cap(l.queue)/2 { // the load is on
+		runtime.Gosched()
+	}
+	if err := os.Rename(path, path+".1"); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- l.Reopen() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Reopen still waiting after 10 s of steady logging")
+	}
+	if _, err := os.Stat(path); err != nil {
+		t.Errorf("no new file after Reopen: %v", err)
 	}
 }
