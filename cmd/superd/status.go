@@ -7,10 +7,12 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/superd-dev/superd/config"
 	"github.com/superd-dev/superd/supervisor"
@@ -139,11 +141,11 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 
 func printStatus(w io.Writer, s *Status) {
 	fmt.Fprintf(w, "superd %s, pid %d, up since %s, %s (generation %d)\n",
-		s.Version, s.PID, s.StartedAt.Format(time.RFC3339), s.ConfigFile, s.ConfigGeneration)
+		cell(s.Version), s.PID, s.StartedAt.Format(time.RFC3339), cell(s.ConfigFile), s.ConfigGeneration)
 	if r := s.LastReload; r != nil {
-		fmt.Fprintf(w, "last reload: %s at %s", r.Result, r.Time.Format(time.RFC3339))
+		fmt.Fprintf(w, "last reload: %s at %s", cell(r.Result), r.Time.Format(time.RFC3339))
 		if r.Error != "" {
-			fmt.Fprintf(w, " (%s)", r.Error)
+			fmt.Fprintf(w, " (%s)", cell(r.Error))
 		}
 		fmt.Fprintln(w)
 	}
@@ -152,7 +154,7 @@ func printStatus(w io.Writer, s *Status) {
 		if !c.Connected {
 			state = "NOT connected to NATS (rooms serve their own node only)"
 		}
-		fmt.Fprintf(w, "cluster node %s: %s\n", c.Node, state)
+		fmt.Fprintf(w, "cluster node %s: %s\n", cell(c.Node), state)
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -160,13 +162,13 @@ func printStatus(w io.Writer, s *Status) {
 	for _, svc := range s.Services {
 		var eps []string
 		for _, ep := range svc.Endpoints {
-			e := ep.Kind + ":" + ep.Address
+			e := cell(ep.Kind + ":" + ep.Address)
 			if ep.Inherited {
 				e += " (inherited)"
 			}
 			eps = append(eps, e)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\n", svc.Name, svc.Factory, svc.State, svc.Active,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\n", cell(svc.Name), cell(svc.Factory), cell(svc.State), svc.Active,
 			svc.Totals.Accepted, svc.Totals.Rejected, svc.Totals.Dropped, strings.Join(eps, " "))
 	}
 	tw.Flush()
@@ -179,9 +181,22 @@ func printStatus(w io.Writer, s *Status) {
 			if c.PID != 0 {
 				pid = fmt.Sprint(c.PID)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\n", c.Service, c.Endpoint, c.Peer,
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\n", cell(c.Service), cell(c.Endpoint), cell(c.Peer),
 				c.Since.Format(time.RFC3339), c.BytesIn, c.BytesOut, pid)
 		}
 		tw.Flush()
 	}
+}
+
+// cell is a string as the table shows it: quoted, with Go's escapes, when
+// it holds a tab, a line break, a terminal escape or another character
+// that does not print (a service name may hold any), so that it stays in
+// its column and row and cannot pass for another.
+func cell(s string) string {
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return strconv.Quote(s)
+		}
+	}
+	return s
 }
