@@ -83,6 +83,28 @@ type HandedConn struct {
 	Exit              string
 
 	running atomic.Int64
+	live    atomic.Pointer[func() (in, out int64)]
+}
+
+// SetLiveBytes gives the status view the bytes the connection has moved so
+// far while the handler serves it: f is called from other goroutines, at
+// any time until SetLiveBytes(nil), which the handler calls before what f
+// reads goes away. BytesIn and BytesOut are still set at the end.
+func (c *HandedConn) SetLiveBytes(f func() (in, out int64)) {
+	if f == nil {
+		c.live.Store(nil)
+		return
+	}
+	c.live.Store(&f)
+}
+
+// LiveBytes is what the function SetLiveBytes recorded says now; 0 and 0
+// without one.
+func (c *HandedConn) LiveBytes() (in, out int64) {
+	if f := c.live.Load(); f != nil {
+		return (*f)()
+	}
+	return 0, 0
 }
 
 // SetRunningPID records the program serving the connection while it runs

@@ -155,6 +155,7 @@ func (s *service) appendConns(cs []ConnStatus) []ConnStatus {
 		case t.hc != nil:
 			c.Peer = plainPeer(t.hc.Conn.RemoteAddr())
 			c.PID = t.hc.RunningPID()
+			c.BytesIn, c.BytesOut = t.hc.LiveBytes()
 		default:
 			continue // not served yet
 		}

@@ -241,14 +241,16 @@ service "exec" "x" {
 		t.Fatal(err)
 	}
 	// The program may write before superd has recorded its pid: poll.
+	// Its bytes are the kernel's count (the socket is the program's).
+	out := int64(len(fmt.Sprintf("pid %d\n", pid)))
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		s := getStatus(t, metrics, true)
-		if len(s.Connections) == 1 && s.Connections[0].PID == pid {
+		if len(s.Connections) == 1 && s.Connections[0].PID == pid && s.Connections[0].BytesOut == out && s.Connections[0].BytesIn == 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("status connections %+v, want pid %d", s.Connections, pid)
+			t.Fatalf("status connections %+v, want pid %d, bytes in 0 and out %d", s.Connections, pid, out)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

@@ -312,3 +312,42 @@ func TestFINAcknowledged(t *testing.T) {
 		}
 	}
 }
+
+// While the program runs, the status view reads the connection's bytes so
+// far: the kernel's count for a socket handed over, the relay's for TLS;
+// once the connection has ended, none (its end counts are set).
+func TestLiveBytes(t *testing.T) {
+	for _, kind := range []string{"tcp", "tls"} {
+		t.Run(kind, func(t *testing.T) {
+			f, _ := newTestFactory(t, `command = ["/bin/cat"]`)
+			var client, server net.Conn
+			if kind == "tls" {
+				client, server = tlsPair(t)
+			} else {
+				client, server = tcpPair(t)
+			}
+			h := serveConn(t, f, server, 0)
+			if _, err := client.Write([]byte("hello")); err != nil {
+				t.Fatal(err)
+			}
+			client.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.ReadFull(client, make([]byte, 5)); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, 10*time.Second, "the live counts to say 5 and 5", func() bool {
+				in, out := h.hc.LiveBytes()
+				return in == 5 && out == 5
+			})
+			client.Close()
+			if err := h.wait(t, 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			if in, out := h.hc.LiveBytes(); in != 0 || out != 0 {
+				t.Errorf("live counts after the end: %d, %d", in, out)
+			}
+			if h.hc.BytesIn != 5 || h.hc.BytesOut != 5 {
+				t.Errorf("end counts %d, %d, want 5 and 5", h.hc.BytesIn, h.hc.BytesOut)
+			}
+		})
+	}
+}

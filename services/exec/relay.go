@@ -55,11 +55,17 @@ func (f *Factory) serveRelayed(hc *framework.HandedConn, env []string) error {
 
 	closeAll := sync.OnceFunc(func() { client.Close(); ours.Close() })
 	idle := startRelayIdle(hc, ch, closeAll)
+	var in, out atomic.Int64 // the status view reads them meanwhile
+	hc.SetLiveBytes(func() (int64, int64) { return in.Load(), out.Load() })
+	defer func() {
+		hc.SetLiveBytes(nil)
+		hc.BytesIn, hc.BytesOut = in.Load(), out.Load()
+	}()
 	upDone := make(chan struct{})
 	downDone := make(chan struct{})
 	go func() { // client to child
 		defer close(upDone)
-		if lost := copyUp(ours.(*net.UnixConn), client, hc, idle); lost {
+		if lost := copyUp(ours.(*net.UnixConn), client, hc, &in, idle); lost {
 			// The client is gone (reset): the program's connection
 			// ends, as a socket handed over would.
 			closeAll()
@@ -67,7 +73,7 @@ func (f *Factory) serveRelayed(hc *framework.HandedConn, env []string) error {
 	}()
 	go func() { // child to client
 		defer close(downDone)
-		if lost := copyDown(client, ours, hc); lost {
+		if lost := copyDown(client, ours, hc, &out); lost {
 			// The client no longer takes what the program writes: its
 			// writes fail (EPIPE) instead of blocking forever.
 			closeAll()
@@ -185,7 +191,7 @@ var processStart = time.Now()
 // copyUp copies from the client to the child, recording each input for
 // the idle timeout, and reports whether the client's connection failed
 // (lost). The client's end of stream becomes the child's.
-func copyUp(dst *net.UnixConn, src net.Conn, hc *framework.HandedConn, idle *relayIdle) (lost bool) {
+func copyUp(dst *net.UnixConn, src net.Conn, hc *framework.HandedConn, in *atomic.Int64, idle *relayIdle) (lost bool) {
 	bp := relayBuffers.Get().(*[]byte)
 	defer relayBuffers.Put(bp)
 	buf := *bp
@@ -196,7 +202,7 @@ func copyUp(dst *net.UnixConn, src net.Conn, hc *framework.HandedConn, idle *rel
 			if hc.Received != nil {
 				hc.Received.Add(float64(n))
 			}
-			hc.BytesIn += int64(n) // read by ServeConn's caller after both copies end
+			in.Add(int64(n))
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				return false // the child no longer reads
 			}
@@ -214,7 +220,7 @@ func copyUp(dst *net.UnixConn, src net.Conn, hc *framework.HandedConn, idle *rel
 // copyDown copies from the child to the client; the child's end of stream
 // becomes a close_notify and a FIN. It reports whether writing to the
 // client failed (lost).
-func copyDown(dst net.Conn, src net.Conn, hc *framework.HandedConn) (lost bool) {
+func copyDown(dst net.Conn, src net.Conn, hc *framework.HandedConn, out *atomic.Int64) (lost bool) {
 	bp := relayBuffers.Get().(*[]byte)
 	defer relayBuffers.Put(bp)
 	buf := *bp
@@ -227,7 +233,7 @@ func copyDown(dst net.Conn, src net.Conn, hc *framework.HandedConn) (lost bool) 
 			if hc.Sent != nil {
 				hc.Sent.Add(float64(n))
 			}
-			hc.BytesOut += int64(n)
+			out.Add(int64(n))
 		}
 		if err != nil {
 			if errors.Is(err, io.EOF) {

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"strconv"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -60,7 +61,7 @@ func (f *Factory) serveDirect(hc *framework.HandedConn, c interface {
 		// closed its own (its client would see no end of stream).
 		unix.Close(fd)
 	} else {
-		defer unix.Close(fd)
+		defer liveTCPBytes(hc, fd)()
 	}
 	if err != nil {
 		f.log.Error("cannot start program", "program", f.path, "peer", peer, "err", err)
@@ -79,6 +80,34 @@ func (f *Factory) serveDirect(hc *framework.HandedConn, c interface {
 		return framework.ErrShutdownTimeout
 	}
 	return werr
+}
+
+// liveTCPBytes has the status view read the bytes of the socket handed
+// over from the kernel (TCP_INFO: received, and acknowledged by the
+// client) while the program runs; the returned func stops that and closes
+// fd, which it reads.
+func liveTCPBytes(hc *framework.HandedConn, fd int) (closeFD func()) {
+	var mu sync.Mutex
+	open := true
+	hc.SetLiveBytes(func() (in, out int64) {
+		mu.Lock()
+		defer mu.Unlock()
+		if !open {
+			return 0, 0
+		}
+		info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+		if err != nil {
+			return 0, 0
+		}
+		return int64(info.Bytes_received), int64(info.Bytes_acked)
+	})
+	return func() {
+		hc.SetLiveBytes(nil)
+		mu.Lock()
+		open = false
+		mu.Unlock()
+		unix.Close(fd)
+	}
 }
 
 // dupBlocking duplicates the connection's descriptor for the child, in
