@@ -798,18 +798,29 @@ func TestDatagramReloadRemovesService(t *testing.T) {
 	}
 }
 
+// holdingFactory serves one datagram: its DatagramReceived closes entered
+// and waits until release is closed, then sends the datagram back to its
+// source, or to to when given.
+func holdingFactory(to net.Addr) (f *dgramFactory, entered, release chan struct{}) {
+	entered, release = make(chan struct{}), make(chan struct{})
+	f = &dgramFactory{onDatagram: func(p *dgramProto, data []byte, from net.Addr) {
+		close(entered)
+		<-release
+		if to != nil {
+			from = to
+		}
+		p.t.WriteTo(data, from)
+	}}
+	return f, entered, release
+}
+
 // A reload that removes a udp service whose DatagramReceived is still
 // running (a protocol waiting on an upstream) returns without waiting for
 // it, as for a stream service: the reload holds the supervisor's lock, and
 // the status view and a shutdown wait for it. The old service drains in
 // the background: its reply goes out, and then its socket is closed.
 func TestDatagramReloadRemovesBusyService(t *testing.T) {
-	entered, release := make(chan struct{}), make(chan struct{})
-	f := &dgramFactory{onDatagram: func(p *dgramProto, data []byte, from net.Addr) {
-		close(entered)
-		<-release
-		p.t.WriteTo(data, from)
-	}}
+	f, entered, release := holdingFactory(nil)
 	s, _, addr := startDgram(t, "slow", "127.0.0.1", f, false, config.Limits{})
 	defer s.Shutdown(5 * time.Second)
 	c := dialUDP(t, addr)
@@ -1229,12 +1240,7 @@ func TestDatagramReloadToWaitModeAndBack(t *testing.T) {
 // A datagram being delivered when superd shuts down still gets its reply:
 // the close stops the reading only, not the batch's replies.
 func TestReplyOfDatagramInFlightAtShutdown(t *testing.T) {
-	entered, release := make(chan struct{}), make(chan struct{})
-	f := &dgramFactory{onDatagram: func(p *dgramProto, data []byte, from net.Addr) {
-		close(entered)
-		<-release
-		p.t.WriteTo(data, from)
-	}}
+	f, entered, release := holdingFactory(nil)
 	s, m, addr := startDgram(t, "bye", "127.0.0.1", f, false, config.Limits{})
 	s.mu.Lock()
 	sock := s.services["bye"].bindings[0].sock
@@ -1326,12 +1332,7 @@ func TestGuardedNoDirectedBroadcast(t *testing.T) {
 // (which allows broadcast for its own batches).
 func TestGuardedNoDirectedBroadcastDuringReload(t *testing.T) {
 	broadcast := &net.UDPAddr{IP: net.IPv4(127, 255, 255, 255), Port: 40000}
-	entered, release := make(chan struct{}), make(chan struct{})
-	old := &dgramFactory{onDatagram: func(p *dgramProto, data []byte, from net.Addr) {
-		close(entered)
-		<-release
-		p.t.WriteTo(data, broadcast)
-	}}
+	old, entered, release := holdingFactory(broadcast)
 	s, m, addr := startDgram(t, "g", "127.0.0.1", old, true, config.Limits{})
 	defer s.Shutdown(5 * time.Second)
 	c := dialUDP(t, addr)

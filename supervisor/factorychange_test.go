@@ -99,6 +99,18 @@ func only(c prometheus.Collector) float64 {
 	return testutil.ToFloat64(c)
 }
 
+// removeWeb removes service web (served by f) altogether, which still
+// deletes every series of it.
+func removeWeb(t *testing.T, s *Supervisor, m *metrics.Metrics, f *lifecycleFactory) {
+	t.Helper()
+	if err := s.Reload(&config.File{ShutdownTimeout: 5 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return f.stops.Load() == 1 })
+	s.draining.Wait()
+	checkNoWebSeries(t, m)
+}
+
 // checkNoWebSeries checks that service web left no series.
 func checkNoWebSeries(t *testing.T, m *metrics.Metrics) {
 	t.Helper()
@@ -139,13 +151,7 @@ func TestFactoryChangeKeepsSuccessorsSeries(t *testing.T) {
 	s.draining.Wait()
 	checkSuccessorSeries(t, m, addr, newCert)
 
-	// Removing web altogether still deletes every series of it.
-	if err := s.Reload(&config.File{ShutdownTimeout: 5 * time.Second}); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, func() bool { return newF.stops.Load() == 1 })
-	s.draining.Wait()
-	checkNoWebSeries(t, m)
+	removeWeb(t, s, m, newF)
 }
 
 // The same when web is removed and added back under another factory while
@@ -187,11 +193,5 @@ func TestReaddedUnderAnotherFactoryKeepsSeries(t *testing.T) {
 	waitFor(t, func() bool { return oldF.stops.Load() == 1 })
 	s.draining.Wait()
 	checkSuccessorSeries(t, m, addr, newCert)
-
-	if err := s.Reload(&config.File{ShutdownTimeout: 5 * time.Second}); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, func() bool { return newF.stops.Load() == 1 })
-	s.draining.Wait()
-	checkNoWebSeries(t, m)
+	removeWeb(t, s, m, newF)
 }
