@@ -79,19 +79,27 @@ func (s *Supervisor) Reload(cfg *config.File) error {
 	for _, svc := range prepared {
 		svc.log.Info("service started", "endpoints", len(svc.bindings))
 	}
+	var retired []*service
 	for _, name := range s.order {
 		old := s.services[name]
 		if newServices[name] == old {
 			continue
 		}
-		next := newServices[name]
 		// Detach first: sockets the successor took over stay open; the
 		// others close now, so the old service gets no new connections.
 		s.releaseSocketsLocked(old)
-		s.draining.Add(1)
-		s.drainMu.Lock()
+		retired = append(retired, old)
+	}
+	s.draining.Add(len(retired))
+	s.drainMu.Lock()
+	for _, old := range retired {
 		s.drainingSvcs[old] = struct{}{}
-		s.drainMu.Unlock()
+	}
+	s.running = runningOf(newOrder, newServices)
+	s.generation++
+	s.drainMu.Unlock()
+	for _, old := range retired {
+		next := newServices[old.cfg.Name]
 		go func() {
 			defer s.draining.Done()
 			old.drainAndStop(cfg.ShutdownTimeout, stopRetired)
@@ -107,7 +115,6 @@ func (s *Supervisor) Reload(cfg *config.File) error {
 	}
 	s.services = newServices
 	s.order = newOrder
-	s.generation++
 	s.updateGuardsLocked()
 	return nil
 }

@@ -70,8 +70,9 @@ const MaxStatusConnections = 10000
 // Status describes the running services (in file order), then the
 // services still draining after a reload or in a shutdown; with conns,
 // also the open connections (at most MaxStatusConnections). The two lists
-// are one moment's: a reload moves a service from one to the other under
-// both locks, taken here in the same order.
+// are one moment's: a reload or a shutdown moves services from one to the
+// other in one step under drainMu, the only lock taken here besides each
+// service's own, so Status answers while a reload is under way.
 func (s *Supervisor) Status(conns bool) ([]ServiceStatus, []ConnStatus) {
 	_, services, cs := s.StatusOf(conns)
 	return services, cs
@@ -80,14 +81,9 @@ func (s *Supervisor) Status(conns bool) ([]ServiceStatus, []ConnStatus) {
 // StatusOf is Status with the generation of the configuration it
 // describes (1 at Start, one more for each successful Reload).
 func (s *Supervisor) StatusOf(conns bool) (generation int, services []ServiceStatus, cs []ConnStatus) {
-	s.mu.Lock()
-	generation = s.generation
-	running := make([]*service, 0, len(s.order))
-	for _, name := range s.order {
-		running = append(running, s.services[name])
-	}
 	s.drainMu.Lock()
-	s.mu.Unlock()
+	generation = s.generation
+	running := s.running
 	draining := make([]*service, 0, len(s.drainingSvcs)+len(s.stoppingSvcs))
 	for svc := range s.drainingSvcs {
 		draining = append(draining, svc)

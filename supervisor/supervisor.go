@@ -53,8 +53,13 @@ type Supervisor struct {
 	// holds s.mu while it waits for them.
 	drainMu      sync.Mutex
 	drainingSvcs map[*service]struct{}
-	// generation counts the configurations applied: 1 at Start, one more
-	// for each successful Reload (under mu, so a Status is of one).
+	// running (the services in file order) and generation (the
+	// configurations applied: 1 at Start, one more for each successful
+	// Reload) are what Status shows, under drainMu: a commit moves services
+	// between running and draining in one step, and Status does not wait
+	// for s.mu, which a reload holds while it prepares services (one may
+	// hang, opening a file).
+	running    []*service
 	generation int
 	// stoppingSvcs are the services Shutdown drains (under drainMu), for
 	// CutShutdown, which cannot wait for mu; cutRequested: CutShutdown
@@ -176,9 +181,21 @@ func (s *Supervisor) StartThen(cfg *config.File, beforeServing func() error) err
 		s.order = append(s.order, svc.cfg.Name)
 	}
 	s.started.Store(true)
+	s.drainMu.Lock()
+	s.running = runningOf(s.order, s.services)
 	s.generation = 1
+	s.drainMu.Unlock()
 	s.updateGuardsLocked()
 	return nil
+}
+
+// runningOf is the services in file order.
+func runningOf(order []string, services map[string]*service) []*service {
+	r := make([]*service, 0, len(order))
+	for _, name := range order {
+		r = append(r, services[name])
+	}
+	return r
 }
 
 // updateGuardsLocked records the ports of the guarded udp endpoints of
@@ -239,6 +256,7 @@ func (s *Supervisor) Shutdown(timeout time.Duration) error {
 		svcs = append(svcs, svc)
 	}
 	s.drainMu.Lock()
+	s.running = nil
 	s.stoppingSvcs = append(s.stoppingSvcs, svcs...)
 	if s.cutRequested { // a second signal came before the services were out
 		for _, svc := range svcs {

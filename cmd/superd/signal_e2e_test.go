@@ -8,6 +8,7 @@ package main
 // SIGHUPs and SIGUSR1s are coalesced into one more of each afterwards.
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -126,6 +127,21 @@ func TestSignalDuringStuckReloadShutsDownAfterIt(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Errorf("/readyz during a stuck reload: %d, want 200", resp.StatusCode)
+	}
+	// So does /status, with the configuration in force: generation 1,
+	// the echo service running, the logfile service not yet.
+	resp, err = client.Get("http://" + maddr + "/status")
+	if err != nil {
+		t.Fatalf("/status during a stuck reload: %v", err)
+	}
+	var st Status
+	err = json.NewDecoder(resp.Body).Decode(&st)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatalf("/status during a stuck reload: %v", err)
+	}
+	if st.ConfigGeneration != 1 || len(st.Services) != 1 || st.Services[0].Name != "e" || st.Services[0].State != "running" {
+		t.Errorf("/status during a stuck reload: generation %d, services %+v; want generation 1 and e running", st.ConfigGeneration, st.Services)
 	}
 	d.signal(syscall.SIGTERM)
 	if !d.logged("shutdown requested") {
