@@ -282,3 +282,34 @@ func TestWriteShowsSource(t *testing.T) {
 		t.Errorf("Write printed\n%s\nwant\n%s", got, want)
 	}
 }
+
+// The carets stand under the text as a terminal shows it: a byte order
+// mark at the start of the file takes no column (nor is it printed), and
+// a wide character two.
+func TestWriteCaretsUnderWideText(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "superd.hcl")
+	for _, tc := range []struct {
+		name, src, want string
+	}{
+		{"byte order mark", "\ufeffservice \"testecko\" \"x\" {\n\tendpoint \"tcp\" { address = \":0\" }\n}\n", `
+    1 | service "testecko" "x" {
+      |         ^^^^^^^^^^
+`},
+		{"wide characters", "service \"テスト\" \"名前\" {\n\tendpoint \"tcp\" { address = \":0\" }\n}\n", `
+    1 | service "テスト" "名前" {
+      |         ^^^^^^^^
+`},
+		{"after wide characters", "service \"testecho\" \"名前\" { bogus = 1 }\n", `
+    1 | service "testecho" "名前" { bogus = 1 }
+      |                             ^^^^^
+`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.src), path)
+			got := diagText(t, err)
+			if !strings.Contains("\n"+got, tc.want) {
+				t.Errorf("Write printed\n%s\nwant the snippet\n%s", got, tc.want)
+			}
+		})
+	}
+}

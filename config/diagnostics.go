@@ -7,9 +7,10 @@ import (
 	"io"
 	"slices"
 	"strings"
-	"unicode/utf8"
 
 	"github.com/hashicorp/hcl/v2"
+
+	"github.com/superd-dev/superd/internal/textwidth"
 )
 
 // DiagnosticsError is the error of Load and Parse when the configuration is
@@ -91,22 +92,27 @@ func writeSnippet(b *bytes.Buffer, rng hcl.Range, src []byte) {
 		lineEnd += start
 	}
 	line := bytes.TrimSuffix(src[lineStart:lineEnd], []byte("\r"))
+	if lineStart == 0 {
+		line = bytes.TrimPrefix(line, []byte("\ufeff")) // a byte order mark shows nothing
+	}
 	fmt.Fprintf(b, "%5d | %s\n", rng.Start.Line, line)
 
-	// Keep tabs so the carets line up under the text as a terminal shows it.
+	// The carets line up under the text as a terminal shows it: tabs are
+	// kept, and each character is padded by the columns it takes (two for
+	// a wide one, none for a byte order mark or a combining mark).
 	var pad strings.Builder
 	for _, r := range string(src[lineStart:start]) {
 		if r == '\t' {
 			pad.WriteByte('\t')
 		} else {
-			pad.WriteByte(' ')
+			pad.WriteString(strings.Repeat(" ", textwidth.Rune(r)))
 		}
 	}
 	end := rng.End.Byte
 	if end < start || end > lineEnd {
 		end = lineEnd
 	}
-	n := max(utf8.RuneCount(src[start:end]), 1)
+	n := max(textwidth.String(string(src[start:end])), 1)
 	fmt.Fprintf(b, "%5s | %s%s\n", "", pad.String(), strings.Repeat("^", n))
 }
 
