@@ -10,11 +10,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"text/tabwriter"
 	"time"
 	"unicode"
 
 	"github.com/superd-dev/superd/config"
+	"github.com/superd-dev/superd/internal/textwidth"
 	"github.com/superd-dev/superd/supervisor"
 )
 
@@ -157,8 +157,7 @@ func printStatus(w io.Writer, s *Status) {
 		fmt.Fprintf(w, "cluster node %s: %s\n", cell(c.Node), state)
 	}
 	fmt.Fprintln(w)
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SERVICE\tFACTORY\tSTATE\tACTIVE\tACCEPTED\tREJECTED\tDROPPED\tENDPOINTS")
+	rows := [][]string{{"SERVICE", "FACTORY", "STATE", "ACTIVE", "ACCEPTED", "REJECTED", "DROPPED", "ENDPOINTS"}}
 	for _, svc := range s.Services {
 		var eps []string
 		for _, ep := range svc.Endpoints {
@@ -168,23 +167,51 @@ func printStatus(w io.Writer, s *Status) {
 			}
 			eps = append(eps, e)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\n", cell(svc.Name), cell(svc.Factory), cell(svc.State), svc.Active,
-			svc.Totals.Accepted, svc.Totals.Rejected, svc.Totals.Dropped, strings.Join(eps, " "))
+		rows = append(rows, []string{cell(svc.Name), cell(svc.Factory), cell(svc.State), strconv.Itoa(svc.Active),
+			strconv.FormatInt(svc.Totals.Accepted, 10), strconv.FormatInt(svc.Totals.Rejected, 10),
+			strconv.FormatInt(svc.Totals.Dropped, 10), strings.Join(eps, " ")})
 	}
-	tw.Flush()
+	writeTable(w, rows)
 	if len(s.Connections) > 0 {
 		fmt.Fprintln(w)
-		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "SERVICE\tENDPOINT\tPEER\tSINCE\tIN\tOUT\tPID")
+		rows = [][]string{{"SERVICE", "ENDPOINT", "PEER", "SINCE", "IN", "OUT", "PID"}}
 		for _, c := range s.Connections {
 			pid := ""
 			if c.PID != 0 {
-				pid = fmt.Sprint(c.PID)
+				pid = strconv.Itoa(c.PID)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\n", cell(c.Service), cell(c.Endpoint), cell(c.Peer),
-				c.Since.Format(time.RFC3339), c.BytesIn, c.BytesOut, pid)
+			rows = append(rows, []string{cell(c.Service), cell(c.Endpoint), cell(c.Peer),
+				c.Since.Format(time.RFC3339), strconv.FormatInt(c.BytesIn, 10), strconv.FormatInt(c.BytesOut, 10), pid})
 		}
-		tw.Flush()
+		writeTable(w, rows)
+	}
+}
+
+// writeTable prints rows in columns two spaces apart, each as wide as its
+// widest cell as a terminal shows it (text/tabwriter counts runes, so a
+// name in wide East Asian characters would push the columns after it out
+// of line). The last column is not padded.
+func writeTable(w io.Writer, rows [][]string) {
+	var widths []int
+	for _, row := range rows {
+		for i, c := range row {
+			if i == len(widths) {
+				widths = append(widths, 0)
+			}
+			widths[i] = max(widths[i], textwidth.String(c))
+		}
+	}
+	var b strings.Builder
+	for _, row := range rows {
+		b.Reset()
+		for i, c := range row {
+			b.WriteString(c)
+			if i < len(row)-1 {
+				b.WriteString(strings.Repeat(" ", widths[i]-textwidth.String(c)+2))
+			}
+		}
+		b.WriteByte('\n')
+		io.WriteString(w, b.String())
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/superd-dev/superd/internal/textwidth"
 	"github.com/superd-dev/superd/supervisor"
 )
 
@@ -32,5 +33,40 @@ func TestStatusTableQuotesUnprintableNames(t *testing.T) {
 	}
 	if strings.ContainsRune(table, '\x1b') {
 		t.Error("a terminal escape reached the table")
+	}
+}
+
+// Columns line up as a terminal shows them: a name in wide (East Asian)
+// characters takes two columns a character, a combining mark none.
+func TestStatusTableAlignsWideNames(t *testing.T) {
+	s := &Status{Version: "test", Services: []supervisor.ServiceStatus{
+		{Name: "名前", Factory: "echo", State: "running", Active: 1},
+		{Name: "cafe\u0301", Factory: "qotd", State: "draining", Active: 22},
+		{Name: "abcd", Factory: "chargen", State: "running", Active: 333},
+	}}
+	var out bytes.Buffer
+	printStatus(&out, s)
+	table := out.String()[strings.Index(out.String(), "SERVICE"):]
+	rows := strings.Split(strings.TrimRight(table, "\n"), "\n")
+	// Each row's FACTORY starts in the header's column, counted in
+	// terminal columns.
+	col := func(row, field string) int {
+		i := strings.Index(row, field)
+		if i < 0 {
+			t.Fatalf("%q not in row %q", field, row)
+		}
+		return textwidth.String(row[:i])
+	}
+	want := col(rows[0], "FACTORY")
+	for i, f := range []string{"echo", "qotd", "chargen"} {
+		if got := col(rows[i+1], f); got != want {
+			t.Errorf("row %d: %s at column %d, want %d (the header's)\n%s", i+1, f, got, want, table)
+		}
+	}
+	wantActive := col(rows[0], "ACTIVE")
+	for i, a := range []string{" 1 ", " 22 ", " 333 "} {
+		if got := col(rows[i+1], a) + 1; got != wantActive {
+			t.Errorf("row %d: ACTIVE at column %d, want %d\n%s", i+1, got, wantActive, table)
+		}
 	}
 }
