@@ -215,6 +215,8 @@ func (fd *factoryDecoder) block(a framework.Attribute, fv reflect.Value, fl *att
 	m := reflect.MakeMap(fv.Type())
 	ok := true
 	for name, attr := range attrs {
+		// An error about one entry (framework.MapEntry) is reported at it.
+		fd.fields[framework.MapEntry{Map: fv.Addr().Interface(), Key: name}] = &attrField{name: fl.name + "." + name, rng: &attr.Range}
 		val, set, good := fd.valueOf(attr, a.Type.ElementType(), false)
 		if !set {
 			ok = ok && good

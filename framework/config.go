@@ -103,9 +103,18 @@ func (e *FieldError) Error() string { return e.Err.Error() }
 func (e *FieldError) Unwrap() error { return e.Err }
 
 // Errorf returns a *FieldError about the attribute of field, a pointer to a
-// field of the configuration New or Validate received.
+// field of the configuration New or Validate received, or a MapEntry.
 func Errorf(field any, format string, args ...any) error {
 	return &FieldError{Field: field, Err: fmt.Errorf(format, args...)}
+}
+
+// MapEntry names one attribute of a map block (a field map[string]T tagged
+// hcl:"NAME,block") for Errorf, which is then reported at that attribute
+// rather than at the block: Map is the address of the field, Key the
+// attribute's name.
+type MapEntry struct {
+	Map any
+	Key string
 }
 
 // Attribute describes one attribute of a factory's configuration, derived

@@ -315,13 +315,13 @@ func (f *Factory) decodeSetup(cfg *Config) error {
 	for _, name := range slices.Sorted(maps.Keys(cfg.Rlimits)) {
 		res, ok := rlimits[name]
 		if !ok {
-			errs = append(errs, framework.Errorf(&cfg.Rlimits, "%q is not a resource limit; known: %s", name, strings.Join(rlimitNames(), ", ")))
+			errs = append(errs, framework.Errorf(framework.MapEntry{Map: &cfg.Rlimits, Key: name}, "%q is not a resource limit; known: %s", name, strings.Join(rlimitNames(), ", ")))
 			continue
 		}
 		bf := cfg.Rlimits[name]
 		n, acc := bf.Uint64()
 		if !bf.IsInt() || bf.Sign() < 0 || acc != 0 {
-			errs = append(errs, framework.Errorf(&cfg.Rlimits, "%s must be a whole number of at least 0, not %s", name, bf.Text('g', -1)))
+			errs = append(errs, framework.Errorf(framework.MapEntry{Map: &cfg.Rlimits, Key: name}, "%s must be a whole number of at least 0, not %s", name, bf.Text('g', -1)))
 			continue
 		}
 		f.setup.rlimits = append(f.setup.rlimits, rlimit{name: name, resource: res, value: n})
