@@ -692,23 +692,7 @@ func (s *service) drainAndStop(timeout time.Duration, mode stopMode) error {
 	case <-done:
 	default:
 		s.mu.Lock()
-		n := 0
-		for t := s.conns; t != nil; t = t.next {
-			switch {
-			case t.fc != nil:
-				t.fc.Abort(framework.ErrShutdownTimeout)
-				n++
-			case t.handed:
-				n++ // aborted with s.handoff
-			default:
-				t.c.Close() // still in its TLS handshake
-			}
-		}
-		s.handoff.Abort(framework.ErrShutdownTimeout)
-		for h := range s.listening {
-			h.Abort(framework.ErrShutdownTimeout)
-			n++
-		}
+		n := s.abortLocked()
 		s.mu.Unlock()
 		switch {
 		case n == 0: // nothing was open (e.g. a service undone before it served)
@@ -744,6 +728,41 @@ func (s *service) drainAndStop(timeout time.Duration, mode stopMode) error {
 		return fmt.Errorf("service %q: stop factory: %w", s.cfg.Name, err)
 	}
 	return nil
+}
+
+// abortLocked aborts every open connection (ErrShutdownTimeout) and kills
+// what a factory runs for one (exec's programs get SIGKILL); it returns how
+// many there were.
+func (s *service) abortLocked() int {
+	n := 0
+	for t := s.conns; t != nil; t = t.next {
+		switch {
+		case t.fc != nil:
+			t.fc.Abort(framework.ErrShutdownTimeout)
+			n++
+		case t.handed:
+			n++ // aborted with s.handoff
+		default:
+			t.c.Close() // still in its TLS handshake
+		}
+	}
+	s.handoff.Abort(framework.ErrShutdownTimeout)
+	for h := range s.listening {
+		h.Abort(framework.ErrShutdownTimeout)
+		n++
+	}
+	return n
+}
+
+// abandon is a running service's end when superd exits without the
+// drain: new connections are refused, open ones aborted, programs killed.
+func (s *service) abandon() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closing = true
+	if n := s.abortLocked(); n > 0 {
+		s.log.Warn("exiting: aborted open connections", "connections", n)
+	}
 }
 
 // sourceKey is the per-source limit key of a remote address: the IPv4

@@ -286,15 +286,24 @@ func (s *Supervisor) Shutdown(timeout time.Duration) error {
 // run out: what is still open is aborted, exec children get SIGKILL, and
 // Shutdown returns once the factories have stopped. For a second signal,
 // so that superd does not exit leaving programs it started running.
+//
+// Services still running are those a startup or reload that has not
+// ended (it may hang) keeps Shutdown from taking out: their connections
+// are aborted and their programs killed here, since superd is about to
+// exit without them.
 func (s *Supervisor) CutShutdown() {
 	s.drainMu.Lock()
-	defer s.drainMu.Unlock()
 	s.cutRequested = true
 	for _, svc := range s.stoppingSvcs {
 		svc.cutDrain()
 	}
 	for svc := range s.drainingSvcs {
 		svc.cutDrain()
+	}
+	running := s.running
+	s.drainMu.Unlock()
+	for _, svc := range running {
+		svc.abandon()
 	}
 }
 

@@ -1857,3 +1857,56 @@ func TestExecSecondSignalKillsPrograms(t *testing.T) {
 		return syscall.Kill(pid, 0) == syscall.ESRCH
 	})
 }
+
+// TestExecSecondSignalDuringStuckReloadKillsPrograms: a second SIGTERM
+// while a reload is stuck (opening a FIFO nobody reads) exits at once, and
+// first kills the programs of the services the reload holds, which the
+// shutdown cannot take out until the reload ends.
+func TestExecSecondSignalDuringStuckReloadKillsPrograms(t *testing.T) {
+	addr := freeAddr(t)
+	fifo := newFIFO(t)
+	service := fmt.Sprintf(`
+metrics { address = "METRICS" }
+shutdown_timeout = "30s"
+service "exec" "stubborn" {
+  command = ["/bin/sh", "-c", "trap '' TERM; echo $$; exec sleep 60"]
+  endpoint "tcp" { address = %q }
+}
+`, addr)
+	path, maddr := writeConfig(t, service)
+	d := startDaemon(t, path, maddr)
+	c := exDial(t, addr)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil {
+		t.Fatalf("the program printed %q", line)
+	}
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+	unblockFIFOAtEnd(t, fifo)
+	rewriteConfig(t, path, maddr, service+fmt.Sprintf(`
+service "logfile" "pipe" {
+  path = %q
+  endpoint "tcp" { address = %q }
+}
+`, fifo, freeAddr(t)))
+	d.signal(syscall.SIGHUP)
+	if !d.logged("reloading configuration") {
+		t.Fatal("no reload began")
+	}
+	d.signal(syscall.SIGTERM)
+	if !d.logged("shutdown requested") {
+		t.Fatal("the first SIGTERM was not taken during the reload")
+	}
+	d.signal(syscall.SIGTERM)
+	if code := d.wait(10 * time.Second); code != exitFailure {
+		t.Errorf("exit status %d after a second signal, want %d", code, exitFailure)
+	}
+	exWaitFor(t, 5*time.Second, "the program to be killed", func() bool {
+		p, ok := exStat(pid)
+		return !ok || p.state == 'Z'
+	})
+}

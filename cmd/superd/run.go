@@ -215,8 +215,8 @@ func cmdRun(args []string, stderr io.Writer) int {
 			}
 			// Open connections are aborted and programs started by exec
 			// killed (not left running without superd), waiting for that
-			// briefly. (Services a stuck task keeps under the supervisor's
-			// lock are out of reach: the wait runs out.)
+			// briefly; also those of the services a stuck task keeps from
+			// the shutdown (the wait then runs out).
 			sup.CutShutdown()
 			select {
 			case <-stopped:
