@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -159,6 +160,14 @@ func describeInherited(f *os.File) (*inherited, error) {
 		return nil, err
 	}
 	in := &inherited{file: f, stream: typ == unix.SOCK_STREAM}
+	if in.stream {
+		// A connection rather than a listener (a socket unit with
+		// Accept=yes passes one per instance): its address would match
+		// the endpoint's, and every accept on it would fail.
+		if listening, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err == nil && listening == 0 {
+			return nil, errors.New("it is a stream socket that is not listening: a connection, as a socket unit with Accept=yes passes; superd accepts connections itself and needs Accept=no")
+		}
+	}
 	if n := f.Name(); n != "" && !isDefaultFDName(n) {
 		in.name = n
 	}

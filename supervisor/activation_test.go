@@ -1,15 +1,22 @@
 package supervisor
 
 import (
+	"bytes"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/superd-dev/superd/config"
 	"github.com/superd-dev/superd/endpoint"
+	"github.com/superd-dev/superd/metrics"
 )
 
 // describeInherited gives a passed socket the address (and so the key) an
@@ -51,7 +58,9 @@ func TestDescribeInheritedUnix(t *testing.T) {
 		})
 	}
 	t.Run("unnamed", func(t *testing.T) {
-		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+		// Datagrams: a stream socket without an address is no listener
+		// (listen(2) would have bound it), and is refused as such.
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_DGRAM, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -66,4 +75,68 @@ func TestDescribeInheritedUnix(t *testing.T) {
 			t.Errorf("an unnamed socket has the key %q; want none (only a name takes it)", k)
 		}
 	})
+}
+
+// A stream socket passed that is not listening (a connection: what a
+// socket unit with Accept=yes passes) is refused, with a warning that says
+// why, instead of being taken as a listener whose every accept fails: the
+// endpoint binds its own socket and serves.
+func TestInheritedConnectionIsNotAListener(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	client, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	conn, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The connection's local address is the endpoint's: the address match
+	// would take it.
+	f, err := conn.(*net.TCPConn).File()
+	conn.Close()
+	ln.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs lockedBuffer
+	s := New(slog.New(slog.NewTextHandler(&logs, nil)), metrics.New("test"))
+	s.Inherit([]*os.File{f})
+	if err := s.Start(&config.File{ShutdownTimeout: 5 * time.Second, Services: []*config.Service{
+		serviceConfig("passed", &lifecycleFactory{}, config.Limits{}, tcpEndpoint(addr)),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(5 * time.Second)
+	dialEcho(t, "tcp", addr, "served").Close()
+	if log := logs.String(); !strings.Contains(log, "not listening") || !strings.Contains(log, "Accept=yes") {
+		t.Errorf("no warning that the passed socket is a connection (Accept=yes?):\n%s", log)
+	}
+	if st, _ := s.Status(false); len(st) != 1 || st[0].Endpoints[0].Inherited {
+		t.Errorf("the endpoint took the passed connection: %+v", st)
+	}
+}
+
+// lockedBuffer is a bytes.Buffer for a logger written from several
+// goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
