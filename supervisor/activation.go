@@ -61,22 +61,34 @@ func (s *Supervisor) CloseUnclaimedInherited() {
 }
 
 // takeInheritedLocked finds the passed socket for ep: by name first, then
-// by address (the same socket by endpoint.Address's Key). It reports an
+// by address (the same socket by endpoint.Address's Key). Among several
+// sockets with ep's name (systemd's FileDescriptorName= names every socket
+// of its unit), the one bound to ep's address comes first. It reports an
 // error when the match is of the wrong kind.
 func (s *Supervisor) takeInheritedLocked(ep *endpoint.Config) (*inherited, error) {
-	var match *inherited
+	var byName, byAddr *inherited
 	key := ep.Addr.Key()
 	for _, in := range s.inherited {
 		if in.inUse.Load() {
 			continue
 		}
+		sameAddr := key != "" && in.addr.Key() == key
 		if ep.Name != "" && in.name == ep.Name {
-			match = in
-			break
+			if sameAddr {
+				byName = in
+				break
+			}
+			if byName == nil {
+				byName = in
+			}
 		}
-		if match == nil && key != "" && in.addr.Key() == key {
-			match = in
+		if byAddr == nil && sameAddr {
+			byAddr = in
 		}
+	}
+	match := byName
+	if match == nil {
+		match = byAddr
 	}
 	if match == nil {
 		return nil, nil

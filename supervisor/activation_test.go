@@ -3,6 +3,7 @@ package supervisor
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -139,4 +140,59 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// Several passed sockets with one name (systemd's FileDescriptorName=
+// names every socket of its unit): each endpoint with that name takes the
+// one bound to its own address, whatever the order of the endpoints.
+func TestInheritedSameNameGoesByAddress(t *testing.T) {
+	var files []*os.File
+	var addrs []string
+	for range 2 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := ln.(*net.TCPListener).File()
+		ln.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Named as go-systemd's activation.Files names it.
+		fd, err := unix.Dup(int(f.Fd()))
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, os.NewFile(uintptr(fd), "web"))
+		addrs = append(addrs, ln.Addr().String())
+	}
+	s, _ := newTestSupervisor()
+	s.Inherit(files)
+	named := func(addr string) endpoint.Config {
+		ep := tcpEndpoint(addr)
+		ep.Name = "web"
+		return ep
+	}
+	// The endpoints in the other order than the sockets.
+	if err := s.Start(&config.File{ShutdownTimeout: 5 * time.Second, Services: []*config.Service{
+		serviceConfig("second", &lifecycleFactory{greet: []byte("second")}, config.Limits{}, named(addrs[1])),
+		serviceConfig("first", &lifecycleFactory{greet: []byte("first!")}, config.Limits{}, named(addrs[0])),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(5 * time.Second)
+	for i, want := range []string{"first!", "second"} {
+		c, err := net.Dial("tcp", addrs[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		buf := make([]byte, len(want))
+		_, err = io.ReadFull(c, buf)
+		c.Close()
+		if err != nil || string(buf) != want {
+			t.Errorf("%s: greeted by %q (%v); want the service whose endpoint has this address, %q", addrs[i], buf, err, want)
+		}
+	}
 }
