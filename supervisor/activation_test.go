@@ -17,6 +17,7 @@ import (
 
 	"github.com/superd-dev/superd/config"
 	"github.com/superd-dev/superd/endpoint"
+	"github.com/superd-dev/superd/internal/testkit"
 	"github.com/superd-dev/superd/metrics"
 )
 
@@ -194,5 +195,90 @@ func TestInheritedSameNameGoesByAddress(t *testing.T) {
 		if err != nil || string(buf) != want {
 			t.Errorf("%s: greeted by %q (%v); want the service whose endpoint has this address, %q", addrs[i], buf, err, want)
 		}
+	}
+}
+
+// A reload that changes the address of an endpoint named after a passed
+// socket (the address it binds when no socket is passed) keeps it on the
+// passed socket, as a reload keeps an endpoint whose address stays on its
+// socket: the service manager's socket is served throughout, and the new
+// address is not bound.
+func TestReloadKeepsNamedEndpointOnItsPassedSocket(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	passed := ln.Addr().String()
+	f, err := ln.(*net.TCPListener).File()
+	ln.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.Dup(int(f.Fd()))
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, _ := newTestSupervisor()
+	s.Inherit([]*os.File{os.NewFile(uintptr(fd), "web")})
+	named := func() endpoint.Config {
+		ep := tcpEndpoint(testkit.FreeAddr(t, "tcp"))
+		ep.Name = "web"
+		return ep
+	}
+	fa := &lifecycleFactory{}
+	if err := s.Start(&config.File{ShutdownTimeout: 5 * time.Second, Services: []*config.Service{
+		serviceConfig("web", fa, config.Limits{}, named()),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(5 * time.Second)
+	dialEcho(t, "tcp", passed, "before").Close()
+
+	moved := named()
+	if err := s.Reload(&config.File{ShutdownTimeout: 5 * time.Second, Services: []*config.Service{
+		serviceConfig("web", fa, config.Limits{}, moved),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := s.Status(false)
+	for _, svc := range st {
+		if svc.State == "running" && !svc.Endpoints[0].Inherited {
+			t.Errorf("after the reload the endpoint is not on the passed socket: %+v", svc.Endpoints)
+		}
+	}
+	dialEcho(t, "tcp", passed, "after").Close()
+	if c, err := net.Dial("tcp", moved.Addr.String()); err == nil {
+		c.Close()
+		t.Errorf("the endpoint bound its fallback address %s as well", moved.Addr)
+	}
+}
+
+// A reload binding an address that a passed socket in use overlaps fails
+// with the hint that superd itself holds it.
+func TestReloadAddressInUseByPassedSocketHints(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	passed := ln.Addr().(*net.TCPAddr)
+	f, err := ln.(*net.TCPListener).File()
+	ln.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, _ := newTestSupervisor()
+	s.Inherit([]*os.File{f})
+	fa := &lifecycleFactory{}
+	held := serviceConfig("held", fa, config.Limits{}, tcpEndpoint(passed.String()))
+	if err := s.Start(&config.File{ShutdownTimeout: 5 * time.Second, Services: []*config.Service{held}}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(5 * time.Second)
+	err = s.Reload(&config.File{ShutdownTimeout: 5 * time.Second, Services: []*config.Service{
+		held, serviceConfig("all", &lifecycleFactory{}, config.Limits{}, tcpEndpoint(fmt.Sprintf(":%d", passed.Port))),
+	}})
+	if err == nil || !strings.Contains(err.Error(), "superd itself holds it") {
+		t.Errorf("reload: %v; want address in use, with the hint that superd holds it", err)
 	}
 }
