@@ -264,12 +264,25 @@ func CheckALPN(protos []string) error {
 }
 
 // CertificateName is the name a certificate goes by in the expiry gauge
-// and in logs: its first DNS name, or its subject's common name.
+// and in logs: its first DNS name, or its subject's common name, or (an
+// IP address certificate, whose subject may be empty) its first IP
+// address; failing all of them, its serial number, so that no certificate
+// goes by "" and two such certificates by one name.
 func CertificateName(leaf *x509.Certificate) string {
-	if len(leaf.DNSNames) > 0 {
+	switch {
+	case len(leaf.DNSNames) > 0:
 		return leaf.DNSNames[0]
+	case leaf.Subject.CommonName != "":
+		return leaf.Subject.CommonName
+	case len(leaf.IPAddresses) > 0:
+		if ip, ok := netip.AddrFromSlice(leaf.IPAddresses[0]); ok {
+			return ip.Unmap().String()
+		}
 	}
-	return leaf.Subject.CommonName
+	if leaf.SerialNumber != nil {
+		return "serial:" + leaf.SerialNumber.Text(16)
+	}
+	return ""
 }
 
 // loadCertPool reads a client CA file with ParseCertPool.

@@ -163,7 +163,7 @@ func New(version string) *Metrics {
 		}),
 		CertExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "superd_tls_certificate_expiry_timestamp_seconds",
-			Help: "When each certificate a TLS endpoint serves expires (its NotAfter, Unix time); name is the certificate's first DNS name or common name.",
+			Help: "When each certificate a TLS endpoint serves expires (its NotAfter, Unix time); name is the certificate's first DNS name, common name or first IP address.",
 		}, []string{"service", "endpoint", "name"}),
 		ClusterConnected: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "superd_cluster_connected",

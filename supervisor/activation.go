@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -23,6 +24,10 @@ type inherited struct {
 	stream bool             // SOCK_STREAM (tcp, tls, unix); otherwise datagrams (udp)
 	addr   endpoint.Address // what it is bound to, as an endpoint's address
 	inUse  atomic.Bool
+	// held is the socket made of it while inUse: a reload hands it to
+	// the endpoint that the same rule (name, then address) gives it to,
+	// as a socket of superd's own goes to the endpoint at its address.
+	held atomic.Pointer[socket]
 }
 
 // Inherit records the sockets passed by the service manager, to be taken
@@ -60,22 +65,38 @@ func (s *Supervisor) CloseUnclaimedInherited() {
 }
 
 // takeInheritedLocked finds the passed socket for ep: by name first, then
-// by address (the same socket by endpoint.Address's Key). It reports an
+// by address (the same socket by endpoint.Address's Key). Among several
+// sockets with ep's name (systemd's FileDescriptorName= names every socket
+// of its unit), the one bound to ep's address comes first. It reports an
 // error when the match is of the wrong kind.
+//
+// A passed socket in use is a candidate too, when the service that holds
+// it may let it go in the reload under way (see heldTakeableLocked): the
+// returned one's held socket is then set, for the caller to carry over.
 func (s *Supervisor) takeInheritedLocked(ep *endpoint.Config) (*inherited, error) {
-	var match *inherited
+	var byName, byAddr *inherited
 	key := ep.Addr.Key()
 	for _, in := range s.inherited {
-		if in.inUse.Load() {
+		if in.inUse.Load() && !s.heldTakeableLocked(in) {
 			continue
 		}
+		sameAddr := key != "" && in.addr.Key() == key
 		if ep.Name != "" && in.name == ep.Name {
-			match = in
-			break
+			if sameAddr {
+				byName = in
+				break
+			}
+			if byName == nil {
+				byName = in
+			}
 		}
-		if match == nil && key != "" && in.addr.Key() == key {
-			match = in
+		if byAddr == nil && sameAddr {
+			byAddr = in
 		}
+	}
+	match := byName
+	if match == nil {
+		match = byAddr
 	}
 	if match == nil {
 		return nil, nil
@@ -87,15 +108,34 @@ func (s *Supervisor) takeInheritedLocked(ep *endpoint.Config) (*inherited, error
 		}
 		return nil, fmt.Errorf("the socket passed by the service manager (%s, name %q) is %s socket, which a %s endpoint cannot use", match.addr.Key(), match.name, kind, ep.Kind)
 	}
+	if match.inUse.Load() {
+		match.held.Load().round = s.round
+		return match, nil
+	}
 	match.inUse.Store(true)
 	return match, nil
+}
+
+// heldTakeableLocked reports whether the passed socket in, in use, may go
+// to an endpoint prepared now: its socket is open, and not taken already
+// in this start or reload (by an endpoint prepared before, or by a service
+// the reload keeps).
+func (s *Supervisor) heldTakeableLocked(in *inherited) bool {
+	k := in.held.Load()
+	return k != nil && !k.closed.Load() && k.round != s.round
 }
 
 // inheritedSocket makes a socket of a passed one; closing it leaves the
 // passed descriptor open and returns it to the pool.
 func (s *Supervisor) inheritedSocket(in *inherited, ep *endpoint.Config) (*socket, error) {
-	k := &socket{key: ep.Addr.Key(), addr: in.addr, label: ep.Label, log: s.log, done: make(chan struct{}), inherited: true}
-	k.onClose = func() { in.inUse.Store(false) }
+	// No key: a passed socket is found through s.inherited, by the
+	// endpoint's name or address, never by the address of the endpoint
+	// that holds it (a named endpoint's may be another).
+	k := &socket{addr: in.addr, label: ep.Label, log: s.log, done: make(chan struct{}), inherited: true, round: s.round}
+	k.onClose = func() {
+		in.held.Store(nil)
+		in.inUse.Store(false)
+	}
 	if in.stream {
 		ln, err := net.FileListener(in.file) // a duplicate: closing it keeps in.file
 		if err != nil {
@@ -159,6 +199,14 @@ func describeInherited(f *os.File) (*inherited, error) {
 		return nil, err
 	}
 	in := &inherited{file: f, stream: typ == unix.SOCK_STREAM}
+	if in.stream {
+		// A connection rather than a listener (a socket unit with
+		// Accept=yes passes one per instance): its address would match
+		// the endpoint's, and every accept on it would fail.
+		if listening, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err == nil && listening == 0 {
+			return nil, errors.New("it is a stream socket that is not listening: a connection, as a socket unit with Accept=yes passes; superd accepts connections itself and needs Accept=no")
+		}
+	}
 	if n := f.Name(); n != "" && !isDefaultFDName(n) {
 		in.name = n
 	}

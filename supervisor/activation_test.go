@@ -1,15 +1,24 @@
 package supervisor
 
 import (
+	"bytes"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/superd-dev/superd/config"
 	"github.com/superd-dev/superd/endpoint"
+	"github.com/superd-dev/superd/internal/testkit"
+	"github.com/superd-dev/superd/metrics"
 )
 
 // describeInherited gives a passed socket the address (and so the key) an
@@ -51,7 +60,9 @@ func TestDescribeInheritedUnix(t *testing.T) {
 		})
 	}
 	t.Run("unnamed", func(t *testing.T) {
-		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+		// Datagrams: a stream socket without an address is no listener
+		// (listen(2) would have bound it), and is refused as such.
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_DGRAM, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -66,4 +77,208 @@ func TestDescribeInheritedUnix(t *testing.T) {
 			t.Errorf("an unnamed socket has the key %q; want none (only a name takes it)", k)
 		}
 	})
+}
+
+// A stream socket passed that is not listening (a connection: what a
+// socket unit with Accept=yes passes) is refused, with a warning that says
+// why, instead of being taken as a listener whose every accept fails: the
+// endpoint binds its own socket and serves.
+func TestInheritedConnectionIsNotAListener(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	client, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	conn, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The connection's local address is the endpoint's: the address match
+	// would take it.
+	f, err := conn.(*net.TCPConn).File()
+	conn.Close()
+	ln.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs lockedBuffer
+	s := New(slog.New(slog.NewTextHandler(&logs, nil)), metrics.New("test"))
+	s.Inherit([]*os.File{f})
+	if err := s.Start(&config.File{ShutdownTimeout: 5 * time.Second, Services: []*config.Service{
+		serviceConfig("passed", &lifecycleFactory{}, config.Limits{}, tcpEndpoint(addr)),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(5 * time.Second)
+	dialEcho(t, "tcp", addr, "served").Close()
+	if log := logs.String(); !strings.Contains(log, "not listening") || !strings.Contains(log, "Accept=yes") {
+		t.Errorf("no warning that the passed socket is a connection (Accept=yes?):\n%s", log)
+	}
+	if st, _ := s.Status(false); len(st) != 1 || st[0].Endpoints[0].Inherited {
+		t.Errorf("the endpoint took the passed connection: %+v", st)
+	}
+}
+
+// lockedBuffer is a bytes.Buffer for a logger written from several
+// goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// Several passed sockets with one name (systemd's FileDescriptorName=
+// names every socket of its unit): each endpoint with that name takes the
+// one bound to its own address, whatever the order of the endpoints.
+func TestInheritedSameNameGoesByAddress(t *testing.T) {
+	var files []*os.File
+	var addrs []string
+	for range 2 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := ln.(*net.TCPListener).File()
+		ln.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Named as go-systemd's activation.Files names it.
+		fd, err := unix.Dup(int(f.Fd()))
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, os.NewFile(uintptr(fd), "web"))
+		addrs = append(addrs, ln.Addr().String())
+	}
+	s, _ := newTestSupervisor()
+	s.Inherit(files)
+	named := func(addr string) endpoint.Config {
+		ep := tcpEndpoint(addr)
+		ep.Name = "web"
+		return ep
+	}
+	// The endpoints in the other order than the sockets.
+	if err := s.Start(&config.File{ShutdownTimeout: 5 * time.Second, Services: []*config.Service{
+		serviceConfig("second", &lifecycleFactory{greet: []byte("second")}, config.Limits{}, named(addrs[1])),
+		serviceConfig("first", &lifecycleFactory{greet: []byte("first!")}, config.Limits{}, named(addrs[0])),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(5 * time.Second)
+	for i, want := range []string{"first!", "second"} {
+		c, err := net.Dial("tcp", addrs[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		buf := make([]byte, len(want))
+		_, err = io.ReadFull(c, buf)
+		c.Close()
+		if err != nil || string(buf) != want {
+			t.Errorf("%s: greeted by %q (%v); want the service whose endpoint has this address, %q", addrs[i], buf, err, want)
+		}
+	}
+}
+
+// A reload that changes the address of an endpoint named after a passed
+// socket (the address it binds when no socket is passed) keeps it on the
+// passed socket, as a reload keeps an endpoint whose address stays on its
+// socket: the service manager's socket is served throughout, and the new
+// address is not bound.
+func TestReloadKeepsNamedEndpointOnItsPassedSocket(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	passed := ln.Addr().String()
+	f, err := ln.(*net.TCPListener).File()
+	ln.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.Dup(int(f.Fd()))
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, _ := newTestSupervisor()
+	s.Inherit([]*os.File{os.NewFile(uintptr(fd), "web")})
+	named := func() endpoint.Config {
+		ep := tcpEndpoint(testkit.FreeAddr(t, "tcp"))
+		ep.Name = "web"
+		return ep
+	}
+	fa := &lifecycleFactory{}
+	if err := s.Start(&config.File{ShutdownTimeout: 5 * time.Second, Services: []*config.Service{
+		serviceConfig("web", fa, config.Limits{}, named()),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(5 * time.Second)
+	dialEcho(t, "tcp", passed, "before").Close()
+
+	moved := named()
+	if err := s.Reload(&config.File{ShutdownTimeout: 5 * time.Second, Services: []*config.Service{
+		serviceConfig("web", fa, config.Limits{}, moved),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := s.Status(false)
+	for _, svc := range st {
+		if svc.State == "running" && !svc.Endpoints[0].Inherited {
+			t.Errorf("after the reload the endpoint is not on the passed socket: %+v", svc.Endpoints)
+		}
+	}
+	dialEcho(t, "tcp", passed, "after").Close()
+	if c, err := net.Dial("tcp", moved.Addr.String()); err == nil {
+		c.Close()
+		t.Errorf("the endpoint bound its fallback address %s as well", moved.Addr)
+	}
+}
+
+// A reload binding an address that a passed socket in use overlaps fails
+// with the hint that superd itself holds it.
+func TestReloadAddressInUseByPassedSocketHints(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	passed := ln.Addr().(*net.TCPAddr)
+	f, err := ln.(*net.TCPListener).File()
+	ln.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, _ := newTestSupervisor()
+	s.Inherit([]*os.File{f})
+	fa := &lifecycleFactory{}
+	held := serviceConfig("held", fa, config.Limits{}, tcpEndpoint(passed.String()))
+	if err := s.Start(&config.File{ShutdownTimeout: 5 * time.Second, Services: []*config.Service{held}}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(5 * time.Second)
+	err = s.Reload(&config.File{ShutdownTimeout: 5 * time.Second, Services: []*config.Service{
+		held, serviceConfig("all", &lifecycleFactory{}, config.Limits{}, tcpEndpoint(fmt.Sprintf(":%d", passed.Port))),
+	}})
+	if err == nil || !strings.Contains(err.Error(), "superd itself holds it") {
+		t.Errorf("reload: %v; want address in use, with the hint that superd holds it", err)
+	}
 }

@@ -1,6 +1,9 @@
 package supervisor
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"io"
@@ -14,6 +17,7 @@ import (
 
 	"github.com/superd-dev/superd/config"
 	"github.com/superd-dev/superd/endpoint"
+	"github.com/superd-dev/superd/internal/certmake"
 	"github.com/superd-dev/superd/internal/testkit"
 )
 
@@ -166,5 +170,54 @@ func TestReloadSwapsCertificatesInPlace(t *testing.T) {
 	tlsEcho(t, addr, "three.example", three2).Close()
 	if f.starts.Load() != 1 || s.services["c"] != svc {
 		t.Errorf("starts %d after the swaps, want 1", f.starts.Load())
+	}
+}
+
+// A certificate with neither a DNS name nor a common name (an IP address
+// certificate, whose subject is empty) goes by its first IP address in the
+// expiry gauge: two of them on one endpoint are two series, neither of
+// them named "".
+func TestCertificateExpiryOfIPAddressCertificates(t *testing.T) {
+	dir := t.TempDir()
+	var files []endpoint.CertificateFiles
+	want := map[string]float64{}
+	for i, ip := range []string{"127.0.0.1", "127.0.0.2"} {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmpl, err := certmake.Template("", time.Now(), time.Duration(i+1)*24*time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		certmake.AddSANs(tmpl, []string{ip})
+		cert, err := certmake.Sign(tmpl, tmpl, key, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		certFile, keyFile, err := testkit.WriteCertificateFiles(dir, cert)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, endpoint.CertificateFiles{CertFile: certFile, KeyFile: keyFile})
+		want[ip] = float64(cert.Leaf.NotAfter.Unix())
+	}
+	addr := testkit.FreeAddr(t, "tcp")
+	ep := makeEndpoint(endpoint.KindTLS, addr)
+	ep.Certificates = files
+	s, m := newTestSupervisor()
+	if err := s.Start(&config.File{ShutdownTimeout: time.Second, Services: []*config.Service{
+		serviceConfig("ip", &lifecycleFactory{}, config.Limits{}, ep),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(time.Second)
+	if n := testutil.CollectAndCount(m.CertExpiry); n != len(want) {
+		t.Errorf("%d expiry series, want %d (one per certificate)", n, len(want))
+	}
+	for ip, notAfter := range want {
+		if got := testutil.ToFloat64(m.CertExpiry.WithLabelValues("ip", "tls:"+addr, ip)); got != notAfter {
+			t.Errorf("expiry of %s: %v, want %v", ip, got, notAfter)
+		}
 	}
 }

@@ -33,6 +33,16 @@ func (s *Supervisor) Reload(cfg *config.File) error {
 	if s.stopping.Load() {
 		return ErrShuttingDown
 	}
+	s.round++
+	// The passed sockets of the services kept stay theirs: no endpoint
+	// prepared below takes them by name or address.
+	for _, sc := range cfg.Services {
+		if old := s.services[sc.Name]; old != nil && old.cfg.Fingerprint == sc.Fingerprint {
+			for _, b := range old.bindings {
+				b.sock.round = s.round
+			}
+		}
+	}
 	var prepared []*service
 	var swaps []certSwap
 	newServices := make(map[string]*service, len(cfg.Services))

@@ -45,6 +45,9 @@ type socket struct {
 	// is queued waits for the next owner) and calls onClose.
 	inherited bool
 	onClose   func()
+	// round: the supervisor's round (start or reload) that last gave
+	// this passed socket to an endpoint (under the supervisor's lock).
+	round int
 	// reusePort: a tcp or tls listener of superd's own sharing its port
 	// with other processes (reuse_port); quiesced before its last sweep.
 	reusePort bool

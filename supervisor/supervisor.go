@@ -70,7 +70,10 @@ type Supervisor struct {
 	refs      *seriesRefs  // which metric series live instances use
 	guards    *guardPorts  // ports of the guarded udp endpoints
 	inherited []*inherited // sockets passed by the service manager
-	alog      atomic.Pointer[accesslog.Logger]
+	// round counts the starts and reloads: a passed socket taken in one
+	// (socket.round) is not given to a second endpoint in the same.
+	round int
+	alog  atomic.Pointer[accesslog.Logger]
 }
 
 // seriesRefs counts the service instances (prepared, running or draining)
@@ -153,6 +156,7 @@ func (s *Supervisor) StartThen(cfg *config.File, beforeServing func() error) err
 	if s.stopping.Load() {
 		return ErrShuttingDown
 	}
+	s.round++
 	var prepared []*service
 	unprepare := func() {
 		for i := len(prepared) - 1; i >= 0; i-- {
@@ -363,7 +367,9 @@ func (s *Supervisor) prepareServiceLocked(sc *config.Service) (*service, error) 
 
 // socketLocked returns the socket of ep: the one already bound to the same
 // address (endpoint.Address's Key), which a reload carries over from the
-// running service, or a new one that svc opens (see openSocketLocked).
+// running service, or the socket passed by the service manager that ep's
+// name or address takes, held by a running service (carried over alike),
+// or a new one that svc opens (see openSocketLocked).
 func (s *Supervisor) socketLocked(svc *service, ep *endpoint.Config) (*socket, error) {
 	key := ep.Addr.Key()
 	if sock := s.sockets[key]; key != "" && sock != nil {
@@ -372,13 +378,25 @@ func (s *Supervisor) socketLocked(svc *service, ep *endpoint.Config) (*socket, e
 		}
 		return sock, nil
 	}
-	sock, err := s.openSocketLocked(ep)
+	sock, carried, err := s.openSocketLocked(ep)
+	if carried {
+		return sock, nil
+	}
 	if err != nil {
 		var le *endpoint.ListenError
 		if errors.Is(err, syscall.EADDRINUSE) && errors.As(err, &le) {
-			for _, held := range s.sockets {
-				if held.addr.Conflicts(ep.Addr) {
-					le.Hint = heldHint(held)
+			held := make([]*socket, 0, len(s.sockets)+len(s.inherited))
+			for _, k := range s.sockets {
+				held = append(held, k)
+			}
+			for _, in := range s.inherited { // passed sockets in use
+				if k := in.held.Load(); k != nil {
+					held = append(held, k)
+				}
+			}
+			for _, k := range held {
+				if k.addr.Conflicts(ep.Addr) {
+					le.Hint = heldHint(k)
 					break
 				}
 			}
@@ -386,8 +404,8 @@ func (s *Supervisor) socketLocked(svc *service, ep *endpoint.Config) (*socket, e
 		return nil, err
 	}
 	svc.opened = append(svc.opened, sock)
-	if key != "" {
-		s.sockets[key] = sock
+	if sock.key != "" { // not a passed socket: those are found by s.inherited
+		s.sockets[sock.key] = sock
 	}
 	return sock, nil
 }
@@ -405,22 +423,27 @@ func heldHint(held *socket) string {
 }
 
 // openSocketLocked takes the socket passed by the service manager for ep,
-// if there is one, or binds a new one.
-func (s *Supervisor) openSocketLocked(ep *endpoint.Config) (*socket, error) {
+// if there is one, or binds a new one. carried reports a passed socket
+// that a running service holds, which a reload carries over to ep.
+func (s *Supervisor) openSocketLocked(ep *endpoint.Config) (k *socket, carried bool, err error) {
 	in, err := s.takeInheritedLocked(ep)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if in == nil {
-		return listenSocket(ep, s.log)
+		k, err = listenSocket(ep, s.log)
+		return k, false, err
 	}
-	k, err := s.inheritedSocket(in, ep)
-	if err != nil {
+	if held := in.held.Load(); held != nil {
+		return held, true, nil
+	}
+	if k, err = s.inheritedSocket(in, ep); err != nil {
 		in.inUse.Store(false)
-		return nil, err
+		return nil, false, err
 	}
+	in.held.Store(k)
 	s.log.Info("endpoint uses a socket passed by the service manager", "endpoint", ep.Label, "name", in.name)
-	return k, nil
+	return k, false, nil
 }
 
 // unprepareLocked undoes prepareServiceLocked for a service that never
