@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
@@ -584,5 +585,22 @@ func TestNamingAcrossNodesBlocks(t *testing.T) {
 	u = joinAnywhere(t, rm, "U2", "bob", 20*time.Second)
 	if blocks(u) {
 		t.Error("a named user of a room across nodes blocks")
+	}
+}
+
+// TestWelcomeBeforeRemoteLines: a line from another node that arrives the
+// moment a name is registered reaches its user after "Welcome, NAME!".
+func TestWelcomeBeforeRemoteLines(t *testing.T) {
+	nodes := clustertest.Start(t, 1)
+	clustertest.WaitNames(t, nodes, 30*time.Second)
+	rm := newClusterRoom(t, nodes[0], "lobby", "")
+	testHookRegistered = func(*User) {
+		rm.r.remote.deliver(&nats.Msg{Data: []byte("<far> hi\r\n")}) // from another node, now
+	}
+	t.Cleanup(func() { testHookRegistered = nil })
+	bob := rm.connect("B1")
+	bob.send("bob\r\n")
+	if got := bob.t.Take(); got != "Welcome, bob!\r\n<far> hi\r\n" {
+		t.Fatalf("bob got %q, want the welcome first", got)
 	}
 }
