@@ -60,6 +60,7 @@ const (
 	flushTimeout  = 2 * time.Second        // flushing on Close
 	serverStop    = 10 * time.Second       // the embedded server's shutdown
 	maxNamesRetry = 100 * time.Millisecond // no tighter loop when binding fails at once
+	routesCheck   = 250 * time.Millisecond // how often an embedded server's routes are counted
 )
 
 // Node is this superd in the cluster: its NATS connection, its embedded
@@ -71,6 +72,9 @@ type Node struct {
 	natsLog   *slog.Logger // component=nats: the embedded server's own
 	connected prometheus.Gauge
 	closing   atomic.Bool
+	// routed: the embedded server reaches at least one other node, or
+	// needs none (a cluster of one, or nats_urls). watchRoutes keeps it.
+	routed atomic.Bool
 
 	srvMu sync.Mutex
 	srv   *server.Server // the embedded server; nil with nats_urls or while stopped
@@ -115,6 +119,7 @@ func Start(cfg *config.Cluster, log *slog.Logger, connected prometheus.Gauge) (*
 		kick:      make(chan struct{}, 1),
 		stop:      make(chan struct{}),
 	}
+	n.routed.Store(!n.needsRoutes())
 	opts := []nats.Option{
 		nats.Name("superd " + cfg.Node),
 		nats.NoEcho(), // a node delivers its own lines itself
@@ -125,8 +130,8 @@ func Start(cfg *config.Cluster, log *slog.Logger, connected prometheus.Gauge) (*
 		nats.MaxPingsOutstanding(2),
 		nats.ConnectHandler(func(nc *nats.Conn) { n.up(nc, "connected to NATS") }),
 		nats.ReconnectHandler(func(nc *nats.Conn) { n.up(nc, "reconnected to NATS") }),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			n.connected.Set(0)
+		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
+			n.setGauge(nc)
 			if !n.closing.Load() {
 				n.log.Warn("disconnected from NATS; rooms carry on locally", "err", err)
 			}
@@ -181,11 +186,65 @@ func Start(cfg *config.Cluster, log *slog.Logger, connected prometheus.Gauge) (*
 	}
 	n.wg.Add(1)
 	go n.binder()
+	if n.needsRoutes() {
+		n.wg.Add(1)
+		go n.watchRoutes()
+	}
 	return n, nil
 }
 
+// needsRoutes: an embedded server with a route port is one node of a
+// cluster, which it reaches through its routes only.
+func (n *Node) needsRoutes() bool {
+	return n.cfg.Embedded != nil && n.cfg.Embedded.ClusterListen != ""
+}
+
+// watchRoutes keeps routed (and the gauge) up to date: an embedded server
+// that has lost every route (the other nodes' servers gone, the network
+// cut) leaves this node's own connection up, yet nothing it publishes
+// reaches another node.
+func (n *Node) watchRoutes() {
+	defer n.wg.Done()
+	t := time.NewTicker(routesCheck)
+	defer t.Stop()
+	for {
+		n.srvMu.Lock()
+		s := n.srv
+		n.srvMu.Unlock()
+		routes := 0
+		if s != nil {
+			routes = s.NumRoutes()
+		}
+		was := n.routed.Swap(routes > 0)
+		n.setGauge(n.nc)
+		if was != (routes > 0) {
+			if routes > 0 {
+				n.log.Info("the embedded NATS server reaches other nodes", "routes", routes)
+			} else if s != nil && !n.closing.Load() {
+				n.log.Warn("the embedded NATS server reaches no other node; rooms carry on locally")
+			}
+		}
+		select {
+		case <-n.stop:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// setGauge sets the connected gauge as Connected would say, for nc (the
+// node's connection, passed by NATS' callbacks, which may run before
+// Start has recorded it).
+func (n *Node) setGauge(nc *nats.Conn) {
+	if nc.IsConnected() && n.routed.Load() {
+		n.connected.Set(1)
+	} else {
+		n.connected.Set(0)
+	}
+}
+
 func (n *Node) up(nc *nats.Conn, msg string) {
-	n.connected.Set(1)
+	n.setGauge(nc)
 	n.log.Info(msg, "server", nc.ConnectedServerName(), "url", nc.ConnectedUrlRedacted())
 	n.Kick()
 }
@@ -200,8 +259,11 @@ func (n *Node) Name() string { return n.name }
 // delivers the node's own publications back (no echo).
 func (n *Node) Conn() *nats.Conn { return n.nc }
 
-// Connected reports whether the connection to NATS is up.
-func (n *Node) Connected() bool { return n.nc.IsConnected() }
+// Connected reports whether the node is connected to the cluster: its
+// connection to NATS is up and, with an embedded server that has a route
+// port, that server reaches at least one other node. Lines published
+// while it is false reach nobody.
+func (n *Node) Connected() bool { return n.nc.IsConnected() && n.routed.Load() }
 
 // Names is the names bucket, or ErrNamesUnavailable while it is not bound
 // (NATS away, JetStream without a leader yet). It never waits.

@@ -294,3 +294,55 @@ func TestClaimReleasedAsksTheLeader(t *testing.T) {
 		t.Fatalf("after claiming a name never claimed: %v, want ErrNameTaken", err)
 	}
 }
+
+// TestCutOffFromPeers: an embedded server that no longer reaches any other
+// node (their servers gone, the network cut) leaves this node's own
+// connection up, but the node is cut off from the cluster all the same:
+// Connected and the gauge say so, and say connected again once a route is
+// back. A cluster of one (no cluster_listen) never waits for routes.
+func TestCutOffFromPeers(t *testing.T) {
+	names := []string{"a", "b"}
+	routes := []string{testkit.FreeAddr(t, "tcp"), testkit.FreeAddr(t, "tcp")}
+	gauges := make([]prometheus.Gauge, 2)
+	nodes := make([]*cluster.Node, 2)
+	for i := range nodes {
+		gauges[i] = prometheus.NewGauge(prometheus.GaugeOpts{Name: "g"})
+		n, err := cluster.Start(clustertest.Config(t, names, routes, i), clustertest.Logger(), gauges[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer n.Close()
+		nodes[i] = n
+	}
+	a, b := nodes[0], nodes[1]
+	gauge := func() float64 {
+		var m dto.Metric
+		gauges[1].Write(&m)
+		return m.GetGauge().GetValue()
+	}
+	clustertest.Eventually(t, 20*time.Second, func() error {
+		if !b.Connected() || gauge() != 1 {
+			return fmt.Errorf("b: connected %v, gauge %v", b.Connected(), gauge())
+		}
+		return nil
+	})
+	a.StopServer()
+	clustertest.Eventually(t, 10*time.Second, func() error {
+		if b.Connected() || gauge() != 0 {
+			return fmt.Errorf("b reaches no other node, yet: connected %v, gauge %v", b.Connected(), gauge())
+		}
+		return nil
+	})
+	if !b.Conn().IsConnected() {
+		t.Fatal("b's own connection is down")
+	}
+	if err := a.StartServer(); err != nil {
+		t.Fatal(err)
+	}
+	clustertest.Eventually(t, 20*time.Second, func() error {
+		if !b.Connected() || gauge() != 1 {
+			return fmt.Errorf("b routed again, yet: connected %v, gauge %v", b.Connected(), gauge())
+		}
+		return nil
+	})
+}

@@ -194,7 +194,9 @@ func (r *Room) has(name string) bool {
 	return ok
 }
 
-// register claims name for u; false if taken.
+// register claims name for u and welcomes it; false if taken. The
+// welcome is written under the lock every broadcast takes, so no other
+// user's line reaches u before it (the seed's transcript).
 func (r *Room) register(name string, u *User) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -204,6 +206,8 @@ func (r *Room) register(name string, u *User) bool {
 	r.users[name] = u
 	r.order = append(r.order, u)
 	r.online.Inc()
+	u.name, u.named = name, true
+	u.sendLine("Welcome, " + name + "!")
 	return true
 }
 
@@ -308,9 +312,14 @@ func (u *User) chooseName(line []byte) {
 		u.sendLine(takenLine)
 		return
 	}
-	u.name, u.named = name, true
-	u.sendLine("Welcome, " + name + "!")
+	if testHookRegistered != nil {
+		testHookRegistered(u)
+	}
 }
+
+// testHookRegistered, when set by a test, runs in chooseName once the user
+// is registered (so other users' lines reach it).
+var testHookRegistered func(u *User)
 
 // Blocks implements framework.Blocker: a user of a room across nodes
 // choosing a name waits for the cluster's answer (up to claimTimeout)

@@ -478,3 +478,20 @@ func TestUsersGaugePerService(t *testing.T) {
 		t.Fatalf("users %v and %v after leaving", r1.users(), r2.users())
 	}
 }
+
+// TestWelcomeBeforeOthersLines: the seed's transcript starts with
+// "Welcome, NAME!": a line another user sends (here, or on another node)
+// the moment the name is registered comes after it, never before.
+func TestWelcomeBeforeOthersLines(t *testing.T) {
+	rm := newRoom(t, "unit-welcome", "")
+	alice := rm.join("A", "alice")
+	testHookRegistered = func(*User) {
+		alice.send("hi\r\n") // alice speaks as bob's name is registered
+	}
+	t.Cleanup(func() { testHookRegistered = nil })
+	bob := rm.connect("B")
+	bob.send("bob\r\n")
+	if got := bob.t.Take(); got != "Welcome, bob!\r\n<alice> hi\r\n" {
+		t.Fatalf("bob got %q, want the welcome first", got)
+	}
+}

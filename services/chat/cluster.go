@@ -16,7 +16,9 @@ package chat
 // order sent. A line that finds the queue full, or NATS unreachable, is
 // dropped and counted (superd_chat_remote_lines_dropped_total, which also
 // counts lines NATS dropped on their way in): nothing waits, nothing
-// piles up. Local delivery never depends on NATS.
+// piles up. NATS unreachable includes an embedded server that reaches no
+// other node (cluster.Node.Connected), whose connection is up but whose
+// lines would reach nobody. Local delivery never depends on NATS.
 //
 // Names. A name is unique across the room: taken by a local user, or
 // claimed in the names bucket (cluster.NamesBucket, key SERVICE.NAME) by
@@ -189,7 +191,7 @@ func wellFormed(b []byte) bool {
 
 // publish queues a copy of line for the other nodes, or counts it dropped.
 func (x *remote) publish(line []byte) {
-	if !x.nc.IsConnected() {
+	if !x.node.Connected() { // NATS away, or an embedded server that reaches no other node
 		x.c.dropped.Inc()
 		return
 	}
@@ -207,6 +209,10 @@ func (x *remote) publish(line []byte) {
 func (x *remote) publisher() {
 	defer x.wg.Done()
 	send := func(b []byte) {
+		if !x.node.Connected() {
+			x.c.dropped.Inc()
+			return
+		}
 		if err := x.nc.Publish(x.subject, b); err != nil {
 			x.c.dropped.Inc()
 			return

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
@@ -584,5 +585,77 @@ func TestNamingAcrossNodesBlocks(t *testing.T) {
 	u = joinAnywhere(t, rm, "U2", "bob", 20*time.Second)
 	if blocks(u) {
 		t.Error("a named user of a room across nodes blocks")
+	}
+}
+
+// TestWelcomeBeforeRemoteLines: a line from another node that arrives the
+// moment a name is registered reaches its user after "Welcome, NAME!".
+func TestWelcomeBeforeRemoteLines(t *testing.T) {
+	nodes := clustertest.Start(t, 1)
+	clustertest.WaitNames(t, nodes, 30*time.Second)
+	rm := newClusterRoom(t, nodes[0], "lobby", "")
+	testHookRegistered = func(*User) {
+		rm.r.remote.deliver(&nats.Msg{Data: []byte("<far> hi\r\n")}) // from another node, now
+	}
+	t.Cleanup(func() { testHookRegistered = nil })
+	bob := rm.connect("B1")
+	bob.send("bob\r\n")
+	if got := bob.t.Take(); got != "Welcome, bob!\r\n<far> hi\r\n" {
+		t.Fatalf("bob got %q, want the welcome first", got)
+	}
+}
+
+// TestClusterCutOffDropsLines: node B's embedded server loses its routes
+// (node A's server gone: what a network cut looks like from B). B's own
+// connection stays up, but its lines reach nobody: they are dropped and
+// counted, not counted as sent; once A is back, delivery resumes.
+func TestClusterCutOffDropsLines(t *testing.T) {
+	nodes := clustertest.Start(t, 2)
+	clustertest.WaitNames(t, nodes, 30*time.Second)
+	a := newClusterRoom(t, nodes[0], "lobby", "")
+	b := newClusterRoom(t, nodes[1], "lobby", "")
+	alice := joinAnywhere(t, a, "A1", "alice", 20*time.Second)
+	bob := joinAnywhere(t, b, "B1", "bob", 20*time.Second)
+	bea := joinAnywhere(t, b, "B2", "bea", 20*time.Second)
+	eventually(t, 10*time.Second, func() error {
+		bob.send("probe\r\n")
+		time.Sleep(50 * time.Millisecond)
+		if !strings.Contains(alice.t.Take(), "probe") {
+			return errors.New("bob's probe not heard on A")
+		}
+		return nil
+	})
+	bea.t.Take()
+
+	nodes[0].StopServer()
+	eventually(t, 10*time.Second, func() error {
+		if nodes[1].Connected() {
+			return errors.New("B reaches no other node, yet says it is connected")
+		}
+		return nil
+	})
+	sent, dropped := counter(t, b.r.counters.sent), counter(t, b.r.counters.dropped)
+	bob.send("nobody else hears this\r\n")
+	waitFor(t, bea, "<bob> nobody else hears this\r\n")
+	eventually(t, 5*time.Second, func() error {
+		if s, d := counter(t, b.r.counters.sent), counter(t, b.r.counters.dropped); s != sent || d != dropped+1 {
+			return fmt.Errorf("sent %v (was %v), dropped %v (was %v): want the line dropped", s, sent, d, dropped)
+		}
+		return nil
+	})
+
+	if err := nodes[0].StartServer(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, func() error {
+		bob.send("back\r\n")
+		time.Sleep(50 * time.Millisecond)
+		if !strings.Contains(alice.t.Take(), "<bob> back") {
+			return errors.New("bob not heard on A yet")
+		}
+		return nil
+	})
+	for _, u := range []*client{alice, bob, bea} {
+		u.leave()
 	}
 }
