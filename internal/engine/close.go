@@ -6,6 +6,7 @@
 package engine
 
 import (
+	"crypto/tls"
 	"net"
 	"time"
 
@@ -201,6 +202,18 @@ func (c *Conn) closeLocked(reason error) {
 			c.nc.SetReadDeadline(time.Unix(1, 0))
 		}
 	} else {
+		if tc, ok := c.nc.(*tls.Conn); ok && (!framework.IsClean(c.reason) || c.flushing) {
+			// tls.Conn's Close sends a close_notify first, which waits
+			// (crypto/tls gives it 5 s) for room in the peer's window,
+			// or for a CloseWrite still under way: with mu held, every
+			// Write to the connection would wait with it. A clean close
+			// has sent it already (CloseWrite, without mu); a failed
+			// connection must not send one (the peer would take the end
+			// for an orderly one), nor may a close that cuts a write of
+			// another goroutine short wait for it: close beneath TLS
+			// first, so the close_notify fails at once.
+			tc.NetConn().Close()
+		}
 		c.nc.Close()
 	}
 	c.wakeLocked()
