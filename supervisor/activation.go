@@ -22,6 +22,7 @@ type inherited struct {
 	file   *os.File
 	name   string           // its LISTEN_FDNAMES entry ("" when it has none)
 	stream bool             // SOCK_STREAM (tcp, tls, unix); otherwise datagrams (udp)
+	typ    int              // SO_TYPE, for messages
 	addr   endpoint.Address // what it is bound to, as an endpoint's address
 	inUse  atomic.Bool
 	// held is the socket made of it while inUse: a reload hands it to
@@ -102,11 +103,7 @@ func (s *Supervisor) takeInheritedLocked(ep *endpoint.Config) (*inherited, error
 		return nil, nil
 	}
 	if wantStream := endpoint.IsStream(ep.Kind); wantStream != match.stream {
-		kind := "a datagram"
-		if match.stream {
-			kind = "a stream"
-		}
-		return nil, fmt.Errorf("the socket passed by the service manager (%s, name %q) is %s socket, which a %s endpoint cannot use", match.addr.Key(), match.name, kind, ep.Kind)
+		return nil, fmt.Errorf("the socket passed by the service manager (%s, name %q) is %s socket, which a %s endpoint cannot use", match.addr.Key(), match.name, socketTypeName(match.typ), ep.Kind)
 	}
 	if match.inUse.Load() {
 		match.held.Load().round = s.round
@@ -198,7 +195,7 @@ func describeInherited(f *os.File) (*inherited, error) {
 	if err != nil {
 		return nil, err
 	}
-	in := &inherited{file: f, stream: typ == unix.SOCK_STREAM}
+	in := &inherited{file: f, stream: typ == unix.SOCK_STREAM, typ: typ}
 	if in.stream {
 		// A connection rather than a listener (a socket unit with
 		// Accept=yes passes one per instance): its address would match
@@ -239,6 +236,21 @@ func describeInherited(f *os.File) (*inherited, error) {
 		return nil, err
 	}
 	return in, nil
+}
+
+// socketTypeName names a socket type (SO_TYPE) with its article.
+func socketTypeName(typ int) string {
+	switch typ {
+	case unix.SOCK_STREAM:
+		return "a stream"
+	case unix.SOCK_DGRAM:
+		return "a datagram"
+	case unix.SOCK_SEQPACKET:
+		return "a seqpacket"
+	case unix.SOCK_RAW:
+		return "a raw"
+	}
+	return fmt.Sprintf("a type %d", typ)
 }
 
 // isDefaultFDName reports the names go-systemd gives sockets passed without

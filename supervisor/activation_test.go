@@ -282,3 +282,36 @@ func TestReloadAddressInUseByPassedSocketHints(t *testing.T) {
 		t.Errorf("reload: %v; want address in use, with the hint that superd holds it", err)
 	}
 }
+
+// A passed socket of the wrong type for the endpoint at its address is
+// named by its type in the error: a seqpacket socket is not "a datagram
+// socket".
+func TestInheritedWrongTypeNamed(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "seq.sock")
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), "seq")
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		f.Close()
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 8); err != nil {
+		f.Close()
+		t.Fatal(err)
+	}
+	s := New(slog.New(slog.DiscardHandler), metrics.New("test"))
+	s.Inherit([]*os.File{f})
+	ep := makeEndpoint(endpoint.KindUnix, path)
+	err = s.Start(&config.File{ShutdownTimeout: 5 * time.Second, Services: []*config.Service{
+		serviceConfig("passed", &lifecycleFactory{}, config.Limits{}, ep),
+	}})
+	if err == nil {
+		s.Shutdown(5 * time.Second)
+		t.Fatal("a unix endpoint took a passed seqpacket socket")
+	}
+	if !strings.Contains(err.Error(), "is a seqpacket socket, which a unix endpoint cannot use") {
+		t.Errorf("error %q; want it to name the socket a seqpacket socket", err)
+	}
+}
