@@ -246,6 +246,11 @@ func TestReloadKeepsNamedEndpointOnItsPassedSocket(t *testing.T) {
 		if svc.State == "running" && !svc.Endpoints[0].Inherited {
 			t.Errorf("after the reload the endpoint is not on the passed socket: %+v", svc.Endpoints)
 		}
+		// Status shows where it listens: the passed socket's address,
+		// not the fallback written in the file.
+		if svc.State == "running" && svc.Endpoints[0].Address != passed {
+			t.Errorf("status shows the endpoint at %q, want the passed socket's %q", svc.Endpoints[0].Address, passed)
+		}
 	}
 	dialEcho(t, "tcp", passed, "after").Close()
 	if c, err := net.Dial("tcp", moved.Addr.String()); err == nil {

@@ -131,7 +131,14 @@ func (s *service) status(state string) ServiceStatus {
 		st.Limits.RateLimitPerIP = &Rate{Rate: r.Rate, Burst: r.Burst, DatagramsOnly: l.RateLimitPerIPDatagramsOnly}
 	}
 	for _, b := range s.bindings {
-		st.Endpoints = append(st.Endpoints, EndpointStatus{Kind: b.ep.Kind, Address: b.ep.Addr.String(), Inherited: b.sock.inherited})
+		addr := b.ep.Addr.String()
+		if b.sock.inherited {
+			// A named endpoint's address is only its fallback: it listens
+			// where the service manager's socket is bound ("" for an
+			// unnamed unix socket).
+			addr = b.sock.addr.String()
+		}
+		st.Endpoints = append(st.Endpoints, EndpointStatus{Kind: b.ep.Kind, Address: addr, Inherited: b.sock.inherited})
 	}
 	s.mu.Lock()
 	st.Active = s.active
