@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/superd-dev/superd/config"
 	"github.com/superd-dev/superd/endpoint"
 )
 
@@ -91,7 +92,9 @@ func (s *Supervisor) takeInheritedLocked(ep *endpoint.Config) (*inherited, error
 				byName = in
 			}
 		}
-		if byAddr == nil && sameAddr {
+		// A socket another endpoint asks for by name is that one's
+		// (SPEC section 11: the name first, then the address).
+		if byAddr == nil && sameAddr && (in.name == "" || in.name == ep.Name || !s.endpointNames[in.name]) {
 			byAddr = in
 		}
 	}
@@ -236,6 +239,19 @@ func describeInherited(f *os.File) (*inherited, error) {
 		return nil, err
 	}
 	return in, nil
+}
+
+// endpointNames are the names of cfg's endpoints (the name attribute).
+func endpointNames(cfg *config.File) map[string]bool {
+	names := map[string]bool{}
+	for _, sc := range cfg.Services {
+		for _, ep := range sc.Endpoints {
+			if ep.Name != "" {
+				names[ep.Name] = true
+			}
+		}
+	}
+	return names
 }
 
 // socketTypeName names a socket type (SO_TYPE) with its article.

@@ -320,3 +320,36 @@ func TestInheritedWrongTypeNamed(t *testing.T) {
 		t.Errorf("error %q; want it to name the socket a seqpacket socket", err)
 	}
 }
+
+// A passed socket named for one endpoint goes to it, even where another
+// endpoint, earlier in the file and without a name, is at its address
+// (SPEC section 11: the name first, then the address).
+func TestInheritedNameWinsOverAnotherEndpointsAddress(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	f, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, _ := newTestSupervisor()
+	s.Inherit([]*os.File{os.NewFile(f.Fd(), "web")})
+	defer f.Close()
+	unnamed := tcpEndpoint(ln.Addr().String())
+	named := tcpEndpoint(testkit.FreeAddr(t, "tcp"))
+	named.Name = "web"
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.endpointNames = endpointNames(&config.File{Services: []*config.Service{
+		serviceConfig("first", &lifecycleFactory{}, config.Limits{}, unnamed),
+		serviceConfig("second", &lifecycleFactory{}, config.Limits{}, named),
+	}})
+	if in, err := s.takeInheritedLocked(&unnamed); err != nil || in != nil {
+		t.Errorf("the endpoint at the socket's address took it (%v, %v), though another asks for it by name", in, err)
+	}
+	if in, err := s.takeInheritedLocked(&named); err != nil || in == nil || in.name != "web" {
+		t.Errorf("the endpoint named web did not get its socket: %v, %v", in, err)
+	}
+}

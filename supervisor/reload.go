@@ -34,6 +34,7 @@ func (s *Supervisor) Reload(cfg *config.File) error {
 		return ErrShuttingDown
 	}
 	s.round++
+	s.endpointNames = endpointNames(cfg)
 	// The passed sockets of the services kept stay theirs: no endpoint
 	// prepared below takes them by name or address.
 	for _, sc := range cfg.Services {

@@ -73,7 +73,11 @@ type Supervisor struct {
 	// round counts the starts and reloads: a passed socket taken in one
 	// (socket.round) is not given to a second endpoint in the same.
 	round int
-	alog  atomic.Pointer[accesslog.Logger]
+	// endpointNames are the endpoint names of the configuration being
+	// started or reloaded: a passed socket with one of them goes to that
+	// endpoint, never to another by its address.
+	endpointNames map[string]bool
+	alog          atomic.Pointer[accesslog.Logger]
 }
 
 // seriesRefs counts the service instances (prepared, running or draining)
@@ -157,6 +161,7 @@ func (s *Supervisor) StartThen(cfg *config.File, beforeServing func() error) err
 		return ErrShuttingDown
 	}
 	s.round++
+	s.endpointNames = endpointNames(cfg)
 	var prepared []*service
 	unprepare := func() {
 		for i := len(prepared) - 1; i >= 0; i-- {
