@@ -92,9 +92,12 @@ func (s *Supervisor) StatusOf(conns bool) (generation int, services []ServiceSta
 	s.drainMu.Unlock()
 	sort.SliceStable(draining, func(i, j int) bool { return draining[i].cfg.Name < draining[j].cfg.Name })
 
+	// Once Shutdown has begun, every service drains, also those it has
+	// not taken out yet (it closes their listeners first).
+	stopping := s.stopping.Load()
 	for i, svc := range append(running, draining...) {
 		state := "running"
-		if i >= len(running) {
+		if i >= len(running) || stopping {
 			state = "draining"
 		}
 		services = append(services, svc.status(state))
