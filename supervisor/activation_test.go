@@ -1,7 +1,6 @@
 package supervisor
 
 import (
-	"bytes"
 	"fmt"
 	"io"
 	"log/slog"
@@ -9,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -106,7 +104,7 @@ func TestInheritedConnectionIsNotAListener(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs lockedBuffer
+	var logs testkit.Buffer
 	s := New(slog.New(slog.NewTextHandler(&logs, nil)), metrics.New("test"))
 	s.Inherit([]*os.File{f})
 	if err := s.Start(&config.File{ShutdownTimeout: 5 * time.Second, Services: []*config.Service{
@@ -122,25 +120,6 @@ func TestInheritedConnectionIsNotAListener(t *testing.T) {
 	if st, _ := s.Status(false); len(st) != 1 || st[0].Endpoints[0].Inherited {
 		t.Errorf("the endpoint took the passed connection: %+v", st)
 	}
-}
-
-// lockedBuffer is a bytes.Buffer for a logger written from several
-// goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // Several passed sockets with one name (systemd's FileDescriptorName=

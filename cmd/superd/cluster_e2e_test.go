@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/superd-dev/superd/internal/testkit"
 )
 
 // The room across nodes (SPEC section 13), end to end: superd processes on
@@ -371,7 +373,7 @@ type natsServer struct {
 	cmd  *exec.Cmd
 	addr string
 	dir  string
-	out  *lockedBuffer
+	out  *testkit.Buffer
 	done chan struct{}
 }
 
@@ -382,7 +384,7 @@ func startNATSServer(t *testing.T, addr, dir string) *natsServer {
 		t.Fatal(err)
 	}
 	host, port, _ := net.SplitHostPort(addr)
-	s := &natsServer{t: t, addr: addr, dir: dir, out: &lockedBuffer{}, done: make(chan struct{})}
+	s := &natsServer{t: t, addr: addr, dir: dir, out: &testkit.Buffer{}, done: make(chan struct{})}
 	s.cmd = exec.Command(bin, "-a", host, "-p", port, "-js", "-sd", dir, "-n", "external")
 	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
 	if err := s.cmd.Start(); err != nil {

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/superd-dev/superd/internal/testkit"
 )
 
 // A real HAProxy in front of superd, with send-proxy (v1) and
@@ -69,7 +71,7 @@ listen envv2
 		t.Fatal(err)
 	}
 	hp := exec.Command(haproxy, "-db", "-f", cfgPath)
-	var hpOut lockedBuffer
+	var hpOut testkit.Buffer
 	hp.Stdout, hp.Stderr = &hpOut, &hpOut
 	if err := hp.Start(); err != nil {
 		t.Fatal(err)

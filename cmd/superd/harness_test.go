@@ -20,7 +20,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -75,26 +74,9 @@ type daemon struct {
 	t       *testing.T
 	cmd     *exec.Cmd
 	metrics string // metrics address
-	stderr  *lockedBuffer
+	stderr  *testkit.Buffer
 	done    chan struct{}
 	err     error
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // writeConfig writes an HCL file into a fresh folder; "METRICS" in text is
@@ -241,7 +223,7 @@ func randomBytes(t *testing.T, n int) []byte {
 // waits until /readyz says ready, like startDaemon.
 func startCmd(t *testing.T, cmd *exec.Cmd, metricsAddr string) *daemon {
 	t.Helper()
-	d := &daemon{t: t, cmd: cmd, metrics: metricsAddr, stderr: &lockedBuffer{}, done: make(chan struct{})}
+	d := &daemon{t: t, cmd: cmd, metrics: metricsAddr, stderr: &testkit.Buffer{}, done: make(chan struct{})}
 	d.cmd.Stderr = d.stderr
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)

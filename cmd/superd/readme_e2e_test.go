@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/superd-dev/superd/config"
+	"github.com/superd-dev/superd/internal/testkit"
 	"github.com/superd-dev/superd/services/daytime"
 )
 
@@ -732,7 +733,7 @@ type toolSession struct {
 	*output
 	cmd    *exec.Cmd
 	stdin  io.WriteCloser
-	stderr *lockedBuffer
+	stderr *testkit.Buffer
 	exited chan struct{}
 	once   sync.Once
 }
@@ -742,7 +743,7 @@ func startTool(t *testing.T, dir, line string) session {
 	cmd := exec.Command("bash", "-c", line)
 	cmd.Dir = dir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // so close ends the whole pipeline
-	s := &toolSession{output: &output{t: t, what: line}, cmd: cmd, stderr: &lockedBuffer{}, exited: make(chan struct{})}
+	s := &toolSession{output: &output{t: t, what: line}, cmd: cmd, stderr: &testkit.Buffer{}, exited: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = s.output, s.stderr
 	var err error
 	if s.stdin, err = cmd.StdinPipe(); err != nil {
@@ -805,7 +806,7 @@ func runTool(t *testing.T, dir, line string) (int, string) {
 	cmd := exec.Command("bash", "-c", line)
 	cmd.Dir = dir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	var out lockedBuffer
+	var out testkit.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

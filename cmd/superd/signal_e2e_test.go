@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/superd-dev/superd/internal/testkit"
 )
 
 // newFIFO makes a named pipe in a fresh folder.
@@ -195,7 +197,7 @@ service "logfile" "pipe" {
 }
 `, fifo, freeAddr(t)))
 	cmd := exec.Command(superdBin, "run", "-config", path, "-log-level", "debug")
-	d = &daemon{t: t, cmd: cmd, metrics: metricsAddr, stderr: &lockedBuffer{}, done: make(chan struct{})}
+	d = &daemon{t: t, cmd: cmd, metrics: metricsAddr, stderr: &testkit.Buffer{}, done: make(chan struct{})}
 	cmd.Stderr = d.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

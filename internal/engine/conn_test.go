@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/internal/testkit"
 )
 
 // transports every stream test runs over.
@@ -224,26 +225,9 @@ func TestTransportAfterConnectionGone(t *testing.T) {
 	})
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 func TestPanicEndsOnlyThatConnection(t *testing.T) {
 	ln := listen(t, "tcp")
-	var logs syncBuffer
+	var logs testkit.Buffer
 	opts := ConnOptions{Logger: slog.New(slog.NewTextHandler(&logs, nil))}
 	type conn struct {
 		r *recorder
