@@ -1811,21 +1811,22 @@ service "exec" "shim" {
 	}
 }
 
-// drainingStubborn starts superd with an exec service whose program
-// ignores SIGTERM and prints its pid, connects, and sends superd a first
-// SIGTERM: superd is draining, held by the program, when it returns with
-// the program's pid (killed at cleanup in any case).
-func drainingStubborn(t *testing.T) (d *daemon, pid int) {
+// startStubborn starts superd with an exec service whose program ignores
+// SIGTERM and prints its pid, and connects: it returns once the program
+// runs, with superd's configuration (path, and the text in it) and the
+// program's pid (killed at cleanup in any case).
+func startStubborn(t *testing.T) (d *daemon, path, config string, pid int) {
 	t.Helper()
 	addr := freeAddr(t)
-	path, maddr := writeConfig(t, fmt.Sprintf(`
+	config = fmt.Sprintf(`
 metrics { address = "METRICS" }
 shutdown_timeout = "30s"
 service "exec" "stubborn" {
   command = ["/bin/sh", "-c", "trap '' TERM; echo $$; exec sleep 60"]
   endpoint "tcp" { address = %q }
 }
-`, addr))
+`, addr)
+	path, maddr := writeConfig(t, config)
 	d = startDaemon(t, path, maddr)
 	c := exDial(t, addr)
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -1837,6 +1838,14 @@ service "exec" "stubborn" {
 		t.Fatalf("the program printed %q", line)
 	}
 	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+	return d, path, config, pid
+}
+
+// drainingStubborn is startStubborn, then a first SIGTERM: superd is
+// draining, held by the program, when it returns.
+func drainingStubborn(t *testing.T) (d *daemon, pid int) {
+	t.Helper()
+	d, _, _, pid = startStubborn(t)
 	d.signal(syscall.SIGTERM)
 	if !d.logged("shutting down") {
 		t.Fatal("superd did not begin its shutdown")
@@ -1863,40 +1872,8 @@ func TestExecSecondSignalKillsPrograms(t *testing.T) {
 // first kills the programs of the services the reload holds, which the
 // shutdown cannot take out until the reload ends.
 func TestExecSecondSignalDuringStuckReloadKillsPrograms(t *testing.T) {
-	addr := freeAddr(t)
-	fifo := newFIFO(t)
-	service := fmt.Sprintf(`
-metrics { address = "METRICS" }
-shutdown_timeout = "30s"
-service "exec" "stubborn" {
-  command = ["/bin/sh", "-c", "trap '' TERM; echo $$; exec sleep 60"]
-  endpoint "tcp" { address = %q }
-}
-`, addr)
-	path, maddr := writeConfig(t, service)
-	d := startDaemon(t, path, maddr)
-	c := exDial(t, addr)
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(line))
-	if err != nil {
-		t.Fatalf("the program printed %q", line)
-	}
-	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
-	unblockFIFOAtEnd(t, fifo)
-	rewriteConfig(t, path, maddr, service+fmt.Sprintf(`
-service "logfile" "pipe" {
-  path = %q
-  endpoint "tcp" { address = %q }
-}
-`, fifo, freeAddr(t)))
-	d.signal(syscall.SIGHUP)
-	if !d.logged("reloading configuration") {
-		t.Fatal("no reload began")
-	}
+	d, path, config, pid := startStubborn(t)
+	stickReload(t, d, path, config)
 	d.signal(syscall.SIGTERM)
 	if !d.logged("shutdown requested") {
 		t.Fatal("the first SIGTERM was not taken during the reload")

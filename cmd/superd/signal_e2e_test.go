@@ -61,29 +61,35 @@ func unblockFIFOAtEnd(t *testing.T, fifo string) {
 // that service's StartFactory until the test opens the FIFO.
 func stuckReload(t *testing.T) (d *daemon, fifo, metricsAddr string) {
 	t.Helper()
-	fifo = newFIFO(t)
-	echo := freeAddr(t)
-	path, metricsAddr := writeConfig(t, fmt.Sprintf(`metrics { address = "METRICS" }
+	config := fmt.Sprintf(`metrics { address = "METRICS" }
 service "echo" "e" {
   endpoint "tcp" { address = %q }
 }
-`, echo))
+`, freeAddr(t))
+	path, metricsAddr := writeConfig(t, config)
 	d = startDaemon(t, path, metricsAddr)
-	unblockFIFOAtEnd(t, fifo)
-	rewriteConfig(t, path, metricsAddr, fmt.Sprintf(`metrics { address = "METRICS" }
-service "echo" "e" {
-  endpoint "tcp" { address = %q }
+	return d, stickReload(t, d, path, config), metricsAddr
 }
+
+// stickReload reloads the superd d runs on path, whose file holds config,
+// with config and a logfile service writing to a FIFO nobody reads: the
+// reload blocks in that service's StartFactory until the test opens the
+// returned FIFO.
+func stickReload(t *testing.T, d *daemon, path, config string) (fifo string) {
+	t.Helper()
+	fifo = newFIFO(t)
+	unblockFIFOAtEnd(t, fifo)
+	rewriteConfig(t, path, d.metrics, config+fmt.Sprintf(`
 service "logfile" "pipe" {
   path = %q
   endpoint "tcp" { address = %q }
 }
-`, echo, fifo, freeAddr(t)))
+`, fifo, freeAddr(t)))
 	d.signal(syscall.SIGHUP)
 	if !d.logged("reloading configuration") {
 		t.Fatal("no reload began")
 	}
-	return d, fifo, metricsAddr
+	return fifo
 }
 
 // loggedTimes waits (up to 10 s) until text is in superd's stderr n
