@@ -696,8 +696,10 @@ func (s *service) drainAndStop(timeout time.Duration, mode stopMode) error {
 		s.mu.Unlock()
 		switch {
 		case n == 0: // nothing was open (e.g. a service undone before it served)
+		case cut && mode == stopExit:
+			s.log.Warn("second signal: aborted open connections", "connections", n)
 		case cut:
-			s.log.Warn("shutdown timeout: aborted connections still draining after a reload", "connections", n)
+			s.log.Warn("second signal: aborted connections still draining after a reload", "connections", n)
 		default:
 			s.log.Warn("shutdown timeout: aborted open connections", "connections", n, "timeout", timeout)
 		}

@@ -353,9 +353,10 @@ func TestClusterThreeNodes(t *testing.T) {
 	}
 }
 
-// buildNATSServer builds nats-server from the module superd uses, once.
+// buildNATSServer builds nats-server from the module superd uses, once,
+// beside the superd under test, so that TestMain removes it with that.
 var buildNATSServer = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "superd-nats-server")
+	dir, err := os.MkdirTemp(filepath.Dir(superdBin), "nats-server")
 	if err != nil {
 		return "", err
 	}

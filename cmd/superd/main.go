@@ -122,8 +122,8 @@ func parseFlags(fs *flag.FlagSet, args []string) int {
 // exist.
 const noConfigHelp = `Name the file with -config FILE (the default is superd.hcl in the working
 folder). To try superd, examples.hcl in its source tree runs every built-in
-service on loopback: make run (which writes the self-signed certificates
-examples.hcl names, then runs superd run -config examples.hcl).
+service on loopback: make run (which builds bin/superd, then runs superd
+run -config examples.hcl).
 `
 
 // loadConfig loads path, printing diagnostics to stderr on failure.

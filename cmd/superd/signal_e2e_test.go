@@ -8,8 +8,10 @@ package main
 // SIGHUPs and SIGUSR1s are coalesced into one more of each afterwards.
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -256,4 +258,42 @@ func TestSignalsDuringStuckStartup(t *testing.T) {
 			t.Fatal("a shutdown during startup was logged as a failed start")
 		}
 	})
+}
+
+// A second SIGTERM during a shutdown's drain aborts what is still open and
+// says so as a shutdown, not as the drain of a reload (there was none).
+func TestSecondSignalDuringShutdownLogsShutdown(t *testing.T) {
+	addr := freeAddr(t)
+	path, maddr := writeConfig(t, fmt.Sprintf(`metrics { address = "METRICS" }
+shutdown_timeout = "60s"
+service "exec" "stubborn" {
+  command = ["/bin/sh", "-c", "trap '' TERM; echo ready; exec sleep 60"]
+  endpoint "tcp" { address = %q }
+}
+`, addr))
+	d := startDaemon(t, path, maddr)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if line, err := bufio.NewReader(c).ReadString('\n'); err != nil || line != "ready\n" {
+		t.Fatalf("program's greeting: %q, %v", line, err)
+	}
+	// The program ignores SIGTERM (stop_signal): the drain waits for it.
+	d.signal(syscall.SIGTERM)
+	if !d.logged("shutting down") {
+		t.Fatal("no shutdown began")
+	}
+	d.signal(syscall.SIGTERM)
+	if code := d.wait(10 * time.Second); code != exitFailure {
+		t.Fatalf("exit status %d after a second SIGTERM, want %d", code, exitFailure)
+	}
+	if !d.logged("second signal: aborted open connections") {
+		t.Errorf("the aborted connection was not logged as cut by the second signal:\n%s", d.stderr.String())
+	}
+	if strings.Contains(d.stderr.String(), "reload") {
+		t.Errorf("a shutdown without any reload logs a reload:\n%s", d.stderr.String())
+	}
 }

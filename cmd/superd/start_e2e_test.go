@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -108,5 +109,42 @@ func TestNoConfigFile(t *testing.T) {
 		if strings.Contains(stderr, ":1,1") {
 			t.Errorf("superd %s: stderr shows a position in a file that does not exist:\n%s", strings.Join(tc.args, " "), stderr)
 		}
+	}
+}
+
+// TestNoConfigHelpMatchesMakefile: what the missing-file help says `make
+// run` does is what the Makefile's run target does (it once said that make
+// run writes certificates, which it does not: examples.hcl's TLS endpoints
+// are self_signed).
+func TestNoConfigHelpMatchesMakefile(t *testing.T) {
+	makefile, err := os.ReadFile("../../Makefile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var recipe []string
+	in := false
+	for _, line := range strings.Split(string(makefile), "\n") {
+		switch {
+		case strings.HasPrefix(line, "run:"):
+			in = true
+		case in && strings.HasPrefix(line, "\t"):
+			recipe = append(recipe, strings.TrimSpace(line))
+		case in:
+			in = false
+		}
+	}
+	if len(recipe) == 0 {
+		t.Fatal("the Makefile has no run target")
+	}
+	help := strings.Join(strings.Fields(noConfigHelp), " ")
+	if !strings.Contains(help, "superd run -config examples.hcl") {
+		t.Errorf("the help does not name what make run runs:\n%s", noConfigHelp)
+	}
+	runs := strings.Join(recipe, "\n")
+	if strings.Contains(help, "certificate") && !strings.Contains(runs, "selfsigned") {
+		t.Errorf("the help says make run writes certificates; its recipe does not:\n%s\nhelp:\n%s", runs, noConfigHelp)
+	}
+	if !strings.Contains(runs, "superd run -config examples.hcl") {
+		t.Errorf("make run no longer runs superd run -config examples.hcl; update noConfigHelp:\n%s", runs)
 	}
 }

@@ -5,7 +5,8 @@
 #   bin/superd run -config examples/cluster/b.hcl
 #   bin/superd run -config examples/cluster/c.hcl
 #
-# then talk: nc 127.0.0.1 8124 (node a), 8125 (b), 8126 (c).
+# then talk: nc -C 127.0.0.1 8124 (node a), 8125 (b), 8126 (c) (or telnet:
+# chat's lines end with CRLF, which a plain nc does not send).
 
 metrics {
   address = "127.0.0.1:9466"
