@@ -699,7 +699,7 @@ func (s *service) drainAndStop(timeout time.Duration, mode stopMode) error {
 		case cut && mode == stopExit:
 			s.log.Warn("second signal: aborted open connections", "connections", n)
 		case cut:
-			s.log.Warn("second signal: aborted connections still draining after a reload", "connections", n)
+			s.log.Warn("shutdown: aborted connections still draining after a reload", "connections", n)
 		default:
 			s.log.Warn("shutdown timeout: aborted open connections", "connections", n, "timeout", timeout)
 		}
