@@ -14,12 +14,14 @@ import (
 	"runtime"
 	"runtime/debug"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/zclconf/go-cty/cty"
 
 	"github.com/superd-dev/superd/config"
 	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/internal/textwidth"
 )
 
 // Exit statuses.
@@ -156,7 +158,7 @@ func cmdValidate(args []string, stdout, stderr io.Writer) int {
 	for _, s := range cfg.Services {
 		endpoints += len(s.Endpoints)
 	}
-	fmt.Fprintf(stdout, "%s: valid: %d services, %d endpoints\n", *path, len(cfg.Services), endpoints)
+	fmt.Fprintf(stdout, "%s: valid: %s, %s\n", *path, count(len(cfg.Services), "service"), count(endpoints, "endpoint"))
 	return exitOK
 }
 
@@ -171,7 +173,19 @@ func printFactories(w io.Writer) {
 	fmt.Fprintln(w, `    endpoint "tcp"|"tls"|"unix"|"udp" { ... } blocks, at least one (see the README)`)
 }
 
+// count is "1 service", "2 services".
+func count(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return strconv.Itoa(n) + " " + noun + "s"
+}
+
+// printAttributes lists attributes in columns: name, type, default and
+// description, each column as wide as its widest entry (at least 22, 20
+// and 22 terminal columns, so that most factories line up with the others).
 func printAttributes(w io.Writer, attrs []framework.Attribute) {
+	rows := make([][]string, 0, len(attrs))
 	for _, a := range attrs {
 		typ := a.Type.FriendlyName()
 		switch {
@@ -189,7 +203,23 @@ func printAttributes(w io.Writer, attrs []framework.Attribute) {
 		case a.Block:
 			typ = "block of " + a.Type.ElementType().FriendlyName() + "s"
 		}
-		fmt.Fprintf(w, "    %-22s %-20s %-22s %s\n", a.Name, typ, attrDefault(a), a.Description)
+		rows = append(rows, []string{a.Name, typ, attrDefault(a), a.Description})
+	}
+	widths := []int{22, 20, 22}
+	for _, r := range rows {
+		for i := range widths {
+			widths[i] = max(widths[i], textwidth.String(r[i]))
+		}
+	}
+	for _, r := range rows {
+		line := "   "
+		for i, c := range r {
+			line += " " + c
+			if i < len(widths) {
+				line += strings.Repeat(" ", widths[i]-textwidth.String(c))
+			}
+		}
+		fmt.Fprintln(w, line)
 	}
 }
 

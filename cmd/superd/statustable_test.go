@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/superd-dev/superd/framework"
 	"github.com/superd-dev/superd/internal/textwidth"
 	"github.com/superd-dev/superd/supervisor"
 )
@@ -68,5 +69,45 @@ func TestStatusTableAlignsWideNames(t *testing.T) {
 		if got := col(rows[i+1], a) + 1; got != wantActive {
 			t.Errorf("row %d: ACTIVE at column %d, want %d\n%s", i+1, got, wantActive, table)
 		}
+	}
+}
+
+// `superd factories` lines up each factory's attributes: the description
+// starts in one column for all of them, however long a default is
+// (daytime's layout, qotd's quote).
+func TestFactoriesColumnsLineUp(t *testing.T) {
+	var out bytes.Buffer
+	printFactories(&out)
+	lines := strings.Split(out.String(), "\n")
+	checked := 0
+	for _, spec := range framework.Specs() {
+		attrs := spec.Attributes()
+		if len(attrs) < 2 {
+			continue
+		}
+		descCol := -1
+		for _, a := range attrs {
+			prefix := "    " + a.Name + " "
+			found := false
+			for _, l := range lines {
+				if !strings.HasPrefix(l, prefix) || !strings.HasSuffix(l, " "+a.Description) {
+					continue
+				}
+				found = true
+				col := textwidth.String(strings.TrimSuffix(l, a.Description))
+				if descCol == -1 {
+					descCol = col
+				} else if col != descCol {
+					t.Errorf("%s: the description of %s starts at column %d, the first one's at %d:\n%s", spec.Name, a.Name, col, descCol, l)
+				}
+			}
+			if !found {
+				t.Errorf("%s: no line for %s", spec.Name, a.Name)
+			}
+		}
+		checked++
+	}
+	if checked < 3 {
+		t.Fatalf("only %d factories with attributes checked:\n%s", checked, out.String())
 	}
 }
