@@ -116,13 +116,19 @@ func (d *dgramBinding) WriteTo(b []byte, addr net.Addr) {
 }
 
 func (d *dgramBinding) flushLocked() {
-	sent, failed, bytes := d.sock.io.flush()
+	sent, failed, refused, bytes := d.sock.io.flush()
 	if sent > 0 {
 		d.sent.Add(float64(sent))
 		d.svc.m.Sent.Add(float64(bytes))
 	}
-	if failed > 0 {
-		d.drops[metrics.DatagramSendFailed].Add(float64(failed))
+	if failed > refused {
+		d.drops[metrics.DatagramSendFailed].Add(float64(failed - refused))
+	}
+	if refused > 0 {
+		// Replies to a broadcast address the kernel refused: a guarded
+		// service's socket has no SO_BROADCAST, so that it never answers
+		// a directed broadcast source (see claimBatch).
+		d.drops[metrics.DatagramReflection].Add(float64(refused))
 	}
 }
 

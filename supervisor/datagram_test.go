@@ -1373,3 +1373,23 @@ func udpSockopt(t *testing.T, uc *net.UDPConn, opt int) int {
 	}
 	return v
 }
+
+// A guarded factory sends no reply to a directed broadcast address (the
+// loopback net's 127.255.255.255 here; such a source is what a spoofed
+// datagram would carry): the kernel refuses it on the guarded socket,
+// which has no SO_BROADCAST, and it is counted as reflection, not as a
+// failed send. The reply to the sender goes out.
+func TestDatagramReflectionToDirectedBroadcast(t *testing.T) {
+	broadcast := &net.UDPAddr{IP: net.IPv4(127, 255, 255, 255), Port: 4000}
+	f := &dgramFactory{onDatagram: func(p *dgramProto, data []byte, from net.Addr) {
+		p.t.WriteTo(data, broadcast)
+		p.t.WriteTo(data, from)
+	}}
+	s, m, addr := startDgram(t, "guarded", "127.0.0.1", f, true, config.Limits{})
+	defer s.Shutdown(5 * time.Second)
+	c := dialUDP(t, addr)
+	send(t, c, []byte("hello"))
+	mustRecv(t, c, []byte("hello"))
+	waitFor(t, func() bool { return dgramDropped(m, "guarded", "reflection") == 1 })
+	checkDrops(t, m, "guarded", map[string]float64{"reflection": 1})
+}

@@ -465,9 +465,12 @@ func (b *batchIO) pktinfoFor(i int, to netip.AddrPort, scope uint32) int {
 }
 
 // flush sends the queued datagrams without waiting for room; it returns
-// how many were sent (and their bytes) and how many failed (a full socket
-// buffer, or an error for that destination).
-func (b *batchIO) flush() (sent, failed, bytes int) {
+// how many were sent (and their bytes), how many failed (a full socket
+// buffer, or an error for that destination), and how many of those the
+// kernel refused as sends to a broadcast address on a socket without
+// SO_BROADCAST (EACCES: a guarded service's reply to a directed broadcast
+// source, which reflects cannot tell from a host).
+func (b *batchIO) flush() (sent, failed, refused, bytes int) {
 	for sent+failed < b.nout {
 		b.sentN = sent + failed
 		if err := b.raw.Write(b.writeFn); err != nil {
@@ -479,6 +482,9 @@ func (b *batchIO) flush() (sent, failed, bytes int) {
 			failed = b.nout - sent // the buffer is full: the rest is dropped
 		case b.werr != nil:
 			failed++ // this destination failed; go on with the next
+			if b.werr == unix.EACCES {
+				refused++
+			}
 		default:
 			for _, p := range b.send.bufs[sent+failed : sent+failed+b.sentN] {
 				bytes += len(p)
@@ -487,7 +493,7 @@ func (b *batchIO) flush() (sent, failed, bytes int) {
 		}
 	}
 	b.nout = 0
-	return sent, failed, bytes
+	return sent, failed, refused, bytes
 }
 
 // sendmmsg sends the queue from index from on; it returns how many were

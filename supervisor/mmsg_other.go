@@ -3,8 +3,10 @@
 package supervisor
 
 import (
+	"errors"
 	"net"
 	"net/netip"
+	"syscall"
 )
 
 // batchIO, where recvmmsg and sendmmsg do not exist, reads and writes one
@@ -64,17 +66,20 @@ func (b *batchIO) queue(p []byte, to netip.AddrPort) bool {
 	return true
 }
 
-func (b *batchIO) flush() (sent, failed, bytes int) {
+func (b *batchIO) flush() (sent, failed, refused, bytes int) {
 	for i, p := range b.out {
 		if _, err := b.uc.WriteToUDPAddrPort(p, b.to[i]); err != nil {
 			failed++
+			if errors.Is(err, syscall.EACCES) {
+				refused++ // a broadcast address, without SO_BROADCAST
+			}
 		} else {
 			sent++
 			bytes += len(p)
 		}
 	}
 	b.out, b.to = b.out[:0], b.to[:0]
-	return sent, failed, bytes
+	return sent, failed, refused, bytes
 }
 
 // lendToProgram does nothing here: no option is set for the loop.
