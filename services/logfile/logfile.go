@@ -16,7 +16,10 @@
 // lines of each chunk read from a connection go to the file in one write(2)
 // under the service's lock, before more input is read from that connection:
 // lines never interleave or tear, and a line already processed survives even
-// SIGKILL. SIGUSR1 reopens the file (for rotation).
+// SIGKILL. A write the disk takes only part of (it filled up) fails the
+// connection and leaves no piece of a line behind: the piece after the last
+// whole line is cut off the file again. SIGUSR1 reopens the file (for
+// rotation).
 //
 //	service "logfile" "audit" {
 //	  path = "/var/log/superd/audit.log"
@@ -28,6 +31,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -188,7 +192,10 @@ func (f *Factory) write(lines []byte) error {
 		f.mu.Unlock()
 		return errors.New("the file is closed")
 	}
-	_, err := f.file.Write(lines)
+	n, err := f.file.Write(lines)
+	if err != nil && n > 0 {
+		f.takeBackTorn(lines[:n])
+	}
 	f.mu.Unlock()
 	if err == nil && f.fsync {
 		select {
@@ -197,6 +204,36 @@ func (f *Factory) write(lines []byte) error {
 		}
 	}
 	return err
+}
+
+// takeBackTorn is called, under the lock, after a write that failed
+// part way (a disk that filled up, a file size limit): written is what
+// reached the file. The whole lines of it stay; the piece of a line after
+// them is cut off the file again, so that the next write does not join it
+// into one torn line. A file that cannot be cut (a pipe) is left as it is.
+func (f *Factory) takeBackTorn(written []byte) {
+	torn := len(written) - (bytes.LastIndexByte(written, '\n') + 1)
+	if torn == 0 {
+		return
+	}
+	// O_APPEND leaves the offset at the end of what this write added. The
+	// file is cut only if it still ends there: another writer's lines
+	// after it (another superd instance on the same path), or a file
+	// truncated meanwhile (logrotate's copytruncate), are left alone.
+	end, err := f.file.Seek(0, io.SeekCurrent)
+	var st os.FileInfo
+	if err == nil {
+		st, err = f.file.Stat()
+	}
+	if err == nil && st.Size() != end {
+		return
+	}
+	if err == nil {
+		err = f.file.Truncate(end - int64(torn))
+	}
+	if err != nil {
+		f.log.Error("cannot take back the part of a line a failed write left", "path", f.path, "bytes", torn, "err", err)
+	}
 }
 
 // BuildProtocol implements framework.Factory.
