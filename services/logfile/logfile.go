@@ -250,26 +250,35 @@ func (f *Factory) BuildProtocol(net.Addr) framework.Protocol {
 type Logger struct {
 	basic.LineReceiver
 	factory *Factory
-	batch   []byte // the complete lines of the current chunk
+	batch   []byte // the complete lines of the current chunk (during DataReceived)
 	partial int    // bytes of the unterminated line buffered so far
 }
 
 // ConnectionMade starts receiving lines.
 func (l *Logger) ConnectionMade(t framework.Transport) { l.Init(t, l) }
 
+// batches holds the buffers a chunk's lines are collected in: a connection
+// takes one for each DataReceived and gives it back once the lines are
+// written, so a quiet connection holds none (superd reads up to 32 KiB at
+// a time; kept per connection, that would be 40 KiB each).
+var batches = sync.Pool{New: func() any { return new([]byte) }}
+
 // DataReceived collects the chunk's complete lines, then writes them in one
 // go before returning (and so before more input is read).
 func (l *Logger) DataReceived(data []byte) {
+	bp := batches.Get().(*[]byte)
+	l.batch = (*bp)[:0]
 	l.LineReceiver.DataReceived(data)
 	l.checkPartial(data)
-	if len(l.batch) == 0 {
-		return
+	var err error
+	if len(l.batch) > 0 {
+		err = l.factory.write(l.batch)
 	}
-	err := l.factory.write(l.batch)
-	l.batch = l.batch[:0]
-	if cap(l.batch) > 64<<10 {
-		l.batch = nil // do not hold a big buffer for a quiet connection
+	if cap(l.batch) <= 64<<10 { // one grown for a long line is let go
+		*bp = l.batch[:0]
+		batches.Put(bp)
 	}
+	l.batch = nil
 	if err != nil {
 		l.factory.log.Error("write failed; closing the connection", "path", l.factory.path, "err", err)
 		l.Transport.AbortConnection()
