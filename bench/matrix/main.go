@@ -646,8 +646,8 @@ func runOne(ctx context.Context, o *options, work string, seq int, name string, 
 		r.failed = fmt.Sprintf("%d errors, first: %s", r.Errors, r.FirstError)
 	case runErr != nil:
 		r.failed = fmt.Sprintf("superbench: %v", runErr)
-	case c.idle && (r.Alive != r.Conns || r.RSSPerConnBytes == 0):
-		r.failed = fmt.Sprintf("alive %d of %d, rss per connection %v", r.Alive, r.Conns, r.RSSPerConnBytes)
+	case c.idle && idleFailed(r) != "":
+		r.failed = idleFailed(r)
 	case s.exited():
 		r.failed = fmt.Sprintf("%s exited during the run: %v", name, s.err)
 	case c.cpu && cpuErr != nil:
@@ -659,6 +659,17 @@ func runOne(ctx context.Context, o *options, work string, seq int, name string, 
 		fmt.Printf("%-8s %-8s FAILED: %s\n%s", c.id, name, r.failed, tail(readFile(s.log), 10))
 	}
 	return r
+}
+
+// idleFailed says why an idle run's reading does not count ("" if it
+// does): a connection not alive, or no RSS growth to divide (none
+// measured, or the server's RSS shrank meanwhile, as when the runtime
+// gives memory back to the system: no figure at all, not a negative one).
+func idleFailed(r *result) string {
+	if r.Alive != r.Conns || !(r.RSSPerConnBytes > 0) {
+		return fmt.Sprintf("alive %d of %d, rss per connection %v", r.Alive, r.Conns, r.RSSPerConnBytes)
+	}
+	return ""
 }
 
 // benchResult finds superbench's JSON result in its output (nil if there

@@ -51,6 +51,28 @@ func TestVerdict(t *testing.T) {
 	}
 }
 
+// TestIdleFailed: an idle run counts only with every connection alive and
+// a positive RSS growth per connection; a server whose RSS shrank over the
+// run gives no figure rather than a negative one.
+func TestIdleFailed(t *testing.T) {
+	for _, c := range []struct {
+		alive, conns int
+		per          float64
+		counts       bool
+	}{
+		{5000, 5000, 534, true},
+		{4999, 5000, 534, false},
+		{5000, 5000, 0, false},
+		{5000, 5000, -120, false},
+		{5000, 5000, math.NaN(), false},
+	} {
+		r := &result{Mode: "idle", Alive: c.alive, Conns: c.conns, RSSPerConnBytes: c.per}
+		if got := idleFailed(r); (got == "") != c.counts {
+			t.Errorf("alive %d of %d, %v B/conn: idleFailed %q, want the run to count: %v", c.alive, c.conns, c.per, got, c.counts)
+		}
+	}
+}
+
 func TestResultMetric(t *testing.T) {
 	r := result{Mode: "idle", RSSPerConnBytes: 4096, MsgsPerS: 1}
 	if r.metric() != 4096 {

@@ -16,7 +16,10 @@
 // lines of each chunk read from a connection go to the file in one write(2)
 // under the service's lock, before more input is read from that connection:
 // lines never interleave or tear, and a line already processed survives even
-// SIGKILL. SIGUSR1 reopens the file (for rotation).
+// SIGKILL. A write the disk takes only part of (it filled up) fails the
+// connection and leaves no piece of a line behind: the piece after the last
+// whole line is cut off the file again. SIGUSR1 reopens the file (for
+// rotation).
 //
 //	service "logfile" "audit" {
 //	  path = "/var/log/superd/audit.log"
@@ -28,6 +31,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -188,7 +192,10 @@ func (f *Factory) write(lines []byte) error {
 		f.mu.Unlock()
 		return errors.New("the file is closed")
 	}
-	_, err := f.file.Write(lines)
+	n, err := f.file.Write(lines)
+	if err != nil && n > 0 {
+		f.takeBackTorn(lines[:n])
+	}
 	f.mu.Unlock()
 	if err == nil && f.fsync {
 		select {
@@ -197,6 +204,36 @@ func (f *Factory) write(lines []byte) error {
 		}
 	}
 	return err
+}
+
+// takeBackTorn is called, under the lock, after a write that failed
+// part way (a disk that filled up, a file size limit): written is what
+// reached the file. The whole lines of it stay; the piece of a line after
+// them is cut off the file again, so that the next write does not join it
+// into one torn line. A file that cannot be cut (a pipe) is left as it is.
+func (f *Factory) takeBackTorn(written []byte) {
+	torn := len(written) - (bytes.LastIndexByte(written, '\n') + 1)
+	if torn == 0 {
+		return
+	}
+	// O_APPEND leaves the offset at the end of what this write added. The
+	// file is cut only if it still ends there: another writer's lines
+	// after it (another superd instance on the same path), or a file
+	// truncated meanwhile (logrotate's copytruncate), are left alone.
+	end, err := f.file.Seek(0, io.SeekCurrent)
+	var st os.FileInfo
+	if err == nil {
+		st, err = f.file.Stat()
+	}
+	if err == nil && st.Size() != end {
+		return
+	}
+	if err == nil {
+		err = f.file.Truncate(end - int64(torn))
+	}
+	if err != nil {
+		f.log.Error("cannot take back the part of a line a failed write left", "path", f.path, "bytes", torn, "err", err)
+	}
 }
 
 // BuildProtocol implements framework.Factory.
@@ -213,26 +250,35 @@ func (f *Factory) BuildProtocol(net.Addr) framework.Protocol {
 type Logger struct {
 	basic.LineReceiver
 	factory *Factory
-	batch   []byte // the complete lines of the current chunk
+	batch   []byte // the complete lines of the current chunk (during DataReceived)
 	partial int    // bytes of the unterminated line buffered so far
 }
 
 // ConnectionMade starts receiving lines.
 func (l *Logger) ConnectionMade(t framework.Transport) { l.Init(t, l) }
 
+// batches holds the buffers a chunk's lines are collected in: a connection
+// takes one for each DataReceived and gives it back once the lines are
+// written, so a quiet connection holds none (superd reads up to 32 KiB at
+// a time; kept per connection, that would be 40 KiB each).
+var batches = sync.Pool{New: func() any { return new([]byte) }}
+
 // DataReceived collects the chunk's complete lines, then writes them in one
 // go before returning (and so before more input is read).
 func (l *Logger) DataReceived(data []byte) {
+	bp := batches.Get().(*[]byte)
+	l.batch = (*bp)[:0]
 	l.LineReceiver.DataReceived(data)
 	l.checkPartial(data)
-	if len(l.batch) == 0 {
-		return
+	var err error
+	if len(l.batch) > 0 {
+		err = l.factory.write(l.batch)
 	}
-	err := l.factory.write(l.batch)
-	l.batch = l.batch[:0]
-	if cap(l.batch) > 64<<10 {
-		l.batch = nil // do not hold a big buffer for a quiet connection
+	if cap(l.batch) <= 64<<10 { // one grown for a long line is let go
+		*bp = l.batch[:0]
+		batches.Put(bp)
 	}
+	l.batch = nil
 	if err != nil {
 		l.factory.log.Error("write failed; closing the connection", "path", l.factory.path, "err", err)
 		l.Transport.AbortConnection()

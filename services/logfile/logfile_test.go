@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -515,4 +516,35 @@ func TestSlowSyncDoesNotHoldWriters(t *testing.T) {
 	if err := f.StopFactory(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestQuietConnectionsHoldNoBatch: the buffer a chunk's lines are
+// collected in is not kept by a connection once they are written, so
+// connections that sent a burst and went quiet hold no memory for it
+// (superd reads up to 32 KiB at a time; here 400 such connections).
+func TestQuietConnectionsHoldNoBatch(t *testing.T) {
+	f := started(t, "")
+	chunk := strings.Repeat(strings.Repeat("x", 99)+"\n", 327) // 32,700 bytes: a full read
+	var ms runtime.MemStats
+	runtime.GC()
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	before := ms.HeapAlloc
+	conns := make([]*conn, 400)
+	for i := range conns {
+		conns[i] = f.connect()
+		conns[i].send(chunk)
+	}
+	// Two collections: what a sync.Pool holds is let go by the second.
+	runtime.GC()
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	per := (int64(ms.HeapAlloc) - int64(before)) / int64(len(conns))
+	if per > 4<<10 {
+		t.Fatalf("each quiet connection holds %d bytes of heap after one 32 KiB chunk", per)
+	}
+	if got := readFile(t, f.path); len(got) != len(conns)*len(chunk) {
+		t.Fatalf("file holds %d bytes, want %d", len(got), len(conns)*len(chunk))
+	}
+	runtime.KeepAlive(conns)
 }
