@@ -206,6 +206,16 @@ type Reopener interface {
 	Reopen() error
 }
 
+// Interrupter is implemented by factories whose protocols may wait, inside
+// a callback, on something outside their connection (a pipe nobody reads,
+// a stalled disk). When a drain runs out of time superd aborts the
+// connections, whose end waits for their callbacks to return; it then
+// calls Interrupt, which must make such waits fail soon, and keep failing
+// them from then on, so that the connections end and StopFactory runs.
+type Interrupter interface {
+	Interrupt()
+}
+
 // FactoryFunc adapts a function to the Factory interface.
 type FactoryFunc func(addr net.Addr) Protocol
 

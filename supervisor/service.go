@@ -694,6 +694,9 @@ func (s *service) drainAndStop(timeout time.Duration, mode stopMode) error {
 		s.mu.Lock()
 		n := s.abortLocked()
 		s.mu.Unlock()
+		if in, ok := s.factory.(framework.Interrupter); ok {
+			in.Interrupt() // a callback waiting on a file or pipe returns
+		}
 		switch {
 		case n == 0: // nothing was open (e.g. a service undone before it served)
 		case cut && mode == stopExit:

@@ -36,6 +36,8 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/superd-dev/superd/framework"
 	"github.com/superd-dev/superd/framework/basic"
@@ -84,6 +86,12 @@ type Factory struct {
 	mu      sync.Mutex
 	file    *os.File
 	stopped bool // StopFactory ran: Reopen must not open the file again
+	// writing is the file a write is under way on (set before it, under
+	// mu), for Interrupt, which cannot take mu while that write waits.
+	writing atomic.Pointer[os.File]
+	// interrupted: the drain ran out of time (Interrupt); writes that
+	// would wait fail instead.
+	interrupted atomic.Bool
 
 	syncReq  chan struct{} // fsync wanted (capacity 1: requests coalesce)
 	syncDone chan struct{}
@@ -192,7 +200,12 @@ func (f *Factory) write(lines []byte) error {
 		f.mu.Unlock()
 		return errors.New("the file is closed")
 	}
+	f.writing.Store(f.file)
+	if f.interrupted.Load() {
+		expire(f.file)
+	}
 	n, err := f.file.Write(lines)
+	f.writing.Store(nil)
 	if err != nil && n > 0 {
 		f.takeBackTorn(lines[:n])
 	}
@@ -205,6 +218,22 @@ func (f *Factory) write(lines []byte) error {
 	}
 	return err
 }
+
+// Interrupt implements framework.Interrupter: a write waiting for a pipe
+// (a FIFO whose reader stopped reading) fails now, as do later ones that
+// would wait, so that a connection aborted at the end of a drain ends
+// instead of holding the shutdown. A regular file has no deadline: a write
+// to it does not wait for a reader.
+func (f *Factory) Interrupt() {
+	f.interrupted.Store(true)
+	if file := f.writing.Load(); file != nil {
+		expire(file)
+	}
+}
+
+// expire makes the file's writes that would wait fail at once (a pipe's,
+// which the runtime's poller serves).
+func expire(file *os.File) { file.SetWriteDeadline(time.Unix(1, 0)) }
 
 // takeBackTorn is called, under the lock, after a write that failed
 // part way (a disk that filled up, a file size limit): written is what
@@ -326,6 +355,7 @@ var (
 	_ framework.FactoryStopper = (*Factory)(nil)
 	_ framework.Blocker        = (*Logger)(nil)
 	_ framework.Reopener       = (*Factory)(nil)
+	_ framework.Interrupter    = (*Factory)(nil)
 	_ framework.Protocol       = (*Logger)(nil)
 	_ framework.Validator      = (*Config)(nil)
 )
