@@ -759,14 +759,15 @@ func (s *service) abortLocked() int {
 	return n
 }
 
-// abandon is a running service's end when superd exits without the
-// drain: new connections are refused, open ones aborted, programs killed.
+// abandon is a running service's end when a second signal makes superd
+// exit before the shutdown has taken the service out: new connections
+// are refused, open ones aborted, programs killed.
 func (s *service) abandon() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closing = true
 	if n := s.abortLocked(); n > 0 {
-		s.log.Warn("exiting: aborted open connections", "connections", n)
+		s.log.Warn("second signal: aborted open connections", "connections", n)
 	}
 }
 
