@@ -339,7 +339,7 @@ func boundsText(a framework.Attribute, whole bool, f *big.Float) string {
 	case a.Max != "":
 		what += " of at most " + a.Max
 	}
-	return fmt.Sprintf("%s must be %s, not %s", a.Name, what, f.Text('g', -1))
+	return fmt.Sprintf("%s must be %s, not %s", a.Name, what, numberText(f))
 }
 
 // configValues returns the value of every attribute of a decoded

@@ -235,8 +235,8 @@ service "testecho" "f" {
 				{"4,28-31", "Value out of range", "ipv6_prefix must be from 0 to 128, not 129."},
 				{"5,28-32", "Value out of range", "max_pending_output must be at least 65536, not 1000."},
 				// 2^63 is one past the largest: not clamped to it.
-				{"9,28-47", "Value out of range", "max_connections must be at most 9223372036854775807, not 9.223372036854775808e+18."},
-				{"10,28-32", "Value out of range", "max_connections_per_ip must be at most 9223372036854775807, not 1e+19."},
+				{"9,28-47", "Value out of range", "max_connections must be at most 9223372036854775807, not 9223372036854775808."},
+				{"10,28-32", "Value out of range", "max_connections_per_ip must be at most 9223372036854775807, not 10000000000000000000."},
 			},
 		},
 		{

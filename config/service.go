@@ -300,7 +300,7 @@ func (d *decoder) decodeRate(blk *hcl.Block) *Rate {
 			r.Rate, _ = f.Float64()
 			if f.Sign() <= 0 || math.IsInf(r.Rate, 0) || r.Rate == 0 {
 				d.errorf(a.Expr.Range(), "Value out of range",
-					"rate must be a number of new connections per second above 0 (it may be fractional, such as 0.5), not %s.", f.Text('g', -1))
+					"rate must be a number of new connections per second above 0 (it may be fractional, such as 0.5), not %s.", numberText(f))
 				good = false
 			}
 		}

@@ -131,7 +131,7 @@ func (d *decoder) whole(attr *hcl.Attribute, lo, hi int) (int, bool) {
 		return 0, false
 	}
 	if !f.IsInt() {
-		d.errorf(attr.Expr.Range(), "Invalid whole number", "%s must be a whole number, not %s.", attr.Name, f.Text('g', -1))
+		d.errorf(attr.Expr.Range(), "Invalid whole number", "%s must be a whole number, not %s.", attr.Name, numberText(f))
 		return 0, false
 	}
 	// The bounds exactly: float64(math.MaxInt) rounds up to 2^63, which
@@ -139,11 +139,11 @@ func (d *decoder) whole(attr *hcl.Attribute, lo, hi int) (int, bool) {
 	below, above := f.Cmp(new(big.Float).SetInt64(int64(lo))) < 0, f.Cmp(new(big.Float).SetInt64(int64(hi))) > 0
 	switch {
 	case below && hi == math.MaxInt:
-		d.errorf(attr.Expr.Range(), "Value out of range", "%s must be at least %d, not %s.", attr.Name, lo, f.Text('g', -1))
+		d.errorf(attr.Expr.Range(), "Value out of range", "%s must be at least %d, not %s.", attr.Name, lo, numberText(f))
 	case above && hi == math.MaxInt:
-		d.errorf(attr.Expr.Range(), "Value out of range", "%s must be at most %d, not %s.", attr.Name, hi, f.Text('g', -1))
+		d.errorf(attr.Expr.Range(), "Value out of range", "%s must be at most %d, not %s.", attr.Name, hi, numberText(f))
 	case below || above:
-		d.errorf(attr.Expr.Range(), "Value out of range", "%s must be from %d to %d, not %s.", attr.Name, lo, hi, f.Text('g', -1))
+		d.errorf(attr.Expr.Range(), "Value out of range", "%s must be from %d to %d, not %s.", attr.Name, lo, hi, numberText(f))
 	}
 	if below || above {
 		return 0, false
@@ -198,3 +198,13 @@ func parseDuration(s string) (d time.Duration, tooLong bool, err error) {
 
 // maxDuration is the longest duration, for the message about one longer.
 const maxDuration = time.Duration(math.MaxInt64)
+
+// numberText writes a number as the file would: a whole number up to 21
+// digits in full (9223372036854775807, not 9.223372036854775807e+18),
+// others in the shortest form that reads back the same.
+func numberText(f *big.Float) string {
+	if f.IsInt() && f.MantExp(nil) <= 70 { // below 2^70, about 1.2e21
+		return f.Text('f', 0)
+	}
+	return f.Text('g', -1)
+}

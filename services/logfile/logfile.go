@@ -56,7 +56,7 @@ func init() {
 type Config struct {
 	Path          framework.Path `hcl:"path" doc:"file the lines are appended to"`
 	Fsync         bool           `hcl:"fsync,optional" doc:"fsync the file after writes (batched)"`
-	MaxLineLength int            `hcl:"max_line_length,optional" min:"1" doc:"longest line accepted, in bytes; a longer one closes the connection"`
+	MaxLineLength int            `hcl:"max_line_length,optional" min:"1" max:"1073741824" doc:"longest line accepted, in bytes; a longer one closes the connection"`
 }
 
 // Validate checks that path can be a file.

@@ -53,6 +53,8 @@ func TestConfig(t *testing.T) {
 			wantErr: []string{"superd.hcl:3,", `Invalid value for "max_line_length"`}},
 		{name: "max_line_length fraction", body: "  path = \"a.log\"\n  max_line_length = 2.5",
 			wantErr: []string{"superd.hcl:3,", `Invalid value for "max_line_length"`}},
+		{name: "max_line_length huge", body: "  path = \"a.log\"\n  max_line_length = 9223372036854775807",
+			wantErr: []string{"superd.hcl:3,", `Invalid value for "max_line_length"`, "from 1 to 1073741824, not 9223372036854775807"}},
 		{name: "unknown attribute", body: "  path = \"a.log\"\n  fsynk = true",
 			wantErr: []string{"superd.hcl:3,", `Did you mean "fsync"?`}},
 	}
