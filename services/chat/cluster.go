@@ -38,6 +38,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -48,8 +49,11 @@ import (
 )
 
 const (
-	// outQueue bounds the lines waiting to be published, per room.
-	outQueue = 4096
+	// outQueue and outQueueBytes bound the lines waiting to be published,
+	// per room: in number, and in bytes (at the largest max_line_length
+	// the number alone would let 4096 lines of a gigabyte wait).
+	outQueue      = 4096
+	outQueueBytes = 8 << 20
 	// claimTimeout bounds one name claim (the user waits for it).
 	claimTimeout = 2 * time.Second
 	// releaseTimeout bounds one release; stopTimeout the releases left
@@ -110,6 +114,7 @@ type remote struct {
 	c       remoteCounters
 
 	out     chan []byte
+	queued  atomic.Int64  // bytes in out
 	quit    chan struct{} // closed by stop
 	wake    chan struct{} // a release to make
 	pubDone chan struct{}
@@ -195,11 +200,18 @@ func (x *remote) publish(line []byte) {
 		x.c.dropped.Inc()
 		return
 	}
+	n := int64(len(line))
+	if x.queued.Add(n) > outQueueBytes {
+		x.queued.Add(-n)
+		x.c.dropped.Inc()
+		return
+	}
 	b := make([]byte, len(line))
 	copy(b, line)
 	select {
 	case x.out <- b:
 	default:
+		x.queued.Add(-n)
 		x.c.dropped.Inc()
 	}
 }
@@ -209,6 +221,7 @@ func (x *remote) publish(line []byte) {
 func (x *remote) publisher() {
 	defer x.wg.Done()
 	send := func(b []byte) {
+		x.queued.Add(-int64(len(b)))
 		if !x.node.Connected() {
 			x.c.dropped.Inc()
 			return

@@ -659,3 +659,27 @@ func TestClusterCutOffDropsLines(t *testing.T) {
 		u.leave()
 	}
 }
+
+// The lines waiting to be published are bounded in bytes as well as in
+// number: with the publisher not keeping up (here not running), long lines
+// are queued up to outQueueBytes, and the rest dropped and counted.
+func TestOutgoingQueueBoundedInBytes(t *testing.T) {
+	node := clustertest.Start(t, 1)[0]
+	dropped := prometheus.NewCounter(prometheus.CounterOpts{Name: "dropped"})
+	x := &remote{node: node, out: make(chan []byte, outQueue), c: remoteCounters{dropped: dropped}}
+	line := []byte("<alice> " + strings.Repeat("x", 64<<10-10) + "\r\n")
+	const lines = 200
+	for range lines {
+		x.publish(line)
+	}
+	queued := len(x.out)
+	if want := outQueueBytes / len(line); queued != want {
+		t.Errorf("%d lines of %d bytes queued, want %d (%d bytes at most)", queued, len(line), want, outQueueBytes)
+	}
+	if got := counter(t, dropped); got != float64(lines-queued) {
+		t.Errorf("%v lines counted dropped, want %d", got, lines-queued)
+	}
+	if q := x.queued.Load(); q != int64(queued*len(line)) {
+		t.Errorf("%d bytes counted queued, want %d", q, queued*len(line))
+	}
+}
