@@ -12,6 +12,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf16"
 	"unicode/utf8"
@@ -82,7 +83,17 @@ type Logger struct {
 	// (stderr, or truncate failed); the next write starts on a new line.
 	torn   bool
 	closed bool
+	// file is f, for Close and Reopen to bound a write stuck on it
+	// without the mu that the stuck writer holds.
+	file atomic.Pointer[os.File]
 }
+
+// closeWait bounds how long Close and Reopen wait for a write the file does
+// not take (a FIFO whose reader stopped reading): the write then gives up,
+// and the lines it held, and those Close still had, are dropped and
+// counted. A regular file has no such bound (its writes do not wait for a
+// reader).
+const closeWait = 2 * time.Second
 
 // bufSize is how much the writer gathers before a write(2).
 const bufSize = 64 << 10
@@ -112,7 +123,16 @@ func (l *Logger) open() error {
 		return err
 	}
 	l.f, l.out = f, f
+	l.file.Store(f)
 	return nil
+}
+
+// unstick gives a write under way on the file until closeWait from now,
+// and the writes after it none.
+func (l *Logger) unstick() {
+	if f := l.file.Load(); f != nil {
+		f.SetWriteDeadline(time.Now().Add(closeWait)) // regular files: ErrNoDeadline, nothing to bound
+	}
 }
 
 // Log queues e; it never blocks: when the queue is full, or the logger
@@ -230,23 +250,28 @@ func (l *Logger) cut(part int) bool {
 }
 
 // Reopen reopens the file (SIGUSR1, after rotation); lines written
-// meanwhile go to the new file.
+// meanwhile go to the new file. The new file is opened first, while the
+// writer carries on with the old one; a write stuck on the old one (a FIFO
+// nobody reads) is given up after closeWait, its lines counted as dropped.
 func (l *Logger) Reopen() error {
 	if l == nil || l.f == nil {
 		return nil
 	}
+	f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	if err != nil {
+		return err // keep writing to the old file rather than lose lines
+	}
+	l.unstick()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
+		f.Close()
 		return nil
 	}
 	l.flush()
 	old := l.f
-	if err := l.open(); err != nil {
-		// Keep writing to the old file rather than lose lines.
-		l.f, l.out = old, old
-		return err
-	}
+	l.f, l.out, l.torn = f, f, false // a torn line was the old file's
+	l.file.Store(f)
 	return old.Close()
 }
 
@@ -263,6 +288,7 @@ func (l *Logger) Close() error {
 	l.qshut = true
 	close(l.queue)
 	l.qmu.Unlock()
+	l.unstick()
 	<-l.done
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -86,3 +86,83 @@ func TestLineAfterCloseIsCounted(t *testing.T) {
 		t.Errorf("dropped = %v, want 1", got)
 	}
 }
+
+// stuckPipe opens a logger on a FIFO whose reader never reads, and logs
+// until the writer is blocked in write(2) on the full pipe (lines pile up
+// in the queue again). The reader is closed at the end of the test.
+func stuckPipe(t *testing.T) (*Logger, prometheus.Counter, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "access.fifo")
+	if err := syscall.Mkfifo(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var l *Logger
+	t.Cleanup(func() { l.Close() }) // after the reader's close, which unsticks it
+	r, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	dropped := prometheus.NewCounter(prometheus.CounterOpts{Name: "dropped"})
+	l, err = Open(path, FormatText, dropped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A pipe holds 64 KiB; lines of about 200 bytes fill it and the
+	// writer's buffer within a few thousand.
+	for i := 0; i < 2000; i++ {
+		l.Log(sample)
+	}
+	pollUntil(t, "the writer blocked on the full pipe", func() bool {
+		l.Log(sample)
+		return len(l.queue) > 0
+	})
+	return l, dropped, path
+}
+
+// returnsWithin fails the test unless f returns within d.
+func returnsWithin(t *testing.T, what string, d time.Duration, f func()) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() { f(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(d):
+		t.Fatalf("%s did not return within %v", what, d)
+	}
+}
+
+// Close does not wait for good for a writer that the file does not let
+// write (a FIFO whose reader stopped reading): superd's exit waited for
+// it forever, deaf to a second SIGTERM. What is still unwritten is dropped
+// and counted.
+func TestCloseOnStuckPipeReturns(t *testing.T) {
+	l, dropped, _ := stuckPipe(t)
+	returnsWithin(t, "Close", 10*time.Second, func() { l.Close() })
+	if testutil.ToFloat64(dropped) == 0 {
+		t.Error("the lines Close gave up on were not counted as dropped")
+	}
+}
+
+// Reopen (SIGUSR1) is not held for good by a writer stuck on the old file
+// (it held every later reload and reopen), and the new file gets the lines
+// after it.
+func TestReopenOnStuckPipeReturns(t *testing.T) {
+	l, _, path := stuckPipe(t)
+	// The rotation: the FIFO moves away and a regular file takes its path.
+	if err := os.Rename(path, path+".1"); err != nil {
+		t.Fatal(err)
+	}
+	returnsWithin(t, "Reopen", 10*time.Second, func() {
+		if err := l.Reopen(); err != nil {
+			t.Error(err)
+		}
+	})
+	kept := sample
+	kept.Service = "after-reopen"
+	pollUntil(t, "a line in the new file", func() bool {
+		l.Log(kept)
+		b, _ := os.ReadFile(path)
+		return strings.Contains(string(b), "service=after-reopen ")
+	})
+}

@@ -451,3 +451,43 @@ service "exec" "x" {
 		})
 	}
 }
+
+// An access log whose pipe is still open but no longer read (a log
+// collector that hangs) does not hold superd's exit: it waited for the
+// stuck writer for good, after logging "superd stopped", and took no
+// further SIGTERM. The lines it gave up on are counted as dropped.
+func TestAccessLogStuckPipeDoesNotHoldExit(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "access.fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r, err := os.OpenFile(fifo, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	addr := freeAddr(t)
+	path, metrics := writeConfig(t, fmt.Sprintf(`
+metrics { address = "METRICS" }
+access_log {
+  path   = %q
+  format = "text"
+}
+service "echo" "e" {
+  access_log = true
+  endpoint "tcp" { address = %q }
+}
+`, fifo, addr))
+	d := startDaemon(t, path, metrics)
+	const conns = 1500 // ~150 bytes a line: past the 64 KiB pipe
+	for i := range conns {
+		if err := echoOnce("tcp", addr, fmt.Sprintf("c%d", i)); err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+	}
+	d.signal(syscall.SIGTERM)
+	if code := d.wait(15 * time.Second); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+}
