@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strconv"
 	"sync"
@@ -83,6 +84,11 @@ type Logger struct {
 	// (stderr, or truncate failed); the next write starts on a new line.
 	torn   bool
 	closed bool
+	// Write failures, for the warnings (see noteWrite).
+	errLog   atomic.Pointer[slog.Logger]
+	failing  bool      // a warning was logged, and no recovery since
+	lost     int       // lines lost to failed writes since the last write that worked
+	lastWarn time.Time // when the last warning was logged
 	// file is f, for Close and Reopen to bound a write stuck on it
 	// without the mu that the stuck writer holds.
 	file atomic.Pointer[os.File]
@@ -125,6 +131,41 @@ func (l *Logger) open() error {
 	l.f, l.out = f, f
 	l.file.Store(f)
 	return nil
+}
+
+// warnEvery is the least time between two warnings about failed writes.
+const warnEvery = 10 * time.Second
+
+// SetErrorLog makes the logger log its failed writes to log (nil: none):
+// a warning with the error when one fails, at most every warnEvery, and a
+// line when the file takes writes again.
+func (l *Logger) SetErrorLog(log *slog.Logger) {
+	if l != nil {
+		l.errLog.Store(log)
+	}
+}
+
+// noteWrite logs a failed write that lost lost lines (with the lines lost
+// since the last write that worked), or a write that worked after a
+// warning (with the lines lost meanwhile). Called with mu held.
+func (l *Logger) noteWrite(lost int, err error) {
+	log := l.errLog.Load()
+	if log == nil {
+		return
+	}
+	if err == nil {
+		if l.failing {
+			log.Info("the access log takes writes again", "path", l.path, "dropped", l.lost)
+		}
+		l.failing, l.lost = false, 0
+		return
+	}
+	l.lost += lost
+	if now := time.Now(); now.Sub(l.lastWarn) >= warnEvery {
+		log.Warn("cannot write the access log; its lines are dropped (superd_access_log_dropped_total) until it takes writes again",
+			"path", l.path, "err", err, "dropped", l.lost)
+		l.failing, l.lastWarn = true, now
+	}
 }
 
 // unstick gives a write under way on the file until closeWait from now,
@@ -225,6 +266,7 @@ func (l *Logger) flush() error {
 		if l.dropped != nil {
 			l.dropped.Add(float64(len(l.ends) - whole))
 		}
+		l.noteWrite(len(l.ends)-whole, err)
 		end := 0
 		if whole > 0 {
 			end = l.ends[whole-1]
@@ -232,6 +274,9 @@ func (l *Logger) flush() error {
 		if part := n - end; part > 0 {
 			l.torn = !l.cut(part)
 		}
+	}
+	if err == nil {
+		l.noteWrite(0, nil)
 	}
 	l.buf, l.ends = l.buf[:0], l.ends[:0]
 	return err

@@ -2,6 +2,7 @@ package accesslog
 
 import (
 	"bufio"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +12,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/superd-dev/superd/internal/testkit"
 )
 
 // pollUntil polls cond until it holds or the deadline passes.
@@ -165,4 +168,52 @@ func TestReopenOnStuckPipeReturns(t *testing.T) {
 		b, _ := os.ReadFile(path)
 		return strings.Contains(string(b), "service=after-reopen ")
 	})
+}
+
+// A write that fails (a full disk; here a pipe whose reader went away) is
+// logged, not only counted: a warning with the error, at most every
+// warnEvery however many writes fail, and a line once the file takes
+// writes again. Before, nothing said that the access log had stopped.
+func TestWriteErrorIsLogged(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "access.fifo")
+	if err := syscall.Mkfifo(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r1, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dropped := prometheus.NewCounter(prometheus.CounterOpts{Name: "dropped"})
+	l, err := Open(path, FormatText, dropped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var out testkit.Buffer
+	l.SetErrorLog(slog.New(slog.NewTextHandler(&out, nil)))
+	r1.Close() // writes fail now (EPIPE)
+
+	for i := 1; i <= 50; i++ {
+		l.Log(sample)
+		pollUntil(t, "the failed line counted", func() bool { return testutil.ToFloat64(dropped) == float64(i) })
+	}
+	if got := strings.Count(out.String(), "cannot write the access log"); got != 1 {
+		t.Fatalf("%d warnings for 50 failed writes, want 1:\n%s", got, out.String())
+	}
+	if !strings.Contains(out.String(), "broken pipe") || !strings.Contains(out.String(), path) {
+		t.Errorf("the warning does not say what failed, where:\n%s", out.String())
+	}
+
+	r2, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	l.Log(sample)
+	pollUntil(t, "the recovery logged", func() bool {
+		return strings.Contains(out.String(), "access log takes writes again")
+	})
+	if !strings.Contains(out.String(), "dropped=50") {
+		t.Errorf("the recovery line does not say how many lines were lost:\n%s", out.String())
+	}
 }
