@@ -9,9 +9,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf16"
 	"unicode/utf8"
@@ -82,7 +84,22 @@ type Logger struct {
 	// (stderr, or truncate failed); the next write starts on a new line.
 	torn   bool
 	closed bool
+	// Write failures, for the warnings (see noteWrite).
+	errLog   atomic.Pointer[slog.Logger]
+	failing  bool      // a warning was logged, and no recovery since
+	lost     int       // lines lost to failed writes since the last write that worked
+	lastWarn time.Time // when the last warning was logged
+	// file is f, for Close and Reopen to bound a write stuck on it
+	// without the mu that the stuck writer holds.
+	file atomic.Pointer[os.File]
 }
+
+// closeWait bounds how long Close and Reopen wait for a write the file does
+// not take (a FIFO whose reader stopped reading): the write then gives up,
+// and the lines it held, and those Close still had, are dropped and
+// counted. A regular file has no such bound (its writes do not wait for a
+// reader).
+const closeWait = 2 * time.Second
 
 // bufSize is how much the writer gathers before a write(2).
 const bufSize = 64 << 10
@@ -112,7 +129,51 @@ func (l *Logger) open() error {
 		return err
 	}
 	l.f, l.out = f, f
+	l.file.Store(f)
 	return nil
+}
+
+// warnEvery is the least time between two warnings about failed writes.
+const warnEvery = 10 * time.Second
+
+// SetErrorLog makes the logger log its failed writes to log (nil: none):
+// a warning with the error when one fails, at most every warnEvery, and a
+// line when the file takes writes again.
+func (l *Logger) SetErrorLog(log *slog.Logger) {
+	if l != nil {
+		l.errLog.Store(log)
+	}
+}
+
+// noteWrite logs a failed write that lost lost lines (with the lines lost
+// since the last write that worked), or a write that worked after a
+// warning (with the lines lost meanwhile). Called with mu held.
+func (l *Logger) noteWrite(lost int, err error) {
+	log := l.errLog.Load()
+	if log == nil {
+		return
+	}
+	if err == nil {
+		if l.failing {
+			log.Info("the access log takes writes again", "path", l.path, "dropped", l.lost)
+		}
+		l.failing, l.lost = false, 0
+		return
+	}
+	l.lost += lost
+	if now := time.Now(); now.Sub(l.lastWarn) >= warnEvery {
+		log.Warn("cannot write the access log; its lines are dropped (superd_access_log_dropped_total) until it takes writes again",
+			"path", l.path, "err", err, "dropped", l.lost)
+		l.failing, l.lastWarn = true, now
+	}
+}
+
+// unstick gives a write under way on the file until closeWait from now,
+// and the writes after it none.
+func (l *Logger) unstick() {
+	if f := l.file.Load(); f != nil {
+		f.SetWriteDeadline(time.Now().Add(closeWait)) // regular files: ErrNoDeadline, nothing to bound
+	}
 }
 
 // Log queues e; it never blocks: when the queue is full, or the logger
@@ -205,6 +266,7 @@ func (l *Logger) flush() error {
 		if l.dropped != nil {
 			l.dropped.Add(float64(len(l.ends) - whole))
 		}
+		l.noteWrite(len(l.ends)-whole, err)
 		end := 0
 		if whole > 0 {
 			end = l.ends[whole-1]
@@ -212,6 +274,9 @@ func (l *Logger) flush() error {
 		if part := n - end; part > 0 {
 			l.torn = !l.cut(part)
 		}
+	}
+	if err == nil {
+		l.noteWrite(0, nil)
 	}
 	l.buf, l.ends = l.buf[:0], l.ends[:0]
 	return err
@@ -230,23 +295,28 @@ func (l *Logger) cut(part int) bool {
 }
 
 // Reopen reopens the file (SIGUSR1, after rotation); lines written
-// meanwhile go to the new file.
+// meanwhile go to the new file. The new file is opened first, while the
+// writer carries on with the old one; a write stuck on the old one (a FIFO
+// nobody reads) is given up after closeWait, its lines counted as dropped.
 func (l *Logger) Reopen() error {
 	if l == nil || l.f == nil {
 		return nil
 	}
+	f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	if err != nil {
+		return err // keep writing to the old file rather than lose lines
+	}
+	l.unstick()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
+		f.Close()
 		return nil
 	}
 	l.flush()
 	old := l.f
-	if err := l.open(); err != nil {
-		// Keep writing to the old file rather than lose lines.
-		l.f, l.out = old, old
-		return err
-	}
+	l.f, l.out, l.torn = f, f, false // a torn line was the old file's
+	l.file.Store(f)
 	return old.Close()
 }
 
@@ -263,6 +333,7 @@ func (l *Logger) Close() error {
 	l.qshut = true
 	close(l.queue)
 	l.qmu.Unlock()
+	l.unstick()
 	<-l.done
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -159,7 +159,7 @@ func New(version string) *Metrics {
 		}, []string{"service"}),
 		AccessLogDropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "superd_access_log_dropped_total",
-			Help: "Access log lines dropped because the writer could not keep up (logging never blocks a connection).",
+			Help: "Access log lines dropped because the writer could not keep up (logging never blocks a connection) or the write failed (a full disk).",
 		}),
 		CertExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "superd_tls_certificate_expiry_timestamp_seconds",

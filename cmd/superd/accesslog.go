@@ -49,6 +49,7 @@ func (a *accessLogs) prepare(cfg *config.File) (*accesslog.Logger, bool, error) 
 	if err != nil {
 		return nil, false, err
 	}
+	l.SetErrorLog(a.log)
 	return l, true, nil
 }
 

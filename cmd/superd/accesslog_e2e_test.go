@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/superd-dev/superd/internal/testkit"
 )
 
 // readAccessLog parses the JSON lines of an access log.
@@ -449,5 +452,91 @@ service "exec" "x" {
 			d.signal(syscall.SIGTERM)
 			d.wait(10 * time.Second)
 		})
+	}
+}
+
+// An access log whose pipe is still open but no longer read (a log
+// collector that hangs) does not hold superd's exit: it waited for the
+// stuck writer for good, after logging "superd stopped", and took no
+// further SIGTERM. The lines it gave up on are counted as dropped.
+func TestAccessLogStuckPipeDoesNotHoldExit(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "access.fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r, err := os.OpenFile(fifo, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	addr := freeAddr(t)
+	path, metrics := writeConfig(t, fmt.Sprintf(`
+metrics { address = "METRICS" }
+access_log {
+  path   = %q
+  format = "text"
+}
+service "echo" "e" {
+  access_log = true
+  endpoint "tcp" { address = %q }
+}
+`, fifo, addr))
+	d := startDaemon(t, path, metrics)
+	const conns = 1500 // ~150 bytes a line: past the 64 KiB pipe
+	for i := range conns {
+		if err := echoOnce("tcp", addr, fmt.Sprintf("c%d", i)); err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+	}
+	d.signal(syscall.SIGTERM)
+	if code := d.wait(15 * time.Second); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+}
+
+// Opening an access log that blocks (a FIFO nobody has opened yet) is part
+// of the startup task, as a logfile's open is: a second SIGTERM exits at
+// once. It ran before the signal loop, so superd hung at start, deaf to
+// any number of SIGTERMs, and never said why it was not ready.
+func TestAccessLogBlockedOpenAtStartSecondSignalExits(t *testing.T) {
+	fifo := filepath.Join(t.TempDir(), "access.fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	path, metrics := writeConfig(t, fmt.Sprintf(`
+metrics { address = "METRICS" }
+access_log { path = %q }
+service "echo" "e" {
+  access_log = true
+  endpoint "tcp" { address = %q }
+}
+`, fifo, freeAddr(t)))
+	cmd := exec.Command(superdBin, "run", "-config", path, "-log-level", "debug")
+	d := &daemon{t: t, cmd: cmd, metrics: metrics, stderr: &testkit.Buffer{}, done: make(chan struct{})}
+	cmd.Stderr = d.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.err = cmd.Wait(); close(d.done) }()
+	t.Cleanup(func() {
+		select {
+		case <-d.done:
+		default:
+			cmd.Process.Kill()
+			<-d.done
+		}
+	})
+	if !d.logged("metrics listening") {
+		t.Fatalf("superd did not start its metrics listener\n%s", d.stderr.String())
+	}
+	// /readyz says starting: the open blocks.
+	d.signal(syscall.SIGTERM)
+	if !d.logged("shutdown requested") {
+		t.Fatalf("the first SIGTERM was not taken during the startup\n%s", d.stderr.String())
+	}
+	d.signal(syscall.SIGTERM)
+	if code := d.wait(10 * time.Second); code != exitFailure {
+		t.Errorf("exit status %d after a second signal, want %d", code, exitFailure)
 	}
 }

@@ -1887,3 +1887,35 @@ func TestExecSecondSignalDuringStuckReloadKillsPrograms(t *testing.T) {
 		return !ok || p.state == 'Z'
 	})
 }
+
+// TestExecUserSmallNproc: as root, a service with a user and a small
+// rlimits.nproc (1 or 2: "this program may not fork") runs its program
+// with that limit. The shim, a Go program with a handful of threads, took
+// the limit before it took the user, and its threads counted as the
+// user's processes when it did: execve then failed with EAGAIN ("cannot
+// run: resource temporarily unavailable") and every connection was
+// rejected as spawn, whatever the user ran elsewhere.
+func TestExecUserSmallNproc(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (user = nobody)")
+	}
+	addr := freeAddr(t)
+	path, maddr := writeConfig(t, fmt.Sprintf(`
+metrics { address = "METRICS" }
+service "exec" "nofork" {
+  command = ["grep", "Max processes", "/proc/self/limits"]
+  user    = "nobody"
+  rlimits {
+    nproc = 2
+  }
+  endpoint "tcp" { address = %q }
+}
+`, addr))
+	d := startDaemon(t, path, maddr)
+	// "Max processes  2  2  processes": soft and hard limit.
+	if got := strings.Fields(exReadAll(t, exDial(t, addr), 10*time.Second)); len(got) != 5 || got[2] != "2" || got[3] != "2" {
+		t.Errorf("the program's process limit: %q, want 2 and 2\n%s", got, lastBytes(d.stderr.String(), 4096))
+	}
+	d.waitMetric("superd_connections_rejected_total", map[string]string{"service": "nofork", "reason": "spawn"}, 0)
+	d.stop(20 * time.Second)
+}

@@ -105,12 +105,6 @@ func cmdRun(args []string, stderr io.Writer) int {
 	}
 	alogs := &accessLogs{log: log, m: m, sup: sup}
 	defer alogs.close()
-	al, alChanged, err := alogs.prepare(cfg)
-	if err != nil {
-		log.Error("cannot open the access log", "err", err)
-		return exitFailure
-	}
-	alogs.commit(cfg, al, alChanged)
 	stopCluster, err := startCluster(log, cfg, m) // before the services, stopped after them
 	if err != nil {
 		log.Error("cannot start the cluster", "err", err)
@@ -160,7 +154,16 @@ func cmdRun(args []string, stderr io.Writer) int {
 		stopped = make(chan error, 1)
 		go func() { stopped <- sup.Shutdown(timeout) }()
 	}
-	run("startup", func() error { return sup.StartThen(cfg, dropRoot) })
+	run("startup", func() error {
+		// The access log is opened here, not before the loop: its open
+		// may block too (a FIFO nobody has opened yet).
+		al, alChanged, err := alogs.prepare(cfg)
+		if err != nil {
+			return fmt.Errorf("cannot open the access log: %w", err)
+		}
+		alogs.commit(cfg, al, alChanged)
+		return sup.StartThen(cfg, dropRoot)
+	})
 	for {
 		// The watchdog is pinged from this loop, but not while a task is
 		// under way: one that hangs (a reload stuck in a factory) stops the

@@ -123,6 +123,7 @@ func runShim(args []string) {
 		fail("shim started without a program")
 	}
 	env := os.Environ()
+	var nproc *unix.Rlimit // see below
 	uid, gid := -1, -1
 	var groups []int
 	setGroups := false
@@ -159,6 +160,23 @@ func runShim(args []string) {
 			r, _ := strconv.Atoi(res)
 			n, _ := strconv.ParseUint(v, 10, 64)
 			lim := unix.Rlimit{Cur: n, Max: n}
+			if r == unix.RLIMIT_NPROC {
+				// Set once the user is taken on: setuid marks the
+				// shim as over a limit it already holds when the
+				// user's processes, the shim's own threads
+				// included, pass it, and execve then fails
+				// (EAGAIN), so a small nproc ("may not fork")
+				// could never run. Only a hard limit above
+				// superd's is raised now, while that is allowed.
+				var cur unix.Rlimit
+				if unix.Getrlimit(r, &cur) == nil && cur.Max != unix.RLIM_INFINITY && n > cur.Max {
+					if err := unix.Setrlimit(r, &lim); err != nil {
+						fail("resource limit %d = %d: %v", r, n, err)
+					}
+				}
+				nproc = &lim
+				continue
+			}
 			if err := unix.Setrlimit(r, &lim); err != nil {
 				fail("resource limit %d = %d: %v", r, n, err)
 			}
@@ -200,6 +218,11 @@ func runShim(args []string) {
 	if uid >= 0 {
 		if err := syscall.Setuid(uid); err != nil {
 			fail("setuid %d: %v", uid, err)
+		}
+	}
+	if nproc != nil {
+		if err := unix.Setrlimit(unix.RLIMIT_NPROC, nproc); err != nil {
+			fail("resource limit %d = %d: %v", unix.RLIMIT_NPROC, nproc.Cur, err)
 		}
 	}
 	if dir != "" {
