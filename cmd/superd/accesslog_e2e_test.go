@@ -169,12 +169,12 @@ service "echo" "quiet" {
 	d.wait(10 * time.Second)
 }
 
-// An access log that cannot keep up (a pipe nobody reads) never slows a
-// connection: every echo is served, and the lines that did not fit are
-// counted in superd_access_log_dropped_total.
-func TestAccessLogOnFullPipe(t *testing.T) {
-	dir := t.TempDir()
-	fifo := filepath.Join(dir, "access.fifo")
+// startWithStalledAccessLog starts superd with an echo service whose
+// access log (text) is a FIFO with a reader that never reads, returned
+// (closed at cleanup); it returns superd and the echo's address.
+func startWithStalledAccessLog(t *testing.T) (d *daemon, addr string, reader *os.File) {
+	t.Helper()
+	fifo := filepath.Join(t.TempDir(), "access.fifo")
 	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -183,8 +183,8 @@ func TestAccessLogOnFullPipe(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer r.Close()
-	addr := freeAddr(t)
+	t.Cleanup(func() { r.Close() })
+	addr = freeAddr(t)
 	path, metrics := writeConfig(t, fmt.Sprintf(`
 metrics { address = "METRICS" }
 access_log {
@@ -196,7 +196,14 @@ service "echo" "e" {
   endpoint "tcp" { address = %q }
 }
 `, fifo, addr))
-	d := startDaemon(t, path, metrics)
+	return startDaemon(t, path, metrics), addr, r
+}
+
+// An access log that cannot keep up (a pipe nobody reads) never slows a
+// connection: every echo is served, and the lines that did not fit are
+// counted in superd_access_log_dropped_total.
+func TestAccessLogOnFullPipe(t *testing.T) {
+	d, addr, r := startWithStalledAccessLog(t)
 	const conns = 6000 // ~100 bytes a line: far past the pipe and the queue
 	for i := range conns {
 		if err := echoOnce("tcp", addr, fmt.Sprintf("c%d", i)); err != nil {
@@ -460,29 +467,7 @@ service "exec" "x" {
 // stuck writer for good, after logging "superd stopped", and took no
 // further SIGTERM. The lines it gave up on are counted as dropped.
 func TestAccessLogStuckPipeDoesNotHoldExit(t *testing.T) {
-	dir := t.TempDir()
-	fifo := filepath.Join(dir, "access.fifo")
-	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	r, err := os.OpenFile(fifo, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	addr := freeAddr(t)
-	path, metrics := writeConfig(t, fmt.Sprintf(`
-metrics { address = "METRICS" }
-access_log {
-  path   = %q
-  format = "text"
-}
-service "echo" "e" {
-  access_log = true
-  endpoint "tcp" { address = %q }
-}
-`, fifo, addr))
-	d := startDaemon(t, path, metrics)
+	d, addr, _ := startWithStalledAccessLog(t)
 	const conns = 1500 // ~150 bytes a line: past the 64 KiB pipe
 	for i := range conns {
 		if err := echoOnce("tcp", addr, fmt.Sprintf("c%d", i)); err != nil {
