@@ -313,9 +313,19 @@ func TestInheritedNameWinsOverAnotherEndpointsAddress(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The passed socket, named "web", is a File on a descriptor of its
+	// own, closed at the end: two Files on one descriptor would close it
+	// twice, the second time from a finalizer, closing whatever socket of
+	// a later test has the number by then.
+	fd, err := unix.Dup(int(f.Fd()))
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	passed := os.NewFile(uintptr(fd), "web")
+	defer passed.Close()
 	s, _ := newTestSupervisor()
-	s.Inherit([]*os.File{os.NewFile(f.Fd(), "web")})
-	defer f.Close()
+	s.Inherit([]*os.File{passed})
 	unnamed := tcpEndpoint(ln.Addr().String())
 	named := tcpEndpoint(testkit.FreeAddr(t, "tcp"))
 	named.Name = "web"
