@@ -122,6 +122,34 @@ func TestInheritedConnectionIsNotAListener(t *testing.T) {
 	}
 }
 
+// passedTCPListener is a listening TCP socket on a free loopback port as
+// the service manager passes one: a File named name (its LISTEN_FDNAMES
+// entry, as go-systemd's activation.Files names it) on a descriptor of its
+// own, closed at the end. (Two Files on one descriptor would close it
+// twice, the second time from a finalizer, closing whatever socket of a
+// later test has the number by then.)
+func passedTCPListener(t *testing.T, name string) (f *os.File, addr string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr = ln.Addr().String()
+	lf, err := ln.(*net.TCPListener).File()
+	ln.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.Dup(int(lf.Fd()))
+	lf.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f = os.NewFile(uintptr(fd), name)
+	t.Cleanup(func() { f.Close() })
+	return f, addr
+}
+
 // Several passed sockets with one name (systemd's FileDescriptorName=
 // names every socket of its unit): each endpoint with that name takes the
 // one bound to its own address, whatever the order of the endpoints.
@@ -129,23 +157,9 @@ func TestInheritedSameNameGoesByAddress(t *testing.T) {
 	var files []*os.File
 	var addrs []string
 	for range 2 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		f, err := ln.(*net.TCPListener).File()
-		ln.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		// Named as go-systemd's activation.Files names it.
-		fd, err := unix.Dup(int(f.Fd()))
-		f.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		files = append(files, os.NewFile(uintptr(fd), "web"))
-		addrs = append(addrs, ln.Addr().String())
+		f, addr := passedTCPListener(t, "web")
+		files = append(files, f)
+		addrs = append(addrs, addr)
 	}
 	s, _ := newTestSupervisor()
 	s.Inherit(files)
@@ -183,23 +197,9 @@ func TestInheritedSameNameGoesByAddress(t *testing.T) {
 // socket: the service manager's socket is served throughout, and the new
 // address is not bound.
 func TestReloadKeepsNamedEndpointOnItsPassedSocket(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	passed := ln.Addr().String()
-	f, err := ln.(*net.TCPListener).File()
-	ln.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	fd, err := unix.Dup(int(f.Fd()))
-	f.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	f, passed := passedTCPListener(t, "web")
 	s, _ := newTestSupervisor()
-	s.Inherit([]*os.File{os.NewFile(uintptr(fd), "web")})
+	s.Inherit([]*os.File{f})
 	named := func() endpoint.Config {
 		ep := tcpEndpoint(testkit.FreeAddr(t, "tcp"))
 		ep.Name = "web"
@@ -304,29 +304,10 @@ func TestInheritedWrongTypeNamed(t *testing.T) {
 // endpoint, earlier in the file and without a name, is at its address
 // (SPEC section 11: the name first, then the address).
 func TestInheritedNameWinsOverAnotherEndpointsAddress(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	f, err := ln.(*net.TCPListener).File()
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The passed socket, named "web", is a File on a descriptor of its
-	// own, closed at the end: two Files on one descriptor would close it
-	// twice, the second time from a finalizer, closing whatever socket of
-	// a later test has the number by then.
-	fd, err := unix.Dup(int(f.Fd()))
-	f.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	passed := os.NewFile(uintptr(fd), "web")
-	defer passed.Close()
+	passed, addr := passedTCPListener(t, "web")
 	s, _ := newTestSupervisor()
 	s.Inherit([]*os.File{passed})
-	unnamed := tcpEndpoint(ln.Addr().String())
+	unnamed := tcpEndpoint(addr)
 	named := tcpEndpoint(testkit.FreeAddr(t, "tcp"))
 	named.Name = "web"
 	s.mu.Lock()
