@@ -6,15 +6,12 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/superd-dev/superd/internal/testkit"
 )
 
 // readAccessLog parses the JSON lines of an access log.
@@ -497,21 +494,7 @@ service "echo" "e" {
   endpoint "tcp" { address = %q }
 }
 `, fifo, freeAddr(t)))
-	cmd := exec.Command(superdBin, "run", "-config", path, "-log-level", "debug")
-	d := &daemon{t: t, cmd: cmd, metrics: metrics, stderr: &testkit.Buffer{}, done: make(chan struct{})}
-	cmd.Stderr = d.stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { d.err = cmd.Wait(); close(d.done) }()
-	t.Cleanup(func() {
-		select {
-		case <-d.done:
-		default:
-			cmd.Process.Kill()
-			<-d.done
-		}
-	})
+	d := startStarting(t, path, metrics)
 	if !d.logged("metrics listening") {
 		t.Fatalf("superd did not start its metrics listener\n%s", d.stderr.String())
 	}

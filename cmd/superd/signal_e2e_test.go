@@ -204,8 +204,21 @@ service "logfile" "pipe" {
   endpoint "tcp" { address = %q }
 }
 `, fifo, freeAddr(t)))
+	d = startStarting(t, path, metricsAddr)
+	unblockFIFOAtEnd(t, fifo)
+	if !d.logged("metrics listening") {
+		t.Fatal("superd did not start its metrics listener")
+	}
+	return d, fifo
+}
+
+// startStarting starts superd (debug log) on path without waiting for it
+// to be ready, for a startup that may not end; it is killed at cleanup if
+// it still runs, and its log shown if the test failed.
+func startStarting(t *testing.T, path, metricsAddr string) *daemon {
+	t.Helper()
 	cmd := exec.Command(superdBin, "run", "-config", path, "-log-level", "debug")
-	d = &daemon{t: t, cmd: cmd, metrics: metricsAddr, stderr: &testkit.Buffer{}, done: make(chan struct{})}
+	d := &daemon{t: t, cmd: cmd, metrics: metricsAddr, stderr: &testkit.Buffer{}, done: make(chan struct{})}
 	cmd.Stderr = d.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -222,11 +235,7 @@ service "logfile" "pipe" {
 			t.Logf("superd stderr (last 64 KiB):\n%s", lastBytes(d.stderr.String(), 64<<10))
 		}
 	})
-	unblockFIFOAtEnd(t, fifo)
-	if !d.logged("metrics listening") {
-		t.Fatal("superd did not start its metrics listener")
-	}
-	return d, fifo
+	return d
 }
 
 // The same during a stuck startup: a second SIGTERM exits at once
