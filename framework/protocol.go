@@ -107,6 +107,20 @@ type Transport interface {
 	LocalAddr() net.Addr
 }
 
+// OutputRoomer is implemented by transports that tell a push producer how
+// much it may write before the connection's unsent output passes the
+// high-water mark. The write that passes the mark pauses the producer (the
+// rule is Twisted's: paused once the output is strictly above the mark), so
+// a producer that never writes more than OutputRoom()+1 bytes at a time
+// holds at most the mark and one byte, not the mark and a whole write.
+// superd's connections implement it; a transport that does not leaves the
+// producer to its own chunk size.
+type OutputRoomer interface {
+	// OutputRoom is HighWaterMark less the unsent output, and 0 once the
+	// output has reached the mark.
+	OutputRoom() int
+}
+
 // HalfCloseableProtocol is implemented by protocols that go on writing
 // after the peer has closed its side of the connection (Twisted's
 // IHalfCloseableProtocol). When the peer's end of stream arrives, the

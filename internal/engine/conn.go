@@ -452,6 +452,11 @@ func (c *Conn) Pending() int {
 	return c.pendingLen() + c.inflight
 }
 
+// OutputRoom implements framework.OutputRoomer.
+func (c *Conn) OutputRoom() int {
+	return max(framework.HighWaterMark-c.Pending(), 0)
+}
+
 // pendingLen is the length of the output queued and not yet handed to the
 // flusher.
 func (c *Conn) pendingLen() int {

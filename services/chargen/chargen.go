@@ -13,9 +13,11 @@
 //
 // On a stream, chargen is a producer registered with its transport: it
 // writes while the transport wants output and stops when the transport
-// pauses it (unsent output above the high-water mark). A peer that reads
-// nothing therefore costs no CPU, and no memory beyond the high-water mark
-// and one chunk; a peer that reads gets the pattern as fast as it reads.
+// pauses it (unsent output above the high-water mark). Its writes never
+// take the output more than a byte past the mark (the transport tells how
+// much room is left: framework.OutputRoomer), so a peer that reads nothing
+// costs no CPU, and no memory beyond the high-water mark; a peer that reads
+// gets the pattern as fast as it reads.
 // What the peer sends is read and dropped, as the RFC says.
 package chargen
 
@@ -38,9 +40,9 @@ const (
 	ringSize = 95                  // printable ASCII characters
 	lineSize = LineLength + 2      // with CRLF
 	period   = ringSize * lineSize // the pattern repeats every 95 lines
-	// chunkSize is what one Write sends: a couple of hundred lines, so
-	// output moves in large writes, yet small next to the high-water mark
-	// that bounds what a non-reader costs (the mark plus one chunk).
+	// chunkSize is the most one Write sends: a couple of hundred lines,
+	// so output moves in large writes; less when the high-water mark is
+	// nearer than that.
 	chunkSize = 16 << 10
 )
 
@@ -135,9 +137,16 @@ func (c *Chargen) ResumeProducing() {
 		return
 	}
 	c.producing = true
+	room, _ := c.Transport.(framework.OutputRoomer)
 	for !c.paused && !c.stopped {
+		n := chunkSize
+		if room != nil {
+			// Up to the mark, and one byte past it once there: that
+			// write is the one that pauses us.
+			n = min(n, room.OutputRoom()+1)
+		}
 		off := c.off
-		c.off = (off + chunkSize) % period
+		c.off = (off + n) % period
 		c.mu.Unlock()
 		if c.Transport.Disconnecting() {
 			// Writes are dropped from here on, so none would pause us:
@@ -146,7 +155,7 @@ func (c *Chargen) ResumeProducing() {
 			c.stopped = true
 			break
 		}
-		c.Transport.Write(pattern[off : off+chunkSize])
+		c.Transport.Write(pattern[off : off+n])
 		c.chunks.Add(1)
 		c.mu.Lock()
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/superd-dev/superd/framework"
 	"github.com/superd-dev/superd/framework/frameworktest"
+	"github.com/superd-dev/superd/internal/engine"
 	"github.com/superd-dev/superd/services/internal/servicetest"
 )
 
@@ -132,8 +133,8 @@ func TestStreamInputDropped(t *testing.T) {
 }
 
 // TestStreamNonReader: a client that reads nothing costs a paused
-// producer: the server holds at most the high-water mark plus one chunk of
-// unsent output at any moment, and once the socket buffers are full the
+// producer: the server holds at most the high-water mark (and the byte that
+// pauses) of unsent output at any moment, and once the socket buffers are full the
 // producer writes nothing more (no CPU spent on it). When the client
 // starts reading, the pattern resumes where it stopped, exactly.
 func TestStreamNonReader(t *testing.T) {
@@ -161,8 +162,8 @@ func TestStreamNonReader(t *testing.T) {
 	defer func() {
 		close(stop)
 		<-sampled
-		if limit := int64(framework.HighWaterMark + chunkSize); maxPending.Load() > limit {
-			t.Errorf("the server held %d bytes of unsent output; want at most %d (the high-water mark and a chunk)",
+		if limit := int64(framework.HighWaterMark + 1); maxPending.Load() > limit {
+			t.Errorf("the server held %d bytes of unsent output; want at most %d (the high-water mark and the byte that pauses)",
 				maxPending.Load(), limit)
 		}
 	}()
@@ -191,6 +192,69 @@ func TestStreamNonReader(t *testing.T) {
 	}
 	c.Close()
 	<-s.Done
+}
+
+// measuredTransport is a connection's transport that records the most
+// unsent output it held after any write.
+type measuredTransport struct {
+	*engine.Conn
+	most atomic.Int64
+}
+
+func (m *measuredTransport) Write(b []byte) {
+	m.Conn.Write(b)
+	if n := int64(m.Conn.Pending()); n > m.most.Load() {
+		m.most.Store(n)
+	}
+}
+
+// TestStreamNeverPastTheMark: SPEC section 10's chargen "never buffers
+// more than the high-water mark". Its writes go up to the mark and the one
+// that passes it, the pause, passes it by a byte; without the transport's
+// room they would pass it by up to a chunk. The first writes, made inside
+// ConnectionMade, are all still unsent when measured (a callback's output
+// is flushed once it returns), so the first pause is measured exactly.
+func TestStreamNeverPastTheMark(t *testing.T) {
+	f := framework.FactoryFunc(func(net.Addr) framework.Protocol { return new(measuredChargen) })
+	addr, conns := servicetest.Serve(t, f)
+	c := servicetest.Dial(t, addr)
+	var s *servicetest.Served
+	select {
+	case s = <-conns:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no connection served")
+	}
+	mc := s.Protocol.(*measuredChargen)
+	servicetest.WaitFor(t, 10*time.Second, func() bool { return mc.tr.Load() != nil }, "the connection made")
+	m := mc.tr.Load()
+	// Let output move until the kernel's buffers are full and the
+	// producer has been paused and resumed many times over.
+	servicetest.Settle(t, mc.chunks.Load, 300*time.Millisecond, 30*time.Second, "writes")
+	if most, limit := m.most.Load(), int64(framework.HighWaterMark+1); most > limit {
+		t.Errorf("the server held %d bytes of unsent output after a write; want at most %d (the mark and the byte that pauses)", most, limit)
+	}
+	if m.most.Load() <= framework.HighWaterMark {
+		t.Errorf("the output never passed the mark (%d): nothing paused the producer", m.most.Load())
+	}
+	// Reading resumes it, from where it stopped.
+	readLines(t, bufio.NewReader(c), 0, 20000)
+	c.Close()
+	<-s.Done
+	if most, limit := m.most.Load(), int64(framework.HighWaterMark+1); most > limit {
+		t.Errorf("while the client read, the server held %d bytes of unsent output; want at most %d", most, limit)
+	}
+}
+
+// measuredChargen is chargen on a measuredTransport.
+type measuredChargen struct {
+	Chargen
+	tr atomic.Pointer[measuredTransport]
+}
+
+func (mc *measuredChargen) ConnectionMade(t framework.Transport) {
+	m := &measuredTransport{Conn: t.(*engine.Conn)}
+	mc.tr.Store(m)
+	mc.Chargen.ConnectionMade(m)
 }
 
 // patternChecker checks what a transport is given against the pattern as
