@@ -113,12 +113,14 @@ type remote struct {
 	sub     *nats.Subscription
 	c       remoteCounters
 
-	out     chan []byte
-	queued  atomic.Int64  // bytes in out
-	quit    chan struct{} // closed by stop
-	wake    chan struct{} // a release to make
-	pubDone chan struct{}
-	wg      sync.WaitGroup
+	out    chan []byte
+	queued atomic.Int64 // bytes in out
+	// warnedTooLong is set once a line too long for NATS was logged.
+	warnedTooLong atomic.Bool
+	quit          chan struct{} // closed by stop
+	wake          chan struct{} // a release to make
+	pubDone       chan struct{}
+	wg            sync.WaitGroup
 
 	mu        sync.Mutex
 	held      map[string]uint64   // name -> revision of its key, held by a user here
@@ -201,6 +203,16 @@ func (x *remote) publish(line []byte) {
 		return
 	}
 	n := int64(len(line))
+	if most := x.nc.MaxPayload(); n > most {
+		// NATS would refuse it (max_payload, 1 MB unless the servers say
+		// otherwise): say so once, rather than only counting.
+		x.c.dropped.Inc()
+		if !x.warnedTooLong.Swap(true) {
+			x.r.log.Warn("a chat line is longer than the largest message NATS carries: lines this long reach this node's users only, and are counted in superd_chat_remote_lines_dropped_total (not logged again); set max_line_length to at most max_payload",
+				"bytes", n, "max_payload", most)
+		}
+		return
+	}
 	if x.queued.Add(n) > outQueueBytes {
 		x.queued.Add(-n)
 		x.c.dropped.Inc()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -17,6 +18,7 @@ import (
 	"github.com/superd-dev/superd/cluster/clustertest"
 	"github.com/superd-dev/superd/config"
 	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/internal/testkit"
 	"github.com/superd-dev/superd/services/internal/servicetest"
 )
 
@@ -666,7 +668,7 @@ func TestClusterCutOffDropsLines(t *testing.T) {
 func TestOutgoingQueueBoundedInBytes(t *testing.T) {
 	node := clustertest.Start(t, 1)[0]
 	dropped := prometheus.NewCounter(prometheus.CounterOpts{Name: "dropped"})
-	x := &remote{node: node, out: make(chan []byte, outQueue), c: remoteCounters{dropped: dropped}}
+	x := &remote{node: node, nc: node.Conn(), out: make(chan []byte, outQueue), c: remoteCounters{dropped: dropped}}
 	line := []byte("<alice> " + strings.Repeat("x", 64<<10-10) + "\r\n")
 	const lines = 200
 	for range lines {
@@ -681,5 +683,43 @@ func TestOutgoingQueueBoundedInBytes(t *testing.T) {
 	}
 	if q := x.queued.Load(); q != int64(queued*len(line)) {
 		t.Errorf("%d bytes counted queued, want %d", q, queued*len(line))
+	}
+}
+
+// A line longer than NATS's max_payload cannot be published: it is dropped
+// and counted, without a copy queued, and said once in the log, so that an
+// operator with a max_line_length above it learns why long lines stay on
+// one node. A line of max_payload bytes is queued.
+func TestOutgoingLineTooLongForNATS(t *testing.T) {
+	node := clustertest.Start(t, 1)[0]
+	var logged testkit.Buffer
+	dropped := prometheus.NewCounter(prometheus.CounterOpts{Name: "dropped"})
+	x := &remote{
+		r:    &Room{log: slog.New(slog.NewTextHandler(&logged, nil))},
+		node: node, nc: node.Conn(),
+		out: make(chan []byte, outQueue), c: remoteCounters{dropped: dropped},
+	}
+	most := int(x.nc.MaxPayload())
+	if most <= 0 {
+		t.Fatalf("max_payload %d", most)
+	}
+	long := []byte(strings.Repeat("x", most+1))
+	x.publish(long)
+	x.publish(long)
+	if got := counter(t, dropped); got != 2 {
+		t.Errorf("%v lines counted dropped, want 2", got)
+	}
+	if len(x.out) != 0 || x.queued.Load() != 0 {
+		t.Errorf("%d lines (%d bytes) queued, want none", len(x.out), x.queued.Load())
+	}
+	if n := strings.Count(logged.String(), "longer than the largest message NATS carries"); n != 1 {
+		t.Errorf("warned %d times, want once; log:\n%s", n, logged.String())
+	}
+	if !strings.Contains(logged.String(), fmt.Sprintf("max_payload=%d", most)) {
+		t.Errorf("the warning does not give max_payload: %s", logged.String())
+	}
+	x.publish(long[:most])
+	if len(x.out) != 1 {
+		t.Errorf("a line of max_payload bytes was not queued")
 	}
 }
