@@ -53,43 +53,61 @@ func TestNamesAcrossNodes(t *testing.T) {
 	a, b, c := nodes[0], nodes[1], nodes[2]
 	clustertest.WaitNames(t, nodes, 30*time.Second)
 
-	rev, err := a.ClaimName(ctx(t), "s.bob", 30*time.Second)
+	rev, err := a.ClaimName(ctx(t), "s.bob", a.Name(), 30*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.ClaimName(ctx(t), "s.bob", 30*time.Second); !errors.Is(err, cluster.ErrNameTaken) {
+	if _, err := c.ClaimName(ctx(t), "s.bob", c.Name(), 30*time.Second); !errors.Is(err, cluster.ErrNameTaken) {
 		t.Fatalf("claim on c: %v, want ErrNameTaken", err)
 	}
-	if _, err := a.ClaimName(ctx(t), "s.bob", 30*time.Second); !errors.Is(err, cluster.ErrNameTaken) {
-		t.Fatalf("a second claim on a: %v, want ErrNameTaken", err)
+	if _, err := a.ClaimName(ctx(t), "s.bob", a.Name()+" other", 30*time.Second); !errors.Is(err, cluster.ErrNameTaken) {
+		t.Fatalf("a claim on a by another holder: %v, want ErrNameTaken", err)
+	}
+	// The holder claiming again (its first answer lost) is given its
+	// claim, at the same revision.
+	if again, err := a.ClaimName(ctx(t), "s.bob", a.Name(), 30*time.Second); err != nil || again != rev {
+		t.Fatalf("the holder's claim again: revision %d, %v; want %d", again, err, rev)
+	}
+	if err := c.ReleaseHeldBy(ctx(t), "s.bob", c.Name()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.ClaimName(ctx(t), "s.bob", b.Name(), 30*time.Second); !errors.Is(err, cluster.ErrNameTaken) {
+		t.Fatalf("after a release by one who does not hold it: %v, want ErrNameTaken", err)
 	}
 	// A refresh keeps it; a release with a stale revision does nothing.
-	rev2, err := a.RefreshName(ctx(t), "s.bob", rev, 30*time.Second)
+	rev2, err := a.RefreshName(ctx(t), "s.bob", a.Name(), rev, 30*time.Second)
 	if err != nil || rev2 <= rev {
 		t.Fatalf("refresh: %d, %v", rev2, err)
 	}
 	if err := a.ReleaseName(ctx(t), "s.bob", rev); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.ClaimName(ctx(t), "s.bob", 30*time.Second); !errors.Is(err, cluster.ErrNameTaken) {
+	if _, err := b.ClaimName(ctx(t), "s.bob", b.Name(), 30*time.Second); !errors.Is(err, cluster.ErrNameTaken) {
 		t.Fatalf("after a stale release: %v, want ErrNameTaken", err)
 	}
 	if err := a.ReleaseName(ctx(t), "s.bob", rev2); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.ClaimName(ctx(t), "s.bob", 30*time.Second); err != nil {
+	if _, err := c.ClaimName(ctx(t), "s.bob", c.Name(), 30*time.Second); err != nil {
 		t.Fatalf("claim on c after the release: %v", err)
 	}
 	// a's refresh of a name now held by c reports it lost.
-	if _, err := a.RefreshName(ctx(t), "s.bob", rev2, 30*time.Second); !errors.Is(err, cluster.ErrNameLost) {
+	if _, err := a.RefreshName(ctx(t), "s.bob", a.Name(), rev2, 30*time.Second); !errors.Is(err, cluster.ErrNameLost) {
 		t.Fatalf("refresh of a name held elsewhere: %v, want ErrNameLost", err)
+	}
+	// Its holder frees it without knowing its revision.
+	if err := c.ReleaseHeldBy(ctx(t), "s.bob", c.Name()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.ClaimName(ctx(t), "s.bob", b.Name(), 30*time.Second); err != nil {
+		t.Fatalf("claim on b after c's release by holder: %v", err)
 	}
 
 	// Racing: of 30 claims spread over the nodes, one wins.
 	results := make(chan error, 30)
 	for i := range 30 {
 		go func() {
-			_, err := nodes[i%3].ClaimName(context.Background(), "s.race", 30*time.Second)
+			_, err := nodes[i%3].ClaimName(context.Background(), "s.race", fmt.Sprint("racer-", i), 30*time.Second)
 			results <- err
 		}()
 	}
@@ -118,14 +136,14 @@ func TestNameExpires(t *testing.T) {
 	t.Cleanup(func() { t.Logf("closed at %v", time.Since(t0)) })
 	const ttl = 2 * time.Second
 	start := time.Now()
-	if _, err := nodes[1].ClaimName(ctx(t), "s.ghost", ttl); err != nil {
+	if _, err := nodes[1].ClaimName(ctx(t), "s.ghost", nodes[1].Name(), ttl); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := nodes[0].ClaimName(ctx(t), "s.ghost", ttl); !errors.Is(err, cluster.ErrNameTaken) {
+	if _, err := nodes[0].ClaimName(ctx(t), "s.ghost", nodes[0].Name(), ttl); !errors.Is(err, cluster.ErrNameTaken) {
 		t.Fatalf("claim right after: %v, want ErrNameTaken", err)
 	}
 	clustertest.Eventually(t, ttl+3*time.Second, func() error {
-		_, err := nodes[2].ClaimName(ctx(t), "s.ghost", ttl)
+		_, err := nodes[2].ClaimName(ctx(t), "s.ghost", nodes[2].Name(), ttl)
 		return err
 	})
 	el := time.Since(start)
@@ -209,7 +227,7 @@ func TestServerStopAndStart(t *testing.T) {
 		}
 		return nil
 	})
-	if _, err := n.ClaimName(ctx(t), "s.x", 5*time.Second); !errors.Is(err, cluster.ErrNamesUnavailable) {
+	if _, err := n.ClaimName(ctx(t), "s.x", n.Name(), 5*time.Second); !errors.Is(err, cluster.ErrNamesUnavailable) {
 		t.Fatalf("claim while stopped: %v", err)
 	}
 	if err := n.Conn().Publish("x", []byte("y")); err == nil {
@@ -219,7 +237,7 @@ func TestServerStopAndStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	clustertest.Eventually(t, 20*time.Second, func() error {
-		_, err := n.ClaimName(ctx(t), "s.x", 5*time.Second)
+		_, err := n.ClaimName(ctx(t), "s.x", n.Name(), 5*time.Second)
 		return err
 	})
 	if gauge() != 1 {
@@ -270,27 +288,27 @@ func TestClaimReleasedAsksTheLeader(t *testing.T) {
 	a, c := nodes[0], nodes[2]
 	clustertest.WaitNames(t, nodes, 30*time.Second)
 
-	rev, err := a.ClaimName(ctx(t), "s.carol", 30*time.Second)
+	rev, err := a.ClaimName(ctx(t), "s.carol", a.Name(), 30*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.ClaimReleased(ctx(t), "s.carol", 30*time.Second); !errors.Is(err, cluster.ErrNameTaken) {
+	if _, err := c.ClaimReleased(ctx(t), "s.carol", c.Name(), 30*time.Second); !errors.Is(err, cluster.ErrNameTaken) {
 		t.Fatalf("held name: %v, want ErrNameTaken", err)
 	}
 	if err := a.ReleaseName(ctx(t), "s.carol", rev); err != nil {
 		t.Fatal(err)
 	}
-	rev2, err := c.ClaimReleased(ctx(t), "s.carol", 30*time.Second)
+	rev2, err := c.ClaimReleased(ctx(t), "s.carol", c.Name(), 30*time.Second)
 	if err != nil || rev2 <= rev {
 		t.Fatalf("released name: %d, %v", rev2, err)
 	}
-	if _, err := a.ClaimName(ctx(t), "s.carol", 30*time.Second); !errors.Is(err, cluster.ErrNameTaken) {
+	if _, err := a.ClaimName(ctx(t), "s.carol", a.Name(), 30*time.Second); !errors.Is(err, cluster.ErrNameTaken) {
 		t.Fatalf("after the leader-checked claim: %v, want ErrNameTaken", err)
 	}
-	if _, err := c.ClaimReleased(ctx(t), "s.never", 30*time.Second); err != nil {
+	if _, err := c.ClaimReleased(ctx(t), "s.never", c.Name(), 30*time.Second); err != nil {
 		t.Fatalf("a name never claimed: %v", err)
 	}
-	if _, err := a.ClaimName(ctx(t), "s.never", 30*time.Second); !errors.Is(err, cluster.ErrNameTaken) {
+	if _, err := a.ClaimName(ctx(t), "s.never", a.Name(), 30*time.Second); !errors.Is(err, cluster.ErrNameTaken) {
 		t.Fatalf("after claiming a name never claimed: %v, want ErrNameTaken", err)
 	}
 }

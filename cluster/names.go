@@ -13,7 +13,9 @@ import (
 )
 
 // Names are claimed in the bucket NamesBucket, one key each. A claim is a
-// JetStream key-value create (atomic across the cluster), with a TTL: the
+// JetStream key-value create (atomic across the cluster) of the
+// claimant's holder mark (the node's name and what on it claims), with a
+// TTL: the
 // holding node refreshes it (RefreshName) well within the TTL, so the
 // names of a node that died expire by themselves. A release purges the
 // key, leaving a marker that expires too.
@@ -26,16 +28,20 @@ var (
 	ErrNameLost = errors.New("cluster: name held elsewhere")
 )
 
-// ClaimName creates key with this node's name as its value and the given
-// TTL (whole seconds, at least one). It returns the key's revision, or
-// ErrNameTaken, or an error wrapping ErrNamesUnavailable when the claim
-// could not be decided.
-func (n *Node) ClaimName(ctx context.Context, key string, ttl time.Duration) (uint64, error) {
+// ClaimName creates key with holder as its value (the claimant's own
+// mark: unique to it, so that its claims are told from everyone else's)
+// and the given TTL (whole seconds, at least one). It returns the key's
+// revision, or ErrNameTaken, or an error wrapping ErrNamesUnavailable when
+// the claim could not be decided. A key that holder holds already is
+// claimed, at its present revision: a claim whose answer was lost (made,
+// but not known to be) is not refused to the one who made it when it
+// tries again.
+func (n *Node) ClaimName(ctx context.Context, key, holder string, ttl time.Duration) (uint64, error) {
 	kv, err := n.Names()
 	if err != nil {
 		return 0, err
 	}
-	rev, err := kv.Create(ctx, key, []byte(n.name), jetstream.KeyTTL(ttl))
+	rev, err := kv.Create(ctx, key, []byte(holder), jetstream.KeyTTL(ttl))
 	switch {
 	case err == nil:
 		return rev, nil
@@ -44,33 +50,33 @@ func (n *Node) ClaimName(ctx context.Context, key string, ttl time.Duration) (ui
 		// back, and that read may be answered by a replica that has not
 		// applied a release just made on another node: ask the stream's
 		// leader before saying taken.
-		return n.claimReleased(ctx, key, ttl)
+		return n.claimReleased(ctx, key, holder, ttl)
 	}
 	return 0, n.unavailable(err)
 }
 
-// claimReleased claims key if its last revision, as the bucket's stream
-// leader has it, is a release (a purge or delete marker, or a TTL's
-// expiry marker), with that revision as the one expected; ErrNameTaken if
-// it is held.
-func (n *Node) claimReleased(ctx context.Context, key string, ttl time.Duration) (uint64, error) {
-	subject := "$KV." + NamesBucket + "." + key
+// lastRevision is key's last revision as the bucket's stream leader has
+// it: its sequence, its value, and whether it marks the key released (a
+// purge or delete, or a TTL's expiry marker). A key with no revision at
+// all (its last marker expired) has sequence 0.
+func (n *Node) lastRevision(ctx context.Context, key string) (seq uint64, value []byte, released bool, err error) {
 	req, err := json.Marshal(struct {
 		LastFor string `json:"last_by_subj"`
-	}{subject})
+	}{n.keySubject(key)})
 	if err != nil {
-		return 0, err
+		return 0, nil, false, err
 	}
 	// The stream API's message get, unlike the direct get, is answered
 	// by the leader only.
 	reply, err := n.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET.KV_"+NamesBucket, req)
 	if err != nil {
-		return 0, n.unavailable(err)
+		return 0, nil, false, n.unavailable(err)
 	}
 	var resp struct {
 		Message *struct {
 			Seq     uint64 `json:"seq"`
 			Headers []byte `json:"hdrs"`
+			Data    []byte `json:"data"`
 		} `json:"message"`
 		Error *struct {
 			Code        int    `json:"code"`
@@ -78,23 +84,37 @@ func (n *Node) claimReleased(ctx context.Context, key string, ttl time.Duration)
 		} `json:"error"`
 	}
 	if err := json.Unmarshal(reply.Data, &resp); err != nil {
-		return 0, n.unavailable(fmt.Errorf("names bucket: reading %s: %w", key, err))
+		return 0, nil, false, n.unavailable(fmt.Errorf("names bucket: reading %s: %w", key, err))
 	}
-	var last uint64
 	switch {
 	case resp.Error != nil && resp.Error.Code == 404:
-		// No revision at all (its marker expired since): a plain create.
+		return 0, nil, true, nil
 	case resp.Error != nil:
-		return 0, n.unavailable(fmt.Errorf("names bucket: reading %s: %s", key, resp.Error.Description))
+		return 0, nil, false, n.unavailable(fmt.Errorf("names bucket: reading %s: %s", key, resp.Error.Description))
 	case resp.Message == nil:
-		return 0, n.unavailable(fmt.Errorf("names bucket: reading %s: an empty answer", key))
-	default:
-		if !releaseMarker(resp.Message.Headers) {
-			return 0, ErrNameTaken
-		}
-		last = resp.Message.Seq
+		return 0, nil, false, n.unavailable(fmt.Errorf("names bucket: reading %s: an empty answer", key))
 	}
-	m := &nats.Msg{Subject: subject, Data: []byte(n.name), Header: nats.Header{}}
+	return resp.Message.Seq, resp.Message.Data, releaseMarker(resp.Message.Headers), nil
+}
+
+// keySubject is the subject of key's revisions in the bucket's stream.
+func (n *Node) keySubject(key string) string { return "$KV." + NamesBucket + "." + key }
+
+// claimReleased claims key if its last revision, as the bucket's stream
+// leader has it, is a release, with that revision as the one expected;
+// the revision itself if holder holds it; ErrNameTaken if another does.
+func (n *Node) claimReleased(ctx context.Context, key, holder string, ttl time.Duration) (uint64, error) {
+	last, value, released, err := n.lastRevision(ctx, key)
+	if err != nil {
+		return 0, err
+	}
+	if !released {
+		if string(value) == holder {
+			return last, nil
+		}
+		return 0, ErrNameTaken
+	}
+	m := &nats.Msg{Subject: n.keySubject(key), Data: []byte(holder), Header: nats.Header{}}
 	ack, err := n.js.PublishMsg(ctx, m, jetstream.WithExpectLastSequencePerSubject(last), jetstream.WithMsgTTL(ttl))
 	if err == nil {
 		return ack.Sequence, nil
@@ -105,6 +125,20 @@ func (n *Node) claimReleased(ctx context.Context, key string, ttl time.Duration)
 		return 0, ErrNameTaken // claimed by another node meanwhile
 	}
 	return 0, n.unavailable(err)
+}
+
+// ReleaseHeldBy purges key if holder holds it (by the stream leader's
+// account): how a claimant frees a claim whose answer it never had.
+// Anyone else's key is left alone.
+func (n *Node) ReleaseHeldBy(ctx context.Context, key, holder string) error {
+	if _, err := n.Names(); err != nil {
+		return err
+	}
+	last, value, released, err := n.lastRevision(ctx, key)
+	if err != nil || released || string(value) != holder {
+		return err
+	}
+	return n.ReleaseName(ctx, key, last)
 }
 
 // releaseMarker reports whether a revision's headers (NATS header block)
@@ -133,13 +167,13 @@ func releaseMarker(block []byte) bool {
 // a fresh TTL, and returns the new revision. When the key has expired
 // meanwhile it is claimed again; when someone else holds it now, the
 // error is ErrNameLost.
-func (n *Node) RefreshName(ctx context.Context, key string, rev uint64, ttl time.Duration) (uint64, error) {
+func (n *Node) RefreshName(ctx context.Context, key, holder string, rev uint64, ttl time.Duration) (uint64, error) {
 	if _, err := n.Names(); err != nil {
 		return 0, err
 	}
 	// KeyValue.Update would drop the key's TTL: publish the revision
 	// ourselves, with it.
-	m := &nats.Msg{Subject: "$KV." + NamesBucket + "." + key, Data: []byte(n.name), Header: nats.Header{}}
+	m := &nats.Msg{Subject: n.keySubject(key), Data: []byte(holder), Header: nats.Header{}}
 	ack, err := n.js.PublishMsg(ctx, m, jetstream.WithExpectLastSequencePerSubject(rev), jetstream.WithMsgTTL(ttl))
 	if err == nil {
 		return ack.Sequence, nil
@@ -150,7 +184,7 @@ func (n *Node) RefreshName(ctx context.Context, key string, rev uint64, ttl time
 		return 0, n.unavailable(err)
 	}
 	// Not our revision any more: expired (claim it again) or taken.
-	rev, err = n.ClaimName(ctx, key, ttl)
+	rev, err = n.ClaimName(ctx, key, holder, ttl)
 	if errors.Is(err, ErrNameTaken) {
 		return 0, ErrNameLost
 	}

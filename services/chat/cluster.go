@@ -31,12 +31,19 @@ package chat
 // at once (the key is purged in the background; if the same name is
 // chosen here again before that, the claim takes the key over). When the
 // bucket cannot be reached, a new name gets "Name service unavailable,
-// try again." and users already named carry on.
+// try again." and users already named carry on. A claim whose answer
+// never came may have been made all the same: each room instance writes
+// its own holder mark as the key's value, so a user here choosing the
+// name again is given it (cluster.Node.ClaimName), and otherwise the
+// keeper frees it (cluster.Node.ReleaseHeldBy) rather than leave the name
+// taken by nobody until name_ttl.
 
 import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -110,6 +117,7 @@ type remote struct {
 	node    *cluster.Node
 	nc      *nats.Conn
 	subject string // this node's
+	holder  string // the value of the keys of the names claimed here
 	sub     *nats.Subscription
 	c       remoteCounters
 
@@ -125,7 +133,13 @@ type remote struct {
 	mu        sync.Mutex
 	held      map[string]uint64   // name -> revision of its key, held by a user here
 	releasing map[string]released // names left, key not purged yet
-	subDrops  uint64              // what the subscription had dropped, last looked
+	// claiming holds the names being claimed here (false) or freed by
+	// the keeper after an unanswered claim (true), one at a time each.
+	claiming map[string]bool
+	// unanswered holds, from when, the names whose claim went
+	// unanswered: perhaps made, perhaps not, and if made, nobody's.
+	unanswered map[string]time.Time
+	subDrops   uint64 // what the subscription had dropped, last looked
 }
 
 type released struct {
@@ -137,17 +151,22 @@ func startRemote(r *Room) (*remote, error) {
 	n := r.node
 	svc := cluster.Token(r.service)
 	x := &remote{
-		r:         r,
-		node:      n,
-		nc:        n.Conn(),
-		subject:   subjectPrefix + svc + "." + cluster.Token(n.Name()),
-		c:         r.counters,
-		out:       make(chan []byte, outQueue),
-		quit:      make(chan struct{}),
-		wake:      make(chan struct{}, 1),
-		pubDone:   make(chan struct{}),
-		held:      map[string]uint64{},
-		releasing: map[string]released{},
+		r:       r,
+		node:    n,
+		nc:      n.Conn(),
+		subject: subjectPrefix + svc + "." + cluster.Token(n.Name()),
+		// Unique to this instance of the room: another instance on this
+		// node (a reload's) holds its own names.
+		holder:     fmt.Sprintf("%s %016x", n.Name(), rand.Uint64()),
+		c:          r.counters,
+		out:        make(chan []byte, outQueue),
+		quit:       make(chan struct{}),
+		wake:       make(chan struct{}, 1),
+		pubDone:    make(chan struct{}),
+		held:       map[string]uint64{},
+		releasing:  map[string]released{},
+		claiming:   map[string]bool{},
+		unanswered: map[string]time.Time{},
 	}
 	sub, err := x.nc.Subscribe(subjectPrefix+svc+".*", x.deliver)
 	if err != nil {
@@ -267,6 +286,20 @@ func (x *remote) claim(name string) claimResult {
 	defer cancel()
 	key := x.key(name)
 	x.mu.Lock()
+	if freeing, busy := x.claiming[name]; busy {
+		x.mu.Unlock()
+		if freeing { // an unanswered claim of it being freed: soon free
+			return claimUnavailable
+		}
+		return claimTaken // another user here is claiming it
+	}
+	x.claiming[name] = false
+	defer func() {
+		x.mu.Lock()
+		delete(x.claiming, name)
+		x.mu.Unlock()
+	}()
+	delete(x.unanswered, name) // ours again if it was made: ClaimName says
 	old, wasReleasing := x.releasing[name]
 	delete(x.releasing, name)
 	x.mu.Unlock()
@@ -275,12 +308,12 @@ func (x *remote) claim(name string) claimResult {
 	if wasReleasing {
 		// Left here a moment ago, its key not purged yet: take it over
 		// (or claim it afresh if it is gone).
-		rev, err = x.node.RefreshName(ctx, key, old.rev, x.keyTTL())
+		rev, err = x.node.RefreshName(ctx, key, x.holder, old.rev, x.keyTTL())
 		if errors.Is(err, cluster.ErrNameLost) {
 			err = cluster.ErrNameTaken
 		}
 	} else {
-		rev, err = x.node.ClaimName(ctx, key, x.keyTTL())
+		rev, err = x.node.ClaimName(ctx, key, x.holder, x.keyTTL())
 	}
 	switch {
 	case err == nil:
@@ -291,13 +324,15 @@ func (x *remote) claim(name string) claimResult {
 	case errors.Is(err, cluster.ErrNameTaken):
 		return claimTaken
 	default:
+		x.mu.Lock()
 		if wasReleasing { // still ours to release
-			x.mu.Lock()
 			if _, again := x.releasing[name]; !again {
 				x.releasing[name] = old
 			}
-			x.mu.Unlock()
+		} else {
+			x.unanswered[name] = time.Now()
 		}
+		x.mu.Unlock()
 		x.r.log.Debug("name claim undecided", "name", name, "err", err)
 		return claimUnavailable
 	}
@@ -385,7 +420,7 @@ var testHookRefreshed func(name string)
 
 // refresh refreshes one held name; false when it could not be decided.
 func (x *remote) refresh(ctx context.Context, name string, rev uint64) bool {
-	nrev, err := x.node.RefreshName(ctx, x.key(name), rev, x.keyTTL())
+	nrev, err := x.node.RefreshName(ctx, x.key(name), x.holder, rev, x.keyTTL())
 	if err == nil && testHookRefreshed != nil {
 		testHookRefreshed(name)
 	}
@@ -456,6 +491,41 @@ func (x *remote) releaseAll(deadline time.Time) {
 		}
 		x.r.log.Debug("name release failed; retrying", "name", name, "err", err)
 		return
+	}
+	x.freeUnanswered(ctx)
+}
+
+// freeUnanswered frees the keys of the unanswered claims that were made
+// after all, while nobody here claims the name; names whose key would
+// have expired anyway are forgotten.
+func (x *remote) freeUnanswered(ctx context.Context) {
+	x.mu.Lock()
+	todo := make(map[string]time.Time, len(x.unanswered))
+	for k, v := range x.unanswered {
+		todo[k] = v
+	}
+	x.mu.Unlock()
+	for name, at := range todo {
+		x.mu.Lock()
+		if _, busy := x.claiming[name]; busy || x.unanswered[name] != at {
+			x.mu.Unlock() // being claimed here again, which decides it
+			continue
+		}
+		x.claiming[name] = true
+		x.mu.Unlock()
+		err := x.node.ReleaseHeldBy(ctx, x.key(name), x.holder)
+		x.mu.Lock()
+		delete(x.claiming, name)
+		if err == nil || time.Since(at) > x.r.nameTTL {
+			if x.unanswered[name] == at {
+				delete(x.unanswered, name)
+			}
+		}
+		x.mu.Unlock()
+		if err != nil {
+			x.r.log.Debug("freeing an unanswered name claim failed; retrying", "name", name, "err", err)
+			return
+		}
 	}
 }
 

@@ -723,3 +723,61 @@ func TestOutgoingLineTooLongForNATS(t *testing.T) {
 		t.Errorf("a line of max_payload bytes was not queued")
 	}
 }
+
+// A claim whose answer never came (NATS slow to answer within
+// claimTimeout) may have been made: the user was told to try again, and
+// the name must not then be taken by nobody until name_ttl. The same user
+// trying again here is given the name; if nobody here tries, the keeper
+// frees it for every node. The unanswered claim is made here as the room
+// would have made it (its create landed; its answer is what was lost).
+func TestUnansweredClaim(t *testing.T) {
+	nodes := clustertest.Start(t, 2)
+	clustertest.WaitNames(t, nodes, 30*time.Second)
+	a := newClusterRoom(t, nodes[0], "lobby", "")
+	b := newClusterRoom(t, nodes[1], "lobby", "")
+	made := func(name string) {
+		t.Helper()
+		x := a.r.remote
+		if _, err := x.node.ClaimName(context.Background(), x.key(name), x.holder, x.keyTTL()); err != nil {
+			t.Fatal(err)
+		}
+		x.mu.Lock()
+		x.unanswered[name] = time.Now()
+		x.mu.Unlock()
+	}
+
+	// Tried again here: given.
+	made("alice")
+	alice := a.connect("A1")
+	alice.send("alice\r\n")
+	if got := alice.t.Take(); got != "Welcome, alice!\r\n" {
+		t.Fatalf("alice trying her name again got %q, want the welcome", got)
+	}
+	if _, err := nodes[1].ClaimName(context.Background(), a.r.remote.key("alice"), "someone else", time.Minute); !errors.Is(err, cluster.ErrNameTaken) {
+		t.Fatalf("alice's name, claimed from b: %v, want taken", err)
+	}
+
+	// Not tried again: freed by the keeper, for a user on another node.
+	made("carol")
+	a.r.remote.releaseAll(time.Now().Add(releaseTimeout))
+	joinAnywhere(t, b, "B1", "carol", 10*time.Second)
+	a.r.remote.mu.Lock()
+	left := len(a.r.remote.unanswered)
+	a.r.remote.mu.Unlock()
+	if left != 0 {
+		t.Errorf("%d unanswered claims left after they were freed", left)
+	}
+
+	// Another user here claiming a name while one claims it is refused,
+	// not given the same claim.
+	x := a.r.remote
+	x.mu.Lock()
+	x.claiming["dave"] = false
+	x.mu.Unlock()
+	if got := x.claim("dave"); got != claimTaken {
+		t.Errorf("a name being claimed here: %v, want taken", got)
+	}
+	x.mu.Lock()
+	delete(x.claiming, "dave")
+	x.mu.Unlock()
+}
