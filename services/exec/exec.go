@@ -84,6 +84,7 @@ type Factory struct {
 	stderrLog *stderrLog
 
 	children sync.WaitGroup // every child, until reaped
+	spawnLog spawnLog       // connections whose program could not start
 
 	restartsMu sync.Mutex
 	restarts   map[string]*restarts // wait mode, by endpoint label

@@ -338,6 +338,65 @@ func TestServeConnSpawnFailure(t *testing.T) {
 	}
 }
 
+// TestServeConnSpawnFailuresLogged: a client reconnecting in a loop to a
+// program that cannot start costs a log line a second, not one per
+// connection; the lines say how many failures they leave out, and the
+// first start after the failures gives the rest, so every failure is
+// accounted for.
+func TestServeConnSpawnFailuresLogged(t *testing.T) {
+	prog := filepath.Join(t.TempDir(), "true")
+	b, err := os.ReadFile("/bin/true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(prog, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f, logs := newTestFactory(t, `command = ["`+prog+`"]`)
+	os.Remove(prog)
+	const attempts = 20
+	for range attempts {
+		_, server := tcpPair(t)
+		var rej *framework.RejectError
+		if err := serveConn(t, f, server, 0).wait(t, 10*time.Second); !errors.As(err, &rej) || rej.Reason != metrics.RejectSpawn {
+			t.Fatalf("ServeConn returned %v, want a spawn rejection", err)
+		}
+	}
+	if err := os.WriteFile(prog, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	_, server := tcpPair(t)
+	if err := serveConn(t, f, server, 0).wait(t, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	failed := logs.with("cannot start program")
+	if len(failed) == 0 || len(failed) >= attempts {
+		t.Fatalf("%d failures logged in %d lines; want a line a second", attempts, len(failed))
+	}
+	accounted := 0
+	for _, l := range failed {
+		accounted++
+		if n := l["failures_not_logged"]; n != "" {
+			v, err := strconv.Atoi(n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			accounted += v
+		}
+	}
+	again := logs.with("program started again after failures")
+	if len(again) != 1 {
+		t.Fatalf("the start after the failures logged as %v", again)
+	}
+	v, err := strconv.Atoi(again[0]["failures_not_logged"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if accounted += v; accounted != attempts {
+		t.Errorf("the log accounts for %d failures, want %d: %v, then %v", accounted, attempts, failed, again)
+	}
+}
+
 // TestServeConnDirGone: a dir removed after validate fails the start with
 // the directory named, not the program.
 func TestServeConnDirGone(t *testing.T) {

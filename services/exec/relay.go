@@ -47,9 +47,10 @@ func (f *Factory) serveRelayed(hc *framework.HandedConn, env []string) error {
 	ch, err := f.start([]int{fds[0], fds[0]}, env, peer, false)
 	childEnd.Close()
 	if err != nil {
-		f.log.Error("cannot start program", "program", f.path, "peer", peer, "err", err)
+		f.spawnLog.failed(f.log, f.path, peer, err)
 		return &framework.RejectError{Reason: metrics.RejectSpawn, Err: err}
 	}
+	f.spawnLog.started(f.log, f.path)
 	hc.Served()
 	hc.SetRunningPID(ch.pid)
 

@@ -64,9 +64,10 @@ func (f *Factory) serveDirect(hc *framework.HandedConn, c interface {
 		defer liveTCPBytes(hc, fd)()
 	}
 	if err != nil {
-		f.log.Error("cannot start program", "program", f.path, "peer", peer, "err", err)
+		f.spawnLog.failed(f.log, f.path, peer, err)
 		return &framework.RejectError{Reason: metrics.RejectSpawn, Err: err}
 	}
+	f.spawnLog.started(f.log, f.path)
 	hc.Served()
 	hc.SetRunningPID(ch.pid)
 	unwatch := ch.watch(hc.Stopping, hc.Killed)
