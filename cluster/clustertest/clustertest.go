@@ -20,12 +20,21 @@ import (
 )
 
 // GoleakOptions are what goleak must overlook in a package whose tests
-// run NATS: nothing but the framework's idle poller (started on first use
-// for the life of the process). NATS servers and connections, once shut
-// down and closed, leave no goroutine behind; a test that forgets one
-// fails.
+// run NATS: the framework's idle poller (started on first use for the
+// life of the process), and the two goroutines of a JetStream file store
+// that a server shutting down can leave unstopped (its state flusher, and
+// the access-time ticker that lives while any store is open): a replica
+// created as the server stops, which the server's shutdown no longer
+// reaches. Seen once in six runs of package cluster under load, with every
+// server shut down and waited for; a NATS server's own race, not a
+// server or connection left open. A test that forgets a server or a
+// connection leaves their other goroutines, and fails.
 func GoleakOptions() []goleak.Option {
-	return []goleak.Option{goleak.IgnoreAnyFunction("github.com/superd-dev/superd/internal/engine.(*idlePoller).loop")}
+	return []goleak.Option{
+		goleak.IgnoreAnyFunction("github.com/superd-dev/superd/internal/engine.(*idlePoller).loop"),
+		goleak.IgnoreTopFunction("github.com/nats-io/nats-server/v2/server.(*fileStore).flushStreamStateLoop"),
+		goleak.IgnoreTopFunction("github.com/nats-io/nats-server/v2/server/ats.Register.func1"),
+	}
 }
 
 // Config is the cluster block of node i of n, with their route ports.
