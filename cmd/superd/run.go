@@ -55,6 +55,14 @@ func cmdRun(args []string, stderr io.Writer) int {
 	otherSigs := make(chan os.Signal, 4)
 	signal.Notify(otherSigs, syscall.SIGHUP, syscall.SIGUSR1)
 	defer signal.Stop(otherSigs)
+	// A write to stderr (the log, an access log on "stderr") whose reader
+	// has gone (a pipe to a logger that exited) fails with EPIPE and is
+	// dropped as any failed write; uncaught, Go would end the process
+	// with SIGPIPE. Caught, not ignored: an ignored SIGPIPE would be
+	// inherited by exec's programs.
+	sigpipe := make(chan os.Signal, 1)
+	signal.Notify(sigpipe, syscall.SIGPIPE)
+	defer signal.Stop(sigpipe)
 
 	// As a container's PID 1 (or a subreaper), superd is handed its
 	// programs' orphans, and reaps them.

@@ -121,9 +121,13 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 		return exitFailure
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintf(stderr, "superd status: %s answered %s\n", url, resp.Status)
+		return exitFailure
+	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil || resp.StatusCode != http.StatusOK {
-		fmt.Fprintf(stderr, "superd status: %s answered %s %v\n", url, resp.Status, err)
+	if err != nil {
+		fmt.Fprintf(stderr, "superd status: reading the answer of %s: %v\n", url, err)
 		return exitFailure
 	}
 	if *asJSON {
