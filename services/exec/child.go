@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -105,8 +107,9 @@ func (f *Factory) start(fds []int, env []string, peer string, listenPID bool) (*
 		f.children.Done()
 		if dir != "" {
 			// The child enters dir before its exec, and either failing
-			// gives only an errno: a directory gone says it is the one.
-			if _, serr := os.Stat(dir); serr != nil {
+			// gives only an errno: a directory gone, or one the user may
+			// not enter, says it is the one.
+			if _, serr := os.Stat(dir); serr != nil || !enterable(dir, cred) {
 				return nil, &os.PathError{Op: "chdir", Path: dir, Err: err}
 			}
 		}
@@ -308,6 +311,49 @@ func (c *child) stop(grace time.Duration) *time.Timer {
 			c.signalLocked(syscall.SIGKILL)
 		}
 	})
+}
+
+// enterable reports whether dir may be entered as cred's user (nil:
+// superd's own), from the permission bits of dir and of every directory
+// above it (ACLs aside): the search permission that chdir needs.
+func enterable(dir string, cred *syscall.Credential) bool {
+	if cred == nil {
+		return unix.Access(dir, unix.X_OK) == nil
+	}
+	if cred.Uid == 0 {
+		return true
+	}
+	path, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return true // nothing to tell
+	}
+	groups := cred.Groups
+	if cred.NoSetGroups { // the child keeps superd's
+		gs, _ := os.Getgroups()
+		groups = make([]uint32, len(gs))
+		for i, g := range gs {
+			groups[i] = uint32(g)
+		}
+	}
+	for p := path; ; p = filepath.Dir(p) {
+		var st unix.Stat_t
+		if unix.Stat(p, &st) != nil {
+			return true
+		}
+		var bit uint32 = 0o001 // others
+		switch {
+		case st.Uid == cred.Uid:
+			bit = 0o100
+		case st.Gid == cred.Gid || slices.Contains(groups, st.Gid):
+			bit = 0o010
+		}
+		if st.Mode&bit == 0 {
+			return false
+		}
+		if p == "/" || p == "." {
+			return true
+		}
+	}
 }
 
 // closeInheritedOnExec marks every descriptor superd inherited from its

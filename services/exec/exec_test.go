@@ -843,6 +843,12 @@ func TestDirEnteredAsUser(t *testing.T) {
 			if start.extra != "" && !strings.Contains(fmt.Sprint(failed[0]["err"]), "cannot enter the working directory") {
 				t.Errorf("the shim's reason is not in the log: %v", failed)
 			}
+			// Started directly, the start fails with only an errno,
+			// which the program's exec could have given too: the log
+			// names the directory, not the program.
+			if start.extra == "" && (!strings.Contains(fmt.Sprint(failed[0]["err"]), "chdir "+closed) || strings.Contains(fmt.Sprint(failed[0]["err"]), "/bin/sh")) {
+				t.Errorf("the failure logged as %v; want the directory named", failed)
+			}
 			if exits, stderr := logs.with("program exited"), logs.with("program stderr"); len(exits) != 0 || len(stderr) != 0 {
 				t.Errorf("a start that failed logged exits %v and stderr %v", exits, stderr)
 			}
