@@ -240,15 +240,9 @@ func (c *child) tryReap() (done bool, ws syscall.WaitStatus, err error) {
 	}
 }
 
-// signal sends sig to the child's process group (its descendants too,
-// unless they left it), unless the child has been reaped; it reports
-// whether it was sent.
-func (c *child) signal(sig syscall.Signal) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.signalLocked(sig)
-}
-
+// signalLocked sends sig to the child's process group (its descendants
+// too, unless they left it), unless the child has been reaped; it reports
+// whether it was sent. c.mu is held.
 func (c *child) signalLocked(sig syscall.Signal) bool {
 	if c.reaped {
 		return false
@@ -257,6 +251,18 @@ func (c *child) signalLocked(sig syscall.Signal) bool {
 		c.f.log.Warn("cannot signal program", "pid", c.pid, "signal", unix.SignalName(sig), "err", err)
 	}
 	return true
+}
+
+// stopSignal sends stop_signal to the child's process group, followed by
+// SIGCONT, as systemd and s6 do: a stopped process (SIGSTOP, a debugger)
+// would keep a handled stop_signal pending until SIGKILL, its cleanup
+// never run; a running one takes SIGCONT as nothing.
+func (c *child) stopSignal() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.signalLocked(c.f.stopSignal) && c.f.stopSignal != syscall.SIGKILL && c.f.stopSignal != syscall.SIGCONT {
+		c.signalLocked(syscall.SIGCONT)
+	}
 }
 
 // kill sends SIGKILL to the child's process group because the drain ran
@@ -283,7 +289,7 @@ func (c *child) wasKilled() bool {
 // No goroutine waits meanwhile: the functions run only if the contexts are
 // done.
 func (c *child) watch(stopping, killed context.Context) (stop func()) {
-	stopStop := context.AfterFunc(stopping, func() { c.signal(c.f.stopSignal) })
+	stopStop := context.AfterFunc(stopping, c.stopSignal)
 	stopKill := context.AfterFunc(killed, c.kill)
 	return func() {
 		stopStop()
@@ -298,7 +304,7 @@ func (c *child) watch(stopping, killed context.Context) (stop func()) {
 // end stays its own (wasKilled is not set). The caller stops the returned
 // timer once the child is reaped; should it fire first, it sends nothing.
 func (c *child) stop(grace time.Duration) *time.Timer {
-	c.signal(c.f.stopSignal)
+	c.stopSignal()
 	return time.AfterFunc(grace, func() {
 		// Logged under mu, before the signal: the reap (which takes mu)
 		// and the connection's end then come after the line, never

@@ -195,6 +195,34 @@ func TestServeConnStopAndKill(t *testing.T) {
 	}
 }
 
+// TestServeConnStopStoppedChild: a stopped program (SIGSTOP: an operator,
+// a debugger) that handles stop_signal gets to handle it when the drain
+// begins: SIGCONT follows stop_signal, as systemd and s6 send it, instead
+// of the signal waiting, pending, for the SIGKILL at shutdown_timeout.
+func TestServeConnStopStoppedChild(t *testing.T) {
+	f, logs := newTestFactory(t, `command = ["/bin/sh", "-c", "trap 'echo cleaned up; exit 7' TERM; echo $$; kill -STOP $$; exec sleep 100"]`)
+	client, server := tcpPair(t)
+	h := serveConn(t, f, server, 0)
+	r := bufio.NewReader(client)
+	pid := readPID(t, r, client)
+	waitFor(t, 10*time.Second, "the child to stop", func() bool {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+		i := strings.LastIndexByte(string(b), ')')
+		return err == nil && i > 0 && i+2 < len(b) && b[i+2] == 'T'
+	})
+	h.stop()
+	if err := h.wait(t, 10*time.Second); err != nil {
+		t.Fatalf("ServeConn returned %v, want nil", err)
+	}
+	client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if b, _ := io.ReadAll(r); string(b) != "cleaned up\n" {
+		t.Errorf("the child wrote %q after stop_signal, want its trap's line", b)
+	}
+	if e := logs.with("program exited"); len(e) != 1 || e[0]["status"] != "7" {
+		t.Errorf("exit logged as %v, want status 7 (its trap's)", e)
+	}
+}
+
 // TestServeConnIdleTimeout: idle_timeout applies where superd relays (the
 // child gets stop_signal), and not to a socket handed over.
 func TestServeConnIdleTimeout(t *testing.T) {
