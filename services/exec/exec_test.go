@@ -223,6 +223,22 @@ func TestServeConnStopStoppedChild(t *testing.T) {
 	}
 }
 
+// TestShimNamesTheLimit: a resource limit the kernel refuses (nofile
+// above fs.nr_open) fails the start, and the reason logged names the
+// limit as the file does (nofile), not by its number in the kernel.
+func TestShimNamesTheLimit(t *testing.T) {
+	f, logs := newTestFactory(t, "command = [\"/bin/true\"]\n  rlimits {\n    nofile = 1099511627776\n  }")
+	_, server := tcpPair(t)
+	h := serveConn(t, f, server, 0)
+	var rej *framework.RejectError
+	if err := h.wait(t, 10*time.Second); !errors.As(err, &rej) || rej.Reason != metrics.RejectSpawn {
+		t.Fatalf("ServeConn returned %v, want a spawn rejection", err)
+	}
+	if l := logs.with("cannot start program"); len(l) != 1 || !strings.Contains(l[0]["err"], "resource limit nofile = 1099511627776: ") {
+		t.Errorf("failure logged as %v; want the limit named nofile", l)
+	}
+}
+
 // TestServeConnIdleTimeout: idle_timeout applies where superd relays (the
 // child gets stop_signal), and not to a socket handed over.
 func TestServeConnIdleTimeout(t *testing.T) {
