@@ -14,6 +14,7 @@ import (
 	"github.com/zclconf/go-cty/cty"
 	"github.com/zclconf/go-cty/cty/gocty"
 
+	"github.com/superd-dev/superd/endpoint"
 	"github.com/superd-dev/superd/framework"
 )
 
@@ -391,17 +392,29 @@ func joined(err error) []error {
 // checkListenerLimits refuses, for a service that hands its listening
 // sockets to its program (wait mode), the limits that superd applies to
 // each connection or datagram it takes: it takes none, the program reads
-// the socket itself, so they would silently apply to nothing.
+// the socket itself, so they would silently apply to nothing. So would an
+// endpoint's proxy_protocol, and worse: superd reads no header, so the
+// program would get it as the first bytes of each connection.
 func (d *decoder) checkListenerLimits(svc *Service, content *hcl.BodyContent) {
 	const detail = "Service %q hands its listening sockets to its program (wait mode), which takes the connections and datagrams itself: superd sees none of them, so %s would apply to nothing. Remove it; on tcp, wait = false takes the connections one by one, where it applies."
-	for _, name := range []string{attrAllow, attrDeny, attrMaxConnectionsPerIP, attrMaxConnectionsPerUID} {
+	for _, name := range []string{attrMaxConnections, attrAllow, attrDeny, attrMaxConnectionsPerIP, attrMaxConnectionsPerUID} {
 		if a := content.Attributes[name]; a != nil {
 			d.errorf(a.NameRange, "Limit not applied in wait mode", detail, svc.Name, name)
 		}
 	}
 	for _, b := range content.Blocks {
-		if b.Type == blockRateLimit || b.Type == blockRateLimitPerIP {
+		switch b.Type {
+		case blockRateLimit, blockRateLimitPerIP:
 			d.errorf(b.TypeRange, "Limit not applied in wait mode", detail, svc.Name, b.Type)
+		case blockEndpoint:
+			if len(b.Labels) == 0 || b.Labels[0] != endpoint.KindTCP {
+				continue // other kinds: no proxy_protocol there, or no wait mode
+			}
+			inner, _, _ := b.Body.PartialContent(&hcl.BodySchema{Blocks: []hcl.BlockHeaderSchema{{Type: blockProxyProtocol}}})
+			for _, pb := range inner.Blocks {
+				d.errorf(pb.TypeRange, "PROXY header not read in wait mode",
+					"Service %q hands its listening sockets to its program (wait mode), which takes the connections itself: superd reads no PROXY header, so the program would get it as the first bytes of each connection. Remove proxy_protocol; on tcp, wait = false reads the header and gives the program the client's address.", svc.Name)
+			}
 		}
 	}
 }

@@ -28,6 +28,7 @@ const (
 	blockEndpoint            = "endpoint"
 	blockRateLimit           = "rate_limit"
 	blockRateLimitPerIP      = "rate_limit_per_ip"
+	blockProxyProtocol       = "proxy_protocol" // in an endpoint block
 )
 
 // commonAttrNames are the attributes every service accepts, as written in

@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -105,8 +107,9 @@ func (f *Factory) start(fds []int, env []string, peer string, listenPID bool) (*
 		f.children.Done()
 		if dir != "" {
 			// The child enters dir before its exec, and either failing
-			// gives only an errno: a directory gone says it is the one.
-			if _, serr := os.Stat(dir); serr != nil {
+			// gives only an errno: a directory gone, or one the user may
+			// not enter, says it is the one.
+			if _, serr := os.Stat(dir); serr != nil || !enterable(dir, cred) {
 				return nil, &os.PathError{Op: "chdir", Path: dir, Err: err}
 			}
 		}
@@ -237,15 +240,9 @@ func (c *child) tryReap() (done bool, ws syscall.WaitStatus, err error) {
 	}
 }
 
-// signal sends sig to the child's process group (its descendants too,
-// unless they left it), unless the child has been reaped; it reports
-// whether it was sent.
-func (c *child) signal(sig syscall.Signal) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.signalLocked(sig)
-}
-
+// signalLocked sends sig to the child's process group (its descendants
+// too, unless they left it), unless the child has been reaped; it reports
+// whether it was sent. c.mu is held.
 func (c *child) signalLocked(sig syscall.Signal) bool {
 	if c.reaped {
 		return false
@@ -254,6 +251,18 @@ func (c *child) signalLocked(sig syscall.Signal) bool {
 		c.f.log.Warn("cannot signal program", "pid", c.pid, "signal", unix.SignalName(sig), "err", err)
 	}
 	return true
+}
+
+// stopSignal sends stop_signal to the child's process group, followed by
+// SIGCONT, as systemd and s6 do: a stopped process (SIGSTOP, a debugger)
+// would keep a handled stop_signal pending until SIGKILL, its cleanup
+// never run; a running one takes SIGCONT as nothing.
+func (c *child) stopSignal() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.signalLocked(c.f.stopSignal) && c.f.stopSignal != syscall.SIGKILL && c.f.stopSignal != syscall.SIGCONT {
+		c.signalLocked(syscall.SIGCONT)
+	}
 }
 
 // kill sends SIGKILL to the child's process group because the drain ran
@@ -280,7 +289,7 @@ func (c *child) wasKilled() bool {
 // No goroutine waits meanwhile: the functions run only if the contexts are
 // done.
 func (c *child) watch(stopping, killed context.Context) (stop func()) {
-	stopStop := context.AfterFunc(stopping, func() { c.signal(c.f.stopSignal) })
+	stopStop := context.AfterFunc(stopping, c.stopSignal)
 	stopKill := context.AfterFunc(killed, c.kill)
 	return func() {
 		stopStop()
@@ -295,7 +304,7 @@ func (c *child) watch(stopping, killed context.Context) (stop func()) {
 // end stays its own (wasKilled is not set). The caller stops the returned
 // timer once the child is reaped; should it fire first, it sends nothing.
 func (c *child) stop(grace time.Duration) *time.Timer {
-	c.signal(c.f.stopSignal)
+	c.stopSignal()
 	return time.AfterFunc(grace, func() {
 		// Logged under mu, before the signal: the reap (which takes mu)
 		// and the connection's end then come after the line, never
@@ -308,6 +317,49 @@ func (c *child) stop(grace time.Duration) *time.Timer {
 			c.signalLocked(syscall.SIGKILL)
 		}
 	})
+}
+
+// enterable reports whether dir may be entered as cred's user (nil:
+// superd's own), from the permission bits of dir and of every directory
+// above it (ACLs aside): the search permission that chdir needs.
+func enterable(dir string, cred *syscall.Credential) bool {
+	if cred == nil {
+		return unix.Access(dir, unix.X_OK) == nil
+	}
+	if cred.Uid == 0 {
+		return true
+	}
+	path, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return true // nothing to tell
+	}
+	groups := cred.Groups
+	if cred.NoSetGroups { // the child keeps superd's
+		gs, _ := os.Getgroups()
+		groups = make([]uint32, len(gs))
+		for i, g := range gs {
+			groups[i] = uint32(g)
+		}
+	}
+	for p := path; ; p = filepath.Dir(p) {
+		var st unix.Stat_t
+		if unix.Stat(p, &st) != nil {
+			return true
+		}
+		var bit uint32 = 0o001 // others
+		switch {
+		case st.Uid == cred.Uid:
+			bit = 0o100
+		case st.Gid == cred.Gid || slices.Contains(groups, st.Gid):
+			bit = 0o010
+		}
+		if st.Mode&bit == 0 {
+			return false
+		}
+		if p == "/" || p == "." {
+			return true
+		}
+	}
 }
 
 // closeInheritedOnExec marks every descriptor superd inherited from its

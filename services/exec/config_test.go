@@ -94,6 +94,15 @@ func TestValidateDiagnostics(t *testing.T) {
 			"Limit not applied in wait mode", "so rate_limit_per_ip would apply to nothing"},
 		{"max_connections_per_ip in wait mode", "command = [\"/bin/cat\"]\n  wait = true\n  max_connections_per_ip = 2", "4,3-25",
 			"Limit not applied in wait mode", "so max_connections_per_ip would apply to nothing"},
+		// superd accepts nothing in wait mode: max_connections bounds
+		// nothing (the program takes as many as it likes at once), and a
+		// PROXY header is not read but handed to the program as data.
+		{"max_connections in wait mode", "command = [\"/bin/cat\"]\n  wait = true\n  max_connections = 1", "4,3-18",
+			"Limit not applied in wait mode", "so max_connections would apply to nothing"},
+		{"proxy_protocol in wait mode", "command = [\"/bin/cat\"]\n  wait = true\n  endpoint \"tcp\" {\n    address = \"127.0.0.1:2\"\n    proxy_protocol {\n      trusted = [\"127.0.0.1/32\"]\n    }\n  }",
+			"6,5-19", "PROXY header not read in wait mode", "superd reads no PROXY header, so the program would get it as the first bytes of each connection"},
+		{"proxy_protocol on udp in wait mode, said once", "command = [\"/bin/cat\"]\n  wait = true\n  endpoint \"udp\" {\n    address = \"127.0.0.1:2\"\n    proxy_protocol {\n      trusted = [\"127.0.0.1/32\"]\n    }\n  }",
+			"6,5-19", "Unsupported block type", `Blocks of type "proxy_protocol" are not expected here`},
 		{"umask not octal", "command = [\"/bin/cat\"]\n  umask = \"0999\"", "3,3-17", `Invalid value for "umask"`, `"0999" is not a umask`},
 		{"umask too large", "command = [\"/bin/cat\"]\n  umask = \"01777\"", "3,3-18", `Invalid value for "umask"`, `"01777" is not a umask`},
 		{"nice too large", "command = [\"/bin/cat\"]\n  nice = 20", "3,3-12", `Invalid value for "nice"`, "nice must be a whole number from -20 to 19"},

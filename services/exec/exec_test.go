@@ -195,6 +195,50 @@ func TestServeConnStopAndKill(t *testing.T) {
 	}
 }
 
+// TestServeConnStopStoppedChild: a stopped program (SIGSTOP: an operator,
+// a debugger) that handles stop_signal gets to handle it when the drain
+// begins: SIGCONT follows stop_signal, as systemd and s6 send it, instead
+// of the signal waiting, pending, for the SIGKILL at shutdown_timeout.
+func TestServeConnStopStoppedChild(t *testing.T) {
+	f, logs := newTestFactory(t, `command = ["/bin/sh", "-c", "trap 'echo cleaned up; exit 7' TERM; echo $$; kill -STOP $$; exec sleep 100"]`)
+	client, server := tcpPair(t)
+	h := serveConn(t, f, server, 0)
+	r := bufio.NewReader(client)
+	pid := readPID(t, r, client)
+	waitFor(t, 10*time.Second, "the child to stop", func() bool {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+		i := strings.LastIndexByte(string(b), ')')
+		return err == nil && i > 0 && i+2 < len(b) && b[i+2] == 'T'
+	})
+	h.stop()
+	if err := h.wait(t, 10*time.Second); err != nil {
+		t.Fatalf("ServeConn returned %v, want nil", err)
+	}
+	client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if b, _ := io.ReadAll(r); string(b) != "cleaned up\n" {
+		t.Errorf("the child wrote %q after stop_signal, want its trap's line", b)
+	}
+	if e := logs.with("program exited"); len(e) != 1 || e[0]["status"] != "7" {
+		t.Errorf("exit logged as %v, want status 7 (its trap's)", e)
+	}
+}
+
+// TestShimNamesTheLimit: a resource limit the kernel refuses (nofile
+// above fs.nr_open) fails the start, and the reason logged names the
+// limit as the file does (nofile), not by its number in the kernel.
+func TestShimNamesTheLimit(t *testing.T) {
+	f, logs := newTestFactory(t, "command = [\"/bin/true\"]\n  rlimits {\n    nofile = 1099511627776\n  }")
+	_, server := tcpPair(t)
+	h := serveConn(t, f, server, 0)
+	var rej *framework.RejectError
+	if err := h.wait(t, 10*time.Second); !errors.As(err, &rej) || rej.Reason != metrics.RejectSpawn {
+		t.Fatalf("ServeConn returned %v, want a spawn rejection", err)
+	}
+	if l := logs.with("cannot start program"); len(l) != 1 || !strings.Contains(l[0]["err"], "resource limit nofile = 1099511627776: ") {
+		t.Errorf("failure logged as %v; want the limit named nofile", l)
+	}
+}
+
 // TestServeConnIdleTimeout: idle_timeout applies where superd relays (the
 // child gets stop_signal), and not to a socket handed over.
 func TestServeConnIdleTimeout(t *testing.T) {
@@ -901,6 +945,12 @@ func TestDirEnteredAsUser(t *testing.T) {
 			}
 			if start.extra != "" && !strings.Contains(fmt.Sprint(failed[0]["err"]), "cannot enter the working directory") {
 				t.Errorf("the shim's reason is not in the log: %v", failed)
+			}
+			// Started directly, the start fails with only an errno,
+			// which the program's exec could have given too: the log
+			// names the directory, not the program.
+			if start.extra == "" && (!strings.Contains(fmt.Sprint(failed[0]["err"]), "chdir "+closed) || strings.Contains(fmt.Sprint(failed[0]["err"]), "/bin/sh")) {
+				t.Errorf("the failure logged as %v; want the directory named", failed)
 			}
 			if exits, stderr := logs.with("program exited"), logs.with("program stderr"); len(exits) != 0 || len(stderr) != 0 {
 				t.Errorf("a start that failed logged exits %v and stderr %v", exits, stderr)

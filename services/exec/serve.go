@@ -4,10 +4,14 @@ package exec
 
 import (
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"net"
 	"net/netip"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -315,10 +319,58 @@ func connEnv(hc *framework.HandedConn) []string {
 			set("SSL_TLS_SNI_SERVERNAME", st.ServerName)
 		}
 		if len(st.PeerCertificates) > 0 {
-			set("SSL_PEER_CERT_SUBJECT", st.PeerCertificates[0].Subject.String())
+			set("SSL_PEER_CERT_SUBJECT", certSubject(st.PeerCertificates[0]))
 		}
 	}
 	return env
+}
+
+// certSubject is a certificate's subject as RFC 2253 writes it (and
+// openssl's -nameopt RFC2253, and mod_ssl's SSL_CLIENT_S_DN): its relative
+// distinguished names as the certificate holds them, the last first, the
+// values of a multi-valued one joined by "+", and DC and UID by name.
+// pkix.Name's String is not that: it keeps one value of each common
+// attribute (of CN=alice,CN=Users,DC=example,DC=com, CN=Users is lost),
+// writes them in an order of its own, and DC and UID as numbers.
+func certSubject(cert *x509.Certificate) string {
+	var rdns pkix.RDNSequence
+	if rest, err := asn1.Unmarshal(cert.RawSubject, &rdns); err != nil || len(rest) > 0 {
+		return cert.Subject.String()
+	}
+	var b strings.Builder
+	for i := len(rdns) - 1; i >= 0; i-- {
+		if i < len(rdns)-1 {
+			b.WriteByte(',')
+		}
+		for j, atv := range rdns[i] {
+			if j > 0 {
+				b.WriteByte('+')
+			}
+			b.WriteString(attributeString(atv))
+		}
+	}
+	return b.String()
+}
+
+// The attributes RFC 2253 names that pkix does not, and one it does.
+var (
+	oidDC  = asn1.ObjectIdentifier{0, 9, 2342, 19200300, 100, 1, 25}
+	oidUID = asn1.ObjectIdentifier{0, 9, 2342, 19200300, 100, 1, 1}
+	oidCN  = asn1.ObjectIdentifier{2, 5, 4, 3}
+)
+
+// attributeString writes one TYPE=value of a subject, escaped as pkix
+// escapes it.
+func attributeString(atv pkix.AttributeTypeAndValue) string {
+	if _, ok := atv.Value.(string); ok {
+		for name, oid := range map[string]asn1.ObjectIdentifier{"DC": oidDC, "UID": oidUID} {
+			if atv.Type.Equal(oid) {
+				cn := pkix.RDNSequence{{{Type: oidCN, Value: atv.Value}}}.String()
+				return name + strings.TrimPrefix(cn, "CN")
+			}
+		}
+	}
+	return pkix.RDNSequence{{atv}}.String()
 }
 
 // plainAddr gives an address as its IP (IPv4-mapped IPv6 as plain IPv4)

@@ -171,14 +171,14 @@ func runShim(args []string) {
 				var cur unix.Rlimit
 				if unix.Getrlimit(r, &cur) == nil && cur.Max != unix.RLIM_INFINITY && n > cur.Max {
 					if err := unix.Setrlimit(r, &lim); err != nil {
-						fail("resource limit %d = %d: %v", r, n, err)
+						fail("resource limit %s = %d: %v", rlimitName(r), n, err)
 					}
 				}
 				nproc = &lim
 				continue
 			}
 			if err := unix.Setrlimit(r, &lim); err != nil {
-				fail("resource limit %d = %d: %v", r, n, err)
+				fail("resource limit %s = %d: %v", rlimitName(r), n, err)
 			}
 		case "listen_pid":
 			env = append(env, "LISTEN_PID="+strconv.Itoa(os.Getpid()))
@@ -222,7 +222,7 @@ func runShim(args []string) {
 	}
 	if nproc != nil {
 		if err := unix.Setrlimit(unix.RLIMIT_NPROC, nproc); err != nil {
-			fail("resource limit %d = %d: %v", unix.RLIMIT_NPROC, nproc.Cur, err)
+			fail("resource limit %s = %d: %v", rlimitName(unix.RLIMIT_NPROC), nproc.Cur, err)
 		}
 	}
 	if dir != "" {
@@ -232,6 +232,18 @@ func runShim(args []string) {
 	}
 	err := syscall.Exec(args[1], args[2:], env)
 	fail("cannot run %s: %v", args[1], err)
+}
+
+// rlimitName is the name of resource r in the rlimits block, so that a
+// limit the shim cannot set is reported as the file names it (nofile, not
+// the kernel's 7).
+func rlimitName(r int) string {
+	for name, res := range rlimits {
+		if res == r {
+			return name
+		}
+	}
+	return strconv.Itoa(r)
 }
 
 // autogroupNice gives the shim's scheduler autogroup the nice n too. With

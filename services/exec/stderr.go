@@ -126,24 +126,50 @@ func newStderrLogOf(log *slog.Logger, typ int) (*stderrLog, error) {
 // fd is the descriptor to give a child as its fd 2.
 func (s *stderrLog) fd() uintptr { return s.wfd }
 
-// read reads whatever arrives until the socket is closed.
+// read reads whatever arrives until the socket is closed, taking s.mu for
+// one read at a time: exited and close, which take it to read what is
+// queued themselves, never wait for a flood to stop (read in one locked
+// loop until nothing was queued, which writers faster than superd never
+// let happen, a flood held every other child's exit for seconds).
 func (s *stderrLog) read() {
 	defer close(s.done)
 	err := s.rc.Read(func(fd uintptr) bool {
-		s.mu.Lock()
-		s.drain(int(fd))
-		s.mu.Unlock()
-		return false // wait for more
+		for {
+			s.mu.Lock()
+			n := s.readOne(int(fd))
+			s.mu.Unlock()
+			if n <= 0 {
+				return false // wait for more
+			}
+		}
 	})
 	if err != nil && !errors.Is(err, os.ErrClosed) {
 		s.log.Debug("program stderr read failed", "err", err)
 	}
 }
 
-// drain reads and logs what is queued, until nothing is. s.mu is held.
-func (s *stderrLog) drain(fd int) {
+// drainQueued reads and logs what is queued now, and no more, so that a
+// writer that keeps writing cannot keep it reading. s.mu is held.
+func (s *stderrLog) drainQueued(fd int) {
+	queued, err := unix.IoctlGetInt(fd, unix.SIOCINQ)
+	if err != nil {
+		queued = 1 // one read, at least
+	}
+	for got := 0; got < queued; {
+		n := s.readOne(fd)
+		if n <= 0 {
+			return
+		}
+		got += n
+	}
+}
+
+// readOne reads one message and logs its lines; it returns its length, 0
+// at the end of the stream (or once closed), -1 when nothing is queued or
+// the read failed. s.mu is held.
+func (s *stderrLog) readOne(fd int) int {
 	if s.closed {
-		return
+		return 0
 	}
 	for {
 		n, oobn, _, _, err := unix.Recvmsg(fd, s.buf, s.oob, unix.MSG_DONTWAIT)
@@ -154,7 +180,7 @@ func (s *stderrLog) drain(fd int) {
 			if err != unix.EAGAIN {
 				s.log.Debug("program stderr read failed", "err", err)
 			}
-			return
+			return -1
 		}
 		if n == 0 {
 			// Every writer is gone: at close, or a program shut the
@@ -163,9 +189,10 @@ func (s *stderrLog) drain(fd int) {
 				s.shut = true
 				s.log.Warn("program stderr socket shut down by a program: the service's programs can no longer write to stderr")
 			}
-			return
+			return 0
 		}
 		s.write(writerPID(s.oob[:oobn]), s.buf[:n])
+		return n
 	}
 }
 
@@ -285,11 +312,12 @@ func (s *stderrLog) evict() {
 }
 
 // exited is called when superd has reaped pid: everything it wrote is
-// queued by now, so what is queued is read, and its partial line flushed.
+// queued by now (or read), so what is queued is read, and its partial
+// line flushed.
 func (s *stderrLog) exited(pid int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.rc.Control(func(fd uintptr) { s.drain(int(fd)) })
+	s.rc.Control(func(fd uintptr) { s.drainQueued(int(fd)) })
 	if p := s.pids[int32(pid)]; p != nil {
 		s.end(int32(pid), p)
 	}
@@ -303,7 +331,7 @@ func (s *stderrLog) doClose() {
 	s.mu.Lock()
 	s.closing = true
 	s.w.Close()
-	s.rc.Control(func(fd uintptr) { s.drain(int(fd)) })
+	s.rc.Control(func(fd uintptr) { s.drainQueued(int(fd)) })
 	for pid, p := range s.pids {
 		s.end(pid, p)
 	}
