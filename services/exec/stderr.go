@@ -21,7 +21,10 @@ import (
 // logged at once, refilling stderrRate per second; what is left out is
 // counted in the next line logged, and what is still owed when the process
 // exits in one warning. A child that floods its stderr costs superd a
-// fixed buffer and is slowed down by the socket, never more memory.
+// fixed buffer, never more memory; its CPU is another matter: everything
+// written is read (a program writing as fast as it can is held to the
+// pace of this reader, which then keeps a CPU busy). Reading less would
+// block the service's other children, whose stderr is the same socket.
 const (
 	maxStderrLine = 4096
 	stderrRate    = 50
