@@ -692,19 +692,20 @@ func (s *service) drainAndStop(timeout time.Duration, mode stopMode) error {
 	case <-done:
 	default:
 		s.mu.Lock()
-		n := s.abortLocked()
+		n, programs := s.abortLocked()
 		s.mu.Unlock()
 		if in, ok := s.factory.(framework.Interrupter); ok {
 			in.Interrupt() // a callback waiting on a file or pipe returns
 		}
+		what := abortedAttrs(n, programs)
 		switch {
-		case n == 0: // nothing was open (e.g. a service undone before it served)
+		case what == nil: // nothing was open (e.g. a service undone before it served)
 		case cut && mode == stopExit:
-			s.log.Warn("second signal: aborted open connections", "connections", n)
+			s.log.Warn("second signal: aborted open connections", what...)
 		case cut:
-			s.log.Warn("shutdown: aborted connections still draining after a reload", "connections", n)
+			s.log.Warn("shutdown: aborted connections still draining after a reload", what...)
 		default:
-			s.log.Warn("shutdown timeout: aborted open connections", "connections", n, "timeout", timeout)
+			s.log.Warn("shutdown timeout: aborted open connections", append(what, "timeout", timeout)...)
 		}
 		<-done
 	}
@@ -736,9 +737,12 @@ func (s *service) drainAndStop(timeout time.Duration, mode stopMode) error {
 }
 
 // abortLocked aborts every open connection (ErrShutdownTimeout) and kills
-// what a factory runs for one (exec's programs get SIGKILL); it returns how
-// many there were.
-func (s *service) abortLocked() int {
+// what a factory runs for one (exec's programs get SIGKILL). It returns
+// the connections aborted and the wait-mode programs killed (a
+// ListenerHandler serving a listening socket); each program is counted
+// dropped as shutdown_timeout here, as an aborted connection is when it
+// ends.
+func (s *service) abortLocked() (conns, programs int) {
 	n := 0
 	for t := s.conns; t != nil; t = t.next {
 		switch {
@@ -754,9 +758,24 @@ func (s *service) abortLocked() int {
 	s.handoff.Abort(framework.ErrShutdownTimeout)
 	for h := range s.listening {
 		h.Abort(framework.ErrShutdownTimeout)
-		n++
+		programs++
+		s.m.Dropped(metrics.DropShutdownTimeout)
+		s.dropped.Add(1)
 	}
-	return n
+	return n, programs
+}
+
+// abortedAttrs are the log attributes of what an abort ended; nil when
+// it ended nothing.
+func abortedAttrs(conns, programs int) []any {
+	if conns == 0 && programs == 0 {
+		return nil
+	}
+	what := []any{"connections", conns}
+	if programs > 0 {
+		what = append(what, "wait_programs", programs)
+	}
+	return what
 }
 
 // abandon is a running service's end when a second signal makes superd
@@ -766,8 +785,8 @@ func (s *service) abandon() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closing = true
-	if n := s.abortLocked(); n > 0 {
-		s.log.Warn("second signal: aborted open connections", "connections", n)
+	if what := abortedAttrs(s.abortLocked()); what != nil {
+		s.log.Warn("second signal: aborted open connections", what...)
 	}
 }
 

@@ -7,6 +7,8 @@ import (
 	"crypto/tls"
 	"fmt"
 	"log/slog"
+	"net"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -98,5 +100,62 @@ superd_exec_processes{service="stubborn"} 0
 	exits := logs.with("program exited")
 	if len(exits) != 1 || exits[0]["pid"] != strconv.Itoa(pid) || exits[0]["signal"] != "SIGKILL" {
 		t.Errorf("exit logged as %v, want one line for pid %d with signal SIGKILL", exits, pid)
+	}
+}
+
+// TestWaitProgramKilledAtShutdownTimeout: a wait-mode program that
+// ignores stop_signal is killed when shutdown_timeout runs out, and, as an
+// aborted connection is, counted dropped{reason="shutdown_timeout"} and
+// logged as a program (not as a connection).
+func TestWaitProgramKilledAtShutdownTimeout(t *testing.T) {
+	addr := testkit.FreeAddr(t, "tcp")
+	dir := t.TempDir()
+	ready := filepath.Join(dir, "ready") // the trap is set
+	src := fmt.Sprintf(`service "exec" "stubborn" {
+  command = ["/bin/sh", "-c", "trap '' TERM; : > %s; exec sleep 1000"]
+  wait    = true
+  stderr  = "discard"
+  endpoint "tcp" { address = %q }
+}
+`, ready, addr)
+	cfg, err := config.Parse([]byte(src), filepath.Join(dir, "superd.hcl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &logRecords{}
+	m := metrics.New("test")
+	s := supervisor.New(slog.New(logs), m)
+	if err := s.Start(cfg); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", addr) // waiting: the program starts
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	processes := func(n int) error {
+		want := fmt.Sprintf(`
+# HELP superd_exec_processes Programs started by exec services that are running now.
+# TYPE superd_exec_processes gauge
+superd_exec_processes{service="stubborn"} %d
+`, n)
+		return testutil.GatherAndCompare(m.Registry, strings.NewReader(want), "superd_exec_processes")
+	}
+	waitFor(t, 10*time.Second, "the program to start", func() bool {
+		_, err := os.Stat(ready)
+		return err == nil && processes(1) == nil
+	})
+	if err := s.Shutdown(300 * time.Millisecond); err != nil { // superd run passes shutdown_timeout
+		t.Fatal(err)
+	}
+	if n := testutil.ToFloat64(m.ConnectionsDropped.WithLabelValues("stubborn", "exec", metrics.DropShutdownTimeout)); n != 1 {
+		t.Errorf("dropped{reason=%q} = %v, want 1 (the program killed)", metrics.DropShutdownTimeout, n)
+	}
+	aborted := logs.with("shutdown timeout: aborted open connections")
+	if len(aborted) != 1 || aborted[0]["connections"] != "0" || aborted[0]["wait_programs"] != "1" {
+		t.Errorf("the abort logged as %v, want connections=0 wait_programs=1", aborted)
+	}
+	if err := processes(0); err != nil {
+		t.Errorf("after the shutdown: %v", err)
 	}
 }
