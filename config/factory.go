@@ -402,6 +402,13 @@ func (d *decoder) checkListenerLimits(svc *Service, content *hcl.BodyContent) {
 			d.errorf(a.NameRange, "Limit not applied in wait mode", detail, svc.Name, name)
 		}
 	}
+	// What superd does to a connection it holds: it holds none here.
+	for _, name := range []string{attrIdleTimeout, attrMaxPendingOutput} {
+		if a := content.Attributes[name]; a != nil {
+			d.errorf(a.NameRange, "Limit not applied in wait mode",
+				"Service %q hands its listening sockets to its program (wait mode), which takes the connections itself: superd holds none of them, so %s would apply to nothing. Remove it.", svc.Name, name)
+		}
+	}
 	for _, b := range content.Blocks {
 		switch b.Type {
 		case blockRateLimit, blockRateLimitPerIP:

@@ -99,6 +99,10 @@ func TestValidateDiagnostics(t *testing.T) {
 		// PROXY header is not read but handed to the program as data.
 		{"max_connections in wait mode", "command = [\"/bin/cat\"]\n  wait = true\n  max_connections = 1", "4,3-18",
 			"Limit not applied in wait mode", "so max_connections would apply to nothing"},
+		{"idle_timeout in wait mode", "command = [\"/bin/cat\"]\n  wait = true\n  idle_timeout = \"10s\"", "4,3-15",
+			"Limit not applied in wait mode", "superd holds none of them, so idle_timeout would apply to nothing"},
+		{"max_pending_output in wait mode", "command = [\"/bin/cat\"]\n  wait = true\n  max_pending_output = 100000", "4,3-21",
+			"Limit not applied in wait mode", "so max_pending_output would apply to nothing"},
 		{"proxy_protocol in wait mode", "command = [\"/bin/cat\"]\n  wait = true\n  endpoint \"tcp\" {\n    address = \"127.0.0.1:2\"\n    proxy_protocol {\n      trusted = [\"127.0.0.1/32\"]\n    }\n  }",
 			"6,5-19", "PROXY header not read in wait mode", "superd reads no PROXY header, so the program would get it as the first bytes of each connection"},
 		{"proxy_protocol on udp in wait mode, said once", "command = [\"/bin/cat\"]\n  wait = true\n  endpoint \"udp\" {\n    address = \"127.0.0.1:2\"\n    proxy_protocol {\n      trusted = [\"127.0.0.1/32\"]\n    }\n  }",
