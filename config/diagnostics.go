@@ -150,17 +150,37 @@ func tidy(diags hcl.Diagnostics, filename string) hcl.Diagnostics {
 	return out
 }
 
+// redefined is the summary of the parser's error about an attribute set
+// twice in one body. It is no syntax error: the parser keeps the first
+// definition and goes on with nothing out of step, so the file is checked
+// further and its other mistakes are reported with it.
+const redefined = "Attribute redefined"
+
+// hasSyntaxError reports whether the parser's diagnostics hold an error
+// other than an attribute set twice.
+func hasSyntaxError(diags hcl.Diagnostics) bool {
+	for _, d := range diags {
+		if d.Severity == hcl.DiagError && d.Summary != redefined {
+			return true
+		}
+	}
+	return false
+}
+
 // firstSyntaxError keeps, of the parser's diagnostics (sorted by tidy), the
-// first error of each file and the warnings. After a syntax error the
-// parser recovers as best it can, and what it reports next is mostly caused
-// by the first (one missing quote makes every following line a string split
-// over lines) and nothing tells the independent ones apart, so the user
-// sees the one that matters, fixes it and runs again.
+// first syntax error of each file and the warnings. After a syntax error
+// the parser recovers as best it can, and what it reports next is mostly
+// caused by the first (one missing quote makes every following line a
+// string split over lines) and nothing tells the independent ones apart, so
+// the user sees the one that matters, fixes it and runs again.
 func firstSyntaxError(diags hcl.Diagnostics) hcl.Diagnostics {
 	out := make(hcl.Diagnostics, 0, len(diags))
 	seen := map[string]bool{} // files whose first error is kept
 	for _, d := range diags {
 		if d.Severity == hcl.DiagError {
+			if d.Summary == redefined {
+				continue // reported with the rest once the syntax is right
+			}
 			if seen[d.Subject.Filename] {
 				continue
 			}

@@ -656,6 +656,39 @@ service "testecho" "e" {
 			},
 		},
 		{
+			name: "an attribute set twice hides nothing else",
+			hcl: `shutdown_timeout = "1s"
+shutdown_timeout = "2s"
+service "testfactory" "e" {
+  repeat = 1
+  repeat = 2
+  greting = "hi"
+  idle_timeout = "soon"
+  endpoint "tcp" {
+    address = ":0"
+    address = ":1"
+  }
+}
+`,
+			want: []wantDiag{
+				{"2,1-17", "Attribute redefined", `The argument "shutdown_timeout" was already set at `},
+				{"5,3-9", "Attribute redefined", ""},
+				{"6,3-10", "Unsupported argument", `Did you mean "greeting"?`},
+				{"7,18-24", "Invalid duration", ""},
+				{"10,5-12", "Attribute redefined", ""},
+			},
+		},
+		{
+			name: "an attribute set twice after a syntax error",
+			hcl: `shutdown_timeout = "1s"
+shutdown_timeout = "2s"
+service "testecho" "e" {
+  endpoint "tcp" { address = }
+}
+`,
+			want: []wantDiag{{"4,30-31", "Invalid expression", ""}},
+		},
+		{
 			name: "every problem of a file at once",
 			hcl: `shutdown_timeout = "x"
 service "testecko" "a" {

@@ -65,7 +65,7 @@ func Parse(src []byte, filename string) (*File, error) {
 	}
 	parser := hclparse.NewParser()
 	f, diags := parser.ParseHCL(src, filename)
-	if diags.HasErrors() {
+	if hasSyntaxError(diags) {
 		return nil, &DiagnosticsError{Diags: firstSyntaxError(tidy(diags, filename)), Files: parser.Files()}
 	}
 	// Number literals out of range are reported here, and the attributes
