@@ -184,13 +184,16 @@ func (fd *factoryDecoder) block(a framework.Attribute, fv reflect.Value, fl *att
 			blocks = append(blocks, b)
 		}
 	}
-	switch {
-	case len(blocks) == 0:
+	if len(blocks) == 0 {
 		return true
-	case len(blocks) > 1:
-		fd.errorf(blocks[1].DefRange, fmt.Sprintf("Duplicate %s block", a.Name),
+	}
+	// The first block is decoded also when another follows it, so that
+	// its own mistakes are reported with the duplicate.
+	ok := true
+	for _, dup := range blocks[1:] {
+		fd.errorf(dup.DefRange, fmt.Sprintf("Duplicate %s block", a.Name),
 			"Only one %s block is allowed. Another was defined at %s.", a.Name, blocks[0].DefRange)
-		return false
+		ok = false
 	}
 	b := blocks[0]
 	fl.rng = &b.DefRange
@@ -205,7 +208,7 @@ func (fd *factoryDecoder) block(a framework.Attribute, fv reflect.Value, fl *att
 		fd.diags = append(fd.diags, diags...)
 		nv := reflect.New(fv.Type().Elem())
 		fv.Set(nv)
-		return fd.decode(a.Nested, nv.Elem(), c, fl.name+".") && !diags.HasErrors()
+		return fd.decode(a.Nested, nv.Elem(), c, fl.name+".") && !diags.HasErrors() && ok
 	}
 	attrs, diags := b.Body.JustAttributes()
 	fd.diags = append(fd.diags, diags...)
@@ -213,7 +216,6 @@ func (fd *factoryDecoder) block(a framework.Attribute, fv reflect.Value, fl *att
 		return false
 	}
 	m := reflect.MakeMap(fv.Type())
-	ok := true
 	for name, attr := range attrs {
 		// An error about one entry (framework.MapEntry) is reported at it.
 		fd.fields[framework.MapEntry{Map: fv.Addr().Interface(), Key: name}] = &attrField{name: fl.name + "." + name, rng: &attr.Range}

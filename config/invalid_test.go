@@ -141,6 +141,26 @@ func TestInvalid(t *testing.T) {
 			want: []wantDiag{{"4,3-7", "Duplicate opts block", ""}},
 		},
 		{
+			name: "object block: twice, with mistakes in the first",
+			hcl: `service "testneeds" "e" {
+  target = "x"
+  opts {
+    nmae   = "n"
+    verify = "maybe"
+  }
+  opts {}
+  opts {}
+  endpoint "tcp" { address = ":0" }
+}
+`,
+			want: []wantDiag{
+				{"4,5-9", "Unsupported argument", `Did you mean "name"?`},
+				{"5,14-21", "Incorrect attribute value type", "a bool is required"},
+				{"7,3-7", "Duplicate opts block", "Another was defined at "},
+				{"8,3-7", "Duplicate opts block", "Another was defined at "},
+			},
+		},
+		{
 			name: "object block: the factory rejects an attribute inside",
 			hcl: `service "testneeds" "e" {
   target = "x"
