@@ -709,6 +709,26 @@ service "testecho" "e" {
 			want: []wantDiag{{"4,30-31", "Invalid expression", ""}},
 		},
 		{
+			name: "an unknown user does not hide an unknown group",
+			hcl: `user  = "no-such-user-superd"
+group = "no-such-group-superd"
+`,
+			want: []wantDiag{
+				{"1,9-30", "Unknown user", `there is no user "no-such-user-superd"`},
+				{"2,9-31", "Unknown group", `there is no group "no-such-group-superd"`},
+			},
+		},
+		{
+			name: "user and group (uid_t)-1",
+			hcl: `user  = "4294967295"
+group = "04294967295"
+`,
+			want: []wantDiag{
+				{"1,9-21", "Unknown user", `there is no user "4294967295" on this system (it is (uid_t)-1`},
+				{"2,9-22", "Unknown group", `there is no group "04294967295" on this system (it is (gid_t)-1`},
+			},
+		},
+		{
 			name: "every problem of a file at once",
 			hcl: `shutdown_timeout = "x"
 service "testecko" "a" {
