@@ -270,6 +270,36 @@ func TestUnreadableFile(t *testing.T) {
 	}
 }
 
+// TestFileTooLarge: a file over MaxFileSize is refused before it is
+// parsed (a log file given as the configuration took minutes and gigabytes
+// to be found wrong, at a running superd's SIGHUP too), and so is a device
+// that never ends.
+func TestFileTooLarge(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "superd.hcl")
+	line := "# " + strings.Repeat("x", 97) + "\n"
+	src := strings.Repeat(line, MaxFileSize/len(line)+1)
+	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{path, "/dev/zero"} {
+		_, err := Load(p)
+		var fe *FileError
+		if !errors.As(err, &fe) || !errors.Is(err, ErrFileTooLarge) {
+			t.Fatalf("Load(%s): error %v (%T), want a *FileError for a file too large", p, err, err)
+		}
+		if want := "cannot read configuration file " + p + ": it is over 4 MiB"; !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("error %q, want it to start with %q", err, want)
+		}
+	}
+	// Within the limit, the same lines are read and parsed.
+	if err := os.WriteFile(path, []byte(src[:len(src)-2*len(line)]), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(path); err != nil {
+		t.Fatalf("Load of a file within the limit: %v", err)
+	}
+}
+
 func TestWriteShowsSource(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "superd.hcl")
 	_, err := Parse([]byte("service \"testecko\" \"x\" {\n\tendpoint \"tcp\" { address = \":0\" }\n}\n"), path)

@@ -17,11 +17,23 @@ import (
 	"github.com/superd-dev/superd/endpoint"
 )
 
+// MaxFileSize is the largest configuration file Load reads. Parsing takes
+// about a hundred times a file's size in memory, and a running superd reads
+// its file again at every SIGHUP: a file replaced by something else (a log
+// file, a device such as /dev/zero) must fail the reload, not exhaust the
+// memory every service shares. A real file is a few kilobytes.
+const MaxFileSize = 4 << 20
+
+// ErrFileTooLarge is the cause of Load's *FileError for a file over
+// MaxFileSize.
+var ErrFileTooLarge = fmt.Errorf("it is over %d MiB, far more than any configuration needs", MaxFileSize>>20)
+
 // Load reads, decodes and validates the configuration file at path. On
 // failure the error is a *DiagnosticsError holding every problem found, or
-// a *FileError when the file cannot be read at all.
+// a *FileError when the file cannot be read at all (or is over
+// MaxFileSize).
 func Load(path string) (*File, error) {
-	src, err := os.ReadFile(path)
+	src, err := readFile(path)
 	if err != nil {
 		abs, aerr := filepath.Abs(path)
 		if aerr != nil {
@@ -30,6 +42,24 @@ func Load(path string) (*File, error) {
 		return nil, &FileError{Path: abs, Err: err}
 	}
 	return Parse(src, path)
+}
+
+// readFile is os.ReadFile with MaxFileSize. It reads what is not a regular
+// file too (superd validate -config /dev/stdin), up to the limit.
+func readFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	src, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(src) > MaxFileSize {
+		return nil, ErrFileTooLarge
+	}
+	return src, nil
 }
 
 // FileError is the error of Load when the configuration file cannot be read
