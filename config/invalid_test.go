@@ -729,6 +729,20 @@ group = "04294967295"
 			},
 		},
 		{
+			name: "a string taken as a number out of range by arithmetic",
+			hcl: `service "testfactory" "e" {
+  greeting = "1e400" + 0
+  tags     = ["1e400", "${-("1e400")}", "${1 * "1e-400"}"]
+  endpoint "tcp" { address = ":0" }
+}
+`,
+			want: []wantDiag{
+				{"2,14-21", "Number out of range", "This string is taken as a number here"},
+				{"3,29-36", "Number out of range", ""},
+				{"3,48-56", "Number out of range", ""},
+			},
+		},
+		{
 			name: "every problem of a file at once",
 			hcl: `shutdown_timeout = "x"
 service "testecko" "a" {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math/big"
 	"os"
 	"path/filepath"
 	"time"
@@ -372,18 +373,58 @@ func checkNumbers(body *hclsyntax.Body) hcl.Diagnostics {
 			}
 			return nil
 		}
+		// A string taken as a number by arithmetic ("1e3000000" + 0)
+		// is converted inside the evaluation, where no check sees it.
+		var operands []hclsyntax.Expression
+		switch op := n.(type) {
+		case *hclsyntax.BinaryOpExpr:
+			switch op.Op {
+			case hclsyntax.OpAdd, hclsyntax.OpSubtract, hclsyntax.OpMultiply, hclsyntax.OpDivide, hclsyntax.OpModulo:
+				operands = []hclsyntax.Expression{op.LHS, op.RHS}
+			}
+		case *hclsyntax.UnaryOpExpr:
+			if op.Op == hclsyntax.OpNegate {
+				operands = []hclsyntax.Expression{op.Val}
+			}
+		}
+		for _, e := range operands {
+			for {
+				p, ok := e.(*hclsyntax.ParenthesesExpr)
+				if !ok {
+					break
+				}
+				e = p.Expression
+			}
+			t, ok := e.(*hclsyntax.TemplateExpr)
+			if !ok || !t.IsStringLiteral() {
+				continue
+			}
+			lit := t.Parts[0].(*hclsyntax.LiteralValueExpr)
+			if lit.Val.Type() != cty.String || lit.Val.IsNull() || !lit.Val.IsKnown() {
+				continue
+			}
+			if v, err := cty.ParseNumberVal(lit.Val.AsString()); err == nil && outOfRange(v.AsBigFloat()) {
+				diags = append(diags, errorDiag(t.SrcRange, "Number out of range",
+					"This string is taken as a number here, and that number is too large or too small to be used; numbers must be within about 1e-308 to 1e308."))
+			}
+		}
+
 		lit, ok := n.(*hclsyntax.LiteralValueExpr)
 		if !ok || lit.Val.Type() != cty.Number || lit.Val.IsNull() || !lit.Val.IsKnown() {
 			return nil
 		}
-		f := lit.Val.AsBigFloat()
-		if f.IsInf() || f.Sign() != 0 && (f.MantExp(nil) > maxNumberExp || f.MantExp(nil) < -maxNumberExp) {
+		if outOfRange(lit.Val.AsBigFloat()) {
 			diags = append(diags, errorDiag(lit.SrcRange, "Number out of range",
 				"This number is too large or too small to be used; numbers must be within about 1e-308 to 1e308."))
 		}
 		return nil
 	})
 	return diags
+}
+
+// outOfRange reports whether f is beyond float64's range (maxNumberExp).
+func outOfRange(f *big.Float) bool {
+	return f.IsInf() || f.Sign() != 0 && (f.MantExp(nil) > maxNumberExp || f.MantExp(nil) < -maxNumberExp)
 }
 
 var accessLogSchema = &hcl.BodySchema{
