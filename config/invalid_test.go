@@ -743,6 +743,13 @@ group = "04294967295"
 			},
 		},
 		{
+			name: "access_log twice",
+			hcl: `access_log { format = "text" }
+access_log { format = "text" }
+`,
+			want: []wantDiag{{"2,1-11", "Duplicate access_log block", "An access_log block was already declared at "}},
+		},
+		{
 			name: "every problem of a file at once",
 			hcl: `shutdown_timeout = "x"
 service "testecko" "a" {

@@ -220,7 +220,7 @@ func (d *decoder) decodeRoot(body hcl.Body) {
 	// a chat service), wherever the block is written.
 	d.decodeClusters(content)
 
-	var metricsSeen *hcl.Range
+	var metricsSeen, accessLogSeen *hcl.Range
 	for _, blk := range content.Blocks {
 		switch blk.Type {
 		case "metrics":
@@ -234,10 +234,12 @@ func (d *decoder) decodeRoot(body hcl.Body) {
 		case "service":
 			d.decodeService(blk)
 		case "access_log":
-			if d.file.AccessLog != nil {
-				d.errorf(blk.DefRange, "Duplicate access_log block", "An access_log block was already declared; write one at most.")
+			if accessLogSeen != nil {
+				d.errorf(blk.DefRange, "Duplicate access_log block",
+					"An access_log block was already declared at %s; write one at most.", accessLogSeen)
 				continue
 			}
+			accessLogSeen = blk.DefRange.Ptr()
 			d.decodeAccessLog(blk)
 		}
 	}
