@@ -333,12 +333,28 @@ func TestWriteCaretsUnderWideText(t *testing.T) {
     1 | service "testecho" "名前" { bogus = 1 }
       |                             ^^^^^
 `},
+		// Control characters are shown, not written: a lone carriage
+		// return rewrote the line on a terminal, an escape drove it, a
+		// right-to-left override reordered what follows.
+		{"a carriage return inside a line", "metrics { address = \"\" }\rshutdown_timeout = \"x\"\r\n", `
+    1 | metrics { address = "" }␍shutdown_timeout = "x"
+      |                         ^
+`},
+		{"escapes and an override", "shutdown_timeout = \"\u202ex\x1b[31m\" # \x1b[2J\x00\u2028\r\n", `
+    1 | shutdown_timeout = "�x␛[31m" # ␛[2J␀�
+      |                    ^^^^^^^^^
+`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse([]byte(tc.src), path)
 			got := diagText(t, err)
 			if !strings.Contains("\n"+got, tc.want) {
 				t.Errorf("Write printed\n%s\nwant the snippet\n%s", got, tc.want)
+			}
+			if i := strings.IndexFunc(got, func(r rune) bool {
+				return r < 0x20 && r != '\n' && r != '\t' || r == 0x7f || r == '\u202e' || r == '\u2028'
+			}); i >= 0 {
+				t.Errorf("Write printed a control character (%q at %d):\n%q", got[i:i+1], i, got)
 			}
 		})
 	}
