@@ -750,6 +750,21 @@ access_log { format = "text" }
 			want: []wantDiag{{"2,1-11", "Duplicate access_log block", "An access_log block was already declared at "}},
 		},
 		{
+			name: "a misspelt endpoint block is not also missing",
+			hcl: `service "testecho" "e" {
+  endpiont "tcp" { address = ":0" }
+}
+service "testecho" "f" {
+  listener "tcp" { address = ":1" }
+}
+`,
+			want: []wantDiag{
+				{"2,3-11", "Unsupported block type", `Did you mean "endpoint"?`},
+				{"4,1-23", "Missing endpoint", ""},
+				{"5,3-11", "Unsupported block type", ""},
+			},
+		},
+		{
 			name: "every problem of a file at once",
 			hcl: `shutdown_timeout = "x"
 service "testecko" "a" {
