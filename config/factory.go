@@ -292,6 +292,18 @@ func (fd *factoryDecoder) assign(a framework.Attribute, fv reflect.Value, val ct
 		if (whole && !f.IsInt()) || outside(f, a.Min, a.Max) {
 			return invalid("%s.", boundsText(a, whole, f))
 		}
+		if lo, hi, ok := intRange(t); ok && outside(f, lo, hi) {
+			// Within the tags' bounds, but not the field's type's:
+			// the bounds said are those of both.
+			b := a
+			if a.Min == "" || outside(mustFloat(a.Min), lo, "") {
+				b.Min = lo
+			}
+			if a.Max == "" || outside(mustFloat(a.Max), "", hi) {
+				b.Max = hi
+			}
+			return invalid("%s.", boundsText(b, true, f))
+		}
 	}
 	if err := gocty.FromCtyValue(val, fv.Addr().Interface()); err != nil {
 		return invalid("%s.", err)
@@ -310,6 +322,30 @@ func isInteger(t reflect.Type) bool {
 		return true
 	}
 	return false
+}
+
+// intRange is the range of an integer type (or of a pointer to one), as
+// text; ok is false for another type.
+func intRange(t reflect.Type) (lo, hi string, ok bool) {
+	if t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if !isInteger(t) {
+		return "", "", false
+	}
+	bits := uint(t.Bits())
+	switch t.Kind() {
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "0", new(big.Int).Sub(new(big.Int).Lsh(big.NewInt(1), bits), big.NewInt(1)).String(), true
+	}
+	limit := new(big.Int).Lsh(big.NewInt(1), bits-1)
+	return new(big.Int).Neg(limit).String(), new(big.Int).Sub(limit, big.NewInt(1)).String(), true
+}
+
+// mustFloat parses a bound checked when the factory registered.
+func mustFloat(s string) *big.Float {
+	f, _, _ := big.ParseFloat(s, 10, 64, big.ToNearestEven)
+	return f
 }
 
 func outside(f *big.Float, lo, hi string) bool {

@@ -765,6 +765,15 @@ service "testecho" "f" {
 			},
 		},
 		{
+			name: "a factory number beyond its field's type",
+			hcl: `service "testfactory" "e" {
+  repeat = 9223372036854775808
+  endpoint "tcp" { address = ":0" }
+}
+`,
+			want: []wantDiag{{"2,3-31", `Invalid value for "repeat"`, "repeat must be a whole number from 0 to 9223372036854775807, not 9223372036854775808."}},
+		},
+		{
 			name: "every problem of a file at once",
 			hcl: `shutdown_timeout = "x"
 service "testecko" "a" {
