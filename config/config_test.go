@@ -270,6 +270,36 @@ func TestUnreadableFile(t *testing.T) {
 	}
 }
 
+// TestFileTooLarge: a file over MaxFileSize is refused before it is
+// parsed (a log file given as the configuration took minutes and gigabytes
+// to be found wrong, at a running superd's SIGHUP too), and so is a device
+// that never ends.
+func TestFileTooLarge(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "superd.hcl")
+	line := "# " + strings.Repeat("x", 97) + "\n"
+	src := strings.Repeat(line, MaxFileSize/len(line)+1)
+	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{path, "/dev/zero"} {
+		_, err := Load(p)
+		var fe *FileError
+		if !errors.As(err, &fe) || !errors.Is(err, ErrFileTooLarge) {
+			t.Fatalf("Load(%s): error %v (%T), want a *FileError for a file too large", p, err, err)
+		}
+		if want := "cannot read configuration file " + p + ": it is over 4 MiB"; !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("error %q, want it to start with %q", err, want)
+		}
+	}
+	// Within the limit, the same lines are read and parsed.
+	if err := os.WriteFile(path, []byte(src[:len(src)-2*len(line)]), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(path); err != nil {
+		t.Fatalf("Load of a file within the limit: %v", err)
+	}
+}
+
 func TestWriteShowsSource(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "superd.hcl")
 	_, err := Parse([]byte("service \"testecko\" \"x\" {\n\tendpoint \"tcp\" { address = \":0\" }\n}\n"), path)
@@ -303,12 +333,28 @@ func TestWriteCaretsUnderWideText(t *testing.T) {
     1 | service "testecho" "名前" { bogus = 1 }
       |                             ^^^^^
 `},
+		// Control characters are shown, not written: a lone carriage
+		// return rewrote the line on a terminal, an escape drove it, a
+		// right-to-left override reordered what follows.
+		{"a carriage return inside a line", "metrics { address = \"\" }\rshutdown_timeout = \"x\"\r\n", `
+    1 | metrics { address = "" }␍shutdown_timeout = "x"
+      |                         ^
+`},
+		{"escapes and an override", "shutdown_timeout = \"\u202ex\x1b[31m\" # \x1b[2J\x00\u2028\r\n", `
+    1 | shutdown_timeout = "�x␛[31m" # ␛[2J␀�
+      |                    ^^^^^^^^^
+`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse([]byte(tc.src), path)
 			got := diagText(t, err)
 			if !strings.Contains("\n"+got, tc.want) {
 				t.Errorf("Write printed\n%s\nwant the snippet\n%s", got, tc.want)
+			}
+			if i := strings.IndexFunc(got, func(r rune) bool {
+				return r < 0x20 && r != '\n' && r != '\t' || r == 0x7f || r == '\u202e' || r == '\u2028'
+			}); i >= 0 {
+				t.Errorf("Write printed a control character (%q at %d):\n%q", got[i:i+1], i, got)
 			}
 		})
 	}

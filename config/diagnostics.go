@@ -7,6 +7,7 @@ import (
 	"io"
 	"slices"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/hashicorp/hcl/v2"
 
@@ -95,13 +96,14 @@ func writeSnippet(b *bytes.Buffer, rng hcl.Range, src []byte) {
 	if lineStart == 0 {
 		line = bytes.TrimPrefix(line, []byte("\ufeff")) // a byte order mark shows nothing
 	}
-	fmt.Fprintf(b, "%5d | %s\n", rng.Start.Line, line)
+	fmt.Fprintf(b, "%5d | %s\n", rng.Start.Line, visible(line))
 
 	// The carets line up under the text as a terminal shows it: tabs are
 	// kept, and each character is padded by the columns it takes (two for
-	// a wide one, none for a byte order mark or a combining mark).
+	// a wide one, none for a byte order mark or a combining mark), as
+	// visible writes it.
 	var pad strings.Builder
-	for _, r := range string(src[lineStart:start]) {
+	for _, r := range visible(src[lineStart:start]) {
 		if r == '\t' {
 			pad.WriteByte('\t')
 		} else {
@@ -112,8 +114,35 @@ func writeSnippet(b *bytes.Buffer, rng hcl.Range, src []byte) {
 	if end < start || end > lineEnd {
 		end = lineEnd
 	}
-	n := max(textwidth.String(string(src[start:end])), 1)
+	n := max(textwidth.String(visible(src[start:end])), 1)
 	fmt.Fprintf(b, "%5s | %s%s\n", "", pad.String(), strings.Repeat("^", n))
+}
+
+// visible returns line as it may be written to a terminal: a control
+// character other than a tab (a carriage return not ending the line, an
+// escape starting a terminal sequence, NUL) is shown as its symbol (␍, ␛,
+// ␀); a C1 control, a line or paragraph separator, a bidirectional
+// override or isolate, or a byte that is not UTF-8 as U+FFFD. Written as
+// they are, they moved the cursor, rewrote or reordered the line, or drove
+// the terminal.
+func visible(line []byte) string {
+	var b strings.Builder
+	for _, r := range string(line) {
+		switch {
+		case r == '\t':
+			b.WriteRune(r)
+		case r < 0x20:
+			b.WriteRune(0x2400 + r) // ␀ to ␟
+		case r == 0x7f:
+			b.WriteRune('\u2421') // ␡
+		case r >= 0x80 && r < 0xa0, r == '\u2028', r == '\u2029',
+			r >= '\u202a' && r <= '\u202e', r >= '\u2066' && r <= '\u2069':
+			b.WriteRune(utf8.RuneError)
+		default:
+			b.WriteRune(r) // a byte that is not UTF-8 is RuneError already
+		}
+	}
+	return b.String()
 }
 
 // tidy gives every diagnostic a subject (the start of filename when it had
@@ -150,17 +179,37 @@ func tidy(diags hcl.Diagnostics, filename string) hcl.Diagnostics {
 	return out
 }
 
+// redefined is the summary of the parser's error about an attribute set
+// twice in one body. It is no syntax error: the parser keeps the first
+// definition and goes on with nothing out of step, so the file is checked
+// further and its other mistakes are reported with it.
+const redefined = "Attribute redefined"
+
+// hasSyntaxError reports whether the parser's diagnostics hold an error
+// other than an attribute set twice.
+func hasSyntaxError(diags hcl.Diagnostics) bool {
+	for _, d := range diags {
+		if d.Severity == hcl.DiagError && d.Summary != redefined {
+			return true
+		}
+	}
+	return false
+}
+
 // firstSyntaxError keeps, of the parser's diagnostics (sorted by tidy), the
-// first error of each file and the warnings. After a syntax error the
-// parser recovers as best it can, and what it reports next is mostly caused
-// by the first (one missing quote makes every following line a string split
-// over lines) and nothing tells the independent ones apart, so the user
-// sees the one that matters, fixes it and runs again.
+// first syntax error of each file and the warnings. After a syntax error
+// the parser recovers as best it can, and what it reports next is mostly
+// caused by the first (one missing quote makes every following line a
+// string split over lines) and nothing tells the independent ones apart, so
+// the user sees the one that matters, fixes it and runs again.
 func firstSyntaxError(diags hcl.Diagnostics) hcl.Diagnostics {
 	out := make(hcl.Diagnostics, 0, len(diags))
 	seen := map[string]bool{} // files whose first error is kept
 	for _, d := range diags {
 		if d.Severity == hcl.DiagError {
+			if d.Summary == redefined {
+				continue // reported with the rest once the syntax is right
+			}
 			if seen[d.Subject.Filename] {
 				continue
 			}

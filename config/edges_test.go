@@ -217,3 +217,52 @@ func TestHugeNumberFromString(t *testing.T) {
 		})
 	}
 }
+
+// Numbers multiplied into a size nothing can use are refused before they
+// are evaluated: converted to a string (an attribute, an interpolation, a
+// function's argument) such a number is written out digit by digit, which
+// took 15 s for 20,000 multiplications of 1e300, ten times as many hours.
+// What stays within maxScaling is evaluated as usual.
+func TestTooManyMultiplications(t *testing.T) {
+	// product(n) multiplies n times.
+	product := func(n int) string { return strings.Repeat("9e9 * ", n) + "9e9" }
+	src := `service "testfactory" "e" {
+  greeting = ` + product(maxScaling+1) + `
+  tags     = ["${` + product(maxScaling) + `}", env(` + product(maxScaling) + `)]
+  endpoint "tcp" { address = ":0" }
+}
+`
+	path := filepath.Join(t.TempDir(), "superd.hcl")
+	_, err := Parse([]byte(src), path)
+	out := diagText(t, err)
+	for _, want := range []string{
+		path + ":2,14-",
+		path + ":3,14-",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("no diagnostic at %s in:\n%s", want, out)
+		}
+	}
+	if n := strings.Count(out, ": Too many multiplications; "); n != 2 {
+		t.Errorf("%d diagnostics about multiplications, want 2 (one per attribute):\n%s", n, out)
+	}
+	if !strings.Contains(out, "multiplies or divides 65 times; one expression may do so at most 64 times.") {
+		t.Errorf("the diagnostic does not say how many times, and the limit:\n%s", out)
+	}
+
+	// At the limit, the attribute is evaluated (and what it makes is
+	// checked as any other value).
+	src = `service "testfactory" "e" {
+  greeting = ` + product(maxScaling/2) + ` / ` + product(maxScaling/2-2) + ` > 1 ? "big" : "small"
+  repeat   = 4 * 1024 / 1024 / 2
+  endpoint "tcp" { address = ":0" }
+}
+`
+	f, err := Parse([]byte(src), path)
+	if err != nil {
+		t.Fatalf("within the limit: %v", err)
+	}
+	if c := f.Services[0].FactoryConfig.(*testConfig); c.Greeting != "big" || c.Repeat != 2 {
+		t.Errorf("greeting %q, repeat %d; want \"big\" and 2", c.Greeting, c.Repeat)
+	}
+}

@@ -86,11 +86,13 @@ func (d *decoder) decodeEndpoints(svc *Service, blk *hcl.Block, content *hcl.Bod
 }
 
 // hasEndpointBlock reports whether body holds an endpoint block, even one
-// HCL dropped for its labels (already reported, so not missing as well).
+// HCL dropped for its labels, or a block whose misspelt type HCL takes
+// for endpoint ("Did you mean"): both are reported already, and the
+// endpoint is not missing as well.
 func hasEndpointBlock(body hcl.Body) bool {
 	if sb, ok := body.(*hclsyntax.Body); ok {
 		for _, b := range sb.Blocks {
-			if b.Type == blockEndpoint {
+			if b.Type == blockEndpoint || suggestion(b.Type, []string{blockEndpoint}) != "" {
 				return true
 			}
 		}

@@ -185,13 +185,16 @@ func (fd *factoryDecoder) block(a framework.Attribute, fv reflect.Value, fl *att
 			blocks = append(blocks, b)
 		}
 	}
-	switch {
-	case len(blocks) == 0:
+	if len(blocks) == 0 {
 		return true
-	case len(blocks) > 1:
-		fd.errorf(blocks[1].DefRange, fmt.Sprintf("Duplicate %s block", a.Name),
+	}
+	// The first block is decoded also when another follows it, so that
+	// its own mistakes are reported with the duplicate.
+	ok := true
+	for _, dup := range blocks[1:] {
+		fd.errorf(dup.DefRange, fmt.Sprintf("Duplicate %s block", a.Name),
 			"Only one %s block is allowed. Another was defined at %s.", a.Name, blocks[0].DefRange)
-		return false
+		ok = false
 	}
 	b := blocks[0]
 	fl.rng = &b.DefRange
@@ -206,7 +209,7 @@ func (fd *factoryDecoder) block(a framework.Attribute, fv reflect.Value, fl *att
 		fd.diags = append(fd.diags, diags...)
 		nv := reflect.New(fv.Type().Elem())
 		fv.Set(nv)
-		return fd.decode(a.Nested, nv.Elem(), c, fl.name+".") && !diags.HasErrors()
+		return fd.decode(a.Nested, nv.Elem(), c, fl.name+".") && !diags.HasErrors() && ok
 	}
 	attrs, diags := b.Body.JustAttributes()
 	fd.diags = append(fd.diags, diags...)
@@ -214,7 +217,6 @@ func (fd *factoryDecoder) block(a framework.Attribute, fv reflect.Value, fl *att
 		return false
 	}
 	m := reflect.MakeMap(fv.Type())
-	ok := true
 	for name, attr := range attrs {
 		// An error about one entry (framework.MapEntry) is reported at it.
 		fd.fields[framework.MapEntry{Map: fv.Addr().Interface(), Key: name}] = &attrField{name: fl.name + "." + name, rng: &attr.Range}
@@ -291,6 +293,18 @@ func (fd *factoryDecoder) assign(a framework.Attribute, fv reflect.Value, val ct
 		if (whole && !f.IsInt()) || outside(f, a.Min, a.Max) {
 			return invalid("%s.", boundsText(a, whole, f))
 		}
+		if lo, hi, ok := intRange(t); ok && outside(f, lo, hi) {
+			// Within the tags' bounds, but not the field's type's:
+			// the bounds said are those of both.
+			b := a
+			if a.Min == "" || outside(mustFloat(a.Min), lo, "") {
+				b.Min = lo
+			}
+			if a.Max == "" || outside(mustFloat(a.Max), "", hi) {
+				b.Max = hi
+			}
+			return invalid("%s.", boundsText(b, true, f))
+		}
 	}
 	if err := gocty.FromCtyValue(val, fv.Addr().Interface()); err != nil {
 		return invalid("%s.", err)
@@ -309,6 +323,30 @@ func isInteger(t reflect.Type) bool {
 		return true
 	}
 	return false
+}
+
+// intRange is the range of an integer type (or of a pointer to one), as
+// text; ok is false for another type.
+func intRange(t reflect.Type) (lo, hi string, ok bool) {
+	if t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if !isInteger(t) {
+		return "", "", false
+	}
+	bits := uint(t.Bits())
+	switch t.Kind() {
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "0", new(big.Int).Sub(new(big.Int).Lsh(big.NewInt(1), bits), big.NewInt(1)).String(), true
+	}
+	limit := new(big.Int).Lsh(big.NewInt(1), bits-1)
+	return new(big.Int).Neg(limit).String(), new(big.Int).Sub(limit, big.NewInt(1)).String(), true
+}
+
+// mustFloat parses a bound checked when the factory registered.
+func mustFloat(s string) *big.Float {
+	f, _, _ := big.ParseFloat(s, 10, 64, big.ToNearestEven)
+	return f
 }
 
 func outside(f *big.Float, lo, hi string) bool {

@@ -141,6 +141,26 @@ func TestInvalid(t *testing.T) {
 			want: []wantDiag{{"4,3-7", "Duplicate opts block", ""}},
 		},
 		{
+			name: "object block: twice, with mistakes in the first",
+			hcl: `service "testneeds" "e" {
+  target = "x"
+  opts {
+    nmae   = "n"
+    verify = "maybe"
+  }
+  opts {}
+  opts {}
+  endpoint "tcp" { address = ":0" }
+}
+`,
+			want: []wantDiag{
+				{"4,5-9", "Unsupported argument", `Did you mean "name"?`},
+				{"5,14-21", "Incorrect attribute value type", "a bool is required"},
+				{"7,3-7", "Duplicate opts block", "Another was defined at "},
+				{"8,3-7", "Duplicate opts block", "Another was defined at "},
+			},
+		},
+		{
 			name: "object block: the factory rejects an attribute inside",
 			hcl: `service "testneeds" "e" {
   target = "x"
@@ -654,6 +674,104 @@ service "testecho" "e" {
 				{"1,20-26", "Invalid duration", ""},
 				{"5,32-34", "No trusted proxies", ""},
 			},
+		},
+		{
+			name: "an attribute set twice hides nothing else",
+			hcl: `shutdown_timeout = "1s"
+shutdown_timeout = "2s"
+service "testfactory" "e" {
+  repeat = 1
+  repeat = 2
+  greting = "hi"
+  idle_timeout = "soon"
+  endpoint "tcp" {
+    address = ":0"
+    address = ":1"
+  }
+}
+`,
+			want: []wantDiag{
+				{"2,1-17", "Attribute redefined", `The argument "shutdown_timeout" was already set at `},
+				{"5,3-9", "Attribute redefined", ""},
+				{"6,3-10", "Unsupported argument", `Did you mean "greeting"?`},
+				{"7,18-24", "Invalid duration", ""},
+				{"10,5-12", "Attribute redefined", ""},
+			},
+		},
+		{
+			name: "an attribute set twice after a syntax error",
+			hcl: `shutdown_timeout = "1s"
+shutdown_timeout = "2s"
+service "testecho" "e" {
+  endpoint "tcp" { address = }
+}
+`,
+			want: []wantDiag{{"4,30-31", "Invalid expression", ""}},
+		},
+		{
+			name: "an unknown user does not hide an unknown group",
+			hcl: `user  = "no-such-user-superd"
+group = "no-such-group-superd"
+`,
+			want: []wantDiag{
+				{"1,9-30", "Unknown user", `there is no user "no-such-user-superd"`},
+				{"2,9-31", "Unknown group", `there is no group "no-such-group-superd"`},
+			},
+		},
+		{
+			name: "user and group (uid_t)-1",
+			hcl: `user  = "4294967295"
+group = "04294967295"
+`,
+			want: []wantDiag{
+				{"1,9-21", "Unknown user", `there is no user "4294967295" on this system (it is (uid_t)-1`},
+				{"2,9-22", "Unknown group", `there is no group "04294967295" on this system (it is (gid_t)-1`},
+			},
+		},
+		{
+			name: "a string taken as a number out of range by arithmetic",
+			hcl: `service "testfactory" "e" {
+  greeting = "1e400" + 0
+  tags     = ["1e400", "${-("1e400")}", "${1 * "1e-400"}"]
+  endpoint "tcp" { address = ":0" }
+}
+`,
+			want: []wantDiag{
+				{"2,14-21", "Number out of range", "This string is taken as a number here"},
+				{"3,29-36", "Number out of range", ""},
+				{"3,48-56", "Number out of range", ""},
+			},
+		},
+		{
+			name: "access_log twice",
+			hcl: `access_log { format = "text" }
+access_log { format = "text" }
+`,
+			want: []wantDiag{{"2,1-11", "Duplicate access_log block", "An access_log block was already declared at "}},
+		},
+		{
+			name: "a misspelt endpoint block is not also missing",
+			hcl: `service "testecho" "e" {
+  endpiont "tcp" { address = ":0" }
+}
+service "testecho" "f" {
+  listener "tcp" { address = ":1" }
+}
+`,
+			want: []wantDiag{
+				{"2,3-11", "Unsupported block type", `Did you mean "endpoint"?`},
+				{"4,1-23", "Missing endpoint", ""},
+				{"5,3-11", "Unsupported block type", ""},
+			},
+		},
+		{
+			name: "a factory number beyond its field's type",
+			hcl: `service "testfactory" "e" {
+  repeat = 9223372036854775808
+  endpoint "tcp" { address = ":0" }
+}
+`,
+			want: []wantDiag{{"2,3-31", `Invalid value for "repeat"`, "repeat must be a whole number from 0 to 9223372036854775807, not 9223372036854775808."}},
 		},
 		{
 			name: "every problem of a file at once",

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math/big"
 	"os"
 	"path/filepath"
 	"time"
@@ -17,11 +18,23 @@ import (
 	"github.com/superd-dev/superd/endpoint"
 )
 
+// MaxFileSize is the largest configuration file Load reads. Parsing takes
+// about a hundred times a file's size in memory, and a running superd reads
+// its file again at every SIGHUP: a file replaced by something else (a log
+// file, a device such as /dev/zero) must fail the reload, not exhaust the
+// memory every service shares. A real file is a few kilobytes.
+const MaxFileSize = 4 << 20
+
+// ErrFileTooLarge is the cause of Load's *FileError for a file over
+// MaxFileSize.
+var ErrFileTooLarge = fmt.Errorf("it is over %d MiB, far more than any configuration needs", MaxFileSize>>20)
+
 // Load reads, decodes and validates the configuration file at path. On
 // failure the error is a *DiagnosticsError holding every problem found, or
-// a *FileError when the file cannot be read at all.
+// a *FileError when the file cannot be read at all (or is over
+// MaxFileSize).
 func Load(path string) (*File, error) {
-	src, err := os.ReadFile(path)
+	src, err := readFile(path)
 	if err != nil {
 		abs, aerr := filepath.Abs(path)
 		if aerr != nil {
@@ -30,6 +43,24 @@ func Load(path string) (*File, error) {
 		return nil, &FileError{Path: abs, Err: err}
 	}
 	return Parse(src, path)
+}
+
+// readFile is os.ReadFile with MaxFileSize. It reads what is not a regular
+// file too (superd validate -config /dev/stdin), up to the limit.
+func readFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	src, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(src) > MaxFileSize {
+		return nil, ErrFileTooLarge
+	}
+	return src, nil
 }
 
 // FileError is the error of Load when the configuration file cannot be read
@@ -65,12 +96,13 @@ func Parse(src []byte, filename string) (*File, error) {
 	}
 	parser := hclparse.NewParser()
 	f, diags := parser.ParseHCL(src, filename)
-	if diags.HasErrors() {
+	if hasSyntaxError(diags) {
 		return nil, &DiagnosticsError{Diags: firstSyntaxError(tidy(diags, filename)), Files: parser.Files()}
 	}
-	// Number literals out of range are reported here, and the attributes
-	// holding one are not evaluated (see decoder.value); the rest of the
-	// file is checked as usual.
+	// Number literals out of range, and expressions scaling numbers too
+	// often, are reported here, and the attributes holding one are not
+	// evaluated (see decoder.value); the rest of the file is checked as
+	// usual.
 	var huge hcl.Diagnostics
 	if body, ok := f.Body.(*hclsyntax.Body); ok {
 		huge = checkNumbers(body)
@@ -188,7 +220,7 @@ func (d *decoder) decodeRoot(body hcl.Body) {
 	// a chat service), wherever the block is written.
 	d.decodeClusters(content)
 
-	var metricsSeen *hcl.Range
+	var metricsSeen, accessLogSeen *hcl.Range
 	for _, blk := range content.Blocks {
 		switch blk.Type {
 		case "metrics":
@@ -202,10 +234,12 @@ func (d *decoder) decodeRoot(body hcl.Body) {
 		case "service":
 			d.decodeService(blk)
 		case "access_log":
-			if d.file.AccessLog != nil {
-				d.errorf(blk.DefRange, "Duplicate access_log block", "An access_log block was already declared; write one at most.")
+			if accessLogSeen != nil {
+				d.errorf(blk.DefRange, "Duplicate access_log block",
+					"An access_log block was already declared at %s; write one at most.", accessLogSeen)
 				continue
 			}
+			accessLogSeen = blk.DefRange.Ptr()
 			d.decodeAccessLog(blk)
 		}
 	}
@@ -312,22 +346,87 @@ func checkNesting(src []byte, filename string) hcl.Diagnostics {
 	return nil
 }
 
-// checkNumbers reports number literals too large or too small to be used.
+// maxScaling bounds how many multiplications and divisions one attribute's
+// expression holds. Each may take a number's binary exponent up by about
+// maxNumberExp, and a number converted to a string (a string attribute, a
+// template's interpolation, a function's argument) is written out digit by
+// digit, in time that grows with the square of its digits, before any
+// check can see it: 20,000 multiplications of 1e300 in a 120 KB file took
+// 15 s, ten times as many hours. A real file multiplies a few numbers (4 *
+// 1024 * 1024).
+const maxScaling = 64
+
+// checkNumbers reports number literals too large or too small to be used,
+// and expressions multiplying or dividing more than maxScaling times.
 func checkNumbers(body *hclsyntax.Body) hcl.Diagnostics {
 	var diags hcl.Diagnostics
 	_ = hclsyntax.VisitAll(body, func(n hclsyntax.Node) hcl.Diagnostics {
+		if attr, ok := n.(*hclsyntax.Attribute); ok {
+			scaling := 0
+			_ = hclsyntax.VisitAll(attr.Expr, func(n hclsyntax.Node) hcl.Diagnostics {
+				if op, ok := n.(*hclsyntax.BinaryOpExpr); ok && (op.Op == hclsyntax.OpMultiply || op.Op == hclsyntax.OpDivide) {
+					scaling++
+				}
+				return nil
+			})
+			if scaling > maxScaling {
+				diags = append(diags, errorDiag(attr.Expr.Range(), "Too many multiplications",
+					"This expression multiplies or divides %d times; one expression may do so at most %d times.", scaling, maxScaling))
+			}
+			return nil
+		}
+		// A string taken as a number by arithmetic ("1e3000000" + 0)
+		// is converted inside the evaluation, where no check sees it.
+		var operands []hclsyntax.Expression
+		switch op := n.(type) {
+		case *hclsyntax.BinaryOpExpr:
+			switch op.Op {
+			case hclsyntax.OpAdd, hclsyntax.OpSubtract, hclsyntax.OpMultiply, hclsyntax.OpDivide, hclsyntax.OpModulo:
+				operands = []hclsyntax.Expression{op.LHS, op.RHS}
+			}
+		case *hclsyntax.UnaryOpExpr:
+			if op.Op == hclsyntax.OpNegate {
+				operands = []hclsyntax.Expression{op.Val}
+			}
+		}
+		for _, e := range operands {
+			for {
+				p, ok := e.(*hclsyntax.ParenthesesExpr)
+				if !ok {
+					break
+				}
+				e = p.Expression
+			}
+			t, ok := e.(*hclsyntax.TemplateExpr)
+			if !ok || !t.IsStringLiteral() {
+				continue
+			}
+			lit := t.Parts[0].(*hclsyntax.LiteralValueExpr)
+			if lit.Val.Type() != cty.String || lit.Val.IsNull() || !lit.Val.IsKnown() {
+				continue
+			}
+			if v, err := cty.ParseNumberVal(lit.Val.AsString()); err == nil && outOfRange(v.AsBigFloat()) {
+				diags = append(diags, errorDiag(t.SrcRange, "Number out of range",
+					"This string is taken as a number here, and that number is too large or too small to be used; numbers must be within about 1e-308 to 1e308."))
+			}
+		}
+
 		lit, ok := n.(*hclsyntax.LiteralValueExpr)
 		if !ok || lit.Val.Type() != cty.Number || lit.Val.IsNull() || !lit.Val.IsKnown() {
 			return nil
 		}
-		f := lit.Val.AsBigFloat()
-		if f.IsInf() || f.Sign() != 0 && (f.MantExp(nil) > maxNumberExp || f.MantExp(nil) < -maxNumberExp) {
+		if outOfRange(lit.Val.AsBigFloat()) {
 			diags = append(diags, errorDiag(lit.SrcRange, "Number out of range",
 				"This number is too large or too small to be used; numbers must be within about 1e-308 to 1e308."))
 		}
 		return nil
 	})
 	return diags
+}
+
+// outOfRange reports whether f is beyond float64's range (maxNumberExp).
+func outOfRange(f *big.Float) bool {
+	return f.IsInf() || f.Sign() != 0 && (f.MantExp(nil) > maxNumberExp || f.MantExp(nil) < -maxNumberExp)
 }
 
 var accessLogSchema = &hcl.BodySchema{

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"math"
 	"os/user"
 	"strconv"
 
@@ -47,22 +48,22 @@ func (d *decoder) decodeRunAs(content *hcl.BodyContent) {
 		}
 		return
 	}
-	name, good := d.str(ua)
-	if !good {
-		return
-	}
-	u, err := lookupUser(name)
-	if err != nil {
-		d.errorf(ua.Expr.Range(), "Unknown user", "%s.", err)
-		return
-	}
-	r := &RunAs{User: name}
-	r.UID, _ = strconv.Atoi(u.Uid)
-	r.GID, _ = strconv.Atoi(u.Gid)
-	if ids, err := u.GroupIds(); err == nil {
-		for _, id := range ids {
-			if n, err := strconv.Atoi(id); err == nil {
-				r.Groups = append(r.Groups, n)
+	// The group is checked also when the user is wrong, so that both
+	// mistakes are reported at once.
+	var r *RunAs
+	if name, good := d.str(ua); good {
+		if u, err := lookupUser(name); err != nil {
+			d.errorf(ua.Expr.Range(), "Unknown user", "%s.", err)
+		} else {
+			r = &RunAs{User: name}
+			r.UID, _ = strconv.Atoi(u.Uid)
+			r.GID, _ = strconv.Atoi(u.Gid)
+			if ids, err := u.GroupIds(); err == nil {
+				for _, id := range ids {
+					if n, err := strconv.Atoi(id); err == nil {
+						r.Groups = append(r.Groups, n)
+					}
+				}
 			}
 		}
 	}
@@ -76,13 +77,26 @@ func (d *decoder) decodeRunAs(content *hcl.BodyContent) {
 			d.errorf(ga.Expr.Range(), "Unknown group", "%s.", err)
 			return
 		}
-		r.Group, r.GID = g, gid
+		if r != nil {
+			r.Group, r.GID = g, gid
+		}
 	}
 	d.file.RunAs = r
 }
 
+// isNoID reports whether name is the number (uid_t)-1 (or (gid_t)-1),
+// which chown and setresuid take to mean "unchanged" and setuid refuses:
+// no user or group has it.
+func isNoID(name string) bool {
+	n, err := strconv.ParseUint(name, 10, 32)
+	return err == nil && n == math.MaxUint32
+}
+
 // lookupUser finds a user by name or number.
 func lookupUser(name string) (*user.User, error) {
+	if isNoID(name) {
+		return nil, fmt.Errorf("there is no user %q on this system (it is (uid_t)-1, which means \"unchanged\" to the system)", name)
+	}
 	if _, err := strconv.ParseUint(name, 10, 32); err == nil {
 		if u, err := user.LookupId(name); err == nil {
 			return u, nil
@@ -98,6 +112,9 @@ func lookupUser(name string) (*user.User, error) {
 
 // lookupGroup finds a group by name or number.
 func lookupGroup(name string) (int, error) {
+	if isNoID(name) {
+		return 0, fmt.Errorf("there is no group %q on this system (it is (gid_t)-1, which means \"unchanged\" to the system)", name)
+	}
 	if n, err := strconv.ParseUint(name, 10, 32); err == nil {
 		return int(n), nil
 	}

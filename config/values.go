@@ -89,11 +89,8 @@ func hasNullElement(v cty.Value) bool {
 func hasHugeNumber(v cty.Value) bool {
 	found := false
 	_ = cty.Walk(v, func(_ cty.Path, e cty.Value) (bool, error) {
-		if e.IsKnown() && !e.IsNull() && e.Type() == cty.Number {
-			f := e.AsBigFloat()
-			if f.IsInf() || f.Sign() != 0 && (f.MantExp(nil) > maxNumberExp || f.MantExp(nil) < -maxNumberExp) {
-				found = true
-			}
+		if e.IsKnown() && !e.IsNull() && e.Type() == cty.Number && outOfRange(e.AsBigFloat()) {
+			found = true
 		}
 		return !found, nil
 	})

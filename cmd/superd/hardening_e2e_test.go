@@ -44,6 +44,34 @@ service "qotd" "gone" {
 }
 `
 
+// TestReloadMetricsAddressKept: the metrics address is read at start only;
+// a reload whose file moves it succeeds, keeps the running listener and
+// says so in the log (it was silently ignored, so a user found /metrics
+// and superd status where they had been, not where the file said).
+func TestReloadMetricsAddressKept(t *testing.T) {
+	addr := freeAddr(t)
+	path, maddr := writeConfig(t, fmt.Sprintf(`
+metrics { address = "METRICS" }
+service "echo" "e" {
+  endpoint "tcp" { address = %q }
+}
+`, addr))
+	d := startDaemon(t, path, maddr)
+	moved := freeAddr(t)
+	rewriteConfig(t, path, maddr, fmt.Sprintf(`
+metrics { address = %q }
+service "echo" "e" {
+  endpoint "tcp" { address = %q }
+}
+`, moved, addr))
+	d.reload("success", 1) // scraped at the address superd started with
+	want := fmt.Sprintf("the metrics address is read at start only: the running one is kept until superd restarts\" running=%s file=%s", maddr, moved)
+	if !d.logged(want) {
+		t.Fatalf("no warning about the metrics address in the log:\n%s", lastBytes(d.stderr.String(), 8<<10))
+	}
+	d.stop(20 * time.Second)
+}
+
 // TestReloadInvalidConfigKeepsServices: SIGHUP with an invalid file
 // changes nothing, counts a failure and logs the diagnostic with its
 // position.

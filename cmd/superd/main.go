@@ -58,6 +58,10 @@ func superd(args []string, stdout, stderr io.Writer) int {
 	case "validate":
 		return cmdValidate(rest, stdout, stderr)
 	case "factories":
+		if len(rest) == 1 && isHelp(rest[0]) {
+			fmt.Fprint(stderr, usage)
+			return exitOK
+		}
 		if len(rest) > 0 {
 			fmt.Fprintf(stderr, "superd factories: unexpected argument %q\n%s", rest[0], usage)
 			return exitUsage
@@ -67,19 +71,32 @@ func superd(args []string, stdout, stderr io.Writer) int {
 	case "status":
 		return cmdStatus(rest, stdout, stderr)
 	case "version":
+		if len(rest) == 1 && isHelp(rest[0]) {
+			fmt.Fprint(stderr, usage)
+			return exitOK
+		}
 		if len(rest) > 0 {
 			fmt.Fprintf(stderr, "superd version: unexpected argument %q\n%s", rest[0], usage)
 			return exitUsage
 		}
 		fmt.Fprintf(stdout, "superd %s %s\n", buildVersion(), runtime.Version())
 		return exitOK
-	case "-h", "-help", "--help", "help":
+	case "help":
 		fmt.Fprint(stdout, usage)
 		return exitOK
 	default:
+		if isHelp(cmd) {
+			fmt.Fprint(stdout, usage)
+			return exitOK
+		}
 		fmt.Fprintf(stderr, "superd: unknown command %q\n%s", cmd, usage)
 		return exitUsage
 	}
+}
+
+// isHelp reports whether arg asks for help, as the flag package takes it.
+func isHelp(arg string) bool {
+	return arg == "-h" || arg == "-help" || arg == "--help" || arg == "--h"
 }
 
 func buildVersion() string {

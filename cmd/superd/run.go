@@ -271,7 +271,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 		case wantReload:
 			wantReload = false
 			notify.reloading()
-			run("reload", func() error { return reload(log, sup, m, *path, runAs, alogs) })
+			run("reload", func() error { return reload(log, sup, m, *path, runAs, cfg.MetricsAddress, alogs) })
 		}
 	}
 }
@@ -282,7 +282,9 @@ const forcedExitWait = 2 * time.Second
 
 // reload re-reads the configuration file and applies it (SIGHUP); it
 // returns why it failed, or nil.
-func reload(log *slog.Logger, sup *supervisor.Supervisor, m *metrics.Metrics, path string, runAs *config.RunAs, alogs *accessLogs) error {
+// metricsAddr is the metrics address superd started with, which a reload
+// does not change.
+func reload(log *slog.Logger, sup *supervisor.Supervisor, m *metrics.Metrics, path string, runAs *config.RunAs, metricsAddr string, alogs *accessLogs) error {
 	log.Info("reloading configuration", "config", path)
 	cfg, err := loadConfigErr(path)
 	if err == nil && !cfg.RunAs.Same(runAs) {
@@ -314,6 +316,10 @@ func reload(log *slog.Logger, sup *supervisor.Supervisor, m *metrics.Metrics, pa
 	m.ConfigReloads.WithLabelValues("success").Inc()
 	m.LastReloadOK.Set(1)
 	log.Info("configuration reloaded", "services", len(cfg.Services))
+	if cfg.MetricsAddress != metricsAddr {
+		log.Warn("the metrics address is read at start only: the running one is kept until superd restarts",
+			"running", metricsAddr, "file", cfg.MetricsAddress)
+	}
 	return nil
 }
 

@@ -338,6 +338,17 @@ func TestExitCodes(t *testing.T) {
 			t.Errorf("%s extra: %d %q, want 2 and unexpected argument", cmd, code, errs)
 		}
 	}
+	// -h asks for help on every command: the usage, exit 0 (status said
+	// "Usage of status:" with status 2, factories and version took it
+	// for an unexpected argument).
+	for _, cmd := range []string{"run", "validate", "status", "factories", "version"} {
+		if code, _, errs := run(cmd, "-h"); code != 0 || !strings.HasPrefix(errs, "usage:\n") {
+			t.Errorf("%s -h: %d %q, want 0 and the usage", cmd, code, errs)
+		}
+	}
+	if code, _, errs := run("status", "-bogus"); code != 2 || !strings.Contains(errs, "usage:\n") {
+		t.Errorf("status -bogus: %d %q, want 2 and the usage", code, errs)
+	}
 	for _, cmd := range []string{"run", "validate"} {
 		if code, _, errs := run(cmd, "-config", ""); code != 2 || !strings.Contains(errs, "-config names no file") {
 			t.Errorf("%s -config '': %d %q, want 2 and that it names no file", cmd, code, errs)

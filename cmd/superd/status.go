@@ -98,17 +98,14 @@ func (st *statusState) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // cmdStatus is `superd status`: it asks a running superd and prints a
 // table (or the JSON); exit 1 when superd does not answer.
 func cmdStatus(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	fs := flag.NewFlagSet("superd status", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, usage) }
 	address := fs.String("address", config.DefaultMetricsAddress, "superd's metrics address (metrics.address)")
 	asJSON := fs.Bool("json", false, "print the JSON as served on /status")
 	conns := fs.Bool("connections", false, "list the open connections too")
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "superd status: unexpected argument %q\n%s", fs.Arg(0), usage)
-		return exitUsage
+	if code := parseFlags(fs, args); code >= 0 {
+		return code
 	}
 	url := "http://" + *address + "/status"
 	if *conns {

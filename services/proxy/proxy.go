@@ -163,6 +163,14 @@ func New(env *framework.Env, cfg *Config) (framework.Factory, error) {
 	return f, nil
 }
 
+// withArticle is "a number", "an object".
+func withArticle(noun string) string {
+	if strings.ContainsAny(noun[:1], "aeiou") {
+		return "an " + noun
+	}
+	return "a " + noun
+}
+
 // upstreamList reads upstream: one "host:port" or a list of them.
 func upstreamList(cfg *Config) ([]string, error) {
 	v := cfg.Upstream
@@ -173,7 +181,7 @@ func upstreamList(cfg *Config) ([]string, error) {
 	case t.IsTupleType() || t.IsListType():
 		elems = v.AsValueSlice()
 	default:
-		return nil, framework.Errorf(&cfg.Upstream, "upstream must be \"host:port\" or a list of them, not a %s", t.FriendlyName())
+		return nil, framework.Errorf(&cfg.Upstream, "upstream must be \"host:port\" or a list of them, not %s", withArticle(t.FriendlyName()))
 	}
 	if len(elems) == 0 {
 		return nil, framework.Errorf(&cfg.Upstream, "upstream needs at least one \"host:port\"")
@@ -183,7 +191,7 @@ func upstreamList(cfg *Config) ([]string, error) {
 	var errs []error
 	for i, e := range elems {
 		if e.Type() != cty.String {
-			errs = append(errs, framework.Errorf(&cfg.Upstream, "element %d of upstream is a %s, not a \"host:port\" string", i+1, e.Type().FriendlyName()))
+			errs = append(errs, framework.Errorf(&cfg.Upstream, "element %d of upstream is %s, not a \"host:port\" string", i+1, withArticle(e.Type().FriendlyName())))
 			continue
 		}
 		a := e.AsString()
