@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 
 	"github.com/superd-dev/superd/endpoint"
+	"github.com/superd-dev/superd/internal/osuser"
 )
 
 var endpointKinds = []string{endpoint.KindTCP, endpoint.KindTLS, endpoint.KindUnix, endpoint.KindUDP}
@@ -162,10 +163,6 @@ func (d *decoder) decodeEndpoint(svc *Service, blk *hcl.Block) (endpoint.Config,
 	return ep, true
 }
 
-// noID is (uid_t)-1, which chown takes to mean "unchanged": no user or
-// group has it.
-const noID = "4294967295"
-
 // decodeUnix decodes a unix endpoint: its path (a file, or "@NAME" for a
 // Linux abstract socket), and for a file its mode, owner and group.
 func (d *decoder) decodeUnix(ep *endpoint.Config, svc *Service, content *hcl.BodyContent) {
@@ -204,7 +201,7 @@ func (d *decoder) decodeUnix(ep *endpoint.Config, svc *Service, content *hcl.Bod
 	}
 	if a := content.Attributes["owner"]; a != nil {
 		if s, good := d.str(a); good {
-			if u, err := lookupUser(s); err != nil || s == "" || u.Uid == noID {
+			if u, err := osuser.LookupUser(s); err != nil || s == "" {
 				d.errorf(a.Expr.Range(), "Unknown user",
 					"owner %q names no user on this system; give a user name or a numeric uid.", s)
 			} else {
@@ -215,11 +212,11 @@ func (d *decoder) decodeUnix(ep *endpoint.Config, svc *Service, content *hcl.Bod
 	}
 	if a := content.Attributes["group"]; a != nil {
 		if s, good := d.str(a); good {
-			if gid, err := lookupGroup(s); err != nil || s == "" || strconv.Itoa(gid) == noID {
+			if gid, err := osuser.LookupGroup(s); err != nil || s == "" {
 				d.errorf(a.Expr.Range(), "Unknown group",
 					"group %q names no group on this system; give a group name or a numeric gid.", s)
 			} else {
-				ep.Group, ep.GID = s, gid
+				ep.Group, ep.GID = s, int(gid)
 			}
 		}
 	}

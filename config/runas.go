@@ -1,14 +1,12 @@
 package config
 
 import (
-	"fmt"
-	"math"
-	"os/user"
 	"strconv"
 
 	"github.com/hashicorp/hcl/v2"
 
 	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/internal/osuser"
 )
 
 // RunAs is the identity superd drops to after starting (top-level user and
@@ -52,7 +50,7 @@ func (d *decoder) decodeRunAs(content *hcl.BodyContent) {
 	// mistakes are reported at once.
 	var r *RunAs
 	if name, good := d.str(ua); good {
-		if u, err := lookupUser(name); err != nil {
+		if u, err := osuser.LookupUser(name); err != nil {
 			d.errorf(ua.Expr.Range(), "Unknown user", "%s.", err)
 		} else {
 			r = &RunAs{User: name}
@@ -72,55 +70,14 @@ func (d *decoder) decodeRunAs(content *hcl.BodyContent) {
 		if !good {
 			return
 		}
-		gid, err := lookupGroup(g)
+		gid, err := osuser.LookupGroup(g)
 		if err != nil {
 			d.errorf(ga.Expr.Range(), "Unknown group", "%s.", err)
 			return
 		}
 		if r != nil {
-			r.Group, r.GID = g, gid
+			r.Group, r.GID = g, int(gid)
 		}
 	}
 	d.file.RunAs = r
-}
-
-// isNoID reports whether name is the number (uid_t)-1 (or (gid_t)-1),
-// which chown and setresuid take to mean "unchanged" and setuid refuses:
-// no user or group has it.
-func isNoID(name string) bool {
-	n, err := strconv.ParseUint(name, 10, 32)
-	return err == nil && n == math.MaxUint32
-}
-
-// lookupUser finds a user by name or number.
-func lookupUser(name string) (*user.User, error) {
-	if isNoID(name) {
-		return nil, fmt.Errorf("there is no user %q on this system (it is (uid_t)-1, which means \"unchanged\" to the system)", name)
-	}
-	if _, err := strconv.ParseUint(name, 10, 32); err == nil {
-		if u, err := user.LookupId(name); err == nil {
-			return u, nil
-		}
-		return &user.User{Uid: name, Gid: name, Username: name}, nil
-	}
-	u, err := user.Lookup(name)
-	if err != nil {
-		return nil, fmt.Errorf("there is no user %q on this system", name)
-	}
-	return u, nil
-}
-
-// lookupGroup finds a group by name or number.
-func lookupGroup(name string) (int, error) {
-	if isNoID(name) {
-		return 0, fmt.Errorf("there is no group %q on this system (it is (gid_t)-1, which means \"unchanged\" to the system)", name)
-	}
-	if n, err := strconv.ParseUint(name, 10, 32); err == nil {
-		return int(n), nil
-	}
-	g, err := user.LookupGroup(name)
-	if err != nil {
-		return 0, fmt.Errorf("there is no group %q on this system", name)
-	}
-	return strconv.Atoi(g.Gid)
 }

@@ -54,6 +54,12 @@ func TestValidateDiagnostics(t *testing.T) {
 		{"NUL in the program", `command = ["/bin/c\u0000at"]`, "2,3-31", `Invalid value for "command"`, "an argument holds a NUL character"},
 		{"unknown user", "command = [\"/bin/cat\"]\n  user = \"no-such-user-xyz\"", "3,3-28", `Invalid value for "user"`,
 			`there is no user "no-such-user-xyz" on this system`},
+		// (uid_t)-1 and (gid_t)-1 mean "unchanged" to the system: no
+		// program can run as them (setgroups refuses, at every start).
+		{"user (uid_t)-1", "command = [\"/bin/cat\"]\n  user = \"4294967295\"", "3,3-22", `Invalid value for "user"`,
+			`there is no user "4294967295" on this system (it is (uid_t)-1`},
+		{"group (gid_t)-1", "command = [\"/bin/cat\"]\n  user = \"0\"\n  group = \"4294967295\"", "4,3-23", `Invalid value for "group"`,
+			`there is no group "4294967295" on this system (it is (gid_t)-1`},
 		{"unknown group", "command = [\"/bin/cat\"]\n  user = \"root\"\n  group = \"no-such-group-xyz\"", "4,3-30",
 			`Invalid value for "group"`, `there is no group "no-such-group-xyz" on this system`},
 		{"unknown supplementary group", "command = [\"/bin/cat\"]\n  user = \"root\"\n  groups = [\"root\", \"no-such-group-xyz\"]",

@@ -10,7 +10,6 @@ import (
 	"net"
 	"os"
 	osexec "os/exec"
-	"os/user"
 	"regexp"
 	"slices"
 	"sort"
@@ -23,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/internal/osuser"
 )
 
 // rlimits maps the names of the rlimits block to resources.
@@ -206,27 +206,27 @@ func (f *Factory) decodeCredentials(cfg *Config) error {
 	// missing is reported.
 	var errs []error
 	var uid, gid uint64
-	if u, err := lookupUser(name); err != nil {
+	if u, err := osuser.LookupUser(name); err != nil {
 		errs = append(errs, framework.Errorf(&cfg.User, "%v", err))
 	} else {
 		uid, _ = strconv.ParseUint(u.Uid, 10, 32)
 		gid, _ = strconv.ParseUint(u.Gid, 10, 32)
 	}
 	if groupName != "" {
-		id, err := lookupGroup(groupName)
+		id, err := osuser.LookupGroup(groupName)
 		if err != nil {
 			errs = append(errs, framework.Errorf(&cfg.Group, "%v", err))
 		}
-		gid = id
+		gid = uint64(id)
 	}
 	cred := &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}
 	for _, g := range groupNames {
-		id, err := lookupGroup(g)
+		id, err := osuser.LookupGroup(g)
 		if err != nil {
 			errs = append(errs, framework.Errorf(&cfg.Groups, "%v", err))
 			continue
 		}
-		cred.Groups = append(cred.Groups, uint32(id))
+		cred.Groups = append(cred.Groups, id)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return err
@@ -234,32 +234,6 @@ func (f *Factory) decodeCredentials(cfg *Config) error {
 	f.cred = cred
 	f.userName = name
 	return nil
-}
-
-func lookupUser(name string) (*user.User, error) {
-	if _, err := strconv.ParseUint(name, 10, 32); err == nil {
-		if u, err := user.LookupId(name); err == nil {
-			return u, nil
-		}
-		// A number without an entry: run as that uid, with gid the same.
-		return &user.User{Uid: name, Gid: name, Username: name}, nil
-	}
-	u, err := user.Lookup(name)
-	if err != nil {
-		return nil, fmt.Errorf("there is no user %q on this system", name)
-	}
-	return u, nil
-}
-
-func lookupGroup(name string) (uint64, error) {
-	if id, err := strconv.ParseUint(name, 10, 32); err == nil {
-		return id, nil
-	}
-	g, err := user.LookupGroup(name)
-	if err != nil {
-		return 0, fmt.Errorf("there is no group %q on this system", name)
-	}
-	return strconv.ParseUint(g.Gid, 10, 32)
 }
 
 // superdVars are the variables superd sets in a child's environment
