@@ -1375,3 +1375,35 @@ func udpSockopt(t *testing.T, uc *net.UDPConn, opt int) int {
 	}
 	return v
 }
+
+// reuse_port counts only when the socket is bound, and a reload keeps a
+// udp socket as it keeps a tcp listener: a reload that changes it fails
+// and says so, as it does for tcp, and the socket serves on under the
+// configuration in force. (It reported success while the socket kept the
+// option it was bound with: turned on, a second process could still not
+// share the port.)
+func TestDatagramReloadRefusesReusePortChange(t *testing.T) {
+	for _, from := range []bool{false, true} {
+		addr := testkit.FreeAddrOn(t, "udp", "127.0.0.1")
+		ep := udpEndpoint(addr)
+		ep.ReusePort = from
+		s, _ := newTestSupervisor()
+		if err := s.Start(&config.File{Services: []*config.Service{
+			dgramServiceConfig("rp", &dgramFactory{}, false, config.Limits{}, ep),
+		}}); err != nil {
+			t.Fatal(err)
+		}
+		ep.ReusePort = !from
+		err := s.Reload(&config.File{Services: []*config.Service{
+			dgramServiceConfig("rp", &dgramFactory{}, false, config.Limits{}, ep),
+		}})
+		want := fmt.Sprintf("reuse_port (%v, now %v): set only when the socket is bound", from, !from)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("reuse_port %v to %v: reload error %v, want one saying %q", from, !from, err, want)
+		}
+		c := dialUDP(t, addr)
+		send(t, c, []byte("still served"))
+		mustRecv(t, c, []byte("still served"))
+		s.Shutdown(5 * time.Second)
+	}
+}
