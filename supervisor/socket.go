@@ -68,8 +68,17 @@ type socket struct {
 func listenSocket(ep *endpoint.Config, log *slog.Logger) (*socket, error) {
 	key := ep.Addr.Key()
 	if ep.Kind == endpoint.KindUDP {
-		uc, err := endpoint.ListenUDP(*ep)
+		// Bound with the system's buffer sizes first, so that they are
+		// known (see dgramSocket.born), then given the endpoint's.
+		bare := *ep
+		bare.ReadBuffer, bare.WriteBuffer = 0, 0
+		uc, err := endpoint.ListenUDP(bare)
 		if err != nil {
+			return nil, err
+		}
+		born := socketBuffers(uc)
+		if err := endpoint.SetBuffers(uc, *ep); err != nil {
+			uc.Close()
 			return nil, err
 		}
 		bio, err := newBatchIO(uc)
@@ -77,7 +86,7 @@ func listenSocket(ep *endpoint.Config, log *slog.Logger) (*socket, error) {
 			uc.Close()
 			return nil, &endpoint.ListenError{Label: ep.Label, Err: err}
 		}
-		return &socket{key: key, addr: ep.Addr, label: ep.Label, dgram: newDgramSocket(uc, bio), log: log, done: make(chan struct{}),
+		return &socket{key: key, addr: ep.Addr, label: ep.Label, dgram: newDgramSocket(uc, bio, born), log: log, done: make(chan struct{}),
 			reusePort: ep.ReusePort}, nil
 	}
 	ln, err := endpoint.Listen(*ep)
