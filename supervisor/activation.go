@@ -170,6 +170,7 @@ func (s *Supervisor) inheritedSocket(in *inherited, ep *endpoint.Config) (*socke
 	// manager, whose ReceiveBuffer= and SendBuffer= they override).
 	// reuse_port cannot: SO_REUSEPORT counts only before bind (systemd's
 	// ReusePort=).
+	born := socketBuffers(uc) // the service manager's
 	if err := endpoint.SetBuffers(uc, *ep); err != nil {
 		uc.Close()
 		return nil, err
@@ -183,7 +184,7 @@ func (s *Supervisor) inheritedSocket(in *inherited, ep *endpoint.Config) (*socke
 		uc.Close()
 		return nil, err
 	}
-	k.dgram = newDgramSocket(uc, bio)
+	k.dgram = newDgramSocket(uc, bio, born)
 	return k, nil
 }
 

@@ -39,6 +39,11 @@ type dgramSocket struct {
 	// broadcast is the socket's SO_BROADCAST as last set (broadcastOn,
 	// broadcastOff), or 0: Go's default (on).
 	broadcast atomic.Int32
+	// born is the socket's SO_RCVBUF and SO_SNDBUF as getsockopt told
+	// them before any read_buffer or write_buffer (0: unknown): the
+	// system's, or the service manager's for a passed socket. A reload
+	// that leaves a size out gives it back (see service.setBuffers).
+	born [2]int
 }
 
 const (
@@ -62,8 +67,25 @@ func (s *dgramSocket) allowBroadcast(on bool) error {
 	return nil
 }
 
-func newDgramSocket(uc *net.UDPConn, bio *batchIO) *dgramSocket {
-	return &dgramSocket{uc: uc, io: bio, lateBatch: make(chan struct{}, 1)}
+func newDgramSocket(uc *net.UDPConn, bio *batchIO, born [2]int) *dgramSocket {
+	return &dgramSocket{uc: uc, io: bio, lateBatch: make(chan struct{}, 1), born: born}
+}
+
+// socketBuffers reads uc's SO_RCVBUF and SO_SNDBUF; 0 for a size it
+// cannot read.
+func socketBuffers(uc *net.UDPConn) (sizes [2]int) {
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return sizes
+	}
+	raw.Control(func(fd uintptr) {
+		for i, opt := range []int{syscall.SO_RCVBUF, syscall.SO_SNDBUF} {
+			if v, err := syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, opt); err == nil {
+				sizes[i] = v
+			}
+		}
+	})
+	return sizes
 }
 
 // dgramBinding is one udp endpoint of a service: its protocol, its

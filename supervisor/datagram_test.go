@@ -1375,3 +1375,86 @@ func udpSockopt(t *testing.T, uc *net.UDPConn, opt int) int {
 	}
 	return v
 }
+
+// reuse_port counts only when the socket is bound, and a reload keeps a
+// udp socket as it keeps a tcp listener: a reload that changes it fails
+// and says so, as it does for tcp, and the socket serves on under the
+// configuration in force. (It reported success while the socket kept the
+// option it was bound with: turned on, a second process could still not
+// share the port.)
+func TestDatagramReloadRefusesReusePortChange(t *testing.T) {
+	for _, from := range []bool{false, true} {
+		addr := testkit.FreeAddrOn(t, "udp", "127.0.0.1")
+		ep := udpEndpoint(addr)
+		ep.ReusePort = from
+		s, _ := newTestSupervisor()
+		if err := s.Start(&config.File{Services: []*config.Service{
+			dgramServiceConfig("rp", &dgramFactory{}, false, config.Limits{}, ep),
+		}}); err != nil {
+			t.Fatal(err)
+		}
+		ep.ReusePort = !from
+		err := s.Reload(&config.File{Services: []*config.Service{
+			dgramServiceConfig("rp", &dgramFactory{}, false, config.Limits{}, ep),
+		}})
+		want := fmt.Sprintf("reuse_port (%v, now %v): set only when the socket is bound", from, !from)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("reuse_port %v to %v: reload error %v, want one saying %q", from, !from, err, want)
+		}
+		c := dialUDP(t, addr)
+		send(t, c, []byte("still served"))
+		mustRecv(t, c, []byte("still served"))
+		s.Shutdown(5 * time.Second)
+	}
+}
+
+// A reload that leaves read_buffer and write_buffer out of a udp endpoint
+// it keeps gives the socket the system's sizes again, what a restart with
+// that file gives it (and what the README says a size left out is): the
+// socket kept the sizes the old file set, so one file gave two sockets,
+// depending on whether superd had been reloaded or restarted.
+func TestDatagramReloadRestoresSystemBufferSizes(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("buffer sizes as Linux reports them")
+	}
+	fresh, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sysRcv, sysSnd := sockBuffers(t, fresh)
+	fresh.Close()
+
+	addr := testkit.FreeAddrOn(t, "udp", "127.0.0.1")
+	ep := udpEndpoint(addr)
+	ep.ReadBuffer, ep.WriteBuffer = 4096, 8192
+	s, _ := newTestSupervisor()
+	if err := s.Start(&config.File{Services: []*config.Service{
+		dgramServiceConfig("buf", &dgramFactory{}, false, config.Limits{}, ep),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(5 * time.Second)
+	s.mu.Lock()
+	uc := s.sockets["udp:"+addr].dgram.uc
+	s.mu.Unlock()
+	if rcv, snd := sockBuffers(t, uc); rcv != 2*4096 || snd != 2*8192 {
+		t.Fatalf("at start: SO_RCVBUF %d, SO_SNDBUF %d", rcv, snd)
+	}
+	if err := s.Reload(&config.File{Services: []*config.Service{
+		dgramServiceConfig("buf", &dgramFactory{}, false, config.Limits{}, udpEndpoint(addr)),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	same := s.sockets["udp:"+addr].dgram.uc == uc
+	s.mu.Unlock()
+	if !same {
+		t.Fatal("the socket was not handed over")
+	}
+	if rcv, snd := sockBuffers(t, uc); rcv != sysRcv || snd != sysSnd {
+		t.Errorf("after a reload without read_buffer and write_buffer: SO_RCVBUF %d, SO_SNDBUF %d; want the system's, %d and %d", rcv, snd, sysRcv, sysSnd)
+	}
+	c := dialUDP(t, addr)
+	send(t, c, []byte("x"))
+	mustRecv(t, c, []byte("x"))
+}

@@ -506,3 +506,7 @@ func (b *batchIO) sendmmsg(fd uintptr, from int) (int, error) {
 	}
 	return int(n), nil
 }
+
+// reportedBufferScale: Linux reports SO_RCVBUF and SO_SNDBUF as twice
+// what was set (its bookkeeping), so a size read back is set as half.
+const reportedBufferScale = 2

@@ -84,3 +84,6 @@ func (b *batchIO) flush() (sent, failed, refused, bytes int) {
 
 // lendToProgram does nothing here: no option is set for the loop.
 func (b *batchIO) lendToProgram(on bool) error { return nil }
+
+// reportedBufferScale: SO_RCVBUF and SO_SNDBUF read back as they were set.
+const reportedBufferScale = 1

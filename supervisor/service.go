@@ -589,15 +589,27 @@ func (s *service) activate() {
 }
 
 // setBuffers applies a udp endpoint's read_buffer and write_buffer to the
-// socket it took over (a size left out keeps the socket's).
+// socket it took over. A size left out gets back the one the socket had
+// before any was set (the system's, or the service manager's for a passed
+// socket) if an earlier owner changed it, as a restart with the same file
+// would give it.
 func (s *service) setBuffers(b *binding) {
 	uc := b.sock.dgram.uc
-	if n := b.ep.ReadBuffer; n > 0 {
+	want := [2]int{b.ep.ReadBuffer, b.ep.WriteBuffer}
+	if want[0] == 0 || want[1] == 0 {
+		now, born := socketBuffers(uc), b.sock.dgram.born
+		for i := range want {
+			if want[i] == 0 && born[i] > 0 && now[i] != born[i] {
+				want[i] = born[i] / reportedBufferScale
+			}
+		}
+	}
+	if n := want[0]; n > 0 {
 		if err := uc.SetReadBuffer(n); err != nil {
 			s.log.Error("cannot set read_buffer", "endpoint", b.ep.Label, "err", err)
 		}
 	}
-	if n := b.ep.WriteBuffer; n > 0 {
+	if n := want[1]; n > 0 {
 		if err := uc.SetWriteBuffer(n); err != nil {
 			s.log.Error("cannot set write_buffer", "endpoint", b.ep.Label, "err", err)
 		}

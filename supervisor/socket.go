@@ -48,8 +48,9 @@ type socket struct {
 	// round: the supervisor's round (start or reload) that last gave
 	// this passed socket to an endpoint (under the supervisor's lock).
 	round int
-	// reusePort: a tcp or tls listener of superd's own sharing its port
-	// with other processes (reuse_port); quiesced before its last sweep.
+	// reusePort: a socket of superd's own sharing its port with other
+	// processes (reuse_port); a tcp or tls listener's is quiesced before
+	// its last sweep.
 	reusePort bool
 	// tcp: a tcp or tls listener's options in force (a reload that keeps
 	// the socket retunes it to its new owner's: see service.activate).
@@ -67,8 +68,17 @@ type socket struct {
 func listenSocket(ep *endpoint.Config, log *slog.Logger) (*socket, error) {
 	key := ep.Addr.Key()
 	if ep.Kind == endpoint.KindUDP {
-		uc, err := endpoint.ListenUDP(*ep)
+		// Bound with the system's buffer sizes first, so that they are
+		// known (see dgramSocket.born), then given the endpoint's.
+		bare := *ep
+		bare.ReadBuffer, bare.WriteBuffer = 0, 0
+		uc, err := endpoint.ListenUDP(bare)
 		if err != nil {
+			return nil, err
+		}
+		born := socketBuffers(uc)
+		if err := endpoint.SetBuffers(uc, *ep); err != nil {
+			uc.Close()
 			return nil, err
 		}
 		bio, err := newBatchIO(uc)
@@ -76,7 +86,8 @@ func listenSocket(ep *endpoint.Config, log *slog.Logger) (*socket, error) {
 			uc.Close()
 			return nil, &endpoint.ListenError{Label: ep.Label, Err: err}
 		}
-		return &socket{key: key, addr: ep.Addr, label: ep.Label, dgram: newDgramSocket(uc, bio), log: log, done: make(chan struct{})}, nil
+		return &socket{key: key, addr: ep.Addr, label: ep.Label, dgram: newDgramSocket(uc, bio, born), log: log, done: make(chan struct{}),
+			reusePort: ep.ReusePort}, nil
 	}
 	ln, err := endpoint.Listen(*ep)
 	if err != nil {
@@ -87,18 +98,18 @@ func listenSocket(ep *endpoint.Config, log *slog.Logger) (*socket, error) {
 }
 
 // keeps reports, as an error, what ep asks of the socket a reload carries
-// over to it that the socket cannot change: reuse_port and v6only count
-// only when it is bound. (A socket the service manager passed has its
-// own, its unit's.)
+// over to it that the socket cannot change: reuse_port (tcp, tls and udp)
+// and v6only (tcp and tls) count only when it is bound. (A socket the
+// service manager passed has its own, its unit's.)
 func (k *socket) keeps(ep *endpoint.Config) error {
-	if k.ln == nil || k.inherited || (ep.Kind != endpoint.KindTCP && ep.Kind != endpoint.KindTLS) {
+	if k.inherited || ep.Kind == endpoint.KindUnix {
 		return nil
 	}
 	var changed []string
 	if ep.ReusePort != k.reusePort {
 		changed = append(changed, fmt.Sprintf("reuse_port (%v, now %v)", k.reusePort, ep.ReusePort))
 	}
-	if ep.TCP.V6Only != k.tcp.V6Only {
+	if k.ln != nil && ep.TCP.V6Only != k.tcp.V6Only {
 		changed = append(changed, fmt.Sprintf("v6only (%v, now %v)", k.tcp.V6Only, ep.TCP.V6Only))
 	}
 	if changed == nil {
