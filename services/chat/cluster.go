@@ -324,7 +324,7 @@ func (x *remote) claim(name string) claimResult {
 		rev, err = x.node.ClaimName(ctx, key, x.holder, x.keyTTL())
 	}
 	if testHookClaimAnswered != nil {
-		testHookClaimAnswered(name)
+		testHookClaimAnswered(name, &err)
 	}
 	switch {
 	case err == nil:
@@ -340,9 +340,11 @@ func (x *remote) claim(name string) claimResult {
 			if _, again := x.releasing[name]; !again {
 				x.releasing[name] = old
 			}
-		} else {
-			x.unanswered[name] = time.Now()
 		}
+		// Made perhaps, at a revision nobody here knows (a takeover too:
+		// the release of old.rev would then find the key moved on and
+		// leave it): freed by the holder mark.
+		x.unanswered[name] = time.Now()
 		x.mu.Unlock()
 		x.r.log.Debug("name claim undecided", "name", name, "err", err)
 		return claimUnavailable
@@ -350,8 +352,9 @@ func (x *remote) claim(name string) claimResult {
 }
 
 // testHookClaimAnswered, when set by a test, runs in claim once the
-// cluster has answered, before the answer is recorded.
-var testHookClaimAnswered func(name string)
+// cluster has answered, before the answer is recorded; it may replace the
+// answer (with a lost one).
+var testHookClaimAnswered func(name string, err *error)
 
 // release frees a name a user of this room held (in the background).
 func (x *remote) release(name string) {

@@ -865,7 +865,7 @@ func TestRefreshDuringReclaimKeepsName(t *testing.T) {
 	answered := make(chan struct{})
 	proceed := make(chan struct{})
 	reclaimed := make(chan claimResult, 1)
-	testHookClaimAnswered = func(string) {
+	testHookClaimAnswered = func(string, *error) {
 		close(answered)
 		<-proceed
 	}
@@ -896,5 +896,41 @@ func TestRefreshDuringReclaimKeepsName(t *testing.T) {
 	})
 	if _, err := nodes[0].ClaimName(context.Background(), x.key("bob"), "someone else", time.Minute); !errors.Is(err, cluster.ErrNameTaken) {
 		t.Fatalf("bob, claimed by another room while held here: %v, want taken", err)
+	}
+}
+
+// TestUnansweredTakeoverFreed: a user chose again a name left here a
+// moment ago, whose key was not purged yet; the takeover (a refresh of the
+// key) was made but its answer lost. The key is then at a revision nobody
+// here knows, and releasing the old one finds it moved on: it must be
+// freed all the same, not left taken by nobody until name_ttl.
+func TestUnansweredTakeoverFreed(t *testing.T) {
+	nodes := clustertest.Start(t, 1)
+	clustertest.WaitNames(t, nodes, 30*time.Second)
+	rm := newClusterRoom(t, nodes[0], "lobby", "  name_ttl = \"60s\"")
+	x := rm.r.remote
+	joinAnywhere(t, rm, "U1", "bob", 20*time.Second)
+	// The user leaves; the keeper (not woken) has not purged the key yet.
+	x.mu.Lock()
+	rev, ok := x.held["bob"]
+	delete(x.held, "bob")
+	x.releasing["bob"] = released{rev: rev, at: time.Now()}
+	x.mu.Unlock()
+	if !ok {
+		t.Fatal("bob's name is not held")
+	}
+	testHookClaimAnswered = func(_ string, err *error) {
+		if *err == nil {
+			*err = fmt.Errorf("%w: %w", cluster.ErrNamesUnavailable, context.DeadlineExceeded) // the answer lost
+		}
+	}
+	t.Cleanup(func() { testHookClaimAnswered = nil })
+	if got := x.claim("bob"); got != claimUnavailable {
+		t.Fatalf("a takeover whose answer was lost: %v, want unavailable", got)
+	}
+	testHookClaimAnswered = nil
+	x.releaseAll(time.Now().Add(releaseTimeout))
+	if _, err := nodes[0].ClaimName(context.Background(), x.key("bob"), "someone else", time.Minute); err != nil {
+		t.Fatalf("bob, claimed by another room after the keeper ran: %v, want free", err)
 	}
 }
