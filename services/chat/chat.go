@@ -304,6 +304,9 @@ func (u *User) chooseName(line []byte) {
 			u.sendLine(unavailableLine)
 			return
 		}
+		if testHookClaimed != nil {
+			testHookClaimed(u)
+		}
 	}
 	if !u.room.register(name, u) {
 		if x := u.room.remote; x != nil {
@@ -316,6 +319,10 @@ func (u *User) chooseName(line []byte) {
 		testHookRegistered(u)
 	}
 }
+
+// testHookClaimed, when set by a test, runs in chooseName once the name
+// is claimed across nodes, before it is registered.
+var testHookClaimed func(u *User)
 
 // testHookRegistered, when set by a test, runs in chooseName once the user
 // is registered (so other users' lines reach it).

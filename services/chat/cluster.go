@@ -286,6 +286,14 @@ func (x *remote) claim(name string) claimResult {
 	defer cancel()
 	key := x.key(name)
 	x.mu.Lock()
+	if _, ours := x.held[name]; ours {
+		// Claimed by a user here who is not registered yet (chooseName
+		// between claim and register): the key holds this room's mark,
+		// which ClaimName would give back, and the first user's release
+		// of it after losing register would purge the other's name.
+		x.mu.Unlock()
+		return claimTaken
+	}
 	if freeing, busy := x.claiming[name]; busy {
 		x.mu.Unlock()
 		if freeing { // an unanswered claim of it being freed: soon free
@@ -315,6 +323,9 @@ func (x *remote) claim(name string) claimResult {
 	} else {
 		rev, err = x.node.ClaimName(ctx, key, x.holder, x.keyTTL())
 	}
+	if testHookClaimAnswered != nil {
+		testHookClaimAnswered(name, &err)
+	}
 	switch {
 	case err == nil:
 		x.mu.Lock()
@@ -329,14 +340,21 @@ func (x *remote) claim(name string) claimResult {
 			if _, again := x.releasing[name]; !again {
 				x.releasing[name] = old
 			}
-		} else {
-			x.unanswered[name] = time.Now()
 		}
+		// Made perhaps, at a revision nobody here knows (a takeover too:
+		// the release of old.rev would then find the key moved on and
+		// leave it): freed by the holder mark.
+		x.unanswered[name] = time.Now()
 		x.mu.Unlock()
 		x.r.log.Debug("name claim undecided", "name", name, "err", err)
 		return claimUnavailable
 	}
 }
+
+// testHookClaimAnswered, when set by a test, runs in claim once the
+// cluster has answered, before the answer is recorded; it may replace the
+// answer (with a lost one).
+var testHookClaimAnswered func(name string, err *error)
 
 // release frees a name a user of this room held (in the background).
 func (x *remote) release(name string) {
@@ -436,9 +454,13 @@ func (x *remote) refresh(ctx context.Context, name string, rev uint64) bool {
 			// over and lost to this write (the key moved on under it): the
 			// key is then this node's and nobody's, so release it too
 			// rather than leave the name taken until its TTL.
+			// A claim here in flight decides it instead: RefreshName gives
+			// a key this room holds back to it, so the revision may be the
+			// claim's own, about to be held.
+			_, claiming := x.claiming[name]
 			if rl, ok := x.releasing[name]; ok && rl.rev == rev {
 				x.releasing[name] = released{rev: nrev, at: rl.at}
-			} else if !ok {
+			} else if !ok && !claiming {
 				x.releasing[name] = released{rev: nrev, at: time.Now()}
 				orphan = true
 			}

@@ -556,7 +556,20 @@ func TestRefreshRacingReclaimFreesName(t *testing.T) {
 	}
 	testHookRefreshed = nil
 	if reclaimed == claimOK {
-		return // the reclaim won: nothing left to check
+		// The reclaim was given the key the refresh wrote (it holds this
+		// room's mark): it must stay held, not be released as nobody's.
+		eventually(t, 10*time.Second, func() error {
+			x.mu.Lock()
+			defer x.mu.Unlock()
+			if len(x.releasing) != 0 {
+				return fmt.Errorf("%d releases pending", len(x.releasing))
+			}
+			return nil
+		})
+		if _, err := nodes[0].ClaimName(context.Background(), x.key("bob"), "someone else", time.Minute); !errors.Is(err, cluster.ErrNameTaken) {
+			t.Fatalf("bob, reclaimed here, claimed by another room: %v, want taken", err)
+		}
+		return
 	}
 	// The name must be free again well within name_ttl (60s).
 	eventually(t, 5*time.Second, func() error {
@@ -780,4 +793,144 @@ func TestUnansweredClaim(t *testing.T) {
 	x.mu.Lock()
 	delete(x.claiming, "dave")
 	x.mu.Unlock()
+}
+
+// TestClaimBeforeRegisterRefusesSecond: a user here whose claim of a name
+// has been answered but who is not registered yet holds the name: another
+// user here choosing it in that moment is refused (the key's value is
+// this room's mark, which ClaimName gives back to it), and the name stays
+// held in the cluster, not purged by the first user's lost register.
+func TestClaimBeforeRegisterRefusesSecond(t *testing.T) {
+	nodes := clustertest.Start(t, 1)
+	clustertest.WaitNames(t, nodes, 30*time.Second)
+	rm := newClusterRoom(t, nodes[0], "lobby", "  name_ttl = \"60s\"")
+	x := rm.r.remote
+	first := rm.connect("U1")
+	second := rm.connect("U2")
+	fired := false // the hook runs on the goroutine of the user it names
+	testHookClaimed = func(u *User) {
+		if !fired {
+			fired = true
+			second.send("bob\r\n") // chosen as the first's claim is answered
+		}
+	}
+	t.Cleanup(func() { testHookClaimed = nil })
+	eventually(t, 20*time.Second, func() error {
+		first.send("bob\r\n")
+		switch got := first.t.Take(); got {
+		case "Welcome, bob!\r\n":
+			return nil
+		case unavailableLine + "\r\n": // JetStream electing a leader
+			return fmt.Errorf("U1 naming itself bob: %q", got)
+		default:
+			t.Fatalf("U1 naming itself bob got %q, want the welcome (U2, choosing bob as U1's claim was answered, got %q)", got, second.t.Take())
+			return nil
+		}
+	})
+	testHookClaimed = nil
+	if got := second.t.Take(); got != takenLine+"\r\n" {
+		t.Errorf("U2 choosing bob while U1 claimed it got %q, want %q", got, takenLine)
+	}
+	eventually(t, 10*time.Second, func() error {
+		x.mu.Lock()
+		defer x.mu.Unlock()
+		if len(x.releasing) != 0 {
+			return fmt.Errorf("%d releases pending", len(x.releasing))
+		}
+		return nil
+	})
+	if _, err := nodes[0].ClaimName(context.Background(), x.key("bob"), "someone else", time.Minute); !errors.Is(err, cluster.ErrNameTaken) {
+		t.Fatalf("bob, claimed by another room while U1 holds it: %v, want taken", err)
+	}
+}
+
+// TestRefreshDuringReclaimKeepsName: a held name is refreshed while its
+// user leaves and a user here chooses it again, the claim answered (with
+// the revision the refresh wrote: the key holds this room's mark) but not
+// recorded yet when the refresh records its own. The refresh must not take
+// the key for nobody's and purge it: the new user holds the name.
+func TestRefreshDuringReclaimKeepsName(t *testing.T) {
+	nodes := clustertest.Start(t, 1)
+	clustertest.WaitNames(t, nodes, 30*time.Second)
+	rm := newClusterRoom(t, nodes[0], "lobby", "  name_ttl = \"60s\"")
+	x := rm.r.remote
+	bob := joinAnywhere(t, rm, "U1", "bob", 20*time.Second)
+	x.mu.Lock()
+	rev, ok := x.held["bob"]
+	x.mu.Unlock()
+	if !ok {
+		t.Fatal("bob's name is not held")
+	}
+
+	answered := make(chan struct{})
+	proceed := make(chan struct{})
+	reclaimed := make(chan claimResult, 1)
+	testHookClaimAnswered = func(string, *error) {
+		close(answered)
+		<-proceed
+	}
+	testHookRefreshed = func(string) {
+		bob.leave()                                 // the user leaves as the refresh lands...
+		go func() { reclaimed <- x.claim("bob") }() // ...and the name is chosen again here
+		<-answered                                  // the claim is answered, not yet recorded
+	}
+	t.Cleanup(func() { testHookRefreshed, testHookClaimAnswered = nil, nil })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if !x.refresh(ctx, "bob", rev) {
+		t.Fatal("refresh undecided")
+	}
+	testHookRefreshed = nil
+	close(proceed)
+	if got := <-reclaimed; got != claimOK {
+		t.Fatalf("choosing bob again here: %v, want given (the key holds this room's mark)", got)
+	}
+	testHookClaimAnswered = nil
+	eventually(t, 10*time.Second, func() error {
+		x.mu.Lock()
+		defer x.mu.Unlock()
+		if len(x.releasing) != 0 {
+			return fmt.Errorf("%d releases pending", len(x.releasing))
+		}
+		return nil
+	})
+	if _, err := nodes[0].ClaimName(context.Background(), x.key("bob"), "someone else", time.Minute); !errors.Is(err, cluster.ErrNameTaken) {
+		t.Fatalf("bob, claimed by another room while held here: %v, want taken", err)
+	}
+}
+
+// TestUnansweredTakeoverFreed: a user chose again a name left here a
+// moment ago, whose key was not purged yet; the takeover (a refresh of the
+// key) was made but its answer lost. The key is then at a revision nobody
+// here knows, and releasing the old one finds it moved on: it must be
+// freed all the same, not left taken by nobody until name_ttl.
+func TestUnansweredTakeoverFreed(t *testing.T) {
+	nodes := clustertest.Start(t, 1)
+	clustertest.WaitNames(t, nodes, 30*time.Second)
+	rm := newClusterRoom(t, nodes[0], "lobby", "  name_ttl = \"60s\"")
+	x := rm.r.remote
+	joinAnywhere(t, rm, "U1", "bob", 20*time.Second)
+	// The user leaves; the keeper (not woken) has not purged the key yet.
+	x.mu.Lock()
+	rev, ok := x.held["bob"]
+	delete(x.held, "bob")
+	x.releasing["bob"] = released{rev: rev, at: time.Now()}
+	x.mu.Unlock()
+	if !ok {
+		t.Fatal("bob's name is not held")
+	}
+	testHookClaimAnswered = func(_ string, err *error) {
+		if *err == nil {
+			*err = fmt.Errorf("%w: %w", cluster.ErrNamesUnavailable, context.DeadlineExceeded) // the answer lost
+		}
+	}
+	t.Cleanup(func() { testHookClaimAnswered = nil })
+	if got := x.claim("bob"); got != claimUnavailable {
+		t.Fatalf("a takeover whose answer was lost: %v, want unavailable", got)
+	}
+	testHookClaimAnswered = nil
+	x.releaseAll(time.Now().Add(releaseTimeout))
+	if _, err := nodes[0].ClaimName(context.Background(), x.key("bob"), "someone else", time.Minute); err != nil {
+		t.Fatalf("bob, claimed by another room after the keeper ran: %v, want free", err)
+	}
 }
