@@ -364,3 +364,28 @@ func TestCutOffFromPeers(t *testing.T) {
 		return nil
 	})
 }
+
+// TestRefreshAfterLostAnswer: a refresh whose answer was lost moved the
+// key on; the next refresh, from the old revision, finds it held by the
+// same holder and writes it again (a fresh TTL), rather than only taking
+// the revision back, which would leave the key to expire a refresh early.
+func TestRefreshAfterLostAnswer(t *testing.T) {
+	nodes := clustertest.Start(t, 1)
+	clustertest.WaitNames(t, nodes, 30*time.Second)
+	a := nodes[0]
+	rev, err := a.ClaimName(ctx(t), "s.dora", "holder", 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lost, err := a.RefreshName(ctx(t), "s.dora", "holder", rev, 30*time.Second) // its answer "lost"
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := a.RefreshName(ctx(t), "s.dora", "holder", rev, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again <= lost {
+		t.Fatalf("the refresh from the old revision gave revision %d, the lost one's is %d: not written again", again, lost)
+	}
+}

@@ -183,12 +183,24 @@ func (n *Node) RefreshName(ctx context.Context, key, holder string, rev uint64, 
 		apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
 		return 0, n.unavailable(err)
 	}
-	// Not our revision any more: expired (claim it again) or taken.
+	// Not our revision any more: expired (claim it again), taken, or
+	// moved on by a write of ours whose answer was lost (ClaimName gives
+	// it back).
 	rev, err = n.ClaimName(ctx, key, holder, ttl)
 	if errors.Is(err, ErrNameTaken) {
 		return 0, ErrNameLost
 	}
-	return rev, err
+	if err != nil {
+		return 0, err
+	}
+	// A revision given back was written a refresh ago, its TTL running
+	// since: write it again, or the key could expire before the next
+	// refresh. Should that write fail, the claim still holds until then.
+	m.Header = nats.Header{}
+	if ack, err := n.js.PublishMsg(ctx, m, jetstream.WithExpectLastSequencePerSubject(rev), jetstream.WithMsgTTL(ttl)); err == nil {
+		return ack.Sequence, nil
+	}
+	return rev, nil
 }
 
 // ReleaseName purges key if rev is still its revision (a key someone else

@@ -20,6 +20,9 @@ import (
 type handoff struct {
 	stopping, killed context.Context
 	stop, kill       context.CancelFunc
+	// counted: a wait-mode handover aborted was counted dropped (under
+	// the service's mu).
+	counted bool
 }
 
 func newHandoff() *handoff {

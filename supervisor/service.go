@@ -771,8 +771,13 @@ func (s *service) abortLocked() (conns, programs int) {
 	for h := range s.listening {
 		h.Abort(framework.ErrShutdownTimeout)
 		programs++
-		s.m.Dropped(metrics.DropShutdownTimeout)
-		s.dropped.Add(1)
+		if !h.counted {
+			// Once: a second signal's abort can come before the
+			// program killed by the first has been reaped.
+			h.counted = true
+			s.m.Dropped(metrics.DropShutdownTimeout)
+			s.dropped.Add(1)
+		}
 	}
 	return n, programs
 }

@@ -428,15 +428,20 @@ func TestServeConnSpawnFailuresLogged(t *testing.T) {
 			accounted += v
 		}
 	}
+	// The start logs what the failure lines left out, if anything (the
+	// last failure may itself have been logged, on a slow machine).
 	again := logs.with("program started again after failures")
-	if len(again) != 1 {
-		t.Fatalf("the start after the failures logged as %v", again)
+	if len(again) > 1 || (len(again) == 0) != (accounted == attempts) {
+		t.Fatalf("the start after the failures logged as %v; the failures as %v", again, failed)
 	}
-	v, err := strconv.Atoi(again[0]["failures_not_logged"])
-	if err != nil {
-		t.Fatal(err)
+	for _, l := range again {
+		v, err := strconv.Atoi(l["failures_not_logged"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		accounted += v
 	}
-	if accounted += v; accounted != attempts {
+	if accounted != attempts {
 		t.Errorf("the log accounts for %d failures, want %d: %v, then %v", accounted, attempts, failed, again)
 	}
 }
