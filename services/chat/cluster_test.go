@@ -558,17 +558,7 @@ func TestRefreshRacingReclaimFreesName(t *testing.T) {
 	if reclaimed == claimOK {
 		// The reclaim was given the key the refresh wrote (it holds this
 		// room's mark): it must stay held, not be released as nobody's.
-		eventually(t, 10*time.Second, func() error {
-			x.mu.Lock()
-			defer x.mu.Unlock()
-			if len(x.releasing) != 0 {
-				return fmt.Errorf("%d releases pending", len(x.releasing))
-			}
-			return nil
-		})
-		if _, err := nodes[0].ClaimName(context.Background(), x.key("bob"), "someone else", time.Minute); !errors.Is(err, cluster.ErrNameTaken) {
-			t.Fatalf("bob, reclaimed here, claimed by another room: %v, want taken", err)
-		}
+		stillHeld(t, nodes[0], x, "bob", "bob, reclaimed here, claimed by another room")
 		return
 	}
 	// The name must be free again well within name_ttl (60s).
@@ -831,17 +821,7 @@ func TestClaimBeforeRegisterRefusesSecond(t *testing.T) {
 	if got := second.t.Take(); got != takenLine+"\r\n" {
 		t.Errorf("U2 choosing bob while U1 claimed it got %q, want %q", got, takenLine)
 	}
-	eventually(t, 10*time.Second, func() error {
-		x.mu.Lock()
-		defer x.mu.Unlock()
-		if len(x.releasing) != 0 {
-			return fmt.Errorf("%d releases pending", len(x.releasing))
-		}
-		return nil
-	})
-	if _, err := nodes[0].ClaimName(context.Background(), x.key("bob"), "someone else", time.Minute); !errors.Is(err, cluster.ErrNameTaken) {
-		t.Fatalf("bob, claimed by another room while U1 holds it: %v, want taken", err)
-	}
+	stillHeld(t, nodes[0], x, "bob", "bob, claimed by another room while U1 holds it")
 }
 
 // TestRefreshDuringReclaimKeepsName: a held name is refreshed while its
@@ -886,17 +866,7 @@ func TestRefreshDuringReclaimKeepsName(t *testing.T) {
 		t.Fatalf("choosing bob again here: %v, want given (the key holds this room's mark)", got)
 	}
 	testHookClaimAnswered = nil
-	eventually(t, 10*time.Second, func() error {
-		x.mu.Lock()
-		defer x.mu.Unlock()
-		if len(x.releasing) != 0 {
-			return fmt.Errorf("%d releases pending", len(x.releasing))
-		}
-		return nil
-	})
-	if _, err := nodes[0].ClaimName(context.Background(), x.key("bob"), "someone else", time.Minute); !errors.Is(err, cluster.ErrNameTaken) {
-		t.Fatalf("bob, claimed by another room while held here: %v, want taken", err)
-	}
+	stillHeld(t, nodes[0], x, "bob", "bob, claimed by another room while held here")
 }
 
 // TestUnansweredTakeoverFreed: a user chose again a name left here a
@@ -932,5 +902,23 @@ func TestUnansweredTakeoverFreed(t *testing.T) {
 	x.releaseAll(time.Now().Add(releaseTimeout))
 	if _, err := nodes[0].ClaimName(context.Background(), x.key("bob"), "someone else", time.Minute); err != nil {
 		t.Fatalf("bob, claimed by another room after the keeper ran: %v, want free", err)
+	}
+}
+
+// stillHeld waits until x has no release pending, then checks that name
+// is held in the cluster: another holder's claim of it is refused. what
+// says whose claim, for the failure.
+func stillHeld(t *testing.T, node *cluster.Node, x *remote, name, what string) {
+	t.Helper()
+	eventually(t, 10*time.Second, func() error {
+		x.mu.Lock()
+		defer x.mu.Unlock()
+		if len(x.releasing) != 0 {
+			return fmt.Errorf("%d releases pending", len(x.releasing))
+		}
+		return nil
+	})
+	if _, err := node.ClaimName(context.Background(), x.key(name), "someone else", time.Minute); !errors.Is(err, cluster.ErrNameTaken) {
+		t.Fatalf("%s: %v, want taken", what, err)
 	}
 }
