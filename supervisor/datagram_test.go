@@ -1061,21 +1061,7 @@ func TestDatagramReloadAppliesBufferSizes(t *testing.T) {
 		t.Skip("buffer sizes as Linux reports them")
 	}
 	addr := testkit.FreeAddrOn(t, "udp", "127.0.0.1")
-	ep := udpEndpoint(addr)
-	ep.ReadBuffer, ep.WriteBuffer = 4096, 8192
-	s, _ := newTestSupervisor()
-	if err := s.Start(&config.File{Services: []*config.Service{
-		dgramServiceConfig("buf", &dgramFactory{}, false, config.Limits{}, ep),
-	}}); err != nil {
-		t.Fatal(err)
-	}
-	defer s.Shutdown(5 * time.Second)
-	s.mu.Lock()
-	uc := s.sockets["udp:"+addr].dgram.uc
-	s.mu.Unlock()
-	if rcv, snd := sockBuffers(t, uc); rcv != 2*4096 || snd != 2*8192 {
-		t.Fatalf("at start: SO_RCVBUF %d, SO_SNDBUF %d", rcv, snd)
-	}
+	s, ep, uc := startUDPBuffers(t, addr)
 	ep.ReadBuffer, ep.WriteBuffer = 16384, 32768
 	f := &dgramFactory{}
 	if err := s.Reload(&config.File{Services: []*config.Service{
@@ -1425,21 +1411,7 @@ func TestDatagramReloadRestoresSystemBufferSizes(t *testing.T) {
 	fresh.Close()
 
 	addr := testkit.FreeAddrOn(t, "udp", "127.0.0.1")
-	ep := udpEndpoint(addr)
-	ep.ReadBuffer, ep.WriteBuffer = 4096, 8192
-	s, _ := newTestSupervisor()
-	if err := s.Start(&config.File{Services: []*config.Service{
-		dgramServiceConfig("buf", &dgramFactory{}, false, config.Limits{}, ep),
-	}}); err != nil {
-		t.Fatal(err)
-	}
-	defer s.Shutdown(5 * time.Second)
-	s.mu.Lock()
-	uc := s.sockets["udp:"+addr].dgram.uc
-	s.mu.Unlock()
-	if rcv, snd := sockBuffers(t, uc); rcv != 2*4096 || snd != 2*8192 {
-		t.Fatalf("at start: SO_RCVBUF %d, SO_SNDBUF %d", rcv, snd)
-	}
+	s, _, uc := startUDPBuffers(t, addr)
 	if err := s.Reload(&config.File{Services: []*config.Service{
 		dgramServiceConfig("buf", &dgramFactory{}, false, config.Limits{}, udpEndpoint(addr)),
 	}}); err != nil {
@@ -1457,4 +1429,28 @@ func TestDatagramReloadRestoresSystemBufferSizes(t *testing.T) {
 	c := dialUDP(t, addr)
 	send(t, c, []byte("x"))
 	mustRecv(t, c, []byte("x"))
+}
+
+// startUDPBuffers starts service "buf" on a udp endpoint at addr with
+// read_buffer 4096 and write_buffer 8192 and checks its socket has them
+// (Linux doubles both); it returns the supervisor (shut down when the test
+// ends), the endpoint and the socket.
+func startUDPBuffers(t *testing.T, addr string) (*Supervisor, endpoint.Config, *net.UDPConn) {
+	t.Helper()
+	ep := udpEndpoint(addr)
+	ep.ReadBuffer, ep.WriteBuffer = 4096, 8192
+	s, _ := newTestSupervisor()
+	if err := s.Start(&config.File{Services: []*config.Service{
+		dgramServiceConfig("buf", &dgramFactory{}, false, config.Limits{}, ep),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Shutdown(5 * time.Second) })
+	s.mu.Lock()
+	uc := s.sockets["udp:"+addr].dgram.uc
+	s.mu.Unlock()
+	if rcv, snd := sockBuffers(t, uc); rcv != 2*4096 || snd != 2*8192 {
+		t.Fatalf("at start: SO_RCVBUF %d, SO_SNDBUF %d", rcv, snd)
+	}
+	return s, ep, uc
 }
