@@ -531,17 +531,9 @@ func TestClusterOutage(t *testing.T) {
 // race (the key moved on under it), but the key the refresh wrote must not
 // stay held by nobody until name_ttl: the name is free again at once.
 func TestRefreshRacingReclaimFreesName(t *testing.T) {
-	nodes := clustertest.Start(t, 1)
-	clustertest.WaitNames(t, nodes, 30*time.Second)
-	rm := newClusterRoom(t, nodes[0], "lobby", "  name_ttl = \"60s\"")
-	x := rm.r.remote
+	nodes, rm, x := oneNodeRoom(t)
 	bob := joinAnywhere(t, rm, "U1", "bob", 20*time.Second)
-	x.mu.Lock()
-	rev, ok := x.held["bob"]
-	x.mu.Unlock()
-	if !ok {
-		t.Fatal("bob's name is not held")
-	}
+	rev := heldRevision(t, x, "bob")
 
 	var reclaimed claimResult
 	testHookRefreshed = func(name string) {
@@ -791,10 +783,7 @@ func TestUnansweredClaim(t *testing.T) {
 // this room's mark, which ClaimName gives back to it), and the name stays
 // held in the cluster, not purged by the first user's lost register.
 func TestClaimBeforeRegisterRefusesSecond(t *testing.T) {
-	nodes := clustertest.Start(t, 1)
-	clustertest.WaitNames(t, nodes, 30*time.Second)
-	rm := newClusterRoom(t, nodes[0], "lobby", "  name_ttl = \"60s\"")
-	x := rm.r.remote
+	nodes, rm, x := oneNodeRoom(t)
 	first := rm.connect("U1")
 	second := rm.connect("U2")
 	fired := false // the hook runs on the goroutine of the user it names
@@ -830,17 +819,9 @@ func TestClaimBeforeRegisterRefusesSecond(t *testing.T) {
 // recorded yet when the refresh records its own. The refresh must not take
 // the key for nobody's and purge it: the new user holds the name.
 func TestRefreshDuringReclaimKeepsName(t *testing.T) {
-	nodes := clustertest.Start(t, 1)
-	clustertest.WaitNames(t, nodes, 30*time.Second)
-	rm := newClusterRoom(t, nodes[0], "lobby", "  name_ttl = \"60s\"")
-	x := rm.r.remote
+	nodes, rm, x := oneNodeRoom(t)
 	bob := joinAnywhere(t, rm, "U1", "bob", 20*time.Second)
-	x.mu.Lock()
-	rev, ok := x.held["bob"]
-	x.mu.Unlock()
-	if !ok {
-		t.Fatal("bob's name is not held")
-	}
+	rev := heldRevision(t, x, "bob")
 
 	answered := make(chan struct{})
 	proceed := make(chan struct{})
@@ -875,10 +856,7 @@ func TestRefreshDuringReclaimKeepsName(t *testing.T) {
 // here knows, and releasing the old one finds it moved on: it must be
 // freed all the same, not left taken by nobody until name_ttl.
 func TestUnansweredTakeoverFreed(t *testing.T) {
-	nodes := clustertest.Start(t, 1)
-	clustertest.WaitNames(t, nodes, 30*time.Second)
-	rm := newClusterRoom(t, nodes[0], "lobby", "  name_ttl = \"60s\"")
-	x := rm.r.remote
+	nodes, rm, x := oneNodeRoom(t)
 	joinAnywhere(t, rm, "U1", "bob", 20*time.Second)
 	// The user leaves; the keeper (not woken) has not purged the key yet.
 	x.mu.Lock()
@@ -921,4 +899,26 @@ func stillHeld(t *testing.T, node *cluster.Node, x *remote, name, what string) {
 	if _, err := node.ClaimName(context.Background(), x.key(name), "someone else", time.Minute); !errors.Is(err, cluster.ErrNameTaken) {
 		t.Fatalf("%s: %v, want taken", what, err)
 	}
+}
+
+// oneNodeRoom starts a one-node cluster and a room on it whose names stay
+// taken for a minute after a node dies (longer than any test here waits).
+func oneNodeRoom(t *testing.T) ([]*cluster.Node, *room, *remote) {
+	t.Helper()
+	nodes := clustertest.Start(t, 1)
+	clustertest.WaitNames(t, nodes, 30*time.Second)
+	rm := newClusterRoom(t, nodes[0], "lobby", "  name_ttl = \"60s\"")
+	return nodes, rm, rm.r.remote
+}
+
+// heldRevision is the revision of the key of name, held by a user of x.
+func heldRevision(t *testing.T, x *remote, name string) uint64 {
+	t.Helper()
+	x.mu.Lock()
+	rev, ok := x.held[name]
+	x.mu.Unlock()
+	if !ok {
+		t.Fatalf("%s's name is not held", name)
+	}
+	return rev
 }
