@@ -86,17 +86,12 @@ func (f *Factory) start(fds []int, env []string, peer string, listenPID bool) (*
 		sys.PidFD = &pidfd
 	}
 	f.children.Add(1)
-	spawning.RLock() // see programs
-	pid, _, err := syscall.StartProcess(path, argv, &syscall.ProcAttr{
+	pid, err := spawn(path, argv, &syscall.ProcAttr{
 		Dir:   dir,
 		Env:   append(append(make([]string, 0, len(f.baseEnv)+len(env)), f.baseEnv...), env...),
 		Files: all,
 		Sys:   sys,
 	})
-	if err == nil {
-		ownProgram(pid)
-	}
-	spawning.RUnlock()
 	if reportW != nil {
 		reportW.Close() // the child's copy is the one that ends at its exec
 	}

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/goleak"
 
 	"github.com/superd-dev/superd/endpoint"
 	"github.com/superd-dev/superd/framework"
@@ -30,9 +31,9 @@ import (
 )
 
 // TestMain fails the package if a test leaves a goroutine behind (a relay
-// copier, a watcher, a stderr logger).
+// copier, a watcher, a stderr logger). The spawner lives for the process.
 func TestMain(m *testing.M) {
-	servicetest.VerifyTestMain(m)
+	servicetest.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/superd-dev/superd/services/exec.runSpawner"))
 }
 
 // --- logs ---

@@ -116,3 +116,71 @@ func BenchmarkStderrLog(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkSpawnConcurrent measures starts made by 8 goroutines at once,
+// as 8 connections arriving together make them: /bin/echo started and
+// reaped through the spawner thread (spawn, what the exec factory does)
+// and with syscall.StartProcess called by each goroutine itself. Both
+// reap in the runtime's poller through a pidfd, as the factory does.
+// Besides the time per start it reports the CPU of this process per start
+// (parent-µs/op) and the context switches it made (csw/op); run it with
+// -benchtime=2000x or more, so the children keep both CPUs busy.
+func BenchmarkSpawnConcurrent(b *testing.B) {
+	if !pidfdWorks() {
+		b.Skip("pidfds do not work here")
+	}
+	devNull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer devNull.Close()
+	for _, bc := range []struct {
+		name  string
+		start func(string, []string, *syscall.ProcAttr) (int, error)
+	}{
+		{"spawner", spawn},
+		{"direct", func(path string, argv []string, attr *syscall.ProcAttr) (int, error) {
+			pid, _, err := syscall.StartProcess(path, argv, attr)
+			return pid, err
+		}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			startAndReap := func() error {
+				pidfd := -1
+				pid, err := bc.start("/bin/echo", []string{"echo", "QUOTE"}, &syscall.ProcAttr{
+					Env:   []string{"PATH=/usr/bin:/bin"},
+					Files: []uintptr{devNull.Fd(), devNull.Fd(), devNull.Fd()},
+					Sys:   &syscall.SysProcAttr{Setsid: true, PidFD: &pidfd},
+				})
+				if err != nil {
+					return err
+				}
+				c := &child{pid: pid, pidfd: pollable(pidfd, "pidfd")}
+				_, err = c.reap()
+				return err
+			}
+			var r0, r1 syscall.Rusage
+			syscall.Getrusage(syscall.RUSAGE_SELF, &r0)
+			b.ResetTimer()
+			var wg sync.WaitGroup
+			const starters = 8
+			for s := range starters {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for i := s; i < b.N; i += starters {
+						if err := startAndReap(); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			b.StopTimer()
+			syscall.Getrusage(syscall.RUSAGE_SELF, &r1)
+			b.ReportMetric(cpuMicros(&r0, &r1)/float64(b.N), "parent-µs/op")
+			b.ReportMetric(float64(r1.Nvcsw+r1.Nivcsw-r0.Nvcsw-r0.Nivcsw)/float64(b.N), "csw/op")
+		})
+	}
+}
