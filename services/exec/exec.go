@@ -257,7 +257,7 @@ func (f *Factory) decodeEnv(cfg *Config) error {
 		case !envName.MatchString(name):
 			errs = append(errs, framework.Errorf(&cfg.Env, "%q is not a valid variable name (letters, digits and _, not starting with a digit)", name))
 		case slices.Contains(superdVars, name):
-			errs = append(errs, framework.Errorf(&cfg.Env, "%s is set by superd for each program (the connection's facts, SPEC section 9); env cannot set it", name))
+			errs = append(errs, framework.Errorf(&cfg.Env, "%s is set by superd for each program (one of the connection's facts, listed in the README under exec); env cannot set it", name))
 		case strings.ContainsRune(value, 0):
 			errs = append(errs, framework.Errorf(&cfg.Env, "the value of %s holds a NUL character", name))
 		default:
@@ -269,7 +269,7 @@ func (f *Factory) decodeEnv(cfg *Config) error {
 		case !envName.MatchString(name):
 			errs = append(errs, framework.Errorf(&cfg.PassEnv, "%q is not a valid variable name (letters, digits and _, not starting with a digit)", name))
 		case slices.Contains(superdVars, name):
-			errs = append(errs, framework.Errorf(&cfg.PassEnv, "%s is set by superd for each program (the connection's facts, SPEC section 9); pass_env cannot pass it", name))
+			errs = append(errs, framework.Errorf(&cfg.PassEnv, "%s is set by superd for each program (one of the connection's facts, listed in the README under exec); pass_env cannot pass it", name))
 		default:
 			f.passEnv = append(f.passEnv, name)
 		}
