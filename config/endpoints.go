@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -372,8 +373,12 @@ func (d *decoder) tlsFile(attr *hcl.Attribute) (string, []byte) {
 	p := resolvePath(d.file.Dir, s)
 	data, err := endpoint.ReadTLSFile(p)
 	if err != nil {
-		d.errorf(attr.Expr.Range(), "Cannot read "+attr.Name,
-			"%s. Relative paths resolve against the configuration file's folder, %s.", err, d.file.Dir)
+		// Where the file was looked for matters only for a relative path.
+		hint := ""
+		if !filepath.IsAbs(s) {
+			hint = fmt.Sprintf(" Relative paths resolve against the configuration file's folder, %s.", d.file.Dir)
+		}
+		d.errorf(attr.Expr.Range(), "Cannot read "+attr.Name, "%s.%s", err, hint)
 		return p, nil
 	}
 	sum := sha256.Sum256(data)

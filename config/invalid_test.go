@@ -1056,3 +1056,33 @@ func TestSyntaxErrorReportedOnce(t *testing.T) {
 		t.Errorf("diagnostic without its source line:\n%s", text)
 	}
 }
+
+// TestTLSFileHintOnlyForRelativePaths: a TLS file that cannot be read is
+// explained by where relative paths resolve only when its path is
+// relative; for an absolute path (examples/sni.hcl's, before make run-sni
+// has written them) that hint would send the reader looking in the wrong
+// place.
+func TestTLSFileHintOnlyForRelativePaths(t *testing.T) {
+	dir := t.TempDir()
+	const hint = "Relative paths resolve against the configuration file's folder"
+	for _, tc := range []struct {
+		path     string
+		wantHint bool
+	}{
+		{"missing.crt", true},
+		{filepath.Join(dir, "missing.crt"), false},
+	} {
+		_, err := Parse([]byte(`service "testecho" "e" {
+  endpoint "tls" {
+    address   = ":8443"
+    cert_file = "`+tc.path+`"
+    key_file  = "`+tc.path+`"
+  }
+}
+`), filepath.Join(dir, "superd.hcl"))
+		out := diagText(t, err)
+		if !strings.Contains(out, "Cannot read cert_file") || strings.Contains(out, hint) != tc.wantHint {
+			t.Errorf("cert_file = %q: hint shown %t, want %t; output:\n%s", tc.path, strings.Contains(out, hint), tc.wantHint, out)
+		}
+	}
+}
