@@ -1,7 +1,7 @@
 // Command selfsigned writes a self-signed certificate and its private key
 // for each name given, as DIR/NAME.crt and DIR/NAME.key (mode 0600): the
-// files of examples.hcl's service with several names, which `make run`
-// writes first. A pair already there that is still valid for a week is
+// files of examples/sni.hcl's service with several names, which `make
+// run-sni` writes first. A pair already there that is still valid for a week is
 // kept. These certificates are for trying superd out on one machine, never
 // for serving anyone else.
 //
