@@ -359,3 +359,23 @@ func TestWriteCaretsUnderWideText(t *testing.T) {
 		})
 	}
 }
+
+// TestCommonAttributesTheSame: `superd factories` lists the common
+// attributes in this order, and a description that reads "the same, per
+// ..." must come right after the attribute it is the same as
+// (max_connections_per_ip after max_connections, rate_limit_per_ip after
+// rate_limit), not after another one.
+func TestCommonAttributesTheSame(t *testing.T) {
+	for i, a := range CommonAttributes {
+		if !strings.HasPrefix(a.Description, "the same") {
+			continue
+		}
+		if i == 0 || !strings.HasPrefix(a.Name, CommonAttributes[i-1].Name+"_") {
+			prev := ""
+			if i > 0 {
+				prev = CommonAttributes[i-1].Name
+			}
+			t.Errorf("%s (%q) follows %q, not the attribute it is the same as", a.Name, a.Description, prev)
+		}
+	}
+}

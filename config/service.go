@@ -55,10 +55,10 @@ var rateType = cty.Object(map[string]cty.Type{"rate": cty.Number, "burst": cty.N
 var CommonAttributes = []framework.Attribute{
 	{Name: attrMaxConnections, Type: cty.Number, Default: cty.NumberIntVal(0),
 		Description: "open connections at once (0: unlimited); one more is closed at accept"},
-	{Name: attrMaxConnectionsPerUID, Type: cty.Number, Default: cty.NumberIntVal(0),
-		Description: "open connections at once per peer user id, on unix sockets (0: unlimited)"},
 	{Name: attrMaxConnectionsPerIP, Type: cty.Number, Default: cty.NumberIntVal(0),
 		Description: "the same, per remote IP (0: unlimited)"},
+	{Name: attrMaxConnectionsPerUID, Type: cty.Number, Default: cty.NumberIntVal(0),
+		Description: "open connections at once per peer user id, on unix sockets (0: unlimited)"},
 	{Name: attrIdleTimeout, Type: cty.String, TypeName: "duration",
 		Description: "close a connection that has received nothing for this long (a Go duration such as \"5m\")"},
 	{Name: attrAllow, Type: cty.List(cty.String),
