@@ -113,10 +113,19 @@ func buildVersion() string {
 // them (exit 2), with the config flag every command shares.
 func newFlagSet(name string, stderr io.Writer) (*flag.FlagSet, *string) {
 	fs := flag.NewFlagSet("superd "+name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, usage) }
+	setUsage(fs, stderr)
 	cfg := fs.String("config", "superd.hcl", "configuration `FILE`")
 	return fs, cfg
+}
+
+// setUsage makes -h (and a flag error) print the usage, then the
+// command's flags with their defaults.
+func setUsage(fs *flag.FlagSet, stderr io.Writer) {
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "%s\nflags of %s:\n", usage, fs.Name())
+		fs.PrintDefaults()
+	}
 }
 
 func parseFlags(fs *flag.FlagSet, args []string) int {

@@ -99,9 +99,8 @@ func (st *statusState) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // table (or the JSON); exit 1 when superd does not answer.
 func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("superd status", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, usage) }
-	address := fs.String("address", config.DefaultMetricsAddress, "superd's metrics address (metrics.address)")
+	setUsage(fs, stderr)
+	address := fs.String("address", config.DefaultMetricsAddress, "the `HOST:PORT` of superd's metrics listener (metrics.address)")
 	asJSON := fs.Bool("json", false, "print the JSON as served on /status")
 	conns := fs.Bool("connections", false, "list the open connections too")
 	if code := parseFlags(fs, args); code >= 0 {
