@@ -14,8 +14,11 @@ const dirOpenFlags = unix.O_PATH
 // setSocketAttrsAt gives the file name in the folder dirfd its owner and
 // group (when a changes them), then its mode. The file must be a socket
 // (and the one want identifies, when it is not zero). It returns the
-// file's identity (also when a change fails: the socket is known then) and
-// the name of the call that failed ("chown" or "chmod").
+// file's identity (also when a change fails: the socket is known then),
+// the owner, group and mode it had, and the name of the call that failed
+// ("chown" or "chmod"). What the file has already is not set again: a
+// reload that keeps the socket and its attributes needs no permission to
+// change them (superd may have dropped root since it made the file).
 //
 // Linux's chmod and fchmodat follow a symbolic link, and fchmodat's
 // AT_SYMLINK_NOFOLLOW is not supported (fchmodat2 has it only since 6.6).
@@ -32,24 +35,29 @@ const dirOpenFlags = unix.O_PATH
 // AT_EMPTY_PATH acts on the file an O_PATH descriptor holds (Linux 2.6.39).
 // It comes before the mode, so the mode is exactly the one asked for
 // whatever chown clears.
-func setSocketAttrsAt(dirfd int, name string, a fileAttrs, want fileID) (fileID, string, error) {
+func setSocketAttrsAt(dirfd int, name string, a fileAttrs, want fileID) (fileID, fileAttrs, string, error) {
 	fd, err := unix.Openat(dirfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return fileID{}, "open", err
+		return fileID{}, fileAttrs{}, "open", err
 	}
 	defer unix.Close(fd)
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
-		return fileID{}, "fstat", err
+		return fileID{}, fileAttrs{}, "fstat", err
 	}
 	id, err := checkSocket(&st, want)
 	if err != nil {
-		return fileID{}, "", err
+		return fileID{}, fileAttrs{}, "", err
 	}
-	if a.chown() {
+	prev := attrsOf(&st)
+	chown, chmod := a.changes(prev)
+	if chown {
 		if err := unix.Fchownat(fd, "", a.uid, a.gid, unix.AT_EMPTY_PATH); err != nil {
-			return id, "chown", err
+			return id, prev, "chown", err
 		}
+	}
+	if !chown && !chmod {
+		return id, prev, "", nil
 	}
 	err = unix.Chmod("/proc/self/fd/"+strconv.Itoa(fd), uint32(a.mode.Perm()))
 	if errors.Is(err, unix.ENOENT) {
@@ -57,5 +65,5 @@ func setSocketAttrsAt(dirfd int, name string, a fileAttrs, want fileID) (fileID,
 		// without it.
 		err = unix.Fchmodat(fd, "", uint32(a.mode.Perm()), unix.AT_EMPTY_PATH)
 	}
-	return id, "chmod", err
+	return id, prev, "chmod", err
 }

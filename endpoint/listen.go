@@ -13,6 +13,10 @@ import (
 	"time"
 )
 
+// ErrReplaced: a unix socket file's path no longer names the socket file
+// bound there.
+var ErrReplaced = errors.New("is no longer the socket superd bound there (something replaced it)")
+
 // probeTimeout bounds the dial that tells a stale unix socket from a live one.
 const probeTimeout = time.Second
 

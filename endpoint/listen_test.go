@@ -302,7 +302,7 @@ func TestUnixListenerSetFileAttrs(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "s.sock")
 	ln := listen(t, unixConfig(path, 0o600)).(*UnixListener)
-	if err := ln.SetFileAttrs(unixConfig(path, 0o640)); err != nil {
+	if _, err := ln.SetFileAttrs(unixConfig(path, 0o640)); err != nil {
 		t.Fatalf("SetFileAttrs(0640): %v", err)
 	}
 	if fi, err := os.Lstat(path); err != nil || fi.Mode().Perm() != 0o640 {
@@ -311,7 +311,7 @@ func TestUnixListenerSetFileAttrs(t *testing.T) {
 
 	target := precious(t, dir)
 	swapForSymlink(t, path, target)
-	err := ln.SetFileAttrs(unixConfig(path, 0o666))
+	_, err := ln.SetFileAttrs(unixConfig(path, 0o666))
 	if err == nil || !strings.Contains(err.Error(), "is no longer the socket superd bound there") {
 		t.Errorf("SetFileAttrs after the path became a symbolic link: %v", err)
 	}
@@ -513,5 +513,26 @@ func TestListenUnixUnprobeableSocketKept(t *testing.T) {
 	}
 	if _, err := os.Lstat(path); err != nil {
 		t.Fatalf("socket file gone: %v", err)
+	}
+}
+
+// SetFileAttrs reports what it changed, and its restore puts it back; with
+// nothing to change it changes nothing (no restore).
+func TestUnixListenerSetFileAttrsRestore(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "r.sock")
+	ln := listen(t, unixConfig(path, 0o600)).(*UnixListener)
+	restore, err := ln.SetFileAttrs(unixConfig(path, 0o600))
+	if err != nil || restore != nil {
+		t.Fatalf("SetFileAttrs(same mode) = %v, %v; want nothing to restore", restore != nil, err)
+	}
+	restore, err = ln.SetFileAttrs(unixConfig(path, 0o640))
+	if err != nil || restore == nil {
+		t.Fatalf("SetFileAttrs(0640) = %v, %v", restore != nil, err)
+	}
+	if err := restore(); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Lstat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("after restore: %v, %v; want 0600", fi.Mode(), err)
 	}
 }

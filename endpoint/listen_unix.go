@@ -53,10 +53,21 @@ func (l *UnixListener) Close() error {
 // SetFileAttrs gives the socket file cfg's owner, group and mode as Listen
 // did: never through a symbolic link, and only if the path still names
 // this listener's socket. A reload that keeps the socket and changes them
-// calls it (an owner or group left out keeps the file's).
-func (l *UnixListener) SetFileAttrs(cfg Config) error {
-	_, err := setSocketAttrs(l.path, cfg.fileAttrs(), l.id)
-	return err
+// calls it (an owner or group left out keeps the file's). Only what
+// differs is changed, so attributes the file has already need no
+// permission (superd may have dropped root since it bound the socket).
+//
+// restore puts back what it changed (nil when it changed nothing), for a
+// reload undone after it.
+func (l *UnixListener) SetFileAttrs(cfg Config) (restore func() error, err error) {
+	prev, changed, err := setSocketAttrs(l.path, cfg.fileAttrs(), l.id)
+	if err != nil || !changed {
+		return nil, err
+	}
+	return func() error {
+		_, _, err := setSocketAttrs(l.path, prev, l.id)
+		return err
+	}, nil
 }
 
 // bindUnix creates the unix socket at path with the given owner and mode
@@ -96,7 +107,7 @@ func bindUnix(path string, attrs fileAttrs) (_ net.Listener, err error) {
 	// here, is what later changes and the removal check against. (Nothing
 	// tells which file a unix socket is bound to: fstat of the socket
 	// describes the socket, not the file.)
-	id, err := setSocketAttrs(path, attrs, fileID{})
+	id, err := setSocketAttrsID(path, attrs)
 	if id != (fileID{}) {
 		defer func() {
 			if err != nil {
@@ -127,15 +138,12 @@ func bindUnix(path string, attrs fileAttrs) (_ net.Listener, err error) {
 // fileID identifies a file: its device and inode.
 type fileID struct{ dev, ino uint64 }
 
-// errReplaced: the path no longer names the socket file bound there.
-var errReplaced = errors.New("is no longer the socket superd bound there (something replaced it)")
-
 // checkSocket returns the identity of the file st describes, which must
 // be a socket, and when want is not zero the very socket want identifies.
 func checkSocket(st *unix.Stat_t, want fileID) (fileID, error) {
 	id := fileID{dev: uint64(st.Dev), ino: uint64(st.Ino)}
 	if uint32(st.Mode)&unix.S_IFMT != unix.S_IFSOCK || want != (fileID{}) && id != want {
-		return fileID{}, errReplaced
+		return fileID{}, ErrReplaced
 	}
 	return id, nil
 }
@@ -153,29 +161,63 @@ func openDir(path string) (dirfd int, name string, err error) {
 }
 
 // setSocketAttrs sets the owner and group (those attrs changes) and the
-// mode of the socket file at path without ever following a symbolic link,
-// and returns the file's identity. When want is not zero, the file must be
-// the socket it identifies; otherwise any socket will do (the one just
-// bound). When the file is that socket but a change fails, the error comes
-// with its identity.
-func setSocketAttrs(path string, attrs fileAttrs, want fileID) (fileID, error) {
+// mode of the socket file at path without ever following a symbolic link.
+// The file must be the socket want identifies. It returns the owner,
+// group and mode the file had, and whether any of them changed.
+func setSocketAttrs(path string, attrs fileAttrs, want fileID) (prev fileAttrs, changed bool, err error) {
+	_, prev, err = setSocketAttrsPath(path, attrs, want)
+	if err != nil {
+		return fileAttrs{}, false, err
+	}
+	chown, chmod := attrs.changes(prev)
+	return prev, chown || chmod, nil
+}
+
+// setSocketAttrsID sets the owner, group and mode of the socket file just
+// bound at path (any socket will do) and returns its identity.
+func setSocketAttrsID(path string, attrs fileAttrs) (fileID, error) {
+	id, _, err := setSocketAttrsPath(path, attrs, fileID{})
+	return id, err
+}
+
+// setSocketAttrsPath sets the owner and group (those attrs changes) and
+// the mode of the socket file at path without ever following a symbolic
+// link, and returns the file's identity and the attributes it had. When
+// want is not zero, the file must be the socket it identifies; otherwise
+// any socket will do (the one just bound). When the file is that socket
+// but a change fails, the error comes with its identity.
+func setSocketAttrsPath(path string, attrs fileAttrs, want fileID) (fileID, fileAttrs, error) {
 	dirfd, name, err := openDir(path)
 	if err != nil {
-		return fileID{}, err
+		return fileID{}, fileAttrs{}, err
 	}
 	defer unix.Close(dirfd)
-	id, op, err := setSocketAttrsAt(dirfd, name, attrs, want)
+	id, prev, op, err := setSocketAttrsAt(dirfd, name, attrs, want)
 	switch {
-	case errors.Is(err, errReplaced):
+	case errors.Is(err, ErrReplaced):
 		what := "its mode"
 		if attrs.chown() {
 			what = "its owner or mode"
 		}
-		return fileID{}, fmt.Errorf("%s %w; not changing %s", path, err, what)
+		return fileID{}, fileAttrs{}, fmt.Errorf("%s %w; not changing %s", path, err, what)
 	case err != nil:
-		return id, &fs.PathError{Op: op, Path: path, Err: err}
+		return id, prev, &fs.PathError{Op: op, Path: path, Err: err}
 	}
-	return id, nil
+	return id, prev, nil
+}
+
+// attrsOf is the owner, group and mode of the file st describes.
+func attrsOf(st *unix.Stat_t) fileAttrs {
+	return fileAttrs{mode: fs.FileMode(st.Mode & 0o777), uid: int(st.Uid), gid: int(st.Gid)}
+}
+
+// changes reports whether giving a file with the attributes cur those of
+// a needs a chown (an owner or group a sets that cur has not) and a chmod
+// (another mode). A chown is followed by a chmod in any case (it may clear
+// mode bits).
+func (a fileAttrs) changes(cur fileAttrs) (chown, chmod bool) {
+	chown = a.uid >= 0 && a.uid != cur.uid || a.gid >= 0 && a.gid != cur.gid
+	return chown, a.mode.Perm() != cur.mode.Perm()
 }
 
 // removeSocketFile removes the socket file at path if it is still the one
@@ -186,7 +228,7 @@ func removeSocketFile(path string, want fileID) bool {
 }
 
 // removeIfSocket removes path if it is the socket file want identifies;
-// errReplaced (wrapped) if it is something else.
+// ErrReplaced (wrapped) if it is something else.
 func removeIfSocket(path string, want fileID) error {
 	dirfd, name, err := openDir(path)
 	if err != nil {

@@ -39,6 +39,10 @@ type service struct {
 	m        *metrics.Service
 	bindings []*binding
 	opened   []*socket // sockets this service bound itself (not taken over)
+	// restoreAttrs put back the owner, group and mode of the socket files
+	// of the unix sockets taken over, which preparing the service changed
+	// to its endpoints' (for a reload undone; under the supervisor's mu).
+	restoreAttrs []func() error
 	// certFingerprint is the config.Service CertFingerprint of the
 	// certificates served now (a reload may swap them; under the
 	// supervisor's mu).
@@ -549,6 +553,7 @@ func (s *service) buildProtocol(addr net.Addr) (p framework.Protocol) {
 // their connections.
 func (s *service) activate() {
 	s.activated = true
+	s.restoreAttrs = nil // the unix socket files keep what preparing gave them
 	for _, b := range s.bindings {
 		// Before the endpoint's series are obtained (see seriesRefs).
 		s.refs.acquire(factoryEndpointKey(s.cfg.Name, s.cfg.Factory, b.ep.Label), nameEndpointKey(s.cfg.Name, b.ep.Label))
@@ -559,17 +564,6 @@ func (s *service) activate() {
 		}
 		if b.tls != nil {
 			s.recordCertificates(b)
-		}
-		if b.ep.Kind == endpoint.KindUnix && !slices.Contains(s.opened, b.sock) {
-			// Taken over from the previous instance: apply this one's
-			// owner, group and mode, to the socket file and nothing else
-			// (see endpoint.UnixListener). An abstract socket has no file,
-			// and a passed one is the service manager's.
-			if ul, ok := b.sock.ln.(*endpoint.UnixListener); ok {
-				if err := ul.SetFileAttrs(*b.ep); err != nil {
-					s.log.Error("cannot set the socket file's owner or mode", "endpoint", b.ep.Label, "err", err)
-				}
-			}
 		}
 		if b.ep.Kind == endpoint.KindUDP && !slices.Contains(s.opened, b.sock) {
 			// Taken over: apply this one's buffer sizes.

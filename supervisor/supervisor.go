@@ -7,8 +7,10 @@ package supervisor
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -381,6 +383,25 @@ func (s *Supervisor) socketLocked(svc *service, ep *endpoint.Config) (*socket, e
 		if err := sock.keeps(ep); err != nil {
 			return nil, err
 		}
+		// A unix socket file gets ep's owner, group and mode now, before
+		// the reload commits, so one that superd may no longer change (it
+		// dropped root since it bound it) fails the reload with the
+		// cause, and nothing changes; a reload undone later puts them
+		// back (see unprepareLocked). An abstract socket has no file, and
+		// a passed one is the service manager's.
+		if ul, ok := sock.ln.(*endpoint.UnixListener); ok {
+			restore, err := ul.SetFileAttrs(*ep)
+			switch {
+			case errors.Is(err, endpoint.ErrReplaced):
+				// Not superd's file any more: left alone, as at shutdown.
+				svc.log.Error("cannot set the socket file's owner or mode", "endpoint", ep.Label, "err", err)
+			case err != nil:
+				return nil, fileAttrsError(err)
+			}
+			if restore != nil {
+				svc.restoreAttrs = append(svc.restoreAttrs, restore)
+			}
+		}
 		return sock, nil
 	}
 	sock, carried, err := s.openSocketLocked(ep)
@@ -413,6 +434,15 @@ func (s *Supervisor) socketLocked(svc *service, ep *endpoint.Config) (*socket, e
 		s.sockets[sock.key] = sock
 	}
 	return sock, nil
+}
+
+// fileAttrsError explains a socket file's owner, group or mode that a
+// reload cannot change, when superd is no longer root.
+func fileAttrsError(err error) error {
+	if errors.Is(err, fs.ErrPermission) && os.Geteuid() != 0 {
+		return fmt.Errorf("%w: the socket file is kept, and changing its owner, group or mode needs the rights superd had when it bound it (it runs as uid %d now); restart superd to change them", err, os.Geteuid())
+	}
+	return err
 }
 
 // heldHint explains an address in use by superd itself, through a socket
@@ -454,6 +484,12 @@ func (s *Supervisor) openSocketLocked(ep *endpoint.Config) (k *socket, carried b
 // unprepareLocked undoes prepareServiceLocked for a service that never
 // served: the sockets it opened close and its factory stops.
 func (s *Supervisor) unprepareLocked(svc *service) {
+	for i := len(svc.restoreAttrs) - 1; i >= 0; i-- {
+		if err := svc.restoreAttrs[i](); err != nil {
+			svc.log.Error("cannot put back the socket file's owner or mode", "err", err)
+		}
+	}
+	svc.restoreAttrs = nil
 	for _, sock := range svc.opened {
 		sock.close()
 		delete(s.sockets, sock.key)

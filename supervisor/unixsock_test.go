@@ -136,3 +136,38 @@ func TestReloadKeepsAbstractSocket(t *testing.T) {
 		t.Errorf("dial after shutdown: %v, want connection refused", err)
 	}
 }
+
+// A reload that changes a kept unix socket file's mode and then fails
+// (another service cannot start) puts the file's mode back: a failed
+// reload changes nothing.
+func TestFailedReloadRestoresUnixSocketMode(t *testing.T) {
+	f := &lifecycleFactory{}
+	path := filepath.Join(t.TempDir(), "m.sock")
+	s, _ := newTestSupervisor()
+	if err := s.Start(&config.File{ShutdownTimeout: time.Second, Services: []*config.Service{
+		serviceConfig("u", f, config.Limits{}, unixEndpoint(path, 0o600)),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(time.Second)
+	bad := &lifecycleFactory{startErr: errors.New("boom")}
+	err := s.Reload(&config.File{ShutdownTimeout: time.Second, Services: []*config.Service{
+		serviceConfig("u", f, config.Limits{}, unixEndpoint(path, 0o666)),
+		serviceConfig("b", bad, config.Limits{}, unixEndpoint(filepath.Join(t.TempDir(), "b.sock"), 0o600)),
+	}})
+	if err == nil {
+		t.Fatal("the reload succeeded although a factory failed to start")
+	}
+	if fi, err := os.Lstat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("socket file after the failed reload: %v, %v; want 0600", fi.Mode(), err)
+	}
+	dialEcho(t, "unix", path, "still").Close()
+	if err := s.Reload(&config.File{ShutdownTimeout: time.Second, Services: []*config.Service{
+		serviceConfig("u", f, config.Limits{}, unixEndpoint(path, 0o666)),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Lstat(path); err != nil || fi.Mode().Perm() != 0o666 {
+		t.Fatalf("socket file after the reload: %v, %v; want 0666", fi.Mode(), err)
+	}
+}

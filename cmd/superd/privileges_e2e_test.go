@@ -294,3 +294,79 @@ service "exec" "other" {
 		t.Errorf("superd as nobody with an exec service as daemon: %v\n%s", runErr, runOut)
 	}
 }
+
+// After the drop, a reload that replaces a service with a unix endpoint
+// keeps its socket file (root's, as superd made it) untouched when its
+// owner and mode stay: no permission is needed and nothing is logged as
+// an error. A reload that changes its mode, which superd can no longer do,
+// fails as a reload does, with the cause, and changes nothing.
+func TestPrivilegeDropReloadUnixSocket(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("dropping privileges needs the test to run as root")
+	}
+	if _, err := user.Lookup("nobody"); err != nil {
+		t.Skip("no user nobody on this system")
+	}
+	sockDir := t.TempDir()
+	sock := filepath.Join(sockDir, "e.sock")
+	service := func(extra string) string {
+		return fmt.Sprintf(`
+user = "nobody"
+metrics { address = "METRICS" }
+service "echo" "e" {
+  %s
+  endpoint "unix" {
+    path = %q
+  }
+}
+`, extra, sock)
+	}
+	path, metrics := writeConfig(t, service(""))
+	// nobody must be able to read the file, and reach the socket's folder.
+	for _, dir := range []string{filepath.Dir(filepath.Dir(path)), filepath.Dir(path), filepath.Dir(sockDir), sockDir} {
+		os.Chmod(dir, 0o755)
+	}
+	d := startDaemon(t, path, metrics)
+	fi, err := os.Lstat(sock)
+	if err != nil || fi.Mode().Perm() != 0o660 || ownerUID(fi) != 0 {
+		t.Fatalf("socket file %v (uid %d), %v; want root's, 0660", fi.Mode(), ownerUID(fi), err)
+	}
+
+	// The service changes, its socket file's owner and mode do not.
+	rewriteConfig(t, path, metrics, service("max_connections = 5"))
+	d.reload("success", 1)
+	if !d.logged("service replaced") {
+		t.Fatal("the service was not replaced")
+	}
+	if strings.Contains(d.stderr.String(), "level=ERROR") {
+		t.Errorf("a reload that changes nothing of the socket file logged an error:\n%s", d.stderr.String())
+	}
+	if err := echoOnce("unix", sock, "kept"); err != nil {
+		t.Fatal(err)
+	}
+
+	// A mode superd, now nobody, cannot give root's file.
+	text := strings.Replace(service("max_connections = 6"), "path = ", "mode = \"0666\"\n    path = ", 1)
+	rewriteConfig(t, path, metrics, text)
+	d.reload("failure", 1)
+	if v, _ := metric(d.scrape(), "superd_config_reloads_total", map[string]string{"result": "success"}); v != 1 {
+		t.Errorf("reloads succeeded: %v, want 1", v)
+	}
+	if !d.logged("operation not permitted") || !d.logged(sock) {
+		t.Errorf("the failed reload does not name its cause and the socket:\n%s", d.stderr.String())
+	}
+	if fi, err := os.Lstat(sock); err != nil || fi.Mode().Perm() != 0o660 {
+		t.Errorf("socket file after the failed reload: %v, %v; want 0660", fi.Mode(), err)
+	}
+	if err := echoOnce("unix", sock, "still serving"); err != nil {
+		t.Fatal(err)
+	}
+	d.stop(10 * time.Second)
+}
+
+func ownerUID(fi os.FileInfo) int {
+	if fi == nil {
+		return -1
+	}
+	return int(fi.Sys().(*syscall.Stat_t).Uid)
+}
