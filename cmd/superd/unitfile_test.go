@@ -57,3 +57,46 @@ func TestUnitFileVerifies(t *testing.T) {
 		}
 	}
 }
+
+// A unix socket that examples/superd.socket holds for superd survives
+// superd's stop: systemd removes a service's RuntimeDirectory= when it
+// stops, unless RuntimeDirectoryPreserve= says otherwise, and the socket
+// file in it would go (the socket unit still listens, but no client finds
+// it, so a restart refuses the unix clients).
+func TestUnitFilesKeepActivatedUnixSockets(t *testing.T) {
+	values := func(name, key string) []string {
+		text, err := os.ReadFile(filepath.Join("../../examples", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var vs []string
+		for _, line := range strings.Split(string(text), "\n") {
+			if k, v, ok := strings.Cut(strings.TrimSpace(line), "="); ok && k == key {
+				vs = append(vs, strings.TrimSpace(v))
+			}
+		}
+		return vs
+	}
+	var paths []string
+	for _, key := range []string{"ListenStream", "ListenDatagram", "ListenSequentialPacket"} {
+		for _, v := range values("superd.socket", key) {
+			if strings.HasPrefix(v, "/") {
+				paths = append(paths, v)
+			}
+		}
+	}
+	preserve := values("superd.service", "RuntimeDirectoryPreserve")
+	kept := len(preserve) > 0 && (preserve[len(preserve)-1] == "yes" || preserve[len(preserve)-1] == "true")
+	for _, dirs := range values("superd.service", "RuntimeDirectory") {
+		for _, dir := range strings.Fields(dirs) {
+			for _, p := range paths {
+				if strings.HasPrefix(p, "/run/"+dir+"/") && !kept {
+					t.Errorf("superd.socket listens on %s, in superd.service's RuntimeDirectory=%s, which systemd removes when superd stops (RuntimeDirectoryPreserve=%v)", p, dir, preserve)
+				}
+			}
+		}
+	}
+	if len(paths) == 0 {
+		t.Log("superd.socket has no unix socket")
+	}
+}
