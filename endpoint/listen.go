@@ -17,6 +17,10 @@ import (
 // bound there.
 var ErrReplaced = errors.New("is no longer the socket superd bound there (something replaced it)")
 
+// ErrSocketFileLeft: a unix listener closed, but its socket file could not
+// be removed.
+var ErrSocketFileLeft = errors.New("the socket file is left behind")
+
 // probeTimeout bounds the dial that tells a stale unix socket from a live one.
 const probeTimeout = time.Second
 

@@ -43,10 +43,17 @@ type UnixListener struct {
 }
 
 // Close closes the listener, then removes its socket file if the path
-// still names it (a file put in its place since is left alone).
+// still names it (a file put in its place since is left alone). A socket
+// file it cannot remove (superd dropped root since it made it, and may
+// not write to its folder) is reported, wrapping ErrSocketFileLeft.
 func (l *UnixListener) Close() error {
 	err := l.UnixListener.Close()
-	l.unlinkOnce.Do(func() { removeSocketFile(l.path, l.id) })
+	l.unlinkOnce.Do(func() {
+		rerr := removeIfSocket(l.path, l.id)
+		if rerr != nil && !errors.Is(rerr, fs.ErrNotExist) && !errors.Is(rerr, ErrReplaced) {
+			err = errors.Join(err, fmt.Errorf("%w: %w", ErrSocketFileLeft, rerr))
+		}
+	})
 	return err
 }
 

@@ -188,7 +188,12 @@ func (k *socket) closeConn() error {
 	if k.bare != nil {
 		k.bare.Close()
 	}
-	return k.ln.Close()
+	err := k.ln.Close()
+	if errors.Is(err, endpoint.ErrSocketFileLeft) {
+		// Whoever starts next as root replaces it as a stale socket.
+		k.log.Warn("cannot remove the socket file at close", "endpoint", k.label, "err", err)
+	}
+	return err
 }
 
 // release detaches b; if b still owned the socket, nobody took it over, so

@@ -370,3 +370,39 @@ func ownerUID(fi os.FileInfo) int {
 	}
 	return int(fi.Sys().(*syscall.Stat_t).Uid)
 }
+
+// A unix socket file superd made as root, in a folder its user may not
+// write to, cannot be removed at shutdown once superd has dropped root:
+// it says so, naming the file, rather than leaving it silently.
+func TestPrivilegeDropSocketFileLeftIsLogged(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("dropping privileges needs the test to run as root")
+	}
+	if _, err := user.Lookup("nobody"); err != nil {
+		t.Skip("no user nobody on this system")
+	}
+	sockDir := t.TempDir()
+	sock := filepath.Join(sockDir, "e.sock")
+	path, metrics := writeConfig(t, fmt.Sprintf(`
+user = "nobody"
+metrics { address = "METRICS" }
+service "echo" "e" {
+  endpoint "unix" { path = %q }
+}
+`, sock))
+	for _, dir := range []string{filepath.Dir(filepath.Dir(path)), filepath.Dir(path), filepath.Dir(sockDir), sockDir} {
+		os.Chmod(dir, 0o755) // root's: nobody may not write there
+	}
+	d := startDaemon(t, path, metrics)
+	if err := echoOnce("unix", sock, "as nobody"); err != nil {
+		t.Fatal(err)
+	}
+	d.stop(10 * time.Second)
+	if _, err := os.Lstat(sock); err != nil {
+		t.Skipf("the socket file was removed after all (%v)", err)
+	}
+	if log := d.stderr.String(); !strings.Contains(log, "cannot remove the socket file") || !strings.Contains(log, sock) ||
+		!strings.Contains(log, "permission denied") {
+		t.Errorf("the socket file left at shutdown is not reported:\n%s", log)
+	}
+}
