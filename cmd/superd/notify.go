@@ -21,6 +21,10 @@ type notifier struct {
 	log      *slog.Logger
 	enabled  bool
 	watchdog time.Duration // the ping period (half of WATCHDOG_USEC); 0: none
+	// failing: the last send failed. A failure is logged as a warning
+	// once, the next ones at debug level until a send succeeds again:
+	// with the notify socket gone, each watchdog ping would log one.
+	failing bool
 }
 
 func newNotifier(log *slog.Logger) *notifier {
@@ -42,8 +46,16 @@ func (n *notifier) send(state string) {
 	if !n.enabled {
 		return
 	}
-	if _, err := sdnotify.SdNotify(false, state); err != nil {
-		n.log.Warn("sd_notify failed", "state", state, "err", err)
+	_, err := sdnotify.SdNotify(false, state)
+	switch {
+	case err != nil && !n.failing:
+		n.failing = true
+		n.log.Warn("sd_notify failed; until it works again, further failures are logged at debug level", "state", state, "err", err)
+	case err != nil:
+		n.log.Debug("sd_notify failed", "state", state, "err", err)
+	case n.failing:
+		n.failing = false
+		n.log.Info("sd_notify works again", "state", state)
 	}
 }
 

@@ -182,3 +182,43 @@ func TestNotifyWatchdogFollowsMainLoop(t *testing.T) {
 	d.signal(syscall.SIGTERM)
 	d.wait(10 * time.Second)
 }
+
+// With the notify socket gone, a failed sd_notify is a warning once, not
+// one for every watchdog ping; once the socket is back, sending resumes
+// and says so.
+func TestNotifyFailureLoggedOnce(t *testing.T) {
+	sockPath := filepath.Join(t.TempDir(), "notify.sock")
+	path, metrics := writeConfig(t, fmt.Sprintf(`
+metrics { address = "METRICS" }
+service "echo" "e" {
+  endpoint "tcp" { address = %q }
+}
+`, freeAddr(t)))
+	cmd := exec.Command(superdBin, "run", "-config", path, "-log-level", "debug")
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sockPath, "WATCHDOG_USEC=40000")
+	d := startCmd(t, cmd, metrics)
+	deadline := time.Now().Add(10 * time.Second)
+	for strings.Count(d.stderr.String(), "sd_notify failed") < 5 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no failing pings:\n%s", d.stderr.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := strings.Count(d.stderr.String(), "level=WARN msg=\"sd_notify failed"); n != 1 {
+		t.Errorf("%d warnings for the failing sd_notify, want 1:\n%s", n, d.stderr.String())
+	}
+	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sockPath, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ns := &notifySocket{t: t, conn: c, addr: sockPath}
+	if m := ns.next(5 * time.Second); m != "WATCHDOG=1" {
+		t.Errorf("got %q, want the pings back", m)
+	}
+	if !d.logged("sd_notify works again") {
+		t.Error("the recovery is not logged")
+	}
+	c.Close() // nobody reads the pings any more: refused, not queued
+	d.stop(10 * time.Second)
+}
