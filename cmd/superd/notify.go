@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	sdnotify "github.com/coreos/go-systemd/v22/daemon"
@@ -17,13 +19,25 @@ import (
 // WATCHDOG=1 pings from the main loop, paused while a reload (or reopen)
 // runs, so one that hangs stops them and systemd restarts superd. Without
 // NOTIFY_SOCKET it does nothing.
+//
+// The messages go out from a goroutine of their own, in order: sending
+// blocks while the receiver's queue is full (a manager that does not read
+// it), and the main loop must still take signals then (a second SIGTERM
+// exits at once). Pings not sent yet count as one.
 type notifier struct {
 	log      *slog.Logger
 	enabled  bool
 	watchdog time.Duration // the ping period (half of WATCHDOG_USEC); 0: none
-	// failing: the last send failed. A failure is logged as a warning
-	// once, the next ones at debug level until a send succeeds again:
-	// with the notify socket gone, each watchdog ping would log one.
+
+	mu    sync.Mutex
+	queue []string // messages not sent yet, oldest first
+	wake  chan struct{}
+	stop  chan struct{} // closed by close: send what is queued, then end
+	done  chan struct{} // closed when the sender has ended
+	// failing: the last send failed (the sender's own). A failure is
+	// logged as a warning once, the next ones at debug level until a
+	// send succeeds again: with the notify socket gone, each watchdog
+	// ping would log one.
 	failing bool
 }
 
@@ -38,24 +52,81 @@ func newNotifier(log *slog.Logger) *notifier {
 	} else if d > 0 {
 		n.watchdog = d / 2
 	}
+	n.wake = make(chan struct{}, 1)
+	n.stop = make(chan struct{})
+	n.done = make(chan struct{})
+	go n.sender()
 	return n
 }
 
-// send sends one notification; failures are logged, never fatal.
+// send queues one notification for the sender; it never blocks.
 func (n *notifier) send(state string) {
 	if !n.enabled {
 		return
 	}
-	_, err := sdnotify.SdNotify(false, state)
-	switch {
-	case err != nil && !n.failing:
-		n.failing = true
-		n.log.Warn("sd_notify failed; until it works again, further failures are logged at debug level", "state", state, "err", err)
-	case err != nil:
-		n.log.Debug("sd_notify failed", "state", state, "err", err)
-	case n.failing:
-		n.failing = false
-		n.log.Info("sd_notify works again", "state", state)
+	n.mu.Lock()
+	if state == sdnotify.SdNotifyWatchdog && slices.Contains(n.queue, state) {
+		n.mu.Unlock()
+		return // a ping waiting already says the loop is alive
+	}
+	n.queue = append(n.queue, state)
+	n.mu.Unlock()
+	select {
+	case n.wake <- struct{}{}:
+	default:
+	}
+}
+
+// sender sends the queued messages in order until close; failures are
+// logged, never fatal.
+func (n *notifier) sender() {
+	defer close(n.done)
+	for {
+		select {
+		case <-n.wake:
+		case <-n.stop:
+			n.sendQueued()
+			return
+		}
+		n.sendQueued()
+	}
+}
+
+func (n *notifier) sendQueued() {
+	for {
+		n.mu.Lock()
+		if len(n.queue) == 0 {
+			n.mu.Unlock()
+			return
+		}
+		state := n.queue[0]
+		n.queue = n.queue[1:]
+		n.mu.Unlock()
+		_, err := sdnotify.SdNotify(false, state)
+		switch {
+		case err != nil && !n.failing:
+			n.failing = true
+			n.log.Warn("sd_notify failed; until it works again, further failures are logged at debug level", "state", state, "err", err)
+		case err != nil:
+			n.log.Debug("sd_notify failed", "state", state, "err", err)
+		case n.failing:
+			n.failing = false
+			n.log.Info("sd_notify works again", "state", state)
+		}
+	}
+}
+
+// close sends what is queued, waiting for that at most wait (a receiver
+// that does not read is not waited for).
+func (n *notifier) close(wait time.Duration) {
+	if !n.enabled {
+		return
+	}
+	close(n.stop)
+	select {
+	case <-n.done:
+	case <-time.After(wait):
+		n.log.Warn("sd_notify messages not sent at exit: the notify socket takes none", "wait", wait)
 	}
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -221,4 +222,40 @@ service "echo" "e" {
 	}
 	c.Close() // nobody reads the pings any more: refused, not queued
 	d.stop(10 * time.Second)
+}
+
+// A notify socket whose reader has stopped (its queue full) never stops
+// superd's main loop: SIGTERM still shuts superd down, and exits 0.
+func TestNotifyStuckReceiverDoesNotBlockSignals(t *testing.T) {
+	ns := listenNotify(t, false)
+	d, _ := startNotified(t, ns, "WATCHDOG_USEC=20000")
+	if m := ns.nextNonWatchdog(10 * time.Second); !strings.HasPrefix(m, "READY=1") {
+		t.Fatalf("got %q, want READY=1", m)
+	}
+	// From now on nobody reads: wait until the socket's queue is full (a
+	// datagram of our own no longer fits), so superd's next ping cannot
+	// be queued either.
+	probe, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(probe)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := unix.Sendto(probe, []byte("X=1"), unix.MSG_DONTWAIT, &unix.SockaddrUnix{Name: ns.addr})
+		if errors.Is(err, unix.EAGAIN) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the notify socket's queue never filled")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	d.signal(syscall.SIGTERM)
+	if code := d.wait(10 * time.Second); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
 }

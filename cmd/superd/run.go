@@ -151,6 +151,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 		go func() { busy <- f() }()
 	}
 	notify := newNotifier(log)
+	defer notify.close(time.Second)
 	lastReload := "none"
 	statusText := func() string {
 		return statusLine(len(sup.Services()), sup.ActiveConnections(), lastReload)
