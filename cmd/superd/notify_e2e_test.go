@@ -235,7 +235,7 @@ func TestNotifyStuckReceiverDoesNotBlockSignals(t *testing.T) {
 	// From now on nobody reads: wait until the socket's queue is full (a
 	// datagram of our own no longer fits), so superd's next ping cannot
 	// be queued either.
-	probe, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	probe, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
