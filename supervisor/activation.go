@@ -142,6 +142,16 @@ func (s *Supervisor) inheritedSocket(in *inherited, ep *endpoint.Config) (*socke
 			return nil, err
 		}
 		if tl, ok := ln.(*net.TCPListener); ok {
+			// As for udp below: what counts only before bind is the
+			// socket unit's to set.
+			if ep.ReusePort && !reusesPort(tl) {
+				s.log.Warn("reuse_port cannot be set on a socket passed by the service manager (it is bound already); set ReusePort= in the socket unit",
+					"endpoint", ep.Label)
+			}
+			if ep.TCP.V6Only && !v6Only(tl) {
+				s.log.Warn("v6only cannot be set on a socket passed by the service manager (it is bound already): IPv4 clients can connect; set BindIPv6Only=ipv6-only in the socket unit",
+					"endpoint", ep.Label)
+			}
 			if ln, err = endpoint.AdoptTCP(tl, ep.TCP); err != nil {
 				tl.Close()
 				return nil, err
@@ -284,5 +294,25 @@ func reusesPort(c syscall.Conn) bool {
 	}
 	v := 0
 	raw.Control(func(fd uintptr) { v, _ = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT) })
+	return v == 1
+}
+
+// v6Only reports whether c's socket is IPv6 only: an IPv6 socket with
+// IPV6_V6ONLY, or an IPv4 one (no IPv6 client can reach it either way).
+func v6Only(c syscall.Conn) bool {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return false
+	}
+	v := 0
+	raw.Control(func(fd uintptr) {
+		if sa, err := unix.Getsockname(int(fd)); err == nil {
+			if _, ok := sa.(*unix.SockaddrInet6); !ok {
+				v = 1
+				return
+			}
+		}
+		v, _ = unix.GetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_V6ONLY)
+	})
 	return v == 1
 }

@@ -323,3 +323,36 @@ func TestInheritedNameWinsOverAnotherEndpointsAddress(t *testing.T) {
 		t.Errorf("the endpoint named web did not get its socket: %v, %v", in, err)
 	}
 }
+
+// reuse_port and v6only count only before bind: a tcp endpoint that asks
+// for them and gets a passed socket without them is told so at start (as
+// a udp endpoint is for reuse_port), and served.
+func TestInheritedTCPOptionsBeforeBindWarn(t *testing.T) {
+	ln, err := net.Listen("tcp", "[::1]:0") // IPV6_V6ONLY 0, as on a dual-stack [::]
+	if err != nil {
+		t.Skip("no IPv6 loopback:", err)
+	}
+	f, err := ln.(*net.TCPListener).File()
+	addr := ln.Addr().String()
+	ln.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs lockedBuffer
+	s := New(slog.New(slog.NewTextHandler(&logs, nil)), metrics.New("test"))
+	s.Inherit([]*os.File{f})
+	ep := tcpEndpoint(addr)
+	ep.ReusePort, ep.TCP.V6Only = true, true
+	if err := s.Start(&config.File{ShutdownTimeout: 5 * time.Second, Services: []*config.Service{
+		serviceConfig("passed", &lifecycleFactory{}, config.Limits{}, ep),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(5 * time.Second)
+	dialEcho(t, "tcp", addr, "served").Close()
+	for _, want := range []string{"reuse_port cannot be set", "v6only cannot be set"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("no warning %q:\n%s", want, logs.String())
+		}
+	}
+}
