@@ -389,11 +389,12 @@ func (s *Supervisor) socketLocked(svc *service, ep *endpoint.Config) (*socket, e
 		// cause, and nothing changes; a reload undone later puts them
 		// back (see unprepareLocked). An abstract socket has no file, and
 		// a passed one is the service manager's.
-		if ul, ok := sock.ln.(*endpoint.UnixListener); ok {
+		if ul, ok := sock.ln.(*endpoint.UnixListener); ok && fileAttrsChange(sock, ep) {
 			restore, err := ul.SetFileAttrs(*ep)
 			switch {
-			case errors.Is(err, endpoint.ErrReplaced):
-				// Not superd's file any more: left alone, as at shutdown.
+			case errors.Is(err, endpoint.ErrReplaced) || errors.Is(err, fs.ErrNotExist):
+				// Not superd's file any more, or gone: left alone, as at
+				// shutdown.
 				svc.log.Error("cannot set the socket file's owner or mode", "endpoint", ep.Label, "err", err)
 			case err != nil:
 				return nil, fileAttrsError(err)
@@ -434,6 +435,20 @@ func (s *Supervisor) socketLocked(svc *service, ep *endpoint.Config) (*socket, e
 		s.sockets[sock.key] = sock
 	}
 	return sock, nil
+}
+
+// fileAttrsChange reports whether ep asks the socket file of k, a unix
+// socket a reload carries over, for another owner, group or mode than its
+// endpoint in force did. One that asks for the same leaves the file
+// alone: superd, no longer root, may not even reach it.
+func fileAttrsChange(k *socket, ep *endpoint.Config) bool {
+	b := k.owner.Load()
+	if b == nil {
+		return true
+	}
+	ou, og := b.ep.SocketOwner()
+	nu, ng := ep.SocketOwner()
+	return b.ep.UnixMode() != ep.UnixMode() || ou != nu || og != ng
 }
 
 // fileAttrsError explains a socket file's owner, group or mode that a

@@ -171,3 +171,26 @@ func TestFailedReloadRestoresUnixSocketMode(t *testing.T) {
 		t.Fatalf("socket file after the reload: %v, %v; want 0666", fi.Mode(), err)
 	}
 }
+
+// A reload that changes the mode of a kept unix socket whose file someone
+// removed carries on (the file is not superd's to make again), as one
+// whose path now names something else does.
+func TestReloadUnixSocketFileGone(t *testing.T) {
+	f := &lifecycleFactory{}
+	path := filepath.Join(t.TempDir(), "g.sock")
+	s, _ := newTestSupervisor()
+	if err := s.Start(&config.File{ShutdownTimeout: time.Second, Services: []*config.Service{
+		serviceConfig("u", f, config.Limits{}, unixEndpoint(path, 0o600)),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(time.Second)
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Reload(&config.File{ShutdownTimeout: time.Second, Services: []*config.Service{
+		serviceConfig("u", f, config.Limits{MaxConnections: 3}, unixEndpoint(path, 0o666)),
+	}}); err != nil {
+		t.Fatalf("reload with the socket file gone: %v", err)
+	}
+}

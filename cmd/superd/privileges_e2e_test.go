@@ -406,3 +406,44 @@ service "echo" "e" {
 		t.Errorf("the socket file left at shutdown is not reported:\n%s", log)
 	}
 }
+
+// After the drop, a reload that replaces a service whose unix socket sits
+// in a folder only root may enter (superd, now nobody, cannot even look at
+// the file) succeeds when the endpoint asks for the same owner and mode.
+func TestPrivilegeDropReloadUnixSocketInRootFolder(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("dropping privileges needs the test to run as root")
+	}
+	if _, err := user.Lookup("nobody"); err != nil {
+		t.Skip("no user nobody on this system")
+	}
+	sockDir := t.TempDir()
+	if err := os.Chmod(sockDir, 0o700); err != nil { // root's alone
+		t.Fatal(err)
+	}
+	sock := filepath.Join(sockDir, "e.sock")
+	service := func(extra string) string {
+		return fmt.Sprintf(`
+user = "nobody"
+metrics { address = "METRICS" }
+service "echo" "e" {
+  %s
+  endpoint "unix" { path = %q }
+}
+`, extra, sock)
+	}
+	path, metrics := writeConfig(t, service(""))
+	for _, dir := range []string{filepath.Dir(filepath.Dir(path)), filepath.Dir(path)} {
+		os.Chmod(dir, 0o755)
+	}
+	d := startDaemon(t, path, metrics)
+	rewriteConfig(t, path, metrics, service("max_connections = 5"))
+	d.reload("success", 1)
+	if err := echoOnce("unix", sock, "kept"); err != nil {
+		t.Fatal(err)
+	}
+	d.signal(syscall.SIGTERM)
+	if code := d.wait(10 * time.Second); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+}
