@@ -338,7 +338,7 @@ func TestInheritedTCPOptionsBeforeBindWarn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs lockedBuffer
+	var logs testkit.Buffer
 	s := New(slog.New(slog.NewTextHandler(&logs, nil)), metrics.New("test"))
 	s.Inherit([]*os.File{f})
 	ep := tcpEndpoint(addr)
