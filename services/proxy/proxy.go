@@ -472,11 +472,21 @@ func (p *Proxy) ReadConnectionLost() {
 func (p *Proxy) ConnectionDraining() {
 	p.mu.Lock()
 	p.draining = true
-	done := p.downShut // the upstream had ended: only the client's end was awaited
+	// The upstream had ended (only the client's end was awaited) and has
+	// every byte taken from the client; else writeLoop ends it once it has.
+	done := p.drainedLocked()
 	p.mu.Unlock()
 	if done {
 		p.t.LoseConnection()
 	}
+}
+
+// drainedLocked reports whether a draining connection is over: the
+// upstream has ended its stream and every byte taken from the client has
+// been written to it (an upstream that half-closed may still be reading
+// the client's upload: ending now would reset it and lose that).
+func (p *Proxy) drainedLocked() bool {
+	return p.draining && p.downShut && p.queue == nil && p.inflight == 0
 }
 
 // writeLoop writes the queue to the upstream, then its end of stream.
@@ -521,10 +531,14 @@ func (p *Proxy) writeLoop(up net.Conn) {
 			p.clientPaused = false
 			p.t.ResumeProducing()
 		}
+		drained := err == nil && !p.closed && p.drainedLocked()
 		p.mu.Unlock()
 		if err != nil {
 			p.upstreamFailed(err)
 			return
+		}
+		if drained {
+			p.t.LoseConnection()
 		}
 	}
 }
@@ -558,8 +572,9 @@ func (p *Proxy) readLoop(up net.Conn) {
 			p.mu.Lock()
 			p.downShut = true
 			// Draining, no end of stream of the client's will be read:
-			// the upstream's ends the connection.
-			both := p.upShut || p.draining
+			// the upstream's ends the connection, once what was taken
+			// from the client is written (else writeLoop ends it then).
+			both := p.upShut || p.drainedLocked()
 			p.mu.Unlock()
 			if hc, ok := p.t.(framework.HalfCloser); ok && !both {
 				hc.LoseWriteConnection()
@@ -600,7 +615,7 @@ func (p *Proxy) ConnectionLost(reason error) {
 	p.closed = true
 	// Gracefully also when draining ended with the upstream's end of
 	// stream and all the client's bytes written: the exchange is over.
-	up, graceful := p.up, p.upShut || p.draining && p.downShut && p.queue == nil && p.inflight == 0
+	up, graceful := p.up, p.upShut || p.drainedLocked()
 	if p.queue != nil {
 		*p.queue = (*p.queue)[:0]
 		queueBufs.Put(p.queue)
