@@ -102,7 +102,7 @@ type Config struct {
 // TLSConfig is the upstream_tls block.
 type TLSConfig struct {
 	ServerName         string         `hcl:"server_name,optional"`
-	CAFile             framework.Path `hcl:"ca_file,optional"`
+	CAFile             framework.Path `hcl:"ca_file,optional" contents:"true"`
 	InsecureSkipVerify bool           `hcl:"insecure_skip_verify,optional"`
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/superd-dev/superd/config"
 	"github.com/superd-dev/superd/framework"
 	"github.com/superd-dev/superd/internal/testkit"
+	"github.com/superd-dev/superd/services/internal/servicetest"
 )
 
 func TestConfig(t *testing.T) {
@@ -637,5 +638,50 @@ func TestClientGoneWhileConnecting(t *testing.T) {
 	case <-done:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the dialer outlived its connection")
+	}
+}
+
+// TestCAFileContentsInFingerprint: the proxy reads ca_file when it is
+// built, so a reload that finds other contents in it (a CA renewed in
+// place) replaces the service, as a change of value would; the same
+// contents keep it.
+func TestCAFileContentsInFingerprint(t *testing.T) {
+	dir := t.TempDir()
+	caFile := filepath.Join(dir, "ca.pem")
+	writeCA := func() {
+		t.Helper()
+		ca, err := testkit.NewCA()
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := ca.WriteCAFile(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		pem, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(caFile, pem, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fingerprint := func() string {
+		t.Helper()
+		svc, err := servicetest.Block{Factory: "proxy", Dir: dir, Body: `  upstream = "127.0.0.1:1"
+  upstream_tls { ca_file = "ca.pem" }`}.Service(t)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return svc.Fingerprint
+	}
+	writeCA()
+	first := fingerprint()
+	if fingerprint() != first {
+		t.Error("the fingerprint changed with nothing changed")
+	}
+	writeCA()
+	if fingerprint() == first {
+		t.Error("the fingerprint did not change with the contents of ca_file: a reload would keep the old CA")
 	}
 }
