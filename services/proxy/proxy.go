@@ -42,7 +42,6 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -59,6 +58,7 @@ import (
 	"github.com/pires/go-proxyproto"
 	"github.com/zclconf/go-cty/cty"
 
+	"github.com/superd-dev/superd/endpoint"
 	"github.com/superd-dev/superd/framework"
 )
 
@@ -218,13 +218,19 @@ func tlsConfig(b *TLSConfig) (*tls.Config, error) {
 		InsecureSkipVerify: b.InsecureSkipVerify,
 	}
 	if p := string(b.CAFile); p != "" {
-		pem, err := os.ReadFile(p)
+		// As a tls endpoint's client_ca_file: a regular file (a FIFO
+		// would hang validate and reload), bounded, every certificate
+		// in it parsed (none skipped).
+		pem, err := endpoint.ReadTLSFile(p)
 		if err != nil {
 			return nil, framework.Errorf(&b.CAFile, "cannot read the CA file: %v", err)
 		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
+		pool, err := endpoint.ParseCertPool(pem)
+		if errors.Is(err, endpoint.ErrNoCertificate) {
 			return nil, framework.Errorf(&b.CAFile, "%s holds no PEM certificate", p)
+		}
+		if err != nil {
+			return nil, framework.Errorf(&b.CAFile, "%s: %v", p, err)
 		}
 		c.RootCAs = pool
 	}

@@ -685,3 +685,32 @@ func TestCAFileContentsInFingerprint(t *testing.T) {
 		t.Error("the fingerprint did not change with the contents of ca_file: a reload would keep the old CA")
 	}
 }
+
+// TestCAFileNotRegular: a ca_file that is not a regular file (a FIFO,
+// which no one writes) is refused at once, as a tls endpoint's
+// client_ca_file is, rather than hanging validate and reload on its read.
+func TestCAFileNotRegular(t *testing.T) {
+	dir := t.TempDir()
+	if err := syscall.Mkfifo(filepath.Join(dir, "ca.pem"), 0o600); err != nil {
+		t.Skipf("mkfifo: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := parseService(t, dir, `  upstream = "127.0.0.1:1"
+  upstream_tls { ca_file = "ca.pem" }`)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "is not a regular file") {
+			t.Errorf("error %v; want ca.pem refused as not a regular file", err)
+		}
+	case <-time.After(10 * time.Second):
+		// Unblock the read so that the goroutine ends.
+		if f, err := os.OpenFile(filepath.Join(dir, "ca.pem"), os.O_WRONLY, 0); err == nil {
+			f.Close()
+		}
+		<-done
+		t.Fatal("reading ca_file, a FIFO, did not return within 10 s")
+	}
+}
