@@ -295,7 +295,11 @@ func (f *Factory) dialOne(ctx context.Context, u upstream, header []byte) (net.C
 	tc := tls.Client(c, u.tls)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		c.Close()
-		return nil, err
+		if errors.Is(err, context.DeadlineExceeded) {
+			// Not crypto/tls's bare "context deadline exceeded".
+			err = fmt.Errorf("no answer within connect_timeout (%s)", f.timeout)
+		}
+		return nil, fmt.Errorf("TLS handshake: %w", err)
 	}
 	return tc, nil
 }

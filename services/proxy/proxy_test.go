@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -712,5 +713,30 @@ func TestCAFileNotRegular(t *testing.T) {
 		}
 		<-done
 		t.Fatal("reading ca_file, a FIFO, did not return within 10 s")
+	}
+}
+
+// TestTLSHandshakeTimeoutWarning: an upstream that accepts the connection
+// but never answers the TLS handshake is given connect_timeout; the
+// warning says that it was the handshake that timed out, and after what,
+// rather than a bare "context deadline exceeded".
+func TestTLSHandshakeTimeoutWarning(t *testing.T) {
+	ln := listen(t, "tcp")
+	serveUpstream(t, ln, func(c net.Conn) { io.Copy(io.Discard, c) }) // reads, never answers
+	f := newFactory(t, fmt.Sprintf("  upstream = %q\n  connect_timeout = \"300ms\"\n  upstream_tls { insecure_skip_verify = true }", ln.Addr()))
+	var logs testkit.Buffer
+	f.log = slog.New(slog.NewTextHandler(&logs, nil))
+	addr, conns := serveProxy(t, f, "tcp", nil)
+	c, err := net.Dial("tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if r := (<-conns).wait(t); !errors.Is(r, framework.ErrUpstream) {
+		t.Errorf("reason %v, want ErrUpstream", r)
+	}
+	want := ln.Addr().String() + ": TLS handshake: no answer within connect_timeout (300ms)"
+	if out := logs.String(); !strings.Contains(out, want) {
+		t.Errorf("warning:\n%s\nwant it to say %q", out, want)
 	}
 }
