@@ -1,6 +1,8 @@
 package config
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/superd-dev/superd/endpoint"
 	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/internal/fsutil"
 )
 
 var (
@@ -397,6 +400,9 @@ func configValues(attrs []framework.Attribute, v reflect.Value, prefix string, o
 		case fv.Type() == durationType:
 			out[name] = cty.StringVal(time.Duration(fv.Int()).String())
 			continue
+		case fv.Type() == pathType && a.Contents && fv.String() != "":
+			out[name] = cty.StringVal(fv.String() + " " + contentsDigest(fv.String()))
+			continue
 		case fv.Type() == pathType:
 			out[name] = cty.StringVal(fv.String())
 			continue
@@ -462,4 +468,20 @@ func (d *decoder) checkListenerLimits(svc *Service, content *hcl.BodyContent) {
 			}
 		}
 	}
+}
+
+// maxContentsFile bounds what contentsDigest reads of a file.
+const maxContentsFile = 16 << 20
+
+// contentsDigest is the SHA-256 of the file at path (a Path attribute
+// tagged contents:"true"), for the fingerprint: a file the factory read
+// when it was built, whose new contents a reload must not miss. A file
+// that cannot be read digests as its error (New reports it).
+func contentsDigest(path string) string {
+	data, err := fsutil.ReadRegularFile(path, maxContentsFile)
+	if err != nil {
+		return "unreadable: " + err.Error()
+	}
+	sum := sha256.Sum256(data)
+	return "sha256:" + hex.EncodeToString(sum[:])
 }

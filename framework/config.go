@@ -126,6 +126,9 @@ type MapEntry struct {
 //	                     (its own tagged fields) or a map (any attributes)
 //	doc:"..."            the description `superd factories` prints
 //	min:"N", max:"N"     bounds of a number or a Duration ("1s")
+//	contents:"true"      on a Path: the factory reads the file when it is
+//	                     built, so a reload that finds other contents
+//	                     replaces the service (as a changed value would)
 //
 // Field types: string, Path, Duration, bool, the integer types (a
 // fractional value is an error), float64, *int (unset: nil), []string,
@@ -147,6 +150,9 @@ type Attribute struct {
 	// Min and Max bound a number or a Duration, as written in the tags (""
 	// when unbounded).
 	Min, Max string
+	// Contents: a Path whose file the factory reads when it is built; its
+	// contents are part of what a reload compares.
+	Contents bool
 	// Index is the field's index in the struct; Nested are the attributes
 	// of a block decoded into a struct.
 	Index  int
@@ -227,6 +233,12 @@ func attributes(v reflect.Value) []Attribute {
 			if !a.Required {
 				a.Default = defaultOf(fv, a.Type)
 			}
+		}
+		switch c := f.Tag.Get("contents"); {
+		case c == "true" && f.Type == pathType:
+			a.Contents = true
+		case c != "":
+			panic(fmt.Sprintf("%s.%s: contents:%q is only for a Path, as contents:\"true\"", t, f.Name, c))
 		}
 		checkBound(a.Min, f.Type, t, f.Name)
 		checkBound(a.Max, f.Type, t, f.Name)

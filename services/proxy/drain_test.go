@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -75,7 +76,7 @@ func TestDrainForwardsWhatWasTaken(t *testing.T) {
 	if !bytes.Equal(received, data[:len(received)]) {
 		t.Error("the upstream got other bytes than the client's")
 	}
-	s.wait(t)
+	fmt.Println("DEBUG reason", s.wait(t))
 }
 
 // A drain while the upstream is still answering a request: the answer
@@ -181,5 +182,86 @@ func TestSmallestMaxPendingOutput(t *testing.T) {
 				t.Errorf("the client read %d of %d bytes (equal: %v); the connection ended with %v", len(got), size, bytes.Equal(got, data), r)
 			}
 		})
+	}
+}
+
+// A drain after the upstream has half-closed (it answered and ended its
+// stream, but still reads the client's upload) while the proxy holds
+// client bytes the upstream has not taken yet: they reach the upstream,
+// then the end of stream; the connection does not end first with a reset
+// that loses them.
+func TestDrainAfterUpstreamHalfCloseWritesWhatWasTaken(t *testing.T) {
+	ln := listen(t, "tcp")
+	startReading := make(chan struct{})
+	var once sync.Once
+	start := func() { once.Do(func() { close(startReading) }) }
+	upstream := make(chan []byte, 1)
+	serveUpstream(t, ln, func(c net.Conn) {
+		defer c.Close()
+		c.Write([]byte("ok"))
+		c.(*net.TCPConn).CloseWrite()
+		<-startReading
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		b, err := io.ReadAll(c)
+		if err != nil {
+			t.Errorf("the upstream's read ended with %v after %d bytes, want the end of stream", err, len(b))
+		}
+		upstream <- b
+	})
+	t.Cleanup(start) // before serveUpstream's cleanup waits for the handler
+	f := newFactory(t, fmt.Sprintf("  upstream = %q", ln.Addr()))
+	addr, conns := serveProxy(t, f, "tcp", nil)
+	c, err := net.Dial("tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s := <-conns
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	if b, err := io.ReadAll(c); err != nil || string(b) != "ok" {
+		t.Fatalf("client read %q, %v; want the answer, then the end of stream", b, err)
+	}
+	// Send until the sockets towards the upstream are full and the proxy
+	// holds some of the client's bytes; the client then sends no more.
+	var sent []byte
+	for i := 0; ; i++ {
+		chunk := payload(16<<10, uint64(i))
+		if _, err := c.Write(chunk); err != nil {
+			t.Fatal(err)
+		}
+		sent = append(sent, chunk...)
+		waitFor(t, func() bool { return s.c.BytesIn() == int64(len(sent)) }, "the proxy to take the chunk")
+		held := true
+		for deadline := time.Now().Add(20 * time.Millisecond); time.Now().Before(deadline); {
+			if s.p.buffered() == 0 {
+				held = false
+				break
+			}
+		}
+		if held {
+			break
+		}
+		if len(sent) > 64<<20 {
+			t.Fatal("the upstream's sockets never filled")
+		}
+	}
+	s.c.Drain()
+	waitFor(t, func() bool {
+		s.p.mu.Lock()
+		defer s.p.mu.Unlock()
+		return s.p.draining || s.p.closed
+	}, "the proxy to be told of the drain")
+	// The connection must wait for the upstream: longer than the linger
+	// for the client's end of stream (2 s), which once ended it first.
+	select {
+	case <-s.done:
+	case <-time.After(3 * time.Second):
+	}
+	start()
+	if got := <-upstream; digest(got) != digest(sent) {
+		t.Errorf("the upstream got %d bytes; the client sent %d, all taken by the proxy", len(got), len(sent))
+	}
+	if r := s.wait(t); !framework.IsClean(r) {
+		t.Errorf("reason %v, want clean", r)
 	}
 }

@@ -42,7 +42,6 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -59,6 +58,7 @@ import (
 	"github.com/pires/go-proxyproto"
 	"github.com/zclconf/go-cty/cty"
 
+	"github.com/superd-dev/superd/endpoint"
 	"github.com/superd-dev/superd/framework"
 )
 
@@ -102,7 +102,7 @@ type Config struct {
 // TLSConfig is the upstream_tls block.
 type TLSConfig struct {
 	ServerName         string         `hcl:"server_name,optional"`
-	CAFile             framework.Path `hcl:"ca_file,optional"`
+	CAFile             framework.Path `hcl:"ca_file,optional" contents:"true"`
 	InsecureSkipVerify bool           `hcl:"insecure_skip_verify,optional"`
 }
 
@@ -218,13 +218,19 @@ func tlsConfig(b *TLSConfig) (*tls.Config, error) {
 		InsecureSkipVerify: b.InsecureSkipVerify,
 	}
 	if p := string(b.CAFile); p != "" {
-		pem, err := os.ReadFile(p)
+		// As a tls endpoint's client_ca_file: a regular file (a FIFO
+		// would hang validate and reload), bounded, every certificate
+		// in it parsed (none skipped).
+		pem, err := endpoint.ReadTLSFile(p)
 		if err != nil {
 			return nil, framework.Errorf(&b.CAFile, "cannot read the CA file: %v", err)
 		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
+		pool, err := endpoint.ParseCertPool(pem)
+		if errors.Is(err, endpoint.ErrNoCertificate) {
 			return nil, framework.Errorf(&b.CAFile, "%s holds no PEM certificate", p)
+		}
+		if err != nil {
+			return nil, framework.Errorf(&b.CAFile, "%s: %v", p, err)
 		}
 		c.RootCAs = pool
 	}
@@ -289,7 +295,11 @@ func (f *Factory) dialOne(ctx context.Context, u upstream, header []byte) (net.C
 	tc := tls.Client(c, u.tls)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		c.Close()
-		return nil, err
+		if errors.Is(err, context.DeadlineExceeded) {
+			// Not crypto/tls's bare "context deadline exceeded".
+			err = fmt.Errorf("no answer within connect_timeout (%s)", f.timeout)
+		}
+		return nil, fmt.Errorf("TLS handshake: %w", err)
 	}
 	return tc, nil
 }
@@ -472,11 +482,21 @@ func (p *Proxy) ReadConnectionLost() {
 func (p *Proxy) ConnectionDraining() {
 	p.mu.Lock()
 	p.draining = true
-	done := p.downShut // the upstream had ended: only the client's end was awaited
+	// The upstream had ended (only the client's end was awaited) and has
+	// every byte taken from the client; else writeLoop ends it once it has.
+	done := p.drainedLocked()
 	p.mu.Unlock()
 	if done {
 		p.t.LoseConnection()
 	}
+}
+
+// drainedLocked reports whether a draining connection is over: the
+// upstream has ended its stream and every byte taken from the client has
+// been written to it (an upstream that half-closed may still be reading
+// the client's upload: ending now would reset it and lose that).
+func (p *Proxy) drainedLocked() bool {
+	return p.draining && p.downShut && p.queue == nil && p.inflight == 0
 }
 
 // writeLoop writes the queue to the upstream, then its end of stream.
@@ -521,10 +541,14 @@ func (p *Proxy) writeLoop(up net.Conn) {
 			p.clientPaused = false
 			p.t.ResumeProducing()
 		}
+		drained := err == nil && !p.closed && p.drainedLocked()
 		p.mu.Unlock()
 		if err != nil {
 			p.upstreamFailed(err)
 			return
+		}
+		if drained {
+			p.t.LoseConnection()
 		}
 	}
 }
@@ -558,8 +582,9 @@ func (p *Proxy) readLoop(up net.Conn) {
 			p.mu.Lock()
 			p.downShut = true
 			// Draining, no end of stream of the client's will be read:
-			// the upstream's ends the connection.
-			both := p.upShut || p.draining
+			// the upstream's ends the connection, once what was taken
+			// from the client is written (else writeLoop ends it then).
+			both := p.upShut || p.drainedLocked()
 			p.mu.Unlock()
 			if hc, ok := p.t.(framework.HalfCloser); ok && !both {
 				hc.LoseWriteConnection()
@@ -600,7 +625,7 @@ func (p *Proxy) ConnectionLost(reason error) {
 	p.closed = true
 	// Gracefully also when draining ended with the upstream's end of
 	// stream and all the client's bytes written: the exchange is over.
-	up, graceful := p.up, p.upShut || p.draining && p.downShut && p.queue == nil && p.inflight == 0
+	up, graceful := p.up, p.upShut || p.drainedLocked()
 	if p.queue != nil {
 		*p.queue = (*p.queue)[:0]
 		queueBufs.Put(p.queue)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 	"github.com/superd-dev/superd/config"
 	"github.com/superd-dev/superd/framework"
 	"github.com/superd-dev/superd/internal/testkit"
+	"github.com/superd-dev/superd/services/internal/servicetest"
 )
 
 func TestConfig(t *testing.T) {
@@ -637,5 +639,104 @@ func TestClientGoneWhileConnecting(t *testing.T) {
 	case <-done:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the dialer outlived its connection")
+	}
+}
+
+// TestCAFileContentsInFingerprint: the proxy reads ca_file when it is
+// built, so a reload that finds other contents in it (a CA renewed in
+// place) replaces the service, as a change of value would; the same
+// contents keep it.
+func TestCAFileContentsInFingerprint(t *testing.T) {
+	dir := t.TempDir()
+	caFile := filepath.Join(dir, "ca.pem")
+	writeCA := func() {
+		t.Helper()
+		ca, err := testkit.NewCA()
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := ca.WriteCAFile(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		pem, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(caFile, pem, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fingerprint := func() string {
+		t.Helper()
+		svc, err := servicetest.Block{Factory: "proxy", Dir: dir, Body: `  upstream = "127.0.0.1:1"
+  upstream_tls { ca_file = "ca.pem" }`}.Service(t)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return svc.Fingerprint
+	}
+	writeCA()
+	first := fingerprint()
+	if fingerprint() != first {
+		t.Error("the fingerprint changed with nothing changed")
+	}
+	writeCA()
+	if fingerprint() == first {
+		t.Error("the fingerprint did not change with the contents of ca_file: a reload would keep the old CA")
+	}
+}
+
+// TestCAFileNotRegular: a ca_file that is not a regular file (a FIFO,
+// which no one writes) is refused at once, as a tls endpoint's
+// client_ca_file is, rather than hanging validate and reload on its read.
+func TestCAFileNotRegular(t *testing.T) {
+	dir := t.TempDir()
+	if err := syscall.Mkfifo(filepath.Join(dir, "ca.pem"), 0o600); err != nil {
+		t.Skipf("mkfifo: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := parseService(t, dir, `  upstream = "127.0.0.1:1"
+  upstream_tls { ca_file = "ca.pem" }`)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "is not a regular file") {
+			t.Errorf("error %v; want ca.pem refused as not a regular file", err)
+		}
+	case <-time.After(10 * time.Second):
+		// Unblock the read so that the goroutine ends.
+		if f, err := os.OpenFile(filepath.Join(dir, "ca.pem"), os.O_WRONLY, 0); err == nil {
+			f.Close()
+		}
+		<-done
+		t.Fatal("reading ca_file, a FIFO, did not return within 10 s")
+	}
+}
+
+// TestTLSHandshakeTimeoutWarning: an upstream that accepts the connection
+// but never answers the TLS handshake is given connect_timeout; the
+// warning says that it was the handshake that timed out, and after what,
+// rather than a bare "context deadline exceeded".
+func TestTLSHandshakeTimeoutWarning(t *testing.T) {
+	ln := listen(t, "tcp")
+	serveUpstream(t, ln, func(c net.Conn) { io.Copy(io.Discard, c) }) // reads, never answers
+	f := newFactory(t, fmt.Sprintf("  upstream = %q\n  connect_timeout = \"300ms\"\n  upstream_tls { insecure_skip_verify = true }", ln.Addr()))
+	var logs testkit.Buffer
+	f.log = slog.New(slog.NewTextHandler(&logs, nil))
+	addr, conns := serveProxy(t, f, "tcp", nil)
+	c, err := net.Dial("tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if r := (<-conns).wait(t); !errors.Is(r, framework.ErrUpstream) {
+		t.Errorf("reason %v, want ErrUpstream", r)
+	}
+	want := ln.Addr().String() + ": TLS handshake: no answer within connect_timeout (300ms)"
+	if out := logs.String(); !strings.Contains(out, want) {
+		t.Errorf("warning:\n%s\nwant it to say %q", out, want)
 	}
 }
