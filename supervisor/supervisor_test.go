@@ -205,6 +205,34 @@ func TestFactoryStartFailureStopsNothingElseAndReleasesSockets(t *testing.T) {
 	s.Shutdown(time.Second)
 }
 
+// An endpoint that cannot listen (here a unix socket in a folder that does
+// not exist, after a TCP endpoint bound fine) fails the start without
+// starting the factory, so nothing is left started without a stop, and the
+// endpoints already bound are released. Twisted starts a factory before
+// binding a UNIX port and leaks that start when the bind fails; superd
+// starts it once every endpoint is bound, as Twisted does for TCP.
+func TestListenFailureStartsNoFactory(t *testing.T) {
+	f := &lifecycleFactory{}
+	addr := testkit.FreeAddr(t, "tcp")
+	bad := filepath.Join(t.TempDir(), "missing", "s.sock")
+	s, _ := newTestSupervisor()
+	defer s.Shutdown(time.Second)
+	err := s.Start(&config.File{Services: []*config.Service{
+		serviceConfig("x", f, config.Limits{}, tcpEndpoint(addr), unixEndpoint(bad, 0o660)),
+	}})
+	if err == nil {
+		t.Fatal("Start succeeded with an endpoint that cannot listen")
+	}
+	if f.starts.Load() != 0 || f.stops.Load() != 0 {
+		t.Errorf("StartFactory ran %d times, StopFactory %d; want 0 and 0", f.starts.Load(), f.stops.Load())
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("the endpoint bound before the failure was not released: %v", err)
+	}
+	ln.Close()
+}
+
 // CutShutdown aborts a shutdown's drain at once, also when it comes
 // before Shutdown has taken its services out (a second signal right
 // after the first): the drain does not wait for its timeout.

@@ -60,9 +60,10 @@
 // from the protocol's own callbacks, or be otherwise serialised with them. The sending methods (SendLine,
 // SendString) only read the settings and write to the Transport, and may be
 // called from any goroutine, as a chat server does when it writes to other
-// users' connections. Because the framework calls a registered producer
-// from its own goroutines, register a receiver as its transport's producer
-// only through a wrapper that hands the calls to the connection's goroutine.
+// users' connections. superd's transport calls a registered producer one
+// call at a time with the protocol's callbacks, never beside them, so a
+// receiver may be registered as its own transport's producer: its
+// ResumeProducing then delivers what arrived while the output was full.
 //
 // # Differences from Twisted
 //

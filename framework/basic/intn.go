@@ -48,10 +48,11 @@ type Int32StringReceiver = IntNStringReceiver[uint32]
 // made by StringReceived does not stop delivery of the strings remaining in
 // the current chunk; only PauseProducing does.
 //
-// As with LineReceiver, PauseProducing and ResumeProducing are for the
-// protocol's own callbacks: ResumeProducing delivers on the goroutine that
-// calls it, so the receiver must not be registered as its own transport's
-// producer.
+// As with LineReceiver, PauseProducing and ResumeProducing must run one at
+// a time with the connection's callbacks (ResumeProducing delivers on the
+// goroutine that calls it): from the protocol's own callbacks, or with the
+// receiver registered as its transport's producer, not from another
+// goroutine.
 type IntNStringReceiver[P uint8 | uint16 | uint32] struct {
 	// Transport is the connection, set by Init.
 	Transport framework.Transport

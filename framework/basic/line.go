@@ -64,14 +64,15 @@ type LineLengthExceededHandler interface {
 // lost. Bytes the hook puts back with SetLineMode wait for the next
 // DataReceived call. The default hook calls Transport.LoseConnection().
 //
-// PauseProducing and ResumeProducing are meant for the protocol's own
-// callbacks (pause while a line is being handled, resume when done), where
-// they run one at a time with delivery. ResumeProducing delivers buffered
-// lines on the goroutine that calls it, so do not register the receiver as
-// its own transport's producer, nor call these methods from another
-// goroutine: the transport calls producers from whichever goroutine fills
-// or drains its output, and the receiver's delivery would then overlap the
-// connection's own DataReceived.
+// ResumeProducing delivers buffered lines on the goroutine that calls it,
+// so PauseProducing and ResumeProducing must run one at a time with the
+// connection's callbacks: call them from the protocol's own callbacks, or
+// register the receiver as its transport's producer (superd's transport
+// calls a producer one call at a time with the protocol's callbacks: it
+// then pauses the receiver while the output is above the high-water mark,
+// and resumes it, delivering the lines held meanwhile, once the output has
+// drained). Do not call them from another goroutine: delivery would overlap
+// the connection's own DataReceived.
 type LineReceiver struct {
 	// Transport is the connection, set by Init.
 	Transport framework.Transport

@@ -380,3 +380,85 @@ func TestByteCounters(t *testing.T) {
 		}
 	})
 }
+
+// TestConnectionLostAfterSocketClosed: ConnectionLost runs once the socket
+// is closed (Twisted's connectionLost, and Run's promise: "ConnectionLost
+// exactly once, then onDone ... after the socket is closed"), whatever
+// ended the connection. A closed socket refuses a deadline.
+func TestConnectionLostAfterSocketClosed(t *testing.T) {
+	type ending struct {
+		name string
+		only []string
+		opts ConnOptions
+		// setup customises the recorder before Serve; start ends the
+		// connection once it is served.
+		setup func(r *recorder)
+		start func(t *testing.T, p *pair, s *served, r *recorder)
+	}
+	sendX := func(t *testing.T, p *pair, s *served, r *recorder) {
+		if _, err := p.client.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	endings := []ending{
+		{name: "LoseConnection", setup: func(r *recorder) {
+			r.onData = func(r *recorder, b []byte) { r.tr.Write(b); r.lose() }
+		}, start: sendX},
+		{name: "LoseConnectionElsewhere", start: func(t *testing.T, p *pair, s *served, r *recorder) {
+			waitFor(t, 5*time.Second, r.madeYet, "ConnectionMade")
+			s.c.WriteString("bye")
+			s.c.LoseConnection()
+		}},
+		{name: "AbortConnection", setup: func(r *recorder) {
+			r.onData = func(r *recorder, b []byte) { r.tr.Write(b); r.abort() }
+		}, start: sendX},
+		{name: "PeerClose", start: func(t *testing.T, p *pair, s *served, r *recorder) {
+			waitFor(t, 5*time.Second, r.madeYet, "ConnectionMade")
+			p.client.Close()
+		}},
+		{name: "PeerReset", only: []string{"tcp", "tcp6", "tls", "bare"}, start: func(t *testing.T, p *pair, s *served, r *recorder) {
+			waitFor(t, 5*time.Second, r.madeYet, "ConnectionMade")
+			p.clientRaw.(*net.TCPConn).SetLinger(0)
+			p.clientRaw.Close()
+		}},
+		{name: "IdleTimeout", opts: ConnOptions{IdleTimeout: 100 * time.Millisecond}, start: func(*testing.T, *pair, *served, *recorder) {}},
+		{name: "Panic", setup: func(r *recorder) {
+			r.onData = func(r *recorder, b []byte) { panic("test panic") }
+		}, start: sendX},
+		{name: "SlowConsumer", opts: ConnOptions{MaxPendingOutput: 1 << 20}, setup: func(r *recorder) {
+			r.onData = func(r *recorder, b []byte) { r.tr.Write(make([]byte, 2<<20)) }
+		}, start: sendX},
+		{name: "Drain", start: func(t *testing.T, p *pair, s *served, r *recorder) {
+			waitFor(t, 5*time.Second, r.madeYet, "ConnectionMade")
+			s.c.Drain()
+		}},
+	}
+	for _, e := range endings {
+		t.Run(e.name, func(t *testing.T) {
+			forTransports(t, e.only, func(t *testing.T, network string, useTLS bool) {
+				p := dialPair(t, network, pairOpts{tls: useTLS})
+				r := newRecorder()
+				if e.setup != nil {
+					e.setup(r)
+				}
+				var open error = errTestCleanup // stays non-nil unless ConnectionLost ran
+				r.onLost = func(r *recorder, reason error) {
+					open = p.serverRaw.SetReadDeadline(time.Now().Add(time.Hour))
+				}
+				s := serve(t, p.server, e.opts, r)
+				e.start(t, p, s, r)
+				// The client reads (and then closes) so that a graceful
+				// close completes without waiting for the linger.
+				go func() {
+					readAll(p.client, serveWait)
+					p.client.Close()
+				}()
+				reason := s.wait(t, serveWait)
+				r.check(t, reason)
+				if open == nil {
+					t.Errorf("the socket was still open in ConnectionLost (reason %v)", reason)
+				}
+			})
+		})
+	}
+}

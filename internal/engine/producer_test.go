@@ -720,3 +720,52 @@ func (p *elsewhereWriter) produce() {
 		})
 	}
 }
+
+// TestProducerHighWaterMarkBoundary: Twisted's rule, exactly. A registered
+// producer is paused by the write that takes the unsent output strictly
+// above framework.HighWaterMark (HighWaterMark bytes do not pause it), once
+// (the connection resumes only what it paused, so it pauses only what is
+// running); it is resumed once, when the output has drained completely.
+func TestProducerHighWaterMarkBoundary(t *testing.T) {
+	forTransports(t, []string{"tcp", "unix", "tls", "bare"}, func(t *testing.T, network string, useTLS bool) {
+		p := dialPair(t, network, pairOpts{tls: useTLS})
+		r := newRecorder()
+		prod := &countingProducer{}
+		var atMark, aboveMark, again atomic.Int32 // set by ConnectionMade
+		r.onMade = func(r *recorder) {
+			// Inside a callback nothing is flushed, so the output is
+			// exactly what was written.
+			if err := r.tr.RegisterProducer(prod); err != nil {
+				r.violate("RegisterProducer: %v", err)
+			}
+			r.tr.Write(make([]byte, framework.HighWaterMark))
+			atMark.Store(prod.pauses.Load())
+			r.tr.Write([]byte{1})
+			aboveMark.Store(prod.pauses.Load())
+			r.tr.Write([]byte{2})
+			again.Store(prod.pauses.Load())
+		}
+		s := serve(t, p.server, ConnOptions{}, r)
+		got := make([]byte, framework.HighWaterMark+2)
+		p.client.SetReadDeadline(time.Now().Add(serveWait))
+		if _, err := io.ReadFull(p.client, got); err != nil {
+			t.Fatalf("client read: %v", err)
+		}
+		if atMark.Load() != 0 || aboveMark.Load() != 1 || again.Load() != 1 {
+			t.Errorf("pauses after HighWaterMark, +1, +2 bytes: %d, %d, %d; want 0, 1, 1",
+				atMark.Load(), aboveMark.Load(), again.Load())
+		}
+		waitFor(t, 5*time.Second, func() bool { return prod.resumes.Load() == 1 }, "one resume once the output drained")
+		if n := s.c.Pending(); n != 0 {
+			t.Errorf("resumed with %d bytes unsent", n)
+		}
+		holds(t, 50*time.Millisecond, func() bool { return prod.resumes.Load() == 1 && prod.pauses.Load() == 1 },
+			"pauses %d, resumes %d after the drain; want 1 and 1", prod.pauses.Load(), prod.resumes.Load())
+		p.client.Close()
+		reason := s.wait(t, serveWait)
+		r.check(t, reason)
+		if prod.stops.Load() != 1 {
+			t.Errorf("StopProducing %d times at the end, want 1", prod.stops.Load())
+		}
+	})
+}
