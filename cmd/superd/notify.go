@@ -15,10 +15,12 @@ import (
 
 // notifier speaks systemd's notify protocol (sd_notify) when NOTIFY_SOCKET
 // is set: READY=1 once every service listens, RELOADING=1 and READY=1
-// around a SIGHUP reload, STOPPING=1 at shutdown, STATUS= lines, and
-// WATCHDOG=1 pings from the main loop, paused while a reload (or reopen)
-// runs, so one that hangs stops them and systemd restarts superd. Without
-// NOTIFY_SOCKET it does nothing.
+// around a SIGHUP reload, STOPPING=1 at shutdown, STATUS= lines (with
+// READY=1, and again whenever the text has changed, at most every
+// statusEvery, so `systemctl status` does not show the connections of
+// superd's start for good), and WATCHDOG=1 pings from the main loop,
+// paused while a reload (or reopen) runs, so one that hangs stops them
+// and systemd restarts superd. Without NOTIFY_SOCKET it does nothing.
 //
 // The messages go out from a goroutine of their own, in order: sending
 // blocks while the receiver's queue is full (a manager that does not read
@@ -28,6 +30,8 @@ type notifier struct {
 	log      *slog.Logger
 	enabled  bool
 	watchdog time.Duration // the ping period (half of WATCHDOG_USEC); 0: none
+	// lastStatus is the STATUS= text sent last (the main loop's own).
+	lastStatus string
 
 	mu    sync.Mutex
 	queue []string // messages not sent yet, oldest first
@@ -130,7 +134,38 @@ func (n *notifier) close(wait time.Duration) {
 	}
 }
 
-func (n *notifier) ready(status string) { n.send(sdnotify.SdNotifyReady + "\nSTATUS=" + status) }
+func (n *notifier) ready(status string) {
+	n.lastStatus = status
+	n.send(sdnotify.SdNotifyReady + "\nSTATUS=" + status)
+}
+
+// statusEvery is how often the STATUS= text is looked at while superd
+// serves, as php-fpm's systemd_interval does by default; a faster
+// watchdog's period is used instead.
+const statusEvery = 10 * time.Second
+
+// status sends STATUS= with text unless that is what was sent last.
+func (n *notifier) status(text string) {
+	if !n.enabled || text == n.lastStatus {
+		return
+	}
+	n.lastStatus = text
+	n.send("STATUS=" + text)
+}
+
+// statusTicker returns the channel of status's refreshes (nil without
+// NOTIFY_SOCKET) and a stop function.
+func (n *notifier) statusTicker() (<-chan time.Time, func()) {
+	if !n.enabled {
+		return nil, func() {}
+	}
+	every := statusEvery
+	if n.watchdog > 0 && n.watchdog < every {
+		every = n.watchdog
+	}
+	t := time.NewTicker(every)
+	return t.C, t.Stop
+}
 
 // reloading is sent when a SIGHUP reload begins, with the monotonic clock
 // systemd's notify-reload services require.
@@ -141,7 +176,10 @@ func (n *notifier) reloading() {
 	n.send(sdnotify.SdNotifyReloading + "\nMONOTONIC_USEC=" + strconv.FormatUint(usec, 10))
 }
 
-func (n *notifier) stopping() { n.send(sdnotify.SdNotifyStopping + "\nSTATUS=stopping") }
+func (n *notifier) stopping() {
+	n.lastStatus = "stopping"
+	n.send(sdnotify.SdNotifyStopping + "\nSTATUS=stopping")
+}
 
 func (n *notifier) ping() { n.send(sdnotify.SdNotifyWatchdog) }
 

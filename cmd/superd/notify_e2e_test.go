@@ -43,20 +43,28 @@ func listenNotify(t *testing.T, abstract bool) *notifySocket {
 // next returns the next message, failing after timeout.
 func (n *notifySocket) next(timeout time.Duration) string {
 	n.t.Helper()
+	return n.nextBy(time.Now().Add(timeout))
+}
+
+// nextBy returns the next message, failing if none has come by deadline.
+func (n *notifySocket) nextBy(deadline time.Time) string {
+	n.t.Helper()
 	buf := make([]byte, 4096)
-	n.conn.SetReadDeadline(time.Now().Add(timeout))
+	n.conn.SetReadDeadline(deadline)
 	k, err := n.conn.Read(buf)
 	if err != nil {
-		n.t.Fatalf("no sd_notify message within %v: %v", timeout, err)
+		n.t.Fatalf("no sd_notify message by the deadline: %v", err)
 	}
 	return string(buf[:k])
 }
 
-// nextNonWatchdog skips watchdog pings.
+// nextNonWatchdog skips watchdog pings, failing if no other message has
+// come within timeout (pings do not extend it).
 func (n *notifySocket) nextNonWatchdog(timeout time.Duration) string {
 	n.t.Helper()
+	deadline := time.Now().Add(timeout)
 	for {
-		if m := n.next(timeout); m != "WATCHDOG=1" {
+		if m := n.nextBy(deadline); m != "WATCHDOG=1" {
 			return m
 		}
 	}
@@ -64,12 +72,18 @@ func (n *notifySocket) nextNonWatchdog(timeout time.Duration) string {
 
 func startNotified(t *testing.T, ns *notifySocket, env ...string) (*daemon, string) {
 	t.Helper()
+	return startNotifiedOn(t, ns, freeAddr(t), env...)
+}
+
+// startNotifiedOn is startNotified with the echo service at addr.
+func startNotifiedOn(t *testing.T, ns *notifySocket, addr string, env ...string) (*daemon, string) {
+	t.Helper()
 	path, metrics := writeConfig(t, fmt.Sprintf(`
 metrics { address = "METRICS" }
 service "echo" "e" {
   endpoint "tcp" { address = %q }
 }
-`, freeAddr(t)))
+`, addr))
 	cmd := exec.Command(superdBin, "run", "-config", path)
 	cmd.Env = append(os.Environ(), append([]string{"NOTIFY_SOCKET=" + ns.addr}, env...)...)
 	return startCmd(t, cmd, metrics), path
@@ -127,6 +141,45 @@ func TestNotifyLifecycle(t *testing.T) {
 				t.Fatalf("exit %d", code)
 			}
 		})
+	}
+}
+
+// STATUS= follows the open connections while superd serves: it is sent
+// again when its text has changed (here at each watchdog period, faster
+// than statusEvery), and not while it has not.
+func TestNotifyStatusFollowsConnections(t *testing.T) {
+	ns := listenNotify(t, false)
+	addr := freeAddr(t)
+	d, _ := startNotifiedOn(t, ns, addr, "WATCHDOG_USEC=200000")
+	if m := ns.nextNonWatchdog(10 * time.Second); !strings.Contains(m, "STATUS=1 services, 0 connections") {
+		t.Fatalf("first message %q, want READY=1 with 0 connections", m)
+	}
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := ns.nextNonWatchdog(5 * time.Second); m != "STATUS=1 services, 1 connections; last reload: none" {
+		t.Fatalf("with a connection open %q, want its STATUS=", m)
+	}
+	c.Close()
+	if m := ns.nextNonWatchdog(5 * time.Second); m != "STATUS=1 services, 0 connections; last reload: none" {
+		t.Fatalf("after the close %q, want STATUS= with 0 connections", m)
+	}
+	// Unchanged for ten periods: pings only.
+	ns.conn.SetReadDeadline(time.Now().Add(time.Second))
+	buf := make([]byte, 512)
+	for {
+		k, err := ns.conn.Read(buf)
+		if err != nil {
+			break
+		}
+		if m := string(buf[:k]); m != "WATCHDOG=1" {
+			t.Fatalf("got %q with nothing changed, want pings only", m)
+		}
+	}
+	d.signal(syscall.SIGTERM)
+	if code := d.wait(10 * time.Second); code != 0 {
+		t.Fatalf("exit %d", code)
 	}
 }
 

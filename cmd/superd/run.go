@@ -145,6 +145,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 		stopSig                os.Signal        // a first SIGINT/SIGTERM taken during a task
 		stopped                chan error       // the Shutdown under way; nil before it begins
 		watchdog               <-chan time.Time // pings, once READY=1 is sent
+		statusTick             <-chan time.Time // STATUS= refreshes, once READY=1 is sent
 	)
 	run := func(name string, f func() error) {
 		task, busy = name, make(chan error, 1)
@@ -184,6 +185,12 @@ func cmdRun(args []string, stderr io.Writer) int {
 		select {
 		case <-ping:
 			notify.ping()
+		case <-statusTick:
+			// Not during a task (its READY=1 brings the new text), nor
+			// once STOPPING=1 has said what superd is doing.
+			if busy == nil && stopped == nil {
+				notify.status(statusText())
+			}
 		case err := <-busy:
 			busy = nil
 			switch task {
@@ -195,9 +202,11 @@ func cmdRun(args []string, stderr io.Writer) int {
 				sup.CloseUnclaimedInherited()
 				log.Info("superd started", "config", *path, "services", len(cfg.Services), "version", buildVersion())
 				notify.ready(statusText())
-				var stopWatchdog func()
+				var stopWatchdog, stopStatus func()
 				watchdog, stopWatchdog = notify.ticker()
 				defer stopWatchdog() // once: there is one startup
+				statusTick, stopStatus = notify.statusTicker()
+				defer stopStatus()
 			case "reload":
 				status.reloaded(err)
 				if err == nil {
