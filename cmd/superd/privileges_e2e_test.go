@@ -43,13 +43,7 @@ func lowPort(t *testing.T, not int) int {
 // serves; a reload that needs root (another port below 1024) fails as a
 // reload does, with the cause in the log, and changes nothing.
 func TestPrivilegeDrop(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("dropping privileges needs the test to run as root")
-	}
-	nobody, err := user.Lookup("nobody")
-	if err != nil {
-		t.Skip("no user nobody on this system")
-	}
+	nobody := nobodyUser(t)
 	port := lowPort(t, 0)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	text := fmt.Sprintf(`
@@ -146,13 +140,7 @@ service "echo" "e" {
 // when superd starts are accepted only once it runs as nobody, so a
 // program it runs for them (with no user of its own) is nobody's too.
 func TestPrivilegeDropBeforeTheFirstConnection(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("dropping privileges needs the test to run as root")
-	}
-	nobody, err := user.Lookup("nobody")
-	if err != nil {
-		t.Skip("no user nobody on this system")
-	}
+	nobody := nobodyUser(t)
 	id, err := exec.LookPath("id")
 	if err != nil {
 		t.Skip("no id program")
@@ -220,13 +208,7 @@ service "exec" "whoami" {
 // same user as superd's runs programs (superd keeps its groups, which it
 // may no longer set), and another user fails at start, for that reason.
 func TestExecUserAfterPrivilegeDrop(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("dropping privileges needs the test to run as root")
-	}
-	nobody, err := user.Lookup("nobody")
-	if err != nil {
-		t.Skip("no user nobody on this system")
-	}
+	nobody := nobodyUser(t)
 	if _, err := user.Lookup("daemon"); err != nil {
 		t.Skip("no user daemon on this system")
 	}
@@ -301,12 +283,7 @@ service "exec" "other" {
 // an error. A reload that changes its mode, which superd can no longer do,
 // fails as a reload does, with the cause, and changes nothing.
 func TestPrivilegeDropReloadUnixSocket(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("dropping privileges needs the test to run as root")
-	}
-	if _, err := user.Lookup("nobody"); err != nil {
-		t.Skip("no user nobody on this system")
-	}
+	nobodyUser(t)
 	sockDir := t.TempDir()
 	sock := filepath.Join(sockDir, "e.sock")
 	service := func(extra string) string {
@@ -323,9 +300,7 @@ service "echo" "e" {
 	}
 	path, metrics := writeConfig(t, service(""))
 	// nobody must be able to read the file, and reach the socket's folder.
-	for _, dir := range []string{filepath.Dir(filepath.Dir(path)), filepath.Dir(path), filepath.Dir(sockDir), sockDir} {
-		os.Chmod(dir, 0o755)
-	}
+	openToOthers(filepath.Dir(filepath.Dir(path)), filepath.Dir(path), filepath.Dir(sockDir), sockDir)
 	d := startDaemon(t, path, metrics)
 	fi, err := os.Lstat(sock)
 	if err != nil || fi.Mode().Perm() != 0o660 || ownerUID(fi) != 0 {
@@ -364,6 +339,29 @@ service "echo" "e" {
 	d.stop(10 * time.Second)
 }
 
+// nobodyUser is the user nobody, which the privilege-drop tests switch
+// to; it skips t unless the test runs as root and the system has one.
+func nobodyUser(t *testing.T) *user.User {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("dropping privileges needs the test to run as root")
+	}
+	nobody, err := user.Lookup("nobody")
+	if err != nil {
+		t.Skip("no user nobody on this system")
+	}
+	return nobody
+}
+
+// openToOthers lets every user read and enter dirs (mode 0755): the
+// configuration file's folders and a socket's, for superd once it runs
+// as nobody.
+func openToOthers(dirs ...string) {
+	for _, dir := range dirs {
+		os.Chmod(dir, 0o755)
+	}
+}
+
 func ownerUID(fi os.FileInfo) int {
 	if fi == nil {
 		return -1
@@ -375,12 +373,7 @@ func ownerUID(fi os.FileInfo) int {
 // write to, cannot be removed at shutdown once superd has dropped root:
 // it says so, naming the file, rather than leaving it silently.
 func TestPrivilegeDropSocketFileLeftIsLogged(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("dropping privileges needs the test to run as root")
-	}
-	if _, err := user.Lookup("nobody"); err != nil {
-		t.Skip("no user nobody on this system")
-	}
+	nobodyUser(t)
 	sockDir := t.TempDir()
 	sock := filepath.Join(sockDir, "e.sock")
 	path, metrics := writeConfig(t, fmt.Sprintf(`
@@ -390,9 +383,8 @@ service "echo" "e" {
   endpoint "unix" { path = %q }
 }
 `, sock))
-	for _, dir := range []string{filepath.Dir(filepath.Dir(path)), filepath.Dir(path), filepath.Dir(sockDir), sockDir} {
-		os.Chmod(dir, 0o755) // root's: nobody may not write there
-	}
+	// root's: nobody may not write there
+	openToOthers(filepath.Dir(filepath.Dir(path)), filepath.Dir(path), filepath.Dir(sockDir), sockDir)
 	d := startDaemon(t, path, metrics)
 	if err := echoOnce("unix", sock, "as nobody"); err != nil {
 		t.Fatal(err)
@@ -411,12 +403,7 @@ service "echo" "e" {
 // in a folder only root may enter (superd, now nobody, cannot even look at
 // the file) succeeds when the endpoint asks for the same owner and mode.
 func TestPrivilegeDropReloadUnixSocketInRootFolder(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("dropping privileges needs the test to run as root")
-	}
-	if _, err := user.Lookup("nobody"); err != nil {
-		t.Skip("no user nobody on this system")
-	}
+	nobodyUser(t)
 	sockDir := t.TempDir()
 	if err := os.Chmod(sockDir, 0o700); err != nil { // root's alone
 		t.Fatal(err)
@@ -433,9 +420,7 @@ service "echo" "e" {
 `, extra, sock)
 	}
 	path, metrics := writeConfig(t, service(""))
-	for _, dir := range []string{filepath.Dir(filepath.Dir(path)), filepath.Dir(path)} {
-		os.Chmod(dir, 0o755)
-	}
+	openToOthers(filepath.Dir(filepath.Dir(path)), filepath.Dir(path))
 	d := startDaemon(t, path, metrics)
 	rewriteConfig(t, path, metrics, service("max_connections = 5"))
 	d.reload("success", 1)
