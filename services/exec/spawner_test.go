@@ -3,6 +3,8 @@
 package exec
 
 import (
+	"errors"
+	"io"
 	"os"
 	"runtime"
 	"strconv"
@@ -25,31 +27,13 @@ func TestSpawnKeepsStartsApart(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r, w, err := os.Pipe()
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			defer r.Close()
 			want := strconv.Itoa(i)
-			pid, err := spawn("/bin/sh", []string{"sh", "-c", `echo "$1 $N"; exit "$1"`, "sh", want}, &syscall.ProcAttr{
-				Env:   []string{"N=" + want},
-				Files: []uintptr{0, w.Fd(), 2},
-			})
-			w.Close()
+			out, ws, err := spawnOutput([]string{"sh", "-c", `echo "$1 $N"; exit "$1"`, "sh", want}, []string{"N=" + want})
 			if err != nil {
 				t.Error(err)
 				return
 			}
-			out := make([]byte, 64)
-			k, _ := r.Read(out)
-			var ws syscall.WaitStatus
-			if _, err := syscall.Wait4(pid, &ws, 0, nil); err != nil {
-				t.Error(err)
-				return
-			}
-			disownProgram(pid)
-			if got := strings.TrimSpace(string(out[:k])); got != want+" "+want || ws.ExitStatus() != i {
+			if got := strings.TrimSpace(out); got != want+" "+want || ws.ExitStatus() != i {
 				t.Errorf("start %d: wrote %q, exit status %d", i, got, ws.ExitStatus())
 			}
 		}()
@@ -85,27 +69,15 @@ func TestSpawnIgnoresCallerThread(t *testing.T) {
 			t.Errorf("setpriority: %v", err)
 			return
 		}
-		r, w, err := os.Pipe()
+		out, _, err := spawnOutput([]string{"sh", "-c", "cat /proc/self/stat"}, nil)
 		if err != nil {
 			t.Error(err)
 			return
 		}
-		defer r.Close()
-		pid, err := spawn("/bin/sh", []string{"sh", "-c", "cat /proc/self/stat"}, &syscall.ProcAttr{Files: []uintptr{0, w.Fd(), 2}})
-		w.Close()
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		out := make([]byte, 4096)
-		k, _ := r.Read(out)
-		var ws syscall.WaitStatus
-		syscall.Wait4(pid, &ws, 0, nil)
-		disownProgram(pid)
 		// Field 19 is nice; the command (field 2) has no space here.
-		fields := strings.Fields(string(out[:k]))
+		fields := strings.Fields(out)
 		if len(fields) < 19 {
-			t.Errorf("/proc/self/stat: %q", out[:k])
+			t.Errorf("/proc/self/stat: %q", out)
 			return
 		}
 		if nice := fields[18]; nice != "0" {
@@ -113,4 +85,24 @@ func TestSpawnIgnoresCallerThread(t *testing.T) {
 		}
 	}()
 	<-done
+}
+
+// spawnOutput runs /bin/sh with argv and env through spawn, its standard
+// output a pipe, and returns what it wrote there and its exit status.
+func spawnOutput(argv, env []string) (string, syscall.WaitStatus, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return "", 0, err
+	}
+	defer r.Close()
+	pid, err := spawn("/bin/sh", argv, &syscall.ProcAttr{Env: env, Files: []uintptr{0, w.Fd(), 2}})
+	w.Close()
+	if err != nil {
+		return "", 0, err
+	}
+	out, rerr := io.ReadAll(r)
+	var ws syscall.WaitStatus
+	_, werr := syscall.Wait4(pid, &ws, 0, nil)
+	disownProgram(pid)
+	return string(out), ws, errors.Join(rerr, werr)
 }
