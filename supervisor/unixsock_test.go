@@ -141,15 +141,7 @@ func TestReloadKeepsAbstractSocket(t *testing.T) {
 // (another service cannot start) puts the file's mode back: a failed
 // reload changes nothing.
 func TestFailedReloadRestoresUnixSocketMode(t *testing.T) {
-	f := &lifecycleFactory{}
-	path := filepath.Join(t.TempDir(), "m.sock")
-	s, _ := newTestSupervisor()
-	if err := s.Start(&config.File{ShutdownTimeout: time.Second, Services: []*config.Service{
-		serviceConfig("u", f, config.Limits{}, unixEndpoint(path, 0o600)),
-	}}); err != nil {
-		t.Fatal(err)
-	}
-	defer s.Shutdown(time.Second)
+	s, f, path := startUnixService(t, "m.sock")
 	bad := &lifecycleFactory{startErr: errors.New("boom")}
 	err := s.Reload(&config.File{ShutdownTimeout: time.Second, Services: []*config.Service{
 		serviceConfig("u", f, config.Limits{}, unixEndpoint(path, 0o666)),
@@ -176,15 +168,7 @@ func TestFailedReloadRestoresUnixSocketMode(t *testing.T) {
 // removed carries on (the file is not superd's to make again), as one
 // whose path now names something else does.
 func TestReloadUnixSocketFileGone(t *testing.T) {
-	f := &lifecycleFactory{}
-	path := filepath.Join(t.TempDir(), "g.sock")
-	s, _ := newTestSupervisor()
-	if err := s.Start(&config.File{ShutdownTimeout: time.Second, Services: []*config.Service{
-		serviceConfig("u", f, config.Limits{}, unixEndpoint(path, 0o600)),
-	}}); err != nil {
-		t.Fatal(err)
-	}
-	defer s.Shutdown(time.Second)
+	s, f, path := startUnixService(t, "g.sock")
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
@@ -193,4 +177,21 @@ func TestReloadUnixSocketFileGone(t *testing.T) {
 	}}); err != nil {
 		t.Fatalf("reload with the socket file gone: %v", err)
 	}
+}
+
+// startUnixService starts a supervisor with one service, u, on a unix
+// socket file of mode 0600 named name in a folder of the test's; it is
+// shut down at the test's end.
+func startUnixService(t *testing.T, name string) (*Supervisor, *lifecycleFactory, string) {
+	t.Helper()
+	f := &lifecycleFactory{}
+	path := filepath.Join(t.TempDir(), name)
+	s, _ := newTestSupervisor()
+	if err := s.Start(&config.File{ShutdownTimeout: time.Second, Services: []*config.Service{
+		serviceConfig("u", f, config.Limits{}, unixEndpoint(path, 0o600)),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Shutdown(time.Second) })
+	return s, f, path
 }
