@@ -9,7 +9,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -17,6 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
+
+	"github.com/superd-dev/superd/internal/testkit"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -325,26 +326,10 @@ func TestReopenUnderSteadyLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for range 3 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				l.Log(Entry{Service: "s", Factory: "f", Endpoint: "tcp:x", Peer: "127.0.0.1:1", Reason: "clean"})
-			}
-		}()
-	}
-	defer func() {
-		close(stop)
-		wg.Wait()
-	}()
+	defer testkit.Repeat(3, func() bool {
+		l.Log(Entry{Service: "s", Factory: "f", Endpoint: "tcp:x", Peer: "127.0.0.1:1", Reason: "clean"})
+		return true
+	})()
 	for len(l.queue) < cap(l.queue)/2 { // the load is on
 		runtime.Gosched()
 	}

@@ -3,7 +3,6 @@ package supervisor
 import (
 	"errors"
 	"net"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -38,30 +37,21 @@ func TestReloadReplacesKeepsAndRemoves(t *testing.T) {
 
 	// Connect in a tight loop through the reload.
 	var refused, served atomic.Int64
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			c, err := net.Dial("tcp", swapAddr)
-			if err != nil {
-				refused.Add(1)
-				continue
-			}
-			c.Write([]byte("p"))
-			c.SetReadDeadline(time.Now().Add(5 * time.Second))
-			if _, err := c.Read(make([]byte, 1)); err == nil {
-				served.Add(1)
-			}
-			c.Close()
+	stop := testkit.Repeat(1, func() bool {
+		c, err := net.Dial("tcp", swapAddr)
+		if err != nil {
+			refused.Add(1)
+			return true
 		}
-	}()
+		c.Write([]byte("p"))
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil {
+			served.Add(1)
+		}
+		c.Close()
+		return true
+	})
+	defer stop()
 	waitFor(t, func() bool { return served.Load() > 20 })
 
 	err := s.Reload(&config.File{ShutdownTimeout: 5 * time.Second, Services: []*config.Service{
@@ -73,8 +63,7 @@ func TestReloadReplacesKeepsAndRemoves(t *testing.T) {
 	}
 	before := served.Load()
 	waitFor(t, func() bool { return served.Load() > before+20 })
-	close(stop)
-	wg.Wait()
+	stop()
 	if n := refused.Load(); n != 0 {
 		t.Errorf("%d connection attempts refused during the reload", n)
 	}

@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -174,27 +173,14 @@ func TestTransportAfterConnectionGone(t *testing.T) {
 		waitFor(t, 5*time.Second, r.madeYet, "ConnectionMade")
 
 		// Writers keep going while the connection ends under them.
-		stop := make(chan struct{})
-		var wg sync.WaitGroup
-		for range 4 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					s.c.Write([]byte("spam "))
-					s.c.WriteString("more spam ")
-				}
-			}()
-		}
+		stop := testkit.Repeat(4, func() bool {
+			s.c.Write([]byte("spam "))
+			s.c.WriteString("more spam ")
+			return true
+		})
 		p.client.Close()
 		reason := s.wait(t, serveWait)
-		close(stop)
-		wg.Wait()
+		stop()
 
 		tr := framework.Transport(s.c)
 		tr.Write([]byte("late"))

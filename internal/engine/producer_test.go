@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/superd-dev/superd/framework"
+	"github.com/superd-dev/superd/internal/testkit"
 )
 
 // streamProducer writes a payload in chunks from its own goroutine while it
@@ -291,26 +292,13 @@ func TestProducerNeverLeftPaused(t *testing.T) {
 		}
 		// Goroutines contending for the connection's lock, as the other
 		// users of a busy chat server do, widen the race window.
-		stop := make(chan struct{})
-		var wg sync.WaitGroup
-		for range 2 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					select {
-					case <-stop:
-						return
-					default:
-						s.c.Pending()
-					}
-				}
-			}()
-		}
+		stop := testkit.Repeat(2, func() bool {
+			s.c.Pending()
+			return true
+		})
 		go prod.run()
 		got, err := drainProducer(t, p.client, len(payload), prod, s.c)
-		close(stop)
-		wg.Wait()
+		stop()
 		if err != nil {
 			t.Fatal(err)
 		}

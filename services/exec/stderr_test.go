@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/superd-dev/superd/internal/testkit"
 )
 
 // TestStderrConcurrentChildren: children of one service write to their
@@ -313,26 +315,10 @@ func unixShutdownWrite(t *testing.T, fd int) {
 func TestStderrFloodDoesNotHoldExits(t *testing.T) {
 	f, logs := newTestFactory(t, `command = ["/bin/sh", "-c", "echo hi; echo bye $$ >&2"]`)
 	chunk := []byte(strings.Repeat("\n", 64<<10))
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				if _, err := unix.Write(int(f.stderrLog.fd()), chunk); err != nil {
-					return
-				}
-			}
-		}()
-	}
-	defer wg.Wait()
-	defer close(stop)
+	defer testkit.Repeat(4, func() bool {
+		_, err := unix.Write(int(f.stderrLog.fd()), chunk)
+		return err == nil
+	})()
 	waitFor(t, 10*time.Second, "the flood to be read", func() bool { return len(logs.with("program stderr")) > 0 })
 
 	// Each connection takes milliseconds (a start, an exit, and the
